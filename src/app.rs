@@ -1,0 +1,190 @@
+//! The assembled application: config, stores, key providers, catalog and access log, built once
+//! from a validated config and shared by the CLI commands and the daemon.
+
+use object_store::ObjectStoreExt;
+use std::sync::Arc;
+
+use crate::audit::AccessLog;
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::Config;
+use crate::keys::{self, KeyError, KeyProvider};
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    #[error("cannot create the state folder {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+pub struct Coffre {
+    pub config: Config,
+    pub host: String,
+    pub stores: Vec<Store>,
+    pub providers: Vec<Arc<dyn KeyProvider>>,
+    pub catalog: Catalog,
+    pub audit: AccessLog,
+}
+
+impl Coffre {
+    /// Build every component. Fetches a file provider's keyring from the stores when this host
+    /// has none yet (restore on a new host).
+    pub async fn open(config: Config) -> Result<Coffre, AppError> {
+        crate::keys::file::create_private_dir(&config.state_dir).map_err(|source| {
+            AppError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            }
+        })?;
+        let stores = store::build(&config)?;
+        let providers = keys::build(&config)?;
+        let catalog = Catalog::open(&config.state_dir.join("catalog.sqlite"))?;
+        let host = config.host();
+        let audit = AccessLog::open(&config.audit_path(), &host);
+        let app = Coffre {
+            config,
+            host,
+            stores,
+            providers,
+            catalog,
+            audit,
+        };
+        app.pull_keyrings().await;
+        Ok(app)
+    }
+
+    pub fn store(&self, name: &str) -> Option<&Store> {
+        self.stores.iter().find(|s| s.name == name)
+    }
+
+    /// Merge every replicated keyring found in the stores into the local one (newer wins,
+    /// destructions are never undone). Best effort: a store that is down is skipped.
+    pub async fn pull_keyrings(&self) {
+        use futures::TryStreamExt;
+        for p in &self.providers {
+            for s in &self.stores {
+                let dir = s.keyring_dir(p.name());
+                let metas: Vec<_> = match s.inner.list(Some(&dir)).try_collect().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(store = %s.name, provider = p.name(), error = %e, "cannot list replicated keyrings");
+                        continue;
+                    }
+                };
+                let newest = metas
+                    .iter()
+                    .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+                if let Some(meta) = newest {
+                    match s.get_small(&meta.location, 16 * 1024 * 1024).await {
+                        Ok(bytes) => match p.adopt_replicated_state(&bytes) {
+                            Ok(true) => {
+                                tracing::info!(store = %s.name, provider = p.name(), "adopted a newer keyring from the store")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(store = %s.name, provider = p.name(), error = %e, "replicated keyring does not open")
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(store = %s.name, error = %e, "cannot read replicated keyring")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write the current keyring of every provider that replicates state to one store, then
+    /// delete older generations there.
+    pub async fn push_keyrings(&self, s: &Store) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        for p in &self.providers {
+            let Some((generation, bytes)) =
+                p.replicated_state().map_err(|e| StoreError::Setup {
+                    store: s.name.clone(),
+                    reason: e.to_string(),
+                })?
+            else {
+                continue;
+            };
+            let path = s.keyring_path(p.name(), generation);
+            s.inner
+                .put(&path, bytes.into())
+                .await
+                .map_err(|e| s.op_err("put", &path, e))?;
+            let dir = s.keyring_dir(p.name());
+            let metas: Vec<_> = s
+                .inner
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(|e| s.op_err("list", &dir, e))?;
+            for m in metas {
+                if m.location.as_ref() < path.as_ref() {
+                    match s.inner.delete(&m.location).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(s.op_err("delete", &m.location, e)),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild the local catalog from the stores' manifests. A replica counts as committed when
+    /// its manifest is there and its data object has the manifest's size (`coffre verify` checks
+    /// the hashes). Returns (snapshots, replicas).
+    pub async fn rebuild_catalog(&self) -> Result<(usize, usize), CatalogError> {
+        use crate::catalog::ReplicaState;
+        let mut found: std::collections::BTreeMap<crate::ids::SnapshotId, Vec<(String, bool)>> =
+            Default::default();
+        let mut manifests = std::collections::BTreeMap::new();
+        for s in &self.stores {
+            let list = match s.list_manifests().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(store = %s.name, error = %e, "store skipped during catalog rebuild");
+                    continue;
+                }
+            };
+            for (source, id) in list {
+                let Ok(m) = s.get_manifest(&source, &id).await else {
+                    continue;
+                };
+                let data_ok = matches!(s.inner.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
+                found.entry(id).or_default().push((s.name.clone(), data_ok));
+                manifests.entry(id).or_insert(m);
+            }
+        }
+        self.catalog.clear()?;
+        let mut replicas = 0;
+        for (id, m) in &manifests {
+            self.catalog.put_manifest(m)?;
+            for s in &self.stores {
+                let state = match found
+                    .get(id)
+                    .and_then(|v| v.iter().find(|(n, _)| n == &s.name))
+                {
+                    Some((_, true)) => {
+                        replicas += 1;
+                        ReplicaState::Committed
+                    }
+                    Some((_, false)) => ReplicaState::Bad,
+                    None => ReplicaState::Missing,
+                };
+                self.catalog.set_replica(id, &s.name, state)?;
+            }
+        }
+        Ok((manifests.len(), replicas))
+    }
+}

@@ -1,0 +1,257 @@
+//! Local catalog: a cache of the stores' manifests and of where each snapshot is committed, in an
+//! SQLite database under the state folder (WAL, synchronous=FULL).
+//!
+//! Invariant: the catalog is never the only record of anything; `coffre catalog rebuild` recreates
+//! it from any store's manifests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::ids::SnapshotId;
+use crate::store::Manifest;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}. If it is damaged, move it aside and run `coffre catalog rebuild`")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("catalog {path} holds a manifest that does not parse: {reason}; run `coffre catalog rebuild`")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// State of one replica as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaState {
+    Committed,
+    Missing,
+    Bad,
+}
+
+impl ReplicaState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Committed => "committed",
+            ReplicaState::Missing => "missing",
+            ReplicaState::Bad => "bad",
+        }
+    }
+    fn parse(s: &str) -> ReplicaState {
+        match s {
+            "committed" => ReplicaState::Committed,
+            "missing" => ReplicaState::Missing,
+            _ => ReplicaState::Bad,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Replica {
+    pub store: String,
+    pub state: ReplicaState,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub manifest: Manifest,
+    pub replicas: Vec<Replica>,
+}
+
+pub struct Catalog {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        if let Some(dir) = path.parent() {
+            crate::keys::file::create_private_dir(dir).map_err(|e| CatalogError::Db {
+                path: path.to_path_buf(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let db = |source| CatalogError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS snapshots (
+                 id TEXT PRIMARY KEY,
+                 source TEXT NOT NULL,
+                 created TEXT NOT NULL,
+                 manifest TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS snapshots_source ON snapshots(source, id);
+             CREATE TABLE IF NOT EXISTS replicas (
+                 snapshot TEXT NOT NULL,
+                 store TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 updated TEXT NOT NULL,
+                 PRIMARY KEY (snapshot, store)
+             );",
+        )
+        .map_err(db)?;
+        Ok(Catalog {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn db(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn put_manifest(&self, m: &Manifest) -> Result<(), CatalogError> {
+        let json = String::from_utf8(m.to_json()).unwrap_or_default();
+        self.conn()
+            .execute(
+                "INSERT INTO snapshots (id, source, created, manifest) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET manifest = excluded.manifest",
+                params![m.snapshot.to_string(), m.source, m.created, json],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn set_replica(
+        &self,
+        id: &SnapshotId,
+        store: &str,
+        state: ReplicaState,
+    ) -> Result<(), CatalogError> {
+        self.conn()
+            .execute(
+                "INSERT INTO replicas (snapshot, store, state, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(snapshot, store) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                params![id.to_string(), store, state.as_str(), crate::audit::now_rfc3339()],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn parse(&self, json: &str) -> Result<Manifest, CatalogError> {
+        Manifest::parse(json.as_bytes()).map_err(|reason| CatalogError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    fn replicas(&self, conn: &Connection, id: &str) -> Result<Vec<Replica>, CatalogError> {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT store, state, updated FROM replicas WHERE snapshot = ?1 ORDER BY store",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map(params![id], |r| {
+                Ok(Replica {
+                    store: r.get(0)?,
+                    state: ReplicaState::parse(&r.get::<_, String>(1)?),
+                    updated: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.db(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
+    }
+
+    /// Snapshots, oldest first, optionally of one source.
+    pub fn list(&self, source: Option<&str>) -> Result<Vec<Entry>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, manifest FROM snapshots WHERE (?1 IS NULL OR source = ?1) ORDER BY id",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows: Vec<(String, String)> = st
+            .query_map(params![source], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, json) in rows {
+            out.push(Entry {
+                manifest: self.parse(&json)?,
+                replicas: self.replicas(&conn, &id)?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, id: &SnapshotId) -> Result<Option<Entry>, CatalogError> {
+        let conn = self.conn();
+        let json: Option<String> = conn
+            .query_row(
+                "SELECT manifest FROM snapshots WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        match json {
+            None => Ok(None),
+            Some(j) => Ok(Some(Entry {
+                manifest: self.parse(&j)?,
+                replicas: self.replicas(&conn, &id.to_string())?,
+            })),
+        }
+    }
+
+    /// Newest snapshot of a source.
+    pub fn latest(&self, source: &str) -> Result<Option<Entry>, CatalogError> {
+        let id: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT id FROM snapshots WHERE source = ?1 ORDER BY id DESC LIMIT 1",
+                params![source],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        match id.and_then(|s| s.parse::<SnapshotId>().ok()) {
+            None => Ok(None),
+            Some(id) => self.get(&id),
+        }
+    }
+
+    /// Forget everything (before a rebuild).
+    pub fn clear(&self) -> Result<(), CatalogError> {
+        self.conn()
+            .execute_batch("DELETE FROM replicas; DELETE FROM snapshots;")
+            .map_err(|e| self.db(e))
+    }
+
+    pub fn remove(&self, id: &SnapshotId) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM replicas WHERE snapshot = ?1",
+            params![id.to_string()],
+        )
+        .map_err(|e| self.db(e))?;
+        conn.execute(
+            "DELETE FROM snapshots WHERE id = ?1",
+            params![id.to_string()],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+}

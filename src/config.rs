@@ -1,0 +1,1074 @@
+//! Configuration: inert serde data, then one `validate()` pass that reports every problem with its
+//! key path and what to do about it. Live components (stores, key providers) are built from a
+//! validated config elsewhere (`store::build`, `keys::build`).
+//!
+//! Invariants: secrets are only ever given by path, environment variable name or systemd credential
+//! name, never inline; there is no option that turns sealing off; relative paths are relative to the
+//! working directory (the repository root for the embedded default, absolute under systemd).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::ids::is_valid_name;
+
+/// Where the config is read from when neither `--config` nor `COFFRE_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/coffre/coffre.toml";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error(
+        "cannot read the config file {path}: {source}. Pass --config FILE or set COFFRE_CONFIG"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid TOML for coffre: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("the config file {path} has {} problem(s):\n{}", problems.len(), render(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {}: {}", p.key, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One validation finding: the key path (`store[1].endpoint`) and what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Folder for the local catalog, journal, keyrings and access log (created mode 0700).
+    pub state_dir: PathBuf,
+    /// Host name written in manifests and the access log; defaults to the OS host name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Compression, sealing and upload tuning.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Replication policy across stores.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// HTTP status endpoint.
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// Access log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Folders where snapshots land.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Object stores that receive sealed copies.
+    #[serde(default, rename = "store")]
+    pub stores: Vec<StoreConfig>,
+    /// Key providers that wrap each snapshot's data key.
+    #[serde(default, rename = "key-provider")]
+    pub key_providers: Vec<KeyProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineConfig {
+    /// zstd compression level, 1 to 19.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// zstd worker threads; 0 means one per CPU core.
+    #[serde(default)]
+    pub zstd_threads: u32,
+    /// Plaintext size of one sealed segment: a power of two from 64 KiB to 16 MiB.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: ByteSize,
+    /// Multipart upload part size (at least 5 MiB, the S3 minimum).
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// Parts in flight per store.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+}
+
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_segment_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_part_size() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_upload_concurrency() -> usize {
+    4
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            zstd_level: default_zstd_level(),
+            zstd_threads: 0,
+            segment_size: default_segment_size(),
+            part_size: default_part_size(),
+            upload_concurrency: default_upload_concurrency(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// log2 of the segment size (validated to be a power of two in range).
+    pub fn segment_log2(&self) -> u8 {
+        self.segment_size.as_u64().trailing_zeros() as u8
+    }
+
+    pub fn threads(&self) -> u32 {
+        if self.zstd_threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        } else {
+            self.zstd_threads
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReplicationConfig {
+    /// A snapshot counts as protected only when committed in at least this many distinct sites.
+    #[serde(default = "default_min_sites")]
+    pub min_sites: usize,
+    /// Jurisdictions (e.g. `CA-QC`) where stores may be; any other needs a privacy impact assessment.
+    #[serde(default = "default_jurisdictions")]
+    pub allowed_jurisdictions: Vec<String>,
+    /// Attempts per store operation before the store is marked down for this snapshot.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First backoff between attempts (doubled each time, with jitter).
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+}
+
+fn default_min_sites() -> usize {
+    2
+}
+fn default_jurisdictions() -> Vec<String> {
+    vec!["CA-QC".to_string()]
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            min_sites: default_min_sites(),
+            allowed_jurisdictions: default_jurisdictions(),
+            retries: default_retries(),
+            backoff: default_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StatusConfig {
+    /// Address of the status endpoint; loopback by default.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// File holding a bearer token; required when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9640))
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: default_listen(),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuditConfig {
+    /// Access log file; defaults to `<state-dir>/audit/access.log`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Unix group whose members may use restore, drill, shred, hold and audit through the daemon.
+    #[serde(default)]
+    pub operators_group: Option<String>,
+}
+
+/// How coffre decides that a snapshot in a source folder is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompleteRule {
+    /// A marker file exists: `backup_manifest` inside a directory, or `NAME.done` beside a file.
+    Marker,
+    /// Size and mtime unchanged for `settle-time`, and no process has the file open for writing.
+    Settled,
+    /// The snapshot was renamed into the folder: anything that is not a temporary name is complete.
+    Rename,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SourceConfig {
+    /// Name of the source (path-safe: letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Folder where this source's snapshots land.
+    pub path: PathBuf,
+    /// How a snapshot is known to be complete.
+    #[serde(default = "default_complete")]
+    pub complete: CompleteRule,
+    /// For `settled`: how long size and mtime must stay unchanged.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle_time: Duration,
+    /// Retention of this source's snapshots.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+fn default_complete() -> CompleteRule {
+    CompleteRule::Settled
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RetentionConfig {
+    /// Keep every snapshot at least this long; its data key is wrapped under the epoch of the day
+    /// this period ends, and that epoch key is destroyed when the day is over.
+    #[serde(default = "default_keep_within", with = "humantime_serde")]
+    pub keep_within: Duration,
+}
+
+fn default_keep_within() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep_within: default_keep_within(),
+        }
+    }
+}
+
+/// Kind of object store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    Local,
+    S3,
+    Azure,
+    Gcs,
+}
+
+/// One object store. Flat on purpose (one table per store, the fields of its kind); `validate()`
+/// refuses fields that do not belong to the kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StoreConfig {
+    /// Name of the store (path-safe).
+    pub name: String,
+    /// local, s3, azure or gcs.
+    pub kind: StoreKind,
+    /// Geographic site (region) of the store; replication counts distinct sites.
+    pub site: String,
+    /// Jurisdiction of the site, e.g. `CA-QC`.
+    pub jurisdiction: String,
+    /// Reference of the privacy impact assessment that allows this store outside the allow-list.
+    #[serde(default)]
+    pub privacy_impact_assessment: Option<String>,
+    /// Prefix of every coffre object in this store.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Must stay true: coffre refuses stores whose TLS certificates are not verified.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// local: folder of the store.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// s3, gcs: bucket name.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// s3, azure: endpoint URL (https, or http on a loopback address for tests).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// s3: region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// s3: use virtual-hosted-style URLs (AWS) rather than path-style (most S3-compatible stores).
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    /// s3: environment variable holding the access key id (default: the AWS_* environment).
+    #[serde(default)]
+    pub access_key_id_env: Option<String>,
+    /// s3: file holding the access key id.
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    /// s3: environment variable holding the secret access key.
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+    /// s3: file holding the secret access key (mode 0600 or 0400).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// azure: storage account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// azure: container.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// azure: environment variable holding the account key.
+    #[serde(default)]
+    pub access_key_env: Option<String>,
+    /// azure: file holding the account key (mode 0600 or 0400).
+    #[serde(default)]
+    pub access_key_file: Option<PathBuf>,
+    /// gcs: service account JSON file.
+    #[serde(default)]
+    pub service_account_file: Option<PathBuf>,
+}
+
+fn default_prefix() -> String {
+    "coffre".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Kind of key provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    File,
+    Pkcs11,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeyProviderConfig {
+    /// Name of the provider (path-safe).
+    pub name: String,
+    /// file or pkcs11.
+    pub kind: ProviderKind,
+    /// file: path of the master key (64 hex characters, mode 0600 or 0400).
+    #[serde(default)]
+    pub master_key: Option<PathBuf>,
+    /// file: systemd credential holding the master key (`LoadCredential=NAME:...`).
+    #[serde(default)]
+    pub master_key_credential: Option<String>,
+    /// file: create the master key (mode 0600) if it does not exist yet.
+    #[serde(default)]
+    pub create_master_key: bool,
+    /// file: sealed keyring; defaults to `<state-dir>/keys/<name>.keyring`.
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
+    /// pkcs11: path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    /// pkcs11: label of the token.
+    #[serde(default)]
+    pub token_label: Option<String>,
+    /// pkcs11: file holding the user PIN (mode 0600 or 0400).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parse and validate config text; `path` only names the file in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    pub fn host(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "unknown-host".to_string())
+        })
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .path
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit").join("access.log"))
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// Every problem in the config, each with its key path. Empty when the config is usable.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut push = |key: String, message: String| p.push(Problem { key, message });
+
+        let pl = &self.pipeline;
+        if !(1..=19).contains(&pl.zstd_level) {
+            push(
+                "pipeline.zstd-level".into(),
+                format!(
+                    "{} is out of range: use 1 to 19 (3 is a good default)",
+                    pl.zstd_level
+                ),
+            );
+        }
+        let seg = pl.segment_size.as_u64();
+        if !seg.is_power_of_two() || !(64 * 1024..=16 * 1024 * 1024).contains(&seg) {
+            push(
+                "pipeline.segment-size".into(),
+                format!("{seg} bytes is not a power of two from 64 KiB to 16 MiB (e.g. \"1MiB\")"),
+            );
+        }
+        if pl.part_size.as_u64() < 5 * 1024 * 1024 || pl.part_size.as_u64() > 512 * 1024 * 1024 {
+            push(
+                "pipeline.part-size".into(),
+                "must be from 5 MiB (the S3 minimum part) to 512 MiB".into(),
+            );
+        }
+        if !(1..=64).contains(&pl.upload_concurrency) {
+            push(
+                "pipeline.upload-concurrency".into(),
+                "must be from 1 to 64".into(),
+            );
+        }
+        if pl.zstd_threads > 256 {
+            push(
+                "pipeline.zstd-threads".into(),
+                "must be at most 256 (0 = one per core)".into(),
+            );
+        }
+
+        // Sources.
+        let mut names = BTreeSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = format!("source[{i}]");
+            if !is_valid_name(&s.name) {
+                push(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is not a valid name: use letters, digits, `-`, `_`, `.`",
+                        s.name
+                    ),
+                );
+            }
+            if !names.insert(s.name.clone()) {
+                push(
+                    format!("{key}.name"),
+                    format!("source `{}` is defined twice", s.name),
+                );
+            }
+            if s.retention.keep_within < Duration::from_secs(3600) {
+                push(
+                    format!("{key}.retention.keep-within"),
+                    "must be at least 1h".into(),
+                );
+            }
+        }
+
+        // Stores.
+        let mut store_names = BTreeSet::new();
+        let mut sites = BTreeSet::new();
+        for (i, s) in self.stores.iter().enumerate() {
+            let key = format!("store[{i}]");
+            if !is_valid_name(&s.name) {
+                push(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is not a valid name: use letters, digits, `-`, `_`, `.`",
+                        s.name
+                    ),
+                );
+            }
+            if !store_names.insert(s.name.clone()) {
+                push(
+                    format!("{key}.name"),
+                    format!("store `{}` is defined twice", s.name),
+                );
+            }
+            sites.insert(s.site.clone());
+            if s.prefix.is_empty()
+                || s.prefix.starts_with('/')
+                || s.prefix.ends_with('/')
+                || s.prefix
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                push(
+                    format!("{key}.prefix"),
+                    "must be a relative path such as `coffre` or `clinics/coffre`".into(),
+                );
+            }
+            if !s.tls_verify {
+                push(
+                    format!("{key}.tls-verify"),
+                    "coffre never talks to a store without verifying its TLS certificate: remove tls-verify = false and install the store's CA certificate instead".into(),
+                );
+            }
+            if !self
+                .replication
+                .allowed_jurisdictions
+                .iter()
+                .any(|j| j == &s.jurisdiction)
+                && s.privacy_impact_assessment
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim()
+                    .is_empty()
+            {
+                push(
+                    format!("{key}.jurisdiction"),
+                    format!(
+                        "`{}` is outside replication.allowed-jurisdictions ({}): personal information may leave it only under a privacy impact assessment; name it in privacy-impact-assessment or choose a store in an allowed jurisdiction",
+                        s.jurisdiction,
+                        self.replication.allowed_jurisdictions.join(", ")
+                    ),
+                );
+            }
+            validate_store_kind(s, &key, &mut push);
+        }
+        if self.stores.is_empty() {
+            push(
+                "store".into(),
+                "no store is configured: add at least two [[store]] tables in distinct sites"
+                    .into(),
+            );
+        }
+        if self.replication.min_sites == 0 {
+            push(
+                "replication.min-sites".into(),
+                "must be at least 1 (2 or more for disaster recovery)".into(),
+            );
+        }
+        if sites.len() < self.replication.min_sites {
+            push(
+                "replication.min-sites".into(),
+                format!(
+                    "{} distinct site(s) configured ({}) but min-sites is {}: add stores in other sites",
+                    sites.len(),
+                    sites.iter().cloned().collect::<Vec<_>>().join(", "),
+                    self.replication.min_sites
+                ),
+            );
+        }
+
+        // Key providers.
+        let mut provider_names = BTreeSet::new();
+        for (i, k) in self.key_providers.iter().enumerate() {
+            let key = format!("key-provider[{i}]");
+            if !is_valid_name(&k.name) {
+                push(
+                    format!("{key}.name"),
+                    format!("`{}` is not a valid name", k.name),
+                );
+            }
+            if !provider_names.insert(k.name.clone()) {
+                push(
+                    format!("{key}.name"),
+                    format!("key provider `{}` is defined twice", k.name),
+                );
+            }
+            match k.kind {
+                ProviderKind::File => {
+                    match (&k.master_key, &k.master_key_credential) {
+                        (None, None) | (Some(_), Some(_)) => push(
+                            format!("{key}.master-key"),
+                            "a file provider needs exactly one of master-key (a path) or master-key-credential (a systemd credential name)".into(),
+                        ),
+                        _ => {}
+                    }
+                    if let Some(mk) = &k.master_key {
+                        if let Some(problem) = secret_file_problem(mk) {
+                            push(format!("{key}.master-key"), problem);
+                        }
+                    }
+                    for (what, f) in [
+                        ("module", k.module.is_some()),
+                        ("token-label", k.token_label.is_some()),
+                        ("pin-file", k.pin_file.is_some()),
+                    ] {
+                        if f {
+                            push(
+                                format!("{key}.{what}"),
+                                "belongs to pkcs11 providers, not file".into(),
+                            );
+                        }
+                    }
+                    // A key inside a data store would travel with the data it protects.
+                    let keyring = self.keyring_path(k);
+                    for (j, s) in self.stores.iter().enumerate() {
+                        if let (StoreKind::Local, Some(sp)) = (s.kind, &s.path) {
+                            for (what, kp) in [
+                                ("master-key", k.master_key.as_ref()),
+                                ("keyring", Some(&keyring)),
+                            ] {
+                                if let Some(kp) = kp {
+                                    if path_within(kp, sp) {
+                                        push(
+                                            format!("{key}.{what}"),
+                                            format!("{} is inside store[{j}] ({}): keys must never be stored with the data they protect; move it out of the store", kp.display(), sp.display()),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                ProviderKind::Pkcs11 => {
+                    if k.module.is_none() {
+                        push(
+                            format!("{key}.module"),
+                            "a pkcs11 provider needs module (path of the PKCS#11 library)".into(),
+                        );
+                    }
+                    if k.token_label.is_none() {
+                        push(
+                            format!("{key}.token-label"),
+                            "a pkcs11 provider needs token-label".into(),
+                        );
+                    }
+                    match &k.pin_file {
+                        None => push(
+                            format!("{key}.pin-file"),
+                            "a pkcs11 provider needs pin-file (a file holding the user PIN)".into(),
+                        ),
+                        Some(pf) => {
+                            if let Some(problem) = secret_file_problem(pf) {
+                                push(format!("{key}.pin-file"), problem);
+                            }
+                        }
+                    }
+                    for (what, f) in [
+                        ("master-key", k.master_key.is_some()),
+                        ("master-key-credential", k.master_key_credential.is_some()),
+                        ("keyring", k.keyring.is_some()),
+                    ] {
+                        if f {
+                            push(
+                                format!("{key}.{what}"),
+                                "belongs to file providers, not pkcs11".into(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if self.key_providers.is_empty() {
+            push(
+                "key-provider".into(),
+                "no key provider is configured: add a [[key-provider]] (kind = \"file\" or \"pkcs11\")".into(),
+            );
+        }
+
+        if !self.status.listen.ip().is_loopback() && self.status.token_file.is_none() {
+            push(
+                "status.token-file".into(),
+                format!("status.listen {} is not a loopback address: set token-file so that only holders of the bearer token can read the status", self.status.listen),
+            );
+        }
+        if let Some(tf) = &self.status.token_file {
+            if let Some(problem) = secret_file_problem(tf) {
+                push("status.token-file".into(), problem);
+            }
+        }
+        p
+    }
+
+    /// The sealed keyring of a file provider.
+    pub fn keyring_path(&self, k: &KeyProviderConfig) -> PathBuf {
+        k.keyring.clone().unwrap_or_else(|| {
+            self.state_dir
+                .join("keys")
+                .join(format!("{}.keyring", k.name))
+        })
+    }
+
+    /// Distinct sites of the configured stores, with the stores in each.
+    pub fn sites(&self) -> BTreeMap<String, Vec<String>> {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in &self.stores {
+            m.entry(s.site.clone()).or_default().push(s.name.clone());
+        }
+        m
+    }
+}
+
+fn validate_store_kind(s: &StoreConfig, key: &str, push: &mut impl FnMut(String, String)) {
+    let has = |f: bool, name: &str, push: &mut dyn FnMut(String, String)| {
+        if f {
+            push(
+                format!("{key}.{name}"),
+                format!("does not apply to a {:?} store: remove it", s.kind).to_lowercase(),
+            );
+        }
+    };
+    let s3_fields = [
+        ("region", s.region.is_some()),
+        ("access-key-id-env", s.access_key_id_env.is_some()),
+        ("access-key-id-file", s.access_key_id_file.is_some()),
+        ("secret-access-key-env", s.secret_access_key_env.is_some()),
+        ("secret-access-key-file", s.secret_access_key_file.is_some()),
+        ("virtual-hosted-style", s.virtual_hosted_style),
+    ];
+    let azure_fields = [
+        ("account", s.account.is_some()),
+        ("container", s.container.is_some()),
+        ("access-key-env", s.access_key_env.is_some()),
+        ("access-key-file", s.access_key_file.is_some()),
+    ];
+    match s.kind {
+        StoreKind::Local => {
+            if s.path.is_none() {
+                push(
+                    format!("{key}.path"),
+                    "a local store needs path (its folder)".into(),
+                );
+            }
+            has(s.bucket.is_some(), "bucket", push);
+            has(s.endpoint.is_some(), "endpoint", push);
+            has(
+                s.service_account_file.is_some(),
+                "service-account-file",
+                push,
+            );
+            for (n, f) in s3_fields.iter().chain(azure_fields.iter()) {
+                has(*f, n, push);
+            }
+        }
+        StoreKind::S3 => {
+            if s.bucket.is_none() {
+                push(format!("{key}.bucket"), "an s3 store needs bucket".into());
+            }
+            has(s.path.is_some(), "path", push);
+            has(
+                s.service_account_file.is_some(),
+                "service-account-file",
+                push,
+            );
+            for (n, f) in azure_fields.iter() {
+                has(*f, n, push);
+            }
+            for (n, f) in [
+                ("secret-access-key-file", &s.secret_access_key_file),
+                ("access-key-id-file", &s.access_key_id_file),
+            ] {
+                if let Some(problem) = f.as_deref().and_then(secret_file_problem) {
+                    push(format!("{key}.{n}"), problem);
+                }
+            }
+        }
+        StoreKind::Azure => {
+            if s.account.is_none() {
+                push(
+                    format!("{key}.account"),
+                    "an azure store needs account".into(),
+                );
+            }
+            if s.container.is_none() {
+                push(
+                    format!("{key}.container"),
+                    "an azure store needs container".into(),
+                );
+            }
+            has(s.path.is_some(), "path", push);
+            has(s.bucket.is_some(), "bucket", push);
+            has(
+                s.service_account_file.is_some(),
+                "service-account-file",
+                push,
+            );
+            for (n, f) in s3_fields.iter() {
+                has(*f, n, push);
+            }
+            if let Some(problem) = s.access_key_file.as_deref().and_then(secret_file_problem) {
+                push(format!("{key}.access-key-file"), problem);
+            }
+        }
+        StoreKind::Gcs => {
+            if s.bucket.is_none() {
+                push(format!("{key}.bucket"), "a gcs store needs bucket".into());
+            }
+            has(s.path.is_some(), "path", push);
+            for (n, f) in s3_fields.iter().chain(azure_fields.iter()) {
+                has(*f, n, push);
+            }
+            if let Some(problem) = s
+                .service_account_file
+                .as_deref()
+                .and_then(secret_file_problem)
+            {
+                push(format!("{key}.service-account-file"), problem);
+            }
+        }
+    }
+    if let Some(ep) = &s.endpoint {
+        match url::Url::parse(ep) {
+            Err(e) => push(format!("{key}.endpoint"), format!("`{ep}` is not a URL: {e}")),
+            Ok(u) => match u.scheme() {
+                "https" => {}
+                "http" if is_loopback_host(&u) => {}
+                "http" => push(
+                    format!("{key}.endpoint"),
+                    format!("`{ep}` is plaintext http: health data travels only over TLS; use https (plain http is accepted only on a loopback test store)"),
+                ),
+                other => push(
+                    format!("{key}.endpoint"),
+                    format!("scheme `{other}` is not supported: use https"),
+                ),
+            },
+        }
+    }
+}
+
+pub(crate) fn is_loopback_host(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// A secret file that exists but is readable by group or others is refused.
+pub fn secret_file_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        Some(format!(
+            "{} is readable or writable by group or others (mode {:o}): it holds a secret; run `chmod 600 {}`",
+            path.display(),
+            mode,
+            path.display()
+        ))
+    } else {
+        None
+    }
+}
+
+/// Lexical check (after making both absolute against the working directory and normalising `.`
+/// and `..`) that `inner` lies within `outer`.
+pub fn path_within(inner: &Path, outer: &Path) -> bool {
+    let abs = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    abs(inner).starts_with(abs(outer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state-dir = "/tmp/coffre-test-state"
+[[source]]
+name = "emr"
+path = "/tmp/in"
+[[store]]
+name = "a"
+kind = "local"
+site = "mtl"
+jurisdiction = "CA-QC"
+path = "/tmp/a"
+[[store]]
+name = "b"
+kind = "s3"
+site = "qc"
+jurisdiction = "CA-QC"
+bucket = "x"
+endpoint = "http://127.0.0.1:9000"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "/tmp/coffre-nonexistent/master.key"
+"#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::from_toml(text, Path::new("t.toml")) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    #[test]
+    fn good_config_validates() {
+        let c = Config::from_toml(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(c.stores.len(), 2);
+        assert_eq!(c.pipeline.segment_log2(), 20);
+        assert_eq!(c.replication.min_sites, 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_with_location() {
+        let e = Config::from_toml(
+            &GOOD.replace("[[source]]", "colour = 1\n[[source]]"),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let e = Config::from_toml(
+            &GOOD.replace("name = \"emr\"", "name = 5"),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_http_store_is_refused_unless_loopback() {
+        let ps = problems(&GOOD.replace("http://127.0.0.1:9000", "http://s3.example.com"));
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "store[1].endpoint" && p.message.contains("plaintext http")),
+            "{ps:?}"
+        );
+    }
+
+    #[test]
+    fn one_site_only_is_refused() {
+        let ps = problems(&GOOD.replace("site = \"qc\"", "site = \"mtl\""));
+        assert!(
+            ps.iter().any(|p| p.key == "replication.min-sites"),
+            "{ps:?}"
+        );
+    }
+
+    #[test]
+    fn jurisdiction_outside_allow_list_needs_a_pia() {
+        let text = GOOD.replace(
+            "jurisdiction = \"CA-QC\"\nbucket",
+            "jurisdiction = \"US-VA\"\nbucket",
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter().any(|p| p.key == "store[1].jurisdiction"),
+            "{ps:?}"
+        );
+        let text = text.replace(
+            "bucket = \"x\"",
+            "bucket = \"x\"\nprivacy-impact-assessment = \"PIA-2026-014\"",
+        );
+        assert!(problems(&text).is_empty());
+    }
+
+    #[test]
+    fn tls_verification_off_is_refused() {
+        let ps = problems(&GOOD.replace("bucket = \"x\"", "bucket = \"x\"\ntls-verify = false"));
+        assert!(ps.iter().any(|p| p.key == "store[1].tls-verify"), "{ps:?}");
+    }
+
+    #[test]
+    fn key_inside_a_store_is_refused() {
+        let ps = problems(&GOOD.replace("/tmp/coffre-nonexistent/master.key", "/tmp/a/master.key"));
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "key-provider[0].master-key"
+                    && p.message.contains("inside store[0]")),
+            "{ps:?}"
+        );
+    }
+
+    #[test]
+    fn world_readable_key_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, "00").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let ps =
+            problems(&GOOD.replace("/tmp/coffre-nonexistent/master.key", key.to_str().unwrap()));
+        assert!(ps.iter().any(|p| p.message.contains("chmod 600")), "{ps:?}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(problems(
+            &GOOD.replace("/tmp/coffre-nonexistent/master.key", key.to_str().unwrap())
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = GOOD
+            .replace("http://127.0.0.1:9000", "http://s3.example.com")
+            .replace("name = \"emr\"", "name = \"../emr\"")
+            .replace("[[source]]", "[pipeline]\nzstd-level = 40\n[[source]]");
+        let ps = problems(&text);
+        assert!(ps.len() >= 3, "{ps:?}");
+    }
+
+    #[test]
+    fn fields_of_another_kind_are_refused() {
+        let ps =
+            problems(&GOOD.replace("path = \"/tmp/a\"", "path = \"/tmp/a\"\nbucket = \"oops\""));
+        assert!(ps.iter().any(|p| p.key == "store[0].bucket"), "{ps:?}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Keys: the per-snapshot data key (DEK), epoch keys held by key providers, and the `KeyProvider`
+//! trait (create epoch key, wrap, unwrap, destroy, health).
+//!
+//! Invariants:
+//! - a DEK never leaves memory in clear; it is zeroized on drop and has no `Clone`, `Debug`,
+//!   `Serialize`;
+//! - a DEK is wrapped under the epoch key of the UTC day its snapshot is planned to expire;
+//!   destroying that epoch key in every provider makes every copy of the snapshot unreadable;
+//! - "key destroyed" is a distinct error from "wrong key" and "tampered"; coffre never falls back
+//!   to trying other keys.
+
+pub mod file;
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretBox};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ProviderKind};
+use crate::ids::{EpochId, SnapshotId};
+
+/// 32-byte data key of one snapshot.
+pub struct DataKey(SecretBox<[u8; 32]>);
+
+impl DataKey {
+    /// A fresh random data key.
+    pub fn generate() -> DataKey {
+        let mut k = Box::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, k.as_mut());
+        DataKey(SecretBox::new(k))
+    }
+
+    /// From raw bytes (the caller's copy should be zeroized).
+    pub fn from_bytes(bytes: [u8; 32]) -> DataKey {
+        DataKey(SecretBox::new(Box::new(bytes)))
+    }
+
+    pub(crate) fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("epoch key {epoch} was destroyed by provider `{provider}` (crypto-shredded{}): the snapshots it covered can no longer be decrypted by anyone", at.as_deref().map(|t| format!(" at {t}")).unwrap_or_default())]
+    KeyDestroyed {
+        provider: String,
+        epoch: EpochId,
+        at: Option<String>,
+    },
+    #[error("provider `{provider}` has no epoch key {epoch}: the keyring is older than the snapshot, or belongs to another installation. Restore the keyring from a store (`coffre keys status`), or use the provider that wrapped this snapshot")]
+    UnknownEpoch { provider: String, epoch: EpochId },
+    #[error("the keyring {path} cannot be opened with the master key of provider `{provider}`: wrong master key, or the keyring is corrupt. Use the master key this installation was created with")]
+    WrongMasterKey { provider: String, path: String },
+    #[error("the wrapped data key of snapshot {snapshot} does not unwrap under epoch {epoch} of provider `{provider}`: the key object was altered or the provider holds a different key")]
+    UnwrapFailed {
+        provider: String,
+        epoch: EpochId,
+        snapshot: String,
+    },
+    #[error("master key of provider `{provider}` is not usable: {reason}")]
+    MasterKey { provider: String, reason: String },
+    #[error("key provider `{provider}` is unavailable: {reason}")]
+    Unavailable { provider: String, reason: String },
+    #[error("keyring of provider `{provider}` at {path}: {source}")]
+    Io {
+        provider: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no key provider could unwrap the data key of snapshot {snapshot}: {reasons}")]
+    NoProvider { snapshot: String, reasons: String },
+}
+
+impl KeyError {
+    /// True when retrying later (the HSM is back, the network returns) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, KeyError::Unavailable { .. } | KeyError::Io { .. })
+    }
+
+    pub fn is_destroyed(&self) -> bool {
+        matches!(self, KeyError::KeyDestroyed { .. })
+    }
+}
+
+/// What a provider knows of an epoch (no key material).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpochInfo {
+    pub epoch: EpochId,
+    pub created: String,
+    /// Set when the epoch key was destroyed.
+    pub destroyed: Option<String>,
+}
+
+/// A key provider holds epoch keys and wraps data keys under them.
+pub trait KeyProvider: Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> &'static str;
+    /// Wrapping algorithm recorded in the key object.
+    fn algorithm(&self) -> &'static str;
+    /// Create the epoch key if it does not exist yet (idempotent). Errors if it was destroyed.
+    fn ensure_epoch(&self, epoch: &EpochId) -> Result<(), KeyError>;
+    fn wrap(
+        &self,
+        epoch: &EpochId,
+        dek: &DataKey,
+        snapshot: &SnapshotId,
+    ) -> Result<Vec<u8>, KeyError>;
+    fn unwrap(
+        &self,
+        epoch: &EpochId,
+        wrapped: &[u8],
+        snapshot: &SnapshotId,
+    ) -> Result<DataKey, KeyError>;
+    /// Destroy the epoch key; idempotent.
+    fn destroy(&self, epoch: &EpochId) -> Result<(), KeyError>;
+    fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError>;
+    fn health(&self) -> Result<(), KeyError>;
+    /// State the stores should carry so that a disaster-recovery site can use this provider with
+    /// only its master secret (the sealed keyring of a file provider): (generation, bytes).
+    fn replicated_state(&self) -> Result<Option<(u64, Vec<u8>)>, KeyError> {
+        Ok(None)
+    }
+    /// Adopt state fetched from a store if it is newer than ours; true when adopted.
+    fn adopt_replicated_state(&self, _bytes: &[u8]) -> Result<bool, KeyError> {
+        Ok(false)
+    }
+}
+
+/// Build every configured provider (in config order: restores try them in this order).
+pub fn build(config: &Config) -> Result<Vec<Arc<dyn KeyProvider>>, KeyError> {
+    let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
+    for k in &config.key_providers {
+        match k.kind {
+            ProviderKind::File => out.push(Arc::new(file::FileProvider::open(config, k)?)),
+            ProviderKind::Pkcs11 => return Err(KeyError::Unavailable {
+                provider: k.name.clone(),
+                reason:
+                    "the pkcs11 provider is not available in this build yet; use kind = \"file\""
+                        .into(),
+            }),
+        }
+    }
+    Ok(out)
+}

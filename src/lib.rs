@@ -1,0 +1,30 @@
+//! coffre: encrypted, geographically separated backups of EMR database snapshots.
+//!
+//! ```text
+//! watch (notify + startup scan) -> intake (complete? settled? marker?) -> journal (local, crash-safe)
+//!   -> read stream -> zstd (multi-threaded) -> seal (segmented AES-256-GCM, data key per snapshot)
+//!   -> fan-out: one upload per store, concurrent, bounded memory -> manifest (written last) -> catalog
+//! side paths: keys (providers, epochs, wrap/unwrap, destroy) | restore | verify | access log | status
+//! ```
+//!
+//! Invariants kept across the crate:
+//! - compress and seal once; every store receives the same sealed bytes;
+//! - a snapshot is committed in a store iff its manifest is there (written last, `PutMode::Create`)
+//!   and the data matches the manifest's SHA-256;
+//! - no plaintext, key material or personal data reaches a store, a log line or the status page;
+//! - no path leads to plaintext without an access-log entry written (and fsynced) first.
+
+pub mod app;
+pub mod audit;
+pub mod catalog;
+pub mod config;
+pub mod ids;
+pub mod keys;
+pub mod pipeline;
+pub mod restore;
+pub mod store;
+pub mod verify;
+
+pub use app::Coffre;
+pub use config::Config;
+pub use ids::SnapshotId;

@@ -1,0 +1,534 @@
+//! The `coffre` command: parses the CLI, loads the config, starts tracing and calls the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use coffre::config::{Config, ProviderKind, DEFAULT_CONFIG_PATH};
+use coffre::ids::SnapshotId;
+use coffre::pipeline::Protection;
+use coffre::restore::{Request, Selector};
+use coffre::Coffre;
+
+/// Exit code of `coffre backup` when the snapshot is committed in min-sites but not every store.
+const EXIT_DEGRADED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "coffre",
+    version,
+    about = "Encrypted, geographically separated backups of EMR database snapshots"
+)]
+struct Cli {
+    /// Config file (default: $COFFRE_CONFIG, else /etc/coffre/coffre.toml).
+    #[arg(long, global = true, env = "COFFRE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr: text, json, or auto (json under systemd).
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Protect one snapshot (a file or a directory) now; prints the snapshot id.
+    Backup {
+        /// Source the snapshot belongs to.
+        #[arg(long)]
+        source: String,
+        /// The snapshot: a dump file, or a directory such as a pg_basebackup.
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots, oldest first, and where each is committed.
+    Snapshots {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The local catalog (a cache of the stores' manifests).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Restore a snapshot from any surviving store (logged in the access log first).
+    Restore(RestoreArgs),
+    /// Check every replica (present, header valid, SHA-256 matches) without any key.
+    Verify {
+        /// Only this snapshot.
+        snapshot: Option<SnapshotId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Key providers and epoch keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The access log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Validate the config file and print every problem.
+    CheckConfig,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Snapshot id, or `latest`.
+    snapshot: Selector,
+    #[arg(long)]
+    source: String,
+    /// Where to write the snapshot (must not exist).
+    #[arg(long)]
+    to: PathBuf,
+    /// Use only this store.
+    #[arg(long)]
+    store: Option<String>,
+    /// Why the data is accessed (recorded in the access log).
+    #[arg(long)]
+    purpose: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Rebuild the catalog from the stores' manifests.
+    Rebuild {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create the master key of every file provider that has none yet (mode 0600).
+    Init,
+    /// Providers, their health and their epochs (no key material).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; exits non-zero and names the first bad entry.
+    Verify,
+    /// Show entries, optionally filtered.
+    Show {
+        /// Entries at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("COFFRE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    Ok(Config::load(&config_path(cli))?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::CheckConfig => {
+            let c = load_config(&cli)?;
+            println!(
+                "{}: valid ({} source(s), {} store(s) in {} site(s), {} key provider(s))",
+                config_path(&cli).display(),
+                c.sources.len(),
+                c.stores.len(),
+                c.sites().len(),
+                c.key_providers.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Init,
+        } => {
+            let c = load_config(&cli)?;
+            for k in &c.key_providers {
+                match (k.kind, &k.master_key) {
+                    (ProviderKind::File, Some(path)) => {
+                        if path.exists() {
+                            println!(
+                                "{}: master key {} already exists (kept)",
+                                k.name,
+                                path.display()
+                            );
+                        } else {
+                            coffre::keys::file::create_master_key(path)
+                                .with_context(|| format!("creating {}", path.display()))?;
+                            println!("{}: created master key {} (mode 0600): back it up off-site, it is needed for every restore", k.name, path.display());
+                        }
+                    }
+                    (ProviderKind::File, None) => println!(
+                        "{}: master key comes from a systemd credential; nothing to create",
+                        k.name
+                    ),
+                    (ProviderKind::Pkcs11, _) => {
+                        println!("{}: keys live on the token; nothing to create", k.name)
+                    }
+                }
+            }
+            let app = Coffre::open(c).await?;
+            for p in &app.providers {
+                p.health()
+                    .with_context(|| format!("provider {}", p.name()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let config = load_config(&cli)?;
+            let app = Coffre::open(config).await?;
+            command(&app, &cli.command).await
+        }
+    }
+}
+
+async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Backup { source, path, json } => {
+            let out = coffre::pipeline::protect(app, source, path).await?;
+            if *json {
+                print_json(&out)?;
+            } else {
+                println!("{}", out.manifest.snapshot);
+            }
+            for f in &out.failed {
+                eprintln!(
+                    "warning: store `{}` did not receive snapshot {}: {}",
+                    f.store, out.manifest.snapshot, f.error
+                );
+            }
+            if out.protection == Protection::Degraded {
+                eprintln!(
+                    "warning: snapshot {} is degraded: committed in {} of {} stores (at least min-sites sites)",
+                    out.manifest.snapshot,
+                    out.committed.len(),
+                    app.stores.len()
+                );
+                return Ok(ExitCode::from(EXIT_DEGRADED));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshots { source, json } => {
+            let list = app.catalog.list(source.as_deref())?;
+            if *json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "id": e.manifest.snapshot,
+                            "source": e.manifest.source,
+                            "created": e.manifest.created,
+                            "kind": e.manifest.kind,
+                            "name": e.manifest.original_name,
+                            "size": e.manifest.size,
+                            "sealed_size": e.manifest.sealed_size,
+                            "sealed_sha256": e.manifest.sealed_sha256,
+                            "stores": e.replicas.iter().filter(|r| r.state == coffre::catalog::ReplicaState::Committed).map(|r| r.store.clone()).collect::<Vec<_>>(),
+                            "replicas": e.replicas,
+                        })
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else {
+                println!(
+                    "{:<26}  {:<12}  {:<20}  {:>14}  stores",
+                    "id", "source", "created", "size"
+                );
+                for e in &list {
+                    let stores: Vec<_> = e
+                        .replicas
+                        .iter()
+                        .filter(|r| r.state == coffre::catalog::ReplicaState::Committed)
+                        .map(|r| r.store.as_str())
+                        .collect();
+                    println!(
+                        "{:<26}  {:<12}  {:<20}  {:>14}  {}",
+                        e.manifest.snapshot,
+                        e.manifest.source,
+                        e.manifest.created,
+                        e.manifest.size,
+                        stores.join(",")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Rebuild { json },
+        } => {
+            let actor = coffre::audit::current_user();
+            app.audit.append(coffre::audit::NewEntry {
+                actor: actor.clone(),
+                action: "catalog-rebuild".into(),
+                target: Default::default(),
+                purpose: "rebuild the local catalog from the stores".into(),
+                outcome: "started".into(),
+                exposes: None,
+            })?;
+            let (snapshots, replicas) = app.rebuild_catalog().await?;
+            app.audit.append(coffre::audit::NewEntry {
+                actor,
+                action: "catalog-rebuild".into(),
+                target: Default::default(),
+                purpose: "rebuild the local catalog from the stores".into(),
+                outcome: format!("ok: {snapshots} snapshots, {replicas} replicas"),
+                exposes: None,
+            })?;
+            if *json {
+                print_json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas}))?;
+            } else {
+                println!(
+                    "catalog rebuilt: {snapshots} snapshot(s), {replicas} committed replica(s)"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore(a) => {
+            if a.purpose.trim().is_empty() {
+                bail!(
+                    "--purpose must say why the data is accessed; it is recorded in the access log"
+                );
+            }
+            let req = Request {
+                source: a.source.clone(),
+                snapshot: a.snapshot,
+                to: a.to.clone(),
+                store: a.store.clone(),
+                purpose: a.purpose.clone(),
+                actor: coffre::audit::current_user(),
+                action: "restore".into(),
+                progress: std::io::stderr().is_terminal() && !a.json,
+            };
+            let report = coffre::restore::restore(app, &req).await?;
+            if a.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "restored snapshot {} to {} ({} bytes, from {}, {:.1} s)",
+                    report.snapshot,
+                    report.to.display(),
+                    report.size,
+                    report.stores_used.join(" then "),
+                    report.seconds
+                );
+            }
+            for f in &report.failures {
+                eprintln!(
+                    "warning: replica in store `{}` failed ({}): {}",
+                    f.store, f.kind, f.error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { snapshot, json } => {
+            let checks = coffre::verify::verify(app, *snapshot).await;
+            let bad = checks.iter().filter(|c| !c.ok()).count();
+            if *json {
+                print_json(&checks)?;
+            } else {
+                for c in &checks {
+                    println!(
+                        "{}  {:<12}  {:<12}  {}{}",
+                        c.snapshot,
+                        c.source,
+                        c.store,
+                        c.state,
+                        c.detail
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("{} replica(s) checked, {} not ok", checks.len(), bad);
+            }
+            if snapshot.is_some() && checks.is_empty() {
+                bail!(
+                    "snapshot {} is not known in the catalog or any store",
+                    snapshot.map(|s| s.to_string()).unwrap_or_default()
+                );
+            }
+            Ok(if bad > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Keys {
+            command: KeysCommand::Status { json },
+        } => {
+            let mut out = Vec::new();
+            for p in &app.providers {
+                let health = p
+                    .health()
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                let epochs = p.epochs().unwrap_or_default();
+                out.push(serde_json::json!({
+                    "provider": p.name(),
+                    "kind": p.kind(),
+                    "health": health,
+                    "epochs": epochs,
+                }));
+            }
+            if *json {
+                print_json(&out)?;
+            } else {
+                for p in &app.providers {
+                    let health = p
+                        .health()
+                        .map(|_| "ok".to_string())
+                        .unwrap_or_else(|e| e.to_string());
+                    println!("provider {} ({}): {}", p.name(), p.kind(), health);
+                    for e in p.epochs().unwrap_or_default() {
+                        println!(
+                            "  epoch {}  created {}  {}",
+                            e.epoch,
+                            e.created,
+                            e.destroyed
+                                .map(|d| format!("destroyed {d}"))
+                                .unwrap_or_else(|| "live".into())
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let n = app.audit.verify()?;
+            println!(
+                "access log {}: {} entries, chain intact",
+                app.audit.path().display(),
+                n
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Show {
+                    since,
+                    until,
+                    snapshot,
+                    actor,
+                    action,
+                    json,
+                },
+        } => {
+            let entries: Vec<_> = app
+                .audit
+                .entries()?
+                .into_iter()
+                .filter(|e| since.as_ref().is_none_or(|s| e.time.as_str() >= s.as_str()))
+                .filter(|e| until.as_ref().is_none_or(|u| e.time.as_str() < u.as_str()))
+                .filter(|e| {
+                    snapshot
+                        .as_ref()
+                        .is_none_or(|s| e.target.snapshot.as_ref() == Some(s))
+                })
+                .filter(|e| actor.as_ref().is_none_or(|a| &e.actor == a))
+                .filter(|e| action.as_ref().is_none_or(|a| &e.action == a))
+                .collect();
+            if *json {
+                print_json(&entries)?;
+            } else {
+                for e in &entries {
+                    println!(
+                        "{:>6}  {}  {:<10}  {:<16}  {:<26}  {}  purpose: {}",
+                        e.seq,
+                        e.time,
+                        e.actor,
+                        e.action,
+                        e.target.snapshot.as_deref().unwrap_or("-"),
+                        e.outcome,
+                        e.purpose
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig
+        | Command::Keys {
+            command: KeysCommand::Init,
+        } => Ok(ExitCode::SUCCESS),
+    }
+}

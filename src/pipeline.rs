@@ -1,0 +1,631 @@
+//! The protection pipeline for one snapshot, as one stream in bounded memory:
+//!
+//! ```text
+//! file or tar(dir) -> HMAC tee -> zstd (multi-threaded) -> seal (STREAM, AES-256-GCM) -> SHA-256
+//!   -> fan-out: one bounded channel and one multipart upload per store
+//!   -> per store: verify size, key.json, keyring, manifest.json (PutMode::Create, last) -> catalog
+//! ```
+//!
+//! Invariants: compress and seal once, every store gets the same bytes; memory is bounded by the
+//! channel depths, the segment size and the multipart part size, whatever the snapshot size; a
+//! store that fails is aborted (its upload never completes, no manifest is written) and the others
+//! go on; a snapshot that changes while it is read is refused, never protected as if whole.
+
+pub mod seal;
+pub mod source;
+
+use object_store::ObjectStoreExt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use object_store::{PutMode, PutOptions, WriteMultipart};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::app::Coffre;
+use crate::catalog::ReplicaState;
+use crate::config::SourceConfig;
+use crate::ids::{EpochId, SnapshotId};
+use crate::keys::{DataKey, KeyError};
+use crate::store::{KeyObject, Manifest, SnapshotKind, Store, StoreError, Wrap};
+use seal::{Header, SealError, Sealer};
+
+/// Bytes handed to the uploads at a time.
+const CHUNK: usize = 1024 * 1024;
+/// Chunks queued per store before the sealer waits (backpressure).
+const CHANNEL_DEPTH: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error("source `{0}` is not configured: add a [[source]] with this name, or pick one of the configured sources")]
+    UnknownSource(String),
+    #[error("cannot read snapshot {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("snapshot {path} changed while it was being read ({what}): it was not protected; coffre will try again once it is complete")]
+    Changed { path: PathBuf, what: String },
+    #[error("snapshot {snapshot}: key provider failed: {source}")]
+    Key {
+        snapshot: SnapshotId,
+        #[source]
+        source: KeyError,
+    },
+    #[error("snapshot {snapshot}: sealing failed: {source}")]
+    Seal {
+        snapshot: SnapshotId,
+        #[source]
+        source: SealError,
+    },
+    #[error("snapshot {snapshot} ({path}) is committed in {committed} site(s), fewer than min-sites = {min_sites}; failures: {failures}")]
+    AtRisk {
+        snapshot: SnapshotId,
+        path: PathBuf,
+        committed: usize,
+        min_sites: usize,
+        failures: String,
+    },
+    #[error("snapshot {snapshot}: catalog: {source}")]
+    Catalog {
+        snapshot: SnapshotId,
+        #[source]
+        source: crate::catalog::CatalogError,
+    },
+    #[error("snapshot {snapshot}: {source}")]
+    Audit {
+        snapshot: SnapshotId,
+        #[source]
+        source: crate::audit::AuditError,
+    },
+}
+
+/// How well a snapshot is protected across stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protection {
+    /// Committed in every configured store.
+    Protected,
+    /// Committed in at least `min-sites` sites; some stores lag.
+    Degraded,
+    /// Committed in fewer than `min-sites` sites.
+    AtRisk,
+}
+
+/// Result of protecting one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub manifest: Manifest,
+    pub committed: Vec<String>,
+    pub failed: Vec<StoreFailure>,
+    pub protection: Protection,
+    pub epoch: EpochId,
+    pub planned_expiry: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreFailure {
+    pub store: String,
+    pub kind: String,
+    pub error: String,
+}
+
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+/// Sink at the end of the sealer: hashes the sealed bytes and fans chunks out to every store.
+struct FanOut {
+    senders: Vec<Option<mpsc::Sender<Msg>>>,
+    sha: Sha256,
+    total: u64,
+    buf: Vec<u8>,
+}
+
+impl FanOut {
+    fn send(&mut self, msg_bytes: Bytes) -> io::Result<()> {
+        for s in self.senders.iter_mut() {
+            if let Some(tx) = s {
+                if tx.blocking_send(Msg::Data(msg_bytes.clone())).is_err() {
+                    // That store's upload failed; the others go on.
+                    *s = None;
+                }
+            }
+        }
+        if self.senders.iter().all(|s| s.is_none()) {
+            return Err(io::Error::other("every store upload failed"));
+        }
+        Ok(())
+    }
+
+    fn end(mut self) -> io::Result<([u8; 32], u64)> {
+        if !self.buf.is_empty() {
+            let b = Bytes::from(std::mem::take(&mut self.buf));
+            self.send(b)?;
+        }
+        for tx in self.senders.iter().flatten() {
+            let _ = tx.blocking_send(Msg::End);
+        }
+        Ok((self.sha.finalize().into(), self.total))
+    }
+}
+
+impl Write for FanOut {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.sha.update(data);
+        self.total += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            let b = Bytes::from(std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(CHUNK * 2),
+            ));
+            self.send(b)?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts bytes written through it.
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(data)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Keyed digest of the plaintext, in front of the compressor.
+struct HmacTee<W> {
+    inner: W,
+    mac: Hmac<Sha256>,
+    n: u64,
+}
+
+impl<W: Write> Write for HmacTee<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(data)?;
+        self.mac.update(&data[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Produced {
+    sealed_sha256: [u8; 32],
+    sealed_size: u64,
+    compressed_size: u64,
+    size: u64,
+    hmac: [u8; 32],
+}
+
+/// The CPU side, on its own thread: read, compress, seal, hash, hand chunks to the uploads.
+fn produce(
+    path: &Path,
+    kind: SnapshotKind,
+    dek: &DataKey,
+    header: &Header,
+    level: i32,
+    threads: u32,
+    fan: FanOut,
+) -> Result<Produced, ProduceError> {
+    let before = source::fingerprint(path).map_err(ProduceError::Read)?;
+    let mut sealer = Sealer::new(dek, header, fan).map_err(ProduceError::Seal)?;
+    let counting = Counting {
+        inner: &mut sealer,
+        n: 0,
+    };
+    let mut enc = zstd::stream::write::Encoder::new(counting, level).map_err(ProduceError::Read)?;
+    if threads > 1 {
+        enc.multithread(threads).map_err(ProduceError::Read)?;
+    }
+    let key = seal::digest_key(dek, &header.salt, &header.snapshot);
+    let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref())
+        .map_err(|_| ProduceError::Read(io::Error::other("hmac key")))?;
+    let mut tee = HmacTee {
+        inner: enc,
+        mac,
+        n: 0,
+    };
+    match kind {
+        SnapshotKind::File => {
+            let mut f = std::fs::File::open(path).map_err(ProduceError::Read)?;
+            io::copy(&mut f, &mut tee).map_err(ProduceError::Read)?;
+        }
+        SnapshotKind::Directory => {
+            source::write_tar(path, &mut tee).map_err(ProduceError::Read)?;
+        }
+    }
+    let HmacTee {
+        inner: enc,
+        mac,
+        n: size,
+    } = tee;
+    let counting = enc.finish().map_err(ProduceError::Read)?;
+    let compressed_size = counting.n;
+    let after = source::fingerprint(path).map_err(ProduceError::Read)?;
+    if before != after {
+        return Err(ProduceError::Changed(source::describe_change(
+            &before, &after,
+        )));
+    }
+    let fan = sealer.finish().map_err(ProduceError::Seal)?;
+    let (sealed_sha256, sealed_size) = fan.end().map_err(ProduceError::Read)?;
+    Ok(Produced {
+        sealed_sha256,
+        sealed_size,
+        compressed_size,
+        size,
+        hmac: mac.finalize().into_bytes().into(),
+    })
+}
+
+enum ProduceError {
+    Read(io::Error),
+    Seal(SealError),
+    Changed(String),
+}
+
+/// Upload one store's copy from its channel; aborts the multipart upload unless the stream ended
+/// cleanly.
+async fn upload(
+    store: Store,
+    path: object_store::path::Path,
+    mut rx: mpsc::Receiver<Msg>,
+    part_size: usize,
+    concurrency: usize,
+) -> Result<(), StoreError> {
+    let up = store
+        .inner
+        .put_multipart(&path)
+        .await
+        .map_err(|e| store.op_err("put_multipart", &path, e))?;
+    let mut w = WriteMultipart::new_with_chunk_size(up, part_size);
+    loop {
+        match rx.recv().await {
+            Some(Msg::Data(b)) => {
+                if let Err(e) = w.wait_for_capacity(concurrency).await {
+                    rx.close();
+                    let _ = w.abort().await;
+                    return Err(store.op_err("upload part", &path, e));
+                }
+                w.put(b);
+            }
+            Some(Msg::End) => {
+                return w
+                    .finish()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| store.op_err("complete upload", &path, e));
+            }
+            None => {
+                let _ = w.abort().await;
+                return Err(store.op_err(
+                    "upload",
+                    &path,
+                    object_store::Error::Generic {
+                        store: "coffre",
+                        source: "the snapshot stream stopped before its end; upload aborted".into(),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// Commit one store's copy: check the uploaded size, write key object, keyring, then manifest.
+async fn commit(
+    app: &Coffre,
+    store: &Store,
+    manifest: &Manifest,
+    key: &KeyObject,
+) -> Result<(), StoreError> {
+    let id = manifest.snapshot;
+    let data = store.data_path(&manifest.source, &id);
+    let meta = store
+        .inner
+        .head(&data)
+        .await
+        .map_err(|e| store.op_err("head", &data, e))?;
+    if meta.size != manifest.sealed_size {
+        return Err(StoreError::BadObject {
+            store: store.name.clone(),
+            path: data.to_string(),
+            reason: format!(
+                "{} bytes stored, {} sealed",
+                meta.size, manifest.sealed_size
+            ),
+        });
+    }
+    let kp = store.key_path(&manifest.source, &id);
+    store
+        .inner
+        .put_opts(&kp, key.to_json().into(), PutOptions::from(PutMode::Create))
+        .await
+        .map_err(|e| store.op_err("put", &kp, e))?;
+    app.push_keyrings(store).await?;
+    let mp = store.manifest_path(&manifest.source, &id);
+    store
+        .inner
+        .put_opts(
+            &mp,
+            manifest.to_json().into(),
+            PutOptions::from(PutMode::Create),
+        )
+        .await
+        .map_err(|e| store.op_err("put", &mp, e))?;
+    Ok(())
+}
+
+/// Planned expiry of a snapshot created at `created` and its epoch (the UTC day of expiry).
+pub fn plan_expiry(
+    source: &SourceConfig,
+    created: time::OffsetDateTime,
+) -> (time::OffsetDateTime, EpochId) {
+    let expiry = created + source.retention.keep_within;
+    (expiry, EpochId::for_day(expiry.date()))
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Protect one snapshot (a file or a directory) of `source` now.
+#[tracing::instrument(skip_all, fields(source = %source_name))]
+pub async fn protect(
+    app: &Coffre,
+    source_name: &str,
+    path: &Path,
+) -> Result<Outcome, PipelineError> {
+    let source = app
+        .config
+        .source(source_name)
+        .ok_or_else(|| PipelineError::UnknownSource(source_name.to_string()))?
+        .clone();
+    let meta = std::fs::symlink_metadata(path).map_err(|e| PipelineError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let kind = if meta.is_dir() {
+        SnapshotKind::Directory
+    } else if meta.is_file() {
+        SnapshotKind::File
+    } else {
+        return Err(PipelineError::Read {
+            path: path.to_path_buf(),
+            source: io::Error::other("not a regular file or a directory"),
+        });
+    };
+    let original_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
+
+    let id = SnapshotId::new();
+    let created = time::OffsetDateTime::now_utc();
+    let (expiry, epoch) = plan_expiry(&source, created);
+    let span = tracing::Span::current();
+    span.record("snapshot", tracing::field::display(&id));
+    tracing::info!(snapshot = %id, kind = ?kind, "protecting snapshot");
+
+    // Data key, wrapped by every provider under the epoch of planned expiry.
+    let dek = DataKey::generate();
+    let mut wraps = Vec::new();
+    for p in &app.providers {
+        let key_err = |source| PipelineError::Key {
+            snapshot: id,
+            source,
+        };
+        p.ensure_epoch(&epoch).map_err(key_err)?;
+        let w = p.wrap(&epoch, &dek, &id).map_err(key_err)?;
+        wraps.push(Wrap {
+            provider: p.name().to_string(),
+            kind: p.kind().to_string(),
+            algorithm: p.algorithm().to_string(),
+            epoch: epoch.clone(),
+            wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
+        });
+    }
+    let key_object = KeyObject {
+        format: crate::store::objects::KEY_OBJECT_FORMAT,
+        snapshot: id,
+        source: source.name.clone(),
+        epoch: epoch.clone(),
+        planned_expiry: rfc3339(expiry),
+        wraps,
+        legal_hold: None,
+    };
+
+    // Fan-out: one bounded channel and one upload task per store.
+    let pl = &app.config.pipeline;
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for s in &app.stores {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        senders.push(Some(tx));
+        let path = s.data_path(&source.name, &id);
+        tasks.push(tokio::spawn(upload(
+            s.clone(),
+            path,
+            rx,
+            pl.part_size.as_u64() as usize,
+            pl.upload_concurrency,
+        )));
+    }
+    let fan = FanOut {
+        senders,
+        sha: Sha256::new(),
+        total: 0,
+        buf: Vec::with_capacity(CHUNK * 2),
+    };
+    let header = Header::new(&id, pl.segment_log2());
+    let (level, threads) = (pl.zstd_level, pl.threads());
+    let path_owned = path.to_path_buf();
+    let produced = tokio::task::spawn_blocking(move || {
+        let r = produce(&path_owned, kind, &dek, &header, level, threads, fan);
+        drop(dek);
+        r
+    })
+    .await
+    .map_err(|e| PipelineError::Read {
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    });
+
+    // Whatever happened, collect the uploads (a failed producer makes them abort).
+    let mut results = Vec::new();
+    for (s, t) in app.stores.iter().zip(tasks) {
+        let r = match t.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Setup {
+                store: s.name.clone(),
+                reason: format!("upload task failed: {e}"),
+            }),
+        };
+        results.push((s, r));
+    }
+    let produced = match produced? {
+        Ok(p) => p,
+        Err(ProduceError::Read(source)) => {
+            return Err(PipelineError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(ProduceError::Seal(source)) => {
+            return Err(PipelineError::Seal {
+                snapshot: id,
+                source,
+            })
+        }
+        Err(ProduceError::Changed(what)) => {
+            return Err(PipelineError::Changed {
+                path: path.to_path_buf(),
+                what,
+            })
+        }
+    };
+
+    let manifest = Manifest {
+        format: crate::store::objects::MANIFEST_FORMAT,
+        snapshot: id,
+        source: source.name.clone(),
+        host: app.host.clone(),
+        created: rfc3339(created),
+        kind,
+        original_name,
+        size: produced.size,
+        compressed_size: produced.compressed_size,
+        sealed_size: produced.sealed_size,
+        sealed_sha256: hex::encode(produced.sealed_sha256),
+        plaintext_hmac_sha256: hex::encode(produced.hmac),
+        cipher: "aes-256-gcm".into(),
+        compression: "zstd".into(),
+        segment_log2: app.config.pipeline.segment_log2(),
+    };
+
+    // Commit in every store whose upload completed, concurrently.
+    let commits = results.into_iter().map(|(s, r)| {
+        let manifest = &manifest;
+        let key_object = &key_object;
+        async move {
+            match r {
+                Ok(()) => (s, commit(app, s, manifest, key_object).await),
+                Err(e) => (s, Err(e)),
+            }
+        }
+    });
+    let results = futures::future::join_all(commits).await;
+
+    app.catalog
+        .put_manifest(&manifest)
+        .map_err(|source| PipelineError::Catalog {
+            snapshot: id,
+            source,
+        })?;
+    let mut committed = Vec::new();
+    let mut failed = Vec::new();
+    for (s, r) in results {
+        match r {
+            Ok(()) => {
+                committed.push(s.name.clone());
+                app.catalog
+                    .set_replica(&id, &s.name, ReplicaState::Committed)
+                    .map_err(|source| PipelineError::Catalog {
+                        snapshot: id,
+                        source,
+                    })?;
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %id, store = %s.name, error = %e, "store copy failed");
+                failed.push(StoreFailure {
+                    store: s.name.clone(),
+                    kind: e.kind().to_string(),
+                    error: e.to_string(),
+                });
+                app.catalog
+                    .set_replica(&id, &s.name, ReplicaState::Missing)
+                    .map_err(|source| PipelineError::Catalog {
+                        snapshot: id,
+                        source,
+                    })?;
+            }
+        }
+    }
+    let sites: std::collections::BTreeSet<&str> = app
+        .stores
+        .iter()
+        .filter(|s| committed.contains(&s.name))
+        .map(|s| s.site.as_str())
+        .collect();
+    let protection = if failed.is_empty() {
+        Protection::Protected
+    } else if sites.len() >= app.config.replication.min_sites {
+        Protection::Degraded
+    } else {
+        Protection::AtRisk
+    };
+    tracing::info!(snapshot = %id, ?protection, size = manifest.size, sealed = manifest.sealed_size, stores = committed.len(), "snapshot sealed");
+    if protection == Protection::AtRisk {
+        return Err(PipelineError::AtRisk {
+            snapshot: id,
+            path: path.to_path_buf(),
+            committed: sites.len(),
+            min_sites: app.config.replication.min_sites,
+            failures: failed
+                .iter()
+                .map(|f| format!("{}: {}", f.store, f.error))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    Ok(Outcome {
+        manifest,
+        committed,
+        failed,
+        protection,
+        epoch,
+        planned_expiry: key_object.planned_expiry.clone(),
+    })
+}

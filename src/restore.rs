@@ -1,0 +1,878 @@
+//! Restore: stream one snapshot from a store, verify every segment, the sealed SHA-256 and the
+//! keyed plaintext digest, and write it to a temporary name that is fsynced and renamed into place.
+//!
+//! Invariants:
+//! - the access-log entry is durable before the data key is unwrapped;
+//! - on any store failure mid-stream, the restore goes on from another store at the last verified
+//!   segment boundary (every replica is byte-identical, so segments are interchangeable);
+//! - nothing is left at the target unless every check passed: a failed restore removes its
+//!   temporary file or folder.
+
+use object_store::ObjectStoreExt;
+use std::io::{self, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use object_store::{GetOptions, GetRange};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::app::Coffre;
+use crate::audit::{AuditError, NewEntry, Target};
+use crate::ids::SnapshotId;
+use crate::keys::{DataKey, KeyError};
+use crate::pipeline::seal::{self, Framer, Header, Opener, SealError};
+use crate::pipeline::StoreFailure;
+use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    #[error("source `{0}` is not configured")]
+    UnknownSource(String),
+    #[error("store `{0}` is not configured")]
+    UnknownStore(String),
+    #[error("source `{source_name}` has no snapshot in the catalog or in any reachable store (run `coffre catalog rebuild` on a new host)")]
+    NoSnapshot { source_name: String },
+    #[error("snapshot {snapshot} of source `{source_name}` has no manifest in any store tried; {failures}")]
+    NotFound {
+        snapshot: SnapshotId,
+        source_name: String,
+        failures: String,
+    },
+    #[error("the target {0} already exists: coffre never overwrites; choose another --to or move it away")]
+    TargetExists(PathBuf),
+    #[error("the folder that should hold the target, {0}, does not exist: create it first")]
+    TargetParent(PathBuf),
+    #[error("cannot write the restored snapshot to {path}: {source}. Nothing was left at the target; free space or choose another --to")]
+    Target {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("snapshot {snapshot} cannot be decrypted: {source}")]
+    Key {
+        snapshot: SnapshotId,
+        #[source]
+        source: KeyError,
+    },
+    #[error("snapshot {snapshot}: every store failed: {failures}")]
+    AllStoresFailed {
+        snapshot: SnapshotId,
+        failures: String,
+    },
+    #[error(
+        "snapshot {snapshot} failed its final check: {reason}. Nothing was left at the target"
+    )]
+    Integrity {
+        snapshot: SnapshotId,
+        reason: String,
+    },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl RestoreError {
+    pub fn is_key_destroyed(&self) -> bool {
+        matches!(self, RestoreError::Key { source, .. } if source.is_destroyed())
+    }
+}
+
+/// Which snapshot to restore.
+#[derive(Debug, Clone, Copy)]
+pub enum Selector {
+    Latest,
+    Id(SnapshotId),
+}
+
+impl std::str::FromStr for Selector {
+    type Err = crate::ids::BadSnapshotId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "latest" {
+            Ok(Selector::Latest)
+        } else {
+            s.parse().map(Selector::Id)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub source: String,
+    pub snapshot: Selector,
+    pub to: PathBuf,
+    pub store: Option<String>,
+    pub purpose: String,
+    pub actor: String,
+    /// `restore` or `drill`: the access-log action.
+    pub action: String,
+    pub progress: bool,
+}
+
+/// What a restore did (no personal data).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub snapshot: SnapshotId,
+    pub source: String,
+    pub kind: SnapshotKind,
+    pub to: PathBuf,
+    /// Stores that supplied bytes, in order.
+    pub stores_used: Vec<String>,
+    /// Stores that failed and why.
+    pub failures: Vec<StoreFailure>,
+    pub size: u64,
+    pub sealed_size: u64,
+    pub sealed_sha256: String,
+    pub seconds: f64,
+}
+
+fn failure(store: &str, kind: &str, error: impl std::fmt::Display) -> StoreFailure {
+    StoreFailure {
+        store: store.to_string(),
+        kind: kind.to_string(),
+        error: error.to_string(),
+    }
+}
+
+fn render(f: &[StoreFailure]) -> String {
+    if f.is_empty() {
+        return "no store was reachable".into();
+    }
+    f.iter()
+        .map(|f| format!("store `{}`: {}", f.store, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Resolve `latest` or check an id, from the catalog, else from the stores' listings.
+pub async fn resolve(
+    app: &Coffre,
+    source: &str,
+    sel: Selector,
+) -> Result<SnapshotId, RestoreError> {
+    match sel {
+        Selector::Id(id) => Ok(id),
+        Selector::Latest => {
+            if let Ok(Some(e)) = app.catalog.latest(source) {
+                return Ok(e.manifest.snapshot);
+            }
+            let mut best = None;
+            for s in &app.stores {
+                if let Ok(list) = s.list_manifests().await {
+                    for (src, id) in list {
+                        if src == source && best.is_none_or(|b| id > b) {
+                            best = Some(id);
+                        }
+                    }
+                }
+            }
+            best.ok_or_else(|| RestoreError::NoSnapshot {
+                source_name: source.to_string(),
+            })
+        }
+    }
+}
+
+/// Unwrap the DEK with the first provider that can. A destroyed epoch key is final: coffre does
+/// not go looking for other keys.
+fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
+    let mut reasons = Vec::new();
+    let mut destroyed = None;
+    for w in &key.wraps {
+        let Some(p) = app.providers.iter().find(|p| p.name() == w.provider) else {
+            reasons.push(format!("provider `{}` is not configured here", w.provider));
+            continue;
+        };
+        let wrapped =
+            match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &w.wrapped) {
+                Ok(b) => b,
+                Err(_) => {
+                    reasons.push(format!("wrap of provider `{}` is not base64", w.provider));
+                    continue;
+                }
+            };
+        match p.unwrap(&w.epoch, &wrapped, &key.snapshot) {
+            Ok(k) => return Ok(k),
+            Err(e) if e.is_destroyed() => {
+                if destroyed.is_none() {
+                    destroyed = Some(e);
+                }
+            }
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    if let Some(e) = destroyed {
+        return Err(e);
+    }
+    Err(KeyError::NoProvider {
+        snapshot: key.snapshot.to_string(),
+        reasons: reasons.join("; "),
+    })
+}
+
+/// Reads the decrypted (still compressed) segments sent by the fetcher.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+struct HmacReader<R> {
+    inner: R,
+    mac: Hmac<Sha256>,
+    n: u64,
+}
+
+impl<R: Read> Read for HmacReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.mac.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// The writer thread: decompress, digest, write to `tmp` and fsync. Returns (hmac, size).
+fn write_out(
+    rx: mpsc::Receiver<Bytes>,
+    kind: SnapshotKind,
+    tmp: &Path,
+    mac: Hmac<Sha256>,
+) -> io::Result<([u8; 32], u64)> {
+    let dec = zstd::stream::read::Decoder::new(ChannelReader {
+        rx,
+        cur: Bytes::new(),
+    })?;
+    let mut r = HmacReader {
+        inner: dec,
+        mac,
+        n: 0,
+    };
+    match kind {
+        SnapshotKind::File => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            io::copy(&mut r, &mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+        }
+        SnapshotKind::Directory => {
+            std::fs::create_dir(tmp)?;
+            let is_root = nix::unistd::geteuid().is_root();
+            {
+                let mut ar = tar::Archive::new(&mut r);
+                ar.set_preserve_permissions(true);
+                ar.set_preserve_mtime(true);
+                ar.set_preserve_ownerships(is_root);
+                ar.set_overwrite(false);
+                ar.unpack(tmp)?;
+            }
+            // The digest covers the whole tar stream, padding included.
+            io::copy(&mut r, &mut io::sink())?;
+            for rel in crate::pipeline::source::walk(tmp)?.into_iter().rev() {
+                let p = tmp.join(rel);
+                let m = std::fs::symlink_metadata(&p)?;
+                if m.is_file() || m.is_dir() {
+                    std::fs::File::open(&p)?.sync_all()?;
+                }
+            }
+        }
+    }
+    Ok((r.mac.finalize().into_bytes().into(), r.n))
+}
+
+fn remove_any(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(p);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Outcome of streaming from one store.
+enum StreamEnd {
+    Done,
+    StoreFailed(StoreFailure),
+    WriterGone,
+}
+
+struct Fetch<'a> {
+    manifest: &'a Manifest,
+    header_bytes: Vec<u8>,
+    opener: Option<Opener>,
+    framer: Option<Framer>,
+    sha: Sha256,
+    tx: mpsc::Sender<Bytes>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl Fetch<'_> {
+    fn offset(&self) -> u64 {
+        match (&self.opener, &self.framer) {
+            (Some(o), Some(f)) => {
+                self.header_bytes.len() as u64 + o.position() * f.ct_segment_len() as u64
+            }
+            _ => 0,
+        }
+    }
+
+    /// Open one framed segment off the reactor and pass its plaintext on.
+    async fn open_and_send(
+        &mut self,
+        seg: Vec<u8>,
+        last: bool,
+        store: &Store,
+    ) -> Result<bool, StreamEnd> {
+        let Some(mut opener) = self.opener.take() else {
+            return Err(StreamEnd::StoreFailed(failure(
+                &store.name,
+                "bad-object",
+                "segment before header",
+            )));
+        };
+        let mut tentative = self.sha.clone();
+        tentative.update(&seg);
+        let (opener_back, result, seg) = tokio::task::spawn_blocking(move || {
+            let mut seg = seg;
+            let r = opener.open_segment(&mut seg, last);
+            (opener, r, seg)
+        })
+        .await
+        .map_err(|e| StreamEnd::StoreFailed(failure(&store.name, "internal", e)))?;
+        let position = opener_back.position();
+        self.opener = Some(opener_back);
+        match result {
+            Ok(()) => {
+                self.sha = tentative;
+                if let Some(pb) = &self.progress {
+                    pb.set_position(self.offset());
+                }
+                if self.tx.send(Bytes::from(seg)).await.is_err() {
+                    return Err(StreamEnd::WriterGone);
+                }
+                Ok(last)
+            }
+            Err(e) => {
+                let kind = match e {
+                    SealError::Truncated(_) => "truncated",
+                    SealError::TrailingBytes(_) => "trailing-bytes",
+                    _ => "tampered",
+                };
+                let what = match e {
+                    SealError::Tampered { segment } => format!(
+                        "segment {segment} of {} failed authentication: the replica was tampered with or corrupted",
+                        store.data_path(&self.manifest.source, &self.manifest.snapshot)
+                    ),
+                    other => format!("segment {position}: {other}"),
+                };
+                Err(StreamEnd::StoreFailed(failure(&store.name, kind, what)))
+            }
+        }
+    }
+
+    /// Stream from `store`, starting at the current verified offset (just after the header, or
+    /// at the boundary of the last verified segment when resuming after another store failed).
+    async fn from_store(&mut self, store: &Store) -> StreamEnd {
+        let m = self.manifest;
+        let path = store.data_path(&m.source, &m.snapshot);
+        let meta = match store.inner.head(&path).await {
+            Ok(meta) => meta,
+            Err(e) => {
+                let e = store.op_err("head", &path, e);
+                return StreamEnd::StoreFailed(failure(&store.name, e.kind(), e));
+            }
+        };
+        if meta.size != m.sealed_size {
+            let (kind, what) = if meta.size < m.sealed_size {
+                (
+                    "truncated",
+                    format!(
+                        "{path} is truncated: {} bytes where the manifest says {}",
+                        meta.size, m.sealed_size
+                    ),
+                )
+            } else {
+                (
+                    "trailing-bytes",
+                    format!(
+                        "{path} has {} trailing bytes beyond the {} the manifest says",
+                        meta.size - m.sealed_size,
+                        m.sealed_size
+                    ),
+                )
+            };
+            return StreamEnd::StoreFailed(failure(&store.name, kind, what));
+        }
+        let start = self.offset();
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(start..m.sealed_size)),
+            ..Default::default()
+        };
+        let mut stream = match store.inner.get_opts(&path, opts).await {
+            Ok(r) => r.into_stream(),
+            Err(e) => {
+                let e = store.op_err("get", &path, e);
+                return StreamEnd::StoreFailed(failure(&store.name, e.kind(), e));
+            }
+        };
+        if let Some(f) = self.framer.as_mut() {
+            f.reset();
+        }
+        loop {
+            let chunk = match stream.next().await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    let e = store.op_err("read", &path, e);
+                    return StreamEnd::StoreFailed(failure(&store.name, e.kind(), e));
+                }
+                None => break,
+            };
+            let mut data: &[u8] = &chunk;
+            while !data.is_empty() {
+                let n = match self.framer.as_mut() {
+                    Some(f) => f.push(data),
+                    None => {
+                        return StreamEnd::StoreFailed(failure(
+                            &store.name,
+                            "internal",
+                            "no framer",
+                        ))
+                    }
+                };
+                data = &data[n..];
+                while let Some(seg) = self.framer.as_mut().and_then(|f| f.next_middle()) {
+                    if let Err(end) = self.open_and_send(seg, false, store).await {
+                        return end;
+                    }
+                }
+            }
+        }
+        let last = self.framer.as_mut().map(|f| f.finish()).unwrap_or_default();
+        match self.open_and_send(last, true, store).await {
+            Ok(true) => StreamEnd::Done,
+            Ok(false) => StreamEnd::StoreFailed(failure(
+                &store.name,
+                "truncated",
+                format!("{path} ended early"),
+            )),
+            Err(end) => end,
+        }
+    }
+}
+
+/// Fetch and parse the header of the sealed object from one store.
+async fn fetch_header(store: &Store, m: &Manifest) -> Result<(Header, Vec<u8>), StoreFailure> {
+    let path = store.data_path(&m.source, &m.snapshot);
+    let prefix = store
+        .inner
+        .get_range(&path, 0..12u64.min(m.sealed_size))
+        .await
+        .map_err(|e| {
+            let e = store.op_err("get", &path, e);
+            failure(&store.name, e.kind(), e)
+        })?;
+    let hlen = Header::peek_len(&prefix)
+        .map_err(|e| failure(&store.name, "bad-header", format!("{path}: {e}")))?;
+    let hb = store
+        .inner
+        .get_range(&path, 0..hlen as u64)
+        .await
+        .map_err(|e| {
+            let e = store.op_err("get", &path, e);
+            failure(&store.name, e.kind(), e)
+        })?;
+    let header = Header::decode(&hb)
+        .map_err(|e| failure(&store.name, "bad-header", format!("{path}: {e}")))?;
+    if header.snapshot != m.snapshot.to_string() {
+        return Err(failure(
+            &store.name,
+            "tampered",
+            format!(
+                "{path}: {}",
+                SealError::WrongSnapshot {
+                    expected: m.snapshot.to_string(),
+                    found: header.snapshot
+                }
+            ),
+        ));
+    }
+    if header.segment_log2 != m.segment_log2 {
+        return Err(failure(
+            &store.name,
+            "tampered",
+            format!("{path}: segment size differs from the manifest"),
+        ));
+    }
+    Ok((header, hb.to_vec()))
+}
+
+/// Restore one snapshot.
+#[tracing::instrument(skip_all, fields(source = %req.source))]
+pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError> {
+    let started = Instant::now();
+    if app.config.source(&req.source).is_none()
+        && app.catalog.latest(&req.source).ok().flatten().is_none()
+    {
+        // A source that is neither configured nor known from the stores.
+        let known = app.stores.is_empty();
+        if known {
+            return Err(RestoreError::UnknownSource(req.source.clone()));
+        }
+    }
+    let candidates: Vec<&Store> = match &req.store {
+        Some(name) => vec![app
+            .store(name)
+            .ok_or_else(|| RestoreError::UnknownStore(name.clone()))?],
+        None => app.stores.iter().collect(),
+    };
+    // Target checks before touching any key.
+    if std::fs::symlink_metadata(&req.to).is_ok() {
+        return Err(RestoreError::TargetExists(req.to.clone()));
+    }
+    let parent = match req.to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(RestoreError::TargetParent(parent));
+    }
+    let id = resolve(app, &req.source, req.snapshot).await?;
+    let name = req
+        .to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let tmp = parent.join(format!(".{name}.coffre-partial-{id}"));
+    remove_any(&tmp);
+
+    // Manifest and key object from the first store that has both.
+    let mut failures: Vec<StoreFailure> = Vec::new();
+    let mut chosen: Option<(Manifest, KeyObject, usize)> = None;
+    for (i, s) in candidates.iter().enumerate() {
+        let m = match s.get_manifest(&req.source, &id).await {
+            Ok(m) => m,
+            Err(e) => {
+                let what = if e.is_not_found() {
+                    format!("manifest of snapshot {id} is missing: the snapshot is not committed in this store")
+                } else {
+                    e.to_string()
+                };
+                failures.push(failure(
+                    &s.name,
+                    if e.is_not_found() {
+                        "missing-manifest"
+                    } else {
+                        e.kind()
+                    },
+                    what,
+                ));
+                continue;
+            }
+        };
+        match s.get_key_object(&req.source, &id).await {
+            Ok(k) => {
+                chosen = Some((m, k, i));
+                break;
+            }
+            Err(e) => failures.push(failure(&s.name, e.kind(), e)),
+        }
+    }
+    let Some((manifest, key_object, first)) = chosen else {
+        return Err(RestoreError::NotFound {
+            snapshot: id,
+            source_name: req.source.clone(),
+            failures: render(&failures),
+        });
+    };
+
+    let target = |store: Option<&str>| Target {
+        source: Some(req.source.clone()),
+        snapshot: Some(id.to_string()),
+        store: store.map(str::to_string),
+        sealed_sha256: Some(manifest.sealed_sha256.clone()),
+        epoch: Some(key_object.epoch.to_string()),
+    };
+    let exposes = Some("every patient record in the database snapshot".to_string());
+    app.audit.append(NewEntry {
+        actor: req.actor.clone(),
+        action: req.action.clone(),
+        target: target(Some(&candidates[first].name)),
+        purpose: req.purpose.clone(),
+        outcome: "started".into(),
+        exposes: exposes.clone(),
+    })?;
+    app.audit.append(NewEntry {
+        actor: req.actor.clone(),
+        action: "key-unwrap".into(),
+        target: target(None),
+        purpose: req.purpose.clone(),
+        outcome: "started".into(),
+        exposes: None,
+    })?;
+    let dek = match unwrap_dek(app, &key_object) {
+        Ok(k) => k,
+        Err(source) => {
+            let _ = app.audit.append(NewEntry {
+                actor: req.actor.clone(),
+                action: "key-unwrap".into(),
+                target: target(None),
+                purpose: req.purpose.clone(),
+                outcome: format!("failed: {source}"),
+                exposes: None,
+            });
+            return Err(RestoreError::Key {
+                snapshot: id,
+                source,
+            });
+        }
+    };
+
+    let result = stream_restore(
+        req,
+        &candidates,
+        first,
+        &manifest,
+        &dek,
+        &tmp,
+        &mut failures,
+    )
+    .await;
+    drop(dek);
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let audit_res = app.audit.append(NewEntry {
+        actor: req.actor.clone(),
+        action: req.action.clone(),
+        target: target(None),
+        purpose: req.purpose.clone(),
+        outcome,
+        exposes,
+    });
+    let stores_used = match result {
+        Ok(used) => used,
+        Err(e) => {
+            remove_any(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = audit_res {
+        remove_any(&tmp);
+        return Err(e.into());
+    }
+    if let Err(source) =
+        std::fs::rename(&tmp, &req.to).and_then(|_| crate::keys::file::sync_dir(&req.to))
+    {
+        remove_any(&tmp);
+        return Err(RestoreError::Target {
+            path: req.to.clone(),
+            source,
+        });
+    }
+    for f in &failures {
+        tracing::warn!(snapshot = %id, store = %f.store, kind = %f.kind, "replica failed during restore: {}", f.error);
+    }
+    Ok(Report {
+        snapshot: id,
+        source: req.source.clone(),
+        kind: manifest.kind,
+        to: req.to.clone(),
+        stores_used,
+        failures,
+        size: manifest.size,
+        sealed_size: manifest.sealed_size,
+        sealed_sha256: manifest.sealed_sha256.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_restore(
+    req: &Request,
+    candidates: &[&Store],
+    first: usize,
+    manifest: &Manifest,
+    dek: &DataKey,
+    tmp: &Path,
+    failures: &mut Vec<StoreFailure>,
+) -> Result<Vec<String>, RestoreError> {
+    let id = manifest.snapshot;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let progress = if req.progress {
+        let pb = indicatif::ProgressBar::new(manifest.sealed_size);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(pb)
+    } else {
+        None
+    };
+    let mut fetch = Fetch {
+        manifest,
+        header_bytes: Vec::new(),
+        opener: None,
+        framer: None,
+        sha: Sha256::new(),
+        tx,
+        progress,
+    };
+    let mut rx = Some(rx);
+    let mut writer: Option<tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>> = None;
+    let mut used = Vec::new();
+    let mut done = false;
+    // The store that gave the manifest first, then the others in order.
+    let order: Vec<&Store> = candidates[first..]
+        .iter()
+        .chain(candidates[..first].iter())
+        .copied()
+        .collect();
+    for (i, store) in order.iter().enumerate() {
+        if i > 0 {
+            // A replica must describe the same sealed bytes.
+            match store.get_manifest(&manifest.source, &id).await {
+                Ok(m)
+                    if m.sealed_sha256 == manifest.sealed_sha256
+                        && m.sealed_size == manifest.sealed_size => {}
+                Ok(_) => {
+                    failures.push(failure(
+                        &store.name,
+                        "tampered",
+                        "its manifest disagrees with the other replicas",
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    failures.push(failure(&store.name, e.kind(), e));
+                    continue;
+                }
+            }
+        }
+        let (header, hb) = match fetch_header(store, manifest).await {
+            Ok(x) => x,
+            Err(f) => {
+                failures.push(f);
+                continue;
+            }
+        };
+        if fetch.opener.is_none() {
+            fetch.opener = Some(Opener::new(dek, &header, &hb));
+            fetch.framer = Some(Framer::new(header.segment_log2));
+            fetch.sha.update(&hb);
+            fetch.header_bytes = hb;
+        } else if hb != fetch.header_bytes {
+            failures.push(failure(
+                &store.name,
+                "tampered",
+                "its object header differs from the other replicas",
+            ));
+            continue;
+        }
+        if let Some(rx) = rx.take() {
+            let key = seal::digest_key(dek, &header.salt, &header.snapshot);
+            let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).map_err(|_| {
+                RestoreError::Integrity {
+                    snapshot: id,
+                    reason: "digest key".into(),
+                }
+            })?;
+            let kind = manifest.kind;
+            let tmp_owned = tmp.to_path_buf();
+            writer = Some(tokio::task::spawn_blocking(move || {
+                write_out(rx, kind, &tmp_owned, mac)
+            }));
+        }
+        used.push(store.name.clone());
+        match fetch.from_store(store).await {
+            StreamEnd::Done => {
+                done = true;
+                break;
+            }
+            StreamEnd::StoreFailed(f) => failures.push(f),
+            StreamEnd::WriterGone => break,
+        }
+    }
+    if let Some(pb) = &fetch.progress {
+        pb.finish_and_clear();
+    }
+    let sha = hex::encode(fetch.sha.clone().finalize());
+    drop(fetch);
+    let written = match writer {
+        Some(w) => Some(w.await),
+        None => None,
+    };
+    if !done {
+        if let Some(Ok(Err(source))) = written {
+            return Err(RestoreError::Target {
+                path: req.to.clone(),
+                source,
+            });
+        }
+        return Err(RestoreError::AllStoresFailed {
+            snapshot: id,
+            failures: render(failures),
+        });
+    }
+    let (hmac, size) = match written {
+        Some(Ok(Ok(x))) => x,
+        Some(Ok(Err(source))) => {
+            return Err(RestoreError::Target {
+                path: req.to.clone(),
+                source,
+            })
+        }
+        Some(Err(e)) => {
+            return Err(RestoreError::Target {
+                path: req.to.clone(),
+                source: io::Error::other(e),
+            })
+        }
+        None => {
+            return Err(RestoreError::Integrity {
+                snapshot: id,
+                reason: "nothing was written".into(),
+            })
+        }
+    };
+    if sha != manifest.sealed_sha256 {
+        return Err(RestoreError::Integrity {
+            snapshot: id,
+            reason: format!("sealed SHA-256 {sha} differs from the manifest's"),
+        });
+    }
+    if hex::encode(hmac) != manifest.plaintext_hmac_sha256 || size != manifest.size {
+        return Err(RestoreError::Integrity {
+            snapshot: id,
+            reason: "the keyed digest of the plaintext differs from the manifest's".into(),
+        });
+    }
+    Ok(used)
+}

@@ -1,0 +1,374 @@
+//! Stores: every configured object store as an `Arc<dyn ObjectStore>` (local folders, S3 and
+//! S3-compatible, Azure Blob, GCS) with its name, site and jurisdiction, and the object layout
+//! inside each (DESIGN §5):
+//!
+//! ```text
+//! <prefix>/snapshots/<source>/<snapshot-id>/data           sealed object
+//! <prefix>/snapshots/<source>/<snapshot-id>/key.json       wrapped DEKs + epoch
+//! <prefix>/snapshots/<source>/<snapshot-id>/manifest.json  written last, PutMode::Create
+//! <prefix>/keyring/<provider>/<generation>.keyring         sealed keyring (file provider)
+//! ```
+//!
+//! Invariant: a snapshot is committed in a store iff its manifest is there and the data matches
+//! the manifest's SHA-256. Nothing here ever sees plaintext.
+
+pub mod objects;
+
+use object_store::ObjectStoreExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+
+use crate::config::{is_loopback_host, Config, StoreConfig, StoreKind};
+use crate::ids::SnapshotId;
+
+pub use objects::{KeyObject, Manifest, SnapshotKind, Wrap};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store `{store}` cannot be set up: {reason}")]
+    Setup { store: String, reason: String },
+    #[error("store `{store}`: {op} {path} failed: {source}")]
+    Op {
+        store: String,
+        op: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("store `{store}`: {path} is not a valid coffre object: {reason}")]
+    BadObject {
+        store: String,
+        path: String,
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Short, stable kind for the status page and metrics (no personal data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Setup { .. } => "setup",
+            StoreError::Op { source, .. } => error_kind(source),
+            StoreError::BadObject { .. } => "bad-object",
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Op {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
+
+    /// True when trying again later may succeed (outage, timeout), false for refusals.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind(), "unavailable" | "other")
+    }
+}
+
+/// Stable classification of an object_store error.
+pub fn error_kind(e: &object_store::Error) -> &'static str {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => "not-found",
+        E::AlreadyExists { .. } => "already-exists",
+        E::Precondition { .. } => "precondition",
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => "unauthorized",
+        E::NotSupported { .. } | E::NotImplemented { .. } => "not-supported",
+        E::Generic { .. } => "unavailable",
+        _ => "other",
+    }
+}
+
+/// One configured store.
+#[derive(Clone)]
+pub struct Store {
+    pub name: String,
+    pub site: String,
+    pub jurisdiction: String,
+    pub kind: StoreKind,
+    pub prefix: ObjPath,
+    pub inner: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("name", &self.name)
+            .field("site", &self.site)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub fn snapshot_dir(&self, source: &str, id: &SnapshotId) -> ObjPath {
+        self.prefix
+            .clone()
+            .join("snapshots")
+            .join(source)
+            .join(id.to_string())
+    }
+    pub fn data_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
+        self.snapshot_dir(source, id).join("data")
+    }
+    pub fn key_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
+        self.snapshot_dir(source, id).join("key.json")
+    }
+    pub fn manifest_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
+        self.snapshot_dir(source, id).join("manifest.json")
+    }
+    pub fn snapshots_prefix(&self) -> ObjPath {
+        self.prefix.clone().join("snapshots")
+    }
+    pub fn keyring_dir(&self, provider: &str) -> ObjPath {
+        self.prefix.clone().join("keyring").join(provider)
+    }
+    pub fn keyring_path(&self, provider: &str, generation: u64) -> ObjPath {
+        self.keyring_dir(provider)
+            .join(format!("{generation:020}.keyring"))
+    }
+
+    pub fn op_err(
+        &self,
+        op: &'static str,
+        path: &ObjPath,
+        source: object_store::Error,
+    ) -> StoreError {
+        StoreError::Op {
+            store: self.name.clone(),
+            op,
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Read a small object (manifest, key object, keyring) with a size cap checked before reading.
+    pub async fn get_small(&self, path: &ObjPath, cap: u64) -> Result<bytes::Bytes, StoreError> {
+        let r = self
+            .inner
+            .get(path)
+            .await
+            .map_err(|e| self.op_err("get", path, e))?;
+        if r.meta.size > cap {
+            return Err(StoreError::BadObject {
+                store: self.name.clone(),
+                path: path.to_string(),
+                reason: format!("{} bytes, more than the {cap} allowed", r.meta.size),
+            });
+        }
+        r.bytes().await.map_err(|e| self.op_err("get", path, e))
+    }
+
+    pub async fn get_manifest(
+        &self,
+        source: &str,
+        id: &SnapshotId,
+    ) -> Result<Manifest, StoreError> {
+        let path = self.manifest_path(source, id);
+        let bytes = self.get_small(&path, objects::MAX_SMALL_OBJECT).await?;
+        let m = Manifest::parse(&bytes).map_err(|reason| StoreError::BadObject {
+            store: self.name.clone(),
+            path: path.to_string(),
+            reason,
+        })?;
+        if m.snapshot != *id || m.source != source {
+            return Err(StoreError::BadObject {
+                store: self.name.clone(),
+                path: path.to_string(),
+                reason: format!(
+                    "it describes snapshot {} of source `{}`",
+                    m.snapshot, m.source
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    pub async fn get_key_object(
+        &self,
+        source: &str,
+        id: &SnapshotId,
+    ) -> Result<KeyObject, StoreError> {
+        let path = self.key_path(source, id);
+        let bytes = self.get_small(&path, objects::MAX_SMALL_OBJECT).await?;
+        let k = KeyObject::parse(&bytes).map_err(|reason| StoreError::BadObject {
+            store: self.name.clone(),
+            path: path.to_string(),
+            reason,
+        })?;
+        if k.snapshot != *id {
+            return Err(StoreError::BadObject {
+                store: self.name.clone(),
+                path: path.to_string(),
+                reason: format!("it belongs to snapshot {}", k.snapshot),
+            });
+        }
+        Ok(k)
+    }
+
+    /// Every manifest in this store: (source, snapshot id) pairs, from the object listing.
+    pub async fn list_manifests(&self) -> Result<Vec<(String, SnapshotId)>, StoreError> {
+        use futures::TryStreamExt;
+        let prefix = self.snapshots_prefix();
+        let mut out = Vec::new();
+        let mut stream = self.inner.list(Some(&prefix));
+        while let Some(meta) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.op_err("list", &prefix, e))?
+        {
+            let parts: Vec<_> = meta.location.parts().collect();
+            let n = parts.len();
+            if n >= 3 && parts[n - 1].as_ref() == "manifest.json" {
+                if let Ok(id) = parts[n - 2].as_ref().parse::<SnapshotId>() {
+                    out.push((parts[n - 3].as_ref().to_string(), id));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+}
+
+/// Build every configured store.
+pub fn build(config: &Config) -> Result<Vec<Store>, StoreError> {
+    config.stores.iter().map(|s| build_one(config, s)).collect()
+}
+
+fn retry_config(config: &Config) -> RetryConfig {
+    RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: config.replication.backoff,
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries: config.replication.retries as usize,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+fn client_options(loopback_http: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(120))
+        .with_allow_http(loopback_http)
+}
+
+fn read_secret(
+    store: &str,
+    env: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+) -> Result<Option<String>, StoreError> {
+    if let Some(var) = env {
+        return std::env::var(var).map(Some).map_err(|_| StoreError::Setup {
+            store: store.to_string(),
+            reason: format!("environment variable {var} is not set"),
+        });
+    }
+    if let Some(path) = file {
+        return std::fs::read_to_string(path)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| StoreError::Setup {
+                store: store.to_string(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            });
+    }
+    Ok(None)
+}
+
+fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
+    let setup = |reason: String| StoreError::Setup {
+        store: s.name.clone(),
+        reason,
+    };
+    let loopback_http = s
+        .endpoint
+        .as_deref()
+        .and_then(|e| url::Url::parse(e).ok())
+        .map(|u| u.scheme() == "http" && is_loopback_host(&u))
+        .unwrap_or(false);
+    let inner: Arc<dyn ObjectStore> = match s.kind {
+        StoreKind::Local => {
+            let path = s
+                .path
+                .as_ref()
+                .ok_or_else(|| setup("a local store needs path".into()))?;
+            crate::keys::file::create_private_dir(path)
+                .map_err(|e| setup(format!("cannot create {}: {e}", path.display())))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(path)
+                    .map_err(|e| setup(e.to_string()))?,
+            )
+        }
+        StoreKind::S3 => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(s.bucket.clone().unwrap_or_default())
+                .with_region(s.region.clone().unwrap_or_else(|| "us-east-1".into()))
+                .with_virtual_hosted_style_request(s.virtual_hosted_style)
+                .with_retry(retry_config(config))
+                .with_client_options(client_options(loopback_http));
+            if let Some(ep) = &s.endpoint {
+                b = b.with_endpoint(ep.clone());
+            }
+            if let Some(ak) = read_secret(
+                &s.name,
+                s.access_key_id_env.as_ref(),
+                s.access_key_id_file.as_ref(),
+            )? {
+                b = b.with_access_key_id(ak);
+            }
+            if let Some(sk) = read_secret(
+                &s.name,
+                s.secret_access_key_env.as_ref(),
+                s.secret_access_key_file.as_ref(),
+            )? {
+                b = b.with_secret_access_key(sk);
+            }
+            Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
+        }
+        StoreKind::Azure => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_account(s.account.clone().unwrap_or_default())
+                .with_container_name(s.container.clone().unwrap_or_default())
+                .with_retry(retry_config(config))
+                .with_client_options(client_options(loopback_http));
+            if let Some(ep) = &s.endpoint {
+                b = b.with_endpoint(ep.clone()).with_allow_http(loopback_http);
+            }
+            if let Some(k) = read_secret(
+                &s.name,
+                s.access_key_env.as_ref(),
+                s.access_key_file.as_ref(),
+            )? {
+                b = b.with_access_key(k);
+            }
+            Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
+        }
+        StoreKind::Gcs => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(s.bucket.clone().unwrap_or_default())
+                .with_retry(retry_config(config))
+                .with_client_options(client_options(false));
+            if let Some(f) = &s.service_account_file {
+                b = b.with_service_account_path(f.display().to_string());
+            }
+            Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
+        }
+    };
+    Ok(Store {
+        name: s.name.clone(),
+        site: s.site.clone(),
+        jurisdiction: s.jurisdiction.clone(),
+        kind: s.kind,
+        prefix: ObjPath::from(s.prefix.as_str()),
+        inner,
+    })
+}

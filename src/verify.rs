@@ -1,0 +1,176 @@
+//! Replica verification without any key: for each snapshot and each store, the manifest is there,
+//! the sealed object has the manifest's size, its header parses and names the snapshot, and its
+//! SHA-256 matches the manifest. Used by `coffre verify` and by the scrub.
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::app::Coffre;
+use crate::catalog::ReplicaState;
+use crate::ids::SnapshotId;
+use crate::pipeline::seal::Header;
+use crate::store::{Manifest, Store};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaCheck {
+    pub snapshot: SnapshotId,
+    pub source: String,
+    pub store: String,
+    /// `ok`, `missing`, `bad`, `unreachable`.
+    pub state: String,
+    pub detail: Option<String>,
+}
+
+impl ReplicaCheck {
+    pub fn ok(&self) -> bool {
+        self.state == "ok"
+    }
+}
+
+/// Check one replica; `expected` is the reference manifest (from the catalog or another store).
+pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
+    let mk = |state: &str, detail: Option<String>| ReplicaCheck {
+        snapshot: expected.snapshot,
+        source: expected.source.clone(),
+        store: store.name.clone(),
+        state: state.into(),
+        detail,
+    };
+    let m = match store
+        .get_manifest(&expected.source, &expected.snapshot)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => {
+            return mk(
+                "missing",
+                Some("manifest missing: the snapshot is not committed here".into()),
+            )
+        }
+        Err(e) if e.kind() == "bad-object" => return mk("bad", Some(e.to_string())),
+        Err(e) => return mk("unreachable", Some(e.to_string())),
+    };
+    if m.sealed_sha256 != expected.sealed_sha256 || m.sealed_size != expected.sealed_size {
+        return mk(
+            "bad",
+            Some("manifest differs from the other replicas".into()),
+        );
+    }
+    let path = store.data_path(&m.source, &m.snapshot);
+    let res = match store.inner.get(&path).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => {
+            return mk("missing", Some(format!("{path} is missing")))
+        }
+        Err(e) => {
+            return mk(
+                "unreachable",
+                Some(store.op_err("get", &path, e).to_string()),
+            )
+        }
+    };
+    if res.meta.size != m.sealed_size {
+        return mk(
+            "bad",
+            Some(format!(
+                "{path} has {} bytes, the manifest says {}",
+                res.meta.size, m.sealed_size
+            )),
+        );
+    }
+    let mut sha = Sha256::new();
+    let mut head: Vec<u8> = Vec::new();
+    let mut stream = res.into_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if head.len() < crate::pipeline::seal::MAX_HEADER_LEN {
+                    head.extend_from_slice(
+                        &c[..c
+                            .len()
+                            .min(crate::pipeline::seal::MAX_HEADER_LEN - head.len())],
+                    );
+                }
+                sha.update(&c);
+            }
+            Err(e) => {
+                return mk(
+                    "unreachable",
+                    Some(store.op_err("read", &path, e).to_string()),
+                )
+            }
+        }
+    }
+    match Header::decode(&head) {
+        Ok(h) if h.snapshot == m.snapshot.to_string() => {}
+        Ok(h) => {
+            return mk(
+                "bad",
+                Some(format!("{path}: header names snapshot {}", h.snapshot)),
+            )
+        }
+        Err(e) => return mk("bad", Some(format!("{path}: {e}"))),
+    }
+    let got = hex::encode(sha.finalize());
+    if got != m.sealed_sha256 {
+        return mk(
+            "bad",
+            Some(format!(
+                "{path}: SHA-256 {got} differs from the manifest's {}",
+                m.sealed_sha256
+            )),
+        );
+    }
+    mk("ok", None)
+}
+
+/// Reference manifests: the catalog's, plus any found in the stores that the catalog lacks.
+pub async fn known_manifests(app: &Coffre, only: Option<SnapshotId>) -> Vec<Manifest> {
+    let mut out: std::collections::BTreeMap<SnapshotId, Manifest> = app
+        .catalog
+        .list(None)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.manifest.snapshot, e.manifest))
+        .collect();
+    for s in &app.stores {
+        if let Ok(list) = s.list_manifests().await {
+            for (source, id) in list {
+                if out.contains_key(&id) || only.is_some_and(|o| o != id) {
+                    continue;
+                }
+                if let Ok(m) = s.get_manifest(&source, &id).await {
+                    out.insert(id, m);
+                }
+            }
+        }
+    }
+    out.into_values()
+        .filter(|m| only.is_none_or(|o| o == m.snapshot))
+        .collect()
+}
+
+/// Check every replica of every known snapshot (or one), updating the catalog's replica states.
+pub async fn verify(app: &Coffre, only: Option<SnapshotId>) -> Vec<ReplicaCheck> {
+    let mut out = Vec::new();
+    for m in known_manifests(app, only).await {
+        let checks =
+            futures::future::join_all(app.stores.iter().map(|s| check_replica(s, &m))).await;
+        for c in checks {
+            let state = match c.state.as_str() {
+                "ok" => Some(ReplicaState::Committed),
+                "missing" => Some(ReplicaState::Missing),
+                "bad" => Some(ReplicaState::Bad),
+                _ => None,
+            };
+            if let Some(st) = state {
+                let _ = app.catalog.put_manifest(&m);
+                let _ = app.catalog.set_replica(&m.snapshot, &c.store, st);
+            }
+            out.push(c);
+        }
+    }
+    out
+}
