@@ -65,6 +65,15 @@ pub struct Entry {
     pub replicas: Vec<Replica>,
 }
 
+/// Per-source summary for the status page.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSummary {
+    pub count: u64,
+    pub last_id: String,
+    pub last_created: String,
+    pub last_committed_stores: Vec<String>,
+}
+
 pub struct Catalog {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -253,5 +262,96 @@ impl Catalog {
         )
         .map_err(|e| self.db(e))?;
         Ok(())
+    }
+
+    /// Per source: number of snapshots, the newest, and the stores where it is committed.
+    pub fn summary(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, SourceSummary>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT s.source, count(*), max(s.id) FROM snapshots s GROUP BY s.source")
+            .map_err(|e| self.db(e))?;
+        let rows: Vec<(String, i64, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db(e))?;
+        let mut out = std::collections::BTreeMap::new();
+        for (source, count, last) in rows {
+            let created: String = conn
+                .query_row(
+                    "SELECT created FROM snapshots WHERE id = ?1",
+                    params![last],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db(e))?;
+            let stores = self
+                .replicas(&conn, &last)?
+                .into_iter()
+                .filter(|r| r.state == ReplicaState::Committed)
+                .map(|r| r.store)
+                .collect();
+            out.insert(
+                source,
+                SourceSummary {
+                    count: count as u64,
+                    last_id: last,
+                    last_created: created,
+                    last_committed_stores: stores,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Per store: snapshots in the catalog not committed there.
+    pub fn lag_by_store(
+        &self,
+        stores: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, CatalogError> {
+        let conn = self.conn();
+        let total: i64 = conn
+            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+            .map_err(|e| self.db(e))?;
+        let mut st = conn
+            .prepare(
+                "SELECT store, count(*) FROM replicas WHERE state = 'committed' GROUP BY store",
+            )
+            .map_err(|e| self.db(e))?;
+        let committed: Vec<(String, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db(e))?;
+        let mut out: std::collections::HashMap<String, u64> = stores
+            .iter()
+            .map(|s| (s.clone(), total.max(0) as u64))
+            .collect();
+        for (store, c) in committed {
+            out.insert(store, (total - c).max(0) as u64);
+        }
+        Ok(out)
+    }
+
+    /// Snapshots not committed in `store` (oldest first): (source, id).
+    pub fn lagging(&self, store: &str) -> Result<Vec<(String, SnapshotId)>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT s.source, s.id FROM snapshots s
+                 WHERE NOT EXISTS (SELECT 1 FROM replicas r WHERE r.snapshot = s.id AND r.store = ?1 AND r.state = 'committed')
+                 ORDER BY s.id",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows: Vec<(String, String)> = st
+            .query_map(params![store], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, id)| id.parse().ok().map(|id| (s, id)))
+            .collect())
     }
 }

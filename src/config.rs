@@ -75,6 +75,9 @@ pub struct Config {
     /// Access log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Schedules of the daemon's workers.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// Folders where snapshots land.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -209,6 +212,48 @@ impl Default for StatusConfig {
         StatusConfig {
             listen: default_listen(),
             token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DaemonConfig {
+    /// How often source folders are scanned (file-system events also wake the scan).
+    #[serde(default = "default_scan_interval", with = "humantime_serde")]
+    pub scan_interval: Duration,
+    /// How often lagging stores are caught up and store health is probed.
+    #[serde(default = "default_catch_up_interval", with = "humantime_serde")]
+    pub catch_up_interval: Duration,
+    /// How often every replica is re-read and its hash checked (the scrub).
+    #[serde(default = "default_scrub_every", with = "humantime_serde")]
+    pub scrub_every: Duration,
+    /// On SIGTERM, how long in-flight work may take before the daemon exits anyway (it is resumed
+    /// at the next start).
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_scan_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_catch_up_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_scrub_every() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            scan_interval: default_scan_interval(),
+            catch_up_interval: default_catch_up_interval(),
+            scrub_every: default_scrub_every(),
+            drain_timeout: default_drain_timeout(),
         }
     }
 }
@@ -703,6 +748,15 @@ impl Config {
                         }
                     }
                 }
+            }
+        }
+        for (name, d) in [
+            ("daemon.scan-interval", self.daemon.scan_interval),
+            ("daemon.catch-up-interval", self.daemon.catch_up_interval),
+            ("daemon.scrub-every", self.daemon.scrub_every),
+        ] {
+            if d < Duration::from_millis(100) {
+                push(name.into(), "must be at least 100ms".into());
             }
         }
         if self.key_providers.is_empty() {

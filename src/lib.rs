@@ -18,10 +18,12 @@ pub mod app;
 pub mod audit;
 pub mod catalog;
 pub mod config;
+pub mod daemon;
 pub mod ids;
 pub mod keys;
 pub mod pipeline;
 pub mod restore;
+pub mod status;
 pub mod store;
 pub mod verify;
 

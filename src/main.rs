@@ -42,6 +42,14 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
+    /// serve the status endpoint (systemd Type=notify).
+    Daemon,
+    /// Print the running daemon's status (from its status endpoint).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Protect one snapshot (a file or a directory) now; prints the snapshot id.
     Backup {
         /// Source the snapshot belongs to.
@@ -252,6 +260,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("provider {}", p.name()))?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon => {
+            let config = load_config(&cli)?;
+            coffre::daemon::run(config_path(&cli), config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = load_config(&cli)?;
+            status_command(&config, *json).await
         }
         _ => {
             let config = load_config(&cli)?;
@@ -527,8 +544,70 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig
+        | Command::Daemon
+        | Command::Status { .. }
         | Command::Keys {
             command: KeysCommand::Init,
         } => Ok(ExitCode::SUCCESS),
     }
+}
+
+async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
+    let addr = config.status.listen;
+    let url = format!("http://{addr}/status");
+    let mut req = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(tf) = &config.status.token_file {
+        let token = std::fs::read_to_string(tf)
+            .with_context(|| format!("reading status.token-file {}", tf.display()))?;
+        req = req.bearer_auth(token.trim());
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("the daemon's status endpoint {url} does not answer: is `coffre daemon` running with this config?"))?;
+    if !resp.status().is_success() {
+        bail!("the status endpoint {url} answered {}", resp.status());
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&resp.text().await?).context("status is not JSON")?;
+    if json {
+        print_json(&doc)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "coffre {} on {} (up {:.0} s, ready: {})",
+        doc["version"].as_str().unwrap_or("?"),
+        doc["host"].as_str().unwrap_or("?"),
+        doc["uptime_seconds"].as_f64().unwrap_or(0.0),
+        doc["ready"]
+    );
+    for s in doc["sources"].as_array().into_iter().flatten() {
+        println!(
+            "source {:<12} {:<10} snapshots {:>5}  last {}  age {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["snapshots"],
+            s["last_snapshot"].as_str().unwrap_or("-"),
+            s["age_seconds"]
+                .as_f64()
+                .map(|a| format!("{a:.0} s"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    for s in doc["stores"].as_array().into_iter().flatten() {
+        println!(
+            "store  {:<12} site {:<10} up {:<5} lag {:>4}  last error {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["site"].as_str().unwrap_or("?"),
+            s["up"],
+            s["lag_snapshots"],
+            s["last_error_kind"].as_str().unwrap_or("-")
+        );
+    }
+    for a in doc["alerts"].as_array().into_iter().flatten() {
+        println!("ALERT: {}", a.as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
 }

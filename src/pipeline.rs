@@ -392,11 +392,22 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// Protect one snapshot (a file or a directory) of `source` now.
-#[tracing::instrument(skip_all, fields(source = %source_name))]
 pub async fn protect(
     app: &Coffre,
     source_name: &str,
     path: &Path,
+) -> Result<Outcome, PipelineError> {
+    protect_as(app, source_name, path, SnapshotId::new()).await
+}
+
+/// Protect one snapshot under an id chosen (and journaled) by the caller. The id must be fresh:
+/// a retry after a failure or crash uses a new id, hence a new DEK and salt.
+#[tracing::instrument(skip_all, fields(source = %source_name, snapshot = %id))]
+pub async fn protect_as(
+    app: &Coffre,
+    source_name: &str,
+    path: &Path,
+    id: SnapshotId,
 ) -> Result<Outcome, PipelineError> {
     let source = app
         .config
@@ -422,12 +433,9 @@ pub async fn protect(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "snapshot".into());
 
-    let id = SnapshotId::new();
     let created = time::OffsetDateTime::now_utc();
     let (expiry, epoch) = plan_expiry(&source, created);
-    let span = tracing::Span::current();
-    span.record("snapshot", tracing::field::display(&id));
-    tracing::info!(snapshot = %id, kind = ?kind, "protecting snapshot");
+    tracing::info!(kind = ?kind, "protecting snapshot");
 
     // Data key, wrapped by every provider under the epoch of planned expiry.
     let dek = DataKey::generate();
@@ -558,12 +566,16 @@ pub async fn protect(
     });
     let results = futures::future::join_all(commits).await;
 
-    app.catalog
-        .put_manifest(&manifest)
-        .map_err(|source| PipelineError::Catalog {
-            snapshot: id,
-            source,
-        })?;
+    // A snapshot committed nowhere is not a snapshot: the caller retries from the source.
+    let committed_any = results.iter().any(|(_, r)| r.is_ok());
+    if committed_any {
+        app.catalog
+            .put_manifest(&manifest)
+            .map_err(|source| PipelineError::Catalog {
+                snapshot: id,
+                source,
+            })?;
+    }
     let mut committed = Vec::new();
     let mut failed = Vec::new();
     for (s, r) in results {
@@ -584,6 +596,9 @@ pub async fn protect(
                     kind: e.kind().to_string(),
                     error: e.to_string(),
                 });
+                if !committed_any {
+                    continue;
+                }
                 app.catalog
                     .set_replica(&id, &s.name, ReplicaState::Missing)
                     .map_err(|source| PipelineError::Catalog {

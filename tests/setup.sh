@@ -107,3 +107,4 @@ else
   command -v azurite-blob >/dev/null 2>&1 || fail azurite "installed but azurite-blob is not on PATH ($prefix/bin)"
   say azurite "installed $AZURITE_VERSION ($(command -v azurite-blob))"
 fi
+[ -s "$SETUP_LOG" ] || rm -f "$SETUP_LOG"

@@ -1,0 +1,447 @@
+//! The daemon: watch every source, protect each complete snapshot exactly once, keep every store
+//! caught up, scrub replicas, serve the status endpoint, and speak systemd's notify protocol
+//! (READY, STATUS, WATCHDOG, RELOADING on SIGHUP, STOPPING on SIGTERM).
+//!
+//! Invariants: one shutdown token that every loop selects on; in-flight work is drained up to
+//! `daemon.drain-timeout` and otherwise resumed at the next start from the journal; a reload whose
+//! config fails validation is refused and the running config stays.
+
+pub mod intake;
+pub mod replicate;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{AppError, Coffre};
+use crate::config::Config;
+use crate::ids::SnapshotId;
+use crate::pipeline::{PipelineError, Protection};
+use crate::status::{self, Runtime, SourceLabel, SourceOutcome};
+use intake::{Intake, Journal, JournalState};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Journal(#[from] intake::JournalError),
+    #[error("cannot listen on {addr} for the status endpoint: {source}. Is another coffre running? Change status.listen")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read status.token-file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+fn notify(states: &[NotifyState]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    let _ = sd_notify::notify(false, states);
+}
+
+fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
+    match &config.status.token_file {
+        None => Ok(None),
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|source| DaemonError::Token {
+                path: p.clone(),
+                source,
+            }),
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+    let token = read_token(&config)?;
+    let listen = config.status.listen;
+    let drain = config.daemon.drain_timeout;
+    let journal = Arc::new(Journal::open(&config.state_dir.join("journal.sqlite"))?);
+    let app = Arc::new(Coffre::open(config).await?);
+    let rt = Runtime::new(token);
+    let (app_tx, app_rx) = watch::channel(app.clone());
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: listen,
+            source,
+        })?;
+    {
+        let router = status::router(app_rx.clone(), rt.clone());
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await;
+        });
+    }
+    tracing::info!(%listen, "status endpoint listening");
+
+    recover_interrupted(&app, &journal, &rt).await;
+    replicate::probe(&app, &rt).await;
+
+    tracker.spawn(intake_loop(
+        app_rx.clone(),
+        journal.clone(),
+        rt.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(catch_up_loop(app_rx.clone(), rt.clone(), cancel.clone()));
+    tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    let mut wd_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec);
+    let tick = if watchdog {
+        Duration::from_micros(wd_usec / 2).max(Duration::from_millis(200))
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut ticker = tokio::time::interval(tick);
+    rt.ready.store(true, Ordering::Relaxed);
+    let line = {
+        let (a, r) = (app.clone(), rt.clone());
+        tokio::task::spawn_blocking(move || status::summary_line(&status::build(&a, &r)))
+            .await
+            .unwrap_or_default()
+    };
+    notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    tracing::info!(
+        sources = app.config.sources.len(),
+        stores = app.stores.len(),
+        "coffre daemon ready"
+    );
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                match reload(&config_path).await {
+                    Ok(new) => {
+                        let _ = app_tx.send(Arc::new(new));
+                        tracing::info!(config = %config_path.display(), "configuration reloaded");
+                        rt.set_alert("reload refused", false);
+                        notify(&[NotifyState::Ready, NotifyState::Status("configuration reloaded")]);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused: the running configuration stays");
+                        rt.set_alert("reload refused", true);
+                        notify(&[NotifyState::Ready, NotifyState::Status("reload refused: config invalid, running config kept")]);
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = ticker.tick() => {
+                if watchdog {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                let (a, r) = (app_rx.borrow().clone(), rt.clone());
+                if let Ok(line) = tokio::task::spawn_blocking(move || status::summary_line(&status::build(&a, &r))).await {
+                    notify(&[NotifyState::Status(&line)]);
+                }
+            }
+        }
+    }
+    tracing::info!(drain = ?drain, "stopping: draining in-flight work");
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    rt.ready.store(false, Ordering::Relaxed);
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!("drain timeout: unfinished snapshots resume at the next start");
+    }
+    Ok(())
+}
+
+async fn reload(path: &Path) -> Result<Coffre, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    Coffre::open(config).await.map_err(|e| e.to_string())
+}
+
+/// Entries a crash left `sealing`: committed somewhere already (done), or to be redone.
+async fn recover_interrupted(app: &Coffre, journal: &Journal, rt: &Runtime) {
+    let Ok(list) = journal.interrupted() else {
+        return;
+    };
+    for (source, key, id) in list {
+        let mut committed = 0;
+        for s in &app.stores {
+            if let Ok(m) = s.get_manifest(&source, &id).await {
+                let _ = app.catalog.put_manifest(&m);
+                let _ =
+                    app.catalog
+                        .set_replica(&id, &s.name, crate::catalog::ReplicaState::Committed);
+                committed += 1;
+            }
+        }
+        if committed > 0 {
+            tracing::info!(snapshot = %id, committed, "interrupted snapshot was already committed; catch-up completes it");
+            let _ = journal.mark_done(&source, &key, &id);
+        } else {
+            tracing::warn!(snapshot = %id, "interrupted snapshot was not committed anywhere; it will be protected again under a new id");
+            let _ = journal.mark_failed(
+                &source,
+                &key,
+                0,
+                "interrupted (crash or stop) before commit",
+            );
+            rt.metrics
+                .snapshots_total
+                .get_or_create(&SourceOutcome {
+                    source: source.clone(),
+                    outcome: "interrupted".into(),
+                })
+                .inc();
+        }
+    }
+}
+
+fn build_intakes(app: &Coffre) -> Vec<Intake> {
+    app.config
+        .sources
+        .iter()
+        .map(|s| Intake::new(s.clone()))
+        .collect()
+}
+
+/// Watch the source folders; `notify` events only wake the scan early, the periodic scan is the
+/// backstop (events can be lost, e.g. on network file systems).
+fn watch_sources(app: &Coffre, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = wake.try_send(());
+    })
+    .map_err(
+        |e| tracing::warn!(error = %e, "file-system events unavailable; scanning on a timer only"),
+    )
+    .ok()?;
+    for s in &app.config.sources {
+        if let Err(e) = std::fs::create_dir_all(&s.path) {
+            tracing::warn!(source = %s.name, path = %s.path.display(), error = %e, "source folder cannot be created");
+        }
+        if let Err(e) = w.watch(&s.path, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(source = %s.name, path = %s.path.display(), error = %e, "cannot watch source folder; scanning on a timer only");
+        }
+    }
+    Some(w)
+}
+
+async fn intake_loop(
+    mut app_rx: watch::Receiver<Arc<Coffre>>,
+    journal: Arc<Journal>,
+    rt: Arc<Runtime>,
+    cancel: CancellationToken,
+) {
+    let mut app = app_rx.borrow_and_update().clone();
+    let (wake_tx, mut wake_rx) = mpsc::channel(1);
+    let mut watcher = watch_sources(&app, wake_tx.clone());
+    let mut intakes = build_intakes(&app);
+    rt.worker("intake", "idle");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake_rx.recv() => {
+                // Let a burst of events settle a little.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = tokio::time::sleep(app.config.daemon.scan_interval) => {}
+            r = app_rx.changed() => {
+                if r.is_err() { break; }
+                app = app_rx.borrow_and_update().clone();
+                drop(watcher);
+                watcher = watch_sources(&app, wake_tx.clone());
+                intakes = build_intakes(&app);
+            }
+        }
+        let now = Instant::now();
+        for intake in intakes.iter_mut() {
+            let source = intake.source().name.clone();
+            for key in intake.scan(now) {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let attempts = match journal.get(&source, &key) {
+                    Ok(None) => 0,
+                    Ok(Some(JournalState::Done(_))) | Ok(Some(JournalState::Sealing(_))) => {
+                        continue
+                    }
+                    Ok(Some(JournalState::Failed {
+                        attempts,
+                        next_try_unix,
+                        ..
+                    })) => {
+                        if time::OffsetDateTime::now_utc().unix_timestamp() < next_try_unix {
+                            continue;
+                        }
+                        attempts
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "journal unavailable: not protecting until it is back");
+                        rt.worker_error("intake", &e.to_string());
+                        continue;
+                    }
+                };
+                rt.worker("intake", "busy");
+                protect_one(&app, &journal, &rt, &source, &key, attempts).await;
+                rt.worker("intake", "idle");
+            }
+        }
+    }
+    rt.worker("intake", "stopped");
+}
+
+async fn protect_one(
+    app: &Coffre,
+    journal: &Journal,
+    rt: &Runtime,
+    source: &str,
+    key: &intake::Key,
+    attempts: u32,
+) {
+    let id = SnapshotId::new();
+    if let Err(e) = journal.mark_sealing(source, key, &id) {
+        tracing::error!(error = %e, "journal write failed: snapshot not started");
+        rt.worker_error("intake", &e.to_string());
+        return;
+    }
+    let count = |outcome: &str| {
+        rt.metrics
+            .snapshots_total
+            .get_or_create(&SourceOutcome {
+                source: source.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    };
+    match crate::pipeline::protect_as(app, source, &key.path, id).await {
+        Ok(out) => {
+            for s in &out.committed {
+                rt.uploaded(s, out.manifest.sealed_size);
+                rt.store_ok(s);
+            }
+            for f in &out.failed {
+                rt.store_failed(&f.store, &f.kind);
+            }
+            let _ = journal.mark_done(source, key, &id);
+            count(match out.protection {
+                Protection::Protected => "protected",
+                Protection::Degraded => "degraded",
+                Protection::AtRisk => "at-risk",
+            });
+            rt.metrics
+                .last_protected
+                .get_or_create(&SourceLabel {
+                    source: source.to_string(),
+                })
+                .set(id.timestamp_ms() as f64 / 1000.0);
+        }
+        Err(PipelineError::AtRisk {
+            committed,
+            ref failures,
+            ..
+        }) if committed > 0 => {
+            // Committed somewhere: catch-up brings the other stores along.
+            tracing::warn!(snapshot = %id, committed, failures = %failures, "snapshot at risk: fewer sites than min-sites");
+            for s in &app.stores {
+                rt.store_failed(&s.name, "unavailable");
+            }
+            let _ = journal.mark_done(source, key, &id);
+            count("at-risk");
+        }
+        Err(e) => {
+            tracing::error!(snapshot = %id, error = %e, "snapshot not protected; will retry");
+            rt.worker_error("intake", &e.to_string());
+            if let PipelineError::AtRisk { .. } = e {
+                for s in &app.stores {
+                    rt.store_failed(&s.name, "unavailable");
+                }
+            }
+            let _ = journal.mark_failed(source, key, attempts + 1, &e.to_string());
+            count(if matches!(e, PipelineError::Changed { .. }) {
+                "changed-while-read"
+            } else {
+                "failed"
+            });
+        }
+    }
+}
+
+async fn catch_up_loop(
+    app_rx: watch::Receiver<Arc<Coffre>>,
+    rt: Arc<Runtime>,
+    cancel: CancellationToken,
+) {
+    rt.worker("catch-up", "idle");
+    loop {
+        let app = app_rx.borrow().clone();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(app.config.daemon.catch_up_interval) => {}
+        }
+        rt.worker("catch-up", "busy");
+        replicate::probe(&app, &rt).await;
+        let (copied, failed) = replicate::catch_up(&app, &rt).await;
+        if failed > 0 {
+            rt.worker_error(
+                "catch-up",
+                &format!("{failed} replica(s) could not be copied yet"),
+            );
+            rt.worker("catch-up", "backing-off");
+        } else {
+            rt.worker("catch-up", "idle");
+        }
+        if copied > 0 {
+            tracing::info!(copied, "catch-up copied replicas");
+        }
+    }
+    rt.worker("catch-up", "stopped");
+}
+
+async fn scrub_loop(
+    app_rx: watch::Receiver<Arc<Coffre>>,
+    rt: Arc<Runtime>,
+    cancel: CancellationToken,
+) {
+    rt.worker("scrub", "idle");
+    loop {
+        let app = app_rx.borrow().clone();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(app.config.daemon.scrub_every) => {}
+        }
+        rt.worker("scrub", "busy");
+        let (checked, bad, repaired) = replicate::scrub(&app, &rt).await;
+        tracing::info!(checked, bad, repaired, "scrub finished");
+        if bad > repaired {
+            rt.worker_error(
+                "scrub",
+                &format!("{} replica(s) bad and not repaired", bad - repaired),
+            );
+        }
+        rt.worker("scrub", "idle");
+    }
+    rt.worker("scrub", "stopped");
+}

@@ -1,0 +1,514 @@
+//! Intake: which entries of a source folder are complete snapshots, and a crash-safe journal that
+//! makes each one protected exactly once, across restarts and `kill -9`.
+//!
+//! Rules (per source, `complete = ...`):
+//! - `marker`: a directory is complete once it holds `backup_manifest` (pg_basebackup writes it
+//!   last); a file `X` once `X.done` exists beside it;
+//! - `settled`: size and mtime (of every file, for a directory) unchanged for `settle-time`, and no
+//!   process has a file open for writing (checked through /proc when permitted);
+//! - `rename`: anything present with a final name is complete (writers rename into the folder).
+//! Temporary names (`*.tmp`, `*.partial`, `*.part`, dot-files) and markers are never snapshots.
+//!
+//! Journal invariant: an entry is keyed by (source, path, size, mtime, inode); it is `done` only
+//! after the snapshot is committed in at least one store; an entry left `sealing` by a crash is
+//! checked against the stores at start (its snapshot id is recorded first) and either marked done
+//! or protected again.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::config::{CompleteRule, SourceConfig};
+use crate::ids::SnapshotId;
+
+pub const MARKER_DIR: &str = "backup_manifest";
+pub const MARKER_SUFFIX: &str = ".done";
+
+/// True for names that are never snapshots: temporary names, dot-files and markers.
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with(".tmp")
+        || name.ends_with(".partial")
+        || name.ends_with(".part")
+        || name.ends_with(MARKER_SUFFIX)
+        || name.ends_with('~')
+}
+
+/// Identity of one version of a snapshot on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+/// Total size and newest mtime of a file or directory tree (the journal key of a directory uses
+/// these, its inode and its path).
+pub fn key_of(path: &Path) -> std::io::Result<Key> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let (mut size, mut mtime) = (0u64, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+    if meta.is_dir() {
+        for rel in crate::pipeline::source::walk(path)? {
+            let m = std::fs::symlink_metadata(path.join(&rel))?;
+            if !m.is_dir() {
+                size += m.len();
+            }
+            mtime = mtime.max(m.mtime() * 1_000_000_000 + m.mtime_nsec());
+        }
+    } else {
+        size = meta.len();
+    }
+    Ok(Key {
+        path: path.to_path_buf(),
+        size,
+        mtime_ns: mtime,
+        ino: meta.ino(),
+    })
+}
+
+/// True when some process has `path` (or a file under it) open for writing. Without permission
+/// to read other processes' fds this sees only what it can, and the settle time does the rest.
+pub fn open_for_writing(path: &Path) -> bool {
+    let Ok(target) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !link.starts_with(&target) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0);
+            if flags & 0o3 != 0 {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Decides completeness for one source, remembering when each entry was last seen changing.
+pub struct Intake {
+    source: SourceConfig,
+    seen: HashMap<PathBuf, (Key, Instant)>,
+}
+
+impl Intake {
+    pub fn new(source: SourceConfig) -> Intake {
+        Intake {
+            source,
+            seen: HashMap::new(),
+        }
+    }
+
+    pub fn source(&self) -> &SourceConfig {
+        &self.source
+    }
+
+    /// Complete snapshots in the folder now, with their keys.
+    pub fn scan(&mut self, now: Instant) -> Vec<Key> {
+        let Ok(rd) = std::fs::read_dir(&self.source.path) else {
+            return vec![];
+        };
+        let mut names: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| !is_ignored_name(&e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        let present: std::collections::HashSet<PathBuf> = names.iter().cloned().collect();
+        self.seen.retain(|p, _| present.contains(p));
+        for path in names {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !(meta.is_file() || meta.is_dir()) {
+                continue;
+            }
+            let complete = match self.source.complete {
+                CompleteRule::Marker => {
+                    if meta.is_dir() {
+                        path.join(MARKER_DIR).is_file()
+                    } else {
+                        let mut m = path.clone().into_os_string();
+                        m.push(MARKER_SUFFIX);
+                        Path::new(&m).exists()
+                    }
+                }
+                CompleteRule::Rename => true,
+                CompleteRule::Settled => {
+                    let Ok(key) = key_of(&path) else { continue };
+                    let entry = self.seen.entry(path.clone()).or_insert((key.clone(), now));
+                    if entry.0 != key {
+                        *entry = (key, now);
+                        false
+                    } else {
+                        now.duration_since(entry.1) >= self.source.settle_time
+                            && !open_for_writing(&path)
+                    }
+                }
+            };
+            if complete {
+                if let Ok(key) = key_of(&path) {
+                    out.push(key);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where a journal entry stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalState {
+    /// Protection started under this snapshot id (a crash leaves it here).
+    Sealing(SnapshotId),
+    /// Committed in at least one store under this snapshot id.
+    Done(SnapshotId),
+    /// Failed; retry after this many attempts with backoff.
+    Failed {
+        attempts: u32,
+        next_try_unix: i64,
+        error: String,
+    },
+}
+
+pub struct Journal {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}. coffre cannot track what it has protected; check the state folder (space, permissions)")]
+pub struct JournalError {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let err = |source| JournalError {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = crate::keys::file::create_private_dir(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS intake (
+                 source TEXT NOT NULL,
+                 path TEXT NOT NULL,
+                 size INTEGER NOT NULL,
+                 mtime_ns INTEGER NOT NULL,
+                 ino INTEGER NOT NULL,
+                 state TEXT NOT NULL,
+                 snapshot TEXT,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 next_try INTEGER NOT NULL DEFAULT 0,
+                 error TEXT,
+                 updated INTEGER NOT NULL,
+                 PRIMARY KEY (source, path, size, mtime_ns, ino)
+             );
+             CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), last_seen INTEGER NOT NULL);",
+        )
+        .map_err(err)?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, source: &str, k: &Key) -> Result<Option<JournalState>, JournalError> {
+        let row: Option<(String, Option<String>, u32, i64, Option<String>)> = self
+            .conn()
+            .query_row(
+                "SELECT state, snapshot, attempts, next_try, error FROM intake
+                 WHERE source = ?1 AND path = ?2 AND size = ?3 AND mtime_ns = ?4 AND ino = ?5",
+                params![
+                    source,
+                    k.path.to_string_lossy(),
+                    k.size as i64,
+                    k.mtime_ns,
+                    k.ino as i64
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.and_then(|(state, snap, attempts, next, error)| {
+            let id = snap.and_then(|s| s.parse::<SnapshotId>().ok());
+            match (state.as_str(), id) {
+                ("sealing", Some(id)) => Some(JournalState::Sealing(id)),
+                ("done", Some(id)) => Some(JournalState::Done(id)),
+                ("failed", _) => Some(JournalState::Failed {
+                    attempts,
+                    next_try_unix: next,
+                    error: error.unwrap_or_default(),
+                }),
+                _ => None,
+            }
+        }))
+    }
+
+    fn set(
+        &self,
+        source: &str,
+        k: &Key,
+        state: &str,
+        snapshot: Option<&SnapshotId>,
+        attempts: u32,
+        next_try: i64,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "INSERT INTO intake (source, path, size, mtime_ns, ino, state, snapshot, attempts, next_try, error, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT(source, path, size, mtime_ns, ino) DO UPDATE SET
+                   state = excluded.state, snapshot = excluded.snapshot, attempts = excluded.attempts,
+                   next_try = excluded.next_try, error = excluded.error, updated = excluded.updated",
+                params![
+                    source,
+                    k.path.to_string_lossy(),
+                    k.size as i64,
+                    k.mtime_ns,
+                    k.ino as i64,
+                    state,
+                    snapshot.map(|s| s.to_string()),
+                    attempts,
+                    next_try,
+                    error,
+                    now_unix()
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn mark_sealing(&self, source: &str, k: &Key, id: &SnapshotId) -> Result<(), JournalError> {
+        self.set(source, k, "sealing", Some(id), 0, 0, None)
+    }
+
+    pub fn mark_done(&self, source: &str, k: &Key, id: &SnapshotId) -> Result<(), JournalError> {
+        self.set(source, k, "done", Some(id), 0, 0, None)
+    }
+
+    /// Record a failure; the next attempt waits 2^attempts × 10 s, at most an hour.
+    pub fn mark_failed(
+        &self,
+        source: &str,
+        k: &Key,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), JournalError> {
+        let wait = (10i64 << attempts.min(12)).min(3600);
+        self.set(
+            source,
+            k,
+            "failed",
+            None,
+            attempts,
+            now_unix() + wait,
+            Some(error),
+        )
+    }
+
+    /// Entries left `sealing` by a crash.
+    pub fn interrupted(&self) -> Result<Vec<(String, Key, SnapshotId)>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT source, path, size, mtime_ns, ino, snapshot FROM intake WHERE state = 'sealing'")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (source, path, size, mtime_ns, ino, snap) = row.map_err(|e| self.err(e))?;
+            if let Some(id) = snap.and_then(|s| s.parse().ok()) {
+                out.push((
+                    source,
+                    Key {
+                        path: PathBuf::from(path),
+                        size: size as u64,
+                        mtime_ns,
+                        ino: ino as u64,
+                    },
+                    id,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of failed entries per source (for the status page).
+    pub fn failed_counts(&self) -> Result<HashMap<String, u64>, JournalError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT source, count(*) FROM intake WHERE state = 'failed' GROUP BY source")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Last wall-clock time the daemon saw (unix seconds), and record `now` if it is later.
+    pub fn observe_clock(&self, now: i64) -> Result<Option<i64>, JournalError> {
+        let conn = self.conn();
+        let last: Option<i64> = conn
+            .query_row("SELECT last_seen FROM clock WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if last.is_none_or(|l| now > l) {
+            conn.execute(
+                "INSERT INTO clock (id, last_seen) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
+                params![now],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dir: &Path, rule: CompleteRule) -> SourceConfig {
+        SourceConfig {
+            name: "emr".into(),
+            path: dir.to_path_buf(),
+            complete: rule,
+            settle_time: Duration::from_secs(5),
+            retention: Default::default(),
+        }
+    }
+
+    #[test]
+    fn ignored_names() {
+        for n in [".x", "a.tmp", "a.partial", "a.part", "a.sql.done", "a~"] {
+            assert!(is_ignored_name(n), "{n}");
+        }
+        assert!(!is_ignored_name("emr.sql"));
+    }
+
+    #[test]
+    fn marker_rule() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("emr.sql"), b"x").unwrap();
+        std::fs::create_dir(d.path().join("base")).unwrap();
+        let mut i = Intake::new(source(d.path(), CompleteRule::Marker));
+        assert!(i.scan(Instant::now()).is_empty());
+        std::fs::write(d.path().join("emr.sql.done"), b"").unwrap();
+        std::fs::write(d.path().join("base/backup_manifest"), b"{}").unwrap();
+        let found: Vec<_> = i.scan(Instant::now()).into_iter().map(|k| k.path).collect();
+        assert_eq!(found, vec![d.path().join("base"), d.path().join("emr.sql")]);
+    }
+
+    #[test]
+    fn settled_rule_waits_for_quiet_and_writers() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("emr.sql");
+        std::fs::write(&f, b"x").unwrap();
+        let mut i = Intake::new(source(d.path(), CompleteRule::Settled));
+        let t0 = Instant::now();
+        assert!(i.scan(t0).is_empty());
+        assert!(i.scan(t0 + Duration::from_secs(2)).is_empty());
+        // A change restarts the clock.
+        std::fs::write(&f, b"xy").unwrap();
+        assert!(i.scan(t0 + Duration::from_secs(6)).is_empty());
+        assert_eq!(i.scan(t0 + Duration::from_secs(12)).len(), 1);
+        // An open writer holds it back.
+        let w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        assert!(open_for_writing(&f));
+        assert!(i.scan(t0 + Duration::from_secs(20)).is_empty());
+        drop(w);
+        assert!(!open_for_writing(&f));
+        assert_eq!(i.scan(t0 + Duration::from_secs(21)).len(), 1);
+    }
+
+    #[test]
+    fn journal_states_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.sqlite");
+        let f = d.path().join("emr.sql");
+        std::fs::write(&f, b"x").unwrap();
+        let k = key_of(&f).unwrap();
+        let id = SnapshotId::new();
+        {
+            let j = Journal::open(&p).unwrap();
+            assert_eq!(j.get("emr", &k).unwrap(), None);
+            j.mark_sealing("emr", &k, &id).unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(j.interrupted().unwrap().len(), 1);
+        j.mark_done("emr", &k, &id).unwrap();
+        assert_eq!(j.get("emr", &k).unwrap(), Some(JournalState::Done(id)));
+        assert!(j.interrupted().unwrap().is_empty());
+        assert_eq!(j.observe_clock(100).unwrap(), None);
+        assert_eq!(j.observe_clock(50).unwrap(), Some(100));
+        assert_eq!(j.observe_clock(200).unwrap(), Some(100));
+    }
+}
