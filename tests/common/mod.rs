@@ -3,6 +3,7 @@
 //! `tests/setup.sh`.
 #![allow(dead_code, unused_imports)]
 
+pub mod coffre;
 pub mod servers;
 
 pub use servers::*;

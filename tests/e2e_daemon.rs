@@ -1,0 +1,587 @@
+//! End-to-end tests of `coffre daemon`: the real binary, real folders, a real S3-compatible server
+//! (s3s-fs) for outages, and the real status endpoint.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, S3Server, CANARY_INSURANCE, CANARY_LAST_NAME};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffre");
+
+struct Env {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["incoming", "base", "keys"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Env {
+            dir,
+            port: free_port(),
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A config with two local stores (two sites) and optionally an S3 store, written to
+    /// coffre.toml; `extra` is appended verbatim.
+    fn config(&self, s3: Option<&S3Server>, extra: &str) -> PathBuf {
+        let d = self.dir.path().display();
+        let mut text = format!(
+            r#"state-dir = "{d}/state"
+[daemon]
+scan-interval = "200ms"
+catch-up-interval = "1s"
+scrub-every = "1h"
+drain-timeout = "5s"
+[replication]
+min-sites = 2
+retries = 1
+backoff = "50ms"
+[status]
+listen = "127.0.0.1:{port}"
+[[source]]
+name = "emr"
+path = "{d}/incoming"
+complete = "rename"
+[[source]]
+name = "base"
+path = "{d}/base"
+complete = "marker"
+[[store]]
+name = "site-a"
+kind = "local"
+site = "a"
+jurisdiction = "CA-QC"
+path = "{d}/stores/a"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{d}/keys/master.key"
+create-master-key = true
+"#,
+            port = self.port
+        );
+        match s3 {
+            Some(s) => text.push_str(&format!(
+                r#"[[store]]
+name = "s3-b"
+kind = "s3"
+site = "b"
+jurisdiction = "CA-QC"
+bucket = "{}"
+endpoint = "{}"
+access-key-id-env = "T_AK"
+secret-access-key-env = "T_SK"
+"#,
+                s.bucket(),
+                s.endpoint()
+            )),
+            None => text.push_str(&format!(
+                "[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"b\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/b\"\n"
+            )),
+        }
+        text.push_str(extra);
+        let path = self.p("coffre.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn cmd(&self, s3: Option<&S3Server>) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(self.p("coffre.toml"))
+            .arg("--log-format")
+            .arg("json");
+        c.env("COFFRE_LOG", "info");
+        if let Some(s) = s3 {
+            c.env("T_AK", s.access_key()).env("T_SK", s.secret_key());
+        }
+        c
+    }
+
+    fn run(&self, s3: Option<&S3Server>, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd(s3).args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn start(&self, s3: Option<&S3Server>) -> Daemon {
+        let log = self.p(&format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = self
+            .cmd(s3)
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            port: self.port,
+            log,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn snapshots(&self, s3: Option<&S3Server>) -> Vec<serde_json::Value> {
+        let (code, out, err) = self.run(s3, &["snapshots", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
+    }
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+impl Daemon {
+    fn wait_ready(&self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Some((200, _)) = http_get(self.port, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("daemon not ready in 30 s:\n{}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.port, "/status").expect("status endpoint answers");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn stop(mut self) -> String {
+        self.signal("TERM");
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                assert!(st.success(), "daemon exited with {st}: {}", self.log_text());
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log_text()
+    }
+
+    fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}
+
+/// SQL-like text with the canary patient, `mib` MiB.
+fn dump(path: &Path, mib: usize) {
+    let mut s = String::with_capacity(mib << 20);
+    let mut i = 0u64;
+    s.push_str(&format!("INSERT INTO patients VALUES (1, 'Do-Not-Leak', '{CANARY_LAST_NAME}', '{CANARY_INSURANCE}');\n"));
+    while s.len() < mib << 20 {
+        i += 1;
+        s.push_str(&format!(
+            "INSERT INTO lab_results VALUES ({i}, {}, 'glucose', {}.{}, 'mmol/L', '2026-11-{:02}');\n",
+            i * 7919 % 100_003,
+            i % 17,
+            i % 10,
+            i % 28 + 1
+        ));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, s).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn assert_no_canary(dir: &Path) {
+    for rel in coffre::pipeline::source::walk(dir).unwrap() {
+        let p = dir.join(&rel);
+        if p.is_file() {
+            let bytes = std::fs::read(&p).unwrap();
+            for canary in [CANARY_LAST_NAME, CANARY_INSURANCE] {
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "canary found in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn daemon_protects_renamed_dumps_and_marked_basebackups_once() {
+    let env = Env::new();
+    env.config(None, "");
+    let d = env.start(None);
+    dump(&env.p("incoming/emr-1.sql"), 3);
+    // A basebackup without its marker is not complete.
+    std::fs::create_dir_all(env.p("base/b1/global")).unwrap();
+    std::fs::write(env.p("base/b1/PG_VERSION"), "15\n").unwrap();
+    std::fs::write(env.p("base/b1/global/pg_control"), vec![7u8; 8192]).unwrap();
+    // Temporary names are never picked up.
+    std::fs::write(env.p("incoming/emr-2.sql.partial"), "partial").unwrap();
+    wait_until("the dump is protected", 30, || {
+        env.snapshots(None).len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        env.snapshots(None).len(),
+        1,
+        "no marker yet: the basebackup must wait"
+    );
+    std::fs::write(env.p("base/b1/backup_manifest"), "{}").unwrap();
+    wait_until("the basebackup is protected", 30, || {
+        env.snapshots(None).len() == 2
+    });
+
+    let status = d.status();
+    let sources = status["sources"].as_array().unwrap();
+    assert!(
+        sources.iter().all(|s| s["state"] == "protected"),
+        "{status}"
+    );
+    assert!(
+        status["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["up"] == true && s["lag_snapshots"] == 0),
+        "{status}"
+    );
+    let (code, metrics) = http_get(env.port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("coffre_snapshots_total{source=\"emr\",outcome=\"protected\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("coffre_store_up{store=\"site-a\"} 1"));
+    assert!(metrics.contains("coffre_replication_lag_snapshots{store=\"site-b\"} 0"));
+    assert!(metrics.contains("coffre_uploaded_bytes_total{store=\"site-a\"}"));
+    let (code, out, _) = env.run(None, &["status", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"protected\""));
+
+    // Restart: the journal remembers, nothing is protected twice.
+    let log1 = d.stop();
+    let d = env.start(None);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.snapshots(None).len(), 2);
+    let log2 = d.stop();
+    // Nothing personal in logs, status or metrics; nothing in the stores or state.
+    for text in [&log1, &log2, &metrics, &status.to_string()] {
+        assert!(!text.contains(CANARY_LAST_NAME) && !text.contains(CANARY_INSURANCE));
+    }
+    assert_no_canary(&env.p("stores"));
+    assert_no_canary(&env.p("state"));
+
+    // The basebackup restores as a tree.
+    let snaps = env.snapshots(None);
+    let base = snaps.iter().find(|s| s["source"] == "base").unwrap();
+    let (code, _, err) = env.run(
+        None,
+        &[
+            "restore",
+            base["id"].as_str().unwrap(),
+            "--source",
+            "base",
+            "--to",
+            env.p("restored-b1").to_str().unwrap(),
+            "--purpose",
+            "test",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(env.p("restored-b1/global/pg_control")).unwrap(),
+        vec![7u8; 8192]
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.p("restored-b1/backup_manifest")).unwrap(),
+        "{}"
+    );
+}
+
+#[test]
+fn kill_9_mid_snapshot_loses_nothing_and_never_lists_a_partial_snapshot() {
+    let env = Env::new();
+    env.config(None, "");
+    // A first snapshot, committed before any fault.
+    let d = env.start(None);
+    dump(&env.p("incoming/first.sql"), 2);
+    wait_until("first snapshot", 30, || env.snapshots(None).len() == 1);
+    let first = env.snapshots(None)[0]["id"].as_str().unwrap().to_string();
+    // A big one, killed while it is being sealed.
+    dump(&env.p("incoming/big.sql"), 160);
+    wait_until("sealing started", 30, || {
+        d.log_text().matches("protecting snapshot").count() >= 2
+    });
+    let _ = d.kill9();
+    // No partial snapshot is listed, locally or in any store.
+    let listed = env.snapshots(None);
+    assert!(
+        listed
+            .iter()
+            .all(|s| s["stores"].as_array().unwrap().len() == 2),
+        "{listed:?}"
+    );
+    let (code, out, _) = env.run(None, &["verify", "--json"]);
+    assert_eq!(code, 0, "every listed replica is whole: {out}");
+    // Restart: the interrupted snapshot is protected exactly once.
+    let d = env.start(None);
+    wait_until("big snapshot protected after restart", 90, || {
+        env.snapshots(None).len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(env.snapshots(None).len(), 2);
+    d.stop();
+    for (id, file) in [(first.as_str(), "first.sql"), ("latest", "big.sql")] {
+        let to = env.p(&format!("restored-{file}"));
+        let (code, _, err) = env.run(
+            None,
+            &[
+                "restore",
+                id,
+                "--source",
+                "emr",
+                "--to",
+                to.to_str().unwrap(),
+                "--purpose",
+                "after kill -9",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            std::fs::read(&to).unwrap(),
+            std::fs::read(env.p(&format!("incoming/{file}"))).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_store_that_is_down_catches_up_when_it_returns() {
+    let mut s3 = S3Server::start();
+    let env = Env::new();
+    env.config(Some(&s3), "");
+    let d = env.start(Some(&s3));
+    s3.stop();
+    dump(&env.p("incoming/during-outage.sql"), 2);
+    wait_until("snapshot committed in the surviving store", 30, || {
+        env.snapshots(Some(&s3)).len() == 1
+    });
+    wait_until("status shows the store down and lagging", 20, || {
+        let st = d.status();
+        let s3b = st["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "s3-b")
+            .cloned()
+            .unwrap();
+        s3b["up"] == false && s3b["lag_snapshots"] == 1 && st["sources"][0]["state"] == "at-risk"
+    });
+    s3.restart();
+    wait_until("catch-up copied the snapshot", 30, || {
+        let st = d.status();
+        st["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["lag_snapshots"] == 0 && s["up"] == true)
+    });
+    // Delete the source file: what is in the stores is enough.
+    std::fs::remove_file(env.p("incoming/during-outage.sql")).unwrap();
+    d.stop();
+    let (code, out, err) = env.run(Some(&s3), &["verify", "--json"]);
+    assert_eq!(code, 0, "{out} {err}");
+    let to = env.p("from-s3.sql");
+    let (code, _, err) = env.run(
+        Some(&s3),
+        &[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--store",
+            "s3-b",
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "check catch-up",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&to)
+        .unwrap()
+        .contains(CANARY_LAST_NAME));
+}
+
+#[test]
+fn scrub_repairs_a_replica_with_wrong_bytes() {
+    let env = Env::new();
+    env.config(None, "");
+    let d = env.start(None);
+    dump(&env.p("incoming/a.sql"), 2);
+    wait_until("protected", 30, || env.snapshots(None).len() == 1);
+    d.stop();
+    let id = env.snapshots(None)[0]["id"].as_str().unwrap().to_string();
+    let data = env.p(&format!("stores/b/coffre/snapshots/emr/{id}/data"));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&data, &bytes).unwrap();
+    let (code, out, _) = env.run(None, &["verify"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("site-b") && out.contains("bad"), "{out}");
+    // Scrub on a short schedule.
+    env.config(None, "").to_str().unwrap().to_string();
+    let text = std::fs::read_to_string(env.p("coffre.toml"))
+        .unwrap()
+        .replace("scrub-every = \"1h\"", "scrub-every = \"1s\"");
+    std::fs::write(env.p("coffre.toml"), text).unwrap();
+    let d = env.start(None);
+    wait_until("scrub repaired the replica", 30, || {
+        let (_, m) = http_get(env.port, "/metrics").unwrap();
+        m.contains("coffre_repairs_total{store=\"site-b\"} 1")
+    });
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
+    assert!(
+        m.contains("coffre_scrub_errors_total{store=\"site-b\"} 1"),
+        "{m}"
+    );
+    d.stop();
+    let (code, out, _) = env.run(None, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn reload_refuses_a_bad_config_and_applies_a_good_one() {
+    let env = Env::new();
+    env.config(None, "");
+    let d = env.start(None);
+    // A bad config: the daemon keeps running on the old one and raises an alert.
+    std::fs::write(env.p("coffre.toml"), "state-dir = 5\n").unwrap();
+    d.signal("HUP");
+    wait_until("reload refused alert", 10, || {
+        d.status()["alerts"].to_string().contains("reload refused")
+    });
+    dump(&env.p("incoming/still-working.sql"), 1);
+    wait_until("still protecting", 30, || {
+        env_snapshots_with_config(&env).len() == 1
+    });
+    // A good config with a new source: it is watched after the reload.
+    std::fs::create_dir_all(env.p("new-source")).unwrap();
+    env.config(
+        None,
+        &format!(
+            "[[source]]\nname = \"emr2\"\npath = \"{}\"\ncomplete = \"rename\"\n",
+            env.p("new-source").display()
+        ),
+    );
+    d.signal("HUP");
+    wait_until("alert cleared", 10, || {
+        !d.status()["alerts"].to_string().contains("reload refused")
+    });
+    dump(&env.p("new-source/x.sql"), 1);
+    wait_until("new source protected", 30, || {
+        env.snapshots(None).iter().any(|s| s["source"] == "emr2")
+    });
+    let log = d.stop();
+    assert!(log.contains("reload refused"), "{log}");
+}
+
+fn env_snapshots_with_config(env: &Env) -> Vec<serde_json::Value> {
+    // The config file is broken on purpose in one test: read the catalog with a good copy.
+    let good = env.p("good.toml");
+    if !good.exists() {
+        let d = env.dir.path().display();
+        std::fs::write(
+            &good,
+            format!(
+                "state-dir = \"{d}/state\"\n[[store]]\nname = \"site-a\"\nkind = \"local\"\nsite = \"a\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/a\"\n[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"b\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/b\"\n[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&good)
+        .args(["snapshots", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
