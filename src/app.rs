@@ -149,6 +149,7 @@ impl Coffre {
         let mut found: std::collections::BTreeMap<crate::ids::SnapshotId, Vec<(String, bool)>> =
             Default::default();
         let mut manifests = std::collections::BTreeMap::new();
+        let mut keys = std::collections::BTreeMap::new();
         for s in &self.stores {
             let list = match s.list_manifests().await {
                 Ok(l) => l,
@@ -161,6 +162,9 @@ impl Coffre {
                 let Ok(m) = s.get_manifest(&source, &id).await else {
                     continue;
                 };
+                if let Ok(k) = s.get_key_object(&source, &id).await {
+                    keys.entry(id).or_insert(k);
+                }
                 let data_ok = matches!(s.inner.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
                 found.entry(id).or_default().push((s.name.clone(), data_ok));
                 manifests.entry(id).or_insert(m);
@@ -170,6 +174,9 @@ impl Coffre {
         let mut replicas = 0;
         for (id, m) in &manifests {
             self.catalog.put_manifest(m)?;
+            if let Some(k) = keys.get(id) {
+                self.catalog.put_key(k)?;
+            }
             for s in &self.stores {
                 let state = match found
                     .get(id)

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::ids::SnapshotId;
-use crate::store::Manifest;
+use crate::store::{KeyObject, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -104,6 +104,16 @@ impl Catalog {
                  manifest TEXT NOT NULL
              );
              CREATE INDEX IF NOT EXISTS snapshots_source ON snapshots(source, id);
+             CREATE TABLE IF NOT EXISTS keys (
+                 snapshot TEXT PRIMARY KEY,
+                 epoch TEXT NOT NULL,
+                 key_json TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS keys_epoch ON keys(epoch);
+             CREATE TABLE IF NOT EXISTS destruction (
+                 id TEXT PRIMARY KEY,
+                 record TEXT NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS replicas (
                  snapshot TEXT NOT NULL,
                  store TEXT NOT NULL,
@@ -245,12 +255,17 @@ impl Catalog {
     /// Forget everything (before a rebuild).
     pub fn clear(&self) -> Result<(), CatalogError> {
         self.conn()
-            .execute_batch("DELETE FROM replicas; DELETE FROM snapshots;")
+            .execute_batch("DELETE FROM replicas; DELETE FROM snapshots; DELETE FROM keys;")
             .map_err(|e| self.db(e))
     }
 
     pub fn remove(&self, id: &SnapshotId) -> Result<(), CatalogError> {
         let conn = self.conn();
+        conn.execute(
+            "DELETE FROM keys WHERE snapshot = ?1",
+            params![id.to_string()],
+        )
+        .map_err(|e| self.db(e))?;
         conn.execute(
             "DELETE FROM replicas WHERE snapshot = ?1",
             params![id.to_string()],
@@ -353,5 +368,99 @@ impl Catalog {
             .into_iter()
             .filter_map(|(s, id)| id.parse().ok().map(|id| (s, id)))
             .collect())
+    }
+
+    /// Remember the key object of a snapshot (epoch, planned expiry, hold; wrapped keys only).
+    pub fn put_key(&self, k: &KeyObject) -> Result<(), CatalogError> {
+        let json = String::from_utf8(k.to_json()).unwrap_or_default();
+        self.conn()
+            .execute(
+                "INSERT INTO keys (snapshot, epoch, key_json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(snapshot) DO UPDATE SET epoch = excluded.epoch, key_json = excluded.key_json",
+                params![k.snapshot.to_string(), k.epoch.to_string(), json],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn get_key(&self, id: &SnapshotId) -> Result<Option<KeyObject>, CatalogError> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT key_json FROM keys WHERE snapshot = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        match json {
+            None => Ok(None),
+            Some(j) => {
+                KeyObject::parse(j.as_bytes())
+                    .map(Some)
+                    .map_err(|reason| CatalogError::Corrupt {
+                        path: self.path.clone(),
+                        reason,
+                    })
+            }
+        }
+    }
+
+    /// Every key object, in snapshot order.
+    pub fn all_keys(&self) -> Result<Vec<KeyObject>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT key_json FROM keys ORDER BY snapshot")
+            .map_err(|e| self.db(e))?;
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db(e))?;
+        rows.iter()
+            .map(|j| {
+                KeyObject::parse(j.as_bytes()).map_err(|reason| CatalogError::Corrupt {
+                    path: self.path.clone(),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    pub fn put_destruction(&self, id: &str, record: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO destruction (id, record) VALUES (?1, ?2)",
+                params![id, record],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    pub fn destructions(&self) -> Result<Vec<String>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT record FROM destruction ORDER BY id")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| r.get(0))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows)
+    }
+
+    /// Creation times (RFC 3339) of a source's snapshots.
+    pub fn created_times(&self, source: &str) -> Result<Vec<String>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT created FROM snapshots WHERE source = ?1 ORDER BY id")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map(params![source], |r| r.get(0))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows)
     }
 }

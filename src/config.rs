@@ -78,6 +78,9 @@ pub struct Config {
     /// Schedules of the daemon's workers.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// Carrying out retention: crypto-shredding and its guards.
+    #[serde(default)]
+    pub shred: ShredConfig,
     /// Folders where snapshots land.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -306,13 +309,37 @@ fn default_settle() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Retention of one source. Rules whose outcome is known when a snapshot is protected (the first
+/// snapshot of each hour, day, week, month, year is the one kept for that period) decide the
+/// planned expiry, hence the epoch key its data key is wrapped under; `keep-last` and holds are
+/// applied when an epoch falls due, by re-wrapping the keys they keep under a later epoch.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RetentionConfig {
-    /// Keep every snapshot at least this long; its data key is wrapped under the epoch of the day
-    /// this period ends, and that epoch key is destroyed when the day is over.
+    /// Keep every snapshot at least this long.
     #[serde(default = "default_keep_within", with = "humantime_serde")]
     pub keep_within: Duration,
+    /// Keep the N newest snapshots whatever their age.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Keep the first snapshot of each UTC hour for N hours.
+    #[serde(default)]
+    pub keep_hourly: u32,
+    /// Keep the first snapshot of each UTC day for N days.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// Keep the first snapshot of each ISO week for N weeks.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// Keep the first snapshot of each month for N months.
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// Keep the first snapshot of each year for N years.
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Never shred a snapshot younger than this, whatever the rules say.
+    #[serde(default, with = "humantime_serde")]
+    pub min_age: Option<Duration>,
 }
 
 fn default_keep_within() -> Duration {
@@ -323,6 +350,46 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
             keep_within: default_keep_within(),
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
+            min_age: None,
+        }
+    }
+}
+
+/// Shredding policy and guards.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ShredConfig {
+    /// Carry out the retention plan in the daemon (destroy due epoch keys, delete objects).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often the daemon checks for due epochs.
+    #[serde(default = "default_shred_every", with = "humantime_serde")]
+    pub every: Duration,
+    /// If the clock moved forward more than this since the last time the daemon saw it, shredding
+    /// stops and the status raises an alert instead of destroying years of backups.
+    #[serde(default = "default_max_clock_jump", with = "humantime_serde")]
+    pub max_clock_jump: Duration,
+}
+
+fn default_shred_every() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_clock_jump() -> Duration {
+    Duration::from_secs(3 * 86_400)
+}
+
+impl Default for ShredConfig {
+    fn default() -> Self {
+        ShredConfig {
+            enabled: true,
+            every: default_shred_every(),
+            max_clock_jump: default_max_clock_jump(),
         }
     }
 }

@@ -106,6 +106,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     ));
     tracker.spawn(catch_up_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
+    tracker.spawn(shred_loop(
+        app_rx.clone(),
+        journal.clone(),
+        rt.clone(),
+        cancel.clone(),
+    ));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -444,4 +450,80 @@ async fn scrub_loop(
         rt.worker("scrub", "idle");
     }
     rt.worker("scrub", "stopped");
+}
+
+/// Guard against a clock that jumps far ahead: compares `now` with the last time seen (kept in
+/// the journal) and says whether shredding may proceed.
+pub fn clock_ok(
+    journal: &Journal,
+    now: time::OffsetDateTime,
+    max_jump: Duration,
+) -> Result<bool, String> {
+    let last = journal.last_clock().map_err(|e| e.to_string())?;
+    let ok = last.is_none_or(|l| now.unix_timestamp() - l <= max_jump.as_secs() as i64);
+    // A jumped time is never recorded, so a restart does not launder it.
+    if ok {
+        journal
+            .observe_clock(now.unix_timestamp())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(ok)
+}
+
+async fn shred_loop(
+    app_rx: watch::Receiver<Arc<Coffre>>,
+    journal: Arc<Journal>,
+    rt: Arc<Runtime>,
+    cancel: CancellationToken,
+) {
+    rt.worker("shred", "idle");
+    const ALERT: &str = "clock jumped forward beyond shred.max-clock-jump: shredding stopped; check the system clock, then restart coffre";
+    // The clock is observed at start so a jump while stopped is caught too.
+    let mut first = true;
+    loop {
+        let app = app_rx.borrow().clone();
+        if !first {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(app.config.shred.every) => {}
+            }
+        }
+        first = false;
+        if !app.config.shred.enabled {
+            continue;
+        }
+        let now = time::OffsetDateTime::now_utc();
+        match clock_ok(&journal, now, app.config.shred.max_clock_jump) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("{ALERT}");
+                rt.set_alert(ALERT, true);
+                rt.worker("shred", "stopped");
+                // Stay stopped until an operator restarts the daemon.
+                cancel.cancelled().await;
+                break;
+            }
+            Err(e) => {
+                rt.worker_error("shred", &e);
+                continue;
+            }
+        }
+        rt.worker("shred", "busy");
+        let (done, errors) = crate::retention::shred::run_due(&app, now, "coffre-daemon").await;
+        for r in &done {
+            tracing::info!(epoch = %r.epoch, snapshots = r.snapshots.len(), "retention shredded an epoch");
+        }
+        for e in &errors {
+            rt.worker_error("shred", &e.to_string());
+        }
+        rt.worker(
+            "shred",
+            if errors.is_empty() {
+                "idle"
+            } else {
+                "backing-off"
+            },
+        );
+    }
+    rt.worker("shred", "stopped");
 }

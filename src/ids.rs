@@ -17,6 +17,11 @@ impl SnapshotId {
         SnapshotId(ulid::Ulid::new())
     }
 
+    /// An id for a given creation time (tests, and ids planned ahead).
+    pub fn from_timestamp_ms(ms: u64) -> Self {
+        SnapshotId(ulid::Ulid::from_parts(ms, rand::random::<u128>()))
+    }
+
     /// Creation time encoded in the id, in milliseconds since the Unix epoch.
     pub fn timestamp_ms(&self) -> u64 {
         self.0.timestamp_ms()

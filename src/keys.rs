@@ -10,6 +10,7 @@
 //!   to trying other keys.
 
 pub mod file;
+pub mod pkcs11;
 
 use std::sync::Arc;
 
@@ -135,12 +136,7 @@ pub fn build(config: &Config) -> Result<Vec<Arc<dyn KeyProvider>>, KeyError> {
     for k in &config.key_providers {
         match k.kind {
             ProviderKind::File => out.push(Arc::new(file::FileProvider::open(config, k)?)),
-            ProviderKind::Pkcs11 => return Err(KeyError::Unavailable {
-                provider: k.name.clone(),
-                reason:
-                    "the pkcs11 provider is not available in this build yet; use kind = \"file\""
-                        .into(),
-            }),
+            ProviderKind::Pkcs11 => out.push(Arc::new(pkcs11::Pkcs11Provider::open(config, k)?)),
         }
     }
     Ok(out)

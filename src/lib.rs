@@ -23,6 +23,7 @@ pub mod ids;
 pub mod keys;
 pub mod pipeline;
 pub mod restore;
+pub mod retention;
 pub mod status;
 pub mod store;
 pub mod verify;

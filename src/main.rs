@@ -93,6 +93,63 @@ enum Command {
     },
     /// Validate the config file and print every problem.
     CheckConfig,
+    /// Retention: what would be shredded and when.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Crypto-shred one snapshot now (an erasure order), or show destruction records.
+    Shred {
+        /// The snapshot to shred.
+        #[arg(long, required_unless_present = "records")]
+        snapshot: Option<SnapshotId>,
+        /// Why (recorded in the access log and the destruction record).
+        #[arg(long, required_unless_present = "records")]
+        purpose: Option<String>,
+        /// Do it (without --yes, only say what would happen).
+        #[arg(long)]
+        yes: bool,
+        /// Show the destruction records instead.
+        #[arg(long)]
+        records: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Legal holds: a held snapshot is never shredded.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Show due epochs (shred / keep with reasons) and when each snapshot's epoch is due.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Carry out the due part of the plan now (what the daemon does on its schedule).
+    Run {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldCommand {
+    /// Put a snapshot under legal hold.
+    Add {
+        snapshot: SnapshotId,
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Release a legal hold.
+    Release {
+        snapshot: SnapshotId,
+        #[arg(long)]
+        purpose: String,
+    },
 }
 
 #[derive(Args)]
@@ -452,13 +509,34 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::Status { json },
         } => {
+            // Snapshots per epoch, from the catalog's key objects.
+            let mut per_epoch: std::collections::BTreeMap<String, u64> = Default::default();
+            for k in app.catalog.all_keys()? {
+                *per_epoch.entry(k.epoch.to_string()).or_default() += 1;
+            }
             let mut out = Vec::new();
             for p in &app.providers {
                 let health = p
                     .health()
                     .map(|_| "ok".to_string())
                     .unwrap_or_else(|e| e.to_string());
-                let epochs = p.epochs().unwrap_or_default();
+                let epochs: Vec<_> = p
+                    .epochs()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| {
+                        let due = coffre::retention::epoch_day(&e.epoch)
+                            .and_then(|d| d.next_day())
+                            .map(|d| format!("{d}T00:00:00Z"));
+                        serde_json::json!({
+                            "epoch": e.epoch,
+                            "created": e.created,
+                            "destroyed": e.destroyed,
+                            "snapshots": per_epoch.get(e.epoch.as_str()).copied().unwrap_or(0),
+                            "due": due,
+                        })
+                    })
+                    .collect();
                 out.push(serde_json::json!({
                     "provider": p.name(),
                     "kind": p.kind(),
@@ -469,20 +547,23 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
             if *json {
                 print_json(&out)?;
             } else {
-                for p in &app.providers {
-                    let health = p
-                        .health()
-                        .map(|_| "ok".to_string())
-                        .unwrap_or_else(|e| e.to_string());
-                    println!("provider {} ({}): {}", p.name(), p.kind(), health);
-                    for e in p.epochs().unwrap_or_default() {
+                for p in &out {
+                    println!(
+                        "provider {} ({}): {}",
+                        p["provider"].as_str().unwrap_or("?"),
+                        p["kind"].as_str().unwrap_or("?"),
+                        p["health"].as_str().unwrap_or("?")
+                    );
+                    for e in p["epochs"].as_array().into_iter().flatten() {
                         println!(
-                            "  epoch {}  created {}  {}",
-                            e.epoch,
-                            e.created,
-                            e.destroyed
-                                .map(|d| format!("destroyed {d}"))
-                                .unwrap_or_else(|| "live".into())
+                            "  epoch {:<24} snapshots {:>5}  {}",
+                            e["epoch"].as_str().unwrap_or("?"),
+                            e["snapshots"],
+                            match e["destroyed"].as_str() {
+                                Some(d) => format!("destroyed {d}"),
+                                None =>
+                                    format!("due {}", e["due"].as_str().unwrap_or("never (hold)")),
+                            }
                         );
                     }
                 }
@@ -538,6 +619,142 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
                         e.target.snapshot.as_deref().unwrap_or("-"),
                         e.outcome,
                         e.purpose
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retention { command } => {
+            let now = time::OffsetDateTime::now_utc();
+            match command {
+                RetentionCommand::Plan { json } => {
+                    let plan = coffre::retention::shred::current_plan(app, now)?;
+                    if *json {
+                        print_json(&plan)?;
+                    } else {
+                        for ep in &plan.due {
+                            println!("epoch {} is due now:", ep.epoch);
+                            for id in &ep.shred {
+                                println!("  shred {id}");
+                            }
+                            for k in &ep.keep {
+                                println!(
+                                    "  keep  {} ({}) -> epoch {}",
+                                    k.snapshot, k.reason, k.to_epoch
+                                );
+                            }
+                        }
+                        for u in &plan.upcoming {
+                            println!(
+                                "{}  {:<12}  epoch {}  destroyed at {}",
+                                u.snapshot, u.source, u.epoch, u.due
+                            );
+                        }
+                    }
+                }
+                RetentionCommand::Run { json } => {
+                    let (done, errors) =
+                        coffre::retention::shred::run_due(app, now, &coffre::audit::current_user())
+                            .await;
+                    if *json {
+                        print_json(&done)?;
+                    } else {
+                        for r in &done {
+                            println!(
+                                "epoch {} destroyed: {} snapshot(s) shredded, {} kept by re-wrap",
+                                r.epoch,
+                                r.snapshots.len(),
+                                r.rewrapped.len()
+                            );
+                        }
+                    }
+                    if let Some(e) = errors.first() {
+                        bail!("{} epoch(s) not shredded; first: {e}", errors.len());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shred {
+            records: true,
+            json,
+            ..
+        } => {
+            let recs: Vec<serde_json::Value> = app
+                .catalog
+                .destructions()?
+                .iter()
+                .filter_map(|r| serde_json::from_str(r).ok())
+                .collect();
+            if *json {
+                print_json(&recs)?;
+            } else {
+                for r in &recs {
+                    println!(
+                        "{}  {}  epoch {}  {} snapshot(s)  {}",
+                        r["record"].as_str().unwrap_or("?"),
+                        r["time"].as_str().unwrap_or("?"),
+                        r["epoch"].as_str().unwrap_or("?"),
+                        r["snapshots"].as_array().map(|a| a.len()).unwrap_or(0),
+                        r["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shred {
+            snapshot,
+            purpose,
+            yes,
+            json,
+            ..
+        } => {
+            let (Some(id), Some(purpose)) = (snapshot, purpose) else {
+                bail!("shred needs --snapshot ID and --purpose TEXT");
+            };
+            if purpose.trim().is_empty() {
+                bail!("--purpose must say why the snapshot is destroyed");
+            }
+            let key = app.catalog.get_key(id)?.with_context(|| {
+                format!("snapshot {id} is not in the catalog (run `coffre catalog rebuild`)")
+            })?;
+            if !*yes {
+                let mates = app
+                    .catalog
+                    .all_keys()?
+                    .iter()
+                    .filter(|k| k.epoch == key.epoch && k.snapshot != *id)
+                    .count();
+                println!("would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
+                return Ok(ExitCode::from(2));
+            }
+            let r = coffre::retention::shred::shred_one(
+                app,
+                id,
+                &coffre::audit::current_user(),
+                purpose,
+            )
+            .await?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                println!("snapshot {id} crypto-shredded: epoch {} destroyed in {} provider(s), {} copies deleted (record {})", r.epoch, r.providers.len(), r.copies.len(), r.record);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hold { command } => {
+            let actor = coffre::audit::current_user();
+            match command {
+                HoldCommand::Add { snapshot, purpose } => {
+                    coffre::retention::shred::hold_add(app, snapshot, &actor, purpose).await?;
+                    println!("snapshot {snapshot} is under legal hold: it will not be shredded until released");
+                }
+                HoldCommand::Release { snapshot, purpose } => {
+                    let k = coffre::retention::shred::hold_release(app, snapshot, &actor, purpose)
+                        .await?;
+                    println!(
+                        "hold on snapshot {snapshot} released: its key is back under epoch {}",
+                        k.epoch
                     );
                 }
             }

@@ -377,13 +377,27 @@ async fn commit(
     Ok(())
 }
 
-/// Planned expiry of a snapshot created at `created` and its epoch (the UTC day of expiry).
+/// Planned expiry of a snapshot created at `created` (by the source's retention rules, given its
+/// earlier snapshots in the catalog) and its epoch (the UTC day of expiry).
 pub fn plan_expiry(
+    app: &Coffre,
     source: &SourceConfig,
     created: time::OffsetDateTime,
 ) -> (time::OffsetDateTime, EpochId) {
-    let expiry = created + source.retention.keep_within;
-    (expiry, EpochId::for_day(expiry.date()))
+    let earlier: Vec<time::OffsetDateTime> = app
+        .catalog
+        .created_times(&source.name)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| {
+            time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .collect();
+    let (expiry, _why) = crate::retention::planned_expiry(&source.retention, created, &earlier);
+    (
+        expiry,
+        crate::retention::live_epoch(&app.providers, expiry.date()),
+    )
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -434,7 +448,7 @@ pub async fn protect_as(
         .unwrap_or_else(|| "snapshot".into());
 
     let created = time::OffsetDateTime::now_utc();
-    let (expiry, epoch) = plan_expiry(&source, created);
+    let (expiry, epoch) = plan_expiry(app, &source, created);
     tracing::info!(kind = ?kind, "protecting snapshot");
 
     // Data key, wrapped by every provider under the epoch of planned expiry.
@@ -571,6 +585,7 @@ pub async fn protect_as(
     if committed_any {
         app.catalog
             .put_manifest(&manifest)
+            .and_then(|_| app.catalog.put_key(&key_object))
             .map_err(|source| PipelineError::Catalog {
                 snapshot: id,
                 source,

@@ -179,7 +179,7 @@ pub async fn resolve(
 
 /// Unwrap the DEK with the first provider that can. A destroyed epoch key is final: coffre does
 /// not go looking for other keys.
-fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
+pub fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
     let mut reasons = Vec::new();
     let mut destroyed = None;
     for w in &key.wraps {

@@ -414,6 +414,14 @@ impl Journal {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Last wall-clock time the daemon recorded (unix seconds).
+    pub fn last_clock(&self) -> Result<Option<i64>, JournalError> {
+        self.conn()
+            .query_row("SELECT last_seen FROM clock WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// Last wall-clock time the daemon saw (unix seconds), and record `now` if it is later.
     pub fn observe_clock(&self, now: i64) -> Result<Option<i64>, JournalError> {
         let conn = self.conn();

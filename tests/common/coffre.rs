@@ -151,7 +151,7 @@ impl CoffreEnv {
         let out = root.join("out");
         fs::create_dir_all(&incoming).unwrap();
         fs::create_dir_all(&out).unwrap();
-        let mut env = CoffreEnv {
+        let env = CoffreEnv {
             config: root.join("coffre.toml"),
             state: root.join("state"),
             master_key: root.join("keys").join("master.key"),
@@ -362,7 +362,7 @@ pub fn emr_sql(target_len: usize) -> Vec<u8> {
             30 + (r >> 8) % 70,
             1 + (r >> 16) % 12,
             1 + (r >> 20) % 28,
-            &LAST[((r >> 24) % 12) as usize][..3].to_uppercase(),
+            LAST[((r >> 24) % 12) as usize].chars().take(3).collect::<String>().to_uppercase(),
             (r >> 28) % 100_000_000,
             (r >> 56) % 100,
             DX[((r >> 40) % 8) as usize],
