@@ -59,7 +59,7 @@ impl Coffre {
             catalog,
             audit,
         };
-        app.pull_keyrings().await;
+        app.pull_keyrings().await?;
         Ok(app)
     }
 
@@ -69,9 +69,11 @@ impl Coffre {
 
     /// Merge every replicated keyring found in the stores into the local one (newer wins,
     /// destructions are never undone). Best effort: a store that is down is skipped.
-    pub async fn pull_keyrings(&self) {
+    pub async fn pull_keyrings(&self) -> Result<(), KeyError> {
         use futures::TryStreamExt;
         for p in &self.providers {
+            let mut opened_any = false;
+            let mut wrong_key: Option<String> = None;
             for s in &self.stores {
                 let dir = s.keyring_dir(p.name());
                 let metas: Vec<_> = match s.inner.list(Some(&dir)).try_collect().await {
@@ -84,24 +86,37 @@ impl Coffre {
                 let newest = metas
                     .iter()
                     .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
-                if let Some(meta) = newest {
-                    match s.get_small(&meta.location, 16 * 1024 * 1024).await {
-                        Ok(bytes) => match p.adopt_replicated_state(&bytes) {
-                            Ok(true) => {
-                                tracing::info!(store = %s.name, provider = p.name(), "adopted a newer keyring from the store")
+                let Some(meta) = newest else { continue };
+                match s.get_small(&meta.location, 16 * 1024 * 1024).await {
+                    Ok(bytes) => match p.adopt_replicated_state(&bytes) {
+                        Ok(adopted) => {
+                            opened_any = true;
+                            if adopted {
+                                tracing::info!(store = %s.name, provider = p.name(), "merged a newer keyring from the store");
                             }
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::warn!(store = %s.name, provider = p.name(), error = %e, "replicated keyring does not open")
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(store = %s.name, error = %e, "cannot read replicated keyring")
                         }
+                        Err(KeyError::WrongMasterKey { .. }) => {
+                            wrong_key = Some(format!("store `{}`: {}", s.name, meta.location));
+                        }
+                        Err(e) => {
+                            tracing::warn!(store = %s.name, provider = p.name(), error = %e, "replicated keyring does not open")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(store = %s.name, error = %e, "cannot read replicated keyring")
                     }
                 }
             }
+            // Keyrings exist in the stores but none opens with this master key: every restore
+            // would fail later with a misleading "unknown epoch". Say what is wrong now.
+            if let (Some(path), false) = (wrong_key, opened_any) {
+                return Err(KeyError::WrongMasterKey {
+                    provider: p.name().to_string(),
+                    path,
+                });
+            }
         }
+        Ok(())
     }
 
     /// Write the current keyring of every provider that replicates state to one store, then

@@ -10,6 +10,7 @@
 
 use object_store::ObjectStoreExt;
 use std::io::{self, BufWriter, Read};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -268,9 +269,11 @@ fn write_out(
     };
     match kind {
         SnapshotKind::File => {
+            // A restored snapshot exposes every patient: private to its owner.
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             io::copy(&mut r, &mut w)?;
@@ -278,7 +281,8 @@ fn write_out(
             f.sync_all()?;
         }
         SnapshotKind::Directory => {
-            std::fs::create_dir(tmp)?;
+            // 0700 like a PostgreSQL data directory, and private while it is being written.
+            std::fs::DirBuilder::new().mode(0o700).create(tmp)?;
             let is_root = nix::unistd::geteuid().is_root();
             {
                 let mut ar = tar::Archive::new(&mut r);
@@ -749,6 +753,7 @@ async fn stream_restore(
     let mut writer: Option<tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>> = None;
     let mut used = Vec::new();
     let mut done = false;
+    let mut writer_gone = false;
     // The store that gave the manifest first, then the others in order.
     let order: Vec<&Store> = candidates[first..]
         .iter()
@@ -817,7 +822,10 @@ async fn stream_restore(
                 break;
             }
             StreamEnd::StoreFailed(f) => failures.push(f),
-            StreamEnd::WriterGone => break,
+            StreamEnd::WriterGone => {
+                writer_gone = true;
+                break;
+            }
         }
     }
     if let Some(pb) = &fetch.progress {
@@ -830,11 +838,15 @@ async fn stream_restore(
         None => None,
     };
     if !done {
-        if let Some(Ok(Err(source))) = written {
-            return Err(RestoreError::Target {
-                path: req.to.clone(),
-                source,
-            });
+        // The writer's error is the cause only when it stopped first; otherwise it merely saw
+        // its input end because every store failed.
+        if writer_gone {
+            if let Some(Ok(Err(source))) = written {
+                return Err(RestoreError::Target {
+                    path: req.to.clone(),
+                    source,
+                });
+            }
         }
         return Err(RestoreError::AllStoresFailed {
             snapshot: id,

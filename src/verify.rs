@@ -50,6 +50,9 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
             )
         }
         Err(e) if e.kind() == "bad-object" => return mk("bad", Some(e.to_string())),
+        Err(e) if e.kind() == "unauthorized" => {
+            return mk("unauthorized", Some(format!("{e}: check this store's credentials")))
+        }
         Err(e) => return mk("unreachable", Some(e.to_string())),
     };
     if m.sealed_sha256 != expected.sealed_sha256 || m.sealed_size != expected.sealed_size {

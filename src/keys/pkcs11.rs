@@ -774,19 +774,19 @@ impl KeyProvider for Pkcs11Provider {
                 }
             }
             for h in s.find_objects(&[Attribute::Class(ObjectClass::DATA)])? {
-                let mut epoch = None;
+                // Label first: other applications' data objects may be large.
+                let epoch = s
+                    .get_attributes(h, &[AttributeType::Label])?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::Label(l) => epoch_of(&l, TOMBSTONE_PREFIX),
+                        _ => None,
+                    });
+                let Some(epoch) = epoch else { continue };
                 let mut at = None;
                 let mut created = None;
-                for a in s.get_attributes(
-                    h,
-                    &[
-                        AttributeType::Label,
-                        AttributeType::Value,
-                        AttributeType::Application,
-                    ],
-                )? {
+                for a in s.get_attributes(h, &[AttributeType::Value, AttributeType::Application])? {
                     match a {
-                        Attribute::Label(l) => epoch = epoch_of(&l, TOMBSTONE_PREFIX),
                         Attribute::Value(v) => at = String::from_utf8(v).ok(),
                         Attribute::Application(v) => {
                             created = String::from_utf8(v)
@@ -796,7 +796,6 @@ impl KeyProvider for Pkcs11Provider {
                         _ => {}
                     }
                 }
-                let Some(epoch) = epoch else { continue };
                 let e = out.entry(epoch.clone()).or_insert_with(|| EpochInfo {
                     epoch,
                     created: created.unwrap_or_else(|| "unknown".into()),
@@ -836,6 +835,8 @@ mod tests {
         "listing",
         "relogin",
         "epochs",
+        "races",
+        "kwp",
     ];
 
     struct TestHsm {
@@ -860,7 +861,18 @@ mod tests {
     fn hsm() -> &'static TestHsm {
         static HSM: OnceLock<TestHsm> = OnceLock::new();
         HSM.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("coffre-pkcs11-unit-{}", std::process::id()));
+            // The dir outlives the process (statics are not dropped): remove those of
+            // test processes that are gone.
+            const PREFIX: &str = "coffre-pkcs11-unit-";
+            for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix(PREFIX) {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+            let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let tokens = dir.join("tokens");
             std::fs::create_dir_all(&tokens).unwrap();
@@ -988,8 +1000,7 @@ pin-file = "{p}"
         let w = p.wrap(&e, &dek, &id).unwrap();
         assert_eq!(w.len(), WRAPPED_LEN);
         assert_eq!(p.unwrap(&e, &w, &id).unwrap().expose(), dek.expose());
-        // Compatible with RFC 5649 as the file provider does it? Not checkable without the key;
-        // but a second provider instance (a new session) unwraps it too.
+        // Another provider instance (a new session) unwraps it too.
         let p2 = open("roundtrip");
         assert_eq!(p2.unwrap(&e, &w, &id).unwrap().expose(), dek.expose());
         // Fresh wraps of the same DEK are deterministic under KWP; different DEKs differ.
@@ -1242,5 +1253,111 @@ pin-file = "{p}"
         })
         .unwrap();
         assert_eq!(p.epochs().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn duplicate_keys_and_interrupted_destroy() {
+        let p = open("races");
+        let e = epoch("2027-06-01.1");
+        let id = SnapshotId::new();
+        p.ensure_epoch(&e).unwrap();
+        let dek = DataKey::generate();
+        let w_old = p.wrap(&e, &dek, &id).unwrap();
+        // A second key with the same label, as two hosts racing on ensure_epoch could make:
+        // wraps keep using the oldest, unwraps try each.
+        p.with_session(|s| {
+            s.generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen(Ulong::try_from(DEK_LEN)?),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Wrap(true),
+                    Attribute::Unwrap(true),
+                    Attribute::Label(epoch_label(&e)),
+                    Attribute::Id(b"2999-01-01T00:00:00Z".to_vec()),
+                ],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(p.wrap(&e, &dek, &id).unwrap(), w_old);
+        let w_new = p
+            .with_session(|s| {
+                let keys = p.epoch_keys(s, &e)?;
+                assert_eq!(keys.len(), 2);
+                assert_eq!(keys[1].created, "2999-01-01T00:00:00Z");
+                let template = SecretTemplate(vec![
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::Token(false),
+                    Attribute::Extractable(true),
+                    Attribute::Value(dek.expose().to_vec()),
+                ]);
+                let tmp = s.create_object(&template.0)?;
+                let w = s.wrap_key(&Mechanism::AesKeyWrapPad, keys[1].handle, tmp)?;
+                s.destroy_object(tmp)?;
+                Ok(w)
+            })
+            .unwrap();
+        assert_ne!(w_new, w_old);
+        assert_eq!(p.unwrap(&e, &w_new, &id).unwrap().expose(), dek.expose());
+        assert_eq!(p.unwrap(&e, &w_old, &id).unwrap().expose(), dek.expose());
+        // A destroy interrupted after its tombstone: already refused, finished by ensure_epoch.
+        p.with_session(|s| {
+            s.create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Label(tombstone_label(&e)),
+                Attribute::Value(b"2027-06-01T00:00:00Z".to_vec()),
+            ])?;
+            Ok(())
+        })
+        .unwrap();
+        let d = err(p.unwrap(&e, &w_old, &id));
+        assert!(d.is_destroyed(), "{d}");
+        assert!(d.to_string().contains("at 2027-06-01T00:00:00Z"), "{d}");
+        assert!(err(p.ensure_epoch(&e)).is_destroyed());
+        let left = p
+            .with_session(|s| Ok(s.find_objects(&[Attribute::Label(epoch_label(&e))])?))
+            .unwrap();
+        assert!(left.is_empty(), "both keys are gone");
+        p.destroy(&e).unwrap();
+    }
+
+    #[test]
+    fn token_kwp_is_rfc_5649_as_the_file_provider_does_it() {
+        let p = open("kwp");
+        let kek = [7u8; 32];
+        let dek = DataKey::generate();
+        let w = p
+            .with_session(|s| {
+                let session_key = |value: Vec<u8>, wrap: bool| {
+                    SecretTemplate(vec![
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(KeyType::AES),
+                        Attribute::Token(false),
+                        Attribute::Extractable(true),
+                        Attribute::Wrap(wrap),
+                        Attribute::Value(value),
+                    ])
+                };
+                let k = s.create_object(&session_key(kek.to_vec(), true).0)?;
+                let d = s.create_object(&session_key(dek.expose().to_vec(), false).0)?;
+                let w = s.wrap_key(&Mechanism::AesKeyWrapPad, k, d)?;
+                s.destroy_object(d)?;
+                s.destroy_object(k)?;
+                Ok(w)
+            })
+            .unwrap();
+        let expected = aes_kw::KekAes256::from(kek)
+            .wrap_with_padding_vec(dek.expose())
+            .unwrap();
+        assert_eq!(w, expected);
     }
 }
