@@ -281,10 +281,10 @@ impl AccessLog {
 /// Verify a hash chain read from any source (the local file or a store's copy).
 pub fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
     let mut prev = GENESIS.to_string();
-    let mut expect_seq = 1u64;
     let mut n = 0;
     for (i, line) in r.lines().enumerate() {
         let lineno = i as u64 + 1;
+        let expect_seq = lineno;
         let line = line.map_err(|source| AuditError::Read {
             path: path.to_path_buf(),
             source,
@@ -312,7 +312,6 @@ pub fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
             ));
         }
         prev = line_hash(&line);
-        expect_seq += 1;
         n += 1;
     }
     Ok(n)

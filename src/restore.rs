@@ -401,7 +401,7 @@ impl Fetch<'_> {
 
     /// Stream from `store`, starting at the current verified offset (just after the header, or
     /// at the boundary of the last verified segment when resuming after another store failed).
-    async fn from_store(&mut self, store: &Store) -> StreamEnd {
+    async fn stream_from(&mut self, store: &Store) -> StreamEnd {
         let m = self.manifest;
         let path = store.data_path(&m.source, &m.snapshot);
         let meta = match store.inner.head(&path).await {
@@ -750,7 +750,8 @@ async fn stream_restore(
         progress,
     };
     let mut rx = Some(rx);
-    let mut writer: Option<tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>> = None;
+    type Writer = tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>;
+    let mut writer: Option<Writer> = None;
     let mut used = Vec::new();
     let mut done = false;
     let mut writer_gone = false;
@@ -816,7 +817,7 @@ async fn stream_restore(
             }));
         }
         used.push(store.name.clone());
-        match fetch.from_store(store).await {
+        match fetch.stream_from(store).await {
             StreamEnd::Done => {
                 done = true;
                 break;

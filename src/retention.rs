@@ -214,7 +214,7 @@ pub fn plan(
         by_source.entry(it.source.as_str()).or_default().push(it);
     }
     for v in by_source.values_mut() {
-        v.sort_by(|a, b| b.id.cmp(&a.id));
+        v.sort_by_key(|x| std::cmp::Reverse(x.id));
     }
     let tomorrow = (now + TDuration::days(1)).date();
     let mut due: BTreeMap<EpochId, EpochPlan> = BTreeMap::new();

@@ -233,7 +233,7 @@ impl Store {
                 }
             }
         }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out.sort_by_key(|x| x.1);
         Ok(out)
     }
 }

@@ -51,7 +51,10 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
         }
         Err(e) if e.kind() == "bad-object" => return mk("bad", Some(e.to_string())),
         Err(e) if e.kind() == "unauthorized" => {
-            return mk("unauthorized", Some(format!("{e}: check this store's credentials")))
+            return mk(
+                "unauthorized",
+                Some(format!("{e}: check this store's credentials")),
+            )
         }
         Err(e) => return mk("unreachable", Some(e.to_string())),
     };

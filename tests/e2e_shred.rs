@@ -257,9 +257,10 @@ fn a_held_snapshot_is_never_shredded_until_released() {
     // Every access is in the access log, and the chain holds.
     let (code, out, _) = env.run(&["audit", "show", "--json", "--snapshot", &a]);
     assert_eq!(code, 0);
-    for action in ["key-rewrap"] {
-        assert!(out.contains(action), "{out}");
-    }
+    assert!(
+        out.contains("key-rewrap") && out.contains("hold add: court order 2026-114"),
+        "{out}"
+    );
     let (code, _, err) = env.run(&["audit", "verify"]);
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = env.run(&["shred", "--records", "--json"]);

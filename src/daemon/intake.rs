@@ -7,6 +7,7 @@
 //! - `settled`: size and mtime (of every file, for a directory) unchanged for `settle-time`, and no
 //!   process has a file open for writing (checked through /proc when permitted);
 //! - `rename`: anything present with a final name is complete (writers rename into the folder).
+//!
 //! Temporary names (`*.tmp`, `*.partial`, `*.part`, dot-files) and markers are never snapshots.
 //!
 //! Journal invariant: an entry is keyed by (source, path, size, mtime, inode); it is `done` only
@@ -269,7 +270,8 @@ impl Journal {
     }
 
     pub fn get(&self, source: &str, k: &Key) -> Result<Option<JournalState>, JournalError> {
-        let row: Option<(String, Option<String>, u32, i64, Option<String>)> = self
+        type Row = (String, Option<String>, u32, i64, Option<String>);
+        let row: Option<Row> = self
             .conn()
             .query_row(
                 "SELECT state, snapshot, attempts, next_try, error FROM intake
@@ -300,6 +302,7 @@ impl Journal {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn set(
         &self,
         source: &str,
