@@ -110,6 +110,12 @@ impl Catalog {
                  key_json TEXT NOT NULL
              );
              CREATE INDEX IF NOT EXISTS keys_epoch ON keys(epoch);
+             CREATE TABLE IF NOT EXISTS drills (
+                 source TEXT NOT NULL,
+                 store TEXT NOT NULL,
+                 report TEXT NOT NULL,
+                 PRIMARY KEY (source, store)
+             );
              CREATE TABLE IF NOT EXISTS destruction (
                  id TEXT PRIMARY KEY,
                  record TEXT NOT NULL
@@ -458,6 +464,31 @@ impl Catalog {
             .map_err(|e| self.db(e))?;
         let rows = st
             .query_map(params![source], |r| r.get(0))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows)
+    }
+
+    /// Remember the last drill report of (source, store).
+    pub fn put_drill(&self, source: &str, store: &str, report: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO drills (source, store, report) VALUES (?1, ?2, ?3)",
+                params![source, store, report],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Last drill report per (source, store), as JSON text.
+    pub fn drills(&self) -> Result<Vec<String>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT report FROM drills ORDER BY source, store")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| r.get(0))
             .map_err(|e| self.db(e))?
             .collect::<Result<Vec<String>, _>>()
             .map_err(|e| self.db(e))?;

@@ -300,6 +300,46 @@ pub struct SourceConfig {
     /// Retention of this source's snapshots.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Disaster-recovery drills of this source.
+    #[serde(default)]
+    pub drill: DrillConfig,
+}
+
+/// Which snapshot a drill restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrillPick {
+    #[default]
+    Latest,
+    Random,
+}
+
+/// A drill restores a snapshot into a scratch folder, checks it, runs `verify-command`, records
+/// the time to restore and verify, and wipes the scratch folder whatever happens.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DrillConfig {
+    /// How often the daemon drills this source (e.g. "7d"); unset: only `coffre drill`.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Command run (by `sh -c`) on the restored copy; placeholders `{dir}` (the restored
+    /// directory, or the folder holding the restored file), `{file}` (the restored file or
+    /// directory) and `{port}` (a free TCP port on 127.0.0.1). Exit status 0 means the copy works.
+    /// Its output is discarded: it may hold personal data.
+    #[serde(default)]
+    pub verify_command: Option<String>,
+    /// `latest` (default) or `random`.
+    #[serde(default)]
+    pub pick: DrillPick,
+    /// Stores to drill (default: every store).
+    #[serde(default)]
+    pub stores: Option<Vec<String>>,
+    /// Limit for restore plus verify.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Scratch folder (default `<state-dir>/drills`); wiped after every drill.
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 fn default_complete() -> CompleteRule {

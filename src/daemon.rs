@@ -106,6 +106,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     ));
     tracker.spawn(catch_up_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
+    tracker.spawn(drill_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(shred_loop(
         app_rx.clone(),
         journal.clone(),
@@ -526,4 +527,77 @@ async fn shred_loop(
         );
     }
     rt.worker("shred", "stopped");
+}
+
+/// Scheduled drills: each source with `drill.every` is drilled from its stores when its last
+/// drill (any store) is older than that.
+async fn drill_loop(
+    app_rx: watch::Receiver<Arc<Coffre>>,
+    rt: Arc<Runtime>,
+    cancel: CancellationToken,
+) {
+    rt.worker("drill", "idle");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let app = app_rx.borrow().clone();
+        let now = time::OffsetDateTime::now_utc();
+        let last: std::collections::HashMap<String, time::OffsetDateTime> = app
+            .catalog
+            .drills()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| serde_json::from_str::<crate::drill::DrillReport>(t).ok())
+            .filter_map(|r| {
+                let t = time::OffsetDateTime::parse(
+                    &r.started,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()?;
+                Some((r.source, t))
+            })
+            .fold(Default::default(), |mut m, (s, t)| {
+                let e = m.entry(s).or_insert(t);
+                if t > *e {
+                    *e = t;
+                }
+                m
+            });
+        for s in &app.config.sources {
+            let Some(every) = s.drill.every else { continue };
+            let due = last.get(&s.name).is_none_or(|t| now - *t >= every);
+            if !due || app.catalog.latest(&s.name).ok().flatten().is_none() || cancel.is_cancelled()
+            {
+                continue;
+            }
+            rt.worker("drill", "busy");
+            let req = crate::drill::DrillRequest {
+                source: Some(s.name.clone()),
+                actor: "coffre-daemon".into(),
+                purpose: "scheduled disaster-recovery drill".into(),
+                ..Default::default()
+            };
+            match crate::drill::drill(&app, &req).await {
+                Ok(reports) => {
+                    for r in reports.iter().filter(|r| !r.ok) {
+                        rt.worker_error(
+                            "drill",
+                            &format!(
+                                "{} from {}: {}",
+                                r.source,
+                                r.store,
+                                r.error.clone().unwrap_or_default()
+                            ),
+                        );
+                    }
+                    tracing::info!(source = %s.name, drills = reports.len(), failed = reports.iter().filter(|r| !r.ok).count(), "scheduled drill finished");
+                }
+                Err(e) => rt.worker_error("drill", &e),
+            }
+            rt.worker("drill", "idle");
+        }
+    }
+    rt.worker("drill", "stopped");
 }

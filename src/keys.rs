@@ -11,6 +11,7 @@
 
 pub mod file;
 pub mod pkcs11;
+pub mod rotate;
 
 use std::sync::Arc;
 

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
+pub mod drill;
 pub mod ids;
 pub mod keys;
 pub mod pipeline;

@@ -281,6 +281,7 @@ pub struct StatusDoc {
     stores: Vec<StoreStatus>,
     keys: Vec<KeyStatus>,
     workers: BTreeMap<String, WorkerState>,
+    drills: Vec<serde_json::Value>,
     alerts: Vec<String>,
 }
 
@@ -399,7 +400,37 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
             }
         })
         .collect();
+    let mut drills = Vec::new();
+    for text in app.catalog.drills().unwrap_or_default() {
+        let Ok(r) = serde_json::from_str::<crate::drill::DrillReport>(&text) else {
+            continue;
+        };
+        let label = SourceStore {
+            source: r.source.clone(),
+            store: r.store.clone(),
+        };
+        rt.metrics
+            .drill_duration
+            .get_or_create(&label)
+            .set(r.rto_seconds);
+        if r.ok {
+            if let Ok(t) = time::OffsetDateTime::parse(
+                &r.finished,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                rt.metrics
+                    .drill_last_success
+                    .get_or_create(&label)
+                    .set(t.unix_timestamp_nanos() as f64 / 1e9);
+            }
+        }
+        drills.push(serde_json::json!({
+            "source": r.source, "store": r.store, "snapshot": r.snapshot, "ok": r.ok, "stage": r.stage,
+            "finished": r.finished, "rto_seconds": r.rto_seconds, "error": r.error,
+        }));
+    }
     StatusDoc {
+        drills,
         version: env!("CARGO_PKG_VERSION"),
         host: app.host.clone(),
         uptime_seconds: rt.started.elapsed().as_secs_f64(),

@@ -454,6 +454,7 @@ mod tests {
             complete: rule,
             settle_time: Duration::from_secs(5),
             retention: Default::default(),
+            drill: Default::default(),
         }
     }
 

@@ -69,13 +69,7 @@ impl FileProvider {
     /// Load the master key (creating it when configured to) and the local keyring, if any.
     pub fn open(config: &Config, k: &KeyProviderConfig) -> Result<FileProvider, KeyError> {
         let master = load_master_key(k)?;
-        let hk = Hkdf::<Sha256>::new(None, master.as_ref());
-        let mut sealing_key = Zeroizing::new([0u8; 32]);
-        hk.expand(b"coffre/v1/keyring", sealing_key.as_mut())
-            .map_err(|_| KeyError::MasterKey {
-                provider: k.name.clone(),
-                reason: "key derivation failed".into(),
-            })?;
+        let sealing_key = sealing_key(&k.name, &master)?;
         let keyring_path = config.keyring_path(k);
         let p = FileProvider {
             name: k.name.clone(),
@@ -118,13 +112,16 @@ impl FileProvider {
     }
 
     fn seal(&self, ring: &Keyring) -> Result<Vec<u8>, KeyError> {
+        self.seal_under(&self.sealing_key, ring)
+    }
+
+    fn seal_under(&self, sealing_key: &[u8; 32], ring: &Keyring) -> Result<Vec<u8>, KeyError> {
         let plain = Zeroizing::new(
             serde_json::to_vec(ring).map_err(|e| self.io(std::io::Error::other(e)))?,
         );
         let mut nonce = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let ct = self
-            .cipher()
+        let ct = Aes256Gcm::new(GenericArray::from_slice(sealing_key))
             .encrypt(
                 GenericArray::from_slice(&nonce),
                 Payload {
@@ -207,6 +204,35 @@ impl FileProvider {
     pub fn generation(&self) -> u64 {
         self.lock().generation
     }
+
+    /// Key rotation (`keys::rotate`): this keyring sealed under another master key, carrying
+    /// `generation`. Neither the file on disk nor this provider changes; the caller writes the
+    /// bytes (atomically) and from then on opens the keyring with the new master key.
+    pub(crate) fn reseal_with(
+        &self,
+        new_master: &[u8; 32],
+        generation: u64,
+    ) -> Result<Vec<u8>, KeyError> {
+        let key = sealing_key(&self.name, new_master)?;
+        let mut ring = self.lock();
+        let current = ring.generation;
+        ring.generation = generation;
+        let sealed = self.seal_under(&key, &ring);
+        ring.generation = current;
+        sealed
+    }
+}
+
+/// The keyring's sealing key, derived from the master key.
+fn sealing_key(provider: &str, master: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let hk = Hkdf::<Sha256>::new(None, master);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(b"coffre/v1/keyring", key.as_mut())
+        .map_err(|_| KeyError::MasterKey {
+            provider: provider.to_string(),
+            reason: "key derivation failed".into(),
+        })?;
+    Ok(key)
 }
 
 impl KeyProvider for FileProvider {
@@ -378,7 +404,7 @@ impl KeyProvider for FileProvider {
     }
 }
 
-fn load_master_key(k: &KeyProviderConfig) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+pub(crate) fn load_master_key(k: &KeyProviderConfig) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let err = |reason: String| KeyError::MasterKey {
         provider: k.name.clone(),
         reason,

@@ -105,7 +105,7 @@ fn committed_stores<'a>(app: &'a Coffre, id: &SnapshotId) -> Vec<&'a Store> {
 }
 
 /// Rewrite a key object in a store: conditional update where the store supports it.
-async fn put_key_object(store: &Store, k: &KeyObject) -> Result<(), StoreError> {
+pub(crate) async fn put_key_object(store: &Store, k: &KeyObject) -> Result<(), StoreError> {
     let path = store.key_path(&k.source, &k.snapshot);
     let body = k.to_json();
     let head = store.inner.head(&path).await;
