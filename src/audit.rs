@@ -6,6 +6,8 @@
 //! the chain (`verify`). Each entry is fsynced before the action it announces proceeds; if it
 //! cannot be written, the action is refused. This is not tracing: nothing here goes to the logs.
 
+pub mod replicate;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -237,6 +237,20 @@ pub struct DaemonConfig {
     pub drain_timeout: Duration,
 }
 
+fn default_audit_retention() -> Duration {
+    Duration::from_secs(7 * 365 * 86_400 + 2 * 86_400)
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: default_audit_retention(),
+            path: None,
+            operators_group: None,
+        }
+    }
+}
+
 fn default_scan_interval() -> Duration {
     Duration::from_secs(2)
 }
@@ -261,9 +275,12 @@ impl Default for DaemonConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AuditConfig {
+    /// How long the sealed copies of the access log are kept in the stores.
+    #[serde(default = "default_audit_retention", with = "humantime_serde")]
+    pub retention: Duration,
     /// Access log file; defaults to `<state-dir>/audit/access.log`.
     #[serde(default)]
     pub path: Option<PathBuf>,

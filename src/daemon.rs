@@ -411,6 +411,9 @@ async fn catch_up_loop(
         rt.worker("catch-up", "busy");
         replicate::probe(&app, &rt).await;
         let (copied, failed) = replicate::catch_up(&app, &rt).await;
+        if let Err(e) = crate::audit::replicate::replicate(&app).await {
+            rt.worker_error("catch-up", &format!("access log not replicated: {e}"));
+        }
         if failed > 0 {
             rt.worker_error(
                 "catch-up",

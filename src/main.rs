@@ -352,9 +352,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         _ => {
             let config = load_config(&cli)?;
             let app = Coffre::open(config).await?;
-            command(&app, &cli.command).await
+            let result = command(&app, &cli.command).await;
+            if writes_access_log(&cli.command) {
+                // The access log's sealed copy follows it to the stores (best effort: the daemon
+                // and the next command retry).
+                if let Err(e) = coffre::audit::replicate::replicate(&app).await {
+                    tracing::warn!(error = %e, "access log not replicated to the stores yet");
+                }
+            }
+            result
         }
     }
+}
+
+fn writes_access_log(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Restore(_)
+            | Command::Drill { .. }
+            | Command::Shred { records: false, .. }
+            | Command::Hold { .. }
+            | Command::Catalog { .. }
+            | Command::Retention {
+                command: RetentionCommand::Run { .. }
+            }
+    )
 }
 
 async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
@@ -601,6 +623,26 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
                 app.audit.path().display(),
                 n
             );
+            let findings = coffre::audit::replicate::verify_stores(app)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            for f in &findings {
+                println!(
+                    "store `{}`{}: {}",
+                    f.store,
+                    f.seq.map(|s| format!(" entry {s}")).unwrap_or_default(),
+                    f.problem
+                );
+            }
+            if let Some(f) = findings.first() {
+                bail!(
+                    "the access log and its copy in store `{}` disagree ({} finding(s)); first: {}",
+                    f.store,
+                    findings.len(),
+                    f.problem
+                );
+            }
+            println!("store copies agree with the local log");
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

@@ -1,0 +1,248 @@
+//! Replication of the access log: new entries are sealed (same object format as snapshots, a
+//! fresh data key per segment, wrapped by every key provider under an epoch named for the end of
+//! the log's retention) and written to every store as
+//! `<prefix>/audit/<host>/audit-<day>.1/<first>-<last>.sealed` with its key object beside it.
+//! `verify_stores` reads every store's copy back and compares it, entry by entry, with the local
+//! log: an edit, a deletion, a truncated tail or a missing segment on either side is named.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use crate::app::Coffre;
+use crate::ids::{EpochId, SnapshotId};
+use crate::keys::DataKey;
+use crate::pipeline::seal::{self, Header};
+use crate::store::{KeyObject, Store, Wrap};
+
+/// How long sealed segments of the access log are kept (their epoch is the day this ends).
+pub fn retention_epoch(app: &Coffre) -> EpochId {
+    let end = time::OffsetDateTime::now_utc() + app.config.audit.retention;
+    let day = end.date();
+    EpochId::try_from(format!(
+        "audit-{:04}-{:02}-{:02}.1",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    ))
+    .unwrap_or_else(|_| EpochId::for_day(day))
+}
+
+fn segment_dir(s: &Store, host: &str) -> object_store::path::Path {
+    s.prefix.clone().join("audit").join(host)
+}
+
+/// (first, last, data path, key path) of every sealed segment of `host` in a store.
+async fn segments(
+    s: &Store,
+    host: &str,
+) -> Result<Vec<(u64, u64, object_store::path::Path, object_store::path::Path)>, String> {
+    let dir = segment_dir(s, host);
+    let metas: Vec<_> = s
+        .inner
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(|e| format!("store `{}`: cannot list {dir}: {e}", s.name))?;
+    let mut out = Vec::new();
+    for m in metas {
+        let name = m.location.filename().unwrap_or_default().to_string();
+        let Some(stem) = name.strip_suffix(".sealed") else {
+            continue;
+        };
+        let Some((a, b)) = stem.split_once('-') else {
+            continue;
+        };
+        let (Ok(first), Ok(last)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+            continue;
+        };
+        let key =
+            object_store::path::Path::from(m.location.as_ref().replace(".sealed", ".key.json"));
+        out.push((first, last, m.location.clone(), key));
+    }
+    out.sort_by_key(|x| x.0);
+    Ok(out)
+}
+
+/// Seal and upload the entries not yet in each store. Returns entries written per store.
+pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
+    let text = match std::fs::read_to_string(app.audit.path()) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("cannot read the access log: {e}")),
+    };
+    let lines: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<crate::audit::Entry>(l)
+                .ok()
+                .map(|e| (e.seq, l))
+        })
+        .collect();
+    let mut written = BTreeMap::new();
+    for s in &app.stores {
+        let have = segments(s, &app.host)
+            .await?
+            .iter()
+            .map(|x| x.1)
+            .max()
+            .unwrap_or(0);
+        let new: Vec<&(u64, &str)> = lines.iter().filter(|(seq, _)| *seq > have).collect();
+        let (Some(first), Some(last)) = (new.first(), new.last()) else {
+            continue;
+        };
+        let mut body = String::new();
+        for (_, l) in &new {
+            body.push_str(l);
+            body.push('\n');
+        }
+        let id = SnapshotId::new();
+        let epoch = retention_epoch(app);
+        let dek = DataKey::generate();
+        let mut wraps = Vec::new();
+        for p in &app.providers {
+            p.ensure_epoch(&epoch).map_err(|e| e.to_string())?;
+            let w = p.wrap(&epoch, &dek, &id).map_err(|e| e.to_string())?;
+            wraps.push(Wrap {
+                provider: p.name().into(),
+                kind: p.kind().into(),
+                algorithm: p.algorithm().into(),
+                epoch: epoch.clone(),
+                wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
+            });
+        }
+        let compressed = zstd::encode_all(body.as_bytes(), 3).map_err(|e| e.to_string())?;
+        let header = Header::new(&id, 16);
+        let sealed = seal::seal_to_vec(&dek, &header, &compressed).map_err(|e| e.to_string())?;
+        let key = KeyObject {
+            format: crate::store::objects::KEY_OBJECT_FORMAT,
+            snapshot: id,
+            source: "audit".into(),
+            epoch: epoch.clone(),
+            planned_expiry: String::new(),
+            wraps,
+            legal_hold: None,
+        };
+        let dir = segment_dir(s, &app.host).join(epoch.as_str());
+        let stem = format!("{:012}-{:012}", first.0, last.0);
+        app.push_keyrings(s).await.map_err(|e| e.to_string())?;
+        s.inner
+            .put(
+                &dir.clone().join(format!("{stem}.key.json")),
+                key.to_json().into(),
+            )
+            .await
+            .map_err(|e| format!("store `{}`: {e}", s.name))?;
+        s.inner
+            .put(&dir.join(format!("{stem}.sealed")), sealed.into())
+            .await
+            .map_err(|e| format!("store `{}`: {e}", s.name))?;
+        written.insert(s.name.clone(), new.len() as u64);
+    }
+    Ok(written)
+}
+
+/// A disagreement between the local log and a store's copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub store: String,
+    pub seq: Option<u64>,
+    pub problem: String,
+}
+
+/// Compare every store's sealed copy with the local log.
+pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
+    let text = std::fs::read_to_string(app.audit.path()).unwrap_or_default();
+    let local: BTreeMap<u64, String> = text
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<crate::audit::Entry>(l)
+                .ok()
+                .map(|e| (e.seq, l.to_string()))
+        })
+        .collect();
+    let local_last = local.keys().max().copied().unwrap_or(0);
+    let mut findings = Vec::new();
+    for s in &app.stores {
+        let segs = segments(s, &app.host).await?;
+        let mut expect = 1u64;
+        let mut joined = String::new();
+        for (first, last, data, key) in &segs {
+            if *first != expect {
+                findings.push(Finding {
+                    store: s.name.clone(),
+                    seq: Some(expect),
+                    problem: format!(
+                        "segment {expect}..{} is missing from the store copy",
+                        first.saturating_sub(1)
+                    ),
+                });
+            }
+            let bytes = match s.get_small(data, 256 * 1024 * 1024).await {
+                Ok(b) => b,
+                Err(e) => {
+                    findings.push(Finding {
+                        store: s.name.clone(),
+                        seq: Some(*first),
+                        problem: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let opened = async {
+                let kb = s
+                    .get_small(key, crate::store::objects::MAX_SMALL_OBJECT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let k = KeyObject::parse(&kb)?;
+                let dek = crate::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
+                let plain = seal::open_to_vec(&dek, &bytes, Some(&k.snapshot.to_string()))
+                    .map_err(|e| e.to_string())?;
+                zstd::decode_all(&plain[..]).map_err(|e| e.to_string())
+            }
+            .await;
+            match opened {
+                Ok(p) => joined.push_str(&String::from_utf8_lossy(&p)),
+                Err(e) => findings.push(Finding {
+                    store: s.name.clone(),
+                    seq: Some(*first),
+                    problem: format!("segment {first}-{last} does not open: {e}"),
+                }),
+            }
+            expect = last + 1;
+        }
+        if let Err(e) =
+            crate::audit::verify_lines(std::path::Path::new("store copy"), joined.as_bytes())
+        {
+            findings.push(Finding {
+                store: s.name.clone(),
+                seq: None,
+                problem: format!("store copy: {e}"),
+            });
+        }
+        for line in joined.lines() {
+            let Ok(e) = serde_json::from_str::<crate::audit::Entry>(line) else {
+                continue;
+            };
+            match local.get(&e.seq) {
+                Some(l) if l == line => {}
+                Some(_) => findings.push(Finding {
+                    store: s.name.clone(),
+                    seq: Some(e.seq),
+                    problem: format!("entry {} differs between the local log and the store copy", e.seq),
+                }),
+                None => findings.push(Finding {
+                    store: s.name.clone(),
+                    seq: Some(e.seq),
+                    problem: format!(
+                        "entry {} is in the store copy but not in the local log (local log ends at {local_last}): the local log was truncated or entries were deleted",
+                        e.seq
+                    ),
+                }),
+            }
+        }
+    }
+    Ok(findings)
+}
