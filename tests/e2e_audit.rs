@@ -126,7 +126,7 @@ fn audit_verify_catches_every_kind_of_tampering_locally_and_in_store_copies() {
     let original = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = original.lines().collect();
     assert!(lines.len() >= 8, "{original}");
-    let mut check = |name: &str, tampered: Vec<String>, expect: &str| {
+    let check = |name: &str, tampered: Vec<String>, expect: &str| {
         std::fs::write(&log, tampered.join("\n") + "\n").unwrap();
         let (code, out) = env.run(&["audit", "verify"]);
         assert_ne!(code, 0, "{name}: tampering not detected");
