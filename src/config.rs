@@ -235,6 +235,11 @@ pub struct DaemonConfig {
     /// at the next start).
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Unix socket through which the CLI's restore, drill, shred, hold and audit commands reach
+    /// the running daemon (default `$RUNTIME_DIRECTORY/coffre.sock`, else
+    /// `<state-dir>/run/coffre.sock`).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
 }
 
 fn default_audit_retention() -> Duration {
@@ -271,6 +276,7 @@ impl Default for DaemonConfig {
             catch_up_interval: default_catch_up_interval(),
             scrub_every: default_scrub_every(),
             drain_timeout: default_drain_timeout(),
+            control_socket: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `daemon.drain-timeout` and otherwise resumed at the next start from the journal; a reload whose
 //! config fails validation is refused and the running config stays.
 
+pub mod control;
 pub mod intake;
 pub mod replicate;
 
@@ -106,6 +107,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     ));
     tracker.spawn(catch_up_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
+    {
+        let path = control::socket_path(&app.config);
+        let (cp, rx, c) = (config_path.clone(), app_rx.clone(), cancel.clone());
+        tracker.spawn(async move {
+            if let Err(e) = control::serve(path.clone(), cp, rx, c).await {
+                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands run locally only");
+            }
+        });
+    }
     tracker.spawn(drill_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(shred_loop(
         app_rx.clone(),

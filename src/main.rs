@@ -291,7 +291,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// When the daemon runs, access commands go through its control socket, which checks the
+/// caller's peer credentials. None: no daemon answers, run locally.
+fn via_daemon(cli: &Cli) -> Option<ExitCode> {
+    use coffre::daemon::control;
+    if std::env::var_os(control::ACTOR_ENV).is_some() {
+        return None;
+    }
+    let name = match &cli.command {
+        Command::Restore(_) => "restore",
+        Command::Drill { .. } => "drill",
+        Command::Shred { .. } => "shred",
+        Command::Hold { .. } => "hold",
+        Command::Audit { .. } => "audit",
+        _ => return None,
+    };
+    let path = std::env::var_os("COFFRE_SOCKET")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Config::load(&config_path(cli))
+                .ok()
+                .map(|c| control::socket_path(&c))
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/coffre/coffre.sock"));
+    if !path.exists() {
+        return None;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().skip(1).position(|a| a == name)? + 1;
+    let resp = control::call(&path, &args[i..])?;
+    print!("{}", resp.stdout);
+    eprint!("{}", resp.stderr);
+    Some(ExitCode::from(resp.exit.clamp(0, 255) as u8))
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(code) = via_daemon(&cli) {
+        return Ok(code);
+    }
     match &cli.command {
         Command::CheckConfig => {
             let c = load_config(&cli)?;

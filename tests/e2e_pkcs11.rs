@@ -35,9 +35,14 @@ impl Env {
 
     /// coffre.toml with two local stores in two sites and one pkcs11 provider.
     fn config(&self, module: &Path, pin_file: &Path) -> PathBuf {
+        self.config_as("coffre.toml", "state", module, pin_file)
+    }
+
+    /// The same config under another name, with its own state folder (another host).
+    fn config_as(&self, name: &str, state: &str, module: &Path, pin_file: &Path) -> PathBuf {
         let d = self.dir.path().display();
         let text = format!(
-            r#"state-dir = "{d}/state"
+            r#"state-dir = "{d}/{state}"
 [replication]
 min-sites = 2
 retries = 1
@@ -68,15 +73,19 @@ pin-file = "{pin}"
             module = module.display(),
             pin = pin_file.display(),
         );
-        let path = self.p("coffre.toml");
+        let path = self.p(name);
         std::fs::write(&path, text).unwrap();
         path
     }
 
     fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_with("coffre.toml", args)
+    }
+
+    fn run_with(&self, config: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .arg("--config")
-            .arg(self.p("coffre.toml"))
+            .arg(self.p(config))
             .arg("--log-format")
             .arg("json")
             .args(args)
@@ -230,4 +239,185 @@ fn missing_module_says_the_hsm_is_unavailable() {
     let (code, _, err) = env.run(&["keys", "status", "--json"]);
     assert_ne!(code, 0);
     assert!(err.contains("unavailable"), "{err}");
+}
+
+/// Every file under `from`, copied to the same place under `to` (only those missing there, or
+/// all). Returns how many were copied.
+fn copy_tree(from: &Path, to: &Path, only_missing: bool) -> usize {
+    let mut n = 0;
+    for file in walk(from) {
+        let dst = to.join(file.strip_prefix(from).unwrap());
+        if only_missing && dst.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &dst).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// Object labels in `pkcs11-tool --list-objects` output (data object labels are quoted).
+fn labels(objects: &str) -> Vec<String> {
+    objects
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("label:"))
+        .map(|l| l.trim().trim_matches('\'').to_string())
+        .collect()
+}
+
+/// The retained-bytes test with only an HSM: someone keeps every byte ever written to both
+/// stores, the snapshot is crypto-shredded, every byte is put back. The snapshot stays
+/// unreadable from every store, on this host and on a new one, because the epoch key is gone
+/// from the token (unlike the file provider, no old copy of anything brings it back), while its
+/// epoch-mate restores.
+#[test]
+fn retained_bytes_do_not_survive_a_shred_with_an_hsm() {
+    let env = Env::new();
+    env.config(env.hsm.module_path(), env.hsm.pin_file());
+    let snap_a = env.snapshot("emr-a.dump", 2 * 1024 * 1024 + 5);
+    let snap_b = env.p("emr-b.dump");
+    let mut b_bytes = std::fs::read(&snap_a).unwrap();
+    b_bytes.reverse();
+    std::fs::write(&snap_b, &b_bytes).unwrap();
+    let backup = |path: &Path| {
+        let (code, out, err) = env.run(&["backup", "--source", "emr", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+        out.trim().to_string()
+    };
+    let a = backup(&snap_a);
+    let b = backup(&snap_b);
+    assert_eq!(a.len(), 26, "{a}");
+
+    // Same epoch (the only one covering snapshots).
+    let (code, out, err) = env.run(&["keys", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let epochs: Vec<_> = v[0]["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["snapshots"].as_u64() != Some(0))
+        .collect();
+    assert_eq!(epochs.len(), 1, "{out}");
+    assert_eq!(epochs[0]["snapshots"], 2, "{out}");
+    let epoch = epochs[0]["epoch"].as_str().unwrap().to_string();
+    let epoch_label = format!("coffre-epoch-{epoch}");
+    assert!(labels(&env.hsm.list_objects()).contains(&epoch_label));
+
+    // Someone keeps every byte under both stores: data, manifests, key objects, everything.
+    let stores = env.p("stores");
+    let kept = env.p("kept");
+    let n = copy_tree(&stores, &kept, false);
+    assert!(n >= 12, "{n} files kept");
+    let key_a = |root: &Path, site: &str| {
+        root.join(site)
+            .join("coffre/snapshots/emr")
+            .join(&a)
+            .join("key.json")
+    };
+    assert!(key_a(&kept, "a").is_file() && key_a(&kept, "b").is_file());
+
+    let (code, out, err) = env.run(&[
+        "shred",
+        "--snapshot",
+        &a,
+        "--purpose",
+        "erasure order",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "shred failed:\n{out}\n{err}");
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rec["epoch"], epoch.as_str(), "{out}");
+    assert_eq!(rec["snapshots"], serde_json::json!([a]), "{out}");
+    let providers = rec["providers"].as_array().unwrap();
+    assert_eq!(providers.len(), 1, "{out}");
+    assert!(
+        providers
+            .iter()
+            .all(|p| p["provider"] == "hsm" && p["destroyed"] == true),
+        "{out}"
+    );
+    let copies = rec["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{out}");
+    assert!(
+        copies
+            .iter()
+            .all(|c| c["decrypt_check"] == "key destroyed" && c["deletion"] == "deleted"),
+        "{out}"
+    );
+    assert_eq!(rec["rewrapped"][0]["snapshot"], b.as_str(), "{out}");
+    assert!(!key_a(&stores, "a").exists() && !key_a(&stores, "b").exists());
+
+    // Every kept byte goes back: everything now missing, and A's key object over whatever is
+    // there.
+    let restored = copy_tree(&kept, &stores, true);
+    assert!(
+        restored >= 6,
+        "data, key object and manifest of A in two stores ({restored})"
+    );
+    for site in ["a", "b"] {
+        std::fs::copy(key_a(&kept, site), key_a(&stores, site)).unwrap();
+    }
+
+    let restore = |config: &str, store: &str, id: &str, to: &str| {
+        let to = env.p(to);
+        let (code, out, err) = env.run_with(
+            config,
+            &[
+                "restore",
+                id,
+                "--source",
+                "emr",
+                "--store",
+                store,
+                "--to",
+                to.to_str().unwrap(),
+                "--purpose",
+                "retained-bytes test",
+            ],
+        );
+        (code, format!("{out}\n{err}"), to)
+    };
+    // This host: A is destroyed, from every store.
+    for store in ["site-a", "site-b"] {
+        let (code, out, to) = restore("coffre.toml", store, &a, &format!("a-{store}"));
+        assert_ne!(code, 0, "A restored from {store}:\n{out}");
+        assert!(out.contains("destroyed"), "{out}");
+        assert!(!to.exists());
+    }
+    // A new host: a copy of the config with a fresh, empty state folder, the same token.
+    env.config_as(
+        "newhost.toml",
+        "newhost-state",
+        env.hsm.module_path(),
+        env.hsm.pin_file(),
+    );
+    let (code, out, err) = env.run_with("newhost.toml", &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "catalog rebuild failed:\n{out}\n{err}");
+    for store in ["site-a", "site-b"] {
+        let (code, out, to) = restore("newhost.toml", store, &a, &format!("a-new-{store}"));
+        assert_ne!(code, 0, "A restored on a new host from {store}:\n{out}");
+        assert!(out.contains("destroyed"), "{out}");
+        assert!(!to.exists());
+    }
+
+    // The token holds the tombstone, not the key.
+    let objects = env.hsm.list_objects();
+    let labels = labels(&objects);
+    assert!(!labels.contains(&epoch_label), "{objects}");
+    assert!(
+        labels.contains(&format!("coffre-tombstone-{epoch}")),
+        "{objects}"
+    );
+
+    // The epoch-mate restores, byte-identical, from each store, here and on the new host.
+    for config in ["coffre.toml", "newhost.toml"] {
+        for store in ["site-a", "site-b"] {
+            let (code, out, to) = restore(config, store, &b, &format!("b-{config}-{store}"));
+            assert_eq!(code, 0, "B did not restore from {store} ({config}):\n{out}");
+            assert!(std::fs::read(&to).unwrap() == b_bytes, "B differs");
+        }
+    }
 }

@@ -66,7 +66,7 @@ fn labels(objects: &str) -> Vec<String> {
     objects
         .lines()
         .filter_map(|l| l.trim().strip_prefix("label:"))
-        .map(|l| l.trim().to_string())
+        .map(|l| l.trim().trim_matches('\'').to_string())
         .collect()
 }
 
@@ -178,9 +178,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
             .unwrap();
         assert_eq!(
             std::fs::read(&to).unwrap(),
-            format!("snapshot 2 CANARY-ZXQ-PATIENT\n")
-                .repeat(1000)
-                .into_bytes()
+            "snapshot 2 CANARY-ZXQ-PATIENT\n".repeat(1000).into_bytes()
         );
     }
 
