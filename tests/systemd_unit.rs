@@ -13,7 +13,10 @@ fn unit_exposure_is_at_most_two() {
         .output()
         .expect("systemd-analyze not found: run tests/setup.sh (package systemd)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("no exposure line in: {text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure line in: {text}"));
     let value: f64 = line
         .split(':')
         .nth(1)
@@ -22,7 +25,18 @@ fn unit_exposure_is_at_most_two() {
         .unwrap_or_else(|| panic!("cannot parse: {line}"));
     assert!(value <= 2.0, "exposure {value} > 2.0:\n{text}");
     let body = std::fs::read_to_string(&unit).unwrap();
-    for needle in ["Type=notify", "WatchdogSec=", "ExecReload=", "LoadCredential=", "StateDirectory=coffre", "RuntimeDirectory=coffre", "NoNewPrivileges=yes", "ProtectSystem=strict", "SystemCallFilter=@system-service", "CapabilityBoundingSet="] {
+    for needle in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=",
+        "LoadCredential=",
+        "StateDirectory=coffre",
+        "RuntimeDirectory=coffre",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=",
+    ] {
         assert!(body.contains(needle), "unit lacks {needle}");
     }
 }

@@ -1,0 +1,115 @@
+//! A snapshot that changes or vanishes while it is being read is reported, never protected as if
+//! whole: no manifest in any store, nothing in the catalog.
+
+use std::path::Path;
+use std::time::Duration;
+
+use coffre::pipeline::PipelineError;
+use coffre::{Coffre, Config};
+
+fn config(dir: &Path) -> Config {
+    let d = dir.display();
+    Config::from_toml(
+        &format!(
+            r#"state-dir = "{d}/state"
+[pipeline]
+zstd-threads = 1
+[[source]]
+name = "emr"
+path = "{d}/in"
+[[store]]
+name = "a"
+kind = "local"
+site = "a"
+jurisdiction = "CA-QC"
+path = "{d}/stores/a"
+[[store]]
+name = "b"
+kind = "local"
+site = "b"
+jurisdiction = "CA-QC"
+path = "{d}/stores/b"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{d}/keys/master.key"
+create-master-key = true
+"#
+        ),
+        Path::new("t.toml"),
+    )
+    .unwrap()
+}
+
+fn big(path: &Path) {
+    let line = b"INSERT INTO lab_results VALUES (1, 2, 'glucose', 5.4, 'mmol/L');\n";
+    let mut v = Vec::with_capacity(200 << 20);
+    while v.len() < 200 << 20 {
+        v.extend_from_slice(line);
+    }
+    std::fs::write(path, v).unwrap();
+}
+
+async fn nothing_committed(app: &Coffre, dir: &Path) {
+    assert!(app.catalog.list(None).unwrap().is_empty());
+    for s in &app.stores {
+        assert!(
+            s.list_manifests().await.unwrap().is_empty(),
+            "a manifest was written in {}",
+            s.name
+        );
+    }
+    let _ = dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_grows_while_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    let f = dir.path().join("in/emr.sql");
+    big(&f);
+    let f2 = f.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        use std::io::Write;
+        let mut h = std::fs::OpenOptions::new().append(true).open(&f2).unwrap();
+        h.write_all(b"-- late rows\n").unwrap();
+    });
+    let r = coffre::pipeline::protect(&app, "emr", &f).await;
+    writer.join().unwrap();
+    match r {
+        Err(PipelineError::Changed { what, .. }) => assert!(what.contains("size"), "{what}"),
+        Err(e) => panic!("expected Changed, got {e}"),
+        Ok(o) => panic!(
+            "a changing snapshot was protected as {}",
+            o.manifest.snapshot
+        ),
+    }
+    nothing_committed(&app, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_vanishes_while_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    let f = dir.path().join("in/emr.sql");
+    big(&f);
+    let f2 = f.clone();
+    let remover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        std::fs::remove_file(&f2).unwrap();
+    });
+    let r = coffre::pipeline::protect(&app, "emr", &f).await;
+    remover.join().unwrap();
+    match r {
+        Err(e @ PipelineError::Read { .. }) => assert!(e.to_string().contains("emr.sql"), "{e}"),
+        Err(e) => panic!("expected a read error naming the file, got {e}"),
+        Ok(o) => panic!(
+            "a vanished snapshot was protected as {}",
+            o.manifest.snapshot
+        ),
+    }
+    nothing_committed(&app, dir.path()).await;
+}
