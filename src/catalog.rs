@@ -16,7 +16,7 @@ use crate::store::{KeyObject, Manifest};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CatalogError {
-    #[error("catalog {path}: {source}. If it is damaged, move it aside and run `coffre catalog rebuild`")]
+    #[error("catalog {path}: {source}{}", db_hint(source))]
     Db {
         path: PathBuf,
         #[source]
@@ -24,6 +24,19 @@ pub enum CatalogError {
     },
     #[error("catalog {path} holds a manifest that does not parse: {reason}; run `coffre catalog rebuild`")]
     Corrupt { path: PathBuf, reason: String },
+}
+
+/// What to do about an SQLite error: a full or failing disk is the common cause of I/O errors.
+pub fn db_hint(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) | Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            ". The state folder's disk is full or failing: free space (nothing was committed by this command)"
+        }
+        Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::PermissionDenied) => {
+            ". The state folder is not writable: check its permissions"
+        }
+        _ => ". If the catalog is damaged, move it aside and run `coffre catalog rebuild`",
+    }
 }
 
 /// State of one replica as last seen.

@@ -210,7 +210,10 @@ pub struct Journal {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("journal {path}: {source}. coffre cannot track what it has protected; check the state folder (space, permissions)")]
+#[error(
+    "journal {path}: {source}{}. coffre cannot track what it has protected until this is fixed",
+    crate::catalog::db_hint(source)
+)]
 pub struct JournalError {
     path: PathBuf,
     #[source]
