@@ -96,7 +96,7 @@ struct Tail {
 pub struct AccessLog {
     path: PathBuf,
     host: String,
-    tail: Mutex<Option<Tail>>,
+    tail: Mutex<()>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -134,7 +134,7 @@ impl AccessLog {
         AccessLog {
             path: path.to_path_buf(),
             host: host.to_string(),
-            tail: Mutex::new(None),
+            tail: Mutex::new(()),
         }
     }
 
@@ -191,14 +191,25 @@ impl AccessLog {
 
     /// Append an entry and fsync it. Returns the entry as written.
     pub fn append(&self, new: NewEntry) -> Result<Entry, AuditError> {
-        let mut guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(self.load_tail()?);
-        }
-        let tail = guard.as_mut().ok_or_else(|| AuditError::Write {
+        // One writer at a time, across processes too (the daemon and the commands it runs for
+        // the control socket): an exclusive lock on the log, and the tail read under it.
+        let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let write_err = |source| AuditError::Write {
             path: self.path.clone(),
-            source: std::io::Error::other("tail unavailable"),
-        })?;
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            crate::keys::file::create_private_dir(dir).map_err(write_err)?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(write_err)?;
+        let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| write_err(std::io::Error::from(errno)))?;
+        let tail = self.load_tail()?;
         let entry = Entry {
             seq: tail.seq + 1,
             time: now_rfc3339(),
@@ -209,36 +220,18 @@ impl AccessLog {
             purpose: new.purpose,
             outcome: new.outcome,
             exposes: new.exposes,
-            prev: tail.hash.clone(),
+            prev: tail.hash,
         };
-        let line = serde_json::to_string(&entry).map_err(|e| AuditError::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let write_err = |source| AuditError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            crate::keys::file::create_private_dir(dir).map_err(write_err)?;
-        }
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(write_err)?;
+        let line =
+            serde_json::to_string(&entry).map_err(|e| write_err(std::io::Error::other(e)))?;
         let before = f.metadata().map_err(write_err)?.len();
-        let mut bytes = line.clone().into_bytes();
+        let mut bytes = line.into_bytes();
         bytes.push(b'\n');
         if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_data()) {
             // A partial line would break the chain: cut it off again.
             let _ = f.set_len(before);
-            *guard = None;
             return Err(write_err(e));
         }
-        tail.seq = entry.seq;
-        tail.hash = line_hash(&line);
         Ok(entry)
     }
 
@@ -345,6 +338,20 @@ mod tests {
             outcome: "ok".into(),
             exposes: None,
         }
+    }
+
+    #[test]
+    fn two_writers_on_one_log_keep_the_chain() {
+        // The daemon and a command it runs for the control socket both append.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let daemon = AccessLog::open(&p, "h");
+        daemon.append(entry("restore")).unwrap();
+        let child = AccessLog::open(&p, "h");
+        child.append(entry("restore")).unwrap();
+        daemon.append(entry("refused")).unwrap();
+        child.append(entry("drill")).unwrap();
+        assert_eq!(daemon.verify().unwrap(), 4);
     }
 
     #[test]

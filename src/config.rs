@@ -169,6 +169,14 @@ pub struct ReplicationConfig {
     /// First backoff between attempts (doubled each time, with jitter).
     #[serde(default = "default_backoff", with = "humantime_serde")]
     pub backoff: Duration,
+    /// A store that sends nothing for this long in the middle of a transfer is treated as failed
+    /// (a restore goes on from another store).
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_min_sites() -> usize {
@@ -191,6 +199,7 @@ impl Default for ReplicationConfig {
             allowed_jurisdictions: default_jurisdictions(),
             retries: default_retries(),
             backoff: default_backoff(),
+            stall_timeout: default_stall_timeout(),
         }
     }
 }

@@ -211,6 +211,27 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the master key of a file provider (re-seal its keyring here and in the stores),
+    /// or wrap every snapshot's data key with another provider too. No data is re-encrypted.
+    Rotate {
+        /// File provider whose master key is rotated.
+        #[arg(long, requires = "new_master_key")]
+        provider: Option<String>,
+        /// The new master key file (64 hex characters, mode 0600).
+        #[arg(long)]
+        new_master_key: Option<PathBuf>,
+        /// Create the new master key file.
+        #[arg(long)]
+        create: bool,
+        /// Wrap every snapshot's data key with this provider as well.
+        #[arg(long, conflicts_with = "provider")]
+        to_provider: Option<String>,
+        /// Why (recorded in the access log).
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -374,6 +395,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for p in &app.providers {
                 p.health()
                     .with_context(|| format!("provider {}", p.name()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    provider: Some(provider),
+                    new_master_key: Some(new_key),
+                    create,
+                    purpose,
+                    json,
+                    ..
+                },
+        } => {
+            let config = load_config(&cli)?;
+            let r = coffre::keys::rotate::rotate_master_key_everywhere(
+                &config,
+                provider,
+                new_key,
+                *create,
+                &coffre::audit::current_user(),
+                purpose,
+            )
+            .await?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "master key of provider {provider} rotated: keyring re-sealed under {}; {} store(s) updated, {} old copies deleted",
+                    new_key.display(),
+                    r.stores_updated.len(),
+                    r.old_copies_deleted
+                );
+                println!("now point master-key at {} in the config of every host using provider {provider}, and destroy the old key's copies", new_key.display());
+            }
+            if !r.store_failures.is_empty() {
+                bail!("some stores still hold the keyring under the old master key ({}); run the same rotation again once they are back", r.store_failures.join("; "));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -725,6 +783,34 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    to_provider: Some(to),
+                    purpose,
+                    json,
+                    ..
+                },
+        } => {
+            let n = coffre::keys::rotate::add_provider_wraps(
+                app,
+                to,
+                &coffre::audit::current_user(),
+                purpose,
+            )
+            .await?;
+            if *json {
+                print_json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
+            } else {
+                println!("{n} snapshot key(s) now also wrapped by provider {to}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { .. },
+        } => bail!(
+            "keys rotate needs either --provider NAME --new-master-key PATH, or --to-provider NAME"
+        ),
         Command::Retention { command } => {
             let now = time::OffsetDateTime::now_utc();
             match command {

@@ -333,6 +333,7 @@ struct Fetch<'a> {
     sha: Sha256,
     tx: mpsc::Sender<Bytes>,
     progress: Option<indicatif::ProgressBar>,
+    stall: std::time::Duration,
 }
 
 impl Fetch<'_> {
@@ -448,7 +449,20 @@ impl Fetch<'_> {
             f.reset();
         }
         loop {
-            let chunk = match stream.next().await {
+            let next = match tokio::time::timeout(self.stall, stream.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    return StreamEnd::StoreFailed(failure(
+                        &store.name,
+                        "stalled",
+                        format!(
+                            "{path}: no data for {} mid-transfer",
+                            humantime::format_duration(self.stall)
+                        ),
+                    ))
+                }
+            };
+            let chunk = match next {
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
                     let e = store.op_err("read", &path, e);
@@ -657,6 +671,7 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
     };
 
     let result = stream_restore(
+        app.config.replication.stall_timeout,
         req,
         &candidates,
         first,
@@ -718,6 +733,7 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
 
 #[allow(clippy::too_many_arguments)]
 async fn stream_restore(
+    stall: std::time::Duration,
     req: &Request,
     candidates: &[&Store],
     first: usize,
@@ -748,6 +764,7 @@ async fn stream_restore(
         sha: Sha256::new(),
         tx,
         progress,
+        stall,
     };
     let mut rx = Some(rx);
     type Writer = tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>;
@@ -782,10 +799,18 @@ async fn stream_restore(
                 }
             }
         }
-        let (header, hb) = match fetch_header(store, manifest).await {
-            Ok(x) => x,
-            Err(f) => {
+        let (header, hb) = match tokio::time::timeout(stall, fetch_header(store, manifest)).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(f)) => {
                 failures.push(f);
+                continue;
+            }
+            Err(_) => {
+                failures.push(failure(
+                    &store.name,
+                    "stalled",
+                    "no answer while reading the object header",
+                ));
                 continue;
             }
         };

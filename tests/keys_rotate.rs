@@ -367,14 +367,12 @@ async fn add_provider_wraps_moves_every_snapshot_to_another_provider() {
         std::fs::read(d.join("a-newhost")).unwrap(),
         content("a.sql")
     );
-    // Shredding with the second provider alone destroys its epoch key.
-    let rec = coffre::retention::shred::shred_one(&app, &a, "test", "erasure order")
+    // Shredding with the second provider alone is refused: the first provider's wraps still sit
+    // in the key objects, and destroying only the second provider's epoch key would leave them.
+    let err = coffre::retention::shred::shred_one(&app, &a, "test", "erasure order")
         .await
-        .unwrap();
-    assert_eq!(rec.providers.len(), 1);
-    assert!(rec
-        .copies
-        .iter()
-        .all(|c| c.decrypt_check == "key destroyed"));
+        .unwrap_err();
+    assert!(err.to_string().contains("not configured here"), "{err}");
+    restore(&app, a, "a", d.join("a-still")).await.unwrap();
     restore(&app, b, "a", d.join("b-after")).await.unwrap();
 }

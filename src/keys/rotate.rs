@@ -184,7 +184,7 @@ fn rotate_local(
         return Err(master_key_err(
             provider,
             format!(
-                "{} holds the current master key: create a new one (`--create`)",
+                "{} holds the current master key: give a new one (or let coffre create it)",
                 new_master_key.display()
             ),
         ));

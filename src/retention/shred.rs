@@ -281,6 +281,32 @@ pub async fn execute(
             keys.push(k);
         }
     }
+    // A wrap by a provider that is not configured here would survive the destruction.
+    let configured: Vec<&str> = app.providers.iter().map(|p| p.name()).collect();
+    for k in &keys {
+        if let Some(w) = k
+            .wraps
+            .iter()
+            .find(|w| !configured.contains(&w.provider.as_str()))
+        {
+            let why = format!(
+                "snapshot {} is also wrapped by provider `{}`, which is not configured here: destroying the epoch would leave that key; configure the provider again so it is destroyed too, then retry",
+                k.snapshot, w.provider
+            );
+            let _ = app.audit.append(NewEntry {
+                actor: actor.into(),
+                action: "shred".into(),
+                target: target.clone(),
+                purpose: reason.into(),
+                outcome: format!("refused: {why}"),
+                exposes: None,
+            });
+            return Err(ShredError::NotDestroyed {
+                epoch: plan.epoch.clone(),
+                reason: why,
+            });
+        }
+    }
     // 1. Destroy the epoch key in every provider.
     let mut providers = Vec::new();
     for p in &app.providers {
