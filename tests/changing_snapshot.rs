@@ -1,6 +1,9 @@
 //! A snapshot that changes or vanishes while it is being read is reported, never protected as if
 //! whole: no manifest in any store, nothing in the catalog.
 
+#[path = "common/matrix.rs"]
+mod matrix;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -87,6 +90,7 @@ async fn a_file_that_grows_while_read_is_refused() {
         ),
     }
     nothing_committed(&app, dir.path()).await;
+    matrix::record("snapshot changes while read", 1, 1, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,4 +116,5 @@ async fn a_file_that_vanishes_while_read_is_refused() {
         ),
     }
     nothing_committed(&app, dir.path()).await;
+    matrix::record("snapshot vanishes while read", 1, 1, 0);
 }

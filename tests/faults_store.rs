@@ -3,6 +3,9 @@
 //! a transfer that stalls half-way, a store that accepts objects and loses them. In each case
 //! nothing committed is lost and the damage is reported and repaired.
 
+#[path = "common/matrix.rs"]
+mod matrix;
+
 #[path = "common/faulty.rs"]
 mod faulty;
 
@@ -109,6 +112,7 @@ async fn a_store_answering_503_is_degraded_then_caught_up() {
         .await
         .unwrap();
     assert_eq!(r.stores_used, vec!["b"]);
+    matrix::record("store answers 503 on writes (then returns)", 1, 1, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +151,7 @@ async fn restore_survives_500s_and_a_stall_mid_transfer() {
         .filter(|e| e.file_name().to_string_lossy().contains("coffre-partial"))
         .collect();
     assert!(leftovers.is_empty());
+    matrix::record("store answers 500 on reads / stalls mid-transfer", 3, 3, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,4 +181,5 @@ async fn a_store_that_accepts_then_loses_objects_is_found_and_repaired() {
         std::fs::read(dir.path().join("from-c.sql")).unwrap(),
         std::fs::read(&f).unwrap()
     );
+    matrix::record("store accepts then loses objects (scrub repairs)", 1, 1, 0);
 }

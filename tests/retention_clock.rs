@@ -2,6 +2,9 @@
 //! newest snapshot of a source survives by re-wrap, and a clock that jumps far ahead stops
 //! shredding.
 
+#[path = "common/matrix.rs"]
+mod matrix;
+
 use std::path::Path;
 
 use coffre::{Coffre, Config};
@@ -123,4 +126,10 @@ fn a_clock_that_jumps_ahead_stops_shredding() {
     assert!(!coffre::daemon::clock_ok(&j, now + time::Duration::days(3650), bound).unwrap());
     // -1 day is not a jump forward: allowed (nothing becomes due that was not).
     assert!(coffre::daemon::clock_ok(&j, now - time::Duration::days(1), bound).unwrap());
+    matrix::record(
+        "clock jumps (+10 years refused and sticky, -1 day harmless)",
+        2,
+        2,
+        0,
+    );
 }

@@ -1,0 +1,115 @@
+//! Fault matrix row 11: bad configurations are refused with the key path and what to do.
+
+#[path = "common/matrix.rs"]
+mod matrix;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn base(d: &Path) -> String {
+    let dd = d.display();
+    format!(
+        r#"state-dir = "{dd}/state"
+[[source]]
+name = "emr"
+path = "{dd}/in"
+[[store]]
+name = "a"
+kind = "local"
+site = "mtl"
+jurisdiction = "CA-QC"
+path = "{dd}/stores/a"
+[[store]]
+name = "b"
+kind = "s3"
+site = "qc"
+jurisdiction = "CA-QC"
+bucket = "coffre"
+endpoint = "https://s3.qc.example"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{dd}/keys/master.key"
+"#
+    )
+}
+
+#[test]
+fn bad_configs_are_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let good = base(d);
+    assert!(coffre::Config::from_toml(&good, Path::new("c.toml")).is_ok());
+    std::fs::create_dir_all(d.join("keys")).unwrap();
+    std::fs::write(d.join("keys/master.key"), "00".repeat(32)).unwrap();
+    std::fs::set_permissions(
+        d.join("keys/master.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "plaintext http store",
+            good.replace("https://s3.qc.example", "http://s3.qc.example"),
+            "store[1].endpoint",
+        ),
+        (
+            "TLS verification off",
+            good.replace(
+                "bucket = \"coffre\"",
+                "bucket = \"coffre\"\ntls-verify = false",
+            ),
+            "store[1].tls-verify",
+        ),
+        (
+            "one site only",
+            good.replace("site = \"qc\"", "site = \"mtl\""),
+            "replication.min-sites",
+        ),
+        (
+            "jurisdiction outside the allow-list",
+            good.replace(
+                "jurisdiction = \"CA-QC\"\nbucket",
+                "jurisdiction = \"US-VA\"\nbucket",
+            ),
+            "store[1].jurisdiction",
+        ),
+        ("world-readable key file", good.clone(), "chmod 600"),
+        (
+            "keyring inside a data store",
+            good.replace(
+                "kind = \"file\"\n",
+                &format!(
+                    "kind = \"file\"\nkeyring = \"{}/stores/a/keyring\"\n",
+                    d.display()
+                ),
+            ),
+            "key-provider[0].keyring",
+        ),
+        (
+            "unknown key",
+            good.replace("[[source]]", "colour = \"blue\"\n[[source]]"),
+            "unknown field `colour`",
+        ),
+        (
+            "wrong type",
+            good.replace("name = \"emr\"", "name = 12"),
+            "invalid type",
+        ),
+    ];
+    let mut refused = 0;
+    for (what, text, expect) in &cases {
+        match coffre::Config::from_toml(text, Path::new("c.toml")) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(expect),
+                    "{what}: expected `{expect}` in: {msg}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    matrix::record("bad configs (http, TLS off, one site, jurisdiction, key mode, keyring in store, unknown keys, types)", cases.len() as u64, refused, 0);
+}
