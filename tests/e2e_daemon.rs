@@ -1,6 +1,9 @@
 //! End-to-end tests of `coffre daemon`: the real binary, real folders, a real S3-compatible server
 //! (s3s-fs) for outages, and the real status endpoint.
 
+#[path = "common/matrix.rs"]
+mod matrix;
+
 mod common;
 
 use std::io::Read;
@@ -521,6 +524,7 @@ fn scrub_repairs_a_replica_with_wrong_bytes() {
     d.stop();
     let (code, out, _) = env.run(None, &["verify"]);
     assert_eq!(code, 0, "{out}");
+    matrix::record("store keeps wrong bytes (scrub finds and repairs)", 1, 1, 0);
 }
 
 #[test]
@@ -584,4 +588,56 @@ fn env_snapshots_with_config(env: &Env) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_endpoint_requires_the_bearer_token_when_one_is_configured() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let token = env.p("keys/status-token");
+    std::fs::write(&token, "s3cr3t-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = env.config(None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[status]\n",
+        &format!("[status]\ntoken-file = \"{}\"\n", token.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = env.p("daemon-token.log");
+    let mut child = env
+        .cmd(None)
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("healthz answers (no token needed)", 30, || {
+        matches!(http_get(env.port, "/healthz"), Some((200, _)))
+    });
+    assert_eq!(http_get(env.port, "/status").unwrap().0, 401);
+    assert_eq!(http_get(env.port, "/metrics").unwrap().0, 401);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    write!(
+        s,
+        "GET /status HTTP/1.0\r\nAuthorization: Bearer s3cr3t-token\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    assert!(
+        buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200"),
+        "{buf}"
+    );
+    // `coffre status` reads the token file itself.
+    let (code, out, err) = env.run(None, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"sources\""));
+    let _ = child.kill();
+    let _ = child.wait();
+    // A world-readable token file is refused at start.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = env.run(None, &["check-config"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("chmod 600"), "{err}");
 }

@@ -2,6 +2,9 @@
 //! provider is a SoftHSM2 token (two local stores in two sites). Each test has its own SoftHSM
 //! conf and token dir, handed to the child process through `SOFTHSM2_CONF`.
 
+#[path = "common/matrix.rs"]
+mod matrix;
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -231,6 +234,7 @@ fn wrong_pin_fails_the_backup_and_says_so() {
     );
     // Nothing reached the stores.
     assert!(walk(&env.p("stores")).is_empty());
+    matrix::record("wrong HSM PIN (distinct error, no fallback)", 1, 1, 0);
 }
 
 #[test]
@@ -245,6 +249,7 @@ fn missing_module_says_the_hsm_is_unavailable() {
     let (code, _, err) = env.run(&["keys", "status", "--json"]);
     assert_ne!(code, 0);
     assert!(err.contains("unavailable"), "{err}");
+    matrix::record("HSM unavailable (distinct error)", 1, 1, 0);
 }
 
 /// Every file under `from`, copied to the same place under `to` (only those missing there, or
@@ -426,4 +431,5 @@ fn retained_bytes_do_not_survive_a_shred_with_an_hsm() {
             assert!(std::fs::read(&to).unwrap() == b_bytes, "B differs");
         }
     }
+    matrix::record("destroyed epoch key with every byte kept (HSM)", 1, 1, 0);
 }

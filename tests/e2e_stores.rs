@@ -3,7 +3,10 @@
 //! config (tests/common/coffre.rs) and checks what an operator would check: the bytes that come
 //! back, the exit codes, the messages, and what is (not) left on disk.
 //! Run `tests/setup.sh` first.
+
 mod common;
+#[path = "common/matrix.rs"]
+mod matrix;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -837,6 +840,7 @@ fn wrong_or_world_readable_master_key_is_refused() {
     // chmod 600 again and it works.
     fs::set_permissions(&t.env.master_key, fs::Permissions::from_mode(0o600)).unwrap();
     t.env.restore(&id, &to, None).expect_ok();
+    matrix::record("wrong master key / world-readable key file", 2, 2, 0);
 }
 
 // ------------------------------------------------------------------------------------------
