@@ -276,7 +276,7 @@ fn write_out(
                 .mode(0o600)
                 .open(tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            io::copy(&mut r, &mut w)?;
+            crate::pipeline::copy_big(&mut r, &mut w)?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
         }

@@ -224,6 +224,31 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         scratch_is_empty(&env.dir.join("scratch")),
         "scratch wiped after a failed drill too"
     );
+    // The status shows the failed drill for that store.
+    let log = std::fs::File::create(env.dir.join("daemon2.log")).unwrap();
+    let mut daemon = env
+        .cmd(&config, &s3)
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until("status answers", 30, || {
+        http_get(env.port, "/status").is_some()
+    });
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(env.port, "/status").unwrap()).unwrap();
+    let d = status["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["store"] == "site-a")
+        .cloned()
+        .unwrap();
+    assert_eq!(d["ok"], false, "{status}");
+    assert!(d["error"].as_str().unwrap().contains("site-a"), "{status}");
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
 
     // The access log has the drills, and its chain holds.
     let (code, out, _) = env.run(

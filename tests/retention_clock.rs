@@ -133,3 +133,60 @@ fn a_clock_that_jumps_ahead_stops_shredding() {
         0,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = dir.path().join(format!("in/{i}.sql"));
+        std::fs::write(&f, format!("snapshot {i}\n").repeat(1000)).unwrap();
+        ids.push(
+            coffre::pipeline::protect(&app, "emr", &f)
+                .await
+                .unwrap()
+                .manifest
+                .snapshot,
+        );
+    }
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let plan = coffre::retention::shred::current_plan(&app, later).unwrap();
+    let ep = plan.due[0].clone();
+    // The run got as far as moving the survivor's key and destroying the epoch key, then the
+    // process died: the shredded snapshots' objects and catalog entries are still there.
+    for k in &ep.keep {
+        coffre::retention::shred::rewrap(&app, &k.snapshot, &k.to_epoch, None, "test", "retention")
+            .await
+            .unwrap();
+    }
+    for p in &app.providers {
+        p.destroy(&ep.epoch).unwrap();
+    }
+    assert_eq!(app.catalog.list(None).unwrap().len(), 3);
+    // A restart finishes it: checks, deletes, records.
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    let (done, errors) = coffre::retention::shred::run_due(&app, later, "test").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].snapshots, vec![ids[0], ids[1]]);
+    assert!(done[0]
+        .copies
+        .iter()
+        .all(|c| c.decrypt_check == "key destroyed" && c.deletion == "deleted"));
+    let left: Vec<_> = app
+        .catalog
+        .list(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.manifest.snapshot)
+        .collect();
+    assert_eq!(left, vec![ids[2]]);
+    matrix::record(
+        "crash half-way through a shred (finished at restart)",
+        1,
+        1,
+        0,
+    );
+}
