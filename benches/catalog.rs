@@ -12,10 +12,12 @@ use coffre::{Coffre, Config};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a quick smoke test.
+    let full = std::env::args().any(|a| a == "--bench");
     let n: u64 = std::env::var("COFFRE_BENCH_SNAPSHOTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if full { 10_000 } else { 200 });
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
     let text = format!(
