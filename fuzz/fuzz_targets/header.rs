@@ -2,14 +2,19 @@
 //! other and with `Header::encode`.
 #![no_main]
 
-use coffre::pipeline::seal::{Header, FIXED_HEADER_LEN, MAX_HEADER_LEN, MAX_SEGMENT_LOG2, MIN_SEGMENT_LOG2};
+use coffre::pipeline::seal::{
+    Header, FIXED_HEADER_LEN, MAX_HEADER_LEN, MAX_SEGMENT_LOG2, MIN_SEGMENT_LOG2,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let peeked = Header::peek_len(data);
     if let Ok(len) = peeked {
         // A length the caller will read (and allocate) is always within the format's bounds.
-        assert!((FIXED_HEADER_LEN + 1..=MAX_HEADER_LEN).contains(&len), "peek_len {len}");
+        assert!(
+            (FIXED_HEADER_LEN + 1..=MAX_HEADER_LEN).contains(&len),
+            "peek_len {len}"
+        );
     }
     if let Ok(h) = Header::decode(data) {
         // decode succeeds only where peek_len does, and reads exactly the declared bytes.
