@@ -276,7 +276,11 @@ fn write_out(
             // Decompression here; the keyed digest and the writes on a second thread, so the
             // two run side by side (the digest of the plaintext costs as much as a third of
             // the decompression).
-            let HmacReader { inner: mut dec, mac, .. } = r;
+            let HmacReader {
+                inner: mut dec,
+                mac,
+                ..
+            } = r;
             let (tx, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
             let digester = std::thread::spawn(move || -> io::Result<([u8; 32], u64)> {
                 let mut mac = mac;
@@ -481,7 +485,12 @@ impl Fetch<'_> {
         }
         while pos < m.sealed_size {
             let end = (pos + RANGE).min(m.sealed_size);
-            let chunk = match tokio::time::timeout(self.stall, store.inner.get_range(&path, pos..end)).await {
+            let chunk = match tokio::time::timeout(
+                self.stall,
+                store.inner.get_range(&path, pos..end),
+            )
+            .await
+            {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     let e = store.op_err("read", &path, e);

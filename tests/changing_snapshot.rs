@@ -73,13 +73,19 @@ async fn a_file_that_grows_while_read_is_refused() {
     let f = dir.path().join("in/emr.sql");
     big(&f);
     let f2 = f.clone();
+    // The dump is still being written: rows keep arriving until coffre is done reading.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
     let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(30));
         use std::io::Write;
         let mut h = std::fs::OpenOptions::new().append(true).open(&f2).unwrap();
-        h.write_all(b"-- late rows\n").unwrap();
+        while !done2.load(std::sync::atomic::Ordering::SeqCst) {
+            h.write_all(b"-- late rows\n").unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
     });
     let r = coffre::pipeline::protect(&app, "emr", &f).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.join().unwrap();
     match r {
         Err(PipelineError::Changed { what, .. }) => assert!(what.contains("size"), "{what}"),
