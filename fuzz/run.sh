@@ -74,6 +74,7 @@ for t in "${targets[@]}"; do
     runs=$(grep -oE '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')
   fi
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1)
+  units=$(grep -oE 'corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -n 1 | sed 's/corp: //')
   corpus=$(find "corpus/$t" -type f | wc -l)
   after=$(find "artifacts/$t" -type f | wc -l)
   crashes=$((after - before))
@@ -83,10 +84,10 @@ for t in "${targets[@]}"; do
     find "artifacts/$t" -type f -newer "artifacts/$t-run.start" 2>/dev/null
     grep -E '^(==[0-9]+==ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)' "$log" | head -n 20
   fi
-  summary+=("$(printf '%-10s %6ss %14s runs %7s corpus files   %-22s %s crash(es)' \
-    "$t" "$elapsed" "${runs:-?}" "$corpus" "${cov:-cov: ?}" "$crashes")")
+  summary+=("$(printf '%-9s %5ss %11s runs  corpus %6s units %-9s (%s files)  %-21s %s crash(es)' \
+    "$t" "$elapsed" "${runs:-?}" "${units%%/*}" "/${units#*/}" "$corpus" "${cov:-cov: ?}" "$crashes")")
 done
 
-echo "== summary (target, time, executions, corpus size, coverage, new crashes in fuzz/artifacts)"
+echo "== summary (target, time, executions, corpus units/bytes (files in fuzz/corpus), coverage, new crashes in fuzz/artifacts)"
 printf '%s\n' "${summary[@]}"
 exit "$failed"
