@@ -67,6 +67,27 @@ impl Coffre {
         self.stores.iter().find(|s| s.name == name)
     }
 
+    /// The stores where the catalog says a snapshot is committed.
+    pub fn committed_stores(&self, id: &crate::ids::SnapshotId) -> Vec<&Store> {
+        let names: Vec<String> = self
+            .catalog
+            .get(id)
+            .ok()
+            .flatten()
+            .map(|e| {
+                e.replicas
+                    .into_iter()
+                    .filter(|r| r.state == crate::catalog::ReplicaState::Committed)
+                    .map(|r| r.store)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.stores
+            .iter()
+            .filter(|s| names.contains(&s.name))
+            .collect()
+    }
+
     /// Merge every replicated keyring found in the stores into the local one (newer wins,
     /// destructions are never undone). Best effort: a store that is down is skipped.
     pub async fn pull_keyrings(&self) -> Result<(), KeyError> {

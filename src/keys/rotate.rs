@@ -413,28 +413,6 @@ pub async fn rotate_master_key_everywhere(
     })
 }
 
-/// Stores where the snapshot is committed.
-fn committed_stores<'a>(app: &'a Coffre, id: &SnapshotId) -> Vec<&'a Store> {
-    use crate::catalog::ReplicaState;
-    let names: Vec<String> = app
-        .catalog
-        .get(id)
-        .ok()
-        .flatten()
-        .map(|e| {
-            e.replicas
-                .into_iter()
-                .filter(|r| r.state == ReplicaState::Committed)
-                .map(|r| r.store)
-                .collect()
-        })
-        .unwrap_or_default();
-    app.stores
-        .iter()
-        .filter(|s| names.contains(&s.name))
-        .collect()
-}
-
 /// Wrap every snapshot's DEK (every key object in the catalog) with provider `to_provider` too,
 /// under the snapshot's epoch, and rewrite its key object in every store that holds it and in
 /// the catalog. The other wraps stay; a wrap of `to_provider` under another epoch is replaced.
@@ -489,7 +467,7 @@ pub async fn add_provider_wraps(
     }
     let mut involved: Vec<&Store> = Vec::new();
     for k in &todo {
-        for s in committed_stores(app, &k.snapshot) {
+        for s in app.committed_stores(&k.snapshot) {
             if !involved.iter().any(|x| x.name == s.name) {
                 involved.push(s);
             }
@@ -561,7 +539,7 @@ pub async fn add_provider_wraps(
             Some(w) => *w = wrap,
             None => new.wraps.push(wrap),
         }
-        for s in committed_stores(app, &id) {
+        for s in app.committed_stores(&id) {
             if let Err(source) = crate::retention::shred::put_key_object(s, &new).await {
                 let _ = log(format!("failed: store {}: {source}", s.name));
                 return Err(RotateError::KeyObject {

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
-use crate::catalog::ReplicaState;
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::KeyError;
 use crate::retention::{self, EpochPlan, Keep};
@@ -82,26 +81,6 @@ pub struct DestructionRecord {
     pub rewrapped: Vec<Keep>,
     pub providers: Vec<ProviderResult>,
     pub copies: Vec<CopyResult>,
-}
-
-fn committed_stores<'a>(app: &'a Coffre, id: &SnapshotId) -> Vec<&'a Store> {
-    let names: Vec<String> = app
-        .catalog
-        .get(id)
-        .ok()
-        .flatten()
-        .map(|e| {
-            e.replicas
-                .into_iter()
-                .filter(|r| r.state == ReplicaState::Committed)
-                .map(|r| r.store)
-                .collect()
-        })
-        .unwrap_or_default();
-    app.stores
-        .iter()
-        .filter(|s| names.contains(&s.name))
-        .collect()
 }
 
 /// Rewrite a key object in a store: conditional update where the store supports it.
@@ -188,7 +167,7 @@ pub async fn rewrap(
         legal_hold: hold.unwrap_or_else(|| old.legal_hold.clone()),
         ..old.clone()
     };
-    for s in committed_stores(app, id) {
+    for s in app.committed_stores(id) {
         let r = async {
             app.push_keyrings(s).await?;
             put_key_object(s, &new).await
@@ -275,7 +254,7 @@ pub async fn execute(
         let manifest = app.catalog.get(id)?.map(|e| e.manifest);
         let key = app.catalog.get_key(id)?;
         if let (Some(m), Some(k)) = (manifest, key) {
-            for s in committed_stores(app, id) {
+            for s in app.committed_stores(id) {
                 copies.push((s, m.clone()));
             }
             keys.push(k);
