@@ -698,7 +698,17 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
         exposes: None,
     })?;
     let dek = match unwrap_dek(app, &key_object) {
-        Ok(k) => k,
+        Ok(k) => {
+            app.audit.append(NewEntry {
+                actor: req.actor.clone(),
+                action: "key-unwrap".into(),
+                target: target(None),
+                purpose: req.purpose.clone(),
+                outcome: "ok".into(),
+                exposes: None,
+            })?;
+            k
+        }
         Err(source) => {
             let _ = app.audit.append(NewEntry {
                 actor: req.actor.clone(),
