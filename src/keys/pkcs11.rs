@@ -818,6 +818,13 @@ impl KeyProvider for Pkcs11Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SoftHSM's file token store is shared by every test in this process; one test at a time
+    /// (concurrent slot listing while another test writes a token fails with CKR_GENERAL_ERROR).
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
     use std::os::unix::fs::OpenOptionsExt;
     use std::process::Command;
 
@@ -984,6 +991,7 @@ pin-file = "{p}"
 
     #[test]
     fn wrap_unwrap_round_trip() {
+        let _serial = serial();
         let p = open("roundtrip");
         assert_eq!(p.kind(), "pkcs11");
         assert_eq!(p.algorithm(), "aes256-kwp-pkcs11");
@@ -1025,6 +1033,7 @@ pin-file = "{p}"
 
     #[test]
     fn wrong_pin_is_distinct_from_unavailable() {
+        let _serial = serial();
         let (c, k) = config("wrongpin");
         let pin_file = k.pin_file.clone().unwrap();
         write_pin(&pin_file, "0000", 0o600);
@@ -1060,6 +1069,7 @@ pin-file = "{p}"
 
     #[test]
     fn destroy_shreds_and_is_remembered() {
+        let _serial = serial();
         let p = open("destroy");
         let e = epoch("2026-12-29.1");
         let id = SnapshotId::new();
@@ -1094,6 +1104,7 @@ pin-file = "{p}"
 
     #[test]
     fn altered_wrapped_key_fails_to_unwrap() {
+        let _serial = serial();
         let p = open("tamper");
         let e = epoch("2026-12-30.1");
         let other = epoch("2026-12-31.1");
@@ -1126,6 +1137,7 @@ pin-file = "{p}"
 
     #[test]
     fn epoch_key_is_not_extractable() {
+        let _serial = serial();
         let p = open("sensitive");
         let e = epoch("2027-02-01.1");
         let other = epoch("2027-02-02.1");
@@ -1189,6 +1201,7 @@ pin-file = "{p}"
 
     #[test]
     fn pkcs11_tool_sees_the_key_until_destroyed() {
+        let _serial = serial();
         let p = open("listing");
         let e = epoch("2027-03-01.1");
         p.ensure_epoch(&e).unwrap();
@@ -1203,6 +1216,7 @@ pin-file = "{p}"
 
     #[test]
     fn session_is_reopened_after_logout_or_close() {
+        let _serial = serial();
         let p = open("relogin");
         let e = epoch("2027-04-01.1");
         p.ensure_epoch(&e).unwrap();
@@ -1224,6 +1238,7 @@ pin-file = "{p}"
 
     #[test]
     fn epochs_lists_live_and_destroyed() {
+        let _serial = serial();
         let p = open("epochs");
         let (a, b, c) = (
             epoch("2027-05-01.1"),
@@ -1257,6 +1272,7 @@ pin-file = "{p}"
 
     #[test]
     fn duplicate_keys_and_interrupted_destroy() {
+        let _serial = serial();
         let p = open("races");
         let e = epoch("2027-06-01.1");
         let id = SnapshotId::new();
@@ -1332,6 +1348,7 @@ pin-file = "{p}"
 
     #[test]
     fn token_kwp_is_rfc_5649_as_the_file_provider_does_it() {
+        let _serial = serial();
         let p = open("kwp");
         let kek = [7u8; 32];
         let dek = DataKey::generate();
