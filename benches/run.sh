@@ -21,6 +21,8 @@
 #   --keep                  keep the scratch folder (stores, configs, logs) for inspection
 #   --wait-idle SECS        before each measurement wait up to SECS (default 300; 0: don't) for
 #                           the machine to be quiet (<15% of a CPU busy), e.g. a concurrent build
+#   --retries N             redo a measurement during which other processes used noticeable CPU
+#                           (> 0.5 s + 10% of one CPU), up to N times (default 2)
 #
 # Needs: PostgreSQL server binaries (tests/setup.sh) to generate the dump once, zstd, cmp,
 # /usr/bin/time (Debian package `time`, installed if missing when run as root).
@@ -34,7 +36,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 
 QUICK=0 REPEAT= PATIENTS= MULTIPLES="1 4" TOOLS="coffre zstd" DATA=${COFFRE_BENCH_DATA:-$HERE/.data}
-CZT= FSYNC_REF=1 BUILD=1 KEEP=0 BUILD_NOTE= WAIT_IDLE=300
+CZT= FSYNC_REF=1 BUILD=1 KEEP=0 BUILD_NOTE= WAIT_IDLE=300 RETRIES=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; shift;;
@@ -47,13 +49,14 @@ while [ $# -gt 0 ]; do
     --no-fsync-ref) FSYNC_REF=0; shift;;
     --no-build) BUILD=0; shift;;
     --wait-idle) WAIT_IDLE=$2; shift 2;;
+    --retries) RETRIES=$2; shift 2;;
     --keep) KEEP=1; shift;;
-    -h|--help) sed -n 2,30p "$0"; exit 0;;
+    -h|--help) sed -n 2,32p "$0"; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
   esac
 done
 if [ "$QUICK" = 1 ]; then : "${REPEAT:=1}" "${PATIENTS:=15000}"; else : "${REPEAT:=3}" "${PATIENTS:=150000}"; fi
-for v in "$REPEAT" "$PATIENTS" "$WAIT_IDLE" $MULTIPLES ${CZT:+"$CZT"}; do
+for v in "$REPEAT" "$PATIENTS" "$WAIT_IDLE" "$RETRIES" $MULTIPLES ${CZT:+"$CZT"}; do
   case "$v" in ''|*[!0-9]*) echo "not a number: '$v'" >&2; exit 2;; esac
 done
 [ "$REPEAT" -ge 1 ] || { echo "--repeat must be at least 1" >&2; exit 2; }
@@ -263,14 +266,29 @@ done
   echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$WORK/header.txt"
 
+# step TOOL OP INPUT LABEL REP: run TOOL_OP; if another process used noticeable CPU during one
+# of its measurements (more than 0.5 s + 10% of one CPU), drop them and do it again (--retries).
+step() {
+  local t=$1 op=$2 n0 try
+  for ((try = 0; ; try++)); do
+    say "  $4 rep $5/$REPEAT: $t $op$([ "$try" = 0 ] || echo " (again, $try)")"
+    n0=$(wc -l < "$RESULTS")
+    "${t}_$op" "$3" "$4" "$5"
+    tail -n +$((n0 + 1)) "$RESULTS" | awk -F'\t' '$10 > 0.5 + 0.1 * $7 {bad = 1} END {exit !bad}' || return 0
+    if [ "$try" -ge "$RETRIES" ]; then say "    other processes used CPU during this measurement: kept (out of --retries)"; return 0; fi
+    say "    other processes used CPU during this measurement: measuring again"
+    head -n "$n0" "$RESULTS" > "$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"
+  done
+}
+
 for i in "${!INPUTS[@]}"; do
   in=${INPUTS[$i]} label=${LABELS[$i]}
   say "input $label: $in"
   cat "$in" > /dev/null   # warm the page cache, the same for every tool
   order=($TOOLS)
   for ((rep = 1; rep <= REPEAT; rep++)); do
-    for t in "${order[@]}"; do say "  $label rep $rep/$REPEAT: $t backup"; "${t}_backup" "$in" "$label" "$rep"; done
-    for t in "${order[@]}"; do say "  $label rep $rep/$REPEAT: $t restore"; "${t}_restore" "$in" "$label" "$rep"; done
+    for t in "${order[@]}"; do step "$t" backup "$in" "$label" "$rep"; done
+    for t in "${order[@]}"; do step "$t" restore "$in" "$label" "$rep"; done
     for t in "${order[@]}"; do "${t}_cleanup"; done
     order=("${order[@]:1}" "${order[0]}")   # rotate: each tool goes first in turn
   done
