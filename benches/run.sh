@@ -3,6 +3,7 @@
 #
 #   benches/run.sh [--quick] [--repeat N] [--patients N] [--multiples "1 4"] [--tools "coffre zstd"]
 #                  [--data DIR] [--coffre-zstd-threads N] [--no-fsync-ref] [--no-build] [--keep]
+#                  [--wait-idle SECS] [--retries N]
 #
 #   --quick                 ~100 MiB dump (15000 patients) and 4x that, 1 repeat: a sanity run
 #   --repeat N              measurements per (tool, operation, input); the median is reported
@@ -51,7 +52,7 @@ while [ $# -gt 0 ]; do
     --wait-idle) WAIT_IDLE=$2; shift 2;;
     --retries) RETRIES=$2; shift 2;;
     --keep) KEEP=1; shift;;
-    -h|--help) sed -n 2,32p "$0"; exit 0;;
+    -h|--help) sed -n 2,33p "$0"; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
   esac
 done
@@ -87,7 +88,7 @@ trap 'exit 130' INT TERM
 # M_OTHER is the CPU time used by everything else on the machine during the run (all CPUs'
 # busy time from /proc/stat minus CMD's user+sys): other work (a concurrent cargo build...)
 # skews the figures, so it is reported.
-M_SECS= M_RSS_KB= M_CPU= M_OTHER=
+M_SECS= M_RSS_KB= M_CPU= M_SYS= M_OTHER=
 cpu_busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 CLK_TCK=$(getconf CLK_TCK)
 # wait_idle: before a measurement, wait (up to WAIT_IDLE seconds) until the machine is quiet:
@@ -112,13 +113,14 @@ measure() {
   /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.txt" -- "$@" >"$out" 2>"$err" || rc=$?
   t1=$EPOCHREALTIME; c1=$(cpu_busy_ticks)
   read -r _ M_RSS_KB u s < <(tail -n 1 "$WORK/time.txt")
+  M_SYS=$s
   M_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
   M_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN{printf "%.2f", u+s}')
   M_OTHER=$(awk -v c0="$c0" -v c1="$c1" -v hz="$CLK_TCK" -v own="$M_CPU" 'BEGIN{o = (c1-c0)/hz - own; printf "%.2f", (o < 0 ? 0 : o)}')
   return $rc
 }
 # record INPUT TOOL OP REP IN_BYTES OUT_BYTES
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$M_SECS" "$M_RSS_KB" "$M_CPU" "$M_OTHER" >> "$RESULTS"; }
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$M_SECS" "$M_RSS_KB" "$M_CPU" "$M_OTHER" "$M_SYS" >> "$RESULTS"; }
 fsize() { stat -c %s "$1"; }
 dsize() { du -sb "$1" | awk '{print $1}'; }
 same() { # ORIGINAL COPY WHAT
@@ -311,19 +313,19 @@ awk -F'\t' -v reps="$REPEAT" '
   {
     k = $1 SUBSEP $2 SUBSEP $3
     if (!(k in secs)) { order[++nk] = k; lab[k] = $1; tool[k] = $2; op[k] = $3 }
-    inb[k] = $5; outb[k] = $6; secs[k] = secs[k] " " $7; cpu[k] = cpu[k] " " $9
+    inb[k] = $5; outb[k] = $6; secs[k] = secs[k] " " $7; cpu[k] = cpu[k] " " $9; sys[k] = sys[k] " " $11
     if ($8 > rss[k]) rss[k] = $8
     if ($10 > other[k]) other[k] = $10
   }
   END {
-    fmt = "%-8s %-8s %-18s %9s %9s %13s %9s %10s %9s %7s %7s\n"
-    printf fmt, "input", "tool", "operation", "input MB", "seconds", "(min-max)", "MB/s", "peak RSS", "out MB", "CPU s", "other"
-    printf fmt, "", "", "", "", "(median)", "", "of input", "MiB (max)", "(1 copy)", "(med)", "CPU s"
+    fmt = "%-8s %-8s %-18s %9s %9s %13s %9s %10s %9s %7s %7s %7s\n"
+    printf fmt, "input", "tool", "operation", "input MB", "seconds", "(min-max)", "MB/s", "peak RSS", "out MB", "CPU s", "sys s", "other"
+    printf fmt, "", "", "", "", "(median)", "", "of input", "MiB (max)", "(1 copy)", "(med)", "(med)", "CPU s"
     for (i = 1; i <= nk; i++) {
       k = order[i]; s = median(secs[k])
-      printf "%-8s %-8s %-18s %9.1f %9.2f %13s %9.1f %10.1f %9.1f %7.2f %7.2f\n", lab[k], tool[k], op[k],
+      printf "%-8s %-8s %-18s %9.1f %9.2f %13s %9.1f %10.1f %9.1f %7.2f %7.2f %7.2f\n", lab[k], tool[k], op[k],
         inb[k] / 1e6, s, minmax(secs[k]), (s > 0 ? inb[k] / 1e6 / s : 0), rss[k] / 1024, outb[k] / 1e6,
-        median(cpu[k]), other[k]
+        median(cpu[k]), median(sys[k]), other[k]
       print lab[k], tool[k], op[k], inb[k] / 1e6 / s, rss[k] / 1024 > "/dev/stderr"
     }
   }' "$RESULTS" 2> "$WORK/summary.txt" | tee "$WORK/table.txt"
@@ -368,7 +370,7 @@ case "${HAVE_BOTH:-0}" in 1)
 *) echo "(targets need both coffre and zstd in --tools)";;
 esac
 echo
-echo "# CPU s: user+sys of the measured command; other CPU s: (max over repeats) CPU time used by"
-echo "# other processes during the run. Raw (input tool operation rep in_bytes out_bytes seconds"
-echo "# rss_kb cpu_s other_cpu_s):"
+echo "# CPU s: user+sys of the measured command (sys s: the kernel part); other CPU s: (max over"
+echo "# repeats) CPU time used by other processes during the run. Raw (input tool operation rep"
+echo "# in_bytes out_bytes seconds rss_kb cpu_s other_cpu_s sys_s):"
 sed 's/^/#   /' "$RESULTS"
