@@ -9,7 +9,7 @@
 //!   temporary file or folder.
 
 use object_store::ObjectStoreExt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -341,21 +341,81 @@ fn join<T>(h: std::thread::JoinHandle<io::Result<T>>, what: &str) -> io::Result<
         .map_err(|_| io::Error::other(format!("restore {what} thread panicked")))?
 }
 
-/// Write the plaintext file: chunks in order, with early write-back, then fsync.
+/// Bytes per direct write: a multiple of every logical block size (512, 4096).
+const DIRECT_WRITE: usize = 4 << 20;
+/// Alignment of the direct-write buffer in memory (and of every offset and length written).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Turn O_DIRECT on or off for `f`; false when the file system refuses it (tmpfs, some FUSE).
+fn set_direct(f: &std::fs::File, on: bool) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let Ok(bits) = fcntl(f, FcntlArg::F_GETFL) else {
+        return false;
+    };
+    let mut flags = OFlag::from_bits_truncate(bits);
+    flags.set(OFlag::O_DIRECT, on);
+    fcntl(f, FcntlArg::F_SETFL(flags)).is_ok() && on
+}
+
+/// Positional write, direct while the file system takes it; on EINVAL (alignment it does not
+/// accept) the rest of the file is written through the page cache.
+fn write_at(f: &std::fs::File, buf: &[u8], at: u64, direct: &mut bool) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if *direct {
+        match f.write_all_at(buf, at) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                *direct = set_direct(f, false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    f.write_all_at(buf, at)
+}
+
+/// Write the plaintext file: chunks in order, then fsync.
+///
+/// Direct I/O (O_DIRECT) in aligned 4 MiB writes where the file system allows it: the disk
+/// works while we decompress (each write waits for it on this thread, not on the
+/// decompressor), there is no page-cache copy, a restored snapshot does not evict the machine's
+/// page cache, and the final fsync has only metadata and the short tail left. Measured on a
+/// 1 GiB restore here: the buffered writes plus fsync cost 0.3 s of system time and a 0.37 s
+/// wait at the end. Elsewhere (tmpfs) it falls back to buffered writes.
 fn write_file(chunks: std::sync::mpsc::Receiver<Bytes>, tmp: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
     // A restored snapshot exposes every patient: private to its owner.
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(tmp)?;
-    // No early write-back: tried (posix_fadvise DONTNEED every 16 MiB, fdatasync of a second
-    // handle every 64 MiB); both added 0.3-0.6 s of system time per GiB here and no wall-time
-    // gain, so the kernel decides, and the one fsync below waits for it all.
+    let mut direct = set_direct(&f, true);
+    let mut staging = vec![0u8; DIRECT_WRITE + DIRECT_ALIGN];
+    let off = (DIRECT_ALIGN - staging.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+    let buf = &mut staging[off..off + DIRECT_WRITE];
+    let mut fill = 0usize;
     let mut n = 0u64;
     for chunk in chunks {
-        f.write_all(&chunk)?;
-        n += chunk.len() as u64;
+        let mut data: &[u8] = &chunk;
+        while !data.is_empty() {
+            let k = data.len().min(DIRECT_WRITE - fill);
+            buf[fill..fill + k].copy_from_slice(&data[..k]);
+            fill += k;
+            data = &data[k..];
+            if fill == DIRECT_WRITE {
+                write_at(&f, buf, n, &mut direct)?;
+                n += DIRECT_WRITE as u64;
+                fill = 0;
+            }
+        }
+    }
+    if fill > 0 {
+        // The tail is not a whole number of blocks: through the page cache.
+        if direct {
+            set_direct(&f, false);
+        }
+        f.write_all_at(&buf[..fill], n)?;
+        n += fill as u64;
     }
     f.sync_all()?;
     Ok(n)
@@ -1184,7 +1244,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("out");
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
-        let plain = sample(40 << 20);
+        // Whole direct writes, then a tail that is not a whole number of blocks.
+        let plain = sample((10 * DIRECT_WRITE) + 12_345);
         let writer = {
             let p = p.clone();
             std::thread::spawn(move || write_file(rx, &p))
