@@ -325,8 +325,9 @@ fn produce(
         .map_err(|_| ProduceError::Read(io::Error::other("hmac key")))?;
     let digester = Digester::spawn(mac).map_err(ProduceError::Read)?;
     let fed = match kind {
-        SnapshotKind::File => std::fs::File::open(path)
-            .and_then(|mut f| feed_file(&mut f, &digester, &mut enc)),
+        SnapshotKind::File => {
+            std::fs::File::open(path).and_then(|mut f| feed_file(&mut f, &digester, &mut enc))
+        }
         SnapshotKind::Directory => {
             let mut tee = DigestTee {
                 inner: &mut enc,
