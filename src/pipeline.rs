@@ -194,16 +194,16 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// Keyed digest of the plaintext on a thread of its own: the producer hands it each chunk of
-/// plaintext (shared, not copied) and goes on feeding the compressor. On two cores this keeps
-/// the ~0.5 s of HMAC-SHA256 per GiB off the thread that feeds zstd's workers.
-struct Digester {
+/// Keyed digest of the plaintext on a thread of its own: the producer (backup) or the
+/// decompressor (restore) hands it each chunk of plaintext (shared, not copied) and goes on.
+/// On two cores this keeps the ~0.5 s of HMAC-SHA256 per GiB off the busiest thread.
+pub(crate) struct Digester {
     tx: std::sync::mpsc::SyncSender<Bytes>,
     handle: std::thread::JoinHandle<([u8; 32], u64)>,
 }
 
 impl Digester {
-    fn spawn(mac: Hmac<Sha256>) -> io::Result<Digester> {
+    pub(crate) fn spawn(mac: Hmac<Sha256>) -> io::Result<Digester> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
         let handle = std::thread::Builder::new()
             .name("coffre-digest".into())
@@ -219,13 +219,19 @@ impl Digester {
         Ok(Digester { tx, handle })
     }
 
+    /// Another handle to feed it from another thread; it must be dropped before `finish`.
+    pub(crate) fn sink(&self) -> std::sync::mpsc::SyncSender<Bytes> {
+        self.tx.clone()
+    }
+
     fn feed(&self, chunk: Bytes) -> io::Result<()> {
         self.tx
             .send(chunk)
             .map_err(|_| io::Error::other("the plaintext digest thread stopped"))
     }
 
-    fn finish(self) -> io::Result<([u8; 32], u64)> {
+    /// The digest and the number of bytes digested, once every sender is gone.
+    pub(crate) fn finish(self) -> io::Result<([u8; 32], u64)> {
         drop(self.tx);
         self.handle
             .join()

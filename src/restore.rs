@@ -435,17 +435,9 @@ fn write_out(
 ) -> io::Result<([u8; 32], u64)> {
     match kind {
         SnapshotKind::File => {
-            let (to_digest, digest_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
             let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-            let digester = spawn_named("coffre-digest", move || {
-                let mut mac = mac;
-                let mut n = 0u64;
-                for chunk in digest_rx {
-                    mac.update(&chunk);
-                    n += chunk.len() as u64;
-                }
-                Ok((<[u8; 32]>::from(mac.finalize().into_bytes()), n))
-            })?;
+            let digester = crate::pipeline::Digester::spawn(mac)?;
+            let to_digest = digester.sink();
             let decoder = spawn_named("coffre-decompress", move || {
                 decompress(rx, &[to_digest, to_write])
             })?;
@@ -453,7 +445,7 @@ fn write_out(
             // The decompressor's own error first (its sinks then saw a short stream), then
             // the writer's (which stops the decompressor), then the digest's.
             let decoded = own_failure(join(decoder, "decompression"));
-            let digest = join(digester, "digest");
+            let digest = digester.finish();
             decoded?;
             let n = written?;
             let (mac, digested) = digest?;
