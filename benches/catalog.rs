@@ -32,7 +32,7 @@ async fn main() {
         let created = start + time::Duration::minutes(57 * i as i64);
         let id = SnapshotId::from_timestamp_ms((created.unix_timestamp() * 1000) as u64);
         let m = Manifest {
-            format: 1,
+            format: coffre::store::objects::MANIFEST_FORMAT,
             snapshot: id,
             source: "emr".into(),
             host: "bench".into(),
@@ -45,7 +45,8 @@ async fn main() {
             compressed_size: 300 << 20,
             sealed_size: 300 << 20,
             sealed_sha256: "0".repeat(64),
-            plaintext_hmac_sha256: "0".repeat(64),
+            plaintext_hmac_sha256: None,
+            plaintext_blake3: Some("0".repeat(64)),
             cipher: "aes-256-gcm".into(),
             compression: "zstd".into(),
             segment_log2: 20,

@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -25,8 +24,8 @@ use crate::app::Coffre;
 use crate::audit::{AuditError, NewEntry, Target};
 use crate::ids::SnapshotId;
 use crate::keys::{DataKey, KeyError};
-use crate::pipeline::seal::{self, Framer, Header, Opener, SealError};
-use crate::pipeline::StoreFailure;
+use crate::pipeline::seal::{Framer, Header, Opener, SealError};
+use crate::pipeline::{PlainMac, StoreFailure};
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -314,13 +313,13 @@ impl Read for ChunkReader {
     }
 }
 
-struct HmacReader<R> {
+struct DigestReader<R> {
     inner: R,
-    mac: Hmac<Sha256>,
+    mac: PlainMac,
     n: u64,
 }
 
-impl<R: Read> Read for HmacReader<R> {
+impl<R: Read> Read for DigestReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let k = self.inner.read(buf)?;
         self.mac.update(&buf[..k]);
@@ -421,7 +420,7 @@ fn write_file(chunks: std::sync::mpsc::Receiver<Bytes>, tmp: &Path) -> io::Resul
     Ok(n)
 }
 
-/// The writer: decompress, digest, write to `tmp` and fsync. Returns (hmac, size).
+/// The writer: decompress, digest, write to `tmp` and fsync. Returns (keyed digest, size).
 ///
 /// Threads: the decompressor feeds plaintext chunks to, for a file, a digest thread and a
 /// write thread side by side (the keyed digest costs about half as much as decompression, the
@@ -431,7 +430,7 @@ fn write_out(
     rx: mpsc::Receiver<Bytes>,
     kind: SnapshotKind,
     tmp: &Path,
-    mac: Hmac<Sha256>,
+    mac: PlainMac,
 ) -> io::Result<([u8; 32], u64)> {
     match kind {
         SnapshotKind::File => {
@@ -471,11 +470,11 @@ fn write_out(
 fn unpack_dir(
     chunks: std::sync::mpsc::Receiver<Bytes>,
     tmp: &Path,
-    mac: Hmac<Sha256>,
+    mac: PlainMac,
 ) -> io::Result<([u8; 32], u64)> {
     // 0700 like a PostgreSQL data directory, and private while it is being written.
     std::fs::DirBuilder::new().mode(0o700).create(tmp)?;
-    let mut r = HmacReader {
+    let mut r = DigestReader {
         inner: ChunkReader {
             rx: chunks,
             cur: Bytes::new(),
@@ -501,7 +500,7 @@ fn unpack_dir(
             std::fs::File::open(&p)?.sync_all()?;
         }
     }
-    Ok((r.mac.finalize().into_bytes().into(), r.n))
+    Ok((r.mac.finalize(), r.n))
 }
 
 fn remove_any(p: &Path) {
@@ -963,6 +962,13 @@ async fn stream_restore(
     failures: &mut Vec<StoreFailure>,
 ) -> Result<Vec<String>, RestoreError> {
     let id = manifest.snapshot;
+    let (digest_alg, expected_digest) =
+        manifest
+            .plaintext_digest()
+            .ok_or_else(|| RestoreError::Integrity {
+                snapshot: id,
+                reason: "the manifest has no plaintext digest".into(),
+            })?;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let progress = if req.progress {
         let pb = indicatif::ProgressBar::new(manifest.sealed_size);
@@ -1048,13 +1054,11 @@ async fn stream_restore(
             continue;
         }
         if let Some(rx) = rx.take() {
-            let key = seal::digest_key(dek, &header.salt, &header.snapshot);
-            let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).map_err(|_| {
-                RestoreError::Integrity {
+            let mac =
+                PlainMac::new(digest_alg, dek, &header).map_err(|e| RestoreError::Integrity {
                     snapshot: id,
-                    reason: "digest key".into(),
-                }
-            })?;
+                    reason: e.to_string(),
+                })?;
             let kind = manifest.kind;
             let tmp_owned = tmp.to_path_buf();
             writer = Some(tokio::task::spawn_blocking(move || {
@@ -1099,7 +1103,7 @@ async fn stream_restore(
             failures: render(failures),
         });
     }
-    let (hmac, size) = match written {
+    let (digest, size) = match written {
         Some(Ok(Ok(x))) => x,
         Some(Ok(Err(source))) => {
             return Err(RestoreError::Target {
@@ -1126,7 +1130,7 @@ async fn stream_restore(
             reason: format!("sealed SHA-256 {sha} differs from the manifest's"),
         });
     }
-    if hex::encode(hmac) != manifest.plaintext_hmac_sha256 || size != manifest.size {
+    if hex::encode(digest) != expected_digest || size != manifest.size {
         return Err(RestoreError::Integrity {
             snapshot: id,
             reason: "the keyed digest of the plaintext differs from the manifest's".into(),

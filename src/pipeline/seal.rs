@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::ids::SnapshotId;
 use crate::keys::DataKey;
+use crate::store::objects::DigestAlg;
 
 /// First bytes of every sealed object.
 pub const MAGIC: [u8; 8] = *b"\x89COFFRE\n";
@@ -219,9 +220,19 @@ pub fn derive(dek: &DataKey, salt: &[u8; 32], label: &str, snapshot: &str) -> Ze
     okm
 }
 
-/// Key of the keyed plaintext digest recorded in the manifest (shreds with the DEK).
-pub fn digest_key(dek: &DataKey, salt: &[u8; 32], snapshot: &str) -> Zeroizing<[u8; 32]> {
-    derive(dek, salt, "coffre/v1/digest", snapshot)
+/// Key of the keyed plaintext digest recorded in the manifest (shreds with the DEK): HMAC-SHA-256
+/// for manifest format 1, BLAKE3's keyed mode for format 2 (distinct labels, distinct keys).
+pub fn digest_key(
+    dek: &DataKey,
+    salt: &[u8; 32],
+    snapshot: &str,
+    alg: DigestAlg,
+) -> Zeroizing<[u8; 32]> {
+    let label = match alg {
+        DigestAlg::HmacSha256 => "coffre/v1/digest",
+        DigestAlg::Blake3Keyed => "coffre/v1/digest-blake3",
+    };
+    derive(dek, salt, label, snapshot)
 }
 
 impl ObjectKeys {

@@ -8,7 +8,9 @@ use crate::ids::{EpochId, SnapshotId};
 
 /// Largest manifest or key object accepted (checked before reading it).
 pub const MAX_SMALL_OBJECT: u64 = 64 * 1024;
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Manifest format written: 2 (keyed BLAKE3 plaintext digest). Format 1 (HMAC-SHA-256 plaintext
+/// digest, written by the first versions) is still read, so that old snapshots keep restoring.
+pub const MANIFEST_FORMAT: u32 = 2;
 pub const KEY_OBJECT_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +20,15 @@ pub enum SnapshotKind {
     File,
     /// A directory (pg_basebackup plain format), sealed as one tar stream in a stable order.
     Directory,
+}
+
+/// How the manifest's keyed plaintext digest is computed (both keys derive from the DEK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlg {
+    /// Manifest format 1: HMAC-SHA-256 under HKDF(DEK, salt, "coffre/v1/digest" || id).
+    HmacSha256,
+    /// Manifest format 2: BLAKE3 keyed mode under HKDF(DEK, salt, "coffre/v1/digest-blake3" || id).
+    Blake3Keyed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,8 +49,13 @@ pub struct Manifest {
     pub sealed_size: u64,
     /// SHA-256 of the sealed object, hex: lets scrubs check replicas without keys.
     pub sealed_sha256: String,
-    /// HMAC-SHA-256 of the plaintext under a key derived from the DEK, hex (shreds with it).
-    pub plaintext_hmac_sha256: String,
+    /// Format 1 only: HMAC-SHA-256 of the plaintext under a key derived from the DEK, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_hmac_sha256: Option<String>,
+    /// Format 2: keyed BLAKE3 of the plaintext under a key derived from the DEK, hex. Either
+    /// way the digest is keyed so that it shreds with the DEK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_blake3: Option<String>,
     pub cipher: String,
     pub compression: String,
     pub segment_log2: u8,
@@ -52,22 +68,57 @@ impl Manifest {
         }
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
-        if m.format != MANIFEST_FORMAT {
+        if m.format != 1 && m.format != MANIFEST_FORMAT {
             return Err(format!(
-                "manifest format {} is not supported (this coffre reads {MANIFEST_FORMAT}): upgrade coffre",
+                "manifest format {} is not supported (this coffre reads 1 and {MANIFEST_FORMAT}): upgrade coffre",
                 m.format
             ));
         }
         if m.sealed_sha256.len() != 64 || hex::decode(&m.sealed_sha256).is_err() {
             return Err("sealed_sha256 is not a SHA-256 in hex".into());
         }
-        if m.plaintext_hmac_sha256.len() != 64 || hex::decode(&m.plaintext_hmac_sha256).is_err() {
-            return Err("plaintext_hmac_sha256 is not a hex digest".into());
+        let (field, present, other) = match m.format {
+            1 => (
+                "plaintext_hmac_sha256",
+                &m.plaintext_hmac_sha256,
+                &m.plaintext_blake3,
+            ),
+            _ => (
+                "plaintext_blake3",
+                &m.plaintext_blake3,
+                &m.plaintext_hmac_sha256,
+            ),
+        };
+        match present {
+            Some(d) if d.len() == 64 && hex::decode(d).is_ok() => {}
+            Some(_) => return Err(format!("{field} is not a 32-byte digest in hex")),
+            None => return Err(format!("manifest format {} needs {field}", m.format)),
+        }
+        if other.is_some() {
+            return Err(format!(
+                "manifest format {} has a plaintext digest of another format",
+                m.format
+            ));
         }
         if !crate::ids::is_valid_name(&m.source) {
             return Err("source is not a valid name".into());
         }
         Ok(m)
+    }
+
+    /// The keyed plaintext digest (hex) and how it was computed. `None` only for a manifest
+    /// that did not come through [`Manifest::parse`] and lacks the field of its format.
+    pub fn plaintext_digest(&self) -> Option<(DigestAlg, &str)> {
+        match self.format {
+            1 => self
+                .plaintext_hmac_sha256
+                .as_deref()
+                .map(|d| (DigestAlg::HmacSha256, d)),
+            _ => self
+                .plaintext_blake3
+                .as_deref()
+                .map(|d| (DigestAlg::Blake3Keyed, d)),
+        }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -133,7 +184,7 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
-            format: 1,
+            format: MANIFEST_FORMAT,
             snapshot: SnapshotId::new(),
             source: "emr".into(),
             host: "h".into(),
@@ -144,7 +195,8 @@ mod tests {
             compressed_size: 9,
             sealed_size: 100,
             sealed_sha256: "0".repeat(64),
-            plaintext_hmac_sha256: "1".repeat(64),
+            plaintext_hmac_sha256: None,
+            plaintext_blake3: Some("1".repeat(64)),
             cipher: "aes-256-gcm".into(),
             compression: "zstd".into(),
             segment_log2: 20,
@@ -155,11 +207,16 @@ mod tests {
     fn manifest_round_trips_and_refuses_bad_input() {
         let m = manifest();
         assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert_eq!(
+            m.plaintext_digest(),
+            Some((DigestAlg::Blake3Keyed, "1".repeat(64).as_str()))
+        );
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
-        v["format"] = 2.into();
+        assert!(v.get("plaintext_hmac_sha256").is_none(), "{v}");
+        v["format"] = 3.into();
         assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap())
             .unwrap_err()
-            .contains("format 2"));
+            .contains("format 3"));
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         v["extra"] = 1.into();
         assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).is_err());
@@ -167,5 +224,46 @@ mod tests {
         assert!(Manifest::parse(&vec![b' '; 70_000])
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn format_1_manifests_keep_their_hmac_and_formats_do_not_mix() {
+        let reparse = |v: &serde_json::Value| Manifest::parse(&serde_json::to_vec(v).unwrap());
+        let mut v: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
+        // A format-1 manifest as the first versions wrote it.
+        v["format"] = 1.into();
+        v.as_object_mut().unwrap().remove("plaintext_blake3");
+        v["plaintext_hmac_sha256"] = "2".repeat(64).into();
+        let m1 = reparse(&v).unwrap();
+        assert_eq!(
+            m1.plaintext_digest(),
+            Some((DigestAlg::HmacSha256, "2".repeat(64).as_str()))
+        );
+        // Serialised again, it is byte-for-byte the same shape (no new field appears).
+        let again: serde_json::Value = serde_json::from_slice(&m1.to_json()).unwrap();
+        assert_eq!(again, v);
+        // Format 1 without its HMAC, or with a BLAKE3 digest as well: refused.
+        let mut both = v.clone();
+        both["plaintext_blake3"] = "3".repeat(64).into();
+        assert!(reparse(&both).unwrap_err().contains("another format"));
+        let mut none = v.clone();
+        none.as_object_mut()
+            .unwrap()
+            .remove("plaintext_hmac_sha256");
+        assert!(reparse(&none)
+            .unwrap_err()
+            .contains("needs plaintext_hmac_sha256"));
+        // Format 2 with only an HMAC: refused (no downgrade to the older digest).
+        let mut downgrade = v.clone();
+        downgrade["format"] = 2.into();
+        assert!(reparse(&downgrade)
+            .unwrap_err()
+            .contains("needs plaintext_blake3"));
+        // A digest that is not 32 bytes of hex.
+        let mut short: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
+        short["plaintext_blake3"] = "zz".into();
+        assert!(reparse(&short)
+            .unwrap_err()
+            .contains("not a 32-byte digest"));
     }
 }

@@ -1,0 +1,175 @@
+//! Snapshots written by the first versions of coffre (manifest format 1: the plaintext digest is
+//! HMAC-SHA-256) must keep restoring after the switch to keyed BLAKE3 (manifest format 2).
+//!
+//! tests/fixtures/manifest-v1 holds two stores exactly as that version wrote them (a file and a
+//! directory snapshot, their key objects, the sealed keyring), the test master key that seals the
+//! keyring, and the inputs. The test restores them on a "new host" (empty state) with the
+//! current binary, byte-identical, and checks `verify` and `catalog rebuild` read them. It also
+//! checks that a new backup writes format 2 and that the two digests are not interchangeable.
+//! Never regenerate these files: they stand for backups that already exist.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::coffre::{files_under, CoffreEnv};
+use serde_json::Value;
+
+const FILE_SNAPSHOT: &str = "01M8H5V3Y1YRSR2W01A435NNVE";
+const DIR_SNAPSHOT: &str = "01M8H5V3YETT7Q25MMQXXF0M20";
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifest-v1")
+}
+
+/// Paths of the regular files under `root`, relative to it, sorted.
+fn relative_files(root: &Path) -> Vec<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+        .collect()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for rel in relative_files(from) {
+        let dst = to.join(&rel);
+        assert!(!dst.starts_with(from), "never copy onto the fixture");
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(from.join(&rel), &dst).unwrap();
+    }
+}
+
+/// A new host: the fixture's stores copied, its master key (0600), an empty state folder.
+fn new_host() -> CoffreEnv {
+    // The stores live inside the env's own temp dir so that they go with it.
+    let env = CoffreEnv::new("");
+    let stores = env.dir.path().join("stores");
+    copy_tree(&fixture().join("stores"), &stores);
+    let text = env.config_text(&env.state).replace(
+        "create-master-key = true",
+        "create-master-key = false",
+    ) + &format!(
+        "\n[[store]]\nname = \"site-a\"\nkind = \"local\"\nsite = \"site-a\"\njurisdiction = \"CA-QC\"\npath = \"{a}\"\n\
+         \n[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"site-b\"\njurisdiction = \"CA-QC\"\npath = \"{b}\"\n",
+        a = stores.join("site-a").display(),
+        b = stores.join("site-b").display(),
+    );
+    env.write_config(&text);
+    fs::create_dir_all(env.master_key.parent().unwrap()).unwrap();
+    fs::copy(fixture().join("master.key"), &env.master_key).unwrap();
+    fs::set_permissions(&env.master_key, fs::Permissions::from_mode(0o600)).unwrap();
+    env
+}
+
+fn manifest(env: &CoffreEnv, store: &str, id: &str) -> Value {
+    let p = env
+        .dir
+        .path()
+        .join("stores")
+        .join(store)
+        .join("coffre/snapshots/emr")
+        .join(id)
+        .join("manifest.json");
+    serde_json::from_slice(&fs::read(&p).unwrap()).unwrap()
+}
+
+#[test]
+fn format_1_snapshots_restore_verify_and_rebuild_the_catalog() {
+    let env = new_host();
+    for store in ["site-a", "site-b"] {
+        let m = manifest(&env, store, FILE_SNAPSHOT);
+        assert_eq!(m["format"], 1, "the fixture is a format-1 manifest");
+        assert!(m["plaintext_hmac_sha256"].is_string());
+        assert!(m.get("plaintext_blake3").is_none());
+    }
+
+    env.run(&["catalog", "rebuild"]).expect_ok();
+    let listed = env.run(&["snapshots", "--source", "emr", "--json"]);
+    listed.expect_ok();
+    let ids: Vec<String> = listed
+        .json()
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, [FILE_SNAPSHOT, DIR_SNAPSHOT]);
+
+    let (v, checks) = env.verify(None);
+    v.expect_ok();
+    assert_eq!(checks.len(), 4, "two snapshots in two stores\n{v}");
+
+    // The file snapshot, from each store in turn: byte-identical.
+    for store in ["site-a", "site-b"] {
+        let to = env.out.join(format!("emr-{store}.sql"));
+        env.restore(FILE_SNAPSHOT, &to, Some(store)).expect_ok();
+        assert_eq!(
+            fs::read(&to).unwrap(),
+            fs::read(fixture().join("input/emr-golden.sql")).unwrap(),
+            "restored from {store}"
+        );
+    }
+
+    // The directory snapshot: the same files, the same bytes.
+    let to = env.out.join("base");
+    env.restore(DIR_SNAPSHOT, &to, None).expect_ok();
+    let want = fixture().join("input/base");
+    assert_eq!(relative_files(&to), relative_files(&want));
+    for rel in relative_files(&want) {
+        assert_eq!(
+            fs::read(to.join(&rel)).unwrap(),
+            fs::read(want.join(&rel)).unwrap(),
+            "{}",
+            rel.display()
+        );
+    }
+}
+
+#[test]
+fn a_format_1_manifest_whose_hmac_was_altered_is_refused() {
+    let env = new_host();
+    // The manifest is immutable in a real store; here someone rewrote one replica's manifest,
+    // giving it a wrong HMAC. Restoring from that store must fail on the digest, not succeed.
+    let p = env
+        .dir
+        .path()
+        .join("stores/site-a/coffre/snapshots/emr")
+        .join(FILE_SNAPSHOT)
+        .join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    m["plaintext_hmac_sha256"] = "ab".repeat(32).into();
+    fs::write(&p, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    env.run(&["catalog", "rebuild"]).expect_ok();
+    let to = env.out.join("emr.sql");
+    let r = env.restore(FILE_SNAPSHOT, &to, Some("site-a"));
+    r.expect_failure();
+    assert!(
+        r.error_text().contains("keyed digest of the plaintext"),
+        "names the digest\n{r}"
+    );
+    assert!(!to.exists(), "nothing is left at the target");
+}
+
+#[test]
+fn new_backups_write_format_2_with_a_keyed_blake3_digest() {
+    let env = new_host();
+    let input = env.dir.path().join("again.sql");
+    fs::copy(fixture().join("input/emr-golden.sql"), &input).unwrap();
+    let id = env.backup(&input);
+    let m = manifest(&env, "site-a", &id);
+    assert_eq!(m["format"], 2);
+    let digest = m["plaintext_blake3"].as_str().expect("a BLAKE3 digest");
+    assert_eq!(digest.len(), 64);
+    assert!(m.get("plaintext_hmac_sha256").is_none());
+    // Keyed: the same plaintext as the format-1 snapshot, yet neither an unkeyed BLAKE3 of it
+    // nor the old snapshot's HMAC.
+    let plain = fs::read(&input).unwrap();
+    assert_ne!(digest, blake3::hash(&plain).to_hex().as_str());
+    let old = manifest(&env, "site-a", FILE_SNAPSHOT);
+    assert_ne!(Some(digest), old["plaintext_hmac_sha256"].as_str());
+    let to = env.out.join("again.sql");
+    env.restore(&id, &to, None).expect_ok();
+    assert_eq!(fs::read(&to).unwrap(), plain);
+}
