@@ -6,11 +6,12 @@
 //! the chain (`verify`). Each entry is fsynced before the action it announces proceeds; if it
 //! cannot be written, the action is refused. This is not tracing: nothing here goes to the logs.
 
+pub mod expire;
 pub mod replicate;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -74,7 +75,21 @@ pub struct Entry {
     /// What the access exposes, e.g. "every patient in the database".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposes: Option<String>,
+    /// Set on the record written before the log's head is pruned at the end of its retention:
+    /// which entries go and the hash of the last of them, which the first entry kept points to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruned>,
     pub prev: String,
+}
+
+/// Entries `first..=through` leave the log (their retention ended); `last_hash` is the SHA-256 of
+/// entry `through`'s line, the `prev` of the entry that then starts the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pruned {
+    pub first: u64,
+    pub through: u64,
+    pub last_hash: String,
 }
 
 /// Fields the caller gives for a new entry.
@@ -189,11 +204,10 @@ impl AccessLog {
         }
     }
 
-    /// Append an entry and fsync it. Returns the entry as written.
-    pub fn append(&self, new: NewEntry) -> Result<Entry, AuditError> {
-        // One writer at a time, across processes too (the daemon and the commands it runs for
-        // the control socket): an exclusive lock on the log, and the tail read under it.
-        let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+    /// Open the log for appending and take its exclusive lock. The pruning of the head replaces
+    /// the file (rename): a writer that opened the old file before that retries on the new one,
+    /// so no entry lands in a file that is no longer the log.
+    fn lock_current(&self) -> Result<nix::fcntl::Flock<File>, AuditError> {
         let write_err = |source| AuditError::Write {
             path: self.path.clone(),
             source,
@@ -201,14 +215,39 @@ impl AccessLog {
         if let Some(dir) = self.path.parent() {
             crate::keys::file::create_private_dir(dir).map_err(write_err)?;
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(write_err)?;
-        let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, errno)| write_err(std::io::Error::from(errno)))?;
+        loop {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)
+                .map_err(write_err)?;
+            let f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, errno)| write_err(std::io::Error::from(errno)))?;
+            let held = f.metadata().map_err(write_err)?.ino();
+            match std::fs::metadata(&self.path) {
+                Ok(m) if m.ino() == held => return Ok(f),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(write_err(e)),
+            }
+        }
+    }
+
+    /// Append an entry and fsync it. Returns the entry as written.
+    pub fn append(&self, new: NewEntry) -> Result<Entry, AuditError> {
+        self.append_inner(new, None)
+    }
+
+    fn append_inner(&self, new: NewEntry, pruned: Option<Pruned>) -> Result<Entry, AuditError> {
+        // One writer at a time, across processes too (the daemon and the commands it runs for
+        // the control socket): an exclusive lock on the log, and the tail read under it.
+        let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let write_err = |source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = self.lock_current()?;
         let tail = self.load_tail()?;
         let entry = Entry {
             seq: tail.seq + 1,
@@ -220,6 +259,7 @@ impl AccessLog {
             purpose: new.purpose,
             outcome: new.outcome,
             exposes: new.exposes,
+            pruned,
             prev: tail.hash,
         };
         let line =
@@ -233,6 +273,138 @@ impl AccessLog {
             return Err(write_err(e));
         }
         Ok(entry)
+    }
+
+    /// End of retention for the head of the log: remove the entries written before `cutoff`,
+    /// keeping the chain verifiable. First a pruning record is appended (which entries go, and
+    /// the hash of the last of them, which the first entry kept points to); then, under the
+    /// log's lock, the file is rewritten without them (temporary file, fsync, rename, fsync of
+    /// the folder). A crash in between leaves the record and the whole log (valid); the next
+    /// run finishes. Returns the range removed, if any.
+    pub fn prune_before(
+        &self,
+        cutoff: time::OffsetDateTime,
+        actor: &str,
+        purpose: &str,
+    ) -> Result<Option<Pruned>, AuditError> {
+        let entries = self.lines()?;
+        // The oldest run of entries whose time is before the cutoff (an entry whose time does
+        // not parse stops the run: never prune what cannot be dated).
+        let mut through = None;
+        for (e, hash) in &entries {
+            let at = time::OffsetDateTime::parse(
+                &e.time,
+                &time::format_description::well_known::Rfc3339,
+            );
+            match at {
+                Ok(t) if t < cutoff => through = Some((e.seq, hash.clone())),
+                _ => break,
+            }
+        }
+        let (Some((first, _)), Some((through, last_hash))) = (entries.first(), through) else {
+            return Ok(None);
+        };
+        let pruned = Pruned {
+            first: first.seq,
+            through,
+            last_hash,
+        };
+        // A record left by an interrupted run for the same range is reused.
+        let recorded = entries
+            .iter()
+            .any(|(e, _)| e.pruned.as_ref() == Some(&pruned));
+        if !recorded {
+            self.append_inner(
+                NewEntry {
+                    actor: actor.into(),
+                    action: "audit-expire".into(),
+                    target: Target::default(),
+                    purpose: purpose.into(),
+                    outcome: format!(
+                        "ok: entries {}-{} leave the local log (older than its retention)",
+                        pruned.first, pruned.through
+                    ),
+                    exposes: None,
+                },
+                Some(pruned.clone()),
+            )?;
+        }
+        let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let write_err = |source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let _lock = self.lock_current()?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| AuditError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut kept = String::with_capacity(text.len());
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let seq = serde_json::from_str::<Entry>(line)
+                .map(|e| e.seq)
+                .map_err(|err| AuditError::Broken {
+                    path: self.path.clone(),
+                    line: 0,
+                    seq: 0,
+                    reason: format!("an entry does not parse ({err}); run `coffre audit verify`"),
+                })?;
+            if seq > pruned.through {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        let tmp = self.path.with_extension("log.pruning");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err)?;
+        f.write_all(kept.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(write_err)?;
+        std::fs::rename(&tmp, &self.path).map_err(write_err)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(write_err)?;
+        }
+        Ok(Some(pruned))
+    }
+
+    /// Every entry with the SHA-256 of its line.
+    fn lines(&self) -> Result<Vec<(Entry, String)>, AuditError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => {
+                return Err(AuditError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let e: Entry = serde_json::from_str(line).map_err(|err| AuditError::Broken {
+                path: self.path.clone(),
+                line: i as u64 + 1,
+                seq: 0,
+                reason: format!("does not parse: {err}"),
+            })?;
+            out.push((e, line_hash(line)));
+        }
+        Ok(out)
+    }
+
+    /// Sequence number of the first entry (1 unless the head was pruned; 0 when empty).
+    pub fn first_seq(&self) -> Result<u64, AuditError> {
+        Ok(self.lines()?.first().map(|(e, _)| e.seq).unwrap_or(0))
     }
 
     /// Check the whole chain; returns the number of entries.
@@ -283,13 +455,30 @@ impl AccessLog {
     }
 }
 
-/// Verify a hash chain read from any source (the local file or a store's copy).
+/// Where a chain may begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// The local log: at entry 1 (previous hash all zeros), or just after a range that a
+    /// pruning record in the log itself names (the end of the log's retention).
+    Local,
+    /// A store's copy: its oldest segments are deleted when their epoch ends, so it may begin
+    /// anywhere; the caller compares its entries with the local log.
+    Anywhere,
+}
+
+/// Verify the hash chain of the local log.
 pub fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
+    verify_chain(path, r, Head::Local)
+}
+
+/// Verify a hash chain read from any source (the local file or a store's copy).
+pub fn verify_chain(path: &Path, r: impl BufRead, head: Head) -> Result<u64, AuditError> {
     let mut prev = GENESIS.to_string();
     let mut n = 0;
+    let mut first: Option<(u64, String)> = None;
+    let mut records = Vec::new();
     for (i, line) in r.lines().enumerate() {
         let lineno = i as u64 + 1;
-        let expect_seq = lineno;
         let line = line.map_err(|source| AuditError::Read {
             path: path.to_path_buf(),
             source,
@@ -302,6 +491,20 @@ pub fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
         };
         let e: Entry = serde_json::from_str(&line)
             .map_err(|err| broken(0, format!("entry does not parse: {err}")))?;
+        if first.is_none() {
+            if e.seq == 0 {
+                return Err(broken(0, "sequence numbers start at 1".into()));
+            }
+            first = Some((e.seq, e.prev.clone()));
+            if e.seq > 1 || head == Head::Anywhere {
+                // Checked at the end (Local) or by the caller (Anywhere).
+                prev = e.prev.clone();
+            }
+        }
+        let expect_seq = first.as_ref().map(|f| f.0).unwrap_or(1) + i as u64;
+        if let Some(p) = &e.pruned {
+            records.push(p.clone());
+        }
         if e.seq != expect_seq {
             return Err(broken(
                 e.seq,
@@ -318,6 +521,22 @@ pub fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
         }
         prev = line_hash(&line);
         n += 1;
+    }
+    if let (Head::Local, Some((seq, prev))) = (head, first) {
+        let covered = records
+            .iter()
+            .any(|p| p.through + 1 == seq && p.last_hash == prev);
+        if seq > 1 && !covered {
+            return Err(AuditError::Broken {
+                path: path.to_path_buf(),
+                line: 1,
+                seq,
+                reason: format!(
+                    "the log starts at sequence {seq} but no pruning record in it covers entries 1-{}: entries were deleted from its head",
+                    seq - 1
+                ),
+            });
+        }
     }
     Ok(n)
 }
@@ -352,6 +571,109 @@ mod tests {
         daemon.append(entry("refused")).unwrap();
         child.append(entry("drill")).unwrap();
         assert_eq!(daemon.verify().unwrap(), 4);
+    }
+
+    /// Rewrite the time of every entry so that entries `1..=old` look `days` old.
+    fn age(p: &Path, old: u64, days: i64) {
+        let text = std::fs::read_to_string(p).unwrap();
+        let mut prev = GENESIS.to_string();
+        let mut out = String::new();
+        for line in text.lines() {
+            let mut e: Entry = serde_json::from_str(line).unwrap();
+            if e.seq <= old {
+                e.time = (time::OffsetDateTime::now_utc() - time::Duration::days(days))
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap();
+            }
+            e.prev = prev;
+            let l = serde_json::to_string(&e).unwrap();
+            prev = line_hash(&l);
+            out.push_str(&l);
+            out.push('\n');
+        }
+        std::fs::write(p, out).unwrap();
+    }
+
+    #[test]
+    fn pruning_the_head_keeps_the_chain_verifiable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        for a in ["restore", "drill", "shred", "restore", "drill"] {
+            log.append(entry(a)).unwrap();
+        }
+        age(&p, 3, 40);
+        let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        let pruned = log.prune_before(cutoff, "tester", "retention").unwrap();
+        let pruned = pruned.expect("entries 1-3 are older than the cutoff");
+        assert_eq!((pruned.first, pruned.through), (1, 3));
+        let left = log.entries().unwrap();
+        let seqs: Vec<u64> = left.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [4, 5, 6], "entries 4, 5 and the pruning record 6");
+        assert_eq!(left[2].action, "audit-expire");
+        assert_eq!(left[2].pruned.as_ref(), Some(&pruned));
+        assert_eq!(log.first_seq().unwrap(), 4);
+        assert_eq!(log.verify().unwrap(), 3);
+        // Appends go on in the new file, from any handle.
+        AccessLog::open(&p, "h").append(entry("hold")).unwrap();
+        assert_eq!(log.verify().unwrap(), 4);
+        // Nothing left to prune: no second record.
+        assert!(log
+            .prune_before(cutoff, "tester", "retention")
+            .unwrap()
+            .is_none());
+        assert_eq!(log.entries().unwrap().len(), 4);
+        // The file stays private.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_head_cut_without_a_pruning_record_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        for a in ["restore", "drill", "shred", "restore"] {
+            log.append(entry(a)).unwrap();
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        // Someone deletes the first two entries.
+        let cut: String = text.lines().skip(2).map(|l| format!("{l}\n")).collect();
+        let err = verify_lines(Path::new("x"), cut.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("no pruning record"),
+            "names the deleted head: {err}"
+        );
+        // A store copy may begin anywhere (its oldest segments expire); its chain still holds.
+        assert_eq!(
+            verify_chain(Path::new("x"), cut.as_bytes(), Head::Anywhere).unwrap(),
+            2
+        );
+        // A pruning record for a different range does not excuse the cut.
+        age(&p, 1, 40);
+        let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        log.prune_before(cutoff, "tester", "retention").unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let cut: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let err = verify_lines(Path::new("x"), cut.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("entries 1-2"), "{err}");
+        // An undated entry is never pruned, nor anything after it.
+        let log2 = AccessLog::open(&dir.path().join("b.log"), "h");
+        log2.append(entry("restore")).unwrap();
+        let q = dir.path().join("b.log");
+        let bad = std::fs::read_to_string(&q).unwrap().replacen(
+            &log2.entries().unwrap()[0].time,
+            "not a time",
+            1,
+        );
+        std::fs::write(&q, bad).unwrap();
+        assert!(log2
+            .prune_before(time::OffsetDateTime::now_utc(), "t", "r")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

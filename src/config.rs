@@ -293,7 +293,8 @@ impl Default for DaemonConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AuditConfig {
-    /// How long the sealed copies of the access log are kept in the stores.
+    /// How long access-log entries are kept, locally and in their sealed copies in the stores;
+    /// past it they are destroyed (`coffre audit expire`, the daemon's shred schedule).
     #[serde(default = "default_audit_retention", with = "humantime_serde")]
     pub retention: Duration,
     /// Access log file; defaults to `<state-dir>/audit/access.log`.

@@ -530,6 +530,20 @@ async fn shred_loop(
         for e in &errors {
             rt.worker_error("shred", &e.to_string());
         }
+        // The access log's own retention, under the same clock guard.
+        let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        match crate::audit::expire::expire(&app, now, "coffre-daemon").await {
+            Ok(r) => {
+                for e in &r.errors {
+                    rt.worker_error("shred", e);
+                }
+                errors.extend(r.errors);
+            }
+            Err(e) => {
+                rt.worker_error("shred", &e);
+                errors.push(e);
+            }
+        }
         rt.worker(
             "shred",
             if errors.is_empty() {

@@ -238,6 +238,13 @@ enum KeysCommand {
 enum AuditCommand {
     /// Check the hash chain; exits non-zero and names the first bad entry.
     Verify,
+    /// Carry out the access log's retention now (the daemon does it on its shred schedule):
+    /// entries older than `audit.retention` leave the local log, and sealed segments whose
+    /// epoch has ended are crypto-shredded in every store.
+    Expire {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show entries, optionally filtered.
     Show {
         /// Entries at or after this RFC 3339 time.
@@ -738,6 +745,43 @@ async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
                 );
             }
             println!("store copies agree with the local log");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Expire { json },
+        } => {
+            let now = time::OffsetDateTime::now_utc();
+            let r = coffre::audit::expire::expire(app, now, &coffre::audit::current_user())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                match &r.local {
+                    Some(p) => println!(
+                        "local log: entries {}-{} removed (older than audit.retention)",
+                        p.first, p.through
+                    ),
+                    None => println!("local log: no entry older than audit.retention"),
+                }
+                for d in &r.epochs {
+                    println!(
+                        "epoch {} destroyed: {} sealed segment copies deleted (record {})",
+                        d.epoch,
+                        d.copies.len(),
+                        d.record
+                    );
+                }
+                for (e, day) in &r.upcoming {
+                    println!("epoch {e}: kept until the end of {day}");
+                }
+            }
+            if let Some(e) = r.errors.first() {
+                bail!(
+                    "{} access-log epoch(s) not destroyed; first: {e}",
+                    r.errors.len()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

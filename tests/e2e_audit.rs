@@ -12,6 +12,11 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::with("")
+    }
+
+    /// With extra top-level TOML (before the tables).
+    fn with(extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         std::fs::create_dir_all(dir.path().join("in")).unwrap();
@@ -19,6 +24,7 @@ impl Env {
             dir.path().join("coffre.toml"),
             format!(
                 r#"state-dir = "{d}/state"
+{extra}
 [[source]]
 name = "emr"
 path = "{d}/in"
@@ -149,6 +155,8 @@ fn audit_verify_catches_every_kind_of_tampering_locally_and_in_store_copies() {
     let mut v = own(&lines);
     v.insert(2, lines[1].to_string());
     check("inserted", v, "line 3");
+    // The head cut off (no pruning record covers it).
+    check("head deleted", own(&lines[2..]), "no pruning record");
     // A truncated tail (whole entries removed) leaves a valid chain: the store copies catch it.
     let v = own(&lines[..lines.len() - 2]);
     check("truncated tail", v, "truncated");
@@ -180,4 +188,79 @@ fn audit_verify_catches_every_kind_of_tampering_locally_and_in_store_copies() {
         .as_str()
         .is_some_and(|x| x.contains("every patient"))));
     assert!(!out.contains("CANARY"));
+}
+
+#[test]
+fn audit_expire_prunes_the_local_log_and_keeps_it_verifiable() {
+    // A 1-second retention so that the real clock gets past it; the segments' epoch (the day
+    // the retention of today's entries ends) is today, so they stay until the day is over
+    // (the destruction of due epochs is covered in tests/audit_retention.rs with a set clock).
+    let env = Env::with("[audit]\nretention = \"1s\"");
+    std::fs::write(env.p("in/emr.sql"), "SELECT 1;\n".repeat(100)).unwrap();
+    let (code, out) = env.run(&[
+        "backup",
+        "--source",
+        "emr",
+        env.p("in/emr.sql").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let to = env.p("r.sql");
+    let (code, out) = env.run(&[
+        "restore",
+        "latest",
+        "--source",
+        "emr",
+        "--to",
+        to.to_str().unwrap(),
+        "--purpose",
+        "drill prep",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let before = std::fs::read_to_string(env.p("state/audit/access.log")).unwrap();
+    let n = before.lines().count() as u64;
+    assert!(n >= 2, "{before}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    let (code, out) = env.run(&["audit", "expire", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["local"]["first"], 1, "{r}");
+    assert_eq!(r["local"]["through"], n, "{r}");
+    assert_eq!(r["epochs"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(r["upcoming"].as_array().map(Vec::len), Some(1), "{r}");
+
+    let after = std::fs::read_to_string(env.p("state/audit/access.log")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(after.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], n + 1);
+    assert_eq!(first["action"], "audit-expire");
+    assert!(
+        !after.contains("drill prep"),
+        "the expired entries are gone: {after}"
+    );
+    let (code, out) = env.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("chain intact") && out.contains("store copies agree"),
+        "{out}"
+    );
+    // Later accesses continue the chain; cutting the pruning record off the head is caught.
+    let (code, out) = env.run(&[
+        "restore",
+        "latest",
+        "--source",
+        "emr",
+        "--to",
+        env.p("r2.sql").to_str().unwrap(),
+        "--purpose",
+        "second look",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let log = env.p("state/audit/access.log");
+    let now = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = now.lines().collect();
+    assert!(kept.len() >= 3, "{now}");
+    std::fs::write(&log, kept[1..].join("\n") + "\n").unwrap();
+    let (code, out) = env.run(&["audit", "verify"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("no pruning record"), "{out}");
 }

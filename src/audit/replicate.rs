@@ -34,11 +34,16 @@ fn segment_dir(s: &Store, host: &str) -> object_store::path::Path {
     s.prefix.clone().join("audit").join(host)
 }
 
-/// (first, last, data path, key path) of every sealed segment of `host` in a store.
-async fn segments(
-    s: &Store,
-    host: &str,
-) -> Result<Vec<(u64, u64, object_store::path::Path, object_store::path::Path)>, String> {
+/// One sealed segment of the access log in a store: entries `first..=last`.
+pub(crate) struct Segment {
+    pub first: u64,
+    pub last: u64,
+    pub data: object_store::path::Path,
+    pub key: object_store::path::Path,
+}
+
+/// Every sealed segment of `host` in a store, oldest first.
+pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, String> {
     let dir = segment_dir(s, host);
     let metas: Vec<_> = s
         .inner
@@ -60,9 +65,14 @@ async fn segments(
         };
         let key =
             object_store::path::Path::from(m.location.as_ref().replace(".sealed", ".key.json"));
-        out.push((first, last, m.location.clone(), key));
+        out.push(Segment {
+            first,
+            last,
+            data: m.location.clone(),
+            key,
+        });
     }
-    out.sort_by_key(|x| x.0);
+    out.sort_by_key(|x| x.first);
     Ok(out)
 }
 
@@ -86,7 +96,7 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
         let have = segments(s, &app.host)
             .await?
             .iter()
-            .map(|x| x.1)
+            .map(|x| x.last)
             .max()
             .unwrap_or(0);
         let new: Vec<&(u64, &str)> = lines.iter().filter(|(seq, _)| *seq > have).collect();
@@ -164,18 +174,33 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
         })
         .collect();
     let local_last = local.keys().max().copied().unwrap_or(0);
+    // The local log's head may have been pruned at the end of its retention, and each store
+    // deletes its oldest segments when their epoch ends: a store copy may begin anywhere up to
+    // the local log's first entry, and entries older than that are not compared.
+    let local_first = local.keys().min().copied().unwrap_or(local_last + 1);
     let mut findings = Vec::new();
     for s in &app.stores {
         let segs = segments(s, &app.host).await?;
-        let mut expect = 1u64;
+        let mut expect: Option<u64> = None;
         let mut joined = String::new();
-        for (first, last, data, key) in &segs {
-            if *first != expect {
+        for Segment {
+            first,
+            last,
+            data,
+            key,
+        } in &segs
+        {
+            let missing_from = match expect {
+                Some(e) if *first != e => Some(e),
+                None if *first > local_first.max(1) => Some(local_first.max(1)),
+                _ => None,
+            };
+            if let Some(from) = missing_from {
                 findings.push(Finding {
                     store: s.name.clone(),
-                    seq: Some(expect),
+                    seq: Some(from),
                     problem: format!(
-                        "segment {expect}..{} is missing from the store copy",
+                        "segment {from}..{} is missing from the store copy",
                         first.saturating_sub(1)
                     ),
                 });
@@ -211,11 +236,13 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
                     problem: format!("segment {first}-{last} does not open: {e}"),
                 }),
             }
-            expect = last + 1;
+            expect = Some(last + 1);
         }
-        if let Err(e) =
-            crate::audit::verify_lines(std::path::Path::new("store copy"), joined.as_bytes())
-        {
+        if let Err(e) = crate::audit::verify_chain(
+            std::path::Path::new("store copy"),
+            joined.as_bytes(),
+            crate::audit::Head::Anywhere,
+        ) {
             findings.push(Finding {
                 store: s.name.clone(),
                 seq: None,
@@ -226,6 +253,10 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
             let Ok(e) = serde_json::from_str::<crate::audit::Entry>(line) else {
                 continue;
             };
+            if e.seq < local_first {
+                // Past the local log's retention; its segment goes when its epoch ends.
+                continue;
+            }
             match local.get(&e.seq) {
                 Some(l) if l == line => {}
                 Some(_) => findings.push(Finding {

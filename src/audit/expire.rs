@@ -1,0 +1,249 @@
+//! The end of the access log's retention (`audit.retention`, default 7 years): what is no longer
+//! needed is destroyed with its copies, as for snapshots.
+//!
+//! - The local log loses the entries written before `now - retention` (its head), keeping the
+//!   chain verifiable through a pruning record (see [`crate::audit::AccessLog::prune_before`]).
+//! - Sealed segments in the stores are grouped by epoch, `audit-<day>.<n>`, the day their
+//!   retention ends (every entry in a segment is at least as old as the segment). Once that day
+//!   is over, the epoch key is destroyed in every provider (crypto-shredding every copy,
+//!   including any a store kept), the segments are deleted from every store, and a destruction
+//!   record is written (catalog and stores) like the records of snapshot epochs.
+//!
+//! Invariants: each step is logged before it happens; an epoch whose key a provider could not
+//! destroy keeps its segments (retried at the next run); idempotent (destroying a destroyed key
+//! and deleting a deleted object are no-ops). Only this host's segments are swept: another host's
+//! segments are under its own keys and its own log.
+
+use std::collections::BTreeMap;
+
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::app::Coffre;
+use crate::audit::{NewEntry, Pruned, Target};
+use crate::ids::{EpochId, SnapshotId};
+use crate::retention::shred::{CopyResult, DestructionRecord, ProviderResult};
+use crate::store::objects::MAX_SMALL_OBJECT;
+use crate::store::KeyObject;
+
+const REASON: &str = "access-log retention ended";
+
+/// The UTC day an access-log epoch (`audit-YYYY-MM-DD.N`) ends, if `e` is one.
+pub fn epoch_day(e: &EpochId) -> Option<time::Date> {
+    let rest = e.as_str().strip_prefix("audit-")?;
+    let id = EpochId::try_from(rest.to_string()).ok()?;
+    crate::retention::epoch_day(&id)
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ExpireReport {
+    /// Entries removed from the head of the local log.
+    pub local: Option<Pruned>,
+    /// Access-log epochs destroyed, with their segments.
+    pub epochs: Vec<DestructionRecord>,
+    /// Epochs that are due but could not be destroyed this time (retried at the next run).
+    pub errors: Vec<String>,
+    /// Epochs not yet due, with the UTC day after which they are destroyed.
+    pub upcoming: Vec<(EpochId, String)>,
+}
+
+struct Copy {
+    store: usize,
+    id: Option<SnapshotId>,
+    data: object_store::path::Path,
+    key: object_store::path::Path,
+}
+
+/// Carry out the access log's retention at `now`.
+pub async fn expire(
+    app: &Coffre,
+    now: time::OffsetDateTime,
+    actor: &str,
+) -> Result<ExpireReport, String> {
+    let mut report = ExpireReport::default();
+    let cutoff = now - app.config.audit.retention;
+    report.local = app
+        .audit
+        .prune_before(cutoff, actor, REASON)
+        .map_err(|e| e.to_string())?;
+
+    // Every segment copy of this host, by epoch.
+    let mut by_epoch: BTreeMap<EpochId, Vec<Copy>> = BTreeMap::new();
+    for (i, s) in app.stores.iter().enumerate() {
+        for seg in super::replicate::segments(s, &app.host).await? {
+            let Some(epoch) = seg
+                .data
+                .parts()
+                .collect::<Vec<_>>()
+                .iter()
+                .rev()
+                .nth(1)
+                .and_then(|p| EpochId::try_from(p.as_ref().to_string()).ok())
+            else {
+                continue;
+            };
+            by_epoch.entry(epoch).or_default().push(Copy {
+                store: i,
+                id: None,
+                data: seg.data,
+                key: seg.key,
+            });
+        }
+    }
+    for (epoch, mut copies) in by_epoch {
+        let Some(day) = epoch_day(&epoch) else {
+            continue;
+        };
+        if !is_due_day(day, now) {
+            report.upcoming.push((epoch, day.to_string()));
+            continue;
+        }
+        match destroy_epoch(app, &epoch, &mut copies, actor).await {
+            Ok(r) => report.epochs.push(r),
+            Err(e) => {
+                tracing::error!(epoch = %epoch, error = %e, "access-log epoch not destroyed");
+                report.errors.push(format!("epoch {epoch}: {e}"));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn is_due_day(day: time::Date, now: time::OffsetDateTime) -> bool {
+    day.next_day()
+        .is_some_and(|n| n.midnight().assume_utc() <= now)
+}
+
+async fn destroy_epoch(
+    app: &Coffre,
+    epoch: &EpochId,
+    copies: &mut [Copy],
+    actor: &str,
+) -> Result<DestructionRecord, String> {
+    let target = Target {
+        epoch: Some(epoch.to_string()),
+        ..Default::default()
+    };
+    let log = |outcome: String| {
+        app.audit.append(NewEntry {
+            actor: actor.into(),
+            action: "audit-expire".into(),
+            target: target.clone(),
+            purpose: REASON.into(),
+            outcome,
+            exposes: None,
+        })
+    };
+    log(format!(
+        "started: {} sealed segment copies of the access log",
+        copies.len()
+    ))
+    .map_err(|e| e.to_string())?;
+
+    // Remember each copy's hash and id before anything is destroyed.
+    let mut sealed = Vec::with_capacity(copies.len());
+    for c in copies.iter_mut() {
+        let s = &app.stores[c.store];
+        let sha = match s.get_small(&c.data, 256 * 1024 * 1024).await {
+            Ok(b) => hex::encode(Sha256::digest(&b)),
+            Err(e) => format!("unreadable before destruction: {e}"),
+        };
+        c.id = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
+            Ok(b) => KeyObject::parse(&b).ok().map(|k| k.snapshot),
+            Err(_) => None,
+        };
+        sealed.push(sha);
+    }
+
+    // 1. The epoch key, in every provider.
+    let mut providers = Vec::new();
+    for p in &app.providers {
+        if let Err(e) = p.destroy(epoch) {
+            let _ = log(format!("failed: provider {}: {e}", p.name()));
+            return Err(format!(
+                "provider `{}` did not destroy the key ({e}); nothing was deleted",
+                p.name()
+            ));
+        }
+        providers.push(ProviderResult {
+            provider: p.name().into(),
+            destroyed: true,
+            detail: "destroyed".into(),
+        });
+    }
+    for s in &app.stores {
+        if let Err(e) = app.push_keyrings(s).await {
+            tracing::warn!(store = %s.name, error = %e, "keyring copy not updated after destruction; retried at next write");
+        }
+    }
+
+    // 2. Each copy: check it no longer opens, then delete it (key object last).
+    let mut results = Vec::new();
+    for (c, sha) in copies.iter().zip(sealed) {
+        let s = &app.stores[c.store];
+        let decrypt_check = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
+            Ok(b) => match KeyObject::parse(&b) {
+                Ok(k) => match crate::restore::unwrap_dek(app, &k) {
+                    Ok(_) => "STILL DECRYPTABLE".to_string(),
+                    Err(e) if e.is_destroyed() => "key destroyed".to_string(),
+                    Err(e) => format!("not decryptable: {e}"),
+                },
+                Err(e) => format!("key object unreadable: {e}"),
+            },
+            Err(e) => format!("key object unavailable: {e}"),
+        };
+        let mut deletion = "deleted".to_string();
+        for path in [&c.data, &c.key] {
+            match s.inner.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => deletion = format!("not deleted ({path}), unreadable anyway: {e}"),
+            }
+        }
+        results.push(CopyResult {
+            snapshot: c.id.unwrap_or_else(SnapshotId::new),
+            store: s.name.clone(),
+            path: c.data.to_string(),
+            sealed_sha256: sha,
+            deletion,
+            decrypt_check,
+        });
+    }
+    let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
+    ids.sort();
+    ids.dedup();
+    let record = DestructionRecord {
+        record: SnapshotId::new().to_string(),
+        time: crate::audit::now_rfc3339(),
+        actor: actor.into(),
+        reason: REASON.into(),
+        epoch: epoch.clone(),
+        snapshots: ids,
+        legal_hold_checked: true,
+        rewrapped: Vec::new(),
+        providers,
+        copies: results,
+    };
+    let json = serde_json::to_string_pretty(&record).unwrap_or_default();
+    app.catalog
+        .put_destruction(&record.record, &json)
+        .map_err(|e| e.to_string())?;
+    for s in &app.stores {
+        let path = s
+            .prefix
+            .clone()
+            .join("destruction")
+            .join(format!("{}.json", record.record));
+        if let Err(e) = s.inner.put(&path, json.clone().into_bytes().into()).await {
+            tracing::warn!(store = %s.name, error = %e, "destruction record not replicated to store");
+        }
+    }
+    log(format!(
+        "ok: epoch destroyed, {} segment copies deleted",
+        record.copies.len()
+    ))
+    .map_err(|e| e.to_string())?;
+    tracing::info!(epoch = %epoch, copies = record.copies.len(), "access-log epoch crypto-shredded");
+    Ok(record)
+}

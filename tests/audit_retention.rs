@@ -1,0 +1,193 @@
+//! The access log's own retention (library API, injected clock, two local stores, the file key
+//! provider): entries older than `audit.retention` leave the local log with the chain still
+//! verifiable; once a sealed segment's epoch has ended its key is destroyed, every copy is
+//! deleted and a destruction record written; bytes someone kept no longer open.
+
+use std::path::Path;
+
+use coffre::{Coffre, Config};
+
+fn config(dir: &Path) -> Config {
+    let d = dir.display();
+    let text = format!(
+        r#"state-dir = "{d}/state"
+[audit]
+retention = "30d"
+[[source]]
+name = "emr"
+path = "{d}/in"
+[[store]]
+name = "a"
+kind = "local"
+site = "a"
+jurisdiction = "CA-QC"
+path = "{d}/stores/a"
+[[store]]
+name = "b"
+kind = "local"
+site = "b"
+jurisdiction = "CA-QC"
+path = "{d}/stores/b"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{d}/keys/master.key"
+create-master-key = true
+"#
+    );
+    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+}
+
+fn access(what: &str) -> coffre::audit::NewEntry {
+    coffre::audit::NewEntry {
+        actor: "tester".into(),
+        action: what.into(),
+        target: coffre::audit::Target {
+            snapshot: Some("01JTEST".into()),
+            ..Default::default()
+        },
+        purpose: "audit retention test".into(),
+        outcome: "ok".into(),
+        exposes: None,
+    }
+}
+
+/// Every file under the stores' `audit/` folders: (path, bytes).
+fn audit_objects(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("stores")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.components().any(|c| c.as_os_str() == "audit") {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    for what in ["restore", "drill", "unwrap"] {
+        app.audit.append(access(what)).unwrap();
+    }
+    let written = coffre::audit::replicate::replicate(&app).await.unwrap();
+    assert_eq!(written.values().copied().collect::<Vec<_>>(), [3, 3]);
+    let sealed_before = audit_objects(dir.path());
+    assert_eq!(
+        sealed_before.len(),
+        4,
+        "a segment and its key object per store"
+    );
+    let last_time = time::OffsetDateTime::parse(
+        &app.audit.entries().unwrap()[2].time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+
+    // Today: nothing is older than 30 days; the segments' epoch ends in 30 days.
+    let now = time::OffsetDateTime::now_utc();
+    let r = coffre::audit::expire::expire(&app, now, "test")
+        .await
+        .unwrap();
+    assert!(r.local.is_none() && r.epochs.is_empty() && r.errors.is_empty());
+    assert_eq!(r.upcoming.len(), 1, "{r:?}");
+
+    // Just past 30 days after the last entry: the local entries go (a pruning record stays
+    // and the chain verifies), but the segments' epoch day is not over yet.
+    let later = last_time + time::Duration::days(30) + time::Duration::seconds(1);
+    let r = coffre::audit::expire::expire(&app, later, "test")
+        .await
+        .unwrap();
+    let pruned = r.local.clone().expect("entries 1-3 pruned");
+    assert_eq!((pruned.first, pruned.through), (1, 3));
+    assert!(r.epochs.is_empty(), "{r:?}");
+    let left = app.audit.entries().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].seq, 4);
+    assert_eq!(left[0].action, "audit-expire");
+    assert_eq!(app.audit.verify().unwrap(), 1);
+    // The stores still hold entries 1-3 (their epoch runs to the end of its day); the check
+    // of the copies does not call that a disagreement.
+    assert_eq!(audit_objects(dir.path()), sealed_before);
+    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    // The pruning record replicates after them, continuing each store's copy.
+    coffre::audit::replicate::replicate(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+
+    // Two days later every epoch written today is over: keys destroyed, copies deleted.
+    let much_later = now + time::Duration::days(32);
+    let r = coffre::audit::expire::expire(&app, much_later, "test")
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.epochs.len(), 1, "one epoch: {r:?}");
+    let rec = &r.epochs[0];
+    assert!(rec.epoch.as_str().starts_with("audit-"));
+    assert_eq!(rec.copies.len(), 4, "two segments in each of two stores");
+    for c in &rec.copies {
+        assert_eq!(c.decrypt_check, "key destroyed", "{c:?}");
+        assert_eq!(c.deletion, "deleted", "{c:?}");
+        assert_eq!(c.sealed_sha256.len(), 64);
+    }
+    assert!(rec.providers.iter().all(|p| p.destroyed));
+    assert!(audit_objects(dir.path()).is_empty(), "no segment is left");
+    // The destruction is in the catalog's records and in every store.
+    let records = app.catalog.destructions().unwrap();
+    assert!(records.iter().any(|r| r.contains(&rec.record)));
+    for s in ["a", "b"] {
+        let p = dir
+            .path()
+            .join("stores")
+            .join(s)
+            .join("coffre/destruction")
+            .join(format!("{}.json", rec.record));
+        assert!(p.exists(), "{}", p.display());
+    }
+    // The log names it, and still verifies.
+    let actions: Vec<String> = app
+        .audit
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} {}", e.action, e.outcome))
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.starts_with("audit-expire ok: epoch destroyed")),
+        "{actions:?}"
+    );
+    app.audit.verify().unwrap();
+
+    // Someone kept every byte: put them back. They no longer open, in any store.
+    for (p, bytes) in &sealed_before {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    let unopened = findings
+        .iter()
+        .filter(|f| f.problem.contains("does not open") && f.problem.contains("destroyed"))
+        .count();
+    assert_eq!(
+        unopened, 2,
+        "the kept segment (1-3) in each store: {findings:?}"
+    );
+
+    // Idempotent: the next run finds the epoch destroyed and deletes the put-back copies.
+    let r = coffre::audit::expire::expire(&app, much_later, "test")
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(audit_objects(dir.path()).is_empty());
+}
