@@ -43,8 +43,9 @@
 # Every coffre run gets a fresh temporary config (copied from config/coffre.toml, with state-dir,
 # store paths, master key and source path moved into the scratch folder), and every restic/borg
 # run a fresh repository (and cache) in the scratch folder, so runs don't accumulate.
-# Timings are wall clock with a warm page cache for the input; `sync` runs (untimed) before each
-# measurement so earlier writes are not flushed during it. MB = 10^6 bytes; RSS in MiB.
+# Timings are wall clock with a warm page cache for what is read (the input, or the repository
+# for a restore: read again, untimed, right before each measurement); `sync` runs (untimed)
+# before each measurement so earlier writes are not flushed during it. MB = 10^6 bytes; RSS in MiB.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -144,10 +145,18 @@ wait_idle() {
     [ "$warned" = 1 ] || { say "    machine busy (${busy}% of a CPU used by other processes): waiting up to ${WAIT_IDLE}s"; warned=1; }
   done
 }
+# What the next measurement reads (set by step: the input for a backup, the tool's repository
+# or stores for a restore), read again right before it starts: this machine runs DAMON with a
+# `pageout` scheme (/sys/kernel/mm/damon/admin/kdamonds: pages idle for ~60 s are reclaimed),
+# so a page cache warmed once per input goes cold during the other tools' runs and the wait
+# for an idle machine, and whichever tool ran after a pause paid for disk reads (seen as 1.5 s
+# more system time and +25 % wall time for coffre in the first full run of 2026-11-28).
+WARM_PATHS=()
 measure() {
-  local out=$1 err=$2; shift 2
+  local out=$1 err=$2 p; shift 2
   sync
   wait_idle
+  for p in "${WARM_PATHS[@]}"; do if [ -e "$p" ]; then warm "$p"; fi; done
   local c0 c1 t0 t1 rc=0
   c0=$(cpu_busy_ticks); t0=$EPOCHREALTIME
   /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.txt" -- "$@" >"$out" 2>"$err" || rc=$?
@@ -473,7 +482,9 @@ step() {
   for ((try = 0; ; try++)); do
     say "  $4 rep $5/$REPEAT: $t $op$([ "$try" = 0 ] || echo " (again, $try)")"
     n0=$(wc -l < "$RESULTS")
+    if [ "$op" = backup ]; then WARM_PATHS=("$3"); else WARM_PATHS=("$WORK/$t"); fi
     "${t}_$op" "$3" "$4" "$5"
+    WARM_PATHS=()
     tail -n +$((n0 + 1)) "$RESULTS" | awk -F'\t' '$10 > 0.5 + 0.1 * $7 {bad = 1} END {exit !bad}' || return 0
     if [ "$try" -ge "$RETRIES" ]; then say "    other processes used CPU during this measurement: kept (out of --retries)"; return 0; fi
     say "    other processes used CPU during this measurement: measuring again"
