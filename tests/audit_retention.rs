@@ -191,3 +191,66 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(audit_objects(dir.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    for what in ["restore", "drill", "unwrap"] {
+        app.audit.append(access(what)).unwrap();
+    }
+    coffre::audit::replicate::replicate(&app).await.unwrap();
+    // Store b goes away (its folder is replaced by a file) while entries 4-5 are written:
+    // store a gets them, b does not.
+    let b = dir.path().join("stores/b");
+    let away = dir.path().join("stores/b.away");
+    std::fs::rename(&b, &away).unwrap();
+    std::fs::write(&b, b"not a folder").unwrap();
+    for what in ["restore", "drill"] {
+        app.audit.append(access(what)).unwrap();
+    }
+    let err = coffre::audit::replicate::replicate(&app).await.unwrap_err();
+    assert!(err.contains("`b`"), "names the store: {err}");
+    std::fs::remove_file(&b).unwrap();
+    std::fs::rename(&away, &b).unwrap();
+    // While b was away the retention of entries 1-5 ended: they leave the local log.
+    let last = app.audit.entries().unwrap().last().unwrap().time.clone();
+    let last =
+        time::OffsetDateTime::parse(&last, &time::format_description::well_known::Rfc3339).unwrap();
+    let later = last + time::Duration::days(30) + time::Duration::seconds(1);
+    let r = coffre::audit::expire::expire(&app, later, "test")
+        .await
+        .unwrap();
+    assert_eq!(r.local.map(|p| (p.first, p.through)), Some((1, 5)));
+    // b is back: it gets the entries the local log still holds; 4-5 are past retention, so
+    // their absence from b is not a finding, while an entry the log holds would be.
+    coffre::audit::replicate::replicate(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    app.audit.append(access("restore")).unwrap();
+    coffre::audit::replicate::replicate(&app).await.unwrap();
+    // Remove b's segment holding entry 6 (the pruning record, which the local log holds): it is
+    // missing from b's copy, between the expired entries and entry 7.
+    let mut seg6 = None;
+    let mut stack = vec![b.join("coffre/audit")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap().to_string_lossy() == "000000000006-000000000006.sealed"
+            {
+                seg6 = Some(p);
+            }
+        }
+    }
+    std::fs::remove_file(seg6.expect("b holds segment 6-6")).unwrap();
+    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.store == "b" && f.problem.contains("missing")),
+        "{findings:?}"
+    );
+}

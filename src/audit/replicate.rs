@@ -190,12 +190,10 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
             key,
         } in &segs
         {
-            let missing_from = match expect {
-                Some(e) if *first != e => Some(e),
-                None if *first > local_first.max(1) => Some(local_first.max(1)),
-                _ => None,
-            };
-            if let Some(from) = missing_from {
+            // Entries the local log still holds must be in the copy; older ones may be gone
+            // (a store that was down while they expired gets only the newer ones).
+            let from = expect.unwrap_or(1).max(local_first.max(1));
+            if *first > from {
                 findings.push(Finding {
                     store: s.name.clone(),
                     seq: Some(from),
@@ -238,16 +236,34 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
             }
             expect = Some(last + 1);
         }
-        if let Err(e) = crate::audit::verify_chain(
-            std::path::Path::new("store copy"),
-            joined.as_bytes(),
-            crate::audit::Head::Anywhere,
-        ) {
-            findings.push(Finding {
-                store: s.name.clone(),
-                seq: None,
-                problem: format!("store copy: {e}"),
-            });
+        // The chain is checked in two parts: entries past the local log's retention (a store
+        // that was down while they expired may lack some of them) and the entries the local
+        // log still holds (compared one by one below as well).
+        let (mut old, mut current) = (String::new(), String::new());
+        for line in joined.lines() {
+            let seq = serde_json::from_str::<crate::audit::Entry>(line)
+                .map(|e| e.seq)
+                .unwrap_or(u64::MAX);
+            let part = if seq < local_first {
+                &mut old
+            } else {
+                &mut current
+            };
+            part.push_str(line);
+            part.push('\n');
+        }
+        for part in [&old, &current] {
+            if let Err(e) = crate::audit::verify_chain(
+                std::path::Path::new("store copy"),
+                part.as_bytes(),
+                crate::audit::Head::Anywhere,
+            ) {
+                findings.push(Finding {
+                    store: s.name.clone(),
+                    seq: None,
+                    problem: format!("store copy: {e}"),
+                });
+            }
         }
         for line in joined.lines() {
             let Ok(e) = serde_json::from_str::<crate::audit::Entry>(line) else {
