@@ -287,6 +287,9 @@ impl AccessLog {
         actor: &str,
         purpose: &str,
     ) -> Result<Option<Pruned>, AuditError> {
+        // Never prune a broken chain: the break might be inside the range and its evidence
+        // would go with it.
+        self.verify()?;
         let entries = self.lines()?;
         // The oldest run of entries whose time is before the cutoff (an entry whose time does
         // not parse stops the run: never prune what cannot be dated).

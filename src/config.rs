@@ -676,6 +676,17 @@ impl Config {
             );
         }
 
+        let r = self.audit.retention;
+        if r < Duration::from_secs(86_400) || r > Duration::from_secs(100 * 366 * 86_400) {
+            push(
+                "audit.retention".into(),
+                format!(
+                    "{} is out of range: the access log is destroyed when its retention ends, so keep it from 1 day to 100 years (default 7 years)",
+                    humantime::format_duration(r)
+                ),
+            );
+        }
+
         // Sources.
         let mut names = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
@@ -1176,6 +1187,23 @@ master-key = "/tmp/coffre-nonexistent/master.key"
         .unwrap_err()
         .to_string();
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn audit_retention_out_of_range_is_refused() {
+        for bad in ["1s", "12h", "200years"] {
+            let ps = problems(&GOOD.replace(
+                "[[source]]",
+                &format!("[audit]\nretention = \"{bad}\"\n[[source]]"),
+            ));
+            assert!(
+                ps.iter()
+                    .any(|p| p.key == "audit.retention" && p.message.contains("1 day to 100 years")),
+                "{bad}: {ps:?}"
+            );
+        }
+        let ps = problems(&GOOD.replace("[[source]]", "[audit]\nretention = \"30d\"\n[[source]]"));
+        assert!(ps.iter().all(|p| p.key != "audit.retention"), "{ps:?}");
     }
 
     #[test]

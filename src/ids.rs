@@ -23,6 +23,11 @@ impl SnapshotId {
     }
 
     /// Creation time encoded in the id, in milliseconds since the Unix epoch.
+    /// The all-zero id: "unknown" in records where a real id could not be read.
+    pub fn nil() -> Self {
+        SnapshotId(ulid::Ulid::nil())
+    }
+
     pub fn timestamp_ms(&self) -> u64 {
         self.0.timestamp_ms()
     }

@@ -478,6 +478,9 @@ fn writes_access_log(cmd: &Command) -> bool {
             | Command::Retention {
                 command: RetentionCommand::Run { .. }
             }
+            | Command::Audit {
+                command: AuditCommand::Expire { .. }
+            }
     )
 }
 

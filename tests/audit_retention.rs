@@ -117,11 +117,15 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     // The stores still hold entries 1-3 (their epoch runs to the end of its day); the check
     // of the copies does not call that a disagreement.
     assert_eq!(audit_objects(dir.path()), sealed_before);
-    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+        .await
+        .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
     // The pruning record replicates after them, continuing each store's copy.
     coffre::audit::replicate::replicate(&app).await.unwrap();
-    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+        .await
+        .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
 
     // Two days later every epoch written today is over: keys destroyed, copies deleted.
@@ -174,7 +178,9 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
-    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores_at(&app, much_later)
+        .await
+        .unwrap();
     let unopened = findings
         .iter()
         .filter(|f| f.problem.contains("does not open") && f.problem.contains("destroyed"))
@@ -226,7 +232,9 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     // b is back: it gets the entries the local log still holds; 4-5 are past retention, so
     // their absence from b is not a finding, while an entry the log holds would be.
     coffre::audit::replicate::replicate(&app).await.unwrap();
-    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+        .await
+        .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
     app.audit.append(access("restore")).unwrap();
     coffre::audit::replicate::replicate(&app).await.unwrap();
@@ -246,11 +254,54 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
         }
     }
     std::fs::remove_file(seg6.expect("b holds segment 6-6")).unwrap();
-    let findings = coffre::audit::replicate::verify_stores(&app).await.unwrap();
+    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+        .await
+        .unwrap();
     assert!(
         findings
             .iter()
             .any(|f| f.store == "b" && f.problem.contains("missing")),
         "{findings:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    app.audit.append(access("restore")).unwrap();
+    coffre::audit::replicate::replicate(&app).await.unwrap();
+    // Someone deleted the segments by hand (or the store left the config): the epoch key that
+    // wrapped them must still be destroyed when its day is over, in case a copy survives.
+    for s in ["a", "b"] {
+        std::fs::remove_dir_all(dir.path().join("stores").join(s).join("coffre/audit")).unwrap();
+    }
+    let epochs = |app: &Coffre| -> Vec<(String, bool)> {
+        app.providers[0]
+            .epochs()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.epoch.as_str().starts_with("audit-"))
+            .map(|e| (e.epoch.to_string(), e.destroyed.is_some()))
+            .collect()
+    };
+    assert_eq!(epochs(&app).len(), 1);
+    assert!(!epochs(&app)[0].1);
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(32);
+    let r = coffre::audit::expire::expire(&app, later, "test")
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.epochs.len(), 1, "{r:?}");
+    assert!(r.epochs[0].copies.is_empty());
+    assert!(epochs(&app)[0].1, "the epoch key is destroyed");
+    // A store that cannot be listed does not stop the rest.
+    let b = dir.path().join("stores/b");
+    std::fs::remove_dir_all(&b).unwrap();
+    std::fs::write(&b, b"not a folder").unwrap();
+    let r = coffre::audit::expire::expire(&app, later, "test")
+        .await
+        .unwrap();
+    assert!(r.errors.iter().any(|e| e.contains("`b`")), "{:?}", r.errors);
 }

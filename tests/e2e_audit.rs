@@ -190,12 +190,31 @@ fn audit_verify_catches_every_kind_of_tampering_locally_and_in_store_copies() {
     assert!(!out.contains("CANARY"));
 }
 
+/// `coffre ARGS` with the clock moved `offset` ahead (libfaketime; `tests/setup.sh` installs it).
+fn run_later(env: &Env, offset: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new("faketime")
+        .arg("-f")
+        .arg(offset)
+        .arg(BIN)
+        .arg("--config")
+        .arg(env.p("coffre.toml"))
+        .args(args)
+        .env("COFFRE_LOG", "error")
+        // Timers and timeouts keep the real monotonic clock.
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .expect("faketime (Debian package faketime) is installed by tests/setup.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 #[test]
-fn audit_expire_prunes_the_local_log_and_keeps_it_verifiable() {
-    // A 1-second retention so that the real clock gets past it; the segments' epoch (the day
-    // the retention of today's entries ends) is today, so they stay until the day is over
-    // (the destruction of due epochs is covered in tests/audit_retention.rs with a set clock).
-    let env = Env::with("[audit]\nretention = \"1s\"");
+fn audit_expire_destroys_the_log_and_its_copies_when_retention_ends() {
+    let env = Env::with("[audit]\nretention = \"30d\"");
     std::fs::write(env.p("in/emr.sql"), "SELECT 1;\n".repeat(100)).unwrap();
     let (code, out) = env.run(&[
         "backup",
@@ -216,51 +235,114 @@ fn audit_expire_prunes_the_local_log_and_keeps_it_verifiable() {
         "drill prep",
     ]);
     assert_eq!(code, 0, "{out}");
-    let before = std::fs::read_to_string(env.p("state/audit/access.log")).unwrap();
-    let n = before.lines().count() as u64;
-    assert!(n >= 2, "{before}");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let log = env.p("state/audit/access.log");
+    let n = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+    assert!(n >= 2);
+    let sealed_before: Vec<_> = coffre::pipeline::source::walk(&env.p("stores/a/coffre/audit"))
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".sealed"))
+        .collect();
+    assert!(!sealed_before.is_empty());
 
+    // Today nothing is due.
     let (code, out) = env.run(&["audit", "expire", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["local"].is_null(), "{r}");
+    assert_eq!(r["epochs"].as_array().map(Vec::len), Some(0), "{r}");
+
+    // 32 days later: the entries leave the local log, the segments' epoch (the day 30 days
+    // from now) is over: its key is destroyed and every copy deleted.
+    let (code, out) = run_later(&env, "+32d", &["audit", "expire", "--json"]);
     assert_eq!(code, 0, "{out}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["local"]["first"], 1, "{r}");
     assert_eq!(r["local"]["through"], n, "{r}");
-    assert_eq!(r["epochs"].as_array().map(Vec::len), Some(0), "{r}");
-    assert_eq!(r["upcoming"].as_array().map(Vec::len), Some(1), "{r}");
-
-    let after = std::fs::read_to_string(env.p("state/audit/access.log")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(after.lines().next().unwrap()).unwrap();
-    assert_eq!(first["seq"], n + 1);
-    assert_eq!(first["action"], "audit-expire");
+    let epochs = r["epochs"].as_array().expect("epochs");
+    assert_eq!(epochs.len(), 1, "{r}");
+    let copies = epochs[0]["copies"].as_array().unwrap();
+    assert!(copies.len() >= 2, "a copy per store at least: {r}");
+    assert!(
+        copies
+            .iter()
+            .all(|c| c["decrypt_check"] == "key destroyed" && c["deletion"] == "deleted"),
+        "{r}"
+    );
+    for p in &sealed_before {
+        for store in ["a", "b"] {
+            assert!(!env
+                .p(&format!("stores/{store}/coffre/audit"))
+                .join(p)
+                .exists());
+        }
+    }
+    let after = std::fs::read_to_string(&log).unwrap();
     assert!(
         !after.contains("drill prep"),
         "the expired entries are gone: {after}"
     );
-    let (code, out) = env.run(&["audit", "verify"]);
+    let first: serde_json::Value = serde_json::from_str(after.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], n + 1);
+    assert_eq!(first["action"], "audit-expire");
+    // The record is listed with the other destructions.
+    let (code, out) = env.run(&["shred", "--records", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(epochs[0]["record"].as_str().unwrap()), "{out}");
+
+    // The log still verifies, locally and against the store copies (written by the expire run).
+    let (code, out) = run_later(&env, "+32d", &["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("chain intact") && out.contains("store copies agree"),
         "{out}"
     );
-    // Later accesses continue the chain; cutting the pruning record off the head is caught.
+    // Cutting the pruning record off the head is caught.
+    let kept: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(kept.len() >= 2, "{kept:?}");
+    std::fs::write(&log, kept[1..].join("\n") + "\n").unwrap();
+    let (code, out) = run_later(&env, "+32d", &["audit", "verify"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("no pruning record"), "{out}");
+}
+
+#[test]
+fn entries_cut_from_the_head_before_their_retention_ends_are_named() {
+    // Someone runs the expiry with the clock moved far ahead (or forges a pruning record): the
+    // local chain verifies, but the store copies still hold those entries, and they are not
+    // past their retention in real time.
+    let env = Env::with("[audit]\nretention = \"30d\"");
+    std::fs::write(env.p("in/emr.sql"), "SELECT 1;\n".repeat(100)).unwrap();
+    let (code, out) = env.run(&[
+        "backup",
+        "--source",
+        "emr",
+        env.p("in/emr.sql").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
     let (code, out) = env.run(&[
         "restore",
         "latest",
         "--source",
         "emr",
         "--to",
-        env.p("r2.sql").to_str().unwrap(),
+        env.p("r.sql").to_str().unwrap(),
         "--purpose",
-        "second look",
+        "look",
     ]);
     assert_eq!(code, 0, "{out}");
-    let log = env.p("state/audit/access.log");
-    let now = std::fs::read_to_string(&log).unwrap();
-    let kept: Vec<&str> = now.lines().collect();
-    assert!(kept.len() >= 3, "{now}");
-    std::fs::write(&log, kept[1..].join("\n") + "\n").unwrap();
+    // 30 days and 10 seconds ahead: the local entries go; the segments' epoch (the day 30 days
+    // from now) is not over yet, unless this runs in the last 10 seconds of a UTC day.
+    let (code, out) = run_later(&env, "+2592010", &["audit", "expire", "--json"]);
+    assert_eq!(code, 0, "{out}");
     let (code, out) = env.run(&["audit", "verify"]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("no pruning record"), "{out}");
+    assert!(
+        out.contains("removed from the head of the local log"),
+        "{out}"
+    );
 }

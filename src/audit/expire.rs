@@ -52,44 +52,79 @@ pub struct ExpireReport {
 struct Copy {
     store: usize,
     id: Option<SnapshotId>,
+    legal_hold: Option<String>,
     data: object_store::path::Path,
     key: object_store::path::Path,
 }
 
-/// Carry out the access log's retention at `now`.
+/// Carry out the access log's retention at `now`. Each part goes on when another fails (a store
+/// that cannot be listed, a log line that does not parse): the failures are in `errors`.
 pub async fn expire(
     app: &Coffre,
     now: time::OffsetDateTime,
     actor: &str,
 ) -> Result<ExpireReport, String> {
     let mut report = ExpireReport::default();
-    let cutoff = now - app.config.audit.retention;
-    report.local = app
-        .audit
-        .prune_before(cutoff, actor, REASON)
-        .map_err(|e| e.to_string())?;
+    let cutoff = now
+        .checked_sub(
+            time::Duration::try_from(app.config.audit.retention).map_err(|e| e.to_string())?,
+        )
+        .ok_or_else(|| "audit.retention reaches before the start of time".to_string())?;
+    match app.audit.prune_before(cutoff, actor, REASON) {
+        Ok(p) => report.local = p,
+        Err(e) => report.errors.push(format!("local log not pruned: {e}")),
+    }
 
-    // Every segment copy of this host, by epoch.
+    // Every segment copy of this host, by the epoch its key object names.
     let mut by_epoch: BTreeMap<EpochId, Vec<Copy>> = BTreeMap::new();
     for (i, s) in app.stores.iter().enumerate() {
-        for seg in super::replicate::segments(s, &app.host).await? {
-            let Some(epoch) = seg
+        let segs = match super::replicate::segments(s, &app.host).await {
+            Ok(segs) => segs,
+            Err(e) => {
+                report.errors.push(e);
+                continue;
+            }
+        };
+        for seg in segs {
+            let key = match s.get_small(&seg.key, MAX_SMALL_OBJECT).await {
+                Ok(b) => KeyObject::parse(&b).ok(),
+                Err(_) => None,
+            };
+            // The folder names the epoch too; the key object is what decides.
+            let folder = seg
                 .data
                 .parts()
                 .collect::<Vec<_>>()
                 .iter()
                 .rev()
                 .nth(1)
-                .and_then(|p| EpochId::try_from(p.as_ref().to_string()).ok())
-            else {
+                .and_then(|p| EpochId::try_from(p.as_ref().to_string()).ok());
+            let Some(epoch) = key.as_ref().map(|k| k.epoch.clone()).or(folder) else {
                 continue;
             };
             by_epoch.entry(epoch).or_default().push(Copy {
                 store: i,
-                id: None,
+                id: key.as_ref().map(|k| k.snapshot),
+                legal_hold: key.and_then(|k| k.legal_hold),
                 data: seg.data,
                 key: seg.key,
             });
+        }
+    }
+    // Due epochs the providers still hold a key for, even when no store lists a segment under
+    // them any more (deleted by hand, a store taken out of the config): the key must go too.
+    for p in &app.providers {
+        match p.epochs() {
+            Ok(es) => {
+                for e in es {
+                    if e.destroyed.is_none() && epoch_day(&e.epoch).is_some() {
+                        by_epoch.entry(e.epoch).or_default();
+                    }
+                }
+            }
+            Err(e) => report
+                .errors
+                .push(format!("provider `{}`: cannot list epochs: {e}", p.name())),
         }
     }
     for (epoch, mut copies) in by_epoch {
@@ -142,17 +177,21 @@ async fn destroy_epoch(
     ))
     .map_err(|e| e.to_string())?;
 
-    // Remember each copy's hash and id before anything is destroyed.
+    // The access log has no legal hold of its own today; if a key object ever carries one,
+    // its epoch stays.
+    if let Some(hold) = copies.iter().find_map(|c| c.legal_hold.clone()) {
+        let _ = log(format!("refused: a segment is under legal hold ({hold})"));
+        return Err(format!(
+            "a segment is under legal hold ({hold}); nothing was destroyed"
+        ));
+    }
+    // Remember each copy's hash before anything is destroyed.
     let mut sealed = Vec::with_capacity(copies.len());
-    for c in copies.iter_mut() {
+    for c in copies.iter() {
         let s = &app.stores[c.store];
         let sha = match s.get_small(&c.data, 256 * 1024 * 1024).await {
             Ok(b) => hex::encode(Sha256::digest(&b)),
             Err(e) => format!("unreadable before destruction: {e}"),
-        };
-        c.id = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
-            Ok(b) => KeyObject::parse(&b).ok().map(|k| k.snapshot),
-            Err(_) => None,
         };
         sealed.push(sha);
     }
@@ -194,6 +233,17 @@ async fn destroy_epoch(
             },
             Err(e) => format!("key object unavailable: {e}"),
         };
+        if decrypt_check == "STILL DECRYPTABLE" {
+            // Its key object names a key that was not destroyed: leave it and say so.
+            let _ = log(format!(
+                "failed: {} in store `{}` still decrypts; not deleted",
+                c.data, s.name
+            ));
+            return Err(format!(
+                "segment {} in store `{}` still decrypts after the destruction of {epoch}: its key object names another key; nothing more was deleted",
+                c.data, s.name
+            ));
+        }
         let mut deletion = "deleted".to_string();
         for path in [&c.data, &c.key] {
             match s.inner.delete(path).await {
@@ -202,7 +252,9 @@ async fn destroy_epoch(
             }
         }
         results.push(CopyResult {
-            snapshot: c.id.unwrap_or_else(SnapshotId::new),
+            // A key object that could not be read leaves the segment without an id: the nil id
+            // says "unknown" (the path and hash identify the copy).
+            snapshot: c.id.unwrap_or_else(SnapshotId::nil),
             store: s.name.clone(),
             path: c.data.to_string(),
             sealed_sha256: sha,
@@ -220,6 +272,7 @@ async fn destroy_epoch(
         reason: REASON.into(),
         epoch: epoch.clone(),
         snapshots: ids,
+        // Checked above: no copy's key object carries a hold.
         legal_hold_checked: true,
         rewrapped: Vec::new(),
         providers,

@@ -164,6 +164,14 @@ pub struct Finding {
 
 /// Compare every store's sealed copy with the local log.
 pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
+    verify_stores_at(app, time::OffsetDateTime::now_utc()).await
+}
+
+/// [`verify_stores`] with the clock given (entries past retention are judged at `now`).
+pub async fn verify_stores_at(
+    app: &Coffre,
+    now: time::OffsetDateTime,
+) -> Result<Vec<Finding>, String> {
     let text = std::fs::read_to_string(app.audit.path()).unwrap_or_default();
     let local: BTreeMap<u64, String> = text
         .lines()
@@ -178,6 +186,8 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
     // deletes its oldest segments when their epoch ends: a store copy may begin anywhere up to
     // the local log's first entry, and entries older than that are not compared.
     let local_first = local.keys().min().copied().unwrap_or(local_last + 1);
+    // An hour of slack for the clocks of the hosts that pruned and that verify.
+    let expired_by = now + time::Duration::hours(1);
     let mut findings = Vec::new();
     for s in &app.stores {
         let segs = segments(s, &app.host).await?;
@@ -239,20 +249,29 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
         // The chain is checked in two parts: entries past the local log's retention (a store
         // that was down while they expired may lack some of them) and the entries the local
         // log still holds (compared one by one below as well).
-        let (mut old, mut current) = (String::new(), String::new());
+        // Expired entries may have gaps (entries that expired while the store was down): each
+        // contiguous run of them is checked on its own.
+        let mut parts: Vec<String> = vec![String::new()];
+        let mut current = String::new();
+        let mut last_old: Option<u64> = None;
         for line in joined.lines() {
             let seq = serde_json::from_str::<crate::audit::Entry>(line)
                 .map(|e| e.seq)
                 .unwrap_or(u64::MAX);
             let part = if seq < local_first {
-                &mut old
+                if last_old.is_some_and(|l| l + 1 != seq) {
+                    parts.push(String::new());
+                }
+                last_old = Some(seq);
+                parts.last_mut().unwrap_or(&mut current)
             } else {
                 &mut current
             };
             part.push_str(line);
             part.push('\n');
         }
-        for part in [&old, &current] {
+        parts.push(current);
+        for part in &parts {
             if let Err(e) = crate::audit::verify_chain(
                 std::path::Path::new("store copy"),
                 part.as_bytes(),
@@ -270,7 +289,24 @@ pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
                 continue;
             };
             if e.seq < local_first {
-                // Past the local log's retention; its segment goes when its epoch ends.
+                // Past the local log's retention; its segment goes when its epoch ends. Unless it
+                // is not past it: then entries were cut from the local log's head (a forged
+                // pruning record passes the local check, not this one).
+                let at = time::OffsetDateTime::parse(
+                    &e.time,
+                    &time::format_description::well_known::Rfc3339,
+                );
+                let expired = at.is_ok_and(|t| t + app.config.audit.retention <= expired_by);
+                if !expired {
+                    findings.push(Finding {
+                        store: s.name.clone(),
+                        seq: Some(e.seq),
+                        problem: format!(
+                            "entry {} (written {}) is not past audit.retention, yet the local log no longer holds it: entries were removed from the head of the local log",
+                            e.seq, e.time
+                        ),
+                    });
+                }
                 continue;
             }
             match local.get(&e.seq) {
