@@ -66,8 +66,16 @@ impl Manifest {
         if bytes.len() as u64 > MAX_SMALL_OBJECT {
             return Err("manifest too large".into());
         }
-        let m: Manifest =
+        let mut m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        // Hex is compared as text further on: one case only.
+        m.sealed_sha256.make_ascii_lowercase();
+        for d in [&mut m.plaintext_hmac_sha256, &mut m.plaintext_blake3]
+            .into_iter()
+            .flatten()
+        {
+            d.make_ascii_lowercase();
+        }
         if m.format != 1 && m.format != MANIFEST_FORMAT {
             return Err(format!(
                 "manifest format {} is not supported (this coffre reads 1 and {MANIFEST_FORMAT}): upgrade coffre",
@@ -259,6 +267,14 @@ mod tests {
         assert!(reparse(&downgrade)
             .unwrap_err()
             .contains("needs plaintext_blake3"));
+        // Upper-case hex reads as the same digest.
+        let mut upper: serde_json::Value =
+            serde_json::from_slice(&manifest().to_json()).unwrap();
+        upper["sealed_sha256"] = "AB".repeat(32).into();
+        upper["plaintext_blake3"] = "CD".repeat(32).into();
+        let m = reparse(&upper).unwrap();
+        assert_eq!(m.sealed_sha256, "ab".repeat(32));
+        assert_eq!(m.plaintext_digest().unwrap().1, "cd".repeat(32));
         // A digest that is not 32 bytes of hex.
         let mut short: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
         short["plaintext_blake3"] = "zz".into();
