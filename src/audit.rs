@@ -243,11 +243,21 @@ impl AccessLog {
         // One writer at a time, across processes too (the daemon and the commands it runs for
         // the control socket): an exclusive lock on the log, and the tail read under it.
         let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = self.lock_current()?;
+        self.append_locked(&mut f, new, pruned)
+    }
+
+    /// Append under the locks the caller holds (the in-process mutex and the file's flock).
+    fn append_locked(
+        &self,
+        f: &mut nix::fcntl::Flock<File>,
+        new: NewEntry,
+        pruned: Option<Pruned>,
+    ) -> Result<Entry, AuditError> {
         let write_err = |source| AuditError::Write {
             path: self.path.clone(),
             source,
         };
-        let mut f = self.lock_current()?;
         let tail = self.load_tail()?;
         let entry = Entry {
             seq: tail.seq + 1,
@@ -290,6 +300,10 @@ impl AccessLog {
         // Never prune a broken chain: the break might be inside the range and its evidence
         // would go with it.
         self.verify()?;
+        // Everything below under the log's locks: two runs at once (the daemon and a CLI
+        // `audit expire`) see each other's record and write one.
+        let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lock = self.lock_current()?;
         let entries = self.lines()?;
         // The oldest run of entries whose time is before the cutoff (an entry whose time does
         // not parse stops the run: never prune what cannot be dated).
@@ -317,7 +331,8 @@ impl AccessLog {
             .iter()
             .any(|(e, _)| e.pruned.as_ref() == Some(&pruned));
         if !recorded {
-            self.append_inner(
+            self.append_locked(
+                &mut lock,
                 NewEntry {
                     actor: actor.into(),
                     action: "audit-expire".into(),
@@ -332,12 +347,10 @@ impl AccessLog {
                 Some(pruned.clone()),
             )?;
         }
-        let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let write_err = |source| AuditError::Write {
             path: self.path.clone(),
             source,
         };
-        let _lock = self.lock_current()?;
         let text = std::fs::read_to_string(&self.path).map_err(|source| AuditError::Read {
             path: self.path.clone(),
             source,
@@ -632,6 +645,41 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn two_prunes_at_once_write_one_record_and_appends_in_between_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        for _ in 0..20 {
+            log.append(entry("restore")).unwrap();
+        }
+        age(&p, 10, 40);
+        let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        std::thread::scope(|sc| {
+            for _ in 0..2 {
+                let p = p.clone();
+                sc.spawn(move || {
+                    AccessLog::open(&p, "h")
+                        .prune_before(cutoff, "t", "r")
+                        .unwrap()
+                });
+            }
+            let p = p.clone();
+            sc.spawn(move || {
+                let other = AccessLog::open(&p, "h");
+                for _ in 0..20 {
+                    other.append(entry("drill")).unwrap();
+                }
+            });
+        });
+        let left = log.entries().unwrap();
+        let records = left.iter().filter(|e| e.pruned.is_some()).count();
+        assert_eq!(records, 1, "one pruning record");
+        assert_eq!(left.iter().filter(|e| e.action == "drill").count(), 20);
+        assert_eq!(left[0].seq, 11);
+        assert_eq!(log.verify().unwrap(), left.len() as u64);
     }
 
     #[test]

@@ -268,8 +268,7 @@ mod tests {
             .unwrap_err()
             .contains("needs plaintext_blake3"));
         // Upper-case hex reads as the same digest.
-        let mut upper: serde_json::Value =
-            serde_json::from_slice(&manifest().to_json()).unwrap();
+        let mut upper: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
         upper["sealed_sha256"] = "AB".repeat(32).into();
         upper["plaintext_blake3"] = "CD".repeat(32).into();
         let m = reparse(&upper).unwrap();
