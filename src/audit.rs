@@ -440,34 +440,7 @@ impl AccessLog {
 
     /// Every entry, in order (after a successful verify, callers filter).
     pub fn entries(&self) -> Result<Vec<Entry>, AuditError> {
-        let f = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => {
-                return Err(AuditError::Read {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
-        };
-        let mut out = Vec::new();
-        for (i, line) in BufReader::new(f).lines().enumerate() {
-            let line = line.map_err(|source| AuditError::Read {
-                path: self.path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let e: Entry = serde_json::from_str(&line).map_err(|err| AuditError::Broken {
-                path: self.path.clone(),
-                line: i as u64 + 1,
-                seq: 0,
-                reason: format!("does not parse: {err}"),
-            })?;
-            out.push(e);
-        }
-        Ok(out)
+        Ok(self.lines()?.into_iter().map(|(e, _)| e).collect())
     }
 }
 

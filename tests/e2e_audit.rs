@@ -56,6 +56,29 @@ create-master-key = true
         self.dir.path().join(rel)
     }
 
+    /// A small dump backed up, then restored to `to` with `purpose`: two accesses in the log.
+    fn backup_and_restore(&self, to: &str, purpose: &str) {
+        std::fs::write(self.p("in/emr.sql"), "SELECT 1;\n".repeat(100)).unwrap();
+        let (code, out) = self.run(&[
+            "backup",
+            "--source",
+            "emr",
+            self.p("in/emr.sql").to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = self.run(&[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--to",
+            self.p(to).to_str().unwrap(),
+            "--purpose",
+            purpose,
+        ]);
+        assert_eq!(code, 0, "{out}");
+    }
+
     fn run(&self, args: &[&str]) -> (i32, String) {
         let out = Command::new(BIN)
             .arg("--config")
@@ -215,26 +238,7 @@ fn run_later(env: &Env, offset: &str, args: &[&str]) -> (i32, String) {
 #[test]
 fn audit_expire_destroys_the_log_and_its_copies_when_retention_ends() {
     let env = Env::with("[audit]\nretention = \"30d\"");
-    std::fs::write(env.p("in/emr.sql"), "SELECT 1;\n".repeat(100)).unwrap();
-    let (code, out) = env.run(&[
-        "backup",
-        "--source",
-        "emr",
-        env.p("in/emr.sql").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    let to = env.p("r.sql");
-    let (code, out) = env.run(&[
-        "restore",
-        "latest",
-        "--source",
-        "emr",
-        "--to",
-        to.to_str().unwrap(),
-        "--purpose",
-        "drill prep",
-    ]);
-    assert_eq!(code, 0, "{out}");
+    env.backup_and_restore("r.sql", "drill prep");
     let log = env.p("state/audit/access.log");
     let n = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
     assert!(n >= 2);
@@ -316,25 +320,7 @@ fn entries_cut_from_the_head_before_their_retention_ends_are_named() {
     // local chain verifies, but the store copies still hold those entries, and they are not
     // past their retention in real time.
     let env = Env::with("[audit]\nretention = \"30d\"");
-    std::fs::write(env.p("in/emr.sql"), "SELECT 1;\n".repeat(100)).unwrap();
-    let (code, out) = env.run(&[
-        "backup",
-        "--source",
-        "emr",
-        env.p("in/emr.sql").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    let (code, out) = env.run(&[
-        "restore",
-        "latest",
-        "--source",
-        "emr",
-        "--to",
-        env.p("r.sql").to_str().unwrap(),
-        "--purpose",
-        "look",
-    ]);
-    assert_eq!(code, 0, "{out}");
+    env.backup_and_restore("r.sql", "look");
     // 30 days and 10 seconds ahead: the local entries go; the segments' epoch (the day 30 days
     // from now) is not over yet, unless this runs in the last 10 seconds of a UTC day.
     let (code, out) = run_later(&env, "+2592010", &["audit", "expire", "--json"]);
