@@ -278,20 +278,9 @@ async fn destroy_epoch(
         providers,
         copies: results,
     };
-    let json = serde_json::to_string_pretty(&record).unwrap_or_default();
-    app.catalog
-        .put_destruction(&record.record, &json)
+    crate::retention::shred::keep_record(app, &record)
+        .await
         .map_err(|e| e.to_string())?;
-    for s in &app.stores {
-        let path = s
-            .prefix
-            .clone()
-            .join("destruction")
-            .join(format!("{}.json", record.record));
-        if let Err(e) = s.inner.put(&path, json.clone().into_bytes().into()).await {
-            tracing::warn!(store = %s.name, error = %e, "destruction record not replicated to store");
-        }
-    }
     log(format!(
         "ok: epoch destroyed, {} segment copies deleted",
         record.copies.len()

@@ -363,18 +363,7 @@ pub async fn execute(
         providers,
         copies: results,
     };
-    let json = serde_json::to_string_pretty(&record).unwrap_or_default();
-    app.catalog.put_destruction(&record.record, &json)?;
-    for s in &app.stores {
-        let path = s
-            .prefix
-            .clone()
-            .join("destruction")
-            .join(format!("{}.json", record.record));
-        if let Err(e) = s.inner.put(&path, json.clone().into_bytes().into()).await {
-            tracing::warn!(store = %s.name, error = %e, "destruction record not replicated to store");
-        }
-    }
+    keep_record(app, &record).await?;
     app.audit.append(NewEntry {
         actor: actor.into(),
         action: "shred".into(),
@@ -389,6 +378,27 @@ pub async fn execute(
     })?;
     tracing::info!(epoch = %record.epoch, snapshots = record.snapshots.len(), "epoch crypto-shredded");
     Ok(record)
+}
+
+/// Keep a destruction record: in the catalog (an error if that fails) and under
+/// `<prefix>/destruction/` in every store (best effort: a warning).
+pub(crate) async fn keep_record(
+    app: &Coffre,
+    record: &DestructionRecord,
+) -> Result<(), crate::catalog::CatalogError> {
+    let json = serde_json::to_string_pretty(record).unwrap_or_default();
+    app.catalog.put_destruction(&record.record, &json)?;
+    for s in &app.stores {
+        let path = s
+            .prefix
+            .clone()
+            .join("destruction")
+            .join(format!("{}.json", record.record));
+        if let Err(e) = s.inner.put(&path, json.clone().into_bytes().into()).await {
+            tracing::warn!(store = %s.name, error = %e, "destruction record not replicated to store");
+        }
+    }
+    Ok(())
 }
 
 /// Items for planning, from the catalog's key objects and manifests.
