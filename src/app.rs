@@ -34,6 +34,8 @@ pub struct Coffre {
     pub providers: Vec<Arc<dyn KeyProvider>>,
     pub catalog: Catalog,
     pub audit: AccessLog,
+    /// Epochs in use by snapshots being protected (an early shred waits for them).
+    pub inflight: crate::inflight::InFlight,
 }
 
 impl Coffre {
@@ -58,6 +60,7 @@ impl Coffre {
             providers,
             catalog,
             audit,
+            inflight: Default::default(),
         };
         app.pull_keyrings().await?;
         Ok(app)
@@ -180,12 +183,37 @@ impl Coffre {
     /// Rebuild the local catalog from the stores' manifests. A replica counts as committed when
     /// its manifest is there and its data object has the manifest's size (`coffre verify` checks
     /// the hashes). Returns (snapshots, replicas).
+    ///
+    /// Every store's manifest and key object are compared: the key object decides when a
+    /// snapshot is shredded and whether it is held, and a store may have been edited by someone
+    /// with write access to that store only. Stores that disagree are named and the rebuild is
+    /// refused, leaving the current catalog as it was.
     pub async fn rebuild_catalog(&self) -> Result<(usize, usize), CatalogError> {
         use crate::catalog::ReplicaState;
         let mut found: std::collections::BTreeMap<crate::ids::SnapshotId, Vec<(String, bool)>> =
             Default::default();
         let mut manifests = std::collections::BTreeMap::new();
         let mut keys = std::collections::BTreeMap::new();
+        // (snapshot, object) -> first (store, value) seen, to compare the others with.
+        let mut first_seen: std::collections::BTreeMap<
+            (crate::ids::SnapshotId, &str),
+            (String, serde_json::Value),
+        > = Default::default();
+        let mut disagreements: Vec<String> = Vec::new();
+        let mut compare = |id: crate::ids::SnapshotId,
+                           what: &'static str,
+                           store: &str,
+                           v: serde_json::Value| {
+            match first_seen.get(&(id, what)) {
+                None => {
+                    first_seen.insert((id, what), (store.to_string(), v));
+                }
+                Some((other, w)) if *w != v => disagreements.push(format!(
+                    "snapshot {id}: the {what} in store `{store}` differs from the one in store `{other}`"
+                )),
+                Some(_) => {}
+            }
+        };
         for s in &self.stores {
             let list = match s.list_manifests().await {
                 Ok(l) => l,
@@ -198,13 +226,34 @@ impl Coffre {
                 let Ok(m) = s.get_manifest(&source, &id).await else {
                     continue;
                 };
+                compare(
+                    id,
+                    "manifest",
+                    &s.name,
+                    serde_json::to_value(&m).unwrap_or_default(),
+                );
                 if let Ok(k) = s.get_key_object(&source, &id).await {
+                    compare(
+                        id,
+                        "key object",
+                        &s.name,
+                        serde_json::to_value(&k).unwrap_or_default(),
+                    );
                     keys.entry(id).or_insert(k);
                 }
                 let data_ok = matches!(s.inner.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
                 found.entry(id).or_default().push((s.name.clone(), data_ok));
                 manifests.entry(id).or_insert(m);
             }
+        }
+        if let Some(first) = disagreements.first() {
+            for d in &disagreements {
+                tracing::error!("catalog rebuild refused: {d}");
+            }
+            return Err(CatalogError::StoresDisagree {
+                count: disagreements.len(),
+                first: first.clone(),
+            });
         }
         self.catalog.clear()?;
         let mut replicas = 0;

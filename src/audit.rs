@@ -126,22 +126,14 @@ fn line_hash(line: &str) -> String {
 
 /// The OS user running this process (the actor of CLI accesses).
 pub fn current_user() -> String {
-    // Set by the daemon on the command it runs for a caller of its control socket.
-    if let Ok(actor) = std::env::var(replicate_actor_env()) {
-        if !actor.is_empty() {
-            return format!("{actor} (via coffre-daemon)");
-        }
-    }
+    // No environment variable names the actor: a socket caller's name comes from its peer
+    // credentials (daemon::control), never from anything the caller sets.
     let uid = nix::unistd::getuid();
     nix::unistd::User::from_uid(uid)
         .ok()
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| format!("uid:{uid}"))
-}
-
-fn replicate_actor_env() -> &'static str {
-    crate::daemon::control::ACTOR_ENV
 }
 
 impl AccessLog {

@@ -24,6 +24,8 @@ pub enum CatalogError {
     },
     #[error("catalog {path} holds a manifest that does not parse: {reason}; run `coffre catalog rebuild`")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("the stores disagree about {count} snapshot(s), so the catalog was not rebuilt (the old one is kept): {first}. Someone may have edited a store: compare the named objects, restore the right copy from the other stores, then rebuild again")]
+    StoresDisagree { count: usize, first: String },
 }
 
 /// What to do about an SQLite error: a full or failing disk is the common cause of I/O errors.

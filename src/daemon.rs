@@ -48,6 +48,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 fn notify(states: &[NotifyState]) {
@@ -72,6 +74,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let token = read_token(&config)?;
     let listen = config.status.listen;
     let drain = config.daemon.drain_timeout;
+    // The daemon owns the state folder for as long as it runs: commands reach it through its
+    // control socket, never beside it.
+    let _lock = crate::lock::acquire(&config.state_dir, crate::lock::Role::Daemon)?;
     let journal = Arc::new(Journal::open(&config.state_dir.join("journal.sqlite"))?);
     let app = Arc::new(Coffre::open(config).await?);
     let rt = Runtime::new(token);
@@ -109,10 +114,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     {
         let path = control::socket_path(&app.config);
-        let (cp, rx, c) = (config_path.clone(), app_rx.clone(), cancel.clone());
+        let (rx, c) = (app_rx.clone(), cancel.clone());
         tracker.spawn(async move {
-            if let Err(e) = control::serve(path.clone(), cp, rx, c).await {
-                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands run locally only");
+            if let Err(e) = control::serve(path.clone(), rx, c).await {
+                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands cannot reach the daemon (and do not run beside it)");
             }
         });
     }
@@ -155,7 +160,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         tokio::select! {
             _ = hup.recv() => {
                 notify(&[NotifyState::Reloading]);
-                match reload(&config_path).await {
+                match reload(&config_path, &app.config.state_dir).await {
                     Ok(new) => {
                         let _ = app_tx.send(Arc::new(new));
                         tracing::info!(config = %config_path.display(), "configuration reloaded");
@@ -193,8 +198,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     Ok(())
 }
 
-async fn reload(path: &Path) -> Result<Coffre, String> {
+async fn reload(path: &Path, state_dir: &Path) -> Result<Coffre, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
+    if config.state_dir != state_dir {
+        // The daemon holds the lock of the state folder it started with.
+        return Err(format!(
+            "state-dir changed from {} to {}: restart the daemon to move it",
+            state_dir.display(),
+            config.state_dir.display()
+        ));
+    }
     Coffre::open(config).await.map_err(|e| e.to_string())
 }
 

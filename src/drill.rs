@@ -157,6 +157,7 @@ pub async fn drill_one(
             actor: req.actor.clone(),
             action: "drill".into(),
             progress: false,
+            stream: None,
         };
         let r = crate::restore::restore(app, &rreq)
             .await

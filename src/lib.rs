@@ -21,11 +21,14 @@
 pub mod app;
 pub mod audit;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drill;
 pub mod ids;
+pub mod inflight;
 pub mod keys;
+pub mod lock;
 pub mod pipeline;
 pub mod restore;
 pub mod retention;

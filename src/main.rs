@@ -1,20 +1,19 @@
-//! The `coffre` command: parses the CLI, loads the config, starts tracing and calls the library.
+//! The `coffre` command: parses the CLI, starts tracing and the runtime, then runs the command
+//! through the running daemon's control socket when one answers, or here under the state
+//! folder's lock when none runs (`coffre::cli` holds the commands themselves).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 
+use coffre::cli::{Command, Ctx, KeysCommand, Out};
 use coffre::config::{Config, ProviderKind, DEFAULT_CONFIG_PATH};
-use coffre::ids::SnapshotId;
-use coffre::pipeline::Protection;
-use coffre::restore::{Request, Selector};
+use coffre::daemon::control;
+use coffre::lock::{self, Role};
 use coffre::Coffre;
-
-/// Exit code of `coffre backup` when the snapshot is committed in min-sites but not every store.
-const EXIT_DEGRADED: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -38,230 +37,6 @@ enum LogFormat {
     Auto,
     Text,
     Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
-    /// serve the status endpoint (systemd Type=notify).
-    Daemon,
-    /// Print the running daemon's status (from its status endpoint).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Protect one snapshot (a file or a directory) now; prints the snapshot id.
-    Backup {
-        /// Source the snapshot belongs to.
-        #[arg(long)]
-        source: String,
-        /// The snapshot: a dump file, or a directory such as a pg_basebackup.
-        path: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List snapshots, oldest first, and where each is committed.
-    Snapshots {
-        #[arg(long)]
-        source: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The local catalog (a cache of the stores' manifests).
-    Catalog {
-        #[command(subcommand)]
-        command: CatalogCommand,
-    },
-    /// Restore a snapshot from any surviving store (logged in the access log first).
-    Restore(RestoreArgs),
-    /// Check every replica (present, header valid, SHA-256 matches) without any key.
-    Verify {
-        /// Only this snapshot.
-        snapshot: Option<SnapshotId>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Key providers and epoch keys.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-    /// The access log.
-    Audit {
-        #[command(subcommand)]
-        command: AuditCommand,
-    },
-    /// Validate the config file and print every problem.
-    CheckConfig,
-    /// Retention: what would be shredded and when.
-    Retention {
-        #[command(subcommand)]
-        command: RetentionCommand,
-    },
-    /// Crypto-shred one snapshot now (an erasure order), or show destruction records.
-    Shred {
-        /// The snapshot to shred.
-        #[arg(long, required_unless_present = "records")]
-        snapshot: Option<SnapshotId>,
-        /// Why (recorded in the access log and the destruction record).
-        #[arg(long, required_unless_present = "records")]
-        purpose: Option<String>,
-        /// Do it (without --yes, only say what would happen).
-        #[arg(long)]
-        yes: bool,
-        /// Show the destruction records instead.
-        #[arg(long)]
-        records: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
-    Drill {
-        #[arg(long)]
-        source: Option<String>,
-        /// Only this store (default: every store).
-        #[arg(long, conflicts_with = "all_stores")]
-        store: Option<String>,
-        /// Every store (the default).
-        #[arg(long)]
-        all_stores: bool,
-        /// This snapshot (default: the source's drill.pick, latest).
-        #[arg(long)]
-        snapshot: Option<SnapshotId>,
-        /// Rebuild the catalog from the stores first (a drill as on a new host).
-        #[arg(long)]
-        fresh_catalog: bool,
-        /// Why (recorded in the access log).
-        #[arg(long, default_value = "disaster-recovery drill")]
-        purpose: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Legal holds: a held snapshot is never shredded.
-    Hold {
-        #[command(subcommand)]
-        command: HoldCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum RetentionCommand {
-    /// Show due epochs (shred / keep with reasons) and when each snapshot's epoch is due.
-    Plan {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Carry out the due part of the plan now (what the daemon does on its schedule).
-    Run {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum HoldCommand {
-    /// Put a snapshot under legal hold.
-    Add {
-        snapshot: SnapshotId,
-        #[arg(long)]
-        purpose: String,
-    },
-    /// Release a legal hold.
-    Release {
-        snapshot: SnapshotId,
-        #[arg(long)]
-        purpose: String,
-    },
-}
-
-#[derive(Args)]
-struct RestoreArgs {
-    /// Snapshot id, or `latest`.
-    snapshot: Selector,
-    #[arg(long)]
-    source: String,
-    /// Where to write the snapshot (must not exist).
-    #[arg(long)]
-    to: PathBuf,
-    /// Use only this store.
-    #[arg(long)]
-    store: Option<String>,
-    /// Why the data is accessed (recorded in the access log).
-    #[arg(long)]
-    purpose: String,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum CatalogCommand {
-    /// Rebuild the catalog from the stores' manifests.
-    Rebuild {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create the master key of every file provider that has none yet (mode 0600).
-    Init,
-    /// Providers, their health and their epochs (no key material).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Rotate the master key of a file provider (re-seal its keyring here and in the stores),
-    /// or wrap every snapshot's data key with another provider too. No data is re-encrypted.
-    Rotate {
-        /// File provider whose master key is rotated.
-        #[arg(long, requires = "new_master_key")]
-        provider: Option<String>,
-        /// The new master key file (64 hex characters, mode 0600).
-        #[arg(long)]
-        new_master_key: Option<PathBuf>,
-        /// Create the new master key file.
-        #[arg(long)]
-        create: bool,
-        /// Wrap every snapshot's data key with this provider as well.
-        #[arg(long, conflicts_with = "provider")]
-        to_provider: Option<String>,
-        /// Why (recorded in the access log).
-        #[arg(long)]
-        purpose: String,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check the hash chain; exits non-zero and names the first bad entry.
-    Verify,
-    /// Carry out the access log's retention now (the daemon does it on its shred schedule):
-    /// entries older than `audit.retention` leave the local log, and sealed segments whose
-    /// epoch has ended are crypto-shredded in every store.
-    Expire {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show entries, optionally filtered.
-    Show {
-        /// Entries at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// Entries before this RFC 3339 time.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        snapshot: Option<String>,
-        #[arg(long)]
-        actor: Option<String>,
-        #[arg(long)]
-        action: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -319,44 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// When the daemon runs, access commands go through its control socket, which checks the
-/// caller's peer credentials. None: no daemon answers, run locally.
-fn via_daemon(cli: &Cli) -> Option<ExitCode> {
-    use coffre::daemon::control;
-    if std::env::var_os(control::ACTOR_ENV).is_some() {
-        return None;
-    }
-    let name = match &cli.command {
-        Command::Restore(_) => "restore",
-        Command::Drill { .. } => "drill",
-        Command::Shred { .. } => "shred",
-        Command::Hold { .. } => "hold",
-        Command::Audit { .. } => "audit",
-        _ => return None,
-    };
-    let path = std::env::var_os("COFFRE_SOCKET")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Config::load(&config_path(cli))
-                .ok()
-                .map(|c| control::socket_path(&c))
-        })
-        .unwrap_or_else(|| PathBuf::from("/run/coffre/coffre.sock"));
-    if !path.exists() {
-        return None;
-    }
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().skip(1).position(|a| a == name)? + 1;
-    let resp = control::call(&path, &args[i..])?;
-    print!("{}", resp.stdout);
-    eprint!("{}", resp.stderr);
-    Some(ExitCode::from(resp.exit.clamp(0, 255) as u8))
-}
-
 async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Some(code) = via_daemon(&cli) {
-        return Ok(code);
-    }
     match &cli.command {
         Command::CheckConfig => {
             let c = load_config(&cli)?;
@@ -374,6 +112,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command: KeysCommand::Init,
         } => {
             let c = load_config(&cli)?;
+            let _lock = lock::acquire(&c.state_dir, Role::Command)?;
             for k in &c.key_providers {
                 match (k.kind, &k.master_key) {
                     (ProviderKind::File, Some(path)) => {
@@ -417,6 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => {
             let config = load_config(&cli)?;
+            let _lock = lock::acquire(&config.state_dir, Role::Command)?;
             let r = coffre::keys::rotate::rotate_master_key_everywhere(
                 &config,
                 provider,
@@ -451,601 +191,88 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&cli)?;
             status_command(&config, *json).await
         }
-        _ => {
-            let config = load_config(&cli)?;
-            let app = Coffre::open(config).await?;
-            let result = command(&app, &cli.command).await;
-            if writes_access_log(&cli.command) {
-                // The access log's sealed copy follows it to the stores (best effort: the daemon
-                // and the next command retry).
-                if let Err(e) = coffre::audit::replicate::replicate(&app).await {
-                    tracing::warn!(error = %e, "access log not replicated to the stores yet");
-                }
-            }
-            result
-        }
+        cmd => route(&cli, cmd).await,
     }
 }
 
-fn writes_access_log(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Restore(_)
-            | Command::Drill { .. }
-            | Command::Shred { records: false, .. }
-            | Command::Hold { .. }
-            | Command::Catalog { .. }
-            | Command::Retention {
-                command: RetentionCommand::Run { .. }
-            }
-            | Command::Audit {
-                command: AuditCommand::Expire { .. }
-            }
-    )
-}
-
-async fn command(app: &Coffre, cmd: &Command) -> Result<ExitCode> {
-    match cmd {
-        Command::Backup { source, path, json } => {
-            let out = coffre::pipeline::protect(app, source, path).await?;
-            if *json {
-                print_json(&out)?;
-            } else {
-                println!("{}", out.manifest.snapshot);
-            }
-            for f in &out.failed {
-                eprintln!(
-                    "warning: store `{}` did not receive snapshot {}: {}",
-                    f.store, out.manifest.snapshot, f.error
-                );
-            }
-            if out.protection == Protection::Degraded {
-                eprintln!(
-                    "warning: snapshot {} is degraded: committed in {} of {} stores (at least min-sites sites)",
-                    out.manifest.snapshot,
-                    out.committed.len(),
-                    app.stores.len()
-                );
-                return Ok(ExitCode::from(EXIT_DEGRADED));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Snapshots { source, json } => {
-            let list = app.catalog.list(source.as_deref())?;
-            if *json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "id": e.manifest.snapshot,
-                            "source": e.manifest.source,
-                            "created": e.manifest.created,
-                            "kind": e.manifest.kind,
-                            "name": e.manifest.original_name,
-                            "size": e.manifest.size,
-                            "sealed_size": e.manifest.sealed_size,
-                            "sealed_sha256": e.manifest.sealed_sha256,
-                            "stores": e.replicas.iter().filter(|r| r.state == coffre::catalog::ReplicaState::Committed).map(|r| r.store.clone()).collect::<Vec<_>>(),
-                            "replicas": e.replicas,
-                        })
-                    })
-                    .collect();
-                print_json(&v)?;
-            } else {
-                println!(
-                    "{:<26}  {:<12}  {:<20}  {:>14}  stores",
-                    "id", "source", "created", "size"
-                );
-                for e in &list {
-                    let stores: Vec<_> = e
-                        .replicas
-                        .iter()
-                        .filter(|r| r.state == coffre::catalog::ReplicaState::Committed)
-                        .map(|r| r.store.as_str())
-                        .collect();
-                    println!(
-                        "{:<26}  {:<12}  {:<20}  {:>14}  {}",
-                        e.manifest.snapshot,
-                        e.manifest.source,
-                        e.manifest.created,
-                        e.manifest.size,
-                        stores.join(",")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Catalog {
-            command: CatalogCommand::Rebuild { json },
-        } => {
-            let actor = coffre::audit::current_user();
-            app.audit.append(coffre::audit::NewEntry {
-                actor: actor.clone(),
-                action: "catalog-rebuild".into(),
-                target: Default::default(),
-                purpose: "rebuild the local catalog from the stores".into(),
-                outcome: "started".into(),
-                exposes: None,
-            })?;
-            let (snapshots, replicas) = app.rebuild_catalog().await?;
-            app.audit.append(coffre::audit::NewEntry {
-                actor,
-                action: "catalog-rebuild".into(),
-                target: Default::default(),
-                purpose: "rebuild the local catalog from the stores".into(),
-                outcome: format!("ok: {snapshots} snapshots, {replicas} replicas"),
-                exposes: None,
-            })?;
-            if *json {
-                print_json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas}))?;
-            } else {
-                println!(
-                    "catalog rebuilt: {snapshots} snapshot(s), {replicas} committed replica(s)"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Restore(a) => {
-            if a.purpose.trim().is_empty() {
-                bail!(
-                    "--purpose must say why the data is accessed; it is recorded in the access log"
-                );
-            }
-            let req = Request {
-                source: a.source.clone(),
-                snapshot: a.snapshot,
-                to: a.to.clone(),
-                store: a.store.clone(),
-                purpose: a.purpose.clone(),
-                actor: coffre::audit::current_user(),
-                action: "restore".into(),
-                progress: std::io::stderr().is_terminal() && !a.json,
-            };
-            let report = coffre::restore::restore(app, &req).await?;
-            if a.json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "restored snapshot {} to {} ({} bytes, from {}, {:.1} s)",
-                    report.snapshot,
-                    report.to.display(),
-                    report.size,
-                    report.stores_used.join(" then "),
-                    report.seconds
-                );
-            }
-            for f in &report.failures {
-                eprintln!(
-                    "warning: replica in store `{}` failed ({}): {}",
-                    f.store, f.kind, f.error
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { snapshot, json } => {
-            let checks = coffre::verify::verify(app, *snapshot).await;
-            let bad = checks.iter().filter(|c| !c.ok()).count();
-            if *json {
-                print_json(&checks)?;
-            } else {
-                for c in &checks {
-                    println!(
-                        "{}  {:<12}  {:<12}  {}{}",
-                        c.snapshot,
-                        c.source,
-                        c.store,
-                        c.state,
-                        c.detail
-                            .as_deref()
-                            .map(|d| format!(": {d}"))
-                            .unwrap_or_default()
-                    );
-                }
-                println!("{} replica(s) checked, {} not ok", checks.len(), bad);
-            }
-            if snapshot.is_some() && checks.is_empty() {
-                bail!(
-                    "snapshot {} is not known in the catalog or any store",
-                    snapshot.map(|s| s.to_string()).unwrap_or_default()
-                );
-            }
-            Ok(if bad > 0 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Keys {
-            command: KeysCommand::Status { json },
-        } => {
-            // Snapshots per epoch, from the catalog's key objects.
-            let mut per_epoch: std::collections::BTreeMap<String, u64> = Default::default();
-            for k in app.catalog.all_keys()? {
-                *per_epoch.entry(k.epoch.to_string()).or_default() += 1;
-            }
-            let mut out = Vec::new();
-            for p in &app.providers {
-                let health = p
-                    .health()
-                    .map(|_| "ok".to_string())
-                    .unwrap_or_else(|e| e.to_string());
-                let epochs: Vec<_> = p
-                    .epochs()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|e| {
-                        let due = coffre::retention::epoch_day(&e.epoch)
-                            .and_then(|d| d.next_day())
-                            .map(|d| format!("{d}T00:00:00Z"));
-                        serde_json::json!({
-                            "epoch": e.epoch,
-                            "created": e.created,
-                            "destroyed": e.destroyed,
-                            "snapshots": per_epoch.get(e.epoch.as_str()).copied().unwrap_or(0),
-                            "due": due,
-                        })
-                    })
-                    .collect();
-                out.push(serde_json::json!({
-                    "provider": p.name(),
-                    "kind": p.kind(),
-                    "health": health,
-                    "epochs": epochs,
-                }));
-            }
-            if *json {
-                print_json(&out)?;
-            } else {
-                for p in &out {
-                    println!(
-                        "provider {} ({}): {}",
-                        p["provider"].as_str().unwrap_or("?"),
-                        p["kind"].as_str().unwrap_or("?"),
-                        p["health"].as_str().unwrap_or("?")
-                    );
-                    for e in p["epochs"].as_array().into_iter().flatten() {
-                        println!(
-                            "  epoch {:<24} snapshots {:>5}  {}",
-                            e["epoch"].as_str().unwrap_or("?"),
-                            e["snapshots"],
-                            match e["destroyed"].as_str() {
-                                Some(d) => format!("destroyed {d}"),
-                                None =>
-                                    format!("due {}", e["due"].as_str().unwrap_or("never (hold)")),
-                            }
-                        );
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let n = app.audit.verify()?;
-            println!(
-                "access log {}: {} entries, chain intact",
-                app.audit.path().display(),
-                n
-            );
-            let findings = coffre::audit::replicate::verify_stores(app)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            for f in &findings {
-                println!(
-                    "store `{}`{}: {}",
-                    f.store,
-                    f.seq.map(|s| format!(" entry {s}")).unwrap_or_default(),
-                    f.problem
-                );
-            }
-            if let Some(f) = findings.first() {
-                bail!(
-                    "the access log and its copy in store `{}` disagree ({} finding(s)); first: {}",
-                    f.store,
-                    findings.len(),
-                    f.problem
-                );
-            }
-            println!("store copies agree with the local log");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Audit {
-            command: AuditCommand::Expire { json },
-        } => {
-            let now = time::OffsetDateTime::now_utc();
-            let r = coffre::audit::expire::expire(app, now, &coffre::audit::current_user())
-                .await
-                .map_err(anyhow::Error::msg)?;
-            if *json {
-                print_json(&r)?;
-            } else {
-                match &r.local {
-                    Some(p) => println!(
-                        "local log: entries {}-{} removed (older than audit.retention)",
-                        p.first, p.through
-                    ),
-                    None => println!("local log: no entry older than audit.retention"),
-                }
-                for d in &r.epochs {
-                    println!(
-                        "epoch {} destroyed: {} sealed segment copies deleted (record {})",
-                        d.epoch,
-                        d.copies.len(),
-                        d.record
-                    );
-                }
-                for (e, day) in &r.upcoming {
-                    println!("epoch {e}: kept until the end of {day}");
-                }
-            }
-            if let Some(e) = r.errors.first() {
-                bail!(
-                    "{} access-log epoch(s) not destroyed; first: {e}",
-                    r.errors.len()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Audit {
-            command:
-                AuditCommand::Show {
-                    since,
-                    until,
-                    snapshot,
-                    actor,
-                    action,
-                    json,
-                },
-        } => {
-            let entries: Vec<_> = app
-                .audit
-                .entries()?
-                .into_iter()
-                .filter(|e| since.as_ref().is_none_or(|s| e.time.as_str() >= s.as_str()))
-                .filter(|e| until.as_ref().is_none_or(|u| e.time.as_str() < u.as_str()))
-                .filter(|e| {
-                    snapshot
-                        .as_ref()
-                        .is_none_or(|s| e.target.snapshot.as_ref() == Some(s))
-                })
-                .filter(|e| actor.as_ref().is_none_or(|a| &e.actor == a))
-                .filter(|e| action.as_ref().is_none_or(|a| &e.action == a))
-                .collect();
-            if *json {
-                print_json(&entries)?;
-            } else {
-                for e in &entries {
-                    println!(
-                        "{:>6}  {}  {:<10}  {:<16}  {:<26}  {}  purpose: {}",
-                        e.seq,
-                        e.time,
-                        e.actor,
-                        e.action,
-                        e.target.snapshot.as_deref().unwrap_or("-"),
-                        e.outcome,
-                        e.purpose
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Keys {
-            command:
-                KeysCommand::Rotate {
-                    to_provider: Some(to),
-                    purpose,
-                    json,
-                    ..
-                },
-        } => {
-            let n = coffre::keys::rotate::add_provider_wraps(
-                app,
-                to,
-                &coffre::audit::current_user(),
-                purpose,
-            )
-            .await?;
-            if *json {
-                print_json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
-            } else {
-                println!("{n} snapshot key(s) now also wrapped by provider {to}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Keys {
-            command: KeysCommand::Rotate { .. },
-        } => bail!(
-            "keys rotate needs either --provider NAME --new-master-key PATH, or --to-provider NAME"
+/// Through the daemon when one answers on its control socket; otherwise here, holding the state
+/// folder's lock. Never here beside a running daemon: its lock refuses that.
+async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
+    let config = Config::load(&config_path(cli));
+    let socket = std::env::var_os("COFFRE_SOCKET")
+        .map(PathBuf::from)
+        .or_else(|| config.as_ref().ok().map(control::socket_path))
+        .unwrap_or_else(|| PathBuf::from("/run/coffre/coffre.sock"));
+    let refused = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(s) => return remote(s, cmd).await,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot connect to the daemon's control socket {}: permission denied. Only root and members of the operators' group (audit.operators-group) may use coffre on this host",
+            socket.display()
         ),
-        Command::Retention { command } => {
-            let now = time::OffsetDateTime::now_utc();
-            match command {
-                RetentionCommand::Plan { json } => {
-                    let plan = coffre::retention::shred::current_plan(app, now)?;
-                    if *json {
-                        print_json(&plan)?;
-                    } else {
-                        for ep in &plan.due {
-                            println!("epoch {} is due now:", ep.epoch);
-                            for id in &ep.shred {
-                                println!("  shred {id}");
-                            }
-                            for k in &ep.keep {
-                                println!(
-                                    "  keep  {} ({}) -> epoch {}",
-                                    k.snapshot, k.reason, k.to_epoch
-                                );
-                            }
-                        }
-                        for u in &plan.upcoming {
-                            println!(
-                                "{}  {:<12}  epoch {}  destroyed at {}",
-                                u.snapshot, u.source, u.epoch, u.due
-                            );
-                        }
-                    }
-                }
-                RetentionCommand::Run { json } => {
-                    let (done, errors) =
-                        coffre::retention::shred::run_due(app, now, &coffre::audit::current_user())
-                            .await;
-                    if *json {
-                        print_json(&done)?;
-                    } else {
-                        for r in &done {
-                            println!(
-                                "epoch {} destroyed: {} snapshot(s) shredded, {} kept by re-wrap",
-                                r.epoch,
-                                r.snapshots.len(),
-                                r.rewrapped.len()
-                            );
-                        }
-                    }
-                    if let Some(e) = errors.first() {
-                        bail!("{} epoch(s) not shredded; first: {e}", errors.len());
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Err(e) => e,
+    };
+    let config = config.with_context(|| {
+        format!(
+            "no coffre daemon answers on {} ({refused}), and this command cannot run here without the config",
+            socket.display()
+        )
+    })?;
+    let _lock = lock::acquire(&config.state_dir, Role::Command).map_err(|e| match e {
+        lock::LockError::DaemonRunning { .. } => anyhow::anyhow!(
+            "{e}. Its control socket {} does not answer ({refused}); nothing was run",
+            socket.display()
+        ),
+        other => other.into(),
+    })?;
+    let app = Coffre::open(config).await?;
+    let ctx = Ctx {
+        actor: coffre::audit::current_user(),
+        out: Out::local(),
+        restore_sink: None,
+    };
+    let result = coffre::cli::execute(&app, cmd, &ctx).await;
+    if cmd.writes_access_log() {
+        // The access log's sealed copy follows it to the stores (best effort: the daemon and
+        // the next command retry).
+        if let Err(e) = coffre::audit::replicate::replicate(&app).await {
+            tracing::warn!(error = %e, "access log not replicated to the stores yet");
         }
-        Command::Shred {
-            records: true,
-            json,
-            ..
-        } => {
-            let recs: Vec<serde_json::Value> = app
-                .catalog
-                .destructions()?
-                .iter()
-                .filter_map(|r| serde_json::from_str(r).ok())
-                .collect();
-            if *json {
-                print_json(&recs)?;
-            } else {
-                for r in &recs {
-                    println!(
-                        "{}  {}  epoch {}  {} snapshot(s)  {}",
-                        r["record"].as_str().unwrap_or("?"),
-                        r["time"].as_str().unwrap_or("?"),
-                        r["epoch"].as_str().unwrap_or("?"),
-                        r["snapshots"].as_array().map(|a| a.len()).unwrap_or(0),
-                        r["reason"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Shred {
-            snapshot,
-            purpose,
-            yes,
-            json,
-            ..
-        } => {
-            let (Some(id), Some(purpose)) = (snapshot, purpose) else {
-                bail!("shred needs --snapshot ID and --purpose TEXT");
-            };
-            if purpose.trim().is_empty() {
-                bail!("--purpose must say why the snapshot is destroyed");
-            }
-            let key = app.catalog.get_key(id)?.with_context(|| {
-                format!("snapshot {id} is not in the catalog (run `coffre catalog rebuild`)")
-            })?;
-            if !*yes {
-                let mates = app
-                    .catalog
-                    .all_keys()?
-                    .iter()
-                    .filter(|k| k.epoch == key.epoch && k.snapshot != *id)
-                    .count();
-                println!("would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
-                return Ok(ExitCode::from(2));
-            }
-            let r = coffre::retention::shred::shred_one(
-                app,
-                id,
-                &coffre::audit::current_user(),
-                purpose,
-            )
-            .await?;
-            if *json {
-                print_json(&r)?;
-            } else {
-                println!("snapshot {id} crypto-shredded: epoch {} destroyed in {} provider(s), {} copies deleted (record {})", r.epoch, r.providers.len(), r.copies.len(), r.record);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Drill {
-            source,
-            store,
-            snapshot,
-            fresh_catalog,
-            purpose,
-            json,
-            ..
-        } => {
-            let req = coffre::drill::DrillRequest {
-                source: source.clone(),
-                store: store.clone(),
-                snapshot: *snapshot,
-                fresh_catalog: *fresh_catalog,
-                actor: coffre::audit::current_user(),
-                purpose: purpose.clone(),
-            };
-            let reports = coffre::drill::drill(app, &req)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            if *json {
-                print_json(&reports)?;
-            } else {
-                for r in &reports {
-                    println!(
-                        "drill {} source {} store {} snapshot {}: {} (restore {:.1} s, verify {:.1} s, RTO {:.1} s, scratch wiped: {}){}",
-                        r.drill,
-                        r.source,
-                        r.store,
-                        r.snapshot.map(|s| s.to_string()).unwrap_or_default(),
-                        if r.ok { "OK" } else { "FAILED" },
-                        r.restore_seconds,
-                        r.verify_seconds,
-                        r.rto_seconds,
-                        r.scratch_wiped,
-                        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-                    );
-                }
-            }
-            Ok(if reports.iter().all(|r| r.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Hold { command } => {
-            let actor = coffre::audit::current_user();
-            match command {
-                HoldCommand::Add { snapshot, purpose } => {
-                    coffre::retention::shred::hold_add(app, snapshot, &actor, purpose).await?;
-                    println!("snapshot {snapshot} is under legal hold: it will not be shredded until released");
-                }
-                HoldCommand::Release { snapshot, purpose } => {
-                    let k = coffre::retention::shred::hold_release(app, snapshot, &actor, purpose)
-                        .await?;
-                    println!(
-                        "hold on snapshot {snapshot} released: its key is back under epoch {}",
-                        k.epoch
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::CheckConfig
-        | Command::Daemon
-        | Command::Status { .. }
-        | Command::Keys {
-            command: KeysCommand::Init,
-        } => Ok(ExitCode::SUCCESS),
     }
+    result.map(ExitCode::from)
+}
+
+/// Send the command to the daemon. Paths are made absolute here; a restore's target is checked
+/// and then written here, with the caller's own rights.
+async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<ExitCode> {
+    let mut cmd = cmd.clone();
+    let mut writer = None;
+    match &mut cmd {
+        Command::Restore(a) => {
+            a.to =
+                std::path::absolute(&a.to).with_context(|| format!("--to {}", a.to.display()))?;
+            coffre::restore::check_target(&a.to)?;
+            writer = Some(client::Restore::new(
+                a.to.clone(),
+                std::io::stderr().is_terminal() && !a.json,
+            ));
+        }
+        Command::Backup { path, .. } => {
+            *path = std::fs::canonicalize(&*path)
+                .with_context(|| format!("snapshot {}", path.display()))?;
+        }
+        _ => {}
+    }
+    let code = tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        let w = writer
+            .as_mut()
+            .map(|w| w as &mut dyn control::RestoreWriter);
+        control::call(s, &cmd, w)
+    })
+    .await
+    .context("the control socket client stopped")?
+    .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::from(code))
 }
 
 async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
@@ -1106,4 +333,160 @@ async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
         println!("ALERT: {}", a.as_str().unwrap_or("?"));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+mod client {
+    //! The caller's side of a restore through the daemon: the plaintext arrives on the socket
+    //! and is written here, by the caller, into a private temporary file or folder beside the
+    //! target, moved into place only when the daemon says every check passed.
+
+    use std::path::PathBuf;
+    use std::sync::mpsc::SyncSender;
+    use std::thread::JoinHandle;
+
+    use bytes::Bytes;
+    use coffre::daemon::control::{Begin, RestoreWriter};
+    use coffre::store::SnapshotKind;
+
+    pub struct Restore {
+        to: PathBuf,
+        tmp: Option<PathBuf>,
+        size: u64,
+        tx: Option<SyncSender<Bytes>>,
+        writer: Option<JoinHandle<std::io::Result<u64>>>,
+        progress: Option<indicatif::ProgressBar>,
+        show_progress: bool,
+        done: bool,
+    }
+
+    impl Restore {
+        pub fn new(to: PathBuf, show_progress: bool) -> Restore {
+            Restore {
+                to,
+                tmp: None,
+                size: 0,
+                tx: None,
+                writer: None,
+                progress: None,
+                show_progress,
+                done: false,
+            }
+        }
+
+        fn join(&mut self) -> Result<u64, String> {
+            self.tx = None;
+            if let Some(pb) = self.progress.take() {
+                pb.finish_and_clear();
+            }
+            match self.writer.take() {
+                None => Err("nothing was restored".into()),
+                Some(h) => match h.join() {
+                    Ok(Ok(n)) => Ok(n),
+                    Ok(Err(e)) => Err(format!("cannot write {}: {e}", self.to.display())),
+                    Err(_) => Err(format!("the writer of {} stopped", self.to.display())),
+                },
+            }
+        }
+    }
+
+    impl RestoreWriter for Restore {
+        fn begin(&mut self, b: &Begin) -> Result<(), String> {
+            if self.writer.is_some() {
+                return Err("the daemon began a second restore on one request".into());
+            }
+            let tmp = coffre::restore::partial_path(&self.to, &b.snapshot);
+            coffre::restore::remove_any(&tmp);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+            let t = tmp.clone();
+            let kind = b.kind;
+            let h = std::thread::Builder::new()
+                .name("coffre-restore-write".into())
+                .spawn(move || match kind {
+                    SnapshotKind::File => coffre::restore::write_file(rx, &t),
+                    SnapshotKind::Directory => coffre::restore::unpack_tar(rx, &t),
+                })
+                .map_err(|e| format!("cannot start the writer: {e}"))?;
+            self.tmp = Some(tmp);
+            self.size = b.size;
+            self.tx = Some(tx);
+            self.writer = Some(h);
+            if self.show_progress {
+                let pb = indicatif::ProgressBar::new(b.size);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                self.progress = Some(pb);
+            }
+            Ok(())
+        }
+
+        fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+            let n = bytes.len() as u64;
+            let sent = match &self.tx {
+                Some(tx) => tx.send(Bytes::from(bytes)).is_ok(),
+                None => return Err("restored data before its header".into()),
+            };
+            if !sent {
+                // The writer stopped: its error says why.
+                let e = self
+                    .join()
+                    .err()
+                    .unwrap_or_else(|| "the writer stopped".into());
+                self.abort();
+                return Err(e);
+            }
+            if let Some(pb) = &self.progress {
+                pb.inc(n);
+            }
+            Ok(())
+        }
+
+        fn finish(&mut self) -> Result<(), String> {
+            let n = match self.join() {
+                Ok(n) => n,
+                Err(e) => {
+                    self.abort();
+                    return Err(e);
+                }
+            };
+            let Some(tmp) = self.tmp.clone() else {
+                return Err("nothing was restored".into());
+            };
+            if n != self.size {
+                self.abort();
+                return Err(format!(
+                    "received {n} bytes of the {} the snapshot holds; nothing was left at {}",
+                    self.size,
+                    self.to.display()
+                ));
+            }
+            if let Err(e) = coffre::restore::rename_into_place(&tmp, &self.to) {
+                self.abort();
+                return Err(format!(
+                    "cannot move the restored snapshot to {}: {e}; nothing was left there",
+                    self.to.display()
+                ));
+            }
+            self.done = true;
+            Ok(())
+        }
+
+        fn abort(&mut self) {
+            let _ = self.join();
+            if let Some(t) = self.tmp.take() {
+                coffre::restore::remove_any(&t);
+            }
+        }
+    }
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if !self.done {
+                self.abort();
+            }
+        }
+    }
 }

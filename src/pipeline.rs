@@ -580,7 +580,16 @@ pub async fn protect_as(
         .unwrap_or_else(|| "snapshot".into());
 
     let created = time::OffsetDateTime::now_utc();
-    let (expiry, epoch) = plan_expiry(app, &source, created);
+    // Enter the epoch before its key wraps anything: an early shred of it waits for this
+    // snapshot's key object to reach the catalog, and a snapshot never enters an epoch that is
+    // being shredded (it waits, then plans again).
+    let (expiry, epoch, _in_epoch) = loop {
+        let (expiry, epoch) = plan_expiry(app, &source, created);
+        match app.inflight.try_enter(&epoch) {
+            Some(entered) => break (expiry, epoch, entered),
+            None => app.inflight.wait_open(&epoch).await,
+        }
+    };
     tracing::info!(kind = ?kind, "protecting snapshot");
 
     // Data key, wrapped by every provider under the epoch of planned expiry.

@@ -82,10 +82,24 @@ impl RestoreError {
 }
 
 /// Which snapshot to restore.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Selector {
     Latest,
     Id(SnapshotId),
+}
+
+/// What a restore through the control socket sends to its caller: first what is coming, then
+/// the plaintext (a file's bytes, or a directory's tar stream) in chunks. The caller writes it
+/// with its own rights; the daemon's final answer says whether every check passed.
+#[derive(Debug)]
+pub enum Chunk {
+    Begin {
+        snapshot: SnapshotId,
+        kind: SnapshotKind,
+        size: u64,
+    },
+    Data(Bytes),
 }
 
 impl std::str::FromStr for Selector {
@@ -110,6 +124,9 @@ pub struct Request {
     /// `restore` or `drill`: the access-log action.
     pub action: String,
     pub progress: bool,
+    /// Send the plaintext here instead of writing `to` (a restore through the control socket:
+    /// `to` is then the caller's, for the report only).
+    pub stream: Option<mpsc::Sender<Chunk>>,
 }
 
 /// What a restore did (no personal data).
@@ -380,7 +397,7 @@ fn write_at(f: &std::fs::File, buf: &[u8], at: u64, direct: &mut bool) -> io::Re
 /// page cache, and the final fsync has only metadata and the short tail left. Measured on a
 /// 1 GiB restore here: the buffered writes plus fsync cost 0.3 s of system time and a 0.37 s
 /// wait at the end. Elsewhere (tmpfs) it falls back to buffered writes.
-fn write_file(chunks: std::sync::mpsc::Receiver<Bytes>, tmp: &Path) -> io::Result<u64> {
+pub fn write_file(chunks: std::sync::mpsc::Receiver<Bytes>, tmp: &Path) -> io::Result<u64> {
     use std::os::unix::fs::FileExt;
     // A restored snapshot exposes every patient: private to its owner.
     let f = std::fs::OpenOptions::new()
@@ -429,9 +446,14 @@ fn write_file(chunks: std::sync::mpsc::Receiver<Bytes>, tmp: &Path) -> io::Resul
 fn write_out(
     rx: mpsc::Receiver<Bytes>,
     kind: SnapshotKind,
-    tmp: &Path,
+    dest: Dest,
     mac: PlainMac,
 ) -> io::Result<([u8; 32], u64)> {
+    let tmp = match dest {
+        Dest::Path(p) => p,
+        Dest::Stream(tx) => return forward_out(rx, tx, mac),
+    };
+    let tmp = tmp.as_path();
     match kind {
         SnapshotKind::File => {
             let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
@@ -465,6 +487,132 @@ fn write_out(
     }
 }
 
+/// Where the writer puts the plaintext.
+enum Dest {
+    /// A temporary file or folder, renamed into place by the caller.
+    Path(PathBuf),
+    /// The caller of the control socket, who writes it with its own rights.
+    Stream(mpsc::Sender<Chunk>),
+}
+
+/// The writer for a restore through the control socket: decompress, digest, and forward the
+/// plaintext (a file's bytes or a directory's tar stream, digested the same way) to the caller.
+fn forward_out(
+    rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Chunk>,
+    mac: PlainMac,
+) -> io::Result<([u8; 32], u64)> {
+    let (to_forward, forward_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+    let digester = crate::pipeline::Digester::spawn(mac)?;
+    let to_digest = digester.sink();
+    let decoder = spawn_named("coffre-decompress", move || {
+        decompress(rx, &[to_digest, to_forward])
+    })?;
+    let mut n = 0u64;
+    let mut gone = false;
+    for chunk in forward_rx.iter() {
+        n += chunk.len() as u64;
+        if tx.blocking_send(Chunk::Data(chunk)).is_err() {
+            gone = true;
+            break;
+        }
+    }
+    drop(forward_rx);
+    let decoded = own_failure(join(decoder, "decompression"));
+    let digest = digester.finish();
+    if gone {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the caller of the control socket went away before the restore ended",
+        ));
+    }
+    decoded?;
+    let (mac, digested) = digest?;
+    if digested != n {
+        return Err(io::Error::other(format!(
+            "sent {n} bytes but digested {digested}"
+        )));
+    }
+    Ok((mac, n))
+}
+
+/// The caller's side of a restore through the control socket: unpack a directory snapshot's
+/// tar stream into `tmp` (created 0700) and fsync it. The daemon checks the digest.
+pub fn unpack_tar(chunks: std::sync::mpsc::Receiver<Bytes>, tmp: &Path) -> io::Result<u64> {
+    std::fs::DirBuilder::new().mode(0o700).create(tmp)?;
+    let mut r = CountingReader {
+        inner: ChunkReader {
+            rx: chunks,
+            cur: Bytes::new(),
+        },
+        n: 0,
+    };
+    unpack_into(&mut r, tmp)?;
+    io::copy(&mut r, &mut io::sink())?;
+    sync_tree(tmp)?;
+    Ok(r.n)
+}
+
+struct CountingReader<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+fn unpack_into<R: Read>(r: &mut R, tmp: &Path) -> io::Result<()> {
+    let is_root = nix::unistd::geteuid().is_root();
+    let mut ar = tar::Archive::new(r);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_mtime(true);
+    ar.set_preserve_ownerships(is_root);
+    ar.set_overwrite(false);
+    ar.unpack(tmp)
+}
+
+fn sync_tree(tmp: &Path) -> io::Result<()> {
+    for rel in crate::pipeline::source::walk(tmp)?.into_iter().rev() {
+        let p = tmp.join(rel);
+        let m = std::fs::symlink_metadata(&p)?;
+        if m.is_file() || m.is_dir() {
+            std::fs::File::open(&p)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// Move a finished restore into place; never replaces anything created at the target meanwhile
+/// (`renameat2(RENAME_NOREPLACE)`), then makes the rename durable.
+pub fn rename_into_place(tmp: &Path, to: &Path) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        tmp,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| {
+        if e == nix::errno::Errno::EEXIST {
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} appeared while the restore ran: coffre never overwrites",
+                    to.display()
+                ),
+            )
+        } else {
+            io::Error::from(e)
+        }
+    })?;
+    crate::keys::file::sync_dir(to)
+}
+
 /// Unpack the tar stream into `tmp` (created 0700), digesting the whole stream, then fsync
 /// every file and directory.
 fn unpack_dir(
@@ -482,28 +630,43 @@ fn unpack_dir(
         mac,
         n: 0,
     };
-    let is_root = nix::unistd::geteuid().is_root();
-    {
-        let mut ar = tar::Archive::new(&mut r);
-        ar.set_preserve_permissions(true);
-        ar.set_preserve_mtime(true);
-        ar.set_preserve_ownerships(is_root);
-        ar.set_overwrite(false);
-        ar.unpack(tmp)?;
-    }
+    unpack_into(&mut r, tmp)?;
     // The digest covers the whole tar stream, padding included.
     io::copy(&mut r, &mut io::sink())?;
-    for rel in crate::pipeline::source::walk(tmp)?.into_iter().rev() {
-        let p = tmp.join(rel);
-        let m = std::fs::symlink_metadata(&p)?;
-        if m.is_file() || m.is_dir() {
-            std::fs::File::open(&p)?.sync_all()?;
-        }
-    }
+    sync_tree(tmp)?;
     Ok((r.mac.finalize(), r.n))
 }
 
-fn remove_any(p: &Path) {
+/// The target must not exist and its folder must. Made again by the caller of the control
+/// socket, who writes the target.
+pub fn check_target(to: &Path) -> Result<(), RestoreError> {
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(RestoreError::TargetExists(to.to_path_buf()));
+    }
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(RestoreError::TargetParent(parent));
+    }
+    Ok(())
+}
+
+/// The temporary name a restore writes before its final rename: hidden, beside the target.
+pub fn partial_path(to: &Path, id: &SnapshotId) -> PathBuf {
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    parent.join(format!(".{name}.coffre-partial-{id}"))
+}
+
+pub fn remove_any(p: &Path) {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => {
             let _ = std::fs::remove_dir_all(p);
@@ -777,25 +940,22 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
             .ok_or_else(|| RestoreError::UnknownStore(name.clone()))?],
         None => app.stores.iter().collect(),
     };
-    // Target checks before touching any key.
-    if std::fs::symlink_metadata(&req.to).is_ok() {
-        return Err(RestoreError::TargetExists(req.to.clone()));
-    }
-    let parent = match req.to.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(RestoreError::TargetParent(parent));
+    // Target checks before touching any key (through the socket, the caller made them).
+    if req.stream.is_none() {
+        check_target(&req.to)?;
     }
     let id = resolve(app, &req.source, req.snapshot).await?;
-    let name = req
-        .to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "restore".into());
-    let tmp = parent.join(format!(".{name}.coffre-partial-{id}"));
-    remove_any(&tmp);
+    // Only a local restore has a temporary path of its own (never touched for a socket caller).
+    let tmp = match req.stream {
+        None => Some(partial_path(&req.to, &id)),
+        Some(_) => None,
+    };
+    let cleanup = |tmp: &Option<PathBuf>| {
+        if let Some(t) = tmp {
+            remove_any(t);
+        }
+    };
+    cleanup(&tmp);
 
     // Manifest and key object from the first store that has both.
     let mut failures: Vec<StoreFailure> = Vec::new();
@@ -889,6 +1049,34 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
         }
     };
 
+    let dest = match &req.stream {
+        Some(tx) => {
+            let begin = Chunk::Begin {
+                snapshot: id,
+                kind: manifest.kind,
+                size: manifest.size,
+            };
+            if tx.send(begin).await.is_err() {
+                return Err(RestoreError::Target {
+                    path: req.to.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the caller of the control socket went away",
+                    ),
+                });
+            }
+            Dest::Stream(tx.clone())
+        }
+        None => match &tmp {
+            Some(t) => Dest::Path(t.clone()),
+            None => {
+                return Err(RestoreError::Integrity {
+                    snapshot: id,
+                    reason: "internal: no destination".into(),
+                })
+            }
+        },
+    };
     let result = stream_restore(
         app.config.replication.stall_timeout,
         req,
@@ -896,7 +1084,7 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
         first,
         &manifest,
         &dek,
-        &tmp,
+        dest,
         &mut failures,
     )
     .await;
@@ -916,22 +1104,24 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
     let stores_used = match result {
         Ok(used) => used,
         Err(e) => {
-            remove_any(&tmp);
+            cleanup(&tmp);
             return Err(e);
         }
     };
     if let Err(e) = audit_res {
-        remove_any(&tmp);
+        cleanup(&tmp);
         return Err(e.into());
     }
-    if let Err(source) =
-        std::fs::rename(&tmp, &req.to).and_then(|_| crate::keys::file::sync_dir(&req.to))
-    {
-        remove_any(&tmp);
-        return Err(RestoreError::Target {
-            path: req.to.clone(),
-            source,
-        });
+    // Through the socket, the caller renames its own temporary file once the answer says every
+    // check passed.
+    if let Some(t) = &tmp {
+        if let Err(source) = rename_into_place(t, &req.to) {
+            remove_any(t);
+            return Err(RestoreError::Target {
+                path: req.to.clone(),
+                source,
+            });
+        }
     }
     for f in &failures {
         tracing::warn!(snapshot = %id, store = %f.store, kind = %f.kind, "replica failed during restore: {}", f.error);
@@ -958,9 +1148,10 @@ async fn stream_restore(
     first: usize,
     manifest: &Manifest,
     dek: &DataKey,
-    tmp: &Path,
+    dest: Dest,
     failures: &mut Vec<StoreFailure>,
 ) -> Result<Vec<String>, RestoreError> {
+    let mut dest = Some(dest);
     let id = manifest.snapshot;
     let (digest_alg, expected_digest) =
         manifest
@@ -1060,9 +1251,14 @@ async fn stream_restore(
                     reason: e.to_string(),
                 })?;
             let kind = manifest.kind;
-            let tmp_owned = tmp.to_path_buf();
+            let Some(dest) = dest.take() else {
+                return Err(RestoreError::Integrity {
+                    snapshot: id,
+                    reason: "internal: the writer started twice".into(),
+                });
+            };
             writer = Some(tokio::task::spawn_blocking(move || {
-                write_out(rx, kind, &tmp_owned, mac)
+                write_out(rx, kind, dest, mac)
             }));
         }
         used.push(store.name.clone());

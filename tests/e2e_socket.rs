@@ -1,10 +1,11 @@
-//! Who may access: with the daemon running, restore goes through its control socket, which reads
-//! the caller's peer credentials. A Unix user outside the operators' group is refused (and the
-//! refusal is in the access log); an operator is allowed. Needs root (it creates test users).
+//! Who may access, and the daemon as the one owner of keys and state: with the daemon running,
+//! every command that touches keys or state goes through its control socket as a typed request
+//! run in the daemon's process. Real Unix users (an operator and an outsider) are created by the
+//! test; it needs root (tests/run runs as root on CI).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -33,6 +34,14 @@ impl Users {
         ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", &u.outsider]));
         u
     }
+
+    fn uid(name: &str) -> u32 {
+        nix::unistd::User::from_name(name)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw()
+    }
 }
 
 impl Drop for Users {
@@ -43,52 +52,58 @@ impl Drop for Users {
     }
 }
 
-fn as_user(user: &str, dir: &Path, socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new("runuser")
-        .args([
-            "-u",
-            user,
-            "--",
-            "env",
-            &format!("COFFRE_SOCKET={}", socket.display()),
-            BIN,
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+/// A daemon on two local stores, with an operator and an outsider, one file snapshot and one
+/// directory snapshot protected before it started.
+struct Host {
+    users: Users,
+    _tmp: tempfile::TempDir,
+    d: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    daemon: Child,
 }
 
-#[test]
-fn the_control_socket_refuses_outsiders_and_admits_operators() {
-    let users = Users::create();
-    let tmp = tempfile::tempdir().unwrap();
-    let d: PathBuf = tmp.path().to_path_buf();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    std::fs::create_dir_all(d.join("run")).unwrap();
-    std::fs::set_permissions(d.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // The outsider and the operator each get a folder they may write in (restores land there,
-    // written by the daemon).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = d.join("coffre.toml");
-    let dd = d.display();
-    std::fs::write(
-        &config,
-        format!(
-            r#"state-dir = "{dd}/state"
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+struct Out {
+    code: i32,
+    text: String,
+}
+
+impl Host {
+    /// `wrap`: a shell command line the daemon is started under (`{daemon}` is replaced).
+    fn start(wrap: Option<&str>) -> Host {
+        let users = Users::create();
+        let tmp = tempfile::tempdir().unwrap();
+        let d: PathBuf = tmp.path().to_path_buf();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for sub in ["in", "run", "op", "out"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        // The operator's own folder: restores land there, written by the operator.
+        std::fs::set_permissions(d.join("op"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        nix::unistd::chown(
+            &d.join("op"),
+            Some(nix::unistd::Uid::from_raw(Users::uid(&users.op))),
+            None,
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = d.join("coffre.toml");
+        let dd = d.display();
+        std::fs::write(
+            &config,
+            format!(
+                r#"state-dir = "{dd}/state"
 [daemon]
 control-socket = "{dd}/run/coffre.sock"
 [status]
@@ -117,126 +132,521 @@ kind = "file"
 master-key = "{dd}/keys/master.key"
 create-master-key = true
 "#,
-            group = users.group
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("emr.sql"),
-        "INSERT INTO patients VALUES ('CANARY-ZXQ-PATIENT');\n".repeat(100),
-    )
-    .unwrap();
-    let st = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["backup", "--source", "emr"])
-        .arg(d.join("emr.sql"))
-        .output()
+                group = users.group
+            ),
+        )
         .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-
-    let mut daemon = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        // Operators need neither the config nor the state: the socket is all they use.
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            d.join("emr.sql"),
+            "INSERT INTO patients VALUES ('CANARY-ZXQ-PATIENT');\n".repeat(2000),
+        )
         .unwrap();
-    let socket = d.join("run/coffre.sock");
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "control socket never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        let tree = d.join("base");
+        std::fs::create_dir_all(tree.join("global")).unwrap();
+        std::fs::write(tree.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(tree.join("global/pg_control"), vec![7u8; 70_000]).unwrap();
+        for snap in [d.join("emr.sql"), tree] {
+            let st = Command::new(BIN)
+                .arg("--config")
+                .arg(&config)
+                .args(["backup", "--source", "emr"])
+                .arg(&snap)
+                .output()
+                .unwrap();
+            assert!(
+                st.status.success(),
+                "{}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+        }
+        let daemon_line = format!("exec {BIN} --config {} daemon", config.display());
+        let mut cmd = match wrap {
+            Some(w) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(w.replace("{daemon}", &daemon_line));
+                c
+            }
+            None => {
+                let mut c = Command::new(BIN);
+                c.arg("--config").arg(&config).arg("daemon");
+                c
+            }
+        };
+        let daemon = cmd
+            .env("COFFRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let socket = d.join("run/coffre.sock");
+        let t = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "control socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Host {
+            users,
+            _tmp: tmp,
+            d,
+            config,
+            socket,
+            daemon,
+        }
     }
 
-    // The outsider cannot read the keys, and the daemon refuses them.
-    let (code, out) = as_user(
-        &users.outsider,
-        &d,
-        &socket,
+    /// Run coffre as `user` in `dir`, finding the daemon through COFFRE_SOCKET only.
+    fn as_user(&self, user: &str, dir: &Path, args: &[&str]) -> Out {
+        let out = Command::new("runuser")
+            .args([
+                "-u",
+                user,
+                "--",
+                "env",
+                &format!("COFFRE_SOCKET={}", self.socket.display()),
+                BIN,
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Root with the daemon's config (as an administrator on the host would run it).
+    fn as_root(&self, args: &[&str]) -> Out {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Send raw request bytes to the socket as `user` and return the daemon's frames as text.
+    fn raw(&self, user: &str, request: &[u8]) -> String {
+        let req = self.d.join(format!("req-{}", rand::random::<u32>()));
+        std::fs::write(&req, request).unwrap();
+        std::fs::set_permissions(&req, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let script = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ns.sendall(open('{}','rb').read())\nbuf=b''\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  buf+=c\nsys.stdout.write(buf.decode('utf-8','replace'))\n",
+            self.socket.display(),
+            req.display()
+        );
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", "/usr/bin/python3", "-c", &script])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        let o = self.as_root(&["audit", "show", "--json"]);
+        assert_eq!(o.code, 0, "{}", o.text);
+        serde_json::from_str(o.text.trim_end()).unwrap_or_else(|e| panic!("{e}: {}", o.text))
+    }
+}
+
+fn tree_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((
+                    e.path().strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn outsiders_cannot_connect_and_operators_restore_files_they_own() {
+    let h = Host::start(None);
+    let op = h.users.op.clone();
+    let opdir = h.d.join("op");
+
+    // The outsider cannot even connect (0660 socket for the operators' group, 0750 folder).
+    let o = h.as_user(
+        &h.users.outsider,
+        &h.d,
         &[
             "restore",
             "latest",
             "--source",
             "emr",
             "--to",
-            "by-outsider.sql",
+            "/tmp/x.sql",
             "--purpose",
             "curiosity",
         ],
     );
-    assert_eq!(code, 77, "{out}");
-    assert!(
-        out.contains("refused") && out.contains(&users.outsider) && out.contains(&users.group),
-        "{out}"
-    );
-    assert!(!d.join("by-outsider.sql").exists());
-    let (code, out) = as_user(
-        &users.outsider,
-        &d,
-        &socket,
+    assert_ne!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("permission denied"), "{}", o.text);
+    assert!(!Path::new("/tmp/x.sql").exists());
+    let mode = std::fs::metadata(&h.socket).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let dmode = std::fs::metadata(h.d.join("run")).unwrap().mode() & 0o777;
+    assert_eq!(dmode, 0o750);
+
+    // The operator lists without reading the config (0600 root) or the state.
+    let o = h.as_user(&op, &opdir, &["snapshots", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let list: Vec<serde_json::Value> = serde_json::from_str(o.text.trim_end()).unwrap();
+    assert_eq!(list.len(), 2, "{}", o.text);
+    let file_id = list[0]["id"].as_str().unwrap().to_string();
+    let dir_id = list[1]["id"].as_str().unwrap().to_string();
+
+    // A file restore, relative to the operator's working folder: the file is the operator's.
+    let o = h.as_user(
+        &op,
+        &opdir,
         &[
-            "shred",
-            "--snapshot",
-            "01JD0000000000000000000000",
+            "restore",
+            &file_id,
+            "--source",
+            "emr",
+            "--to",
+            "dump.sql",
             "--purpose",
-            "x",
-            "--yes",
+            "DR rehearsal",
         ],
     );
-    assert_eq!(code, 77, "{out}");
+    assert_eq!(o.code, 0, "{}", o.text);
+    let restored = opdir.join("dump.sql");
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(h.d.join("emr.sql")).unwrap()
+    );
+    let m = std::fs::metadata(&restored).unwrap();
+    assert_eq!(
+        m.uid(),
+        Users::uid(&op),
+        "the restored file is the operator's"
+    );
+    assert_eq!(m.mode() & 0o777, 0o600);
 
-    // The operator is admitted; the daemon restores and records the operator as the actor.
-    let (code, out) = as_user(
-        &users.op,
-        &d,
-        &socket,
+    // A directory restore through the socket: the tar stream is unpacked by the operator.
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &[
+            "restore",
+            &dir_id,
+            "--source",
+            "emr",
+            "--to",
+            "pgdata",
+            "--purpose",
+            "DR rehearsal",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert_eq!(
+        tree_files(&opdir.join("pgdata")),
+        tree_files(&h.d.join("base"))
+    );
+    assert_eq!(
+        std::fs::metadata(opdir.join("pgdata/global/pg_control"))
+            .unwrap()
+            .uid(),
+        Users::uid(&op)
+    );
+
+    // The target exists: refused before anything is accessed; nothing replaced.
+    let o = h.as_user(
+        &op,
+        &opdir,
         &[
             "restore",
             "latest",
             "--source",
             "emr",
             "--to",
-            "by-operator.sql",
+            "dump.sql",
             "--purpose",
-            "DR rehearsal",
+            "again",
         ],
     );
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        std::fs::read(d.join("by-operator.sql")).unwrap(),
-        std::fs::read(d.join("emr.sql")).unwrap()
-    );
+    assert_ne!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("already exists"), "{}", o.text);
 
-    let (code, out) = as_user(&users.op, &d, &socket, &["audit", "show", "--json"]);
-    assert_eq!(code, 0, "{out}");
-    let entries: Vec<serde_json::Value> =
-        serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let refused: Vec<_> = entries
+    // Key rotation through the daemon is root's only; the refusal is logged with the operator.
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &[
+            "keys",
+            "rotate",
+            "--to-provider",
+            "local",
+            "--purpose",
+            "try",
+        ],
+    );
+    assert_eq!(o.code, 77, "{}", o.text);
+    assert!(o.text.contains("root only"), "{}", o.text);
+
+    let entries = h.audit();
+    let by_op = format!("{op} (via coffre-daemon)");
+    let restores: Vec<_> = entries
         .iter()
-        .filter(|e| e["actor"] == users.outsider.as_str())
+        .filter(|e| e["actor"] == by_op.as_str() && e["action"] == "restore")
         .collect();
-    assert_eq!(refused.len(), 2, "{out}");
-    assert!(refused
-        .iter()
-        .all(|e| e["outcome"].as_str().unwrap().starts_with("refused")));
-    assert_eq!(refused[0]["purpose"], "curiosity");
-    let by_op = format!("{} (via coffre-daemon)", users.op);
     assert!(
-        entries.iter().any(|e| e["actor"] == by_op.as_str()
-            && e["action"] == "restore"
-            && e["outcome"] == "ok"),
-        "{out}"
+        restores.iter().filter(|e| e["outcome"] == "ok").count() == 2,
+        "{entries:?}"
     );
+    assert!(entries.iter().any(|e| e["actor"] == op.as_str()
+        && e["action"] == "keys-rotate"
+        && e["outcome"].as_str().unwrap().starts_with("refused")));
+    let o = h.as_root(&["audit", "verify"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+}
 
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+#[test]
+fn a_config_or_command_line_from_the_caller_never_reaches_the_daemon() {
+    let h = Host::start(None);
+    let op = h.users.op.clone();
+    let opdir = h.d.join("op");
+    // A config an operator controls: its verify-command would leave a mark if it ran.
+    let mark = h.d.join("out/PWNED");
+    let evil = opdir.join("evil.toml");
+    let cfg = std::fs::read_to_string(&h.config).unwrap().replace(
+        "complete = \"marker\"",
+        &format!(
+            "complete = \"marker\"\n[source.drill]\nverify-command = \"touch {}\"",
+            mark.display()
+        ),
+    );
+    std::fs::write(&evil, cfg).unwrap();
+    nix::unistd::chown(
+        &evil,
+        Some(nix::unistd::Uid::from_raw(Users::uid(&op))),
+        None,
+    )
+    .unwrap();
+
+    // --config is the client's own: it only finds the socket; the daemon runs its own config.
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &["--config", "evil.toml", "drill", "--purpose", "rehearsal"],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("OK"), "{}", o.text);
+    assert!(!mark.exists(), "the caller's verify-command ran");
+
+    // The old protocol (a command line and a working folder) is not a request.
+    let legacy = b"{\"args\":[\"drill\",\"--config\",\"evil.toml\"],\"cwd\":\"/\"}\n";
+    let a = h.raw(&op, legacy);
+    assert!(a.contains("bad request"), "{a}");
+    // Nor is a typed request with anything beside the command.
+    let extra = b"{\"v\":1,\"command\":{\"drill\":{\"source\":null,\"store\":null,\"all_stores\":false,\"snapshot\":null,\"fresh_catalog\":false,\"purpose\":\"x\",\"json\":false}},\"config\":\"evil.toml\"}\n";
+    let a = h.raw(&op, extra);
+    assert!(a.contains("bad request") && a.contains("config"), "{a}");
+    // Commands that never go through the socket.
+    let daemon = b"{\"v\":1,\"command\":\"daemon\"}\n";
+    let a = h.raw(&op, daemon);
+    assert!(a.contains("refused"), "{a}");
+    assert!(!mark.exists());
+
+    // A backup through the daemon reads only from the source's own folder.
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &["backup", "--source", "emr", h.config.to_str().unwrap()],
+    );
+    assert_ne!(o.code, 0, "{}", o.text);
+}
+
+#[test]
+fn oversized_requests_are_refused_before_logging_and_the_log_keeps_working() {
+    let h = Host::start(None);
+    let op = h.users.op.clone();
+    let opdir = h.d.join("op");
+
+    // A request line over 64 KiB: cut off, answered, nothing logged.
+    let mut big =
+        b"{\"v\":1,\"command\":{\"hold\":{\"add\":{\"snapshot\":\"x\",\"purpose\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 70_000));
+    big.extend(b"\"}}}}\n");
+    let a = h.raw(&op, &big);
+    assert!(a.contains("longer than"), "{a}");
+
+    // A purpose over 1 KiB: refused, and the refusal logs a bounded purpose.
+    let long = "é".repeat(2_000);
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--to",
+            "a.sql",
+            "--purpose",
+            &long,
+        ],
+    );
+    assert_eq!(o.code, 77, "{}", o.text);
+    assert!(o.text.contains("at most 1024"), "{}", o.text);
+    assert!(!opdir.join("a.sql").exists());
+
+    // Many refusals: logged up to the rate limit, the rest counted.
+    for _ in 0..15 {
+        let o = h.as_user(
+            &op,
+            &opdir,
+            &["keys", "rotate", "--to-provider", "local", "--purpose", "x"],
+        );
+        assert_eq!(o.code, 77, "{}", o.text);
+    }
+    let entries = h.audit();
+    let refusals = entries
+        .iter()
+        .filter(|e| e["outcome"].as_str().unwrap_or("").starts_with("refused"))
+        .count();
+    assert!(refusals <= 10, "{refusals} refusals logged in one minute");
+    assert!(entries
+        .iter()
+        .all(|e| e["purpose"].as_str().unwrap_or("").len() <= 1100));
+
+    // The log still takes entries: a restore works and the chain is intact.
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--to",
+            "b.sql",
+            "--purpose",
+            "vérification — « DR »",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.as_root(&["audit", "verify"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+}
+
+#[test]
+fn commands_fail_rather_than_run_beside_a_daemon_whose_socket_is_gone() {
+    let h = Host::start(None);
+    let before = std::fs::read(h.d.join("keys/master.key")).unwrap();
+    std::fs::remove_file(&h.socket).unwrap();
+    for args in [
+        &["snapshots"][..],
+        &[
+            "backup",
+            "--source",
+            "emr",
+            h.d.join("emr.sql").to_str().unwrap(),
+        ][..],
+        &[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--to",
+            h.d.join("out/r.sql").to_str().unwrap(),
+            "--purpose",
+            "x",
+        ][..],
+        &["keys", "init"][..],
+    ] {
+        let o = h.as_root(args);
+        assert_ne!(o.code, 0, "{args:?}: {}", o.text);
+        assert!(o.text.contains("daemon"), "{args:?}: {}", o.text);
+    }
+    assert!(!h.d.join("out/r.sql").exists());
+    assert_eq!(std::fs::read(h.d.join("keys/master.key")).unwrap(), before);
+    // Only the two snapshots from before: nothing ran beside the daemon.
+    let a = std::fs::read_dir(h.d.join("stores/a"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert!(a > 0);
+    // An operator without the config in a folder of their own: an error, no new state there.
+    let opdir = h.d.join("op");
+    let o = h.as_user(&h.users.op.clone(), &opdir, &["snapshots"]);
+    assert_ne!(o.code, 0, "{}", o.text);
+    assert_eq!(std::fs::read_dir(&opdir).unwrap().count(), 0);
+}
+
+#[test]
+fn a_restore_through_a_sandboxed_daemon_is_written_by_the_operator() {
+    // The daemon runs in its own mount namespace where the operator's folder is read-only, as
+    // under the unit's ProtectSystem=strict: the operator still gets the file.
+    let tmp_op = tempfile::tempdir().unwrap();
+    let opdir = tmp_op.path().join("op-restores");
+    std::fs::create_dir_all(&opdir).unwrap();
+    std::fs::set_permissions(tmp_op.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrap = format!(
+        "exec unshare --mount --propagation private sh -c 'mount --bind -o ro {o} {o} && {{daemon}}'",
+        o = opdir.display()
+    );
+    let h = Host::start(Some(&wrap));
+    let op = h.users.op.clone();
+    nix::unistd::chown(
+        &opdir,
+        Some(nix::unistd::Uid::from_raw(Users::uid(&op))),
+        None,
+    )
+    .unwrap();
+    let o = h.as_user(
+        &op,
+        &opdir,
+        &[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--to",
+            "pgdata",
+            "--purpose",
+            "DR",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert_eq!(
+        tree_files(&opdir.join("pgdata")),
+        tree_files(&h.d.join("base"))
+    );
+    assert_eq!(
+        std::fs::metadata(opdir.join("pgdata")).unwrap().uid(),
+        Users::uid(&op)
+    );
 }

@@ -83,6 +83,7 @@ fn request(dir: &Path, name: &str, store: Option<&str>) -> Request {
         actor: "test".into(),
         action: "restore".into(),
         progress: false,
+        stream: None,
     }
 }
 

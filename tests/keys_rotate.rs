@@ -79,6 +79,7 @@ async fn restore(
         actor: "test".into(),
         action: "restore".into(),
         progress: false,
+        stream: None,
     };
     coffre::restore::restore(app, &req).await.map(|_| ())
 }

@@ -99,6 +99,7 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
             actor: "test".into(),
             action: "restore".into(),
             progress: false,
+            stream: None,
         };
         coffre::restore::restore(&app, &req).await.unwrap();
         assert!(std::fs::read_to_string(&to)

@@ -80,6 +80,7 @@ fn request(id: coffre::SnapshotId, store: &str, to: PathBuf) -> coffre::restore:
         actor: "test".into(),
         action: "restore".into(),
         progress: false,
+        stream: None,
     }
 }
 

@@ -1,40 +1,74 @@
-//! The control socket: when the daemon runs, the CLI's restore, drill, shred, hold and audit
-//! commands go through a Unix socket. The daemon reads the caller's peer credentials, admits root
-//! and members of `audit.operators-group`, refuses everyone else (and logs the refusal in the
-//! access log), and runs the command as itself with the caller recorded as the actor.
+//! The control socket: while the daemon runs it is the only process that reads keys or writes
+//! the keyring, catalog, journal and access log, and every CLI command that does reaches it here.
 //!
-//! Protocol: one JSON line `{"args": [...], "cwd": "..."}`, answered by one JSON line
-//! `{"exit": n, "stdout": "...", "stderr": "..."}`.
+//! A request is one JSON line `{"v": 1, "command": <cli::Command>}`: a typed value, each field
+//! validated and bounded, executed in the daemon's own process. No command line, global option,
+//! config path, environment or working directory comes from the caller, and no child process is
+//! ever started for one. The daemon reads the caller's peer credentials (`SO_PEERCRED`) and
+//! admits by command: listing commands for operators, access and erasure commands for
+//! operators, key rotation for root only. A refusal is logged in the access log (rate-limited).
+//!
+//! The socket is 0660 for the operators' group in a 0750 folder, so other local users cannot
+//! even connect. Each connection has a read deadline and a bounded request line; at most
+//! [`MAX_CONNECTIONS`] are served at once.
+//!
+//! The answer is a sequence of frames (tag byte, 4-byte big-endian length, payload): `o` and
+//! `e` text for stdout and stderr, `B` (JSON) and `D` (bytes) for a restore's plaintext, which
+//! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`).
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
+use crate::cli::{self, exit, Access, Command, Ctx, Frame, Out};
+use crate::restore::Chunk;
 
-/// Commands that may go through the socket.
-pub const ALLOWED: &[&str] = &["restore", "drill", "shred", "hold", "audit"];
-/// Set on the child the daemon runs: the command runs locally and records this actor.
-pub const ACTOR_ENV: &str = "COFFRE_ACTOR";
+/// Protocol version of a request.
+pub const VERSION: u32 = 1;
+/// Longest request line accepted (bytes, newline included).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Connections served at once; more are answered "busy".
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a caller may take to send its request line.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refusals logged in the access log per minute; more are counted and logged with the next.
+const REFUSALS_PER_MINUTE: u32 = 10;
+/// Longest data frame a client accepts.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Request {
-    pub args: Vec<String>,
-    pub cwd: PathBuf,
+    pub v: u32,
+    pub command: Command,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
-    pub exit: i32,
-    pub stdout: String,
-    pub stderr: String,
+pub struct Begin {
+    pub snapshot: crate::ids::SnapshotId,
+    pub kind: crate::store::SnapshotKind,
+    pub size: u64,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Exit {
+    pub exit: u8,
+}
+
+pub const TAG_STDOUT: u8 = b'o';
+pub const TAG_STDERR: u8 = b'e';
+pub const TAG_BEGIN: u8 = b'B';
+pub const TAG_DATA: u8 = b'D';
+pub const TAG_EXIT: u8 = b'X';
 
 /// Where the socket is: `daemon.control-socket`, else `$RUNTIME_DIRECTORY/coffre.sock`, else
 /// `<state-dir>/run/coffre.sock`.
@@ -76,23 +110,95 @@ pub fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String> {
     })
 }
 
+/// Refusals logged per window; the rest are counted and reported with the next logged one.
+struct RefusalLimiter {
+    window: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLimiter {
+    fn new() -> RefusalLimiter {
+        RefusalLimiter {
+            window: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Some(n): log this refusal, with n earlier ones that were not logged. None: count it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if now.duration_since(self.window) >= Duration::from_secs(60) {
+            self.window = now;
+            self.logged = 0;
+        }
+        if self.logged < REFUSALS_PER_MINUTE {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Make the socket's folder 0750 and the socket 0660, both for the operators' group, when the
+/// daemon owns them. A group the daemon cannot hand them to is a warning: then only root and
+/// the daemon's own group can connect.
+fn set_access(path: &Path, group: Option<&str>) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let gid = group.and_then(|g| {
+        nix::unistd::Group::from_name(g)
+            .ok()
+            .flatten()
+            .map(|g| g.gid)
+    });
+    let me = nix::unistd::geteuid().as_raw();
+    if let Some(dir) = path.parent() {
+        let m = std::fs::metadata(dir)?;
+        if m.uid() == me {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+            if let Some(gid) = gid {
+                if let Err(e) = nix::unistd::chown(dir, None, Some(gid)) {
+                    tracing::warn!(folder = %dir.display(), error = %e, "cannot give the control socket's folder to the operators' group (is the daemon's user a member? SupplementaryGroups= in the unit)");
+                }
+            }
+        } else if m.mode() & 0o005 != 0 {
+            tracing::warn!(folder = %dir.display(), "the control socket's folder is not the daemon's and others may enter it; the socket's own mode still keeps them out");
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = gid {
+        if let Err(e) = nix::unistd::chown(path, None, Some(gid)) {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot give the control socket to the operators' group: only root and the daemon's group can use it");
+        }
+    }
+    Ok(())
+}
+
 /// Accept connections until cancelled.
 pub async fn serve(
     path: PathBuf,
-    config_path: PathBuf,
     app_rx: watch::Receiver<Arc<Coffre>>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)?;
+        }
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    // Anyone may connect; the peer credentials decide.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let group = app_rx.borrow().config.audit.operators_group.clone();
+    set_access(&path, group.as_deref())?;
     tracing::info!(socket = %path.display(), "control socket listening");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limiter = Arc::new(Mutex::new(RefusalLimiter::new()));
     loop {
-        let (stream, _) = tokio::select! {
+        let (mut stream, _) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -102,122 +208,399 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                push_frame(
+                    &mut buf,
+                    TAG_STDERR,
+                    format!("error: the daemon is serving {MAX_CONNECTIONS} requests already; try again shortly\n").as_bytes(),
+                );
+                push_exit(&mut buf, exit::FAILURE);
+                let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(&buf)).await;
+            });
+            continue;
+        };
         let app = app_rx.borrow().clone();
-        let config_path = config_path.clone();
+        let limiter = limiter.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &app, &config_path).await {
+            if let Err(e) = handle(stream, &app, &limiter).await {
                 tracing::warn!(error = %e, "control socket request failed");
             }
+            drop(slot);
         });
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-async fn handle(stream: UnixStream, app: &Coffre, config_path: &Path) -> std::io::Result<()> {
+use std::os::unix::fs::DirBuilderExt;
+
+fn push_frame(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
+    buf.push(tag);
+    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(payload);
+}
+
+fn push_exit(buf: &mut Vec<u8>, code: u8) {
+    let body =
+        serde_json::to_vec(&Exit { exit: code }).unwrap_or_else(|_| b"{\"exit\":1}".to_vec());
+    push_frame(buf, TAG_EXIT, &body);
+}
+
+async fn write_frame(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    tag: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut head = [0u8; 5];
+    head[0] = tag;
+    head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    w.write_all(&head).await?;
+    w.write_all(payload).await
+}
+
+/// Read one request line of at most [`MAX_REQUEST`] bytes within [`READ_TIMEOUT`].
+async fn read_request(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, String> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
+    match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => Err(format!(
+            "no complete request within {} s",
+            READ_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("reading the request: {e}")),
+        Ok(Ok(_)) if line.last() != Some(&b'\n') => Err(format!(
+            "the request is longer than {MAX_REQUEST} bytes or ends without a newline"
+        )),
+        Ok(Ok(_)) => Ok(line),
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    app: &Coffre,
+    limiter: &Mutex<RefusalLimiter>,
+) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let uid = cred.uid();
-    let actor = user_name(uid);
-    let (r, mut w) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(r);
-    reader.read_line(&mut line).await?;
-    let respond = |exit: i32, stdout: String, stderr: String| {
-        let mut s = serde_json::to_string(&Response {
-            exit,
-            stdout,
-            stderr,
-        })
-        .unwrap_or_default();
-        s.push('\n');
-        s
+    let name = user_name(uid);
+    let (mut r, mut w) = stream.into_split();
+    let fail = |code: u8, msg: String| {
+        let mut buf = Vec::new();
+        push_frame(&mut buf, TAG_STDERR, msg.as_bytes());
+        push_exit(&mut buf, code);
+        buf
     };
-    let req: Request = match serde_json::from_str(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            w.write_all(respond(2, String::new(), format!("error: bad request: {e}\n")).as_bytes())
-                .await?;
+    let line = match read_request(&mut r).await {
+        Ok(l) => l,
+        Err(reason) => {
+            w.write_all(&fail(
+                exit::USAGE,
+                format!("error: bad request: {reason}\n"),
+            ))
+            .await?;
             return Ok(());
         }
     };
-    let command = req.args.first().cloned().unwrap_or_default();
-    let group = app.config.audit.operators_group.clone();
-    let allowed = is_operator(uid, group.as_deref());
-    let refusal = match (&allowed, ALLOWED.contains(&command.as_str())) {
-        (_, false) => Some(format!(
-            "`{command}` is not a command the control socket runs"
-        )),
-        (Ok(true), true) => None,
-        (Ok(false), true) => Some(format!(
-            "user {actor} is not in the operators' group{}",
-            group
-                .as_deref()
-                .map(|g| format!(" `{g}`"))
-                .unwrap_or_else(|| " (audit.operators-group is not set: only root may)".into())
-        )),
-        (Err(e), true) => Some(e.clone()),
+    let req: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            w.write_all(&fail(
+                exit::USAGE,
+                format!(
+                    "error: bad request: {e} (is this coffre the same version as the daemon?)\n"
+                ),
+            ))
+            .await?;
+            return Ok(());
+        }
+    };
+    let command = req.command;
+    let action = command.action();
+    let refusal = if req.v != VERSION {
+        Some(format!(
+            "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
+            req.v
+        ))
+    } else {
+        admission(uid, &name, app, &command)
+            .err()
+            .or_else(|| cli::validate_request(app, &command).err())
     };
     if let Some(reason) = refusal {
-        let purpose = req
-            .args
-            .iter()
-            .position(|a| a == "--purpose")
-            .and_then(|i| req.args.get(i + 1))
-            .cloned()
-            .unwrap_or_default();
-        let logged = app.audit.append(NewEntry {
-            actor: actor.clone(),
-            action: command.clone(),
-            target: Target::default(),
-            purpose,
-            outcome: format!("refused: {reason}"),
-            exposes: None,
-        });
-        tracing::warn!(actor = %actor, command = %command, "control socket refused a request: {reason}");
+        let logged = log_refusal(app, limiter, &name, action, &command, &reason);
+        tracing::warn!(actor = %name, command = %action, "control socket refused a request: {reason}");
         let mut msg = format!("error: refused: {reason}\n");
         if let Err(e) = logged {
             msg.push_str(&format!("error: {e}\n"));
         }
-        w.write_all(respond(77, String::new(), msg).as_bytes())
-            .await?;
+        w.write_all(&fail(exit::REFUSED, msg)).await?;
         return Ok(());
     }
-    let exe = std::env::current_exe()?;
-    let out = tokio::process::Command::new(exe)
-        .arg("--config")
-        .arg(config_path)
-        .args(&req.args)
-        .current_dir(&req.cwd)
-        .env(ACTOR_ENV, &actor)
-        .env("COFFRE_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    w.write_all(
-        respond(
-            out.status.code().unwrap_or(1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-        .as_bytes(),
-    )
-    .await?;
+
+    // Run it here, in the daemon's process; text and restored bytes stream back as they come.
+    let (text_tx, mut text_rx) = mpsc::unbounded_channel::<Frame>();
+    let (data_tx, mut data_rx) = mpsc::channel::<Chunk>(4);
+    let ctx = Ctx {
+        actor: format!("{name} (via coffre-daemon)"),
+        out: Out::remote(text_tx),
+        restore_sink: Some(data_tx),
+    };
+    let run = async {
+        let code = match cli::execute(app, &command, &ctx).await {
+            Ok(code) => code,
+            Err(e) => {
+                ctx.out.err(format!("error: {e:#}"));
+                exit::FAILURE
+            }
+        };
+        drop(ctx);
+        code
+    };
+    let pump = async move {
+        let mut text_open = true;
+        let mut data_open = true;
+        let mut alive = true;
+        while text_open || data_open {
+            tokio::select! {
+                biased;
+                d = data_rx.recv(), if data_open => match d {
+                    None => data_open = false,
+                    Some(chunk) if alive => {
+                        let r = match chunk {
+                            Chunk::Begin { snapshot, kind, size } => {
+                                let body = serde_json::to_vec(&Begin { snapshot, kind, size }).unwrap_or_default();
+                                write_frame(&mut w, TAG_BEGIN, &body).await
+                            }
+                            Chunk::Data(b) => write_frame(&mut w, TAG_DATA, &b).await,
+                        };
+                        if r.is_err() {
+                            // The caller went away: drop what comes (the restore sees its sink
+                            // close and stops).
+                            alive = false;
+                            data_rx.close();
+                        }
+                    }
+                    Some(_) => {}
+                },
+                t = text_rx.recv(), if text_open => match t {
+                    None => text_open = false,
+                    Some(f) if alive => {
+                        let (tag, s) = match f {
+                            Frame::Stdout(s) => (TAG_STDOUT, s),
+                            Frame::Stderr(s) => (TAG_STDERR, s),
+                        };
+                        if write_frame(&mut w, tag, s.as_bytes()).await.is_err() {
+                            alive = false;
+                            data_rx.close();
+                        }
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+        (w, alive)
+    };
+    let (code, (mut w, alive)) = tokio::join!(run, pump);
+    if alive {
+        let mut buf = Vec::new();
+        push_exit(&mut buf, code);
+        w.write_all(&buf).await?;
+    }
     Ok(())
 }
 
-/// Client side: send the command to the daemon. None when no daemon answers on `path`.
-pub fn call(path: &Path, args: &[String]) -> Option<Response> {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path).ok()?;
-    let cwd = std::env::current_dir().ok()?;
-    let mut line = serde_json::to_string(&Request {
-        args: args.to_vec(),
-        cwd,
+/// May this caller run this command through the socket?
+fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<(), String> {
+    let group = app.config.audit.operators_group.as_deref();
+    match command.access() {
+        Access::LocalOnly => Err(format!(
+            "`{}` does not go through the control socket: {}",
+            command.action(),
+            command.local_only_reason()
+        )),
+        Access::Root if uid != 0 => Err(format!(
+            "`{}` through the daemon is for root only (user {name})",
+            command.action()
+        )),
+        Access::Root => Ok(()),
+        Access::Read | Access::Operate => match is_operator(uid, group) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "user {name} is not in the operators' group{}",
+                group
+                    .map(|g| format!(" `{g}`"))
+                    .unwrap_or_else(|| " (audit.operators-group is not set: only root may)".into())
+            )),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Log a refusal, rate-limited, with bounded text from the caller.
+fn log_refusal(
+    app: &Coffre,
+    limiter: &Mutex<RefusalLimiter>,
+    name: &str,
+    action: &str,
+    command: &Command,
+    reason: &str,
+) -> Result<(), crate::audit::AuditError> {
+    let admitted = limiter
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(Instant::now());
+    let Some(suppressed) = admitted else {
+        return Ok(());
+    };
+    let mut outcome = format!("refused: {}", cli::bounded(reason, 512));
+    if suppressed > 0 {
+        outcome.push_str(&format!(
+            " ({suppressed} earlier refusal(s) not logged: rate limit)"
+        ));
+    }
+    app.audit
+        .append(NewEntry {
+            actor: name.to_string(),
+            action: action.to_string(),
+            target: Target::default(),
+            purpose: cli::bounded(command.purpose().unwrap_or_default(), cli::MAX_PURPOSE),
+            outcome,
+            exposes: None,
+        })
+        .map(|_| ())
+}
+
+/// The caller's side: send `command` and read the answer. Text goes to this process's stdout
+/// and stderr; a restore's plaintext to `restore`, which writes it with the caller's rights.
+pub fn call(
+    mut s: std::os::unix::net::UnixStream,
+    command: &Command,
+    restore: Option<&mut dyn RestoreWriter>,
+) -> Result<u8, String> {
+    let mut line = serde_json::to_vec(&Request {
+        v: VERSION,
+        command: command.clone(),
     })
-    .ok()?;
-    line.push('\n');
-    s.write_all(line.as_bytes()).ok()?;
-    let mut resp = String::new();
-    std::io::BufReader::new(s).read_line(&mut resp).ok()?;
-    serde_json::from_str(&resp).ok()
+    .map_err(|e| format!("cannot encode the request: {e}"))?;
+    line.push(b'\n');
+    if line.len() > MAX_REQUEST {
+        return Err(format!(
+            "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
+        ));
+    }
+    s.write_all(&line)
+        .map_err(|e| format!("cannot send the request to the daemon: {e}"))?;
+    let mut r = std::io::BufReader::new(s);
+    let mut restore = restore;
+    loop {
+        let mut head = [0u8; 5];
+        if let Err(e) = r.read_exact(&mut head) {
+            if let Some(w) = restore.as_mut() {
+                w.abort();
+            }
+            return Err(format!(
+                "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
+            ));
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(format!(
+                "the daemon sent a frame of {len} bytes: protocol error"
+            ));
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body)
+            .map_err(|e| format!("the daemon's answer was cut: {e}"))?;
+        match head[0] {
+            TAG_STDOUT => {
+                let mut o = std::io::stdout();
+                let _ = o.write_all(&body);
+                let _ = o.flush();
+            }
+            TAG_STDERR => {
+                let _ = std::io::stderr().write_all(&body);
+            }
+            TAG_BEGIN => {
+                let b: Begin = serde_json::from_slice(&body)
+                    .map_err(|e| format!("bad restore header from the daemon: {e}"))?;
+                match restore.as_mut() {
+                    Some(w) => w.begin(&b)?,
+                    None => {
+                        return Err(
+                            "the daemon sent restored data for a command that restores nothing"
+                                .into(),
+                        )
+                    }
+                }
+            }
+            TAG_DATA => match restore.as_mut() {
+                Some(w) => w.data(body)?,
+                None => {
+                    return Err(
+                        "the daemon sent restored data for a command that restores nothing".into(),
+                    )
+                }
+            },
+            TAG_EXIT => {
+                let e: Exit = serde_json::from_slice(&body)
+                    .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+                if let Some(w) = restore.as_mut() {
+                    if e.exit == exit::OK {
+                        w.finish()?;
+                    } else {
+                        w.abort();
+                    }
+                }
+                return Ok(e.exit);
+            }
+            t => {
+                return Err(format!(
+                    "the daemon sent an unknown frame {t}: protocol error"
+                ))
+            }
+        }
+    }
+}
+
+/// Writes a restore's plaintext on the caller's side.
+pub trait RestoreWriter {
+    fn begin(&mut self, b: &Begin) -> Result<(), String>;
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    /// Every check passed: make it durable and move it into place.
+    fn finish(&mut self) -> Result<(), String>;
+    /// Something failed: remove what was written.
+    fn abort(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_up_to_the_limit_then_counted() {
+        let mut l = RefusalLimiter::new();
+        let t0 = Instant::now();
+        for _ in 0..REFUSALS_PER_MINUTE {
+            assert_eq!(l.admit(t0), Some(0));
+        }
+        assert_eq!(l.admit(t0), None);
+        assert_eq!(l.admit(t0), None);
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(l.admit(later), Some(2));
+        assert_eq!(l.admit(later), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_request_line_is_bounded() {
+        let long = vec![b'a'; MAX_REQUEST + 10];
+        let mut r: &[u8] = &long;
+        let e = read_request(&mut r).await.unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+        let mut ok: &[u8] = b"{}\n";
+        assert_eq!(read_request(&mut ok).await.unwrap(), b"{}\n");
+        let mut cut: &[u8] = b"{\"v\":1";
+        assert!(read_request(&mut cut).await.is_err());
+    }
 }

@@ -1,0 +1,1155 @@
+//! The commands that read keys or write the keyring, catalog, journal or access log, as typed
+//! requests. The same code runs them in a standalone CLI run (under the state folder's lock) and in
+//! the daemon's process for a caller of its control socket (`daemon::control`): a request is one
+//! serde value of [`Command`], never a command line, so no global option, config path,
+//! environment or working directory crosses the socket.
+//!
+//! Output goes through [`Out`]: printed directly in a local run, sent as frames to the caller
+//! through the socket.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SnapshotId;
+use crate::pipeline::Protection;
+use crate::restore::{Request, Selector};
+use crate::Coffre;
+
+/// Exit codes, the same for a local run and one through the daemon.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    /// A usage problem, or a dry run (`shred` without `--yes`).
+    pub const USAGE: u8 = 2;
+    /// `coffre backup`: committed in min-sites but not every store.
+    pub const DEGRADED: u8 = 3;
+    /// Refused by the control socket (not an operator, or not allowed through it).
+    pub const REFUSED: u8 = 77;
+}
+
+/// One frame of a command's output.
+#[derive(Debug)]
+pub enum Frame {
+    Stdout(String),
+    Stderr(String),
+}
+
+/// Where a command's text output goes.
+pub struct Out {
+    remote: Option<tokio::sync::mpsc::UnboundedSender<Frame>>,
+}
+
+impl Out {
+    /// Print to this process's stdout and stderr.
+    pub fn local() -> Out {
+        Out { remote: None }
+    }
+
+    /// Send to a control-socket caller.
+    pub fn remote(tx: tokio::sync::mpsc::UnboundedSender<Frame>) -> Out {
+        Out { remote: Some(tx) }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    pub fn out(&self, mut s: String) {
+        s.push('\n');
+        match &self.remote {
+            // A caller that went away does not stop the command.
+            Some(tx) => {
+                let _ = tx.send(Frame::Stdout(s));
+            }
+            None => print!("{s}"),
+        }
+    }
+
+    pub fn err(&self, mut s: String) {
+        s.push('\n');
+        match &self.remote {
+            Some(tx) => {
+                let _ = tx.send(Frame::Stderr(s));
+            }
+            None => eprint!("{s}"),
+        }
+    }
+
+    pub fn json<T: Serialize>(&self, v: &T) -> Result<()> {
+        self.out(serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+}
+
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => { $out.out(format!($($arg)*)) };
+}
+macro_rules! errln {
+    ($out:expr, $($arg:tt)*) => { $out.err(format!($($arg)*)) };
+}
+
+/// Who runs a command and where its output and restored bytes go.
+pub struct Ctx {
+    /// Recorded in the access log: the OS user of a local run, or `<user> (via coffre-daemon)`.
+    pub actor: String,
+    pub out: Out,
+    /// Through the socket: restored bytes go to the caller, who writes them with its own rights.
+    pub restore_sink: Option<tokio::sync::mpsc::Sender<crate::restore::Chunk>>,
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
+    /// serve the status endpoint (systemd Type=notify).
+    Daemon,
+    /// Print the running daemon's status (from its status endpoint).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Protect one snapshot (a file or a directory) now; prints the snapshot id.
+    Backup {
+        /// Source the snapshot belongs to.
+        #[arg(long)]
+        source: String,
+        /// The snapshot: a dump file, or a directory such as a pg_basebackup.
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots, oldest first, and where each is committed.
+    Snapshots {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The local catalog (a cache of the stores' manifests).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Restore a snapshot from any surviving store (logged in the access log first).
+    Restore(RestoreArgs),
+    /// Check every replica (present, header valid, SHA-256 matches) without any key.
+    Verify {
+        /// Only this snapshot.
+        snapshot: Option<SnapshotId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Key providers and epoch keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The access log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Validate the config file and print every problem.
+    CheckConfig,
+    /// Retention: what would be shredded and when.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Crypto-shred one snapshot now (an erasure order), or show destruction records.
+    Shred {
+        /// The snapshot to shred.
+        #[arg(long, required_unless_present = "records")]
+        snapshot: Option<SnapshotId>,
+        /// Why (recorded in the access log and the destruction record).
+        #[arg(long, required_unless_present = "records")]
+        purpose: Option<String>,
+        /// Do it (without --yes, only say what would happen).
+        #[arg(long)]
+        yes: bool,
+        /// Show the destruction records instead.
+        #[arg(long)]
+        records: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
+    Drill {
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this store (default: every store).
+        #[arg(long, conflicts_with = "all_stores")]
+        store: Option<String>,
+        /// Every store (the default).
+        #[arg(long)]
+        all_stores: bool,
+        /// This snapshot (default: the source's drill.pick, latest).
+        #[arg(long)]
+        snapshot: Option<SnapshotId>,
+        /// Rebuild the catalog from the stores first (a drill as on a new host).
+        #[arg(long)]
+        fresh_catalog: bool,
+        /// Why (recorded in the access log).
+        #[arg(long, default_value = "disaster-recovery drill")]
+        purpose: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Legal holds: a held snapshot is never shredded.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetentionCommand {
+    /// Show due epochs (shred / keep with reasons) and when each snapshot's epoch is due.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Carry out the due part of the plan now (what the daemon does on its schedule).
+    Run {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldCommand {
+    /// Put a snapshot under legal hold.
+    Add {
+        snapshot: SnapshotId,
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Release a legal hold.
+    Release {
+        snapshot: SnapshotId,
+        #[arg(long)]
+        purpose: String,
+    },
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Snapshot id, or `latest`.
+    pub snapshot: Selector,
+    #[arg(long)]
+    pub source: String,
+    /// Where to write the snapshot (must not exist).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Use only this store.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Why the data is accessed (recorded in the access log).
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the stores' manifests.
+    Rebuild {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeysCommand {
+    /// Create the master key of every file provider that has none yet (mode 0600).
+    Init,
+    /// Providers, their health and their epochs (no key material).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate the master key of a file provider (re-seal its keyring here and in the stores),
+    /// or wrap every snapshot's data key with another provider too. No data is re-encrypted.
+    Rotate {
+        /// File provider whose master key is rotated.
+        #[arg(long, requires = "new_master_key")]
+        provider: Option<String>,
+        /// The new master key file (64 hex characters, mode 0600).
+        #[arg(long)]
+        new_master_key: Option<PathBuf>,
+        /// Create the new master key file.
+        #[arg(long)]
+        create: bool,
+        /// Wrap every snapshot's data key with this provider as well.
+        #[arg(long, conflicts_with = "provider")]
+        to_provider: Option<String>,
+        /// Why (recorded in the access log).
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero and names the first bad entry.
+    Verify,
+    /// Carry out the access log's retention now (the daemon does it on its shred schedule):
+    /// entries older than `audit.retention` leave the local log, and sealed segments whose
+    /// epoch has ended are crypto-shredded in every store.
+    Expire {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show entries, optionally filtered.
+    Show {
+        /// Entries at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Longest `--purpose` accepted (bytes): it is recorded in the access log.
+pub const MAX_PURPOSE: usize = 1024;
+/// Longest name, filter or id accepted in a request (bytes).
+pub const MAX_NAME: usize = 256;
+
+/// Who may run a command through the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Listing and checking (no plaintext, no key use): operators.
+    Read,
+    /// Access to protected data, erasure, holds, backups: operators, logged.
+    Operate,
+    /// Key rotation: root only.
+    Root,
+    /// Never through the socket (runs without a daemon, or is the daemon).
+    LocalOnly,
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[truncated]", &s[..end])
+}
+
+impl Command {
+    pub fn access(&self) -> Access {
+        match self {
+            Command::Daemon | Command::CheckConfig | Command::Status { .. } => Access::LocalOnly,
+            Command::Keys {
+                command: KeysCommand::Init,
+            } => Access::LocalOnly,
+            Command::Keys {
+                command:
+                    KeysCommand::Rotate {
+                        provider: Some(_), ..
+                    },
+            } => Access::LocalOnly,
+            Command::Keys {
+                command: KeysCommand::Rotate { .. },
+            } => Access::Root,
+            Command::Snapshots { .. }
+            | Command::Verify { .. }
+            | Command::Keys {
+                command: KeysCommand::Status { .. },
+            }
+            | Command::Audit {
+                command: AuditCommand::Show { .. } | AuditCommand::Verify,
+            }
+            | Command::Retention {
+                command: RetentionCommand::Plan { .. },
+            }
+            | Command::Shred { records: true, .. } => Access::Read,
+            Command::Backup { .. }
+            | Command::Catalog { .. }
+            | Command::Restore(_)
+            | Command::Retention { .. }
+            | Command::Shred { .. }
+            | Command::Drill { .. }
+            | Command::Hold { .. }
+            | Command::Audit { .. } => Access::Operate,
+        }
+    }
+
+    /// Why a command does not go through the socket.
+    pub fn local_only_reason(&self) -> &'static str {
+        match self {
+            Command::Keys {
+                command: KeysCommand::Rotate { .. },
+            } => "rotating a master key replaces the key the running daemon holds: stop the daemon (systemctl stop coffre), rotate as root, then start it",
+            Command::Keys {
+                command: KeysCommand::Init,
+            } => "keys are created before the daemon first starts (or by it, with create-master-key)",
+            _ => "it runs in the caller's own process",
+        }
+    }
+
+    /// The access-log action name of a command.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::Daemon => "daemon",
+            Command::Status { .. } => "status",
+            Command::Backup { .. } => "backup",
+            Command::Snapshots { .. } => "snapshots",
+            Command::Catalog { .. } => "catalog-rebuild",
+            Command::Restore(_) => "restore",
+            Command::Verify { .. } => "verify",
+            Command::Keys { command } => match command {
+                KeysCommand::Init => "keys-init",
+                KeysCommand::Status { .. } => "keys-status",
+                KeysCommand::Rotate { .. } => "keys-rotate",
+            },
+            Command::Audit { command } => match command {
+                AuditCommand::Verify => "audit-verify",
+                AuditCommand::Expire { .. } => "audit-expire",
+                AuditCommand::Show { .. } => "audit-show",
+            },
+            Command::CheckConfig => "check-config",
+            Command::Retention { command } => match command {
+                RetentionCommand::Plan { .. } => "retention-plan",
+                RetentionCommand::Run { .. } => "retention-run",
+            },
+            Command::Shred { .. } => "shred",
+            Command::Drill { .. } => "drill",
+            Command::Hold { command } => match command {
+                HoldCommand::Add { .. } => "hold-add",
+                HoldCommand::Release { .. } => "hold-release",
+            },
+        }
+    }
+
+    /// Commands that append to the access log (its sealed copy then follows it to the stores).
+    pub fn writes_access_log(&self) -> bool {
+        matches!(
+            self,
+            Command::Restore(_)
+                | Command::Drill { .. }
+                | Command::Shred { records: false, .. }
+                | Command::Hold { .. }
+                | Command::Catalog { .. }
+                | Command::Retention {
+                    command: RetentionCommand::Run { .. }
+                }
+                | Command::Audit {
+                    command: AuditCommand::Expire { .. }
+                }
+        )
+    }
+
+    /// The caller's `--purpose`, if the command has one.
+    pub fn purpose(&self) -> Option<&str> {
+        match self {
+            Command::Restore(a) => Some(&a.purpose),
+            Command::Shred { purpose, .. } => purpose.as_deref(),
+            Command::Drill { purpose, .. } => Some(purpose),
+            Command::Hold {
+                command: HoldCommand::Add { purpose, .. } | HoldCommand::Release { purpose, .. },
+            } => Some(purpose),
+            Command::Keys {
+                command: KeysCommand::Rotate { purpose, .. },
+            } => Some(purpose),
+            _ => None,
+        }
+    }
+
+    /// Every name, filter and path of the request, for the size checks.
+    fn texts(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        match self {
+            Command::Backup { source, .. } => v.push(source),
+            Command::Snapshots { source, .. } => v.extend(source.as_deref()),
+            Command::Restore(a) => {
+                v.push(&a.source);
+                v.extend(a.store.as_deref());
+            }
+            Command::Drill { source, store, .. } => {
+                v.extend(source.as_deref());
+                v.extend(store.as_deref());
+            }
+            Command::Audit {
+                command:
+                    AuditCommand::Show {
+                        since,
+                        until,
+                        snapshot,
+                        actor,
+                        action,
+                        ..
+                    },
+            } => {
+                for f in [since, until, snapshot, actor, action] {
+                    v.extend(f.as_deref());
+                }
+            }
+            Command::Keys {
+                command: KeysCommand::Rotate { to_provider, .. },
+            } => v.extend(to_provider.as_deref()),
+            _ => {}
+        }
+        v
+    }
+}
+
+/// Check a request from the control socket before anything runs or is logged: sizes bounded,
+/// a purpose where one is needed, paths the daemon may read.
+pub fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Result<(), String> {
+    if let Some(p) = cmd.purpose() {
+        if p.len() > MAX_PURPOSE {
+            return Err(format!(
+                "--purpose is {} bytes; at most {MAX_PURPOSE} are accepted (it is recorded in the access log): say why in fewer words",
+                p.len()
+            ));
+        }
+    }
+    if let Some(t) = cmd.texts().into_iter().find(|t| t.len() > MAX_NAME) {
+        return Err(format!(
+            "an argument of {} bytes is longer than the {MAX_NAME} accepted",
+            t.len()
+        ));
+    }
+    match cmd {
+        Command::Backup { source, path, .. } => {
+            // The daemon reads the snapshot with its own rights: only from the source's own
+            // folder, never a path of the caller's choosing elsewhere (its keys, its log).
+            let Some(src) = app.config.source(source) else {
+                return Err(format!("source `{source}` is not configured"));
+            };
+            let root = std::fs::canonicalize(&src.path)
+                .map_err(|e| format!("source folder {}: {e}", src.path.display()))?;
+            let p = std::fs::canonicalize(path).map_err(|e| {
+                format!(
+                    "{}: {e} (give an absolute path the daemon can see)",
+                    path.display()
+                )
+            })?;
+            if p == root || !p.starts_with(&root) {
+                return Err(format!(
+                    "{} is not inside source `{source}`'s folder {}: through the daemon, backup reads only from the source's folder",
+                    path.display(),
+                    root.display()
+                ));
+            }
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    new_master_key: Some(_),
+                    ..
+                },
+        } => return Err(cmd.local_only_reason().to_string()),
+        _ => {}
+    }
+    Ok(())
+}
+
+pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    match cmd {
+        Command::Backup { source, path, json } => {
+            let out = crate::pipeline::protect(app, source, path).await?;
+            if *json {
+                w.json(&out)?;
+            } else {
+                outln!(w, "{}", out.manifest.snapshot);
+            }
+            for f in &out.failed {
+                errln!(
+                    w,
+                    "warning: store `{}` did not receive snapshot {}: {}",
+                    f.store,
+                    out.manifest.snapshot,
+                    f.error
+                );
+            }
+            if out.protection == Protection::Degraded {
+                errln!(w,
+                    "warning: snapshot {} is degraded: committed in {} of {} stores (at least min-sites sites)",
+                    out.manifest.snapshot,
+                    out.committed.len(),
+                    app.stores.len()
+                );
+                return Ok(exit::DEGRADED);
+            }
+            Ok(exit::OK)
+        }
+        Command::Snapshots { source, json } => {
+            let list = app.catalog.list(source.as_deref())?;
+            if *json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "id": e.manifest.snapshot,
+                            "source": e.manifest.source,
+                            "created": e.manifest.created,
+                            "kind": e.manifest.kind,
+                            "name": e.manifest.original_name,
+                            "size": e.manifest.size,
+                            "sealed_size": e.manifest.sealed_size,
+                            "sealed_sha256": e.manifest.sealed_sha256,
+                            "stores": e.replicas.iter().filter(|r| r.state == crate::catalog::ReplicaState::Committed).map(|r| r.store.clone()).collect::<Vec<_>>(),
+                            "replicas": e.replicas,
+                        })
+                    })
+                    .collect();
+                w.json(&v)?;
+            } else {
+                outln!(
+                    w,
+                    "{:<26}  {:<12}  {:<20}  {:>14}  stores",
+                    "id",
+                    "source",
+                    "created",
+                    "size"
+                );
+                for e in &list {
+                    let stores: Vec<_> = e
+                        .replicas
+                        .iter()
+                        .filter(|r| r.state == crate::catalog::ReplicaState::Committed)
+                        .map(|r| r.store.as_str())
+                        .collect();
+                    outln!(
+                        w,
+                        "{:<26}  {:<12}  {:<20}  {:>14}  {}",
+                        e.manifest.snapshot,
+                        e.manifest.source,
+                        e.manifest.created,
+                        e.manifest.size,
+                        stores.join(",")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Rebuild { json },
+        } => {
+            let actor = ctx.actor.clone();
+            app.audit.append(crate::audit::NewEntry {
+                actor: actor.clone(),
+                action: "catalog-rebuild".into(),
+                target: Default::default(),
+                purpose: "rebuild the local catalog from the stores".into(),
+                outcome: "started".into(),
+                exposes: None,
+            })?;
+            let (snapshots, replicas) = app.rebuild_catalog().await?;
+            app.audit.append(crate::audit::NewEntry {
+                actor,
+                action: "catalog-rebuild".into(),
+                target: Default::default(),
+                purpose: "rebuild the local catalog from the stores".into(),
+                outcome: format!("ok: {snapshots} snapshots, {replicas} replicas"),
+                exposes: None,
+            })?;
+            if *json {
+                w.json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas}))?;
+            } else {
+                outln!(
+                    w,
+                    "catalog rebuilt: {snapshots} snapshot(s), {replicas} committed replica(s)"
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Restore(a) => {
+            if a.purpose.trim().is_empty() {
+                bail!(
+                    "--purpose must say why the data is accessed; it is recorded in the access log"
+                );
+            }
+            let req = Request {
+                source: a.source.clone(),
+                snapshot: a.snapshot,
+                to: a.to.clone(),
+                store: a.store.clone(),
+                purpose: a.purpose.clone(),
+                actor: ctx.actor.clone(),
+                action: "restore".into(),
+                progress: !w.is_remote() && std::io::stderr().is_terminal() && !a.json,
+                stream: ctx.restore_sink.clone(),
+            };
+            let report = crate::restore::restore(app, &req).await?;
+            if a.json {
+                w.json(&report)?;
+            } else {
+                outln!(
+                    w,
+                    "restored snapshot {} to {} ({} bytes, from {}, {:.1} s)",
+                    report.snapshot,
+                    report.to.display(),
+                    report.size,
+                    report.stores_used.join(" then "),
+                    report.seconds
+                );
+            }
+            for f in &report.failures {
+                errln!(
+                    w,
+                    "warning: replica in store `{}` failed ({}): {}",
+                    f.store,
+                    f.kind,
+                    f.error
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Verify { snapshot, json } => {
+            let checks = crate::verify::verify(app, *snapshot).await;
+            let bad = checks.iter().filter(|c| !c.ok()).count();
+            if *json {
+                w.json(&checks)?;
+            } else {
+                for c in &checks {
+                    outln!(
+                        w,
+                        "{}  {:<12}  {:<12}  {}{}",
+                        c.snapshot,
+                        c.source,
+                        c.store,
+                        c.state,
+                        c.detail
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    );
+                }
+                outln!(w, "{} replica(s) checked, {} not ok", checks.len(), bad);
+            }
+            if snapshot.is_some() && checks.is_empty() {
+                bail!(
+                    "snapshot {} is not known in the catalog or any store",
+                    snapshot.map(|s| s.to_string()).unwrap_or_default()
+                );
+            }
+            Ok(if bad > 0 { exit::FAILURE } else { exit::OK })
+        }
+        Command::Keys {
+            command: KeysCommand::Status { json },
+        } => {
+            // Snapshots per epoch, from the catalog's key objects.
+            let mut per_epoch: std::collections::BTreeMap<String, u64> = Default::default();
+            for k in app.catalog.all_keys()? {
+                *per_epoch.entry(k.epoch.to_string()).or_default() += 1;
+            }
+            let mut out = Vec::new();
+            for p in &app.providers {
+                let health = p
+                    .health()
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                let epochs: Vec<_> = p
+                    .epochs()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| {
+                        let due = crate::retention::epoch_day(&e.epoch)
+                            .and_then(|d| d.next_day())
+                            .map(|d| format!("{d}T00:00:00Z"));
+                        serde_json::json!({
+                            "epoch": e.epoch,
+                            "created": e.created,
+                            "destroyed": e.destroyed,
+                            "snapshots": per_epoch.get(e.epoch.as_str()).copied().unwrap_or(0),
+                            "due": due,
+                        })
+                    })
+                    .collect();
+                out.push(serde_json::json!({
+                    "provider": p.name(),
+                    "kind": p.kind(),
+                    "health": health,
+                    "epochs": epochs,
+                }));
+            }
+            if *json {
+                w.json(&out)?;
+            } else {
+                for p in &out {
+                    outln!(
+                        w,
+                        "provider {} ({}): {}",
+                        p["provider"].as_str().unwrap_or("?"),
+                        p["kind"].as_str().unwrap_or("?"),
+                        p["health"].as_str().unwrap_or("?")
+                    );
+                    for e in p["epochs"].as_array().into_iter().flatten() {
+                        outln!(
+                            w,
+                            "  epoch {:<24} snapshots {:>5}  {}",
+                            e["epoch"].as_str().unwrap_or("?"),
+                            e["snapshots"],
+                            match e["destroyed"].as_str() {
+                                Some(d) => format!("destroyed {d}"),
+                                None =>
+                                    format!("due {}", e["due"].as_str().unwrap_or("never (hold)")),
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let n = app.audit.verify()?;
+            outln!(
+                w,
+                "access log {}: {} entries, chain intact",
+                app.audit.path().display(),
+                n
+            );
+            let findings = crate::audit::replicate::verify_stores(app)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            for f in &findings {
+                outln!(
+                    w,
+                    "store `{}`{}: {}",
+                    f.store,
+                    f.seq.map(|s| format!(" entry {s}")).unwrap_or_default(),
+                    f.problem
+                );
+            }
+            if let Some(f) = findings.first() {
+                bail!(
+                    "the access log and its copy in store `{}` disagree ({} finding(s)); first: {}",
+                    f.store,
+                    findings.len(),
+                    f.problem
+                );
+            }
+            outln!(w, "store copies agree with the local log");
+            Ok(exit::OK)
+        }
+        Command::Audit {
+            command: AuditCommand::Expire { json },
+        } => {
+            let now = time::OffsetDateTime::now_utc();
+            let r = crate::audit::expire::expire(app, now, &ctx.actor.clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if *json {
+                w.json(&r)?;
+            } else {
+                match &r.local {
+                    Some(p) => outln!(
+                        w,
+                        "local log: entries {}-{} removed (older than audit.retention)",
+                        p.first,
+                        p.through
+                    ),
+                    None => outln!(w, "local log: no entry older than audit.retention"),
+                }
+                for d in &r.epochs {
+                    outln!(
+                        w,
+                        "epoch {} destroyed: {} sealed segment copies deleted (record {})",
+                        d.epoch,
+                        d.copies.len(),
+                        d.record
+                    );
+                }
+                for (e, day) in &r.upcoming {
+                    outln!(w, "epoch {e}: kept until the end of {day}");
+                }
+            }
+            if let Some(e) = r.errors.first() {
+                bail!(
+                    "{} access-log epoch(s) not destroyed; first: {e}",
+                    r.errors.len()
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Show {
+                    since,
+                    until,
+                    snapshot,
+                    actor,
+                    action,
+                    json,
+                },
+        } => {
+            let entries: Vec<_> = app
+                .audit
+                .entries()?
+                .into_iter()
+                .filter(|e| since.as_ref().is_none_or(|s| e.time.as_str() >= s.as_str()))
+                .filter(|e| until.as_ref().is_none_or(|u| e.time.as_str() < u.as_str()))
+                .filter(|e| {
+                    snapshot
+                        .as_ref()
+                        .is_none_or(|s| e.target.snapshot.as_ref() == Some(s))
+                })
+                .filter(|e| actor.as_ref().is_none_or(|a| &e.actor == a))
+                .filter(|e| action.as_ref().is_none_or(|a| &e.action == a))
+                .collect();
+            if *json {
+                w.json(&entries)?;
+            } else {
+                for e in &entries {
+                    outln!(
+                        w,
+                        "{:>6}  {}  {:<10}  {:<16}  {:<26}  {}  purpose: {}",
+                        e.seq,
+                        e.time,
+                        e.actor,
+                        e.action,
+                        e.target.snapshot.as_deref().unwrap_or("-"),
+                        e.outcome,
+                        e.purpose
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    to_provider: Some(to),
+                    purpose,
+                    json,
+                    ..
+                },
+        } => {
+            let n = crate::keys::rotate::add_provider_wraps(app, to, &ctx.actor.clone(), purpose)
+                .await?;
+            if *json {
+                w.json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
+            } else {
+                outln!(w, "{n} snapshot key(s) now also wrapped by provider {to}");
+            }
+            Ok(exit::OK)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { .. },
+        } => bail!(
+            "keys rotate needs either --provider NAME --new-master-key PATH, or --to-provider NAME"
+        ),
+        Command::Retention { command } => {
+            let now = time::OffsetDateTime::now_utc();
+            match command {
+                RetentionCommand::Plan { json } => {
+                    let plan = crate::retention::shred::current_plan(app, now)?;
+                    if *json {
+                        w.json(&plan)?;
+                    } else {
+                        for ep in &plan.due {
+                            outln!(w, "epoch {} is due now:", ep.epoch);
+                            for id in &ep.shred {
+                                outln!(w, "  shred {id}");
+                            }
+                            for k in &ep.keep {
+                                outln!(
+                                    w,
+                                    "  keep  {} ({}) -> epoch {}",
+                                    k.snapshot,
+                                    k.reason,
+                                    k.to_epoch
+                                );
+                            }
+                        }
+                        for u in &plan.upcoming {
+                            outln!(
+                                w,
+                                "{}  {:<12}  epoch {}  destroyed at {}",
+                                u.snapshot,
+                                u.source,
+                                u.epoch,
+                                u.due
+                            );
+                        }
+                    }
+                }
+                RetentionCommand::Run { json } => {
+                    let (done, errors) =
+                        crate::retention::shred::run_due(app, now, &ctx.actor.clone()).await;
+                    if *json {
+                        w.json(&done)?;
+                    } else {
+                        for r in &done {
+                            outln!(
+                                w,
+                                "epoch {} destroyed: {} snapshot(s) shredded, {} kept by re-wrap",
+                                r.epoch,
+                                r.snapshots.len(),
+                                r.rewrapped.len()
+                            );
+                        }
+                    }
+                    if let Some(e) = errors.first() {
+                        bail!("{} epoch(s) not shredded; first: {e}", errors.len());
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Shred {
+            records: true,
+            json,
+            ..
+        } => {
+            let recs: Vec<serde_json::Value> = app
+                .catalog
+                .destructions()?
+                .iter()
+                .filter_map(|r| serde_json::from_str(r).ok())
+                .collect();
+            if *json {
+                w.json(&recs)?;
+            } else {
+                for r in &recs {
+                    outln!(
+                        w,
+                        "{}  {}  epoch {}  {} snapshot(s)  {}",
+                        r["record"].as_str().unwrap_or("?"),
+                        r["time"].as_str().unwrap_or("?"),
+                        r["epoch"].as_str().unwrap_or("?"),
+                        r["snapshots"].as_array().map(|a| a.len()).unwrap_or(0),
+                        r["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Shred {
+            snapshot,
+            purpose,
+            yes,
+            json,
+            ..
+        } => {
+            let (Some(id), Some(purpose)) = (snapshot, purpose) else {
+                bail!("shred needs --snapshot ID and --purpose TEXT");
+            };
+            if purpose.trim().is_empty() {
+                bail!("--purpose must say why the snapshot is destroyed");
+            }
+            let key = app.catalog.get_key(id)?.with_context(|| {
+                format!("snapshot {id} is not in the catalog (run `coffre catalog rebuild`)")
+            })?;
+            if !*yes {
+                let mates = app
+                    .catalog
+                    .all_keys()?
+                    .iter()
+                    .filter(|k| k.epoch == key.epoch && k.snapshot != *id)
+                    .count();
+                outln!(w, "would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
+                return Ok(exit::USAGE);
+            }
+            let r =
+                crate::retention::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
+            if *json {
+                w.json(&r)?;
+            } else {
+                outln!(w, "snapshot {id} crypto-shredded: epoch {} destroyed in {} provider(s), {} copies deleted (record {})", r.epoch, r.providers.len(), r.copies.len(), r.record);
+            }
+            Ok(exit::OK)
+        }
+        Command::Drill {
+            source,
+            store,
+            snapshot,
+            fresh_catalog,
+            purpose,
+            json,
+            ..
+        } => {
+            let req = crate::drill::DrillRequest {
+                source: source.clone(),
+                store: store.clone(),
+                snapshot: *snapshot,
+                fresh_catalog: *fresh_catalog,
+                actor: ctx.actor.clone(),
+                purpose: purpose.clone(),
+            };
+            let reports = crate::drill::drill(app, &req)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if *json {
+                w.json(&reports)?;
+            } else {
+                for r in &reports {
+                    outln!(w,
+                        "drill {} source {} store {} snapshot {}: {} (restore {:.1} s, verify {:.1} s, RTO {:.1} s, scratch wiped: {}){}",
+                        r.drill,
+                        r.source,
+                        r.store,
+                        r.snapshot.map(|s| s.to_string()).unwrap_or_default(),
+                        if r.ok { "OK" } else { "FAILED" },
+                        r.restore_seconds,
+                        r.verify_seconds,
+                        r.rto_seconds,
+                        r.scratch_wiped,
+                        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(if reports.iter().all(|r| r.ok) {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
+        }
+        Command::Hold { command } => {
+            let actor = ctx.actor.clone();
+            match command {
+                HoldCommand::Add { snapshot, purpose } => {
+                    crate::retention::shred::hold_add(app, snapshot, &actor, purpose).await?;
+                    outln!(w, "snapshot {snapshot} is under legal hold: it will not be shredded until released");
+                }
+                HoldCommand::Release { snapshot, purpose } => {
+                    let k = crate::retention::shred::hold_release(app, snapshot, &actor, purpose)
+                        .await?;
+                    outln!(
+                        w,
+                        "hold on snapshot {snapshot} released: its key is back under epoch {}",
+                        k.epoch
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::CheckConfig
+        | Command::Daemon
+        | Command::Status { .. }
+        | Command::Keys {
+            command: KeysCommand::Init,
+        } => Ok(exit::OK),
+    }
+}

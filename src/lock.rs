@@ -1,0 +1,170 @@
+//! The state folder's lock: one process at a time owns the keyring, catalog, journal and access
+//! log of a state folder. The daemon holds it for as long as it runs (commands then reach it
+//! through the control socket); a standalone command holds it for its run.
+//!
+//! The lock is an exclusive `flock` on `<state-dir>/coffre.lock`, released by the kernel when the
+//! process ends however it ends (a `kill -9` leaves no stale lock). The file says who holds it
+//! (`<pid> <role>`), for the messages of those who wait.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Who holds a state folder's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Daemon,
+    Command,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Daemon => "daemon",
+            Role::Command => "command",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    #[error("cannot open the state folder's lock {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a coffre daemon (pid {pid}) owns the state folder {state_dir}: commands go through its control socket; if the socket does not answer, see `systemctl status coffre` or its log")]
+    DaemonRunning { pid: String, state_dir: PathBuf },
+    #[error("another coffre {role} (pid {pid}) holds the state folder {state_dir}: stop it before starting the daemon")]
+    Busy {
+        pid: String,
+        role: String,
+        state_dir: PathBuf,
+    },
+}
+
+/// A held lock; released on drop (or when the process ends).
+pub struct StateLock {
+    _file: Flock<File>,
+}
+
+impl std::fmt::Debug for StateLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateLock")
+    }
+}
+
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("coffre.lock")
+}
+
+/// The holder recorded in the lock file: (pid, role); empty strings when unknown.
+fn holder(f: &mut File) -> (String, String) {
+    let mut s = String::new();
+    let _ = f.rewind();
+    let _ = f.take(256).read_to_string(&mut s);
+    let mut it = s.split_whitespace();
+    (
+        it.next().unwrap_or("?").to_string(),
+        it.next().unwrap_or("?").to_string(),
+    )
+}
+
+/// Take the lock of `state_dir` for `role`.
+///
+/// The daemon never waits: a busy lock is an error. A command waits for another command to
+/// finish (saying so on stderr once), and is refused when the holder is a daemon: it must go
+/// through the daemon's socket, never beside it.
+pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
+    let path = lock_path(state_dir);
+    let open_err = |source| LockError::Open {
+        path: path.clone(),
+        source,
+    };
+    crate::keys::file::create_private_dir(state_dir).map_err(open_err)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+    };
+    let f = open().map_err(open_err)?;
+    let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+            let (pid, held_by) = holder(&mut f);
+            if held_by == Role::Daemon.as_str() {
+                return Err(LockError::DaemonRunning {
+                    pid,
+                    state_dir: state_dir.to_path_buf(),
+                });
+            }
+            if role == Role::Daemon {
+                return Err(LockError::Busy {
+                    pid,
+                    role: held_by,
+                    state_dir: state_dir.to_path_buf(),
+                });
+            }
+            eprintln!(
+                "waiting for another coffre command (pid {pid}) to finish with the state folder..."
+            );
+            let l = Flock::lock(f, FlockArg::LockExclusive)
+                .map_err(|(_, e)| open_err(std::io::Error::from(e)))?;
+            // A daemon may have started meanwhile and taken it before us: it has released it
+            // by now (we hold it), so we may go on.
+            l
+        }
+        Err((_, e)) => return Err(open_err(std::io::Error::from(e))),
+    };
+    let record = format!("{} {}\n", std::process::id(), role.as_str());
+    f.set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| f.write_all(record.as_bytes()))
+        .map_err(open_err)?;
+    Ok(StateLock { _file: f })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_refuses_a_busy_lock_and_a_command_is_told_a_daemon_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let held = acquire(d.path(), Role::Daemon).unwrap();
+        // flock is per open file description: a second open in this process conflicts too.
+        match acquire(d.path(), Role::Command) {
+            Err(LockError::DaemonRunning { pid, .. }) => {
+                assert_eq!(pid, std::process::id().to_string())
+            }
+            other => panic!("expected DaemonRunning, got {other:?}"),
+        }
+        match acquire(d.path(), Role::Daemon) {
+            Err(LockError::DaemonRunning { .. }) => {}
+            other => panic!("expected DaemonRunning, got {other:?}"),
+        }
+        drop(held);
+        let again = acquire(d.path(), Role::Daemon);
+        assert!(again.is_ok(), "{again:?}");
+    }
+
+    #[test]
+    fn a_second_daemon_is_refused_while_a_command_holds_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let _held = acquire(d.path(), Role::Command).unwrap();
+        match acquire(d.path(), Role::Daemon) {
+            Err(LockError::Busy { role, .. }) => assert_eq!(role, "command"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+    }
+}
