@@ -27,6 +27,17 @@ pub enum AppError {
     Catalog(#[from] CatalogError),
 }
 
+/// What `coffre catalog seal` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct SealReport {
+    /// Snapshots whose key objects were authenticated now.
+    pub sealed: Vec<crate::ids::SnapshotId>,
+    /// Snapshots already authenticated everywhere.
+    pub already: usize,
+    /// Snapshots not sealed, and why (stores that disagree, forged copies, stores down).
+    pub refused: Vec<String>,
+}
+
 pub struct Coffre {
     pub config: Config,
     pub host: String,
@@ -180,6 +191,90 @@ impl Coffre {
         Ok(())
     }
 
+    /// `coffre catalog seal`: authenticate the key objects written before authentication
+    /// existed. A snapshot is sealed only when every store that holds it agrees with the
+    /// catalog (manifest and key object, tags aside) and none holds a forged copy; the sealed
+    /// key object then replaces the unsealed one in those stores and in the catalog.
+    pub async fn seal_catalog(&self) -> Result<SealReport, AppError> {
+        let writer = crate::auth::ObjectAuth::for_writing(&self.providers)?;
+        let reader = crate::auth::ObjectAuth::for_reading(&self.providers);
+        let mut report = SealReport::default();
+        let untagged = |k: &crate::store::objects::KeyObject| {
+            let mut k = k.clone();
+            k.auth.clear();
+            k
+        };
+        for e in self.catalog.list(None)? {
+            let id = e.manifest.snapshot;
+            let Some(mut key) = self.catalog.get_key(&id)? else {
+                continue;
+            };
+            let mut problem = None;
+            let mut unsealed_in = Vec::new();
+            for s in self.committed_stores(&id) {
+                let m = match s.get_manifest(&e.manifest.source, &id).await {
+                    Ok(m) => m,
+                    Err(err) => {
+                        problem = Some(format!("store `{}`: {err}", s.name));
+                        break;
+                    }
+                };
+                if m != e.manifest {
+                    problem = Some(format!(
+                        "the manifest in store `{}` differs from the catalog's",
+                        s.name
+                    ));
+                    break;
+                }
+                let k = match s.get_key_object(&e.manifest.source, &id).await {
+                    Ok(k) => k,
+                    Err(err) => {
+                        problem = Some(format!("store `{}`: {err}", s.name));
+                        break;
+                    }
+                };
+                if untagged(&k) != untagged(&key) {
+                    problem = Some(format!(
+                        "the key object in store `{}` differs from the catalog's",
+                        s.name
+                    ));
+                    break;
+                }
+                match reader.check(&k, &m) {
+                    crate::auth::Check::Authentic => {}
+                    crate::auth::Check::Unsealed => unsealed_in.push(s),
+                    bad => {
+                        problem = Some(format!("the key object in store `{}` is {bad}", s.name));
+                        break;
+                    }
+                }
+            }
+            if let Some(p) = problem {
+                report.refused.push(format!("snapshot {id}: {p}"));
+                continue;
+            }
+            if unsealed_in.is_empty() && reader.check(&key, &e.manifest).is_authentic() {
+                report.already += 1;
+                continue;
+            }
+            writer.seal(&mut key, &e.manifest);
+            let mut failed = None;
+            for s in unsealed_in {
+                if let Err(err) = crate::retention::shred::put_key_object(s, &key).await {
+                    failed = Some(format!("store `{}`: {err}", s.name));
+                }
+            }
+            self.catalog.put_key(&key)?;
+            match failed {
+                Some(f) => report.refused.push(format!(
+                    "snapshot {id}: sealed in the catalog, not yet in {f}: run the seal again"
+                )),
+                None => report.sealed.push(id),
+            }
+        }
+        Ok(report)
+    }
+
     /// Rebuild the local catalog from the stores' manifests. A replica counts as committed when
     /// its manifest is there and its data object has the manifest's size (`coffre verify` checks
     /// the hashes). Returns (snapshots, replicas).
@@ -200,6 +295,8 @@ impl Coffre {
             (String, serde_json::Value),
         > = Default::default();
         let mut disagreements: Vec<String> = Vec::new();
+        let mut forged: Vec<String> = Vec::new();
+        let auth = crate::auth::ObjectAuth::for_reading(&self.providers);
         let mut compare = |id: crate::ids::SnapshotId,
                            what: &'static str,
                            store: &str,
@@ -233,6 +330,13 @@ impl Coffre {
                     serde_json::to_value(&m).unwrap_or_default(),
                 );
                 if let Ok(k) = s.get_key_object(&source, &id).await {
+                    match auth.check(&k, &m) {
+                        crate::auth::Check::Authentic | crate::auth::Check::Unsealed => {}
+                        bad => forged.push(format!(
+                            "snapshot {id}: the key object in store `{}` is {bad}",
+                            s.name
+                        )),
+                    }
                     compare(
                         id,
                         "key object",
@@ -246,6 +350,7 @@ impl Coffre {
                 manifests.entry(id).or_insert(m);
             }
         }
+        disagreements.extend(forged);
         if let Some(first) = disagreements.first() {
             for d in &disagreements {
                 tracing::error!("catalog rebuild refused: {d}");

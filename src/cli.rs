@@ -265,6 +265,12 @@ pub enum CatalogCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Authenticate key objects written before authentication existed, once every store that
+    /// holds a snapshot agrees with the catalog (an operator's decision: logged).
+    Seal {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
@@ -420,7 +426,12 @@ impl Command {
             Command::Status { .. } => "status",
             Command::Backup { .. } => "backup",
             Command::Snapshots { .. } => "snapshots",
-            Command::Catalog { .. } => "catalog-rebuild",
+            Command::Catalog {
+                command: CatalogCommand::Rebuild { .. },
+            } => "catalog-rebuild",
+            Command::Catalog {
+                command: CatalogCommand::Seal { .. },
+            } => "catalog-seal",
             Command::Restore(_) => "restore",
             Command::Verify { .. } => "verify",
             Command::Keys { command } => match command {
@@ -650,6 +661,45 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 }
             }
             Ok(exit::OK)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Seal { json },
+        } => {
+            let entry = |outcome: String| crate::audit::NewEntry {
+                actor: ctx.actor.clone(),
+                action: "catalog-seal".into(),
+                target: Default::default(),
+                purpose: "authenticate key objects written before authentication existed".into(),
+                outcome,
+                exposes: None,
+            };
+            app.audit.append(entry("started".into()))?;
+            let r = app.seal_catalog().await?;
+            app.audit.append(entry(format!(
+                "ok: {} sealed, {} already, {} refused",
+                r.sealed.len(),
+                r.already,
+                r.refused.len()
+            )))?;
+            if *json {
+                w.json(&r)?;
+            } else {
+                outln!(
+                    w,
+                    "{} key object(s) sealed, {} already authenticated, {} refused",
+                    r.sealed.len(),
+                    r.already,
+                    r.refused.len()
+                );
+                for p in &r.refused {
+                    errln!(w, "refused: {p}");
+                }
+            }
+            Ok(if r.refused.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
         }
         Command::Catalog {
             command: CatalogCommand::Rebuild { json },

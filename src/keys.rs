@@ -129,7 +129,42 @@ pub trait KeyProvider: Send + Sync {
     fn adopt_replicated_state(&self, _bytes: &[u8]) -> Result<bool, KeyError> {
         Ok(false)
     }
+
+    /// This provider's object-authentication key (`crate::auth`): 32 bytes the stores never
+    /// see, the same on every host that holds the provider. Derived by HKDF from the AES key
+    /// wrap (RFC 5649, deterministic) of a fixed block under the epoch key
+    /// [`OBJECT_AUTH_EPOCH`], which no retention ever destroys. `create`: make that epoch key
+    /// when it is missing (writers only: a reader on a new host must not invent one).
+    fn object_auth_key(&self, create: bool) -> Result<zeroize::Zeroizing<[u8; 32]>, KeyError> {
+        let fail = |reason: &str| KeyError::MasterKey {
+            provider: self.name().to_string(),
+            reason: reason.to_string(),
+        };
+        let epoch = EpochId::try_from(OBJECT_AUTH_EPOCH.to_string()).map_err(|e| fail(&e))?;
+        if create {
+            self.ensure_epoch(&epoch)?;
+        }
+        let probe = DataKey::from_bytes(*OBJECT_AUTH_PROBE);
+        let id = SnapshotId::nil();
+        let w = zeroize::Zeroizing::new(self.wrap(&epoch, &probe, &id)?);
+        let again = zeroize::Zeroizing::new(self.wrap(&epoch, &probe, &id)?);
+        if *w != *again {
+            return Err(fail(
+                "its key wrap is not deterministic, so it cannot derive an object-authentication key",
+            ));
+        }
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"coffre/v1/object-auth"), &w);
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        hk.expand(b"coffre/v1/object-auth/hmac-sha256", key.as_mut())
+            .map_err(|_| fail("object-authentication key derivation failed"))?;
+        Ok(key)
+    }
 }
+
+/// The epoch whose key authenticates key objects and manifests; never due, never destroyed.
+pub const OBJECT_AUTH_EPOCH: &str = "object-auth.1";
+/// The fixed block wrapped to derive the object-authentication key (not secret).
+const OBJECT_AUTH_PROBE: &[u8; 32] = b"coffre/v1 object-auth probe key.";
 
 /// Build every configured provider (in config order: restores try them in this order).
 pub fn build(config: &Config) -> Result<Vec<Arc<dyn KeyProvider>>, KeyError> {

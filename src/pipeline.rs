@@ -610,7 +610,7 @@ pub async fn protect_as(
             wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
         });
     }
-    let key_object = KeyObject {
+    let mut key_object = KeyObject {
         format: crate::store::objects::KEY_OBJECT_FORMAT,
         snapshot: id,
         source: source.name.clone(),
@@ -618,6 +618,7 @@ pub async fn protect_as(
         planned_expiry: rfc3339(expiry),
         wraps,
         legal_hold: None,
+        auth: Vec::new(),
     };
 
     // Fan-out: one bounded channel and one upload task per store.
@@ -708,6 +709,15 @@ pub async fn protect_as(
         compression: "zstd".into(),
         segment_log2: app.config.pipeline.segment_log2(),
     };
+
+    // The key object is authenticated with its manifest under every provider's
+    // object-authentication key, which the stores never see (crate::auth).
+    crate::auth::ObjectAuth::for_writing(&app.providers)
+        .map_err(|source| PipelineError::Key {
+            snapshot: id,
+            source,
+        })?
+        .seal(&mut key_object, &manifest);
 
     // Commit in every store whose upload completed, concurrently.
     let commits = results.into_iter().map(|(s, r)| {

@@ -983,6 +983,16 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
         };
         match s.get_key_object(&req.source, &id).await {
             Ok(k) => {
+                // A key object that fails its authentication is not used (unsealed ones, from
+                // before authentication existed, still restore: the data is AEAD-protected).
+                let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(&k, &m);
+                if matches!(
+                    check,
+                    crate::auth::Check::Forged { .. } | crate::auth::Check::Unverifiable { .. }
+                ) {
+                    failures.push(failure(&s.name, "tampered", format!("key object {check}")));
+                    continue;
+                }
                 chosen = Some((m, k, i));
                 break;
             }

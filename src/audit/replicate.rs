@@ -134,6 +134,7 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
             planned_expiry: String::new(),
             wraps,
             legal_hold: None,
+            auth: Vec::new(),
         };
         let dir = segment_dir(s, &app.host).join(epoch.as_str());
         let stem = format!("{:012}-{:012}", first.0, last.0);

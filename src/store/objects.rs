@@ -160,6 +160,21 @@ pub struct KeyObject {
     /// Reason of a legal hold, if any (no personal data).
     #[serde(default)]
     pub legal_hold: Option<String>,
+    /// Authentication of this key object together with its snapshot's manifest, one tag per
+    /// key provider, under keys the stores never see (`crate::auth`). Empty in key objects
+    /// written before format 2 of the manifest's authentication (`coffre catalog seal`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth: Vec<AuthTag>,
+}
+
+/// An HMAC-SHA-256 tag over a key object and its manifest, under one provider's
+/// object-authentication key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthTag {
+    pub provider: String,
+    /// Hex of the 32-byte tag.
+    pub hmac: String,
 }
 
 impl KeyObject {
