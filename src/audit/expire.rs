@@ -9,7 +9,8 @@
 //!   including any a store kept), the segments are deleted from every store, and a destruction
 //!   record is written (catalog and stores) like the records of snapshot epochs.
 //!
-//! Invariants: each step is logged before it happens; an epoch whose key a provider could not
+//! Invariants: the clock guard runs first and the whole run holds the retention lock (see
+//! `retention::shred`); each step is logged before it happens; an epoch whose key a provider could not
 //! destroy keeps its segments (retried at the next run); idempotent (destroying a destroyed key
 //! and deleting a deleted object are no-ops). Only this host's segments are swept: another host's
 //! segments are under its own keys and its own log.
@@ -64,7 +65,15 @@ pub async fn expire(
     now: time::OffsetDateTime,
     actor: &str,
 ) -> Result<ExpireReport, String> {
+    // Nothing, not even the local log's head, goes when the clock jumped.
+    crate::retention::clock::check(app, now).map_err(|e| e.to_string())?;
+    let _lock = crate::retention::shred::lock(app)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut report = ExpireReport::default();
+    report
+        .errors
+        .extend(crate::retention::erasure::catch_up(app, actor).await);
     let cutoff = now
         .checked_sub(
             time::Duration::try_from(app.config.audit.retention).map_err(|e| e.to_string())?,
@@ -212,11 +221,8 @@ async fn destroy_epoch(
             detail: "destroyed".into(),
         });
     }
-    for s in &app.stores {
-        if let Err(e) = app.push_keyrings(s).await {
-            tracing::warn!(store = %s.name, error = %e, "keyring copy not updated after destruction; retried at next write");
-        }
-    }
+    // Recorded per store, retried by later runs while it fails.
+    let keyrings = crate::retention::erasure::push_after_destruction(app, epoch).await;
 
     // 2. Each copy: check it no longer opens, then delete it (key object last).
     let mut results = Vec::new();
@@ -260,12 +266,13 @@ async fn destroy_epoch(
             sealed_sha256: sha,
             deletion,
             decrypt_check,
+            kept: false,
         });
     }
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
     ids.sort();
     ids.dedup();
-    let record = DestructionRecord {
+    let mut record = DestructionRecord {
         record: SnapshotId::new().to_string(),
         time: crate::audit::now_rfc3339(),
         actor: actor.into(),
@@ -277,10 +284,24 @@ async fn destroy_epoch(
         rewrapped: Vec::new(),
         providers,
         copies: results,
+        keyrings,
+        complete: false,
     };
+    record.complete = record.is_complete();
     crate::retention::shred::keep_record(app, &record)
         .await
         .map_err(|e| e.to_string())?;
+    if !record.complete {
+        let why = record.incomplete_reasons().join("; ");
+        log(format!(
+            "failed: epoch destroyed but the erasure is not complete: {why}"
+        ))
+        .map_err(|e| e.to_string())?;
+        return Err(format!(
+            "epoch destroyed and its segments deleted, but the erasure is not complete (record {}): {why}; an alert stays raised and the next run retries",
+            record.record
+        ));
+    }
     log(format!(
         "ok: epoch destroyed, {} segment copies deleted",
         record.copies.len()
