@@ -312,6 +312,8 @@ fn a_held_snapshot_made_to_look_unheld_in_one_store_is_not_deleted() {
     let _c = env.backup("c.sql", &content("C"));
     let (code, _, err) = env.run(&["hold", "add", &a, "--purpose", "court order 2026-115"]);
     assert_eq!(code, 0, "{err}");
+    let key_a = env.p(&format!("stores/a/coffre/snapshots/emr/{a}/key.json"));
+    let genuine = std::fs::read(&key_a).unwrap();
     edit_key_object(&env, "a", &a, |k| {
         k["epoch"] = "2020-01-01.1".into();
         k["legal_hold"] = serde_json::Value::Null;
@@ -351,6 +353,17 @@ fn a_held_snapshot_made_to_look_unheld_in_one_store_is_not_deleted() {
         "{:?}",
         cat.alerts()
     );
+    // Repaired (the genuine key object back, the catalog rebuilt): the run is clean again and
+    // the alert goes; the snapshot is still held.
+    std::fs::write(&key_a, genuine).unwrap();
+    let (code, _, err) = env.run(&["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = env.run(&["retention", "run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(cat.alerts().unwrap().is_empty(), "{:?}", cat.alerts());
+    assert_copies_intact(&env, &a);
+    let (_, keys, _) = env.run(&["keys", "status", "--json"]);
+    assert!(keys.contains(&format!("hold-{a}")), "{keys}");
 }
 
 #[test]

@@ -710,6 +710,7 @@ pub async fn run_due(
             return (done, errors);
         }
     };
+    clear_resolved_alerts(app, &plan);
     for ep in &plan.due {
         match execute(app, ep, actor, "retention: planned expiry reached").await {
             Ok(r) => {
@@ -723,6 +724,35 @@ pub async fn run_due(
         }
     }
     (done, errors)
+}
+
+/// Clear the alerts of refused destructions and kept copies that the plan no longer has: the
+/// cause was repaired (say, key objects put back and the catalog rebuilt), so nothing is due
+/// there any more.
+fn clear_resolved_alerts(app: &Coffre, plan: &retention::Plan) {
+    let Ok(alerts) = app.catalog.alerts() else {
+        return;
+    };
+    let due = |epoch: &str| plan.due.iter().any(|e| e.epoch.as_str() == epoch);
+    let shredded = |id: &str| {
+        plan.due
+            .iter()
+            .any(|e| e.shred.iter().any(|s| s.to_string() == id))
+    };
+    for (key, _, _) in alerts {
+        let resolved = match (
+            key.strip_prefix("shred-refused:"),
+            key.strip_prefix("shred-kept:"),
+        ) {
+            (Some(epoch), _) => !due(epoch),
+            (_, Some(rest)) => !shredded(rest.split(':').next().unwrap_or_default()),
+            _ => false,
+        };
+        if resolved {
+            tracing::info!(alert = %key, "alert cleared: nothing is due there any more");
+            let _ = app.catalog.clear_alert(&key);
+        }
+    }
 }
 
 /// Shred one snapshot now (an erasure order): its epoch-mates move to a fresh epoch key, then
