@@ -10,7 +10,8 @@
 //!   record is written (catalog and stores) like the records of snapshot epochs.
 //!
 //! Invariants: the clock guard runs first and the whole run holds the retention lock (see
-//! `retention::shred`); each step is logged before it happens; an epoch whose key a provider could not
+//! `retention::shred`); each step is logged before it happens; a copy that still decrypts after
+//! the destruction is kept and named in the record; an epoch whose key a provider could not
 //! destroy keeps its segments (retried at the next run); idempotent (destroying a destroyed key
 //! and deleting a deleted object are no-ops). Only this host's segments are swept: another host's
 //! segments are under its own keys and its own log.
@@ -239,22 +240,25 @@ async fn destroy_epoch(
             },
             Err(e) => format!("key object unavailable: {e}"),
         };
-        if decrypt_check == "STILL DECRYPTABLE" {
-            // Its key object names a key that was not destroyed: leave it and say so.
+        // Its key object names a key that was not destroyed: leave it, say so in the record and
+        // go on with the other copies (it goes when the epoch it names ends).
+        let kept = decrypt_check == "STILL DECRYPTABLE";
+        let mut deletion = "deleted".to_string();
+        if kept {
             let _ = log(format!(
                 "failed: {} in store `{}` still decrypts; not deleted",
                 c.data, s.name
             ));
-            return Err(format!(
-                "segment {} in store `{}` still decrypts after the destruction of {epoch}: its key object names another key; nothing more was deleted",
-                c.data, s.name
-            ));
-        }
-        let mut deletion = "deleted".to_string();
-        for path in [&c.data, &c.key] {
-            match s.inner.delete(path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => deletion = format!("not deleted ({path}), unreadable anyway: {e}"),
+            tracing::error!(store = %s.name, segment = %c.data, epoch = %epoch, "access-log segment still decrypts after the destruction of its epoch: kept");
+            deletion =
+                "kept: it still decrypts after the destruction (its key object names another key)"
+                    .into();
+        } else {
+            for path in [&c.data, &c.key] {
+                match s.inner.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => deletion = format!("not deleted ({path}), unreadable anyway: {e}"),
+                }
             }
         }
         results.push(CopyResult {
@@ -266,7 +270,7 @@ async fn destroy_epoch(
             sealed_sha256: sha,
             deletion,
             decrypt_check,
-            kept: false,
+            kept,
         });
     }
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
