@@ -407,7 +407,8 @@ pub async fn execute(
         }
     }
     // Every store's key object of each snapshot must say what the catalog says: a store whose
-    // key object names a hold, another epoch or another key means the catalog was misled.
+    // key object names a hold or another epoch means the catalog was misled (say, rebuilt from
+    // a store where someone edited it). Which keys the wraps name is checked per copy below.
     for k in &keys {
         if let Some(why) = key_object_mismatch(&plan.epoch, k) {
             return Err(refuse(ShredError::Disagree {
