@@ -103,6 +103,107 @@ pub struct NewEntry {
     pub exposes: Option<String>,
 }
 
+/// Longest purpose kept in an entry, in bytes (a longer one is cut, with [`TRUNCATED`] at its
+/// end). Callers that take a purpose from outside (the control socket, the CLI) should refuse a
+/// longer one before anything is logged.
+pub const MAX_PURPOSE_BYTES: usize = 1024;
+/// Longest outcome kept in an entry (outcomes quote error messages).
+pub const MAX_OUTCOME_BYTES: usize = 4096;
+/// Longest actor kept in an entry.
+pub const MAX_ACTOR_BYTES: usize = 256;
+/// Longest action kept in an entry.
+pub const MAX_ACTION_BYTES: usize = 64;
+/// Longest `exposes` text kept in an entry.
+pub const MAX_EXPOSES_BYTES: usize = 1024;
+/// Longest value of each target field (source, snapshot, store, hash, epoch).
+pub const MAX_TARGET_FIELD_BYTES: usize = 256;
+/// What ends a field that was cut to its bound.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `s` cut to at most `max` bytes, on a character boundary, ending with [`TRUNCATED`] when it
+/// was cut.
+pub fn bound_text(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let room = max.saturating_sub(TRUNCATED.len());
+    let mut cut = room.min(s.len());
+    while cut > 0 && !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(cut + TRUNCATED.len());
+    out.push_str(&s[..cut]);
+    out.push_str(TRUNCATED);
+    out
+}
+
+impl NewEntry {
+    /// Every caller-supplied text cut to its bound, so that no entry is ever huge (defense in
+    /// depth: the entry points refuse oversized input before they log it).
+    fn bounded(self) -> NewEntry {
+        let field = |v: Option<String>| v.map(|s| bound_text(s, MAX_TARGET_FIELD_BYTES));
+        NewEntry {
+            actor: bound_text(self.actor, MAX_ACTOR_BYTES),
+            action: bound_text(self.action, MAX_ACTION_BYTES),
+            target: Target {
+                source: field(self.target.source),
+                snapshot: field(self.target.snapshot),
+                store: field(self.target.store),
+                sealed_sha256: field(self.target.sealed_sha256),
+                epoch: field(self.target.epoch),
+            },
+            purpose: bound_text(self.purpose, MAX_PURPOSE_BYTES),
+            outcome: bound_text(self.outcome, MAX_OUTCOME_BYTES),
+            exposes: self.exposes.map(|s| bound_text(s, MAX_EXPOSES_BYTES)),
+        }
+    }
+}
+
+/// The last line of `f` that is not blank, as written (without its newline, nor the `\r` of a
+/// CRLF ending, as [`BufRead::lines`] gives it), found by reading bytes backwards from the end:
+/// any length works and nothing is decoded here.
+fn last_line(mut f: File) -> std::io::Result<Option<Vec<u8>>> {
+    const CHUNK: u64 = 8 * 1024;
+    let len = f.metadata()?.len();
+    let mut pos = len;
+    // The bytes from `pos` to the end of the file.
+    let mut buf: Vec<u8> = Vec::new();
+    // Index in `buf` of the last byte that is not blank, once found.
+    let mut last: Option<usize> = None;
+    loop {
+        if let Some(j) = last {
+            if let Some(i) = buf[..j].iter().rposition(|b| *b == b'\n') {
+                buf.drain(..=i);
+                break;
+            }
+        }
+        if pos == 0 {
+            break;
+        }
+        let n = CHUNK.min(pos);
+        pos -= n;
+        f.seek(SeekFrom::Start(pos))?;
+        let mut chunk = vec![0u8; n as usize];
+        f.read_exact(&mut chunk)?;
+        let grown = chunk.len();
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        last = match last {
+            Some(j) => Some(j + grown),
+            None => buf.iter().rposition(|b| !b.is_ascii_whitespace()),
+        };
+    }
+    let Some(_) = last else { return Ok(None) };
+    // The line ends at its newline (blank lines after it are not part of it).
+    if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+        buf.truncate(end);
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(buf))
+}
+
 struct Tail {
     seq: u64,
     hash: String,
@@ -149,9 +250,12 @@ impl AccessLog {
         &self.path
     }
 
-    /// Read the last line to find the chain's tail.
+    /// Read the last entry to find the chain's tail: bytes are read backwards from the end of
+    /// the file to the newline before the last non-empty line, so an entry of any length is
+    /// found whole, and nothing is decoded before the line is (a fixed window could start
+    /// inside an entry or inside a multi-byte character and lock every later append out).
     fn load_tail(&self) -> Result<Tail, AuditError> {
-        let mut f = match File::open(&self.path) {
+        let f = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Tail {
@@ -166,31 +270,27 @@ impl AccessLog {
                 })
             }
         };
-        let read_err = |source| AuditError::Read {
+        let line = last_line(f).map_err(|source| AuditError::Read {
             path: self.path.clone(),
             source,
-        };
-        let len = f.metadata().map_err(read_err)?.len();
-        let start = len.saturating_sub(64 * 1024);
-        f.seek(SeekFrom::Start(start)).map_err(read_err)?;
-        let mut buf = String::new();
-        f.read_to_string(&mut buf).map_err(read_err)?;
-        let last = buf.lines().rev().find(|l| !l.trim().is_empty());
-        match last {
+        })?;
+        match line {
             None => Ok(Tail {
                 seq: 0,
                 hash: GENESIS.into(),
             }),
             Some(line) => {
-                let e: Entry = serde_json::from_str(line).map_err(|err| AuditError::Broken {
+                let e: Entry = serde_json::from_slice(&line).map_err(|err| AuditError::Broken {
                     path: self.path.clone(),
                     line: 0,
                     seq: 0,
-                    reason: format!("last entry does not parse ({err}); run `coffre audit verify`"),
+                    reason: format!(
+                        "its last entry does not parse ({err}), so no entry can be chained to it and every access is refused; run `coffre audit verify` to see where the log is broken"
+                    ),
                 })?;
                 Ok(Tail {
                     seq: e.seq,
-                    hash: line_hash(line),
+                    hash: hex::encode(Sha256::digest(&line)),
                 })
             }
         }
@@ -250,6 +350,7 @@ impl AccessLog {
             path: self.path.clone(),
             source,
         };
+        let new = new.bounded();
         let tail = self.load_tail()?;
         let entry = Entry {
             seq: tail.seq + 1,
@@ -538,6 +639,175 @@ mod tests {
             outcome: "ok".into(),
             exposes: None,
         }
+    }
+
+    #[test]
+    fn a_70_kb_purpose_is_cut_and_later_appends_still_work() {
+        // Finding 4a: one refused request with a 70 KB purpose locked every later access out.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        log.append(entry("restore")).unwrap();
+        let mut big = entry("refused");
+        big.purpose = "x".repeat(70 * 1024);
+        big.actor = "a".repeat(10_000);
+        big.outcome = "refused: ".to_string() + &"o".repeat(100_000);
+        big.target.snapshot = Some("s".repeat(5_000));
+        let written = log.append(big).unwrap();
+        assert!(written.purpose.len() <= MAX_PURPOSE_BYTES);
+        assert!(written.purpose.ends_with(TRUNCATED), "the cut is visible");
+        assert!(written.actor.len() <= MAX_ACTOR_BYTES);
+        assert!(written.outcome.len() <= MAX_OUTCOME_BYTES);
+        assert!(written.target.snapshot.unwrap().len() <= MAX_TARGET_FIELD_BYTES);
+        let longest = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(str::len)
+            .max()
+            .unwrap();
+        assert!(longest < 8 * 1024, "no line is huge: {longest}");
+        for a in ["restore", "drill", "hold"] {
+            log.append(entry(a)).unwrap();
+        }
+        assert_eq!(log.verify().unwrap(), 5);
+    }
+
+    /// An entry line as an older version wrote it (no bound), chained after `prev`.
+    fn raw_line(seq: u64, prev: &str, purpose: String) -> String {
+        serde_json::to_string(&Entry {
+            seq,
+            time: now_rfc3339(),
+            host: "h".into(),
+            actor: "tester".into(),
+            action: "refused".into(),
+            target: Target::default(),
+            purpose,
+            outcome: "refused: test".into(),
+            exposes: None,
+            pruned: None,
+            prev: prev.into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_huge_entry_already_in_the_log_is_read_whole() {
+        // A log written before the bound: its last entry is 70 KB (more than the old 64 KiB
+        // window), and multi-byte throughout.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        log.append(entry("restore")).unwrap();
+        let prev = line_hash(std::fs::read_to_string(&p).unwrap().trim_end());
+        let line = raw_line(2, &prev, "é—«»".repeat(8_500));
+        assert!(line.len() > 70 * 1024);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(format!("{line}\n").as_bytes()).unwrap();
+        drop(f);
+        let e = log.append(entry("drill")).unwrap();
+        assert_eq!((e.seq, e.prev.as_str()), (3, line_hash(&line).as_str()));
+        log.append(entry("hold")).unwrap();
+        assert_eq!(log.verify().unwrap(), 4);
+    }
+
+    #[test]
+    fn two_hundred_french_purposes_around_the_old_window_keep_appends_working() {
+        // Finding 4b: ordinary French purposes put the old 64 KiB window's start inside a
+        // multi-byte character and every append failed ("stream did not contain valid UTF-8").
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        // Accents, dashes and guillemets throughout, as in notes written in French.
+        let words = "« Été — déléguée » é—«é»— ";
+        // Appends after which the old 64 KiB window started inside a character.
+        let mut mid_char = 0;
+        for i in 0..200 {
+            // Sizes 200..1000 bytes, cut on a character boundary, so the file's length (and
+            // the old window's start) steps through every offset within a character.
+            let mut purpose = words.repeat(40);
+            let mut n = 200 + (i * 37) % 800;
+            while !purpose.is_char_boundary(n) {
+                n -= 1;
+            }
+            purpose.truncate(n);
+            let mut e = entry("restore");
+            e.purpose = purpose;
+            log.append(e)
+                .unwrap_or_else(|err| panic!("append {i} failed: {err}"));
+            let bytes = std::fs::read(&p).unwrap();
+            if let Some(start) = bytes.len().checked_sub(64 * 1024) {
+                if bytes[start] & 0xC0 == 0x80 {
+                    mid_char += 1;
+                }
+            }
+        }
+        assert!(std::fs::metadata(&p).unwrap().len() > 2 * 64 * 1024);
+        assert!(
+            mid_char > 10,
+            "the old window started inside a character: {mid_char}"
+        );
+        assert_eq!(log.verify().unwrap(), 200);
+        let e = log.entries().unwrap();
+        assert!(e[199].purpose.starts_with("« Été"));
+    }
+
+    #[test]
+    fn a_corrupt_last_line_names_audit_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        let log = AccessLog::open(&p, "h");
+        log.append(entry("restore")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        // Half an entry, with half a character at its end.
+        f.write_all(b"{\"seq\":2,\"time\":\"2026-\xc3\n").unwrap();
+        drop(f);
+        let err = log.append(entry("drill")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AuditError::Broken { .. }), "{text}");
+        assert!(text.contains("coffre audit verify"), "{text}");
+        assert!(text.contains("last entry does not parse"), "{text}");
+    }
+
+    #[test]
+    fn the_last_line_is_found_whatever_surrounds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let last = |bytes: &[u8]| {
+            std::fs::write(&p, bytes).unwrap();
+            last_line(File::open(&p).unwrap()).unwrap()
+        };
+        assert_eq!(last(b""), None);
+        assert_eq!(last(b"\n\n  \n"), None);
+        assert_eq!(last(b"a"), Some(b"a".to_vec()));
+        assert_eq!(last(b"a\nbc\n"), Some(b"bc".to_vec()));
+        assert_eq!(last(b"a\nbc\r\n\n \n"), Some(b"bc".to_vec()));
+        assert_eq!(
+            last(b"a\n\xc3\xa9t\xc3\xa9\n"),
+            Some("été".as_bytes().to_vec())
+        );
+        // Longer than a chunk, and a newline exactly at a chunk boundary.
+        for len in [8 * 1024 - 1, 8 * 1024, 8 * 1024 + 1, 70 * 1024] {
+            let mut b = b"first\n".to_vec();
+            b.extend(std::iter::repeat_n(b'x', len));
+            b.push(b'\n');
+            assert_eq!(last(&b).map(|l| l.len()), Some(len), "{len}");
+        }
+        let mut b = vec![b'y'; 8 * 1024 - 1];
+        b.push(b'\n');
+        b.extend_from_slice(b"z\n");
+        assert_eq!(last(&b), Some(b"z".to_vec()));
+    }
+
+    #[test]
+    fn bound_text_cuts_on_a_character_boundary() {
+        assert_eq!(bound_text("court".into(), 10), "court");
+        let s = "é".repeat(600);
+        let cut = bound_text(s, MAX_PURPOSE_BYTES);
+        assert!(cut.len() <= MAX_PURPOSE_BYTES);
+        assert!(cut.ends_with(TRUNCATED));
+        assert!(cut.trim_end_matches(TRUNCATED).chars().all(|c| c == 'é'));
+        // A bound smaller than the marker still gives valid text.
+        assert_eq!(bound_text("abcdef".into(), 3), TRUNCATED);
     }
 
     #[test]

@@ -144,6 +144,16 @@ impl Catalog {
              );",
         )
         .map_err(db)?;
+        // Alerts that outlive one run (a copy kept because it still decrypts, a store whose
+        // keyring copy still holds a destroyed key): shown by `status` until resolved.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS alerts (
+                 key TEXT PRIMARY KEY,
+                 text TEXT NOT NULL,
+                 since TEXT NOT NULL
+             );",
+        )
+        .map_err(db)?;
         Ok(Catalog {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -506,6 +516,40 @@ impl Catalog {
             .query_map([], |r| r.get(0))
             .map_err(|e| self.db(e))?
             .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows)
+    }
+
+    /// Raise (or restate) a lasting alert under `key`; `since` keeps its first time.
+    pub fn set_alert(&self, key: &str, text: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute(
+                "INSERT INTO alerts (key, text, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET text = excluded.text",
+                params![key, text, crate::audit::now_rfc3339()],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Clear a lasting alert (no-op when it is not raised).
+    pub fn clear_alert(&self, key: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("DELETE FROM alerts WHERE key = ?1", params![key])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Lasting alerts: (key, text, since), oldest first.
+    pub fn alerts(&self) -> Result<Vec<(String, String, String)>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT key, text, since FROM alerts ORDER BY since, key")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.db(e))?;
         Ok(rows)
     }

@@ -10,6 +10,8 @@
 //! can be wrapped under the epoch of its real expiry and re-wraps stay rare; only `keep-last`,
 //! holds and the newest-snapshot guard are applied late, by moving keys, never data.
 
+pub mod clock;
+pub mod erasure;
 pub mod shred;
 
 use std::collections::BTreeMap;

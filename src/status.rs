@@ -439,7 +439,14 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         stores,
         keys,
         workers: lock(&rt.workers).clone(),
-        alerts: lock(&rt.alerts).clone(),
+        alerts: {
+            // The daemon's own alerts, then the lasting ones any run recorded in the catalog.
+            let mut a = lock(&rt.alerts).clone();
+            for (_, text, since) in app.catalog.alerts().unwrap_or_default() {
+                a.push(format!("{text} (since {since})"));
+            }
+            a
+        },
     }
 }
 

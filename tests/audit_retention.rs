@@ -9,8 +9,12 @@ use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
     let d = dir.display();
+    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
+    // tested in retention_clock.rs).
+    let shred = "[shred]\nmax-clock-jump = \"100d\"";
     let text = format!(
         r#"state-dir = "{d}/state"
+{shred}
 [audit]
 retention = "30d"
 [[source]]

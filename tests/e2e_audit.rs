@@ -213,6 +213,10 @@ fn audit_verify_catches_every_kind_of_tampering_locally_and_in_store_copies() {
     assert!(!out.contains("CANARY"));
 }
 
+/// A 30-day access-log retention, and a clock guard that lets these tests move the clock a
+/// month ahead (the guard itself is tested in retention_clock.rs).
+const JUMPS: &str = "[audit]\nretention = \"30d\"\n[shred]\nmax-clock-jump = \"40d\"";
+
 /// `coffre ARGS` with the clock moved `offset` ahead (libfaketime; `tests/setup.sh` installs it).
 fn run_later(env: &Env, offset: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new("faketime")
@@ -237,7 +241,7 @@ fn run_later(env: &Env, offset: &str, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn audit_expire_destroys_the_log_and_its_copies_when_retention_ends() {
-    let env = Env::with("[audit]\nretention = \"30d\"");
+    let env = Env::with(JUMPS);
     env.backup_and_restore("r.sql", "drill prep");
     let log = env.p("state/audit/access.log");
     let n = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
@@ -319,7 +323,7 @@ fn entries_cut_from_the_head_before_their_retention_ends_are_named() {
     // Someone runs the expiry with the clock moved far ahead (or forges a pruning record): the
     // local chain verifies, but the store copies still hold those entries, and they are not
     // past their retention in real time.
-    let env = Env::with("[audit]\nretention = \"30d\"");
+    let env = Env::with(JUMPS);
     env.backup_and_restore("r.sql", "look");
     // 30 days and 10 seconds ahead: the local entries go; the segments' epoch (the day 30 days
     // from now) is not over yet, unless this runs in the last 10 seconds of a UTC day.
@@ -331,4 +335,64 @@ fn entries_cut_from_the_head_before_their_retention_ends_are_named() {
         out.contains("removed from the head of the local log"),
         "{out}"
     );
+}
+
+#[test]
+fn a_70_kb_purpose_and_french_purposes_never_lock_the_log() {
+    // Finding 4: a 70 KB purpose made every later append fail ("last entry does not parse"),
+    // and ordinary French purposes put the appender's 64 KiB window inside a character.
+    let env = Env::new();
+    let huge = "é".repeat(35 * 1024);
+    env.backup_and_restore("r1.sql", &huge);
+    // The entry is bounded, visibly.
+    let (code, out) = env.run(&["audit", "show", "--json", "--action", "restore"]);
+    assert_eq!(code, 0, "{out}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let p = entries[0]["purpose"].as_str().unwrap();
+    assert!(p.len() <= coffre::audit::MAX_PURPOSE_BYTES, "{}", p.len());
+    assert!(p.ends_with(coffre::audit::TRUNCATED), "{p}");
+    // Later accesses still get logged: well past 64 KiB of French purposes.
+    for i in 0..90 {
+        let purpose =
+            format!("« suivi du dossier {i} — demandé par l'hôpital, été » ").repeat(1 + i % 13);
+        let (code, out) = env.run(&[
+            "restore",
+            "latest",
+            "--source",
+            "emr",
+            "--to",
+            env.p(&format!("r-{i}.sql")).to_str().unwrap(),
+            "--purpose",
+            &purpose,
+        ]);
+        assert_eq!(code, 0, "restore {i}: {out}");
+    }
+    assert!(
+        std::fs::metadata(env.p("state/audit/access.log"))
+            .unwrap()
+            .len()
+            > 64 * 1024
+    );
+    let (code, out) = env.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("chain intact"), "{out}");
+
+    // A log whose last line is corrupt refuses the access and says what to run.
+    let log = env.p("state/audit/access.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"seq\": 9999, \"half an entry\n").unwrap();
+    drop(f);
+    let (code, out) = env.run(&[
+        "restore",
+        "latest",
+        "--source",
+        "emr",
+        "--to",
+        env.p("refused.sql").to_str().unwrap(),
+        "--purpose",
+        "after the corruption",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("coffre audit verify"), "{out}");
+    assert!(!env.p("refused.sql").exists());
 }

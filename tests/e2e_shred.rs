@@ -25,12 +25,18 @@ impl Env {
     }
 
     fn write_config(&self, name: &str, state: &str) -> PathBuf {
+        self.write_config_with(name, state, "")
+    }
+
+    /// The config with `source` added to the `emr` source's table (e.g. its retention).
+    fn write_config_with(&self, name: &str, state: &str, source: &str) -> PathBuf {
         let d = self.dir.path().display();
         let text = format!(
             r#"state-dir = "{d}/{state}"
 [[source]]
 name = "emr"
 path = "{d}/in"
+{source}
 [[store]]
 name = "site-a"
 kind = "local"
@@ -272,4 +278,236 @@ fn a_held_snapshot_is_never_shredded_until_released() {
         out.contains(&a) && out.contains("early shred: erasure"),
         "{out}"
     );
+}
+
+/// Rewrite a snapshot's key object in one store, as someone with write access to that store
+/// only could (key objects carry no authentication yet).
+fn edit_key_object(env: &Env, store: &str, id: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let p = env.p(&format!(
+        "stores/{store}/coffre/snapshots/emr/{id}/key.json"
+    ));
+    let mut k: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut k);
+    std::fs::write(&p, serde_json::to_string_pretty(&k).unwrap()).unwrap();
+}
+
+/// The snapshot's three objects are in both stores.
+fn assert_copies_intact(env: &Env, id: &str) {
+    for store in ["a", "b"] {
+        for obj in ["manifest.json", "data", "key.json"] {
+            let p = env.p(&format!("stores/{store}/coffre/snapshots/emr/{id}/{obj}"));
+            assert!(p.exists(), "{} was deleted", p.display());
+        }
+    }
+}
+
+#[test]
+fn a_held_snapshot_made_to_look_unheld_in_one_store_is_not_deleted() {
+    // Finding 3: with write access to one store only, editing a held snapshot's key.json (older
+    // epoch, no hold), then `catalog rebuild` and `retention run`, deleted it from both stores.
+    let env = Env::new();
+    let a = env.backup("a.sql", &content("A"));
+    let _b = env.backup("b.sql", &content("B"));
+    let _c = env.backup("c.sql", &content("C"));
+    let (code, _, err) = env.run(&["hold", "add", &a, "--purpose", "court order 2026-115"]);
+    assert_eq!(code, 0, "{err}");
+    let key_a = env.p(&format!("stores/a/coffre/snapshots/emr/{a}/key.json"));
+    let genuine = std::fs::read(&key_a).unwrap();
+    edit_key_object(&env, "a", &a, |k| {
+        k["epoch"] = "2020-01-01.1".into();
+        k["legal_hold"] = serde_json::Value::Null;
+    });
+    let (code, _, err) = env.run(&["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, plan, _) = env.run(&["retention", "plan", "--json"]);
+    assert!(
+        plan.contains("2020-01-01.1"),
+        "the misled plan shreds it: {plan}"
+    );
+
+    let (code, _, err) = env.run(&["retention", "run"]);
+    assert_ne!(code, 0, "the run says it refused\n{err}");
+    assert!(
+        err.contains(&a) && err.contains("site-b") && err.contains("legal hold"),
+        "names the snapshot, the store that disagrees and why: {err}"
+    );
+    assert_copies_intact(&env, &a);
+    for store in ["site-a", "site-b"] {
+        let (code, err) = env.restore("coffre.toml", &a, store, &format!("held-{store}.sql"));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            std::fs::read(env.p(&format!("held-{store}.sql"))).unwrap(),
+            content("A")
+        );
+    }
+    // The refusal is in the access log and stays an alert.
+    let (_, log, _) = env.run(&["audit", "show", "--json", "--action", "shred"]);
+    assert!(log.contains("refused"), "{log}");
+    let cat = coffre::catalog::Catalog::open(&env.p("state/catalog.sqlite")).unwrap();
+    assert!(
+        cat.alerts()
+            .unwrap()
+            .iter()
+            .any(|(k, t, _)| k.starts_with("shred-refused:") && t.contains("site-b")),
+        "{:?}",
+        cat.alerts()
+    );
+    // Repaired (the genuine key object back, the catalog rebuilt): the run is clean again and
+    // the alert goes; the snapshot is still held.
+    std::fs::write(&key_a, genuine).unwrap();
+    let (code, _, err) = env.run(&["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = env.run(&["retention", "run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(cat.alerts().unwrap().is_empty(), "{:?}", cat.alerts());
+    assert_copies_intact(&env, &a);
+    let (_, keys, _) = env.run(&["keys", "status", "--json"]);
+    assert!(keys.contains(&format!("hold-{a}")), "{keys}");
+}
+
+#[test]
+fn a_copy_that_still_decrypts_after_the_destruction_is_kept_and_reported() {
+    // Finding 3: the shred deleted copies that its own check called "STILL DECRYPTABLE". Here
+    // both stores' key objects say an old epoch while their wraps name the real one.
+    let env = Env::new();
+    let a = env.backup("a.sql", &content("A"));
+    let _b = env.backup("b.sql", &content("B"));
+    let _c = env.backup("c.sql", &content("C"));
+    for store in ["a", "b"] {
+        edit_key_object(&env, store, &a, |k| k["epoch"] = "2020-01-01.1".into());
+    }
+    let (code, _, err) = env.run(&["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = env.run(&["retention", "run", "--json"]);
+    assert_ne!(code, 0, "the run reports the kept copies\n{out}\n{err}");
+    assert!(
+        err.contains("not complete") && err.contains("STILL DECRYPTABLE"),
+        "{err}"
+    );
+    let records: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let r = records
+        .iter()
+        .find(|r| r["epoch"] == "2020-01-01.1")
+        .expect("a record of the run");
+    assert_eq!(r["complete"], false, "{r}");
+    let copies = r["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{r}");
+    for c in copies {
+        assert_eq!(c["decrypt_check"], "STILL DECRYPTABLE", "{r}");
+        assert_eq!(c["kept"], true, "{r}");
+        assert!(c["deletion"].as_str().unwrap().starts_with("kept"), "{r}");
+    }
+    assert_copies_intact(&env, &a);
+    let (code, err) = env.restore("coffre.toml", &a, "site-b", "kept.sql");
+    assert_eq!(code, 0, "{err}");
+    // Still in the catalog, and an alert per kept copy.
+    let (_, snaps, _) = env.run(&["snapshots", "--json"]);
+    assert!(snaps.contains(&a), "{snaps}");
+    let cat = coffre::catalog::Catalog::open(&env.p("state/catalog.sqlite")).unwrap();
+    let kept = cat
+        .alerts()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _, _)| k.starts_with(&format!("shred-kept:{a}:")))
+        .count();
+    assert_eq!(kept, 2);
+}
+
+#[test]
+fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_swept() {
+    // Finding 7: pushes were best effort and the record said "destroyed" anyway; a crashed
+    // atomic write left `*.tmp-<pid>` keyrings holding old keys, never swept.
+    let env = Env::new();
+    // The first snapshot of a day is kept a week, later ones two days: `a` is alone in its
+    // epoch, so shredding it moves no key.
+    env.write_config_with(
+        "coffre.toml",
+        "state",
+        "[source.retention]\nkeep-within = \"2d\"\nkeep-daily = 7",
+    );
+    let a = env.backup("a.sql", &content("A"));
+    let _b = env.backup("b.sql", &content("B"));
+    // A crashed keyring write left a temporary copy, holding a's epoch key (no such process).
+    let keys = env.p("state/keys");
+    let stale = keys.join("local.tmp-4194305");
+    std::fs::copy(keys.join("local.keyring"), &stale).unwrap();
+    // Store b cannot take keyrings any more.
+    let ring_b = env.p("stores/b/coffre/keyring/local");
+    std::fs::remove_dir_all(&ring_b).unwrap();
+    std::fs::write(&ring_b, b"not a folder").unwrap();
+
+    let (code, _, err) = env.run(&["shred", "--snapshot", &a, "--purpose", "erasure 9", "--yes"]);
+    assert_ne!(code, 0, "not reported as done\n{err}");
+    assert!(
+        err.contains("not complete") && err.contains("site-b"),
+        "{err}"
+    );
+    assert!(!stale.exists(), "the stale temporary keyring is gone");
+    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
+    let r = recs
+        .iter()
+        .find(|r| r["snapshots"][0] == a.as_str())
+        .unwrap();
+    assert_eq!(r["complete"], false, "{r}");
+    let pushed = |r: &serde_json::Value, store: &str| {
+        r["keyrings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["store"] == store)
+            .map(|k| k["pushed"].clone())
+    };
+    assert_eq!(pushed(r, "site-a"), Some(true.into()), "{r}");
+    assert_eq!(pushed(r, "site-b"), Some(false.into()), "{r}");
+    let alerts = || {
+        coffre::catalog::Catalog::open(&env.p("state/catalog.sqlite"))
+            .unwrap()
+            .alerts()
+            .unwrap()
+    };
+    assert!(
+        alerts().iter().any(|(k, _, _)| k == "keyring-push:site-b"),
+        "{:?}",
+        alerts()
+    );
+    // The copies themselves are gone (the key is destroyed locally and in store a).
+    assert!(!env
+        .p(&format!("stores/b/coffre/snapshots/emr/{a}"))
+        .join("data")
+        .exists());
+
+    // A later run still cannot push: still an error.
+    let (code, _, err) = env.run(&["retention", "run"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("site-b"), "{err}");
+    // Store b is back: the next run pushes, updates the record and clears the alert.
+    std::fs::remove_file(&ring_b).unwrap();
+    let (code, _, err) = env.run(&["retention", "run"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
+    let r = recs
+        .iter()
+        .find(|r| r["snapshots"][0] == a.as_str())
+        .unwrap();
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(pushed(r, "site-b"), Some(true.into()), "{r}");
+    assert!(alerts().is_empty(), "{:?}", alerts());
+    // Store b holds only the keyring generation written after the destruction, as store a.
+    let names = |dir: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let in_b = names(&ring_b);
+    assert_eq!(in_b.len(), 1, "{in_b:?}");
+    assert_eq!(in_b, names(&env.p("stores/a/coffre/keyring/local")));
+    let (code, _, err) = env.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{err}");
 }

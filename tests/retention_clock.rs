@@ -11,8 +11,12 @@ use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
     let d = dir.display();
+    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
+    // tested in retention_clock.rs).
+    let shred = "[shred]\nmax-clock-jump = \"100d\"";
     let text = format!(
         r#"state-dir = "{d}/state"
+{shred}
 [[source]]
 name = "emr"
 path = "{d}/in"
@@ -188,6 +192,226 @@ async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_r
         "crash half-way through a shred (finished at restart)",
         1,
         1,
+        0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_added_between_plan_and_execution_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let app = Coffre::open(config(dir.path())).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = dir.path().join(format!("in/{i}.sql"));
+        std::fs::write(&f, format!("snapshot {i}\n").repeat(1000)).unwrap();
+        ids.push(
+            coffre::pipeline::protect(&app, "emr", &f)
+                .await
+                .unwrap()
+                .manifest
+                .snapshot,
+        );
+    }
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let plan = coffre::retention::shred::current_plan(&app, later).unwrap();
+    let ep = plan.due[0].clone();
+    assert_eq!(ep.shred, vec![ids[0], ids[1]]);
+    // The plan is made; then a hold lands on ids[0] before the plan is carried out.
+    coffre::retention::shred::hold_add(&app, &ids[0], "test", "court order 7")
+        .await
+        .unwrap();
+    let record = {
+        let _lock = coffre::retention::shred::lock(&app).await.unwrap();
+        coffre::retention::shred::execute(&app, &ep, "test", "retention")
+            .await
+            .unwrap()
+    };
+    assert_eq!(record.snapshots, vec![ids[1]], "only the unheld one");
+    assert!(record.complete, "{record:?}");
+    assert!(record.copies.iter().all(|c| c.snapshot == ids[1]));
+    // The held snapshot is whole in both stores.
+    for store in ["a", "b"] {
+        let to = dir.path().join(format!("held-{store}"));
+        let req = coffre::restore::Request {
+            source: "emr".into(),
+            snapshot: coffre::restore::Selector::Id(ids[0]),
+            to: to.clone(),
+            store: Some(store.into()),
+            purpose: "test".into(),
+            actor: "test".into(),
+            action: "restore".into(),
+            progress: false,
+        };
+        coffre::restore::restore(&app, &req).await.unwrap();
+        assert!(std::fs::read_to_string(&to)
+            .unwrap()
+            .starts_with("snapshot 0"));
+    }
+}
+
+/// The real binary under a clock moved `offset` ahead (libfaketime; `tests/setup.sh` installs
+/// it): (exit code, stdout, stderr).
+fn coffre_at(dir: &Path, offset: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let bin = env!("CARGO_BIN_EXE_coffre");
+    let mut c = match offset {
+        Some(o) => {
+            let mut c = std::process::Command::new("faketime");
+            c.arg("-f").arg(o).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
+    let out = c
+        .arg("--config")
+        .arg(dir.join("coffre.toml"))
+        .args(args)
+        .env("COFFRE_LOG", "error")
+        // Timers and timeouts keep the real monotonic clock.
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .expect("faketime (Debian package faketime) is installed by tests/setup.sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file under `root` with its contents.
+fn tree(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = coffre::pipeline::source::walk(root)
+        .unwrap()
+        .into_iter()
+        .filter(|r| root.join(r).is_file())
+        .map(|r| {
+            let b = std::fs::read(root.join(&r)).unwrap();
+            (r, b)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
+    // Finding 5: the guard lived only in the daemon's loop; `coffre retention run` and
+    // `coffre audit expire` (also reachable through the socket) used the clock directly.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    // The default guard (3 days), a short retention for snapshots and for the access log.
+    let text = format!(
+        r#"state-dir = "{d}/state"
+[audit]
+retention = "30d"
+[[source]]
+name = "emr"
+path = "{d}/in"
+[source.retention]
+keep-within = "1d"
+[[store]]
+name = "a"
+kind = "local"
+site = "a"
+jurisdiction = "CA-QC"
+path = "{d}/stores/a"
+[[store]]
+name = "b"
+kind = "local"
+site = "b"
+jurisdiction = "CA-QC"
+path = "{d}/stores/b"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{d}/keys/master.key"
+create-master-key = true
+"#,
+        d = d.display()
+    );
+    std::fs::write(d.join("coffre.toml"), text).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = d.join(format!("in/{i}.sql"));
+        std::fs::write(&f, format!("snapshot {i}\n").repeat(1000)).unwrap();
+        let (code, out, err) =
+            coffre_at(d, None, &["backup", "--source", "emr", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        ids.push(out.trim().to_string());
+    }
+    // Something in the access log, with a sealed copy in the stores.
+    let to = d.join("r.sql");
+    let (code, _, err) = coffre_at(
+        d,
+        None,
+        &[
+            "restore",
+            &ids[2],
+            "--source",
+            "emr",
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "look",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let stores = tree(&d.join("stores"));
+    let log = std::fs::read(d.join("state/audit/access.log")).unwrap();
+
+    // Ten years ahead, from a host where no destruction ever ran: the newest snapshot is the
+    // reference. Every destruction command refuses, sticky, and says what to do.
+    for _ in 0..2 {
+        for args in [
+            vec!["retention", "run"],
+            vec!["audit", "expire"],
+            vec![
+                "shred",
+                "--snapshot",
+                &ids[0],
+                "--purpose",
+                "erasure",
+                "--yes",
+            ],
+        ] {
+            let (code, out, err) = coffre_at(d, Some("+3650d"), &args);
+            assert_ne!(code, 0, "{args:?} refused\n{out}\n{err}");
+            assert!(
+                err.contains("clock jumped forward") && err.contains("shred.max-clock-jump"),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains("Nothing was destroyed"), "{err}");
+        }
+    }
+    assert_eq!(
+        tree(&d.join("stores")),
+        stores,
+        "nothing destroyed in the stores"
+    );
+    assert_eq!(
+        std::fs::read(d.join("state/audit/access.log")).unwrap(),
+        log,
+        "the local log lost nothing"
+    );
+    let (_, snaps, _) = coffre_at(d, None, &["snapshots", "--json"]);
+    for id in &ids {
+        assert!(snaps.contains(id.as_str()), "{snaps}");
+    }
+    // With the clock back, retention runs again; two days ahead (within the guard) the epoch
+    // of the first two snapshots (kept one day) is over and they are shredded.
+    let (code, _, err) = coffre_at(d, None, &["retention", "run"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = coffre_at(d, None, &["audit", "expire"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = coffre_at(d, Some("+2d"), &["retention", "run", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let done: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(done.len(), 1, "{out}");
+    matrix::record(
+        "clock jump from the CLI (retention run, shred, audit expire refused; nothing destroyed)",
+        3,
+        3,
         0,
     );
 }

@@ -14,8 +14,12 @@ use common::SoftHsm;
 
 fn config(dir: &Path, hsm: &SoftHsm) -> Config {
     let d = dir.display();
+    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
+    // tested in retention_clock.rs).
+    let shred = "[shred]\nmax-clock-jump = \"100d\"";
     let text = format!(
         r#"state-dir = "{d}/state"
+{shred}
 [[source]]
 name = "emr"
 path = "{d}/in"

@@ -9,7 +9,9 @@
 //!   including any a store kept), the segments are deleted from every store, and a destruction
 //!   record is written (catalog and stores) like the records of snapshot epochs.
 //!
-//! Invariants: each step is logged before it happens; an epoch whose key a provider could not
+//! Invariants: the clock guard runs first and the whole run holds the retention lock (see
+//! `retention::shred`); each step is logged before it happens; a copy that still decrypts after
+//! the destruction is kept and named in the record; an epoch whose key a provider could not
 //! destroy keeps its segments (retried at the next run); idempotent (destroying a destroyed key
 //! and deleting a deleted object are no-ops). Only this host's segments are swept: another host's
 //! segments are under its own keys and its own log.
@@ -64,7 +66,15 @@ pub async fn expire(
     now: time::OffsetDateTime,
     actor: &str,
 ) -> Result<ExpireReport, String> {
+    // Nothing, not even the local log's head, goes when the clock jumped.
+    crate::retention::clock::check(app, now).map_err(|e| e.to_string())?;
+    let _lock = crate::retention::shred::lock(app)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut report = ExpireReport::default();
+    report
+        .errors
+        .extend(crate::retention::erasure::catch_up(app, actor).await);
     let cutoff = now
         .checked_sub(
             time::Duration::try_from(app.config.audit.retention).map_err(|e| e.to_string())?,
@@ -212,11 +222,8 @@ async fn destroy_epoch(
             detail: "destroyed".into(),
         });
     }
-    for s in &app.stores {
-        if let Err(e) = app.push_keyrings(s).await {
-            tracing::warn!(store = %s.name, error = %e, "keyring copy not updated after destruction; retried at next write");
-        }
-    }
+    // Recorded per store, retried by later runs while it fails.
+    let keyrings = crate::retention::erasure::push_after_destruction(app, epoch).await;
 
     // 2. Each copy: check it no longer opens, then delete it (key object last).
     let mut results = Vec::new();
@@ -233,22 +240,25 @@ async fn destroy_epoch(
             },
             Err(e) => format!("key object unavailable: {e}"),
         };
-        if decrypt_check == "STILL DECRYPTABLE" {
-            // Its key object names a key that was not destroyed: leave it and say so.
+        // Its key object names a key that was not destroyed: leave it, say so in the record and
+        // go on with the other copies (it goes when the epoch it names ends).
+        let kept = decrypt_check == "STILL DECRYPTABLE";
+        let mut deletion = "deleted".to_string();
+        if kept {
             let _ = log(format!(
                 "failed: {} in store `{}` still decrypts; not deleted",
                 c.data, s.name
             ));
-            return Err(format!(
-                "segment {} in store `{}` still decrypts after the destruction of {epoch}: its key object names another key; nothing more was deleted",
-                c.data, s.name
-            ));
-        }
-        let mut deletion = "deleted".to_string();
-        for path in [&c.data, &c.key] {
-            match s.inner.delete(path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => deletion = format!("not deleted ({path}), unreadable anyway: {e}"),
+            tracing::error!(store = %s.name, segment = %c.data, epoch = %epoch, "access-log segment still decrypts after the destruction of its epoch: kept");
+            deletion =
+                "kept: it still decrypts after the destruction (its key object names another key)"
+                    .into();
+        } else {
+            for path in [&c.data, &c.key] {
+                match s.inner.delete(path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => deletion = format!("not deleted ({path}), unreadable anyway: {e}"),
+                }
             }
         }
         results.push(CopyResult {
@@ -260,12 +270,13 @@ async fn destroy_epoch(
             sealed_sha256: sha,
             deletion,
             decrypt_check,
+            kept,
         });
     }
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
     ids.sort();
     ids.dedup();
-    let record = DestructionRecord {
+    let mut record = DestructionRecord {
         record: SnapshotId::new().to_string(),
         time: crate::audit::now_rfc3339(),
         actor: actor.into(),
@@ -277,10 +288,24 @@ async fn destroy_epoch(
         rewrapped: Vec::new(),
         providers,
         copies: results,
+        keyrings,
+        complete: false,
     };
+    record.complete = record.is_complete();
     crate::retention::shred::keep_record(app, &record)
         .await
         .map_err(|e| e.to_string())?;
+    if !record.complete {
+        let why = record.incomplete_reasons().join("; ");
+        log(format!(
+            "failed: epoch destroyed but the erasure is not complete: {why}"
+        ))
+        .map_err(|e| e.to_string())?;
+        return Err(format!(
+            "epoch destroyed and its segments deleted, but the erasure is not complete (record {}): {why}; an alert stays raised and the next run retries",
+            record.record
+        ));
+    }
     log(format!(
         "ok: epoch destroyed, {} segment copies deleted",
         record.copies.len()

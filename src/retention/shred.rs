@@ -9,7 +9,16 @@
 //! - a held snapshot and the newest snapshot of a source are never shredded by retention;
 //! - every unwrap (re-wrap) and every shred is in the access log before it happens;
 //! - idempotent: a crash half-way is finished by the next run (destroying a destroyed key and
-//!   deleting a deleted object are no-ops).
+//!   deleting a deleted object are no-ops);
+//! - a plan and its execution happen under one lock (`<state-dir>/retention.lock`), which holds
+//!   and early shreds take too; right before an epoch key is destroyed the holds are read again
+//!   from the catalog, and every store's key object of each snapshot to shred must agree with
+//!   the catalog (epoch, no hold): a key object changed outside coffre stops the destruction;
+//! - a copy is deleted only after its own key object, read back from its store, fails to unwrap
+//!   with "key destroyed"; anything else keeps the copy, says so in the destruction record and
+//!   raises a lasting alert;
+//! - the clock guard ([`super::clock`]) runs before anything is destroyed, whatever the entry
+//!   point.
 
 use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 use serde::{Deserialize, Serialize};
@@ -18,6 +27,8 @@ use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::KeyError;
+use crate::retention::clock::ClockError;
+use crate::retention::erasure::{self, KeyringPush};
 use crate::retention::{self, EpochPlan, Keep};
 use crate::store::{KeyObject, Store, StoreError, Wrap};
 
@@ -43,6 +54,28 @@ pub enum ShredError {
         #[source]
         source: StoreError,
     },
+    #[error("epoch {epoch} was not destroyed: the key object of snapshot {snapshot} is not the same everywhere ({detail}). A key object was changed outside coffre, or a store missed an update: nothing was destroyed or deleted. Check the key objects named, then run `coffre catalog rebuild`; retried at the next run")]
+    Disagree {
+        epoch: EpochId,
+        snapshot: SnapshotId,
+        detail: String,
+    },
+    #[error("epoch {epoch} was destroyed, but the erasure is not complete (destruction record {record}): {reasons}. An alert stays raised until it is; the next retention run retries")]
+    Incomplete {
+        epoch: EpochId,
+        record: String,
+        reasons: String,
+    },
+    #[error("cannot take the retention lock {path}: {source}. Check the state folder")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Erasure(String),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error(transparent)]
@@ -62,10 +95,15 @@ pub struct CopyResult {
     pub store: String,
     pub path: String,
     pub sealed_sha256: String,
-    /// `deleted`, `already gone`, or the error (the copy is unreadable either way).
+    /// `deleted`, `already gone`, the error (the copy is unreadable either way), or `kept: ...`
+    /// when its check did not say "key destroyed".
     pub deletion: String,
     /// What an unwrap of this copy's key object gives after the destruction.
     pub decrypt_check: String,
+    /// The copy was left in place because its check did not say "key destroyed" (an alert is
+    /// raised until it is resolved).
+    #[serde(default)]
+    pub kept: bool,
 }
 
 /// The record of one destruction (no personal data).
@@ -81,6 +119,82 @@ pub struct DestructionRecord {
     pub rewrapped: Vec<Keep>,
     pub providers: Vec<ProviderResult>,
     pub copies: Vec<CopyResult>,
+    /// Each store's keyring copy after the destruction (a provider that replicates its keyring).
+    #[serde(default)]
+    pub keyrings: Vec<KeyringPush>,
+    /// Every copy deleted (or unreadable) and every keyring copy replaced. When false, `copies`
+    /// and `keyrings` say what is left, and an alert stays raised until it is done.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+impl DestructionRecord {
+    /// No copy kept and every keyring copy replaced.
+    pub fn is_complete(&self) -> bool {
+        !self.copies.iter().any(|c| c.kept) && self.keyrings.iter().all(|k| k.pushed)
+    }
+
+    /// What keeps the erasure from being complete, in words.
+    pub fn incomplete_reasons(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .copies
+            .iter()
+            .filter(|c| c.kept)
+            .map(|c| {
+                format!(
+                    "copy of snapshot {} in store `{}` kept ({})",
+                    c.snapshot, c.store, c.decrypt_check
+                )
+            })
+            .collect();
+        out.extend(self.keyrings.iter().filter(|k| !k.pushed).map(|k| {
+            format!(
+                "keyring copy in store `{}` not replaced ({})",
+                k.store, k.detail
+            )
+        }));
+        out
+    }
+}
+
+/// The lock under which retention plans are made and carried out, holds are added and released
+/// and snapshots are shredded: one at a time, across the daemon, the commands and the threads
+/// of one process (an exclusive `flock` on `<state-dir>/retention.lock`, taken by each caller on
+/// its own open file).
+pub struct RetentionLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Take the retention lock, waiting for the holder to finish.
+pub async fn lock(app: &Coffre) -> Result<RetentionLock, ShredError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = app.config.state_dir.join("retention.lock");
+    let err = |source| ShredError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(RetentionLock { _lock: l }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                if waited == std::time::Duration::from_secs(5) {
+                    tracing::info!(path = %path.display(), "waiting for another retention, hold or shred to finish");
+                }
+                let step = std::time::Duration::from_millis(50);
+                tokio::time::sleep(step).await;
+                waited += step;
+            }
+            Err((_, errno)) => return Err(err(std::io::Error::from(errno))),
+        }
+    }
 }
 
 /// Rewrite a key object in a store: conditional update where the store supports it.
@@ -201,8 +315,20 @@ pub async fn rewrap(
     Ok(new)
 }
 
+/// Why the key object a store holds for a snapshot about to be shredded does not match what the
+/// catalog says (`None` when it matches).
+fn key_object_mismatch(epoch: &EpochId, k: &KeyObject) -> Option<String> {
+    if let Some(h) = &k.legal_hold {
+        return Some(format!("under legal hold ({h})"));
+    }
+    // Which keys its wraps name is checked after the destruction, copy by copy: a copy whose
+    // key object still unwraps is kept.
+    (&k.epoch != epoch).then(|| format!("under epoch {}", k.epoch))
+}
+
 /// Destroy an epoch and the objects of the snapshots it covers (`shred`), after re-wrapping the
-/// keys of those that stay (`keep`).
+/// keys of those that stay (`keep`). The caller holds the retention lock ([`lock`]) and has run
+/// the clock guard.
 pub async fn execute(
     app: &Coffre,
     plan: &EpochPlan,
@@ -239,25 +365,93 @@ pub async fn execute(
         epoch: Some(plan.epoch.to_string()),
         ..Default::default()
     };
-    app.audit.append(NewEntry {
-        actor: actor.into(),
-        action: "shred".into(),
-        target: target.clone(),
-        purpose: reason.into(),
-        outcome: format!("started: {} snapshot(s)", plan.shred.len()),
-        exposes: None,
-    })?;
+    let log = |outcome: String| {
+        app.audit.append(NewEntry {
+            actor: actor.into(),
+            action: "shred".into(),
+            target: target.clone(),
+            purpose: reason.into(),
+            outcome,
+            exposes: None,
+        })
+    };
+    log(format!("started: {} snapshot(s)", plan.shred.len()))?;
+    let refused_alert = format!("shred-refused:{}", plan.epoch);
+    let refuse = |e: ShredError| {
+        let _ = log(format!("refused: {e}"));
+        tracing::error!(epoch = %plan.epoch, error = %e, "epoch not destroyed");
+        if let Err(ce) = app.catalog.set_alert(&refused_alert, &e.to_string()) {
+            tracing::error!(error = %ce, "cannot record the alert");
+        }
+        e
+    };
+    // The holds, read again right before the destruction: a snapshot whose key moved away since
+    // the plan (a hold added meanwhile) is left alone; one still under this epoch but marked
+    // held stops everything.
+    let mut keys = Vec::new();
+    let mut moved = Vec::new();
+    for id in &plan.shred {
+        match app.catalog.get_key(id)? {
+            Some(k) if k.epoch == plan.epoch && k.legal_hold.is_none() => keys.push(k),
+            Some(k) if k.epoch == plan.epoch => {
+                return Err(refuse(ShredError::Held {
+                    snapshot: *id,
+                    hold: k.legal_hold.unwrap_or_default(),
+                }))
+            }
+            Some(k) => {
+                tracing::info!(snapshot = %id, epoch = %k.epoch, "snapshot left alone: its key moved since the plan (hold added)");
+                moved.push(*id);
+            }
+            None => {}
+        }
+    }
+    // Every store's key object of each snapshot must say what the catalog says: a store whose
+    // key object names a hold or another epoch means the catalog was misled (say, rebuilt from
+    // a store where someone edited it). Which keys the wraps name is checked per copy below.
+    for k in &keys {
+        if let Some(why) = key_object_mismatch(&plan.epoch, k) {
+            return Err(refuse(ShredError::Disagree {
+                epoch: plan.epoch.clone(),
+                snapshot: k.snapshot,
+                detail: format!("the catalog's key object is {why}"),
+            }));
+        }
+        for s in &app.stores {
+            match s.get_key_object(&k.source, &k.snapshot).await {
+                Ok(sk) => {
+                    if let Some(why) = key_object_mismatch(&plan.epoch, &sk) {
+                        return Err(refuse(ShredError::Disagree {
+                            epoch: plan.epoch.clone(),
+                            snapshot: k.snapshot,
+                            detail: format!(
+                                "the catalog says epoch {} with no hold, but the key object in store `{}` is {why}",
+                                plan.epoch, s.name
+                            ),
+                        }));
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(refuse(ShredError::NotDestroyed {
+                        epoch: plan.epoch.clone(),
+                        reason: format!(
+                            "the key object of snapshot {} in store `{}` cannot be read to check its hold ({e})",
+                            k.snapshot, s.name
+                        ),
+                    }))
+                }
+            }
+        }
+    }
+    let shred: Vec<SnapshotId> = keys.iter().map(|k| k.snapshot).collect();
     // Remember every copy before anything is destroyed.
     let mut copies = Vec::new();
-    let mut keys = Vec::new();
-    for id in &plan.shred {
-        let manifest = app.catalog.get(id)?.map(|e| e.manifest);
-        let key = app.catalog.get_key(id)?;
-        if let (Some(m), Some(k)) = (manifest, key) {
+    for id in &shred {
+        if let Some(m) = app.catalog.get(id)?.map(|e| e.manifest) {
             for s in app.committed_stores(id) {
                 copies.push((s, m.clone()));
             }
-            keys.push(k);
         }
     }
     // A wrap by a provider that is not configured here would survive the destruction.
@@ -272,14 +466,7 @@ pub async fn execute(
                 "snapshot {} is also wrapped by provider `{}`, which is not configured here: destroying the epoch would leave that key; configure the provider again so it is destroyed too, then retry",
                 k.snapshot, w.provider
             );
-            let _ = app.audit.append(NewEntry {
-                actor: actor.into(),
-                action: "shred".into(),
-                target: target.clone(),
-                purpose: reason.into(),
-                outcome: format!("refused: {why}"),
-                exposes: None,
-            });
+            let _ = log(format!("refused: {why}"));
             return Err(ShredError::NotDestroyed {
                 epoch: plan.epoch.clone(),
                 reason: why,
@@ -296,14 +483,7 @@ pub async fn execute(
                 detail: "destroyed".into(),
             }),
             Err(e) => {
-                let _ = app.audit.append(NewEntry {
-                    actor: actor.into(),
-                    action: "shred".into(),
-                    target: target.clone(),
-                    purpose: reason.into(),
-                    outcome: format!("failed: provider {}: {e}", p.name()),
-                    exposes: None,
-                });
+                let _ = log(format!("failed: provider {}: {e}", p.name()));
                 return Err(ShredError::NotDestroyed {
                     epoch: plan.epoch.clone(),
                     reason: format!("provider `{}`: {e}", p.name()),
@@ -311,73 +491,136 @@ pub async fn execute(
             }
         }
     }
-    // The stores' keyring copies must lose the key too (file provider).
-    for s in &app.stores {
-        if let Err(e) = app.push_keyrings(s).await {
-            tracing::warn!(store = %s.name, error = %e, "keyring copy not updated after destruction; retried at next write");
-        }
-    }
-    // 2. Check that each copy is now unreadable, then delete it (manifest first).
+    let _ = app.catalog.clear_alert(&refused_alert);
+    // The stores' keyring copies must lose the key too (file provider): recorded per store,
+    // retried by later runs while it fails.
+    let keyrings = erasure::push_after_destruction(app, &plan.epoch).await;
+    // 2. Check that each copy is now unreadable, then delete it (manifest first). Only "key
+    //    destroyed" lets a copy go.
     let mut results = Vec::new();
+    let mut kept_ids = std::collections::BTreeSet::new();
     for (s, m) in copies {
-        let decrypt_check = match s.get_key_object(&m.source, &m.snapshot).await {
+        let (source, id) = (m.source.clone(), m.snapshot);
+        let alert = format!("shred-kept:{id}:{}", s.name);
+        let (decrypt_check, destroyed) = match s.get_key_object(&source, &id).await {
             Ok(k) => match crate::restore::unwrap_dek(app, &k) {
-                Ok(_) => "STILL DECRYPTABLE".to_string(),
-                Err(e) if e.is_destroyed() => "key destroyed".to_string(),
-                Err(e) => format!("not decryptable: {e}"),
+                Ok(_) => ("STILL DECRYPTABLE".to_string(), false),
+                Err(e) if e.is_destroyed() => ("key destroyed".to_string(), true),
+                Err(e) => (format!("not decryptable: {e}"), false),
             },
-            Err(e) => format!("key object unavailable: {e}"),
+            Err(e) if e.is_not_found() => {
+                // A run that crashed after deleting the copy (the key object goes last).
+                let left = [s.manifest_path(&source, &id), s.data_path(&source, &id)];
+                let mut any = false;
+                for path in &left {
+                    any |= !matches!(
+                        s.inner.head(path).await,
+                        Err(object_store::Error::NotFound { .. })
+                    );
+                }
+                if any {
+                    (
+                        "key object missing while the copy's data or manifest is still there"
+                            .to_string(),
+                        false,
+                    )
+                } else {
+                    ("key destroyed".to_string(), true)
+                }
+            }
+            Err(e) => (format!("key object unavailable: {e}"), false),
         };
         let mut deletion = "deleted".to_string();
-        for path in [
-            s.manifest_path(&m.source, &m.snapshot),
-            s.data_path(&m.source, &m.snapshot),
-            s.key_path(&m.source, &m.snapshot),
-        ] {
-            match s.inner.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => deletion = format!("not deleted ({}), unreadable anyway: {e}", path),
+        if destroyed {
+            for path in [
+                s.manifest_path(&source, &id),
+                s.data_path(&source, &id),
+                s.key_path(&source, &id),
+            ] {
+                match s.inner.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => deletion = format!("not deleted ({}), unreadable anyway: {e}", path),
+                }
             }
+            let _ = app.catalog.clear_alert(&alert);
+        } else {
+            deletion = format!(
+                "kept: its check after the destruction did not say \"key destroyed\" ({decrypt_check})"
+            );
+            let text = format!(
+                "the copy of snapshot {id} in store `{}` was kept after the destruction of epoch {}: {decrypt_check}. Its key object names a key that was not destroyed, or could not be checked: find out why (`coffre shred --records`), then run `coffre retention run` again",
+                s.name, plan.epoch
+            );
+            tracing::error!(snapshot = %id, store = %s.name, epoch = %plan.epoch, check = %decrypt_check, "copy kept after the destruction of its epoch");
+            if let Err(ce) = app.catalog.set_alert(&alert, &text) {
+                tracing::error!(error = %ce, "cannot record the alert");
+            }
+            let _ = log(format!(
+                "failed: snapshot {id} in store `{}` kept: {decrypt_check}",
+                s.name
+            ));
+            kept_ids.insert(id);
         }
         results.push(CopyResult {
-            snapshot: m.snapshot,
+            snapshot: id,
             store: s.name.clone(),
-            path: s.snapshot_dir(&m.source, &m.snapshot).to_string(),
+            path: s.snapshot_dir(&source, &id).to_string(),
             sealed_sha256: m.sealed_sha256.clone(),
             deletion,
             decrypt_check,
+            kept: !destroyed,
         });
     }
-    for id in &plan.shred {
+    // A snapshot with a copy kept stays in the catalog: the next run checks it again.
+    for id in shred.iter().filter(|id| !kept_ids.contains(id)) {
         app.catalog.remove(id)?;
     }
-    let record = DestructionRecord {
+    let mut record = DestructionRecord {
         record: SnapshotId::new().to_string(),
         time: crate::audit::now_rfc3339(),
         actor: actor.into(),
         reason: reason.into(),
         epoch: plan.epoch.clone(),
-        snapshots: plan.shred.clone(),
-        legal_hold_checked: keys.iter().all(|k| k.legal_hold.is_none()),
+        snapshots: shred.clone(),
+        // Read again from the catalog and every store just before the destruction.
+        legal_hold_checked: true,
         rewrapped: plan.keep.clone(),
         providers,
         copies: results,
+        keyrings,
+        complete: false,
     };
+    record.complete = record.is_complete();
     keep_record(app, &record).await?;
-    app.audit.append(NewEntry {
-        actor: actor.into(),
-        action: "shred".into(),
-        target,
-        purpose: reason.into(),
-        outcome: format!(
-            "ok: epoch destroyed, {} snapshot(s), {} copies",
+    if record.complete {
+        log(format!(
+            "ok: epoch destroyed, {} snapshot(s), {} copies{}",
             record.snapshots.len(),
-            record.copies.len()
-        ),
-        exposes: None,
-    })?;
-    tracing::info!(epoch = %record.epoch, snapshots = record.snapshots.len(), "epoch crypto-shredded");
+            record.copies.len(),
+            if moved.is_empty() {
+                String::new()
+            } else {
+                format!(", {} left alone (key moved since the plan)", moved.len())
+            }
+        ))?;
+        tracing::info!(epoch = %record.epoch, snapshots = record.snapshots.len(), "epoch crypto-shredded");
+    } else {
+        log(format!(
+            "failed: epoch destroyed but the erasure is not complete: {}",
+            record.incomplete_reasons().join("; ")
+        ))?;
+        tracing::error!(epoch = %record.epoch, record = %record.record, "epoch destroyed, erasure incomplete");
+    }
     Ok(record)
+}
+
+/// The error that reports an incomplete erasure, if `record` is one.
+fn incomplete(record: &DestructionRecord) -> Option<ShredError> {
+    (!record.complete).then(|| ShredError::Incomplete {
+        epoch: record.epoch.clone(),
+        record: record.record.clone(),
+        reasons: record.incomplete_reasons().join("; "),
+    })
 }
 
 /// Keep a destruction record: in the catalog (an error if that fails) and under
@@ -438,20 +681,43 @@ pub fn current_plan(
     Ok(retention::plan(&items(app)?, &rules, now))
 }
 
-/// Carry out every due epoch at `now`.
+/// Carry out every due epoch at `now`: the clock guard first, then, under the retention lock,
+/// the catch-up of earlier erasures (stale temporary keyrings, keyring pushes that failed), the
+/// plan and its execution. An epoch destroyed with its erasure incomplete is both in the records
+/// and in the errors.
 pub async fn run_due(
     app: &Coffre,
     now: time::OffsetDateTime,
     actor: &str,
 ) -> (Vec<DestructionRecord>, Vec<ShredError>) {
-    let plan = match current_plan(app, now) {
-        Ok(p) => p,
+    if let Err(e) = super::clock::check(app, now) {
+        return (vec![], vec![e.into()]);
+    }
+    let _lock = match lock(app).await {
+        Ok(l) => l,
         Err(e) => return (vec![], vec![e]),
     };
     let (mut done, mut errors) = (Vec::new(), Vec::new());
+    errors.extend(
+        erasure::catch_up(app, actor)
+            .await
+            .into_iter()
+            .map(ShredError::Erasure),
+    );
+    let plan = match current_plan(app, now) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(e);
+            return (done, errors);
+        }
+    };
+    clear_resolved_alerts(app, &plan);
     for ep in &plan.due {
         match execute(app, ep, actor, "retention: planned expiry reached").await {
-            Ok(r) => done.push(r),
+            Ok(r) => {
+                errors.extend(incomplete(&r));
+                done.push(r);
+            }
             Err(e) => {
                 tracing::error!(epoch = %ep.epoch, error = %e, "epoch not shredded");
                 errors.push(e);
@@ -459,6 +725,35 @@ pub async fn run_due(
         }
     }
     (done, errors)
+}
+
+/// Clear the alerts of refused destructions and kept copies that the plan no longer has: the
+/// cause was repaired (say, key objects put back and the catalog rebuilt), so nothing is due
+/// there any more.
+fn clear_resolved_alerts(app: &Coffre, plan: &retention::Plan) {
+    let Ok(alerts) = app.catalog.alerts() else {
+        return;
+    };
+    let due = |epoch: &str| plan.due.iter().any(|e| e.epoch.as_str() == epoch);
+    let shredded = |id: &str| {
+        plan.due
+            .iter()
+            .any(|e| e.shred.iter().any(|s| s.to_string() == id))
+    };
+    for (key, _, _) in alerts {
+        let resolved = match (
+            key.strip_prefix("shred-refused:"),
+            key.strip_prefix("shred-kept:"),
+        ) {
+            (Some(epoch), _) => !due(epoch),
+            (_, Some(rest)) => !shredded(rest.split(':').next().unwrap_or_default()),
+            _ => false,
+        };
+        if resolved {
+            tracing::info!(alert = %key, "alert cleared: nothing is due there any more");
+            let _ = app.catalog.clear_alert(&key);
+        }
+    }
 }
 
 /// Shred one snapshot now (an erasure order): its epoch-mates move to a fresh epoch key, then
@@ -469,6 +764,11 @@ pub async fn shred_one(
     actor: &str,
     purpose: &str,
 ) -> Result<DestructionRecord, ShredError> {
+    super::clock::check(app, time::OffsetDateTime::now_utc())?;
+    let _lock = lock(app).await?;
+    for e in erasure::catch_up(app, actor).await {
+        tracing::error!(error = %e, "earlier erasure still incomplete");
+    }
     let key = app
         .catalog
         .get_key(id)?
@@ -512,7 +812,11 @@ pub async fn shred_one(
         shred: vec![*id],
         keep,
     };
-    execute(app, &plan, actor, &format!("early shred: {purpose}")).await
+    let record = execute(app, &plan, actor, &format!("early shred: {purpose}")).await?;
+    match incomplete(&record) {
+        Some(e) => Err(e),
+        None => Ok(record),
+    }
 }
 
 /// Put a snapshot under legal hold: its key moves to its own hold epoch.
@@ -522,6 +826,7 @@ pub async fn hold_add(
     actor: &str,
     purpose: &str,
 ) -> Result<KeyObject, ShredError> {
+    let _lock = lock(app).await?;
     rewrap(
         app,
         id,
@@ -541,6 +846,7 @@ pub async fn hold_release(
     actor: &str,
     purpose: &str,
 ) -> Result<KeyObject, ShredError> {
+    let _lock = lock(app).await?;
     let key = app
         .catalog
         .get_key(id)?
