@@ -68,6 +68,7 @@ async fn main() {
                     wrapped: String::new(),
                 }],
                 legal_hold: None,
+                auth: Vec::new(),
             })
             .expect("key");
         for s in ["a", "b"] {

@@ -191,6 +191,26 @@ impl Coffre {
         Ok(())
     }
 
+    /// Authenticate a key object that changed (re-wrap, hold, rotation) with its snapshot's
+    /// manifest from the catalog. Without a manifest it is left unsealed (tags cleared: stale
+    /// tags would read as forged).
+    pub fn seal_key_object(
+        &self,
+        k: &mut crate::store::objects::KeyObject,
+    ) -> Result<(), crate::keys::KeyError> {
+        k.auth.clear();
+        let manifest = self
+            .catalog
+            .get(&k.snapshot)
+            .ok()
+            .flatten()
+            .map(|e| e.manifest);
+        if let Some(m) = manifest {
+            crate::auth::ObjectAuth::for_writing(&self.providers)?.seal(k, &m);
+        }
+        Ok(())
+    }
+
     /// `coffre catalog seal`: authenticate the key objects written before authentication
     /// existed. A snapshot is sealed only when every store that holds it agrees with the
     /// catalog (manifest and key object, tags aside) and none holds a forged copy; the sealed

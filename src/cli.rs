@@ -338,7 +338,7 @@ pub enum AuditCommand {
 }
 
 /// Longest `--purpose` accepted (bytes): it is recorded in the access log.
-pub const MAX_PURPOSE: usize = 1024;
+pub const MAX_PURPOSE: usize = crate::audit::MAX_PURPOSE_BYTES;
 /// Longest name, filter or id accepted in a request (bytes).
 pub const MAX_NAME: usize = 256;
 
@@ -357,14 +357,7 @@ pub enum Access {
 
 /// `s` cut to at most `max` bytes on a character boundary, marked when cut.
 pub fn bounded(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…[truncated]", &s[..end])
+    crate::audit::bound_text(s.to_string(), max)
 }
 
 impl Command {

@@ -242,6 +242,7 @@ async fn a_hold_added_between_plan_and_execution_wins() {
             actor: "test".into(),
             action: "restore".into(),
             progress: false,
+            stream: None,
         };
         coffre::restore::restore(&app, &req).await.unwrap();
         assert!(std::fs::read_to_string(&to)

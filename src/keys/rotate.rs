@@ -539,6 +539,14 @@ pub async fn add_provider_wraps(
             Some(w) => *w = wrap,
             None => new.wraps.push(wrap),
         }
+        // The tags now include the new provider's.
+        if let Err(source) = app.seal_key_object(&mut new) {
+            let _ = log(format!("failed: {source}"));
+            return Err(RotateError::Snapshot {
+                snapshot: id,
+                source,
+            });
+        }
         for s in app.committed_stores(&id) {
             if let Err(source) = crate::retention::shred::put_key_object(s, &new).await {
                 let _ = log(format!("failed: store {}: {source}", s.name));

@@ -275,12 +275,17 @@ pub async fn rewrap(
         });
     }
     drop(dek);
-    let new = KeyObject {
+    let mut new = KeyObject {
         epoch: to.clone(),
         wraps,
         legal_hold: hold.unwrap_or_else(|| old.legal_hold.clone()),
         ..old.clone()
     };
+    app.seal_key_object(&mut new)
+        .map_err(|source| ShredError::Key {
+            snapshot: *id,
+            source,
+        })?;
     for s in app.committed_stores(id) {
         let r = async {
             app.push_keyrings(s).await?;
@@ -409,6 +414,7 @@ pub async fn execute(
     // Every store's key object of each snapshot must say what the catalog says: a store whose
     // key object names a hold or another epoch means the catalog was misled (say, rebuilt from
     // a store where someone edited it). Which keys the wraps name is checked per copy below.
+    let auth = crate::auth::ObjectAuth::for_reading(&app.providers);
     for k in &keys {
         if let Some(why) = key_object_mismatch(&plan.epoch, k) {
             return Err(refuse(ShredError::Disagree {
@@ -417,9 +423,25 @@ pub async fn execute(
                 detail: format!("the catalog's key object is {why}"),
             }));
         }
+        let manifest = app.catalog.get(&k.snapshot)?.map(|e| e.manifest);
         for s in &app.stores {
             match s.get_key_object(&k.source, &k.snapshot).await {
                 Ok(sk) => {
+                    // Never destroy on the word of a key object that is not authenticated
+                    // (crate::auth): forged, or unsealed and never checked by an operator.
+                    let check = match &manifest {
+                        Some(m) => auth.check(&sk, m),
+                        None => crate::auth::Check::Unverifiable {
+                            reason: "the catalog has no manifest for it".into(),
+                        },
+                    };
+                    if !check.is_authentic() {
+                        return Err(refuse(ShredError::Disagree {
+                            epoch: plan.epoch.clone(),
+                            snapshot: k.snapshot,
+                            detail: format!("the key object in store `{}` is {check}", s.name),
+                        }));
+                    }
                     if let Some(why) = key_object_mismatch(&plan.epoch, &sk) {
                         return Err(refuse(ShredError::Disagree {
                             epoch: plan.epoch.clone(),
