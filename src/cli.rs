@@ -715,13 +715,25 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 outcome: format!("ok: {snapshots} snapshots, {replicas} replicas"),
                 exposes: None,
             })?;
+            let unsealed = app
+                .catalog
+                .all_keys()?
+                .iter()
+                .filter(|k| k.auth.is_empty())
+                .count();
             if *json {
-                w.json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas}))?;
+                w.json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas, "unsealed": unsealed}))?;
             } else {
                 outln!(
                     w,
                     "catalog rebuilt: {snapshots} snapshot(s), {replicas} committed replica(s)"
                 );
+                if unsealed > 0 {
+                    outln!(
+                        w,
+                        "{unsealed} key object(s) are unsealed (written before key objects were authenticated): they restore, but are never shredded until an operator checks them with `coffre catalog seal`"
+                    );
+                }
             }
             Ok(exit::OK)
         }

@@ -173,3 +173,99 @@ fn new_backups_write_format_2_with_a_keyed_blake3_digest() {
     env.restore(&id, &to, None).expect_ok();
     assert_eq!(fs::read(&to).unwrap(), plain);
 }
+
+fn key_object_path(env: &CoffreEnv, store: &str, id: &str) -> PathBuf {
+    env.dir
+        .path()
+        .join("stores")
+        .join(store)
+        .join("coffre/snapshots/emr")
+        .join(id)
+        .join("key.json")
+}
+
+#[test]
+fn older_key_objects_stay_unsealed_until_an_operator_seals_them() {
+    let env = new_host();
+    let r = env.run(&["catalog", "rebuild"]);
+    r.expect_ok();
+    assert!(r.all().contains("2 key object(s) are unsealed"), "{r}");
+    for store in ["site-a", "site-b"] {
+        let k: Value =
+            serde_json::from_slice(&fs::read(key_object_path(&env, store, FILE_SNAPSHOT)).unwrap())
+                .unwrap();
+        assert!(k.get("auth").is_none(), "the fixture predates authentication");
+    }
+    let r = env.run(&["catalog", "seal"]);
+    r.expect_ok();
+    assert!(r.all().contains("2 key object(s) sealed"), "{r}");
+    for store in ["site-a", "site-b"] {
+        for id in [FILE_SNAPSHOT, DIR_SNAPSHOT] {
+            let k: Value =
+                serde_json::from_slice(&fs::read(key_object_path(&env, store, id)).unwrap())
+                    .unwrap();
+            let tags = k["auth"].as_array().expect("tags after the seal");
+            assert_eq!(tags.len(), 1, "{k}");
+            assert_eq!(tags[0]["hmac"].as_str().unwrap_or_default().len(), 64);
+        }
+    }
+    // Sealed once: a second seal has nothing to do, a rebuild sees no unsealed object, and the
+    // snapshots still restore.
+    let r = env.run(&["catalog", "seal"]);
+    r.expect_ok();
+    assert!(r.all().contains("0 key object(s) sealed, 2 already"), "{r}");
+    let r = env.run(&["catalog", "rebuild"]);
+    r.expect_ok();
+    assert!(!r.all().contains("unsealed"), "{r}");
+    let to = env.out.join("after-seal.sql");
+    env.restore(FILE_SNAPSHOT, &to, Some("site-b")).expect_ok();
+    assert_eq!(
+        fs::read(&to).unwrap(),
+        fs::read(fixture().join("input/emr-golden.sql")).unwrap()
+    );
+    // The access log has the operator's decision.
+    let log = env.run(&["audit", "show", "--action", "catalog-seal", "--json"]);
+    log.expect_ok();
+    assert!(log.json().as_array().is_some_and(|a| a.len() >= 2), "{log}");
+}
+
+#[test]
+fn a_key_object_edited_in_every_store_is_refused_by_rebuild_and_restore() {
+    let env = new_host();
+    let input = env.out.join("fresh.sql");
+    fs::write(&input, common::coffre::emr_sql(200_000)).unwrap();
+    let id = env.backup(&input);
+    let mut k: Value =
+        serde_json::from_slice(&fs::read(key_object_path(&env, "site-a", &id)).unwrap()).unwrap();
+    assert!(
+        k["auth"].as_array().is_some_and(|t| !t.is_empty()),
+        "a new key object is sealed: {k}"
+    );
+    // Someone with write access to both stores moves the snapshot to an earlier epoch, the
+    // same in both, so that the stores agree with each other.
+    k["legal_hold"] = Value::Null;
+    k["planned_expiry"] = Value::String("2000-01-01T00:00:00Z".into());
+    for store in ["site-a", "site-b"] {
+        fs::write(
+            key_object_path(&env, store, &id),
+            serde_json::to_vec_pretty(&k).unwrap(),
+        )
+        .unwrap();
+    }
+    let r = env.run(&["catalog", "rebuild"]);
+    r.expect_failure();
+    assert!(
+        r.all().contains("FORGED") && r.all().contains("site-a") && r.all().contains(&id),
+        "{r}"
+    );
+    // The catalog built by the backup is kept, not replaced by the forged view.
+    let listed = env.run(&["snapshots", "--json"]);
+    listed.expect_ok();
+    assert!(listed.all().contains(&id), "{listed}");
+    // A restore does not use a forged key object from any store.
+    let to = env.out.join("forged.sql");
+    let r = env.restore(&id, &to, None);
+    r.expect_failure();
+    assert!(r.all().contains("tampered"), "{r}");
+    assert!(!to.exists());
+}
