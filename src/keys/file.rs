@@ -5,6 +5,12 @@
 //! Invariants: the keyring file is replaced atomically (temp, fsync, rename, fsync dir) and carries
 //! a generation number so that an older copy never replaces a newer one; a destroyed epoch keeps a
 //! tombstone (id and time, no key) so that a later unwrap says "key destroyed", not "unknown".
+//! Several copies of one keyring may be in memory at once (the daemon's app and the one it opens
+//! on reload, a standalone command): every change, and every read of a key, re-reads the file
+//! under an exclusive `flock` of `<keyring>.lock` and merges it in (the union of epochs; a
+//! destruction known to either side wins and is never undone), then writes generation max + 1 if
+//! the file lacks anything. Two different keys under one epoch id are
+//! [`KeyError::ConflictingEpochKeys`], never resolved.
 //!
 //! Honest limit: erasure with this provider holds only once every old copy of the keyring (local
 //! disk, store versions, backups of the state folder) is gone. HSM providers give cryptographic
@@ -206,14 +212,19 @@ impl FileProvider {
         if let Some(dir) = self.lock_path.parent() {
             create_private_dir(dir).map_err(lock_err)?;
         }
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock_path)
-            .map_err(lock_err)?;
+        // flock needs no write access: a lock file created by another account (root running a
+        // command) does not lock this one out as long as it can read it.
+        let f = match std::fs::File::open(&self.lock_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&self.lock_path)
+                .map_err(lock_err)?,
+            Err(e) => return Err(lock_err(e)),
+        };
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| lock_err(std::io::Error::from(errno)))
     }
@@ -229,8 +240,8 @@ impl FileProvider {
 
     /// Run `f` on the in-memory keyring brought up to date with the file, under the file's lock;
     /// `f` also sees the file's generation and bytes as just read. Then write a new generation if
-    /// the result holds anything the file lacks, or if `f` asks for one (its second value). A conflict between memory and the file is an error and
-    /// changes nothing.
+    /// the result holds anything the file lacks, or if `f` asks for one (its second value). A
+    /// conflict between memory and the file is an error and changes nothing.
     fn synced<T>(
         &self,
         f: impl FnOnce(&mut Keyring, Option<(u64, &[u8])>) -> Result<(T, bool), KeyError>,
