@@ -50,6 +50,19 @@ struct Entry {
     destroyed: Option<String>,
 }
 
+impl Keyring {
+    fn copy(&self) -> Keyring {
+        Keyring {
+            generation: self.generation,
+            epochs: self
+                .epochs
+                .iter()
+                .map(|(id, e)| (id.clone(), e.copy()))
+                .collect(),
+        }
+    }
+}
+
 impl Drop for Keyring {
     fn drop(&mut self) {
         for e in self.epochs.values_mut() {
@@ -153,6 +166,18 @@ struct State {
     on_disk: Option<OnDisk>,
 }
 
+/// What [`FileProvider::synced`] writes after its closure ran.
+enum Persist {
+    /// A new generation if the keyring in memory holds anything the file lacks.
+    IfStale,
+    /// A new generation in any case.
+    NewGeneration,
+    /// These exact bytes (a replicated keyring, sealed under the same master key, that holds
+    /// everything the merge holds) with their generation, above the file's: the same generation
+    /// keeps the same bytes everywhere, so hosts that share stores converge without rewriting.
+    Verbatim { generation: u64, bytes: Vec<u8> },
+}
+
 /// Several copies of one keyring may live in memory at once (the daemon re-opens the app on
 /// reload, a CLI run races with the daemon): every change is a read-merge-write of the file under
 /// an exclusive `flock` of `<keyring>.lock`, and every read of a key re-reads the file first, so a
@@ -244,7 +269,7 @@ impl FileProvider {
     /// conflict between memory and the file is an error and changes nothing.
     fn synced<T>(
         &self,
-        f: impl FnOnce(&mut Keyring, Option<(u64, &[u8])>) -> Result<(T, bool), KeyError>,
+        f: impl FnOnce(&mut Keyring, Option<(u64, &[u8])>) -> Result<(T, Persist), KeyError>,
     ) -> Result<T, KeyError> {
         let mut st = self.lock();
         let _flock = self.flock()?;
@@ -259,12 +284,23 @@ impl FileProvider {
             &mut st.ring,
             disk.as_ref().map(|(d, b)| (d.generation, b.as_slice())),
         );
-        let forced = matches!(result, Ok((_, true)));
+        let (forced, verbatim) = match &result {
+            Ok((_, Persist::NewGeneration)) => (true, None),
+            Ok((_, Persist::Verbatim { generation, bytes })) if *generation > disk_generation => {
+                (false, Some((*generation, bytes.clone())))
+            }
+            _ => (false, None),
+        };
         let stale = match &disk {
             None => !st.ring.epochs.is_empty() || forced,
             Some((d, _)) => forced || !covers(d, &st.ring) || st.ring.generation > d.generation,
         };
-        if stale {
+        if let Some((generation, bytes)) = verbatim {
+            write_atomic(&self.keyring_path, &bytes, 0o600).map_err(|e| self.io(e))?;
+            self.sweep_temporaries();
+            st.ring.generation = generation;
+            st.on_disk = Some(OnDisk { generation, bytes });
+        } else if stale {
             st.ring.generation = st.ring.generation.max(disk_generation) + 1;
             let bytes = self.seal(&st.ring)?;
             write_atomic(&self.keyring_path, &bytes, 0o600).map_err(|e| self.io(e))?;
@@ -491,7 +527,7 @@ impl KeyProvider for FileProvider {
         // Decided on the keyring as it is on disk, under its lock: two copies never each create
         // their own key for one epoch, and an epoch another copy destroyed is never used again.
         self.synced(|ring, _| match ring.epochs.get(epoch) {
-            Some(Entry { key: Some(_), .. }) => Ok(((), false)),
+            Some(Entry { key: Some(_), .. }) => Ok(((), Persist::IfStale)),
             Some(Entry {
                 key: None,
                 destroyed,
@@ -512,7 +548,7 @@ impl KeyProvider for FileProvider {
                         destroyed: None,
                     },
                 );
-                Ok(((), true))
+                Ok(((), Persist::NewGeneration))
             }
         })
     }
@@ -523,7 +559,7 @@ impl KeyProvider for FileProvider {
         dek: &DataKey,
         _snapshot: &SnapshotId,
     ) -> Result<Vec<u8>, KeyError> {
-        let k = self.synced(|ring, _| Ok((self.epoch_key(ring, epoch)?, false)))?;
+        let k = self.synced(|ring, _| Ok((self.epoch_key(ring, epoch)?, Persist::IfStale)))?;
         let kek = aes_kw::KekAes256::new(GenericArray::from_slice(k.as_ref()));
         kek.wrap_with_padding_vec(dek.expose())
             .map_err(|_| KeyError::MasterKey {
@@ -539,7 +575,7 @@ impl KeyProvider for FileProvider {
         snapshot: &SnapshotId,
     ) -> Result<DataKey, KeyError> {
         // Re-read: an epoch destroyed by another copy of the keyring is destroyed here too.
-        let k = self.synced(|ring, _| Ok((self.epoch_key(ring, epoch)?, false)))?;
+        let k = self.synced(|ring, _| Ok((self.epoch_key(ring, epoch)?, Persist::IfStale)))?;
         let kek = aes_kw::KekAes256::new(GenericArray::from_slice(k.as_ref()));
         let mut out = Zeroizing::new([0u8; 32]);
         let fail = || KeyError::UnwrapFailed {
@@ -571,19 +607,19 @@ impl KeyProvider for FileProvider {
                 destroyed: None,
             });
             if entry.key.is_none() && entry.destroyed.is_some() {
-                return Ok(((), false));
+                return Ok(((), Persist::IfStale));
             }
             if let Some(k) = entry.key.as_mut() {
                 k.zeroize();
             }
             entry.key = None;
             entry.destroyed = Some(now());
-            Ok(((), true))
+            Ok(((), Persist::NewGeneration))
         })
     }
 
     fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError> {
-        self.synced(|ring, _| Ok((epoch_infos(ring), false)))
+        self.synced(|ring, _| Ok((epoch_infos(ring), Persist::IfStale)))
     }
 
     fn health(&self) -> Result<(), KeyError> {
@@ -593,7 +629,7 @@ impl KeyProvider for FileProvider {
     fn replicated_state(&self) -> Result<Option<(u64, Vec<u8>)>, KeyError> {
         // Exactly the bytes on disk for their generation: the same generation always has the
         // same bytes, wherever it is pushed.
-        self.synced(|_, _| Ok(((), false)))?;
+        self.synced(|_, _| Ok(((), Persist::IfStale)))?;
         Ok(self
             .lock()
             .on_disk
@@ -608,16 +644,28 @@ impl KeyProvider for FileProvider {
         // written by two hosts therefore converge, and a stale copy never brings a key back.
         self.synced(|ring, disk| {
             let from = format!("a replicated keyring of generation {}", theirs.generation);
-            let ours_before = ring.generation;
             let changed = merge(ring, &theirs, &self.name, &from)?;
-            // A copy at our generation or above that is not exactly ours: ours (the merge) must
-            // become a newer generation, so that it can be pushed without overwriting that one.
-            let same_bytes = disk.is_some_and(|(g, b)| g == theirs.generation && b == bytes);
-            let newer = theirs.generation >= ours_before && !same_bytes;
-            if newer {
-                ring.generation = ring.generation.max(theirs.generation);
+            if disk.is_some_and(|(g, b)| g == theirs.generation && b == bytes) {
+                return Ok((changed, Persist::IfStale));
             }
-            Ok((changed, newer))
+            // Theirs holds everything the merge holds and is newer: take it as it is.
+            if covers(&theirs, ring) && theirs.generation > ring.generation {
+                *ring = theirs.copy();
+                return Ok((
+                    changed,
+                    Persist::Verbatim {
+                        generation: theirs.generation,
+                        bytes: bytes.to_vec(),
+                    },
+                ));
+            }
+            // A copy at our generation or above that is not ours: the merge must become a newer
+            // generation, so that it can be pushed without overwriting that one.
+            if theirs.generation >= ring.generation {
+                ring.generation = theirs.generation;
+                return Ok((changed, Persist::NewGeneration));
+            }
+            Ok((changed, Persist::IfStale))
         })
     }
 }
@@ -967,6 +1015,41 @@ create-master-key = true
             KeyError::ConflictingEpochKeys { .. }
         ));
         assert!(err(p1.ensure_epoch(&epoch("2027-01-01.1"))).is_fatal());
+    }
+
+    /// Two hosts sharing stores (each its own keyring file, one master key): a newer copy that
+    /// holds everything is taken byte for byte, so the same generation has the same bytes on
+    /// both and nobody writes a new one just for having read the other's.
+    #[test]
+    fn hosts_sharing_stores_converge_on_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        let mut k2 = k.clone();
+        k2.keyring = Some(dir.path().join("host2/local.keyring"));
+        let p1 = FileProvider::open(&c, &k).unwrap();
+        let p2 = FileProvider::open(&c, &k2).unwrap();
+        p1.ensure_epoch(&epoch("2026-12-01.1")).unwrap();
+        let (g1, b1) = p1.replicated_state().unwrap().unwrap();
+        assert!(p2.adopt_replicated_state(&b1).unwrap());
+        assert_eq!(p2.replicated_state().unwrap().unwrap(), (g1, b1.clone()));
+        p2.ensure_epoch(&epoch("2026-12-02.1")).unwrap();
+        let (g2, b2) = p2.replicated_state().unwrap().unwrap();
+        assert!(g2 > g1);
+        assert!(p1.adopt_replicated_state(&b2).unwrap());
+        assert_eq!(p1.replicated_state().unwrap().unwrap(), (g2, b2.clone()));
+        assert!(!p1.adopt_replicated_state(&b2).unwrap());
+        assert!(!p2.adopt_replicated_state(&b2).unwrap());
+        assert_eq!(p1.generation(), g2);
+        assert_eq!(p2.generation(), g2);
+        // Same generation, other bytes: the merge becomes a newer generation.
+        p1.destroy(&epoch("2026-12-01.1")).unwrap();
+        p2.destroy(&epoch("2026-12-02.1")).unwrap();
+        let (g3, b3) = p2.replicated_state().unwrap().unwrap();
+        assert_eq!(p1.generation(), g3);
+        p1.adopt_replicated_state(&b3).unwrap();
+        let (g4, _) = p1.replicated_state().unwrap().unwrap();
+        assert!(g4 > g3);
+        assert!(p1.epochs().unwrap().iter().all(|e| e.destroyed.is_some()));
     }
 
     #[test]
