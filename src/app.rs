@@ -38,6 +38,11 @@ pub struct SealReport {
     pub refused: Vec<String>,
 }
 
+/// Largest replicated keyring read from a store.
+const MAX_KEYRING: u64 = 16 * 1024 * 1024;
+/// How many times a push merges a competing generation before giving up.
+const MAX_PUSH_ATTEMPTS: usize = 8;
+
 pub struct Coffre {
     pub config: Config,
     pub host: String,
@@ -102,8 +107,10 @@ impl Coffre {
             .collect()
     }
 
-    /// Merge every replicated keyring found in the stores into the local one (newer wins,
-    /// destructions are never undone). Best effort: a store that is down is skipped.
+    /// Merge every replicated keyring found in the stores into the local one (the union of
+    /// epochs, destructions are never undone). Best effort for a store that is down or a copy
+    /// that does not open; but two different keys under one epoch id stop everything
+    /// ([`KeyError::ConflictingEpochKeys`]): snapshots may be wrapped under either key.
     pub async fn pull_keyrings(&self) -> Result<(), KeyError> {
         use futures::TryStreamExt;
         for p in &self.providers {
@@ -122,7 +129,7 @@ impl Coffre {
                     .iter()
                     .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
                 let Some(meta) = newest else { continue };
-                match s.get_small(&meta.location, 16 * 1024 * 1024).await {
+                match s.get_small(&meta.location, MAX_KEYRING).await {
                     Ok(bytes) => match p.adopt_replicated_state(&bytes) {
                         Ok(adopted) => {
                             opened_any = true;
@@ -132,6 +139,10 @@ impl Coffre {
                         }
                         Err(KeyError::WrongMasterKey { .. }) => {
                             wrong_key = Some(format!("store `{}`: {}", s.name, meta.location));
+                        }
+                        Err(e) if e.is_fatal() => {
+                            tracing::error!(store = %s.name, provider = p.name(), path = %meta.location, error = %e, "conflicting keyring in a store");
+                            return Err(e);
                         }
                         Err(e) => {
                             tracing::warn!(store = %s.name, provider = p.name(), error = %e, "replicated keyring does not open")
@@ -155,37 +166,88 @@ impl Coffre {
     }
 
     /// Write the current keyring of every provider that replicates state to one store, then
-    /// delete older generations there.
+    /// delete older generations there. A generation is written with `PutMode::Create`, never
+    /// over another: if the store already holds that generation with the same bytes, it is
+    /// there; with other bytes (another host or process wrote it), that copy is merged into the
+    /// local keyring, which becomes a newer generation, and that one is written instead. Two
+    /// different keys under one epoch id in the store's copy are an error
+    /// ([`StoreError::Keyring`] holding [`KeyError::ConflictingEpochKeys`]).
     pub async fn push_keyrings(&self, s: &Store) -> Result<(), StoreError> {
         use futures::TryStreamExt;
+        use object_store::{PutMode, PutOptions};
+        let key_err = |source: KeyError| StoreError::Keyring {
+            store: s.name.clone(),
+            source,
+        };
         for p in &self.providers {
-            let Some((generation, bytes)) =
-                p.replicated_state().map_err(|e| StoreError::Setup {
-                    store: s.name.clone(),
-                    reason: e.to_string(),
-                })?
-            else {
-                continue;
-            };
-            let path = s.keyring_path(p.name(), generation);
-            s.inner
-                .put(&path, bytes.into())
-                .await
-                .map_err(|e| s.op_err("put", &path, e))?;
-            let dir = s.keyring_dir(p.name());
-            let metas: Vec<_> = s
-                .inner
-                .list(Some(&dir))
-                .try_collect()
-                .await
-                .map_err(|e| s.op_err("list", &dir, e))?;
-            for m in metas {
-                if m.location.as_ref() < path.as_ref() {
+            let mut attempt = 0;
+            'push: loop {
+                attempt += 1;
+                if attempt > MAX_PUSH_ATTEMPTS {
+                    return Err(StoreError::Setup {
+                        store: s.name.clone(),
+                        reason: format!(
+                            "keyring of provider `{}`: other keyrings kept appearing in the store while this host pushed its own ({MAX_PUSH_ATTEMPTS} merges); is another host or process pushing in a loop? Try again later",
+                            p.name()
+                        ),
+                    });
+                }
+                let Some((generation, bytes)) = p.replicated_state().map_err(key_err)? else {
+                    break;
+                };
+                let path = s.keyring_path(p.name(), generation);
+                let put = s
+                    .inner
+                    .put_opts(
+                        &path,
+                        bytes.clone().into(),
+                        PutOptions::from(PutMode::Create),
+                    )
+                    .await;
+                match put {
+                    Ok(_) => {}
+                    Err(object_store::Error::AlreadyExists { .. }) => {
+                        let theirs = s.get_small(&path, MAX_KEYRING).await?;
+                        if theirs != bytes {
+                            tracing::info!(store = %s.name, provider = p.name(), generation, "the store holds another keyring of this generation: merging it, then writing a newer one");
+                            p.adopt_replicated_state(&theirs).map_err(key_err)?;
+                            continue 'push;
+                        }
+                    }
+                    Err(e) => return Err(s.op_err("put", &path, e)),
+                }
+                // Older generations go, once the local keyring holds everything they hold.
+                let dir = s.keyring_dir(p.name());
+                let metas: Vec<_> = s
+                    .inner
+                    .list(Some(&dir))
+                    .try_collect()
+                    .await
+                    .map_err(|e| s.op_err("list", &dir, e))?;
+                for m in metas {
+                    if m.location.as_ref() >= path.as_ref() {
+                        continue;
+                    }
+                    let theirs = match s.get_small(&m.location, MAX_KEYRING).await {
+                        Ok(b) => b,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e),
+                    };
+                    match p.adopt_replicated_state(&theirs) {
+                        Ok(false) => {}
+                        // It held something ours lacked: push the merge first.
+                        Ok(true) => continue 'push,
+                        Err(e) if e.is_fatal() => return Err(key_err(e)),
+                        Err(e) => {
+                            tracing::warn!(store = %s.name, provider = p.name(), path = %m.location, error = %e, "an older keyring in the store does not open: deleted")
+                        }
+                    }
                     match s.inner.delete(&m.location).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => return Err(s.op_err("delete", &m.location, e)),
                     }
                 }
+                break;
             }
         }
         Ok(())
@@ -403,5 +465,129 @@ impl Coffre {
             }
         }
         Ok((manifests.len(), replicas))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{EpochId, SnapshotId};
+    use crate::keys::file::FileProvider;
+    use crate::keys::DataKey;
+    use std::path::Path;
+
+    fn config(dir: &Path) -> Config {
+        let text = format!(
+            r#"
+state-dir = "{d}/state"
+[replication]
+min-sites = 1
+[[store]]
+name = "a"
+kind = "local"
+site = "x"
+jurisdiction = "CA-QC"
+path = "{d}/store"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{d}/keys/master.key"
+create-master-key = true
+"#,
+            d = dir.display()
+        );
+        Config::from_toml(&text, Path::new("t")).unwrap()
+    }
+
+    fn epoch(s: &str) -> EpochId {
+        EpochId::try_from(s.to_string()).unwrap()
+    }
+
+    /// Another copy of the keyring (same master key, its own file), as another host would have.
+    fn other_copy(c: &Config, dir: &Path) -> FileProvider {
+        let mut k = c.key_providers[0].clone();
+        k.keyring = Some(dir.join("other/local.keyring"));
+        FileProvider::open(c, &k).unwrap()
+    }
+
+    fn store_keyrings(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("store/coffre/keyring/local"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Finding 2 of issue 11: a generation already in the store with other bytes is never
+    /// overwritten: it is merged, and the merge is written as a newer generation.
+    #[tokio::test]
+    async fn a_push_never_overwrites_another_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let c = config(d);
+        let app = Coffre::open(c.clone()).await.unwrap();
+        let p = &app.providers[0];
+        let (e1, e2) = (epoch("2026-12-31.1"), epoch("2026-12-31.2"));
+        p.ensure_epoch(&e1).unwrap();
+        let (g, _) = p.replicated_state().unwrap().unwrap();
+        // Another copy wrote the same generation, holding another epoch.
+        let other = other_copy(&c, d);
+        other.ensure_epoch(&e2).unwrap();
+        let (og, planted) = other.replicated_state().unwrap().unwrap();
+        assert_eq!(og, g);
+        let id = SnapshotId::new();
+        let dek = DataKey::generate();
+        let w2 = other.wrap(&e2, &dek, &id).unwrap();
+        let s = &app.stores[0];
+        let at = d.join("store").join(s.keyring_path("local", g).as_ref());
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, &planted).unwrap();
+
+        app.push_keyrings(s).await.unwrap();
+        // The planted epoch's key is in the local keyring and in the store's newest copy.
+        assert_eq!(p.unwrap(&e2, &w2, &id).unwrap().expose(), dek.expose());
+        let rings = store_keyrings(d);
+        assert_eq!(rings.len(), 1, "{rings:?}");
+        let (g2, bytes) = p.replicated_state().unwrap().unwrap();
+        assert!(g2 > g);
+        assert_eq!(std::fs::read(&rings[0]).unwrap(), bytes);
+        let fresh = other_copy(&c, &d.join("fresh"));
+        assert!(fresh.adopt_replicated_state(&bytes).unwrap());
+        assert_eq!(fresh.unwrap(&e2, &w2, &id).unwrap().expose(), dek.expose());
+        fresh.wrap(&e1, &dek, &id).unwrap();
+
+        // Pushing the same generation again is a no-op.
+        app.push_keyrings(s).await.unwrap();
+        assert_eq!(store_keyrings(d), rings);
+        assert_eq!(std::fs::read(&rings[0]).unwrap(), bytes);
+    }
+
+    /// A store copy holding another key for one of our epochs: the push fails with the fatal
+    /// keyring error, and the store's copy stays as it was.
+    #[tokio::test]
+    async fn a_conflicting_store_copy_stops_the_push_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let c = config(d);
+        let app = Coffre::open(c.clone()).await.unwrap();
+        let p = &app.providers[0];
+        let e = epoch("2026-12-31.1");
+        p.ensure_epoch(&e).unwrap();
+        let other = other_copy(&c, d);
+        other.ensure_epoch(&e).unwrap();
+        let (g, planted) = other.replicated_state().unwrap().unwrap();
+        let s = &app.stores[0];
+        let at = d.join("store").join(s.keyring_path("local", g).as_ref());
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, &planted).unwrap();
+        let err = app.push_keyrings(s).await.unwrap_err();
+        assert_eq!(err.kind(), "keyring-conflict", "{err}");
+        assert!(err.to_string().contains("2026-12-31.1"), "{err}");
+        assert_eq!(store_keyrings(d), vec![at.clone()]);
+        assert_eq!(std::fs::read(&at).unwrap(), planted);
+        // Opening the app (which pulls the stores' keyrings) refuses too.
+        let again = Coffre::open(c).await.err().expect("open must fail");
+        assert!(again.to_string().contains("two different keys"), "{again}");
     }
 }

@@ -712,6 +712,7 @@ impl Config {
                     "must be at least 1h".into(),
                 );
             }
+            validate_retention_bounds(&s.retention, &key, &mut push);
         }
 
         // Stores.
@@ -774,6 +775,28 @@ impl Config {
                 );
             }
             validate_store_kind(s, &key, &mut push);
+            // The state folder (keyrings, catalog, journal) and the access log must not travel
+            // with the data, nor a store live among them.
+            if let (StoreKind::Local, Some(sp)) = (s.kind, &s.path) {
+                let audit = self.audit_path();
+                for (what, p) in [("state-dir", &self.state_dir), ("audit.path", &audit)] {
+                    if path_within(p, sp) {
+                        push(
+                            format!("{key}.path"),
+                            format!("{} contains {what} ({}): keys and the access log must never be stored with the data; use separate folders", sp.display(), p.display()),
+                        );
+                    } else if path_within(sp, p) {
+                        push(
+                            format!("{key}.path"),
+                            format!(
+                                "{} is inside {what} ({}): use a folder outside it",
+                                sp.display(),
+                                p.display()
+                            ),
+                        );
+                    }
+                }
+            }
         }
         if self.stores.is_empty() {
             push(
@@ -826,7 +849,7 @@ impl Config {
                         _ => {}
                     }
                     if let Some(mk) = &k.master_key {
-                        if let Some(problem) = secret_file_problem(mk) {
+                        if let Some(problem) = present_secret_file_problem(mk) {
                             push(format!("{key}.master-key"), problem);
                         }
                     }
@@ -881,7 +904,7 @@ impl Config {
                             "a pkcs11 provider needs pin-file (a file holding the user PIN)".into(),
                         ),
                         Some(pf) => {
-                            if let Some(problem) = secret_file_problem(pf) {
+                            if let Some(problem) = present_secret_file_problem(pf) {
                                 push(format!("{key}.pin-file"), problem);
                             }
                         }
@@ -924,7 +947,7 @@ impl Config {
             );
         }
         if let Some(tf) = &self.status.token_file {
-            if let Some(problem) = secret_file_problem(tf) {
+            if let Some(problem) = present_secret_file_problem(tf) {
                 push("status.token-file".into(), problem);
             }
         }
@@ -1009,7 +1032,7 @@ fn validate_store_kind(s: &StoreConfig, key: &str, push: &mut impl FnMut(String,
                 ("secret-access-key-file", &s.secret_access_key_file),
                 ("access-key-id-file", &s.access_key_id_file),
             ] {
-                if let Some(problem) = f.as_deref().and_then(secret_file_problem) {
+                if let Some(problem) = f.as_deref().and_then(present_secret_file_problem) {
                     push(format!("{key}.{n}"), problem);
                 }
             }
@@ -1037,7 +1060,11 @@ fn validate_store_kind(s: &StoreConfig, key: &str, push: &mut impl FnMut(String,
             for (n, f) in s3_fields.iter() {
                 has(*f, n, push);
             }
-            if let Some(problem) = s.access_key_file.as_deref().and_then(secret_file_problem) {
+            if let Some(problem) = s
+                .access_key_file
+                .as_deref()
+                .and_then(present_secret_file_problem)
+            {
                 push(format!("{key}.access-key-file"), problem);
             }
         }
@@ -1052,7 +1079,7 @@ fn validate_store_kind(s: &StoreConfig, key: &str, push: &mut impl FnMut(String,
             if let Some(problem) = s
                 .service_account_file
                 .as_deref()
-                .and_then(secret_file_problem)
+                .and_then(present_secret_file_problem)
             {
                 push(format!("{key}.service-account-file"), problem);
             }
@@ -1086,10 +1113,42 @@ pub(crate) fn is_loopback_host(u: &url::Url) -> bool {
     }
 }
 
-/// A secret file that exists but is readable by group or others is refused.
+/// What is wrong with a file that holds a secret, if anything: it must exist, be a regular file
+/// (after following symlinks, as systemd credentials may be), belong to the user coffre runs as
+/// (or root: a root-owned 0400 file is readable by root only) and be neither readable nor
+/// writable by group or others.
 pub fn secret_file_problem(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).ok()?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!(
+                "{} does not exist: put the secret there (owned by the user coffre runs as, mode 0600) or fix the path in the config",
+                path.display()
+            ))
+        }
+        Err(e) => {
+            return Some(format!(
+                "cannot check {}: {e}. It must be readable by the user coffre runs as",
+                path.display()
+            ))
+        }
+    };
+    if !meta.is_file() {
+        return Some(format!(
+            "{} is not a regular file: it must be a file holding the secret",
+            path.display()
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "{} belongs to uid {}, not to the user coffre runs as (uid {me}) or root: another account could replace the secret; run `chown {me} {}`",
+            path.display(),
+            meta.uid(),
+            path.display()
+        ));
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         Some(format!(
@@ -1103,28 +1162,122 @@ pub fn secret_file_problem(path: &Path) -> Option<String> {
     }
 }
 
-/// Lexical check (after making both absolute against the working directory and normalising `.`
-/// and `..`) that `inner` lies within `outer`.
-pub fn path_within(inner: &Path, outer: &Path) -> bool {
-    let abs = |p: &Path| -> PathBuf {
-        let p = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            std::env::current_dir().unwrap_or_default().join(p)
-        };
-        let mut out = PathBuf::new();
-        for c in p.components() {
-            match c {
-                std::path::Component::ParentDir => {
-                    out.pop();
-                }
-                std::path::Component::CurDir => {}
-                other => out.push(other),
-            }
+/// [`secret_file_problem`] for a file that may not exist yet when the config is checked (it may be
+/// checked on another host, and a systemd credential exists only while the service runs): the
+/// reader of the secret reports a missing file.
+pub fn present_secret_file_problem(path: &Path) -> Option<String> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return None;
+    }
+    secret_file_problem(path)
+}
+
+/// Read a secret file after [`secret_file_problem`] found nothing wrong with it; trimmed.
+pub fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, String> {
+    if let Some(problem) = secret_file_problem(path) {
+        return Err(problem);
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    Ok(secrecy::SecretString::from(text.trim().to_string()))
+}
+
+/// Upper bound of every retention period: 100 years (the time arithmetic on them stays far
+/// from the end of the calendar).
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 366 * 86_400);
+
+fn validate_retention_bounds(
+    r: &RetentionConfig,
+    key: &str,
+    push: &mut impl FnMut(String, String),
+) {
+    let too_long = |d: Duration| d > MAX_RETENTION;
+    if too_long(r.keep_within) {
+        push(
+            format!("{key}.retention.keep-within"),
+            format!(
+                "{} is more than 100 years: use at most \"100years\"",
+                humantime::format_duration(r.keep_within)
+            ),
+        );
+    }
+    if let Some(m) = r.min_age.filter(|m| too_long(*m)) {
+        push(
+            format!("{key}.retention.min-age"),
+            format!(
+                "{} is more than 100 years: use at most \"100years\"",
+                humantime::format_duration(m)
+            ),
+        );
+    }
+    for (name, n, max) in [
+        ("keep-hourly", r.keep_hourly, 100 * 366 * 24),
+        ("keep-daily", r.keep_daily, 100 * 366),
+        ("keep-weekly", r.keep_weekly, 100 * 53),
+        ("keep-monthly", r.keep_monthly, 100 * 12),
+        ("keep-yearly", r.keep_yearly, 100),
+    ] {
+        if n > max {
+            push(
+                format!("{key}.retention.{name}"),
+                format!("{n} is more than 100 years of periods: use at most {max}"),
+            );
         }
-        out
+    }
+}
+
+/// `p` made absolute against the working directory, with `.` and `..` resolved lexically.
+fn lexical_absolute(p: &Path) -> PathBuf {
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
     };
-    abs(inner).starts_with(abs(outer))
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `p` with its longest existing ancestor canonicalized (symlinks resolved) and the rest, which
+/// does not exist yet, appended.
+fn resolved(p: &Path) -> PathBuf {
+    let abs = lexical_absolute(p);
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            let mut out = c;
+            for r in rest.iter().rev() {
+                out.push(r);
+            }
+            return out;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// True when `inner` lies within `outer` (or is it), compared both as written (made absolute,
+/// `.` and `..` resolved) and with symlinks resolved for the parts that exist: a symlinked
+/// folder does not hide that two paths are the same place.
+pub fn path_within(inner: &Path, outer: &Path) -> bool {
+    lexical_absolute(inner).starts_with(lexical_absolute(outer))
+        || resolved(inner).starts_with(resolved(outer))
 }
 
 #[cfg(test)]
@@ -1275,6 +1428,123 @@ master-key = "/tmp/coffre-nonexistent/master.key"
             &GOOD.replace("/tmp/coffre-nonexistent/master.key", key.to_str().unwrap())
         )
         .is_empty());
+    }
+
+    /// Issue 11, point 9: a symlinked folder does not hide that a key is inside a store, and the
+    /// state folder and the access log are checked too.
+    #[test]
+    fn inside_a_store_sees_through_symlinks_and_covers_state_and_audit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let alias = dir.path().join("alias");
+        std::os::unix::fs::symlink(&store, &alias).unwrap();
+        let with = |text: &str| {
+            GOOD.replace("/tmp/a\"", &format!("{}\"", store.display()))
+                .replace("/tmp/coffre-nonexistent/master.key", text)
+        };
+        let key = format!("{}/keys/master.key", alias.display());
+        let ps = problems(&with(&key));
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "key-provider[0].master-key"
+                    && p.message.contains("inside store[0]")),
+            "{ps:?}"
+        );
+        // The state folder inside the store (through the symlink), and the store inside it.
+        let text = with("/tmp/coffre-nonexistent/master.key").replace(
+            "/tmp/coffre-test-state",
+            &format!("{}/state", alias.display()),
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "store[0].path" && p.message.contains("state-dir")),
+            "{ps:?}"
+        );
+        let text = with("/tmp/coffre-nonexistent/master.key")
+            .replace("/tmp/coffre-test-state", &dir.path().display().to_string());
+        let ps = problems(&text);
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "store[0].path" && p.message.contains("inside state-dir")),
+            "{ps:?}"
+        );
+        // The access log inside the store.
+        let text = format!(
+            "{}\n[audit]\npath = \"{}/log/access.log\"\n",
+            with("/tmp/coffre-nonexistent/master.key"),
+            alias.display()
+        );
+        let ps = problems(&text);
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "store[0].path" && p.message.contains("audit.path")),
+            "{ps:?}"
+        );
+        assert!(problems(&with("/tmp/coffre-nonexistent/master.key")).is_empty());
+    }
+
+    #[test]
+    fn retention_periods_are_bounded() {
+        let text = GOOD.replace(
+            "path = \"/tmp/in\"",
+            "path = \"/tmp/in\"\n[source.retention]\nkeep-within = \"200years\"\nkeep-yearly = 4000000000\nkeep-daily = 40000\nmin-age = \"101years\"",
+        );
+        let ps = problems(&text);
+        for k in ["keep-within", "keep-yearly", "keep-daily", "min-age"] {
+            assert!(
+                ps.iter()
+                    .any(|p| p.key == format!("source[0].retention.{k}")
+                        && p.message.contains("100 years")),
+                "{k}: {ps:?}"
+            );
+        }
+        let text = GOOD.replace(
+            "path = \"/tmp/in\"",
+            "path = \"/tmp/in\"\n[source.retention]\nkeep-within = \"99years\"\nkeep-yearly = 100",
+        );
+        assert!(problems(&text).is_empty());
+    }
+
+    #[test]
+    fn secret_files_missing_foreign_or_not_files_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let m = secret_file_problem(&missing).unwrap();
+        assert!(m.contains("does not exist"), "{m}");
+        // Not an error when the config is checked (the file may live on the target host only).
+        assert!(present_secret_file_problem(&missing).is_none());
+        // A dangling symlink is named.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&missing, &link).unwrap();
+        assert!(present_secret_file_problem(&link)
+            .unwrap()
+            .contains("does not exist"));
+        let m = secret_file_problem(dir.path()).unwrap();
+        assert!(m.contains("not a regular file"), "{m}");
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "s3cr3t\n").unwrap();
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(secret_file_problem(&ok), None);
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&read_secret_file(&ok).unwrap()),
+            "s3cr3t"
+        );
+        assert!(read_secret_file(&missing)
+            .unwrap_err()
+            .contains("does not exist"));
+        // Owned by someone else (when this test runs as root, a file given away to nobody).
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&ok, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let m = secret_file_problem(&ok).unwrap();
+            assert!(m.contains("belongs to uid 65534"), "{m}");
+        } else {
+            // /etc/passwd belongs to root: accepted for ownership, refused for its mode.
+            let m = secret_file_problem(Path::new("/etc/passwd")).unwrap();
+            assert!(m.contains("chmod 600"), "{m}");
+        }
     }
 
     #[test]

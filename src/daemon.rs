@@ -40,12 +40,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read status.token-file {path}: {source}")]
-    Token {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("status.token-file: {reason}")]
+    Token { path: PathBuf, reason: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
@@ -57,14 +53,15 @@ fn notify(states: &[NotifyState]) {
     let _ = sd_notify::notify(false, states);
 }
 
-fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
+/// The status endpoint's bearer token (owner, mode and presence of the file checked).
+fn read_token(config: &Config) -> Result<Option<secrecy::SecretString>, DaemonError> {
     match &config.status.token_file {
         None => Ok(None),
-        Some(p) => std::fs::read_to_string(p)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|source| DaemonError::Token {
+        Some(p) => crate::config::read_secret_file(p)
+            .map(Some)
+            .map_err(|reason| DaemonError::Token {
                 path: p.clone(),
-                source,
+                reason,
             }),
     }
 }

@@ -72,6 +72,13 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("provider `{provider}` holds two different keys for epoch {epoch} (this keyring and {from}): two copies of the keyring each created their own key, so snapshots wrapped under one do not open with the other. coffre will not choose: stop every coffre process using this provider, keep every copy of the keyring (local file, store generations, backups of the state folder) and contact support to find which snapshots use which key")]
+    ConflictingEpochKeys {
+        provider: String,
+        epoch: EpochId,
+        /// Where the other key was found (the keyring file, a store's generation).
+        from: String,
+    },
     #[error("no key provider could unwrap the data key of snapshot {snapshot}: {reasons}")]
     NoProvider { snapshot: String, reasons: String },
 }
@@ -84,6 +91,12 @@ impl KeyError {
 
     pub fn is_destroyed(&self) -> bool {
         matches!(self, KeyError::KeyDestroyed { .. })
+    }
+
+    /// True for an inconsistency no retry and no fallback may paper over (an operator must look):
+    /// two different keys under one epoch id.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, KeyError::ConflictingEpochKeys { .. })
     }
 }
 

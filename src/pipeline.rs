@@ -377,16 +377,23 @@ fn produce(
     let mac = PlainMac::new(DigestAlg::Blake3Keyed, dek, header).map_err(ProduceError::Read)?;
     let digester = Digester::spawn(mac).map_err(ProduceError::Read)?;
     let fed = match kind {
-        SnapshotKind::File => {
-            std::fs::File::open(path).and_then(|mut f| feed_file(&mut f, &digester, &mut enc))
-        }
+        // Opened without following symlinks, and checked to be what was fingerprinted.
+        SnapshotKind::File => source::open_file(path).and_then(|mut f| {
+            source::check_identity(&f, before.root_ino(), path)?;
+            feed_file(&mut f, &digester, &mut enc)
+        }),
         SnapshotKind::Directory => {
             let mut tee = DigestTee {
                 inner: &mut enc,
                 digester: &digester,
                 buf: Vec::with_capacity(CHUNK),
             };
-            source::write_tar(path, &mut tee).and_then(|()| tee.flush_chunk())
+            source::open_dir(path)
+                .and_then(|root| {
+                    source::check_identity(&root, before.root_ino(), path)?;
+                    source::write_tar_at(&root, path, &mut tee)
+                })
+                .and_then(|()| tee.flush_chunk())
         }
     };
     // Join the digest thread whatever happened, then report the read error first.

@@ -36,10 +36,17 @@ fn start_of_day(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_time(Time::MIDNIGHT)
 }
 
+/// First day of the month `months` after `d`'s; the last day of the calendar when that is past
+/// its end.
 fn add_months(d: Date, months: u32) -> Date {
-    let total = d.year() * 12 + (u8::from(d.month()) as i32 - 1) + months as i32;
+    let total = i64::from(d.year()) * 12 + (i64::from(u8::from(d.month())) - 1) + i64::from(months);
     let (y, m) = (total.div_euclid(12), total.rem_euclid(12) as u8 + 1);
-    Date::from_calendar_date(y, Month::try_from(m).unwrap_or(Month::January), 1).unwrap_or(d)
+    i32::try_from(y)
+        .ok()
+        .and_then(|y| {
+            Date::from_calendar_date(y, Month::try_from(m).unwrap_or(Month::January), 1).ok()
+        })
+        .unwrap_or(Date::MAX)
 }
 
 /// Why a snapshot is kept as long as it is (the rule that sets its expiry).
@@ -48,15 +55,17 @@ pub fn planned_expiry(
     created: OffsetDateTime,
     earlier: &[OffsetDateTime],
 ) -> (OffsetDateTime, &'static str) {
+    // Every period is bounded by config validation (100 years); the arithmetic saturates all
+    // the same (at the end of the calendar: kept, never a panic).
     let within = TDuration::try_from(rules.keep_within).unwrap_or(TDuration::days(30));
-    let mut best = (created + within, "keep-within");
+    let mut best = (created.saturating_add(within), "keep-within");
     let mut consider = |t: OffsetDateTime, why: &'static str| {
         if t > best.0 {
             best = (t, why);
         }
     };
     if let Some(min) = rules.min_age.and_then(|m| TDuration::try_from(m).ok()) {
-        consider(created + min, "min-age");
+        consider(created.saturating_add(min), "min-age");
     }
     let first_in = |start: OffsetDateTime| !earlier.iter().any(|e| *e >= start && *e < created);
     if rules.keep_hourly > 0 {
@@ -64,20 +73,23 @@ pub fn planned_expiry(
             created.replace_time(Time::from_hms(created.hour(), 0, 0).unwrap_or(Time::MIDNIGHT));
         if first_in(start) {
             consider(
-                start + TDuration::hours(rules.keep_hourly as i64),
+                start.saturating_add(TDuration::hours(rules.keep_hourly as i64)),
                 "keep-hourly",
             );
         }
     }
     let day = start_of_day(created);
     if rules.keep_daily > 0 && first_in(day) {
-        consider(day + TDuration::days(rules.keep_daily as i64), "keep-daily");
+        consider(
+            day.saturating_add(TDuration::days(rules.keep_daily as i64)),
+            "keep-daily",
+        );
     }
     if rules.keep_weekly > 0 {
         let week = day - TDuration::days(created.weekday().number_days_from_monday() as i64);
         if first_in(week) {
             consider(
-                week + TDuration::weeks(rules.keep_weekly as i64),
+                week.saturating_add(TDuration::weeks(rules.keep_weekly as i64)),
                 "keep-weekly",
             );
         }
@@ -96,13 +108,13 @@ pub fn planned_expiry(
             .map(|d| d.midnight().assume_utc())
             .unwrap_or(day);
         if first_in(year) {
-            let end = Date::from_calendar_date(
-                created.year() + rules.keep_yearly as i32,
-                Month::January,
-                1,
-            )
-            .map(|d| d.midnight().assume_utc())
-            .unwrap_or(year);
+            let end = i32::try_from(rules.keep_yearly)
+                .ok()
+                .and_then(|n| created.year().checked_add(n))
+                .and_then(|y| Date::from_calendar_date(y, Month::January, 1).ok())
+                .unwrap_or(Date::MAX)
+                .midnight()
+                .assume_utc();
             consider(end, "keep-yearly");
         }
     }
@@ -310,6 +322,27 @@ mod tests {
         let t2 = datetime!(2026-11-02 15:00 UTC);
         let (e, why) = planned_expiry(&r, t2, &[t0, t1]);
         assert_eq!((e, why), (datetime!(2026-11-04 15:00 UTC), "keep-within"));
+    }
+
+    /// Issue 11, point 9: periods past the end of the calendar saturate, never panic.
+    #[test]
+    fn huge_periods_do_not_overflow() {
+        let r = RetentionConfig {
+            keep_within: std::time::Duration::from_secs(u64::MAX / 4),
+            keep_hourly: u32::MAX,
+            keep_daily: u32::MAX,
+            keep_weekly: u32::MAX,
+            keep_monthly: u32::MAX,
+            keep_yearly: u32::MAX,
+            min_age: Some(std::time::Duration::from_secs(u64::MAX)),
+            ..Default::default()
+        };
+        let (e, _) = planned_expiry(&r, datetime!(2026-11-01 03:00 UTC), &[]);
+        assert!(e.year() >= 9999, "{e}");
+        assert_eq!(
+            add_months(time::macros::date!(2026 - 11 - 15), u32::MAX),
+            Date::MAX
+        );
     }
 
     #[test]

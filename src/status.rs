@@ -156,7 +156,8 @@ pub struct Runtime {
     pub stores: Mutex<BTreeMap<String, StoreHealth>>,
     pub workers: Mutex<BTreeMap<String, WorkerState>>,
     pub alerts: Mutex<Vec<String>>,
-    pub token: Option<String>,
+    /// Bearer token of the status endpoint (redacted in `Debug`, zeroized on drop).
+    pub token: Option<secrecy::SecretString>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,7 +165,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Runtime {
-    pub fn new(token: Option<String>) -> Arc<Runtime> {
+    pub fn new(token: Option<secrecy::SecretString>) -> Arc<Runtime> {
         Arc::new(Runtime {
             started: Instant::now(),
             ready: AtomicBool::new(false),
@@ -483,19 +484,22 @@ struct Ctx {
 fn authorized(ctx: &Ctx, headers: &HeaderMap) -> bool {
     match &ctx.rt.token {
         None => true,
-        Some(t) => headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| {
-                // Constant-time comparison of the token.
-                given.len() == t.len()
-                    && given
-                        .bytes()
-                        .zip(t.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-            }),
+        Some(t) => {
+            let t = secrecy::ExposeSecret::expose_secret(t);
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|given| {
+                    // Constant-time comparison of the token.
+                    given.len() == t.len()
+                        && given
+                            .bytes()
+                            .zip(t.bytes())
+                            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                            == 0
+                })
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{is_loopback_host, Config, StoreConfig, StoreKind};
 use crate::ids::SnapshotId;
@@ -45,6 +46,13 @@ pub enum StoreError {
         path: String,
         reason: String,
     },
+    /// The keyring to push to this store, or the copy found there, cannot be used.
+    #[error("store `{store}`: keyring: {source}")]
+    Keyring {
+        store: String,
+        #[source]
+        source: crate::keys::KeyError,
+    },
 }
 
 impl StoreError {
@@ -54,6 +62,8 @@ impl StoreError {
             StoreError::Setup { .. } => "setup",
             StoreError::Op { source, .. } => error_kind(source),
             StoreError::BadObject { .. } => "bad-object",
+            StoreError::Keyring { source, .. } if source.is_fatal() => "keyring-conflict",
+            StoreError::Keyring { .. } => "keyring",
         }
     }
 
@@ -262,23 +272,27 @@ fn client_options(loopback_http: bool) -> ClientOptions {
         .with_allow_http(loopback_http)
 }
 
+/// A store credential from an environment variable or a file (owner, mode and presence of the
+/// file checked), held as a secret until handed to the store's client.
 fn read_secret(
     store: &str,
     env: Option<&String>,
     file: Option<&std::path::PathBuf>,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<SecretString>, StoreError> {
     if let Some(var) = env {
-        return std::env::var(var).map(Some).map_err(|_| StoreError::Setup {
-            store: store.to_string(),
-            reason: format!("environment variable {var} is not set"),
-        });
+        return std::env::var(var)
+            .map(|v| Some(SecretString::from(v)))
+            .map_err(|_| StoreError::Setup {
+                store: store.to_string(),
+                reason: format!("environment variable {var} is not set"),
+            });
     }
     if let Some(path) = file {
-        return std::fs::read_to_string(path)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| StoreError::Setup {
+        return crate::config::read_secret_file(path)
+            .map(Some)
+            .map_err(|reason| StoreError::Setup {
                 store: store.to_string(),
-                reason: format!("cannot read {}: {e}", path.display()),
+                reason,
             });
     }
     Ok(None)
@@ -323,14 +337,14 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
                 s.access_key_id_env.as_ref(),
                 s.access_key_id_file.as_ref(),
             )? {
-                b = b.with_access_key_id(ak);
+                b = b.with_access_key_id(ak.expose_secret());
             }
             if let Some(sk) = read_secret(
                 &s.name,
                 s.secret_access_key_env.as_ref(),
                 s.secret_access_key_file.as_ref(),
             )? {
-                b = b.with_secret_access_key(sk);
+                b = b.with_secret_access_key(sk.expose_secret());
             }
             Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
         }
@@ -348,7 +362,7 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
                 s.access_key_env.as_ref(),
                 s.access_key_file.as_ref(),
             )? {
-                b = b.with_access_key(k);
+                b = b.with_access_key(k.expose_secret());
             }
             Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
         }

@@ -396,3 +396,59 @@ fn a_70_kb_purpose_and_french_purposes_never_lock_the_log() {
     assert!(out.contains("coffre audit verify"), "{out}");
     assert!(!env.p("refused.sql").exists());
 }
+
+/// Issue 11, point 9: a segment planted in a store under a name claiming entries up to
+/// `u64::MAX` neither stops the replication of the access log to that store nor overflows:
+/// replication goes on, and `audit verify` names the planted object.
+#[test]
+fn a_planted_segment_named_u64_max_is_ignored_and_reported() {
+    let env = Env::new();
+    env.backup_and_restore("r1.sql", "chart review one");
+    let sealed = |site: &str| -> Vec<PathBuf> {
+        let root = env.p(&format!("stores/{site}/coffre/audit"));
+        coffre::pipeline::source::walk(&root)
+            .unwrap()
+            .into_iter()
+            .map(|p| root.join(p))
+            .filter(|p| p.to_string_lossy().ends_with(".sealed"))
+            .collect()
+    };
+    let before = sealed("a");
+    assert!(!before.is_empty());
+    // A copy of a real segment, renamed to claim entries 1..=u64::MAX.
+    let planted = before[0]
+        .parent()
+        .unwrap()
+        .join(format!("000000000001-{}.sealed", u64::MAX));
+    std::fs::copy(&before[0], &planted).unwrap();
+    std::fs::copy(
+        before[0].with_extension("").with_extension("key.json"),
+        planted.with_extension("").with_extension("key.json"),
+    )
+    .ok();
+
+    // More accesses: their entries still reach store a.
+    let (code, out) = env.run(&[
+        "restore",
+        "latest",
+        "--source",
+        "emr",
+        "--to",
+        env.p("r2.sql").to_str().unwrap(),
+        "--purpose",
+        "chart review two",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let after = sealed("a");
+    assert!(
+        after.len() >= before.len() + 2,
+        "replication to store a stopped: {before:?} -> {after:?}"
+    );
+    let (code, out) = env.run(&["audit", "verify"]);
+    assert!(!out.contains("panicked"), "{out}");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("site-a") && out.contains(&u64::MAX.to_string()) && out.contains("planted"),
+        "{out}"
+    );
+}

@@ -113,3 +113,79 @@ fn bad_configs_are_refused_naming_the_key() {
     }
     matrix::record("bad configs (http, TLS off, one site, jurisdiction, key mode, keyring in store, unknown keys, types)", cases.len() as u64, refused, 0);
 }
+
+/// Issue 11, point 9: a secret file of another user, a store folder reached through a symlink
+/// inside the state folder or holding the access log, and retention periods past 100 years are
+/// refused, naming the key.
+#[test]
+fn owner_symlinked_folders_and_unbounded_retention_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let good = base(d);
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    std::fs::create_dir_all(d.join("keys")).unwrap();
+    std::os::unix::fs::symlink(d.join("state"), d.join("alias")).unwrap();
+    let key = d.join("keys/master.key");
+    std::fs::write(&key, "00".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(coffre::Config::from_toml(&good, Path::new("c.toml")).is_ok());
+    let mut cases: Vec<(&str, String, &str)> = vec![
+        (
+            "store inside state-dir through a symlink",
+            good.replace(
+                &format!("{}/stores/a", d.display()),
+                &format!("{}/alias/store-a", d.display()),
+            ),
+            "is inside state-dir",
+        ),
+        (
+            "access log inside a store",
+            format!(
+                "{good}[audit]\npath = \"{}/stores/a/access.log\"\n",
+                d.display()
+            ),
+            "contains audit.path",
+        ),
+        (
+            "keep-within of two centuries",
+            good.replacen(
+                "path = \"",
+                "retention = { keep-within = \"200years\" }\npath = \"",
+                1,
+            ),
+            "source[0].retention.keep-within",
+        ),
+        (
+            "keep-yearly past the calendar",
+            good.replacen(
+                "path = \"",
+                "retention = { keep-yearly = 4000000000 }\npath = \"",
+                1,
+            ),
+            "source[0].retention.keep-yearly",
+        ),
+    ];
+    if nix::unistd::geteuid().is_root() {
+        let foreign = d.join("keys/foreign.key");
+        std::fs::write(&foreign, "00".repeat(32)).unwrap();
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).unwrap();
+        nix::unistd::chown(&foreign, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        cases.push((
+            "master key of another user",
+            good.replace("keys/master.key", "keys/foreign.key"),
+            "belongs to uid 65534",
+        ));
+    }
+    for (what, text, expect) in &cases {
+        match coffre::Config::from_toml(text, Path::new("c.toml")) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(expect),
+                    "{what}: expected `{expect}` in: {msg}"
+                );
+            }
+        }
+    }
+}

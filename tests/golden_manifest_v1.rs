@@ -194,7 +194,10 @@ fn older_key_objects_stay_unsealed_until_an_operator_seals_them() {
         let k: Value =
             serde_json::from_slice(&fs::read(key_object_path(&env, store, FILE_SNAPSHOT)).unwrap())
                 .unwrap();
-        assert!(k.get("auth").is_none(), "the fixture predates authentication");
+        assert!(
+            k.get("auth").is_none(),
+            "the fixture predates authentication"
+        );
     }
     let r = env.run(&["catalog", "seal"]);
     r.expect_ok();

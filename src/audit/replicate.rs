@@ -19,7 +19,11 @@ use crate::store::{KeyObject, Store, Wrap};
 
 /// How long sealed segments of the access log are kept (their epoch is the day this ends).
 pub fn retention_epoch(app: &Coffre) -> EpochId {
-    let end = time::OffsetDateTime::now_utc() + app.config.audit.retention;
+    // audit.retention is at most 100 years (config validation); checked all the same.
+    let end = time::Duration::try_from(app.config.audit.retention)
+        .ok()
+        .and_then(|r| time::OffsetDateTime::now_utc().checked_add(r))
+        .unwrap_or_else(|| time::Date::MAX.midnight().assume_utc());
     let day = end.date();
     EpochId::try_from(format!(
         "audit-{:04}-{:02}-{:02}.1",
@@ -42,8 +46,25 @@ pub(crate) struct Segment {
     pub key: object_store::path::Path,
 }
 
-/// Every sealed segment of `host` in a store, oldest first.
-pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, String> {
+/// Highest entry number a segment name may carry: names are written with 12 digits, and an
+/// access log never gets near a trillion entries. A name beyond it was not written by coffre.
+pub(crate) const MAX_SEQ: u64 = 999_999_999_999;
+
+/// Entries `first..=last` named by a segment's file name (`<first>-<last>.sealed`), if it is a
+/// name coffre could have written: both numbers in 1..=[`MAX_SEQ`], `first <= last`.
+fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+    let (a, b) = name.strip_suffix(".sealed")?.split_once('-')?;
+    let (first, last) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+    (1 <= first && first <= last && last <= MAX_SEQ).then_some((first, last))
+}
+
+/// Every sealed segment of `host` in a store, oldest first, and the objects that look like
+/// segments but whose names are out of range (planted, or damaged: never trusted, never an
+/// overflow).
+pub(crate) async fn segments_and_strays(
+    s: &Store,
+    host: &str,
+) -> Result<(Vec<Segment>, Vec<String>), String> {
     let dir = segment_dir(s, host);
     let metas: Vec<_> = s
         .inner
@@ -52,15 +73,14 @@ pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, Stri
         .await
         .map_err(|e| format!("store `{}`: cannot list {dir}: {e}", s.name))?;
     let mut out = Vec::new();
+    let mut strays = Vec::new();
     for m in metas {
         let name = m.location.filename().unwrap_or_default().to_string();
-        let Some(stem) = name.strip_suffix(".sealed") else {
+        if !name.ends_with(".sealed") {
             continue;
-        };
-        let Some((a, b)) = stem.split_once('-') else {
-            continue;
-        };
-        let (Ok(first), Ok(last)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+        }
+        let Some((first, last)) = parse_segment_name(&name) else {
+            strays.push(m.location.to_string());
             continue;
         };
         let key =
@@ -73,7 +93,17 @@ pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, Stri
         });
     }
     out.sort_by_key(|x| x.first);
-    Ok(out)
+    Ok((out, strays))
+}
+
+/// Every sealed segment of `host` in a store, oldest first. Objects whose names are out of range
+/// are left out, with a warning (`coffre audit verify` reports them).
+pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, String> {
+    let (segs, strays) = segments_and_strays(s, host).await?;
+    for stray in strays {
+        tracing::warn!(store = %s.name, object = %stray, "access-log segment name out of range: ignored (not written by coffre?); see `coffre audit verify`");
+    }
+    Ok(segs)
 }
 
 /// Seal and upload the entries not yet in each store. Returns entries written per store.
@@ -91,14 +121,19 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
                 .map(|e| (e.seq, l))
         })
         .collect();
+    let local_last = lines.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
     let mut written = BTreeMap::new();
     for s in &app.stores {
-        let have = segments(s, &app.host)
-            .await?
-            .iter()
-            .map(|x| x.last)
-            .max()
-            .unwrap_or(0);
+        // A segment claiming entries the local log never had is not trusted to say what the
+        // store holds (a planted `1-999999999999` would stop replication for good).
+        let mut have = 0;
+        for seg in segments(s, &app.host).await? {
+            if seg.last > local_last {
+                tracing::warn!(store = %s.name, object = %seg.data, local_last, "access-log segment in the store goes past the local log: ignored for replication; run `coffre audit verify`");
+            } else {
+                have = have.max(seg.last);
+            }
+        }
         let new: Vec<&(u64, &str)> = lines.iter().filter(|(seq, _)| *seq > have).collect();
         let (Some(first), Some(last)) = (new.first(), new.last()) else {
             continue;
@@ -186,12 +221,25 @@ pub async fn verify_stores_at(
     // The local log's head may have been pruned at the end of its retention, and each store
     // deletes its oldest segments when their epoch ends: a store copy may begin anywhere up to
     // the local log's first entry, and entries older than that are not compared.
-    let local_first = local.keys().min().copied().unwrap_or(local_last + 1);
+    let local_first = local
+        .keys()
+        .min()
+        .copied()
+        .unwrap_or(local_last.saturating_add(1));
     // An hour of slack for the clocks of the hosts that pruned and that verify.
-    let expired_by = now + time::Duration::hours(1);
+    let expired_by = now.saturating_add(time::Duration::hours(1));
     let mut findings = Vec::new();
     for s in &app.stores {
-        let segs = segments(s, &app.host).await?;
+        let (segs, strays) = segments_and_strays(s, &app.host).await?;
+        for stray in strays {
+            findings.push(Finding {
+                store: s.name.clone(),
+                seq: None,
+                problem: format!(
+                    "{stray} is not a segment coffre writes (entry numbers out of range): it was planted or damaged; it is ignored"
+                ),
+            });
+        }
         let mut expect: Option<u64> = None;
         let mut joined = String::new();
         for Segment {
@@ -245,7 +293,7 @@ pub async fn verify_stores_at(
                     problem: format!("segment {first}-{last} does not open: {e}"),
                 }),
             }
-            expect = Some(last + 1);
+            expect = last.checked_add(1);
         }
         // The chain is checked in two parts: entries past the local log's retention (a store
         // that was down while they expired may lack some of them) and the entries the local
@@ -260,7 +308,7 @@ pub async fn verify_stores_at(
                 .map(|e| e.seq)
                 .unwrap_or(u64::MAX);
             let part = if seq < local_first {
-                if last_old.is_some_and(|l| l + 1 != seq) {
+                if last_old.is_some_and(|l| l.checked_add(1) != Some(seq)) {
                     parts.push(String::new());
                 }
                 last_old = Some(seq);
@@ -297,7 +345,12 @@ pub async fn verify_stores_at(
                     &e.time,
                     &time::format_description::well_known::Rfc3339,
                 );
-                let expired = at.is_ok_and(|t| t + app.config.audit.retention <= expired_by);
+                let retention = time::Duration::try_from(app.config.audit.retention).ok();
+                let expired = at.is_ok_and(|t| {
+                    retention
+                        .and_then(|r| t.checked_add(r))
+                        .is_some_and(|end| end <= expired_by)
+                });
                 if !expired {
                     findings.push(Finding {
                         store: s.name.clone(),
@@ -329,4 +382,31 @@ pub async fn verify_stores_at(
         }
     }
     Ok(findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, point 9: a planted segment named with `u64::MAX` (or anything coffre does not
+    /// write) is not a segment: no overflow, no stop.
+    #[test]
+    fn segment_names_out_of_range_are_not_segments() {
+        assert_eq!(
+            parse_segment_name("000000000001-000000000042.sealed"),
+            Some((1, 42))
+        );
+        let max = u64::MAX;
+        for bad in [
+            format!("000000000001-{max}.sealed"),
+            format!("{max}-{max}.sealed"),
+            "000000000009-000000000001.sealed".to_string(),
+            "000000000000-000000000001.sealed".to_string(),
+            "1000000000000-1000000000001.sealed".to_string(),
+            "18446744073709551616-1.sealed".to_string(),
+            "x-1.sealed".to_string(),
+        ] {
+            assert_eq!(parse_segment_name(&bad), None, "{bad}");
+        }
+    }
 }

@@ -50,8 +50,29 @@ pub struct Key {
 
 /// Total size and newest mtime of a file or directory tree (the journal key of a directory uses
 /// these, its inode and its path).
+///
+/// The entry itself is opened without following a symlink and its identity (inode, size, mtime)
+/// read from the open descriptor: a symlink swapped in after the folder was listed is refused,
+/// not followed.
 pub fn key_of(path: &Path) -> std::io::Result<Key> {
-    let meta = std::fs::symlink_metadata(path)?;
+    let listed = std::fs::symlink_metadata(path)?;
+    let opened = if listed.is_dir() {
+        crate::pipeline::source::open_dir(path)?
+    } else if listed.is_file() {
+        crate::pipeline::source::open_file(path)?
+    } else {
+        return Err(std::io::Error::other(format!(
+            "{} is neither a regular file nor a directory",
+            path.display()
+        )));
+    };
+    let meta = opened.metadata()?;
+    if meta.ino() != listed.ino() || meta.is_dir() != listed.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} was replaced while coffre looked at it",
+            path.display()
+        )));
+    }
     let (mut size, mut mtime) = (0u64, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
     if meta.is_dir() {
         for rel in crate::pipeline::source::walk(path)? {
@@ -158,12 +179,13 @@ impl Intake {
             }
             let complete = match self.source.complete {
                 CompleteRule::Marker => {
+                    // Markers count only as what they are, never through a symlink.
                     if meta.is_dir() {
-                        path.join(MARKER_DIR).is_file()
+                        std::fs::symlink_metadata(path.join(MARKER_DIR)).is_ok_and(|m| m.is_file())
                     } else {
                         let mut m = path.clone().into_os_string();
                         m.push(MARKER_SUFFIX);
-                        Path::new(&m).exists()
+                        std::fs::symlink_metadata(Path::new(&m)).is_ok()
                     }
                 }
                 CompleteRule::Rename => true,
@@ -480,6 +502,38 @@ mod tests {
         std::fs::write(d.path().join("base/backup_manifest"), b"{}").unwrap();
         let found: Vec<_> = i.scan(Instant::now()).into_iter().map(|k| k.path).collect();
         assert_eq!(found, vec![d.path().join("base"), d.path().join("emr.sql")]);
+    }
+
+    /// Issue 11, point 9: symlinks in the source folder (or as a marker) are never followed, and
+    /// the journal key comes from the open descriptor.
+    #[test]
+    fn symlinks_are_not_snapshots_nor_markers() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("secret");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::create_dir(elsewhere.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("emr.sql")).unwrap();
+        std::fs::write(d.path().join("emr.sql.done"), b"").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("dir"), d.path().join("base")).unwrap();
+        std::fs::create_dir(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("real/backup_manifest")).unwrap();
+        let mut i = Intake::new(source(d.path(), CompleteRule::Rename));
+        assert!(i
+            .scan(Instant::now())
+            .iter()
+            .all(|k| k.path == d.path().join("real")));
+        let mut i = Intake::new(source(d.path(), CompleteRule::Marker));
+        assert!(i.scan(Instant::now()).is_empty());
+        assert!(key_of(&d.path().join("emr.sql")).is_err());
+        assert!(key_of(&d.path().join("base")).is_err());
+        let k = key_of(&d.path().join("real")).unwrap();
+        assert_eq!(
+            k.ino,
+            std::fs::symlink_metadata(d.path().join("real"))
+                .unwrap()
+                .ino()
+        );
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! Invariants: the keyring file is replaced atomically (temp, fsync, rename, fsync dir) and carries
 //! a generation number so that an older copy never replaces a newer one; a destroyed epoch keeps a
 //! tombstone (id and time, no key) so that a later unwrap says "key destroyed", not "unknown".
+//! Several copies of one keyring may be in memory at once (the daemon's app and the one it opens
+//! on reload, a standalone command): every change, and every read of a key, re-reads the file
+//! under an exclusive `flock` of `<keyring>.lock` and merges it in (the union of epochs; a
+//! destruction known to either side wins and is never undone), then writes generation max + 1 if
+//! the file lacks anything. Two different keys under one epoch id are
+//! [`KeyError::ConflictingEpochKeys`], never resolved.
 //!
 //! Honest limit: erasure with this provider holds only once every old copy of the keyring (local
 //! disk, store versions, backups of the state folder) is gone. HSM providers give cryptographic
@@ -24,7 +30,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{DataKey, EpochInfo, KeyError, KeyProvider};
-use crate::config::{secret_file_problem, Config, KeyProviderConfig};
+use crate::config::{present_secret_file_problem, Config, KeyProviderConfig};
 use crate::ids::{EpochId, SnapshotId};
 
 const KEYRING_MAGIC: &[u8; 8] = b"COFFREKR";
@@ -44,6 +50,19 @@ struct Entry {
     destroyed: Option<String>,
 }
 
+impl Keyring {
+    fn copy(&self) -> Keyring {
+        Keyring {
+            generation: self.generation,
+            epochs: self
+                .epochs
+                .iter()
+                .map(|(id, e)| (id.clone(), e.copy()))
+                .collect(),
+        }
+    }
+}
+
 impl Drop for Keyring {
     fn drop(&mut self) {
         for e in self.epochs.values_mut() {
@@ -54,11 +73,121 @@ impl Drop for Keyring {
     }
 }
 
+impl Entry {
+    fn copy(&self) -> Entry {
+        Entry {
+            key: self.key.clone(),
+            created: self.created.clone(),
+            destroyed: self.destroyed.clone(),
+        }
+    }
+
+    /// A tombstone: no key, whatever `destroyed` says.
+    fn is_destroyed(&self) -> bool {
+        self.key.is_none()
+    }
+}
+
+/// Merge `theirs` into `ours`: the union of epochs, where a destruction known to either side wins
+/// and is never undone. Two different keys under one epoch id are an error (never resolved here:
+/// snapshots may be wrapped under either). Returns true when `ours` changed. Generations are the
+/// caller's business.
+fn merge(
+    ours: &mut Keyring,
+    theirs: &Keyring,
+    provider: &str,
+    from: &str,
+) -> Result<bool, KeyError> {
+    // Check every epoch first, so that a conflict leaves `ours` untouched.
+    for (id, e) in &theirs.epochs {
+        if let (Some(mine), Some(their_key)) = (
+            ours.epochs.get(id).and_then(|m| m.key.as_ref()),
+            e.key.as_ref(),
+        ) {
+            if !same_key(mine, their_key) {
+                return Err(KeyError::ConflictingEpochKeys {
+                    provider: provider.to_string(),
+                    epoch: id.clone(),
+                    from: from.to_string(),
+                });
+            }
+        }
+    }
+    let mut changed = false;
+    for (id, e) in &theirs.epochs {
+        match ours.epochs.get_mut(id) {
+            None => {
+                ours.epochs.insert(id.clone(), e.copy());
+                changed = true;
+            }
+            Some(mine) => {
+                if e.is_destroyed() && !mine.is_destroyed() {
+                    if let Some(k) = mine.key.as_mut() {
+                        k.zeroize();
+                    }
+                    mine.key = None;
+                    mine.destroyed = e.destroyed.clone().or_else(|| Some(now()));
+                    changed = true;
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// True when `a` already holds everything `b` knows: each epoch of `b`, destroyed in `a` when
+/// destroyed in `b`.
+fn covers(a: &Keyring, b: &Keyring) -> bool {
+    b.epochs.iter().all(|(id, e)| {
+        a.epochs
+            .get(id)
+            .is_some_and(|mine| mine.is_destroyed() || !e.is_destroyed())
+    })
+}
+
+/// Constant-time comparison of two hex-encoded keys (lengths are not secret).
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// What this process last read from or wrote to the keyring file: its generation and its exact
+/// bytes (a generation pushed to a store is always these bytes, so pushing it twice is idempotent).
+struct OnDisk {
+    generation: u64,
+    bytes: Vec<u8>,
+}
+
+struct State {
+    ring: Keyring,
+    on_disk: Option<OnDisk>,
+}
+
+/// What [`FileProvider::synced`] writes after its closure ran.
+enum Persist {
+    /// A new generation if the keyring in memory holds anything the file lacks.
+    IfStale,
+    /// A new generation in any case.
+    NewGeneration,
+    /// These exact bytes (a replicated keyring, sealed under the same master key, that holds
+    /// everything the merge holds) with their generation, above the file's: the same generation
+    /// keeps the same bytes everywhere, so hosts that share stores converge without rewriting.
+    Verbatim { generation: u64, bytes: Vec<u8> },
+}
+
+/// Several copies of one keyring may live in memory at once (the daemon re-opens the app on
+/// reload, a CLI run races with the daemon): every change is a read-merge-write of the file under
+/// an exclusive `flock` of `<keyring>.lock`, and every read of a key re-reads the file first, so a
+/// destruction made by one copy is seen by all and never undone.
 pub struct FileProvider {
     name: String,
     keyring_path: PathBuf,
+    lock_path: PathBuf,
     sealing_key: Zeroizing<[u8; 32]>,
-    ring: Mutex<Keyring>,
+    state: Mutex<State>,
 }
 
 fn now() -> String {
@@ -71,25 +200,157 @@ impl FileProvider {
         let master = load_master_key(k)?;
         let sealing_key = sealing_key(&k.name, &master)?;
         let keyring_path = config.keyring_path(k);
+        let mut lock_path = keyring_path.clone().into_os_string();
+        lock_path.push(".lock");
         let p = FileProvider {
             name: k.name.clone(),
             keyring_path,
+            lock_path: PathBuf::from(lock_path),
             sealing_key,
-            ring: Mutex::new(Keyring::default()),
+            state: Mutex::new(State {
+                ring: Keyring::default(),
+                on_disk: None,
+            }),
         };
-        match std::fs::read(&p.keyring_path) {
-            Ok(bytes) => {
-                let ring = p.unseal(&bytes)?;
-                *p.lock() = ring;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(p.io(e)),
+        if let Some((ring, bytes)) = p.read_disk()? {
+            let mut st = p.lock();
+            st.on_disk = Some(OnDisk {
+                generation: ring.generation,
+                bytes,
+            });
+            st.ring = ring;
         }
         Ok(p)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Keyring> {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The exclusive lock every process takes before reading the keyring file to change it.
+    fn flock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, KeyError> {
+        let lock_err = |source: std::io::Error| KeyError::Io {
+            provider: self.name.clone(),
+            path: self.lock_path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = self.lock_path.parent() {
+            create_private_dir(dir).map_err(lock_err)?;
+        }
+        // flock needs no write access: a lock file created by another account (root running a
+        // command) does not lock this one out as long as it can read it.
+        let f = match std::fs::File::open(&self.lock_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&self.lock_path)
+                .map_err(lock_err)?,
+            Err(e) => return Err(lock_err(e)),
+        };
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_err(std::io::Error::from(errno)))
+    }
+
+    /// The keyring on disk and its bytes; `None` when there is none yet.
+    fn read_disk(&self) -> Result<Option<(Keyring, Vec<u8>)>, KeyError> {
+        match std::fs::read(&self.keyring_path) {
+            Ok(bytes) => Ok(Some((self.unseal(&bytes)?, bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Run `f` on the in-memory keyring brought up to date with the file, under the file's lock;
+    /// `f` also sees the file's generation and bytes as just read. Then write a new generation if
+    /// the result holds anything the file lacks, or if `f` asks for one (its second value). A
+    /// conflict between memory and the file is an error and changes nothing.
+    fn synced<T>(
+        &self,
+        f: impl FnOnce(&mut Keyring, Option<(u64, &[u8])>) -> Result<(T, Persist), KeyError>,
+    ) -> Result<T, KeyError> {
+        let mut st = self.lock();
+        let _flock = self.flock()?;
+        let disk = self.read_disk()?;
+        let disk_generation = disk.as_ref().map_or(0, |(d, _)| d.generation);
+        if let Some((d, _)) = &disk {
+            let from = format!("the keyring on disk {}", self.keyring_path.display());
+            merge(&mut st.ring, d, &self.name, &from)?;
+        }
+        st.ring.generation = st.ring.generation.max(disk_generation);
+        let result = f(
+            &mut st.ring,
+            disk.as_ref().map(|(d, b)| (d.generation, b.as_slice())),
+        );
+        let (forced, verbatim) = match &result {
+            Ok((_, Persist::NewGeneration)) => (true, None),
+            Ok((_, Persist::Verbatim { generation, bytes })) if *generation > disk_generation => {
+                (false, Some((*generation, bytes.clone())))
+            }
+            _ => (false, None),
+        };
+        let stale = match &disk {
+            None => !st.ring.epochs.is_empty() || forced,
+            Some((d, _)) => forced || !covers(d, &st.ring) || st.ring.generation > d.generation,
+        };
+        if let Some((generation, bytes)) = verbatim {
+            write_atomic(&self.keyring_path, &bytes, 0o600).map_err(|e| self.io(e))?;
+            self.sweep_temporaries();
+            st.ring.generation = generation;
+            st.on_disk = Some(OnDisk { generation, bytes });
+        } else if stale {
+            st.ring.generation = st.ring.generation.max(disk_generation) + 1;
+            let bytes = self.seal(&st.ring)?;
+            write_atomic(&self.keyring_path, &bytes, 0o600).map_err(|e| self.io(e))?;
+            self.sweep_temporaries();
+            st.on_disk = Some(OnDisk {
+                generation: st.ring.generation,
+                bytes,
+            });
+        } else if let Some((d, bytes)) = disk {
+            st.on_disk = Some(OnDisk {
+                generation: d.generation,
+                bytes,
+            });
+        }
+        result.map(|(t, _)| t)
+    }
+
+    /// Remove temporary keyrings left by a crash in the middle of a write (they hold old keys).
+    /// Called under the lock, when no other write can be under way.
+    fn sweep_temporaries(&self) {
+        let (Some(dir), Some(stem)) = (
+            self.keyring_path.parent(),
+            self.keyring_path.file_stem().and_then(|s| s.to_str()),
+        ) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let prefix = format!("{stem}.tmp-");
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let pid = name.strip_prefix(&prefix);
+            if pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(provider = %self.name, path = %e.path().display(), "removed a temporary keyring left by an interrupted write")
+                    }
+                    Err(err) => {
+                        tracing::warn!(provider = %self.name, path = %e.path().display(), error = %err, "cannot remove a temporary keyring left by an interrupted write: remove it by hand")
+                    }
+                }
+            }
+        }
     }
 
     fn io(&self, source: std::io::Error) -> KeyError {
@@ -166,13 +427,6 @@ impl FileProvider {
         serde_json::from_slice(&plain).map_err(|_| wrong())
     }
 
-    /// Write the keyring atomically with a bumped generation.
-    fn persist(&self, ring: &mut Keyring) -> Result<(), KeyError> {
-        ring.generation += 1;
-        let bytes = self.seal(ring)?;
-        write_atomic(&self.keyring_path, &bytes, 0o600).map_err(|e| self.io(e))
-    }
-
     fn epoch_key(&self, ring: &Keyring, epoch: &EpochId) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         match ring.epochs.get(epoch) {
             None => Err(KeyError::UnknownEpoch {
@@ -202,25 +456,48 @@ impl FileProvider {
     }
 
     pub fn generation(&self) -> u64 {
-        self.lock().generation
+        self.lock().ring.generation
     }
 
-    /// Key rotation (`keys::rotate`): this keyring sealed under another master key, carrying
-    /// `generation`. Neither the file on disk nor this provider changes; the caller writes the
-    /// bytes (atomically) and from then on opens the keyring with the new master key.
-    pub(crate) fn reseal_with(
+    /// Key rotation (`keys::rotate`): under the keyring's lock, merge the file into this copy,
+    /// seal the result under another master key with a generation above `above_generation` and
+    /// the file's, and replace the file with it. Returns the generation, the bytes written and
+    /// the epochs they hold. From then on the keyring opens with the new master key only (this
+    /// provider, holding the old one, must be dropped).
+    pub(crate) fn reseal_to_disk(
         &self,
         new_master: &[u8; 32],
-        generation: u64,
-    ) -> Result<Vec<u8>, KeyError> {
+        above_generation: u64,
+    ) -> Result<(u64, Vec<u8>, Vec<EpochInfo>), KeyError> {
         let key = sealing_key(&self.name, new_master)?;
-        let mut ring = self.lock();
-        let current = ring.generation;
-        ring.generation = generation;
-        let sealed = self.seal_under(&key, &ring);
-        ring.generation = current;
-        sealed
+        let mut st = self.lock();
+        let _flock = self.flock()?;
+        if let Some((d, _)) = self.read_disk()? {
+            let from = format!("the keyring on disk {}", self.keyring_path.display());
+            merge(&mut st.ring, &d, &self.name, &from)?;
+            st.ring.generation = st.ring.generation.max(d.generation);
+        }
+        let current = st.ring.generation;
+        let generation = current.max(above_generation) + 1;
+        st.ring.generation = generation;
+        let sealed = self.seal_under(&key, &st.ring);
+        st.ring.generation = current;
+        let sealed = sealed?;
+        write_atomic(&self.keyring_path, &sealed, 0o600).map_err(|e| self.io(e))?;
+        self.sweep_temporaries();
+        Ok((generation, sealed, epoch_infos(&st.ring)))
     }
+}
+
+fn epoch_infos(ring: &Keyring) -> Vec<EpochInfo> {
+    ring.epochs
+        .iter()
+        .map(|(id, e)| EpochInfo {
+            epoch: id.clone(),
+            created: e.created.clone(),
+            destroyed: e.destroyed.clone(),
+        })
+        .collect()
 }
 
 /// The keyring's sealing key, derived from the master key.
@@ -247,9 +524,10 @@ impl KeyProvider for FileProvider {
     }
 
     fn ensure_epoch(&self, epoch: &EpochId) -> Result<(), KeyError> {
-        let mut ring = self.lock();
-        match ring.epochs.get(epoch) {
-            Some(Entry { key: Some(_), .. }) => Ok(()),
+        // Decided on the keyring as it is on disk, under its lock: two copies never each create
+        // their own key for one epoch, and an epoch another copy destroyed is never used again.
+        self.synced(|ring, _| match ring.epochs.get(epoch) {
+            Some(Entry { key: Some(_), .. }) => Ok(((), Persist::IfStale)),
             Some(Entry {
                 key: None,
                 destroyed,
@@ -270,9 +548,9 @@ impl KeyProvider for FileProvider {
                         destroyed: None,
                     },
                 );
-                self.persist(&mut ring)
+                Ok(((), Persist::NewGeneration))
             }
-        }
+        })
     }
 
     fn wrap(
@@ -281,9 +559,8 @@ impl KeyProvider for FileProvider {
         dek: &DataKey,
         _snapshot: &SnapshotId,
     ) -> Result<Vec<u8>, KeyError> {
-        let ring = self.lock();
-        let k = self.epoch_key(&ring, epoch)?;
-        let kek = aes_kw::KekAes256::from(*k);
+        let k = self.synced(|ring, _| Ok((self.epoch_key(ring, epoch)?, Persist::IfStale)))?;
+        let kek = aes_kw::KekAes256::new(GenericArray::from_slice(k.as_ref()));
         kek.wrap_with_padding_vec(dek.expose())
             .map_err(|_| KeyError::MasterKey {
                 provider: self.name.clone(),
@@ -297,9 +574,9 @@ impl KeyProvider for FileProvider {
         wrapped: &[u8],
         snapshot: &SnapshotId,
     ) -> Result<DataKey, KeyError> {
-        let ring = self.lock();
-        let k = self.epoch_key(&ring, epoch)?;
-        let kek = aes_kw::KekAes256::from(*k);
+        // Re-read: an epoch destroyed by another copy of the keyring is destroyed here too.
+        let k = self.synced(|ring, _| Ok((self.epoch_key(ring, epoch)?, Persist::IfStale)))?;
+        let kek = aes_kw::KekAes256::new(GenericArray::from_slice(k.as_ref()));
         let mut out = Zeroizing::new([0u8; 32]);
         let fail = || KeyError::UnwrapFailed {
             provider: self.name.clone(),
@@ -323,34 +600,26 @@ impl KeyProvider for FileProvider {
     }
 
     fn destroy(&self, epoch: &EpochId) -> Result<(), KeyError> {
-        let mut ring = self.lock();
-        let entry = ring.epochs.entry(epoch.clone()).or_insert_with(|| Entry {
-            key: None,
-            created: now(),
-            destroyed: None,
-        });
-        if entry.key.is_none() && entry.destroyed.is_some() {
-            return Ok(());
-        }
-        if let Some(k) = entry.key.as_mut() {
-            k.zeroize();
-        }
-        entry.key = None;
-        entry.destroyed = Some(now());
-        self.persist(&mut ring)
+        self.synced(|ring, _| {
+            let entry = ring.epochs.entry(epoch.clone()).or_insert_with(|| Entry {
+                key: None,
+                created: now(),
+                destroyed: None,
+            });
+            if entry.key.is_none() && entry.destroyed.is_some() {
+                return Ok(((), Persist::IfStale));
+            }
+            if let Some(k) = entry.key.as_mut() {
+                k.zeroize();
+            }
+            entry.key = None;
+            entry.destroyed = Some(now());
+            Ok(((), Persist::NewGeneration))
+        })
     }
 
     fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError> {
-        Ok(self
-            .lock()
-            .epochs
-            .iter()
-            .map(|(id, e)| EpochInfo {
-                epoch: id.clone(),
-                created: e.created.clone(),
-                destroyed: e.destroyed.clone(),
-            })
-            .collect())
+        self.synced(|ring, _| Ok((epoch_infos(ring), Persist::IfStale)))
     }
 
     fn health(&self) -> Result<(), KeyError> {
@@ -358,49 +627,46 @@ impl KeyProvider for FileProvider {
     }
 
     fn replicated_state(&self) -> Result<Option<(u64, Vec<u8>)>, KeyError> {
-        let ring = self.lock();
-        if ring.generation == 0 {
-            return Ok(None);
-        }
-        Ok(Some((ring.generation, self.seal(&ring)?)))
+        // Exactly the bytes on disk for their generation: the same generation always has the
+        // same bytes, wherever it is pushed.
+        self.synced(|_, _| Ok(((), Persist::IfStale)))?;
+        Ok(self
+            .lock()
+            .on_disk
+            .as_ref()
+            .filter(|d| d.generation > 0)
+            .map(|d| (d.generation, d.bytes.clone())))
     }
 
     fn adopt_replicated_state(&self, bytes: &[u8]) -> Result<bool, KeyError> {
         let theirs = self.unseal(bytes)?;
-        let mut ring = self.lock();
         // Merge: the union of epoch keys, where a destruction known to either side wins. Keyrings
         // written by two hosts therefore converge, and a stale copy never brings a key back.
-        let mut changed = false;
-        for (id, e) in theirs.epochs.iter() {
-            match ring.epochs.get_mut(id) {
-                None => {
-                    ring.epochs.insert(
-                        id.clone(),
-                        Entry {
-                            key: e.key.clone(),
-                            created: e.created.clone(),
-                            destroyed: e.destroyed.clone(),
-                        },
-                    );
-                    changed = true;
-                }
-                Some(mine) => {
-                    if e.destroyed.is_some() && mine.destroyed.is_none() {
-                        if let Some(k) = mine.key.as_mut() {
-                            k.zeroize();
-                        }
-                        mine.key = None;
-                        mine.destroyed = e.destroyed.clone();
-                        changed = true;
-                    }
-                }
+        self.synced(|ring, disk| {
+            let from = format!("a replicated keyring of generation {}", theirs.generation);
+            let changed = merge(ring, &theirs, &self.name, &from)?;
+            if disk.is_some_and(|(g, b)| g == theirs.generation && b == bytes) {
+                return Ok((changed, Persist::IfStale));
             }
-        }
-        if changed {
-            ring.generation = ring.generation.max(theirs.generation);
-            self.persist(&mut ring)?;
-        }
-        Ok(changed)
+            // Theirs holds everything the merge holds and is newer: take it as it is.
+            if covers(&theirs, ring) && theirs.generation > ring.generation {
+                *ring = theirs.copy();
+                return Ok((
+                    changed,
+                    Persist::Verbatim {
+                        generation: theirs.generation,
+                        bytes: bytes.to_vec(),
+                    },
+                ));
+            }
+            // A copy at our generation or above that is not ours: the merge must become a newer
+            // generation, so that it can be pushed without overwriting that one.
+            if theirs.generation >= ring.generation {
+                ring.generation = theirs.generation;
+                return Ok((changed, Persist::NewGeneration));
+            }
+            Ok((changed, Persist::IfStale))
+        })
     }
 }
 
@@ -429,7 +695,8 @@ pub(crate) fn load_master_key(k: &KeyProviderConfig) -> Result<Zeroizing<[u8; 32
         tracing::info!(provider = %k.name, path = %path.display(), "created a new master key (mode 0600); back it up off-site: without it no snapshot can be restored");
     }
     if k.master_key.is_some() {
-        if let Some(problem) = secret_file_problem(&path) {
+        // A missing file is reported below, with how to create it.
+        if let Some(problem) = present_secret_file_problem(&path) {
             return Err(err(problem));
         }
     }
@@ -611,5 +878,189 @@ create-master-key = true
         assert!(p.generation() > g1);
         assert!(!p.adopt_replicated_state(&old).unwrap());
         assert!(p.ensure_epoch(&e).unwrap_err().is_destroyed());
+    }
+
+    fn epoch(s: &str) -> EpochId {
+        EpochId::try_from(s.to_string()).unwrap()
+    }
+
+    /// Finding 2 of issue 11: one copy destroys epoch A, another (loaded before) then creates
+    /// epoch B and writes: A stays destroyed on disk and in both copies.
+    #[test]
+    fn a_destruction_by_another_copy_is_never_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        let a = epoch("2026-12-31.1");
+        let b = epoch("2027-01-01.1");
+        let id = SnapshotId::new();
+        let p1 = FileProvider::open(&c, &k).unwrap();
+        p1.ensure_epoch(&a).unwrap();
+        let dek = DataKey::generate();
+        let w = p1.wrap(&a, &dek, &id).unwrap();
+        let p2 = FileProvider::open(&c, &k).unwrap();
+        assert_eq!(p2.unwrap(&a, &w, &id).unwrap().expose(), dek.expose());
+        let before_destroy = std::fs::read(c.keyring_path(&k)).unwrap();
+        p1.destroy(&a).unwrap();
+        // p2 still held A's key in memory: it neither uses it nor writes it back.
+        p2.ensure_epoch(&b).unwrap();
+        assert!(err(p2.unwrap(&a, &w, &id)).is_destroyed());
+        assert!(err(p2.wrap(&a, &dek, &id)).is_destroyed());
+        assert!(p2.ensure_epoch(&a).unwrap_err().is_destroyed());
+        let infos = p2.epochs().unwrap();
+        assert!(infos.iter().any(|e| e.epoch == a && e.destroyed.is_some()));
+        assert!(infos.iter().any(|e| e.epoch == b && e.destroyed.is_none()));
+        let p3 = FileProvider::open(&c, &k).unwrap();
+        assert!(err(p3.unwrap(&a, &w, &id)).is_destroyed());
+        p3.wrap(&b, &dek, &id).unwrap();
+        // p1 sees B, created by p2.
+        p1.wrap(&b, &dek, &id).unwrap();
+        // A replicated copy from before the destruction brings nothing back either.
+        p2.adopt_replicated_state(&before_destroy).unwrap();
+        assert!(err(p1.unwrap(&a, &w, &id)).is_destroyed());
+        assert!(err(FileProvider::open(&c, &k).unwrap().unwrap(&a, &w, &id)).is_destroyed());
+    }
+
+    /// Two copies asked for the same new epoch end with one key between them.
+    #[test]
+    fn two_copies_creating_one_epoch_share_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        let e = epoch("audit-2033-12-01.1");
+        let p1 = FileProvider::open(&c, &k).unwrap();
+        let p2 = FileProvider::open(&c, &k).unwrap();
+        p1.ensure_epoch(&e).unwrap();
+        p2.ensure_epoch(&e).unwrap();
+        let id = SnapshotId::new();
+        let d1 = DataKey::generate();
+        let d2 = DataKey::generate();
+        let w1 = p1.wrap(&e, &d1, &id).unwrap();
+        let w2 = p2.wrap(&e, &d2, &id).unwrap();
+        assert_eq!(p2.unwrap(&e, &w1, &id).unwrap().expose(), d1.expose());
+        assert_eq!(p1.unwrap(&e, &w2, &id).unwrap().expose(), d2.expose());
+        let p3 = FileProvider::open(&c, &k).unwrap();
+        assert_eq!(p3.unwrap(&e, &w2, &id).unwrap().expose(), d2.expose());
+        assert_eq!(p3.epochs().unwrap().len(), 1);
+    }
+
+    /// Many threads, each with its own copy, creating and destroying epochs at once: every
+    /// creation and every destruction is on disk at the end.
+    #[test]
+    fn concurrent_copies_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        FileProvider::open(&c, &k).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (c, k) = (&c, &k);
+                scope.spawn(move || {
+                    let p = FileProvider::open(c, k).unwrap();
+                    for i in 0..10 {
+                        let e = epoch(&format!("2030-01-{:02}.{}", i + 1, t + 1));
+                        p.ensure_epoch(&e).unwrap();
+                        if i % 2 == 0 {
+                            p.destroy(&e).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let p = FileProvider::open(&c, &k).unwrap();
+        let infos = p.epochs().unwrap();
+        assert_eq!(infos.len(), 40);
+        assert_eq!(infos.iter().filter(|e| e.destroyed.is_some()).count(), 20);
+        assert!(p.generation() >= 60, "{}", p.generation());
+    }
+
+    /// Two keyrings that each created their own key for one epoch: a merge refuses, naming the
+    /// provider and the epoch, and changes nothing.
+    #[test]
+    fn two_keys_for_one_epoch_are_a_fatal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        let mut k2 = k.clone();
+        k2.keyring = Some(dir.path().join("elsewhere/local.keyring"));
+        let e = epoch("2026-12-31.2");
+        let p1 = FileProvider::open(&c, &k).unwrap();
+        let p2 = FileProvider::open(&c, &k2).unwrap();
+        p1.ensure_epoch(&e).unwrap();
+        p2.ensure_epoch(&e).unwrap();
+        let id = SnapshotId::new();
+        let dek = DataKey::generate();
+        let w = p1.wrap(&e, &dek, &id).unwrap();
+        // From a store.
+        let (_, theirs) = p2.replicated_state().unwrap().unwrap();
+        let before = std::fs::read(c.keyring_path(&k)).unwrap();
+        let e1 = err(p1.adopt_replicated_state(&theirs));
+        assert!(e1.is_fatal(), "{e1}");
+        match &e1 {
+            KeyError::ConflictingEpochKeys {
+                provider, epoch, ..
+            } => {
+                assert_eq!(provider, "local");
+                assert_eq!(epoch, &e);
+            }
+            other => panic!("{other}"),
+        }
+        let text = e1.to_string();
+        assert!(
+            text.contains("`local`") && text.contains("2026-12-31.2"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(c.keyring_path(&k)).unwrap(), before);
+        assert_eq!(p1.unwrap(&e, &w, &id).unwrap().expose(), dek.expose());
+        // From the file on disk (another copy's keyring put in its place).
+        std::fs::copy(c.keyring_path(&k2), c.keyring_path(&k)).unwrap();
+        assert!(matches!(
+            err(p1.unwrap(&e, &w, &id)),
+            KeyError::ConflictingEpochKeys { .. }
+        ));
+        assert!(err(p1.ensure_epoch(&epoch("2027-01-01.1"))).is_fatal());
+    }
+
+    /// Two hosts sharing stores (each its own keyring file, one master key): a newer copy that
+    /// holds everything is taken byte for byte, so the same generation has the same bytes on
+    /// both and nobody writes a new one just for having read the other's.
+    #[test]
+    fn hosts_sharing_stores_converge_on_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        let mut k2 = k.clone();
+        k2.keyring = Some(dir.path().join("host2/local.keyring"));
+        let p1 = FileProvider::open(&c, &k).unwrap();
+        let p2 = FileProvider::open(&c, &k2).unwrap();
+        p1.ensure_epoch(&epoch("2026-12-01.1")).unwrap();
+        let (g1, b1) = p1.replicated_state().unwrap().unwrap();
+        assert!(p2.adopt_replicated_state(&b1).unwrap());
+        assert_eq!(p2.replicated_state().unwrap().unwrap(), (g1, b1.clone()));
+        p2.ensure_epoch(&epoch("2026-12-02.1")).unwrap();
+        let (g2, b2) = p2.replicated_state().unwrap().unwrap();
+        assert!(g2 > g1);
+        assert!(p1.adopt_replicated_state(&b2).unwrap());
+        assert_eq!(p1.replicated_state().unwrap().unwrap(), (g2, b2.clone()));
+        assert!(!p1.adopt_replicated_state(&b2).unwrap());
+        assert!(!p2.adopt_replicated_state(&b2).unwrap());
+        assert_eq!(p1.generation(), g2);
+        assert_eq!(p2.generation(), g2);
+        // Same generation, other bytes: the merge becomes a newer generation.
+        p1.destroy(&epoch("2026-12-01.1")).unwrap();
+        p2.destroy(&epoch("2026-12-02.1")).unwrap();
+        let (g3, b3) = p2.replicated_state().unwrap().unwrap();
+        assert_eq!(p1.generation(), g3);
+        p1.adopt_replicated_state(&b3).unwrap();
+        let (g4, _) = p1.replicated_state().unwrap().unwrap();
+        assert!(g4 > g3);
+        assert!(p1.epochs().unwrap().iter().all(|e| e.destroyed.is_some()));
+    }
+
+    #[test]
+    fn stale_temporary_keyrings_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = config(dir.path());
+        let p = FileProvider::open(&c, &k).unwrap();
+        p.ensure_epoch(&epoch("2026-12-01.1")).unwrap();
+        let stale = c.keyring_path(&k).with_extension("tmp-999999");
+        std::fs::write(&stale, b"old keys").unwrap();
+        p.ensure_epoch(&epoch("2026-12-02.1")).unwrap();
+        assert!(!stale.exists());
     }
 }

@@ -204,15 +204,11 @@ fn rotate_local(
         },
         Err(e) => return Err(e),
     };
-    let before = super::KeyProvider::epochs(&p)?;
-    let generation = p.generation().max(above_generation) + 1;
-    let bytes = p.reseal_with(&new_master, generation)?;
+    // Merged with the file, sealed and written under the keyring's lock: an epoch another
+    // process adds meanwhile is either in these bytes or waits for the rotation to end.
+    let (generation, bytes, before) = p.reseal_to_disk(&new_master, above_generation)?;
     drop(new_master);
-    file::write_atomic(&keyring, &bytes, 0o600).map_err(|source| KeyError::Io {
-        provider: provider.to_string(),
-        path: keyring.display().to_string(),
-        source,
-    })?;
+    drop(p);
     // Check what was written: the new key opens it with every epoch, the old one does not.
     let reopened = FileProvider::open(config, &next)?;
     if super::KeyProvider::epochs(&reopened)? != before || reopened.generation() != generation {
@@ -291,10 +287,31 @@ async fn push_keyring(
 ) -> Result<usize, StoreError> {
     use futures::TryStreamExt;
     let path = s.keyring_path(provider, generation);
-    s.inner
-        .put(&path, bytes.to_vec().into())
+    // Never over another copy: the generation is above every one the stores held when the
+    // rotation began, so one already there is this rotation's own (same bytes) or a race.
+    match s
+        .inner
+        .put_opts(
+            &path,
+            bytes.to_vec().into(),
+            object_store::PutOptions::from(object_store::PutMode::Create),
+        )
         .await
-        .map_err(|e| s.op_err("put", &path, e))?;
+    {
+        Ok(_) => {}
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let theirs = s.get_small(&path, 16 * 1024 * 1024).await?;
+            if theirs != bytes {
+                return Err(StoreError::Setup {
+                    store: s.name.clone(),
+                    reason: format!(
+                        "keyring generation {generation} of provider `{provider}` appeared in the store during the rotation, with other contents; it was left in place. Run the rotation again (old config) once no other coffre process writes"
+                    ),
+                });
+            }
+        }
+        Err(e) => return Err(s.op_err("put", &path, e)),
+    }
     let dir = s.keyring_dir(provider);
     let metas: Vec<_> = s
         .inner

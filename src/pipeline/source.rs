@@ -2,14 +2,112 @@
 //! stable (byte-wise sorted) order, and a fingerprint to detect a snapshot that changes or
 //! vanishes while it is read.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
 
 /// (relative path, size, mtime ns, inode) of every entry; equal before and after reading means the
 /// snapshot did not change while it was read.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fingerprint(Vec<(PathBuf, u64, i128, u64)>);
+
+impl Fingerprint {
+    /// Inode of the snapshot itself (the file, or the root of the directory).
+    pub fn root_ino(&self) -> Option<u64> {
+        self.0.first().map(|e| e.3)
+    }
+}
+
+/// Flags of every open of a snapshot's files: never through a symlink (a symlink swapped in
+/// after the checks would make coffre read, and seal into the stores, whatever it points at),
+/// never blocking on a FIFO swapped in.
+fn read_flags() -> i32 {
+    (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits()
+}
+
+fn swapped(path: &Path, what: &str) -> io::Error {
+    io::Error::other(format!(
+        "{} is no longer {what}: it was replaced while coffre read it (a symlink or another file swapped in); the snapshot is skipped",
+        path.display()
+    ))
+}
+
+/// Open a snapshot file for reading, without following a symlink, and check on the open
+/// descriptor that it is a regular file.
+pub fn open_file(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(read_flags())
+        .open(path)
+        .map_err(|e| nofollow_error(path, e))?;
+    if !f.metadata()?.is_file() {
+        return Err(swapped(path, "a regular file"));
+    }
+    Ok(f)
+}
+
+/// Open a snapshot directory, without following a symlink, and check on the open descriptor
+/// that it is a directory.
+pub fn open_dir(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(read_flags() | OFlag::O_DIRECTORY.bits())
+        .open(path)
+        .map_err(|e| nofollow_error(path, e))?;
+    if !f.metadata()?.is_dir() {
+        return Err(swapped(path, "a directory"));
+    }
+    Ok(f)
+}
+
+fn nofollow_error(path: &Path, e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) if code == nix::libc::ELOOP || code == nix::libc::ENOTDIR => {
+            swapped(path, "what coffre checked")
+        }
+        _ => e,
+    }
+}
+
+/// The open descriptor is the inode `expected` (from the fingerprint taken before reading).
+pub fn check_identity(f: &File, expected: Option<u64>, path: &Path) -> io::Result<()> {
+    match expected {
+        Some(ino) if f.metadata()?.ino() != ino => Err(swapped(path, "the entry coffre checked")),
+        _ => Ok(()),
+    }
+}
+
+/// Open the regular file `rel` beneath the directory `root` is open on, following no symlink
+/// on the way (openat2 with RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH; on a kernel without openat2,
+/// only the last component is protected).
+fn open_beneath(root: &File, dir: &Path, rel: &Path) -> io::Result<File> {
+    use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+    let flags = OFlag::from_bits_truncate(read_flags()) | OFlag::O_RDONLY;
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
+    let full = dir.join(rel);
+    let f = match openat2(root, rel, how) {
+        Ok(fd) => File::from(fd),
+        Err(nix::errno::Errno::ENOSYS) | Err(nix::errno::Errno::EPERM) => {
+            // No openat2 (kernel before 5.6, or refused by a seccomp filter).
+            let fd = nix::fcntl::openat(root, rel, flags, nix::sys::stat::Mode::empty())
+                .map_err(|e| nofollow_error(&full, io::Error::from(e)))?;
+            File::from(fd)
+        }
+        Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::EXDEV) => {
+            return Err(swapped(&full, "what coffre checked"))
+        }
+        Err(e) => return Err(io::Error::from(e)),
+    };
+    if !f.metadata()?.is_file() {
+        return Err(swapped(&full, "a regular file"));
+    }
+    Ok(f)
+}
 
 fn stat(p: &Path) -> io::Result<(u64, i128, u64)> {
     let m = std::fs::symlink_metadata(p)?;
@@ -87,11 +185,27 @@ pub fn describe_change(before: &Fingerprint, after: &Fingerprint) -> String {
 /// Write `dir` as a tar stream in a stable order (sorted by path), keeping modes, symlinks and
 /// mtimes; owners are written numerically.
 pub fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
+    let root = open_dir(dir)?;
+    write_tar_at(&root, dir, out)
+}
+
+/// [`write_tar`] of the directory `root` is open on (`dir` is its path). Regular files are read
+/// through descriptors opened beneath `root` without following symlinks, each checked to be the
+/// inode listed; symlinks are stored as symlinks, never followed.
+pub fn write_tar_at<W: Write>(root: &File, dir: &Path, out: W) -> io::Result<()> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     for rel in walk(dir)?.into_iter().skip(1) {
-        b.append_path_with_name(dir.join(&rel), &rel)?;
+        let full = dir.join(&rel);
+        let meta = std::fs::symlink_metadata(&full)?;
+        if meta.is_file() {
+            let mut f = open_beneath(root, dir, &rel)?;
+            check_identity(&f, Some(meta.ino()), &full)?;
+            b.append_file(&rel, &mut f)?;
+        } else {
+            b.append_path_with_name(&full, &rel)?;
+        }
     }
     b.into_inner()?.flush()
 }
@@ -121,5 +235,59 @@ mod tests {
         let f2 = fingerprint(&root).unwrap();
         assert_ne!(f1, f2);
         assert!(describe_change(&f1, &f2).contains("b/c/d"));
+    }
+
+    /// Issue 11, point 9: a symlink swapped in where a snapshot (or a file in it) was is never
+    /// followed, and the open descriptor is checked.
+    #[test]
+    fn swapped_in_symlinks_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, b"not a snapshot").unwrap();
+        let secret_dir = d.path().join("secret-dir");
+        std::fs::create_dir(&secret_dir).unwrap();
+        std::fs::write(secret_dir.join("x"), b"not a snapshot").unwrap();
+        // A file snapshot replaced by a symlink.
+        let snap = d.path().join("dump.sql");
+        std::os::unix::fs::symlink(&secret, &snap).unwrap();
+        let e = open_file(&snap).unwrap_err();
+        assert!(
+            e.to_string().contains("replaced while coffre read it"),
+            "{e}"
+        );
+        // A directory snapshot replaced by a symlink to a directory.
+        let snapdir = d.path().join("base");
+        std::os::unix::fs::symlink(&secret_dir, &snapdir).unwrap();
+        assert!(open_dir(&snapdir).is_err());
+        assert!(write_tar(&snapdir, Vec::new()).is_err());
+        // A directory where a file was expected, a FIFO: refused without blocking.
+        assert!(open_file(d.path()).is_err());
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        assert!(open_file(&fifo)
+            .unwrap_err()
+            .to_string()
+            .contains("regular file"));
+        // Inside a snapshot, a sub-folder swapped for a symlink is not followed.
+        let real = d.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("sub/f"), b"ok").unwrap();
+        let root = open_dir(&real).unwrap();
+        assert!(open_beneath(&root, &real, Path::new("sub/f")).is_ok());
+        std::fs::remove_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&secret_dir, real.join("sub")).unwrap();
+        assert!(open_beneath(&root, &real, Path::new("sub/x")).is_err());
+        // A file replaced by another one after it was fingerprinted.
+        let plain = d.path().join("plain");
+        std::fs::write(&plain, b"one").unwrap();
+        let before = fingerprint(&plain).unwrap();
+        std::fs::write(d.path().join("other"), b"two").unwrap();
+        std::fs::rename(d.path().join("other"), &plain).unwrap();
+        let f = open_file(&plain).unwrap();
+        assert!(check_identity(&f, before.root_ino(), &plain).is_err());
     }
 }

@@ -1,0 +1,138 @@
+//! Finding 2 of issue 11 (keyring: last writer wins), end to end: a long-lived copy of the
+//! application (as the daemon holds one, loaded before) keeps protecting snapshots while a
+//! standalone `coffre shred` run (the real binary) destroys an epoch. Every epoch-mate of the
+//! shredded snapshot stays restorable, the shredded epoch stays destroyed on disk and in every
+//! store, and no new snapshot is sealed under it.
+
+mod common;
+
+use std::path::PathBuf;
+
+use coffre::keys::file::FileProvider;
+use coffre::keys::KeyProvider;
+use coffre::{Coffre, Config};
+use common::coffre::{emr_sql, CoffreEnv};
+
+fn env_with_two_local_stores() -> CoffreEnv {
+    let env = CoffreEnv::new("");
+    let stores = env.dir.path().join("stores");
+    let text = format!(
+        "{}\n[[store]]\nname = \"site-a\"\nkind = \"local\"\nsite = \"site-a\"\njurisdiction = \"CA-QC\"\npath = \"{a}\"\n\
+         \n[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"site-b\"\njurisdiction = \"CA-QC\"\npath = \"{b}\"\n",
+        env.config_text(&env.state),
+        a = stores.join("a").display(),
+        b = stores.join("b").display(),
+    );
+    env.write_config(&text);
+    env
+}
+
+fn store_dir(env: &CoffreEnv, site: &str) -> PathBuf {
+    env.dir.path().join("stores").join(site)
+}
+
+/// The epoch a snapshot's key object (in store `a`) names.
+fn epoch_of(env: &CoffreEnv, id: &str) -> String {
+    let p = store_dir(env, "a").join(format!("coffre/snapshots/emr/{id}/key.json"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["epoch"].as_str().unwrap().to_string()
+}
+
+fn destroyed(infos: &[coffre::keys::EpochInfo], epoch: &str) -> bool {
+    infos
+        .iter()
+        .any(|e| e.epoch.as_str() == epoch && e.destroyed.is_some())
+}
+
+/// The epochs of the newest keyring generation in a store, read by a fresh copy.
+fn store_epochs(env: &CoffreEnv, config: &Config, site: &str) -> Vec<coffre::keys::EpochInfo> {
+    let dir = store_dir(env, site).join("coffre/keyring/local");
+    let mut rings: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    rings.sort();
+    let newest = rings.last().expect("a keyring in the store");
+    let mut k = config.key_providers[0].clone();
+    k.keyring = Some(env.dir.path().join(format!("probe-{site}/local.keyring")));
+    let probe = FileProvider::open(config, &k).unwrap();
+    probe
+        .adopt_replicated_state(&std::fs::read(newest).unwrap())
+        .unwrap();
+    probe.epochs().unwrap()
+}
+
+fn write_input(env: &CoffreEnv, name: &str) -> PathBuf {
+    let p = env.incoming.join(name);
+    let mut body = emr_sql(64 * 1024);
+    body.extend_from_slice(name.as_bytes());
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn restores(env: &CoffreEnv, id: &str, store: &str) -> bool {
+    let to = env.out.join(format!("{id}-{store}"));
+    env.restore(id, &to, Some(store)).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_by_another_process_survives_a_stale_copy() {
+    let env = env_with_two_local_stores();
+    let a = env.backup(&write_input(&env, "a.sql"));
+    let b = env.backup(&write_input(&env, "b.sql"));
+    let epoch = epoch_of(&env, &a);
+    assert_eq!(epoch_of(&env, &b), epoch, "A and B must be epoch-mates");
+
+    // The long-lived copy, loaded while the epoch is live (as the daemon's is).
+    let config = Config::load(&env.config).unwrap();
+    let app = Coffre::open(config.clone()).await.unwrap();
+
+    // A standalone run shreds A: its epoch is destroyed, B moves to another epoch.
+    let r = env.run(&[
+        "shred",
+        "--snapshot",
+        &a,
+        "--purpose",
+        "keyring copies test",
+        "--yes",
+    ]);
+    r.expect_ok();
+
+    // The stale copy protects three new snapshots (each writes and pushes its keyring).
+    let mut fresh = Vec::new();
+    for n in ["c.sql", "d.sql", "e.sql"] {
+        let p = write_input(&env, n);
+        let out = coffre::pipeline::protect(&app, "emr", &p).await.unwrap();
+        fresh.push(out.manifest.snapshot.to_string());
+    }
+    drop(app);
+
+    // Nothing is sealed under the destroyed epoch.
+    for id in &fresh {
+        assert_ne!(
+            epoch_of(&env, id),
+            epoch,
+            "{id} sealed under a destroyed epoch"
+        );
+    }
+    // The shredded epoch is destroyed locally and in both stores, for good.
+    let local = FileProvider::open(&config, &config.key_providers[0]).unwrap();
+    assert!(destroyed(&local.epochs().unwrap(), &epoch), "local keyring");
+    for site in ["a", "b"] {
+        assert!(
+            destroyed(&store_epochs(&env, &config, site), &epoch),
+            "keyring in store {site}"
+        );
+    }
+    // A is gone; B and the new snapshots restore from both stores.
+    assert!(!restores(&env, &a, "site-a"));
+    for id in std::iter::once(&b).chain(fresh.iter()) {
+        for store in ["site-a", "site-b"] {
+            assert!(restores(&env, id, store), "{id} from {store}");
+        }
+    }
+    // `keys status` agrees.
+    let r = env.run(&["keys", "status", "--json"]);
+    r.expect_ok();
+    assert!(r.stdout.contains(&epoch), "{r}");
+}
