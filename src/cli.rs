@@ -823,10 +823,15 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     .health()
                     .map(|_| "ok".to_string())
                     .unwrap_or_else(|e| e.to_string());
-                let epochs: Vec<_> = p
-                    .epochs()
-                    .unwrap_or_default()
+                let all = p.epochs().unwrap_or_default();
+                // The object-authentication key is not an epoch snapshots expire with: shown
+                // apart (crate::auth).
+                let object_auth = all
+                    .iter()
+                    .any(|e| e.epoch.as_str() == crate::keys::OBJECT_AUTH_EPOCH);
+                let epochs: Vec<_> = all
                     .into_iter()
+                    .filter(|e| e.epoch.as_str() != crate::keys::OBJECT_AUTH_EPOCH)
                     .map(|e| {
                         let due = crate::retention::epoch_day(&e.epoch)
                             .and_then(|d| d.next_day())
@@ -844,6 +849,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     "provider": p.name(),
                     "kind": p.kind(),
                     "health": health,
+                    "object_auth_key": object_auth,
                     "epochs": epochs,
                 }));
             }

@@ -73,7 +73,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let drain = config.daemon.drain_timeout;
     // The daemon owns the state folder for as long as it runs: commands reach it through its
     // control socket, never beside it.
-    let _lock = crate::lock::acquire(&config.state_dir, crate::lock::Role::Daemon)?;
+    let mut lock = crate::lock::acquire(&config.state_dir, crate::lock::Role::Daemon)?;
     let journal = Arc::new(Journal::open(&config.state_dir.join("journal.sqlite"))?);
     let app = Arc::new(Coffre::open(config).await?);
     let rt = Runtime::new(token);
@@ -98,6 +98,25 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     }
     tracing::info!(%listen, "status endpoint listening");
 
+    // The control socket first: commands wait for a starting daemon, not for its recovery.
+    {
+        let path = control::socket_path(&app.config);
+        match control::bind(&path, app.config.audit.operators_group.as_deref()) {
+            Ok(listener) => {
+                if let Err(e) = lock.mark_ready() {
+                    tracing::warn!(error = %e, "cannot note the control socket as ready in the state folder's lock");
+                }
+                let (rx, c) = (app_rx.clone(), cancel.clone());
+                tracker.spawn(async move {
+                    control::serve(listener, path, rx, c).await;
+                });
+            }
+            Err(e) => {
+                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands cannot reach the daemon (and do not run beside it)");
+                rt.set_alert("control socket unavailable", true);
+            }
+        }
+    }
     recover_interrupted(&app, &journal, &rt).await;
     replicate::probe(&app, &rt).await;
 
@@ -109,15 +128,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     ));
     tracker.spawn(catch_up_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
-    {
-        let path = control::socket_path(&app.config);
-        let (rx, c) = (app_rx.clone(), cancel.clone());
-        tracker.spawn(async move {
-            if let Err(e) = control::serve(path.clone(), rx, c).await {
-                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands cannot reach the daemon (and do not run beside it)");
-            }
-        });
-    }
     tracker.spawn(drill_loop(app_rx.clone(), rt.clone(), cancel.clone()));
     tracker.spawn(shred_loop(
         app_rx.clone(),

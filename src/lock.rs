@@ -29,6 +29,14 @@ impl Role {
     }
 }
 
+/// What the lock file says of its holder.
+struct Holder {
+    pid: String,
+    role: String,
+    /// A daemon whose control socket listens.
+    ready: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
@@ -39,7 +47,12 @@ pub enum LockError {
         source: std::io::Error,
     },
     #[error("a coffre daemon (pid {pid}) owns the state folder {state_dir}: commands go through its control socket; if the socket does not answer, see `systemctl status coffre` or its log")]
-    DaemonRunning { pid: String, state_dir: PathBuf },
+    DaemonRunning {
+        pid: String,
+        state_dir: PathBuf,
+        /// Its control socket is not listening yet (it is starting).
+        starting: bool,
+    },
     #[error("another coffre {role} (pid {pid}) holds the state folder {state_dir}: stop it before starting the daemon")]
     Busy {
         pid: String,
@@ -50,7 +63,7 @@ pub enum LockError {
 
 /// A held lock; released on drop (or when the process ends).
 pub struct StateLock {
-    _file: Flock<File>,
+    file: Flock<File>,
 }
 
 impl std::fmt::Debug for StateLock {
@@ -63,16 +76,29 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join("coffre.lock")
 }
 
-/// The holder recorded in the lock file: (pid, role); empty strings when unknown.
-fn holder(f: &mut File) -> (String, String) {
+/// The holder recorded in the lock file.
+fn holder(f: &mut File) -> Holder {
     let mut s = String::new();
     let _ = f.rewind();
     let _ = f.take(256).read_to_string(&mut s);
     let mut it = s.split_whitespace();
-    (
-        it.next().unwrap_or("?").to_string(),
-        it.next().unwrap_or("?").to_string(),
-    )
+    Holder {
+        pid: it.next().unwrap_or("?").to_string(),
+        role: it.next().unwrap_or("?").to_string(),
+        ready: it.next() == Some("ready"),
+    }
+}
+
+impl StateLock {
+    /// Note in the lock file that the daemon's control socket listens (commands stop waiting
+    /// for a starting daemon and go through it).
+    pub fn mark_ready(&mut self) -> std::io::Result<()> {
+        let record = format!("{} {} ready\n", std::process::id(), Role::Daemon.as_str());
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(record.as_bytes())?;
+        Ok(())
+    }
 }
 
 /// Take the lock of `state_dir` for `role`.
@@ -101,11 +127,16 @@ pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
     let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
-            let (pid, held_by) = holder(&mut f);
+            let Holder {
+                pid,
+                role: held_by,
+                ready,
+            } = holder(&mut f);
             if held_by == Role::Daemon.as_str() {
                 return Err(LockError::DaemonRunning {
                     pid,
                     state_dir: state_dir.to_path_buf(),
+                    starting: !ready,
                 });
             }
             if role == Role::Daemon {
@@ -131,7 +162,7 @@ pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
         .and_then(|_| f.rewind())
         .and_then(|_| f.write_all(record.as_bytes()))
         .map_err(open_err)?;
-    Ok(StateLock { _file: f })
+    Ok(StateLock { file: f })
 }
 
 #[cfg(test)]
@@ -144,13 +175,20 @@ mod tests {
         let held = acquire(d.path(), Role::Daemon).unwrap();
         // flock is per open file description: a second open in this process conflicts too.
         match acquire(d.path(), Role::Command) {
-            Err(LockError::DaemonRunning { pid, .. }) => {
-                assert_eq!(pid, std::process::id().to_string())
+            Err(LockError::DaemonRunning { pid, starting, .. }) => {
+                assert_eq!(pid, std::process::id().to_string());
+                assert!(starting);
             }
             other => panic!("expected DaemonRunning, got {other:?}"),
         }
         match acquire(d.path(), Role::Daemon) {
             Err(LockError::DaemonRunning { .. }) => {}
+            other => panic!("expected DaemonRunning, got {other:?}"),
+        }
+        let mut held = held;
+        held.mark_ready().unwrap();
+        match acquire(d.path(), Role::Command) {
+            Err(LockError::DaemonRunning { starting, .. }) => assert!(!starting),
             other => panic!("expected DaemonRunning, got {other:?}"),
         }
         drop(held);

@@ -211,19 +211,28 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
         ),
         Err(e) => e,
     };
-    let config = config.with_context(|| {
-        format!(
-            "no coffre daemon answers on {} ({refused}), and this command cannot run here without the config",
+    let config = config.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n(no coffre daemon answers on {} either: {refused})",
             socket.display()
         )
     })?;
-    let _lock = lock::acquire(&config.state_dir, Role::Command).map_err(|e| match e {
-        lock::LockError::DaemonRunning { .. } => anyhow::anyhow!(
-            "{e}. Its control socket {} does not answer ({refused}); nothing was run",
-            socket.display()
-        ),
-        other => other.into(),
-    })?;
+    let _lock = match lock::acquire(&config.state_dir, Role::Command) {
+        Ok(l) => l,
+        Err(e @ lock::LockError::DaemonRunning { starting, .. }) => {
+            // A daemon that is starting holds the lock before its socket listens: wait for it.
+            if starting {
+                if let Some(s) = wait_for_socket(&socket, std::time::Duration::from_secs(30)) {
+                    return remote(s, cmd).await;
+                }
+            }
+            bail!(
+                "{e}. Its control socket {} does not answer ({refused}); nothing was run",
+                socket.display()
+            )
+        }
+        Err(other) => return Err(other.into()),
+    };
     let app = Coffre::open(config).await?;
     let ctx = Ctx {
         actor: coffre::audit::current_user(),
@@ -239,6 +248,29 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
         }
     }
     result.map(ExitCode::from)
+}
+
+/// Connect to the socket of a daemon that is starting, for up to `limit`.
+fn wait_for_socket(
+    socket: &std::path::Path,
+    limit: std::time::Duration,
+) -> Option<std::os::unix::net::UnixStream> {
+    let t = std::time::Instant::now();
+    let mut said = false;
+    while t.elapsed() < limit {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(socket) {
+            return Some(s);
+        }
+        if !said && t.elapsed() > std::time::Duration::from_secs(2) {
+            eprintln!(
+                "the coffre daemon holds the state folder but its control socket {} does not answer yet; waiting...",
+                socket.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
 }
 
 /// Send the command to the daemon. Paths are made absolute here; a restore's target is checked

@@ -37,7 +37,7 @@ pub enum RestoreError {
     UnknownStore(String),
     #[error("source `{source_name}` has no snapshot in the catalog or in any reachable store (run `coffre catalog rebuild` on a new host)")]
     NoSnapshot { source_name: String },
-    #[error("snapshot {snapshot} of source `{source_name}` has no manifest in any store tried; {failures}")]
+    #[error("snapshot {snapshot} of source `{source_name}` has no usable manifest and key object in any store tried; {failures}")]
     NotFound {
         snapshot: SnapshotId,
         source_name: String,

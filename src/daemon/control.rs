@@ -176,12 +176,8 @@ fn set_access(path: &Path, group: Option<&str>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Accept connections until cancelled.
-pub async fn serve(
-    path: PathBuf,
-    app_rx: watch::Receiver<Arc<Coffre>>,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+/// Bind the socket at `path`: 0660 for the operators' group, in a 0750 folder.
+pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -190,11 +186,20 @@ pub async fn serve(
                 .create(dir)?;
         }
     }
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    let group = app_rx.borrow().config.audit.operators_group.clone();
-    set_access(&path, group.as_deref())?;
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    set_access(path, group)?;
     tracing::info!(socket = %path.display(), "control socket listening");
+    Ok(listener)
+}
+
+/// Accept connections until cancelled.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    app_rx: watch::Receiver<Arc<Coffre>>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let limiter = Arc::new(Mutex::new(RefusalLimiter::new()));
     loop {
@@ -231,7 +236,6 @@ pub async fn serve(
         });
     }
     let _ = std::fs::remove_file(&path);
-    Ok(())
 }
 
 use std::os::unix::fs::DirBuilderExt;
@@ -300,6 +304,14 @@ async fn handle(
                 format!("error: bad request: {reason}\n"),
             ))
             .await?;
+            // Read (and drop) a bounded rest, so that the caller gets the answer rather than a
+            // reset for the bytes it sent past the limit.
+            let mut sink = tokio::io::sink();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::io::copy(&mut (&mut r).take(4 * MAX_REQUEST as u64), &mut sink),
+            )
+            .await;
             return Ok(());
         }
     };
