@@ -123,40 +123,44 @@ pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
     };
-    let f = open().map_err(open_err)?;
-    let mut f = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
-            let Holder {
-                pid,
-                role: held_by,
-                ready,
-            } = holder(&mut f);
-            if held_by == Role::Daemon.as_str() {
-                return Err(LockError::DaemonRunning {
-                    pid,
-                    state_dir: state_dir.to_path_buf(),
-                    starting: !ready,
-                });
-            }
-            if role == Role::Daemon {
-                return Err(LockError::Busy {
+    let mut f = open().map_err(open_err)?;
+    let mut said = false;
+    let f = loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => break l,
+            Err((mut busy, nix::errno::Errno::EWOULDBLOCK)) => {
+                // Read again on every try: the holder may change (a daemon taking over from a
+                // command), and a new holder writes its record just after it locks.
+                let Holder {
                     pid,
                     role: held_by,
-                    state_dir: state_dir.to_path_buf(),
-                });
+                    ready,
+                } = holder(&mut busy);
+                if held_by == Role::Daemon.as_str() {
+                    return Err(LockError::DaemonRunning {
+                        pid,
+                        state_dir: state_dir.to_path_buf(),
+                        starting: !ready,
+                    });
+                }
+                if role == Role::Daemon {
+                    return Err(LockError::Busy {
+                        pid,
+                        role: held_by,
+                        state_dir: state_dir.to_path_buf(),
+                    });
+                }
+                if !said {
+                    eprintln!("waiting for another coffre command (pid {pid}) to finish with the state folder...");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                f = busy;
             }
-            eprintln!(
-                "waiting for another coffre command (pid {pid}) to finish with the state folder..."
-            );
-            let l = Flock::lock(f, FlockArg::LockExclusive)
-                .map_err(|(_, e)| open_err(std::io::Error::from(e)))?;
-            // A daemon may have started meanwhile and taken it before us: it has released it
-            // by now (we hold it), so we may go on.
-            l
+            Err((_, e)) => return Err(open_err(std::io::Error::from(e))),
         }
-        Err((_, e)) => return Err(open_err(std::io::Error::from(e))),
     };
+    let mut f = f;
     let record = format!("{} {}\n", std::process::id(), role.as_str());
     f.set_len(0)
         .and_then(|_| f.rewind())
