@@ -240,7 +240,7 @@ async fn master_key_rotation_reseals_the_keyring_here_and_in_the_stores() {
     restore(&app2, a, "a", d.join("a-host2")).await.unwrap();
     restore(&app2, c, "a", d.join("c-host2")).await.unwrap();
     let e = restore(&app2, b, "a", d.join("b-host2")).await.unwrap_err();
-    assert!(e.to_string().contains("no manifest"), "{e}");
+    assert!(e.to_string().contains("no usable manifest"), "{e}");
     drop(app2);
     // A new host with the old master key: the stores' keyrings do not open.
     let host3 = config(d, "host3", &file_provider("local", &old_key));
