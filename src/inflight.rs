@@ -98,6 +98,12 @@ impl InFlight {
     }
 }
 
+impl Closed {
+    pub fn epoch(&self) -> &EpochId {
+        &self.epoch
+    }
+}
+
 impl Drop for Entered {
     fn drop(&mut self) {
         let mut s = self.registry.lock();

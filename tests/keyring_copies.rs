@@ -136,3 +136,87 @@ async fn a_shred_by_another_process_survives_a_stale_copy() {
     r.expect_ok();
     assert!(r.stdout.contains(&epoch), "{r}");
 }
+
+/// Finding 6 of issue 11 (upload vs early shred): a snapshot being protected under an epoch
+/// (its data key wrapped, its key object not yet in the catalog) is an epoch-mate an early shred
+/// must wait for and move; a snapshot that starts while the shred runs never enters the closing
+/// epoch. The test holds the epoch itself as a slow upload would, so the order is certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
+    let env = env_with_two_local_stores();
+    let config = Config::load(&env.config).unwrap();
+    let app = std::sync::Arc::new(Coffre::open(config.clone()).await.unwrap());
+    let a = coffre::pipeline::protect(&app, "emr", &write_input(&env, "a.sql"))
+        .await
+        .unwrap()
+        .manifest
+        .snapshot
+        .to_string();
+    let epoch = epoch_of(&env, &a);
+    let epoch_id = coffre::ids::EpochId::try_from(epoch.clone()).unwrap();
+
+    // A slow upload under the epoch (held by the test), and a real one that may be inside too.
+    let slow = app
+        .inflight
+        .try_enter(&epoch_id)
+        .expect("the epoch is open");
+    let big = env.incoming.join("big.sql");
+    std::fs::write(&big, emr_sql(8 * 1024 * 1024)).unwrap();
+    let b_task = {
+        let app = app.clone();
+        tokio::spawn(async move { coffre::pipeline::protect(&app, "emr", &big).await })
+    };
+    while app.inflight.inside(&epoch_id) < 2 && !b_task.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+
+    let shred = {
+        let app = app.clone();
+        let id: coffre::SnapshotId = a.parse().unwrap();
+        tokio::spawn(async move {
+            coffre::retention::shred::shred_one(&app, &id, "test", "in-flight test").await
+        })
+    };
+    // The shred cannot finish while a snapshot is inside the epoch.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !shred.is_finished(),
+        "the shred did not wait for the upload"
+    );
+    // A snapshot that starts now waits for the shred, then takes a live epoch.
+    let c_task = {
+        let app = app.clone();
+        let p = write_input(&env, "c.sql");
+        tokio::spawn(async move { coffre::pipeline::protect(&app, "emr", &p).await })
+    };
+    let b = b_task.await.unwrap().unwrap().manifest.snapshot.to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !shred.is_finished(),
+        "the shred did not wait for the held epoch"
+    );
+    drop(slow);
+    shred.await.unwrap().unwrap();
+    let c = c_task.await.unwrap().unwrap().manifest.snapshot.to_string();
+
+    // The epoch is destroyed; neither B nor C is sealed under it; both restore from both
+    // stores; A does not.
+    let local = FileProvider::open(&config, &config.key_providers[0]).unwrap();
+    assert!(destroyed(&local.epochs().unwrap(), &epoch));
+    for id in [&b, &c] {
+        assert_ne!(
+            epoch_of(&env, id),
+            epoch,
+            "{id} sealed under the shredded epoch"
+        );
+        let k = app.catalog.get_key(&id.parse().unwrap()).unwrap().unwrap();
+        assert_ne!(k.epoch.as_str(), epoch, "{id} in the catalog");
+    }
+    drop(app);
+    for id in [&b, &c] {
+        for store in ["site-a", "site-b"] {
+            assert!(restores(&env, id, store), "{id} from {store}");
+        }
+    }
+    assert!(!restores(&env, &a, "site-a"));
+}

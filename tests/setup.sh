@@ -9,7 +9,7 @@
 # Cold: about 5 minutes, most of it building s3s-fs. Output of installs: $SETUP_LOG.
 set -euo pipefail
 
-APT_PKGS=(softhsm2 opensc postgresql zstd curl openssl ca-certificates systemd passwd util-linux faketime)
+APT_PKGS=(softhsm2 opensc postgresql zstd curl openssl ca-certificates systemd passwd util-linux faketime python3)
 S3S_VERSION=0.14.1
 AZURITE_VERSION=3.35.0
 SETUP_LOG=${SETUP_LOG:-${TMPDIR:-/tmp}/coffre-setup.$(id -u).log}

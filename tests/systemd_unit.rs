@@ -37,6 +37,8 @@ fn unit_exposure_is_at_most_two() {
         "SystemCallFilter=@system-service",
         "CapabilityBoundingSet=",
         "LimitCORE=0",
+        "SupplementaryGroups=coffre-operators",
+        "RuntimeDirectoryMode=0750",
         "IPAddressDeny=any",
         "IPAddressAllow=localhost",
     ] {

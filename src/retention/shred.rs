@@ -733,8 +733,29 @@ pub async fn run_due(
             return (done, errors);
         }
     };
+    // Close the due epochs to new snapshots and wait for those being protected under them,
+    // then plan again: what was committed meanwhile is in the catalog and in the plan.
+    let mut closed = Vec::new();
+    for ep in &plan.due {
+        closed.push(app.inflight.close(&ep.epoch).await);
+    }
+    let plan = if closed.is_empty() {
+        plan
+    } else {
+        match current_plan(app, now) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e);
+                return (done, errors);
+            }
+        }
+    };
     clear_resolved_alerts(app, &plan);
     for ep in &plan.due {
+        if !closed.iter().any(|c| c.epoch() == &ep.epoch) {
+            // Became due while we waited: the next run takes it.
+            continue;
+        }
         match execute(app, ep, actor, "retention: planned expiry reached").await {
             Ok(r) => {
                 errors.extend(incomplete(&r));
@@ -801,6 +822,9 @@ pub async fn shred_one(
             hold: h.clone(),
         });
     }
+    // Snapshots being protected under this epoch right now are epoch-mates too: wait until
+    // their key objects are in the catalog (new ones wait for the shred, then plan again).
+    let _closed = app.inflight.close(&key.epoch).await;
     let mates: Vec<KeyObject> = app
         .catalog
         .all_keys()?
