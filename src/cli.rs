@@ -355,6 +355,23 @@ pub enum Access {
     LocalOnly,
 }
 
+/// An error and its causes, joined by ": ", each cause once: most errors here already name
+/// their cause in their own message, and repeating it reads as two failures.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}
+
 /// `s` cut to at most `max` bytes on a character boundary, marked when cut.
 pub fn bounded(s: &str, max: usize) -> String {
     crate::audit::bound_text(s.to_string(), max)

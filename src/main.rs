@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", coffre::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

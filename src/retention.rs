@@ -216,6 +216,54 @@ pub fn hold_epoch(id: &SnapshotId) -> EpochId {
     EpochId::try_from(format!("hold-{id}")).unwrap_or_else(|_| EpochId::for_day(Date::MIN))
 }
 
+/// Whether `e` is the epoch of a legal hold.
+pub fn is_hold_epoch(e: &EpochId) -> bool {
+    e.as_str().starts_with("hold-")
+}
+
+/// The hold epoch a snapshot's key goes to now: `hold-<id>` for its first hold, then
+/// `hold-<id>.2`, `hold-<id>.3`, ...: a released hold's key is destroyed, and a destroyed epoch
+/// never comes back, so a new hold of the same snapshot takes the next generation.
+pub fn live_hold_epoch(
+    providers: &[std::sync::Arc<dyn crate::keys::KeyProvider>],
+    id: &SnapshotId,
+) -> EpochId {
+    let first = hold_epoch(id);
+    let prefix = format!("{}.", first.as_str());
+    let mut max_gen = 0;
+    let mut destroyed = std::collections::BTreeSet::new();
+    for p in providers {
+        for e in p.epochs().unwrap_or_default() {
+            let g = if e.epoch == first {
+                1
+            } else if let Some(g) = e
+                .epoch
+                .as_str()
+                .strip_prefix(&prefix)
+                .and_then(|g| g.parse::<u32>().ok())
+            {
+                g
+            } else {
+                continue;
+            };
+            max_gen = max_gen.max(g);
+            if e.destroyed.is_some() {
+                destroyed.insert(g);
+            }
+        }
+    }
+    let generation = match max_gen {
+        0 => 1,
+        g if destroyed.contains(&g) => g + 1,
+        g => g,
+    };
+    if generation == 1 {
+        first
+    } else {
+        EpochId::try_from(format!("{prefix}{generation}")).unwrap_or(first)
+    }
+}
+
 /// Decide, at `now`, what happens to the snapshots of every due epoch.
 pub fn plan(
     items: &[Item],

@@ -650,3 +650,318 @@ fn a_restore_through_a_sandboxed_daemon_is_written_by_the_operator() {
         Users::uid(&op)
     );
 }
+
+impl Host {
+    /// Stop the daemon (SIGTERM) and wait for it.
+    fn stop_daemon(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.daemon.id().to_string()])
+            .status();
+        let _ = self.daemon.wait();
+    }
+
+    /// The epoch snapshot `id`'s key object names in store `a`.
+    fn epoch_of(&self, id: &str) -> String {
+        let p = self
+            .d
+            .join(format!("stores/a/coffre/snapshots/emr/{id}/key.json"));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["epoch"].as_str().unwrap().to_string()
+    }
+
+    /// A new dump in the source folder, protected by `coffre backup` as root (through the
+    /// daemon when it runs); returns its id and bytes.
+    fn backup(&self, name: &str) -> (String, Vec<u8>) {
+        let body = format!("INSERT INTO notes VALUES ('{name}', 'CANARY-ZXQ-PATIENT');\n")
+            .repeat(3000)
+            .into_bytes();
+        let p = self.d.join("in").join(name);
+        std::fs::write(&p, &body).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["backup", "--source", "emr"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "backup {name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = stdout.trim().to_string();
+        assert_eq!(
+            id.len(),
+            26,
+            "backup {name} printed no snapshot id: {stdout}"
+        );
+        (id, body)
+    }
+
+    /// Restore `id` from `store` as root; the bytes, or None when it cannot be restored.
+    fn restored(&self, id: &str, store: &str) -> Option<Vec<u8>> {
+        let to = self
+            .d
+            .join("out")
+            .join(format!("{id}-{store}-{}", rand::random::<u32>()));
+        let o = self.as_root(&[
+            "restore",
+            id,
+            "--source",
+            "emr",
+            "--store",
+            store,
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "concurrency test",
+        ]);
+        (o.code == 0).then(|| std::fs::read(&to).unwrap())
+    }
+
+    /// Every epoch `keys status` reports destroyed.
+    fn destroyed_epochs(&self) -> Vec<String> {
+        let o = self.as_root(&["keys", "status", "--json"]);
+        assert_eq!(o.code, 0, "{}", o.text);
+        let v: serde_json::Value = serde_json::from_str(o.text.trim_end()).unwrap();
+        v[0]["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !e["destroyed"].is_null())
+            .map(|e| e["epoch"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Finding 2 of issue 11, as it was seen: an early `shred` through the socket, then three
+/// ordinary backups. The shredded snapshot's epoch-mate stays restorable from both stores, the
+/// shredded epoch stays destroyed (for the daemon, for a standalone run after it, and for a new
+/// host that rebuilds from the stores), and no new snapshot is sealed under it.
+#[test]
+fn a_shred_through_the_daemon_then_three_backups_resurrect_nothing() {
+    let mut h = Host::start(None);
+    let list = h.as_root(&["snapshots", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(list.text.trim_end()).unwrap();
+    let (a, b) = (
+        list[0]["id"].as_str().unwrap().to_string(),
+        list[1]["id"].as_str().unwrap().to_string(),
+    );
+    let epoch = h.epoch_of(&a);
+    assert_eq!(
+        h.epoch_of(&b),
+        epoch,
+        "the two snapshots must be epoch-mates"
+    );
+
+    let o = h.as_root(&[
+        "shred",
+        "--snapshot",
+        &a,
+        "--purpose",
+        "erasure order",
+        "--yes",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let fresh: Vec<(String, Vec<u8>)> = ["c.sql", "d.sql", "e.sql"]
+        .iter()
+        .map(|n| h.backup(n))
+        .collect();
+    for (id, _) in &fresh {
+        assert_ne!(
+            h.epoch_of(id),
+            epoch,
+            "{id} sealed under the shredded epoch"
+        );
+    }
+    assert!(h.destroyed_epochs().contains(&epoch));
+    let base = tree_files(&h.d.join("base"));
+    for store in ["a", "b"] {
+        assert!(h.restored(&a, store).is_none(), "A restored from {store}");
+        let to = h.d.join("out").join(format!("b-{store}"));
+        let o = h.as_root(&[
+            "restore",
+            &b,
+            "--source",
+            "emr",
+            "--store",
+            store,
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "check",
+        ]);
+        assert_eq!(o.code, 0, "B from {store}: {}", o.text);
+        assert_eq!(tree_files(&to), base);
+        for (id, body) in &fresh {
+            assert_eq!(
+                h.restored(id, store).as_ref(),
+                Some(body),
+                "{id} from {store}"
+            );
+        }
+    }
+    // After the daemon: the same for a standalone run, and for a new host (own state folder,
+    // the same master key) that rebuilds its catalog from the stores' authenticated objects.
+    h.stop_daemon();
+    assert!(h.destroyed_epochs().contains(&epoch));
+    let text = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("/state\"", "/state-new-host\"")
+        .replace("/run/coffre.sock", "/run/new-host.sock");
+    let host2 = h.d.join("new-host.toml");
+    std::fs::write(&host2, text).unwrap();
+    std::fs::set_permissions(&host2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run2 = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&host2)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = run2(&["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{text}");
+    for (id, body) in &fresh {
+        let to = h.d.join("out").join(format!("{id}-host2"));
+        let (code, text) = run2(&[
+            "restore",
+            id,
+            "--source",
+            "emr",
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "new host",
+        ]);
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(&std::fs::read(&to).unwrap(), body);
+    }
+    let (code, text) = run2(&["keys", "status", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert!(
+        v[0]["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["epoch"] == epoch.as_str() && !e["destroyed"].is_null()),
+        "the new host's keyring (from the stores) has the epoch live again: {text}"
+    );
+}
+
+/// Issue 11: concurrent `hold add`/`hold release`, `shred`, `backup` and `retention run`, in a
+/// loop, first through the daemon, then standalone (the state lock serialises them): nothing
+/// committed is lost, nothing shredded comes back, and the access log stays intact.
+#[test]
+fn concurrent_holds_shreds_backups_and_retention_lose_nothing_and_resurrect_nothing() {
+    let mut h = Host::start(None);
+    let list = h.as_root(&["snapshots", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(list.text.trim_end()).unwrap();
+    let first = list[0]["id"].as_str().unwrap().to_string();
+    let held = list[1]["id"].as_str().unwrap().to_string();
+    let first_body = std::fs::read(h.d.join("emr.sql")).unwrap();
+
+    let mut live: Vec<(String, Vec<u8>)> = vec![(first, first_body)];
+    let mut shredded: Vec<(String, String)> = Vec::new();
+    let mut round = 0;
+    for phase in ["daemon", "standalone"] {
+        if phase == "standalone" {
+            h.stop_daemon();
+        }
+        for _ in 0..3 {
+            round += 1;
+            let (victim, _) = live.remove(0);
+            let victim_epoch = h.epoch_of(&victim);
+            let name = format!("round-{round}.sql");
+            let (backup, holds, shred, retention) = std::thread::scope(|s| {
+                let backup = s.spawn(|| h.backup(&name));
+                let holds = s.spawn(|| {
+                    let add = h.as_root(&["hold", "add", &held, "--purpose", "litigation"]);
+                    let release =
+                        h.as_root(&["hold", "release", &held, "--purpose", "litigation over"]);
+                    (add, release)
+                });
+                let shred = s.spawn(|| {
+                    h.as_root(&[
+                        "shred",
+                        "--snapshot",
+                        &victim,
+                        "--purpose",
+                        "erasure order",
+                        "--yes",
+                    ])
+                });
+                let retention = s.spawn(|| h.as_root(&["retention", "run"]));
+                (
+                    backup.join().unwrap(),
+                    holds.join().unwrap(),
+                    shred.join().unwrap(),
+                    retention.join().unwrap(),
+                )
+            });
+            assert_eq!(holds.0.code, 0, "{phase} hold add: {}", holds.0.text);
+            assert_eq!(holds.1.code, 0, "{phase} hold release: {}", holds.1.text);
+            assert_eq!(shred.code, 0, "{phase} shred: {}", shred.text);
+            assert_eq!(retention.code, 0, "{phase} retention: {}", retention.text);
+            live.push(backup);
+            shredded.push((victim, victim_epoch));
+        }
+    }
+
+    let destroyed = h.destroyed_epochs();
+    for (id, epoch) in &shredded {
+        assert!(
+            destroyed.contains(epoch),
+            "{id}'s epoch {epoch} is live: {destroyed:?}"
+        );
+        for store in ["a", "b"] {
+            assert!(
+                h.restored(id, store).is_none(),
+                "shredded {id} restored from {store}"
+            );
+        }
+    }
+    for (id, body) in &live {
+        assert!(
+            !destroyed.contains(&h.epoch_of(id)),
+            "{id} under a destroyed epoch"
+        );
+        for store in ["a", "b"] {
+            assert_eq!(
+                h.restored(id, store).as_ref(),
+                Some(body),
+                "{id} from {store}"
+            );
+        }
+    }
+    let base = tree_files(&h.d.join("base"));
+    for store in ["a", "b"] {
+        let to = h.d.join("out").join(format!("held-{store}"));
+        let o = h.as_root(&[
+            "restore",
+            &held,
+            "--source",
+            "emr",
+            "--store",
+            store,
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "check",
+        ]);
+        assert_eq!(o.code, 0, "{}", o.text);
+        assert_eq!(tree_files(&to), base);
+    }
+    let o = h.as_root(&["audit", "verify"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+}

@@ -363,7 +363,7 @@ async fn handle(
         let code = match cli::execute(app, &command, &ctx).await {
             Ok(code) => code,
             Err(e) => {
-                ctx.out.err(format!("error: {e:#}"));
+                ctx.out.err(format!("error: {}", cli::error_text(&e)));
                 exit::FAILURE
             }
         };

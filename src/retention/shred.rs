@@ -341,11 +341,16 @@ pub async fn execute(
     reason: &str,
 ) -> Result<DestructionRecord, ShredError> {
     for k in &plan.keep {
-        // A hold stays as it is; only the key moves.
+        // A hold stays as it is; only the key moves (to the hold's live generation).
+        let to = if retention::is_hold_epoch(&k.to_epoch) {
+            retention::live_hold_epoch(&app.providers, &k.snapshot)
+        } else {
+            k.to_epoch.clone()
+        };
         rewrap(
             app,
             &k.snapshot,
-            &k.to_epoch,
+            &to,
             None,
             actor,
             &format!("retention: {}", k.reason),
@@ -876,7 +881,7 @@ pub async fn hold_add(
     rewrap(
         app,
         id,
-        &retention::hold_epoch(id),
+        &retention::live_hold_epoch(&app.providers, id),
         Some(Some(purpose.to_string())),
         actor,
         &format!("hold add: {purpose}"),
@@ -918,10 +923,18 @@ pub async fn hold_release(
         &format!("hold release: {purpose}"),
     )
     .await?;
-    let hold = retention::hold_epoch(id);
-    for p in &app.providers {
-        if let Err(e) = p.destroy(&hold) {
-            tracing::warn!(provider = p.name(), error = %e, "hold key not destroyed; it protects nothing any more");
+    // The hold's key protects nothing any more: destroyed (a later hold takes the next
+    // generation).
+    if retention::is_hold_epoch(&key.epoch) && key.epoch != new.epoch {
+        for p in &app.providers {
+            if let Err(e) = p.destroy(&key.epoch) {
+                tracing::warn!(provider = p.name(), error = %e, "hold key not destroyed; it protects nothing any more");
+            }
+        }
+        for s in app.committed_stores(id) {
+            if let Err(e) = app.push_keyrings(s).await {
+                tracing::warn!(store = %s.name, error = %e, "keyring without the released hold's key not pushed; the next push carries it");
+            }
         }
     }
     Ok(new)
