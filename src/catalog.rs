@@ -183,6 +183,43 @@ impl Catalog {
         Ok(())
     }
 
+    /// Record a snapshot just committed: its manifest, its key object and the state of each
+    /// store's copy, in one transaction (a crash leaves all of it or none: never a snapshot
+    /// listed without its stores).
+    pub fn record_commit(
+        &self,
+        m: &Manifest,
+        k: &KeyObject,
+        replicas: &[(&str, ReplicaState)],
+    ) -> Result<(), CatalogError> {
+        let manifest = String::from_utf8(m.to_json()).unwrap_or_default();
+        let key = String::from_utf8(k.to_json()).unwrap_or_default();
+        let now = crate::audit::now_rfc3339();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        tx.execute(
+            "INSERT INTO snapshots (id, source, created, manifest) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET manifest = excluded.manifest",
+            params![m.snapshot.to_string(), m.source, m.created, manifest],
+        )
+        .map_err(|e| self.db(e))?;
+        tx.execute(
+            "INSERT INTO keys (snapshot, epoch, key_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT(snapshot) DO UPDATE SET epoch = excluded.epoch, key_json = excluded.key_json",
+            params![k.snapshot.to_string(), k.epoch.to_string(), key],
+        )
+        .map_err(|e| self.db(e))?;
+        for (store, state) in replicas {
+            tx.execute(
+                "INSERT INTO replicas (snapshot, store, state, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(snapshot, store) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                params![m.snapshot.to_string(), store, state.as_str(), now],
+            )
+            .map_err(|e| self.db(e))?;
+        }
+        tx.commit().map_err(|e| self.db(e))
+    }
+
     pub fn set_replica(
         &self,
         id: &SnapshotId,

@@ -101,12 +101,26 @@ impl StateLock {
     }
 }
 
+/// How long a starting daemon waits for a command that holds the state folder (commands are
+/// short; one that holds it longer is stuck, and the daemon says which).
+const DAEMON_WAITS_FOR_COMMAND: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Take the lock of `state_dir` for `role`.
 ///
-/// The daemon never waits: a busy lock is an error. A command waits for another command to
-/// finish (saying so on stderr once), and is refused when the holder is a daemon: it must go
-/// through the daemon's socket, never beside it.
+/// A starting daemon waits up to two minutes for a command that holds it, then fails naming
+/// it; it never starts beside another daemon. A command waits for another command to finish
+/// (saying so on stderr once), and is refused when the holder is a daemon: it must go through
+/// the daemon's socket, never beside it.
 pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
+    acquire_waiting(state_dir, role, DAEMON_WAITS_FOR_COMMAND)
+}
+
+/// [`acquire`], a daemon waiting at most `daemon_wait` for a command.
+fn acquire_waiting(
+    state_dir: &Path,
+    role: Role,
+    daemon_wait: std::time::Duration,
+) -> Result<StateLock, LockError> {
     let path = lock_path(state_dir);
     let open_err = |source| LockError::Open {
         path: path.clone(),
@@ -125,6 +139,7 @@ pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
     };
     let mut f = open().map_err(open_err)?;
     let mut said = false;
+    let waited_since = std::time::Instant::now();
     let f = loop {
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(l) => break l,
@@ -143,7 +158,7 @@ pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
                         starting: !ready,
                     });
                 }
-                if role == Role::Daemon {
+                if role == Role::Daemon && waited_since.elapsed() >= daemon_wait {
                     return Err(LockError::Busy {
                         pid,
                         role: held_by,
@@ -151,7 +166,11 @@ pub fn acquire(state_dir: &Path, role: Role) -> Result<StateLock, LockError> {
                     });
                 }
                 if !said {
-                    eprintln!("waiting for another coffre command (pid {pid}) to finish with the state folder...");
+                    if role == Role::Daemon {
+                        tracing::warn!(pid = %pid, "a coffre command holds the state folder: the daemon waits for it to finish");
+                    } else {
+                        eprintln!("waiting for another coffre command (pid {pid}) to finish with the state folder...");
+                    }
                     said = true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
@@ -201,12 +220,21 @@ mod tests {
     }
 
     #[test]
-    fn a_second_daemon_is_refused_while_a_command_holds_the_lock() {
+    fn a_starting_daemon_waits_for_a_command_then_gives_up_naming_it() {
         let d = tempfile::tempdir().unwrap();
-        let _held = acquire(d.path(), Role::Command).unwrap();
-        match acquire(d.path(), Role::Daemon) {
+        let held = acquire(d.path(), Role::Command).unwrap();
+        let short = std::time::Duration::from_millis(300);
+        match acquire_waiting(d.path(), Role::Daemon, short) {
             Err(LockError::Busy { role, .. }) => assert_eq!(role, "command"),
             other => panic!("expected Busy, got {other:?}"),
         }
+        // A command that finishes while the daemon waits: the daemon gets the folder.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let daemon = acquire_waiting(d.path(), Role::Daemon, std::time::Duration::from_secs(30));
+        assert!(daemon.is_ok(), "{daemon:?}");
+        release.join().unwrap();
     }
 }

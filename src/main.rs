@@ -221,10 +221,10 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
         Ok(l) => l,
         Err(e @ lock::LockError::DaemonRunning { starting, .. }) => {
             // A daemon that is starting holds the lock before its socket listens: wait for it.
-            if starting {
-                if let Some(s) = wait_for_socket(&socket, std::time::Duration::from_secs(30)) {
-                    return remote(s, cmd).await;
-                }
+            // One that is ready may have started since our first try: try its socket again.
+            let limit = std::time::Duration::from_secs(if starting { 30 } else { 3 });
+            if let Some(s) = wait_for_socket(&socket, limit) {
+                return remote(s, cmd).await;
             }
             bail!(
                 "{e}. Its control socket {} does not answer ({refused}); nothing was run",
@@ -314,9 +314,9 @@ async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
         .get(&url)
         .timeout(std::time::Duration::from_secs(10));
     if let Some(tf) = &config.status.token_file {
-        let token = std::fs::read_to_string(tf)
-            .with_context(|| format!("reading status.token-file {}", tf.display()))?;
-        req = req.bearer_auth(token.trim());
+        let token = coffre::config::read_secret_file(tf)
+            .map_err(|e| anyhow::anyhow!("status.token-file: {e}"))?;
+        req = req.bearer_auth(secrecy::ExposeSecret::expose_secret(&token));
     }
     let resp = req
         .send()

@@ -741,27 +741,14 @@ pub async fn protect_as(
 
     // A snapshot committed nowhere is not a snapshot: the caller retries from the source.
     let committed_any = results.iter().any(|(_, r)| r.is_ok());
-    if committed_any {
-        app.catalog
-            .put_manifest(&manifest)
-            .and_then(|_| app.catalog.put_key(&key_object))
-            .map_err(|source| PipelineError::Catalog {
-                snapshot: id,
-                source,
-            })?;
-    }
     let mut committed = Vec::new();
     let mut failed = Vec::new();
+    let mut replicas = Vec::new();
     for (s, r) in results {
         match r {
             Ok(()) => {
                 committed.push(s.name.clone());
-                app.catalog
-                    .set_replica(&id, &s.name, ReplicaState::Committed)
-                    .map_err(|source| PipelineError::Catalog {
-                        snapshot: id,
-                        source,
-                    })?;
+                replicas.push((s.name.as_str(), ReplicaState::Committed));
             }
             Err(e) => {
                 tracing::warn!(snapshot = %id, store = %s.name, error = %e, "store copy failed");
@@ -770,17 +757,17 @@ pub async fn protect_as(
                     kind: e.kind().to_string(),
                     error: e.to_string(),
                 });
-                if !committed_any {
-                    continue;
-                }
-                app.catalog
-                    .set_replica(&id, &s.name, ReplicaState::Missing)
-                    .map_err(|source| PipelineError::Catalog {
-                        snapshot: id,
-                        source,
-                    })?;
+                replicas.push((s.name.as_str(), ReplicaState::Missing));
             }
         }
+    }
+    if committed_any {
+        app.catalog
+            .record_commit(&manifest, &key_object, &replicas)
+            .map_err(|source| PipelineError::Catalog {
+                snapshot: id,
+                source,
+            })?;
     }
     let sites: std::collections::BTreeSet<&str> = app
         .stores

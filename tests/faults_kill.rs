@@ -71,16 +71,32 @@ create-master-key = true
     p
 }
 
+/// Start the daemon, its log (warnings and errors) appended to `daemon.log` beside the config.
 fn start(config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("daemon.log"))
+        .unwrap();
     Command::new(BIN)
         .arg("--config")
         .arg(config)
         .arg("daemon")
-        .env("COFFRE_LOG", "warn")
+        .env(
+            "COFFRE_LOG",
+            std::env::var("COFFRE_KILL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// The last lines of the daemons' log, for a failure message.
+fn log_tail(config: &Path) -> String {
+    let text = std::fs::read_to_string(config.with_file_name("daemon.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(120)..].join("\n")
 }
 
 fn snapshots(config: &Path) -> Vec<serde_json::Value> {
@@ -167,7 +183,10 @@ fn kill_9_at_random_points_loses_nothing() {
     while snapshots(&config).len() < files.len() {
         assert!(
             t.elapsed() < Duration::from_secs(180),
-            "not every file got protected after the kills (seed {seed})"
+            "not every file got protected after the kills (seed {seed}): {} of {}; daemon log:\n{}",
+            snapshots(&config).len(),
+            files.len(),
+            log_tail(&config)
         );
         std::thread::sleep(Duration::from_millis(300));
     }

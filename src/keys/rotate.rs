@@ -490,6 +490,13 @@ pub async fn add_provider_wraps(
             }
         }
     }
+    // The object-authentication key of the new provider exists before its keyring reaches the
+    // stores: the key objects re-sealed below carry its tag, and a recovery host must check it.
+    crate::auth::ObjectAuth::for_writing(&app.providers).map_err(|source| RotateError::Epoch {
+        epoch: crate::ids::EpochId::try_from(crate::keys::OBJECT_AUTH_EPOCH.to_string())
+            .unwrap_or_else(|_| crate::ids::EpochId::for_day(time::Date::MIN)),
+        source,
+    })?;
     for s in &involved {
         app.push_keyrings(s).await?;
     }
