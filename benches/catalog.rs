@@ -32,7 +32,7 @@ async fn main() {
         let created = start + time::Duration::minutes(57 * i as i64);
         let id = SnapshotId::from_timestamp_ms((created.unix_timestamp() * 1000) as u64);
         let m = Manifest {
-            format: coffre::store::objects::MANIFEST_FORMAT,
+            format: coffre::format::objects::MANIFEST_FORMAT,
             snapshot: id,
             source: "emr".into(),
             host: "bench".into(),
@@ -89,8 +89,8 @@ async fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
-    let plan = coffre::retention::shred::current_plan(&app, time::OffsetDateTime::now_utc())
-        .expect("plan");
+    let plan =
+        coffre::ops::shred::current_plan(&app, time::OffsetDateTime::now_utc()).expect("plan");
     println!(
         "retention plan ({} due epochs, {} upcoming):  {:>8.1} ms",
         plan.due.len(),

@@ -58,7 +58,7 @@ impl Coffre {
     /// Build every component. Fetches a file provider's keyring from the stores when this host
     /// has none yet (restore on a new host).
     pub async fn open(config: Config) -> Result<Coffre, AppError> {
-        crate::keys::file::create_private_dir(&config.state_dir).map_err(|source| {
+        crate::fsutil::create_private_dir(&config.state_dir).map_err(|source| {
             AppError::StateDir {
                 path: config.state_dir.clone(),
                 source,
@@ -258,7 +258,7 @@ impl Coffre {
     /// tags would read as forged).
     pub fn seal_key_object(
         &self,
-        k: &mut crate::store::objects::KeyObject,
+        k: &mut crate::format::objects::KeyObject,
     ) -> Result<(), crate::keys::KeyError> {
         k.auth.clear();
         let manifest = self
@@ -281,7 +281,7 @@ impl Coffre {
         let writer = crate::auth::ObjectAuth::for_writing(&self.providers)?;
         let reader = crate::auth::ObjectAuth::for_reading(&self.providers);
         let mut report = SealReport::default();
-        let untagged = |k: &crate::store::objects::KeyObject| {
+        let untagged = |k: &crate::format::objects::KeyObject| {
             let mut k = k.clone();
             k.auth.clear();
             k
@@ -342,7 +342,7 @@ impl Coffre {
             writer.seal(&mut key, &e.manifest);
             let mut failed = None;
             for s in unsealed_in {
-                if let Err(err) = crate::retention::shred::put_key_object(s, &key).await {
+                if let Err(err) = crate::store::put_key_object(s, &key).await {
                     failed = Some(format!("store `{}`: {err}", s.name));
                 }
             }

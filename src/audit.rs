@@ -6,9 +6,7 @@
 //! the chain (`verify`). Each entry is fsynced before the action it announces proceeds; if it
 //! cannot be written, the action is refused. This is not tracing: nothing here goes to the logs.
 
-pub mod expire;
-pub mod replicate;
-
+use crate::clock::now_rfc3339;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -215,26 +213,8 @@ pub struct AccessLog {
     tail: Mutex<()>,
 }
 
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
 fn line_hash(line: &str) -> String {
     hex::encode(Sha256::digest(line.as_bytes()))
-}
-
-/// The OS user running this process (the actor of CLI accesses).
-pub fn current_user() -> String {
-    // No environment variable names the actor: a socket caller's name comes from its peer
-    // credentials (daemon::control), never from anything the caller sets.
-    let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 impl AccessLog {
@@ -305,7 +285,7 @@ impl AccessLog {
             source,
         };
         if let Some(dir) = self.path.parent() {
-            crate::keys::file::create_private_dir(dir).map_err(write_err)?;
+            crate::fsutil::create_private_dir(dir).map_err(write_err)?;
         }
         loop {
             let f = OpenOptions::new()

@@ -17,8 +17,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::format::objects::{AuthTag, KeyObject, Manifest};
 use crate::keys::{KeyError, KeyProvider};
-use crate::store::objects::{AuthTag, KeyObject, Manifest};
 
 /// What a key object's tags say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,8 +174,8 @@ impl ObjectAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::objects::{SnapshotKind, Wrap};
     use crate::ids::{EpochId, SnapshotId};
-    use crate::store::objects::{SnapshotKind, Wrap};
 
     fn auth(names: &[&str]) -> ObjectAuth {
         ObjectAuth {
@@ -191,7 +191,7 @@ mod tests {
     fn objects() -> (KeyObject, Manifest) {
         let id = SnapshotId::new();
         let m = Manifest {
-            format: crate::store::objects::MANIFEST_FORMAT,
+            format: crate::format::objects::MANIFEST_FORMAT,
             snapshot: id,
             source: "emr".into(),
             host: "h".into(),
@@ -209,7 +209,7 @@ mod tests {
             segment_log2: 20,
         };
         let k = KeyObject {
-            format: crate::store::objects::KEY_OBJECT_FORMAT,
+            format: crate::format::objects::KEY_OBJECT_FORMAT,
             snapshot: id,
             source: "emr".into(),
             epoch: EpochId::try_from("2027-01-01.1".to_string()).unwrap(),

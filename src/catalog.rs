@@ -28,17 +28,10 @@ pub enum CatalogError {
     StoresDisagree { count: usize, first: String },
 }
 
-/// What to do about an SQLite error: a full or failing disk is the common cause of I/O errors.
+/// What to do about an SQLite error of the catalog.
 pub fn db_hint(e: &rusqlite::Error) -> &'static str {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) | Some(rusqlite::ErrorCode::SystemIoFailure) => {
-            ". The state folder's disk is full or failing: free space (nothing was committed by this command)"
-        }
-        Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::PermissionDenied) => {
-            ". The state folder is not writable: check its permissions"
-        }
-        _ => ". If the catalog is damaged, move it aside and run `coffre catalog rebuild`",
-    }
+    crate::fsutil::db_hint(e)
+        .unwrap_or(". If the catalog is damaged, move it aside and run `coffre catalog rebuild`")
 }
 
 /// State of one replica as last seen.
@@ -97,7 +90,7 @@ pub struct Catalog {
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         if let Some(dir) = path.parent() {
-            crate::keys::file::create_private_dir(dir).map_err(|e| CatalogError::Db {
+            crate::fsutil::create_private_dir(dir).map_err(|e| CatalogError::Db {
                 path: path.to_path_buf(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
@@ -194,7 +187,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let manifest = String::from_utf8(m.to_json()).unwrap_or_default();
         let key = String::from_utf8(k.to_json()).unwrap_or_default();
-        let now = crate::audit::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.db(e))?;
         tx.execute(
@@ -230,7 +223,7 @@ impl Catalog {
             .execute(
                 "INSERT INTO replicas (snapshot, store, state, updated) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(snapshot, store) DO UPDATE SET state = excluded.state, updated = excluded.updated",
-                params![id.to_string(), store, state.as_str(), crate::audit::now_rfc3339()],
+                params![id.to_string(), store, state.as_str(), crate::clock::now_rfc3339()],
             )
             .map_err(|e| self.db(e))?;
         Ok(())
@@ -563,7 +556,7 @@ impl Catalog {
             .execute(
                 "INSERT INTO alerts (key, text, since) VALUES (?1, ?2, ?3)
                  ON CONFLICT(key) DO UPDATE SET text = excluded.text",
-                params![key, text, crate::audit::now_rfc3339()],
+                params![key, text, crate::clock::now_rfc3339()],
             )
             .map_err(|e| self.db(e))?;
         Ok(())

@@ -15,8 +15,8 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::SnapshotId;
-use crate::pipeline::Protection;
-use crate::restore::{Request, Selector};
+use crate::ops::protect::Protection;
+use crate::ops::restore::{Request, Selector};
 use crate::Coffre;
 
 /// Exit codes, the same for a local run and one through the daemon.
@@ -98,7 +98,7 @@ pub struct Ctx {
     pub actor: String,
     pub out: Out,
     /// Through the socket: restored bytes go to the caller, who writes them with its own rights.
-    pub restore_sink: Option<tokio::sync::mpsc::Sender<crate::restore::Chunk>>,
+    pub restore_sink: Option<tokio::sync::mpsc::Sender<crate::ops::restore::Chunk>>,
 }
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
@@ -596,7 +596,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
     match cmd {
         Command::Backup { source, path, json } => {
-            let out = crate::pipeline::protect(app, source, path).await?;
+            let out = crate::ops::protect::protect(app, source, path).await?;
             if *json {
                 w.json(&out)?;
             } else {
@@ -771,7 +771,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 progress: !w.is_remote() && std::io::stderr().is_terminal() && !a.json,
                 stream: ctx.restore_sink.clone(),
             };
-            let report = crate::restore::restore(app, &req).await?;
+            let report = crate::ops::restore::restore(app, &req).await?;
             if a.json {
                 w.json(&report)?;
             } else {
@@ -797,7 +797,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Verify { snapshot, json } => {
-            let checks = crate::verify::verify(app, *snapshot).await;
+            let checks = crate::ops::verify::verify(app, *snapshot).await;
             let bad = checks.iter().filter(|c| !c.ok()).count();
             if *json {
                 w.json(&checks)?;
@@ -908,7 +908,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 app.audit.path().display(),
                 n
             );
-            let findings = crate::audit::replicate::verify_stores(app)
+            let findings = crate::ops::audit_replicate::verify_stores(app)
                 .await
                 .map_err(anyhow::Error::msg)?;
             for f in &findings {
@@ -935,7 +935,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             command: AuditCommand::Expire { json },
         } => {
             let now = time::OffsetDateTime::now_utc();
-            let r = crate::audit::expire::expire(app, now, &ctx.actor.clone())
+            let r = crate::ops::audit_expire::expire(app, now, &ctx.actor.clone())
                 .await
                 .map_err(anyhow::Error::msg)?;
             if *json {
@@ -1024,7 +1024,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     ..
                 },
         } => {
-            let n = crate::keys::rotate::add_provider_wraps(app, to, &ctx.actor.clone(), purpose)
+            let n = crate::ops::rotate::add_provider_wraps(app, to, &ctx.actor.clone(), purpose)
                 .await?;
             if *json {
                 w.json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
@@ -1042,7 +1042,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             let now = time::OffsetDateTime::now_utc();
             match command {
                 RetentionCommand::Plan { json } => {
-                    let plan = crate::retention::shred::current_plan(app, now)?;
+                    let plan = crate::ops::shred::current_plan(app, now)?;
                     if *json {
                         w.json(&plan)?;
                     } else {
@@ -1075,7 +1075,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 }
                 RetentionCommand::Run { json } => {
                     let (done, errors) =
-                        crate::retention::shred::run_due(app, now, &ctx.actor.clone()).await;
+                        crate::ops::shred::run_due(app, now, &ctx.actor.clone()).await;
                     if *json {
                         w.json(&done)?;
                     } else {
@@ -1150,8 +1150,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 outln!(w, "would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
                 return Ok(exit::USAGE);
             }
-            let r =
-                crate::retention::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
+            let r = crate::ops::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
             if *json {
                 w.json(&r)?;
             } else {
@@ -1168,7 +1167,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             json,
             ..
         } => {
-            let req = crate::drill::DrillRequest {
+            let req = crate::ops::drill::DrillRequest {
                 source: source.clone(),
                 store: store.clone(),
                 snapshot: *snapshot,
@@ -1176,7 +1175,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 actor: ctx.actor.clone(),
                 purpose: purpose.clone(),
             };
-            let reports = crate::drill::drill(app, &req)
+            let reports = crate::ops::drill::drill(app, &req)
                 .await
                 .map_err(anyhow::Error::msg)?;
             if *json {
@@ -1208,12 +1207,11 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             let actor = ctx.actor.clone();
             match command {
                 HoldCommand::Add { snapshot, purpose } => {
-                    crate::retention::shred::hold_add(app, snapshot, &actor, purpose).await?;
+                    crate::ops::shred::hold_add(app, snapshot, &actor, purpose).await?;
                     outln!(w, "snapshot {snapshot} is under legal hold: it will not be shredded until released");
                 }
                 HoldCommand::Release { snapshot, purpose } => {
-                    let k = crate::retention::shred::hold_release(app, snapshot, &actor, purpose)
-                        .await?;
+                    let k = crate::ops::shred::hold_release(app, snapshot, &actor, purpose).await?;
                     outln!(
                         w,
                         "hold on snapshot {snapshot} released: its key is back under epoch {}",

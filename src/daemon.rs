@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{AppError, Coffre};
 use crate::config::Config;
 use crate::ids::SnapshotId;
-use crate::pipeline::{PipelineError, Protection};
+use crate::ops::protect::{PipelineError, Protection};
 use crate::status::{self, Runtime, SourceLabel, SourceOutcome};
 use intake::{Intake, Journal, JournalState};
 
@@ -373,7 +373,7 @@ async fn protect_one(
             })
             .inc();
     };
-    match crate::pipeline::protect_as(app, source, &key.path, id).await {
+    match crate::ops::protect::protect_as(app, source, &key.path, id).await {
         Ok(out) => {
             for s in &out.committed {
                 rt.uploaded(s, out.manifest.sealed_size);
@@ -441,7 +441,7 @@ async fn catch_up_loop(
         rt.worker("catch-up", "busy");
         replicate::probe(&app, &rt).await;
         let (copied, failed) = replicate::catch_up(&app, &rt).await;
-        if let Err(e) = crate::audit::replicate::replicate(&app).await {
+        if let Err(e) = crate::ops::audit_replicate::replicate(&app).await {
             rt.worker_error("catch-up", &format!("access log not replicated: {e}"));
         }
         if failed > 0 {
@@ -543,7 +543,7 @@ async fn shred_loop(
             }
         }
         rt.worker("shred", "busy");
-        let (done, errors) = crate::retention::shred::run_due(&app, now, "coffre-daemon").await;
+        let (done, errors) = crate::ops::shred::run_due(&app, now, "coffre-daemon").await;
         for r in &done {
             tracing::info!(epoch = %r.epoch, snapshots = r.snapshots.len(), "retention shredded an epoch");
         }
@@ -552,7 +552,7 @@ async fn shred_loop(
         }
         // The access log's own retention, under the same clock guard.
         let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        match crate::audit::expire::expire(&app, now, "coffre-daemon").await {
+        match crate::ops::audit_expire::expire(&app, now, "coffre-daemon").await {
             Ok(r) => {
                 for e in &r.errors {
                     rt.worker_error("shred", e);
@@ -596,7 +596,7 @@ async fn drill_loop(
             .drills()
             .unwrap_or_default()
             .iter()
-            .filter_map(|t| serde_json::from_str::<crate::drill::DrillReport>(t).ok())
+            .filter_map(|t| serde_json::from_str::<crate::ops::drill::DrillReport>(t).ok())
             .filter_map(|r| {
                 let t = time::OffsetDateTime::parse(
                     &r.started,
@@ -620,13 +620,13 @@ async fn drill_loop(
                 continue;
             }
             rt.worker("drill", "busy");
-            let req = crate::drill::DrillRequest {
+            let req = crate::ops::drill::DrillRequest {
                 source: Some(s.name.clone()),
                 actor: "coffre-daemon".into(),
                 purpose: "scheduled disaster-recovery drill".into(),
                 ..Default::default()
             };
-            match crate::drill::drill(&app, &req).await {
+            match crate::ops::drill::drill(&app, &req).await {
                 Ok(reports) => {
                     for r in reports.iter().filter(|r| !r.ok) {
                         rt.worker_error(

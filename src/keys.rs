@@ -11,36 +11,15 @@
 
 pub mod file;
 pub mod pkcs11;
-pub mod rotate;
 
 use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ProviderKind};
 use crate::ids::{EpochId, SnapshotId};
 
-/// 32-byte data key of one snapshot.
-pub struct DataKey(SecretBox<[u8; 32]>);
-
-impl DataKey {
-    /// A fresh random data key.
-    pub fn generate() -> DataKey {
-        let mut k = Box::new([0u8; 32]);
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, k.as_mut());
-        DataKey(SecretBox::new(k))
-    }
-
-    /// From raw bytes (the caller's copy should be zeroized).
-    pub fn from_bytes(bytes: [u8; 32]) -> DataKey {
-        DataKey(SecretBox::new(Box::new(bytes)))
-    }
-
-    pub(crate) fn expose(&self) -> &[u8; 32] {
-        self.0.expose_secret()
-    }
-}
+pub use crate::format::DataKey;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -18,24 +18,26 @@
 // cold paths, so their size is not worth boxing.
 #![allow(clippy::result_large_err)]
 
+pub mod actor;
 pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod drill;
+pub mod format;
+pub mod fsutil;
 pub mod ids;
 pub mod inflight;
+pub mod journal;
 pub mod keys;
 pub mod lock;
-pub mod pipeline;
-pub mod restore;
+pub mod ops;
 pub mod retention;
 pub mod status;
 pub mod store;
-pub mod verify;
 
 pub use app::Coffre;
 pub use config::Config;

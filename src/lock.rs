@@ -126,7 +126,7 @@ fn acquire_waiting(
         path: path.clone(),
         source,
     };
-    crate::keys::file::create_private_dir(state_dir).map_err(open_err)?;
+    crate::fsutil::create_private_dir(state_dir).map_err(open_err)?;
     let open = || {
         std::fs::OpenOptions::new()
             .read(true)

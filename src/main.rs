@@ -157,12 +157,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config = load_config(&cli)?;
             let _lock = lock::acquire(&config.state_dir, Role::Command)?;
-            let r = coffre::keys::rotate::rotate_master_key_everywhere(
+            let r = coffre::ops::rotate::rotate_master_key_everywhere(
                 &config,
                 provider,
                 new_key,
                 *create,
-                &coffre::audit::current_user(),
+                &coffre::actor::current_user(),
                 purpose,
             )
             .await?;
@@ -235,7 +235,7 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
     };
     let app = Coffre::open(config).await?;
     let ctx = Ctx {
-        actor: coffre::audit::current_user(),
+        actor: coffre::actor::current_user(),
         out: Out::local(),
         restore_sink: None,
     };
@@ -243,7 +243,7 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
     if cmd.writes_access_log() {
         // The access log's sealed copy follows it to the stores (best effort: the daemon and
         // the next command retry).
-        if let Err(e) = coffre::audit::replicate::replicate(&app).await {
+        if let Err(e) = coffre::ops::audit_replicate::replicate(&app).await {
             tracing::warn!(error = %e, "access log not replicated to the stores yet");
         }
     }
@@ -282,7 +282,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<Exit
         Command::Restore(a) => {
             a.to =
                 std::path::absolute(&a.to).with_context(|| format!("--to {}", a.to.display()))?;
-            coffre::restore::check_target(&a.to)?;
+            coffre::ops::restore::check_target(&a.to)?;
             writer = Some(client::Restore::new(
                 a.to.clone(),
                 std::io::stderr().is_terminal() && !a.json,
@@ -426,16 +426,16 @@ mod client {
             if self.writer.is_some() {
                 return Err("the daemon began a second restore on one request".into());
             }
-            let tmp = coffre::restore::partial_path(&self.to, &b.snapshot);
-            coffre::restore::remove_any(&tmp);
+            let tmp = coffre::ops::restore::partial_path(&self.to, &b.snapshot);
+            coffre::ops::restore::remove_any(&tmp);
             let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
             let t = tmp.clone();
             let kind = b.kind;
             let h = std::thread::Builder::new()
                 .name("coffre-restore-write".into())
                 .spawn(move || match kind {
-                    SnapshotKind::File => coffre::restore::write_file(rx, &t),
-                    SnapshotKind::Directory => coffre::restore::unpack_tar(rx, &t),
+                    SnapshotKind::File => coffre::ops::restore::write_file(rx, &t),
+                    SnapshotKind::Directory => coffre::ops::restore::unpack_tar(rx, &t),
                 })
                 .map_err(|e| format!("cannot start the writer: {e}"))?;
             self.tmp = Some(tmp);
@@ -495,7 +495,7 @@ mod client {
                     self.to.display()
                 ));
             }
-            if let Err(e) = coffre::restore::rename_into_place(&tmp, &self.to) {
+            if let Err(e) = coffre::ops::restore::rename_into_place(&tmp, &self.to) {
                 self.abort();
                 return Err(format!(
                     "cannot move the restored snapshot to {}: {e}; nothing was left there",
@@ -509,7 +509,7 @@ mod client {
         fn abort(&mut self) {
             let _ = self.join();
             if let Some(t) = self.tmp.take() {
-                coffre::restore::remove_any(&t);
+                coffre::ops::restore::remove_any(&t);
             }
         }
     }

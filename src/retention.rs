@@ -10,10 +10,6 @@
 //! can be wrapped under the epoch of its real expiry and re-wraps stay rare; only `keep-last`,
 //! holds and the newest-snapshot guard are applied late, by moving keys, never data.
 
-pub mod clock;
-pub mod erasure;
-pub mod shred;
-
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

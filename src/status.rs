@@ -192,7 +192,7 @@ impl Runtime {
         let h = s.entry(store.to_string()).or_default();
         h.up = false;
         h.last_error_kind = Some(kind.to_string());
-        h.last_error_at = Some(crate::audit::now_rfc3339());
+        h.last_error_at = Some(crate::clock::now_rfc3339());
         self.metrics
             .store_up
             .get_or_create(&StoreLabel {
@@ -219,7 +219,7 @@ impl Runtime {
         let e = w.entry(name.to_string()).or_default();
         if state == "busy" {
             e.runs += 1;
-            e.last_run = Some(crate::audit::now_rfc3339());
+            e.last_run = Some(crate::clock::now_rfc3339());
         }
         e.state = state.to_string();
     }
@@ -403,7 +403,7 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         .collect();
     let mut drills = Vec::new();
     for text in app.catalog.drills().unwrap_or_default() {
-        let Ok(r) = serde_json::from_str::<crate::drill::DrillReport>(&text) else {
+        let Ok(r) = serde_json::from_str::<crate::ops::drill::DrillReport>(&text) else {
             continue;
         };
         let label = SourceStore {

@@ -12,20 +12,18 @@
 //! Invariant: a snapshot is committed in a store iff its manifest is there and the data matches
 //! the manifest's SHA-256. Nothing here ever sees plaintext.
 
-pub mod objects;
-
 use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::path::Path as ObjPath;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, RetryConfig, UpdateVersion};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{is_loopback_host, Config, StoreConfig, StoreKind};
 use crate::ids::SnapshotId;
 
-pub use objects::{KeyObject, Manifest, SnapshotKind, Wrap};
+pub use crate::format::objects::{KeyObject, Manifest, SnapshotKind, Wrap};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -183,7 +181,9 @@ impl Store {
         id: &SnapshotId,
     ) -> Result<Manifest, StoreError> {
         let path = self.manifest_path(source, id);
-        let bytes = self.get_small(&path, objects::MAX_SMALL_OBJECT).await?;
+        let bytes = self
+            .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+            .await?;
         let m = Manifest::parse(&bytes).map_err(|reason| StoreError::BadObject {
             store: self.name.clone(),
             path: path.to_string(),
@@ -208,7 +208,9 @@ impl Store {
         id: &SnapshotId,
     ) -> Result<KeyObject, StoreError> {
         let path = self.key_path(source, id);
-        let bytes = self.get_small(&path, objects::MAX_SMALL_OBJECT).await?;
+        let bytes = self
+            .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+            .await?;
         let k = KeyObject::parse(&bytes).map_err(|reason| StoreError::BadObject {
             store: self.name.clone(),
             path: path.to_string(),
@@ -315,7 +317,7 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
                 .path
                 .as_ref()
                 .ok_or_else(|| setup("a local store needs path".into()))?;
-            crate::keys::file::create_private_dir(path)
+            crate::fsutil::create_private_dir(path)
                 .map_err(|e| setup(format!("cannot create {}: {e}", path.display())))?;
             Arc::new(
                 object_store::local::LocalFileSystem::new_with_prefix(path)
@@ -385,4 +387,34 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
         prefix: ObjPath::from(s.prefix.as_str()),
         inner,
     })
+}
+
+/// Rewrite a key object in a store: conditional update where the store supports it.
+pub async fn put_key_object(store: &Store, k: &KeyObject) -> Result<(), StoreError> {
+    let path = store.key_path(&k.source, &k.snapshot);
+    let body = k.to_json();
+    let head = store.inner.head(&path).await;
+    let mode = match head {
+        Ok(meta) => PutMode::Update(UpdateVersion {
+            e_tag: meta.e_tag,
+            version: meta.version,
+        }),
+        Err(object_store::Error::NotFound { .. }) => PutMode::Create,
+        Err(e) => return Err(store.op_err("head", &path, e)),
+    };
+    match store
+        .inner
+        .put_opts(&path, body.clone().into(), PutOptions::from(mode))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::NotImplemented { .. })
+        | Err(object_store::Error::NotSupported { .. }) => store
+            .inner
+            .put(&path, body.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| store.op_err("put", &path, e)),
+        Err(e) => Err(store.op_err("put", &path, e)),
+    }
 }

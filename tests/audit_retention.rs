@@ -82,7 +82,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     for what in ["restore", "drill", "unwrap"] {
         app.audit.append(access(what)).unwrap();
     }
-    let written = coffre::audit::replicate::replicate(&app).await.unwrap();
+    let written = coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     assert_eq!(written.values().copied().collect::<Vec<_>>(), [3, 3]);
     let sealed_before = audit_objects(dir.path());
     assert_eq!(
@@ -98,7 +98,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
 
     // Today: nothing is older than 30 days; the segments' epoch ends in 30 days.
     let now = time::OffsetDateTime::now_utc();
-    let r = coffre::audit::expire::expire(&app, now, "test")
+    let r = coffre::ops::audit_expire::expire(&app, now, "test")
         .await
         .unwrap();
     assert!(r.local.is_none() && r.epochs.is_empty() && r.errors.is_empty());
@@ -107,7 +107,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     // Just past 30 days after the last entry: the local entries go (a pruning record stays
     // and the chain verifies), but the segments' epoch day is not over yet.
     let later = last_time + time::Duration::days(30) + time::Duration::seconds(1);
-    let r = coffre::audit::expire::expire(&app, later, "test")
+    let r = coffre::ops::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     let pruned = r.local.clone().expect("entries 1-3 pruned");
@@ -121,20 +121,20 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     // The stores still hold entries 1-3 (their epoch runs to the end of its day); the check
     // of the copies does not call that a disagreement.
     assert_eq!(audit_objects(dir.path()), sealed_before);
-    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+    let findings = coffre::ops::audit_replicate::verify_stores_at(&app, later)
         .await
         .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
     // The pruning record replicates after them, continuing each store's copy.
-    coffre::audit::replicate::replicate(&app).await.unwrap();
-    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+    coffre::ops::audit_replicate::replicate(&app).await.unwrap();
+    let findings = coffre::ops::audit_replicate::verify_stores_at(&app, later)
         .await
         .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
 
     // Two days later every epoch written today is over: keys destroyed, copies deleted.
     let much_later = now + time::Duration::days(32);
-    let r = coffre::audit::expire::expire(&app, much_later, "test")
+    let r = coffre::ops::audit_expire::expire(&app, much_later, "test")
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -182,7 +182,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
-    let findings = coffre::audit::replicate::verify_stores_at(&app, much_later)
+    let findings = coffre::ops::audit_replicate::verify_stores_at(&app, much_later)
         .await
         .unwrap();
     let unopened = findings
@@ -195,7 +195,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     );
 
     // Idempotent: the next run finds the epoch destroyed and deletes the put-back copies.
-    let r = coffre::audit::expire::expire(&app, much_later, "test")
+    let r = coffre::ops::audit_expire::expire(&app, much_later, "test")
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -210,7 +210,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     for what in ["restore", "drill", "unwrap"] {
         app.audit.append(access(what)).unwrap();
     }
-    coffre::audit::replicate::replicate(&app).await.unwrap();
+    coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     // Store b goes away (its folder is replaced by a file) while entries 4-5 are written:
     // store a gets them, b does not.
     let b = dir.path().join("stores/b");
@@ -220,7 +220,9 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     for what in ["restore", "drill"] {
         app.audit.append(access(what)).unwrap();
     }
-    let err = coffre::audit::replicate::replicate(&app).await.unwrap_err();
+    let err = coffre::ops::audit_replicate::replicate(&app)
+        .await
+        .unwrap_err();
     assert!(err.contains("`b`"), "names the store: {err}");
     std::fs::remove_file(&b).unwrap();
     std::fs::rename(&away, &b).unwrap();
@@ -229,19 +231,19 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     let last =
         time::OffsetDateTime::parse(&last, &time::format_description::well_known::Rfc3339).unwrap();
     let later = last + time::Duration::days(30) + time::Duration::seconds(1);
-    let r = coffre::audit::expire::expire(&app, later, "test")
+    let r = coffre::ops::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     assert_eq!(r.local.map(|p| (p.first, p.through)), Some((1, 5)));
     // b is back: it gets the entries the local log still holds; 4-5 are past retention, so
     // their absence from b is not a finding, while an entry the log holds would be.
-    coffre::audit::replicate::replicate(&app).await.unwrap();
-    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+    coffre::ops::audit_replicate::replicate(&app).await.unwrap();
+    let findings = coffre::ops::audit_replicate::verify_stores_at(&app, later)
         .await
         .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
     app.audit.append(access("restore")).unwrap();
-    coffre::audit::replicate::replicate(&app).await.unwrap();
+    coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     // Remove b's segment holding entry 6 (the pruning record, which the local log holds): it is
     // missing from b's copy, between the expired entries and entry 7.
     let mut seg6 = None;
@@ -258,7 +260,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
         }
     }
     std::fs::remove_file(seg6.expect("b holds segment 6-6")).unwrap();
-    let findings = coffre::audit::replicate::verify_stores_at(&app, later)
+    let findings = coffre::ops::audit_replicate::verify_stores_at(&app, later)
         .await
         .unwrap();
     assert!(
@@ -275,7 +277,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     let app = Coffre::open(config(dir.path())).await.unwrap();
     app.audit.append(access("restore")).unwrap();
-    coffre::audit::replicate::replicate(&app).await.unwrap();
+    coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     // Someone deleted the segments by hand (or the store left the config): the epoch key that
     // wrapped them must still be destroyed when its day is over, in case a copy survives.
     for s in ["a", "b"] {
@@ -293,7 +295,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
     assert_eq!(epochs(&app).len(), 1);
     assert!(!epochs(&app)[0].1);
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(32);
-    let r = coffre::audit::expire::expire(&app, later, "test")
+    let r = coffre::ops::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -304,7 +306,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
     let b = dir.path().join("stores/b");
     std::fs::remove_dir_all(&b).unwrap();
     std::fs::write(&b, b"not a folder").unwrap();
-    let r = coffre::audit::expire::expire(&app, later, "test")
+    let r = coffre::ops::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     assert!(r.errors.iter().any(|e| e.contains("`b`")), "{:?}", r.errors);

@@ -120,7 +120,7 @@ fn content(tag: &str) -> Vec<u8> {
 
 /// Every file under `root`, relative.
 fn files(root: &Path) -> Vec<PathBuf> {
-    coffre::pipeline::source::walk(root)
+    coffre::ops::protect::source::walk(root)
         .unwrap()
         .into_iter()
         .filter(|r| root.join(r).is_file())
@@ -286,9 +286,10 @@ fn reseal(env: &Env, store: &str, id: &str) {
     let dir = env.p(&format!("stores/{store}/coffre/snapshots/emr/{id}"));
     let mut k =
         coffre::store::KeyObject::parse(&std::fs::read(dir.join("key.json")).unwrap()).unwrap();
-    let m =
-        coffre::store::objects::Manifest::parse(&std::fs::read(dir.join("manifest.json")).unwrap())
-            .unwrap();
+    let m = coffre::format::objects::Manifest::parse(
+        &std::fs::read(dir.join("manifest.json")).unwrap(),
+    )
+    .unwrap();
     let config = coffre::Config::load(&env.p("coffre.toml")).unwrap();
     let providers = coffre::keys::build(&config).unwrap();
     coffre::auth::ObjectAuth::for_writing(&providers)

@@ -6,9 +6,9 @@
 #[path = "common/matrix.rs"]
 mod matrix;
 
+use coffre::format::seal::{self, Header, SealError, TAG_LEN};
 use coffre::ids::SnapshotId;
 use coffre::keys::DataKey;
-use coffre::pipeline::seal::{self, Header, SealError, TAG_LEN};
 
 const LOG2: u8 = 16;
 const CT: usize = (1 << LOG2) + TAG_LEN;

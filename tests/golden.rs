@@ -2,8 +2,8 @@
 //! with the current code, so that a format change that would strand old backups fails here.
 //! Regenerate only for a NEW format version: `COFFRE_WRITE_GOLDEN=1 cargo test --test golden`.
 
+use coffre::format::seal::{self, Header, SealError};
 use coffre::keys::DataKey;
-use coffre::pipeline::seal::{self, Header, SealError};
 use sha2::{Digest, Sha256};
 
 const SNAPSHOT: &str = "01JDGOLDEN0000000000000000";

@@ -2,7 +2,7 @@
 //! other and with `Header::encode`.
 #![no_main]
 
-use coffre::pipeline::seal::{
+use coffre::format::seal::{
     Header, FIXED_HEADER_LEN, MAX_HEADER_LEN, MAX_SEGMENT_LOG2, MIN_SEGMENT_LOG2,
 };
 use libfuzzer_sys::fuzz_target;

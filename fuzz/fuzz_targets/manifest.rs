@@ -2,7 +2,7 @@
 //! serialises back to JSON that parses to the same value.
 #![no_main]
 
-use coffre::store::objects::MAX_SMALL_OBJECT;
+use coffre::format::objects::MAX_SMALL_OBJECT;
 use coffre::store::{KeyObject, Manifest};
 use libfuzzer_sys::fuzz_target;
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use coffre::keys::DataKey;
-use coffre::pipeline::seal::{open_to_vec, Header, TAG_LEN};
+use coffre::format::seal::{open_to_vec, Header, TAG_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::cli::{self, exit, Access, Command, Ctx, Frame, Out};
-use crate::restore::Chunk;
+use crate::ops::restore::Chunk;
 
 /// Protocol version of a request.
 pub const VERSION: u32 = 1;

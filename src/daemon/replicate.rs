@@ -36,7 +36,7 @@ pub async fn copy_snapshot(
     let key_bytes = from
         .get_small(
             &from.key_path(source, id),
-            crate::store::objects::MAX_SMALL_OBJECT,
+            crate::format::objects::MAX_SMALL_OBJECT,
         )
         .await?;
     let src = from.data_path(source, id);
@@ -180,7 +180,7 @@ pub async fn catch_up(app: &Coffre, rt: &Runtime) -> (u64, u64) {
 /// Re-read every replica, check its hash, and repair bad or missing ones from a good replica.
 /// Returns (checked, bad, repaired).
 pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
-    let checks = crate::verify::verify(app, None).await;
+    let checks = crate::ops::verify::verify(app, None).await;
     let (mut bad_n, mut repaired) = (0, 0);
     let checked = checks.len() as u64;
     for c in checks

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -31,6 +31,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::{DataKey, EpochInfo, KeyError, KeyProvider};
 use crate::config::{present_secret_file_problem, Config, KeyProviderConfig};
+use crate::fsutil::{create_private_dir, sync_dir, write_atomic};
 use crate::ids::{EpochId, SnapshotId};
 
 const KEYRING_MAGIC: &[u8; 8] = b"COFFREKR";
@@ -191,7 +192,7 @@ pub struct FileProvider {
 }
 
 fn now() -> String {
-    crate::audit::now_rfc3339()
+    crate::clock::now_rfc3339()
 }
 
 impl FileProvider {
@@ -733,46 +734,6 @@ pub fn create_master_key(path: &Path) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    sync_dir(path)
-}
-
-/// Create a folder (and parents) with mode 0700 for the leaf.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.as_os_str().is_empty() || dir.exists() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// fsync the parent folder of `path` so a create or rename is durable.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(parent)?.sync_all()
-}
-
-/// Write a file atomically: temp file, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        create_private_dir(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
     sync_dir(path)
 }
 

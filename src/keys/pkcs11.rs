@@ -123,7 +123,7 @@ impl Drop for SecretTemplate {
 }
 
 fn now() -> String {
-    crate::audit::now_rfc3339()
+    crate::clock::now_rfc3339()
 }
 
 fn epoch_label(epoch: &EpochId) -> Vec<u8> {

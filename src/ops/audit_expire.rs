@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Pruned, Target};
+use crate::format::objects::MAX_SMALL_OBJECT;
 use crate::ids::{EpochId, SnapshotId};
-use crate::retention::shred::{CopyResult, DestructionRecord, ProviderResult};
-use crate::store::objects::MAX_SMALL_OBJECT;
+use crate::ops::shred::{CopyResult, DestructionRecord, ProviderResult};
 use crate::store::KeyObject;
 
 const REASON: &str = "access-log retention ended";
@@ -67,14 +67,14 @@ pub async fn expire(
     actor: &str,
 ) -> Result<ExpireReport, String> {
     // Nothing, not even the local log's head, goes when the clock jumped.
-    crate::retention::clock::check(app, now).map_err(|e| e.to_string())?;
-    let _lock = crate::retention::shred::lock(app)
+    crate::ops::clock_guard::check(app, now).map_err(|e| e.to_string())?;
+    let _lock = crate::ops::shred::lock(app)
         .await
         .map_err(|e| e.to_string())?;
     let mut report = ExpireReport::default();
     report
         .errors
-        .extend(crate::retention::erasure::catch_up(app, actor).await);
+        .extend(crate::ops::erasure::catch_up(app, actor).await);
     let cutoff = now
         .checked_sub(
             time::Duration::try_from(app.config.audit.retention).map_err(|e| e.to_string())?,
@@ -88,7 +88,7 @@ pub async fn expire(
     // Every segment copy of this host, by the epoch its key object names.
     let mut by_epoch: BTreeMap<EpochId, Vec<Copy>> = BTreeMap::new();
     for (i, s) in app.stores.iter().enumerate() {
-        let segs = match super::replicate::segments(s, &app.host).await {
+        let segs = match crate::ops::audit_replicate::segments(s, &app.host).await {
             Ok(segs) => segs,
             Err(e) => {
                 report.errors.push(e);
@@ -223,7 +223,7 @@ async fn destroy_epoch(
         });
     }
     // Recorded per store, retried by later runs while it fails.
-    let keyrings = crate::retention::erasure::push_after_destruction(app, epoch).await;
+    let keyrings = crate::ops::erasure::push_after_destruction(app, epoch).await;
 
     // 2. Each copy: check it no longer opens, then delete it (key object last).
     let mut results = Vec::new();
@@ -231,7 +231,7 @@ async fn destroy_epoch(
         let s = &app.stores[c.store];
         let decrypt_check = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
             Ok(b) => match KeyObject::parse(&b) {
-                Ok(k) => match crate::restore::unwrap_dek(app, &k) {
+                Ok(k) => match crate::ops::restore::unwrap_dek(app, &k) {
                     Ok(_) => "STILL DECRYPTABLE".to_string(),
                     Err(e) if e.is_destroyed() => "key destroyed".to_string(),
                     Err(e) => format!("not decryptable: {e}"),
@@ -278,7 +278,7 @@ async fn destroy_epoch(
     ids.dedup();
     let mut record = DestructionRecord {
         record: SnapshotId::new().to_string(),
-        time: crate::audit::now_rfc3339(),
+        time: crate::clock::now_rfc3339(),
         actor: actor.into(),
         reason: REASON.into(),
         epoch: epoch.clone(),
@@ -292,7 +292,7 @@ async fn destroy_epoch(
         complete: false,
     };
     record.complete = record.is_complete();
-    crate::retention::shred::keep_record(app, &record)
+    crate::ops::shred::keep_record(app, &record)
         .await
         .map_err(|e| e.to_string())?;
     if !record.complete {

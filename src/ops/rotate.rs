@@ -27,12 +27,12 @@ use std::path::{Path, PathBuf};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
-use super::file::{self, FileProvider};
-use super::KeyError;
 use crate::app::Coffre;
 use crate::audit::{AccessLog, NewEntry, Target};
 use crate::config::{Config, KeyProviderConfig, ProviderKind};
 use crate::ids::{EpochId, SnapshotId};
+use crate::keys::file::{self, FileProvider};
+use crate::keys::KeyError;
 use crate::store::{KeyObject, Store, StoreError, Wrap};
 
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +211,8 @@ fn rotate_local(
     drop(p);
     // Check what was written: the new key opens it with every epoch, the old one does not.
     let reopened = FileProvider::open(config, &next)?;
-    if super::KeyProvider::epochs(&reopened)? != before || reopened.generation() != generation {
+    if crate::keys::KeyProvider::epochs(&reopened)? != before || reopened.generation() != generation
+    {
         return Err(master_key_err(
             provider,
             format!(
@@ -525,7 +526,7 @@ pub async fn add_provider_wraps(
             })
         };
         log(format!("started: add a wrap of provider {to_provider}"))?;
-        let dek = match crate::restore::unwrap_dek(app, &old) {
+        let dek = match crate::ops::restore::unwrap_dek(app, &old) {
             Ok(k) => k,
             Err(e) if e.is_destroyed() => {
                 let _ = log(format!("skipped: {e}"));
@@ -572,7 +573,7 @@ pub async fn add_provider_wraps(
             });
         }
         for s in app.committed_stores(&id) {
-            if let Err(source) = crate::retention::shred::put_key_object(s, &new).await {
+            if let Err(source) = crate::store::put_key_object(s, &new).await {
                 let _ = log(format!("failed: store {}: {source}", s.name));
                 return Err(RotateError::KeyObject {
                     snapshot: id,

@@ -11,7 +11,6 @@
 //! store that fails is aborted (its upload never completes, no manifest is written) and the others
 //! go on; a snapshot that changes while it is read is refused, never protected as if whole.
 
-pub mod seal;
 pub mod source;
 
 use object_store::ObjectStoreExt;
@@ -28,11 +27,11 @@ use tokio::sync::mpsc;
 use crate::app::Coffre;
 use crate::catalog::ReplicaState;
 use crate::config::SourceConfig;
+use crate::format::objects::DigestAlg;
+use crate::format::seal::{self, Header, SealError, Sealer};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::{DataKey, KeyError};
-use crate::store::objects::DigestAlg;
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store, StoreError, Wrap};
-use seal::{Header, SealError, Sealer};
 
 /// Bytes handed to the uploads at a time.
 const CHUNK: usize = 1024 * 1024;
@@ -618,7 +617,7 @@ pub async fn protect_as(
         });
     }
     let mut key_object = KeyObject {
-        format: crate::store::objects::KEY_OBJECT_FORMAT,
+        format: crate::format::objects::KEY_OBJECT_FORMAT,
         snapshot: id,
         source: source.name.clone(),
         epoch: epoch.clone(),
@@ -699,7 +698,7 @@ pub async fn protect_as(
     };
 
     let manifest = Manifest {
-        format: crate::store::objects::MANIFEST_FORMAT,
+        format: crate::format::objects::MANIFEST_FORMAT,
         snapshot: id,
         source: source.name.clone(),
         host: app.host.clone(),

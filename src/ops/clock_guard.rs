@@ -10,7 +10,7 @@
 //! (or restarting) does not launder it.
 
 use crate::app::Coffre;
-use crate::daemon::intake::Journal;
+use crate::journal::Journal;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

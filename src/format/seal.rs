@@ -19,9 +19,9 @@ use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::format::objects::DigestAlg;
+use crate::format::DataKey;
 use crate::ids::SnapshotId;
-use crate::keys::DataKey;
-use crate::store::objects::DigestAlg;
 
 /// First bytes of every sealed object.
 pub const MAGIC: [u8; 8] = *b"\x89COFFRE\n";

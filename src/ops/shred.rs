@@ -17,20 +17,20 @@
 //! - a copy is deleted only after its own key object, read back from its store, fails to unwrap
 //!   with "key destroyed"; anything else keeps the copy, says so in the destruction record and
 //!   raises a lasting alert;
-//! - the clock guard ([`super::clock`]) runs before anything is destroyed, whatever the entry
+//! - the clock guard ([`crate::ops::clock_guard`]) runs before anything is destroyed, whatever the entry
 //!   point.
 
-use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::KeyError;
-use crate::retention::clock::ClockError;
-use crate::retention::erasure::{self, KeyringPush};
+use crate::ops::clock_guard::ClockError;
+use crate::ops::erasure::{self, KeyringPush};
 use crate::retention::{self, EpochPlan, Keep};
-use crate::store::{KeyObject, Store, StoreError, Wrap};
+use crate::store::{put_key_object, KeyObject, StoreError, Wrap};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -197,36 +197,6 @@ pub async fn lock(app: &Coffre) -> Result<RetentionLock, ShredError> {
     }
 }
 
-/// Rewrite a key object in a store: conditional update where the store supports it.
-pub(crate) async fn put_key_object(store: &Store, k: &KeyObject) -> Result<(), StoreError> {
-    let path = store.key_path(&k.source, &k.snapshot);
-    let body = k.to_json();
-    let head = store.inner.head(&path).await;
-    let mode = match head {
-        Ok(meta) => PutMode::Update(UpdateVersion {
-            e_tag: meta.e_tag,
-            version: meta.version,
-        }),
-        Err(object_store::Error::NotFound { .. }) => PutMode::Create,
-        Err(e) => return Err(store.op_err("head", &path, e)),
-    };
-    match store
-        .inner
-        .put_opts(&path, body.clone().into(), PutOptions::from(mode))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::NotImplemented { .. })
-        | Err(object_store::Error::NotSupported { .. }) => store
-            .inner
-            .put(&path, body.into())
-            .await
-            .map(|_| ())
-            .map_err(|e| store.op_err("put", &path, e)),
-        Err(e) => Err(store.op_err("put", &path, e)),
-    }
-}
-
 /// Re-wrap a snapshot's DEK under `to` (and set or clear its hold), in every store that holds it.
 pub async fn rewrap(
     app: &Coffre,
@@ -254,7 +224,7 @@ pub async fn rewrap(
         outcome: format!("started: to epoch {to}"),
         exposes: None,
     })?;
-    let dek = crate::restore::unwrap_dek(app, &old).map_err(|source| ShredError::Key {
+    let dek = crate::ops::restore::unwrap_dek(app, &old).map_err(|source| ShredError::Key {
         snapshot: *id,
         source,
     })?;
@@ -530,7 +500,7 @@ pub async fn execute(
         let (source, id) = (m.source.clone(), m.snapshot);
         let alert = format!("shred-kept:{id}:{}", s.name);
         let (decrypt_check, destroyed) = match s.get_key_object(&source, &id).await {
-            Ok(k) => match crate::restore::unwrap_dek(app, &k) {
+            Ok(k) => match crate::ops::restore::unwrap_dek(app, &k) {
                 Ok(_) => ("STILL DECRYPTABLE".to_string(), false),
                 Err(e) if e.is_destroyed() => ("key destroyed".to_string(), true),
                 Err(e) => (format!("not decryptable: {e}"), false),
@@ -604,7 +574,7 @@ pub async fn execute(
     }
     let mut record = DestructionRecord {
         record: SnapshotId::new().to_string(),
-        time: crate::audit::now_rfc3339(),
+        time: crate::clock::now_rfc3339(),
         actor: actor.into(),
         reason: reason.into(),
         epoch: plan.epoch.clone(),
@@ -717,7 +687,7 @@ pub async fn run_due(
     now: time::OffsetDateTime,
     actor: &str,
 ) -> (Vec<DestructionRecord>, Vec<ShredError>) {
-    if let Err(e) = super::clock::check(app, now) {
+    if let Err(e) = crate::ops::clock_guard::check(app, now) {
         return (vec![], vec![e.into()]);
     }
     let _lock = match lock(app).await {
@@ -812,7 +782,7 @@ pub async fn shred_one(
     actor: &str,
     purpose: &str,
 ) -> Result<DestructionRecord, ShredError> {
-    super::clock::check(app, time::OffsetDateTime::now_utc())?;
+    crate::ops::clock_guard::check(app, time::OffsetDateTime::now_utc())?;
     let _lock = lock(app).await?;
     for e in erasure::catch_up(app, actor).await {
         tracing::error!(error = %e, "earlier erasure still incomplete");

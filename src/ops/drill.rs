@@ -17,7 +17,7 @@ use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::config::DrillPick;
 use crate::ids::SnapshotId;
-use crate::restore::{Request, Selector};
+use crate::ops::restore::{Request, Selector};
 
 /// Result of one drill of one snapshot from one store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ pub async fn drill_one(
     snapshot: SnapshotId,
     req: &DrillRequest,
 ) -> DrillReport {
-    let started_at = crate::audit::now_rfc3339();
+    let started_at = crate::clock::now_rfc3339();
     let drill_id = SnapshotId::new().to_string();
     let cfg = app
         .config
@@ -135,9 +135,9 @@ pub async fn drill_one(
     let limit = cfg.timeout.unwrap_or(Duration::from_secs(3600));
     let t0 = Instant::now();
     let run = async {
-        crate::keys::file::create_private_dir(&root)
+        crate::fsutil::create_private_dir(&root)
             .map_err(|e| format!("scratch folder {}: {e}", root.display()))?;
-        crate::keys::file::create_private_dir(&scratch)
+        crate::fsutil::create_private_dir(&scratch)
             .map_err(|e| format!("scratch folder {}: {e}", scratch.display()))?;
         let name = app
             .catalog
@@ -159,7 +159,7 @@ pub async fn drill_one(
             progress: false,
             stream: None,
         };
-        let r = crate::restore::restore(app, &rreq)
+        let r = crate::ops::restore::restore(app, &rreq)
             .await
             .map_err(|e| e.to_string())?;
         report.restore_seconds = t0.elapsed().as_secs_f64();
@@ -216,7 +216,7 @@ pub async fn drill_one(
     // Wipe the scratch folder whatever happened.
     let _ = std::fs::remove_dir_all(&scratch);
     report.scratch_wiped = !scratch.exists();
-    report.finished = crate::audit::now_rfc3339();
+    report.finished = crate::clock::now_rfc3339();
     let _ = app.audit.append(NewEntry {
         actor: req.actor.clone(),
         action: "drill-result".into(),

@@ -12,9 +12,9 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::app::Coffre;
+use crate::format::seal::{self, Header};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::DataKey;
-use crate::pipeline::seal::{self, Header};
 use crate::store::{KeyObject, Store, Wrap};
 
 /// How long sealed segments of the access log are kept (their epoch is the day this ends).
@@ -162,7 +162,7 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
         let header = Header::new(&id, 16);
         let sealed = seal::seal_to_vec(&dek, &header, &compressed).map_err(|e| e.to_string())?;
         let key = KeyObject {
-            format: crate::store::objects::KEY_OBJECT_FORMAT,
+            format: crate::format::objects::KEY_OBJECT_FORMAT,
             snapshot: id,
             source: "audit".into(),
             epoch: epoch.clone(),
@@ -275,11 +275,11 @@ pub async fn verify_stores_at(
             };
             let opened = async {
                 let kb = s
-                    .get_small(key, crate::store::objects::MAX_SMALL_OBJECT)
+                    .get_small(key, crate::format::objects::MAX_SMALL_OBJECT)
                     .await
                     .map_err(|e| e.to_string())?;
                 let k = KeyObject::parse(&kb)?;
-                let dek = crate::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
+                let dek = crate::ops::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
                 let plain = seal::open_to_vec(&dek, &bytes, Some(&k.snapshot.to_string()))
                     .map_err(|e| e.to_string())?;
                 zstd::decode_all(&plain[..]).map_err(|e| e.to_string())

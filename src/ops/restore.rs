@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 
 use crate::app::Coffre;
 use crate::audit::{AuditError, NewEntry, Target};
+use crate::format::seal::{Framer, Header, Opener, SealError};
 use crate::ids::SnapshotId;
 use crate::keys::{DataKey, KeyError};
-use crate::pipeline::seal::{Framer, Header, Opener, SealError};
-use crate::pipeline::{PlainMac, StoreFailure};
+use crate::ops::protect::{PlainMac, StoreFailure};
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -457,7 +457,7 @@ fn write_out(
     match kind {
         SnapshotKind::File => {
             let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-            let digester = crate::pipeline::Digester::spawn(mac)?;
+            let digester = crate::ops::protect::Digester::spawn(mac)?;
             let to_digest = digester.sink();
             let decoder = spawn_named("coffre-decompress", move || {
                 decompress(rx, &[to_digest, to_write])
@@ -503,7 +503,7 @@ fn forward_out(
     mac: PlainMac,
 ) -> io::Result<([u8; 32], u64)> {
     let (to_forward, forward_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-    let digester = crate::pipeline::Digester::spawn(mac)?;
+    let digester = crate::ops::protect::Digester::spawn(mac)?;
     let to_digest = digester.sink();
     let decoder = spawn_named("coffre-decompress", move || {
         decompress(rx, &[to_digest, to_forward])
@@ -577,7 +577,7 @@ fn unpack_into<R: Read>(r: &mut R, tmp: &Path) -> io::Result<()> {
 }
 
 fn sync_tree(tmp: &Path) -> io::Result<()> {
-    for rel in crate::pipeline::source::walk(tmp)?.into_iter().rev() {
+    for rel in crate::ops::protect::source::walk(tmp)?.into_iter().rev() {
         let p = tmp.join(rel);
         let m = std::fs::symlink_metadata(&p)?;
         if m.is_file() || m.is_dir() {
@@ -610,7 +610,7 @@ pub fn rename_into_place(tmp: &Path, to: &Path) -> io::Result<()> {
             io::Error::from(e)
         }
     })?;
-    crate::keys::file::sync_dir(to)
+    crate::fsutil::sync_dir(to)
 }
 
 /// Unpack the tar stream into `tmp` (created 0700), digesting the whole stream, then fsync

@@ -144,7 +144,7 @@ pub async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
 async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
     let texts = app.catalog.destructions().map_err(|e| e.to_string())?;
     for text in texts {
-        let Ok(mut r) = serde_json::from_str::<super::shred::DestructionRecord>(&text) else {
+        let Ok(mut r) = serde_json::from_str::<crate::ops::shred::DestructionRecord>(&text) else {
             continue;
         };
         let mut changed = false;
@@ -156,13 +156,13 @@ async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
             k.pushed = true;
             k.detail = format!(
                 "keyring copy replaced on retry at {}",
-                crate::audit::now_rfc3339()
+                crate::clock::now_rfc3339()
             );
             changed = true;
         }
         if changed {
             r.complete = r.is_complete();
-            super::shred::keep_record(app, &r)
+            crate::ops::shred::keep_record(app, &r)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -244,7 +244,7 @@ pub fn sweep_stale_keyrings(app: &Coffre, actor: &str) -> (Vec<PathBuf>, Vec<Str
             }
         }
         if removed.iter().any(|p| p.parent() == keyring.parent()) {
-            let _ = crate::keys::file::sync_dir(&keyring);
+            let _ = crate::fsutil::sync_dir(&keyring);
         }
     }
     for e in &errors {

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::app::Coffre;
 use crate::catalog::ReplicaState;
+use crate::format::seal::Header;
 use crate::ids::SnapshotId;
-use crate::pipeline::seal::Header;
 use crate::store::{Manifest, Store};
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,11 +92,11 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(c) => {
-                if head.len() < crate::pipeline::seal::MAX_HEADER_LEN {
+                if head.len() < crate::format::seal::MAX_HEADER_LEN {
                     head.extend_from_slice(
                         &c[..c
                             .len()
-                            .min(crate::pipeline::seal::MAX_HEADER_LEN - head.len())],
+                            .min(crate::format::seal::MAX_HEADER_LEN - head.len())],
                     );
                 }
                 sha.update(&c);

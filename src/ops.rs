@@ -1,0 +1,13 @@
+//! The operations: each one a short list of named steps over the layers below (keys, stores,
+//! catalog, access log, retention policy), run by the daemon and the CLI alike.
+
+pub mod audit_expire;
+pub mod audit_replicate;
+pub mod clock_guard;
+pub mod drill;
+pub mod erasure;
+pub mod protect;
+pub mod restore;
+pub mod rotate;
+pub mod shred;
+pub mod verify;
