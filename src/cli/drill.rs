@@ -1,0 +1,57 @@
+//! `coffre drill`: restore, verify, time and wipe, per store.
+
+use anyhow::{bail, Result};
+
+use super::*;
+
+pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    match cmd {
+        Command::Drill {
+            source,
+            store,
+            snapshot,
+            fresh_catalog,
+            purpose,
+            json,
+            ..
+        } => {
+            let req = crate::ops::drill::DrillRequest {
+                source: source.clone(),
+                store: store.clone(),
+                snapshot: *snapshot,
+                fresh_catalog: *fresh_catalog,
+                actor: ctx.actor.clone(),
+                purpose: purpose.clone(),
+            };
+            let reports = crate::ops::drill::drill(app, &req)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if *json {
+                w.json(&reports)?;
+            } else {
+                for r in &reports {
+                    outln!(w,
+                        "drill {} source {} store {} snapshot {}: {} (restore {:.1} s, verify {:.1} s, RTO {:.1} s, scratch wiped: {}){}",
+                        r.drill,
+                        r.source,
+                        r.store,
+                        r.snapshot.map(|s| s.to_string()).unwrap_or_default(),
+                        if r.ok { "OK" } else { "FAILED" },
+                        r.restore_seconds,
+                        r.verify_seconds,
+                        r.rto_seconds,
+                        r.scratch_wiped,
+                        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(if reports.iter().all(|r| r.ok) {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
+        }
+        other => bail!("internal error: `{}` was routed to `drill`", other.action()),
+    }
+}

@@ -1,0 +1,30 @@
+//! `coffre hold add|release`: legal holds.
+
+use anyhow::{bail, Result};
+
+use super::*;
+
+pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    match cmd {
+        Command::Hold { command } => {
+            let actor = ctx.actor.clone();
+            match command {
+                HoldCommand::Add { snapshot, purpose } => {
+                    crate::ops::shred::hold_add(app, snapshot, &actor, purpose).await?;
+                    outln!(w, "snapshot {snapshot} is under legal hold: it will not be shredded until released");
+                }
+                HoldCommand::Release { snapshot, purpose } => {
+                    let k = crate::ops::shred::hold_release(app, snapshot, &actor, purpose).await?;
+                    outln!(
+                        w,
+                        "hold on snapshot {snapshot} released: its key is back under epoch {}",
+                        k.epoch
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        other => bail!("internal error: `{}` was routed to `hold`", other.action()),
+    }
+}

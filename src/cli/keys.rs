@@ -1,0 +1,107 @@
+//! `coffre keys status|rotate`: key providers and epochs; wraps of another provider.
+
+use anyhow::{bail, Result};
+
+use super::*;
+
+pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    match cmd {
+        Command::Keys {
+            command: KeysCommand::Status { json },
+        } => {
+            // Snapshots per epoch, from the catalog's key objects.
+            let mut per_epoch: std::collections::BTreeMap<String, u64> = Default::default();
+            for k in app.catalog.all_keys()? {
+                *per_epoch.entry(k.epoch.to_string()).or_default() += 1;
+            }
+            let mut out = Vec::new();
+            for p in &app.providers {
+                let health = p
+                    .health()
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                let all = p.epochs().unwrap_or_default();
+                // The object-authentication key is not an epoch snapshots expire with: shown
+                // apart (crate::auth).
+                let object_auth = all
+                    .iter()
+                    .any(|e| e.epoch.as_str() == crate::keys::OBJECT_AUTH_EPOCH);
+                let epochs: Vec<_> = all
+                    .into_iter()
+                    .filter(|e| e.epoch.as_str() != crate::keys::OBJECT_AUTH_EPOCH)
+                    .map(|e| {
+                        let due = crate::retention::epoch_day(&e.epoch)
+                            .and_then(|d| d.next_day())
+                            .map(|d| format!("{d}T00:00:00Z"));
+                        serde_json::json!({
+                            "epoch": e.epoch,
+                            "created": e.created,
+                            "destroyed": e.destroyed,
+                            "snapshots": per_epoch.get(e.epoch.as_str()).copied().unwrap_or(0),
+                            "due": due,
+                        })
+                    })
+                    .collect();
+                out.push(serde_json::json!({
+                    "provider": p.name(),
+                    "kind": p.kind(),
+                    "health": health,
+                    "object_auth_key": object_auth,
+                    "epochs": epochs,
+                }));
+            }
+            if *json {
+                w.json(&out)?;
+            } else {
+                for p in &out {
+                    outln!(
+                        w,
+                        "provider {} ({}): {}",
+                        p["provider"].as_str().unwrap_or("?"),
+                        p["kind"].as_str().unwrap_or("?"),
+                        p["health"].as_str().unwrap_or("?")
+                    );
+                    for e in p["epochs"].as_array().into_iter().flatten() {
+                        outln!(
+                            w,
+                            "  epoch {:<24} snapshots {:>5}  {}",
+                            e["epoch"].as_str().unwrap_or("?"),
+                            e["snapshots"],
+                            match e["destroyed"].as_str() {
+                                Some(d) => format!("destroyed {d}"),
+                                None =>
+                                    format!("due {}", e["due"].as_str().unwrap_or("never (hold)")),
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    to_provider: Some(to),
+                    purpose,
+                    json,
+                    ..
+                },
+        } => {
+            let n = crate::ops::rotate::add_provider_wraps(app, to, &ctx.actor.clone(), purpose)
+                .await?;
+            if *json {
+                w.json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
+            } else {
+                outln!(w, "{n} snapshot key(s) now also wrapped by provider {to}");
+            }
+            Ok(exit::OK)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { .. },
+        } => bail!(
+            "keys rotate needs either --provider NAME --new-master-key PATH, or --to-provider NAME"
+        ),
+        other => bail!("internal error: `{}` was routed to `keys`", other.action()),
+    }
+}

@@ -1,0 +1,73 @@
+//! `coffre retention plan|run`: what is shredded when; the due part now.
+
+use anyhow::{bail, Result};
+
+use super::*;
+
+pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    match cmd {
+        Command::Retention { command } => {
+            let now = time::OffsetDateTime::now_utc();
+            match command {
+                RetentionCommand::Plan { json } => {
+                    let plan = crate::ops::shred::current_plan(app, now)?;
+                    if *json {
+                        w.json(&plan)?;
+                    } else {
+                        for ep in &plan.due {
+                            outln!(w, "epoch {} is due now:", ep.epoch);
+                            for id in &ep.shred {
+                                outln!(w, "  shred {id}");
+                            }
+                            for k in &ep.keep {
+                                outln!(
+                                    w,
+                                    "  keep  {} ({}) -> epoch {}",
+                                    k.snapshot,
+                                    k.reason,
+                                    k.to_epoch
+                                );
+                            }
+                        }
+                        for u in &plan.upcoming {
+                            outln!(
+                                w,
+                                "{}  {:<12}  epoch {}  destroyed at {}",
+                                u.snapshot,
+                                u.source,
+                                u.epoch,
+                                u.due
+                            );
+                        }
+                    }
+                }
+                RetentionCommand::Run { json } => {
+                    let (done, errors) =
+                        crate::ops::shred::run_due(app, now, &ctx.actor.clone()).await;
+                    if *json {
+                        w.json(&done)?;
+                    } else {
+                        for r in &done {
+                            outln!(
+                                w,
+                                "epoch {} destroyed: {} snapshot(s) shredded, {} kept by re-wrap",
+                                r.epoch,
+                                r.snapshots.len(),
+                                r.rewrapped.len()
+                            );
+                        }
+                    }
+                    if let Some(e) = errors.first() {
+                        bail!("{} epoch(s) not shredded; first: {e}", errors.len());
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        other => bail!(
+            "internal error: `{}` was routed to `retention`",
+            other.action()
+        ),
+    }
+}

@@ -1,0 +1,74 @@
+//! `coffre shred`: crypto-shred one snapshot now, or show destruction records.
+
+use anyhow::{bail, Context, Result};
+
+use super::*;
+
+pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    match cmd {
+        Command::Shred {
+            records: true,
+            json,
+            ..
+        } => {
+            let recs: Vec<serde_json::Value> = app
+                .catalog
+                .destructions()?
+                .iter()
+                .filter_map(|r| serde_json::from_str(r).ok())
+                .collect();
+            if *json {
+                w.json(&recs)?;
+            } else {
+                for r in &recs {
+                    outln!(
+                        w,
+                        "{}  {}  epoch {}  {} snapshot(s)  {}",
+                        r["record"].as_str().unwrap_or("?"),
+                        r["time"].as_str().unwrap_or("?"),
+                        r["epoch"].as_str().unwrap_or("?"),
+                        r["snapshots"].as_array().map(|a| a.len()).unwrap_or(0),
+                        r["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Shred {
+            snapshot,
+            purpose,
+            yes,
+            json,
+            ..
+        } => {
+            let (Some(id), Some(purpose)) = (snapshot, purpose) else {
+                bail!("shred needs --snapshot ID and --purpose TEXT");
+            };
+            if purpose.trim().is_empty() {
+                bail!("--purpose must say why the snapshot is destroyed");
+            }
+            let key = app.catalog.get_key(id)?.with_context(|| {
+                format!("snapshot {id} is not in the catalog (run `coffre catalog rebuild`)")
+            })?;
+            if !*yes {
+                let mates = app
+                    .catalog
+                    .all_keys()?
+                    .iter()
+                    .filter(|k| k.epoch == key.epoch && k.snapshot != *id)
+                    .count();
+                outln!(w, "would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
+                return Ok(exit::USAGE);
+            }
+            let r = crate::ops::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
+            if *json {
+                w.json(&r)?;
+            } else {
+                outln!(w, "snapshot {id} crypto-shredded: epoch {} destroyed in {} provider(s), {} copies deleted (record {})", r.epoch, r.providers.len(), r.copies.len(), r.record);
+            }
+            Ok(exit::OK)
+        }
+        other => bail!("internal error: `{}` was routed to `shred`", other.action()),
+    }
+}
