@@ -44,6 +44,10 @@ pub enum StoreError {
         path: String,
         reason: String,
     },
+    /// What to copy into this store is not in the local catalog (catch-up and repair take the
+    /// manifest and key object from there, never from another store).
+    #[error("store `{store}`: {reason}")]
+    Catalog { store: String, reason: String },
     /// The keyring to push to this store, or the copy found there, cannot be used.
     #[error("store `{store}`: keyring: {source}")]
     Keyring {
@@ -60,6 +64,7 @@ impl StoreError {
             StoreError::Setup { .. } => "setup",
             StoreError::Op { source, .. } => error_kind(source),
             StoreError::BadObject { .. } => "bad-object",
+            StoreError::Catalog { .. } => "catalog",
             StoreError::Keyring { source, .. } if source.is_fatal() => "keyring-conflict",
             StoreError::Keyring { .. } => "keyring",
         }

@@ -6,7 +6,7 @@
 //! mismatch, so a bad replica never spreads; the manifest is written last.
 
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, WriteMultipart};
+use object_store::{ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 
 use crate::app::Coffre;
@@ -23,6 +23,20 @@ fn bad(store: &Store, path: &object_store::path::Path, reason: String) -> StoreE
     }
 }
 
+fn catalog_err(to: &Store, e: crate::catalog::CatalogError) -> StoreError {
+    StoreError::Catalog {
+        store: to.name.clone(),
+        reason: format!("cannot read the catalog: {e}"),
+    }
+}
+
+fn not_in_catalog(to: &Store, source: &str, id: &SnapshotId) -> StoreError {
+    StoreError::Catalog {
+        store: to.name.clone(),
+        reason: format!("snapshot {id} of source `{source}` has no manifest and key object in the catalog: run `coffre catalog rebuild`"),
+    }
+}
+
 /// Copy one snapshot's objects from `from` to `to`, verifying the sealed hash on the way.
 /// Returns the sealed bytes written.
 pub async fn copy_snapshot(
@@ -32,13 +46,19 @@ pub async fn copy_snapshot(
     from: &Store,
     to: &Store,
 ) -> Result<u64, StoreError> {
-    let m = from.get_manifest(source, id).await?;
-    let key_bytes = from
-        .get_small(
-            &from.key_path(source, id),
-            crate::format::objects::MAX_SMALL_OBJECT,
-        )
-        .await?;
+    // The manifest and key object come from the catalog (authenticated when it was built), not
+    // from the store copied from: a forged copy there never spreads.
+    let entry = app
+        .catalog
+        .get(id)
+        .map_err(|e| catalog_err(to, e))?
+        .ok_or_else(|| not_in_catalog(to, source, id))?;
+    let m = entry.manifest;
+    let key = app
+        .catalog
+        .get_key(id)
+        .map_err(|e| catalog_err(to, e))?
+        .ok_or_else(|| not_in_catalog(to, source, id))?;
     let src = from.data_path(source, id);
     let dst = to.data_path(source, id);
     let res = from
@@ -91,35 +111,7 @@ pub async fn copy_snapshot(
     w.finish()
         .await
         .map_err(|e| to.op_err("complete upload", &dst, e))?;
-    let kp = to.key_path(source, id);
-    to.inner
-        .put(&kp, key_bytes.into())
-        .await
-        .map_err(|e| to.op_err("put", &kp, e))?;
-    app.push_keyrings(to).await?;
-    let mp = to.manifest_path(source, id);
-    let body = m.to_json();
-    match to
-        .inner
-        .put_opts(&mp, body.clone().into(), PutOptions::from(PutMode::Create))
-        .await
-    {
-        Ok(_) => {}
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            // Already there: keep it if it is the same manifest, else repair it.
-            match to.get_manifest(source, id).await {
-                Ok(existing) if existing == m => {}
-                _ => {
-                    tracing::warn!(store = %to.name, snapshot = %id, "replacing a manifest that differs from the good replica's");
-                    to.inner
-                        .put(&mp, body.into())
-                        .await
-                        .map_err(|e| to.op_err("put", &mp, e))?;
-                }
-            }
-        }
-        Err(e) => return Err(to.op_err("put", &mp, e)),
-    }
+    crate::ops::commit::commit(app, to, &m, &key, crate::ops::commit::Existing::Repair).await?;
     Ok(m.sealed_size)
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use object_store::{PutMode, PutOptions, WriteMultipart};
+use object_store::WriteMultipart;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -471,50 +471,6 @@ async fn upload(
     }
 }
 
-/// Commit one store's copy: check the uploaded size, write key object, keyring, then manifest.
-async fn commit(
-    app: &Coffre,
-    store: &Store,
-    manifest: &Manifest,
-    key: &KeyObject,
-) -> Result<(), StoreError> {
-    let id = manifest.snapshot;
-    let data = store.data_path(&manifest.source, &id);
-    let meta = store
-        .inner
-        .head(&data)
-        .await
-        .map_err(|e| store.op_err("head", &data, e))?;
-    if meta.size != manifest.sealed_size {
-        return Err(StoreError::BadObject {
-            store: store.name.clone(),
-            path: data.to_string(),
-            reason: format!(
-                "{} bytes stored, {} sealed",
-                meta.size, manifest.sealed_size
-            ),
-        });
-    }
-    let kp = store.key_path(&manifest.source, &id);
-    store
-        .inner
-        .put_opts(&kp, key.to_json().into(), PutOptions::from(PutMode::Create))
-        .await
-        .map_err(|e| store.op_err("put", &kp, e))?;
-    app.push_keyrings(store).await?;
-    let mp = store.manifest_path(&manifest.source, &id);
-    store
-        .inner
-        .put_opts(
-            &mp,
-            manifest.to_json().into(),
-            PutOptions::from(PutMode::Create),
-        )
-        .await
-        .map_err(|e| store.op_err("put", &mp, e))?;
-    Ok(())
-}
-
 /// Planned expiry of a snapshot created at `created` (by the source's retention rules, given its
 /// earlier snapshots in the catalog) and its epoch (the UTC day of expiry).
 pub fn plan_expiry(
@@ -731,7 +687,17 @@ pub async fn protect_as(
         let key_object = &key_object;
         async move {
             match r {
-                Ok(()) => (s, commit(app, s, manifest, key_object).await),
+                Ok(()) => (
+                    s,
+                    crate::ops::commit::commit(
+                        app,
+                        s,
+                        manifest,
+                        key_object,
+                        crate::ops::commit::Existing::Refuse,
+                    )
+                    .await,
+                ),
                 Err(e) => (s, Err(e)),
             }
         }
