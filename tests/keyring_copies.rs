@@ -222,3 +222,43 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
     }
     assert!(!restores(&env, &a, "site-a"));
 }
+
+/// Issue 12 (one commit protocol) and finding 3 of issue 11: a catch-up copies the catalog's
+/// authenticated manifest and key object into the lagging store, never the copy found in the
+/// store it reads the sealed bytes from, which may have been edited there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_never_spreads_a_key_object_edited_in_the_store_it_copies_from() {
+    let env = env_with_two_local_stores();
+    let config = Config::load(&env.config).unwrap();
+    let app = Coffre::open(config).await.unwrap();
+    let out = coffre::ops::protect::protect(&app, "emr", &write_input(&env, "x.sql"))
+        .await
+        .unwrap();
+    let id = out.manifest.snapshot;
+    let key_in = |site: &str| {
+        store_dir(&env, site).join(format!("coffre/snapshots/emr/{id}/key.json"))
+    };
+    let authentic = std::fs::read(key_in("a")).unwrap();
+
+    // Store a's key object is edited (an older epoch, a hold dropped); store b loses the snapshot.
+    let mut forged: serde_json::Value = serde_json::from_slice(&authentic).unwrap();
+    forged["epoch"] = "2000-01-01.1".into();
+    std::fs::write(key_in("a"), serde_json::to_vec(&forged).unwrap()).unwrap();
+    std::fs::remove_dir_all(store_dir(&env, "b").join(format!("coffre/snapshots/emr/{id}")))
+        .unwrap();
+    app.catalog
+        .set_replica(&id, "site-b", coffre::catalog::ReplicaState::Missing)
+        .unwrap();
+
+    let (from, to) = (app.store("site-a").unwrap(), app.store("site-b").unwrap());
+    coffre::daemon::replicate::copy_snapshot(&app, "emr", &id, from, to)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(key_in("b")).unwrap(),
+        authentic,
+        "the lagging store got the edited key object"
+    );
+    drop(app);
+    assert!(restores(&env, &id.to_string(), "site-b"));
+}
