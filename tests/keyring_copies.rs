@@ -235,9 +235,8 @@ async fn a_catch_up_never_spreads_a_key_object_edited_in_the_store_it_copies_fro
         .await
         .unwrap();
     let id = out.manifest.snapshot;
-    let key_in = |site: &str| {
-        store_dir(&env, site).join(format!("coffre/snapshots/emr/{id}/key.json"))
-    };
+    let key_in =
+        |site: &str| store_dir(&env, site).join(format!("coffre/snapshots/emr/{id}/key.json"));
     let authentic = std::fs::read(key_in("a")).unwrap();
 
     // Store a's key object is edited (an older epoch, a hold dropped); store b loses the snapshot.

@@ -510,6 +510,11 @@ pub async fn protect(
 
 /// Protect one snapshot under an id chosen (and journaled) by the caller. The id must be fresh:
 /// a retry after a failure or crash uses a new id, hence a new DEK and salt.
+///
+/// Inspect the snapshot, plan its expiry and enter that epoch, wrap a fresh data key for every
+/// provider, start one upload per store, compress and seal once while fanning the sealed bytes
+/// out, build the manifest, authenticate the key object with it, commit in every store that got
+/// the bytes, record the commit in the catalog, and classify the outcome.
 #[tracing::instrument(skip_all, fields(source = %source_name, snapshot = %id))]
 pub async fn protect_as(
     app: &Coffre,
@@ -522,6 +527,33 @@ pub async fn protect_as(
         .source(source_name)
         .ok_or_else(|| PipelineError::UnknownSource(source_name.to_string()))?
         .clone();
+    let (kind, original_name) = inspect(path)?;
+    let created = time::OffsetDateTime::now_utc();
+    let (expiry, epoch, _in_epoch) = enter_epoch(app, &source, created).await;
+    tracing::info!(kind = ?kind, "protecting snapshot");
+    let dek = DataKey::generate();
+    let mut key_object = wrap_for_every_provider(app, &source, id, &epoch, expiry, &dek)?;
+    let (fan, uploads) = start_uploads(app, &source, id);
+    let produced = seal_and_fan_out(app, path, kind, dek, id, fan).await;
+    let uploaded = collect_uploads(app, uploads).await;
+    let produced = produced?;
+    let manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
+    authenticate(app, &mut key_object, &manifest)?;
+    let results = commit_everywhere(app, uploaded, &manifest, &key_object).await;
+    let (committed, failed) = record(app, &manifest, &key_object, results)?;
+    let protection = classify(app, &manifest, path, &committed, &failed)?;
+    Ok(Outcome {
+        manifest,
+        committed,
+        failed,
+        protection,
+        epoch,
+        planned_expiry: key_object.planned_expiry.clone(),
+    })
+}
+
+/// A file or a directory, and its name (never followed through a symlink).
+fn inspect(path: &Path) -> Result<(SnapshotKind, String), PipelineError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| PipelineError::Read {
         path: path.to_path_buf(),
         source: e,
@@ -540,30 +572,43 @@ pub async fn protect_as(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "snapshot".into());
+    Ok((kind, original_name))
+}
 
-    let created = time::OffsetDateTime::now_utc();
-    // Enter the epoch before its key wraps anything: an early shred of it waits for this
-    // snapshot's key object to reach the catalog, and a snapshot never enters an epoch that is
-    // being shredded (it waits, then plans again).
-    let (expiry, epoch, _in_epoch) = loop {
-        let (expiry, epoch) = plan_expiry(app, &source, created);
+/// Plan the expiry and enter its epoch before its key wraps anything: an early shred of it
+/// waits for this snapshot's key object to reach the catalog, and a snapshot never enters an
+/// epoch that is being shredded (it waits, then plans again).
+async fn enter_epoch(
+    app: &Coffre,
+    source: &SourceConfig,
+    created: time::OffsetDateTime,
+) -> (time::OffsetDateTime, EpochId, crate::inflight::Entered) {
+    loop {
+        let (expiry, epoch) = plan_expiry(app, source, created);
         match app.inflight.try_enter(&epoch) {
-            Some(entered) => break (expiry, epoch, entered),
+            Some(entered) => return (expiry, epoch, entered),
             None => app.inflight.wait_open(&epoch).await,
         }
-    };
-    tracing::info!(kind = ?kind, "protecting snapshot");
+    }
+}
 
-    // Data key, wrapped by every provider under the epoch of planned expiry.
-    let dek = DataKey::generate();
+/// The key object: the data key wrapped by every provider under the epoch of planned expiry.
+fn wrap_for_every_provider(
+    app: &Coffre,
+    source: &SourceConfig,
+    id: SnapshotId,
+    epoch: &EpochId,
+    expiry: time::OffsetDateTime,
+    dek: &DataKey,
+) -> Result<KeyObject, PipelineError> {
     let mut wraps = Vec::new();
     for p in &app.providers {
         let key_err = |source| PipelineError::Key {
             snapshot: id,
             source,
         };
-        p.ensure_epoch(&epoch).map_err(key_err)?;
-        let w = p.wrap(&epoch, &dek, &id).map_err(key_err)?;
+        p.ensure_epoch(epoch).map_err(key_err)?;
+        let w = p.wrap(epoch, dek, &id).map_err(key_err)?;
         wraps.push(Wrap {
             provider: p.name().to_string(),
             kind: p.kind().to_string(),
@@ -572,7 +617,7 @@ pub async fn protect_as(
             wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
         });
     }
-    let mut key_object = KeyObject {
+    Ok(KeyObject {
         format: crate::format::objects::KEY_OBJECT_FORMAT,
         snapshot: id,
         source: source.name.clone(),
@@ -581,9 +626,13 @@ pub async fn protect_as(
         wraps,
         legal_hold: None,
         auth: Vec::new(),
-    };
+    })
+}
 
-    // Fan-out: one bounded channel and one upload task per store.
+type Upload = tokio::task::JoinHandle<Result<(), StoreError>>;
+
+/// One bounded channel and one upload task per store.
+fn start_uploads(app: &Coffre, source: &SourceConfig, id: SnapshotId) -> (FanOut, Vec<Upload>) {
     let pl = &app.config.pipeline;
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
@@ -605,6 +654,20 @@ pub async fn protect_as(
         total: 0,
         buf: Vec::with_capacity(CHUNK * 2),
     };
+    (fan, tasks)
+}
+
+/// Read, compress and seal once (on a blocking thread), the sealed bytes fanned out to the
+/// uploads; the data key is dropped as soon as the stream is sealed.
+async fn seal_and_fan_out(
+    app: &Coffre,
+    path: &Path,
+    kind: SnapshotKind,
+    dek: DataKey,
+    id: SnapshotId,
+    fan: FanOut,
+) -> Result<Produced, PipelineError> {
+    let pl = &app.config.pipeline;
     let header = Header::new(&id, pl.segment_log2());
     let (level, threads) = (pl.zstd_level, pl.threads());
     let path_owned = path.to_path_buf();
@@ -617,9 +680,28 @@ pub async fn protect_as(
     .map_err(|e| PipelineError::Read {
         path: path.to_path_buf(),
         source: io::Error::other(e),
-    });
+    })?;
+    produced.map_err(|e| match e {
+        ProduceError::Read(source) => PipelineError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        ProduceError::Seal(source) => PipelineError::Seal {
+            snapshot: id,
+            source,
+        },
+        ProduceError::Changed(what) => PipelineError::Changed {
+            path: path.to_path_buf(),
+            what,
+        },
+    })
+}
 
-    // Whatever happened, collect the uploads (a failed producer makes them abort).
+/// Wait for every upload, whatever happened (a failed producer makes them abort).
+async fn collect_uploads(
+    app: &Coffre,
+    tasks: Vec<Upload>,
+) -> Vec<(&Store, Result<(), StoreError>)> {
     let mut results = Vec::new();
     for (s, t) in app.stores.iter().zip(tasks) {
         let r = match t.await {
@@ -631,29 +713,19 @@ pub async fn protect_as(
         };
         results.push((s, r));
     }
-    let produced = match produced? {
-        Ok(p) => p,
-        Err(ProduceError::Read(source)) => {
-            return Err(PipelineError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        Err(ProduceError::Seal(source)) => {
-            return Err(PipelineError::Seal {
-                snapshot: id,
-                source,
-            })
-        }
-        Err(ProduceError::Changed(what)) => {
-            return Err(PipelineError::Changed {
-                path: path.to_path_buf(),
-                what,
-            })
-        }
-    };
+    results
+}
 
-    let manifest = Manifest {
+fn build_manifest(
+    app: &Coffre,
+    source: &SourceConfig,
+    id: SnapshotId,
+    created: time::OffsetDateTime,
+    kind: SnapshotKind,
+    original_name: String,
+    produced: &Produced,
+) -> Manifest {
+    Manifest {
         format: crate::format::objects::MANIFEST_FORMAT,
         snapshot: id,
         source: source.name.clone(),
@@ -670,41 +742,55 @@ pub async fn protect_as(
         cipher: "aes-256-gcm".into(),
         compression: "zstd".into(),
         segment_log2: app.config.pipeline.segment_log2(),
-    };
+    }
+}
 
-    // The key object is authenticated with its manifest under every provider's
-    // object-authentication key, which the stores never see (crate::auth).
+/// The key object is authenticated with its manifest under every provider's
+/// object-authentication key, which the stores never see (crate::auth).
+fn authenticate(
+    app: &Coffre,
+    key_object: &mut KeyObject,
+    manifest: &Manifest,
+) -> Result<(), PipelineError> {
     crate::auth::ObjectAuth::for_writing(&app.providers)
         .map_err(|source| PipelineError::Key {
-            snapshot: id,
+            snapshot: manifest.snapshot,
             source,
         })?
-        .seal(&mut key_object, &manifest);
+        .seal(key_object, manifest);
+    Ok(())
+}
 
-    // Commit in every store whose upload completed, concurrently.
-    let commits = results.into_iter().map(|(s, r)| {
-        let manifest = &manifest;
-        let key_object = &key_object;
-        async move {
-            match r {
-                Ok(()) => (
-                    s,
-                    crate::ops::commit::commit(
-                        app,
-                        s,
-                        manifest,
-                        key_object,
-                        crate::ops::commit::Existing::Refuse,
-                    )
-                    .await,
-                ),
-                Err(e) => (s, Err(e)),
-            }
+/// Commit in every store whose upload completed, concurrently.
+async fn commit_everywhere<'a>(
+    app: &Coffre,
+    uploaded: Vec<(&'a Store, Result<(), StoreError>)>,
+    manifest: &Manifest,
+    key_object: &KeyObject,
+) -> Vec<(&'a Store, Result<(), StoreError>)> {
+    use crate::ops::commit::{commit, Existing};
+    let commits = uploaded.into_iter().map(|(s, r)| async move {
+        match r {
+            Ok(()) => (
+                s,
+                commit(app, s, manifest, key_object, Existing::Refuse).await,
+            ),
+            Err(e) => (s, Err(e)),
         }
     });
-    let results = futures::future::join_all(commits).await;
+    futures::future::join_all(commits).await
+}
 
-    // A snapshot committed nowhere is not a snapshot: the caller retries from the source.
+/// Record the snapshot in the catalog with the state of every store's copy (when it is
+/// committed anywhere: a snapshot committed nowhere is not a snapshot, and the caller retries
+/// from the source). Returns the stores committed and the failures.
+fn record(
+    app: &Coffre,
+    manifest: &Manifest,
+    key_object: &KeyObject,
+    results: Vec<(&Store, Result<(), StoreError>)>,
+) -> Result<(Vec<String>, Vec<StoreFailure>), PipelineError> {
+    let id = manifest.snapshot;
     let committed_any = results.iter().any(|(_, r)| r.is_ok());
     let mut committed = Vec::new();
     let mut failed = Vec::new();
@@ -728,12 +814,24 @@ pub async fn protect_as(
     }
     if committed_any {
         app.catalog
-            .record_commit(&manifest, &key_object, &replicas)
+            .record_commit(manifest, key_object, &replicas)
             .map_err(|source| PipelineError::Catalog {
                 snapshot: id,
                 source,
             })?;
     }
+    Ok((committed, failed))
+}
+
+/// Protected (every store), degraded (at least min-sites sites) or at risk (an error).
+fn classify(
+    app: &Coffre,
+    manifest: &Manifest,
+    path: &Path,
+    committed: &[String],
+    failed: &[StoreFailure],
+) -> Result<Protection, PipelineError> {
+    let id = manifest.snapshot;
     let sites: std::collections::BTreeSet<&str> = app
         .stores
         .iter()
@@ -761,12 +859,5 @@ pub async fn protect_as(
                 .join("; "),
         });
     }
-    Ok(Outcome {
-        manifest,
-        committed,
-        failed,
-        protection,
-        epoch,
-        planned_expiry: key_object.planned_expiry.clone(),
-    })
+    Ok(protection)
 }
