@@ -30,7 +30,7 @@ use crate::keys::KeyError;
 use crate::ops::clock_guard::ClockError;
 use crate::ops::erasure::{self, KeyringPush};
 use crate::retention::{self, EpochPlan, Keep};
-use crate::store::{put_key_object, KeyObject, StoreError, Wrap};
+use crate::store::{put_key_object, KeyObject, Manifest, Store, StoreError, Wrap};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -304,14 +304,58 @@ fn key_object_mismatch(epoch: &EpochId, k: &KeyObject) -> Option<String> {
 /// Destroy an epoch and the objects of the snapshots it covers (`shred`), after re-wrapping the
 /// keys of those that stay (`keep`). The caller holds the retention lock ([`lock`]) and has run
 /// the clock guard.
+///
+/// Move the keys that stay; refuse while anything unlisted depends on the epoch; read the holds
+/// again; check every store's key object (authentic, same epoch, no hold); list the copies;
+/// refuse a wrap by a provider not configured here; destroy the epoch key in every provider;
+/// push the keyrings; check each copy says "key destroyed" before deleting it; keep the record.
 pub async fn execute(
     app: &Coffre,
     plan: &EpochPlan,
     actor: &str,
     reason: &str,
 ) -> Result<DestructionRecord, ShredError> {
+    move_kept_keys(app, plan, actor).await?;
+    refuse_if_others_depend(app, plan)?;
+    let run = Shredding::new(app, plan, actor, reason);
+    run.log(format!("started: {} snapshot(s)", plan.shred.len()))?;
+    let (keys, moved) = run.reread_holds()?;
+    run.check_store_key_objects(&keys).await?;
+    let copies = run.copies_of(&keys)?;
+    run.refuse_unconfigured_wraps(&keys)?;
+    let providers = run.destroy_in_every_provider()?;
+    let keyrings = erasure::push_after_destruction(app, &plan.epoch).await;
+    let (results, kept) = run.delete_destroyed_copies(copies).await;
+    let shred: Vec<SnapshotId> = keys.iter().map(|k| k.snapshot).collect();
+    // A snapshot with a copy kept stays in the catalog: the next run checks it again.
+    for id in shred.iter().filter(|id| !kept.contains(id)) {
+        app.catalog.remove(id)?;
+    }
+    let mut record = DestructionRecord {
+        record: SnapshotId::new().to_string(),
+        time: crate::clock::now_rfc3339(),
+        actor: actor.into(),
+        reason: reason.into(),
+        epoch: plan.epoch.clone(),
+        snapshots: shred,
+        // Read again from the catalog and every store just before the destruction.
+        legal_hold_checked: true,
+        rewrapped: plan.keep.clone(),
+        providers,
+        copies: results,
+        keyrings,
+        complete: false,
+    };
+    record.complete = record.is_complete();
+    keep_record(app, &record).await?;
+    run.log_outcome(&record, moved.len())?;
+    Ok(record)
+}
+
+/// Re-wrap the keys of the snapshots that stay (a hold stays as it is; only the key moves, to
+/// the hold's live generation).
+async fn move_kept_keys(app: &Coffre, plan: &EpochPlan, actor: &str) -> Result<(), ShredError> {
     for k in &plan.keep {
-        // A hold stays as it is; only the key moves (to the hold's live generation).
         let to = if retention::is_hold_epoch(&k.to_epoch) {
             retention::live_hold_epoch(&app.providers, &k.snapshot)
         } else {
@@ -327,191 +371,269 @@ pub async fn execute(
         )
         .await?;
     }
-    // Anything still under this epoch that the plan did not list stays: refuse to destroy.
-    let stragglers: Vec<SnapshotId> = app
+    Ok(())
+}
+
+/// Anything still under this epoch that the plan did not list stays: refuse to destroy.
+fn refuse_if_others_depend(app: &Coffre, plan: &EpochPlan) -> Result<(), ShredError> {
+    let stragglers = app
         .catalog
         .all_keys()?
         .into_iter()
         .filter(|k| k.epoch == plan.epoch && !plan.shred.contains(&k.snapshot))
-        .map(|k| k.snapshot)
-        .collect();
-    if !stragglers.is_empty() {
+        .count();
+    if stragglers > 0 {
         return Err(ShredError::NotDestroyed {
             epoch: plan.epoch.clone(),
-            reason: format!("{} snapshot(s) still depend on it", stragglers.len()),
+            reason: format!("{stragglers} snapshot(s) still depend on it"),
         });
     }
-    let target = Target {
-        epoch: Some(plan.epoch.to_string()),
-        ..Default::default()
-    };
-    let log = |outcome: String| {
-        app.audit.append(NewEntry {
-            actor: actor.into(),
+    Ok(())
+}
+
+/// One epoch's destruction under way: its access-log entries and its alerts.
+struct Shredding<'a> {
+    app: &'a Coffre,
+    plan: &'a EpochPlan,
+    actor: &'a str,
+    reason: &'a str,
+    refused_alert: String,
+}
+
+impl<'a> Shredding<'a> {
+    fn new(app: &'a Coffre, plan: &'a EpochPlan, actor: &'a str, reason: &'a str) -> Self {
+        Shredding {
+            app,
+            plan,
+            actor,
+            reason,
+            refused_alert: format!("shred-refused:{}", plan.epoch),
+        }
+    }
+
+    fn log(&self, outcome: String) -> Result<crate::audit::Entry, crate::audit::AuditError> {
+        self.app.audit.append(NewEntry {
+            actor: self.actor.into(),
             action: "shred".into(),
-            target: target.clone(),
-            purpose: reason.into(),
+            target: Target {
+                epoch: Some(self.plan.epoch.to_string()),
+                ..Default::default()
+            },
+            purpose: self.reason.into(),
             outcome,
             exposes: None,
         })
-    };
-    log(format!("started: {} snapshot(s)", plan.shred.len()))?;
-    let refused_alert = format!("shred-refused:{}", plan.epoch);
-    let refuse = |e: ShredError| {
-        let _ = log(format!("refused: {e}"));
-        tracing::error!(epoch = %plan.epoch, error = %e, "epoch not destroyed");
-        if let Err(ce) = app.catalog.set_alert(&refused_alert, &e.to_string()) {
+    }
+
+    /// Log a refusal, raise its alert, and hand the error back.
+    fn refuse(&self, e: ShredError) -> ShredError {
+        let _ = self.log(format!("refused: {e}"));
+        tracing::error!(epoch = %self.plan.epoch, error = %e, "epoch not destroyed");
+        if let Err(ce) = self
+            .app
+            .catalog
+            .set_alert(&self.refused_alert, &e.to_string())
+        {
             tracing::error!(error = %ce, "cannot record the alert");
         }
         e
-    };
-    // The holds, read again right before the destruction: a snapshot whose key moved away since
-    // the plan (a hold added meanwhile) is left alone; one still under this epoch but marked
-    // held stops everything.
-    let mut keys = Vec::new();
-    let mut moved = Vec::new();
-    for id in &plan.shred {
-        match app.catalog.get_key(id)? {
-            Some(k) if k.epoch == plan.epoch && k.legal_hold.is_none() => keys.push(k),
-            Some(k) if k.epoch == plan.epoch => {
-                return Err(refuse(ShredError::Held {
-                    snapshot: *id,
-                    hold: k.legal_hold.unwrap_or_default(),
-                }))
-            }
-            Some(k) => {
-                tracing::info!(snapshot = %id, epoch = %k.epoch, "snapshot left alone: its key moved since the plan (hold added)");
-                moved.push(*id);
-            }
-            None => {}
-        }
     }
-    // Every store's key object of each snapshot must say what the catalog says: a store whose
-    // key object names a hold or another epoch means the catalog was misled (say, rebuilt from
-    // a store where someone edited it). Which keys the wraps name is checked per copy below.
-    let auth = crate::auth::ObjectAuth::for_reading(&app.providers);
-    for k in &keys {
-        if let Some(why) = key_object_mismatch(&plan.epoch, k) {
-            return Err(refuse(ShredError::Disagree {
-                epoch: plan.epoch.clone(),
-                snapshot: k.snapshot,
-                detail: format!("the catalog's key object is {why}"),
-            }));
-        }
-        let manifest = app.catalog.get(&k.snapshot)?.map(|e| e.manifest);
-        for s in &app.stores {
-            match s.get_key_object(&k.source, &k.snapshot).await {
-                Ok(sk) => {
-                    // Never destroy on the word of a key object that is not authenticated
-                    // (crate::auth): forged, or unsealed and never checked by an operator.
-                    let check = match &manifest {
-                        Some(m) => auth.check(&sk, m),
-                        None => crate::auth::Check::Unverifiable {
-                            reason: "the catalog has no manifest for it".into(),
-                        },
-                    };
-                    if !check.is_authentic() {
-                        return Err(refuse(ShredError::Disagree {
-                            epoch: plan.epoch.clone(),
-                            snapshot: k.snapshot,
-                            detail: format!("the key object in store `{}` is {check}", s.name),
-                        }));
-                    }
-                    if let Some(why) = key_object_mismatch(&plan.epoch, &sk) {
-                        return Err(refuse(ShredError::Disagree {
-                            epoch: plan.epoch.clone(),
-                            snapshot: k.snapshot,
-                            detail: format!(
-                                "the catalog says epoch {} with no hold, but the key object in store `{}` is {why}",
-                                plan.epoch, s.name
-                            ),
-                        }));
-                    }
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    return Err(refuse(ShredError::NotDestroyed {
-                        epoch: plan.epoch.clone(),
-                        reason: format!(
-                            "the key object of snapshot {} in store `{}` cannot be read to check its hold ({e})",
-                            k.snapshot, s.name
-                        ),
+
+    fn disagree(&self, snapshot: SnapshotId, detail: String) -> ShredError {
+        self.refuse(ShredError::Disagree {
+            epoch: self.plan.epoch.clone(),
+            snapshot,
+            detail,
+        })
+    }
+
+    /// The holds, read again right before the destruction: a snapshot whose key moved away
+    /// since the plan (a hold added meanwhile) is left alone; one still under this epoch but
+    /// marked held stops everything. Returns the key objects to shred and the ids left alone.
+    fn reread_holds(&self) -> Result<(Vec<KeyObject>, Vec<SnapshotId>), ShredError> {
+        let (mut keys, mut moved) = (Vec::new(), Vec::new());
+        for id in &self.plan.shred {
+            match self.app.catalog.get_key(id)? {
+                Some(k) if k.epoch == self.plan.epoch && k.legal_hold.is_none() => keys.push(k),
+                Some(k) if k.epoch == self.plan.epoch => {
+                    return Err(self.refuse(ShredError::Held {
+                        snapshot: *id,
+                        hold: k.legal_hold.unwrap_or_default(),
                     }))
                 }
+                Some(k) => {
+                    tracing::info!(snapshot = %id, epoch = %k.epoch, "snapshot left alone: its key moved since the plan (hold added)");
+                    moved.push(*id);
+                }
+                None => {}
             }
         }
+        Ok((keys, moved))
     }
-    let shred: Vec<SnapshotId> = keys.iter().map(|k| k.snapshot).collect();
-    // Remember every copy before anything is destroyed.
-    let mut copies = Vec::new();
-    for id in &shred {
-        if let Some(m) = app.catalog.get(id)?.map(|e| e.manifest) {
-            for s in app.committed_stores(id) {
-                copies.push((s, m.clone()));
+
+    /// Every store's key object of each snapshot must be authentic and say what the catalog
+    /// says: a store whose key object names a hold or another epoch means the catalog was
+    /// misled (say, rebuilt from a store where someone edited it). Which keys the wraps name is
+    /// checked per copy after the destruction.
+    async fn check_store_key_objects(&self, keys: &[KeyObject]) -> Result<(), ShredError> {
+        let epoch = &self.plan.epoch;
+        let auth = crate::auth::ObjectAuth::for_reading(&self.app.providers);
+        for k in keys {
+            if let Some(why) = key_object_mismatch(epoch, k) {
+                return Err(self.disagree(k.snapshot, format!("the catalog's key object is {why}")));
+            }
+            let manifest = self.app.catalog.get(&k.snapshot)?.map(|e| e.manifest);
+            for s in &self.app.stores {
+                let sk = match s.get_key_object(&k.source, &k.snapshot).await {
+                    Ok(sk) => sk,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => {
+                        return Err(self.refuse(ShredError::NotDestroyed {
+                            epoch: epoch.clone(),
+                            reason: format!(
+                                "the key object of snapshot {} in store `{}` cannot be read to check its hold ({e})",
+                                k.snapshot, s.name
+                            ),
+                        }))
+                    }
+                };
+                // Never destroy on the word of a key object that is not authenticated
+                // (crate::auth): forged, or unsealed and never checked by an operator.
+                let check = match &manifest {
+                    Some(m) => auth.check(&sk, m),
+                    None => crate::auth::Check::Unverifiable {
+                        reason: "the catalog has no manifest for it".into(),
+                    },
+                };
+                if !check.is_authentic() {
+                    return Err(self.disagree(
+                        k.snapshot,
+                        format!("the key object in store `{}` is {check}", s.name),
+                    ));
+                }
+                if let Some(why) = key_object_mismatch(epoch, &sk) {
+                    return Err(self.disagree(
+                        k.snapshot,
+                        format!(
+                            "the catalog says epoch {epoch} with no hold, but the key object in store `{}` is {why}",
+                            s.name
+                        ),
+                    ));
+                }
             }
         }
+        Ok(())
     }
-    // A wrap by a provider that is not configured here would survive the destruction.
-    let configured: Vec<&str> = app.providers.iter().map(|p| p.name()).collect();
-    for k in &keys {
-        if let Some(w) = k
-            .wraps
-            .iter()
-            .find(|w| !configured.contains(&w.provider.as_str()))
-        {
-            let why = format!(
-                "snapshot {} is also wrapped by provider `{}`, which is not configured here: destroying the epoch would leave that key; configure the provider again so it is destroyed too, then retry",
-                k.snapshot, w.provider
-            );
-            let _ = log(format!("refused: {why}"));
-            return Err(ShredError::NotDestroyed {
-                epoch: plan.epoch.clone(),
-                reason: why,
-            });
+
+    /// Every copy of the snapshots to shred, remembered before anything is destroyed.
+    fn copies_of(&self, keys: &[KeyObject]) -> Result<Vec<(&'a Store, Manifest)>, ShredError> {
+        let mut copies = Vec::new();
+        for k in keys {
+            if let Some(m) = self.app.catalog.get(&k.snapshot)?.map(|e| e.manifest) {
+                for s in self.app.committed_stores(&k.snapshot) {
+                    copies.push((s, m.clone()));
+                }
+            }
         }
+        Ok(copies)
     }
-    // 1. Destroy the epoch key in every provider.
-    let mut providers = Vec::new();
-    for p in &app.providers {
-        match p.destroy(&plan.epoch) {
-            Ok(()) => providers.push(ProviderResult {
-                provider: p.name().into(),
-                destroyed: true,
-                detail: "destroyed".into(),
-            }),
-            Err(e) => {
-                let _ = log(format!("failed: provider {}: {e}", p.name()));
+
+    /// A wrap by a provider that is not configured here would survive the destruction.
+    fn refuse_unconfigured_wraps(&self, keys: &[KeyObject]) -> Result<(), ShredError> {
+        let configured: Vec<&str> = self.app.providers.iter().map(|p| p.name()).collect();
+        for k in keys {
+            if let Some(w) = k
+                .wraps
+                .iter()
+                .find(|w| !configured.contains(&w.provider.as_str()))
+            {
+                let why = format!(
+                    "snapshot {} is also wrapped by provider `{}`, which is not configured here: destroying the epoch would leave that key; configure the provider again so it is destroyed too, then retry",
+                    k.snapshot, w.provider
+                );
+                let _ = self.log(format!("refused: {why}"));
                 return Err(ShredError::NotDestroyed {
-                    epoch: plan.epoch.clone(),
-                    reason: format!("provider `{}`: {e}", p.name()),
+                    epoch: self.plan.epoch.clone(),
+                    reason: why,
                 });
             }
         }
+        Ok(())
     }
-    let _ = app.catalog.clear_alert(&refused_alert);
-    // The stores' keyring copies must lose the key too (file provider): recorded per store,
-    // retried by later runs while it fails.
-    let keyrings = erasure::push_after_destruction(app, &plan.epoch).await;
-    // 2. Check that each copy is now unreadable, then delete it (manifest first). Only "key
-    //    destroyed" lets a copy go.
-    let mut results = Vec::new();
-    let mut kept_ids = std::collections::BTreeSet::new();
-    for (s, m) in copies {
-        let (source, id) = (m.source.clone(), m.snapshot);
-        let alert = format!("shred-kept:{id}:{}", s.name);
-        let (decrypt_check, destroyed) = match s.get_key_object(&source, &id).await {
-            Ok(k) => match crate::ops::restore::unwrap_dek(app, &k) {
+
+    /// Destroy the epoch key in every provider (idempotent), then clear the refusal alert.
+    fn destroy_in_every_provider(&self) -> Result<Vec<ProviderResult>, ShredError> {
+        let mut providers = Vec::new();
+        for p in &self.app.providers {
+            if let Err(e) = p.destroy(&self.plan.epoch) {
+                let _ = self.log(format!("failed: provider {}: {e}", p.name()));
+                return Err(ShredError::NotDestroyed {
+                    epoch: self.plan.epoch.clone(),
+                    reason: format!("provider `{}`: {e}", p.name()),
+                });
+            }
+            providers.push(ProviderResult {
+                provider: p.name().into(),
+                destroyed: true,
+                detail: "destroyed".into(),
+            });
+        }
+        let _ = self.app.catalog.clear_alert(&self.refused_alert);
+        Ok(providers)
+    }
+
+    /// Check that each copy is now unreadable, then delete it (manifest first). Only "key
+    /// destroyed" lets a copy go; anything else keeps it, with an alert. Returns the copies'
+    /// results and the snapshots with a copy kept.
+    async fn delete_destroyed_copies(
+        &self,
+        copies: Vec<(&Store, Manifest)>,
+    ) -> (Vec<CopyResult>, std::collections::BTreeSet<SnapshotId>) {
+        let mut results = Vec::new();
+        let mut kept = std::collections::BTreeSet::new();
+        for (s, m) in copies {
+            let (source, id) = (m.source.clone(), m.snapshot);
+            let (decrypt_check, destroyed) = self.check_copy(s, &source, &id).await;
+            let deletion = if destroyed {
+                let _ = self
+                    .app
+                    .catalog
+                    .clear_alert(&format!("shred-kept:{id}:{}", s.name));
+                delete_copy(s, &source, &id).await
+            } else {
+                self.keep_copy(s, &id, &decrypt_check);
+                kept.insert(id);
+                format!(
+                    "kept: its check after the destruction did not say \"key destroyed\" ({decrypt_check})"
+                )
+            };
+            results.push(CopyResult {
+                snapshot: id,
+                store: s.name.clone(),
+                path: s.snapshot_dir(&source, &id).to_string(),
+                sealed_sha256: m.sealed_sha256.clone(),
+                deletion,
+                decrypt_check,
+                kept: !destroyed,
+            });
+        }
+        (results, kept)
+    }
+
+    /// What a copy's own key object says now: ("key destroyed", true) lets it go.
+    async fn check_copy(&self, s: &Store, source: &str, id: &SnapshotId) -> (String, bool) {
+        match s.get_key_object(source, id).await {
+            Ok(k) => match crate::ops::restore::unwrap_dek(self.app, &k) {
                 Ok(_) => ("STILL DECRYPTABLE".to_string(), false),
                 Err(e) if e.is_destroyed() => ("key destroyed".to_string(), true),
                 Err(e) => (format!("not decryptable: {e}"), false),
             },
             Err(e) if e.is_not_found() => {
                 // A run that crashed after deleting the copy (the key object goes last).
-                let left = [s.manifest_path(&source, &id), s.data_path(&source, &id)];
                 let mut any = false;
-                for path in &left {
+                for path in [s.manifest_path(source, id), s.data_path(source, id)] {
                     any |= !matches!(
-                        s.inner.head(path).await,
+                        s.inner.head(&path).await,
                         Err(object_store::Error::NotFound { .. })
                     );
                 }
@@ -526,89 +648,67 @@ pub async fn execute(
                 }
             }
             Err(e) => (format!("key object unavailable: {e}"), false),
-        };
-        let mut deletion = "deleted".to_string();
-        if destroyed {
-            for path in [
-                s.manifest_path(&source, &id),
-                s.data_path(&source, &id),
-                s.key_path(&source, &id),
-            ] {
-                match s.inner.delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => deletion = format!("not deleted ({}), unreadable anyway: {e}", path),
-                }
-            }
-            let _ = app.catalog.clear_alert(&alert);
-        } else {
-            deletion = format!(
-                "kept: its check after the destruction did not say \"key destroyed\" ({decrypt_check})"
-            );
-            let text = format!(
-                "the copy of snapshot {id} in store `{}` was kept after the destruction of epoch {}: {decrypt_check}. Its key object names a key that was not destroyed, or could not be checked: find out why (`coffre shred --records`), then run `coffre retention run` again",
-                s.name, plan.epoch
-            );
-            tracing::error!(snapshot = %id, store = %s.name, epoch = %plan.epoch, check = %decrypt_check, "copy kept after the destruction of its epoch");
-            if let Err(ce) = app.catalog.set_alert(&alert, &text) {
-                tracing::error!(error = %ce, "cannot record the alert");
-            }
-            let _ = log(format!(
-                "failed: snapshot {id} in store `{}` kept: {decrypt_check}",
-                s.name
-            ));
-            kept_ids.insert(id);
         }
-        results.push(CopyResult {
-            snapshot: id,
-            store: s.name.clone(),
-            path: s.snapshot_dir(&source, &id).to_string(),
-            sealed_sha256: m.sealed_sha256.clone(),
-            deletion,
-            decrypt_check,
-            kept: !destroyed,
-        });
     }
-    // A snapshot with a copy kept stays in the catalog: the next run checks it again.
-    for id in shred.iter().filter(|id| !kept_ids.contains(id)) {
-        app.catalog.remove(id)?;
+
+    /// A copy kept after the destruction: alert and access-log entry.
+    fn keep_copy(&self, s: &Store, id: &SnapshotId, decrypt_check: &str) {
+        let text = format!(
+            "the copy of snapshot {id} in store `{}` was kept after the destruction of epoch {}: {decrypt_check}. Its key object names a key that was not destroyed, or could not be checked: find out why (`coffre shred --records`), then run `coffre retention run` again",
+            s.name, self.plan.epoch
+        );
+        tracing::error!(snapshot = %id, store = %s.name, epoch = %self.plan.epoch, check = %decrypt_check, "copy kept after the destruction of its epoch");
+        if let Err(ce) = self
+            .app
+            .catalog
+            .set_alert(&format!("shred-kept:{id}:{}", s.name), &text)
+        {
+            tracing::error!(error = %ce, "cannot record the alert");
+        }
+        let _ = self.log(format!(
+            "failed: snapshot {id} in store `{}` kept: {decrypt_check}",
+            s.name
+        ));
     }
-    let mut record = DestructionRecord {
-        record: SnapshotId::new().to_string(),
-        time: crate::clock::now_rfc3339(),
-        actor: actor.into(),
-        reason: reason.into(),
-        epoch: plan.epoch.clone(),
-        snapshots: shred.clone(),
-        // Read again from the catalog and every store just before the destruction.
-        legal_hold_checked: true,
-        rewrapped: plan.keep.clone(),
-        providers,
-        copies: results,
-        keyrings,
-        complete: false,
-    };
-    record.complete = record.is_complete();
-    keep_record(app, &record).await?;
-    if record.complete {
-        log(format!(
-            "ok: epoch destroyed, {} snapshot(s), {} copies{}",
-            record.snapshots.len(),
-            record.copies.len(),
-            if moved.is_empty() {
-                String::new()
-            } else {
-                format!(", {} left alone (key moved since the plan)", moved.len())
-            }
-        ))?;
-        tracing::info!(epoch = %record.epoch, snapshots = record.snapshots.len(), "epoch crypto-shredded");
-    } else {
-        log(format!(
-            "failed: epoch destroyed but the erasure is not complete: {}",
-            record.incomplete_reasons().join("; ")
-        ))?;
-        tracing::error!(epoch = %record.epoch, record = %record.record, "epoch destroyed, erasure incomplete");
+
+    fn log_outcome(&self, record: &DestructionRecord, moved: usize) -> Result<(), ShredError> {
+        if record.complete {
+            self.log(format!(
+                "ok: epoch destroyed, {} snapshot(s), {} copies{}",
+                record.snapshots.len(),
+                record.copies.len(),
+                if moved == 0 {
+                    String::new()
+                } else {
+                    format!(", {moved} left alone (key moved since the plan)")
+                }
+            ))?;
+            tracing::info!(epoch = %record.epoch, snapshots = record.snapshots.len(), "epoch crypto-shredded");
+        } else {
+            self.log(format!(
+                "failed: epoch destroyed but the erasure is not complete: {}",
+                record.incomplete_reasons().join("; ")
+            ))?;
+            tracing::error!(epoch = %record.epoch, record = %record.record, "epoch destroyed, erasure incomplete");
+        }
+        Ok(())
     }
-    Ok(record)
+}
+
+/// Delete a copy whose key is destroyed: manifest first, key object last.
+async fn delete_copy(s: &Store, source: &str, id: &SnapshotId) -> String {
+    let mut deletion = "deleted".to_string();
+    for path in [
+        s.manifest_path(source, id),
+        s.data_path(source, id),
+        s.key_path(source, id),
+    ] {
+        match s.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => deletion = format!("not deleted ({}), unreadable anyway: {e}", path),
+        }
+    }
+    deletion
 }
 
 /// The error that reports an incomplete erasure, if `record` is one.
