@@ -59,14 +59,14 @@ pub enum StoreError {
 
 impl StoreError {
     /// Short, stable kind for the status page and metrics (no personal data).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Setup { .. } => "setup",
+            StoreError::Setup { .. } => ErrorKind::Setup,
             StoreError::Op { source, .. } => error_kind(source),
-            StoreError::BadObject { .. } => "bad-object",
-            StoreError::Catalog { .. } => "catalog",
-            StoreError::Keyring { source, .. } if source.is_fatal() => "keyring-conflict",
-            StoreError::Keyring { .. } => "keyring",
+            StoreError::BadObject { .. } => ErrorKind::BadObject,
+            StoreError::Catalog { .. } => ErrorKind::Catalog,
+            StoreError::Keyring { source, .. } if source.is_fatal() => ErrorKind::KeyringConflict,
+            StoreError::Keyring { .. } => ErrorKind::Keyring,
         }
     }
 
@@ -82,21 +82,65 @@ impl StoreError {
 
     /// True when trying again later may succeed (outage, timeout), false for refusals.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), "unavailable" | "other")
+        matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::Other)
+    }
+}
+
+/// What went wrong with a store, in a word: the status page, the metrics and the retry decision
+/// use it (kebab-case, stable, no personal data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    Setup,
+    BadObject,
+    Catalog,
+    Keyring,
+    KeyringConflict,
+    NotFound,
+    AlreadyExists,
+    Precondition,
+    Unauthorized,
+    NotSupported,
+    Unavailable,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Setup => "setup",
+            ErrorKind::BadObject => "bad-object",
+            ErrorKind::Catalog => "catalog",
+            ErrorKind::Keyring => "keyring",
+            ErrorKind::KeyringConflict => "keyring-conflict",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::AlreadyExists => "already-exists",
+            ErrorKind::Precondition => "precondition",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::NotSupported => "not-supported",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// Stable classification of an object_store error.
-pub fn error_kind(e: &object_store::Error) -> &'static str {
+pub fn error_kind(e: &object_store::Error) -> ErrorKind {
     use object_store::Error as E;
     match e {
-        E::NotFound { .. } => "not-found",
-        E::AlreadyExists { .. } => "already-exists",
-        E::Precondition { .. } => "precondition",
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => "unauthorized",
-        E::NotSupported { .. } | E::NotImplemented { .. } => "not-supported",
-        E::Generic { .. } => "unavailable",
-        _ => "other",
+        E::NotFound { .. } => ErrorKind::NotFound,
+        E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+        E::Precondition { .. } => ErrorKind::Precondition,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::Unauthorized,
+        E::NotSupported { .. } | E::NotImplemented { .. } => ErrorKind::NotSupported,
+        E::Generic { .. } => ErrorKind::Unavailable,
+        _ => ErrorKind::Other,
     }
 }
 

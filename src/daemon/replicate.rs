@@ -158,7 +158,7 @@ pub async fn catch_up(app: &Coffre, rt: &Runtime) -> (u64, u64) {
             } else if let Some(e) = last_err {
                 failed += 1;
                 tracing::warn!(snapshot = %id, store = %to.name, error = %e, "catch-up failed; will retry");
-                rt.store_failed(&to.name, e.kind());
+                rt.store_failed(&to.name, e.kind().as_str());
                 // A store that is down: do not hammer it with every lagging snapshot.
                 if e.is_retryable() {
                     break;
@@ -227,7 +227,7 @@ pub async fn probe(app: &Coffre, rt: &Runtime) {
         let prefix = s.prefix.clone();
         match s.inner.list_with_delimiter(Some(&prefix)).await {
             Ok(_) => rt.store_ok(&s.name),
-            Err(e) => rt.store_failed(&s.name, crate::store::error_kind(&e)),
+            Err(e) => rt.store_failed(&s.name, crate::store::error_kind(&e).as_str()),
         }
     }
 }

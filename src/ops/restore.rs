@@ -769,7 +769,7 @@ impl Fetch<'_> {
             Ok(meta) => meta,
             Err(e) => {
                 let e = store.op_err("head", &path, e);
-                return StreamEnd::StoreFailed(failure(&store.name, e.kind(), e));
+                return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e));
             }
         };
         if meta.size != m.sealed_size {
@@ -822,7 +822,7 @@ impl Fetch<'_> {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     let e = store.op_err("read", &path, e);
-                    return StreamEnd::StoreFailed(failure(&store.name, e.kind(), e));
+                    return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e));
                 }
                 Err(_) => {
                     return StreamEnd::StoreFailed(failure(
@@ -884,7 +884,7 @@ async fn fetch_header(store: &Store, m: &Manifest) -> Result<(Header, Vec<u8>), 
         .await
         .map_err(|e| {
             let e = store.op_err("get", &path, e);
-            failure(&store.name, e.kind(), e)
+            failure(&store.name, e.kind().as_str(), e)
         })?;
     let hlen = Header::peek_len(&prefix)
         .map_err(|e| failure(&store.name, "bad-header", format!("{path}: {e}")))?;
@@ -894,7 +894,7 @@ async fn fetch_header(store: &Store, m: &Manifest) -> Result<(Header, Vec<u8>), 
         .await
         .map_err(|e| {
             let e = store.op_err("get", &path, e);
-            failure(&store.name, e.kind(), e)
+            failure(&store.name, e.kind().as_str(), e)
         })?;
     let header = Header::decode(&hb)
         .map_err(|e| failure(&store.name, "bad-header", format!("{path}: {e}")))?;
@@ -974,7 +974,7 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
                     if e.is_not_found() {
                         "missing-manifest"
                     } else {
-                        e.kind()
+                        e.kind().as_str()
                     },
                     what,
                 ));
@@ -996,7 +996,7 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
                 chosen = Some((m, k, i));
                 break;
             }
-            Err(e) => failures.push(failure(&s.name, e.kind(), e)),
+            Err(e) => failures.push(failure(&s.name, e.kind().as_str(), e)),
         }
     }
     let Some((manifest, key_object, first)) = chosen else {
@@ -1221,7 +1221,7 @@ async fn stream_restore(
                     continue;
                 }
                 Err(e) => {
-                    failures.push(failure(&store.name, e.kind(), e));
+                    failures.push(failure(&store.name, e.kind().as_str(), e));
                     continue;
                 }
             }

@@ -49,8 +49,8 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
                 Some("manifest missing: the snapshot is not committed here".into()),
             )
         }
-        Err(e) if e.kind() == "bad-object" => return mk("bad", Some(e.to_string())),
-        Err(e) if e.kind() == "unauthorized" => {
+        Err(e) if e.kind() == crate::store::ErrorKind::BadObject => return mk("bad", Some(e.to_string())),
+        Err(e) if e.kind() == crate::store::ErrorKind::Unauthorized => {
             return mk(
                 "unauthorized",
                 Some(format!("{e}: check this store's credentials")),
