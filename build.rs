@@ -21,7 +21,10 @@ fn main() {
         .filter(|s| !s.is_empty());
     let commit = given
         .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
-        .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
         .unwrap_or_else(|| "unknown".into());
     // Rebuild when HEAD moves (a worktree's HEAD lives in its own git dir, branches in the common one).
     // (A path that does not exist would rerun this script at every build: only existing ones.)

@@ -501,7 +501,9 @@ fn access_log_writable(path: &std::path::Path) -> bool {
             .ancestors()
             .skip(1)
             .find(|d| d.exists())
-            .is_some_and(|d| d.is_dir() && access(d, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()),
+            .is_some_and(|d| {
+                d.is_dir() && access(d, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+            }),
         Err(_) => false,
     }
 }
@@ -803,6 +805,11 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    // Prometheus asks for OpenMetrics; curl and `promtool check metrics` get the classic text.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     let app = ctx.app.borrow().clone();
     let rt = ctx.rt.clone();
     let body = tokio::task::spawn_blocking(move || {
@@ -812,7 +819,7 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     })
     .await;
     match body {
-        Ok(Ok(text)) => (
+        Ok(Ok(text)) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -820,8 +827,41 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             text,
         )
             .into_response(),
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            openmetrics_to_text(&text),
+        )
+            .into_response(),
         _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// OpenMetrics text as Prometheus text format 0.0.4: a counter family `x` (samples `x_total`)
+/// is described as `x_total` there, and there is no `# UNIT` or `# EOF`.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 16 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(described.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 pub fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Router {
@@ -831,4 +871,80 @@ pub fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(Ctx { app, rt })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_counters_are_named_with_total_in_the_classic_text() {
+        let om = "# HELP coffre_repairs Replicas repaired.\n# TYPE coffre_repairs counter\n\
+                  coffre_repairs_total{store=\"a\"} 0\n# HELP coffre_store_up 1 when up.\n\
+                  # TYPE coffre_store_up gauge\n# UNIT coffre_store_up x\ncoffre_store_up{store=\"a\"} 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP coffre_repairs_total Replicas repaired.\n# TYPE coffre_repairs_total counter\n\
+             coffre_repairs_total{store=\"a\"} 0\n# HELP coffre_store_up 1 when up.\n\
+             # TYPE coffre_store_up gauge\ncoffre_store_up{store=\"a\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn first_scrape_has_build_info_and_health_gauges() {
+        let rt = Runtime::new(None);
+        rt.worker("scrub", "idle");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &rt.metrics.registry).unwrap();
+        let text = openmetrics_to_text(&out);
+        for line in [
+            "coffre_config_last_reload_successful 1",
+            "coffre_shred_clock_jump_detected 0",
+            "coffre_worker_errors_total{worker=\"scrub\"} 0",
+            "coffre_worker_state{worker=\"scrub\",state=\"idle\"} 1",
+            "coffre_worker_state{worker=\"scrub\",state=\"busy\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(
+            text.contains(&format!(
+                "coffre_build_info{{version=\"{}\",commit=\"{BUILD_COMMIT}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        rt.reload_result(false);
+        rt.shred_stopped_by_clock("clock jumped");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &rt.metrics.registry).unwrap();
+        assert!(out
+            .lines()
+            .any(|l| l == "coffre_config_last_reload_successful 0"));
+        assert!(out
+            .lines()
+            .any(|l| l == "coffre_shred_clock_jump_detected 1"));
+        assert!(lock(&rt.alerts).contains(&"reload refused".to_string()));
+    }
+
+    #[test]
+    fn access_log_writable_checks_the_file_or_its_nearest_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit").join("access.log");
+        assert!(
+            access_log_writable(&log),
+            "not created yet: its folder decides"
+        );
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "").unwrap();
+        assert!(access_log_writable(&log));
+        std::fs::remove_file(&log).unwrap();
+        std::fs::create_dir(&log).unwrap();
+        assert!(!access_log_writable(&log), "a folder in its place");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            !access_log_writable(&file.join("access.log")),
+            "under a file"
+        );
+    }
 }

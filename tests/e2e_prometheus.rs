@@ -281,7 +281,10 @@ create-master-key = true
     let (code, metrics) = http_get_text(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     let (ok, out) = promtool(&["check", "metrics"], Some(metrics.as_bytes()), d);
-    assert!(ok, "promtool check metrics failed:\n{out}\n--- /metrics:\n{metrics}");
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{out}\n--- /metrics:\n{metrics}"
+    );
     for line in [
         "coffre_scrub_errors_total{store=\"site-a\"} 0",
         "coffre_scrub_errors_total{store=\"site-b\"} 0",
@@ -312,9 +315,11 @@ create-master-key = true
         std::slice::from_ref(&rules_file()),
     );
     let up = |store: &str| prom.value_where("coffre_store_up", "store", store);
-    wait_until("Prometheus reports coffre_store_up 1 for both stores", 60, || {
-        up("site-a") == Some(1.0) && up("site-b") == Some(1.0)
-    });
+    wait_until(
+        "Prometheus reports coffre_store_up 1 for both stores",
+        60,
+        || up("site-a") == Some(1.0) && up("site-b") == Some(1.0),
+    );
 
     // Every dashboard query returns data (range functions need a second scrape: wait for it).
     let exprs = dashboard_exprs(&dashboard());
@@ -350,7 +355,10 @@ create-master-key = true
             .collect();
         rules.len() == alert_names().len()
             && rules.iter().all(|r| {
-                r["health"] == "ok" && r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001"))
+                r["health"] == "ok"
+                    && r["lastEvaluation"]
+                        .as_str()
+                        .is_some_and(|t| !t.starts_with("0001"))
             })
     });
     let alerts = prom.api("/api/v1/alerts").unwrap();
@@ -359,9 +367,11 @@ create-master-key = true
     // Site b becomes unavailable: its folder is replaced by a file.
     std::fs::rename(d.join("stores/b"), d.join("stores/b.moved")).unwrap();
     std::fs::write(d.join("stores/b"), "not a folder").unwrap();
-    wait_until("Prometheus reports coffre_store_up 0 for site-b", 60, || {
-        up("site-b") == Some(0.0)
-    });
+    wait_until(
+        "Prometheus reports coffre_store_up 0 for site-b",
+        60,
+        || up("site-b") == Some(0.0),
+    );
     assert_eq!(up("site-a"), Some(1.0));
     wait_until("CoffreStoreDown pending for site-b", 60, || {
         prom.api("/api/v1/alerts").is_ok_and(|a| {
