@@ -375,14 +375,15 @@ impl Runtime {
         let label = WorkerLabel {
             worker: name.to_string(),
         };
+        // Runs and errors have a sample (0) from the worker's first state.
         let runs = self.metrics.worker_runs.get_or_create(&label);
-        // Errors have a sample (0) from the worker's first state.
-        self.metrics.worker_errors.get_or_create(&label);
+        drop(self.metrics.worker_errors.get_or_create(&label));
         if state == "busy" {
             e.runs += 1;
             e.last_run = Some(crate::audit::now_rfc3339());
             runs.inc();
         }
+        drop(runs);
         e.state = state.to_string();
         for s in WORKER_STATES {
             self.metrics
@@ -561,10 +562,10 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 .set(i64::from(st == state));
         }
         for outcome in SNAPSHOT_OUTCOMES {
-            rt.metrics.snapshots_total.get_or_create(&SourceOutcome {
+            drop(rt.metrics.snapshots_total.get_or_create(&SourceOutcome {
                 source: name.clone(),
                 outcome: outcome.to_string(),
-            });
+            }));
         }
         let age = created.as_deref().and_then(age_of);
         if let Some(c) = created.as_deref() {
@@ -609,9 +610,9 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
             };
             rt.metrics.lag.get_or_create(&label).set(lag as i64);
             // Counters have a sample (0) from the first scrape, so rates and alerts see them.
-            rt.metrics.uploaded_bytes.get_or_create(&label);
-            rt.metrics.scrub_errors.get_or_create(&label);
-            rt.metrics.repairs.get_or_create(&label);
+            drop(rt.metrics.uploaded_bytes.get_or_create(&label));
+            drop(rt.metrics.scrub_errors.get_or_create(&label));
+            drop(rt.metrics.repairs.get_or_create(&label));
             StoreStatus {
                 name: s.name.clone(),
                 site: s.site.clone(),
