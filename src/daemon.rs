@@ -171,12 +171,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                     Ok(new) => {
                         let _ = app_tx.send(Arc::new(new));
                         tracing::info!(config = %config_path.display(), "configuration reloaded");
-                        rt.set_alert("reload refused", false);
+                        rt.reload_result(true);
                         notify(&[NotifyState::Ready, NotifyState::Status("configuration reloaded")]);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "reload refused: the running configuration stays");
-                        rt.set_alert("reload refused", true);
+                        rt.reload_result(false);
                         notify(&[NotifyState::Ready, NotifyState::Status("reload refused: config invalid, running config kept")]);
                     }
                 }
@@ -531,7 +531,7 @@ async fn shred_loop(
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!("{ALERT}");
-                rt.set_alert(ALERT, true);
+                rt.shred_stopped_by_clock(ALERT);
                 rt.worker("shred", "stopped");
                 // Stay stopped until an operator restarts the daemon.
                 cancel.cancelled().await;

@@ -18,7 +18,7 @@ use coffre::Coffre;
 #[derive(Parser)]
 #[command(
     name = "coffre",
-    version,
+    version = coffre::status::LONG_VERSION,
     about = "Encrypted, geographically separated backups of EMR database snapshots"
 )]
 struct Cli {

@@ -42,6 +42,52 @@ pub struct SourceStore {
     pub source: String,
     pub store: String,
 }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceState {
+    pub source: String,
+    pub state: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    pub provider: String,
+    pub kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderEpochs {
+    pub provider: String,
+    pub state: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerStateLabel {
+    pub worker: String,
+    pub state: String,
+}
+
+/// The commit coffre was built from (`build.rs`; "unknown" outside a git checkout).
+pub const BUILD_COMMIT: &str = env!("COFFRE_BUILD_COMMIT");
+/// `coffre --version`: the crate version and the commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("COFFRE_BUILD_COMMIT"),
+    ")"
+);
+
+/// The protection states of a source, as in `/status` (one of them is 1 in `coffre_source_state`).
+const SOURCE_STATES: [&str; 4] = ["protected", "degraded", "at-risk", "none"];
+/// The states of a worker, as in `/status` (one of them is 1 in `coffre_worker_state`).
+const WORKER_STATES: [&str; 4] = ["idle", "busy", "backing-off", "stopped"];
+/// Outcomes of `coffre_snapshots_total` that have a sample (0) from the first scrape.
+const SNAPSHOT_OUTCOMES: [&str; 4] = ["protected", "degraded", "at-risk", "failed"];
 
 /// Prometheus metrics (conventional names).
 pub struct Metrics {
@@ -56,6 +102,22 @@ pub struct Metrics {
     pub repairs: Family<StoreLabel, Counter>,
     pub drill_last_success: Family<SourceStore, Gauge<f64, AtomicU64>>,
     pub drill_duration: Family<SourceStore, Gauge<f64, AtomicU64>>,
+    pub drill_last_attempt: Family<SourceStore, Gauge<f64, AtomicU64>>,
+    pub drill_last_ok: Family<SourceStore, Gauge>,
+    pub drill_interval: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    pub build_info: Family<BuildLabels, Gauge>,
+    pub source_state: Family<SourceState, Gauge>,
+    pub key_provider_up: Family<ProviderLabel, Gauge>,
+    pub key_epochs: Family<ProviderEpochs, Gauge>,
+    pub worker_state: Family<WorkerStateLabel, Gauge>,
+    pub worker_runs: Family<WorkerLabel, Counter>,
+    pub worker_errors: Family<WorkerLabel, Counter>,
+    /// 1 until a reload is refused, 1 again after a reload is applied.
+    pub config_reload_ok: Gauge,
+    pub config_reload_time: Gauge<f64, AtomicU64>,
+    /// 1 once the clock guard stopped shredding (until the daemon is restarted).
+    pub shred_clock_jump: Gauge,
+    pub access_log_writable: Gauge,
 }
 
 impl Metrics {
@@ -72,8 +134,31 @@ impl Metrics {
             repairs: Family::default(),
             drill_last_success: Family::default(),
             drill_duration: Family::default(),
+            drill_last_attempt: Family::default(),
+            drill_last_ok: Family::default(),
+            drill_interval: Family::default(),
+            build_info: Family::default(),
+            source_state: Family::default(),
+            key_provider_up: Family::default(),
+            key_epochs: Family::default(),
+            worker_state: Family::default(),
+            worker_runs: Family::default(),
+            worker_errors: Family::default(),
+            config_reload_ok: Gauge::default(),
+            config_reload_time: Gauge::default(),
+            shred_clock_jump: Gauge::default(),
+            access_log_writable: Gauge::default(),
             registry: Registry::default(),
         };
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: BUILD_COMMIT.into(),
+            })
+            .set(1);
+        // The configuration the daemon starts with is its first successful load.
+        m.config_reload_ok.set(1);
+        m.config_reload_time.set(unix_now());
         registry.register(
             "snapshots",
             "Snapshots handled, by source and outcome",
@@ -123,6 +208,76 @@ impl Metrics {
             "drill_duration_seconds",
             "Duration (restore + verify) of the last drill",
             m.drill_duration.clone(),
+        );
+        registry.register(
+            "drill_last_attempt_timestamp_seconds",
+            "Time the last drill finished, successful or not",
+            m.drill_last_attempt.clone(),
+        );
+        registry.register(
+            "drill_last_ok",
+            "1 when the last drill succeeded, 0 when it failed",
+            m.drill_last_ok.clone(),
+        );
+        registry.register(
+            "drill_interval_seconds",
+            "Configured drill interval (source.drill.every) of sources with scheduled drills",
+            m.drill_interval.clone(),
+        );
+        registry.register(
+            "build_info",
+            "Version and commit of the running coffre (always 1)",
+            m.build_info.clone(),
+        );
+        registry.register(
+            "source_state",
+            "1 for the current protection state of the source's newest snapshot, 0 for the others",
+            m.source_state.clone(),
+        );
+        registry.register(
+            "key_provider_up",
+            "1 when the key provider answered its health check",
+            m.key_provider_up.clone(),
+        );
+        registry.register(
+            "key_epochs",
+            "Epoch keys by provider and state (live or destroyed)",
+            m.key_epochs.clone(),
+        );
+        registry.register(
+            "worker_state",
+            "1 for the current state of the background worker, 0 for the others",
+            m.worker_state.clone(),
+        );
+        registry.register(
+            "worker_runs",
+            "Runs started by the background worker",
+            m.worker_runs.clone(),
+        );
+        registry.register(
+            "worker_errors",
+            "Errors met by the background worker",
+            m.worker_errors.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration load (start or SIGHUP) was applied, 0 when a reload was refused",
+            m.config_reload_ok.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Time the running configuration was loaded",
+            m.config_reload_time.clone(),
+        );
+        registry.register(
+            "shred_clock_jump_detected",
+            "1 when the clock jumped forward beyond shred.max-clock-jump and shredding stopped",
+            m.shred_clock_jump.clone(),
+        );
+        registry.register(
+            "access_log_writable",
+            "1 when the access log can be appended to (0: every access is refused)",
+            m.access_log_writable.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -217,11 +372,28 @@ impl Runtime {
     pub fn worker(&self, name: &str, state: &str) {
         let mut w = lock(&self.workers);
         let e = w.entry(name.to_string()).or_default();
+        let label = WorkerLabel {
+            worker: name.to_string(),
+        };
+        // Runs and errors have a sample (0) from the worker's first state.
+        let runs = self.metrics.worker_runs.get_or_create(&label);
+        drop(self.metrics.worker_errors.get_or_create(&label));
         if state == "busy" {
             e.runs += 1;
             e.last_run = Some(crate::clock::now_rfc3339());
+            runs.inc();
         }
+        drop(runs);
         e.state = state.to_string();
+        for s in WORKER_STATES {
+            self.metrics
+                .worker_state
+                .get_or_create(&WorkerStateLabel {
+                    worker: name.to_string(),
+                    state: s.to_string(),
+                })
+                .set(i64::from(s == state));
+        }
     }
 
     pub fn worker_error(&self, name: &str, error: &str) {
@@ -229,6 +401,28 @@ impl Runtime {
         let e = w.entry(name.to_string()).or_default();
         e.errors += 1;
         e.last_error = Some(error.to_string());
+        self.metrics
+            .worker_errors
+            .get_or_create(&WorkerLabel {
+                worker: name.to_string(),
+            })
+            .inc();
+    }
+
+    /// Outcome of a SIGHUP reload: a refused one raises an alert and
+    /// `coffre_config_last_reload_successful` 0 until a later reload is applied.
+    pub fn reload_result(&self, applied: bool) {
+        self.set_alert("reload refused", !applied);
+        self.metrics.config_reload_ok.set(i64::from(applied));
+        if applied {
+            self.metrics.config_reload_time.set(unix_now());
+        }
+    }
+
+    /// The clock guard stopped shredding (for as long as this daemon runs).
+    pub fn shred_stopped_by_clock(&self, alert: &str) {
+        self.set_alert(alert, true);
+        self.metrics.shred_clock_jump.set(1);
     }
 
     pub fn set_alert(&self, alert: &str, on: bool) {
@@ -275,6 +469,7 @@ struct KeyStatus {
 #[derive(Serialize)]
 pub struct StatusDoc {
     version: &'static str,
+    commit: &'static str,
     host: String,
     uptime_seconds: f64,
     ready: bool,
@@ -284,6 +479,34 @@ pub struct StatusDoc {
     workers: BTreeMap<String, WorkerState>,
     drills: Vec<serde_json::Value>,
     alerts: Vec<String>,
+}
+
+fn unix_now() -> f64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9
+}
+
+fn unix_of(rfc3339: &str) -> Option<f64> {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+/// Whether the access log can be appended to: the file, or, before its first entry, the nearest
+/// existing folder on its path (the log and its folders are created on first write). Root passes
+/// permission checks, as it does when it writes.
+fn access_log_writable(path: &std::path::Path) -> bool {
+    use nix::unistd::{access, AccessFlags};
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path
+            .ancestors()
+            .skip(1)
+            .find(|d| d.exists())
+            .is_some_and(|d| {
+                d.is_dir() && access(d, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+            }),
+        Err(_) => false,
+    }
 }
 
 fn age_of(created: &str) -> Option<f64> {
@@ -329,6 +552,21 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 )
             }
         };
+        for st in SOURCE_STATES {
+            rt.metrics
+                .source_state
+                .get_or_create(&SourceState {
+                    source: name.clone(),
+                    state: st.to_string(),
+                })
+                .set(i64::from(st == state));
+        }
+        for outcome in SNAPSHOT_OUTCOMES {
+            drop(rt.metrics.snapshots_total.get_or_create(&SourceOutcome {
+                source: name.clone(),
+                outcome: outcome.to_string(),
+            }));
+        }
         let age = created.as_deref().and_then(age_of);
         if let Some(c) = created.as_deref() {
             if let Ok(t) =
@@ -367,12 +605,14 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         .iter()
         .map(|s| {
             let lag = lags.get(&s.name).copied().unwrap_or(0);
-            rt.metrics
-                .lag
-                .get_or_create(&StoreLabel {
-                    store: s.name.clone(),
-                })
-                .set(lag as i64);
+            let label = StoreLabel {
+                store: s.name.clone(),
+            };
+            rt.metrics.lag.get_or_create(&label).set(lag as i64);
+            // Counters have a sample (0) from the first scrape, so rates and alerts see them.
+            drop(rt.metrics.uploaded_bytes.get_or_create(&label));
+            drop(rt.metrics.scrub_errors.get_or_create(&label));
+            drop(rt.metrics.repairs.get_or_create(&label));
             StoreStatus {
                 name: s.name.clone(),
                 site: s.site.clone(),
@@ -388,11 +628,30 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         .map(|p| {
             let epochs = p.epochs().unwrap_or_default();
             let live: Vec<_> = epochs.iter().filter(|e| e.destroyed.is_none()).collect();
+            let health = p.health();
+            rt.metrics
+                .key_provider_up
+                .get_or_create(&ProviderLabel {
+                    provider: p.name().to_string(),
+                    kind: p.kind().to_string(),
+                })
+                .set(i64::from(health.is_ok()));
+            for (state, n) in [
+                ("live", live.len()),
+                ("destroyed", epochs.len() - live.len()),
+            ] {
+                rt.metrics
+                    .key_epochs
+                    .get_or_create(&ProviderEpochs {
+                        provider: p.name().to_string(),
+                        state: state.to_string(),
+                    })
+                    .set(n as i64);
+            }
             KeyStatus {
                 provider: p.name().to_string(),
                 kind: p.kind().to_string(),
-                health: p
-                    .health()
+                health: health
                     .map(|_| "ok".to_string())
                     .unwrap_or_else(|e| format!("{e}")),
                 live_epochs: live.len(),
@@ -414,15 +673,14 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
             .drill_duration
             .get_or_create(&label)
             .set(r.rto_seconds);
-        if r.ok {
-            if let Ok(t) = time::OffsetDateTime::parse(
-                &r.finished,
-                &time::format_description::well_known::Rfc3339,
-            ) {
-                rt.metrics
-                    .drill_last_success
-                    .get_or_create(&label)
-                    .set(t.unix_timestamp_nanos() as f64 / 1e9);
+        rt.metrics
+            .drill_last_ok
+            .get_or_create(&label)
+            .set(i64::from(r.ok));
+        if let Some(t) = unix_of(&r.finished) {
+            rt.metrics.drill_last_attempt.get_or_create(&label).set(t);
+            if r.ok {
+                rt.metrics.drill_last_success.get_or_create(&label).set(t);
             }
         }
         drills.push(serde_json::json!({
@@ -430,9 +688,23 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
             "finished": r.finished, "rto_seconds": r.rto_seconds, "error": r.error,
         }));
     }
+    for s in &app.config.sources {
+        if let Some(every) = s.drill.every {
+            rt.metrics
+                .drill_interval
+                .get_or_create(&SourceLabel {
+                    source: s.name.clone(),
+                })
+                .set(every.as_secs_f64());
+        }
+    }
+    rt.metrics
+        .access_log_writable
+        .set(i64::from(access_log_writable(app.audit.path())));
     StatusDoc {
         drills,
         version: env!("CARGO_PKG_VERSION"),
+        commit: BUILD_COMMIT,
         host: app.host.clone(),
         uptime_seconds: rt.started.elapsed().as_secs_f64(),
         ready: rt.ready.load(Ordering::Relaxed),
@@ -534,6 +806,11 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    // Prometheus asks for OpenMetrics; curl and `promtool check metrics` get the classic text.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     let app = ctx.app.borrow().clone();
     let rt = ctx.rt.clone();
     let body = tokio::task::spawn_blocking(move || {
@@ -543,7 +820,7 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     })
     .await;
     match body {
-        Ok(Ok(text)) => (
+        Ok(Ok(text)) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -551,8 +828,41 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
             text,
         )
             .into_response(),
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            openmetrics_to_text(&text),
+        )
+            .into_response(),
         _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// OpenMetrics text as Prometheus text format 0.0.4: a counter family `x` (samples `x_total`)
+/// is described as `x_total` there, and there is no `# UNIT` or `# EOF`.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 16 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(described.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 pub fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Router {
@@ -562,4 +872,80 @@ pub fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(Ctx { app, rt })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_counters_are_named_with_total_in_the_classic_text() {
+        let om = "# HELP coffre_repairs Replicas repaired.\n# TYPE coffre_repairs counter\n\
+                  coffre_repairs_total{store=\"a\"} 0\n# HELP coffre_store_up 1 when up.\n\
+                  # TYPE coffre_store_up gauge\n# UNIT coffre_store_up x\ncoffre_store_up{store=\"a\"} 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP coffre_repairs_total Replicas repaired.\n# TYPE coffre_repairs_total counter\n\
+             coffre_repairs_total{store=\"a\"} 0\n# HELP coffre_store_up 1 when up.\n\
+             # TYPE coffre_store_up gauge\ncoffre_store_up{store=\"a\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn first_scrape_has_build_info_and_health_gauges() {
+        let rt = Runtime::new(None);
+        rt.worker("scrub", "idle");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &rt.metrics.registry).unwrap();
+        let text = openmetrics_to_text(&out);
+        for line in [
+            "coffre_config_last_reload_successful 1",
+            "coffre_shred_clock_jump_detected 0",
+            "coffre_worker_errors_total{worker=\"scrub\"} 0",
+            "coffre_worker_state{worker=\"scrub\",state=\"idle\"} 1",
+            "coffre_worker_state{worker=\"scrub\",state=\"busy\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(
+            text.contains(&format!(
+                "coffre_build_info{{version=\"{}\",commit=\"{BUILD_COMMIT}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        rt.reload_result(false);
+        rt.shred_stopped_by_clock("clock jumped");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &rt.metrics.registry).unwrap();
+        assert!(out
+            .lines()
+            .any(|l| l == "coffre_config_last_reload_successful 0"));
+        assert!(out
+            .lines()
+            .any(|l| l == "coffre_shred_clock_jump_detected 1"));
+        assert!(lock(&rt.alerts).contains(&"reload refused".to_string()));
+    }
+
+    #[test]
+    fn access_log_writable_checks_the_file_or_its_nearest_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit").join("access.log");
+        assert!(
+            access_log_writable(&log),
+            "not created yet: its folder decides"
+        );
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "").unwrap();
+        assert!(access_log_writable(&log));
+        std::fs::remove_file(&log).unwrap();
+        std::fs::create_dir(&log).unwrap();
+        assert!(!access_log_writable(&log), "a folder in its place");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            !access_log_writable(&file.join("access.log")),
+            "under a file"
+        );
+    }
 }

@@ -5,11 +5,12 @@
 #
 # Idempotent and fast (a few seconds) when everything is present. Runs as root or through sudo
 # (apt, npm -g); `cargo install` runs as the calling user (binary in ~/.cargo/bin).
+# Prometheus (server and promtool) comes from Debian's prometheus package.
 # Pinned versions: s3s-fs 0.14.1 (0.15+ needs rustc 1.96), Azurite 3.35.0.
 # Cold: about 5 minutes, most of it building s3s-fs. Output of installs: $SETUP_LOG.
 set -euo pipefail
 
-APT_PKGS=(softhsm2 opensc postgresql zstd curl openssl ca-certificates systemd passwd util-linux faketime python3)
+APT_PKGS=(softhsm2 opensc postgresql zstd curl openssl ca-certificates systemd passwd util-linux faketime python3 prometheus)
 S3S_VERSION=0.14.1
 AZURITE_VERSION=3.35.0
 SETUP_LOG=${SETUP_LOG:-${TMPDIR:-/tmp}/coffre-setup.$(id -u).log}
@@ -75,6 +76,11 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tru
   || fail postgres "no /usr/lib/postgresql/*/bin/initdb after installing postgresql"
 id postgres >/dev/null 2>&1 || [ "$(id -u)" != 0 ] || fail postgres "user postgres missing (needed to run PostgreSQL as root)"
 say postgres "ok ($("$PGBIN/postgres" --version 2>/dev/null | awk '{print $3}'), $PGBIN)"
+
+# ---------------------------------------------------------------- Prometheus server and promtool (package prometheus)
+command -v prometheus >/dev/null && command -v promtool >/dev/null \
+  || fail prometheus "prometheus / promtool not found after installing prometheus"
+say prometheus "ok ($(promtool --version 2>&1 | awk 'NR == 1 {print $3}'), $(command -v promtool))"
 
 # ---------------------------------------------------------------- s3s-fs (S3 over a folder, checks SigV4)
 if ! command -v s3s-fs >/dev/null 2>&1; then

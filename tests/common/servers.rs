@@ -3,6 +3,7 @@
 //! * [`S3Server`]  — s3s-fs 0.14.1: S3 over a folder, checks SigV4 signatures, conditional puts.
 //! * [`Azurite`]   — Azurite 3.35.0 (Azure Blob emulator), account `devstoreaccount1`.
 //! * [`SoftHsm`]   — a SoftHSM2 token in a private token dir (PKCS#11, no server).
+//! * [`Prometheus`] — a Prometheus server scraping given targets every second, and `promtool`.
 //! * [`Postgres`]  — PostgreSQL clusters on a private Unix socket, and the synthetic EMR database
 //!   generator `tests/testdata/make-emr-db.sh`.
 //!
@@ -1180,4 +1181,154 @@ impl Drop for Postgres {
         // Immediate shutdown lets the postmaster take its backends down with it.
         self.proc.terminate("QUIT", Duration::from_secs(10));
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Prometheus (Debian package `prometheus`, which also ships promtool)
+// ------------------------------------------------------------------------------------------
+
+/// A Prometheus server on 127.0.0.1 scraping `targets` under job `job` every second, with rule
+/// files loaded; its TSDB lives in a temp dir.
+pub struct Prometheus {
+    proc: Proc,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Prometheus {
+    /// Start Prometheus and wait until `/-/ready` answers 200.
+    pub fn start(job: &str, targets: &[String], rule_files: &[PathBuf]) -> Prometheus {
+        let bin = find_bin("prometheus");
+        let dir = tempdir("coffre-prometheus-");
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("'{}'", p.display()))
+            .collect();
+        let text = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [{}]\n\
+             scrape_configs:\n  - job_name: '{job}'\n    static_configs:\n      - targets: [{}]\n",
+            rules.join(", "),
+            targets.join(", ")
+        );
+        fs::write(&config, text).expect("write prometheus.yml");
+        let log = dir.path().join("prometheus.log");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            if port_open(port) {
+                continue;
+            }
+            mark_log(&log, &format!("start prometheus on port {port}"));
+            let mut cmd = Command::new(&bin);
+            cmd.arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .current_dir(dir.path());
+            let mut proc = Proc::spawn("prometheus", cmd, &log);
+            match proc.wait_ready("answering /-/ready", || {
+                matches!(http_get_text(port, "/-/ready"), Ok((200, _)))
+            }) {
+                Ok(()) => return Prometheus { proc, port, dir },
+                Err(StartError::Exited(m)) if log_says_port_in_use(&log) => last = m,
+                Err(StartError::Exited(m)) | Err(StartError::TimedOut(m)) => panic!("{m}"),
+            }
+        }
+        panic!("prometheus: no free port after 5 tries: {last}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("prometheus.log")
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// GET an API path; `Ok(data)` when Prometheus answers `"status": "success"`.
+    pub fn api(&self, path_and_query: &str) -> Result<serde_json::Value, String> {
+        let (code, body) = http_get_text(self.port, path_and_query)?;
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| format!("HTTP {code}, not JSON ({e}): {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("HTTP {code}: {body}"));
+        }
+        Ok(v["data"].clone())
+    }
+
+    /// An instant query: the `result` array of a vector (or the value of a scalar, as one item).
+    pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let q: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let data = self.api(&format!("/api/v1/query?query={q}"))?;
+        match &data["result"] {
+            serde_json::Value::Array(a) if data["resultType"] == "vector" => Ok(a.clone()),
+            other => Ok(vec![other.clone()]),
+        }
+    }
+
+    /// The value of the sample whose `label` is `value` in the result of `promql`, if any.
+    pub fn value_where(&self, promql: &str, label: &str, value: &str) -> Option<f64> {
+        self.query(promql)
+            .ok()?
+            .iter()
+            .find(|s| s["metric"][label] == value)
+            .and_then(|s| s["value"][1].as_str()?.parse().ok())
+    }
+}
+
+/// `promtool ARGS...` (stdin from `stdin` when given): (success, stdout + stderr).
+pub fn promtool(args: &[&str], stdin: Option<&[u8]>, dir: &Path) -> (bool, String) {
+    let bin = find_bin("promtool");
+    let mut child = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}: {SETUP_HINT}", bin.display()));
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().expect("promtool stdin");
+        w.write_all(input).expect("write promtool stdin");
+    }
+    let out = child.wait_with_output().expect("wait for promtool");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1:`port`: (status, body).
+pub fn http_get_text(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP header in {text:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {head:?}"))?;
+    Ok((code, body.to_string()))
 }
