@@ -582,7 +582,11 @@ create-master-key = true
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::fs::write(&at, &planted).unwrap();
         let err = app.push_keyrings(s).await.unwrap_err();
-        assert_eq!(err.kind(), crate::store::ErrorKind::KeyringConflict, "{err}");
+        assert_eq!(
+            err.kind(),
+            crate::store::ErrorKind::KeyringConflict,
+            "{err}"
+        );
         assert!(err.to_string().contains("2026-12-31.1"), "{err}");
         assert_eq!(store_keyrings(d), vec![at.clone()]);
         assert_eq!(std::fs::read(&at).unwrap(), planted);

@@ -174,7 +174,7 @@ async fn a_store_that_accepts_then_loses_objects_is_found_and_repaired() {
     assert!(
         checks
             .iter()
-            .any(|c| c.store == "c" && c.state == "missing"),
+            .any(|c| c.store == "c" && c.state == coffre::ops::verify::CheckState::Missing),
         "{checks:?}"
     );
     let rt = coffre::status::Runtime::new(None);

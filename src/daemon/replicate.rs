@@ -175,10 +175,12 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
     let checks = crate::ops::verify::verify(app, None).await;
     let (mut bad_n, mut repaired) = (0, 0);
     let checked = checks.len() as u64;
-    for c in checks
-        .iter()
-        .filter(|c| c.state == "bad" || c.state == "missing")
-    {
+    for c in checks.iter().filter(|c| {
+        matches!(
+            c.state,
+            crate::ops::verify::CheckState::Bad | crate::ops::verify::CheckState::Missing
+        )
+    }) {
         bad_n += 1;
         rt.metrics
             .scrub_errors

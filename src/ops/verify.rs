@@ -18,24 +18,67 @@ pub struct ReplicaCheck {
     pub snapshot: SnapshotId,
     pub source: String,
     pub store: String,
-    /// `ok`, `missing`, `bad`, `unreachable`.
-    pub state: String,
+    pub state: CheckState,
     pub detail: Option<String>,
+}
+
+/// What the check of one replica found (kebab-case in `--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckState {
+    Ok,
+    /// Not committed in this store (no manifest, or no data).
+    Missing,
+    /// Present but not what the manifest says (size, header, SHA-256, or another manifest).
+    Bad,
+    /// The store refuses this host's credentials.
+    Unauthorized,
+    /// The store could not be read.
+    Unreachable,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ok => "ok",
+            CheckState::Missing => "missing",
+            CheckState::Bad => "bad",
+            CheckState::Unauthorized => "unauthorized",
+            CheckState::Unreachable => "unreachable",
+        }
+    }
+
+    /// The catalog's replica state this check establishes, if any (an unreachable or refusing
+    /// store says nothing about the copy).
+    pub fn replica_state(self) -> Option<ReplicaState> {
+        match self {
+            CheckState::Ok => Some(ReplicaState::Committed),
+            CheckState::Missing => Some(ReplicaState::Missing),
+            CheckState::Bad => Some(ReplicaState::Bad),
+            CheckState::Unauthorized | CheckState::Unreachable => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CheckState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ReplicaCheck {
     pub fn ok(&self) -> bool {
-        self.state == "ok"
+        self.state == CheckState::Ok
     }
 }
 
 /// Check one replica; `expected` is the reference manifest (from the catalog or another store).
 pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
-    let mk = |state: &str, detail: Option<String>| ReplicaCheck {
+    let mk = |state: CheckState, detail: Option<String>| ReplicaCheck {
         snapshot: expected.snapshot,
         source: expected.source.clone(),
         store: store.name.clone(),
-        state: state.into(),
+        state,
         detail,
     };
     let m = match store
@@ -45,22 +88,24 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
         Ok(m) => m,
         Err(e) if e.is_not_found() => {
             return mk(
-                "missing",
+                CheckState::Missing,
                 Some("manifest missing: the snapshot is not committed here".into()),
             )
         }
-        Err(e) if e.kind() == crate::store::ErrorKind::BadObject => return mk("bad", Some(e.to_string())),
+        Err(e) if e.kind() == crate::store::ErrorKind::BadObject => {
+            return mk(CheckState::Bad, Some(e.to_string()))
+        }
         Err(e) if e.kind() == crate::store::ErrorKind::Unauthorized => {
             return mk(
-                "unauthorized",
+                CheckState::Unauthorized,
                 Some(format!("{e}: check this store's credentials")),
             )
         }
-        Err(e) => return mk("unreachable", Some(e.to_string())),
+        Err(e) => return mk(CheckState::Unreachable, Some(e.to_string())),
     };
     if m.sealed_sha256 != expected.sealed_sha256 || m.sealed_size != expected.sealed_size {
         return mk(
-            "bad",
+            CheckState::Bad,
             Some("manifest differs from the other replicas".into()),
         );
     }
@@ -68,18 +113,18 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
     let res = match store.inner.get(&path).await {
         Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => {
-            return mk("missing", Some(format!("{path} is missing")))
+            return mk(CheckState::Missing, Some(format!("{path} is missing")))
         }
         Err(e) => {
             return mk(
-                "unreachable",
+                CheckState::Unreachable,
                 Some(store.op_err("get", &path, e).to_string()),
             )
         }
     };
     if res.meta.size != m.sealed_size {
         return mk(
-            "bad",
+            CheckState::Bad,
             Some(format!(
                 "{path} has {} bytes, the manifest says {}",
                 res.meta.size, m.sealed_size
@@ -103,7 +148,7 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
             }
             Err(e) => {
                 return mk(
-                    "unreachable",
+                    CheckState::Unreachable,
                     Some(store.op_err("read", &path, e).to_string()),
                 )
             }
@@ -113,23 +158,23 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
         Ok(h) if h.snapshot == m.snapshot.to_string() => {}
         Ok(h) => {
             return mk(
-                "bad",
+                CheckState::Bad,
                 Some(format!("{path}: header names snapshot {}", h.snapshot)),
             )
         }
-        Err(e) => return mk("bad", Some(format!("{path}: {e}"))),
+        Err(e) => return mk(CheckState::Bad, Some(format!("{path}: {e}"))),
     }
     let got = hex::encode(sha.finalize());
     if got != m.sealed_sha256 {
         return mk(
-            "bad",
+            CheckState::Bad,
             Some(format!(
                 "{path}: SHA-256 {got} differs from the manifest's {}",
                 m.sealed_sha256
             )),
         );
     }
-    mk("ok", None)
+    mk(CheckState::Ok, None)
 }
 
 /// Reference manifests: the catalog's, plus any found in the stores that the catalog lacks.
@@ -165,12 +210,7 @@ pub async fn verify(app: &Coffre, only: Option<SnapshotId>) -> Vec<ReplicaCheck>
         let checks =
             futures::future::join_all(app.stores.iter().map(|s| check_replica(s, &m))).await;
         for c in checks {
-            let state = match c.state.as_str() {
-                "ok" => Some(ReplicaState::Committed),
-                "missing" => Some(ReplicaState::Missing),
-                "bad" => Some(ReplicaState::Bad),
-                _ => None,
-            };
+            let state = c.state.replica_state();
             if let Some(st) = state {
                 let _ = app.catalog.put_manifest(&m);
                 let _ = app.catalog.set_replica(&m.snapshot, &c.store, st);
