@@ -24,7 +24,7 @@ use crate::app::{AppError, Coffre};
 use crate::config::Config;
 use crate::ids::SnapshotId;
 use crate::ops::protect::{PipelineError, Protection};
-use crate::status::{self, Runtime, SourceLabel, SourceOutcome};
+use crate::status::{self, Runtime, SourceLabel, SourceOutcome, WorkState, Worker};
 use intake::{Intake, Journal, JournalState};
 
 #[derive(Debug, thiserror::Error)]
@@ -296,7 +296,7 @@ async fn intake_loop(
     let (wake_tx, mut wake_rx) = mpsc::channel(1);
     let mut watcher = watch_sources(&app, wake_tx.clone());
     let mut intakes = build_intakes(&app);
-    rt.worker("intake", "idle");
+    rt.worker(Worker::Intake, WorkState::Idle);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -337,17 +337,17 @@ async fn intake_loop(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "journal unavailable: not protecting until it is back");
-                        rt.worker_error("intake", &e.to_string());
+                        rt.worker_error(Worker::Intake, &e.to_string());
                         continue;
                     }
                 };
-                rt.worker("intake", "busy");
+                rt.worker(Worker::Intake, WorkState::Busy);
                 protect_one(&app, &journal, &rt, &source, &key, attempts).await;
-                rt.worker("intake", "idle");
+                rt.worker(Worker::Intake, WorkState::Idle);
             }
         }
     }
-    rt.worker("intake", "stopped");
+    rt.worker(Worker::Intake, WorkState::Stopped);
 }
 
 async fn protect_one(
@@ -361,7 +361,7 @@ async fn protect_one(
     let id = SnapshotId::new();
     if let Err(e) = journal.mark_sealing(source, key, &id) {
         tracing::error!(error = %e, "journal write failed: snapshot not started");
-        rt.worker_error("intake", &e.to_string());
+        rt.worker_error(Worker::Intake, &e.to_string());
         return;
     }
     let count = |outcome: &str| {
@@ -410,7 +410,7 @@ async fn protect_one(
         }
         Err(e) => {
             tracing::error!(snapshot = %id, error = %e, "snapshot not protected; will retry");
-            rt.worker_error("intake", &e.to_string());
+            rt.worker_error(Worker::Intake, &e.to_string());
             if let PipelineError::AtRisk { .. } = e {
                 for s in &app.stores {
                     rt.store_failed(&s.name, "unavailable");
@@ -431,33 +431,33 @@ async fn catch_up_loop(
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) {
-    rt.worker("catch-up", "idle");
+    rt.worker(Worker::CatchUp, WorkState::Idle);
     loop {
         let app = app_rx.borrow().clone();
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(app.config.daemon.catch_up_interval) => {}
         }
-        rt.worker("catch-up", "busy");
+        rt.worker(Worker::CatchUp, WorkState::Busy);
         replicate::probe(&app, &rt).await;
         let (copied, failed) = replicate::catch_up(&app, &rt).await;
         if let Err(e) = crate::ops::audit_replicate::replicate(&app).await {
-            rt.worker_error("catch-up", &format!("access log not replicated: {e}"));
+            rt.worker_error(Worker::CatchUp, &format!("access log not replicated: {e}"));
         }
         if failed > 0 {
             rt.worker_error(
-                "catch-up",
+                Worker::CatchUp,
                 &format!("{failed} replica(s) could not be copied yet"),
             );
-            rt.worker("catch-up", "backing-off");
+            rt.worker(Worker::CatchUp, WorkState::BackingOff);
         } else {
-            rt.worker("catch-up", "idle");
+            rt.worker(Worker::CatchUp, WorkState::Idle);
         }
         if copied > 0 {
             tracing::info!(copied, "catch-up copied replicas");
         }
     }
-    rt.worker("catch-up", "stopped");
+    rt.worker(Worker::CatchUp, WorkState::Stopped);
 }
 
 async fn scrub_loop(
@@ -465,25 +465,25 @@ async fn scrub_loop(
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) {
-    rt.worker("scrub", "idle");
+    rt.worker(Worker::Scrub, WorkState::Idle);
     loop {
         let app = app_rx.borrow().clone();
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(app.config.daemon.scrub_every) => {}
         }
-        rt.worker("scrub", "busy");
+        rt.worker(Worker::Scrub, WorkState::Busy);
         let (checked, bad, repaired) = replicate::scrub(&app, &rt).await;
         tracing::info!(checked, bad, repaired, "scrub finished");
         if bad > repaired {
             rt.worker_error(
-                "scrub",
+                Worker::Scrub,
                 &format!("{} replica(s) bad and not repaired", bad - repaired),
             );
         }
-        rt.worker("scrub", "idle");
+        rt.worker(Worker::Scrub, WorkState::Idle);
     }
-    rt.worker("scrub", "stopped");
+    rt.worker(Worker::Scrub, WorkState::Stopped);
 }
 
 /// Guard against a clock that jumps far ahead: compares `now` with the last time seen (kept in
@@ -510,7 +510,7 @@ async fn shred_loop(
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) {
-    rt.worker("shred", "idle");
+    rt.worker(Worker::Shred, WorkState::Idle);
     const ALERT: &str = "clock jumped forward beyond shred.max-clock-jump: shredding stopped; check the system clock, then restart coffre";
     // The clock is observed at start so a jump while stopped is caught too.
     let mut first = true;
@@ -532,48 +532,48 @@ async fn shred_loop(
             Ok(false) => {
                 tracing::error!("{ALERT}");
                 rt.shred_stopped_by_clock(ALERT);
-                rt.worker("shred", "stopped");
+                rt.worker(Worker::Shred, WorkState::Stopped);
                 // Stay stopped until an operator restarts the daemon.
                 cancel.cancelled().await;
                 break;
             }
             Err(e) => {
-                rt.worker_error("shred", &e);
+                rt.worker_error(Worker::Shred, &e);
                 continue;
             }
         }
-        rt.worker("shred", "busy");
+        rt.worker(Worker::Shred, WorkState::Busy);
         let (done, errors) = crate::ops::shred::run_due(&app, now, "coffre-daemon").await;
         for r in &done {
             tracing::info!(epoch = %r.epoch, snapshots = r.snapshots.len(), "retention shredded an epoch");
         }
         for e in &errors {
-            rt.worker_error("shred", &e.to_string());
+            rt.worker_error(Worker::Shred, &e.to_string());
         }
         // The access log's own retention, under the same clock guard.
         let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         match crate::ops::audit_expire::expire(&app, now, "coffre-daemon").await {
             Ok(r) => {
                 for e in &r.errors {
-                    rt.worker_error("shred", e);
+                    rt.worker_error(Worker::Shred, e);
                 }
                 errors.extend(r.errors);
             }
             Err(e) => {
-                rt.worker_error("shred", &e);
+                rt.worker_error(Worker::Shred, &e);
                 errors.push(e);
             }
         }
         rt.worker(
-            "shred",
+            Worker::Shred,
             if errors.is_empty() {
-                "idle"
+                WorkState::Idle
             } else {
-                "backing-off"
+                WorkState::BackingOff
             },
         );
     }
-    rt.worker("shred", "stopped");
+    rt.worker(Worker::Shred, WorkState::Stopped);
 }
 
 /// Scheduled drills: each source with `drill.every` is drilled from its stores when its last
@@ -583,7 +583,7 @@ async fn drill_loop(
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) {
-    rt.worker("drill", "idle");
+    rt.worker(Worker::Drill, WorkState::Idle);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -619,7 +619,7 @@ async fn drill_loop(
             {
                 continue;
             }
-            rt.worker("drill", "busy");
+            rt.worker(Worker::Drill, WorkState::Busy);
             let req = crate::ops::drill::DrillRequest {
                 source: Some(s.name.clone()),
                 actor: "coffre-daemon".into(),
@@ -630,7 +630,7 @@ async fn drill_loop(
                 Ok(reports) => {
                     for r in reports.iter().filter(|r| !r.ok) {
                         rt.worker_error(
-                            "drill",
+                            Worker::Drill,
                             &format!(
                                 "{} from {}: {}",
                                 r.source,
@@ -641,10 +641,10 @@ async fn drill_loop(
                     }
                     tracing::info!(source = %s.name, drills = reports.len(), failed = reports.iter().filter(|r| !r.ok).count(), "scheduled drill finished");
                 }
-                Err(e) => rt.worker_error("drill", &e),
+                Err(e) => rt.worker_error(Worker::Drill, &e),
             }
-            rt.worker("drill", "idle");
+            rt.worker(Worker::Drill, WorkState::Idle);
         }
     }
-    rt.worker("drill", "stopped");
+    rt.worker(Worker::Drill, WorkState::Stopped);
 }

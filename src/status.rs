@@ -84,8 +84,56 @@ pub const LONG_VERSION: &str = concat!(
 
 /// The protection states of a source, as in `/status` (one of them is 1 in `coffre_source_state`).
 const SOURCE_STATES: [&str; 4] = ["protected", "degraded", "at-risk", "none"];
+/// The daemon's background workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worker {
+    Intake,
+    CatchUp,
+    Scrub,
+    Shred,
+    Drill,
+}
+
+impl Worker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Worker::Intake => "intake",
+            Worker::CatchUp => "catch-up",
+            Worker::Scrub => "scrub",
+            Worker::Shred => "shred",
+            Worker::Drill => "drill",
+        }
+    }
+}
+
 /// The states of a worker, as in `/status` (one of them is 1 in `coffre_worker_state`).
-const WORKER_STATES: [&str; 4] = ["idle", "busy", "backing-off", "stopped"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkState {
+    #[default]
+    Idle,
+    Busy,
+    BackingOff,
+    Stopped,
+}
+
+impl WorkState {
+    pub const ALL: [WorkState; 4] = [
+        WorkState::Idle,
+        WorkState::Busy,
+        WorkState::BackingOff,
+        WorkState::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkState::Idle => "idle",
+            WorkState::Busy => "busy",
+            WorkState::BackingOff => "backing-off",
+            WorkState::Stopped => "stopped",
+        }
+    }
+}
 /// Outcomes of `coffre_snapshots_total` that have a sample (0) from the first scrape.
 const SNAPSHOT_OUTCOMES: [&str; 4] = ["protected", "degraded", "at-risk", "failed"];
 
@@ -295,8 +343,7 @@ pub struct StoreHealth {
 /// State of a background worker.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct WorkerState {
-    /// `idle`, `busy`, `backing-off`, `stopped`.
-    pub state: String,
+    pub state: WorkState,
     pub runs: u64,
     pub errors: u64,
     pub last_error: Option<String>,
@@ -369,7 +416,8 @@ impl Runtime {
             .inc_by(bytes);
     }
 
-    pub fn worker(&self, name: &str, state: &str) {
+    pub fn worker(&self, worker: Worker, state: WorkState) {
+        let name = worker.as_str();
         let mut w = lock(&self.workers);
         let e = w.entry(name.to_string()).or_default();
         let label = WorkerLabel {
@@ -378,25 +426,26 @@ impl Runtime {
         // Runs and errors have a sample (0) from the worker's first state.
         let runs = self.metrics.worker_runs.get_or_create(&label);
         drop(self.metrics.worker_errors.get_or_create(&label));
-        if state == "busy" {
+        if state == WorkState::Busy {
             e.runs += 1;
             e.last_run = Some(crate::clock::now_rfc3339());
             runs.inc();
         }
         drop(runs);
-        e.state = state.to_string();
-        for s in WORKER_STATES {
+        e.state = state;
+        for s in WorkState::ALL {
             self.metrics
                 .worker_state
                 .get_or_create(&WorkerStateLabel {
                     worker: name.to_string(),
-                    state: s.to_string(),
+                    state: s.as_str().to_string(),
                 })
                 .set(i64::from(s == state));
         }
     }
 
-    pub fn worker_error(&self, name: &str, error: &str) {
+    pub fn worker_error(&self, worker: Worker, error: &str) {
+        let name = worker.as_str();
         let mut w = lock(&self.workers);
         let e = w.entry(name.to_string()).or_default();
         e.errors += 1;
@@ -894,7 +943,7 @@ mod tests {
     #[test]
     fn first_scrape_has_build_info_and_health_gauges() {
         let rt = Runtime::new(None);
-        rt.worker("scrub", "idle");
+        rt.worker(Worker::Scrub, WorkState::Idle);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &rt.metrics.registry).unwrap();
         let text = openmetrics_to_text(&out);
