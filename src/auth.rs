@@ -174,7 +174,7 @@ impl ObjectAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::objects::{SnapshotKind, Wrap};
+    use crate::format::objects::Wrap;
     use crate::ids::{EpochId, SnapshotId};
 
     fn auth(names: &[&str]) -> ObjectAuth {
@@ -190,24 +190,7 @@ mod tests {
 
     fn objects() -> (KeyObject, Manifest) {
         let id = SnapshotId::new();
-        let m = Manifest {
-            format: crate::format::objects::MANIFEST_FORMAT,
-            snapshot: id,
-            source: "emr".into(),
-            host: "h".into(),
-            created: "2026-11-28T00:00:00Z".into(),
-            kind: SnapshotKind::File,
-            original_name: "emr.sql".into(),
-            size: 10,
-            compressed_size: 9,
-            sealed_size: 100,
-            sealed_sha256: "0".repeat(64),
-            plaintext_hmac_sha256: None,
-            plaintext_blake3: Some("1".repeat(64)),
-            cipher: "aes-256-gcm".into(),
-            compression: "zstd".into(),
-            segment_log2: 20,
-        };
+        let m = crate::format::objects::sample_manifest(id);
         let k = KeyObject {
             format: crate::format::objects::KEY_OBJECT_FORMAT,
             snapshot: id,

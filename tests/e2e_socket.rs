@@ -720,6 +720,28 @@ impl Host {
         (o.code == 0).then(|| std::fs::read(&to).unwrap())
     }
 
+    /// Restore directory snapshot `id` from `store` as root and check it is the `base` tree.
+    fn assert_restores_base(&self, id: &str, store: &str) {
+        let to = self
+            .d
+            .join("out")
+            .join(format!("{id}-{store}-{}", rand::random::<u32>()));
+        let o = self.as_root(&[
+            "restore",
+            id,
+            "--source",
+            "emr",
+            "--store",
+            store,
+            "--to",
+            to.to_str().unwrap(),
+            "--purpose",
+            "check",
+        ]);
+        assert_eq!(o.code, 0, "{id} from {store}: {}", o.text);
+        assert_eq!(tree_files(&to), tree_files(&self.d.join("base")));
+    }
+
     /// Every epoch `keys status` reports destroyed.
     fn destroyed_epochs(&self) -> Vec<String> {
         let o = self.as_root(&["keys", "status", "--json"]);
@@ -776,24 +798,9 @@ fn a_shred_through_the_daemon_then_three_backups_resurrect_nothing() {
         );
     }
     assert!(h.destroyed_epochs().contains(&epoch));
-    let base = tree_files(&h.d.join("base"));
     for store in ["a", "b"] {
         assert!(h.restored(&a, store).is_none(), "A restored from {store}");
-        let to = h.d.join("out").join(format!("b-{store}"));
-        let o = h.as_root(&[
-            "restore",
-            &b,
-            "--source",
-            "emr",
-            "--store",
-            store,
-            "--to",
-            to.to_str().unwrap(),
-            "--purpose",
-            "check",
-        ]);
-        assert_eq!(o.code, 0, "B from {store}: {}", o.text);
-        assert_eq!(tree_files(&to), base);
+        h.assert_restores_base(&b, store);
         for (id, body) in &fresh {
             assert_eq!(
                 h.restored(id, store).as_ref(),
@@ -944,23 +951,8 @@ fn concurrent_holds_shreds_backups_and_retention_lose_nothing_and_resurrect_noth
             );
         }
     }
-    let base = tree_files(&h.d.join("base"));
     for store in ["a", "b"] {
-        let to = h.d.join("out").join(format!("held-{store}"));
-        let o = h.as_root(&[
-            "restore",
-            &held,
-            "--source",
-            "emr",
-            "--store",
-            store,
-            "--to",
-            to.to_str().unwrap(),
-            "--purpose",
-            "check",
-        ]);
-        assert_eq!(o.code, 0, "{}", o.text);
-        assert_eq!(tree_files(&to), base);
+        h.assert_restores_base(&held, store);
     }
     let o = h.as_root(&["audit", "verify"]);
     assert_eq!(o.code, 0, "{}", o.text);

@@ -201,29 +201,35 @@ impl KeyObject {
     }
 }
 
+/// A manifest for unit tests.
+#[cfg(test)]
+pub(crate) fn sample_manifest(id: SnapshotId) -> Manifest {
+    Manifest {
+        format: MANIFEST_FORMAT,
+        snapshot: id,
+        source: "emr".into(),
+        host: "h".into(),
+        created: "2026-11-28T00:00:00Z".into(),
+        kind: SnapshotKind::File,
+        original_name: "emr.sql".into(),
+        size: 10,
+        compressed_size: 9,
+        sealed_size: 100,
+        sealed_sha256: "0".repeat(64),
+        plaintext_hmac_sha256: None,
+        plaintext_blake3: Some("1".repeat(64)),
+        cipher: "aes-256-gcm".into(),
+        compression: "zstd".into(),
+        segment_log2: 20,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn manifest() -> Manifest {
-        Manifest {
-            format: MANIFEST_FORMAT,
-            snapshot: SnapshotId::new(),
-            source: "emr".into(),
-            host: "h".into(),
-            created: "2026-11-28T00:00:00Z".into(),
-            kind: SnapshotKind::File,
-            original_name: "emr.sql".into(),
-            size: 10,
-            compressed_size: 9,
-            sealed_size: 100,
-            sealed_sha256: "0".repeat(64),
-            plaintext_hmac_sha256: None,
-            plaintext_blake3: Some("1".repeat(64)),
-            cipher: "aes-256-gcm".into(),
-            compression: "zstd".into(),
-            segment_log2: 20,
-        }
+        sample_manifest(SnapshotId::new())
     }
 
     #[test]
