@@ -17,6 +17,8 @@ cargo build --release --locked --bin coffre
 rm -rf target/assets
 target/release/coffre generate man target/assets/man >/dev/null
 target/release/coffre generate completions target/assets/completions >/dev/null
-rm -f target/debian/coffre_*.deb
-cargo deb --no-build --locked >&2
+rm -f target/debian/coffre_*.deb target/debian/coffre-dbgsym_*.ddeb
+# --dbgsym: the binary is stripped; its debug symbols (release keeps line tables for backtraces)
+# go to coffre-dbgsym_<version>_<arch>.ddeb beside the .deb.
+cargo deb --no-build --locked --dbgsym >&2
 ls target/debian/coffre_*.deb
