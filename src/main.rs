@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use coffre::cli::{Command, Ctx, KeysCommand, Out};
 use coffre::config::{Config, ProviderKind, DEFAULT_CONFIG_PATH};
 use coffre::daemon::control;
 use coffre::lock::{self, Role};
 use coffre::Coffre;
+
+mod manual;
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +31,26 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "auto")]
     log_format: LogFormat,
     #[command(subcommand)]
-    command: Command,
+    command: Top,
+}
+
+/// The commands, and `generate` for packaging, which is not one of them (it never goes
+/// through the daemon, and stays out of the manual and the completions).
+#[derive(Subcommand)]
+enum Top {
+    #[command(flatten)]
+    Run(Command),
+    /// Write the man pages or the shell completions (packaging/build-deb.sh).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: manual::Generate,
+    },
+}
+
+/// The CLI with what every command's help shares (exit status, `--json`).
+fn cli_command() -> clap::Command {
+    manual::annotate(Cli::command())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,7 +94,10 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,7 +119,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    match &cli.command {
+    let command = match &cli.command {
+        Top::Run(command) => command,
+        Top::Generate { what } => {
+            manual::run(Cli::command(), what)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    match command {
         Command::CheckConfig => {
             let c = load_config(&cli)?;
             println!(

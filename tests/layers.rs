@@ -9,7 +9,7 @@
 //! 4. `app` (assembly)
 //! 5. `ops` (protect, restore, verify, drill, shred, rotate, audit expiry and replication)
 //! 6. `status`
-//! 7. `daemon`, `cli`
+//! 7. `daemon`, `cli`, `manual` (the binary's man pages and completions)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     &["ops"],
     &["status"],
-    &["daemon", "cli"],
+    &["daemon", "cli", "manual"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -6,13 +6,15 @@
 # Idempotent and fast (a few seconds) when everything is present. Runs as root or through sudo
 # (apt, npm -g); `cargo install` runs as the calling user (binary in ~/.cargo/bin).
 # Prometheus (server and promtool) comes from Debian's prometheus package.
-# Pinned versions: s3s-fs 0.14.1 (0.15+ needs rustc 1.96), Azurite 3.35.0.
-# Cold: about 5 minutes, most of it building s3s-fs. Output of installs: $SETUP_LOG.
+# Pinned versions: s3s-fs 0.14.1 (0.15+ needs rustc 1.96), Azurite 3.35.0, cargo-deb 3.8.0 (no
+# Debian package of it in bookworm; it builds the .deb in tests/package_deb.rs).
+# Cold: about 10 minutes, most of it building s3s-fs and cargo-deb. Output of installs: $SETUP_LOG.
 set -euo pipefail
 
-APT_PKGS=(softhsm2 opensc postgresql zstd curl openssl ca-certificates systemd passwd util-linux faketime python3 prometheus)
+APT_PKGS=(softhsm2 opensc postgresql zstd curl openssl ca-certificates systemd passwd util-linux faketime python3 prometheus lintian)
 S3S_VERSION=0.14.1
 AZURITE_VERSION=3.35.0
+CARGO_DEB_VERSION=3.8.0
 SETUP_LOG=${SETUP_LOG:-${TMPDIR:-/tmp}/coffre-setup.$(id -u).log}
 : > "$SETUP_LOG"
 
@@ -112,5 +114,19 @@ else
   hash -r
   command -v azurite-blob >/dev/null 2>&1 || fail azurite "installed but azurite-blob is not on PATH ($prefix/bin)"
   say azurite "installed $AZURITE_VERSION ($(command -v azurite-blob))"
+fi
+# ---------------------------------------------------------------- cargo-deb (packaging/build-deb.sh)
+if ! cargo deb --version >/dev/null 2>&1; then
+  wait_for 'cargo install cargo-deb'
+fi
+if cargo deb --version >/dev/null 2>&1; then
+  say cargo-deb "ok ($(cargo deb --version 2>/dev/null))"
+else
+  command -v cargo >/dev/null 2>&1 || fail cargo-deb "cargo not found (install Rust: https://rustup.rs)"
+  if ! command -v cc >/dev/null 2>&1; then apt_install gcc libc6-dev; fi
+  echo "building cargo-deb $CARGO_DEB_VERSION (about 3 minutes)..." >&2
+  quiet cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked || fail cargo-deb "cargo install cargo-deb@$CARGO_DEB_VERSION"
+  cargo deb --version >/dev/null 2>&1 || fail cargo-deb "installed but not on PATH (${CARGO_HOME:-$HOME/.cargo}/bin)"
+  say cargo-deb "installed $CARGO_DEB_VERSION"
 fi
 [ -s "$SETUP_LOG" ] || rm -f "$SETUP_LOG"
