@@ -430,6 +430,18 @@ fn outsiders_cannot_connect_and_operators_restore_files_they_own() {
     assert!(entries.iter().any(|e| e["actor"] == op.as_str()
         && e["action"] == "keys-rotate"
         && e["outcome"].as_str().unwrap().starts_with("refused")));
+    // `--actor` names the person: their runs through the daemon are theirs too.
+    let o = h.as_root(&["audit", "show", "--actor", &op, "--json"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let mine: Vec<serde_json::Value> = serde_json::from_str(o.text.trim_end()).unwrap();
+    assert!(
+        mine.iter()
+            .any(|e| e["actor"] == by_op.as_str() && e["action"] == "restore"),
+        "{mine:?}"
+    );
+    assert!(mine
+        .iter()
+        .all(|e| e["actor"] == op.as_str() || e["actor"] == by_op.as_str()));
     let o = h.as_root(&["audit", "verify"]);
     assert_eq!(o.code, 0, "{}", o.text);
 }

@@ -102,7 +102,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         .as_ref()
                         .is_none_or(|s| e.target.snapshot.as_ref() == Some(s))
                 })
-                .filter(|e| actor.as_ref().is_none_or(|a| &e.actor == a))
+                .filter(|e| actor.as_ref().is_none_or(|a| actor_matches(&e.actor, a)))
                 .filter(|e| action.as_ref().is_none_or(|a| &e.action == a))
                 .collect();
             if *json {
@@ -125,5 +125,31 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             Ok(exit::OK)
         }
         other => bail!("internal error: `{}` was routed to `audit`", other.action()),
+    }
+}
+
+/// `--actor alice` matches alice's own runs and hers through the daemon (`alice (via
+/// coffre-daemon)`): the person, whatever the channel.
+fn actor_matches(recorded: &str, person: &str) -> bool {
+    recorded == person
+        || recorded
+            .strip_prefix(person)
+            .is_some_and(|rest| rest.starts_with(" (via "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_actor_matches_the_person_on_every_channel_and_nobody_else() {
+        assert!(actor_matches("root", "root"));
+        assert!(actor_matches("root (via coffre-daemon)", "root"));
+        assert!(!actor_matches("rooted (via coffre-daemon)", "root"));
+        assert!(!actor_matches("alice", "root"));
+        assert!(actor_matches(
+            "alice (via coffre-daemon)",
+            "alice (via coffre-daemon)"
+        ));
     }
 }

@@ -31,9 +31,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     .into_iter()
                     .filter(|e| e.epoch.as_str() != crate::keys::OBJECT_AUTH_EPOCH)
                     .map(|e| {
-                        let due = crate::retention::epoch_day(&e.epoch)
-                            .and_then(|d| d.next_day())
-                            .map(|d| format!("{d}T00:00:00Z"));
+                        let due = due_of(&e.epoch);
                         serde_json::json!({
                             "epoch": e.epoch,
                             "created": e.created,
@@ -70,8 +68,14 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                             e["snapshots"],
                             match e["destroyed"].as_str() {
                                 Some(d) => format!("destroyed {d}"),
-                                None =>
-                                    format!("due {}", e["due"].as_str().unwrap_or("never (hold)")),
+                                None => match e["due"].as_str() {
+                                    Some(due) => format!("due {due}"),
+                                    None if e["epoch"]
+                                        .as_str()
+                                        .is_some_and(|x| x.starts_with("hold-")) =>
+                                        "never while the legal hold lasts".to_string(),
+                                    None => "no due day".to_string(),
+                                },
                             }
                         );
                     }
@@ -103,5 +107,37 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             "keys rotate needs either --provider NAME --new-master-key PATH, or --to-provider NAME"
         ),
         other => bail!("internal error: `{}` was routed to `keys`", other.action()),
+    }
+}
+
+/// When an epoch key is due to be destroyed: the start of the day after the one it stands for
+/// (a snapshot epoch `2026-12-31.2` or an access-log epoch `audit-2033-12-01.1`); none for a
+/// legal hold's epoch.
+fn due_of(epoch: &crate::ids::EpochId) -> Option<String> {
+    crate::retention::epoch_day(epoch)
+        .or_else(|| crate::ops::audit_expire::epoch_day(epoch))
+        .and_then(|d| d.next_day())
+        .map(|d| format!("{d}T00:00:00Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(s: &str) -> crate::ids::EpochId {
+        crate::ids::EpochId::try_from(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn snapshot_and_access_log_epochs_are_due_the_day_after_and_holds_never() {
+        assert_eq!(
+            due_of(&epoch("2026-12-31.2")).as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            due_of(&epoch("audit-2033-12-01.1")).as_deref(),
+            Some("2033-12-02T00:00:00Z")
+        );
+        assert_eq!(due_of(&epoch("hold-01M8T9P5ADDMESVD5NXHW8FV3Z")), None);
     }
 }
