@@ -442,6 +442,17 @@ fn outsiders_cannot_connect_and_operators_restore_files_they_own() {
     assert!(mine
         .iter()
         .all(|e| e["actor"] == op.as_str() || e["actor"] == by_op.as_str()));
+    // Time bounds: a duration before now finds the restores; a word that is not a time is
+    // refused, not answered with nothing.
+    let o = h.as_root(&[
+        "audit", "show", "--since", "1h", "--action", "restore", "--json",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let recent: Vec<serde_json::Value> = serde_json::from_str(o.text.trim_end()).unwrap();
+    assert!(recent.len() >= 2, "{recent:?}");
+    let o = h.as_root(&["audit", "show", "--since", "yesterday"]);
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(o.text.contains("not a time"), "{}", o.text);
     let o = h.as_root(&["audit", "verify"]);
     assert_eq!(o.code, 0, "{}", o.text);
 }

@@ -91,12 +91,22 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     json,
                 },
         } => {
+            let now = time::OffsetDateTime::now_utc();
+            let since = since
+                .as_deref()
+                .map(|t| time_bound(t, now))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            let until = until
+                .as_deref()
+                .map(|t| time_bound(t, now))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
             let entries: Vec<_> = app
                 .audit
                 .entries()?
                 .into_iter()
-                .filter(|e| since.as_ref().is_none_or(|s| e.time.as_str() >= s.as_str()))
-                .filter(|e| until.as_ref().is_none_or(|u| e.time.as_str() < u.as_str()))
+                .filter(|e| in_window(&e.time, since, until))
                 .filter(|e| {
                     snapshot
                         .as_ref()
@@ -137,9 +147,75 @@ fn actor_matches(recorded: &str, person: &str) -> bool {
             .is_some_and(|rest| rest.starts_with(" (via "))
 }
 
+/// A bound of `audit show`: an RFC 3339 time, a date (its midnight UTC), or a duration before
+/// `now` (`24h`, `7d`, `90min`).
+fn time_bound(text: &str, now: time::OffsetDateTime) -> Result<time::OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(text, &day) {
+        return Ok(d.midnight().assume_utc());
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        if let Some(t) = time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| now.checked_sub(d))
+        {
+            return Ok(t);
+        }
+    }
+    Err(format!(
+        "`{text}` is not a time: give an RFC 3339 time (2026-12-01T08:00:00Z), a date (2026-12-01) or a duration before now (24h, 7d)"
+    ))
+}
+
+/// Whether an entry's time is in [since, until); an entry whose time does not parse is shown
+/// only when no bound is given.
+fn in_window(
+    time: &str,
+    since: Option<time::OffsetDateTime>,
+    until: Option<time::OffsetDateTime>,
+) -> bool {
+    if since.is_none() && until.is_none() {
+        return true;
+    }
+    let Ok(t) = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+    else {
+        return false;
+    };
+    since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_bounds_are_times_dates_or_durations_and_anything_else_is_refused() {
+        let now = time::macros::datetime!(2026-12-02 12:00 UTC);
+        assert_eq!(
+            time_bound("2026-12-01T08:00:00Z", now).unwrap(),
+            time::macros::datetime!(2026-12-01 08:00 UTC)
+        );
+        assert_eq!(
+            time_bound("2026-12-01", now).unwrap(),
+            time::macros::datetime!(2026-12-01 00:00 UTC)
+        );
+        assert_eq!(
+            time_bound("24h", now).unwrap(),
+            time::macros::datetime!(2026-12-01 12:00 UTC)
+        );
+        let e = time_bound("yesterday", now).unwrap_err();
+        assert!(e.contains("not a time"), "{e}");
+        assert!(in_window(
+            "2026-12-01T10:00:00.5Z",
+            Some(time::macros::datetime!(2026-12-01 08:00 UTC)),
+            Some(now)
+        ));
+        assert!(!in_window("2026-12-02T12:00:00Z", None, Some(now)));
+    }
 
     #[test]
     fn an_actor_matches_the_person_on_every_channel_and_nobody_else() {

@@ -320,10 +320,11 @@ pub enum AuditCommand {
     },
     /// Show entries, optionally filtered.
     Show {
-        /// Entries at or after this RFC 3339 time.
+        /// Entries at or after this time: RFC 3339, a date (its midnight UTC), or a duration
+        /// before now (24h, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Entries before this RFC 3339 time.
+        /// Entries before this time (same forms as --since).
         #[arg(long)]
         until: Option<String>,
         #[arg(long)]
