@@ -722,29 +722,8 @@ impl Host {
         (id, body)
     }
 
-    /// Restore `id` from `store` as root; the bytes, or None when it cannot be restored.
-    fn restored(&self, id: &str, store: &str) -> Option<Vec<u8>> {
-        let to = self
-            .d
-            .join("out")
-            .join(format!("{id}-{store}-{}", rand::random::<u32>()));
-        let o = self.as_root(&[
-            "restore",
-            id,
-            "--source",
-            "emr",
-            "--store",
-            store,
-            "--to",
-            to.to_str().unwrap(),
-            "--purpose",
-            "concurrency test",
-        ]);
-        (o.code == 0).then(|| std::fs::read(&to).unwrap())
-    }
-
-    /// Restore directory snapshot `id` from `store` as root and check it is the `base` tree.
-    fn assert_restores_base(&self, id: &str, store: &str) {
+    /// Restore `id` from `store` as root into a fresh path under `out`.
+    fn restore_from(&self, id: &str, store: &str) -> (Out, PathBuf) {
         let to = self
             .d
             .join("out")
@@ -761,6 +740,18 @@ impl Host {
             "--purpose",
             "check",
         ]);
+        (o, to)
+    }
+
+    /// Restore `id` from `store` as root; the bytes, or None when it cannot be restored.
+    fn restored(&self, id: &str, store: &str) -> Option<Vec<u8>> {
+        let (o, to) = self.restore_from(id, store);
+        (o.code == 0).then(|| std::fs::read(&to).unwrap())
+    }
+
+    /// Restore directory snapshot `id` from `store` as root and check it is the `base` tree.
+    fn assert_restores_base(&self, id: &str, store: &str) {
+        let (o, to) = self.restore_from(id, store);
         assert_eq!(o.code, 0, "{id} from {store}: {}", o.text);
         assert_eq!(tree_files(&to), tree_files(&self.d.join("base")));
     }
