@@ -140,7 +140,7 @@ fn acquire_waiting(
     let mut f = open().map_err(open_err)?;
     let mut said = false;
     let waited_since = std::time::Instant::now();
-    let f = loop {
+    let mut f = loop {
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(l) => break l,
             Err((mut busy, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -179,7 +179,6 @@ fn acquire_waiting(
             Err((_, e)) => return Err(open_err(std::io::Error::from(e))),
         }
     };
-    let mut f = f;
     let record = format!("{} {}\n", std::process::id(), role.as_str());
     f.set_len(0)
         .and_then(|_| f.rewind())
