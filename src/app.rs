@@ -52,6 +52,8 @@ pub struct Coffre {
     pub audit: AccessLog,
     /// Epochs in use by snapshots being protected (an early shred waits for them).
     pub inflight: crate::inflight::InFlight,
+    /// Work in progress (protect, copy, restore, drill), shown by `/status`.
+    pub progress: crate::progress::Board,
 }
 
 impl Coffre {
@@ -77,6 +79,7 @@ impl Coffre {
             catalog,
             audit,
             inflight: Default::default(),
+            progress: Default::default(),
         };
         app.pull_keyrings().await?;
         Ok(app)

@@ -147,10 +147,67 @@ impl Catalog {
              );",
         )
         .map_err(db)?;
+        // The daemon's counters (Prometheus `_total`s), so they survive a restart; and the
+        // last successful drill kept apart from the last attempt (older catalogs get the column).
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS counters (
+                 family TEXT NOT NULL,
+                 labels TEXT NOT NULL,
+                 value INTEGER NOT NULL,
+                 PRIMARY KEY (family, labels)
+             );",
+        )
+        .map_err(db)?;
+        let has_last_ok = conn
+            .prepare("SELECT 1 FROM pragma_table_info('drills') WHERE name = 'last_ok'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(db)?;
+        if !has_last_ok {
+            conn.execute_batch("ALTER TABLE drills ADD COLUMN last_ok TEXT;")
+                .map_err(db)?;
+        }
         Ok(Catalog {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Write this connection's transactions without waiting for the disk (WAL mode: a power
+    /// loss may drop the last ones, never corrupt the file). For counters only.
+    pub fn relaxed_durability(&self) -> Result<(), CatalogError> {
+        self.conn()
+            .execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(|e| self.db(e))
+    }
+
+    /// Add `delta` to the counter `family{labels}`.
+    pub fn add_counter(&self, family: &str, labels: &str, delta: u64) -> Result<(), CatalogError> {
+        let delta = i64::try_from(delta).unwrap_or(i64::MAX);
+        self.conn()
+            .execute(
+                "INSERT INTO counters (family, labels, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(family, labels) DO UPDATE SET value = value + excluded.value",
+                params![family, labels, delta],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Every counter: (family, labels, value).
+    pub fn counters(&self) -> Result<Vec<(String, String, u64)>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT family, labels, value FROM counters ORDER BY family, labels")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| {
+                let v: i64 = r.get(2)?;
+                Ok((r.get(0)?, r.get(1)?, u64::try_from(v).unwrap_or(0)))
+            })
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows)
     }
 
     fn db(&self, source: rusqlite::Error) -> CatalogError {
@@ -525,27 +582,36 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Remember the last drill report of (source, store).
-    pub fn put_drill(&self, source: &str, store: &str, report: &str) -> Result<(), CatalogError> {
+    /// Remember the last drill report of (source, store); a successful one is also kept as
+    /// the last success, which a later failure does not replace.
+    pub fn put_drill(
+        &self,
+        source: &str,
+        store: &str,
+        report: &str,
+        ok: bool,
+    ) -> Result<(), CatalogError> {
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO drills (source, store, report) VALUES (?1, ?2, ?3)",
-                params![source, store, report],
+                "INSERT INTO drills (source, store, report, last_ok) VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN ?3 END)
+                 ON CONFLICT(source, store) DO UPDATE SET report = excluded.report,
+                     last_ok = CASE WHEN ?4 THEN excluded.report ELSE drills.last_ok END",
+                params![source, store, report, ok],
             )
             .map_err(|e| self.db(e))?;
         Ok(())
     }
 
-    /// Last drill report per (source, store), as JSON text.
-    pub fn drills(&self) -> Result<Vec<String>, CatalogError> {
+    /// Per (source, store): the last drill report and the last successful one, as JSON text.
+    pub fn drills(&self) -> Result<Vec<(String, Option<String>)>, CatalogError> {
         let conn = self.conn();
         let mut st = conn
-            .prepare("SELECT report FROM drills ORDER BY source, store")
+            .prepare("SELECT report, last_ok FROM drills ORDER BY source, store")
             .map_err(|e| self.db(e))?;
         let rows = st
-            .query_map([], |r| r.get(0))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.db(e))?
-            .collect::<Result<Vec<String>, _>>()
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.db(e))?;
         Ok(rows)
     }
@@ -582,5 +648,66 @@ impl Catalog {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.db(e))?;
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn a_failed_drill_keeps_the_last_success() {
+        let (_d, c) = catalog();
+        c.put_drill("emr", "a", r#"{"n":1}"#, true).unwrap();
+        c.put_drill("emr", "a", r#"{"n":2}"#, false).unwrap();
+        c.put_drill("emr", "b", r#"{"n":3}"#, false).unwrap();
+        let d = c.drills().unwrap();
+        assert_eq!(d[0], (r#"{"n":2}"#.into(), Some(r#"{"n":1}"#.into())));
+        assert_eq!(d[1], (r#"{"n":3}"#.into(), None));
+        c.put_drill("emr", "a", r#"{"n":4}"#, true).unwrap();
+        assert_eq!(c.drills().unwrap()[0].1.as_deref(), Some(r#"{"n":4}"#));
+    }
+
+    #[test]
+    fn counters_add_up_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let c = Catalog::open(&path).unwrap();
+        c.relaxed_durability().unwrap();
+        c.add_counter("repairs", r#"["a"]"#, 1).unwrap();
+        c.add_counter("repairs", r#"["a"]"#, 2).unwrap();
+        c.add_counter("uploaded_bytes", r#"["b"]"#, 10).unwrap();
+        drop(c);
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(
+            c.counters().unwrap(),
+            vec![
+                ("repairs".into(), r#"["a"]"#.into(), 3),
+                ("uploaded_bytes".into(), r#"["b"]"#.into(), 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_catalog_from_before_last_ok_gets_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE drills (source TEXT NOT NULL, store TEXT NOT NULL, report TEXT NOT NULL, PRIMARY KEY (source, store));
+             INSERT INTO drills VALUES ('emr', 'a', '{}');",
+        )
+        .unwrap();
+        drop(conn);
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.drills().unwrap(), vec![("{}".into(), None)]);
+        drop(c);
+        Catalog::open(&path).expect("opening twice adds the column once");
     }
 }

@@ -24,7 +24,7 @@ use crate::app::{AppError, Coffre};
 use crate::config::Config;
 use crate::ids::SnapshotId;
 use crate::ops::protect::{PipelineError, Protection};
-use crate::status::{self, Runtime, SourceLabel, SourceOutcome, WorkState, Worker};
+use crate::status::{self, Runtime, SourceLabel, WorkState, Worker};
 use intake::{Intake, Journal, JournalState};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,17 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let journal = Arc::new(Journal::open(&config.state_dir.join("journal.sqlite"))?);
     let app = Arc::new(Coffre::open(config).await?);
     let rt = Runtime::new(token);
+    // Counters go on from where the last run left them.
+    match crate::catalog::Catalog::open(&app.config.state_dir.join("catalog.sqlite")) {
+        Ok(c) => {
+            if let Err(e) = rt.keep_counters(c) {
+                tracing::warn!(error = %e, "counters not restored: they start from 0 in this run");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "counters not restored: they start from 0 in this run")
+        }
+    }
     let (app_tx, app_rx) = watch::channel(app.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -168,7 +179,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             _ = hup.recv() => {
                 notify(&[NotifyState::Reloading]);
                 match reload(&config_path, &app.config.state_dir).await {
-                    Ok(new) => {
+                    Ok(mut new) => {
+                        // One in-flight registry and one progress board for the whole run: a
+                        // shred under the new config still waits for a protect started under
+                        // the old one, and /status still shows it.
+                        new.inflight = app.inflight.clone();
+                        new.progress = app.progress.clone();
                         let _ = app_tx.send(Arc::new(new));
                         tracing::info!(config = %config_path.display(), "configuration reloaded");
                         rt.reload_result(true);
@@ -245,13 +261,7 @@ async fn recover_interrupted(app: &Coffre, journal: &Journal, rt: &Runtime) {
                 0,
                 "interrupted (crash or stop) before commit",
             );
-            rt.metrics
-                .snapshots_total
-                .get_or_create(&SourceOutcome {
-                    source: source.clone(),
-                    outcome: "interrupted".into(),
-                })
-                .inc();
+            rt.count_snapshot(&source, "interrupted");
         }
     }
 }
@@ -364,15 +374,7 @@ async fn protect_one(
         rt.worker_error(Worker::Intake, &e.to_string());
         return;
     }
-    let count = |outcome: &str| {
-        rt.metrics
-            .snapshots_total
-            .get_or_create(&SourceOutcome {
-                source: source.to_string(),
-                outcome: outcome.to_string(),
-            })
-            .inc();
-    };
+    let count = |outcome: &str| rt.count_snapshot(source, outcome);
     match crate::ops::protect::protect_as(app, source, &key.path, id).await {
         Ok(out) => {
             for s in &out.committed {
@@ -596,7 +598,7 @@ async fn drill_loop(
             .drills()
             .unwrap_or_default()
             .iter()
-            .filter_map(|t| serde_json::from_str::<crate::ops::drill::DrillReport>(t).ok())
+            .filter_map(|(t, _)| serde_json::from_str::<crate::ops::drill::DrillReport>(t).ok())
             .filter_map(|r| {
                 let t = time::OffsetDateTime::parse(
                     &r.started,

@@ -35,6 +35,7 @@ pub mod journal;
 pub mod keys;
 pub mod lock;
 pub mod ops;
+pub mod progress;
 pub mod retention;
 pub mod status;
 pub mod store;

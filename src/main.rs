@@ -392,10 +392,39 @@ async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
             s["last_error_kind"].as_str().unwrap_or("-")
         );
     }
+    print_in_progress(&doc);
     for a in doc["alerts"].as_array().into_iter().flatten() {
         println!("ALERT: {}", a.as_str().unwrap_or("?"));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `now   protect   emr snapshot 01J... 412.0 MiB of 1.0 GiB, 96.3 MiB/s, eta 6 s`
+fn print_in_progress(doc: &serde_json::Value) {
+    let mib = |b: f64| format!("{:.1} MiB", b / (1024.0 * 1024.0));
+    for p in doc["in_progress"].as_array().into_iter().flatten() {
+        let done = p["bytes_done"].as_f64().unwrap_or(0.0);
+        let of = p["bytes_total"]
+            .as_f64()
+            .map(|t| format!(" of {}", mib(t)))
+            .unwrap_or_default();
+        let eta = p["eta_seconds"]
+            .as_f64()
+            .map(|e| format!(", eta {e:.0} s"))
+            .unwrap_or_default();
+        let store = p["store"]
+            .as_str()
+            .map(|s| format!(" store {s}"))
+            .unwrap_or_default();
+        println!(
+            "now    {:<9} {} snapshot {}{store}: {}{of}, {}/s{eta}",
+            p["activity"].as_str().unwrap_or("?"),
+            p["source"].as_str().unwrap_or("?"),
+            p["snapshot"].as_str().unwrap_or("?"),
+            mib(done),
+            mib(p["bytes_per_second"].as_f64().unwrap_or(0.0)),
+        );
+    }
 }
 
 mod client {

@@ -254,7 +254,7 @@ impl Metrics {
         );
         registry.register(
             "drill_duration_seconds",
-            "Duration (restore + verify) of the last drill",
+            "Duration (restore + verify: the RTO) of the last successful drill",
             m.drill_duration.clone(),
         );
         registry.register(
@@ -360,6 +360,18 @@ pub struct Runtime {
     pub alerts: Mutex<Vec<String>>,
     /// Bearer token of the status endpoint (redacted in `Debug`, zeroized on drop).
     pub token: Option<secrecy::SecretString>,
+    /// Where the counters are kept so that they survive a restart ([`Runtime::keep_counters`]).
+    counters: Mutex<Option<crate::catalog::Catalog>>,
+}
+
+/// Counter families kept in the catalog (their label values, in order, are the row's labels).
+mod family {
+    pub const SNAPSHOTS: &str = "snapshots";
+    pub const UPLOADED: &str = "uploaded_bytes";
+    pub const SCRUB_ERRORS: &str = "scrub_errors";
+    pub const REPAIRS: &str = "repairs";
+    pub const WORKER_RUNS: &str = "worker_runs";
+    pub const WORKER_ERRORS: &str = "worker_errors";
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -376,7 +388,104 @@ impl Runtime {
             workers: Mutex::new(BTreeMap::new()),
             alerts: Mutex::new(Vec::new()),
             token,
+            counters: Mutex::new(None),
         })
+    }
+
+    /// Restore the counters a previous run kept in `catalog`, then keep every increment there.
+    /// Rows this version does not know are left alone.
+    pub fn keep_counters(&self, catalog: crate::catalog::Catalog) -> Result<(), String> {
+        catalog.relaxed_durability().map_err(|e| e.to_string())?;
+        let rows = catalog.counters().map_err(|e| e.to_string())?;
+        for (fam, labels, value) in rows {
+            let Ok(labels) = serde_json::from_str::<Vec<String>>(&labels) else {
+                tracing::warn!(family = %fam, "counter row with unreadable labels skipped");
+                continue;
+            };
+            self.apply(&fam, &labels, value);
+        }
+        *lock(&self.counters) = Some(catalog);
+        Ok(())
+    }
+
+    /// Add `n` to one counter (metric and status document); false for an unknown family.
+    fn apply(&self, fam: &str, labels: &[String], n: u64) -> bool {
+        let m = &self.metrics;
+        match (fam, labels) {
+            (family::SNAPSHOTS, [source, outcome]) => {
+                m.snapshots_total
+                    .get_or_create(&SourceOutcome {
+                        source: source.clone(),
+                        outcome: outcome.clone(),
+                    })
+                    .inc_by(n);
+            }
+            (family::UPLOADED, [store]) => {
+                lock(&self.stores)
+                    .entry(store.clone())
+                    .or_default()
+                    .uploaded_bytes += n;
+                m.uploaded_bytes
+                    .get_or_create(&StoreLabel {
+                        store: store.clone(),
+                    })
+                    .inc_by(n);
+            }
+            (family::SCRUB_ERRORS | family::REPAIRS, [store]) => {
+                let f = if fam == family::REPAIRS {
+                    &m.repairs
+                } else {
+                    &m.scrub_errors
+                };
+                f.get_or_create(&StoreLabel {
+                    store: store.clone(),
+                })
+                .inc_by(n);
+            }
+            (family::WORKER_RUNS | family::WORKER_ERRORS, [worker]) => {
+                let mut w = lock(&self.workers);
+                let e = w.entry(worker.clone()).or_default();
+                let label = WorkerLabel {
+                    worker: worker.clone(),
+                };
+                if fam == family::WORKER_RUNS {
+                    e.runs += n;
+                    m.worker_runs.get_or_create(&label).inc_by(n);
+                } else {
+                    e.errors += n;
+                    m.worker_errors.get_or_create(&label).inc_by(n);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Count `n` in a counter and keep it in the catalog (when kept there).
+    fn count(&self, fam: &str, labels: &[&str], n: u64) {
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        self.apply(fam, &labels, n);
+        if let Some(c) = lock(&self.counters).as_ref() {
+            let key = serde_json::to_string(&labels).unwrap_or_default();
+            if let Err(e) = c.add_counter(fam, &key, n) {
+                tracing::warn!(error = %e, family = fam, "counter not kept in the catalog: it restarts lower after a restart");
+            }
+        }
+    }
+
+    /// A snapshot handled by the daemon, by outcome (`coffre_snapshots_total`).
+    pub fn count_snapshot(&self, source: &str, outcome: &str) {
+        self.count(family::SNAPSHOTS, &[source, outcome], 1);
+    }
+
+    /// A replica the scrub found missing or bad.
+    pub fn scrub_error(&self, store: &str) {
+        self.count(family::SCRUB_ERRORS, &[store], 1);
+    }
+
+    /// A replica repaired from a good one.
+    pub fn repaired(&self, store: &str) {
+        self.count(family::REPAIRS, &[store], 1);
     }
 
     pub fn store_ok(&self, store: &str) {
@@ -404,34 +513,25 @@ impl Runtime {
     }
 
     pub fn uploaded(&self, store: &str, bytes: u64) {
-        lock(&self.stores)
-            .entry(store.to_string())
-            .or_default()
-            .uploaded_bytes += bytes;
-        self.metrics
-            .uploaded_bytes
-            .get_or_create(&StoreLabel {
-                store: store.into(),
-            })
-            .inc_by(bytes);
+        self.count(family::UPLOADED, &[store], bytes);
     }
 
     pub fn worker(&self, worker: Worker, state: WorkState) {
         let name = worker.as_str();
-        let mut w = lock(&self.workers);
-        let e = w.entry(name.to_string()).or_default();
         let label = WorkerLabel {
             worker: name.to_string(),
         };
         // Runs and errors have a sample (0) from the worker's first state.
-        let runs = self.metrics.worker_runs.get_or_create(&label);
+        drop(self.metrics.worker_runs.get_or_create(&label));
         drop(self.metrics.worker_errors.get_or_create(&label));
         if state == WorkState::Busy {
-            e.runs += 1;
-            e.last_run = Some(crate::clock::now_rfc3339());
-            runs.inc();
+            self.count(family::WORKER_RUNS, &[name], 1);
         }
-        drop(runs);
+        let mut w = lock(&self.workers);
+        let e = w.entry(name.to_string()).or_default();
+        if state == WorkState::Busy {
+            e.last_run = Some(crate::clock::now_rfc3339());
+        }
         e.state = state;
         for s in WorkState::ALL {
             self.metrics
@@ -446,16 +546,11 @@ impl Runtime {
 
     pub fn worker_error(&self, worker: Worker, error: &str) {
         let name = worker.as_str();
-        let mut w = lock(&self.workers);
-        let e = w.entry(name.to_string()).or_default();
-        e.errors += 1;
-        e.last_error = Some(error.to_string());
-        self.metrics
-            .worker_errors
-            .get_or_create(&WorkerLabel {
-                worker: name.to_string(),
-            })
-            .inc();
+        self.count(family::WORKER_ERRORS, &[name], 1);
+        lock(&self.workers)
+            .entry(name.to_string())
+            .or_default()
+            .last_error = Some(error.to_string());
     }
 
     /// Outcome of a SIGHUP reload: a refused one raises an alert and
@@ -526,6 +621,8 @@ pub struct StatusDoc {
     stores: Vec<StoreStatus>,
     keys: Vec<KeyStatus>,
     workers: BTreeMap<String, WorkerState>,
+    /// What is being done now: each snapshot being protected, copied, restored or drilled.
+    in_progress: Vec<crate::progress::Progress>,
     drills: Vec<serde_json::Value>,
     alerts: Vec<String>,
 }
@@ -710,31 +807,40 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         })
         .collect();
     let mut drills = Vec::new();
-    for text in app.catalog.drills().unwrap_or_default() {
+    for (text, last_ok) in app.catalog.drills().unwrap_or_default() {
         let Ok(r) = serde_json::from_str::<crate::ops::drill::DrillReport>(&text) else {
             continue;
         };
+        let success = last_ok
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<crate::ops::drill::DrillReport>(t).ok());
         let label = SourceStore {
             source: r.source.clone(),
             store: r.store.clone(),
         };
-        rt.metrics
-            .drill_duration
-            .get_or_create(&label)
-            .set(r.rto_seconds);
         rt.metrics
             .drill_last_ok
             .get_or_create(&label)
             .set(i64::from(r.ok));
         if let Some(t) = unix_of(&r.finished) {
             rt.metrics.drill_last_attempt.get_or_create(&label).set(t);
-            if r.ok {
+        }
+        // Success time and RTO come from the last successful drill, whatever came after it.
+        if let Some(ok) = &success {
+            rt.metrics
+                .drill_duration
+                .get_or_create(&label)
+                .set(ok.rto_seconds);
+            if let Some(t) = unix_of(&ok.finished) {
                 rt.metrics.drill_last_success.get_or_create(&label).set(t);
             }
         }
         drills.push(serde_json::json!({
             "source": r.source, "store": r.store, "snapshot": r.snapshot, "ok": r.ok, "stage": r.stage,
             "finished": r.finished, "rto_seconds": r.rto_seconds, "error": r.error,
+            "last_success": success.as_ref().map(|s| serde_json::json!({
+                "snapshot": s.snapshot, "finished": s.finished, "rto_seconds": s.rto_seconds,
+            })),
         }));
     }
     for s in &app.config.sources {
@@ -761,6 +867,7 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         stores,
         keys,
         workers: lock(&rt.workers).clone(),
+        in_progress: app.progress.list(),
         alerts: {
             // The daemon's own alerts, then the lasting ones any run recorded in the catalog.
             let mut a = lock(&rt.alerts).clone();

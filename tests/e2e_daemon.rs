@@ -641,3 +641,119 @@ fn status_endpoint_requires_the_bearer_token_when_one_is_configured() {
     assert_ne!(code, 0);
     assert!(err.contains("chmod 600"), "{err}");
 }
+
+/// The value of the sample `name{labels}` (labels exactly as the exposition writes them).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn counters_survive_a_restart_of_the_daemon() {
+    let env = Env::new();
+    env.config(None, "");
+    let d = env.start(None);
+    dump(&env.p("incoming/emr-1.sql"), 1);
+    dump(&env.p("incoming/emr-2.sql"), 1);
+    wait_until("both dumps are protected", 30, || {
+        env.snapshots(None).len() == 2
+    });
+    let series = [
+        r#"coffre_snapshots_total{source="emr",outcome="protected"}"#,
+        r#"coffre_uploaded_bytes_total{store="site-a"}"#,
+        r#"coffre_uploaded_bytes_total{store="site-b"}"#,
+    ];
+    let before: Vec<f64> = {
+        let (_, m) = http_get(d.port, "/metrics").unwrap();
+        series
+            .iter()
+            .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
+            .collect()
+    };
+    assert_eq!(before[0], 2.0);
+    assert!(before[1] > 0.0 && before[1] == before[2], "{before:?}");
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let runs_before = sample(&m, r#"coffre_worker_runs_total{worker="intake"}"#).unwrap();
+    let uploaded_status = d.status()["stores"][0]["uploaded_bytes"].as_f64().unwrap();
+    assert_eq!(uploaded_status, before[1]);
+    d.stop();
+
+    let d = env.start(None);
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    for (s, b) in series.iter().zip(&before) {
+        assert_eq!(sample(&m, s), Some(*b), "{s} after the restart:\n{m}");
+    }
+    assert!(
+        sample(&m, r#"coffre_worker_runs_total{worker="intake"}"#).unwrap() >= runs_before,
+        "worker runs go on from the last run's count"
+    );
+    assert_eq!(
+        d.status()["stores"][0]["uploaded_bytes"].as_f64(),
+        Some(before[1])
+    );
+    // And they keep counting from there.
+    dump(&env.p("incoming/emr-3.sql"), 1);
+    wait_until("the third dump is protected", 30, || {
+        env.snapshots(None).len() == 3
+    });
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    assert_eq!(sample(&m, series[0]), Some(3.0), "{m}");
+    d.stop();
+}
+
+#[test]
+fn status_shows_the_snapshot_being_protected_with_bytes_rate_and_eta() {
+    let env = Env::new();
+    // Level 19 on one thread: slow enough to be seen in progress.
+    env.config(None, "[pipeline]\nzstd-level = 19\nzstd-threads = 1\n");
+    let d = env.start(None);
+    dump(&env.p("incoming/big.sql"), 24);
+    let size = std::fs::metadata(env.p("incoming/big.sql")).unwrap().len();
+    let mut seen: Option<serde_json::Value> = None;
+    let mut text = String::new();
+    wait_until("the protect shows in /status", 60, || {
+        let st = d.status();
+        let Some(p) = st["in_progress"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["activity"] == "protect"))
+        else {
+            return false;
+        };
+        if p["bytes_done"].as_u64().unwrap_or(0) == 0 {
+            return false;
+        }
+        assert!(
+            !st.to_string().contains("big.sql"),
+            "no file names in the status: {st}"
+        );
+        seen = Some(p.clone());
+        let (_, out, _) = env.run(None, &["status"]);
+        text = out;
+        true
+    });
+    let p = seen.unwrap();
+    assert_eq!(p["source"], "emr");
+    assert_eq!(p["bytes_total"].as_u64(), Some(size), "{p}");
+    assert!(p["bytes_done"].as_u64().unwrap() <= size, "{p}");
+    assert!(p["bytes_per_second"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p["eta_seconds"].as_f64().unwrap() >= 0.0, "{p}");
+    let id = p["snapshot"].as_str().unwrap().to_string();
+    wait_until("the dump is protected", 120, || {
+        env.snapshots(None).len() == 1
+    });
+    assert_eq!(env.snapshots(None)[0]["id"].as_str(), Some(id.as_str()));
+    assert!(
+        d.status()["in_progress"].as_array().unwrap().is_empty(),
+        "done work leaves the board"
+    );
+    // `coffre status`, asked while the work was going (it takes seconds), printed it.
+    assert!(
+        text.contains(&format!("protect   emr snapshot {id}: ")),
+        "{text}"
+    );
+    assert!(text.contains("MiB/s, eta "), "{text}");
+    d.stop();
+}

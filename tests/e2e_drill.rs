@@ -247,6 +247,29 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         .unwrap();
     assert_eq!(d["ok"], false, "{status}");
     assert!(d["error"].as_str().unwrap().contains("site-a"), "{status}");
+    // The failed drill and the restart did not erase the last success (issue 13, part 2).
+    let success = &d["last_success"];
+    assert_eq!(success["snapshot"].as_str(), Some(id.as_str()), "{status}");
+    assert!(success["finished"].as_str().unwrap() < d["finished"].as_str().unwrap());
+    assert!(success["rto_seconds"].as_f64().unwrap() > 0.0, "{status}");
+    let metrics = http_get(env.port, "/metrics").unwrap();
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{source=\"emr-base\",store=\"site-a\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for site-a in\n{metrics}"))
+    };
+    assert_eq!(sample("coffre_drill_last_ok"), 0.0);
+    assert!(
+        sample("coffre_drill_last_success_timestamp_seconds")
+            < sample("coffre_drill_last_attempt_timestamp_seconds")
+    );
+    assert!(
+        sample("coffre_drill_duration_seconds") > 0.0,
+        "the RTO of the last success"
+    );
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     let _ = daemon.wait();
 

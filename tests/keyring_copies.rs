@@ -250,9 +250,16 @@ async fn a_catch_up_never_spreads_a_key_object_edited_in_the_store_it_copies_fro
         .unwrap();
 
     let (from, to) = (app.store("site-a").unwrap(), app.store("site-b").unwrap());
-    coffre::daemon::replicate::copy_snapshot(&app, "emr", &id, from, to)
-        .await
-        .unwrap();
+    coffre::daemon::replicate::copy_snapshot(
+        &app,
+        "emr",
+        &id,
+        from,
+        to,
+        coffre::progress::Activity::CatchUp,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         std::fs::read(key_in("b")).unwrap(),
         authentic,

@@ -2,7 +2,7 @@
 //! same layer or a lower one, and no two top-level modules use each other. The layers, lowest
 //! first:
 //!
-//! 0. base: `ids`, `clock`, `fsutil`, `actor`, `inflight`
+//! 0. base: `ids`, `clock`, `fsutil`, `actor`, `inflight`, `progress`
 //! 1. `config`, `format` (sealed objects, manifest, key object)
 //! 2. `keys`, `journal`, `lock`
 //! 3. `auth`, `store`, `catalog`, `audit` (the log and its chain), `retention` (pure policy)
@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const LAYERS: &[&[&str]] = &[
-    &["ids", "clock", "fsutil", "actor", "inflight"],
+    &["ids", "clock", "fsutil", "actor", "inflight", "progress"],
     &["config", "format"],
     &["keys", "journal", "lock"],
     &["auth", "store", "catalog", "audit", "retention"],

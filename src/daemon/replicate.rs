@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 use crate::app::Coffre;
 use crate::catalog::ReplicaState;
 use crate::ids::SnapshotId;
-use crate::status::{Runtime, StoreLabel};
+use crate::progress::Activity;
+use crate::status::Runtime;
 use crate::store::{Store, StoreError};
 
 fn bad(store: &Store, path: &object_store::path::Path, reason: String) -> StoreError {
@@ -45,6 +46,7 @@ pub async fn copy_snapshot(
     id: &SnapshotId,
     from: &Store,
     to: &Store,
+    activity: Activity,
 ) -> Result<u64, StoreError> {
     // The manifest and key object come from the catalog (authenticated when it was built), not
     // from the store copied from: a forged copy there never spreads.
@@ -61,6 +63,13 @@ pub async fn copy_snapshot(
         .ok_or_else(|| not_in_catalog(to, source, id))?;
     let src = from.data_path(source, id);
     let dst = to.data_path(source, id);
+    let tracker = app.progress.start(
+        activity,
+        &id.to_string(),
+        source,
+        Some(&to.name),
+        Some(m.sealed_size),
+    );
     let res = from
         .inner
         .get(&src)
@@ -91,6 +100,7 @@ pub async fn copy_snapshot(
             }
         };
         sha.update(&chunk);
+        tracker.add(chunk.len() as u64);
         if let Err(e) = w
             .wait_for_capacity(app.config.pipeline.upload_concurrency)
             .await
@@ -139,7 +149,7 @@ pub async fn catch_up(app: &Coffre, rt: &Runtime) -> (u64, u64) {
             let mut done = false;
             let mut last_err = None;
             for from in app.stores.iter().filter(|s| committed.contains(&s.name)) {
-                match copy_snapshot(app, &source, &id, from, to).await {
+                match copy_snapshot(app, &source, &id, from, to, Activity::CatchUp).await {
                     Ok(bytes) => {
                         rt.uploaded(&to.name, bytes);
                         rt.store_ok(&to.name);
@@ -182,12 +192,7 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
         )
     }) {
         bad_n += 1;
-        rt.metrics
-            .scrub_errors
-            .get_or_create(&StoreLabel {
-                store: c.store.clone(),
-            })
-            .inc();
+        rt.scrub_error(&c.store);
         tracing::warn!(snapshot = %c.snapshot, store = %c.store, state = %c.state, detail = c.detail.as_deref().unwrap_or(""), "scrub found a replica that is not ok");
         let Some(to) = app.store(&c.store) else {
             continue;
@@ -198,15 +203,10 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
             .filter_map(|g| app.store(&g.store))
             .collect();
         for from in good {
-            match copy_snapshot(app, &c.source, &c.snapshot, from, to).await {
+            match copy_snapshot(app, &c.source, &c.snapshot, from, to, Activity::Repair).await {
                 Ok(bytes) => {
                     rt.uploaded(&to.name, bytes);
-                    rt.metrics
-                        .repairs
-                        .get_or_create(&StoreLabel {
-                            store: to.name.clone(),
-                        })
-                        .inc();
+                    rt.repaired(&to.name);
                     let _ = app
                         .catalog
                         .set_replica(&c.snapshot, &to.name, ReplicaState::Committed);

@@ -243,7 +243,7 @@ pub async fn drill_one(
         exposes: None,
     });
     if let Ok(json) = serde_json::to_string(&report) {
-        let _ = app.catalog.put_drill(source, store, &json);
+        let _ = app.catalog.put_drill(source, store, &json, report.ok);
     }
     report
 }

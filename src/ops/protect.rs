@@ -31,6 +31,7 @@ use crate::format::objects::DigestAlg;
 use crate::format::seal::{self, Header, SealError, Sealer};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::{DataKey, KeyError};
+use crate::progress::{Activity, Counter};
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store, StoreError, Wrap};
 
 /// Bytes handed to the uploads at a time.
@@ -291,6 +292,7 @@ struct DigestTee<'a, W> {
     inner: W,
     digester: &'a Digester,
     buf: Vec<u8>,
+    progress: &'a Counter,
 }
 
 impl<W: Write> DigestTee<'_, W> {
@@ -306,6 +308,7 @@ impl<W: Write> DigestTee<'_, W> {
 impl<W: Write> Write for DigestTee<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let k = self.inner.write(data)?;
+        self.progress.add(k as u64);
         let mut taken = &data[..k];
         while !taken.is_empty() {
             let room = CHUNK - self.buf.len();
@@ -325,7 +328,12 @@ impl<W: Write> Write for DigestTee<'_, W> {
 
 /// Read a file in 1 MiB chunks into fresh buffers (no zero-filling, no copy): each goes to the
 /// digest thread and to the compressor.
-fn feed_file(f: &mut std::fs::File, digester: &Digester, w: &mut impl Write) -> io::Result<()> {
+fn feed_file(
+    f: &mut std::fs::File,
+    digester: &Digester,
+    w: &mut impl Write,
+    progress: &Counter,
+) -> io::Result<()> {
     use std::io::Read;
     loop {
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -336,6 +344,7 @@ fn feed_file(f: &mut std::fs::File, digester: &Digester, w: &mut impl Write) -> 
         let chunk = Bytes::from(chunk);
         digester.feed(chunk.clone())?;
         w.write_all(&chunk)?;
+        progress.add(k as u64);
     }
 }
 
@@ -354,11 +363,12 @@ fn produce(
     kind: SnapshotKind,
     dek: &DataKey,
     header: &Header,
-    level: i32,
-    threads: u32,
+    (level, threads): (i32, u32),
     fan: FanOut,
+    progress: &Counter,
 ) -> Result<Produced, ProduceError> {
     let before = source::fingerprint(path).map_err(ProduceError::Read)?;
+    progress.set_total(before.bytes());
     let mut sealer = Sealer::new(dek, header, fan).map_err(ProduceError::Seal)?;
     let counting = Counting {
         inner: &mut sealer,
@@ -379,13 +389,14 @@ fn produce(
         // Opened without following symlinks, and checked to be what was fingerprinted.
         SnapshotKind::File => source::open_file(path).and_then(|mut f| {
             source::check_identity(&f, before.root_ino(), path)?;
-            feed_file(&mut f, &digester, &mut enc)
+            feed_file(&mut f, &digester, &mut enc, progress)
         }),
         SnapshotKind::Directory => {
             let mut tee = DigestTee {
                 inner: &mut enc,
                 digester: &digester,
                 buf: Vec::with_capacity(CHUNK),
+                progress,
             };
             source::open_dir(path)
                 .and_then(|root| {
@@ -534,7 +545,7 @@ pub async fn protect_as(
     let dek = DataKey::generate();
     let mut key_object = wrap_for_every_provider(app, &source, id, &epoch, expiry, &dek)?;
     let (fan, uploads) = start_uploads(app, &source, id);
-    let produced = seal_and_fan_out(app, path, kind, dek, id, fan).await;
+    let produced = seal_and_fan_out(app, &source.name, path, kind, dek, id, fan).await;
     let uploaded = collect_uploads(app, uploads).await;
     let produced = produced?;
     let manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
@@ -661,6 +672,7 @@ fn start_uploads(app: &Coffre, source: &SourceConfig, id: SnapshotId) -> (FanOut
 /// uploads; the data key is dropped as soon as the stream is sealed.
 async fn seal_and_fan_out(
     app: &Coffre,
+    source: &str,
     path: &Path,
     kind: SnapshotKind,
     dek: DataKey,
@@ -671,8 +683,20 @@ async fn seal_and_fan_out(
     let header = Header::new(&id, pl.segment_log2());
     let (level, threads) = (pl.zstd_level, pl.threads());
     let path_owned = path.to_path_buf();
+    let tracker = app
+        .progress
+        .start(Activity::Protect, &id.to_string(), source, None, None);
+    let counter = tracker.counter();
     let produced = tokio::task::spawn_blocking(move || {
-        let r = produce(&path_owned, kind, &dek, &header, level, threads, fan);
+        let r = produce(
+            &path_owned,
+            kind,
+            &dek,
+            &header,
+            (level, threads),
+            fan,
+            &counter,
+        );
         drop(dek);
         r
     })

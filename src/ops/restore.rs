@@ -693,6 +693,8 @@ struct Fetch<'a> {
     sha: Sha256,
     tx: mpsc::Sender<Bytes>,
     progress: Option<indicatif::ProgressBar>,
+    /// The same position on the process's board (`/status` `in_progress`).
+    board: crate::progress::Counter,
     stall: std::time::Duration,
 }
 
@@ -737,6 +739,7 @@ impl Fetch<'_> {
                 if let Some(pb) = &self.progress {
                     pb.set_position(self.offset());
                 }
+                self.board.set(self.offset());
                 if self.tx.send(Bytes::from(seg)).await.is_err() {
                     return Err(StreamEnd::WriterGone);
                 }
@@ -1087,8 +1090,21 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
             }
         },
     };
+    let activity = if req.action == "drill" {
+        crate::progress::Activity::Drill
+    } else {
+        crate::progress::Activity::Restore
+    };
+    let tracker = app.progress.start(
+        activity,
+        &id.to_string(),
+        &req.source,
+        None,
+        Some(manifest.sealed_size),
+    );
     let result = stream_restore(
         app.config.replication.stall_timeout,
+        tracker.counter(),
         req,
         &candidates,
         first,
@@ -1153,6 +1169,7 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
 #[allow(clippy::too_many_arguments)]
 async fn stream_restore(
     stall: std::time::Duration,
+    board: crate::progress::Counter,
     req: &Request,
     candidates: &[&Store],
     first: usize,
@@ -1191,6 +1208,7 @@ async fn stream_restore(
         sha: Sha256::new(),
         tx,
         progress,
+        board,
         stall,
     };
     let mut rx = Some(rx);
@@ -1272,6 +1290,7 @@ async fn stream_restore(
             }));
         }
         used.push(store.name.clone());
+        fetch.board.switch_store(&store.name);
         match fetch.stream_from(store).await {
             StreamEnd::Done => {
                 done = true;

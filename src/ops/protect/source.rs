@@ -19,6 +19,11 @@ impl Fingerprint {
     pub fn root_ino(&self) -> Option<u64> {
         self.0.first().map(|e| e.3)
     }
+
+    /// The bytes the snapshot's entries hold (a directory's tar stream is a little larger).
+    pub fn bytes(&self) -> u64 {
+        self.0.iter().map(|e| e.1).sum()
+    }
 }
 
 /// Flags of every open of a snapshot's files: never through a symlink (a symlink swapped in
