@@ -19,6 +19,24 @@ use crate::ids::is_valid_name;
 /// Where the config is read from when neither `--config` nor `COFFRE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/coffre/coffre.toml";
 
+/// The packaged unit loads every file of this folder as a systemd credential
+/// (`LoadCredential=coffre:/etc/coffre/credentials` in systemd/coffre.service)...
+pub const CREDENTIALS_SOURCE_DIR: &str = "/etc/coffre/credentials";
+/// ...named `coffre_<file>`...
+pub const CREDENTIAL_PREFIX: &str = "coffre_";
+/// ...which the daemon reads here (its `$CREDENTIALS_DIRECTORY`).
+pub const SERVICE_CREDENTIALS_DIR: &str = "/run/credentials/coffre.service";
+
+/// The file on this host that the packaged unit loads as the credential `name`
+/// (`coffre_s3-secret` is `/etc/coffre/credentials/s3-secret`); none for a name it does not load.
+pub fn credential_source(name: &str) -> Option<PathBuf> {
+    let file = name.strip_prefix(CREDENTIAL_PREFIX)?;
+    if file.is_empty() || file.contains('/') || file == "." || file == ".." {
+        return None;
+    }
+    Some(Path::new(CREDENTIALS_SOURCE_DIR).join(file))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

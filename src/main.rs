@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     };
     match command {
-        Command::CheckConfig => {
+        Command::CheckConfig { .. } => {
             let c = load_config(&cli)?;
             println!(
                 "{}: valid ({} source(s), {} store(s) in {} site(s), {} key provider(s))",
@@ -140,9 +140,50 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
-            command: KeysCommand::Init,
+            command: KeysCommand::Init { to: Some(to) },
         } => {
-            let c = load_config(&cli)?;
+            keys_init_to(to)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Init { to: None },
+        } => {
+            let mut c = load_config(&cli)?;
+            // A master key that is a systemd credential exists only inside the running service:
+            // here it is its source file, which `keys init --to` creates.
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                for k in c.key_providers.iter_mut() {
+                    let Some(cred) = k.master_key_credential.clone() else {
+                        continue;
+                    };
+                    let Some(src) = coffre::config::credential_source(&cred) else {
+                        bail!(
+                            "key-provider {}: master-key-credential = \"{cred}\" is not a credential the coffre unit loads: it loads every file of {} as {}<file>. Name it {}master.key, then create that file with `coffre keys init --to {}/master.key`",
+                            k.name,
+                            coffre::config::CREDENTIALS_SOURCE_DIR,
+                            coffre::config::CREDENTIAL_PREFIX,
+                            coffre::config::CREDENTIAL_PREFIX,
+                            coffre::config::CREDENTIALS_SOURCE_DIR
+                        );
+                    };
+                    if std::fs::symlink_metadata(&src).is_err() {
+                        bail!(
+                            "key-provider {}: the master key is the systemd credential `{cred}`, which the unit loads from {} and which does not exist yet; keys init creates no key there by itself. Create it with `coffre keys init --to {}` (or install your existing master key there, mode 0600), then run `coffre keys init` again",
+                            k.name,
+                            src.display(),
+                            src.display()
+                        );
+                    }
+                    println!(
+                        "{}: master key is the credential `{cred}`, from {}",
+                        k.name,
+                        src.display()
+                    );
+                    k.master_key = Some(src);
+                    k.master_key_credential = None;
+                    k.create_master_key = false;
+                }
+            }
             let _lock = lock::acquire(&c.state_dir, Role::Command)?;
             for k in &c.key_providers {
                 match (k.kind, &k.master_key) {
@@ -224,6 +265,52 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         cmd => route(&cli, cmd).await,
     }
+}
+
+/// `keys init --to FILE`: one new master key, mode 0600, in a folder that exists, never over
+/// anything; no config is read and nothing else is created.
+fn keys_init_to(to: &std::path::Path) -> Result<()> {
+    if std::fs::symlink_metadata(to).is_ok() {
+        bail!(
+            "{} already exists: keys init --to never overwrites a file (it may be the only master key that opens your snapshots). Keep it, or move it away and run the command again",
+            to.display()
+        );
+    }
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "the folder {} does not exist: create it first (root-only, mode 0700; the package's tmpfiles creates {})",
+            parent.display(),
+            coffre::config::CREDENTIALS_SOURCE_DIR
+        );
+    }
+    coffre::keys::file::create_master_key(to)
+        .with_context(|| format!("creating the master key {}", to.display()))?;
+    println!(
+        "created master key {} (mode 0600): back it up off-site, it is needed for every restore",
+        to.display()
+    );
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned());
+    let under_unit = to
+        .parent()
+        .is_some_and(|p| p == std::path::Path::new(coffre::config::CREDENTIALS_SOURCE_DIR));
+    match name {
+        Some(n) if under_unit => println!(
+            "the coffre unit loads it as the credential {}{n}: set master-key-credential = \"{}{n}\" in the file provider",
+            coffre::config::CREDENTIAL_PREFIX,
+            coffre::config::CREDENTIAL_PREFIX
+        ),
+        _ => println!(
+            "set master-key = \"{}\" in the file provider, or move it to {}/NAME (the credential {}NAME)",
+            to.display(),
+            coffre::config::CREDENTIALS_SOURCE_DIR,
+            coffre::config::CREDENTIAL_PREFIX
+        ),
+    }
+    Ok(())
 }
 
 /// Through the daemon when one answers on its control socket; otherwise here, holding the state

@@ -1,6 +1,6 @@
 //! Stores: every configured object store as an `Arc<dyn ObjectStore>` (local folders, S3 and
 //! S3-compatible, Azure Blob, GCS) with its name, site and jurisdiction, and the object layout
-//! inside each (DESIGN §5):
+//! inside each (docs/FORMAT.md):
 //!
 //! ```text
 //! <prefix>/snapshots/<source>/<snapshot-id>/data           sealed object

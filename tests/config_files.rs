@@ -46,3 +46,54 @@ fn embedded_default_is_what_the_readme_promises() {
     assert_eq!(c.state_dir, Path::new("./var/state"));
     assert_eq!(c.status.listen.to_string(), "127.0.0.1:9640");
 }
+
+/// The README's first steps say how long the embedded default waits before taking a snapshot
+/// (issue 13, 3.11): that must be what the config and the defaults do.
+#[test]
+fn readme_states_the_default_completeness_rule() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let c = coffre::Config::load(&root.join("config/coffre.toml")).unwrap();
+    assert_eq!(c.sources[0].complete, coffre::config::CompleteRule::Settled);
+    assert_eq!(c.sources[0].settle_time, std::time::Duration::from_secs(5));
+    assert!(readme.contains("`complete =\n\"settled\"` with `settle-time = \"5s\"`"));
+    assert!(readme.contains("a rename does not\nmake it sooner"));
+    assert!(!readme.contains("then\nrename it, or let it settle"));
+    // The default of settle-time when a source does not set it.
+    let text = std::fs::read_to_string(root.join("config/coffre.toml"))
+        .unwrap()
+        .replace("settle-time = \"5s\"\n", "")
+        .replace("complete = \"settled\"\n", "");
+    let d = coffre::Config::from_toml(&text, Path::new("c.toml")).unwrap();
+    assert_eq!(d.sources[0].complete, coffre::config::CompleteRule::Settled);
+    assert_eq!(d.sources[0].settle_time, std::time::Duration::from_secs(30));
+    assert!(readme.contains(
+        "`settled` (the default: size and mtime unchanged for `settle-time`,\n  default 30 s"
+    ));
+}
+
+/// Every document the README and the sources cite is in the repository (issue 13, 3.12).
+#[test]
+fn cited_documents_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts = vec![std::fs::read_to_string(root.join("README.md")).unwrap()];
+    for f in ["src/store.rs", "docs/FORMAT.md", "docs/security.md"] {
+        texts.push(std::fs::read_to_string(root.join(f)).unwrap());
+    }
+    for t in &texts {
+        assert!(
+            !t.contains("DESIGN"),
+            "a design document that is not in the repository is cited"
+        );
+        for (i, _) in t.match_indices("docs/") {
+            let name: String = t[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/._-".contains(*c))
+                .collect();
+            let name = name.trim_end_matches('.');
+            if name.ends_with(".md") {
+                assert!(root.join(name).is_file(), "{name} is cited but missing");
+            }
+        }
+    }
+}

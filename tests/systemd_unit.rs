@@ -68,8 +68,11 @@ fn unit_closes_the_network_and_core_dumps() {
     assert!(dropin.contains("[Service]") && dropin.contains("\nIPAddressAllow="));
 }
 
-/// Every credential the production example reads from `$CREDENTIALS_DIRECTORY` has its
-/// `LoadCredential=` line in the unit (else the file is missing at start).
+/// Every credential the production example reads from `$CREDENTIALS_DIRECTORY` is loaded by the
+/// unit, and none missing stops the start: the unit loads the whole credentials folder
+/// (`LoadCredential=coffre:/etc/coffre/credentials`, each file as `coffre_<file>`; systemd 250 or
+/// later, Debian 12 has 252), never one file per line (a missing file would fail the start), and
+/// tmpfiles creates that folder (root-only) and the snapshot folders' parent.
 #[test]
 fn production_example_credentials_are_loaded_by_the_unit() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -77,13 +80,39 @@ fn production_example_credentials_are_loaded_by_the_unit() {
     let loaded: Vec<&str> = unit
         .lines()
         .filter_map(|l| l.trim().strip_prefix("LoadCredential="))
-        .filter_map(|l| l.split(':').next())
         .collect();
+    assert_eq!(loaded, ["coffre:/etc/coffre/credentials"], "{loaded:?}");
+    assert!(unit.contains("ReadOnlyPaths=-/var/backups/postgresql"));
+    let tmpfiles = std::fs::read_to_string(root.join("systemd/coffre.tmpfiles")).unwrap();
+    let lines: Vec<Vec<&str>> = tmpfiles
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(lines.contains(&vec![
+        "d",
+        "/etc/coffre/credentials",
+        "0700",
+        "root",
+        "root",
+        "-"
+    ]));
+    assert!(lines.contains(&vec![
+        "d",
+        "/var/backups/postgresql",
+        "0755",
+        "root",
+        "root",
+        "-"
+    ]));
+
     let example = std::fs::read_to_string(root.join("config/production.example.toml")).unwrap();
     let dir = "/run/credentials/coffre.service/";
     let mut names = Vec::new();
     for line in example.lines().map(str::trim) {
-        if line.starts_with('#') {
+        // Commented options count too: uncommented, they must work as written.
+        let line = line.trim_start_matches(['#', ' ']);
+        if !line.contains("= \"") {
             continue;
         }
         if let Some((_, rest)) = line.split_once(dir) {
@@ -97,11 +126,11 @@ fn production_example_credentials_are_loaded_by_the_unit() {
             );
         }
     }
-    assert!(names.len() >= 5, "{names:?}");
+    assert!(names.len() >= 7, "{names:?}");
     for n in &names {
-        assert!(
-            loaded.contains(&n.as_str()),
-            "credential `{n}` of config/production.example.toml has no LoadCredential={n}:... line in systemd/coffre.service (loaded: {loaded:?})"
-        );
+        let file = n.strip_prefix("coffre_").unwrap_or_else(|| {
+            panic!("credential `{n}` of config/production.example.toml is not loaded by the unit: the unit loads /etc/coffre/credentials/FILE as coffre_FILE")
+        });
+        assert!(!file.is_empty() && !file.contains('/'), "{n}");
     }
 }

@@ -153,8 +153,19 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Validate the config file and print every problem.
-    CheckConfig,
+    /// Validate the config file and print every problem: syntax, values, and on this host every
+    /// file and credential it names (present, readable by the service user, safe owner and mode)
+    /// and every source folder (present, readable).
+    CheckConfig {
+        /// Check the config as data only, for another host: skip the files, credentials and
+        /// folders it names.
+        #[arg(long)]
+        portable: bool,
+        /// The account the service runs as, whose access to the files and folders is checked
+        /// (default: the current user; `coffre` under the packaged unit).
+        #[arg(long, value_name = "USER", conflicts_with = "portable")]
+        user: Option<String>,
+    },
     /// Retention: what would be shredded and when.
     Retention {
         #[command(subcommand)]
@@ -276,8 +287,15 @@ pub enum CatalogCommand {
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeysCommand {
-    /// Create the master key of every file provider that has none yet (mode 0600).
-    Init,
+    /// Create the master key of every file provider that has none yet (mode 0600); with --to,
+    /// write one new master key file to install as a systemd credential.
+    Init {
+        /// Write a new master key to this file (mode 0600, never over an existing file) and
+        /// nothing else: no config is read, no state created. For `master-key-credential`:
+        /// `--to /etc/coffre/credentials/master.key`.
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
+    },
     /// Providers, their health and their epochs (no key material).
     Status {
         #[arg(long)]
@@ -381,9 +399,11 @@ pub fn bounded(s: &str, max: usize) -> String {
 impl Command {
     pub fn access(&self) -> Access {
         match self {
-            Command::Daemon | Command::CheckConfig | Command::Status { .. } => Access::LocalOnly,
+            Command::Daemon | Command::CheckConfig { .. } | Command::Status { .. } => {
+                Access::LocalOnly
+            }
             Command::Keys {
-                command: KeysCommand::Init,
+                command: KeysCommand::Init { .. },
             } => Access::LocalOnly,
             Command::Keys {
                 command:
@@ -424,7 +444,7 @@ impl Command {
                 command: KeysCommand::Rotate { .. },
             } => "rotating a master key replaces the key the running daemon holds: stop the daemon (systemctl stop coffre), rotate as root, then start it",
             Command::Keys {
-                command: KeysCommand::Init,
+                command: KeysCommand::Init { .. },
             } => "keys are created before the daemon first starts (or by it, with create-master-key)",
             _ => "it runs in the caller's own process",
         }
@@ -446,7 +466,7 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::Verify { .. } => "verify",
             Command::Keys { command } => match command {
-                KeysCommand::Init => "keys-init",
+                KeysCommand::Init { .. } => "keys-init",
                 KeysCommand::Status { .. } => "keys-status",
                 KeysCommand::Rotate { .. } => "keys-rotate",
             },
@@ -455,7 +475,7 @@ impl Command {
                 AuditCommand::Expire { .. } => "audit-expire",
                 AuditCommand::Show { .. } => "audit-show",
             },
-            Command::CheckConfig => "check-config",
+            Command::CheckConfig { .. } => "check-config",
             Command::Retention { command } => match command {
                 RetentionCommand::Plan { .. } => "retention-plan",
                 RetentionCommand::Run { .. } => "retention-run",
@@ -614,7 +634,7 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
         Command::Restore(_) => restore::run(app, cmd, ctx).await,
         Command::Verify { .. } => verify::run(app, cmd, ctx).await,
         Command::Keys {
-            command: KeysCommand::Init,
+            command: KeysCommand::Init { .. },
         } => Ok(exit::OK),
         Command::Keys { .. } => keys::run(app, cmd, ctx).await,
         Command::Audit { .. } => audit::run(app, cmd, ctx).await,
@@ -623,6 +643,6 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
         Command::Drill { .. } => drill::run(app, cmd, ctx).await,
         Command::Hold { .. } => hold::run(app, cmd, ctx).await,
         // Local-only commands never reach here (main.rs runs them).
-        Command::CheckConfig | Command::Daemon | Command::Status { .. } => Ok(exit::OK),
+        Command::CheckConfig { .. } | Command::Daemon | Command::Status { .. } => Ok(exit::OK),
     }
 }
