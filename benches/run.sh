@@ -218,7 +218,7 @@ coffre_config() { # DIR: write DIR/coffre.toml from config/coffre.toml with ever
     sect == "[[store]]" && /^path[[:space:]]*=/ { n++; print "path = \"" T "/stores/store-" n "\""; next }
     /^master-key[[:space:]]*=/ { print "master-key = \"" T "/keys/master.key\""; next }
     { print }' "$ROOT/config/coffre.toml" > "$d/coffre.toml"
-  ! grep -q '"\./' "$d/coffre.toml" || die "a relative path is left in $d/coffre.toml"
+  ! grep -qE '"\.\.?/' "$d/coffre.toml" || die "a relative path is left in $d/coffre.toml"
   "$COFFRE" --config "$d/coffre.toml" check-config > "$d/check.log" 2>&1 \
     || { cat "$d/check.log" >&2; die "temporary coffre config is not valid"; }
 }

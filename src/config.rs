@@ -16,6 +16,8 @@ use serde::Deserialize;
 
 use crate::ids::is_valid_name;
 
+pub mod host;
+
 /// Where the config is read from when neither `--config` nor `COFFRE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/coffre/coffre.toml";
 
@@ -48,8 +50,6 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the config file {path} is not valid TOML for coffre: {message}")]
-    Parse { path: PathBuf, message: String },
     #[error("the config file {path} has {} problem(s):\n{}", problems.len(), render(problems))]
     Invalid {
         path: PathBuf,
@@ -608,28 +608,123 @@ pub struct KeyProviderConfig {
 
 impl Config {
     /// Read, parse and validate a config file.
+    /// Read, resolve and validate a config file. A relative path in it is taken from the folder
+    /// the file is in (as Prometheus and docker compose do), never from the working directory:
+    /// the same file names the same state, stores and keys from wherever it is run.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        match Self::check_text(&text, Some(&config_folder(path))) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            }),
+        }
     }
 
     /// Parse and validate config text; `path` only names the file in errors.
+    /// Relative paths stay as written (resolved against the working directory when used).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
+        match Self::check_text(text, None) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 problems,
-            })
+            }),
+        }
+    }
+
+    /// Every problem of config text in one pass: each syntax or type error with its line (and
+    /// key path where there is one), found by setting aside the line the parser stopped at and
+    /// parsing again (up to [`MAX_PARSE_ERRORS`]), then every validation problem of what
+    /// remains. The config is returned when it could be read at all, with the lines set aside
+    /// left at their defaults (so a problem may follow from one reported above it). With
+    /// `base`, relative paths are taken from that folder before validation.
+    pub fn check_text(text: &str, base: Option<&Path>) -> (Option<Config>, Vec<Problem>) {
+        let mut text = text.to_string();
+        let mut problems = Vec::new();
+        let mut set_aside = BTreeSet::new();
+        loop {
+            let e = match toml::from_str::<Config>(&text) {
+                Ok(mut config) => {
+                    if let Some(base) = base {
+                        config.resolve_paths(base);
+                    }
+                    problems.extend(config.validate());
+                    return (Some(config), problems);
+                }
+                Err(e) => e,
+            };
+            let message = e.message().trim().replace('\n', " ");
+            let Some(span) = e.span() else {
+                problems.push(Problem {
+                    key: "config".into(),
+                    message,
+                });
+                break;
+            };
+            let first = line_of(&text, span.start);
+            let last = line_of(&text, span.end.max(span.start + 1) - 1);
+            problems.push(Problem {
+                key: match key_path_at(&text, first) {
+                    Some(k) => format!("{k} (line {first})"),
+                    None => format!("line {first}"),
+                },
+                message: if last > first {
+                    format!("{message} (lines {first} to {last})")
+                } else {
+                    message
+                },
+            });
+            // A whole table (a missing field), a line already set aside, or too many: stop.
+            if last != first || !set_aside.insert(first) || problems.len() >= MAX_PARSE_ERRORS {
+                break;
+            }
+            text = text
+                .split('\n')
+                .enumerate()
+                .map(|(i, l)| if i + 1 == first { "" } else { l })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        (None, problems)
+    }
+
+    /// Every relative path of the config taken from `base` (`.` and `..` resolved lexically).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let at = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = lexical_join(base, p);
+            }
+        };
+        let opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                at(p)
+            }
+        };
+        at(&mut self.state_dir);
+        opt(&mut self.status.token_file);
+        opt(&mut self.daemon.control_socket);
+        opt(&mut self.audit.path);
+        for s in &mut self.sources {
+            at(&mut s.path);
+            opt(&mut s.drill.scratch_dir);
+        }
+        for s in &mut self.stores {
+            opt(&mut s.path);
+            opt(&mut s.access_key_id_file);
+            opt(&mut s.secret_access_key_file);
+            opt(&mut s.access_key_file);
+            opt(&mut s.service_account_file);
+        }
+        for k in &mut self.key_providers {
+            opt(&mut k.master_key);
+            opt(&mut k.keyring);
+            opt(&mut k.module);
+            opt(&mut k.pin_file);
         }
     }
 
@@ -1202,6 +1297,58 @@ pub fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, String> {
     Ok(secrecy::SecretString::from(text.trim().to_string()))
 }
 
+/// At most this many syntax and type errors are reported from one file.
+pub const MAX_PARSE_ERRORS: usize = 50;
+
+/// The 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The key path (`store[1].endpoint`) of the `key = value` on 1-based `line`, from the table
+/// headers above it; none when the line is no such pair.
+fn key_path_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut key = None;
+    for (i, l) in text.split('\n').enumerate().take(line) {
+        let t = l.trim();
+        if let Some(h) = t.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+            let n = counts.entry(h.trim().to_string()).or_insert(0);
+            table = format!("{}[{}]", h.trim(), *n);
+            *n += 1;
+        } else if let Some(h) = t.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            // A sub-table of the last array element (`[source.retention]`).
+            let h = h.trim();
+            table = match counts.keys().find(|a| h.starts_with(&format!("{a}."))) {
+                Some(a) => format!("{a}[{}]{}", counts[a] - 1, &h[a.len()..]),
+                None => h.to_string(),
+            };
+        } else if i + 1 == line {
+            let k = t.split('=').next().filter(|_| t.contains('='))?.trim();
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return None;
+            }
+            key = Some(k.to_string());
+        }
+    }
+    let key = key?;
+    Some(if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
 /// Upper bound of every retention period: 100 years (the time arithmetic on them stays far
 /// from the end of the calendar).
 pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 366 * 86_400);
@@ -1243,6 +1390,40 @@ fn validate_retention_bounds(
                 format!("{n} is more than 100 years of periods: use at most {max}"),
             );
         }
+    }
+}
+
+/// The folder a config file is in (`.` for a bare file name).
+pub fn config_folder(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `base` joined with relative `p`, `.` dropped and `..` taking off the component before it (a
+/// leading `..` of a relative base is kept).
+fn lexical_join(base: &Path, p: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = base.join(p);
+    let mut out: Vec<Component> = Vec::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
     }
 }
 

@@ -187,12 +187,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                         new.progress = app.progress.clone();
                         let _ = app_tx.send(Arc::new(new));
                         tracing::info!(config = %config_path.display(), "configuration reloaded");
-                        rt.reload_result(true);
+                        rt.reload_result(Ok(()));
                         notify(&[NotifyState::Ready, NotifyState::Status("configuration reloaded")]);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "reload refused: the running configuration stays");
-                        rt.reload_result(false);
+                        rt.reload_result(Err(&e));
                         notify(&[NotifyState::Ready, NotifyState::Status("reload refused: config invalid, running config kept")]);
                     }
                 }
@@ -286,9 +286,6 @@ fn watch_sources(app: &Coffre, wake: mpsc::Sender<()>) -> Option<notify::Recomme
     )
     .ok()?;
     for s in &app.config.sources {
-        if let Err(e) = std::fs::create_dir_all(&s.path) {
-            tracing::warn!(source = %s.name, path = %s.path.display(), error = %e, "source folder cannot be created");
-        }
         if let Err(e) = w.watch(&s.path, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(source = %s.name, path = %s.path.display(), error = %e, "cannot watch source folder; scanning on a timer only");
         }
@@ -306,6 +303,11 @@ async fn intake_loop(
     let (wake_tx, mut wake_rx) = mpsc::channel(1);
     let mut watcher = watch_sources(&app, wake_tx.clone());
     let mut intakes = build_intakes(&app);
+    // Every source folder's state from the start (the first scan waits for an event or the
+    // scan interval).
+    for i in &intakes {
+        rt.source_folder(&i.source().name, i.open_folder().err().as_deref());
+    }
     rt.worker(Worker::Intake, WorkState::Idle);
     loop {
         tokio::select! {
@@ -326,7 +328,17 @@ async fn intake_loop(
         let now = Instant::now();
         for intake in intakes.iter_mut() {
             let source = intake.source().name.clone();
-            for key in intake.scan(now) {
+            let keys = match intake.scan(now) {
+                Ok(keys) => {
+                    rt.source_folder(&source, None);
+                    keys
+                }
+                Err(e) => {
+                    rt.source_folder(&source, Some(&e));
+                    continue;
+                }
+            };
+            for key in keys {
                 if cancel.is_cancelled() {
                     break;
                 }

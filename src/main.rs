@@ -127,16 +127,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     };
     match command {
-        Command::CheckConfig { .. } => {
-            let c = load_config(&cli)?;
-            println!(
-                "{}: valid ({} source(s), {} store(s) in {} site(s), {} key provider(s))",
-                config_path(&cli).display(),
-                c.sources.len(),
-                c.stores.len(),
-                c.sites().len(),
-                c.key_providers.len()
-            );
+        Command::CheckConfig { portable, user } => {
+            check_config(&cli, *portable, user.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
@@ -260,11 +252,69 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            let config = load_config(&cli)?;
+            let config = config_for_status(&cli)?;
             status_command(&config, *json).await
         }
         cmd => route(&cli, cmd).await,
     }
+}
+
+/// `check-config`: every problem of the file in one pass, then (unless `--portable`) what it
+/// needs from this host, for the account the service runs as.
+fn check_config(cli: &Cli, portable: bool, user: Option<&str>) -> Result<()> {
+    use coffre::config::host::{host_problems, Account};
+    let path = config_path(cli);
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| coffre::config::ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    let who = match (portable, user) {
+        (true, _) => None,
+        (false, Some(u)) => Some(Account::named(u).map_err(anyhow::Error::msg)?),
+        (false, None) => Some(Account::current()),
+    };
+    let (config, mut problems) =
+        Config::check_text(&text, Some(&coffre::config::config_folder(&path)));
+    if let (Some(c), Some(who)) = (&config, &who) {
+        for p in host_problems(c, who) {
+            if !problems.iter().any(|q| q.key == p.key) {
+                problems.push(p);
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let mut e = coffre::config::ConfigError::Invalid {
+            path: path.clone(),
+            problems,
+        }
+        .to_string();
+        if config.is_none() && who.is_some() {
+            e.push_str("\n(the files, credentials and source folders it names are checked once the file can be read)");
+        }
+        bail!(e);
+    }
+    let Some(c) = config else {
+        bail!("internal error: no config and no problem");
+    };
+    println!(
+        "{}: valid ({} source(s), {} store(s) in {} site(s), {} key provider(s))",
+        path.display(),
+        c.sources.len(),
+        c.stores.len(),
+        c.sites().len(),
+        c.key_providers.len()
+    );
+    match who {
+        Some(who) => println!(
+            "on this host, for {} (uid {}): every file, credential and source folder it names is in place",
+            who.name, who.uid
+        ),
+        None => println!(
+            "--portable: the files, credentials and source folders it names were not checked; run `coffre check-config` on the host that runs it"
+        ),
+    }
+    Ok(())
 }
 
 /// `keys init --to FILE`: one new master key, mode 0600, in a folder that exists, never over
@@ -425,6 +475,29 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<Exit
     Ok(ExitCode::from(code))
 }
 
+/// The config `status` needs (the status address and token): the file as well as it can be
+/// read, so that a file broken since the daemon started still reaches the running daemon.
+fn config_for_status(cli: &Cli) -> Result<Config> {
+    let path = config_path(cli);
+    let err = match Config::load(&path) {
+        Ok(c) => return Ok(c),
+        Err(e @ coffre::config::ConfigError::Read { .. }) => return Err(e.into()),
+        Err(e) => e,
+    };
+    let text = std::fs::read_to_string(&path)?;
+    let (config, problems) = Config::check_text(&text, Some(&coffre::config::config_folder(&path)));
+    let Some(config) = config else {
+        return Err(err.into());
+    };
+    eprintln!(
+        "warning: {} has {} problem(s) (`coffre check-config` lists them); the running daemon is asked at {} all the same",
+        path.display(),
+        problems.len(),
+        config.status.listen
+    );
+    Ok(config)
+}
+
 async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
     let addr = config.status.listen;
     let url = format!("http://{addr}/status");
@@ -468,6 +541,9 @@ async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
                 .map(|a| format!("{a:.0} s"))
                 .unwrap_or_else(|| "-".into())
         );
+        if let Some(e) = s["folder_error"].as_str() {
+            println!("       folder cannot be scanned: {e}");
+        }
     }
     for s in doc["stores"].as_array().into_iter().flatten() {
         println!(
@@ -480,6 +556,14 @@ async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
         );
     }
     print_in_progress(&doc);
+    if let Some(reason) = doc["config_reload"]["reason"].as_str() {
+        println!(
+            "reload refused at {}, the running configuration stays:\n{reason}",
+            doc["config_reload"]["last_refused_at"]
+                .as_str()
+                .unwrap_or("?")
+        );
+    }
     for a in doc["alerts"].as_array().into_iter().flatten() {
         println!("ALERT: {}", a.as_str().unwrap_or("?"));
     }

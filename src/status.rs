@@ -155,6 +155,7 @@ pub struct Metrics {
     pub drill_interval: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub build_info: Family<BuildLabels, Gauge>,
     pub source_state: Family<SourceState, Gauge>,
+    pub source_folder_readable: Family<SourceLabel, Gauge>,
     pub key_provider_up: Family<ProviderLabel, Gauge>,
     pub key_epochs: Family<ProviderEpochs, Gauge>,
     pub worker_state: Family<WorkerStateLabel, Gauge>,
@@ -187,6 +188,7 @@ impl Metrics {
             drill_interval: Family::default(),
             build_info: Family::default(),
             source_state: Family::default(),
+            source_folder_readable: Family::default(),
             key_provider_up: Family::default(),
             key_epochs: Family::default(),
             worker_state: Family::default(),
@@ -283,6 +285,11 @@ impl Metrics {
             m.source_state.clone(),
         );
         registry.register(
+            "source_folder_readable",
+            "1 when the source's folder was scanned, 0 when it is absent or unreadable",
+            m.source_folder_readable.clone(),
+        );
+        registry.register(
             "key_provider_up",
             "1 when the key provider answered its health check",
             m.key_provider_up.clone(),
@@ -362,6 +369,18 @@ pub struct Runtime {
     pub token: Option<secrecy::SecretString>,
     /// Where the counters are kept so that they survive a restart ([`Runtime::keep_counters`]).
     counters: Mutex<Option<crate::catalog::Catalog>>,
+    /// The last refused reload, until one is applied.
+    reload: Mutex<ReloadStatus>,
+    /// Per source, why its folder cannot be scanned (absent when it can).
+    source_folders: Mutex<BTreeMap<String, String>>,
+}
+
+/// The last refused configuration reload (`config_reload` in `/status`): when and why.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    pub last_refused_at: Option<String>,
+    /// The validation problems of the refused file (keys and paths of the config, no data).
+    pub reason: Option<String>,
 }
 
 /// Counter families kept in the catalog (their label values, in order, are the row's labels).
@@ -389,6 +408,8 @@ impl Runtime {
             alerts: Mutex::new(Vec::new()),
             token,
             counters: Mutex::new(None),
+            reload: Mutex::new(ReloadStatus::default()),
+            source_folders: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -555,11 +576,53 @@ impl Runtime {
 
     /// Outcome of a SIGHUP reload: a refused one raises an alert and
     /// `coffre_config_last_reload_successful` 0 until a later reload is applied.
-    pub fn reload_result(&self, applied: bool) {
+    /// The refusal's reason is kept for `/status` (`config_reload`) until a reload is applied.
+    pub fn reload_result(&self, outcome: Result<(), &str>) {
+        let applied = outcome.is_ok();
+        *lock(&self.reload) = match outcome {
+            Ok(()) => ReloadStatus::default(),
+            Err(reason) => ReloadStatus {
+                last_refused_at: Some(crate::clock::now_rfc3339()),
+                reason: Some(reason.to_string()),
+            },
+        };
         self.set_alert("reload refused", !applied);
         self.metrics.config_reload_ok.set(i64::from(applied));
         if applied {
             self.metrics.config_reload_time.set(unix_now());
+        }
+    }
+
+    /// The outcome of a scan of a source's folder: an error (absent, unreadable) raises an alert,
+    /// sets `coffre_source_folder_readable` 0 and counts one intake error when it starts.
+    pub fn source_folder(&self, source: &str, error: Option<&str>) {
+        let label = SourceLabel {
+            source: source.to_string(),
+        };
+        self.metrics
+            .source_folder_readable
+            .get_or_create(&label)
+            .set(i64::from(error.is_none()));
+        let alert = format!("source {source}: folder cannot be scanned");
+        let mut f = lock(&self.source_folders);
+        match error {
+            None => {
+                if f.remove(source).is_some() {
+                    tracing::info!(source, "source folder readable again");
+                }
+                drop(f);
+                self.set_alert(&alert, false);
+            }
+            Some(e) => {
+                let new = f.get(source).map(String::as_str) != Some(e);
+                f.insert(source.to_string(), e.to_string());
+                drop(f);
+                if new {
+                    tracing::error!(source, error = e, "source folder cannot be scanned");
+                    self.worker_error(Worker::Intake, &format!("source {source}: {e}"));
+                }
+                self.set_alert(&alert, true);
+            }
         }
     }
 
@@ -587,6 +650,9 @@ struct SourceStatus {
     age_seconds: Option<f64>,
     /// `protected`, `degraded`, `at-risk` or `none`.
     state: String,
+    /// Why the source's folder cannot be scanned (absent when it can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folder_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -624,6 +690,8 @@ pub struct StatusDoc {
     /// What is being done now: each snapshot being protected, copied, restored or drilled.
     in_progress: Vec<crate::progress::Progress>,
     drills: Vec<serde_json::Value>,
+    /// The last refused reload and its reason, until a reload is applied.
+    config_reload: ReloadStatus,
     alerts: Vec<String>,
 }
 
@@ -735,6 +803,7 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 .set(a);
         }
         sources.push(SourceStatus {
+            folder_error: lock(&rt.source_folders).get(&name).cloned(),
             name,
             snapshots: count,
             last_snapshot: last,
@@ -868,6 +937,7 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         keys,
         workers: lock(&rt.workers).clone(),
         in_progress: app.progress.list(),
+        config_reload: lock(&rt.reload).clone(),
         alerts: {
             // The daemon's own alerts, then the lasting ones any run recorded in the catalog.
             let mut a = lock(&rt.alerts).clone();
@@ -1070,7 +1140,11 @@ mod tests {
             )),
             "{text}"
         );
-        rt.reload_result(false);
+        rt.reload_result(Err("store[0].path: missing"));
+        assert_eq!(
+            lock(&rt.reload).reason.as_deref(),
+            Some("store[0].path: missing")
+        );
         rt.shred_stopped_by_clock("clock jumped");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &rt.metrics.registry).unwrap();

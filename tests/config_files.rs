@@ -31,19 +31,19 @@ fn every_config_file_parses_and_validates() {
 
 #[test]
 fn embedded_default_is_what_the_readme_promises() {
-    let c = coffre::Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/coffre.toml"))
-        .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = coffre::Config::load(&root.join("config/coffre.toml")).unwrap();
     assert_eq!(c.sources[0].name, "emr");
-    assert_eq!(c.sources[0].path, Path::new("./var/incoming"));
+    assert_eq!(c.sources[0].path, root.join("var/incoming"));
     let names: Vec<_> = c.stores.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["site-a", "site-b"]);
     assert_eq!(c.sites().len(), 2);
     assert_eq!(
         c.key_providers[0].master_key.as_deref(),
-        Some(Path::new("./var/keys/master.key"))
+        Some(root.join("var/keys/master.key").as_path())
     );
     assert!(c.key_providers[0].create_master_key);
-    assert_eq!(c.state_dir, Path::new("./var/state"));
+    assert_eq!(c.state_dir, root.join("var/state"));
     assert_eq!(c.status.listen.to_string(), "127.0.0.1:9640");
 }
 

@@ -532,11 +532,37 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     let env = Env::new();
     env.config(None, "");
     let d = env.start(None);
-    // A bad config: the daemon keeps running on the old one and raises an alert.
-    std::fs::write(env.p("coffre.toml"), "state-dir = 5\n").unwrap();
+    // A bad config: the daemon keeps running on the old one and raises an alert, with the
+    // reason in /status (issue 13, 3.9).
+    let good = std::fs::read_to_string(env.p("coffre.toml")).unwrap();
+    std::fs::write(env.p("coffre.toml"), format!("colour = 1\n{good}")).unwrap();
     d.signal("HUP");
     wait_until("reload refused alert", 10, || {
         d.status()["alerts"].to_string().contains("reload refused")
+    });
+    let st = d.status();
+    let reason = st["config_reload"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("colour (line 1): unknown field `colour`"),
+        "{st}"
+    );
+    assert!(st["config_reload"]["last_refused_at"].is_string(), "{st}");
+    // `coffre status` reaches the running daemon though the file is broken now.
+    let (code, out, err) = env.run(None, &["status"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("has 1 problem(s) (`coffre check-config` lists them)"),
+        "{err}"
+    );
+    assert!(out.contains("reload refused at "), "{out}");
+    assert!(out.contains("unknown field `colour`"), "{out}");
+    // A file not even TOML: still refused with its reason.
+    std::fs::write(env.p("coffre.toml"), "state-dir = 5\n").unwrap();
+    d.signal("HUP");
+    wait_until("reason of the second refusal", 10, || {
+        d.status()["config_reload"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("state-dir (line 1)"))
     });
     dump(&env.p("incoming/still-working.sql"), 1);
     wait_until("still protecting", 30, || {
@@ -559,8 +585,93 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     wait_until("new source protected", 30, || {
         env.snapshots(None).iter().any(|s| s["source"] == "emr2")
     });
+    assert!(d.status()["config_reload"]["reason"].is_null());
     let log = d.stop();
     assert!(log.contains("reload refused"), "{log}");
+}
+
+/// Issue 13, 3.4: the daemon never creates a source folder; a missing one is a worker error,
+/// an alert, `coffre_source_folder_readable` 0 and the reason in `/status` and `coffre status`,
+/// until the folder appears.
+#[test]
+fn a_missing_source_folder_is_reported_and_never_created() {
+    let env = Env::new();
+    let absent = env.p("dumps-not-yet");
+    env.config(
+        None,
+        &format!(
+            "[[source]]\nname = \"late\"\npath = \"{}\"\ncomplete = \"rename\"\n",
+            absent.display()
+        ),
+    );
+    let d = env.start(None);
+    let st = d.status();
+    let late = st["sources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "late").cloned())
+        .unwrap_or_default();
+    assert!(
+        late["folder_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not exist: coffre never creates a source folder")),
+        "{st}"
+    );
+    assert!(
+        st["alerts"]
+            .to_string()
+            .contains("source late: folder cannot be scanned"),
+        "{st}"
+    );
+    let emr = &st["sources"][0];
+    assert_eq!(emr["name"], "emr");
+    assert!(emr["folder_error"].is_null(), "{st}");
+    let metrics = http_get(env.port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("coffre_source_folder_readable{source=\"late\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("coffre_source_folder_readable{source=\"emr\"} 1"),
+        "{metrics}"
+    );
+    wait_until("one intake error", 10, || {
+        sample(
+            &http_get(env.port, "/metrics").unwrap().1,
+            "coffre_worker_errors_total{worker=\"intake\"}",
+        ) == Some(1.0)
+    });
+    let (code, out, _) = env.run(None, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("folder cannot be scanned:"), "{out}");
+    // Scans go on (the error is counted once), and nothing creates the folder.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!absent.exists());
+    assert_eq!(
+        sample(
+            &http_get(env.port, "/metrics").unwrap().1,
+            "coffre_worker_errors_total{worker=\"intake\"}"
+        ),
+        Some(1.0)
+    );
+    // The folder appears: the alert clears and its snapshots are protected.
+    std::fs::create_dir(&absent).unwrap();
+    dump(&absent.join("late.sql"), 1);
+    wait_until("late source protected", 30, || {
+        env.snapshots(None).iter().any(|s| s["source"] == "late")
+    });
+    let st = d.status();
+    assert!(
+        !st["alerts"]
+            .to_string()
+            .contains("folder cannot be scanned"),
+        "{st}"
+    );
+    assert!(http_get(env.port, "/metrics")
+        .unwrap()
+        .1
+        .contains("coffre_source_folder_readable{source=\"late\"} 1"));
+    let log = d.stop();
+    assert!(log.contains("source folder cannot be scanned"), "{log}");
 }
 
 fn env_snapshots_with_config(env: &Env) -> Vec<serde_json::Value> {

@@ -1009,6 +1009,8 @@ access-key-env = "AZ_KEY"
 "#
     );
     let config = dir.path().join("coffre.toml");
+    // check-config checks this host too: the source folder must exist.
+    fs::create_dir_all(dir.path().join("in")).unwrap();
     let check = |text: &str| {
         fs::write(&config, text).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_coffre"))

@@ -115,3 +115,182 @@ fn keys_init_under_a_credential_config_says_to_use_keys_init_to() {
     );
     assert!(r.error_text().contains("coffre_master.key"), "{r}");
 }
+
+/// Issue 13, 3.3: check-config checks this host for the service's account: source folders,
+/// secret files and credentials (present, owner, mode, readable); `--portable` skips that for a
+/// config meant for another host.
+#[test]
+fn check_config_checks_files_credentials_and_source_folders_on_this_host() {
+    let env = local_env();
+    let d = env.dir.path();
+    let token = d.join("token");
+    let text = format!(
+        "{}[status]\ntoken-file = \"{}\"\n[[key-provider]]\nname = \"hsm\"\nkind = \"pkcs11\"\nmodule = \"{}/no-such-module.so\"\ntoken-label = \"t\"\npin-file = \"/run/credentials/coffre.service/coffre_e2e-absent-pin\"\n",
+        env.config_text(&env.state).replace("[[key-provider]]", "[[source]]\nname = \"base\"\npath = \"/nonexistent/e2e-base\"\n[[key-provider]]"),
+        token.display(),
+        d.display(),
+    ) + &stores(d);
+    env.write_config(&text);
+
+    let r = env.run(&["check-config"]);
+    r.expect_code(1);
+    let e = r.error_text();
+    for needle in [
+        "source[1].path: /nonexistent/e2e-base does not exist: coffre never creates a source folder",
+        &format!("status.token-file: {} does not exist", token.display()),
+        "key-provider[1].module:",
+        "key-provider[1].pin-file: the credential `coffre_e2e-absent-pin` comes from /etc/coffre/credentials/e2e-absent-pin, which does not exist",
+    ] {
+        assert!(e.contains(needle), "no `{needle}` in:\n{r}");
+    }
+    // The master key with create-master-key is made at the first start: not a problem.
+    assert!(!e.contains("key-provider[0]"), "{r}");
+    assert!(!e.contains("source[0]"), "{r}");
+
+    // For another host: the config as data only.
+    let r = env.run(&["check-config", "--portable"]);
+    r.expect_ok();
+    assert!(
+        r.stdout.contains(
+            "--portable: the files, credentials and source folders it names were not checked"
+        ),
+        "{r}"
+    );
+
+    // As the service's account: a root-only source folder or token file is not readable by it.
+    fs::write(&token, "t0k3n\n").unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&env.incoming, fs::Permissions::from_mode(0o700)).unwrap();
+    let only_local = env.config_text(&env.state)
+        + &format!("[status]\ntoken-file = \"{}\"\n", token.display())
+        + &stores(d);
+    env.write_config(&only_local);
+    let r = env.run(&["check-config"]);
+    r.expect_ok();
+    assert!(
+        r.stdout
+            .contains("every file, credential and source folder it names is in place"),
+        "{r}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        let r = env.run(&["check-config", "--user", "nobody"]);
+        r.expect_code(1);
+        let e = r.error_text();
+        assert!(
+            e.contains(&format!(
+                "source[0].path: {} is not readable by nobody",
+                env.incoming.display()
+            )),
+            "{r}"
+        );
+        assert!(
+            e.contains(&format!(
+                "status.token-file: {} is not readable by nobody",
+                token.display()
+            )),
+            "{r}"
+        );
+    }
+    let r = env.run(&["check-config", "--user", "no-such-user-e2e"]);
+    r.expect_code(1);
+    assert!(
+        r.error_text()
+            .contains("there is no user `no-such-user-e2e` on this host"),
+        "{r}"
+    );
+    // Nothing was created by any of it.
+    assert!(!env.state.exists());
+    assert!(!env.master_key.exists());
+}
+
+/// Issue 13, 3.2: one pass reports every problem: each syntax and type error with its line and
+/// key path, then the validation problems of the rest and those of this host.
+#[test]
+fn check_config_reports_every_problem_in_one_pass() {
+    let env = local_env();
+    let good = env.config_text(&env.state) + &stores(env.dir.path());
+    let bad = good
+        .replace("[pipeline]\n", "colour = 1\n[pipeline]\n")
+        .replace("segment-size = \"64KiB\"", "segment-size = ")
+        .replace("zstd-threads = 1", "zstd-threads = \"one\"")
+        .replace("min-sites = 2", "min-sites = 3")
+        .replacen(
+            "jurisdiction = \"CA-QC\"",
+            "jurisdiction = \"CA-QC\"\ntls-verify = yes",
+            1,
+        )
+        .replace(&env.incoming.display().to_string(), "/nonexistent/e2e-in");
+    env.write_config(&bad);
+    let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let r = env.run(&["check-config"]);
+    r.expect_code(1);
+    let e = r.error_text();
+    for needle in [
+        format!("pipeline.segment-size (line {})", line("segment-size = ")),
+        format!("store[0].tls-verify (line {})", line("tls-verify")),
+        format!("colour (line {}): unknown field `colour`", line("colour")),
+        format!(
+            "pipeline.zstd-threads (line {}): invalid type",
+            line("zstd-threads")
+        ),
+        "replication.min-sites: 2 distinct site(s)".to_string(),
+        "source[0].path: /nonexistent/e2e-in does not exist".to_string(),
+    ] {
+        assert!(e.contains(&needle), "no `{needle}` in:\n{r}");
+    }
+    assert!(e.contains("has 6 problem(s)"), "{r}");
+}
+
+/// Issue 13, 3.15: the embedded default's relative paths are taken from the config file's
+/// folder, so running from another folder neither creates state there nor splits the state in
+/// two: the same file names the same catalog, stores and master key wherever coffre is started.
+#[test]
+fn relative_paths_are_taken_from_the_config_folder_not_the_working_directory() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let clone = tempfile::tempdir().unwrap();
+    fs::create_dir_all(clone.path().join("config")).unwrap();
+    fs::create_dir_all(clone.path().join("var/incoming")).unwrap();
+    // The embedded default, in a copy of the repository's layout.
+    let config = clone.path().join("config/coffre.toml");
+    fs::copy(root.join("config/coffre.toml"), &config).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |cwd: &Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_coffre"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(elsewhere.path(), &["check-config"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let (code, out, err) = run(elsewhere.path(), &["keys", "init"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(clone.path().join("var/keys/master.key").is_file());
+    assert!(clone.path().join("var/state").is_dir());
+    assert_eq!(
+        fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing is created in the working directory"
+    );
+    // From the clone's root and from its config folder: the same state (one master key).
+    let key = fs::read(clone.path().join("var/keys/master.key")).unwrap();
+    for cwd in [clone.path(), &clone.path().join("config")] {
+        let (code, out, err) = run(cwd, &["snapshots"]);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+    }
+    assert_eq!(
+        fs::read(clone.path().join("var/keys/master.key")).unwrap(),
+        key
+    );
+    assert!(!clone.path().join("config/var").exists());
+    // The repository's own source folder exists in a fresh clone (coffre never creates one).
+    assert!(root.join("var/incoming/.gitkeep").is_file());
+}

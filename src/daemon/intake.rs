@@ -144,11 +144,22 @@ impl Intake {
         &self.source
     }
 
-    /// Complete snapshots in the folder now, with their keys.
-    pub fn scan(&mut self, now: Instant) -> Vec<Key> {
-        let Ok(rd) = std::fs::read_dir(&self.source.path) else {
-            return vec![];
-        };
+    /// The source folder, readable; an error names the folder, why it cannot be read and what
+    /// to do (coffre never creates a source folder).
+    pub fn open_folder(&self) -> Result<std::fs::ReadDir, String> {
+        let d = self.source.path.display();
+        match std::fs::read_dir(&self.source.path) {
+            Ok(rd) => Ok(rd),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{d} does not exist: coffre never creates a source folder; create it (writable by the dump user, readable by coffre) or fix source.path")),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!("{d} is not readable by coffre (permission denied): give its account read and search access (e.g. the group coffre)")),
+            Err(e) => Err(format!("{d} cannot be read: {e}")),
+        }
+    }
+
+    /// Complete snapshots in the folder now, with their keys ([`Intake::open_folder`]'s error
+    /// when the folder cannot be read).
+    pub fn scan(&mut self, now: Instant) -> Result<Vec<Key>, String> {
+        let rd = self.open_folder()?;
         let mut names: Vec<PathBuf> = rd
             .flatten()
             .filter(|e| !is_ignored_name(&e.file_name().to_string_lossy()))
@@ -195,7 +206,7 @@ impl Intake {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -230,10 +241,15 @@ mod tests {
         std::fs::write(d.path().join("emr.sql"), b"x").unwrap();
         std::fs::create_dir(d.path().join("base")).unwrap();
         let mut i = Intake::new(source(d.path(), CompleteRule::Marker));
-        assert!(i.scan(Instant::now()).is_empty());
+        assert!(i.scan(Instant::now()).unwrap().is_empty());
         std::fs::write(d.path().join("emr.sql.done"), b"").unwrap();
         std::fs::write(d.path().join("base/backup_manifest"), b"{}").unwrap();
-        let found: Vec<_> = i.scan(Instant::now()).into_iter().map(|k| k.path).collect();
+        let found: Vec<_> = i
+            .scan(Instant::now())
+            .unwrap()
+            .into_iter()
+            .map(|k| k.path)
+            .collect();
         assert_eq!(found, vec![d.path().join("base"), d.path().join("emr.sql")]);
     }
 
@@ -254,10 +270,11 @@ mod tests {
         let mut i = Intake::new(source(d.path(), CompleteRule::Rename));
         assert!(i
             .scan(Instant::now())
+            .unwrap()
             .iter()
             .all(|k| k.path == d.path().join("real")));
         let mut i = Intake::new(source(d.path(), CompleteRule::Marker));
-        assert!(i.scan(Instant::now()).is_empty());
+        assert!(i.scan(Instant::now()).unwrap().is_empty());
         assert!(key_of(&d.path().join("emr.sql")).is_err());
         assert!(key_of(&d.path().join("base")).is_err());
         let k = key_of(&d.path().join("real")).unwrap();
@@ -269,6 +286,23 @@ mod tests {
         );
     }
 
+    /// Issue 13, 3.4: a missing source folder is an error that says coffre never creates one,
+    /// and the scan does not create it.
+    #[test]
+    fn a_missing_source_folder_is_an_error_and_is_not_created() {
+        let d = tempfile::tempdir().unwrap();
+        let gone = d.path().join("gone");
+        let mut i = Intake::new(source(&gone, CompleteRule::Rename));
+        let e = i.scan(Instant::now()).unwrap_err();
+        assert!(
+            e.contains("does not exist: coffre never creates a source folder"),
+            "{e}"
+        );
+        assert!(!gone.exists());
+        std::fs::create_dir(&gone).unwrap();
+        assert!(i.scan(Instant::now()).unwrap().is_empty());
+    }
+
     #[test]
     fn settled_rule_waits_for_quiet_and_writers() {
         let d = tempfile::tempdir().unwrap();
@@ -276,19 +310,19 @@ mod tests {
         std::fs::write(&f, b"x").unwrap();
         let mut i = Intake::new(source(d.path(), CompleteRule::Settled));
         let t0 = Instant::now();
-        assert!(i.scan(t0).is_empty());
-        assert!(i.scan(t0 + Duration::from_secs(2)).is_empty());
+        assert!(i.scan(t0).unwrap().is_empty());
+        assert!(i.scan(t0 + Duration::from_secs(2)).unwrap().is_empty());
         // A change restarts the clock.
         std::fs::write(&f, b"xy").unwrap();
-        assert!(i.scan(t0 + Duration::from_secs(6)).is_empty());
-        assert_eq!(i.scan(t0 + Duration::from_secs(12)).len(), 1);
+        assert!(i.scan(t0 + Duration::from_secs(6)).unwrap().is_empty());
+        assert_eq!(i.scan(t0 + Duration::from_secs(12)).unwrap().len(), 1);
         // An open writer holds it back.
         let w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
         assert!(open_for_writing(&f));
-        assert!(i.scan(t0 + Duration::from_secs(20)).is_empty());
+        assert!(i.scan(t0 + Duration::from_secs(20)).unwrap().is_empty());
         drop(w);
         assert!(!open_for_writing(&f));
-        assert_eq!(i.scan(t0 + Duration::from_secs(21)).len(), 1);
+        assert_eq!(i.scan(t0 + Duration::from_secs(21)).unwrap().len(), 1);
     }
 
     #[test]
