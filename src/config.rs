@@ -42,9 +42,7 @@ pub fn credential_source(name: &str) -> Option<PathBuf> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error(
-        "cannot read the config file {path}: {source}. Pass --config FILE or set COFFRE_CONFIG"
-    )]
+    #[error("cannot read the config file {path}: {source}. {}", read_hint(source))]
     Read {
         path: PathBuf,
         #[source]
@@ -748,6 +746,21 @@ impl Config {
         self.sources.iter().find(|s| s.name == name)
     }
 
+    /// "`emr`, `base`": the configured sources, for an error about one that is not.
+    pub fn source_names(&self) -> String {
+        names_list(self.sources.iter().map(|s| s.name.as_str()))
+    }
+
+    /// "`site-a`, `site-b`": the configured stores, for an error about one that is not.
+    pub fn store_names(&self) -> String {
+        names_list(self.stores.iter().map(|s| s.name.as_str()))
+    }
+
+    /// The configured key providers, for an error about one that is not.
+    pub fn provider_names(&self) -> String {
+        names_list(self.key_providers.iter().map(|k| k.name.as_str()))
+    }
+
     /// Every problem in the config, each with its key path. Empty when the config is usable.
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
@@ -1390,6 +1403,25 @@ fn validate_retention_bounds(
                 format!("{n} is more than 100 years of periods: use at most {max}"),
             );
         }
+    }
+}
+
+/// Names as a list for an error ("none" when empty).
+fn names_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// What to do when the config file cannot be read, by why.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "Pass --config FILE or set COFFRE_CONFIG",
+        std::io::ErrorKind::PermissionDenied => "The file is there but this account may not read it (the package installs it root:coffre 0640): run the command as root (sudo); the commands the daemon runs (restore, drill, shred, hold, audit) reach it through its control socket without the file, for members of the operators' group",
+        _ => "Check the file and the disk it is on",
     }
 }
 

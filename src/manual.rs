@@ -29,17 +29,21 @@ const JSON_HELP: &str =
     "Print the result as JSON on stdout (errors and logs stay on stderr, as text)";
 
 /// The exit codes, as (code, meaning): the same for a local run and one through the daemon.
-fn exit_codes() -> [(u8, &'static str); 5] {
+fn exit_codes() -> [(u8, &'static str); 6] {
     [
         (exit::OK, "success"),
         (exit::FAILURE, "failure; the error is printed on stderr"),
         (
             exit::USAGE,
-            "usage error (bad arguments), or a dry run: coffre shred without --yes",
+            "usage error: bad arguments, or a request the daemon's control socket cannot read",
         ),
         (
             exit::DEGRADED,
             "degraded: coffre backup committed the snapshot in min-sites sites but not in every store",
+        ),
+        (
+            exit::DRY_RUN,
+            "nothing done on purpose: a dry run (coffre shred without --yes) printed what it would do",
         ),
         (
             exit::REFUSED,

@@ -154,7 +154,7 @@ fn early_shred_destroys_one_snapshot_and_keeps_its_epoch_mates() {
 
     // Without --yes nothing happens.
     let (code, out, _) = env.run(&["shred", "--snapshot", &a, "--purpose", "erasure order 7"]);
-    assert_eq!(code, 2, "{out}");
+    assert_eq!(code, 4, "a dry run has its own exit code: {out}");
     assert!(out.contains("--yes"));
 
     // Retained bytes: someone copies every store before the shred.
@@ -196,6 +196,40 @@ fn early_shred_destroys_one_snapshot_and_keeps_its_epoch_mates() {
     // The shredded one is gone from the catalog and the stores.
     let (_, list, _) = env.run(&["snapshots", "--json"]);
     assert!(!list.contains(&a));
+    // Restoring it says it was shredded, when, why, and where the record is (issue 13, 3.14),
+    // not that a manifest is missing.
+    let record = rec["record"].as_str().unwrap();
+    for store in ["site-a", "site-b"] {
+        let (code, err) = env.restore("coffre.toml", &a, store, &format!("a-gone-{store}"));
+        assert_eq!(code, 1, "{err}");
+        for needle in [
+            format!(
+                "snapshot {a} was crypto-shredded on {}",
+                rec["time"].as_str().unwrap()
+            ),
+            "(early shred: erasure order 7)".to_string(),
+            format!("Destruction record {record} (`coffre shred --records`)"),
+        ] {
+            assert!(err.contains(&needle), "no `{needle}` in: {err}");
+        }
+        assert!(!err.contains("not committed"), "{err}");
+    }
+    let (code, _, err) = env.run(&["shred", "--snapshot", &a, "--purpose", "again", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("snapshot {a} was already crypto-shredded on")),
+        "{err}"
+    );
+    // A mistyped id is named as such, not as a damaged or uncommitted copy (issue 13, 3.15).
+    let typo = format!(
+        "{}{}",
+        &a[..a.len() - 1],
+        if a.ends_with('0') { '1' } else { '0' }
+    );
+    let (code, err) = env.restore("coffre.toml", &typo, "site-a", "typo");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("there is no snapshot {typo} of source `emr` in the catalog or in any store: check the id")), "{err}");
+    assert!(!err.contains("catalog rebuild"), "{err}");
 
     // Put back every retained byte that was deleted (data, manifests, key objects, old keyrings).
     let restored = copy_tree(&kept, &env.p("stores"), true);

@@ -674,6 +674,77 @@ fn a_restore_through_a_sandboxed_daemon_is_written_by_the_operator() {
     );
 }
 
+/// Issue 13, 3.13: a restore through the daemon streams, and on a terminal the operator sees its
+/// progress (bytes, rate, time left) while it runs, not all output at the end.
+#[test]
+fn a_restore_through_the_daemon_shows_progress_on_a_terminal() {
+    let h = Host::start(None);
+    let op = h.users.op.clone();
+    let (id, body) = h.backup("progress.sql");
+    let tmp_op = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp_op.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let to = tmp_op.path().join("restored.sql");
+    // `script` gives the caller a pseudo-terminal, as an operator's shell has.
+    let line = format!(
+        "COFFRE_SOCKET={} {BIN} restore {id} --source emr --to {} --purpose DR",
+        h.socket.display(),
+        to.display()
+    );
+    let out = Command::new("runuser")
+        .args(["-u", &op, "--", "script", "-qefc", &line, "/dev/null"])
+        .current_dir(tmp_op.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(std::fs::read(&to).unwrap(), body);
+    let bar = text
+        .find(" eta ")
+        .unwrap_or_else(|| panic!("no progress bar on the terminal: {text:?}"));
+    let total = format!("/{}", human_bytes(body.len() as u64));
+    assert!(
+        text.contains(&total),
+        "the bar shows the size ({total}): {text:?}"
+    );
+    let done = text
+        .find(&format!("restored snapshot {id} to "))
+        .unwrap_or_else(|| panic!("no final line: {text:?}"));
+    assert!(bar < done, "progress came before the end: {text:?}");
+    // Without a terminal (a script), no bar: the same final line only.
+    let o = h.as_user(
+        &op,
+        tmp_op.path(),
+        &[
+            "restore",
+            &id,
+            "--source",
+            "emr",
+            "--to",
+            "again.sql",
+            "--purpose",
+            "DR",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(!o.text.contains(" eta "), "{}", o.text);
+}
+
+/// indicatif's `{total_bytes}` (binary units, two decimals above a KiB).
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
 impl Host {
     /// Stop the daemon (SIGTERM) and wait for it.
     fn stop_daemon(&mut self) {

@@ -1,6 +1,8 @@
 //! The install path as the README writes it (issue 13, part 3): `keys init --to` for a master key
 //! that is a systemd credential, `check-config` checking this host (files, credentials, source
-//! folders) unless `--portable`, and commands that create no state where they should not.
+//! folders) unless `--portable`, commands that create no state where they should not, and the
+//! messages a newcomer meets (mistyped names, unreadable config, empty lists, drills without a
+//! verify command).
 
 mod common;
 
@@ -293,4 +295,226 @@ fn relative_paths_are_taken_from_the_config_folder_not_the_working_directory() {
     assert!(!clone.path().join("config/var").exists());
     // The repository's own source folder exists in a fresh clone (coffre never creates one).
     assert!(root.join("var/incoming/.gitkeep").is_file());
+}
+
+/// Issue 13, 3.15: a mistyped source, store or snapshot is answered with the names that exist,
+/// never with "run catalog rebuild"; an unreadable config says who may read it.
+#[test]
+fn mistyped_names_are_answered_with_the_configured_ones() {
+    let env = local_env();
+    fs::write(env.incoming.join("a.sql"), b"one small dump\n").unwrap();
+    let id = env.backup(&env.incoming.join("a.sql"));
+    let to = env.out.join("r");
+    let to_s = to.to_str().unwrap();
+
+    let r = env.run(&[
+        "backup",
+        "--source",
+        "emx",
+        env.incoming.join("a.sql").to_str().unwrap(),
+    ]);
+    r.expect_failure();
+    assert!(r.stderr.contains("source `emx` is not configured"), "{r}");
+    assert!(
+        r.stderr.contains("`emr`"),
+        "the configured source is named\n{r}"
+    );
+
+    let r = env.run(&[
+        "restore",
+        "latest",
+        "--source",
+        "emx",
+        "--to",
+        to_s,
+        "--purpose",
+        "t",
+    ]);
+    r.expect_failure();
+    assert!(
+        r.stderr.contains("source `emx` is not configured")
+            && r.stderr.contains("the configured sources are `emr`"),
+        "{r}"
+    );
+    assert!(!r.stderr.contains("catalog rebuild"), "{r}");
+
+    let r = env.run(&[
+        "restore",
+        &id,
+        "--source",
+        "emr",
+        "--store",
+        "site-c",
+        "--to",
+        to_s,
+        "--purpose",
+        "t",
+    ]);
+    r.expect_failure();
+    assert!(
+        r.stderr.contains(
+            "store `site-c` is not configured; the configured stores are `site-a`, `site-b`"
+        ),
+        "{r}"
+    );
+
+    let r = env.run(&["drill", "--source", "emr", "--store", "site-c"]);
+    r.expect_failure();
+    assert!(r.stderr.contains("`site-a`, `site-b`"), "{r}");
+    let r = env.run(&["drill", "--source", "emx"]);
+    r.expect_failure();
+    assert!(r.stderr.contains("the configured sources are `emr`"), "{r}");
+    assert!(!to.exists(), "nothing was restored");
+
+    // A config the account may not read: who may, and how operators go on without it.
+    let open = tempfile::Builder::new()
+        .prefix("coffre-perm-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(open.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = open.path().join("coffre.toml");
+    fs::copy(&env.config, &secret).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let root = std::process::Command::new("id").arg("-u").output().unwrap();
+    let mut cmd = if String::from_utf8_lossy(&root.stdout).trim() == "0" {
+        // Root reads any file: ask as `nobody`.
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "nobody", "--"])
+            .arg(common::coffre::coffre_bin());
+        c
+    } else {
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+        std::process::Command::new(common::coffre::coffre_bin())
+    };
+    let out = cmd
+        .env("COFFRE_SOCKET", open.path().join("no.sock"))
+        .args(["--config", secret.to_str().unwrap(), "snapshots"])
+        .current_dir(open.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("may not read it"), "{err}");
+    assert!(err.contains("run the command as root"), "{err}");
+    assert!(!err.contains("Pass --config"), "{err}");
+}
+
+/// Issue 13, 3.16: empty lists say they are empty, `snapshots` shows each snapshot's state in
+/// aligned columns, and a drill with nothing to verify says so.
+#[test]
+fn empty_outputs_say_so_and_snapshots_show_their_state() {
+    let env = local_env();
+    let r = env.run(&["snapshots"]);
+    r.expect_ok();
+    assert!(r.stdout.contains("no snapshots in the catalog yet"), "{r}");
+    let r = env.run(&["shred", "--records"]);
+    r.expect_ok();
+    assert!(
+        r.stdout
+            .contains("no destruction records: nothing has been crypto-shredded"),
+        "{r}"
+    );
+    let r = env.run(&["retention", "run"]);
+    r.expect_ok();
+    assert!(r.stdout.contains("nothing was due"), "{r}");
+
+    fs::write(env.incoming.join("a.sql"), b"one small dump\n").unwrap();
+    let a = env.backup(&env.incoming.join("a.sql"));
+    fs::write(env.incoming.join("b.sql"), vec![b'x'; 123_456]).unwrap();
+    let b = env.backup(&env.incoming.join("b.sql"));
+    env.run(&["hold", "add", &b, "--purpose", "litigation 12"])
+        .expect_ok();
+
+    let r = env.run(&["retention", "run"]);
+    r.expect_ok();
+    assert!(
+        r.stdout
+            .contains("nothing was due: no epoch key has reached its expiry; the next is epoch"),
+        "{r}"
+    );
+
+    // A third store configured after the backups: both snapshots lack a copy there.
+    let d = env.dir.path().display().to_string();
+    env.write_config(&format!(
+        "{}{}\n[[store]]\nname = \"site-c\"\nkind = \"local\"\nsite = \"c\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/c\"\n",
+        env.config_text(&env.state),
+        stores(env.dir.path())
+    ));
+    let r = env.run(&["snapshots"]);
+    r.expect_ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{r}");
+    let head = lines[0];
+    assert!(head.starts_with("id "), "{r}");
+    let col = |name: &str| {
+        head.find(name)
+            .unwrap_or_else(|| panic!("no {name} column\n{r}"))
+    };
+    let (state_col, stores_col) = (col("state"), col("stores"));
+    let row_a = lines.iter().find(|l| l.starts_with(&a)).unwrap();
+    let row_b = lines.iter().find(|l| l.starts_with(&b)).unwrap();
+    for row in [row_a, row_b] {
+        assert_eq!(
+            &row[stores_col..],
+            "site-a,site-b",
+            "stores column aligned\n{r}"
+        );
+        // `size` is right-aligned: each row's size ends where the header's does.
+        let size_end = col("size") + "size".len();
+        assert!(
+            row[..size_end].ends_with(|c: char| c.is_ascii_digit()),
+            "{r}"
+        );
+    }
+    assert!(row_a[state_col..].starts_with("degraded 2/3 "), "{r}");
+    assert!(row_b[state_col..].starts_with("degraded 2/3, held "), "{r}");
+    let r = env.run(&["snapshots", "--json"]);
+    let v = r.json();
+    let states: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{r}");
+    assert!(states.contains(&"degraded 2/3, held"), "{r}");
+
+    // Back to two stores: protected.
+    env.write_config(&format!(
+        "{}{}",
+        env.config_text(&env.state),
+        stores(env.dir.path())
+    ));
+    let r = env.run(&["snapshots", "--source", "emr"]);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(&a) && l.contains("  protected  ")),
+        "{r}"
+    );
+
+    // A drill without a verify command: the digest matched, and it says nothing more was checked.
+    let r = env.run(&[
+        "drill",
+        "--source",
+        "emr",
+        "--store",
+        "site-a",
+        "--snapshot",
+        &a,
+    ]);
+    r.expect_ok();
+    assert!(r.stdout.contains(": OK ("), "{r}");
+    assert!(
+        r.stderr
+            .contains("warning: source `emr` has no [source.drill] verify-command"),
+        "{r}"
+    );
+    // Once something is shredded, the records list it instead.
+    env.run(&["shred", "--snapshot", &a, "--purpose", "erasure 3", "--yes"])
+        .expect_ok();
+    let r = env.run(&["shred", "--records"]);
+    r.expect_ok();
+    assert!(!r.stdout.contains("no destruction records"), "{r}");
+    assert!(r.stdout.contains("1 snapshot(s)"), "{r}");
 }

@@ -44,6 +44,13 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         r.scratch_wiped,
                         r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
                     );
+                    if r.ok && r.verify_exit.is_none() {
+                        errln!(
+                            w,
+                            "warning: source `{}` has no [source.drill] verify-command: the restored copy matched its digest, but nothing checked that it works (set verify-command to start the database from it)",
+                            r.source
+                        );
+                    }
                 }
             }
             Ok(if reports.iter().all(|r| r.ok) {

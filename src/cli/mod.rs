@@ -23,10 +23,12 @@ use crate::Coffre;
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
-    /// A usage problem, or a dry run (`shred` without `--yes`).
+    /// A usage problem (bad arguments, a bad request to the control socket).
     pub const USAGE: u8 = 2;
     /// `coffre backup`: committed in min-sites but not every store.
     pub const DEGRADED: u8 = 3;
+    /// Nothing was done on purpose: a dry run (`shred` without `--yes`) said what would be.
+    pub const DRY_RUN: u8 = 4;
     /// Refused by the control socket (not an operator, or not allowed through it).
     pub const REFUSED: u8 = 77;
 }
@@ -83,6 +85,49 @@ impl Out {
         self.out(serde_json::to_string_pretty(v)?);
         Ok(())
     }
+
+    /// Print rows under a header, each column as wide as its widest cell (two spaces apart);
+    /// the columns named in `right` are right-aligned (numbers). The last column is not padded.
+    pub fn table(&self, head: &[&str], rows: &[Vec<String>], right: &[usize]) {
+        for line in table_lines(head, rows, right) {
+            self.out(line);
+        }
+    }
+}
+
+fn table_lines(head: &[&str], rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(width.len()) {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            let pad = width[i].saturating_sub(c.chars().count());
+            if right.contains(&i) {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                if i != last {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s
+    };
+    let mut out = vec![line(head.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).take(width.len()).collect())),
+    );
+    out
 }
 
 macro_rules! outln {
@@ -583,7 +628,10 @@ pub fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Result<(), 
             // The daemon reads the snapshot with its own rights: only from the source's own
             // folder, never a path of the caller's choosing elsewhere (its keys, its log).
             let Some(src) = app.config.source(source) else {
-                return Err(format!("source `{source}` is not configured"));
+                return Err(format!(
+                    "source `{source}` is not configured; the configured sources are {}",
+                    app.config.source_names()
+                ));
             };
             let root = std::fs::canonicalize(&src.path)
                 .map_err(|e| format!("source folder {}: {e}", src.path.display()))?;
@@ -644,5 +692,27 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
         Command::Hold { .. } => hold::run(app, cmd, ctx).await,
         // Local-only commands never reach here (main.rs runs them).
         Command::CheckConfig { .. } | Command::Daemon | Command::Status { .. } => Ok(exit::OK),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_lines;
+
+    #[test]
+    fn table_columns_are_as_wide_as_their_widest_cell() {
+        let rows = vec![
+            vec!["a".to_string(), "12".into(), "x".into()],
+            vec!["longer".to_string(), "3".into(), "yy".into()],
+        ];
+        let lines = table_lines(&["id", "size", "state"], &rows, &[1]);
+        assert_eq!(
+            lines,
+            vec![
+                "id      size  state".to_string(),
+                "a         12  x".into(),
+                "longer     3  yy".into(),
+            ]
+        );
     }
 }

@@ -14,7 +14,12 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     let plan = crate::ops::shred::current_plan(app, now)?;
                     if *json {
                         w.json(&plan)?;
+                    } else if plan.due.is_empty() && plan.upcoming.is_empty() {
+                        outln!(w, "nothing is planned for destruction: the catalog holds no snapshot under retention");
                     } else {
+                        if plan.due.is_empty() {
+                            outln!(w, "nothing is due now");
+                        }
                         for ep in &plan.due {
                             outln!(w, "epoch {} is due now:", ep.epoch);
                             for id in &ep.shred {
@@ -47,6 +52,22 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         crate::ops::shred::run_due(app, now, &ctx.actor.clone()).await;
                     if *json {
                         w.json(&done)?;
+                    } else if done.is_empty() && errors.is_empty() {
+                        let next = crate::ops::shred::current_plan(app, now)
+                            .ok()
+                            .and_then(|p| p.upcoming.into_iter().min_by(|a, b| a.due.cmp(&b.due)));
+                        match next {
+                            Some(u) => outln!(
+                                w,
+                                "nothing was due: no epoch key has reached its expiry; the next is epoch {} at {} (`coffre retention plan`)",
+                                u.epoch,
+                                u.due
+                            ),
+                            None => outln!(
+                                w,
+                                "nothing was due: the catalog holds no snapshot under retention"
+                            ),
+                        }
                     } else {
                         for r in &done {
                             outln!(

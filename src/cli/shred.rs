@@ -20,6 +20,11 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 .collect();
             if *json {
                 w.json(&recs)?;
+            } else if recs.is_empty() {
+                outln!(
+                    w,
+                    "no destruction records: nothing has been crypto-shredded here yet"
+                );
             } else {
                 for r in &recs {
                     outln!(
@@ -48,8 +53,16 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             if purpose.trim().is_empty() {
                 bail!("--purpose must say why the snapshot is destroyed");
             }
+            if let Some(r) = crate::ops::shred::record_of(app, id) {
+                bail!(
+                    "snapshot {id} was already crypto-shredded on {} ({}): destruction record {} (`coffre shred --records`)",
+                    r.time,
+                    r.reason,
+                    r.record
+                );
+            }
             let key = app.catalog.get_key(id)?.with_context(|| {
-                format!("snapshot {id} is not in the catalog (run `coffre catalog rebuild`)")
+                format!("there is no snapshot {id} in the catalog: check the id (`coffre snapshots` lists them; on a new host, `coffre catalog rebuild` first)")
             })?;
             if !*yes {
                 let mates = app
@@ -59,7 +72,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     .filter(|k| k.epoch == key.epoch && k.snapshot != *id)
                     .count();
                 outln!(w, "would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
-                return Ok(exit::USAGE);
+                return Ok(exit::DRY_RUN);
             }
             let r = crate::ops::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
             if *json {

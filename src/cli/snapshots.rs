@@ -9,6 +9,12 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     match cmd {
         Command::Snapshots { source, json } => {
             let list = app.catalog.list(source.as_deref())?;
+            let keys: std::collections::HashMap<SnapshotId, crate::format::KeyObject> = app
+                .catalog
+                .all_keys()?
+                .into_iter()
+                .map(|k| (k.snapshot, k))
+                .collect();
             if *json {
                 let v: Vec<_> = list
                     .iter()
@@ -22,38 +28,37 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                             "size": e.manifest.size,
                             "sealed_size": e.manifest.sealed_size,
                             "sealed_sha256": e.manifest.sealed_sha256,
-                            "stores": e.replicas.iter().filter(|r| r.state == crate::catalog::ReplicaState::Committed).map(|r| r.store.clone()).collect::<Vec<_>>(),
+                            "state": state(app, e, &keys),
+                            "stores": committed(e),
                             "replicas": e.replicas,
                         })
                     })
                     .collect();
                 w.json(&v)?;
-            } else {
-                outln!(
-                    w,
-                    "{:<26}  {:<12}  {:<20}  {:>14}  stores",
-                    "id",
-                    "source",
-                    "created",
-                    "size"
-                );
-                for e in &list {
-                    let stores: Vec<_> = e
-                        .replicas
-                        .iter()
-                        .filter(|r| r.state == crate::catalog::ReplicaState::Committed)
-                        .map(|r| r.store.as_str())
-                        .collect();
-                    outln!(
-                        w,
-                        "{:<26}  {:<12}  {:<20}  {:>14}  {}",
-                        e.manifest.snapshot,
-                        e.manifest.source,
-                        e.manifest.created,
-                        e.manifest.size,
-                        stores.join(",")
-                    );
+            } else if list.is_empty() {
+                match source {
+                    Some(s) => outln!(w, "no snapshots of source `{s}` in the catalog (on a new host, `coffre catalog rebuild` reads them from the stores)"),
+                    None => outln!(w, "no snapshots in the catalog yet (on a new host, `coffre catalog rebuild` reads them from the stores)"),
                 }
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.manifest.snapshot.to_string(),
+                            e.manifest.source.clone(),
+                            e.manifest.created.clone(),
+                            e.manifest.size.to_string(),
+                            state(app, e, &keys),
+                            committed(e).join(","),
+                        ]
+                    })
+                    .collect();
+                w.table(
+                    &["id", "source", "created", "size", "state", "stores"],
+                    &rows,
+                    &[3],
+                );
             }
             Ok(exit::OK)
         }
@@ -62,4 +67,40 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             other.action()
         ),
     }
+}
+
+fn committed(e: &crate::catalog::Entry) -> Vec<&str> {
+    e.replicas
+        .iter()
+        .filter(|r| r.state == crate::catalog::ReplicaState::Committed)
+        .map(|r| r.store.as_str())
+        .collect()
+}
+
+/// One word or phrase per snapshot: `protected` (a good copy in every configured store),
+/// `degraded N/M` (fewer), `no good copy`, `no key` (a catalog entry whose key is gone), each
+/// with `, held` under a legal hold.
+fn state(
+    app: &Coffre,
+    e: &crate::catalog::Entry,
+    keys: &std::collections::HashMap<SnapshotId, crate::format::KeyObject>,
+) -> String {
+    let total = app.config.stores.len();
+    let good = app
+        .config
+        .stores
+        .iter()
+        .filter(|s| committed(e).contains(&s.name.as_str()))
+        .count();
+    let key = keys.get(&e.manifest.snapshot);
+    let mut s = match (key, good) {
+        (None, _) => "no key".to_string(),
+        (Some(_), 0) => "no good copy".to_string(),
+        (Some(_), g) if g >= total => "protected".to_string(),
+        (Some(_), g) => format!("degraded {g}/{total}"),
+    };
+    if key.is_some_and(|k| k.legal_hold.is_some()) {
+        s.push_str(", held");
+    }
+    s
 }

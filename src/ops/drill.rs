@@ -267,15 +267,24 @@ pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>,
     }
     let mut out = Vec::new();
     for source in sources {
-        let cfg = app
-            .config
-            .source(&source)
-            .map(|s| s.drill.clone())
-            .unwrap_or_default();
+        let cfg = match app.config.source(&source) {
+            Some(s) => s.drill.clone(),
+            // A source no longer configured is drilled as long as its snapshots are known.
+            None if app.catalog.latest(&source).ok().flatten().is_some() => Default::default(),
+            None => {
+                return Err(format!(
+                    "source `{source}` is not configured and the catalog knows no snapshot of it; the configured sources are {}",
+                    app.config.source_names()
+                ))
+            }
+        };
         let stores: Vec<String> = match (&req.store, &cfg.stores) {
             (Some(s), _) => {
                 if app.store(s).is_none() {
-                    return Err(format!("store `{s}` is not configured"));
+                    return Err(format!(
+                        "store `{s}` is not configured; the configured stores are {}",
+                        app.config.store_names()
+                    ));
                 }
                 vec![s.clone()]
             }

@@ -44,8 +44,9 @@ const ZSTD_JOB_SIZE: u32 = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipelineError {
-    #[error("source `{0}` is not configured: add a [[source]] with this name, or pick one of the configured sources")]
-    UnknownSource(String),
+    /// The name, then the configured ones.
+    #[error("source `{0}` is not configured: add a [[source]] with this name, or pick one of the configured sources: {1}")]
+    UnknownSource(String, String),
     #[error("cannot read snapshot {path}: {source}")]
     Read {
         path: PathBuf,
@@ -536,7 +537,9 @@ pub async fn protect_as(
     let source = app
         .config
         .source(source_name)
-        .ok_or_else(|| PipelineError::UnknownSource(source_name.to_string()))?
+        .ok_or_else(|| {
+            PipelineError::UnknownSource(source_name.to_string(), app.config.source_names())
+        })?
         .clone();
     let (kind, original_name) = inspect(path)?;
     let created = time::OffsetDateTime::now_utc();

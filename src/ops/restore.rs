@@ -31,12 +31,28 @@ use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RestoreError {
-    #[error("source `{0}` is not configured")]
-    UnknownSource(String),
-    #[error("store `{0}` is not configured")]
-    UnknownStore(String),
-    #[error("source `{source_name}` has no snapshot in the catalog or in any reachable store (run `coffre catalog rebuild` on a new host)")]
+    /// The name, then the configured ones.
+    #[error("store `{0}` is not configured; the configured stores are {1}")]
+    UnknownStore(String, String),
+    #[error("source `{source_name}` has no snapshot in the catalog or in any reachable store (on a new host, `coffre catalog rebuild` reads them from the stores)")]
     NoSnapshot { source_name: String },
+    #[error("source `{source_name}` is not configured and no reachable store holds a snapshot of it; the configured sources are {configured}")]
+    UnknownSource {
+        source_name: String,
+        configured: String,
+    },
+    #[error("there is no snapshot {snapshot} of source `{source_name}` in the catalog or in any store: check the id (`coffre snapshots --source {source_name}` lists them)")]
+    UnknownSnapshot {
+        snapshot: SnapshotId,
+        source_name: String,
+    },
+    #[error("snapshot {snapshot} was crypto-shredded on {time} ({reason}): its key is destroyed in every provider and its copies deleted, so no copy anywhere can be restored. Destruction record {record} (`coffre shred --records`)")]
+    Shredded {
+        snapshot: SnapshotId,
+        time: String,
+        reason: String,
+        record: String,
+    },
     #[error("snapshot {snapshot} of source `{source_name}` has no usable manifest and key object in any store tried; {failures}")]
     NotFound {
         snapshot: SnapshotId,
@@ -186,8 +202,17 @@ pub async fn resolve(
                     }
                 }
             }
-            best.ok_or_else(|| RestoreError::NoSnapshot {
-                source_name: source.to_string(),
+            best.ok_or_else(|| {
+                if app.config.source(source).is_some() {
+                    RestoreError::NoSnapshot {
+                        source_name: source.to_string(),
+                    }
+                } else {
+                    RestoreError::UnknownSource {
+                        source_name: source.to_string(),
+                        configured: app.config.source_names(),
+                    }
+                }
             })
         }
     }
@@ -928,19 +953,10 @@ async fn fetch_header(store: &Store, m: &Manifest) -> Result<(Header, Vec<u8>), 
 #[tracing::instrument(skip_all, fields(source = %req.source))]
 pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError> {
     let started = Instant::now();
-    if app.config.source(&req.source).is_none()
-        && app.catalog.latest(&req.source).ok().flatten().is_none()
-    {
-        // A source that is neither configured nor known from the stores.
-        let known = app.stores.is_empty();
-        if known {
-            return Err(RestoreError::UnknownSource(req.source.clone()));
-        }
-    }
     let candidates: Vec<&Store> = match &req.store {
         Some(name) => vec![app
             .store(name)
-            .ok_or_else(|| RestoreError::UnknownStore(name.clone()))?],
+            .ok_or_else(|| RestoreError::UnknownStore(name.clone(), app.config.store_names()))?],
         None => app.stores.iter().collect(),
     };
     // Target checks before touching any key (through the socket, the caller made them).
@@ -1003,6 +1019,23 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
         }
     }
     let Some((manifest, key_object, first)) = chosen else {
+        if !failures.is_empty() && failures.iter().all(|f| f.kind == "missing-manifest") {
+            // Not a damaged copy: a snapshot that was shredded, or an id that never existed.
+            if let Some(r) = crate::ops::shred::record_of(app, &id) {
+                return Err(RestoreError::Shredded {
+                    snapshot: id,
+                    time: r.time,
+                    reason: r.reason,
+                    record: r.record,
+                });
+            }
+            if app.catalog.get(&id).ok().flatten().is_none() {
+                return Err(RestoreError::UnknownSnapshot {
+                    snapshot: id,
+                    source_name: req.source.clone(),
+                });
+            }
+        }
         return Err(RestoreError::NotFound {
             snapshot: id,
             source_name: req.source.clone(),

@@ -35,7 +35,7 @@ use crate::store::{put_key_object, KeyObject, Manifest, Store, StoreError, Wrap}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShredError {
-    #[error("snapshot {0} is not in the catalog: run `coffre catalog rebuild` first")]
+    #[error("there is no snapshot {0} in the catalog: check the id (`coffre snapshots` lists them; on a new host, `coffre catalog rebuild` first)")]
     UnknownSnapshot(SnapshotId),
     #[error("snapshot {snapshot} is under legal hold ({hold}): release the hold first (`coffre hold release`)")]
     Held { snapshot: SnapshotId, hold: String },
@@ -126,6 +126,17 @@ pub struct DestructionRecord {
     /// and `keyrings` say what is left, and an alert stays raised until it is done.
     #[serde(default)]
     pub complete: bool,
+}
+
+/// The destruction record that names snapshot `id`, from the catalog (a new host has them after
+/// `coffre catalog rebuild`).
+pub fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionRecord> {
+    app.catalog
+        .destructions()
+        .ok()?
+        .iter()
+        .filter_map(|r| serde_json::from_str::<DestructionRecord>(r).ok())
+        .find(|r| r.snapshots.contains(id))
 }
 
 impl DestructionRecord {
