@@ -41,7 +41,7 @@ pub enum RestoreError {
         source_name: String,
         configured: String,
     },
-    #[error("there is no snapshot {snapshot} of source `{source_name}` in the catalog or in any store: check the id (`coffre snapshots --source {source_name}` lists them)")]
+    #[error("there is no snapshot {snapshot} of source `{source_name}` in the catalog or in any store: check the id (`coffre snapshots --source {source_name}` lists them); a crypto-shredded snapshot is in neither, and the access log of the host that shredded it keeps its `shred` entry (`coffre audit show --snapshot {snapshot}`)")]
     UnknownSnapshot {
         snapshot: SnapshotId,
         source_name: String,
