@@ -66,8 +66,27 @@ fn read_token(config: &Config) -> Result<Option<secrecy::SecretString>, DaemonEr
     }
 }
 
-/// Run the daemon until SIGTERM or SIGINT.
-pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+/// SIGTERM or SIGINT, installed now (before the daemon starts its work, so that a stop asked
+/// while it starts is a clean one): the caller passes it to [`run`].
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send, DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Run the daemon until `shutdown` completes (e.g. [`stop_signal`]); SIGHUP reloads the config.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let token = read_token(&config)?;
     let listen = config.status.listen;
     let drain = config.daemon.drain_timeout;
@@ -149,8 +168,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     let mut wd_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec);
@@ -197,8 +214,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                     }
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = &mut shutdown => break,
             _ = ticker.tick() => {
                 if watchdog {
                     notify(&[NotifyState::Watchdog]);

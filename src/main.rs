@@ -247,8 +247,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon => {
+            let stop = coffre::daemon::stop_signal()?;
             let config = load_config(&cli)?;
-            coffre::daemon::run(config_path(&cli), config).await?;
+            coffre::daemon::run(config_path(&cli), config, stop).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
