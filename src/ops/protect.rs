@@ -1,7 +1,7 @@
 //! The protection pipeline for one snapshot, as one stream in bounded memory:
 //!
 //! ```text
-//! file or tar(dir) -> HMAC tee -> zstd (multi-threaded) -> seal (STREAM, AES-256-GCM) -> SHA-256
+//! file or tar(dir) -> digest tee (keyed BLAKE3, on its own thread) -> zstd (multi-threaded) -> seal (STREAM, AES-256-GCM) -> SHA-256
 //!   -> fan-out: one bounded channel and one multipart upload per store
 //!   -> per store: verify size, key.json, keyring, manifest.json (PutMode::Create, last) -> catalog
 //! ```
