@@ -756,11 +756,6 @@ impl Config {
         names_list(self.stores.iter().map(|s| s.name.as_str()))
     }
 
-    /// The configured key providers, for an error about one that is not.
-    pub fn provider_names(&self) -> String {
-        names_list(self.key_providers.iter().map(|k| k.name.as_str()))
-    }
-
     /// Every problem in the config, each with its key path. Empty when the config is usable.
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();

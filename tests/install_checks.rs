@@ -338,18 +338,7 @@ fn mistyped_names_are_answered_with_the_configured_ones() {
     );
     assert!(!r.stderr.contains("catalog rebuild"), "{r}");
 
-    let r = env.run(&[
-        "restore",
-        &id,
-        "--source",
-        "emr",
-        "--store",
-        "site-c",
-        "--to",
-        to_s,
-        "--purpose",
-        "t",
-    ]);
+    let r = env.restore(&id, &to, Some("site-c"));
     r.expect_failure();
     assert!(
         r.stderr.contains(

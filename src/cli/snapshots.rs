@@ -86,11 +86,12 @@ fn state(
     keys: &std::collections::HashMap<SnapshotId, crate::format::KeyObject>,
 ) -> String {
     let total = app.config.stores.len();
+    let copies = committed(e);
     let good = app
         .config
         .stores
         .iter()
-        .filter(|s| committed(e).contains(&s.name.as_str()))
+        .filter(|s| copies.contains(&s.name.as_str()))
         .count();
     let key = keys.get(&e.manifest.snapshot);
     let mut s = match (key, good) {
