@@ -1,14 +1,13 @@
 //! The assembled application: config, stores, key providers, catalog and access log, built once
 //! from a validated config and shared by the CLI commands and the daemon.
 
-use object_store::ObjectStoreExt;
 use std::sync::Arc;
 
 use crate::audit::AccessLog;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Config;
 use crate::keys::{self, KeyError, KeyProvider};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, KeyringPut, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,8 +37,6 @@ pub struct SealReport {
     pub refused: Vec<String>,
 }
 
-/// Largest replicated keyring read from a store.
-const MAX_KEYRING: u64 = 16 * 1024 * 1024;
 /// How many times a push merges a competing generation before giving up.
 const MAX_PUSH_ATTEMPTS: usize = 8;
 
@@ -115,24 +112,21 @@ impl Coffre {
     /// that does not open; but two different keys under one epoch id stop everything
     /// ([`KeyError::ConflictingEpochKeys`]): snapshots may be wrapped under either key.
     pub async fn pull_keyrings(&self) -> Result<(), KeyError> {
-        use futures::TryStreamExt;
         for p in &self.providers {
             let mut opened_any = false;
             let mut wrong_key: Option<String> = None;
             for s in &self.stores {
-                let dir = s.keyring_dir(p.name());
-                let metas: Vec<_> = match s.inner.list(Some(&dir)).try_collect().await {
-                    Ok(m) => m,
+                let generations = match s.keyrings(p.name()).await {
+                    Ok(g) => g,
                     Err(e) => {
                         tracing::debug!(store = %s.name, provider = p.name(), error = %e, "cannot list replicated keyrings");
                         continue;
                     }
                 };
-                let newest = metas
-                    .iter()
-                    .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
-                let Some(meta) = newest else { continue };
-                match s.get_small(&meta.location, MAX_KEYRING).await {
+                let Some((_, newest)) = generations.last() else {
+                    continue;
+                };
+                match s.get_keyring(newest).await {
                     Ok(bytes) => match p.adopt_replicated_state(&bytes) {
                         Ok(adopted) => {
                             opened_any = true;
@@ -141,10 +135,10 @@ impl Coffre {
                             }
                         }
                         Err(KeyError::WrongMasterKey { .. }) => {
-                            wrong_key = Some(format!("store `{}`: {}", s.name, meta.location));
+                            wrong_key = Some(format!("store `{}`: {newest}", s.name));
                         }
                         Err(e) if e.is_fatal() => {
-                            tracing::error!(store = %s.name, provider = p.name(), path = %meta.location, error = %e, "conflicting keyring in a store");
+                            tracing::error!(store = %s.name, provider = p.name(), path = %newest, error = %e, "conflicting keyring in a store");
                             return Err(e);
                         }
                         Err(e) => {
@@ -176,8 +170,6 @@ impl Coffre {
     /// different keys under one epoch id in the store's copy are an error
     /// ([`StoreError::Keyring`] holding [`KeyError::ConflictingEpochKeys`]).
     pub async fn push_keyrings(&self, s: &Store) -> Result<(), StoreError> {
-        use futures::TryStreamExt;
-        use object_store::{PutMode, PutOptions};
         let key_err = |source: KeyError| StoreError::Keyring {
             store: s.name.clone(),
             source,
@@ -198,40 +190,19 @@ impl Coffre {
                 let Some((generation, bytes)) = p.replicated_state().map_err(key_err)? else {
                     break;
                 };
-                let path = s.keyring_path(p.name(), generation);
-                let put = s
-                    .inner
-                    .put_opts(
-                        &path,
-                        bytes.clone().into(),
-                        PutOptions::from(PutMode::Create),
-                    )
-                    .await;
-                match put {
-                    Ok(_) => {}
-                    Err(object_store::Error::AlreadyExists { .. }) => {
-                        let theirs = s.get_small(&path, MAX_KEYRING).await?;
-                        if theirs != bytes {
-                            tracing::info!(store = %s.name, provider = p.name(), generation, "the store holds another keyring of this generation: merging it, then writing a newer one");
-                            p.adopt_replicated_state(&theirs).map_err(key_err)?;
-                            continue 'push;
-                        }
-                    }
-                    Err(e) => return Err(s.op_err("put", &path, e)),
+                if let KeyringPut::Differs(theirs) =
+                    s.put_keyring_new(p.name(), generation, &bytes).await?
+                {
+                    tracing::info!(store = %s.name, provider = p.name(), generation, "the store holds another keyring of this generation: merging it, then writing a newer one");
+                    p.adopt_replicated_state(&theirs).map_err(key_err)?;
+                    continue 'push;
                 }
                 // Older generations go, once the local keyring holds everything they hold.
-                let dir = s.keyring_dir(p.name());
-                let metas: Vec<_> = s
-                    .inner
-                    .list(Some(&dir))
-                    .try_collect()
-                    .await
-                    .map_err(|e| s.op_err("list", &dir, e))?;
-                for m in metas {
-                    if m.location.as_ref() >= path.as_ref() {
+                for (g, older) in s.keyrings(p.name()).await? {
+                    if g >= generation {
                         continue;
                     }
-                    let theirs = match s.get_small(&m.location, MAX_KEYRING).await {
+                    let theirs = match s.get_keyring(&older).await {
                         Ok(b) => b,
                         Err(e) if e.is_not_found() => continue,
                         Err(e) => return Err(e),
@@ -242,13 +213,10 @@ impl Coffre {
                         Ok(true) => continue 'push,
                         Err(e) if e.is_fatal() => return Err(key_err(e)),
                         Err(e) => {
-                            tracing::warn!(store = %s.name, provider = p.name(), path = %m.location, error = %e, "an older keyring in the store does not open: deleted")
+                            tracing::warn!(store = %s.name, provider = p.name(), path = %older, error = %e, "an older keyring in the store does not open: deleted")
                         }
                     }
-                    match s.inner.delete(&m.location).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(s.op_err("delete", &m.location, e)),
-                    }
+                    s.delete(&older).await?;
                 }
                 break;
             }
@@ -345,7 +313,7 @@ impl Coffre {
             writer.seal(&mut key, &e.manifest);
             let mut failed = None;
             for s in unsealed_in {
-                if let Err(err) = crate::store::put_key_object(s, &key).await {
+                if let Err(err) = s.put_key_object(&key).await {
                     failed = Some(format!("store `{}`: {err}", s.name));
                 }
             }
@@ -430,7 +398,7 @@ impl Coffre {
                     );
                     keys.entry(id).or_insert(k);
                 }
-                let data_ok = matches!(s.inner.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
+                let data_ok = matches!(s.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
                 found.entry(id).or_default().push((s.name.clone(), data_ok));
                 manifests.entry(id).or_insert(m);
             }

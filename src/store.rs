@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::path::Path as ObjPath;
-use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, RetryConfig, UpdateVersion};
+use object_store::{
+    ClientOptions, GetResult, ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{is_loopback_host, Config, StoreConfig, StoreKind};
@@ -131,7 +134,7 @@ impl std::fmt::Display for ErrorKind {
 }
 
 /// Stable classification of an object_store error.
-pub fn error_kind(e: &object_store::Error) -> ErrorKind {
+fn error_kind(e: &object_store::Error) -> ErrorKind {
     use object_store::Error as E;
     match e {
         E::NotFound { .. } => ErrorKind::NotFound,
@@ -152,8 +155,25 @@ pub struct Store {
     pub jurisdiction: String,
     pub kind: StoreKind,
     pub prefix: ObjPath,
-    pub inner: Arc<dyn ObjectStore>,
+    /// The object store itself: private, so that every operation goes through the methods
+    /// below, which name the store, the operation and the path in their errors.
+    inner: Arc<dyn ObjectStore>,
 }
+
+/// What writing a keyring generation that must not exist yet found.
+#[derive(Debug)]
+pub enum KeyringPut {
+    /// Written: the store did not hold this generation.
+    Written,
+    /// The store already held this generation with the same bytes.
+    AlreadyThere,
+    /// The store held this generation with other bytes (another host or process wrote it):
+    /// left in place, its bytes returned.
+    Differs(bytes::Bytes),
+}
+
+/// Largest keyring read back from a store.
+pub const MAX_KEYRING: u64 = 16 * 1024 * 1024;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -204,6 +224,180 @@ impl Store {
             op,
             path: path.to_string(),
             source,
+        }
+    }
+
+    /// Put a decorator around the object store (a limit, a fault injector in tests): every
+    /// method of this type then goes through it.
+    pub fn wrap_object_store(
+        &mut self,
+        f: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+    ) {
+        self.inner = f(self.inner.clone());
+    }
+
+    pub async fn head(&self, path: &ObjPath) -> Result<ObjectMeta, StoreError> {
+        self.inner
+            .head(path)
+            .await
+            .map_err(|e| self.op_err("head", path, e))
+    }
+
+    /// True when the object is there, false when the store says it is not; an error otherwise.
+    pub async fn exists(&self, path: &ObjPath) -> Result<bool, StoreError> {
+        match self.head(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open an object for streaming (the data object of a snapshot).
+    pub async fn get(&self, path: &ObjPath) -> Result<GetResult, StoreError> {
+        self.inner
+            .get(path)
+            .await
+            .map_err(|e| self.op_err("get", path, e))
+    }
+
+    pub async fn get_range(
+        &self,
+        path: &ObjPath,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.inner
+            .get_range(path, range)
+            .await
+            .map_err(|e| self.op_err("get", path, e))
+    }
+
+    /// Write an object, over any copy there.
+    pub async fn put(&self, path: &ObjPath, body: PutPayload) -> Result<(), StoreError> {
+        self.inner
+            .put(path, body)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.op_err("put", path, e))
+    }
+
+    /// Write an object that must not exist yet (`PutMode::Create`): an object already there is
+    /// an error of kind [`ErrorKind::AlreadyExists`], and it is left as it was.
+    pub async fn put_new(&self, path: &ObjPath, body: PutPayload) -> Result<(), StoreError> {
+        self.inner
+            .put_opts(path, body, PutOptions::from(PutMode::Create))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.op_err("put", path, e))
+    }
+
+    /// Start a multipart upload (the data object of a snapshot).
+    pub async fn put_multipart(
+        &self,
+        path: &ObjPath,
+    ) -> Result<Box<dyn object_store::MultipartUpload>, StoreError> {
+        self.inner
+            .put_multipart(path)
+            .await
+            .map_err(|e| self.op_err("put_multipart", path, e))
+    }
+
+    /// Delete an object; one already gone is not an error (deletions are retried after a crash).
+    pub async fn delete(&self, path: &ObjPath) -> Result<(), StoreError> {
+        match self.inner.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.op_err("delete", path, e)),
+        }
+    }
+
+    /// Every object under `prefix`, recursively.
+    pub async fn list(&self, prefix: &ObjPath) -> Result<Vec<ObjectMeta>, StoreError> {
+        use futures::TryStreamExt;
+        self.inner
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.op_err("list", prefix, e))
+    }
+
+    /// A cheap call that proves the store answers (the daemon's probe).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.inner
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.op_err("list", &self.prefix, e))
+    }
+
+    /// The keyring generations of `provider` in this store, oldest first, with their paths.
+    /// Objects whose names are not generations are ignored.
+    pub async fn keyrings(&self, provider: &str) -> Result<Vec<(u64, ObjPath)>, StoreError> {
+        let mut out: Vec<(u64, ObjPath)> = self
+            .list(&self.keyring_dir(provider))
+            .await?
+            .into_iter()
+            .filter_map(|m| Some((keyring_generation(&m.location)?, m.location)))
+            .collect();
+        out.sort_by_key(|g| g.0);
+        Ok(out)
+    }
+
+    pub async fn get_keyring(&self, path: &ObjPath) -> Result<bytes::Bytes, StoreError> {
+        self.get_small(path, MAX_KEYRING).await
+    }
+
+    /// Write keyring `generation` of `provider`, never over another copy of that generation.
+    pub async fn put_keyring_new(
+        &self,
+        provider: &str,
+        generation: u64,
+        bytes: &[u8],
+    ) -> Result<KeyringPut, StoreError> {
+        let path = self.keyring_path(provider, generation);
+        match self.put_new(&path, bytes.to_vec().into()).await {
+            Ok(()) => Ok(KeyringPut::Written),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let theirs = self.get_keyring(&path).await?;
+                if theirs == bytes {
+                    Ok(KeyringPut::AlreadyThere)
+                } else {
+                    Ok(KeyringPut::Differs(theirs))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keep a destruction record under `<prefix>/destruction/<record>.json`.
+    pub async fn put_destruction_record(&self, record: &str, json: &str) -> Result<(), StoreError> {
+        let path = self
+            .prefix
+            .clone()
+            .join("destruction")
+            .join(format!("{record}.json"));
+        self.put(&path, json.as_bytes().to_vec().into()).await
+    }
+
+    /// Rewrite a key object: conditional update where the store supports it.
+    pub async fn put_key_object(&self, k: &KeyObject) -> Result<(), StoreError> {
+        let path = self.key_path(&k.source, &k.snapshot);
+        let body = k.to_json();
+        let mode = match self.head(&path).await {
+            Ok(meta) => PutMode::Update(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }),
+            Err(e) if e.is_not_found() => PutMode::Create,
+            Err(e) => return Err(e),
+        };
+        match self
+            .inner
+            .put_opts(&path, body.clone().into(), PutOptions::from(mode))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotImplemented { .. })
+            | Err(object_store::Error::NotSupported { .. }) => self.put(&path, body.into()).await,
+            Err(e) => Err(self.op_err("put", &path, e)),
         }
     }
 
@@ -438,32 +632,7 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
     })
 }
 
-/// Rewrite a key object in a store: conditional update where the store supports it.
-pub async fn put_key_object(store: &Store, k: &KeyObject) -> Result<(), StoreError> {
-    let path = store.key_path(&k.source, &k.snapshot);
-    let body = k.to_json();
-    let head = store.inner.head(&path).await;
-    let mode = match head {
-        Ok(meta) => PutMode::Update(UpdateVersion {
-            e_tag: meta.e_tag,
-            version: meta.version,
-        }),
-        Err(object_store::Error::NotFound { .. }) => PutMode::Create,
-        Err(e) => return Err(store.op_err("head", &path, e)),
-    };
-    match store
-        .inner
-        .put_opts(&path, body.clone().into(), PutOptions::from(mode))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::NotImplemented { .. })
-        | Err(object_store::Error::NotSupported { .. }) => store
-            .inner
-            .put(&path, body.into())
-            .await
-            .map(|_| ())
-            .map_err(|e| store.op_err("put", &path, e)),
-        Err(e) => Err(store.op_err("put", &path, e)),
-    }
+/// The generation in a keyring object's name (`<generation>.keyring`).
+fn keyring_generation(location: &ObjPath) -> Option<u64> {
+    location.filename()?.strip_suffix(".keyring")?.parse().ok()
 }

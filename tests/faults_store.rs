@@ -54,9 +54,11 @@ async fn setup() -> (
     let mut app = Coffre::open(config(dir.path())).await.unwrap();
     let mut faults = Vec::new();
     for s in app.stores.iter_mut() {
-        let (w, f) = FaultyStore::wrap(s.inner.clone());
-        s.inner = w;
-        faults.push(f);
+        s.wrap_object_store(|inner| {
+            let (w, f) = FaultyStore::wrap(inner);
+            faults.push(f);
+            w
+        });
     }
     let f = dir.path().join("in/emr.sql");
     let mut v = Vec::new();

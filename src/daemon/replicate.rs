@@ -6,7 +6,7 @@
 //! mismatch, so a bad replica never spreads; the manifest is written last.
 
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, WriteMultipart};
+use object_store::WriteMultipart;
 use sha2::{Digest, Sha256};
 
 use crate::app::Coffre;
@@ -70,11 +70,7 @@ pub async fn copy_snapshot(
         Some(&to.name),
         Some(m.sealed_size),
     );
-    let res = from
-        .inner
-        .get(&src)
-        .await
-        .map_err(|e| from.op_err("get", &src, e))?;
+    let res = from.get(&src).await?;
     if res.meta.size != m.sealed_size {
         return Err(bad(
             from,
@@ -82,11 +78,7 @@ pub async fn copy_snapshot(
             format!("{} bytes, manifest says {}", res.meta.size, m.sealed_size),
         ));
     }
-    let up = to
-        .inner
-        .put_multipart(&dst)
-        .await
-        .map_err(|e| to.op_err("put_multipart", &dst, e))?;
+    let up = to.put_multipart(&dst).await?;
     let mut w =
         WriteMultipart::new_with_chunk_size(up, app.config.pipeline.part_size.as_u64() as usize);
     let mut sha = Sha256::new();
@@ -226,10 +218,9 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
 /// Probe every store (a cheap listing) and record up/down.
 pub async fn probe(app: &Coffre, rt: &Runtime) {
     for s in &app.stores {
-        let prefix = s.prefix.clone();
-        match s.inner.list_with_delimiter(Some(&prefix)).await {
-            Ok(_) => rt.store_ok(&s.name),
-            Err(e) => rt.store_failed(&s.name, crate::store::error_kind(&e).as_str()),
+        match s.probe().await {
+            Ok(()) => rt.store_ok(&s.name),
+            Err(e) => rt.store_failed(&s.name, e.kind().as_str()),
         }
     }
 }

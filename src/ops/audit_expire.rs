@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -255,9 +254,8 @@ async fn destroy_epoch(
                     .into();
         } else {
             for path in [&c.data, &c.key] {
-                match s.inner.delete(path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => deletion = format!("not deleted ({path}), unreadable anyway: {e}"),
+                if let Err(e) = s.delete(path).await {
+                    deletion = format!("not deleted ({path}), unreadable anyway: {e}");
                 }
             }
         }

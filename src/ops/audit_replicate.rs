@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::app::Coffre;
@@ -66,12 +64,7 @@ pub(crate) async fn segments_and_strays(
     host: &str,
 ) -> Result<(Vec<Segment>, Vec<String>), String> {
     let dir = segment_dir(s, host);
-    let metas: Vec<_> = s
-        .inner
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| format!("store `{}`: cannot list {dir}: {e}", s.name))?;
+    let metas = s.list(&dir).await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut strays = Vec::new();
     for m in metas {
@@ -174,17 +167,15 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
         let dir = segment_dir(s, &app.host).join(epoch.as_str());
         let stem = format!("{:012}-{:012}", first.0, last.0);
         app.push_keyrings(s).await.map_err(|e| e.to_string())?;
-        s.inner
-            .put(
-                &dir.clone().join(format!("{stem}.key.json")),
-                key.to_json().into(),
-            )
+        s.put(
+            &dir.clone().join(format!("{stem}.key.json")),
+            key.to_json().into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        s.put(&dir.join(format!("{stem}.sealed")), sealed.into())
             .await
-            .map_err(|e| format!("store `{}`: {e}", s.name))?;
-        s.inner
-            .put(&dir.join(format!("{stem}.sealed")), sealed.into())
-            .await
-            .map_err(|e| format!("store `{}`: {e}", s.name))?;
+            .map_err(|e| e.to_string())?;
         written.insert(s.name.clone(), new.len() as u64);
     }
     Ok(written)

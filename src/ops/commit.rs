@@ -3,10 +3,8 @@
 //! the keyrings (so a recovery host can unwrap it); then the manifest, last: a snapshot is
 //! committed in a store iff its manifest is there.
 
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
-
 use crate::app::Coffre;
-use crate::store::{put_key_object, KeyObject, Manifest, Store, StoreError};
+use crate::store::{ErrorKind, KeyObject, Manifest, Store, StoreError};
 
 /// What a commit does with objects of the snapshot already in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +34,7 @@ pub async fn commit(
 /// The data object is there, at the sealed size the manifest names.
 async fn check_data(store: &Store, manifest: &Manifest) -> Result<(), StoreError> {
     let data = store.data_path(&manifest.source, &manifest.snapshot);
-    let meta = store
-        .inner
-        .head(&data)
-        .await
-        .map_err(|e| store.op_err("head", &data, e))?;
+    let meta = store.head(&data).await?;
     if meta.size != manifest.sealed_size {
         return Err(StoreError::BadObject {
             store: store.name.clone(),
@@ -58,14 +52,9 @@ async fn put_key(store: &Store, key: &KeyObject, existing: Existing) -> Result<(
     match existing {
         Existing::Refuse => {
             let kp = store.key_path(&key.source, &key.snapshot);
-            store
-                .inner
-                .put_opts(&kp, key.to_json().into(), PutOptions::from(PutMode::Create))
-                .await
-                .map_err(|e| store.op_err("put", &kp, e))?;
-            Ok(())
+            store.put_new(&kp, key.to_json().into()).await
         }
-        Existing::Repair => put_key_object(store, key).await,
+        Existing::Repair => store.put_key_object(key).await,
     }
 }
 
@@ -77,26 +66,17 @@ async fn put_manifest(
     let (source, id) = (&manifest.source, &manifest.snapshot);
     let mp = store.manifest_path(source, id);
     let body = manifest.to_json();
-    match store
-        .inner
-        .put_opts(&mp, body.clone().into(), PutOptions::from(PutMode::Create))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) if existing == Existing::Repair => {
+    match store.put_new(&mp, body.clone().into()).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && existing == Existing::Repair => {
             match store.get_manifest(source, id).await {
                 Ok(there) if there == *manifest => Ok(()),
                 _ => {
                     tracing::warn!(store = %store.name, snapshot = %id, "replacing a manifest that differs from the catalog's");
-                    store
-                        .inner
-                        .put(&mp, body.into())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| store.op_err("put", &mp, e))
+                    store.put(&mp, body.into()).await
                 }
             }
         }
-        Err(e) => Err(store.op_err("put", &mp, e)),
+        Err(e) => Err(e),
     }
 }

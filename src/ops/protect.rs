@@ -13,7 +13,6 @@
 
 pub mod source;
 
-use object_store::ObjectStoreExt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -445,11 +444,7 @@ async fn upload(
     part_size: usize,
     concurrency: usize,
 ) -> Result<(), StoreError> {
-    let up = store
-        .inner
-        .put_multipart(&path)
-        .await
-        .map_err(|e| store.op_err("put_multipart", &path, e))?;
+    let up = store.put_multipart(&path).await?;
     let mut w = WriteMultipart::new_with_chunk_size(up, part_size);
     loop {
         match rx.recv().await {

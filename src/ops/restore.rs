@@ -8,7 +8,6 @@
 //! - nothing is left at the target unless every check passed: a failed restore removes its
 //!   temporary file or folder.
 
-use object_store::ObjectStoreExt;
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -793,12 +792,9 @@ impl Fetch<'_> {
     async fn stream_from(&mut self, store: &Store) -> StreamEnd {
         let m = self.manifest;
         let path = store.data_path(&m.source, &m.snapshot);
-        let meta = match store.inner.head(&path).await {
+        let meta = match store.head(&path).await {
             Ok(meta) => meta,
-            Err(e) => {
-                let e = store.op_err("head", &path, e);
-                return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e));
-            }
+            Err(e) => return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e)),
         };
         if meta.size != m.sealed_size {
             let (kind, what) = if meta.size < m.sealed_size {
@@ -839,8 +835,7 @@ impl Fetch<'_> {
         let path_ref = &path;
         let mut reads = futures::stream::iter(ranges)
             .map(|r| async move {
-                let got =
-                    tokio::time::timeout(stall, store.inner.get_range(path_ref, r.clone())).await;
+                let got = tokio::time::timeout(stall, store.get_range(path_ref, r.clone())).await;
                 (r, got)
             })
             .buffered(2);
@@ -849,8 +844,7 @@ impl Fetch<'_> {
             let chunk = match got {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    let e = store.op_err("read", &path, e);
-                    return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e));
+                    return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e))
                 }
                 Err(_) => {
                     return StreamEnd::StoreFailed(failure(
@@ -907,23 +901,15 @@ impl Fetch<'_> {
 async fn fetch_header(store: &Store, m: &Manifest) -> Result<(Header, Vec<u8>), StoreFailure> {
     let path = store.data_path(&m.source, &m.snapshot);
     let prefix = store
-        .inner
         .get_range(&path, 0..12u64.min(m.sealed_size))
         .await
-        .map_err(|e| {
-            let e = store.op_err("get", &path, e);
-            failure(&store.name, e.kind().as_str(), e)
-        })?;
+        .map_err(|e| failure(&store.name, e.kind().as_str(), e))?;
     let hlen = Header::peek_len(&prefix)
         .map_err(|e| failure(&store.name, "bad-header", format!("{path}: {e}")))?;
     let hb = store
-        .inner
         .get_range(&path, 0..hlen as u64)
         .await
-        .map_err(|e| {
-            let e = store.op_err("get", &path, e);
-            failure(&store.name, e.kind().as_str(), e)
-        })?;
+        .map_err(|e| failure(&store.name, e.kind().as_str(), e))?;
     let header = Header::decode(&hb)
         .map_err(|e| failure(&store.name, "bad-header", format!("{path}: {e}")))?;
     if header.snapshot != m.snapshot.to_string() {

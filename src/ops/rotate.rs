@@ -24,7 +24,6 @@
 
 use std::path::{Path, PathBuf};
 
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::app::Coffre;
@@ -33,7 +32,7 @@ use crate::config::{Config, KeyProviderConfig, ProviderKind};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::file::{self, FileProvider};
 use crate::keys::KeyError;
-use crate::store::{KeyObject, Store, StoreError, Wrap};
+use crate::store::{KeyObject, KeyringPut, Store, StoreError, Wrap};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -257,26 +256,9 @@ pub fn rotate_master_key(
     rotate_local(config, provider, new_master_key, create, 0).map(|(r, _)| r)
 }
 
-/// Generation of a replicated keyring from its object name (`<generation>.keyring`).
-fn generation_of(location: &object_store::path::Path) -> Option<u64> {
-    location.filename()?.strip_suffix(".keyring")?.parse().ok()
-}
-
 /// Highest keyring generation of `provider` in store `s`.
 async fn store_generation(s: &Store, provider: &str) -> Result<u64, StoreError> {
-    use futures::TryStreamExt;
-    let dir = s.keyring_dir(provider);
-    let metas: Vec<_> = s
-        .inner
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| s.op_err("list", &dir, e))?;
-    Ok(metas
-        .iter()
-        .filter_map(|m| generation_of(&m.location))
-        .max()
-        .unwrap_or(0))
+    Ok(s.keyrings(provider).await?.last().map_or(0, |g| g.0))
 }
 
 /// Write the re-sealed keyring to a store, then delete every other copy there (all older).
@@ -286,48 +268,21 @@ async fn push_keyring(
     generation: u64,
     bytes: &[u8],
 ) -> Result<usize, StoreError> {
-    use futures::TryStreamExt;
-    let path = s.keyring_path(provider, generation);
     // Never over another copy: the generation is above every one the stores held when the
     // rotation began, so one already there is this rotation's own (same bytes) or a race.
-    match s
-        .inner
-        .put_opts(
-            &path,
-            bytes.to_vec().into(),
-            object_store::PutOptions::from(object_store::PutMode::Create),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            let theirs = s.get_small(&path, 16 * 1024 * 1024).await?;
-            if theirs != bytes {
-                return Err(StoreError::Setup {
-                    store: s.name.clone(),
-                    reason: format!(
-                        "keyring generation {generation} of provider `{provider}` appeared in the store during the rotation, with other contents; it was left in place. Run the rotation again (old config) once no other coffre process writes"
-                    ),
-                });
-            }
-        }
-        Err(e) => return Err(s.op_err("put", &path, e)),
+    if let KeyringPut::Differs(_) = s.put_keyring_new(provider, generation, bytes).await? {
+        return Err(StoreError::Setup {
+            store: s.name.clone(),
+            reason: format!(
+                "keyring generation {generation} of provider `{provider}` appeared in the store during the rotation, with other contents; it was left in place. Run the rotation again (old config) once no other coffre process writes"
+            ),
+        });
     }
-    let dir = s.keyring_dir(provider);
-    let metas: Vec<_> = s
-        .inner
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| s.op_err("list", &dir, e))?;
     let mut deleted = 0;
-    for m in metas {
-        if m.location != path {
-            match s.inner.delete(&m.location).await {
-                Ok(()) => deleted += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(s.op_err("delete", &m.location, e)),
-            }
+    for (g, path) in s.keyrings(provider).await? {
+        if g != generation {
+            s.delete(&path).await?;
+            deleted += 1;
         }
     }
     Ok(deleted)
@@ -573,7 +528,7 @@ pub async fn add_provider_wraps(
             });
         }
         for s in app.committed_stores(&id) {
-            if let Err(source) = crate::store::put_key_object(s, &new).await {
+            if let Err(source) = s.put_key_object(&new).await {
                 let _ = log(format!("failed: store {}: {source}", s.name));
                 return Err(RotateError::KeyObject {
                     snapshot: id,

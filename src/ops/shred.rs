@@ -20,7 +20,6 @@
 //! - the clock guard ([`crate::ops::clock_guard`]) runs before anything is destroyed, whatever the entry
 //!   point.
 
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::app::Coffre;
@@ -30,7 +29,7 @@ use crate::keys::KeyError;
 use crate::ops::clock_guard::ClockError;
 use crate::ops::erasure::{self, KeyringPush};
 use crate::retention::{self, EpochPlan, Keep};
-use crate::store::{put_key_object, KeyObject, Manifest, Store, StoreError, Wrap};
+use crate::store::{KeyObject, Manifest, Store, StoreError, Wrap};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -270,7 +269,7 @@ pub async fn rewrap(
     for s in app.committed_stores(id) {
         let r = async {
             app.push_keyrings(s).await?;
-            put_key_object(s, &new).await
+            s.put_key_object(&new).await
         }
         .await;
         if let Err(source) = r {
@@ -643,10 +642,8 @@ impl<'a> Shredding<'a> {
                 // A run that crashed after deleting the copy (the key object goes last).
                 let mut any = false;
                 for path in [s.manifest_path(source, id), s.data_path(source, id)] {
-                    any |= !matches!(
-                        s.inner.head(&path).await,
-                        Err(object_store::Error::NotFound { .. })
-                    );
+                    // Unreachable counts as there: the erasure is not proven.
+                    any |= s.exists(&path).await.unwrap_or(true);
                 }
                 if any {
                     (
@@ -714,9 +711,8 @@ async fn delete_copy(s: &Store, source: &str, id: &SnapshotId) -> String {
         s.data_path(source, id),
         s.key_path(source, id),
     ] {
-        match s.inner.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => deletion = format!("not deleted ({}), unreadable anyway: {e}", path),
+        if let Err(e) = s.delete(&path).await {
+            deletion = format!("not deleted ({path}), unreadable anyway: {e}");
         }
     }
     deletion
@@ -740,12 +736,7 @@ pub(crate) async fn keep_record(
     let json = serde_json::to_string_pretty(record).unwrap_or_default();
     app.catalog.put_destruction(&record.record, &json)?;
     for s in &app.stores {
-        let path = s
-            .prefix
-            .clone()
-            .join("destruction")
-            .join(format!("{}.json", record.record));
-        if let Err(e) = s.inner.put(&path, json.clone().into_bytes().into()).await {
+        if let Err(e) = s.put_destruction_record(&record.record, &json).await {
             tracing::warn!(store = %s.name, error = %e, "destruction record not replicated to store");
         }
     }

@@ -3,7 +3,6 @@
 //! SHA-256 matches the manifest. Used by `coffre verify` and by the scrub.
 
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -110,17 +109,12 @@ pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
         );
     }
     let path = store.data_path(&m.source, &m.snapshot);
-    let res = match store.inner.get(&path).await {
+    let res = match store.get(&path).await {
         Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => {
+        Err(e) if e.is_not_found() => {
             return mk(CheckState::Missing, Some(format!("{path} is missing")))
         }
-        Err(e) => {
-            return mk(
-                CheckState::Unreachable,
-                Some(store.op_err("get", &path, e).to_string()),
-            )
-        }
+        Err(e) => return mk(CheckState::Unreachable, Some(e.to_string())),
     };
     if res.meta.size != m.sealed_size {
         return mk(
