@@ -9,14 +9,17 @@
 pub mod control;
 pub mod intake;
 pub mod replicate;
+pub mod workers;
+
+pub use workers::clock_ok;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,8 +27,8 @@ use crate::app::{AppError, Coffre};
 use crate::config::Config;
 use crate::ids::SnapshotId;
 use crate::ops::protect::{PipelineError, Protection};
-use crate::status::{self, Runtime, SourceLabel, WorkState, Worker};
-use intake::{Intake, Journal, JournalState};
+use crate::status::{self, Runtime, SourceLabel, Worker};
+use intake::Journal;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -150,21 +153,31 @@ pub async fn run(
     recover_interrupted(&app, &journal, &rt).await;
     replicate::probe(&app, &rt).await;
 
-    tracker.spawn(intake_loop(
-        app_rx.clone(),
-        journal.clone(),
-        rt.clone(),
-        cancel.clone(),
+    let intake = workers::Intake::new(app.clone(), journal.clone(), &rt);
+    let shred = workers::Shred {
+        journal: journal.clone(),
+    };
+    let (rx, r, c) = (&app_rx, &rt, &cancel);
+    tracker.spawn(workers::run(intake, rx.clone(), r.clone(), c.clone()));
+    tracker.spawn(workers::run(
+        workers::CatchUp,
+        rx.clone(),
+        r.clone(),
+        c.clone(),
     ));
-    tracker.spawn(catch_up_loop(app_rx.clone(), rt.clone(), cancel.clone()));
-    tracker.spawn(scrub_loop(app_rx.clone(), rt.clone(), cancel.clone()));
-    tracker.spawn(drill_loop(app_rx.clone(), rt.clone(), cancel.clone()));
-    tracker.spawn(shred_loop(
-        app_rx.clone(),
-        journal.clone(),
-        rt.clone(),
-        cancel.clone(),
+    tracker.spawn(workers::run(
+        workers::Scrub,
+        rx.clone(),
+        r.clone(),
+        c.clone(),
     ));
+    tracker.spawn(workers::run(
+        workers::Drill,
+        rx.clone(),
+        r.clone(),
+        c.clone(),
+    ));
+    tracker.spawn(workers::run(shred, rx.clone(), r.clone(), c.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -282,112 +295,6 @@ async fn recover_interrupted(app: &Coffre, journal: &Journal, rt: &Runtime) {
     }
 }
 
-fn build_intakes(app: &Coffre) -> Vec<Intake> {
-    app.config
-        .sources
-        .iter()
-        .map(|s| Intake::new(s.clone()))
-        .collect()
-}
-
-/// Watch the source folders; `notify` events only wake the scan early, the periodic scan is the
-/// backstop (events can be lost, e.g. on network file systems).
-fn watch_sources(app: &Coffre, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wake.try_send(());
-    })
-    .map_err(
-        |e| tracing::warn!(error = %e, "file-system events unavailable; scanning on a timer only"),
-    )
-    .ok()?;
-    for s in &app.config.sources {
-        if let Err(e) = w.watch(&s.path, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(source = %s.name, path = %s.path.display(), error = %e, "cannot watch source folder; scanning on a timer only");
-        }
-    }
-    Some(w)
-}
-
-async fn intake_loop(
-    mut app_rx: watch::Receiver<Arc<Coffre>>,
-    journal: Arc<Journal>,
-    rt: Arc<Runtime>,
-    cancel: CancellationToken,
-) {
-    let mut app = app_rx.borrow_and_update().clone();
-    let (wake_tx, mut wake_rx) = mpsc::channel(1);
-    let mut watcher = watch_sources(&app, wake_tx.clone());
-    let mut intakes = build_intakes(&app);
-    // Every source folder's state from the start (the first scan waits for an event or the
-    // scan interval).
-    for i in &intakes {
-        rt.source_folder(&i.source().name, i.open_folder().err().as_deref());
-    }
-    rt.worker(Worker::Intake, WorkState::Idle);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = wake_rx.recv() => {
-                // Let a burst of events settle a little.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            _ = tokio::time::sleep(app.config.daemon.scan_interval) => {}
-            r = app_rx.changed() => {
-                if r.is_err() { break; }
-                app = app_rx.borrow_and_update().clone();
-                drop(watcher);
-                watcher = watch_sources(&app, wake_tx.clone());
-                intakes = build_intakes(&app);
-            }
-        }
-        let now = Instant::now();
-        for intake in intakes.iter_mut() {
-            let source = intake.source().name.clone();
-            let keys = match intake.scan(now) {
-                Ok(keys) => {
-                    rt.source_folder(&source, None);
-                    keys
-                }
-                Err(e) => {
-                    rt.source_folder(&source, Some(&e));
-                    continue;
-                }
-            };
-            for key in keys {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let attempts = match journal.get(&source, &key) {
-                    Ok(None) => 0,
-                    Ok(Some(JournalState::Done(_))) | Ok(Some(JournalState::Sealing(_))) => {
-                        continue
-                    }
-                    Ok(Some(JournalState::Failed {
-                        attempts,
-                        next_try_unix,
-                        ..
-                    })) => {
-                        if time::OffsetDateTime::now_utc().unix_timestamp() < next_try_unix {
-                            continue;
-                        }
-                        attempts
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "journal unavailable: not protecting until it is back");
-                        rt.worker_error(Worker::Intake, &e.to_string());
-                        continue;
-                    }
-                };
-                rt.worker(Worker::Intake, WorkState::Busy);
-                protect_one(&app, &journal, &rt, &source, &key, attempts).await;
-                rt.worker(Worker::Intake, WorkState::Idle);
-            }
-        }
-    }
-    rt.worker(Worker::Intake, WorkState::Stopped);
-}
-
 async fn protect_one(
     app: &Coffre,
     journal: &Journal,
@@ -454,227 +361,4 @@ async fn protect_one(
             });
         }
     }
-}
-
-async fn catch_up_loop(
-    app_rx: watch::Receiver<Arc<Coffre>>,
-    rt: Arc<Runtime>,
-    cancel: CancellationToken,
-) {
-    rt.worker(Worker::CatchUp, WorkState::Idle);
-    loop {
-        let app = app_rx.borrow().clone();
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(app.config.daemon.catch_up_interval) => {}
-        }
-        rt.worker(Worker::CatchUp, WorkState::Busy);
-        replicate::probe(&app, &rt).await;
-        let (copied, failed) = replicate::catch_up(&app, &rt).await;
-        if let Err(e) = crate::ops::audit_replicate::replicate(&app).await {
-            rt.worker_error(Worker::CatchUp, &format!("access log not replicated: {e}"));
-        }
-        if failed > 0 {
-            rt.worker_error(
-                Worker::CatchUp,
-                &format!("{failed} replica(s) could not be copied yet"),
-            );
-            rt.worker(Worker::CatchUp, WorkState::BackingOff);
-        } else {
-            rt.worker(Worker::CatchUp, WorkState::Idle);
-        }
-        if copied > 0 {
-            tracing::info!(copied, "catch-up copied replicas");
-        }
-    }
-    rt.worker(Worker::CatchUp, WorkState::Stopped);
-}
-
-async fn scrub_loop(
-    app_rx: watch::Receiver<Arc<Coffre>>,
-    rt: Arc<Runtime>,
-    cancel: CancellationToken,
-) {
-    rt.worker(Worker::Scrub, WorkState::Idle);
-    loop {
-        let app = app_rx.borrow().clone();
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(app.config.daemon.scrub_every) => {}
-        }
-        rt.worker(Worker::Scrub, WorkState::Busy);
-        let (checked, bad, repaired) = replicate::scrub(&app, &rt).await;
-        tracing::info!(checked, bad, repaired, "scrub finished");
-        if bad > repaired {
-            rt.worker_error(
-                Worker::Scrub,
-                &format!("{} replica(s) bad and not repaired", bad - repaired),
-            );
-        }
-        rt.worker(Worker::Scrub, WorkState::Idle);
-    }
-    rt.worker(Worker::Scrub, WorkState::Stopped);
-}
-
-/// Guard against a clock that jumps far ahead: compares `now` with the last time seen (kept in
-/// the journal) and says whether shredding may proceed.
-pub fn clock_ok(
-    journal: &Journal,
-    now: time::OffsetDateTime,
-    max_jump: Duration,
-) -> Result<bool, String> {
-    let last = journal.last_clock().map_err(|e| e.to_string())?;
-    let ok = last.is_none_or(|l| now.unix_timestamp() - l <= max_jump.as_secs() as i64);
-    // A jumped time is never recorded, so a restart does not launder it.
-    if ok {
-        journal
-            .observe_clock(now.unix_timestamp())
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(ok)
-}
-
-async fn shred_loop(
-    app_rx: watch::Receiver<Arc<Coffre>>,
-    journal: Arc<Journal>,
-    rt: Arc<Runtime>,
-    cancel: CancellationToken,
-) {
-    rt.worker(Worker::Shred, WorkState::Idle);
-    const ALERT: &str = "clock jumped forward beyond shred.max-clock-jump: shredding stopped; check the system clock, then restart coffre";
-    // The clock is observed at start so a jump while stopped is caught too.
-    let mut first = true;
-    loop {
-        let app = app_rx.borrow().clone();
-        if !first {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(app.config.shred.every) => {}
-            }
-        }
-        first = false;
-        if !app.config.shred.enabled {
-            continue;
-        }
-        let now = time::OffsetDateTime::now_utc();
-        match clock_ok(&journal, now, app.config.shred.max_clock_jump) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!("{ALERT}");
-                rt.shred_stopped_by_clock(ALERT);
-                rt.worker(Worker::Shred, WorkState::Stopped);
-                // Stay stopped until an operator restarts the daemon.
-                cancel.cancelled().await;
-                break;
-            }
-            Err(e) => {
-                rt.worker_error(Worker::Shred, &e);
-                continue;
-            }
-        }
-        rt.worker(Worker::Shred, WorkState::Busy);
-        let (done, errors) = crate::ops::shred::run_due(&app, now, "coffre-daemon").await;
-        for r in &done {
-            tracing::info!(epoch = %r.epoch, snapshots = r.snapshots.len(), "retention shredded an epoch");
-        }
-        for e in &errors {
-            rt.worker_error(Worker::Shred, &e.to_string());
-        }
-        // The access log's own retention, under the same clock guard.
-        let mut errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        match crate::ops::audit_expire::expire(&app, now, "coffre-daemon").await {
-            Ok(r) => {
-                for e in &r.errors {
-                    rt.worker_error(Worker::Shred, e);
-                }
-                errors.extend(r.errors);
-            }
-            Err(e) => {
-                rt.worker_error(Worker::Shred, &e);
-                errors.push(e);
-            }
-        }
-        rt.worker(
-            Worker::Shred,
-            if errors.is_empty() {
-                WorkState::Idle
-            } else {
-                WorkState::BackingOff
-            },
-        );
-    }
-    rt.worker(Worker::Shred, WorkState::Stopped);
-}
-
-/// Scheduled drills: each source with `drill.every` is drilled from its stores when its last
-/// drill (any store) is older than that.
-async fn drill_loop(
-    app_rx: watch::Receiver<Arc<Coffre>>,
-    rt: Arc<Runtime>,
-    cancel: CancellationToken,
-) {
-    rt.worker(Worker::Drill, WorkState::Idle);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        let app = app_rx.borrow().clone();
-        let now = time::OffsetDateTime::now_utc();
-        let last: std::collections::HashMap<String, time::OffsetDateTime> = app
-            .catalog
-            .drills()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|(t, _)| serde_json::from_str::<crate::ops::drill::DrillReport>(t).ok())
-            .filter_map(|r| {
-                let t = time::OffsetDateTime::parse(
-                    &r.started,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()?;
-                Some((r.source, t))
-            })
-            .fold(Default::default(), |mut m, (s, t)| {
-                let e = m.entry(s).or_insert(t);
-                if t > *e {
-                    *e = t;
-                }
-                m
-            });
-        for s in &app.config.sources {
-            let Some(every) = s.drill.every else { continue };
-            let due = last.get(&s.name).is_none_or(|t| now - *t >= every);
-            if !due || app.catalog.latest(&s.name).ok().flatten().is_none() || cancel.is_cancelled()
-            {
-                continue;
-            }
-            rt.worker(Worker::Drill, WorkState::Busy);
-            let req = crate::ops::drill::DrillRequest {
-                source: Some(s.name.clone()),
-                actor: "coffre-daemon".into(),
-                purpose: "scheduled disaster-recovery drill".into(),
-                ..Default::default()
-            };
-            match crate::ops::drill::drill(&app, &req).await {
-                Ok(reports) => {
-                    for r in reports.iter().filter(|r| !r.ok) {
-                        rt.worker_error(
-                            Worker::Drill,
-                            &format!(
-                                "{} from {}: {}",
-                                r.source,
-                                r.store,
-                                r.error.clone().unwrap_or_default()
-                            ),
-                        );
-                    }
-                    tracing::info!(source = %s.name, drills = reports.len(), failed = reports.iter().filter(|r| !r.ok).count(), "scheduled drill finished");
-                }
-                Err(e) => rt.worker_error(Worker::Drill, &e),
-            }
-            rt.worker(Worker::Drill, WorkState::Idle);
-        }
-    }
-    rt.worker(Worker::Drill, WorkState::Stopped);
 }

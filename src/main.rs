@@ -254,7 +254,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json } => {
             let config = config_for_status(&cli)?;
-            status_command(&config, *json).await
+            coffre::cli::status::run(&config, *json)
+                .await
+                .map(ExitCode::from)
         }
         cmd => route(&cli, cmd).await,
     }
@@ -497,106 +499,6 @@ fn config_for_status(cli: &Cli) -> Result<Config> {
         config.status.listen
     );
     Ok(config)
-}
-
-async fn status_command(config: &Config, json: bool) -> Result<ExitCode> {
-    let addr = config.status.listen;
-    let url = format!("http://{addr}/status");
-    let mut req = reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(10));
-    if let Some(tf) = &config.status.token_file {
-        let token = coffre::config::read_secret_file(tf)
-            .map_err(|e| anyhow::anyhow!("status.token-file: {e}"))?;
-        req = req.bearer_auth(secrecy::ExposeSecret::expose_secret(&token));
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("the daemon's status endpoint {url} does not answer: is `coffre daemon` running with this config?"))?;
-    if !resp.status().is_success() {
-        bail!("the status endpoint {url} answered {}", resp.status());
-    }
-    let doc: serde_json::Value =
-        serde_json::from_str(&resp.text().await?).context("status is not JSON")?;
-    if json {
-        print_json(&doc)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "coffre {} on {} (up {:.0} s, ready: {})",
-        doc["version"].as_str().unwrap_or("?"),
-        doc["host"].as_str().unwrap_or("?"),
-        doc["uptime_seconds"].as_f64().unwrap_or(0.0),
-        doc["ready"]
-    );
-    for s in doc["sources"].as_array().into_iter().flatten() {
-        println!(
-            "source {:<12} {:<10} snapshots {:>5}  last {}  age {}",
-            s["name"].as_str().unwrap_or("?"),
-            s["state"].as_str().unwrap_or("?"),
-            s["snapshots"],
-            s["last_snapshot"].as_str().unwrap_or("-"),
-            s["age_seconds"]
-                .as_f64()
-                .map(|a| format!("{a:.0} s"))
-                .unwrap_or_else(|| "-".into())
-        );
-        if let Some(e) = s["folder_error"].as_str() {
-            println!("       folder cannot be scanned: {e}");
-        }
-    }
-    for s in doc["stores"].as_array().into_iter().flatten() {
-        println!(
-            "store  {:<12} site {:<10} up {:<5} lag {:>4}  last error {}",
-            s["name"].as_str().unwrap_or("?"),
-            s["site"].as_str().unwrap_or("?"),
-            s["up"],
-            s["lag_snapshots"],
-            s["last_error_kind"].as_str().unwrap_or("-")
-        );
-    }
-    print_in_progress(&doc);
-    if let Some(reason) = doc["config_reload"]["reason"].as_str() {
-        println!(
-            "reload refused at {}, the running configuration stays:\n{reason}",
-            doc["config_reload"]["last_refused_at"]
-                .as_str()
-                .unwrap_or("?")
-        );
-    }
-    for a in doc["alerts"].as_array().into_iter().flatten() {
-        println!("ALERT: {}", a.as_str().unwrap_or("?"));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `now   protect   emr snapshot 01J... 412.0 MiB of 1.0 GiB, 96.3 MiB/s, eta 6 s`
-fn print_in_progress(doc: &serde_json::Value) {
-    let mib = |b: f64| format!("{:.1} MiB", b / (1024.0 * 1024.0));
-    for p in doc["in_progress"].as_array().into_iter().flatten() {
-        let done = p["bytes_done"].as_f64().unwrap_or(0.0);
-        let of = p["bytes_total"]
-            .as_f64()
-            .map(|t| format!(" of {}", mib(t)))
-            .unwrap_or_default();
-        let eta = p["eta_seconds"]
-            .as_f64()
-            .map(|e| format!(", eta {e:.0} s"))
-            .unwrap_or_default();
-        let store = p["store"]
-            .as_str()
-            .map(|s| format!(" store {s}"))
-            .unwrap_or_default();
-        println!(
-            "now    {:<9} {} snapshot {}{store}: {}{of}, {}/s{eta}",
-            p["activity"].as_str().unwrap_or("?"),
-            p["source"].as_str().unwrap_or("?"),
-            p["snapshot"].as_str().unwrap_or("?"),
-            mib(done),
-            mib(p["bytes_per_second"].as_f64().unwrap_or(0.0)),
-        );
-    }
 }
 
 mod client {

@@ -19,7 +19,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SnapshotId;
 use tokio::sync::watch;
 
 use crate::app::Coffre;
@@ -107,7 +109,7 @@ impl Worker {
 }
 
 /// The states of a worker, as in `/status` (one of them is 1 in `coffre_worker_state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkState {
     #[default]
@@ -339,7 +341,7 @@ impl Metrics {
 }
 
 /// Health of one store as last seen.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct StoreHealth {
     pub up: bool,
     pub last_error_kind: Option<String>,
@@ -348,7 +350,7 @@ pub struct StoreHealth {
 }
 
 /// State of a background worker.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct WorkerState {
     pub state: WorkState,
     pub runs: u64,
@@ -376,7 +378,7 @@ pub struct Runtime {
 }
 
 /// The last refused configuration reload (`config_reload` in `/status`): when and why.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReloadStatus {
     pub last_refused_at: Option<String>,
     /// The validation problems of the refused file (keys and paths of the config, no data).
@@ -641,58 +643,82 @@ impl Runtime {
     }
 }
 
-#[derive(Serialize)]
-struct SourceStatus {
-    name: String,
-    snapshots: u64,
-    last_snapshot: Option<String>,
-    last_created: Option<String>,
-    age_seconds: Option<f64>,
+// The status document: what `/status` serves and `coffre status` reads back (one type for
+// both ends). No personal data: names of sources, stores and providers, counts, times, states.
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub snapshots: u64,
+    pub last_snapshot: Option<String>,
+    pub last_created: Option<String>,
+    pub age_seconds: Option<f64>,
     /// `protected`, `degraded`, `at-risk` or `none`.
-    state: String,
+    pub state: String,
     /// Why the source's folder cannot be scanned (absent when it can).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    folder_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_error: Option<String>,
 }
 
-#[derive(Serialize)]
-struct StoreStatus {
-    name: String,
-    site: String,
-    jurisdiction: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub name: String,
+    pub site: String,
+    pub jurisdiction: String,
     #[serde(flatten)]
-    health: StoreHealth,
-    lag_snapshots: u64,
+    pub health: StoreHealth,
+    pub lag_snapshots: u64,
 }
 
-#[derive(Serialize)]
-struct KeyStatus {
-    provider: String,
-    kind: String,
-    health: String,
-    live_epochs: usize,
-    destroyed_epochs: usize,
-    next_epoch_to_shred: Option<String>,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyStatus {
+    pub provider: String,
+    pub kind: String,
+    pub health: String,
+    pub live_epochs: usize,
+    pub destroyed_epochs: usize,
+    pub next_epoch_to_shred: Option<String>,
+}
+
+/// The last drill of a source from a store, with the last successful one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillStatus {
+    pub source: String,
+    pub store: String,
+    pub snapshot: Option<SnapshotId>,
+    pub ok: bool,
+    pub stage: String,
+    pub finished: String,
+    pub rto_seconds: f64,
+    pub error: Option<String>,
+    pub last_success: Option<DrillSuccess>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillSuccess {
+    pub snapshot: Option<SnapshotId>,
+    pub finished: String,
+    pub rto_seconds: f64,
 }
 
 /// The JSON status document (also what `coffre status` prints).
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusDoc {
-    version: &'static str,
-    commit: &'static str,
-    host: String,
-    uptime_seconds: f64,
-    ready: bool,
-    sources: Vec<SourceStatus>,
-    stores: Vec<StoreStatus>,
-    keys: Vec<KeyStatus>,
-    workers: BTreeMap<String, WorkerState>,
+    pub version: String,
+    pub commit: String,
+    pub host: String,
+    pub uptime_seconds: f64,
+    pub ready: bool,
+    pub sources: Vec<SourceStatus>,
+    pub stores: Vec<StoreStatus>,
+    pub keys: Vec<KeyStatus>,
+    pub workers: BTreeMap<String, WorkerState>,
     /// What is being done now: each snapshot being protected, copied, restored or drilled.
-    in_progress: Vec<crate::progress::Progress>,
-    drills: Vec<serde_json::Value>,
+    pub in_progress: Vec<crate::progress::Progress>,
+    pub drills: Vec<DrillStatus>,
     /// The last refused reload and its reason, until a reload is applied.
-    config_reload: ReloadStatus,
-    alerts: Vec<String>,
+    pub config_reload: ReloadStatus,
+    pub alerts: Vec<String>,
 }
 
 fn unix_now() -> f64 {
@@ -904,13 +930,21 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 rt.metrics.drill_last_success.get_or_create(&label).set(t);
             }
         }
-        drills.push(serde_json::json!({
-            "source": r.source, "store": r.store, "snapshot": r.snapshot, "ok": r.ok, "stage": r.stage,
-            "finished": r.finished, "rto_seconds": r.rto_seconds, "error": r.error,
-            "last_success": success.as_ref().map(|s| serde_json::json!({
-                "snapshot": s.snapshot, "finished": s.finished, "rto_seconds": s.rto_seconds,
-            })),
-        }));
+        drills.push(DrillStatus {
+            last_success: success.map(|s| DrillSuccess {
+                snapshot: s.snapshot,
+                finished: s.finished,
+                rto_seconds: s.rto_seconds,
+            }),
+            source: r.source,
+            store: r.store,
+            snapshot: r.snapshot,
+            ok: r.ok,
+            stage: r.stage,
+            finished: r.finished,
+            rto_seconds: r.rto_seconds,
+            error: r.error,
+        });
     }
     for s in &app.config.sources {
         if let Some(every) = s.drill.every {
@@ -927,8 +961,8 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
         .set(i64::from(access_log_writable(app.audit.path())));
     StatusDoc {
         drills,
-        version: env!("CARGO_PKG_VERSION"),
-        commit: BUILD_COMMIT,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: BUILD_COMMIT.to_string(),
         host: app.host.clone(),
         uptime_seconds: rt.started.elapsed().as_secs_f64(),
         ready: rt.ready.load(Ordering::Relaxed),

@@ -672,6 +672,7 @@ mod restore;
 mod retention;
 mod shred;
 mod snapshots;
+pub mod status;
 mod verify;
 
 pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
