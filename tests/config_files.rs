@@ -77,7 +77,12 @@ fn readme_states_the_default_completeness_rule() {
 fn cited_documents_exist() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut texts = vec![std::fs::read_to_string(root.join("README.md")).unwrap()];
-    for f in ["src/store.rs", "docs/FORMAT.md", "docs/security.md"] {
+    for f in [
+        "src/store.rs",
+        "docs/FORMAT.md",
+        "docs/security.md",
+        "docs/operations.md",
+    ] {
         texts.push(std::fs::read_to_string(root.join(f)).unwrap());
     }
     for t in &texts {
