@@ -1,8 +1,10 @@
-//! The daemon: watch every source, protect each complete snapshot exactly once, keep every store
-//! caught up, scrub replicas, serve the status endpoint, and speak systemd's notify protocol
-//! (READY, STATUS, WATCHDOG, RELOADING on SIGHUP, STOPPING on SIGTERM).
+//! The daemon: its five periodic workers ([`workers`]: intake protects each complete snapshot
+//! exactly once, catch-up keeps every store caught up, scrub re-hashes replicas, drill runs the
+//! scheduled drills, shred destroys expired epochs), the status endpoint, the control socket
+//! ([`control`]), and systemd's notify protocol (READY, STATUS, WATCHDOG, RELOADING on SIGHUP,
+//! STOPPING on SIGTERM).
 //!
-//! Invariants: one shutdown token that every loop selects on; in-flight work is drained up to
+//! Invariants: one shutdown token that every worker selects on; in-flight work is drained up to
 //! `daemon.drain-timeout` and otherwise resumed at the next start from the journal; a reload whose
 //! config fails validation is refused and the running config stays.
 
@@ -136,7 +138,7 @@ pub async fn run(
         let path = control::socket_path(&app.config);
         match control::bind(&path, app.config.audit.operators_group.as_deref()) {
             Ok(listener) => {
-                if let Err(e) = lock.mark_ready() {
+                if let Err(e) = lock.mark_ready(&path) {
                     tracing::warn!(error = %e, "cannot note the control socket as ready in the state folder's lock");
                 }
                 let (rx, c) = (app_rx.clone(), cancel.clone());

@@ -35,6 +35,8 @@ struct Holder {
     role: String,
     /// A daemon whose control socket listens.
     ready: bool,
+    /// Where that socket listens, as the daemon recorded it.
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,9 @@ pub enum LockError {
         state_dir: PathBuf,
         /// Its control socket is not listening yet (it is starting).
         starting: bool,
+        /// Where its control socket listens, once it does (the daemon's own path: a command run
+        /// from a shell may compute another, e.g. without systemd's `RUNTIME_DIRECTORY`).
+        socket: Option<PathBuf>,
     },
     #[error("another coffre {role} (pid {pid}) holds the state folder {state_dir}: stop it before starting the daemon")]
     Busy {
@@ -59,6 +64,19 @@ pub enum LockError {
         role: String,
         state_dir: PathBuf,
     },
+}
+
+impl LockError {
+    /// For a state folder that a daemon owns: whether it is still starting, and where its
+    /// control socket listens when it recorded that.
+    pub fn daemon_running(&self) -> Option<(bool, Option<&Path>)> {
+        match self {
+            LockError::DaemonRunning {
+                starting, socket, ..
+            } => Some((*starting, socket.as_deref())),
+            _ => None,
+        }
+    }
 }
 
 /// A held lock; released on drop (or when the process ends).
@@ -80,20 +98,34 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
 fn holder(f: &mut File) -> Holder {
     let mut s = String::new();
     let _ = f.rewind();
-    let _ = f.take(256).read_to_string(&mut s);
-    let mut it = s.split_whitespace();
+    let _ = f.take(4352).read_to_string(&mut s);
+    let line = s.lines().next().unwrap_or_default();
+    let mut it = line.splitn(4, ' ');
+    let pid = it.next().unwrap_or("?").to_string();
+    let role = it.next().unwrap_or("?").to_string();
+    let ready = it.next() == Some("ready");
+    let socket = it
+        .next()
+        .filter(|p| ready && p.starts_with('/'))
+        .map(PathBuf::from);
     Holder {
-        pid: it.next().unwrap_or("?").to_string(),
-        role: it.next().unwrap_or("?").to_string(),
-        ready: it.next() == Some("ready"),
+        pid,
+        role,
+        ready,
+        socket,
     }
 }
 
 impl StateLock {
-    /// Note in the lock file that the daemon's control socket listens (commands stop waiting
-    /// for a starting daemon and go through it).
-    pub fn mark_ready(&mut self) -> std::io::Result<()> {
-        let record = format!("{} {} ready\n", std::process::id(), Role::Daemon.as_str());
+    /// Note in the lock file that the daemon's control socket listens at `socket` (commands
+    /// stop waiting for a starting daemon and go through it, at that path).
+    pub fn mark_ready(&mut self, socket: &Path) -> std::io::Result<()> {
+        let record = format!(
+            "{} {} ready {}\n",
+            std::process::id(),
+            Role::Daemon.as_str(),
+            socket.display()
+        );
         self.file.set_len(0)?;
         self.file.rewind()?;
         self.file.write_all(record.as_bytes())?;
@@ -150,12 +182,14 @@ fn acquire_waiting(
                     pid,
                     role: held_by,
                     ready,
+                    socket,
                 } = holder(&mut busy);
                 if held_by == Role::Daemon.as_str() {
                     return Err(LockError::DaemonRunning {
                         pid,
                         state_dir: state_dir.to_path_buf(),
                         starting: !ready,
+                        socket,
                     });
                 }
                 if role == Role::Daemon && waited_since.elapsed() >= daemon_wait {
@@ -208,9 +242,15 @@ mod tests {
             other => panic!("expected DaemonRunning, got {other:?}"),
         }
         let mut held = held;
-        held.mark_ready().unwrap();
+        let sock = Path::new("/run/coffre test/coffre.sock");
+        held.mark_ready(sock).unwrap();
         match acquire(d.path(), Role::Command) {
-            Err(LockError::DaemonRunning { starting, .. }) => assert!(!starting),
+            Err(LockError::DaemonRunning {
+                starting, socket, ..
+            }) => {
+                assert!(!starting);
+                assert_eq!(socket.as_deref(), Some(sock));
+            }
             other => panic!("expected DaemonRunning, got {other:?}"),
         }
         drop(held);

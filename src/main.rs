@@ -390,7 +390,14 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
     })?;
     let _lock = match lock::acquire(&config.state_dir, Role::Command) {
         Ok(l) => l,
-        Err(e @ lock::LockError::DaemonRunning { starting, .. }) => {
+        Err(e) if e.daemon_running().is_some() => {
+            let (starting, recorded) = e.daemon_running().unwrap_or_default();
+            // The daemon's own socket path wins over the one computed here (a shell has no
+            // systemd RUNTIME_DIRECTORY); COFFRE_SOCKET, when set, is the caller's choice.
+            let socket = match recorded {
+                Some(p) if std::env::var_os("COFFRE_SOCKET").is_none() => p.to_path_buf(),
+                _ => socket.clone(),
+            };
             // A daemon that is starting holds the lock before its socket listens: wait for it.
             // One that is ready may have started since our first try: try its socket again.
             let limit = std::time::Duration::from_secs(if starting { 30 } else { 3 });

@@ -78,6 +78,12 @@ struct Out {
 impl Host {
     /// `wrap`: a shell command line the daemon is started under (`{daemon}` is replaced).
     fn start(wrap: Option<&str>) -> Host {
+        Host::start_with(wrap, true)
+    }
+
+    /// `socket_in_config` false: no `daemon.control-socket`; the daemon finds its socket folder
+    /// in `RUNTIME_DIRECTORY`, as under systemd, and the commands run here do not have it.
+    fn start_with(wrap: Option<&str>, socket_in_config: bool) -> Host {
         let users = Users::create();
         let tmp = tempfile::tempdir().unwrap();
         let d: PathBuf = tmp.path().to_path_buf();
@@ -100,12 +106,17 @@ impl Host {
             .port();
         let config = d.join("coffre.toml");
         let dd = d.display();
+        let socket_line = if socket_in_config {
+            format!("control-socket = \"{dd}/run/coffre.sock\"")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
                 r#"state-dir = "{dd}/state"
 [daemon]
-control-socket = "{dd}/run/coffre.sock"
+{socket_line}
 [status]
 listen = "127.0.0.1:{port}"
 [audit]
@@ -174,6 +185,9 @@ create-master-key = true
                 c
             }
         };
+        if !socket_in_config {
+            cmd.env("RUNTIME_DIRECTORY", d.join("run"));
+        }
         let daemon = cmd
             .env("COFFRE_LOG", "warn")
             .stdout(Stdio::null())
@@ -584,6 +598,38 @@ fn oversized_requests_are_refused_before_logging_and_the_log_keeps_working() {
     assert_eq!(o.code, 0, "{}", o.text);
     let o = h.as_root(&["audit", "verify"]);
     assert_eq!(o.code, 0, "{}", o.text);
+}
+
+/// Under systemd the daemon's socket is in `RUNTIME_DIRECTORY` (/run/coffre), which an
+/// administrator's shell does not have: the command finds the socket the daemon recorded in the
+/// state folder's lock, and runs through the daemon (it could not run beside it).
+#[test]
+fn a_command_from_a_shell_finds_the_socket_of_a_daemon_started_by_systemd() {
+    let h = Host::start_with(None, false);
+    assert!(!h.d.join("state/run/coffre.sock").exists());
+    let o = h.as_root(&["snapshots", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let rows: serde_json::Value = serde_json::from_str(&o.text).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{}", o.text);
+    // The access log names the daemon as the way in.
+    let o = h.as_root(&[
+        "restore",
+        "latest",
+        "--source",
+        "emr",
+        "--to",
+        h.d.join("out/r").to_str().unwrap(),
+        "--purpose",
+        "DR rehearsal",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let entries = h.audit();
+    assert!(
+        entries.iter().any(|e| e["action"] == "restore"
+            && e["outcome"] == "ok"
+            && e["actor"] == "root (via coffre-daemon)"),
+        "{entries:?}"
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The install path as the README writes it (issue 13, part 3): `keys init --to` for a master key
+//! The install path as docs/operations.md writes it (issue 13, part 3): `keys init --to` for a master key
 //! that is a systemd credential, `check-config` checking this host (files, credentials, source
 //! folders) unless `--portable`, commands that create no state where they should not, and the
 //! messages a newcomer meets (mistyped names, unreadable config, empty lists, drills without a

@@ -150,7 +150,8 @@ pub struct Ctx {
 #[serde(rename_all = "kebab-case")]
 pub enum Command {
     /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
-    /// serve the status endpoint (systemd Type=notify).
+    /// scrub replicas, run scheduled drills, shred expired epochs, serve the status endpoint
+    /// and the control socket (systemd Type=notify).
     Daemon,
     /// Print the running daemon's status (from its status endpoint).
     Status {
