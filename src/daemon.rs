@@ -91,9 +91,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let mut shutdown = std::pin::pin!(shutdown);
     let token = read_token(&config)?;
-    let listen = config.status.listen;
     let drain = config.daemon.drain_timeout;
     // The daemon owns the state folder for as long as it runs: commands reach it through its
     // control socket, never beside it.
@@ -101,89 +99,42 @@ pub async fn run(
     let journal = Arc::new(Journal::open(&config.state_dir.join("journal.sqlite"))?);
     let app = Arc::new(Coffre::open(config).await?);
     let rt = Runtime::new(token);
-    // Counters go on from where the last run left them.
-    match crate::catalog::Catalog::open(&app.config.state_dir.join("catalog.sqlite")) {
-        Ok(c) => {
-            if let Err(e) = rt.keep_counters(c) {
-                tracing::warn!(error = %e, "counters not restored: they start from 0 in this run");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "counters not restored: they start from 0 in this run")
-        }
-    }
-    let (app_tx, app_rx) = watch::channel(app.clone());
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: listen,
-            source,
-        })?;
-    {
-        let router = status::router(app_rx.clone(), rt.clone());
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await;
-        });
-    }
-    tracing::info!(%listen, "status endpoint listening");
-
+    restore_counters(&app, &rt);
+    let d = Daemon::new(config_path, app, rt, journal);
+    d.serve_status().await?;
     // The control socket first: commands wait for a starting daemon, not for its recovery.
-    {
-        let path = control::socket_path(&app.config);
-        match control::bind(&path, app.config.audit.operators_group.as_deref()) {
-            Ok(listener) => {
-                if let Err(e) = lock.mark_ready(&path) {
-                    tracing::warn!(error = %e, "cannot note the control socket as ready in the state folder's lock");
-                }
-                let (rx, c) = (app_rx.clone(), cancel.clone());
-                tracker.spawn(async move {
-                    control::serve(listener, path, rx, c).await;
-                });
-            }
-            Err(e) => {
-                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands cannot reach the daemon (and do not run beside it)");
-                rt.set_alert("control socket unavailable", true);
-            }
-        }
-    }
-    recover_interrupted(&app, &journal, &rt).await;
-    replicate::probe(&app, &rt).await;
-
-    let intake = workers::Intake::new(app.clone(), journal.clone(), &rt);
-    let shred = workers::Shred {
-        journal: journal.clone(),
-    };
-    let (rx, r, c) = (&app_rx, &rt, &cancel);
-    tracker.spawn(workers::run(intake, rx.clone(), r.clone(), c.clone()));
-    tracker.spawn(workers::run(
-        workers::CatchUp,
-        rx.clone(),
-        r.clone(),
-        c.clone(),
-    ));
-    tracker.spawn(workers::run(
-        workers::Scrub,
-        rx.clone(),
-        r.clone(),
-        c.clone(),
-    ));
-    tracker.spawn(workers::run(
-        workers::Drill,
-        rx.clone(),
-        r.clone(),
-        c.clone(),
-    ));
-    tracker.spawn(workers::run(shred, rx.clone(), r.clone(), c.clone()));
-
+    d.serve_control(&mut lock);
+    d.recover().await;
+    d.spawn_workers();
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let (watchdog, tick) = watchdog_tick();
+    let mut ticker = tokio::time::interval(tick);
+    d.announce_ready().await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => d.reload().await,
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => d.tick(watchdog).await,
+        }
+    }
+    d.drain(drain).await;
+    Ok(())
+}
 
+/// Counters go on from where the last run left them.
+fn restore_counters(app: &Coffre, rt: &Runtime) {
+    let kept = crate::catalog::Catalog::open(&app.config.state_dir.join("catalog.sqlite"))
+        .map_err(|e| e.to_string())
+        .and_then(|c| rt.keep_counters(c).map_err(|e| e.to_string()));
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, "counters not restored: they start from 0 in this run");
+    }
+}
+
+/// Whether systemd's watchdog is on, and how often to notify it (and refresh STATUS).
+fn watchdog_tick() -> (bool, Duration) {
     let mut wd_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec);
     let tick = if watchdog {
@@ -191,65 +142,182 @@ pub async fn run(
     } else {
         Duration::from_secs(10)
     };
-    let mut ticker = tokio::time::interval(tick);
-    rt.ready.store(true, Ordering::Relaxed);
-    let line = {
-        let (a, r) = (app.clone(), rt.clone());
-        tokio::task::spawn_blocking(move || status::summary_line(&status::build(&a, &r)))
-            .await
-            .unwrap_or_default()
-    };
-    notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
-    tracing::info!(
-        sources = app.config.sources.len(),
-        stores = app.stores.len(),
-        "coffre daemon ready"
-    );
+    (watchdog, tick)
+}
 
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                notify(&[NotifyState::Reloading]);
-                match reload(&config_path, &app.config.state_dir).await {
-                    Ok(mut new) => {
-                        // One in-flight registry and one progress board for the whole run: a
-                        // shred under the new config still waits for a protect started under
-                        // the old one, and /status still shows it.
-                        new.inflight = app.inflight.clone();
-                        new.progress = app.progress.clone();
-                        let _ = app_tx.send(Arc::new(new));
-                        tracing::info!(config = %config_path.display(), "configuration reloaded");
-                        rt.reload_result(Ok(()));
-                        notify(&[NotifyState::Ready, NotifyState::Status("configuration reloaded")]);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload refused: the running configuration stays");
-                        rt.reload_result(Err(&e));
-                        notify(&[NotifyState::Ready, NotifyState::Status("reload refused: config invalid, running config kept")]);
-                    }
+/// What the running daemon holds: the current configuration (replaced on reload), the runtime
+/// state behind `/status`, the journal, and every task it started.
+struct Daemon {
+    config_path: PathBuf,
+    app_tx: watch::Sender<Arc<Coffre>>,
+    app_rx: watch::Receiver<Arc<Coffre>>,
+    rt: Arc<Runtime>,
+    journal: Arc<Journal>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Daemon {
+    fn new(
+        config_path: PathBuf,
+        app: Arc<Coffre>,
+        rt: Arc<Runtime>,
+        journal: Arc<Journal>,
+    ) -> Daemon {
+        let (app_tx, app_rx) = watch::channel(app);
+        Daemon {
+            config_path,
+            app_tx,
+            app_rx,
+            rt,
+            journal,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    fn app(&self) -> Arc<Coffre> {
+        self.app_rx.borrow().clone()
+    }
+
+    async fn serve_status(&self) -> Result<(), DaemonError> {
+        let listen = self.app().config.status.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let router = status::router(self.app_rx.clone(), self.rt.clone());
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await;
+        });
+        tracing::info!(%listen, "status endpoint listening");
+        Ok(())
+    }
+
+    /// Listen on the control socket and note where in the state folder's lock; without a
+    /// socket the daemon still runs (and alerts): commands cannot reach it.
+    fn serve_control(&self, lock: &mut crate::lock::StateLock) {
+        let app = self.app();
+        let path = control::socket_path(&app.config);
+        match control::bind(&path, app.config.audit.operators_group.as_deref()) {
+            Ok(listener) => {
+                if let Err(e) = lock.mark_ready(&path) {
+                    tracing::warn!(error = %e, "cannot note the control socket as ready in the state folder's lock");
                 }
+                let (rx, c) = (self.app_rx.clone(), self.cancel.clone());
+                self.tracker.spawn(async move {
+                    control::serve(listener, path, rx, c).await;
+                });
             }
-            _ = &mut shutdown => break,
-            _ = ticker.tick() => {
-                if watchdog {
-                    notify(&[NotifyState::Watchdog]);
-                }
-                let (a, r) = (app_rx.borrow().clone(), rt.clone());
-                if let Ok(line) = tokio::task::spawn_blocking(move || status::summary_line(&status::build(&a, &r))).await {
-                    notify(&[NotifyState::Status(&line)]);
-                }
+            Err(e) => {
+                tracing::error!(socket = %path.display(), error = %e, "control socket unavailable: CLI commands cannot reach the daemon (and do not run beside it)");
+                self.rt.set_alert("control socket unavailable", true);
             }
         }
     }
-    tracing::info!(drain = ?drain, "stopping: draining in-flight work");
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    rt.ready.store(false, Ordering::Relaxed);
-    cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!("drain timeout: unfinished snapshots resume at the next start");
+
+    /// Finish what a crash or a stop interrupted, and see which stores answer.
+    async fn recover(&self) {
+        let app = self.app();
+        recover_interrupted(&app, &self.journal, &self.rt).await;
+        replicate::probe(&app, &self.rt).await;
     }
-    Ok(())
+
+    fn spawn_workers(&self) {
+        let intake = workers::Intake::new(self.app(), self.journal.clone(), &self.rt);
+        self.spawn(intake);
+        self.spawn(workers::CatchUp);
+        self.spawn(workers::Scrub);
+        self.spawn(workers::Drill);
+        self.spawn(workers::Shred {
+            journal: self.journal.clone(),
+        });
+    }
+
+    fn spawn<W: workers::Periodic>(&self, w: W) {
+        let (rx, rt, c) = (self.app_rx.clone(), self.rt.clone(), self.cancel.clone());
+        self.tracker.spawn(workers::run(w, rx, rt, c));
+    }
+
+    async fn summary_line(&self) -> Option<String> {
+        let (a, r) = (self.app(), self.rt.clone());
+        tokio::task::spawn_blocking(move || status::summary_line(&status::build(&a, &r)))
+            .await
+            .ok()
+    }
+
+    async fn announce_ready(&self) {
+        self.rt.ready.store(true, Ordering::Relaxed);
+        let line = self.summary_line().await.unwrap_or_default();
+        notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+        let app = self.app();
+        tracing::info!(
+            sources = app.config.sources.len(),
+            stores = app.stores.len(),
+            "coffre daemon ready"
+        );
+    }
+
+    /// SIGHUP: load and validate the config file again; a refused one leaves the running one.
+    async fn reload(&self) {
+        notify(&[NotifyState::Reloading]);
+        let app = self.app();
+        match reload(&self.config_path, &app.config.state_dir).await {
+            Ok(mut new) => {
+                // One in-flight registry and one progress board for the whole run: a shred
+                // under the new config still waits for a protect started under the old one,
+                // and /status still shows it.
+                new.inflight = app.inflight.clone();
+                new.progress = app.progress.clone();
+                let _ = self.app_tx.send(Arc::new(new));
+                tracing::info!(config = %self.config_path.display(), "configuration reloaded");
+                self.rt.reload_result(Ok(()));
+                notify(&[
+                    NotifyState::Ready,
+                    NotifyState::Status("configuration reloaded"),
+                ]);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the running configuration stays");
+                self.rt.reload_result(Err(&e));
+                notify(&[
+                    NotifyState::Ready,
+                    NotifyState::Status("reload refused: config invalid, running config kept"),
+                ]);
+            }
+        }
+    }
+
+    /// The watchdog's keep-alive and a fresh STATUS line.
+    async fn tick(&self, watchdog: bool) {
+        if watchdog {
+            notify(&[NotifyState::Watchdog]);
+        }
+        if let Some(line) = self.summary_line().await {
+            notify(&[NotifyState::Status(&line)]);
+        }
+    }
+
+    /// Stop every task; in-flight work gets up to `drain`, and otherwise resumes at the next
+    /// start from the journal.
+    async fn drain(&self, drain: Duration) {
+        tracing::info!(drain = ?drain, "stopping: draining in-flight work");
+        notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        self.rt.ready.store(false, Ordering::Relaxed);
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: unfinished snapshots resume at the next start");
+        }
+    }
 }
 
 async fn reload(path: &Path, state_dir: &Path) -> Result<Coffre, String> {

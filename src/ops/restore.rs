@@ -787,6 +787,30 @@ impl Fetch<'_> {
         }
     }
 
+    /// Take the first replica's header (opener, framer, its bytes into the sealed SHA-256);
+    /// every later replica must have the very same header bytes.
+    fn adopt_header(
+        &mut self,
+        store: &Store,
+        dek: &DataKey,
+        header: &Header,
+        hb: Vec<u8>,
+    ) -> Result<(), StoreFailure> {
+        if self.opener.is_none() {
+            self.opener = Some(Opener::new(dek, header, &hb));
+            self.framer = Some(Framer::new(header.segment_log2));
+            self.sha.update(&hb);
+            self.header_bytes = hb;
+        } else if hb != self.header_bytes {
+            return Err(failure(
+                &store.name,
+                "tampered",
+                "its object header differs from the other replicas",
+            ));
+        }
+        Ok(())
+    }
+
     /// Stream from `store`, starting at the current verified offset (just after the header, or
     /// at the boundary of the last verified segment when resuming after another store failed).
     async fn stream_from(&mut self, store: &Store) -> StreamEnd {
@@ -935,187 +959,29 @@ async fn fetch_header(store: &Store, m: &Manifest) -> Result<(Header, Vec<u8>), 
     Ok((header, hb.to_vec()))
 }
 
-/// Restore one snapshot.
+/// Restore one snapshot: pick the stores, check the target, resolve the snapshot, find a copy
+/// whose manifest and key object are sound, log the access, unwrap the data key, stream and
+/// verify the data (falling back to another store mid-stream), log the outcome, move the result
+/// into place.
 #[tracing::instrument(skip_all, fields(source = %req.source))]
 pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError> {
     let started = Instant::now();
-    let candidates: Vec<&Store> = match &req.store {
-        Some(name) => vec![app
-            .store(name)
-            .ok_or_else(|| RestoreError::UnknownStore(name.clone(), app.config.store_names()))?],
-        None => app.stores.iter().collect(),
-    };
+    let candidates = candidate_stores(app, req)?;
     // Target checks before touching any key (through the socket, the caller made them).
     if req.stream.is_none() {
         check_target(&req.to)?;
     }
     let id = resolve(app, &req.source, req.snapshot).await?;
-    // Only a local restore has a temporary path of its own (never touched for a socket caller).
-    let tmp = match req.stream {
-        None => Some(partial_path(&req.to, &id)),
-        Some(_) => None,
-    };
-    let cleanup = |tmp: &Option<PathBuf>| {
-        if let Some(t) = tmp {
-            remove_any(t);
-        }
-    };
-    cleanup(&tmp);
-
-    // Manifest and key object from the first store that has both.
+    let scratch = Scratch::for_request(req, &id);
     let mut failures: Vec<StoreFailure> = Vec::new();
-    let mut chosen: Option<(Manifest, KeyObject, usize)> = None;
-    for (i, s) in candidates.iter().enumerate() {
-        let m = match s.get_manifest(&req.source, &id).await {
-            Ok(m) => m,
-            Err(e) => {
-                let what = if e.is_not_found() {
-                    format!("manifest of snapshot {id} is missing: the snapshot is not committed in this store")
-                } else {
-                    e.to_string()
-                };
-                failures.push(failure(
-                    &s.name,
-                    if e.is_not_found() {
-                        "missing-manifest"
-                    } else {
-                        e.kind().as_str()
-                    },
-                    what,
-                ));
-                continue;
-            }
-        };
-        match s.get_key_object(&req.source, &id).await {
-            Ok(k) => {
-                // A key object that fails its authentication is not used (unsealed ones, from
-                // before authentication existed, still restore: the data is AEAD-protected).
-                let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(&k, &m);
-                if matches!(
-                    check,
-                    crate::auth::Check::Forged { .. } | crate::auth::Check::Unverifiable { .. }
-                ) {
-                    failures.push(failure(&s.name, "tampered", format!("key object {check}")));
-                    continue;
-                }
-                chosen = Some((m, k, i));
-                break;
-            }
-            Err(e) => failures.push(failure(&s.name, e.kind().as_str(), e)),
-        }
-    }
-    let Some((manifest, key_object, first)) = chosen else {
-        if !failures.is_empty() && failures.iter().all(|f| f.kind == "missing-manifest") {
-            // Not a damaged copy: a snapshot that was shredded, or an id that never existed.
-            if let Some(r) = crate::ops::shred::record_of(app, &id) {
-                return Err(RestoreError::Shredded {
-                    snapshot: id,
-                    time: r.time,
-                    reason: r.reason,
-                    record: r.record,
-                });
-            }
-            if app.catalog.get(&id).ok().flatten().is_none() {
-                return Err(RestoreError::UnknownSnapshot {
-                    snapshot: id,
-                    source_name: req.source.clone(),
-                });
-            }
-        }
-        return Err(RestoreError::NotFound {
-            snapshot: id,
-            source_name: req.source.clone(),
-            failures: render(&failures),
-        });
-    };
-
-    let target = |store: Option<&str>| Target {
-        source: Some(req.source.clone()),
-        snapshot: Some(id.to_string()),
-        store: store.map(str::to_string),
-        sealed_sha256: Some(manifest.sealed_sha256.clone()),
-        epoch: Some(key_object.epoch.to_string()),
-    };
-    let exposes = Some("every patient record in the database snapshot".to_string());
-    app.audit.append(NewEntry {
-        actor: req.actor.clone(),
-        action: req.action.clone(),
-        target: target(Some(&candidates[first].name)),
-        purpose: req.purpose.clone(),
-        outcome: "started".into(),
-        exposes: exposes.clone(),
-    })?;
-    app.audit.append(NewEntry {
-        actor: req.actor.clone(),
-        action: "key-unwrap".into(),
-        target: target(None),
-        purpose: req.purpose.clone(),
-        outcome: "started".into(),
-        exposes: None,
-    })?;
-    let dek = match unwrap_dek(app, &key_object) {
-        Ok(k) => {
-            app.audit.append(NewEntry {
-                actor: req.actor.clone(),
-                action: "key-unwrap".into(),
-                target: target(None),
-                purpose: req.purpose.clone(),
-                outcome: "ok".into(),
-                exposes: None,
-            })?;
-            k
-        }
-        Err(source) => {
-            let _ = app.audit.append(NewEntry {
-                actor: req.actor.clone(),
-                action: "key-unwrap".into(),
-                target: target(None),
-                purpose: req.purpose.clone(),
-                outcome: format!("failed: {source}"),
-                exposes: None,
-            });
-            return Err(RestoreError::Key {
-                snapshot: id,
-                source,
-            });
-        }
-    };
-
-    let dest = match &req.stream {
-        Some(tx) => {
-            let begin = Chunk::Begin {
-                snapshot: id,
-                kind: manifest.kind,
-                size: manifest.size,
-            };
-            if tx.send(begin).await.is_err() {
-                return Err(RestoreError::Target {
-                    path: req.to.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the caller of the control socket went away",
-                    ),
-                });
-            }
-            Dest::Stream(tx.clone())
-        }
-        None => match &tmp {
-            Some(t) => Dest::Path(t.clone()),
-            None => {
-                return Err(RestoreError::Integrity {
-                    snapshot: id,
-                    reason: "internal: no destination".into(),
-                })
-            }
-        },
-    };
-    let activity = if req.action == "drill" {
-        crate::progress::Activity::Drill
-    } else {
-        crate::progress::Activity::Restore
-    };
+    let (manifest, key_object, first) =
+        find_copy(app, req, &id, &candidates, &mut failures).await?;
+    let log = Access::new(app, req, &id, &manifest, &key_object);
+    log.record(req.action.clone(), Some(&candidates[first].name), "started")?;
+    let dek = log.unwrap_dek(&key_object)?;
+    let dest = destination(req, &id, &manifest, &scratch).await?;
     let tracker = app.progress.start(
-        activity,
+        progress_activity(req),
         &id.to_string(),
         &req.source,
         None,
@@ -1138,36 +1004,12 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
         Ok(_) => "ok".to_string(),
         Err(e) => format!("failed: {e}"),
     };
-    let audit_res = app.audit.append(NewEntry {
-        actor: req.actor.clone(),
-        action: req.action.clone(),
-        target: target(None),
-        purpose: req.purpose.clone(),
-        outcome,
-        exposes,
-    });
-    let stores_used = match result {
-        Ok(used) => used,
-        Err(e) => {
-            cleanup(&tmp);
-            return Err(e);
-        }
-    };
-    if let Err(e) = audit_res {
-        cleanup(&tmp);
-        return Err(e.into());
-    }
+    let logged = log.record(req.action.clone(), None, outcome);
+    let stores_used = result?;
+    logged?;
     // Through the socket, the caller renames its own temporary file once the answer says every
     // check passed.
-    if let Some(t) = &tmp {
-        if let Err(source) = rename_into_place(t, &req.to) {
-            remove_any(t);
-            return Err(RestoreError::Target {
-                path: req.to.clone(),
-                source,
-            });
-        }
-    }
+    scratch.move_into_place(&req.to)?;
     for f in &failures {
         tracing::warn!(snapshot = %id, store = %f.store, kind = %f.kind, "replica failed during restore: {}", f.error);
     }
@@ -1185,6 +1027,242 @@ pub async fn restore(app: &Coffre, req: &Request) -> Result<Report, RestoreError
     })
 }
 
+/// The store asked for, or every store in the configured order.
+fn candidate_stores<'a>(app: &'a Coffre, req: &Request) -> Result<Vec<&'a Store>, RestoreError> {
+    Ok(match &req.store {
+        Some(name) => vec![app
+            .store(name)
+            .ok_or_else(|| RestoreError::UnknownStore(name.clone(), app.config.store_names()))?],
+        None => app.stores.iter().collect(),
+    })
+}
+
+fn progress_activity(req: &Request) -> crate::progress::Activity {
+    if req.action == "drill" {
+        crate::progress::Activity::Drill
+    } else {
+        crate::progress::Activity::Restore
+    }
+}
+
+/// The temporary file or folder a local restore writes beside its target (a restore through
+/// the socket has none: the caller writes its own). Removed when dropped, unless moved into
+/// place; a leftover of an earlier, interrupted restore is removed first.
+struct Scratch(Option<PathBuf>);
+
+impl Scratch {
+    fn for_request(req: &Request, id: &SnapshotId) -> Scratch {
+        let tmp = req.stream.is_none().then(|| partial_path(&req.to, id));
+        if let Some(t) = &tmp {
+            remove_any(t);
+        }
+        Scratch(tmp)
+    }
+
+    fn move_into_place(mut self, to: &Path) -> Result<(), RestoreError> {
+        let Some(t) = self.0.take() else {
+            return Ok(());
+        };
+        rename_into_place(&t, to).map_err(|source| {
+            remove_any(&t);
+            RestoreError::Target {
+                path: to.to_path_buf(),
+                source,
+            }
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            remove_any(t);
+        }
+    }
+}
+
+/// The manifest and key object from the first store that has both, sound; each store that
+/// does not is a failure in `failures`. None anywhere: shredded, unknown, or not found (with
+/// every store's reason).
+async fn find_copy(
+    app: &Coffre,
+    req: &Request,
+    id: &SnapshotId,
+    candidates: &[&Store],
+    failures: &mut Vec<StoreFailure>,
+) -> Result<(Manifest, KeyObject, usize), RestoreError> {
+    for (i, s) in candidates.iter().enumerate() {
+        match copy_in(app, s, &req.source, id).await {
+            Ok((m, k)) => return Ok((m, k, i)),
+            Err(f) => failures.push(f),
+        }
+    }
+    if !failures.is_empty() && failures.iter().all(|f| f.kind == "missing-manifest") {
+        // Not a damaged copy: a snapshot that was shredded, or an id that never existed.
+        if let Some(r) = crate::ops::shred::record_of(app, id) {
+            return Err(RestoreError::Shredded {
+                snapshot: *id,
+                time: r.time,
+                reason: r.reason,
+                record: r.record,
+            });
+        }
+        if app.catalog.get(id).ok().flatten().is_none() {
+            return Err(RestoreError::UnknownSnapshot {
+                snapshot: *id,
+                source_name: req.source.clone(),
+            });
+        }
+    }
+    Err(RestoreError::NotFound {
+        snapshot: *id,
+        source_name: req.source.clone(),
+        failures: render(failures),
+    })
+}
+
+/// The manifest and key object of snapshot `id` in one store. A key object that fails its
+/// authentication is not used (unsealed ones, from before authentication existed, still
+/// restore: the data is AEAD-protected).
+async fn copy_in(
+    app: &Coffre,
+    s: &Store,
+    source: &str,
+    id: &SnapshotId,
+) -> Result<(Manifest, KeyObject), StoreFailure> {
+    let m = s.get_manifest(source, id).await.map_err(|e| {
+        if e.is_not_found() {
+            failure(&s.name, "missing-manifest", format!("manifest of snapshot {id} is missing: the snapshot is not committed in this store"))
+        } else {
+            failure(&s.name, e.kind().as_str(), e)
+        }
+    })?;
+    let k = s
+        .get_key_object(source, id)
+        .await
+        .map_err(|e| failure(&s.name, e.kind().as_str(), e))?;
+    let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(&k, &m);
+    if matches!(
+        check,
+        crate::auth::Check::Forged { .. } | crate::auth::Check::Unverifiable { .. }
+    ) {
+        return Err(failure(&s.name, "tampered", format!("key object {check}")));
+    }
+    Ok((m, k))
+}
+
+/// The access-log entries of one restore: who, why, which snapshot under which epoch.
+struct Access<'a> {
+    app: &'a Coffre,
+    req: &'a Request,
+    id: SnapshotId,
+    sealed_sha256: String,
+    epoch: String,
+}
+
+impl<'a> Access<'a> {
+    fn new(
+        app: &'a Coffre,
+        req: &'a Request,
+        id: &SnapshotId,
+        m: &Manifest,
+        k: &KeyObject,
+    ) -> Access<'a> {
+        Access {
+            app,
+            req,
+            id: *id,
+            sealed_sha256: m.sealed_sha256.clone(),
+            epoch: k.epoch.to_string(),
+        }
+    }
+
+    fn record(
+        &self,
+        action: String,
+        store: Option<&str>,
+        outcome: impl Into<String>,
+    ) -> Result<(), crate::audit::AuditError> {
+        let key_unwrap = action == "key-unwrap";
+        self.app.audit.append(NewEntry {
+            actor: self.req.actor.clone(),
+            action,
+            target: Target {
+                source: Some(self.req.source.clone()),
+                snapshot: Some(self.id.to_string()),
+                store: store.map(str::to_string),
+                sealed_sha256: Some(self.sealed_sha256.clone()),
+                epoch: Some(self.epoch.clone()),
+            },
+            purpose: self.req.purpose.clone(),
+            outcome: outcome.into(),
+            exposes: (!key_unwrap)
+                .then(|| "every patient record in the database snapshot".to_string()),
+        })?;
+        Ok(())
+    }
+
+    /// Unwrap the snapshot's data key, logged before and after (a failure too).
+    fn unwrap_dek(&self, k: &KeyObject) -> Result<DataKey, RestoreError> {
+        self.record("key-unwrap".into(), None, "started")?;
+        match unwrap_dek(self.app, k) {
+            Ok(dek) => {
+                self.record("key-unwrap".into(), None, "ok")?;
+                Ok(dek)
+            }
+            Err(source) => {
+                let _ = self.record("key-unwrap".into(), None, format!("failed: {source}"));
+                Err(RestoreError::Key {
+                    snapshot: self.id,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Where the plaintext goes: the scratch path, or the socket caller (told the size and kind
+/// first).
+async fn destination(
+    req: &Request,
+    id: &SnapshotId,
+    manifest: &Manifest,
+    scratch: &Scratch,
+) -> Result<Dest, RestoreError> {
+    if let Some(tx) = &req.stream {
+        let begin = Chunk::Begin {
+            snapshot: *id,
+            kind: manifest.kind,
+            size: manifest.size,
+        };
+        if tx.send(begin).await.is_err() {
+            return Err(RestoreError::Target {
+                path: req.to.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the caller of the control socket went away",
+                ),
+            });
+        }
+        return Ok(Dest::Stream(tx.clone()));
+    }
+    match &scratch.0 {
+        Some(t) => Ok(Dest::Path(t.clone())),
+        None => Err(RestoreError::Integrity {
+            snapshot: *id,
+            reason: "internal: no destination".into(),
+        }),
+    }
+}
+
+/// The keyed digest and size of the plaintext, as the writer task saw them.
+type Written = io::Result<([u8; 32], u64)>;
+type Writer = tokio::task::JoinHandle<Written>;
+
+/// Stream the sealed data from the first store that gave the manifest, then from the others in
+/// order when one fails (resuming at the last verified segment), into `dest`; then check the
+/// sealed SHA-256 and the keyed digest of the plaintext against the manifest. Returns the
+/// stores read from.
 #[allow(clippy::too_many_arguments)]
 async fn stream_restore(
     stall: std::time::Duration,
@@ -1197,7 +1275,6 @@ async fn stream_restore(
     dest: Dest,
     failures: &mut Vec<StoreFailure>,
 ) -> Result<Vec<String>, RestoreError> {
-    let mut dest = Some(dest);
     let id = manifest.snapshot;
     let (digest_alg, expected_digest) =
         manifest
@@ -1207,18 +1284,6 @@ async fn stream_restore(
                 reason: "the manifest has no plaintext digest".into(),
             })?;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let progress = if req.progress {
-        let pb = indicatif::ProgressBar::new(manifest.sealed_size);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(pb)
-    } else {
-        None
-    };
     let mut fetch = Fetch {
         manifest,
         header_bytes: Vec::new(),
@@ -1226,84 +1291,36 @@ async fn stream_restore(
         framer: None,
         sha: Sha256::new(),
         tx,
-        progress,
+        progress: req.progress.then(|| progress_bar(manifest.sealed_size)),
         board,
         stall,
     };
-    let mut rx = Some(rx);
-    type Writer = tokio::task::JoinHandle<io::Result<([u8; 32], u64)>>;
+    let mut pending = Some((rx, dest));
     let mut writer: Option<Writer> = None;
     let mut used = Vec::new();
-    let mut done = false;
-    let mut writer_gone = false;
+    let mut end = None;
     // The store that gave the manifest first, then the others in order.
-    let order: Vec<&Store> = candidates[first..]
-        .iter()
-        .chain(candidates[..first].iter())
-        .copied()
-        .collect();
-    for (i, store) in order.iter().enumerate() {
-        if i > 0 {
-            // A replica must describe the same sealed bytes.
-            match store.get_manifest(&manifest.source, &id).await {
-                Ok(m)
-                    if m.sealed_sha256 == manifest.sealed_sha256
-                        && m.sealed_size == manifest.sealed_size => {}
-                Ok(_) => {
-                    failures.push(failure(
-                        &store.name,
-                        "tampered",
-                        "its manifest disagrees with the other replicas",
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    failures.push(failure(&store.name, e.kind().as_str(), e));
-                    continue;
-                }
-            }
-        }
-        let (header, hb) = match tokio::time::timeout(stall, fetch_header(store, manifest)).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(f)) => {
+    let order = candidates[first..].iter().chain(candidates[..first].iter());
+    for (i, store) in order.enumerate() {
+        let header = match replica_header(store, manifest, i > 0, stall).await {
+            Ok(h) => h,
+            Err(f) => {
                 failures.push(f);
                 continue;
             }
-            Err(_) => {
-                failures.push(failure(
-                    &store.name,
-                    "stalled",
-                    "no answer while reading the object header",
-                ));
-                continue;
-            }
         };
-        if fetch.opener.is_none() {
-            fetch.opener = Some(Opener::new(dek, &header, &hb));
-            fetch.framer = Some(Framer::new(header.segment_log2));
-            fetch.sha.update(&hb);
-            fetch.header_bytes = hb;
-        } else if hb != fetch.header_bytes {
-            failures.push(failure(
-                &store.name,
-                "tampered",
-                "its object header differs from the other replicas",
-            ));
+        let (header, hb) = header;
+        if let Err(f) = fetch.adopt_header(store, dek, &header, hb) {
+            failures.push(f);
             continue;
         }
-        if let Some(rx) = rx.take() {
+        if let Some((rx, dest)) = pending.take() {
             let mac =
                 PlainMac::new(digest_alg, dek, &header).map_err(|e| RestoreError::Integrity {
                     snapshot: id,
                     reason: e.to_string(),
                 })?;
             let kind = manifest.kind;
-            let Some(dest) = dest.take() else {
-                return Err(RestoreError::Integrity {
-                    snapshot: id,
-                    reason: "internal: the writer started twice".into(),
-                });
-            };
             writer = Some(tokio::task::spawn_blocking(move || {
                 write_out(rx, kind, dest, mac)
             }));
@@ -1311,13 +1328,9 @@ async fn stream_restore(
         used.push(store.name.clone());
         fetch.board.switch_store(&store.name);
         match fetch.stream_from(store).await {
-            StreamEnd::Done => {
-                done = true;
-                break;
-            }
             StreamEnd::StoreFailed(f) => failures.push(f),
-            StreamEnd::WriterGone => {
-                writer_gone = true;
+            other => {
+                end = Some(other);
                 break;
             }
         }
@@ -1331,43 +1344,7 @@ async fn stream_restore(
         Some(w) => Some(w.await),
         None => None,
     };
-    if !done {
-        // The writer's error is the cause only when it stopped first; otherwise it merely saw
-        // its input end because every store failed.
-        if writer_gone {
-            if let Some(Ok(Err(source))) = written {
-                return Err(RestoreError::Target {
-                    path: req.to.clone(),
-                    source,
-                });
-            }
-        }
-        return Err(RestoreError::AllStoresFailed {
-            snapshot: id,
-            failures: render(failures),
-        });
-    }
-    let (digest, size) = match written {
-        Some(Ok(Ok(x))) => x,
-        Some(Ok(Err(source))) => {
-            return Err(RestoreError::Target {
-                path: req.to.clone(),
-                source,
-            })
-        }
-        Some(Err(e)) => {
-            return Err(RestoreError::Target {
-                path: req.to.clone(),
-                source: io::Error::other(e),
-            })
-        }
-        None => {
-            return Err(RestoreError::Integrity {
-                snapshot: id,
-                reason: "nothing was written".into(),
-            })
-        }
-    };
+    let (digest, size) = written_or_cause(req, id, end, written, failures)?;
     if sha != manifest.sealed_sha256 {
         return Err(RestoreError::Integrity {
             snapshot: id,
@@ -1381,6 +1358,89 @@ async fn stream_restore(
         });
     }
     Ok(used)
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// The object header of a replica; a replica other than the first must also describe the
+/// same sealed bytes in its manifest.
+async fn replica_header(
+    store: &Store,
+    manifest: &Manifest,
+    check_manifest: bool,
+    stall: std::time::Duration,
+) -> Result<(Header, Vec<u8>), StoreFailure> {
+    if check_manifest {
+        let m = store
+            .get_manifest(&manifest.source, &manifest.snapshot)
+            .await
+            .map_err(|e| failure(&store.name, e.kind().as_str(), e))?;
+        if m.sealed_sha256 != manifest.sealed_sha256 || m.sealed_size != manifest.sealed_size {
+            return Err(failure(
+                &store.name,
+                "tampered",
+                "its manifest disagrees with the other replicas",
+            ));
+        }
+    }
+    tokio::time::timeout(stall, fetch_header(store, manifest))
+        .await
+        .unwrap_or_else(|_| {
+            Err(failure(
+                &store.name,
+                "stalled",
+                "no answer while reading the object header",
+            ))
+        })
+}
+
+/// The plaintext's digest and size as the writer saw them; or why the restore failed: the
+/// writer's error when it stopped first, else every store's failure.
+fn written_or_cause(
+    req: &Request,
+    id: SnapshotId,
+    end: Option<StreamEnd>,
+    written: Option<Result<Written, tokio::task::JoinError>>,
+    failures: &[StoreFailure],
+) -> Result<([u8; 32], u64), RestoreError> {
+    let target = |source| RestoreError::Target {
+        path: req.to.clone(),
+        source,
+    };
+    match end {
+        Some(StreamEnd::Done) => {}
+        // The writer's error is the cause only when it stopped first; otherwise it merely saw
+        // its input end because every store failed.
+        Some(StreamEnd::WriterGone) if matches!(written, Some(Ok(Err(_)))) => {
+            if let Some(Ok(Err(source))) = written {
+                return Err(target(source));
+            }
+        }
+        _ => {
+            return Err(RestoreError::AllStoresFailed {
+                snapshot: id,
+                failures: render(failures),
+            })
+        }
+    }
+    match written {
+        Some(Ok(Ok(x))) => Ok(x),
+        Some(Ok(Err(source))) => Err(target(source)),
+        Some(Err(e)) => Err(target(io::Error::other(e))),
+        None => Err(RestoreError::Integrity {
+            snapshot: id,
+            reason: "nothing was written".into(),
+        }),
+    }
 }
 
 #[cfg(test)]
