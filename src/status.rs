@@ -757,92 +757,133 @@ fn age_of(created: &str) -> Option<f64> {
 
 /// Build the status document and refresh the gauges derived from the catalog.
 pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
+    let sources = sources(app, rt);
+    let stores = stores(app, rt);
+    let keys = keys(app, rt);
+    let drills = drills(app, rt);
+    rt.metrics
+        .access_log_writable
+        .set(i64::from(access_log_writable(app.audit.path())));
+    StatusDoc {
+        drills,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: BUILD_COMMIT.to_string(),
+        host: app.host.clone(),
+        uptime_seconds: rt.started.elapsed().as_secs_f64(),
+        ready: rt.ready.load(Ordering::Relaxed),
+        sources,
+        stores,
+        keys,
+        workers: lock(&rt.workers).clone(),
+        in_progress: app.progress.list(),
+        config_reload: lock(&rt.reload).clone(),
+        alerts: alerts(app, rt),
+    }
+}
+
+/// Every configured source, and every source the catalog still holds snapshots of.
+fn sources(app: &Coffre, rt: &Runtime) -> Vec<SourceStatus> {
     let summaries = app.catalog.summary().unwrap_or_default();
-    let min_sites = app.config.replication.min_sites;
-    let mut sources = Vec::new();
     let mut names: Vec<String> = app.config.sources.iter().map(|s| s.name.clone()).collect();
     for s in summaries.keys() {
         if !names.contains(s) {
             names.push(s.clone());
         }
     }
-    for name in names {
-        let sum = summaries.get(&name);
-        let (state, last, created, count) = match sum {
-            None => ("none".to_string(), None, None, 0),
-            Some(s) => {
-                let sites: std::collections::BTreeSet<&str> = app
-                    .stores
-                    .iter()
-                    .filter(|st| s.last_committed_stores.contains(&st.name))
-                    .map(|st| st.site.as_str())
-                    .collect();
-                let state = if s.last_committed_stores.len() >= app.stores.len() {
-                    "protected"
-                } else if sites.len() >= min_sites {
-                    "degraded"
-                } else {
-                    "at-risk"
-                };
-                (
-                    state.to_string(),
-                    Some(s.last_id.clone()),
-                    Some(s.last_created.clone()),
-                    s.count,
-                )
-            }
-        };
-        for st in SOURCE_STATES {
-            rt.metrics
-                .source_state
-                .get_or_create(&SourceState {
-                    source: name.clone(),
-                    state: st.to_string(),
-                })
-                .set(i64::from(st == state));
+    names
+        .into_iter()
+        .map(|name| {
+            let sum = summaries.get(&name);
+            source_status(app, rt, name, sum)
+        })
+        .collect()
+}
+
+/// One source: its protection state (protected in every store, degraded but in `min-sites`
+/// sites, at risk), its last snapshot and its age.
+fn source_status(
+    app: &Coffre,
+    rt: &Runtime,
+    name: String,
+    sum: Option<&crate::catalog::SourceSummary>,
+) -> SourceStatus {
+    let min_sites = app.config.replication.min_sites;
+    let (state, last, created, count) = match sum {
+        None => ("none".to_string(), None, None, 0),
+        Some(s) => {
+            let sites: std::collections::BTreeSet<&str> = app
+                .stores
+                .iter()
+                .filter(|st| s.last_committed_stores.contains(&st.name))
+                .map(|st| st.site.as_str())
+                .collect();
+            let state = if s.last_committed_stores.len() >= app.stores.len() {
+                "protected"
+            } else if sites.len() >= min_sites {
+                "degraded"
+            } else {
+                "at-risk"
+            };
+            (
+                state.to_string(),
+                Some(s.last_id.clone()),
+                Some(s.last_created.clone()),
+                s.count,
+            )
         }
-        for outcome in SNAPSHOT_OUTCOMES {
-            drop(rt.metrics.snapshots_total.get_or_create(&SourceOutcome {
+    };
+    for st in SOURCE_STATES {
+        rt.metrics
+            .source_state
+            .get_or_create(&SourceState {
                 source: name.clone(),
-                outcome: outcome.to_string(),
-            }));
-        }
-        let age = created.as_deref().and_then(age_of);
-        if let Some(c) = created.as_deref() {
-            if let Ok(t) =
-                time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339)
-            {
-                rt.metrics
-                    .last_protected
-                    .get_or_create(&SourceLabel {
-                        source: name.clone(),
-                    })
-                    .set(t.unix_timestamp_nanos() as f64 / 1e9);
-            }
-        }
-        if let Some(a) = age {
+                state: st.to_string(),
+            })
+            .set(i64::from(st == state));
+    }
+    for outcome in SNAPSHOT_OUTCOMES {
+        drop(rt.metrics.snapshots_total.get_or_create(&SourceOutcome {
+            source: name.clone(),
+            outcome: outcome.to_string(),
+        }));
+    }
+    let age = created.as_deref().and_then(age_of);
+    if let Some(c) = created.as_deref() {
+        if let Ok(t) =
+            time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339)
+        {
             rt.metrics
-                .snapshot_age
+                .last_protected
                 .get_or_create(&SourceLabel {
                     source: name.clone(),
                 })
-                .set(a);
+                .set(t.unix_timestamp_nanos() as f64 / 1e9);
         }
-        sources.push(SourceStatus {
-            folder_error: lock(&rt.source_folders).get(&name).cloned(),
-            name,
-            snapshots: count,
-            last_snapshot: last,
-            last_created: created,
-            age_seconds: age,
-            state,
-        });
     }
+    if let Some(a) = age {
+        rt.metrics
+            .snapshot_age
+            .get_or_create(&SourceLabel {
+                source: name.clone(),
+            })
+            .set(a);
+    }
+    SourceStatus {
+        folder_error: lock(&rt.source_folders).get(&name).cloned(),
+        name,
+        snapshots: count,
+        last_snapshot: last,
+        last_created: created,
+        age_seconds: age,
+        state,
+    }
+}
+
+fn stores(app: &Coffre, rt: &Runtime) -> Vec<StoreStatus> {
     let names: Vec<String> = app.stores.iter().map(|s| s.name.clone()).collect();
     let lags = app.catalog.lag_by_store(&names).unwrap_or_default();
     let health = lock(&rt.stores).clone();
-    let stores = app
-        .stores
+    app.stores
         .iter()
         .map(|s| {
             let lag = lags.get(&s.name).copied().unwrap_or(0);
@@ -862,9 +903,11 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 lag_snapshots: lag,
             }
         })
-        .collect();
-    let keys = app
-        .providers
+        .collect()
+}
+
+fn keys(app: &Coffre, rt: &Runtime) -> Vec<KeyStatus> {
+    app.providers
         .iter()
         .map(|p| {
             let epochs = p.epochs().unwrap_or_default();
@@ -900,7 +943,12 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 next_epoch_to_shred: live.iter().map(|e| e.epoch.to_string()).min(),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The last drill of each source from each store; the drill gauges (success time and RTO from
+/// the last successful drill, whatever came after it).
+fn drills(app: &Coffre, rt: &Runtime) -> Vec<DrillStatus> {
     let mut drills = Vec::new();
     for (text, last_ok) in app.catalog.drills().unwrap_or_default() {
         let Ok(r) = serde_json::from_str::<crate::ops::drill::DrillReport>(&text) else {
@@ -956,31 +1004,16 @@ pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
                 .set(every.as_secs_f64());
         }
     }
-    rt.metrics
-        .access_log_writable
-        .set(i64::from(access_log_writable(app.audit.path())));
-    StatusDoc {
-        drills,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        commit: BUILD_COMMIT.to_string(),
-        host: app.host.clone(),
-        uptime_seconds: rt.started.elapsed().as_secs_f64(),
-        ready: rt.ready.load(Ordering::Relaxed),
-        sources,
-        stores,
-        keys,
-        workers: lock(&rt.workers).clone(),
-        in_progress: app.progress.list(),
-        config_reload: lock(&rt.reload).clone(),
-        alerts: {
-            // The daemon's own alerts, then the lasting ones any run recorded in the catalog.
-            let mut a = lock(&rt.alerts).clone();
-            for (_, text, since) in app.catalog.alerts().unwrap_or_default() {
-                a.push(format!("{text} (since {since})"));
-            }
-            a
-        },
+    drills
+}
+
+/// The daemon's own alerts, then the lasting ones any run recorded in the catalog.
+fn alerts(app: &Coffre, rt: &Runtime) -> Vec<String> {
+    let mut a = lock(&rt.alerts).clone();
+    for (_, text, since) in app.catalog.alerts().unwrap_or_default() {
+        a.push(format!("{text} (since {since})"));
     }
+    a
 }
 
 /// One line for systemd's STATUS=.
