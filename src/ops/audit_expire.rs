@@ -160,32 +160,35 @@ fn is_due_day(day: time::Date, now: time::OffsetDateTime) -> bool {
         .is_some_and(|n| n.midnight().assume_utc() <= now)
 }
 
+/// Crypto-shred one epoch of the access log's sealed segments: refuse under a legal hold, hash
+/// each copy, destroy the key in every provider, push the keyrings, delete each copy that no
+/// longer opens (key object last), keep the destruction record, log the outcome.
 async fn destroy_epoch(
     app: &Coffre,
     epoch: &EpochId,
     copies: &mut [Copy],
     actor: &str,
 ) -> Result<DestructionRecord, String> {
-    let target = Target {
-        epoch: Some(epoch.to_string()),
-        ..Default::default()
-    };
     let log = |outcome: String| {
-        app.audit.append(NewEntry {
-            actor: actor.into(),
-            action: "audit-expire".into(),
-            target: target.clone(),
-            purpose: REASON.into(),
-            outcome,
-            exposes: None,
-        })
+        app.audit
+            .append(NewEntry {
+                actor: actor.into(),
+                action: "audit-expire".into(),
+                target: Target {
+                    epoch: Some(epoch.to_string()),
+                    ..Default::default()
+                },
+                purpose: REASON.into(),
+                outcome,
+                exposes: None,
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     log(format!(
         "started: {} sealed segment copies of the access log",
         copies.len()
-    ))
-    .map_err(|e| e.to_string())?;
-
+    ))?;
     // The access log has no legal hold of its own today; if a key object ever carries one,
     // its epoch stays.
     if let Some(hold) = copies.iter().find_map(|c| c.legal_hold.clone()) {
@@ -194,82 +197,13 @@ async fn destroy_epoch(
             "a segment is under legal hold ({hold}); nothing was destroyed"
         ));
     }
-    // Remember each copy's hash before anything is destroyed.
-    let mut sealed = Vec::with_capacity(copies.len());
-    for c in copies.iter() {
-        let s = &app.stores[c.store];
-        let sha = match s.get_small(&c.data, 256 * 1024 * 1024).await {
-            Ok(b) => hex::encode(Sha256::digest(&b)),
-            Err(e) => format!("unreadable before destruction: {e}"),
-        };
-        sealed.push(sha);
-    }
-
-    // 1. The epoch key, in every provider.
-    let mut providers = Vec::new();
-    for p in &app.providers {
-        if let Err(e) = p.destroy(epoch) {
-            let _ = log(format!("failed: provider {}: {e}", p.name()));
-            return Err(format!(
-                "provider `{}` did not destroy the key ({e}); nothing was deleted",
-                p.name()
-            ));
-        }
-        providers.push(ProviderResult {
-            provider: p.name().into(),
-            destroyed: true,
-            detail: "destroyed".into(),
-        });
-    }
+    let sealed = hashes_before(app, copies).await;
+    let providers = destroy_key(app, epoch, &log)?;
     // Recorded per store, retried by later runs while it fails.
     let keyrings = crate::ops::erasure::push_after_destruction(app, epoch).await;
-
-    // 2. Each copy: check it no longer opens, then delete it (key object last).
     let mut results = Vec::new();
     for (c, sha) in copies.iter().zip(sealed) {
-        let s = &app.stores[c.store];
-        let decrypt_check = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
-            Ok(b) => match KeyObject::parse(&b) {
-                Ok(k) => match crate::ops::restore::unwrap_dek(app, &k) {
-                    Ok(_) => "STILL DECRYPTABLE".to_string(),
-                    Err(e) if e.is_destroyed() => "key destroyed".to_string(),
-                    Err(e) => format!("not decryptable: {e}"),
-                },
-                Err(e) => format!("key object unreadable: {e}"),
-            },
-            Err(e) => format!("key object unavailable: {e}"),
-        };
-        // Its key object names a key that was not destroyed: leave it, say so in the record and
-        // go on with the other copies (it goes when the epoch it names ends).
-        let kept = decrypt_check == "STILL DECRYPTABLE";
-        let mut deletion = "deleted".to_string();
-        if kept {
-            let _ = log(format!(
-                "failed: {} in store `{}` still decrypts; not deleted",
-                c.data, s.name
-            ));
-            tracing::error!(store = %s.name, segment = %c.data, epoch = %epoch, "access-log segment still decrypts after the destruction of its epoch: kept");
-            deletion =
-                "kept: it still decrypts after the destruction (its key object names another key)"
-                    .into();
-        } else {
-            for path in [&c.data, &c.key] {
-                if let Err(e) = s.delete(path).await {
-                    deletion = format!("not deleted ({path}), unreadable anyway: {e}");
-                }
-            }
-        }
-        results.push(CopyResult {
-            // A key object that could not be read leaves the segment without an id: the nil id
-            // says "unknown" (the path and hash identify the copy).
-            snapshot: c.id.unwrap_or_else(SnapshotId::nil),
-            store: s.name.clone(),
-            path: c.data.to_string(),
-            sealed_sha256: sha,
-            deletion,
-            decrypt_check,
-            kept,
-        });
+        results.push(erase_copy(app, epoch, c, sha, &log).await);
     }
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
     ids.sort();
@@ -297,8 +231,7 @@ async fn destroy_epoch(
         let why = record.incomplete_reasons().join("; ");
         log(format!(
             "failed: epoch destroyed but the erasure is not complete: {why}"
-        ))
-        .map_err(|e| e.to_string())?;
+        ))?;
         return Err(format!(
             "epoch destroyed and its segments deleted, but the erasure is not complete (record {}): {why}; an alert stays raised and the next run retries",
             record.record
@@ -307,8 +240,98 @@ async fn destroy_epoch(
     log(format!(
         "ok: epoch destroyed, {} segment copies deleted",
         record.copies.len()
-    ))
-    .map_err(|e| e.to_string())?;
+    ))?;
     tracing::info!(epoch = %epoch, copies = record.copies.len(), "access-log epoch crypto-shredded");
     Ok(record)
+}
+
+/// Each copy's SHA-256, taken before anything is destroyed (for the record).
+async fn hashes_before(app: &Coffre, copies: &[Copy]) -> Vec<String> {
+    let mut sealed = Vec::with_capacity(copies.len());
+    for c in copies {
+        let s = &app.stores[c.store];
+        sealed.push(match s.get_small(&c.data, 256 * 1024 * 1024).await {
+            Ok(b) => hex::encode(Sha256::digest(&b)),
+            Err(e) => format!("unreadable before destruction: {e}"),
+        });
+    }
+    sealed
+}
+
+/// Destroy the epoch key in every provider; the first that fails stops everything (nothing is
+/// deleted).
+fn destroy_key(
+    app: &Coffre,
+    epoch: &EpochId,
+    log: &impl Fn(String) -> Result<(), String>,
+) -> Result<Vec<ProviderResult>, String> {
+    let mut providers = Vec::new();
+    for p in &app.providers {
+        if let Err(e) = p.destroy(epoch) {
+            let _ = log(format!("failed: provider {}: {e}", p.name()));
+            return Err(format!(
+                "provider `{}` did not destroy the key ({e}); nothing was deleted",
+                p.name()
+            ));
+        }
+        providers.push(ProviderResult {
+            provider: p.name().into(),
+            destroyed: true,
+            detail: "destroyed".into(),
+        });
+    }
+    Ok(providers)
+}
+
+/// One copy after the key's destruction: check that it no longer opens, then delete it (key
+/// object last). One whose key object names a key that was not destroyed is left, and said so
+/// in the record (it goes when the epoch it names ends).
+async fn erase_copy(
+    app: &Coffre,
+    epoch: &EpochId,
+    c: &Copy,
+    sealed_sha256: String,
+    log: &impl Fn(String) -> Result<(), String>,
+) -> CopyResult {
+    let s = &app.stores[c.store];
+    let decrypt_check = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
+        Ok(b) => match KeyObject::parse(&b) {
+            Ok(k) => match crate::ops::restore::unwrap_dek(app, &k) {
+                Ok(_) => "STILL DECRYPTABLE".to_string(),
+                Err(e) if e.is_destroyed() => "key destroyed".to_string(),
+                Err(e) => format!("not decryptable: {e}"),
+            },
+            Err(e) => format!("key object unreadable: {e}"),
+        },
+        Err(e) => format!("key object unavailable: {e}"),
+    };
+    let kept = decrypt_check == "STILL DECRYPTABLE";
+    let mut deletion = "deleted".to_string();
+    if kept {
+        let _ = log(format!(
+            "failed: {} in store `{}` still decrypts; not deleted",
+            c.data, s.name
+        ));
+        tracing::error!(store = %s.name, segment = %c.data, epoch = %epoch, "access-log segment still decrypts after the destruction of its epoch: kept");
+        deletion =
+            "kept: it still decrypts after the destruction (its key object names another key)"
+                .into();
+    } else {
+        for path in [&c.data, &c.key] {
+            if let Err(e) = s.delete(path).await {
+                deletion = format!("not deleted ({path}), unreadable anyway: {e}");
+            }
+        }
+    }
+    CopyResult {
+        // A key object that could not be read leaves the segment without an id: the nil id
+        // says "unknown" (the path and hash identify the copy).
+        snapshot: c.id.unwrap_or_else(SnapshotId::nil),
+        store: s.name.clone(),
+        path: c.data.to_string(),
+        sealed_sha256,
+        deletion,
+        decrypt_check,
+        kept,
+    }
 }

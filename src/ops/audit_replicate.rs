@@ -199,180 +199,227 @@ pub async fn verify_stores_at(
     app: &Coffre,
     now: time::OffsetDateTime,
 ) -> Result<Vec<Finding>, String> {
-    let text = std::fs::read_to_string(app.audit.path()).unwrap_or_default();
-    let local: BTreeMap<u64, String> = text
-        .lines()
-        .filter_map(|l| {
-            serde_json::from_str::<crate::audit::Entry>(l)
-                .ok()
-                .map(|e| (e.seq, l.to_string()))
-        })
-        .collect();
-    let local_last = local.keys().max().copied().unwrap_or(0);
-    // The local log's head may have been pruned at the end of its retention, and each store
-    // deletes its oldest segments when their epoch ends: a store copy may begin anywhere up to
-    // the local log's first entry, and entries older than that are not compared.
-    let local_first = local
-        .keys()
-        .min()
-        .copied()
-        .unwrap_or(local_last.saturating_add(1));
+    let local = LocalLog::read(app);
     // An hour of slack for the clocks of the hosts that pruned and that verify.
     let expired_by = now.saturating_add(time::Duration::hours(1));
     let mut findings = Vec::new();
     for s in &app.stores {
+        let mut f = StoreFindings {
+            store: s.name.clone(),
+            list: Vec::new(),
+        };
         let (segs, strays) = segments_and_strays(s, &app.host).await?;
         for stray in strays {
-            findings.push(Finding {
-                store: s.name.clone(),
-                seq: None,
-                problem: format!(
-                    "{stray} is not a segment coffre writes (entry numbers out of range): it was planted or damaged; it is ignored"
-                ),
-            });
+            f.push(None, format!(
+                "{stray} is not a segment coffre writes (entry numbers out of range): it was planted or damaged; it is ignored"
+            ));
         }
-        let mut expect: Option<u64> = None;
-        let mut joined = String::new();
-        for Segment {
-            first,
-            last,
-            data,
-            key,
-        } in &segs
-        {
-            // Entries the local log still holds must be in the copy; older ones may be gone
-            // (a store that was down while they expired gets only the newer ones).
-            let from = expect.unwrap_or(1).max(local_first.max(1));
-            if *first > from {
-                findings.push(Finding {
-                    store: s.name.clone(),
-                    seq: Some(from),
-                    problem: format!(
-                        "segment {from}..{} is missing from the store copy",
-                        first.saturating_sub(1)
-                    ),
-                });
-            }
-            let bytes = match s.get_small(data, 256 * 1024 * 1024).await {
-                Ok(b) => b,
-                Err(e) => {
-                    findings.push(Finding {
-                        store: s.name.clone(),
-                        seq: Some(*first),
-                        problem: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let opened = async {
-                let kb = s
-                    .get_small(key, crate::format::objects::MAX_SMALL_OBJECT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let k = KeyObject::parse(&kb)?;
-                let dek = crate::ops::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
-                let plain = seal::open_to_vec(&dek, &bytes, Some(&k.snapshot.to_string()))
-                    .map_err(|e| e.to_string())?;
-                zstd::decode_all(&plain[..]).map_err(|e| e.to_string())
-            }
-            .await;
-            match opened {
-                Ok(p) => joined.push_str(&String::from_utf8_lossy(&p)),
-                Err(e) => findings.push(Finding {
-                    store: s.name.clone(),
-                    seq: Some(*first),
-                    problem: format!("segment {first}-{last} does not open: {e}"),
-                }),
-            }
-            expect = last.checked_add(1);
-        }
-        // The chain is checked in two parts: entries past the local log's retention (a store
-        // that was down while they expired may lack some of them) and the entries the local
-        // log still holds (compared one by one below as well).
-        // Expired entries may have gaps (entries that expired while the store was down): each
-        // contiguous run of them is checked on its own.
-        let mut parts: Vec<String> = vec![String::new()];
-        let mut current = String::new();
-        let mut last_old: Option<u64> = None;
-        for line in joined.lines() {
-            let seq = serde_json::from_str::<crate::audit::Entry>(line)
-                .map(|e| e.seq)
-                .unwrap_or(u64::MAX);
-            let part = if seq < local_first {
-                if last_old.is_some_and(|l| l.checked_add(1) != Some(seq)) {
-                    parts.push(String::new());
-                }
-                last_old = Some(seq);
-                parts.last_mut().unwrap_or(&mut current)
-            } else {
-                &mut current
-            };
-            part.push_str(line);
-            part.push('\n');
-        }
-        parts.push(current);
-        for part in &parts {
-            if let Err(e) = crate::audit::verify_chain(
-                std::path::Path::new("store copy"),
-                part.as_bytes(),
-                crate::audit::Head::Anywhere,
-            ) {
-                findings.push(Finding {
-                    store: s.name.clone(),
-                    seq: None,
-                    problem: format!("store copy: {e}"),
-                });
-            }
-        }
-        for line in joined.lines() {
-            let Ok(e) = serde_json::from_str::<crate::audit::Entry>(line) else {
-                continue;
-            };
-            if e.seq < local_first {
-                // Past the local log's retention; its segment goes when its epoch ends. Unless it
-                // is not past it: then entries were cut from the local log's head (a forged
-                // pruning record passes the local check, not this one).
-                let at = time::OffsetDateTime::parse(
-                    &e.time,
-                    &time::format_description::well_known::Rfc3339,
-                );
-                let retention = time::Duration::try_from(app.config.audit.retention).ok();
-                let expired = at.is_ok_and(|t| {
-                    retention
-                        .and_then(|r| t.checked_add(r))
-                        .is_some_and(|end| end <= expired_by)
-                });
-                if !expired {
-                    findings.push(Finding {
-                        store: s.name.clone(),
-                        seq: Some(e.seq),
-                        problem: format!(
-                            "entry {} (written {}) is not past audit.retention, yet the local log no longer holds it: entries were removed from the head of the local log",
-                            e.seq, e.time
-                        ),
-                    });
-                }
-                continue;
-            }
-            match local.get(&e.seq) {
-                Some(l) if l == line => {}
-                Some(_) => findings.push(Finding {
-                    store: s.name.clone(),
-                    seq: Some(e.seq),
-                    problem: format!("entry {} differs between the local log and the store copy", e.seq),
-                }),
-                None => findings.push(Finding {
-                    store: s.name.clone(),
-                    seq: Some(e.seq),
-                    problem: format!(
-                        "entry {} is in the store copy but not in the local log (local log ends at {local_last}): the local log was truncated or entries were deleted",
-                        e.seq
-                    ),
-                }),
-            }
-        }
+        let joined = open_segments(app, s, &segs, local.first, &mut f).await;
+        check_chains(&joined, local.first, &mut f);
+        compare_entries(app, &joined, &local, expired_by, &mut f);
+        findings.extend(f.list);
     }
     Ok(findings)
+}
+
+/// The local access log, by entry number.
+struct LocalLog {
+    entries: BTreeMap<u64, String>,
+    /// Its first entry: the head may have been pruned at the end of its retention, and each
+    /// store deletes its oldest segments when their epoch ends, so a store copy may begin
+    /// anywhere up to here, and entries older than this are not compared.
+    first: u64,
+    last: u64,
+}
+
+impl LocalLog {
+    fn read(app: &Coffre) -> LocalLog {
+        let text = std::fs::read_to_string(app.audit.path()).unwrap_or_default();
+        let entries: BTreeMap<u64, String> = text
+            .lines()
+            .filter_map(|l| {
+                serde_json::from_str::<crate::audit::Entry>(l)
+                    .ok()
+                    .map(|e| (e.seq, l.to_string()))
+            })
+            .collect();
+        let last = entries.keys().max().copied().unwrap_or(0);
+        let first = entries
+            .keys()
+            .min()
+            .copied()
+            .unwrap_or(last.saturating_add(1));
+        LocalLog {
+            entries,
+            first,
+            last,
+        }
+    }
+}
+
+/// The findings of one store.
+struct StoreFindings {
+    store: String,
+    list: Vec<Finding>,
+}
+
+impl StoreFindings {
+    fn push(&mut self, seq: Option<u64>, problem: String) {
+        self.list.push(Finding {
+            store: self.store.clone(),
+            seq,
+            problem,
+        });
+    }
+}
+
+/// Open every segment of a store's copy and join their entries; a missing range (of entries the
+/// local log still holds) and a segment that does not open are findings.
+async fn open_segments(
+    app: &Coffre,
+    s: &Store,
+    segs: &[Segment],
+    local_first: u64,
+    f: &mut StoreFindings,
+) -> String {
+    let mut expect: Option<u64> = None;
+    let mut joined = String::new();
+    for seg in segs {
+        let (first, last) = (seg.first, seg.last);
+        // Entries the local log still holds must be in the copy; older ones may be gone (a
+        // store that was down while they expired gets only the newer ones).
+        let from = expect.unwrap_or(1).max(local_first.max(1));
+        if first > from {
+            f.push(
+                Some(from),
+                format!(
+                    "segment {from}..{} is missing from the store copy",
+                    first.saturating_sub(1)
+                ),
+            );
+        }
+        let bytes = match s.get_small(&seg.data, 256 * 1024 * 1024).await {
+            Ok(b) => b,
+            Err(e) => {
+                f.push(Some(first), e.to_string());
+                continue;
+            }
+        };
+        match open_segment(app, s, seg, &bytes).await {
+            Ok(p) => joined.push_str(&String::from_utf8_lossy(&p)),
+            Err(e) => f.push(
+                Some(first),
+                format!("segment {first}-{last} does not open: {e}"),
+            ),
+        }
+        expect = last.checked_add(1);
+    }
+    joined
+}
+
+/// The entries of one sealed segment: its key object, the data key, open, decompress.
+async fn open_segment(
+    app: &Coffre,
+    s: &Store,
+    seg: &Segment,
+    sealed: &[u8],
+) -> Result<Vec<u8>, String> {
+    let kb = s
+        .get_small(&seg.key, crate::format::objects::MAX_SMALL_OBJECT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let k = KeyObject::parse(&kb)?;
+    let dek = crate::ops::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
+    let plain = seal::open_to_vec(&dek, sealed, Some(&k.snapshot.to_string()))
+        .map_err(|e| e.to_string())?;
+    zstd::decode_all(&plain[..]).map_err(|e| e.to_string())
+}
+
+/// The chain is checked in two parts: entries past the local log's retention (a store that was
+/// down while they expired may lack some of them: each contiguous run of them is checked on its
+/// own) and the entries the local log still holds (compared one by one as well).
+fn check_chains(joined: &str, local_first: u64, f: &mut StoreFindings) {
+    let mut parts: Vec<String> = vec![String::new()];
+    let mut current = String::new();
+    let mut last_old: Option<u64> = None;
+    for line in joined.lines() {
+        let seq = serde_json::from_str::<crate::audit::Entry>(line)
+            .map(|e| e.seq)
+            .unwrap_or(u64::MAX);
+        let part = if seq < local_first {
+            if last_old.is_some_and(|l| l.checked_add(1) != Some(seq)) {
+                parts.push(String::new());
+            }
+            last_old = Some(seq);
+            parts.last_mut().unwrap_or(&mut current)
+        } else {
+            &mut current
+        };
+        part.push_str(line);
+        part.push('\n');
+    }
+    parts.push(current);
+    for part in &parts {
+        if let Err(e) = crate::audit::verify_chain(
+            std::path::Path::new("store copy"),
+            part.as_bytes(),
+            crate::audit::Head::Anywhere,
+        ) {
+            f.push(None, format!("store copy: {e}"));
+        }
+    }
+}
+
+/// Each entry of the store copy against the local log: the same line, or past the local log's
+/// retention (then it must really be past `audit.retention`).
+fn compare_entries(
+    app: &Coffre,
+    joined: &str,
+    local: &LocalLog,
+    expired_by: time::OffsetDateTime,
+    f: &mut StoreFindings,
+) {
+    let retention = time::Duration::try_from(app.config.audit.retention).ok();
+    for line in joined.lines() {
+        let Ok(e) = serde_json::from_str::<crate::audit::Entry>(line) else {
+            continue;
+        };
+        if e.seq < local.first {
+            // Past the local log's retention; its segment goes when its epoch ends. Unless it is
+            // not past it: then entries were cut from the local log's head (a forged pruning
+            // record passes the local check, not this one).
+            let at = time::OffsetDateTime::parse(
+                &e.time,
+                &time::format_description::well_known::Rfc3339,
+            );
+            let expired = at.is_ok_and(|t| {
+                retention
+                    .and_then(|r| t.checked_add(r))
+                    .is_some_and(|end| end <= expired_by)
+            });
+            if !expired {
+                f.push(Some(e.seq), format!(
+                    "entry {} (written {}) is not past audit.retention, yet the local log no longer holds it: entries were removed from the head of the local log",
+                    e.seq, e.time
+                ));
+            }
+            continue;
+        }
+        match local.entries.get(&e.seq) {
+            Some(l) if l == line => {}
+            Some(_) => f.push(
+                Some(e.seq),
+                format!(
+                    "entry {} differs between the local log and the store copy",
+                    e.seq
+                ),
+            ),
+            None => f.push(Some(e.seq), format!(
+                "entry {} is in the store copy but not in the local log (local log ends at {}): the local log was truncated or entries were deleted",
+                e.seq, local.last
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

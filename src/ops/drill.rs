@@ -96,7 +96,9 @@ fn pick_snapshot(app: &Coffre, source: &str, pick: DrillPick) -> Option<Snapshot
     }
 }
 
-/// Drill one snapshot from one store.
+/// Drill one snapshot from one store: restore it into a fresh scratch folder, run the verify
+/// command on it, all within the drill's time limit; wipe the scratch folder whatever happened;
+/// record the result in the access log and the catalog.
 pub async fn drill_one(
     app: &Coffre,
     source: &str,
@@ -104,110 +106,36 @@ pub async fn drill_one(
     snapshot: SnapshotId,
     req: &DrillRequest,
 ) -> DrillReport {
-    let started_at = crate::clock::now_rfc3339();
-    let drill_id = SnapshotId::new().to_string();
     let cfg = app
         .config
         .source(source)
         .map(|s| s.drill.clone())
         .unwrap_or_default();
+    let mut report = DrillReport::start(source, store, snapshot, req.fresh_catalog);
     let root = scratch_root(app, source);
-    let scratch = root.join(format!("drill-{drill_id}"));
-    let mut report = DrillReport {
-        drill: drill_id.clone(),
-        source: source.into(),
-        store: store.into(),
-        snapshot: Some(snapshot),
-        started: started_at,
-        finished: String::new(),
-        ok: false,
-        stage: "restore".into(),
-        error: None,
-        restore_seconds: 0.0,
-        verify_seconds: 0.0,
-        rto_seconds: 0.0,
-        size: 0,
-        sealed_sha256: None,
-        verify_exit: None,
-        scratch_wiped: false,
-        fresh_catalog: req.fresh_catalog,
-    };
+    let scratch = root.join(format!("drill-{}", report.drill));
     let limit = cfg.timeout.unwrap_or(Duration::from_secs(3600));
     let t0 = Instant::now();
     let run = async {
-        crate::fsutil::create_private_dir(&root)
-            .map_err(|e| format!("scratch folder {}: {e}", root.display()))?;
-        crate::fsutil::create_private_dir(&scratch)
-            .map_err(|e| format!("scratch folder {}: {e}", scratch.display()))?;
-        let name = app
-            .catalog
-            .get(&snapshot)
-            .ok()
-            .flatten()
-            .map(|e| e.manifest.original_name)
-            .filter(|n| crate::ids::is_valid_name(n))
-            .unwrap_or_else(|| "snapshot".into());
-        let to = scratch.join(&name);
-        let rreq = Request {
-            source: source.into(),
-            snapshot: Selector::Id(snapshot),
-            to: to.clone(),
-            store: Some(store.into()),
-            purpose: req.purpose.clone(),
-            actor: req.actor.clone(),
-            action: "drill".into(),
-            progress: false,
-            stream: None,
-        };
-        let r = crate::ops::restore::restore(app, &rreq)
-            .await
-            .map_err(|e| e.to_string())?;
+        for dir in [&root, &scratch] {
+            crate::fsutil::create_private_dir(dir)
+                .map_err(|e| format!("scratch folder {}: {e}", dir.display()))?;
+        }
+        let to = restore_into(app, &scratch, source, store, snapshot, req, &mut report).await?;
         report.restore_seconds = t0.elapsed().as_secs_f64();
-        report.size = r.size;
-        report.sealed_sha256 = Some(r.sealed_sha256.clone());
         report.stage = "verify".into();
         if let Some(cmd) = &cfg.verify_command {
-            let dir = if to.is_dir() {
-                to.clone()
-            } else {
-                scratch.clone()
-            };
-            let line = render_command(cmd, &dir, &to, free_port());
-            let t1 = Instant::now();
-            let status = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&line)
-                .env("COFFRE_DRILL_SOURCE", source)
-                .env("COFFRE_DRILL_SNAPSHOT", snapshot.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map_err(|e| format!("verify command cannot start: {e}"))?;
-            report.verify_seconds = t1.elapsed().as_secs_f64();
-            report.verify_exit = status.code();
-            if !status.success() {
-                return Err(format!(
-                    "verify command failed (exit {}): the restored copy does not work",
-                    status
-                        .code()
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "by signal".into())
-                ));
-            }
+            run_verify(cmd, &scratch, &to, source, snapshot, &mut report).await?;
         }
         report.stage = "done".into();
         Ok::<(), String>(())
     };
-    let result = match tokio::time::timeout(limit, run).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
+    let result = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+        Err(format!(
             "drill exceeded its time limit of {}",
             humantime::format_duration(limit)
-        )),
-    };
+        ))
+    });
     report.rto_seconds = t0.elapsed().as_secs_f64();
     match result {
         Ok(()) => report.ok = true,
@@ -217,13 +145,121 @@ pub async fn drill_one(
     let _ = std::fs::remove_dir_all(&scratch);
     report.scratch_wiped = !scratch.exists();
     report.finished = crate::clock::now_rfc3339();
+    record(app, req, &report);
+    report
+}
+
+impl DrillReport {
+    fn start(source: &str, store: &str, snapshot: SnapshotId, fresh_catalog: bool) -> DrillReport {
+        DrillReport {
+            drill: SnapshotId::new().to_string(),
+            source: source.into(),
+            store: store.into(),
+            snapshot: Some(snapshot),
+            started: crate::clock::now_rfc3339(),
+            finished: String::new(),
+            ok: false,
+            stage: "restore".into(),
+            error: None,
+            restore_seconds: 0.0,
+            verify_seconds: 0.0,
+            rto_seconds: 0.0,
+            size: 0,
+            sealed_sha256: None,
+            verify_exit: None,
+            scratch_wiped: false,
+            fresh_catalog,
+        }
+    }
+}
+
+/// Restore the snapshot from `store` into `scratch` (under its original name when that is a
+/// safe one); returns where it landed.
+async fn restore_into(
+    app: &Coffre,
+    scratch: &Path,
+    source: &str,
+    store: &str,
+    snapshot: SnapshotId,
+    req: &DrillRequest,
+    report: &mut DrillReport,
+) -> Result<PathBuf, String> {
+    let name = app
+        .catalog
+        .get(&snapshot)
+        .ok()
+        .flatten()
+        .map(|e| e.manifest.original_name)
+        .filter(|n| crate::ids::is_valid_name(n))
+        .unwrap_or_else(|| "snapshot".into());
+    let to = scratch.join(&name);
+    let rreq = Request {
+        source: source.into(),
+        snapshot: Selector::Id(snapshot),
+        to: to.clone(),
+        store: Some(store.into()),
+        purpose: req.purpose.clone(),
+        actor: req.actor.clone(),
+        action: "drill".into(),
+        progress: false,
+        stream: None,
+    };
+    let r = crate::ops::restore::restore(app, &rreq)
+        .await
+        .map_err(|e| e.to_string())?;
+    report.size = r.size;
+    report.sealed_sha256 = Some(r.sealed_sha256.clone());
+    Ok(to)
+}
+
+/// Run the source's verify command on the restored copy (its output discarded: it may print
+/// patient data); a non-zero exit fails the drill.
+async fn run_verify(
+    cmd: &str,
+    scratch: &Path,
+    to: &Path,
+    source: &str,
+    snapshot: SnapshotId,
+    report: &mut DrillReport,
+) -> Result<(), String> {
+    let dir = if to.is_dir() { to } else { scratch };
+    let line = render_command(cmd, dir, to, free_port());
+    let t1 = Instant::now();
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&line)
+        .env("COFFRE_DRILL_SOURCE", source)
+        .env("COFFRE_DRILL_SNAPSHOT", snapshot.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|e| format!("verify command cannot start: {e}"))?;
+    report.verify_seconds = t1.elapsed().as_secs_f64();
+    report.verify_exit = status.code();
+    if !status.success() {
+        return Err(format!(
+            "verify command failed (exit {}): the restored copy does not work",
+            status
+                .code()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "by signal".into())
+        ));
+    }
+    Ok(())
+}
+
+/// The drill's result in the access log (`drill-result`) and the catalog.
+fn record(app: &Coffre, req: &DrillRequest, report: &DrillReport) {
     let _ = app.audit.append(NewEntry {
         actor: req.actor.clone(),
         action: "drill-result".into(),
         target: Target {
-            source: Some(source.into()),
-            snapshot: Some(snapshot.to_string()),
-            store: Some(store.into()),
+            source: Some(report.source.clone()),
+            snapshot: report.snapshot.map(|s| s.to_string()),
+            store: Some(report.store.clone()),
             sealed_sha256: report.sealed_sha256.clone(),
             epoch: None,
         },
@@ -242,10 +278,11 @@ pub async fn drill_one(
         },
         exposes: None,
     });
-    if let Ok(json) = serde_json::to_string(&report) {
-        let _ = app.catalog.put_drill(source, store, &json, report.ok);
+    if let Ok(json) = serde_json::to_string(report) {
+        let _ = app
+            .catalog
+            .put_drill(&report.source, &report.store, &json, report.ok);
     }
-    report
 }
 
 /// Drill every requested source from every requested store.
