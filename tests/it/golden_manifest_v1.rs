@@ -8,7 +8,7 @@
 //! checks that a new backup writes format 2 and that the two digests are not interchangeable.
 //! Never regenerate these files: they stand for backups that already exist.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,10 +1,9 @@
 //! End-to-end tests of `coffre daemon`: the real binary, real folders, a real S3-compatible server
 //! (s3s-fs) for outages, and the real status endpoint.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

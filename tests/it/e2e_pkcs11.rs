@@ -2,10 +2,9 @@
 //! provider is a SoftHSM2 token (two local stores in two sites). Each test has its own SoftHSM
 //! conf and token dir, handed to the child process through `SOFTHSM2_CONF`.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! s3s-fs); drills restore it from each store, start PostgreSQL on the restored copy and check the
 //! row counts and the canary patient.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

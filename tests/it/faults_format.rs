@@ -3,8 +3,7 @@
 //! empty object, segments reordered, duplicated, dropped, spliced from another snapshot, and
 //! headers with unknown versions, ids, flags or out-of-range lengths. Every one must be refused.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
 use coffre::format::seal::{self, Header, SealError, TAG_LEN};
 use coffre::ids::SnapshotId;

@@ -4,7 +4,7 @@
 //! shredded snapshot stays restorable, the shredded epoch stays destroyed on disk and in every
 //! store, and no new snapshot is sealed under it.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

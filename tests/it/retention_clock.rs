@@ -2,8 +2,7 @@
 //! newest snapshot of a source survives by re-wrap, and a clock that jumps far ahead stops
 //! shredding.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
 use std::path::Path;
 

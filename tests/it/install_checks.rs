@@ -4,7 +4,7 @@
 //! messages a newcomer meets (mistyped names, unreadable config, empty lists, drills without a
 //! verify command).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

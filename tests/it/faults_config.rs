@@ -1,7 +1,6 @@
 //! Fault matrix row 11: bad configurations are refused with the key path and what to do.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

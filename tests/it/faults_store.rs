@@ -3,11 +3,9 @@
 //! a transfer that stalls half-way, a store that accepts objects and loses them. In each case
 //! nothing committed is lost and the damage is reported and repaired.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
-#[path = "common/faulty.rs"]
-mod faulty;
+use crate::faulty;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

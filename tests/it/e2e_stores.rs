@@ -4,9 +4,8 @@
 //! back, the exit codes, the messages, and what is (not) left on disk.
 //! Run `tests/setup.sh` first.
 
-mod common;
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::common;
+use crate::matrix;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -2,8 +2,7 @@
 //! log, the state folder. Each gives a clear error, and nothing is lost or left half-written.
 //! Needs root (mount); tests/run runs as root on CI.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,8 +5,7 @@
 //!
 //! COFFRE_FAULT_SEED=N reproduces a run; COFFRE_KILL_RUNS sets how many kills (default 20).
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,7 +4,7 @@
 //! evaluated), and every PromQL expression of `config/grafana/coffre.json` evaluated against it.
 //! Install the tools with `tests/setup.sh` (Debian package `prometheus`, which ships `promtool`).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

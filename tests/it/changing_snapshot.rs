@@ -1,8 +1,7 @@
 //! A snapshot that changes or vanishes while it is being read is reported, never protected as if
 //! whole: no manifest in any store, nothing in the catalog.
 
-#[path = "common/matrix.rs"]
-mod matrix;
+use crate::matrix;
 
 use std::path::Path;
 use std::time::Duration;
