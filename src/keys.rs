@@ -88,6 +88,41 @@ pub struct EpochInfo {
     pub destroyed: Option<String>,
 }
 
+/// The data key of snapshot `id` wrapped by `p` under `epoch`, as a key object records it.
+pub fn wrap_with(
+    p: &dyn KeyProvider,
+    epoch: &EpochId,
+    dek: &DataKey,
+    id: &SnapshotId,
+) -> Result<crate::format::objects::Wrap, KeyError> {
+    let wrapped = p.wrap(epoch, dek, id)?;
+    Ok(crate::format::objects::Wrap {
+        provider: p.name().to_string(),
+        kind: p.kind().to_string(),
+        algorithm: p.algorithm().to_string(),
+        epoch: epoch.clone(),
+        wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wrapped),
+    })
+}
+
+/// The data key of snapshot `id` wrapped by every provider under `epoch` (each epoch key
+/// created first where it does not exist yet): the wraps of a new key object. The first
+/// provider that fails stops it, and its error says which.
+pub fn wrap_for_all(
+    providers: &[Arc<dyn KeyProvider>],
+    epoch: &EpochId,
+    dek: &DataKey,
+    id: &SnapshotId,
+) -> Result<Vec<crate::format::objects::Wrap>, KeyError> {
+    providers
+        .iter()
+        .map(|p| {
+            p.ensure_epoch(epoch)?;
+            wrap_with(p.as_ref(), epoch, dek, id)
+        })
+        .collect()
+}
+
 /// A key provider holds epoch keys and wraps data keys under them.
 pub trait KeyProvider: Send + Sync {
     fn name(&self) -> &str;

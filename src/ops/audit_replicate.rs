@@ -13,7 +13,7 @@ use crate::app::Coffre;
 use crate::format::seal::{self, Header};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::DataKey;
-use crate::store::{KeyObject, Store, Wrap};
+use crate::store::{KeyObject, Store};
 
 /// How long sealed segments of the access log are kept (their epoch is the day this ends).
 pub fn retention_epoch(app: &Coffre) -> EpochId {
@@ -139,18 +139,8 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
         let id = SnapshotId::new();
         let epoch = retention_epoch(app);
         let dek = DataKey::generate();
-        let mut wraps = Vec::new();
-        for p in &app.providers {
-            p.ensure_epoch(&epoch).map_err(|e| e.to_string())?;
-            let w = p.wrap(&epoch, &dek, &id).map_err(|e| e.to_string())?;
-            wraps.push(Wrap {
-                provider: p.name().into(),
-                kind: p.kind().into(),
-                algorithm: p.algorithm().into(),
-                epoch: epoch.clone(),
-                wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
-            });
-        }
+        let wraps = crate::keys::wrap_for_all(&app.providers, &epoch, &dek, &id)
+            .map_err(|e| e.to_string())?;
         let compressed = zstd::encode_all(body.as_bytes(), 3).map_err(|e| e.to_string())?;
         let header = Header::new(&id, 16);
         let sealed = seal::seal_to_vec(&dek, &header, &compressed).map_err(|e| e.to_string())?;

@@ -31,7 +31,7 @@ use crate::format::seal::{self, Header, SealError, Sealer};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::{DataKey, KeyError};
 use crate::progress::{Activity, Counter};
-use crate::store::{KeyObject, Manifest, SnapshotKind, Store, StoreError, Wrap};
+use crate::store::{KeyObject, Manifest, SnapshotKind, Store, StoreError};
 
 /// Bytes handed to the uploads at a time.
 const CHUNK: usize = 1024 * 1024;
@@ -610,22 +610,12 @@ fn wrap_for_every_provider(
     expiry: time::OffsetDateTime,
     dek: &DataKey,
 ) -> Result<KeyObject, PipelineError> {
-    let mut wraps = Vec::new();
-    for p in &app.providers {
-        let key_err = |source| PipelineError::Key {
+    let wraps = crate::keys::wrap_for_all(&app.providers, epoch, dek, &id).map_err(|source| {
+        PipelineError::Key {
             snapshot: id,
             source,
-        };
-        p.ensure_epoch(epoch).map_err(key_err)?;
-        let w = p.wrap(epoch, dek, &id).map_err(key_err)?;
-        wraps.push(Wrap {
-            provider: p.name().to_string(),
-            kind: p.kind().to_string(),
-            algorithm: p.algorithm().to_string(),
-            epoch: epoch.clone(),
-            wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
-        });
-    }
+        }
+    })?;
     Ok(KeyObject {
         format: crate::format::objects::KEY_OBJECT_FORMAT,
         snapshot: id,

@@ -32,7 +32,7 @@ use crate::config::{Config, KeyProviderConfig, ProviderKind};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::file::{self, FileProvider};
 use crate::keys::KeyError;
-use crate::store::{KeyObject, KeyringPut, Store, StoreError, Wrap};
+use crate::store::{KeyObject, KeyringPut, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -420,34 +420,54 @@ pub async fn add_provider_wraps(
     }
     // 1. The epoch keys, then the stores' keyring copies (a file provider's new epoch keys must
     //    be in a store before a key object there depends on them).
-    let mut destroyed = std::collections::BTreeSet::new();
-    let mut epochs: Vec<_> = todo.iter().map(|k| k.epoch.clone()).collect();
-    epochs.sort();
-    epochs.dedup();
-    for e in &epochs {
-        match to.ensure_epoch(e) {
-            Ok(()) => {}
-            Err(err) if err.is_destroyed() => {
-                destroyed.insert(e.clone());
-            }
-            Err(source) => {
-                return Err(RotateError::Epoch {
-                    epoch: e.clone(),
-                    source,
-                })
-            }
+    let destroyed = ensure_epochs(to.as_ref(), &todo)?;
+    push_keyrings_for(app, &todo).await?;
+    // 2. One snapshot at a time: log, unwrap, wrap, rewrite the key object everywhere.
+    let mut done = 0;
+    for old in todo {
+        if destroyed.contains(&old.epoch) {
+            tracing::warn!(snapshot = %old.snapshot, epoch = %old.epoch, provider = to_provider, "epoch key destroyed in the new provider: snapshot skipped");
+            continue;
+        }
+        if add_wrap(app, to.as_ref(), old, actor, purpose).await? {
+            done += 1;
         }
     }
+    Ok(done)
+}
+
+/// Create the epoch keys of `todo` in the new provider; returns the epochs it already
+/// destroyed (their snapshots are skipped).
+fn ensure_epochs(
+    to: &dyn crate::keys::KeyProvider,
+    todo: &[KeyObject],
+) -> Result<std::collections::BTreeSet<crate::ids::EpochId>, RotateError> {
+    let mut destroyed = std::collections::BTreeSet::new();
+    let epochs: std::collections::BTreeSet<_> = todo.iter().map(|k| k.epoch.clone()).collect();
+    for e in epochs {
+        match to.ensure_epoch(&e) {
+            Ok(()) => {}
+            Err(err) if err.is_destroyed() => {
+                destroyed.insert(e);
+            }
+            Err(source) => return Err(RotateError::Epoch { epoch: e, source }),
+        }
+    }
+    Ok(destroyed)
+}
+
+/// Push the keyrings to every store that holds one of the snapshots in `todo`. The
+/// object-authentication key of the new provider exists first: the key objects re-sealed next
+/// carry its tag, and a recovery host must check it.
+async fn push_keyrings_for(app: &Coffre, todo: &[KeyObject]) -> Result<(), RotateError> {
     let mut involved: Vec<&Store> = Vec::new();
-    for k in &todo {
+    for k in todo {
         for s in app.committed_stores(&k.snapshot) {
             if !involved.iter().any(|x| x.name == s.name) {
                 involved.push(s);
             }
         }
     }
-    // The object-authentication key of the new provider exists before its keyring reaches the
-    // stores: the key objects re-sealed below carry its tag, and a recovery host must check it.
     crate::auth::ObjectAuth::for_writing(&app.providers).map_err(|source| RotateError::Epoch {
         epoch: crate::ids::EpochId::try_from(crate::keys::OBJECT_AUTH_EPOCH.to_string())
             .unwrap_or_else(|_| crate::ids::EpochId::for_day(time::Date::MIN)),
@@ -456,90 +476,72 @@ pub async fn add_provider_wraps(
     for s in &involved {
         app.push_keyrings(s).await?;
     }
-    // 2. One snapshot at a time: log, unwrap, wrap, rewrite the key object everywhere.
-    let mut done = 0;
-    for old in todo {
-        let id = old.snapshot;
-        if destroyed.contains(&old.epoch) {
-            tracing::warn!(snapshot = %id, epoch = %old.epoch, provider = to_provider, "epoch key destroyed in the new provider: snapshot skipped");
-            continue;
+    Ok(())
+}
+
+/// Add the wrap of provider `to` to one snapshot's key object: log, unwrap, wrap, re-seal,
+/// rewrite it in every store that holds the snapshot, then in the catalog. False when the
+/// snapshot's epoch key is destroyed (skipped).
+async fn add_wrap(
+    app: &Coffre,
+    to: &dyn crate::keys::KeyProvider,
+    old: KeyObject,
+    actor: &str,
+    purpose: &str,
+) -> Result<bool, RotateError> {
+    let id = old.snapshot;
+    let log = |outcome: String| {
+        app.audit.append(NewEntry {
+            actor: actor.into(),
+            action: "key-rotate".into(),
+            target: Target {
+                source: Some(old.source.clone()),
+                snapshot: Some(id.to_string()),
+                epoch: Some(old.epoch.to_string()),
+                ..Default::default()
+            },
+            purpose: purpose.into(),
+            outcome,
+            exposes: None,
+        })
+    };
+    let failed = |source: KeyError| {
+        let _ = log(format!("failed: {source}"));
+        RotateError::Snapshot {
+            snapshot: id,
+            source,
         }
-        let target = Target {
-            source: Some(old.source.clone()),
-            snapshot: Some(id.to_string()),
-            epoch: Some(old.epoch.to_string()),
-            ..Default::default()
-        };
-        let log = |outcome: String| {
-            app.audit.append(NewEntry {
-                actor: actor.into(),
-                action: "key-rotate".into(),
-                target: target.clone(),
-                purpose: purpose.into(),
-                outcome,
-                exposes: None,
-            })
-        };
-        log(format!("started: add a wrap of provider {to_provider}"))?;
-        let dek = match crate::ops::restore::unwrap_dek(app, &old) {
-            Ok(k) => k,
-            Err(e) if e.is_destroyed() => {
-                let _ = log(format!("skipped: {e}"));
-                tracing::warn!(snapshot = %id, error = %e, "epoch key destroyed: snapshot skipped");
-                continue;
-            }
-            Err(source) => {
-                let _ = log(format!("failed: {source}"));
-                return Err(RotateError::Snapshot {
-                    snapshot: id,
-                    source,
-                });
-            }
-        };
-        let wrapped = match to.wrap(&old.epoch, &dek, &id) {
-            Ok(w) => w,
-            Err(source) => {
-                let _ = log(format!("failed: {source}"));
-                return Err(RotateError::Snapshot {
-                    snapshot: id,
-                    source,
-                });
-            }
-        };
-        drop(dek);
-        let wrap = Wrap {
-            provider: to.name().to_string(),
-            kind: to.kind().to_string(),
-            algorithm: to.algorithm().to_string(),
-            epoch: old.epoch.clone(),
-            wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wrapped),
-        };
-        let mut new = old.clone();
-        match new.wraps.iter_mut().find(|w| w.provider == to_provider) {
-            Some(w) => *w = wrap,
-            None => new.wraps.push(wrap),
+    };
+    log(format!("started: add a wrap of provider {}", to.name()))?;
+    let dek = match crate::ops::restore::unwrap_dek(app, &old) {
+        Ok(k) => k,
+        Err(e) if e.is_destroyed() => {
+            let _ = log(format!("skipped: {e}"));
+            tracing::warn!(snapshot = %id, error = %e, "epoch key destroyed: snapshot skipped");
+            return Ok(false);
         }
-        // The tags now include the new provider's.
-        if let Err(source) = app.seal_key_object(&mut new) {
-            let _ = log(format!("failed: {source}"));
-            return Err(RotateError::Snapshot {
+        Err(source) => return Err(failed(source)),
+    };
+    let wrap = crate::keys::wrap_with(to, &old.epoch, &dek, &id).map_err(failed)?;
+    drop(dek);
+    let mut new = old.clone();
+    match new.wraps.iter_mut().find(|w| w.provider == to.name()) {
+        Some(w) => *w = wrap,
+        None => new.wraps.push(wrap),
+    }
+    // The tags now include the new provider's.
+    app.seal_key_object(&mut new).map_err(failed)?;
+    for s in app.committed_stores(&id) {
+        if let Err(source) = s.put_key_object(&new).await {
+            let _ = log(format!("failed: store {}: {source}", s.name));
+            return Err(RotateError::KeyObject {
                 snapshot: id,
+                store: s.name.clone(),
                 source,
             });
         }
-        for s in app.committed_stores(&id) {
-            if let Err(source) = s.put_key_object(&new).await {
-                let _ = log(format!("failed: store {}: {source}", s.name));
-                return Err(RotateError::KeyObject {
-                    snapshot: id,
-                    store: s.name.clone(),
-                    source,
-                });
-            }
-        }
-        app.catalog.put_key(&new)?;
-        log(format!("ok: wrapped by provider {to_provider}"))?;
-        done += 1;
     }
-    Ok(done)
+    app.catalog.put_key(&new)?;
+    log(format!("ok: wrapped by provider {}", to.name()))?;
+    Ok(true)
 }

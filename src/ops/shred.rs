@@ -29,7 +29,7 @@ use crate::keys::KeyError;
 use crate::ops::clock_guard::ClockError;
 use crate::ops::erasure::{self, KeyringPush};
 use crate::retention::{self, EpochPlan, Keep};
-use crate::store::{KeyObject, Manifest, Store, StoreError, Wrap};
+use crate::store::{KeyObject, Manifest, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -238,22 +238,12 @@ pub async fn rewrap(
         snapshot: *id,
         source,
     })?;
-    let mut wraps = Vec::new();
-    for p in &app.providers {
-        let key_err = |source| ShredError::Key {
+    let wraps = crate::keys::wrap_for_all(&app.providers, to, &dek, id).map_err(|source| {
+        ShredError::Key {
             snapshot: *id,
             source,
-        };
-        p.ensure_epoch(to).map_err(key_err)?;
-        let w = p.wrap(to, &dek, id).map_err(key_err)?;
-        wraps.push(Wrap {
-            provider: p.name().to_string(),
-            kind: p.kind().to_string(),
-            algorithm: p.algorithm().to_string(),
-            epoch: to.clone(),
-            wrapped: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w),
-        });
-    }
+        }
+    })?;
     drop(dek);
     let mut new = KeyObject {
         epoch: to.clone(),
