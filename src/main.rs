@@ -118,6 +118,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parse, then one arm per command: the few that run here only (no daemon needed, or none may
+/// run), and every other through [`route`].
 async fn run(cli: Cli) -> Result<ExitCode> {
     let command = match &cli.command {
         Top::Run(command) => command,
@@ -127,87 +129,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     };
     match command {
-        Command::CheckConfig { portable, user } => {
-            check_config(&cli, *portable, user.as_deref())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig { portable, user } => check_config(&cli, *portable, user.as_deref()),
         Command::Keys {
             command: KeysCommand::Init { to: Some(to) },
-        } => {
-            keys_init_to(to)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => keys_init_to(to),
         Command::Keys {
             command: KeysCommand::Init { to: None },
-        } => {
-            let mut c = load_config(&cli)?;
-            // A master key that is a systemd credential exists only inside the running service:
-            // here it is its source file, which `keys init --to` creates.
-            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
-                for k in c.key_providers.iter_mut() {
-                    let Some(cred) = k.master_key_credential.clone() else {
-                        continue;
-                    };
-                    let Some(src) = coffre::config::credential_source(&cred) else {
-                        bail!(
-                            "key-provider {}: master-key-credential = \"{cred}\" is not a credential the coffre unit loads: it loads every file of {} as {}<file>. Name it {}master.key, then create that file with `coffre keys init --to {}/master.key`",
-                            k.name,
-                            coffre::config::CREDENTIALS_SOURCE_DIR,
-                            coffre::config::CREDENTIAL_PREFIX,
-                            coffre::config::CREDENTIAL_PREFIX,
-                            coffre::config::CREDENTIALS_SOURCE_DIR
-                        );
-                    };
-                    if std::fs::symlink_metadata(&src).is_err() {
-                        bail!(
-                            "key-provider {}: the master key is the systemd credential `{cred}`, which the unit loads from {} and which does not exist yet; keys init creates no key there by itself. Create it with `coffre keys init --to {}` (or install your existing master key there, mode 0600), then run `coffre keys init` again",
-                            k.name,
-                            src.display(),
-                            src.display()
-                        );
-                    }
-                    println!(
-                        "{}: master key is the credential `{cred}`, from {}",
-                        k.name,
-                        src.display()
-                    );
-                    k.master_key = Some(src);
-                    k.master_key_credential = None;
-                    k.create_master_key = false;
-                }
-            }
-            let _lock = lock::acquire(&c.state_dir, Role::Command)?;
-            for k in &c.key_providers {
-                match (k.kind, &k.master_key) {
-                    (ProviderKind::File, Some(path)) => {
-                        if path.exists() {
-                            println!(
-                                "{}: master key {} already exists (kept)",
-                                k.name,
-                                path.display()
-                            );
-                        } else {
-                            coffre::keys::file::create_master_key(path)
-                                .with_context(|| format!("creating {}", path.display()))?;
-                            println!("{}: created master key {} (mode 0600): back it up off-site, it is needed for every restore", k.name, path.display());
-                        }
-                    }
-                    (ProviderKind::File, None) => println!(
-                        "{}: master key comes from a systemd credential; nothing to create",
-                        k.name
-                    ),
-                    (ProviderKind::Pkcs11, _) => {
-                        println!("{}: keys live on the token; nothing to create", k.name)
-                    }
-                }
-            }
-            let app = Coffre::open(c).await?;
-            for p in &app.providers {
-                p.health()
-                    .with_context(|| format!("provider {}", p.name()))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => keys_init(&cli).await,
         Command::Keys {
             command:
                 KeysCommand::Rotate {
@@ -218,48 +146,136 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     json,
                     ..
                 },
-        } => {
-            let config = load_config(&cli)?;
-            let _lock = lock::acquire(&config.state_dir, Role::Command)?;
-            let r = coffre::ops::rotate::rotate_master_key_everywhere(
-                &config,
-                provider,
-                new_key,
-                *create,
-                &coffre::actor::current_user(),
-                purpose,
-            )
-            .await?;
-            if *json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "master key of provider {provider} rotated: keyring re-sealed under {}; {} store(s) updated, {} old copies deleted",
-                    new_key.display(),
-                    r.stores_updated.len(),
-                    r.old_copies_deleted
-                );
-                println!("now point master-key at {} in the config of every host using provider {provider}, and destroy the old key's copies", new_key.display());
-            }
-            if !r.store_failures.is_empty() {
-                bail!("some stores still hold the keyring under the old master key ({}); run the same rotation again once they are back", r.store_failures.join("; "));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Daemon => {
-            let stop = coffre::daemon::stop_signal()?;
-            let config = load_config(&cli)?;
-            coffre::daemon::run(config_path(&cli), config, stop).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Status { json } => {
-            let config = config_for_status(&cli)?;
-            coffre::cli::status::run(&config, *json)
-                .await
-                .map(ExitCode::from)
-        }
-        cmd => route(&cli, cmd).await,
+        } => rotate_master_key(&cli, provider, new_key, *create, purpose, *json).await,
+        Command::Daemon => daemon(&cli).await,
+        Command::Status { json } => return status(&cli, *json).await,
+        cmd => return route(&cli, cmd).await,
     }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// `keys init`: create each file provider's master key that does not exist yet (a systemd
+/// credential's source file is created with `keys init --to`), then check every provider.
+async fn keys_init(cli: &Cli) -> Result<()> {
+    let mut c = load_config(cli)?;
+    // A master key that is a systemd credential exists only inside the running service:
+    // here it is its source file, which `keys init --to` creates.
+    if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+        for k in c.key_providers.iter_mut() {
+            let Some(cred) = k.master_key_credential.clone() else {
+                continue;
+            };
+            let Some(src) = coffre::config::credential_source(&cred) else {
+                bail!(
+                    "key-provider {}: master-key-credential = \"{cred}\" is not a credential the coffre unit loads: it loads every file of {} as {}<file>. Name it {}master.key, then create that file with `coffre keys init --to {}/master.key`",
+                    k.name,
+                    coffre::config::CREDENTIALS_SOURCE_DIR,
+                    coffre::config::CREDENTIAL_PREFIX,
+                    coffre::config::CREDENTIAL_PREFIX,
+                    coffre::config::CREDENTIALS_SOURCE_DIR
+                );
+            };
+            if std::fs::symlink_metadata(&src).is_err() {
+                bail!(
+                    "key-provider {}: the master key is the systemd credential `{cred}`, which the unit loads from {} and which does not exist yet; keys init creates no key there by itself. Create it with `coffre keys init --to {}` (or install your existing master key there, mode 0600), then run `coffre keys init` again",
+                    k.name,
+                    src.display(),
+                    src.display()
+                );
+            }
+            println!(
+                "{}: master key is the credential `{cred}`, from {}",
+                k.name,
+                src.display()
+            );
+            k.master_key = Some(src);
+            k.master_key_credential = None;
+            k.create_master_key = false;
+        }
+    }
+    let _lock = lock::acquire(&c.state_dir, Role::Command)?;
+    for k in &c.key_providers {
+        match (k.kind, &k.master_key) {
+            (ProviderKind::File, Some(path)) => {
+                if path.exists() {
+                    println!(
+                        "{}: master key {} already exists (kept)",
+                        k.name,
+                        path.display()
+                    );
+                } else {
+                    coffre::keys::file::create_master_key(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    println!("{}: created master key {} (mode 0600): back it up off-site, it is needed for every restore", k.name, path.display());
+                }
+            }
+            (ProviderKind::File, None) => println!(
+                "{}: master key comes from a systemd credential; nothing to create",
+                k.name
+            ),
+            (ProviderKind::Pkcs11, _) => {
+                println!("{}: keys live on the token; nothing to create", k.name)
+            }
+        }
+    }
+    let app = Coffre::open(c).await?;
+    for p in &app.providers {
+        p.health()
+            .with_context(|| format!("provider {}", p.name()))?;
+    }
+    Ok(())
+}
+
+/// `keys rotate --provider P --new-master-key F`: re-seal the keyring under a new master key,
+/// here and in every store.
+async fn rotate_master_key(
+    cli: &Cli,
+    provider: &str,
+    new_key: &std::path::Path,
+    create: bool,
+    purpose: &str,
+    json: bool,
+) -> Result<()> {
+    let config = load_config(cli)?;
+    let _lock = lock::acquire(&config.state_dir, Role::Command)?;
+    let r = coffre::ops::rotate::rotate_master_key_everywhere(
+        &config,
+        provider,
+        new_key,
+        create,
+        &coffre::actor::current_user(),
+        purpose,
+    )
+    .await?;
+    if json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "master key of provider {provider} rotated: keyring re-sealed under {}; {} store(s) updated, {} old copies deleted",
+            new_key.display(),
+            r.stores_updated.len(),
+            r.old_copies_deleted
+        );
+        println!("now point master-key at {} in the config of every host using provider {provider}, and destroy the old key's copies", new_key.display());
+    }
+    if !r.store_failures.is_empty() {
+        bail!("some stores still hold the keyring under the old master key ({}); run the same rotation again once they are back", r.store_failures.join("; "));
+    }
+    Ok(())
+}
+
+async fn daemon(cli: &Cli) -> Result<()> {
+    let stop = coffre::daemon::stop_signal()?;
+    let config = load_config(cli)?;
+    coffre::daemon::run(config_path(cli), config, stop).await?;
+    Ok(())
+}
+
+async fn status(cli: &Cli, json: bool) -> Result<ExitCode> {
+    let config = config_for_status(cli)?;
+    coffre::cli::status::run(&config, json)
+        .await
+        .map(ExitCode::from)
 }
 
 /// `check-config`: every problem of the file in one pass, then (unless `--portable`) what it
