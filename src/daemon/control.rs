@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -281,51 +282,34 @@ async fn read_request(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, St
     }
 }
 
+/// One connection: read and parse the request, admit it (version, caller, command), run it in
+/// the daemon's process, and stream its text and restored bytes back, then its exit code.
 async fn handle(
     stream: UnixStream,
     app: &Coffre,
     limiter: &Mutex<RefusalLimiter>,
 ) -> std::io::Result<()> {
-    let cred = stream.peer_cred()?;
-    let uid = cred.uid();
+    let uid = stream.peer_cred()?.uid();
     let name = user_name(uid);
     let (mut r, mut w) = stream.into_split();
-    let fail = |code: u8, msg: String| {
-        let mut buf = Vec::new();
-        push_frame(&mut buf, TAG_STDERR, msg.as_bytes());
-        push_exit(&mut buf, code);
-        buf
-    };
-    let line = match read_request(&mut r).await {
-        Ok(l) => l,
+    let req = match read_request(&mut r).await {
         Err(reason) => {
             w.write_all(&fail(
                 exit::USAGE,
                 format!("error: bad request: {reason}\n"),
             ))
             .await?;
-            // Read (and drop) a bounded rest, so that the caller gets the answer rather than a
-            // reset for the bytes it sent past the limit.
-            let mut sink = tokio::io::sink();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::io::copy(&mut (&mut r).take(4 * MAX_REQUEST as u64), &mut sink),
-            )
-            .await;
+            drain(&mut r).await;
             return Ok(());
         }
-    };
-    let req: Request = match serde_json::from_slice(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            w.write_all(&fail(
-                exit::USAGE,
-                format!(
-                    "error: bad request: {e} (is this coffre the same version as the daemon?)\n"
-                ),
-            ))
-            .await?;
-            return Ok(());
+        Ok(line) => {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => req,
+                Err(e) => {
+                    let msg = format!("error: bad request: {e} (is this coffre the same version as the daemon?)\n");
+                    return w.write_all(&fail(exit::USAGE, msg)).await;
+                }
+            }
         }
     };
     let command = req.command;
@@ -347,13 +331,11 @@ async fn handle(
         if let Err(e) = logged {
             msg.push_str(&format!("error: {e}\n"));
         }
-        w.write_all(&fail(exit::REFUSED, msg)).await?;
-        return Ok(());
+        return w.write_all(&fail(exit::REFUSED, msg)).await;
     }
-
     // Run it here, in the daemon's process; text and restored bytes stream back as they come.
-    let (text_tx, mut text_rx) = mpsc::unbounded_channel::<Frame>();
-    let (data_tx, mut data_rx) = mpsc::channel::<Chunk>(4);
+    let (text_tx, text_rx) = mpsc::unbounded_channel::<Frame>();
+    let (data_tx, data_rx) = mpsc::channel::<Chunk>(4);
     let ctx = Ctx {
         actor: format!("{name} (via coffre-daemon)"),
         out: Out::remote(text_tx),
@@ -370,57 +352,82 @@ async fn handle(
         drop(ctx);
         code
     };
-    let pump = async move {
-        let mut text_open = true;
-        let mut data_open = true;
-        let mut alive = true;
-        while text_open || data_open {
-            tokio::select! {
-                biased;
-                d = data_rx.recv(), if data_open => match d {
-                    None => data_open = false,
-                    Some(chunk) if alive => {
-                        let r = match chunk {
-                            Chunk::Begin { snapshot, kind, size } => {
-                                let body = serde_json::to_vec(&Begin { snapshot, kind, size }).unwrap_or_default();
-                                write_frame(&mut w, TAG_BEGIN, &body).await
-                            }
-                            Chunk::Data(b) => write_frame(&mut w, TAG_DATA, &b).await,
-                        };
-                        if r.is_err() {
-                            // The caller went away: drop what comes (the restore sees its sink
-                            // close and stops).
-                            alive = false;
-                            data_rx.close();
-                        }
-                    }
-                    Some(_) => {}
-                },
-                t = text_rx.recv(), if text_open => match t {
-                    None => text_open = false,
-                    Some(f) if alive => {
-                        let (tag, s) = match f {
-                            Frame::Stdout(s) => (TAG_STDOUT, s),
-                            Frame::Stderr(s) => (TAG_STDERR, s),
-                        };
-                        if write_frame(&mut w, tag, s.as_bytes()).await.is_err() {
-                            alive = false;
-                            data_rx.close();
-                        }
-                    }
-                    Some(_) => {}
-                },
-            }
-        }
-        (w, alive)
-    };
-    let (code, (mut w, alive)) = tokio::join!(run, pump);
+    let (code, (mut w, alive)) = tokio::join!(run, pump(w, text_rx, data_rx));
     if alive {
         let mut buf = Vec::new();
         push_exit(&mut buf, code);
         w.write_all(&buf).await?;
     }
     Ok(())
+}
+
+/// An answer that is only an error message and an exit code.
+fn fail(code: u8, msg: String) -> Vec<u8> {
+    let mut buf = Vec::new();
+    push_frame(&mut buf, TAG_STDERR, msg.as_bytes());
+    push_exit(&mut buf, code);
+    buf
+}
+
+/// Read (and drop) a bounded rest of a request over the size limit, so that the caller gets
+/// the answer rather than a reset for the bytes it sent past the limit.
+async fn drain(r: &mut OwnedReadHalf) {
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::copy(&mut r.take(4 * MAX_REQUEST as u64), &mut sink),
+    )
+    .await;
+}
+
+/// Forward a running command's text and restored bytes to the caller as frames until both
+/// channels close. A caller that went away: what comes next is dropped (a restore sees its
+/// sink close and stops). Returns the writer and whether the caller is still there.
+async fn pump(
+    mut w: OwnedWriteHalf,
+    mut text_rx: mpsc::UnboundedReceiver<Frame>,
+    mut data_rx: mpsc::Receiver<Chunk>,
+) -> (OwnedWriteHalf, bool) {
+    let mut text_open = true;
+    let mut data_open = true;
+    let mut alive = true;
+    while text_open || data_open {
+        tokio::select! {
+            biased;
+            d = data_rx.recv(), if data_open => match d {
+                None => data_open = false,
+                Some(chunk) if alive => {
+                    let r = match chunk {
+                        Chunk::Begin { snapshot, kind, size } => {
+                            let body = serde_json::to_vec(&Begin { snapshot, kind, size }).unwrap_or_default();
+                            write_frame(&mut w, TAG_BEGIN, &body).await
+                        }
+                        Chunk::Data(b) => write_frame(&mut w, TAG_DATA, &b).await,
+                    };
+                    if r.is_err() {
+                        alive = false;
+                        data_rx.close();
+                    }
+                }
+                Some(_) => {}
+            },
+            t = text_rx.recv(), if text_open => match t {
+                None => text_open = false,
+                Some(f) if alive => {
+                    let (tag, s) = match f {
+                        Frame::Stdout(s) => (TAG_STDOUT, s),
+                        Frame::Stderr(s) => (TAG_STDERR, s),
+                    };
+                    if write_frame(&mut w, tag, s.as_bytes()).await.is_err() {
+                        alive = false;
+                        data_rx.close();
+                    }
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    (w, alive)
 }
 
 /// May this caller run this command through the socket?
