@@ -9,77 +9,10 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     match cmd {
         Command::Audit {
             command: AuditCommand::Verify,
-        } => {
-            let n = app.audit.verify()?;
-            outln!(
-                w,
-                "access log {}: {} entries, chain intact",
-                app.audit.path().display(),
-                n
-            );
-            let findings = crate::ops::audit_replicate::verify_stores(app)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            for f in &findings {
-                outln!(
-                    w,
-                    "store `{}`{}: {}",
-                    f.store,
-                    f.seq.map(|s| format!(" entry {s}")).unwrap_or_default(),
-                    f.problem
-                );
-            }
-            if let Some(f) = findings.first() {
-                bail!(
-                    "the access log and its copy in store `{}` disagree ({} finding(s)); first: {}",
-                    f.store,
-                    findings.len(),
-                    f.problem
-                );
-            }
-            outln!(w, "store copies agree with the local log");
-            Ok(exit::OK)
-        }
+        } => verify(app, w).await,
         Command::Audit {
             command: AuditCommand::Expire { json },
-        } => {
-            let now = time::OffsetDateTime::now_utc();
-            let r = crate::ops::audit_expire::expire(app, now, &ctx.actor.clone())
-                .await
-                .map_err(anyhow::Error::msg)?;
-            if *json {
-                w.json(&r)?;
-            } else {
-                match &r.local {
-                    Some(p) => outln!(
-                        w,
-                        "local log: entries {}-{} removed (older than audit.retention)",
-                        p.first,
-                        p.through
-                    ),
-                    None => outln!(w, "local log: no entry older than audit.retention"),
-                }
-                for d in &r.epochs {
-                    outln!(
-                        w,
-                        "epoch {} destroyed: {} sealed segment copies deleted (record {})",
-                        d.epoch,
-                        d.copies.len(),
-                        d.record
-                    );
-                }
-                for (e, day) in &r.upcoming {
-                    outln!(w, "epoch {e}: kept until the end of {day}");
-                }
-            }
-            if let Some(e) = r.errors.first() {
-                bail!(
-                    "{} access-log epoch(s) not destroyed; first: {e}",
-                    r.errors.len()
-                );
-            }
-            Ok(exit::OK)
-        }
+        } => expire(app, ctx, *json).await,
         Command::Audit {
             command:
                 AuditCommand::Show {
@@ -91,51 +24,145 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     json,
                 },
         } => {
-            let now = time::OffsetDateTime::now_utc();
-            let since = since
-                .as_deref()
-                .map(|t| time_bound(t, now))
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-            let until = until
-                .as_deref()
-                .map(|t| time_bound(t, now))
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
-            let entries: Vec<_> = app
-                .audit
-                .entries()?
-                .into_iter()
-                .filter(|e| in_window(&e.time, since, until))
-                .filter(|e| {
-                    snapshot
-                        .as_ref()
-                        .is_none_or(|s| e.target.snapshot.as_ref() == Some(s))
-                })
-                .filter(|e| actor.as_ref().is_none_or(|a| actor_matches(&e.actor, a)))
-                .filter(|e| action.as_ref().is_none_or(|a| &e.action == a))
-                .collect();
-            if *json {
-                w.json(&entries)?;
-            } else {
-                for e in &entries {
-                    outln!(
-                        w,
-                        "{:>6}  {}  {:<10}  {:<16}  {:<26}  {}  purpose: {}",
-                        e.seq,
-                        e.time,
-                        e.actor,
-                        e.action,
-                        e.target.snapshot.as_deref().unwrap_or("-"),
-                        e.outcome,
-                        e.purpose
-                    );
-                }
-            }
-            Ok(exit::OK)
+            let filter = Filter {
+                since: since.as_deref(),
+                until: until.as_deref(),
+                snapshot: snapshot.as_deref(),
+                actor: actor.as_deref(),
+                action: action.as_deref(),
+            };
+            show(app, w, &filter, *json)
         }
         other => bail!("internal error: `{}` was routed to `audit`", other.action()),
     }
+}
+
+/// `audit verify`: the local chain, then every store's sealed copy against it.
+async fn verify(app: &Coffre, w: &Out) -> Result<u8> {
+    let n = app.audit.verify()?;
+    outln!(
+        w,
+        "access log {}: {} entries, chain intact",
+        app.audit.path().display(),
+        n
+    );
+    let findings = crate::ops::audit_replicate::verify_stores(app)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for f in &findings {
+        outln!(
+            w,
+            "store `{}`{}: {}",
+            f.store,
+            f.seq.map(|s| format!(" entry {s}")).unwrap_or_default(),
+            f.problem
+        );
+    }
+    if let Some(f) = findings.first() {
+        bail!(
+            "the access log and its copy in store `{}` disagree ({} finding(s)); first: {}",
+            f.store,
+            findings.len(),
+            f.problem
+        );
+    }
+    outln!(w, "store copies agree with the local log");
+    Ok(exit::OK)
+}
+
+/// `audit expire`: the access log's own retention, now.
+async fn expire(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
+    let w = &ctx.out;
+    let now = time::OffsetDateTime::now_utc();
+    let r = crate::ops::audit_expire::expire(app, now, &ctx.actor.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        w.json(&r)?;
+    } else {
+        match &r.local {
+            Some(p) => outln!(
+                w,
+                "local log: entries {}-{} removed (older than audit.retention)",
+                p.first,
+                p.through
+            ),
+            None => outln!(w, "local log: no entry older than audit.retention"),
+        }
+        for d in &r.epochs {
+            outln!(
+                w,
+                "epoch {} destroyed: {} sealed segment copies deleted (record {})",
+                d.epoch,
+                d.copies.len(),
+                d.record
+            );
+        }
+        for (e, day) in &r.upcoming {
+            outln!(w, "epoch {e}: kept until the end of {day}");
+        }
+    }
+    if let Some(e) = r.errors.first() {
+        bail!(
+            "{} access-log epoch(s) not destroyed; first: {e}",
+            r.errors.len()
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// What `audit show` keeps.
+struct Filter<'a> {
+    since: Option<&'a str>,
+    until: Option<&'a str>,
+    snapshot: Option<&'a str>,
+    actor: Option<&'a str>,
+    action: Option<&'a str>,
+}
+
+/// `audit show`: the entries that pass the filter, oldest first.
+fn show(app: &Coffre, w: &Out, f: &Filter, json: bool) -> Result<u8> {
+    let now = time::OffsetDateTime::now_utc();
+    let since = f
+        .since
+        .map(|t| time_bound(t, now))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let until = f
+        .until
+        .map(|t| time_bound(t, now))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+    let entries: Vec<_> = app
+        .audit
+        .entries()?
+        .into_iter()
+        .filter(|e| in_window(&e.time, since, until))
+        .filter(|e| {
+            f.snapshot
+                .is_none_or(|s| e.target.snapshot.as_deref() == Some(s))
+        })
+        .filter(|e| f.actor.is_none_or(|a| actor_matches(&e.actor, a)))
+        .filter(|e| f.action.is_none_or(|a| e.action == a))
+        .collect();
+    if json {
+        w.json(&entries)?;
+        return Ok(exit::OK);
+    }
+    for e in &entries {
+        outln!(
+            w,
+            "{:>6}  {}  {:<10}  {:<16}  {:<26}  {}  purpose: {}",
+            e.seq,
+            e.time,
+            e.actor,
+            e.action,
+            e.target.snapshot.as_deref().unwrap_or("-"),
+            e.outcome,
+            e.purpose
+        );
+    }
+    Ok(exit::OK)
 }
 
 /// `--actor alice` matches alice's own runs and hers through the daemon (`alice (via

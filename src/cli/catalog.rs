@@ -5,93 +5,95 @@ use anyhow::{bail, Result};
 use super::*;
 
 pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
-    let w = &ctx.out;
     match cmd {
         Command::Catalog {
             command: CatalogCommand::Seal { json },
-        } => {
-            let entry = |outcome: String| crate::audit::NewEntry {
-                actor: ctx.actor.clone(),
-                action: "catalog-seal".into(),
-                target: Default::default(),
-                purpose: "authenticate key objects written before authentication existed".into(),
-                outcome,
-                exposes: None,
-            };
-            app.audit.append(entry("started".into()))?;
-            let r = app.seal_catalog().await?;
-            app.audit.append(entry(format!(
-                "ok: {} sealed, {} already, {} refused",
-                r.sealed.len(),
-                r.already,
-                r.refused.len()
-            )))?;
-            if *json {
-                w.json(&r)?;
-            } else {
-                outln!(
-                    w,
-                    "{} key object(s) sealed, {} already authenticated, {} refused",
-                    r.sealed.len(),
-                    r.already,
-                    r.refused.len()
-                );
-                for p in &r.refused {
-                    errln!(w, "refused: {p}");
-                }
-            }
-            Ok(if r.refused.is_empty() {
-                exit::OK
-            } else {
-                exit::FAILURE
-            })
-        }
+        } => seal(app, ctx, *json).await,
         Command::Catalog {
             command: CatalogCommand::Rebuild { json },
-        } => {
-            let actor = ctx.actor.clone();
-            app.audit.append(crate::audit::NewEntry {
-                actor: actor.clone(),
-                action: "catalog-rebuild".into(),
-                target: Default::default(),
-                purpose: "rebuild the local catalog from the stores".into(),
-                outcome: "started".into(),
-                exposes: None,
-            })?;
-            let (snapshots, replicas) = app.rebuild_catalog().await?;
-            app.audit.append(crate::audit::NewEntry {
-                actor,
-                action: "catalog-rebuild".into(),
-                target: Default::default(),
-                purpose: "rebuild the local catalog from the stores".into(),
-                outcome: format!("ok: {snapshots} snapshots, {replicas} replicas"),
-                exposes: None,
-            })?;
-            let unsealed = app
-                .catalog
-                .all_keys()?
-                .iter()
-                .filter(|k| k.auth.is_empty())
-                .count();
-            if *json {
-                w.json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas, "unsealed": unsealed}))?;
-            } else {
-                outln!(
-                    w,
-                    "catalog rebuilt: {snapshots} snapshot(s), {replicas} committed replica(s)"
-                );
-                if unsealed > 0 {
-                    outln!(
-                        w,
-                        "{unsealed} key object(s) are unsealed (written before key objects were authenticated): they restore, but are never shredded until an operator checks them with `coffre catalog seal`"
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
+        } => rebuild(app, ctx, *json).await,
         other => bail!(
             "internal error: `{}` was routed to `catalog`",
             other.action()
         ),
     }
+}
+
+/// `catalog seal`: authenticate the key objects written before authentication existed.
+async fn seal(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
+    let w = &ctx.out;
+    let entry = |outcome: String| crate::audit::NewEntry {
+        actor: ctx.actor.clone(),
+        action: "catalog-seal".into(),
+        target: Default::default(),
+        purpose: "authenticate key objects written before authentication existed".into(),
+        outcome,
+        exposes: None,
+    };
+    app.audit.append(entry("started".into()))?;
+    let r = app.seal_catalog().await?;
+    app.audit.append(entry(format!(
+        "ok: {} sealed, {} already, {} refused",
+        r.sealed.len(),
+        r.already,
+        r.refused.len()
+    )))?;
+    if json {
+        w.json(&r)?;
+    } else {
+        outln!(
+            w,
+            "{} key object(s) sealed, {} already authenticated, {} refused",
+            r.sealed.len(),
+            r.already,
+            r.refused.len()
+        );
+        for p in &r.refused {
+            errln!(w, "refused: {p}");
+        }
+    }
+    Ok(if r.refused.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
+}
+
+/// `catalog rebuild`: the local catalog again from what the stores hold.
+async fn rebuild(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
+    let w = &ctx.out;
+    let entry = |outcome: String| crate::audit::NewEntry {
+        actor: ctx.actor.clone(),
+        action: "catalog-rebuild".into(),
+        target: Default::default(),
+        purpose: "rebuild the local catalog from the stores".into(),
+        outcome,
+        exposes: None,
+    };
+    app.audit.append(entry("started".into()))?;
+    let (snapshots, replicas) = app.rebuild_catalog().await?;
+    app.audit.append(entry(format!(
+        "ok: {snapshots} snapshots, {replicas} replicas"
+    )))?;
+    let unsealed = app
+        .catalog
+        .all_keys()?
+        .iter()
+        .filter(|k| k.auth.is_empty())
+        .count();
+    if json {
+        w.json(&serde_json::json!({"snapshots": snapshots, "replicas": replicas, "unsealed": unsealed}))?;
+        return Ok(exit::OK);
+    }
+    outln!(
+        w,
+        "catalog rebuilt: {snapshots} snapshot(s), {replicas} committed replica(s)"
+    );
+    if unsealed > 0 {
+        outln!(
+            w,
+            "{unsealed} key object(s) are unsealed (written before key objects were authenticated): they restore, but are never shredded until an operator checks them with `coffre catalog seal`"
+        );
+    }
+    Ok(exit::OK)
 }

@@ -5,90 +5,101 @@ use anyhow::{bail, Result};
 use super::*;
 
 pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
-    let w = &ctx.out;
+    let now = time::OffsetDateTime::now_utc();
     match cmd {
-        Command::Retention { command } => {
-            let now = time::OffsetDateTime::now_utc();
-            match command {
-                RetentionCommand::Plan { json } => {
-                    let plan = crate::ops::shred::current_plan(app, now)?;
-                    if *json {
-                        w.json(&plan)?;
-                    } else if plan.due.is_empty() && plan.upcoming.is_empty() {
-                        outln!(w, "nothing is planned for destruction: the catalog holds no snapshot under retention");
-                    } else {
-                        if plan.due.is_empty() {
-                            outln!(w, "nothing is due now");
-                        }
-                        for ep in &plan.due {
-                            outln!(w, "epoch {} is due now:", ep.epoch);
-                            for id in &ep.shred {
-                                outln!(w, "  shred {id}");
-                            }
-                            for k in &ep.keep {
-                                outln!(
-                                    w,
-                                    "  keep  {} ({}) -> epoch {}",
-                                    k.snapshot,
-                                    k.reason,
-                                    k.to_epoch
-                                );
-                            }
-                        }
-                        for u in &plan.upcoming {
-                            outln!(
-                                w,
-                                "{}  {:<12}  epoch {}  destroyed at {}",
-                                u.snapshot,
-                                u.source,
-                                u.epoch,
-                                u.due
-                            );
-                        }
-                    }
-                }
-                RetentionCommand::Run { json } => {
-                    let (done, errors) =
-                        crate::ops::shred::run_due(app, now, &ctx.actor.clone()).await;
-                    if *json {
-                        w.json(&done)?;
-                    } else if done.is_empty() && errors.is_empty() {
-                        let next = crate::ops::shred::current_plan(app, now)
-                            .ok()
-                            .and_then(|p| p.upcoming.into_iter().min_by(|a, b| a.due.cmp(&b.due)));
-                        match next {
-                            Some(u) => outln!(
-                                w,
-                                "nothing was due: no epoch key has reached its expiry; the next is epoch {} at {} (`coffre retention plan`)",
-                                u.epoch,
-                                u.due
-                            ),
-                            None => outln!(
-                                w,
-                                "nothing was due: the catalog holds no snapshot under retention"
-                            ),
-                        }
-                    } else {
-                        for r in &done {
-                            outln!(
-                                w,
-                                "epoch {} destroyed: {} snapshot(s) shredded, {} kept by re-wrap",
-                                r.epoch,
-                                r.snapshots.len(),
-                                r.rewrapped.len()
-                            );
-                        }
-                    }
-                    if let Some(e) = errors.first() {
-                        bail!("{} epoch(s) not shredded; first: {e}", errors.len());
-                    }
-                }
-            }
-            Ok(exit::OK)
-        }
+        Command::Retention {
+            command: RetentionCommand::Plan { json },
+        } => plan(app, &ctx.out, now, *json),
+        Command::Retention {
+            command: RetentionCommand::Run { json },
+        } => run_due(app, ctx, now, *json).await,
         other => bail!(
             "internal error: `{}` was routed to `retention`",
             other.action()
         ),
     }
+}
+
+/// `retention plan`: what is due now (shredded, or kept by re-wrap, and why), what comes when.
+fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<u8> {
+    let plan = crate::ops::shred::current_plan(app, now)?;
+    if json {
+        w.json(&plan)?;
+        return Ok(exit::OK);
+    }
+    if plan.due.is_empty() && plan.upcoming.is_empty() {
+        outln!(
+            w,
+            "nothing is planned for destruction: the catalog holds no snapshot under retention"
+        );
+        return Ok(exit::OK);
+    }
+    if plan.due.is_empty() {
+        outln!(w, "nothing is due now");
+    }
+    for ep in &plan.due {
+        outln!(w, "epoch {} is due now:", ep.epoch);
+        for id in &ep.shred {
+            outln!(w, "  shred {id}");
+        }
+        for k in &ep.keep {
+            outln!(
+                w,
+                "  keep  {} ({}) -> epoch {}",
+                k.snapshot,
+                k.reason,
+                k.to_epoch
+            );
+        }
+    }
+    for u in &plan.upcoming {
+        outln!(
+            w,
+            "{}  {:<12}  epoch {}  destroyed at {}",
+            u.snapshot,
+            u.source,
+            u.epoch,
+            u.due
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `retention run`: shred every epoch that is due now.
+async fn run_due(app: &Coffre, ctx: &Ctx, now: time::OffsetDateTime, json: bool) -> Result<u8> {
+    let w = &ctx.out;
+    let (done, errors) = crate::ops::shred::run_due(app, now, &ctx.actor.clone()).await;
+    if json {
+        w.json(&done)?;
+    } else if done.is_empty() && errors.is_empty() {
+        let next = crate::ops::shred::current_plan(app, now)
+            .ok()
+            .and_then(|p| p.upcoming.into_iter().min_by(|a, b| a.due.cmp(&b.due)));
+        match next {
+            Some(u) => outln!(
+                w,
+                "nothing was due: no epoch key has reached its expiry; the next is epoch {} at {} (`coffre retention plan`)",
+                u.epoch,
+                u.due
+            ),
+            None => outln!(
+                w,
+                "nothing was due: the catalog holds no snapshot under retention"
+            ),
+        }
+    } else {
+        for r in &done {
+            outln!(
+                w,
+                "epoch {} destroyed: {} snapshot(s) shredded, {} kept by re-wrap",
+                r.epoch,
+                r.snapshots.len(),
+                r.rewrapped.len()
+            );
+        }
+    }
+    if let Some(e) = errors.first() {
+        bail!("{} epoch(s) not shredded; first: {e}", errors.len());
+    }
+    Ok(exit::OK)
 }
