@@ -811,35 +811,35 @@ impl Fetch<'_> {
         Ok(())
     }
 
+    /// Cut `chunk` into segments; open and send each complete one but the last (which may be
+    /// the final segment, known only at the end).
+    async fn feed(&mut self, mut data: &[u8], store: &Store) -> Result<(), StreamEnd> {
+        while !data.is_empty() {
+            let n = match self.framer.as_mut() {
+                Some(f) => f.push(data),
+                None => {
+                    return Err(StreamEnd::StoreFailed(failure(
+                        &store.name,
+                        "internal",
+                        "no framer",
+                    )))
+                }
+            };
+            data = &data[n..];
+            while let Some(seg) = self.framer.as_mut().and_then(|f| f.next_middle()) {
+                self.open_and_send(seg, false, store).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stream from `store`, starting at the current verified offset (just after the header, or
     /// at the boundary of the last verified segment when resuming after another store failed).
     async fn stream_from(&mut self, store: &Store) -> StreamEnd {
         let m = self.manifest;
         let path = store.data_path(&m.source, &m.snapshot);
-        let meta = match store.head(&path).await {
-            Ok(meta) => meta,
-            Err(e) => return StreamEnd::StoreFailed(failure(&store.name, e.kind().as_str(), e)),
-        };
-        if meta.size != m.sealed_size {
-            let (kind, what) = if meta.size < m.sealed_size {
-                (
-                    "truncated",
-                    format!(
-                        "{path} is truncated: {} bytes where the manifest says {}",
-                        meta.size, m.sealed_size
-                    ),
-                )
-            } else {
-                (
-                    "trailing-bytes",
-                    format!(
-                        "{path} has {} trailing bytes beyond the {} the manifest says",
-                        meta.size - m.sealed_size,
-                        m.sealed_size
-                    ),
-                )
-            };
-            return StreamEnd::StoreFailed(failure(&store.name, kind, what));
+        if let Err(f) = check_size(store, &path, m.sealed_size).await {
+            return StreamEnd::StoreFailed(f);
         }
         // Read in large ranges: one request (and, for local folders, one blocking read) per
         // 4 MiB rather than a stream of small chunks, the next range already requested while
@@ -888,24 +888,8 @@ impl Fetch<'_> {
                     format!("{path}: range {pos}..{end} returned {} bytes", chunk.len()),
                 ));
             }
-            let mut data: &[u8] = &chunk;
-            while !data.is_empty() {
-                let n = match self.framer.as_mut() {
-                    Some(f) => f.push(data),
-                    None => {
-                        return StreamEnd::StoreFailed(failure(
-                            &store.name,
-                            "internal",
-                            "no framer",
-                        ))
-                    }
-                };
-                data = &data[n..];
-                while let Some(seg) = self.framer.as_mut().and_then(|f| f.next_middle()) {
-                    if let Err(end) = self.open_and_send(seg, false, store).await {
-                        return end;
-                    }
-                }
+            if let Err(end) = self.feed(&chunk, store).await {
+                return end;
             }
         }
         let last = self.framer.as_mut().map(|f| f.finish()).unwrap_or_default();
@@ -919,6 +903,40 @@ impl Fetch<'_> {
             Err(end) => end,
         }
     }
+}
+
+/// The data object in `store` is exactly `sealed_size` bytes: shorter is a truncation, longer
+/// has trailing bytes (both refused before reading).
+async fn check_size(
+    store: &Store,
+    path: &object_store::path::Path,
+    sealed_size: u64,
+) -> Result<(), StoreFailure> {
+    let meta = store
+        .head(path)
+        .await
+        .map_err(|e| failure(&store.name, e.kind().as_str(), e))?;
+    if meta.size < sealed_size {
+        return Err(failure(
+            &store.name,
+            "truncated",
+            format!(
+                "{path} is truncated: {} bytes where the manifest says {sealed_size}",
+                meta.size
+            ),
+        ));
+    }
+    if meta.size > sealed_size {
+        return Err(failure(
+            &store.name,
+            "trailing-bytes",
+            format!(
+                "{path} has {} trailing bytes beyond the {sealed_size} the manifest says",
+                meta.size - sealed_size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Fetch and parse the header of the sealed object from one store.
