@@ -337,91 +337,125 @@ impl Coffre {
     /// with write access to that store only. Stores that disagree are named and the rebuild is
     /// refused, leaving the current catalog as it was.
     pub async fn rebuild_catalog(&self) -> Result<(usize, usize), CatalogError> {
-        use crate::catalog::ReplicaState;
-        let mut found: std::collections::BTreeMap<crate::ids::SnapshotId, Vec<(String, bool)>> =
-            Default::default();
-        let mut manifests = std::collections::BTreeMap::new();
-        let mut keys = std::collections::BTreeMap::new();
-        // (snapshot, object) -> first (store, value) seen, to compare the others with.
-        let mut first_seen: std::collections::BTreeMap<
-            (crate::ids::SnapshotId, &str),
-            (String, serde_json::Value),
-        > = Default::default();
-        let mut disagreements: Vec<String> = Vec::new();
-        let mut forged: Vec<String> = Vec::new();
         let auth = crate::auth::ObjectAuth::for_reading(&self.providers);
-        let mut compare = |id: crate::ids::SnapshotId,
-                           what: &'static str,
-                           store: &str,
-                           v: serde_json::Value| {
-            match first_seen.get(&(id, what)) {
-                None => {
-                    first_seen.insert((id, what), (store.to_string(), v));
-                }
-                Some((other, w)) if *w != v => disagreements.push(format!(
-                    "snapshot {id}: the {what} in store `{store}` differs from the one in store `{other}`"
-                )),
-                Some(_) => {}
+        let mut survey = Survey::default();
+        for s in &self.stores {
+            survey.add_store(s, &auth).await;
+        }
+        survey.refuse_if_disagreeing()?;
+        self.catalog.clear()?;
+        survey.write(&self.catalog, &self.stores)
+    }
+}
+
+/// What a catalog rebuild found in the stores: each snapshot's manifest and key object (the
+/// first seen), which stores hold it and whether their data object has the sealed size, and
+/// every disagreement between stores or key object that fails its authentication.
+#[derive(Default)]
+struct Survey {
+    found: std::collections::BTreeMap<crate::ids::SnapshotId, Vec<(String, bool)>>,
+    manifests: std::collections::BTreeMap<crate::ids::SnapshotId, crate::store::Manifest>,
+    keys: std::collections::BTreeMap<crate::ids::SnapshotId, crate::store::KeyObject>,
+    /// (snapshot, object) -> first (store, value) seen, to compare the others with.
+    first_seen: std::collections::BTreeMap<
+        (crate::ids::SnapshotId, &'static str),
+        (String, serde_json::Value),
+    >,
+    disagreements: Vec<String>,
+    forged: Vec<String>,
+}
+
+impl Survey {
+    fn compare(
+        &mut self,
+        id: crate::ids::SnapshotId,
+        what: &'static str,
+        store: &str,
+        v: serde_json::Value,
+    ) {
+        match self.first_seen.get(&(id, what)) {
+            None => {
+                self.first_seen.insert((id, what), (store.to_string(), v));
+            }
+            Some((other, w)) if *w != v => self.disagreements.push(format!(
+                "snapshot {id}: the {what} in store `{store}` differs from the one in store `{other}`"
+            )),
+            Some(_) => {}
+        }
+    }
+
+    /// Every snapshot of one store (a store that cannot be listed is skipped, with a warning).
+    async fn add_store(&mut self, s: &Store, auth: &crate::auth::ObjectAuth) {
+        let list = match s.list_manifests().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(store = %s.name, error = %e, "store skipped during catalog rebuild");
+                return;
             }
         };
-        for s in &self.stores {
-            let list = match s.list_manifests().await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(store = %s.name, error = %e, "store skipped during catalog rebuild");
-                    continue;
-                }
+        for (source, id) in list {
+            let Ok(m) = s.get_manifest(&source, &id).await else {
+                continue;
             };
-            for (source, id) in list {
-                let Ok(m) = s.get_manifest(&source, &id).await else {
-                    continue;
-                };
-                compare(
-                    id,
-                    "manifest",
-                    &s.name,
-                    serde_json::to_value(&m).unwrap_or_default(),
-                );
-                if let Ok(k) = s.get_key_object(&source, &id).await {
-                    match auth.check(&k, &m) {
-                        crate::auth::Check::Authentic | crate::auth::Check::Unsealed => {}
-                        bad => forged.push(format!(
-                            "snapshot {id}: the key object in store `{}` is {bad}",
-                            s.name
-                        )),
-                    }
-                    compare(
-                        id,
-                        "key object",
-                        &s.name,
-                        serde_json::to_value(&k).unwrap_or_default(),
-                    );
-                    keys.entry(id).or_insert(k);
+            self.compare(
+                id,
+                "manifest",
+                &s.name,
+                serde_json::to_value(&m).unwrap_or_default(),
+            );
+            if let Ok(k) = s.get_key_object(&source, &id).await {
+                match auth.check(&k, &m) {
+                    crate::auth::Check::Authentic | crate::auth::Check::Unsealed => {}
+                    bad => self.forged.push(format!(
+                        "snapshot {id}: the key object in store `{}` is {bad}",
+                        s.name
+                    )),
                 }
-                let data_ok = matches!(s.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
-                found.entry(id).or_default().push((s.name.clone(), data_ok));
-                manifests.entry(id).or_insert(m);
+                self.compare(
+                    id,
+                    "key object",
+                    &s.name,
+                    serde_json::to_value(&k).unwrap_or_default(),
+                );
+                self.keys.entry(id).or_insert(k);
             }
+            let data_ok = matches!(s.head(&s.data_path(&source, &id)).await, Ok(meta) if meta.size == m.sealed_size);
+            self.found
+                .entry(id)
+                .or_default()
+                .push((s.name.clone(), data_ok));
+            self.manifests.entry(id).or_insert(m);
         }
-        disagreements.extend(forged);
-        if let Some(first) = disagreements.first() {
-            for d in &disagreements {
-                tracing::error!("catalog rebuild refused: {d}");
-            }
-            return Err(CatalogError::StoresDisagree {
-                count: disagreements.len(),
-                first: first.clone(),
-            });
+    }
+
+    /// Stores that disagree, or a forged key object: named, and the rebuild refused.
+    fn refuse_if_disagreeing(&mut self) -> Result<(), CatalogError> {
+        self.disagreements.append(&mut self.forged);
+        let Some(first) = self.disagreements.first() else {
+            return Ok(());
+        };
+        for d in &self.disagreements {
+            tracing::error!("catalog rebuild refused: {d}");
         }
-        self.catalog.clear()?;
+        Err(CatalogError::StoresDisagree {
+            count: self.disagreements.len(),
+            first: first.clone(),
+        })
+    }
+
+    /// Into the (cleared) catalog: manifests, key objects, each store's replica state.
+    /// Returns (snapshots, committed replicas).
+    fn write(&self, catalog: &Catalog, stores: &[Store]) -> Result<(usize, usize), CatalogError> {
+        use crate::catalog::ReplicaState;
         let mut replicas = 0;
-        for (id, m) in &manifests {
-            self.catalog.put_manifest(m)?;
-            if let Some(k) = keys.get(id) {
-                self.catalog.put_key(k)?;
+        for (id, m) in &self.manifests {
+            catalog.put_manifest(m)?;
+            if let Some(k) = self.keys.get(id) {
+                catalog.put_key(k)?;
             }
-            for s in &self.stores {
-                let state = match found
+            for s in stores {
+                let state = match self
+                    .found
                     .get(id)
                     .and_then(|v| v.iter().find(|(n, _)| n == &s.name))
                 {
@@ -432,10 +466,10 @@ impl Coffre {
                     Some((_, false)) => ReplicaState::Bad,
                     None => ReplicaState::Missing,
                 };
-                self.catalog.set_replica(id, &s.name, state)?;
+                catalog.set_replica(id, &s.name, state)?;
             }
         }
-        Ok((manifests.len(), replicas))
+        Ok((self.manifests.len(), replicas))
     }
 }
 
