@@ -217,6 +217,26 @@ fn line_hash(line: &str) -> String {
     hex::encode(Sha256::digest(line.as_bytes()))
 }
 
+/// The oldest run of entries whose time is before `cutoff` (an entry whose time does not parse
+/// stops the run: never prune what cannot be dated), as a pruning range.
+fn range_before(entries: &[(Entry, String)], cutoff: time::OffsetDateTime) -> Option<Pruned> {
+    let mut through = None;
+    for (e, hash) in entries {
+        let at =
+            time::OffsetDateTime::parse(&e.time, &time::format_description::well_known::Rfc3339);
+        match at {
+            Ok(t) if t < cutoff => through = Some((e.seq, hash.clone())),
+            _ => break,
+        }
+    }
+    let ((first, _), (through, last_hash)) = (entries.first()?, through?);
+    Some(Pruned {
+        first: first.seq,
+        through,
+        last_hash,
+    })
+}
+
 impl AccessLog {
     pub fn open(path: &Path, host: &str) -> AccessLog {
         AccessLog {
@@ -378,26 +398,8 @@ impl AccessLog {
         let _guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut lock = self.lock_current()?;
         let entries = self.lines()?;
-        // The oldest run of entries whose time is before the cutoff (an entry whose time does
-        // not parse stops the run: never prune what cannot be dated).
-        let mut through = None;
-        for (e, hash) in &entries {
-            let at = time::OffsetDateTime::parse(
-                &e.time,
-                &time::format_description::well_known::Rfc3339,
-            );
-            match at {
-                Ok(t) if t < cutoff => through = Some((e.seq, hash.clone())),
-                _ => break,
-            }
-        }
-        let (Some((first, _)), Some((through, last_hash))) = (entries.first(), through) else {
+        let Some(pruned) = range_before(&entries, cutoff) else {
             return Ok(None);
-        };
-        let pruned = Pruned {
-            first: first.seq,
-            through,
-            last_hash,
         };
         // A record left by an interrupted run for the same range is reused.
         let recorded = entries
@@ -420,6 +422,13 @@ impl AccessLog {
                 Some(pruned.clone()),
             )?;
         }
+        self.rewrite_without(pruned.through)?;
+        Ok(Some(pruned))
+    }
+
+    /// Rewrite the log file without its entries up to `through`: temporary file, fsync,
+    /// rename, fsync of the folder (under the caller's locks).
+    fn rewrite_without(&self, through: u64) -> Result<(), AuditError> {
         let write_err = |source| AuditError::Write {
             path: self.path.clone(),
             source,
@@ -438,7 +447,7 @@ impl AccessLog {
                     seq: 0,
                     reason: format!("an entry does not parse ({err}); run `coffre audit verify`"),
                 })?;
-            if seq > pruned.through {
+            if seq > through {
                 kept.push_str(line);
                 kept.push('\n');
             }
@@ -460,7 +469,7 @@ impl AccessLog {
                 .and_then(|d| d.sync_all())
                 .map_err(write_err)?;
         }
-        Ok(Some(pruned))
+        Ok(())
     }
 
     /// Every entry with the SHA-256 of its line.

@@ -71,104 +71,123 @@ impl ReplicaCheck {
     }
 }
 
-/// Check one replica; `expected` is the reference manifest (from the catalog or another store).
+/// Check one replica; `expected` is the reference manifest (from the catalog or another store):
+/// its manifest agrees, then its data object is hashed in full and its header names the
+/// snapshot. No key is needed.
 pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
-    let mk = |state: CheckState, detail: Option<String>| ReplicaCheck {
+    let (state, detail) = match check(store, expected).await {
+        Ok(()) => (CheckState::Ok, None),
+        Err((state, detail)) => (state, Some(detail)),
+    };
+    ReplicaCheck {
         snapshot: expected.snapshot,
         source: expected.source.clone(),
         store: store.name.clone(),
         state,
         detail,
-    };
+    }
+}
+
+type Verdict = (CheckState, String);
+
+async fn check(store: &Store, expected: &Manifest) -> Result<(), Verdict> {
+    let m = replica_manifest(store, expected).await?;
+    let path = store.data_path(&m.source, &m.snapshot);
+    let res = store.get(&path).await.map_err(|e| {
+        if e.is_not_found() {
+            (CheckState::Missing, format!("{path} is missing"))
+        } else {
+            (CheckState::Unreachable, e.to_string())
+        }
+    })?;
+    if res.meta.size != m.sealed_size {
+        return Err((
+            CheckState::Bad,
+            format!(
+                "{path} has {} bytes, the manifest says {}",
+                res.meta.size, m.sealed_size
+            ),
+        ));
+    }
+    let (sha, head) = hash_object(store, &path, res).await?;
+    match Header::decode(&head) {
+        Ok(h) if h.snapshot == m.snapshot.to_string() => {}
+        Ok(h) => {
+            return Err((
+                CheckState::Bad,
+                format!("{path}: header names snapshot {}", h.snapshot),
+            ))
+        }
+        Err(e) => return Err((CheckState::Bad, format!("{path}: {e}"))),
+    }
+    if sha != m.sealed_sha256 {
+        return Err((
+            CheckState::Bad,
+            format!(
+                "{path}: SHA-256 {sha} differs from the manifest's {}",
+                m.sealed_sha256
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The replica's manifest, which must describe the same sealed bytes as `expected`.
+async fn replica_manifest(store: &Store, expected: &Manifest) -> Result<Manifest, Verdict> {
     let m = match store
         .get_manifest(&expected.source, &expected.snapshot)
         .await
     {
         Ok(m) => m,
         Err(e) if e.is_not_found() => {
-            return mk(
+            return Err((
                 CheckState::Missing,
-                Some("manifest missing: the snapshot is not committed here".into()),
-            )
+                "manifest missing: the snapshot is not committed here".into(),
+            ))
         }
         Err(e) if e.kind() == crate::store::ErrorKind::BadObject => {
-            return mk(CheckState::Bad, Some(e.to_string()))
+            return Err((CheckState::Bad, e.to_string()))
         }
         Err(e) if e.kind() == crate::store::ErrorKind::Unauthorized => {
-            return mk(
+            return Err((
                 CheckState::Unauthorized,
-                Some(format!("{e}: check this store's credentials")),
-            )
+                format!("{e}: check this store's credentials"),
+            ))
         }
-        Err(e) => return mk(CheckState::Unreachable, Some(e.to_string())),
+        Err(e) => return Err((CheckState::Unreachable, e.to_string())),
     };
     if m.sealed_sha256 != expected.sealed_sha256 || m.sealed_size != expected.sealed_size {
-        return mk(
+        return Err((
             CheckState::Bad,
-            Some("manifest differs from the other replicas".into()),
-        );
+            "manifest differs from the other replicas".into(),
+        ));
     }
-    let path = store.data_path(&m.source, &m.snapshot);
-    let res = match store.get(&path).await {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => {
-            return mk(CheckState::Missing, Some(format!("{path} is missing")))
-        }
-        Err(e) => return mk(CheckState::Unreachable, Some(e.to_string())),
-    };
-    if res.meta.size != m.sealed_size {
-        return mk(
-            CheckState::Bad,
-            Some(format!(
-                "{path} has {} bytes, the manifest says {}",
-                res.meta.size, m.sealed_size
-            )),
-        );
-    }
+    Ok(m)
+}
+
+/// Stream the whole object: its SHA-256 (hex) and its first bytes (up to a header's length).
+async fn hash_object(
+    store: &Store,
+    path: &object_store::path::Path,
+    res: object_store::GetResult,
+) -> Result<(String, Vec<u8>), Verdict> {
+    let max = crate::format::seal::MAX_HEADER_LEN;
     let mut sha = Sha256::new();
     let mut head: Vec<u8> = Vec::new();
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                if head.len() < crate::format::seal::MAX_HEADER_LEN {
-                    head.extend_from_slice(
-                        &c[..c
-                            .len()
-                            .min(crate::format::seal::MAX_HEADER_LEN - head.len())],
-                    );
-                }
-                sha.update(&c);
-            }
-            Err(e) => {
-                return mk(
-                    CheckState::Unreachable,
-                    Some(store.op_err("read", &path, e).to_string()),
-                )
-            }
-        }
-    }
-    match Header::decode(&head) {
-        Ok(h) if h.snapshot == m.snapshot.to_string() => {}
-        Ok(h) => {
-            return mk(
-                CheckState::Bad,
-                Some(format!("{path}: header names snapshot {}", h.snapshot)),
+        let c = chunk.map_err(|e| {
+            (
+                CheckState::Unreachable,
+                store.op_err("read", path, e).to_string(),
             )
+        })?;
+        if head.len() < max {
+            head.extend_from_slice(&c[..c.len().min(max - head.len())]);
         }
-        Err(e) => return mk(CheckState::Bad, Some(format!("{path}: {e}"))),
+        sha.update(&c);
     }
-    let got = hex::encode(sha.finalize());
-    if got != m.sealed_sha256 {
-        return mk(
-            CheckState::Bad,
-            Some(format!(
-                "{path}: SHA-256 {got} differs from the manifest's {}",
-                m.sealed_sha256
-            )),
-        );
-    }
-    mk(CheckState::Ok, None)
+    Ok((hex::encode(sha.finalize()), head))
 }
 
 /// Reference manifests: the catalog's, plus any found in the stores that the catalog lacks.
