@@ -514,73 +514,87 @@ pub fn call(
     let mut r = std::io::BufReader::new(s);
     let mut restore = restore;
     loop {
-        let mut head = [0u8; 5];
-        if let Err(e) = r.read_exact(&mut head) {
-            if let Some(w) = restore.as_mut() {
-                w.abort();
-            }
-            return Err(format!(
-                "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
-            ));
-        }
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        if len > MAX_FRAME {
-            return Err(format!(
-                "the daemon sent a frame of {len} bytes: protocol error"
-            ));
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body)
-            .map_err(|e| format!("the daemon's answer was cut: {e}"))?;
-        match head[0] {
-            TAG_STDOUT => {
-                let mut o = std::io::stdout();
-                let _ = o.write_all(&body);
-                let _ = o.flush();
-            }
-            TAG_STDERR => {
-                let _ = std::io::stderr().write_all(&body);
-            }
-            TAG_BEGIN => {
-                let b: Begin = serde_json::from_slice(&body)
-                    .map_err(|e| format!("bad restore header from the daemon: {e}"))?;
-                match restore.as_mut() {
-                    Some(w) => w.begin(&b)?,
-                    None => {
-                        return Err(
-                            "the daemon sent restored data for a command that restores nothing"
-                                .into(),
-                        )
-                    }
-                }
-            }
-            TAG_DATA => match restore.as_mut() {
-                Some(w) => w.data(body)?,
-                None => {
-                    return Err(
-                        "the daemon sent restored data for a command that restores nothing".into(),
-                    )
-                }
-            },
-            TAG_EXIT => {
-                let e: Exit = serde_json::from_slice(&body)
-                    .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+        let (tag, body) = match read_frame(&mut r) {
+            Ok(f) => f,
+            Err(e) => {
                 if let Some(w) = restore.as_mut() {
-                    if e.exit == exit::OK {
-                        w.finish()?;
-                    } else {
-                        w.abort();
-                    }
+                    w.abort();
                 }
-                return Ok(e.exit);
+                return Err(e);
             }
-            t => {
-                return Err(format!(
-                    "the daemon sent an unknown frame {t}: protocol error"
-                ))
-            }
+        };
+        if let Some(code) = on_frame(tag, body, &mut restore)? {
+            return Ok(code);
         }
     }
+}
+
+/// One frame of the daemon's answer: its tag and body.
+fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), String> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).map_err(|e| {
+        format!(
+            "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
+        )
+    })?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(format!(
+            "the daemon sent a frame of {len} bytes: protocol error"
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .map_err(|e| format!("the daemon's answer was cut: {e}"))?;
+    Ok((head[0], body))
+}
+
+/// Act on one frame: text to stdout or stderr, restored bytes to `restore`; the exit frame
+/// ends the answer (its code returned).
+fn on_frame(
+    tag: u8,
+    body: Vec<u8>,
+    restore: &mut Option<&mut dyn RestoreWriter>,
+) -> Result<Option<u8>, String> {
+    let nothing_to_restore =
+        || "the daemon sent restored data for a command that restores nothing".to_string();
+    match tag {
+        TAG_STDOUT => {
+            let mut o = std::io::stdout();
+            let _ = o.write_all(&body);
+            let _ = o.flush();
+        }
+        TAG_STDERR => {
+            let _ = std::io::stderr().write_all(&body);
+        }
+        TAG_BEGIN => {
+            let b: Begin = serde_json::from_slice(&body)
+                .map_err(|e| format!("bad restore header from the daemon: {e}"))?;
+            restore.as_mut().ok_or_else(nothing_to_restore)?.begin(&b)?;
+        }
+        TAG_DATA => restore
+            .as_mut()
+            .ok_or_else(nothing_to_restore)?
+            .data(body)?,
+        TAG_EXIT => {
+            let e: Exit = serde_json::from_slice(&body)
+                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+            if let Some(w) = restore.as_mut() {
+                if e.exit == exit::OK {
+                    w.finish()?;
+                } else {
+                    w.abort();
+                }
+            }
+            return Ok(Some(e.exit));
+        }
+        t => {
+            return Err(format!(
+                "the daemon sent an unknown frame {t}: protocol error"
+            ))
+        }
+    }
+    Ok(None)
 }
 
 /// Writes a restore's plaintext on the caller's side.

@@ -84,13 +84,36 @@ pub async fn expire(
         Err(e) => report.errors.push(format!("local log not pruned: {e}")),
     }
 
-    // Every segment copy of this host, by the epoch its key object names.
+    let mut by_epoch = copies_by_epoch(app, &mut report.errors).await;
+    due_epochs_without_copies(app, &mut by_epoch, &mut report.errors);
+    for (epoch, mut copies) in by_epoch {
+        let Some(day) = epoch_day(&epoch) else {
+            continue;
+        };
+        if !is_due_day(day, now) {
+            report.upcoming.push((epoch, day.to_string()));
+            continue;
+        }
+        match destroy_epoch(app, &epoch, &mut copies, actor).await {
+            Ok(r) => report.epochs.push(r),
+            Err(e) => {
+                tracing::error!(epoch = %epoch, error = %e, "access-log epoch not destroyed");
+                report.errors.push(format!("epoch {epoch}: {e}"));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Every segment copy of this host in every store, by the epoch its key object names (the
+/// folder's name when the key object cannot be read).
+async fn copies_by_epoch(app: &Coffre, errors: &mut Vec<String>) -> BTreeMap<EpochId, Vec<Copy>> {
     let mut by_epoch: BTreeMap<EpochId, Vec<Copy>> = BTreeMap::new();
     for (i, s) in app.stores.iter().enumerate() {
         let segs = match crate::ops::audit_replicate::segments(s, &app.host).await {
             Ok(segs) => segs,
             Err(e) => {
-                report.errors.push(e);
+                errors.push(e);
                 continue;
             }
         };
@@ -120,8 +143,16 @@ pub async fn expire(
             });
         }
     }
-    // Due epochs the providers still hold a key for, even when no store lists a segment under
-    // them any more (deleted by hand, a store taken out of the config): the key must go too.
+    by_epoch
+}
+
+/// Due epochs the providers still hold a key for, even when no store lists a segment under
+/// them any more (deleted by hand, a store taken out of the config): the key must go too.
+fn due_epochs_without_copies(
+    app: &Coffre,
+    by_epoch: &mut BTreeMap<EpochId, Vec<Copy>>,
+    errors: &mut Vec<String>,
+) {
     for p in &app.providers {
         match p.epochs() {
             Ok(es) => {
@@ -131,28 +162,9 @@ pub async fn expire(
                     }
                 }
             }
-            Err(e) => report
-                .errors
-                .push(format!("provider `{}`: cannot list epochs: {e}", p.name())),
+            Err(e) => errors.push(format!("provider `{}`: cannot list epochs: {e}", p.name())),
         }
     }
-    for (epoch, mut copies) in by_epoch {
-        let Some(day) = epoch_day(&epoch) else {
-            continue;
-        };
-        if !is_due_day(day, now) {
-            report.upcoming.push((epoch, day.to_string()));
-            continue;
-        }
-        match destroy_epoch(app, &epoch, &mut copies, actor).await {
-            Ok(r) => report.epochs.push(r),
-            Err(e) => {
-                tracing::error!(epoch = %epoch, error = %e, "access-log epoch not destroyed");
-                report.errors.push(format!("epoch {epoch}: {e}"));
-            }
-        }
-    }
-    Ok(report)
 }
 
 fn is_due_day(day: time::Date, now: time::OffsetDateTime) -> bool {
