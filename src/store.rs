@@ -544,83 +544,17 @@ fn read_secret(
 }
 
 fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
-    let setup = |reason: String| StoreError::Setup {
-        store: s.name.clone(),
-        reason,
-    };
     let loopback_http = s
         .endpoint
         .as_deref()
         .and_then(|e| url::Url::parse(e).ok())
         .map(|u| u.scheme() == "http" && is_loopback_host(&u))
         .unwrap_or(false);
-    let inner: Arc<dyn ObjectStore> = match s.kind {
-        StoreKind::Local => {
-            let path = s
-                .path
-                .as_ref()
-                .ok_or_else(|| setup("a local store needs path".into()))?;
-            crate::fsutil::create_private_dir(path)
-                .map_err(|e| setup(format!("cannot create {}: {e}", path.display())))?;
-            Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(path)
-                    .map_err(|e| setup(e.to_string()))?,
-            )
-        }
-        StoreKind::S3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(s.bucket.clone().unwrap_or_default())
-                .with_region(s.region.clone().unwrap_or_else(|| "us-east-1".into()))
-                .with_virtual_hosted_style_request(s.virtual_hosted_style)
-                .with_retry(retry_config(config))
-                .with_client_options(client_options(loopback_http));
-            if let Some(ep) = &s.endpoint {
-                b = b.with_endpoint(ep.clone());
-            }
-            if let Some(ak) = read_secret(
-                &s.name,
-                s.access_key_id_env.as_ref(),
-                s.access_key_id_file.as_ref(),
-            )? {
-                b = b.with_access_key_id(ak.expose_secret());
-            }
-            if let Some(sk) = read_secret(
-                &s.name,
-                s.secret_access_key_env.as_ref(),
-                s.secret_access_key_file.as_ref(),
-            )? {
-                b = b.with_secret_access_key(sk.expose_secret());
-            }
-            Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
-        }
-        StoreKind::Azure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_account(s.account.clone().unwrap_or_default())
-                .with_container_name(s.container.clone().unwrap_or_default())
-                .with_retry(retry_config(config))
-                .with_client_options(client_options(loopback_http));
-            if let Some(ep) = &s.endpoint {
-                b = b.with_endpoint(ep.clone()).with_allow_http(loopback_http);
-            }
-            if let Some(k) = read_secret(
-                &s.name,
-                s.access_key_env.as_ref(),
-                s.access_key_file.as_ref(),
-            )? {
-                b = b.with_access_key(k.expose_secret());
-            }
-            Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
-        }
-        StoreKind::Gcs => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(s.bucket.clone().unwrap_or_default())
-                .with_retry(retry_config(config))
-                .with_client_options(client_options(false));
-            if let Some(f) = &s.service_account_file {
-                b = b.with_service_account_path(f.display().to_string());
-            }
-            Arc::new(b.build().map_err(|e| setup(e.to_string()))?)
-        }
+    let inner = match s.kind {
+        StoreKind::Local => local(s)?,
+        StoreKind::S3 => s3(config, s, loopback_http)?,
+        StoreKind::Azure => azure(config, s, loopback_http)?,
+        StoreKind::Gcs => gcs(config, s)?,
     };
     Ok(Store {
         name: s.name.clone(),
@@ -630,6 +564,101 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
         prefix: ObjPath::from(s.prefix.as_str()),
         inner,
     })
+}
+
+fn setup_err(s: &StoreConfig, reason: String) -> StoreError {
+    StoreError::Setup {
+        store: s.name.clone(),
+        reason,
+    }
+}
+
+/// A local folder (created private when absent).
+fn local(s: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let path = s
+        .path
+        .as_ref()
+        .ok_or_else(|| setup_err(s, "a local store needs path".into()))?;
+    crate::fsutil::create_private_dir(path)
+        .map_err(|e| setup_err(s, format!("cannot create {}: {e}", path.display())))?;
+    Ok(Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(path)
+            .map_err(|e| setup_err(s, e.to_string()))?,
+    ))
+}
+
+/// S3 or S3-compatible; plain http only to a loopback endpoint.
+fn s3(
+    config: &Config,
+    s: &StoreConfig,
+    loopback_http: bool,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(s.bucket.clone().unwrap_or_default())
+        .with_region(s.region.clone().unwrap_or_else(|| "us-east-1".into()))
+        .with_virtual_hosted_style_request(s.virtual_hosted_style)
+        .with_retry(retry_config(config))
+        .with_client_options(client_options(loopback_http));
+    if let Some(ep) = &s.endpoint {
+        b = b.with_endpoint(ep.clone());
+    }
+    if let Some(ak) = read_secret(
+        &s.name,
+        s.access_key_id_env.as_ref(),
+        s.access_key_id_file.as_ref(),
+    )? {
+        b = b.with_access_key_id(ak.expose_secret());
+    }
+    if let Some(sk) = read_secret(
+        &s.name,
+        s.secret_access_key_env.as_ref(),
+        s.secret_access_key_file.as_ref(),
+    )? {
+        b = b.with_secret_access_key(sk.expose_secret());
+    }
+    Ok(Arc::new(
+        b.build().map_err(|e| setup_err(s, e.to_string()))?,
+    ))
+}
+
+/// Azure Blob (or Azurite on a loopback endpoint).
+fn azure(
+    config: &Config,
+    s: &StoreConfig,
+    loopback_http: bool,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+        .with_account(s.account.clone().unwrap_or_default())
+        .with_container_name(s.container.clone().unwrap_or_default())
+        .with_retry(retry_config(config))
+        .with_client_options(client_options(loopback_http));
+    if let Some(ep) = &s.endpoint {
+        b = b.with_endpoint(ep.clone()).with_allow_http(loopback_http);
+    }
+    if let Some(k) = read_secret(
+        &s.name,
+        s.access_key_env.as_ref(),
+        s.access_key_file.as_ref(),
+    )? {
+        b = b.with_access_key(k.expose_secret());
+    }
+    Ok(Arc::new(
+        b.build().map_err(|e| setup_err(s, e.to_string()))?,
+    ))
+}
+
+/// Google Cloud Storage.
+fn gcs(config: &Config, s: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(s.bucket.clone().unwrap_or_default())
+        .with_retry(retry_config(config))
+        .with_client_options(client_options(false));
+    if let Some(f) = &s.service_account_file {
+        b = b.with_service_account_path(f.display().to_string());
+    }
+    Ok(Arc::new(
+        b.build().map_err(|e| setup_err(s, e.to_string()))?,
+    ))
 }
 
 /// The generation in a keyring object's name (`<generation>.keyring`).
