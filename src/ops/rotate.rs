@@ -135,19 +135,17 @@ fn with_master_key(k: &KeyProviderConfig, path: &Path) -> KeyProviderConfig {
     k
 }
 
-/// Re-seal the local keyring of `file` provider `provider` under `new_master_key`, with a
-/// generation above `above_generation`. Returns the report and the bytes written.
-fn rotate_local(
-    config: &Config,
+/// The preconditions of a master-key rotation: a local keyring to re-seal, and a new master
+/// key (created when asked and absent) that is a valid key file and not the current one.
+/// Returns the new key and whether it was created.
+fn check_new_master_key(
     provider: &str,
+    keyring: &Path,
+    current: &KeyProviderConfig,
+    next: &KeyProviderConfig,
     new_master_key: &Path,
     create: bool,
-    above_generation: u64,
-) -> Result<(MasterKeyRotation, Vec<u8>), KeyError> {
-    let k = file_provider(config, provider)?;
-    let mut current = k.clone();
-    current.create_master_key = false;
-    let keyring = config.keyring_path(k);
+) -> Result<(zeroize::Zeroizing<[u8; 32]>, bool), KeyError> {
     if !keyring.exists() {
         return Err(master_key_err(
             provider,
@@ -157,7 +155,7 @@ fn rotate_local(
             ),
         ));
     }
-    if k.master_key.as_deref() == Some(new_master_key) {
+    if current.master_key.as_deref() == Some(new_master_key) {
         return Err(master_key_err(
             provider,
             format!(
@@ -176,9 +174,8 @@ fn rotate_local(
         })?;
     }
     // Checks existence, 64 hex characters and mode (no group or other access).
-    let next = with_master_key(k, new_master_key);
-    let new_master = file::load_master_key(&next)?;
-    let old_master = file::load_master_key(&current)?;
+    let new_master = file::load_master_key(next)?;
+    let old_master = file::load_master_key(current)?;
     if *old_master == *new_master {
         return Err(master_key_err(
             provider,
@@ -188,7 +185,61 @@ fn rotate_local(
             ),
         ));
     }
-    drop(old_master);
+    Ok((new_master, created_master_key))
+}
+
+/// Check what was written: the new key opens it with every epoch at the new generation, the
+/// old one does not (unless this run resumed an earlier one).
+#[allow(clippy::too_many_arguments)]
+fn check_resealed(
+    config: &Config,
+    provider: &str,
+    keyring: &Path,
+    current: &KeyProviderConfig,
+    next: &KeyProviderConfig,
+    before: &[crate::keys::EpochInfo],
+    generation: u64,
+    resumed: bool,
+) -> Result<(), KeyError> {
+    let reopened = FileProvider::open(config, next)?;
+    if crate::keys::KeyProvider::epochs(&reopened)? != before || reopened.generation() != generation
+    {
+        return Err(master_key_err(
+            provider,
+            format!(
+                "the re-sealed keyring {} does not read back as written",
+                keyring.display()
+            ),
+        ));
+    }
+    if !resumed && FileProvider::open(config, current).is_ok() {
+        return Err(master_key_err(
+            provider,
+            format!(
+                "the keyring {} still opens with the old master key after rotation",
+                keyring.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Re-seal the local keyring of `file` provider `provider` under `new_master_key`, with a
+/// generation above `above_generation`. Returns the report and the bytes written.
+fn rotate_local(
+    config: &Config,
+    provider: &str,
+    new_master_key: &Path,
+    create: bool,
+    above_generation: u64,
+) -> Result<(MasterKeyRotation, Vec<u8>), KeyError> {
+    let k = file_provider(config, provider)?;
+    let mut current = k.clone();
+    current.create_master_key = false;
+    let keyring = config.keyring_path(k);
+    let next = with_master_key(k, new_master_key);
+    let (new_master, created_master_key) =
+        check_new_master_key(provider, &keyring, &current, &next, new_master_key, create)?;
     let (p, resumed) = match FileProvider::open(config, &current) {
         Ok(p) => (p, false),
         // Interrupted earlier, after the local keyring was re-sealed: finish the job.
@@ -208,27 +259,9 @@ fn rotate_local(
     let (generation, bytes, before) = p.reseal_to_disk(&new_master, above_generation)?;
     drop(new_master);
     drop(p);
-    // Check what was written: the new key opens it with every epoch, the old one does not.
-    let reopened = FileProvider::open(config, &next)?;
-    if crate::keys::KeyProvider::epochs(&reopened)? != before || reopened.generation() != generation
-    {
-        return Err(master_key_err(
-            provider,
-            format!(
-                "the re-sealed keyring {} does not read back as written",
-                keyring.display()
-            ),
-        ));
-    }
-    if !resumed && FileProvider::open(config, &current).is_ok() {
-        return Err(master_key_err(
-            provider,
-            format!(
-                "the keyring {} still opens with the old master key after rotation",
-                keyring.display()
-            ),
-        ));
-    }
+    check_resealed(
+        config, provider, &keyring, &current, &next, &before, generation, resumed,
+    )?;
     let report = MasterKeyRotation {
         provider: provider.to_string(),
         keyring,
@@ -311,17 +344,21 @@ pub async fn rotate_master_key_everywhere(
     file_provider(config, provider)?;
     let stores = crate::store::build(config)?;
     let audit = AccessLog::open(&config.audit_path(), &config.host());
-    audit.append(NewEntry {
-        actor: actor.into(),
-        action: "key-rotate".into(),
-        target: Target::default(),
-        purpose: purpose.into(),
-        outcome: format!(
-            "started: master key of provider {provider} to {}",
-            new_master_key.display()
-        ),
-        exposes: None,
-    })?;
+    let log = |outcome: String| {
+        audit.append(NewEntry {
+            actor: actor.into(),
+            action: "key-rotate".into(),
+            target: Target::default(),
+            purpose: purpose.into(),
+            outcome,
+            exposes: None,
+        })
+    };
+    log(format!(
+        "started: master key of provider {provider} to {}",
+        new_master_key.display()
+    ))?;
+    // The new generation is above every one the reachable stores hold.
     let mut above = 0;
     let mut failures = Vec::new();
     let mut reachable = Vec::new();
@@ -334,20 +371,11 @@ pub async fn rotate_master_key_everywhere(
             Err(e) => failures.push(format!("{}: {e}", s.name)),
         }
     }
-    let (local, bytes) = match rotate_local(config, provider, new_master_key, create, above) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = audit.append(NewEntry {
-                actor: actor.into(),
-                action: "key-rotate".into(),
-                target: Target::default(),
-                purpose: purpose.into(),
-                outcome: format!("failed: {e}"),
-                exposes: None,
-            });
-            return Err(e.into());
-        }
-    };
+    let (local, bytes) =
+        rotate_local(config, provider, new_master_key, create, above).map_err(|e| {
+            let _ = log(format!("failed: {e}"));
+            e
+        })?;
     let mut updated = Vec::new();
     let mut deleted = 0;
     for s in reachable {
@@ -359,24 +387,17 @@ pub async fn rotate_master_key_everywhere(
             Err(e) => failures.push(format!("{}: {e}", s.name)),
         }
     }
-    audit.append(NewEntry {
-        actor: actor.into(),
-        action: "key-rotate".into(),
-        target: Target::default(),
-        purpose: purpose.into(),
-        outcome: if failures.is_empty() {
-            format!(
-                "ok: keyring generation {} under the new master key in {} store(s)",
-                local.generation,
-                updated.len()
-            )
-        } else {
-            format!(
-                "partial: local keyring rotated, stores not updated: {}",
-                failures.join("; ")
-            )
-        },
-        exposes: None,
+    log(if failures.is_empty() {
+        format!(
+            "ok: keyring generation {} under the new master key in {} store(s)",
+            local.generation,
+            updated.len()
+        )
+    } else {
+        format!(
+            "partial: local keyring rotated, stores not updated: {}",
+            failures.join("; ")
+        )
     })?;
     Ok(RotationReport {
         local,
