@@ -87,6 +87,66 @@ pub struct Catalog {
     conn: Mutex<Connection>,
 }
 
+/// The catalog's tables (created when absent). `alerts`: alerts that outlive one run (a copy
+/// kept because it still decrypts, a store whose keyring copy still holds a destroyed key),
+/// shown by `status` until resolved. `counters`: the daemon's Prometheus `_total`s, so they
+/// survive a restart.
+const SCHEMA: &str = "PRAGMA journal_mode=WAL;
+     PRAGMA synchronous=FULL;
+     CREATE TABLE IF NOT EXISTS snapshots (
+         id TEXT PRIMARY KEY,
+         source TEXT NOT NULL,
+         created TEXT NOT NULL,
+         manifest TEXT NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS snapshots_source ON snapshots(source, id);
+     CREATE TABLE IF NOT EXISTS keys (
+         snapshot TEXT PRIMARY KEY,
+         epoch TEXT NOT NULL,
+         key_json TEXT NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS keys_epoch ON keys(epoch);
+     CREATE TABLE IF NOT EXISTS drills (
+         source TEXT NOT NULL,
+         store TEXT NOT NULL,
+         report TEXT NOT NULL,
+         PRIMARY KEY (source, store)
+     );
+     CREATE TABLE IF NOT EXISTS destruction (
+         id TEXT PRIMARY KEY,
+         record TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS replicas (
+         snapshot TEXT NOT NULL,
+         store TEXT NOT NULL,
+         state TEXT NOT NULL,
+         updated TEXT NOT NULL,
+         PRIMARY KEY (snapshot, store)
+     );
+     CREATE TABLE IF NOT EXISTS alerts (
+         key TEXT PRIMARY KEY,
+         text TEXT NOT NULL,
+         since TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS counters (
+         family TEXT NOT NULL,
+         labels TEXT NOT NULL,
+         value INTEGER NOT NULL,
+         PRIMARY KEY (family, labels)
+     );";
+
+/// Columns added since the first catalogs: the last successful drill, kept apart from the last
+/// attempt.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_last_ok = conn
+        .prepare("SELECT 1 FROM pragma_table_info('drills') WHERE name = 'last_ok'")
+        .and_then(|mut st| st.exists([]))?;
+    if !has_last_ok {
+        conn.execute_batch("ALTER TABLE drills ADD COLUMN last_ok TEXT;")?;
+    }
+    Ok(())
+}
+
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         if let Some(dir) = path.parent() {
@@ -102,70 +162,8 @@ impl Catalog {
         let conn = Connection::open(path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS snapshots (
-                 id TEXT PRIMARY KEY,
-                 source TEXT NOT NULL,
-                 created TEXT NOT NULL,
-                 manifest TEXT NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS snapshots_source ON snapshots(source, id);
-             CREATE TABLE IF NOT EXISTS keys (
-                 snapshot TEXT PRIMARY KEY,
-                 epoch TEXT NOT NULL,
-                 key_json TEXT NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS keys_epoch ON keys(epoch);
-             CREATE TABLE IF NOT EXISTS drills (
-                 source TEXT NOT NULL,
-                 store TEXT NOT NULL,
-                 report TEXT NOT NULL,
-                 PRIMARY KEY (source, store)
-             );
-             CREATE TABLE IF NOT EXISTS destruction (
-                 id TEXT PRIMARY KEY,
-                 record TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS replicas (
-                 snapshot TEXT NOT NULL,
-                 store TEXT NOT NULL,
-                 state TEXT NOT NULL,
-                 updated TEXT NOT NULL,
-                 PRIMARY KEY (snapshot, store)
-             );",
-        )
-        .map_err(db)?;
-        // Alerts that outlive one run (a copy kept because it still decrypts, a store whose
-        // keyring copy still holds a destroyed key): shown by `status` until resolved.
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS alerts (
-                 key TEXT PRIMARY KEY,
-                 text TEXT NOT NULL,
-                 since TEXT NOT NULL
-             );",
-        )
-        .map_err(db)?;
-        // The daemon's counters (Prometheus `_total`s), so they survive a restart; and the
-        // last successful drill kept apart from the last attempt (older catalogs get the column).
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS counters (
-                 family TEXT NOT NULL,
-                 labels TEXT NOT NULL,
-                 value INTEGER NOT NULL,
-                 PRIMARY KEY (family, labels)
-             );",
-        )
-        .map_err(db)?;
-        let has_last_ok = conn
-            .prepare("SELECT 1 FROM pragma_table_info('drills') WHERE name = 'last_ok'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(db)?;
-        if !has_last_ok {
-            conn.execute_batch("ALTER TABLE drills ADD COLUMN last_ok TEXT;")
-                .map_err(db)?;
-        }
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&conn).map_err(db)?;
         Ok(Catalog {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
