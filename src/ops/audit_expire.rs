@@ -220,22 +220,8 @@ async fn destroy_epoch(
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
     ids.sort();
     ids.dedup();
-    let mut record = DestructionRecord {
-        record: SnapshotId::new().to_string(),
-        time: crate::clock::now_rfc3339(),
-        actor: actor.into(),
-        reason: REASON.into(),
-        epoch: epoch.clone(),
-        snapshots: ids,
-        // Checked above: no copy's key object carries a hold.
-        legal_hold_checked: true,
-        rewrapped: Vec::new(),
-        providers,
-        copies: results,
-        keyrings,
-        complete: false,
-    };
-    record.complete = record.is_complete();
+    // Legal hold checked above: no copy's key object carries one.
+    let record = DestructionRecord::new(actor, REASON, epoch, ids, providers, results, keyrings);
     crate::ops::shred::keep_record(app, &record)
         .await
         .map_err(|e| e.to_string())?;

@@ -139,6 +139,35 @@ pub fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionRecord> {
 }
 
 impl DestructionRecord {
+    /// A new record (its id and time now) and whether the erasure is complete. A destruction
+    /// always reads the legal holds again first (`legal_hold_checked`).
+    pub fn new(
+        actor: &str,
+        reason: &str,
+        epoch: &EpochId,
+        snapshots: Vec<SnapshotId>,
+        providers: Vec<ProviderResult>,
+        copies: Vec<CopyResult>,
+        keyrings: Vec<KeyringPush>,
+    ) -> DestructionRecord {
+        let mut record = DestructionRecord {
+            record: SnapshotId::new().to_string(),
+            time: crate::clock::now_rfc3339(),
+            actor: actor.into(),
+            reason: reason.into(),
+            epoch: epoch.clone(),
+            snapshots,
+            legal_hold_checked: true,
+            rewrapped: Vec::new(),
+            providers,
+            copies,
+            keyrings,
+            complete: false,
+        };
+        record.complete = record.is_complete();
+        record
+    }
+
     /// No copy kept and every keyring copy replaced.
     pub fn is_complete(&self) -> bool {
         !self.copies.iter().any(|c| c.kept) && self.keyrings.iter().all(|k| k.pushed)
@@ -220,30 +249,28 @@ pub async fn rewrap(
         .catalog
         .get_key(id)?
         .ok_or(ShredError::UnknownSnapshot(*id))?;
-    let target = Target {
-        source: Some(old.source.clone()),
-        snapshot: Some(id.to_string()),
-        epoch: Some(old.epoch.to_string()),
-        ..Default::default()
+    let log = |outcome: String| {
+        app.audit.append(NewEntry {
+            actor: actor.into(),
+            action: "key-rewrap".into(),
+            target: Target {
+                source: Some(old.source.clone()),
+                snapshot: Some(id.to_string()),
+                epoch: Some(old.epoch.to_string()),
+                ..Default::default()
+            },
+            purpose: purpose.into(),
+            outcome,
+            exposes: None,
+        })
     };
-    app.audit.append(NewEntry {
-        actor: actor.into(),
-        action: "key-rewrap".into(),
-        target: target.clone(),
-        purpose: purpose.into(),
-        outcome: format!("started: to epoch {to}"),
-        exposes: None,
-    })?;
-    let dek = crate::ops::restore::unwrap_dek(app, &old).map_err(|source| ShredError::Key {
+    log(format!("started: to epoch {to}"))?;
+    let key_err = |source| ShredError::Key {
         snapshot: *id,
         source,
-    })?;
-    let wraps = crate::keys::wrap_for_all(&app.providers, to, &dek, id).map_err(|source| {
-        ShredError::Key {
-            snapshot: *id,
-            source,
-        }
-    })?;
+    };
+    let dek = crate::ops::restore::unwrap_dek(app, &old).map_err(key_err)?;
+    let wraps = crate::keys::wrap_for_all(&app.providers, to, &dek, id).map_err(key_err)?;
     drop(dek);
     let mut new = KeyObject {
         epoch: to.clone(),
@@ -251,11 +278,7 @@ pub async fn rewrap(
         legal_hold: hold.unwrap_or_else(|| old.legal_hold.clone()),
         ..old.clone()
     };
-    app.seal_key_object(&mut new)
-        .map_err(|source| ShredError::Key {
-            snapshot: *id,
-            source,
-        })?;
+    app.seal_key_object(&mut new).map_err(key_err)?;
     for s in app.committed_stores(id) {
         let r = async {
             app.push_keyrings(s).await?;
@@ -263,14 +286,7 @@ pub async fn rewrap(
         }
         .await;
         if let Err(source) = r {
-            let _ = app.audit.append(NewEntry {
-                actor: actor.into(),
-                action: "key-rewrap".into(),
-                target: target.clone(),
-                purpose: purpose.into(),
-                outcome: format!("failed: store {}: {source}", s.name),
-                exposes: None,
-            });
+            let _ = log(format!("failed: store {}: {source}", s.name));
             return Err(ShredError::Rewrap {
                 snapshot: *id,
                 store: s.name.clone(),
@@ -279,14 +295,7 @@ pub async fn rewrap(
         }
     }
     app.catalog.put_key(&new)?;
-    app.audit.append(NewEntry {
-        actor: actor.into(),
-        action: "key-rewrap".into(),
-        target,
-        purpose: purpose.into(),
-        outcome: format!("ok: now under epoch {to}"),
-        exposes: None,
-    })?;
+    log(format!("ok: now under epoch {to}"))?;
     Ok(new)
 }
 
@@ -331,22 +340,17 @@ pub async fn execute(
     for id in shred.iter().filter(|id| !kept.contains(id)) {
         app.catalog.remove(id)?;
     }
-    let mut record = DestructionRecord {
-        record: SnapshotId::new().to_string(),
-        time: crate::clock::now_rfc3339(),
-        actor: actor.into(),
-        reason: reason.into(),
-        epoch: plan.epoch.clone(),
-        snapshots: shred,
-        // Read again from the catalog and every store just before the destruction.
-        legal_hold_checked: true,
-        rewrapped: plan.keep.clone(),
+    // Holds were read again from the catalog and every store just before the destruction.
+    let mut record = DestructionRecord::new(
+        actor,
+        reason,
+        &plan.epoch,
+        shred,
         providers,
-        copies: results,
+        results,
         keyrings,
-        complete: false,
-    };
-    record.complete = record.is_complete();
+    );
+    record.rewrapped = plan.keep.clone();
     keep_record(app, &record).await?;
     run.log_outcome(&record, moved.len())?;
     Ok(record)
