@@ -722,7 +722,27 @@ struct Fetch<'a> {
     stall: std::time::Duration,
 }
 
-impl Fetch<'_> {
+impl<'a> Fetch<'a> {
+    fn new(
+        manifest: &'a Manifest,
+        tx: mpsc::Sender<Bytes>,
+        progress: Option<indicatif::ProgressBar>,
+        board: crate::progress::Counter,
+        stall: std::time::Duration,
+    ) -> Fetch<'a> {
+        Fetch {
+            manifest,
+            header_bytes: Vec::new(),
+            opener: None,
+            framer: None,
+            sha: Sha256::new(),
+            tx,
+            progress,
+            board,
+            stall,
+        }
+    }
+
     fn offset(&self) -> u64 {
         match (&self.opener, &self.framer) {
             (Some(o), Some(f)) => {
@@ -1294,25 +1314,16 @@ async fn stream_restore(
     failures: &mut Vec<StoreFailure>,
 ) -> Result<Vec<String>, RestoreError> {
     let id = manifest.snapshot;
-    let (digest_alg, expected_digest) =
-        manifest
-            .plaintext_digest()
-            .ok_or_else(|| RestoreError::Integrity {
-                snapshot: id,
-                reason: "the manifest has no plaintext digest".into(),
-            })?;
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let mut fetch = Fetch {
-        manifest,
-        header_bytes: Vec::new(),
-        opener: None,
-        framer: None,
-        sha: Sha256::new(),
-        tx,
-        progress: req.progress.then(|| progress_bar(manifest.sealed_size)),
-        board,
-        stall,
+    let integrity = |reason: String| RestoreError::Integrity {
+        snapshot: id,
+        reason,
     };
+    let (digest_alg, expected_digest) = manifest
+        .plaintext_digest()
+        .ok_or_else(|| integrity("the manifest has no plaintext digest".into()))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let progress = req.progress.then(|| progress_bar(manifest.sealed_size));
+    let mut fetch = Fetch::new(manifest, tx, progress, board, stall);
     let mut pending = Some((rx, dest));
     let mut writer: Option<Writer> = None;
     let mut used = Vec::new();
@@ -1321,23 +1332,19 @@ async fn stream_restore(
     let order = candidates[first..].iter().chain(candidates[..first].iter());
     for (i, store) in order.enumerate() {
         let header = match replica_header(store, manifest, i > 0, stall).await {
+            Ok((header, hb)) => fetch.adopt_header(store, dek, &header, hb).map(|()| header),
+            Err(f) => Err(f),
+        };
+        let header = match header {
             Ok(h) => h,
             Err(f) => {
                 failures.push(f);
                 continue;
             }
         };
-        let (header, hb) = header;
-        if let Err(f) = fetch.adopt_header(store, dek, &header, hb) {
-            failures.push(f);
-            continue;
-        }
         if let Some((rx, dest)) = pending.take() {
             let mac =
-                PlainMac::new(digest_alg, dek, &header).map_err(|e| RestoreError::Integrity {
-                    snapshot: id,
-                    reason: e.to_string(),
-                })?;
+                PlainMac::new(digest_alg, dek, &header).map_err(|e| integrity(e.to_string()))?;
             let kind = manifest.kind;
             writer = Some(tokio::task::spawn_blocking(move || {
                 write_out(rx, kind, dest, mac)
@@ -1358,22 +1365,16 @@ async fn stream_restore(
     }
     let sha = hex::encode(fetch.sha.clone().finalize());
     drop(fetch);
-    let written = match writer {
-        Some(w) => Some(w.await),
-        None => None,
-    };
-    let (digest, size) = written_or_cause(req, id, end, written, failures)?;
+    let (digest, size) = written_or_cause(req, id, end, writer, failures).await?;
     if sha != manifest.sealed_sha256 {
-        return Err(RestoreError::Integrity {
-            snapshot: id,
-            reason: format!("sealed SHA-256 {sha} differs from the manifest's"),
-        });
+        return Err(integrity(format!(
+            "sealed SHA-256 {sha} differs from the manifest's"
+        )));
     }
     if hex::encode(digest) != expected_digest || size != manifest.size {
-        return Err(RestoreError::Integrity {
-            snapshot: id,
-            reason: "the keyed digest of the plaintext differs from the manifest's".into(),
-        });
+        return Err(integrity(
+            "the keyed digest of the plaintext differs from the manifest's".into(),
+        ));
     }
     Ok(used)
 }
@@ -1423,13 +1424,17 @@ async fn replica_header(
 
 /// The plaintext's digest and size as the writer saw them; or why the restore failed: the
 /// writer's error when it stopped first, else every store's failure.
-fn written_or_cause(
+async fn written_or_cause(
     req: &Request,
     id: SnapshotId,
     end: Option<StreamEnd>,
-    written: Option<Result<Written, tokio::task::JoinError>>,
+    writer: Option<Writer>,
     failures: &[StoreFailure],
 ) -> Result<([u8; 32], u64), RestoreError> {
+    let written = match writer {
+        Some(w) => Some(w.await),
+        None => None,
+    };
     let target = |source| RestoreError::Target {
         path: req.to.clone(),
         source,
