@@ -58,6 +58,18 @@ pub struct Target {
     pub epoch: Option<String>,
 }
 
+impl Target {
+    /// The snapshot a key object belongs to, under the epoch it names.
+    pub fn key_object(k: &crate::format::objects::KeyObject) -> Target {
+        Target {
+            source: Some(k.source.clone()),
+            snapshot: Some(k.snapshot.to_string()),
+            epoch: Some(k.epoch.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {

@@ -515,12 +515,7 @@ async fn add_wrap(
         app.audit.append(NewEntry {
             actor: actor.into(),
             action: "key-rotate".into(),
-            target: Target {
-                source: Some(old.source.clone()),
-                snapshot: Some(id.to_string()),
-                epoch: Some(old.epoch.to_string()),
-                ..Default::default()
-            },
+            target: Target::key_object(&old),
             purpose: purpose.into(),
             outcome,
             exposes: None,

@@ -253,12 +253,7 @@ pub async fn rewrap(
         app.audit.append(NewEntry {
             actor: actor.into(),
             action: "key-rewrap".into(),
-            target: Target {
-                source: Some(old.source.clone()),
-                snapshot: Some(id.to_string()),
-                epoch: Some(old.epoch.to_string()),
-                ..Default::default()
-            },
+            target: Target::key_object(&old),
             purpose: purpose.into(),
             outcome,
             exposes: None,
