@@ -1,0 +1,242 @@
+//! Which command may run where: through the control socket (and for whom), or only here; what
+//! it is called in the access log; and the bounds a request from the socket must keep.
+
+use super::*;
+
+/// Longest `--purpose` accepted (bytes): it is recorded in the access log.
+pub const MAX_PURPOSE: usize = crate::audit::MAX_PURPOSE_BYTES;
+/// Longest name, filter or id accepted in a request (bytes).
+pub const MAX_NAME: usize = 256;
+
+/// Who may run a command through the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Listing and checking (no plaintext, no key use): operators.
+    Read,
+    /// Access to protected data, erasure, holds, backups: operators, logged.
+    Operate,
+    /// Key rotation: root only.
+    Root,
+    /// Never through the socket (runs without a daemon, or is the daemon).
+    LocalOnly,
+}
+
+impl Command {
+    pub fn access(&self) -> Access {
+        match self {
+            Command::Daemon | Command::CheckConfig { .. } | Command::Status { .. } => {
+                Access::LocalOnly
+            }
+            Command::Keys {
+                command: KeysCommand::Init { .. },
+            } => Access::LocalOnly,
+            Command::Keys {
+                command:
+                    KeysCommand::Rotate {
+                        provider: Some(_), ..
+                    },
+            } => Access::LocalOnly,
+            Command::Keys {
+                command: KeysCommand::Rotate { .. },
+            } => Access::Root,
+            Command::Snapshots { .. }
+            | Command::Verify { .. }
+            | Command::Keys {
+                command: KeysCommand::Status { .. },
+            }
+            | Command::Audit {
+                command: AuditCommand::Show { .. } | AuditCommand::Verify,
+            }
+            | Command::Retention {
+                command: RetentionCommand::Plan { .. },
+            }
+            | Command::Shred { records: true, .. } => Access::Read,
+            Command::Backup { .. }
+            | Command::Catalog { .. }
+            | Command::Restore(_)
+            | Command::Retention { .. }
+            | Command::Shred { .. }
+            | Command::Drill { .. }
+            | Command::Hold { .. }
+            | Command::Audit { .. } => Access::Operate,
+        }
+    }
+
+    /// Why a command does not go through the socket.
+    pub fn local_only_reason(&self) -> &'static str {
+        match self {
+            Command::Keys {
+                command: KeysCommand::Rotate { .. },
+            } => "rotating a master key replaces the key the running daemon holds: stop the daemon (systemctl stop coffre), rotate as root, then start it",
+            Command::Keys {
+                command: KeysCommand::Init { .. },
+            } => "keys are created before the daemon first starts (or by it, with create-master-key)",
+            _ => "it runs in the caller's own process",
+        }
+    }
+
+    /// The access-log action name of a command.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::Daemon => "daemon",
+            Command::Status { .. } => "status",
+            Command::Backup { .. } => "backup",
+            Command::Snapshots { .. } => "snapshots",
+            Command::Catalog {
+                command: CatalogCommand::Rebuild { .. },
+            } => "catalog-rebuild",
+            Command::Catalog {
+                command: CatalogCommand::Seal { .. },
+            } => "catalog-seal",
+            Command::Restore(_) => "restore",
+            Command::Verify { .. } => "verify",
+            Command::Keys { command } => match command {
+                KeysCommand::Init { .. } => "keys-init",
+                KeysCommand::Status { .. } => "keys-status",
+                KeysCommand::Rotate { .. } => "keys-rotate",
+            },
+            Command::Audit { command } => match command {
+                AuditCommand::Verify => "audit-verify",
+                AuditCommand::Expire { .. } => "audit-expire",
+                AuditCommand::Show { .. } => "audit-show",
+            },
+            Command::CheckConfig { .. } => "check-config",
+            Command::Retention { command } => match command {
+                RetentionCommand::Plan { .. } => "retention-plan",
+                RetentionCommand::Run { .. } => "retention-run",
+            },
+            Command::Shred { .. } => "shred",
+            Command::Drill { .. } => "drill",
+            Command::Hold { command } => match command {
+                HoldCommand::Add { .. } => "hold-add",
+                HoldCommand::Release { .. } => "hold-release",
+            },
+        }
+    }
+
+    /// Commands that append to the access log (its sealed copy then follows it to the stores).
+    pub fn writes_access_log(&self) -> bool {
+        matches!(
+            self,
+            Command::Restore(_)
+                | Command::Drill { .. }
+                | Command::Shred { records: false, .. }
+                | Command::Hold { .. }
+                | Command::Catalog { .. }
+                | Command::Retention {
+                    command: RetentionCommand::Run { .. }
+                }
+                | Command::Audit {
+                    command: AuditCommand::Expire { .. }
+                }
+        )
+    }
+
+    /// The caller's `--purpose`, if the command has one.
+    pub fn purpose(&self) -> Option<&str> {
+        match self {
+            Command::Restore(a) => Some(&a.purpose),
+            Command::Shred { purpose, .. } => purpose.as_deref(),
+            Command::Drill { purpose, .. } => Some(purpose),
+            Command::Hold {
+                command: HoldCommand::Add { purpose, .. } | HoldCommand::Release { purpose, .. },
+            } => Some(purpose),
+            Command::Keys {
+                command: KeysCommand::Rotate { purpose, .. },
+            } => Some(purpose),
+            _ => None,
+        }
+    }
+
+    /// Every name, filter and path of the request, for the size checks.
+    fn texts(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        match self {
+            Command::Backup { source, .. } => v.push(source),
+            Command::Snapshots { source, .. } => v.extend(source.as_deref()),
+            Command::Restore(a) => {
+                v.push(&a.source);
+                v.extend(a.store.as_deref());
+            }
+            Command::Drill { source, store, .. } => {
+                v.extend(source.as_deref());
+                v.extend(store.as_deref());
+            }
+            Command::Audit {
+                command:
+                    AuditCommand::Show {
+                        since,
+                        until,
+                        snapshot,
+                        actor,
+                        action,
+                        ..
+                    },
+            } => {
+                for f in [since, until, snapshot, actor, action] {
+                    v.extend(f.as_deref());
+                }
+            }
+            Command::Keys {
+                command: KeysCommand::Rotate { to_provider, .. },
+            } => v.extend(to_provider.as_deref()),
+            _ => {}
+        }
+        v
+    }
+}
+
+/// Check a request from the control socket before anything runs or is logged: sizes bounded,
+/// a purpose where one is needed, paths the daemon may read.
+pub fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Result<(), String> {
+    if let Some(p) = cmd.purpose() {
+        if p.len() > MAX_PURPOSE {
+            return Err(format!(
+                "--purpose is {} bytes; at most {MAX_PURPOSE} are accepted (it is recorded in the access log): say why in fewer words",
+                p.len()
+            ));
+        }
+    }
+    if let Some(t) = cmd.texts().into_iter().find(|t| t.len() > MAX_NAME) {
+        return Err(format!(
+            "an argument of {} bytes is longer than the {MAX_NAME} accepted",
+            t.len()
+        ));
+    }
+    match cmd {
+        Command::Backup { source, path, .. } => {
+            // The daemon reads the snapshot with its own rights: only from the source's own
+            // folder, never a path of the caller's choosing elsewhere (its keys, its log).
+            let Some(src) = app.config.source(source) else {
+                return Err(format!(
+                    "source `{source}` is not configured; the configured sources are {}",
+                    app.config.source_names()
+                ));
+            };
+            let root = std::fs::canonicalize(&src.path)
+                .map_err(|e| format!("source folder {}: {e}", src.path.display()))?;
+            let p = std::fs::canonicalize(path).map_err(|e| {
+                format!(
+                    "{}: {e} (give an absolute path the daemon can see)",
+                    path.display()
+                )
+            })?;
+            if p == root || !p.starts_with(&root) {
+                return Err(format!(
+                    "{} is not inside source `{source}`'s folder {}: through the daemon, backup reads only from the source's folder",
+                    path.display(),
+                    root.display()
+                ));
+            }
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    new_master_key: Some(_),
+                    ..
+                },
+        } => return Err(cmd.local_only_reason().to_string()),
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The commands as typed requests: parsed by clap on the command line, carried as one serde
+//! value through the control socket (kebab-case, so a request reads like the command line).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SnapshotId;
+use crate::ops::restore::Selector;
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
+    /// scrub replicas, run scheduled drills, shred expired epochs, serve the status endpoint
+    /// and the control socket (systemd Type=notify).
+    Daemon,
+    /// Print the running daemon's status (from its status endpoint).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Protect one snapshot (a file or a directory) now; prints the snapshot id.
+    Backup {
+        /// Source the snapshot belongs to.
+        #[arg(long)]
+        source: String,
+        /// The snapshot: a dump file, or a directory such as a pg_basebackup.
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots, oldest first, and where each is committed.
+    Snapshots {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The local catalog (a cache of the stores' manifests).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Restore a snapshot from any surviving store (logged in the access log first).
+    Restore(RestoreArgs),
+    /// Check every replica (present, header valid, SHA-256 matches) without any key.
+    Verify {
+        /// Only this snapshot.
+        snapshot: Option<SnapshotId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Key providers and epoch keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The access log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Validate the config file and print every problem: syntax, values, and on this host every
+    /// file and credential it names (present, readable by the service user, safe owner and mode)
+    /// and every source folder (present, readable).
+    CheckConfig {
+        /// Check the config as data only, for another host: skip the files, credentials and
+        /// folders it names.
+        #[arg(long)]
+        portable: bool,
+        /// The account the service runs as, whose access to the files and folders is checked
+        /// (default: the current user; `coffre` under the packaged unit).
+        #[arg(long, value_name = "USER", conflicts_with = "portable")]
+        user: Option<String>,
+    },
+    /// Retention: what would be shredded and when.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Crypto-shred one snapshot now (an erasure order), or show destruction records.
+    Shred {
+        /// The snapshot to shred.
+        #[arg(long, required_unless_present = "records")]
+        snapshot: Option<SnapshotId>,
+        /// Why (recorded in the access log and the destruction record).
+        #[arg(long, required_unless_present = "records")]
+        purpose: Option<String>,
+        /// Do it (without --yes, only say what would happen).
+        #[arg(long)]
+        yes: bool,
+        /// Show the destruction records instead.
+        #[arg(long)]
+        records: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
+    Drill {
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this store (default: every store).
+        #[arg(long, conflicts_with = "all_stores")]
+        store: Option<String>,
+        /// Every store (the default).
+        #[arg(long)]
+        all_stores: bool,
+        /// This snapshot (default: the source's drill.pick, latest).
+        #[arg(long)]
+        snapshot: Option<SnapshotId>,
+        /// Rebuild the catalog from the stores first (a drill as on a new host).
+        #[arg(long)]
+        fresh_catalog: bool,
+        /// Why (recorded in the access log).
+        #[arg(long, default_value = "disaster-recovery drill")]
+        purpose: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Legal holds: a held snapshot is never shredded.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetentionCommand {
+    /// Show due epochs (shred / keep with reasons) and when each snapshot's epoch is due.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Carry out the due part of the plan now (what the daemon does on its schedule).
+    Run {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldCommand {
+    /// Put a snapshot under legal hold.
+    Add {
+        snapshot: SnapshotId,
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Release a legal hold.
+    Release {
+        snapshot: SnapshotId,
+        #[arg(long)]
+        purpose: String,
+    },
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Snapshot id, or `latest`.
+    pub snapshot: Selector,
+    #[arg(long)]
+    pub source: String,
+    /// Where to write the snapshot (must not exist).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Use only this store.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Why the data is accessed (recorded in the access log).
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the stores' manifests.
+    Rebuild {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Authenticate key objects written before authentication existed, once every store that
+    /// holds a snapshot agrees with the catalog (an operator's decision: logged).
+    Seal {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeysCommand {
+    /// Create the master key of every file provider that has none yet (mode 0600); with --to,
+    /// write one new master key file to install as a systemd credential.
+    Init {
+        /// Write a new master key to this file (mode 0600, never over an existing file) and
+        /// nothing else: no config is read, no state created. For `master-key-credential`:
+        /// `--to /etc/coffre/credentials/master.key`.
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
+    },
+    /// Providers, their health and their epochs (no key material).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate the master key of a file provider (re-seal its keyring here and in the stores),
+    /// or wrap every snapshot's data key with another provider too. No data is re-encrypted.
+    Rotate {
+        /// File provider whose master key is rotated.
+        #[arg(long, requires = "new_master_key")]
+        provider: Option<String>,
+        /// The new master key file (64 hex characters, mode 0600).
+        #[arg(long)]
+        new_master_key: Option<PathBuf>,
+        /// Create the new master key file.
+        #[arg(long)]
+        create: bool,
+        /// Wrap every snapshot's data key with this provider as well.
+        #[arg(long, conflicts_with = "provider")]
+        to_provider: Option<String>,
+        /// Why (recorded in the access log).
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero and names the first bad entry.
+    Verify,
+    /// Carry out the access log's retention now (the daemon does it on its shred schedule):
+    /// entries older than `audit.retention` leave the local log, and sealed segments whose
+    /// epoch has ended are crypto-shredded in every store.
+    Expire {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show entries, optionally filtered.
+    Show {
+        /// Entries at or after this time: RFC 3339, a date (its midnight UTC), or a duration
+        /// before now (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
