@@ -51,9 +51,9 @@ async fn main() {
             compression: "zstd".into(),
             segment_log2: 20,
         };
-        app.catalog.put_manifest(&m).expect("put");
+        app.catalog().put_manifest(&m).expect("put");
         let epoch = EpochId::for_day((created + time::Duration::days(30)).date());
-        app.catalog
+        app.catalog()
             .put_key(&KeyObject {
                 format: 1,
                 snapshot: id,
@@ -72,7 +72,7 @@ async fn main() {
             })
             .expect("key");
         for s in ["a", "b"] {
-            app.catalog
+            app.catalog()
                 .set_replica(&id, s, coffre::catalog::ReplicaState::Committed)
                 .expect("replica");
         }
@@ -82,7 +82,7 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let list = app.catalog.list(None).expect("list");
+    let list = app.catalog().list(None).expect("list");
     println!(
         "list all ({} entries, manifests parsed):     {:>8.1} ms",
         list.len(),

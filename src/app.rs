@@ -40,20 +40,50 @@ pub struct SealReport {
 /// How many times a push merges a competing generation before giving up.
 const MAX_PUSH_ATTEMPTS: usize = 8;
 
+/// The assembled components. The fields are the crate's: `ops`, `daemon` and `cli` use them
+/// directly; code outside the crate (the integration tests) reads them through the accessors.
 pub struct Coffre {
-    pub config: Config,
-    pub host: String,
-    pub stores: Vec<Store>,
-    pub providers: Vec<Arc<dyn KeyProvider>>,
-    pub catalog: Catalog,
-    pub audit: AccessLog,
+    pub(crate) config: Config,
+    pub(crate) host: String,
+    pub(crate) stores: Vec<Store>,
+    pub(crate) providers: Vec<Arc<dyn KeyProvider>>,
+    pub(crate) catalog: Catalog,
+    pub(crate) audit: AccessLog,
     /// Epochs in use by snapshots being protected (an early shred waits for them).
-    pub inflight: crate::inflight::InFlight,
+    pub(crate) inflight: crate::inflight::InFlight,
     /// Work in progress (protect, copy, restore, drill), shown by `/status`.
-    pub progress: crate::progress::Board,
+    pub(crate) progress: crate::progress::Board,
 }
 
 impl Coffre {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn stores(&self) -> &[Store] {
+        &self.stores
+    }
+    pub fn providers(&self) -> &[Arc<dyn KeyProvider>] {
+        &self.providers
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+    pub fn audit(&self) -> &AccessLog {
+        &self.audit
+    }
+    pub fn inflight(&self) -> &crate::inflight::InFlight {
+        &self.inflight
+    }
+    /// Put a decorator around every store's object store (the fault-injection tests do).
+    pub fn wrap_object_stores(
+        &mut self,
+        mut f: impl FnMut(Arc<dyn object_store::ObjectStore>) -> Arc<dyn object_store::ObjectStore>,
+    ) {
+        for s in &mut self.stores {
+            s.wrap_object_store(&mut f);
+        }
+    }
+
     /// Build every component. Fetches a file provider's keyring from the stores when this host
     /// has none yet (restore on a new host).
     pub async fn open(config: Config) -> Result<Coffre, AppError> {
@@ -87,7 +117,7 @@ impl Coffre {
     }
 
     /// The stores where the catalog says a snapshot is committed.
-    pub fn committed_stores(&self, id: &crate::ids::SnapshotId) -> Vec<&Store> {
+    pub(crate) fn committed_stores(&self, id: &crate::ids::SnapshotId) -> Vec<&Store> {
         let names: Vec<String> = self
             .catalog
             .get(id)
@@ -111,7 +141,7 @@ impl Coffre {
     /// epochs, destructions are never undone). Best effort for a store that is down or a copy
     /// that does not open; but two different keys under one epoch id stop everything
     /// ([`KeyError::ConflictingEpochKeys`]): snapshots may be wrapped under either key.
-    pub async fn pull_keyrings(&self) -> Result<(), KeyError> {
+    pub(crate) async fn pull_keyrings(&self) -> Result<(), KeyError> {
         for p in &self.providers {
             let mut opened_any = false;
             let mut wrong_key: Option<String> = None;
@@ -169,7 +199,7 @@ impl Coffre {
     /// local keyring, which becomes a newer generation, and that one is written instead. Two
     /// different keys under one epoch id in the store's copy are an error
     /// ([`StoreError::Keyring`] holding [`KeyError::ConflictingEpochKeys`]).
-    pub async fn push_keyrings(&self, s: &Store) -> Result<(), StoreError> {
+    pub(crate) async fn push_keyrings(&self, s: &Store) -> Result<(), StoreError> {
         let key_err = |source: KeyError| StoreError::Keyring {
             store: s.name.clone(),
             source,
@@ -227,7 +257,7 @@ impl Coffre {
     /// Authenticate a key object that changed (re-wrap, hold, rotation) with its snapshot's
     /// manifest from the catalog. Without a manifest it is left unsealed (tags cleared: stale
     /// tags would read as forged).
-    pub fn seal_key_object(
+    pub(crate) fn seal_key_object(
         &self,
         k: &mut crate::format::objects::KeyObject,
     ) -> Result<(), crate::keys::KeyError> {
@@ -248,7 +278,7 @@ impl Coffre {
     /// existed. A snapshot is sealed only when every store that holds it agrees with the
     /// catalog (manifest and key object, tags aside) and none holds a forged copy; the sealed
     /// key object then replaces the unsealed one in those stores and in the catalog.
-    pub async fn seal_catalog(&self) -> Result<SealReport, AppError> {
+    pub(crate) async fn seal_catalog(&self) -> Result<SealReport, AppError> {
         let writer = crate::auth::ObjectAuth::for_writing(&self.providers)?;
         let reader = crate::auth::ObjectAuth::for_reading(&self.providers);
         let mut report = SealReport::default();

@@ -60,7 +60,7 @@ pub struct Target {
 
 impl Target {
     /// The snapshot a key object belongs to, under the epoch it names.
-    pub fn key_object(k: &crate::format::objects::KeyObject) -> Target {
+    pub(crate) fn key_object(k: &crate::format::objects::KeyObject) -> Target {
         Target {
             source: Some(k.source.clone()),
             snapshot: Some(k.snapshot.to_string()),
@@ -132,7 +132,7 @@ pub const TRUNCATED: &str = "…[truncated]";
 
 /// `s` cut to at most `max` bytes, on a character boundary, ending with [`TRUNCATED`] when it
 /// was cut.
-pub fn bound_text(s: String, max: usize) -> String {
+pub(crate) fn bound_text(s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
@@ -396,7 +396,7 @@ impl AccessLog {
     /// log's lock, the file is rewritten without them (temporary file, fsync, rename, fsync of
     /// the folder). A crash in between leaves the record and the whole log (valid); the next
     /// run finishes. Returns the range removed, if any.
-    pub fn prune_before(
+    pub(crate) fn prune_before(
         &self,
         cutoff: time::OffsetDateTime,
         actor: &str,
@@ -513,7 +513,8 @@ impl AccessLog {
     }
 
     /// Sequence number of the first entry (1 unless the head was pruned; 0 when empty).
-    pub fn first_seq(&self) -> Result<u64, AuditError> {
+    #[cfg(test)]
+    pub(crate) fn first_seq(&self) -> Result<u64, AuditError> {
         Ok(self.lines()?.first().map(|(e, _)| e.seq).unwrap_or(0))
     }
 
@@ -550,12 +551,12 @@ pub enum Head {
 }
 
 /// Verify the hash chain of the local log.
-pub fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
+pub(crate) fn verify_lines(path: &Path, r: impl BufRead) -> Result<u64, AuditError> {
     verify_chain(path, r, Head::Local)
 }
 
 /// Verify a hash chain read from any source (the local file or a store's copy).
-pub fn verify_chain(path: &Path, r: impl BufRead, head: Head) -> Result<u64, AuditError> {
+pub(crate) fn verify_chain(path: &Path, r: impl BufRead, head: Head) -> Result<u64, AuditError> {
     let mut prev = GENESIS.to_string();
     let mut n = 0;
     let mut first: Option<(u64, String)> = None;

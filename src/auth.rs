@@ -34,7 +34,7 @@ pub enum Check {
 }
 
 impl Check {
-    pub fn is_authentic(&self) -> bool {
+    pub(crate) fn is_authentic(&self) -> bool {
         matches!(self, Check::Authentic)
     }
 }
@@ -99,7 +99,7 @@ impl ObjectAuth {
     }
 
     /// For checking tags: the providers that hold the key already (never creates one).
-    pub fn for_reading(providers: &[std::sync::Arc<dyn KeyProvider>]) -> ObjectAuth {
+    pub(crate) fn for_reading(providers: &[std::sync::Arc<dyn KeyProvider>]) -> ObjectAuth {
         let mut keys = Vec::new();
         let mut missing = Vec::new();
         for p in providers {

@@ -29,7 +29,7 @@ pub enum CatalogError {
 }
 
 /// What to do about an SQLite error of the catalog.
-pub fn db_hint(e: &rusqlite::Error) -> &'static str {
+pub(crate) fn db_hint(e: &rusqlite::Error) -> &'static str {
     crate::fsutil::db_hint(e)
         .unwrap_or(". If the catalog is damaged, move it aside and run `coffre catalog rebuild`")
 }
@@ -172,14 +172,19 @@ impl Catalog {
 
     /// Write this connection's transactions without waiting for the disk (WAL mode: a power
     /// loss may drop the last ones, never corrupt the file). For counters only.
-    pub fn relaxed_durability(&self) -> Result<(), CatalogError> {
+    pub(crate) fn relaxed_durability(&self) -> Result<(), CatalogError> {
         self.conn()
             .execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(|e| self.db(e))
     }
 
     /// Add `delta` to the counter `family{labels}`.
-    pub fn add_counter(&self, family: &str, labels: &str, delta: u64) -> Result<(), CatalogError> {
+    pub(crate) fn add_counter(
+        &self,
+        family: &str,
+        labels: &str,
+        delta: u64,
+    ) -> Result<(), CatalogError> {
         let delta = i64::try_from(delta).unwrap_or(i64::MAX);
         self.conn()
             .execute(
@@ -234,7 +239,7 @@ impl Catalog {
     /// Record a snapshot just committed: its manifest, its key object and the state of each
     /// store's copy, in one transaction (a crash leaves all of it or none: never a snapshot
     /// listed without its stores).
-    pub fn record_commit(
+    pub(crate) fn record_commit(
         &self,
         m: &Manifest,
         k: &KeyObject,
@@ -437,7 +442,7 @@ impl Catalog {
     }
 
     /// Per store: snapshots in the catalog not committed there.
-    pub fn lag_by_store(
+    pub(crate) fn lag_by_store(
         &self,
         stores: &[String],
     ) -> Result<std::collections::HashMap<String, u64>, CatalogError> {
@@ -523,7 +528,7 @@ impl Catalog {
     }
 
     /// Every key object, in snapshot order.
-    pub fn all_keys(&self) -> Result<Vec<KeyObject>, CatalogError> {
+    pub(crate) fn all_keys(&self) -> Result<Vec<KeyObject>, CatalogError> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT key_json FROM keys ORDER BY snapshot")
@@ -543,7 +548,7 @@ impl Catalog {
             .collect()
     }
 
-    pub fn put_destruction(&self, id: &str, record: &str) -> Result<(), CatalogError> {
+    pub(crate) fn put_destruction(&self, id: &str, record: &str) -> Result<(), CatalogError> {
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO destruction (id, record) VALUES (?1, ?2)",
@@ -567,7 +572,7 @@ impl Catalog {
     }
 
     /// Creation times (RFC 3339) of a source's snapshots.
-    pub fn created_times(&self, source: &str) -> Result<Vec<String>, CatalogError> {
+    pub(crate) fn created_times(&self, source: &str) -> Result<Vec<String>, CatalogError> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT created FROM snapshots WHERE source = ?1 ORDER BY id")
@@ -582,7 +587,7 @@ impl Catalog {
 
     /// Remember the last drill report of (source, store); a successful one is also kept as
     /// the last success, which a later failure does not replace.
-    pub fn put_drill(
+    pub(crate) fn put_drill(
         &self,
         source: &str,
         store: &str,
@@ -615,7 +620,7 @@ impl Catalog {
     }
 
     /// Raise (or restate) a lasting alert under `key`; `since` keeps its first time.
-    pub fn set_alert(&self, key: &str, text: &str) -> Result<(), CatalogError> {
+    pub(crate) fn set_alert(&self, key: &str, text: &str) -> Result<(), CatalogError> {
         self.conn()
             .execute(
                 "INSERT INTO alerts (key, text, since) VALUES (?1, ?2, ?3)
@@ -627,7 +632,7 @@ impl Catalog {
     }
 
     /// Clear a lasting alert (no-op when it is not raised).
-    pub fn clear_alert(&self, key: &str) -> Result<(), CatalogError> {
+    pub(crate) fn clear_alert(&self, key: &str) -> Result<(), CatalogError> {
         self.conn()
             .execute("DELETE FROM alerts WHERE key = ?1", params![key])
             .map_err(|e| self.db(e))?;

@@ -692,7 +692,7 @@ impl Config {
     }
 
     /// Every relative path of the config taken from `base` (`.` and `..` resolved lexically).
-    pub fn resolve_paths(&mut self, base: &Path) {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         let at = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = lexical_join(base, p);
@@ -735,7 +735,7 @@ impl Config {
         })
     }
 
-    pub fn audit_path(&self) -> PathBuf {
+    pub(crate) fn audit_path(&self) -> PathBuf {
         self.audit
             .path
             .clone()
@@ -747,17 +747,17 @@ impl Config {
     }
 
     /// "`emr`, `base`": the configured sources, for an error about one that is not.
-    pub fn source_names(&self) -> String {
+    pub(crate) fn source_names(&self) -> String {
         names_list(self.sources.iter().map(|s| s.name.as_str()))
     }
 
     /// "`site-a`, `site-b`": the configured stores, for an error about one that is not.
-    pub fn store_names(&self) -> String {
+    pub(crate) fn store_names(&self) -> String {
         names_list(self.stores.iter().map(|s| s.name.as_str()))
     }
 
     /// Every problem in the config, each with its key path. Empty when the config is usable.
-    pub fn validate(&self) -> Vec<Problem> {
+    pub(crate) fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut push = |key: String, message: String| p.push(Problem { key, message });
 
@@ -1076,7 +1076,7 @@ impl Config {
     }
 
     /// The sealed keyring of a file provider.
-    pub fn keyring_path(&self, k: &KeyProviderConfig) -> PathBuf {
+    pub(crate) fn keyring_path(&self, k: &KeyProviderConfig) -> PathBuf {
         k.keyring.clone().unwrap_or_else(|| {
             self.state_dir
                 .join("keys")
@@ -1238,7 +1238,7 @@ pub(crate) fn is_loopback_host(u: &url::Url) -> bool {
 /// (after following symlinks, as systemd credentials may be), belong to the user coffre runs as
 /// (or root: a root-owned 0400 file is readable by root only) and be neither readable nor
 /// writable by group or others.
-pub fn secret_file_problem(path: &Path) -> Option<String> {
+pub(crate) fn secret_file_problem(path: &Path) -> Option<String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -1286,7 +1286,7 @@ pub fn secret_file_problem(path: &Path) -> Option<String> {
 /// [`secret_file_problem`] for a file that may not exist yet when the config is checked (it may be
 /// checked on another host, and a systemd credential exists only while the service runs): the
 /// reader of the secret reports a missing file.
-pub fn present_secret_file_problem(path: &Path) -> Option<String> {
+pub(crate) fn present_secret_file_problem(path: &Path) -> Option<String> {
     if std::fs::symlink_metadata(path).is_err() {
         return None;
     }
@@ -1294,7 +1294,7 @@ pub fn present_secret_file_problem(path: &Path) -> Option<String> {
 }
 
 /// Read a secret file after [`secret_file_problem`] found nothing wrong with it; trimmed.
-pub fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, String> {
+pub(crate) fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, String> {
     if let Some(problem) = secret_file_problem(path) {
         return Err(problem);
     }
@@ -1501,7 +1501,7 @@ fn resolved(p: &Path) -> PathBuf {
 /// True when `inner` lies within `outer` (or is it), compared both as written (made absolute,
 /// `.` and `..` resolved) and with symlinks resolved for the parts that exist: a symlinked
 /// folder does not hide that two paths are the same place.
-pub fn path_within(inner: &Path, outer: &Path) -> bool {
+pub(crate) fn path_within(inner: &Path, outer: &Path) -> bool {
     lexical_absolute(inner).starts_with(lexical_absolute(outer))
         || resolved(inner).starts_with(resolved(outer))
 }

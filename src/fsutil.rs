@@ -5,7 +5,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Create a folder (and parents) with mode 0700 for the leaf.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
@@ -16,7 +16,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// fsync the parent folder of `path` so a create or rename is durable.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -25,7 +25,7 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// Write a file atomically: temp file, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
@@ -46,7 +46,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 /// What to do about an SQLite error of a state-folder database, when the cause is the disk or
 /// the folder: a full or failing disk is the common cause of I/O errors.
-pub fn db_hint(e: &rusqlite::Error) -> Option<&'static str> {
+pub(crate) fn db_hint(e: &rusqlite::Error) -> Option<&'static str> {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) | Some(rusqlite::ErrorCode::SystemIoFailure) => Some(
             ". The state folder's disk is full or failing: free space (nothing was committed by this command)",

@@ -24,11 +24,11 @@ impl SnapshotId {
 
     /// Creation time encoded in the id, in milliseconds since the Unix epoch.
     /// The all-zero id: "unknown" in records where a real id could not be read.
-    pub fn nil() -> Self {
+    pub(crate) fn nil() -> Self {
         SnapshotId(ulid::Ulid::nil())
     }
 
-    pub fn timestamp_ms(&self) -> u64 {
+    pub(crate) fn timestamp_ms(&self) -> u64 {
         self.0.timestamp_ms()
     }
 }
@@ -80,7 +80,7 @@ impl From<SnapshotId> for String {
 
 /// True when `name` is usable as a source, store, provider or epoch name: 1 to 64 characters of
 /// ASCII letters, digits, `-`, `_` and `.`, not starting with `.`.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')

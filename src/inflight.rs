@@ -64,7 +64,7 @@ impl InFlight {
     }
 
     /// Wait until `epoch` is no longer closing.
-    pub async fn wait_open(&self, epoch: &EpochId) {
+    pub(crate) async fn wait_open(&self, epoch: &EpochId) {
         loop {
             let notified = self.changed.notified();
             if !self.lock().closing.contains(epoch) {

@@ -1,7 +1,6 @@
 //! The intake journal: which snapshot of which source file or folder is being protected or was
 //! protected, so that a crash or a restart protects each snapshot once (SQLite, WAL, fsync).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -171,16 +170,26 @@ impl Journal {
         Ok(())
     }
 
-    pub fn mark_sealing(&self, source: &str, k: &Key, id: &SnapshotId) -> Result<(), JournalError> {
+    pub(crate) fn mark_sealing(
+        &self,
+        source: &str,
+        k: &Key,
+        id: &SnapshotId,
+    ) -> Result<(), JournalError> {
         self.set(source, k, "sealing", Some(id), 0, 0, None)
     }
 
-    pub fn mark_done(&self, source: &str, k: &Key, id: &SnapshotId) -> Result<(), JournalError> {
+    pub(crate) fn mark_done(
+        &self,
+        source: &str,
+        k: &Key,
+        id: &SnapshotId,
+    ) -> Result<(), JournalError> {
         self.set(source, k, "done", Some(id), 0, 0, None)
     }
 
     /// Record a failure; the next attempt waits 2^attempts × 10 s, at most an hour.
-    pub fn mark_failed(
+    pub(crate) fn mark_failed(
         &self,
         source: &str,
         k: &Key,
@@ -236,22 +245,8 @@ impl Journal {
         Ok(out)
     }
 
-    /// Number of failed entries per source (for the status page).
-    pub fn failed_counts(&self) -> Result<HashMap<String, u64>, JournalError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT source, count(*) FROM intake WHERE state = 'failed' GROUP BY source")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
     /// Last wall-clock time the daemon recorded (unix seconds).
-    pub fn last_clock(&self) -> Result<Option<i64>, JournalError> {
+    pub(crate) fn last_clock(&self) -> Result<Option<i64>, JournalError> {
         self.conn()
             .query_row("SELECT last_seen FROM clock WHERE id = 1", [], |r| r.get(0))
             .optional()
@@ -259,7 +254,7 @@ impl Journal {
     }
 
     /// Last wall-clock time the daemon saw (unix seconds), and record `now` if it is later.
-    pub fn observe_clock(&self, now: i64) -> Result<Option<i64>, JournalError> {
+    pub(crate) fn observe_clock(&self, now: i64) -> Result<Option<i64>, JournalError> {
         let conn = self.conn();
         let last: Option<i64> = conn
             .query_row("SELECT last_seen FROM clock WHERE id = 1", [], |r| r.get(0))

@@ -63,18 +63,13 @@ pub enum KeyError {
 }
 
 impl KeyError {
-    /// True when retrying later (the HSM is back, the network returns) may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, KeyError::Unavailable { .. } | KeyError::Io { .. })
-    }
-
-    pub fn is_destroyed(&self) -> bool {
+    pub(crate) fn is_destroyed(&self) -> bool {
         matches!(self, KeyError::KeyDestroyed { .. })
     }
 
     /// True for an inconsistency no retry and no fallback may paper over (an operator must look):
     /// two different keys under one epoch id.
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(self, KeyError::ConflictingEpochKeys { .. })
     }
 }
@@ -89,7 +84,7 @@ pub struct EpochInfo {
 }
 
 /// The data key of snapshot `id` wrapped by `p` under `epoch`, as a key object records it.
-pub fn wrap_with(
+pub(crate) fn wrap_with(
     p: &dyn KeyProvider,
     epoch: &EpochId,
     dek: &DataKey,
@@ -108,7 +103,7 @@ pub fn wrap_with(
 /// The data key of snapshot `id` wrapped by every provider under `epoch` (each epoch key
 /// created first where it does not exist yet): the wraps of a new key object. The first
 /// provider that fails stops it, and its error says which.
-pub fn wrap_for_all(
+pub(crate) fn wrap_for_all(
     providers: &[Arc<dyn KeyProvider>],
     epoch: &EpochId,
     dek: &DataKey,

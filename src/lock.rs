@@ -90,7 +90,7 @@ impl std::fmt::Debug for StateLock {
     }
 }
 
-pub fn lock_path(state_dir: &Path) -> PathBuf {
+pub(crate) fn lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join("coffre.lock")
 }
 
@@ -119,7 +119,7 @@ fn holder(f: &mut File) -> Holder {
 impl StateLock {
     /// Note in the lock file that the daemon's control socket listens at `socket` (commands
     /// stop waiting for a starting daemon and go through it, at that path).
-    pub fn mark_ready(&mut self, socket: &Path) -> std::io::Result<()> {
+    pub(crate) fn mark_ready(&mut self, socket: &Path) -> std::io::Result<()> {
         let record = format!(
             "{} {} ready {}\n",
             std::process::id(),

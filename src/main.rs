@@ -219,7 +219,7 @@ async fn keys_init(cli: &Cli) -> Result<()> {
         }
     }
     let app = Coffre::open(c).await?;
-    for p in &app.providers {
+    for p in app.providers() {
         p.health()
             .with_context(|| format!("provider {}", p.name()))?;
     }

@@ -170,12 +170,12 @@ impl Counter {
     }
 
     /// The work now reads from (or writes to) this store.
-    pub fn switch_store(&self, store: &str) {
+    pub(crate) fn switch_store(&self, store: &str) {
         *self.0.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.to_string());
     }
 
     /// The size of the whole work, once known.
-    pub fn set_total(&self, total: u64) {
+    pub(crate) fn set_total(&self, total: u64) {
         self.0.entry.total.store(total, Ordering::Relaxed);
     }
 }
@@ -187,13 +187,8 @@ impl Tracker {
     }
 
     /// A byte counter for another thread.
-    pub fn counter(&self) -> Counter {
+    pub(crate) fn counter(&self) -> Counter {
         Counter(self.task.clone())
-    }
-
-    /// The work now reads from (or writes to) another store.
-    pub fn switch_store(&self, store: &str) {
-        self.counter().switch_store(store);
     }
 }
 
@@ -221,7 +216,7 @@ mod tests {
         assert_eq!(list[0].bytes_total, Some(1000));
         assert_eq!(list[1].store.as_deref(), Some("s3-east"));
         assert_eq!(list[1].eta_seconds, None, "no total, no estimate");
-        u.switch_store("azure");
+        u.counter().switch_store("azure");
         u.counter().set_total(40);
         u.counter().add(4);
         assert_eq!(board.list()[1].bytes_total, Some(40));

@@ -118,7 +118,7 @@ pub fn planned_expiry(
 }
 
 /// The UTC day an epoch covers, if it is a day epoch (hold epochs have none).
-pub fn epoch_day(e: &EpochId) -> Option<Date> {
+pub(crate) fn epoch_day(e: &EpochId) -> Option<Date> {
     let s = e.as_str();
     let day = s.split('.').next()?;
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
@@ -126,7 +126,7 @@ pub fn epoch_day(e: &EpochId) -> Option<Date> {
 }
 
 /// Generation of a day epoch (`2026-12-28.2` → 2).
-pub fn epoch_generation(e: &EpochId) -> u32 {
+pub(crate) fn epoch_generation(e: &EpochId) -> u32 {
     e.as_str()
         .rsplit('.')
         .next()
@@ -135,7 +135,7 @@ pub fn epoch_generation(e: &EpochId) -> u32 {
 }
 
 /// The epoch of the same day with the given generation.
-pub fn epoch_with_generation(day: Date, generation: u32) -> EpochId {
+pub(crate) fn epoch_with_generation(day: Date, generation: u32) -> EpochId {
     let base = EpochId::for_day(day);
     let s = base.as_str().trim_end_matches(".1").to_string();
     EpochId::try_from(format!("{s}.{generation}")).unwrap_or(base)
@@ -143,7 +143,7 @@ pub fn epoch_with_generation(day: Date, generation: u32) -> EpochId {
 
 /// The epoch new keys of `day` go under: the newest generation of that day that no provider has
 /// destroyed (an early shred destroys one generation and starts the next).
-pub fn live_epoch(
+pub(crate) fn live_epoch(
     providers: &[std::sync::Arc<dyn crate::keys::KeyProvider>],
     day: Date,
 ) -> EpochId {
@@ -168,7 +168,7 @@ pub fn live_epoch(
 }
 
 /// An epoch is due once its UTC day is over.
-pub fn is_due(e: &EpochId, now: OffsetDateTime) -> bool {
+pub(crate) fn is_due(e: &EpochId, now: OffsetDateTime) -> bool {
     epoch_day(e).is_some_and(|d| {
         d.next_day()
             .is_some_and(|n| n.midnight().assume_utc() <= now)
@@ -208,19 +208,19 @@ pub struct Plan {
 }
 
 /// Hold epoch of one snapshot.
-pub fn hold_epoch(id: &SnapshotId) -> EpochId {
+pub(crate) fn hold_epoch(id: &SnapshotId) -> EpochId {
     EpochId::try_from(format!("hold-{id}")).unwrap_or_else(|_| EpochId::for_day(Date::MIN))
 }
 
 /// Whether `e` is the epoch of a legal hold.
-pub fn is_hold_epoch(e: &EpochId) -> bool {
+pub(crate) fn is_hold_epoch(e: &EpochId) -> bool {
     e.as_str().starts_with("hold-")
 }
 
 /// The hold epoch a snapshot's key goes to now: `hold-<id>` for its first hold, then
 /// `hold-<id>.2`, `hold-<id>.3`, ...: a released hold's key is destroyed, and a destroyed epoch
 /// never comes back, so a new hold of the same snapshot takes the next generation.
-pub fn live_hold_epoch(
+pub(crate) fn live_hold_epoch(
     providers: &[std::sync::Arc<dyn crate::keys::KeyProvider>],
     id: &SnapshotId,
 ) -> EpochId {

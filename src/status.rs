@@ -417,7 +417,7 @@ impl Runtime {
 
     /// Restore the counters a previous run kept in `catalog`, then keep every increment there.
     /// Rows this version does not know are left alone.
-    pub fn keep_counters(&self, catalog: crate::catalog::Catalog) -> Result<(), String> {
+    pub(crate) fn keep_counters(&self, catalog: crate::catalog::Catalog) -> Result<(), String> {
         catalog.relaxed_durability().map_err(|e| e.to_string())?;
         let rows = catalog.counters().map_err(|e| e.to_string())?;
         for (fam, labels, value) in rows {
@@ -497,12 +497,12 @@ impl Runtime {
     }
 
     /// A snapshot handled by the daemon, by outcome (`coffre_snapshots_total`).
-    pub fn count_snapshot(&self, source: &str, outcome: &str) {
+    pub(crate) fn count_snapshot(&self, source: &str, outcome: &str) {
         self.count(family::SNAPSHOTS, &[source, outcome], 1);
     }
 
     /// A replica the scrub found missing or bad.
-    pub fn scrub_error(&self, store: &str) {
+    pub(crate) fn scrub_error(&self, store: &str) {
         self.count(family::SCRUB_ERRORS, &[store], 1);
     }
 
@@ -511,7 +511,7 @@ impl Runtime {
         self.count(family::REPAIRS, &[store], 1);
     }
 
-    pub fn store_ok(&self, store: &str) {
+    pub(crate) fn store_ok(&self, store: &str) {
         lock(&self.stores).entry(store.to_string()).or_default().up = true;
         self.metrics
             .store_up
@@ -521,7 +521,7 @@ impl Runtime {
             .set(1);
     }
 
-    pub fn store_failed(&self, store: &str, kind: &str) {
+    pub(crate) fn store_failed(&self, store: &str, kind: &str) {
         let mut s = lock(&self.stores);
         let h = s.entry(store.to_string()).or_default();
         h.up = false;
@@ -567,7 +567,7 @@ impl Runtime {
         }
     }
 
-    pub fn worker_error(&self, worker: Worker, error: &str) {
+    pub(crate) fn worker_error(&self, worker: Worker, error: &str) {
         let name = worker.as_str();
         self.count(family::WORKER_ERRORS, &[name], 1);
         lock(&self.workers)
@@ -579,7 +579,7 @@ impl Runtime {
     /// Outcome of a SIGHUP reload: a refused one raises an alert and
     /// `coffre_config_last_reload_successful` 0 until a later reload is applied.
     /// The refusal's reason is kept for `/status` (`config_reload`) until a reload is applied.
-    pub fn reload_result(&self, outcome: Result<(), &str>) {
+    pub(crate) fn reload_result(&self, outcome: Result<(), &str>) {
         let applied = outcome.is_ok();
         *lock(&self.reload) = match outcome {
             Ok(()) => ReloadStatus::default(),
@@ -597,7 +597,7 @@ impl Runtime {
 
     /// The outcome of a scan of a source's folder: an error (absent, unreadable) raises an alert,
     /// sets `coffre_source_folder_readable` 0 and counts one intake error when it starts.
-    pub fn source_folder(&self, source: &str, error: Option<&str>) {
+    pub(crate) fn source_folder(&self, source: &str, error: Option<&str>) {
         let label = SourceLabel {
             source: source.to_string(),
         };
@@ -629,12 +629,12 @@ impl Runtime {
     }
 
     /// The clock guard stopped shredding (for as long as this daemon runs).
-    pub fn shred_stopped_by_clock(&self, alert: &str) {
+    pub(crate) fn shred_stopped_by_clock(&self, alert: &str) {
         self.set_alert(alert, true);
         self.metrics.shred_clock_jump.set(1);
     }
 
-    pub fn set_alert(&self, alert: &str, on: bool) {
+    pub(crate) fn set_alert(&self, alert: &str, on: bool) {
         let mut a = lock(&self.alerts);
         a.retain(|x| x != alert);
         if on {
@@ -1017,7 +1017,7 @@ fn alerts(app: &Coffre, rt: &Runtime) -> Vec<String> {
 }
 
 /// One line for systemd's STATUS=.
-pub fn summary_line(doc: &StatusDoc) -> String {
+pub(crate) fn summary_line(doc: &StatusDoc) -> String {
     let protected = doc
         .sources
         .iter()
@@ -1158,7 +1158,7 @@ fn openmetrics_to_text(om: &str) -> String {
     out
 }
 
-pub fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Router {
+pub(crate) fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -84,7 +84,7 @@ impl StoreError {
     }
 
     /// True when trying again later may succeed (outage, timeout), false for refusals.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::Other)
     }
 }
@@ -186,34 +186,34 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub fn snapshot_dir(&self, source: &str, id: &SnapshotId) -> ObjPath {
+    pub(crate) fn snapshot_dir(&self, source: &str, id: &SnapshotId) -> ObjPath {
         self.prefix
             .clone()
             .join("snapshots")
             .join(source)
             .join(id.to_string())
     }
-    pub fn data_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
+    pub(crate) fn data_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
         self.snapshot_dir(source, id).join("data")
     }
-    pub fn key_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
+    pub(crate) fn key_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
         self.snapshot_dir(source, id).join("key.json")
     }
-    pub fn manifest_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
+    pub(crate) fn manifest_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
         self.snapshot_dir(source, id).join("manifest.json")
     }
-    pub fn snapshots_prefix(&self) -> ObjPath {
+    pub(crate) fn snapshots_prefix(&self) -> ObjPath {
         self.prefix.clone().join("snapshots")
     }
-    pub fn keyring_dir(&self, provider: &str) -> ObjPath {
+    pub(crate) fn keyring_dir(&self, provider: &str) -> ObjPath {
         self.prefix.clone().join("keyring").join(provider)
     }
-    pub fn keyring_path(&self, provider: &str, generation: u64) -> ObjPath {
+    pub(crate) fn keyring_path(&self, provider: &str, generation: u64) -> ObjPath {
         self.keyring_dir(provider)
             .join(format!("{generation:020}.keyring"))
     }
 
-    pub fn op_err(
+    pub(crate) fn op_err(
         &self,
         op: &'static str,
         path: &ObjPath,
@@ -229,7 +229,7 @@ impl Store {
 
     /// Put a decorator around the object store (a limit, a fault injector in tests): every
     /// method of this type then goes through it.
-    pub fn wrap_object_store(
+    pub(crate) fn wrap_object_store(
         &mut self,
         f: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
     ) {
@@ -260,7 +260,7 @@ impl Store {
             .map_err(|e| self.op_err("get", path, e))
     }
 
-    pub async fn get_range(
+    pub(crate) async fn get_range(
         &self,
         path: &ObjPath,
         range: std::ops::Range<u64>,
@@ -282,7 +282,7 @@ impl Store {
 
     /// Write an object that must not exist yet (`PutMode::Create`): an object already there is
     /// an error of kind [`ErrorKind::AlreadyExists`], and it is left as it was.
-    pub async fn put_new(&self, path: &ObjPath, body: PutPayload) -> Result<(), StoreError> {
+    pub(crate) async fn put_new(&self, path: &ObjPath, body: PutPayload) -> Result<(), StoreError> {
         self.inner
             .put_opts(path, body, PutOptions::from(PutMode::Create))
             .await
@@ -341,12 +341,12 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn get_keyring(&self, path: &ObjPath) -> Result<bytes::Bytes, StoreError> {
+    pub(crate) async fn get_keyring(&self, path: &ObjPath) -> Result<bytes::Bytes, StoreError> {
         self.get_small(path, MAX_KEYRING).await
     }
 
     /// Write keyring `generation` of `provider`, never over another copy of that generation.
-    pub async fn put_keyring_new(
+    pub(crate) async fn put_keyring_new(
         &self,
         provider: &str,
         generation: u64,
@@ -368,7 +368,11 @@ impl Store {
     }
 
     /// Keep a destruction record under `<prefix>/destruction/<record>.json`.
-    pub async fn put_destruction_record(&self, record: &str, json: &str) -> Result<(), StoreError> {
+    pub(crate) async fn put_destruction_record(
+        &self,
+        record: &str,
+        json: &str,
+    ) -> Result<(), StoreError> {
         let path = self
             .prefix
             .clone()
@@ -378,7 +382,7 @@ impl Store {
     }
 
     /// Rewrite a key object: conditional update where the store supports it.
-    pub async fn put_key_object(&self, k: &KeyObject) -> Result<(), StoreError> {
+    pub(crate) async fn put_key_object(&self, k: &KeyObject) -> Result<(), StoreError> {
         let path = self.key_path(&k.source, &k.snapshot);
         let body = k.to_json();
         let mode = match self.head(&path).await {
@@ -402,7 +406,11 @@ impl Store {
     }
 
     /// Read a small object (manifest, key object, keyring) with a size cap checked before reading.
-    pub async fn get_small(&self, path: &ObjPath, cap: u64) -> Result<bytes::Bytes, StoreError> {
+    pub(crate) async fn get_small(
+        &self,
+        path: &ObjPath,
+        cap: u64,
+    ) -> Result<bytes::Bytes, StoreError> {
         let r = self
             .inner
             .get(path)

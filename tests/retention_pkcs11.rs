@@ -97,7 +97,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
     let d = dir.path();
     std::fs::create_dir_all(d.join("in")).unwrap();
     let app = Coffre::open(config(d, &hsm)).await.unwrap();
-    assert_eq!(app.providers[0].kind(), "pkcs11");
+    assert_eq!(app.providers()[0].kind(), "pkcs11");
     let mut ids = Vec::new();
     for i in 0..3 {
         let f = d.join(format!("in/{i}.sql"));
@@ -114,9 +114,9 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
                 .snapshot,
         );
     }
-    let old_epoch = app.catalog.get_key(&ids[0]).unwrap().unwrap().epoch;
+    let old_epoch = app.catalog().get_key(&ids[0]).unwrap().unwrap().epoch;
     for id in &ids {
-        let k = app.catalog.get_key(id).unwrap().unwrap();
+        let k = app.catalog().get_key(id).unwrap().unwrap();
         assert_eq!(k.epoch, old_epoch);
         assert_eq!(k.wraps.len(), 1);
         assert_eq!(k.wraps[0].kind, "pkcs11");
@@ -155,7 +155,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
 
     // On the token: the old epoch key is gone, its tombstone is there, the survivor's new epoch
     // key too.
-    let new_epoch = app.catalog.get_key(&ids[2]).unwrap().unwrap().epoch;
+    let new_epoch = app.catalog().get_key(&ids[2]).unwrap().unwrap().epoch;
     assert_ne!(new_epoch, old_epoch);
     let objects = hsm.list_objects();
     let labels = labels(&objects);
@@ -171,7 +171,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
         labels.contains(&format!("coffre-epoch-{new_epoch}")),
         "{objects}"
     );
-    let epochs = app.providers[0].epochs().unwrap();
+    let epochs = app.providers()[0].epochs().unwrap();
     let old = epochs.iter().find(|e| e.epoch == old_epoch).unwrap();
     assert!(old.destroyed.is_some());
 

@@ -63,7 +63,7 @@ impl Command {
     }
 
     /// Why a command does not go through the socket.
-    pub fn local_only_reason(&self) -> &'static str {
+    pub(crate) fn local_only_reason(&self) -> &'static str {
         match self {
             Command::Keys {
                 command: KeysCommand::Rotate { .. },
@@ -188,7 +188,7 @@ impl Command {
 
 /// Check a request from the control socket before anything runs or is logged: sizes bounded,
 /// a purpose where one is needed, paths the daemon may read.
-pub fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Result<(), String> {
+pub(crate) fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Result<(), String> {
     if let Some(p) = cmd.purpose() {
         if p.len() > MAX_PURPOSE {
             return Err(format!(

@@ -34,7 +34,8 @@ mod access;
 mod args;
 mod out;
 
-pub use access::{validate_request, Access, MAX_NAME, MAX_PURPOSE};
+pub(crate) use access::validate_request;
+pub use access::{Access, MAX_NAME, MAX_PURPOSE};
 pub use args::*;
 pub use out::{Frame, Out};
 

@@ -27,7 +27,7 @@ impl Out {
         Out { remote: Some(tx) }
     }
 
-    pub fn is_remote(&self) -> bool {
+    pub(crate) fn is_remote(&self) -> bool {
         self.remote.is_some()
     }
 

@@ -161,7 +161,7 @@ pub fn host_problems(c: &Config, who: &Account) -> Vec<Problem> {
 }
 
 /// A source folder: it must exist (coffre never creates one) and be listable by `who`.
-pub fn source_problem(path: &Path, who: &Account) -> Option<String> {
+pub(crate) fn source_problem(path: &Path, who: &Account) -> Option<String> {
     let d = path.display();
     let create = format!("coffre never creates a source folder: create it, writable by the database's dump user and readable by {} (e.g. `install -d -m 2750 -o postgres -g coffre {d}`), or fix the path", who.name);
     let meta = match std::fs::metadata(path) {
@@ -234,7 +234,7 @@ fn module_problem(path: &Path, who: &Account) -> Option<String> {
 /// A file holding a secret. Under the packaged unit, a path in the service's credentials folder
 /// is checked at its source in /etc/coffre/credentials (the folder exists only while the service
 /// runs).
-pub fn secret_problem(path: &Path, who: &Account) -> Option<String> {
+pub(crate) fn secret_problem(path: &Path, who: &Account) -> Option<String> {
     if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
         if let Ok(name) = path.strip_prefix(SERVICE_CREDENTIALS_DIR) {
             return credential_problem(&name.to_string_lossy(), who);
@@ -244,7 +244,7 @@ pub fn secret_problem(path: &Path, who: &Account) -> Option<String> {
 }
 
 /// A systemd credential of the packaged unit, at its source file.
-pub fn credential_problem(name: &str, who: &Account) -> Option<String> {
+pub(crate) fn credential_problem(name: &str, who: &Account) -> Option<String> {
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         return file_secret_problem(&Path::new(&dir).join(name), who);
     }

@@ -92,7 +92,7 @@ fn user_name(uid: u32) -> String {
 }
 
 /// Root, or a member (primary or supplementary) of the operators' group.
-pub fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String> {
+pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String> {
     if uid == 0 {
         return Ok(true);
     }
@@ -195,7 +195,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
 }
 
 /// Accept connections until cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     path: PathBuf,
     app_rx: watch::Receiver<Arc<Coffre>>,

@@ -27,7 +27,7 @@ pub const MARKER_DIR: &str = "backup_manifest";
 pub const MARKER_SUFFIX: &str = ".done";
 
 /// True for names that are never snapshots: temporary names, dot-files and markers.
-pub fn is_ignored_name(name: &str) -> bool {
+pub(crate) fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with(".tmp")
         || name.ends_with(".partial")
@@ -42,7 +42,7 @@ pub fn is_ignored_name(name: &str) -> bool {
 /// The entry itself is opened without following a symlink and its identity (inode, size, mtime)
 /// read from the open descriptor: a symlink swapped in after the folder was listed is refused,
 /// not followed.
-pub fn key_of(path: &Path) -> std::io::Result<Key> {
+pub(crate) fn key_of(path: &Path) -> std::io::Result<Key> {
     let listed = std::fs::symlink_metadata(path)?;
     let opened = if listed.is_dir() {
         crate::ops::protect::source::open_dir(path)?
@@ -83,7 +83,7 @@ pub fn key_of(path: &Path) -> std::io::Result<Key> {
 
 /// True when some process has `path` (or a file under it) open for writing. Without permission
 /// to read other processes' fds this sees only what it can, and the settle time does the rest.
-pub fn open_for_writing(path: &Path) -> bool {
+pub(crate) fn open_for_writing(path: &Path) -> bool {
     let Ok(target) = std::fs::canonicalize(path) else {
         return false;
     };
@@ -146,7 +146,7 @@ impl Intake {
 
     /// The source folder, readable; an error names the folder, why it cannot be read and what
     /// to do (coffre never creates a source folder).
-    pub fn open_folder(&self) -> Result<std::fs::ReadDir, String> {
+    pub(crate) fn open_folder(&self) -> Result<std::fs::ReadDir, String> {
         let d = self.source.path.display();
         match std::fs::read_dir(&self.source.path) {
             Ok(rd) => Ok(rd),

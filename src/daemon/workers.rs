@@ -47,10 +47,10 @@ pub struct Ctx {
 
 impl Ctx {
     /// The round starts real work (counted as a run on the status page).
-    pub fn busy(&self) {
+    pub(crate) fn busy(&self) {
         self.rt.worker(self.worker, WorkState::Busy);
     }
-    pub fn idle(&self) {
+    pub(crate) fn idle(&self) {
         self.rt.worker(self.worker, WorkState::Idle);
     }
     /// Record an error of this worker (status page, `coffre_worker_errors_total`).

@@ -116,7 +116,7 @@ impl Manifest {
 
     /// The keyed plaintext digest (hex) and how it was computed. `None` only for a manifest
     /// that did not come through [`Manifest::parse`] and lacks the field of its format.
-    pub fn plaintext_digest(&self) -> Option<(DigestAlg, &str)> {
+    pub(crate) fn plaintext_digest(&self) -> Option<(DigestAlg, &str)> {
         match self.format {
             1 => self
                 .plaintext_hmac_sha256

@@ -222,7 +222,7 @@ pub fn derive(dek: &DataKey, salt: &[u8; 32], label: &str, snapshot: &str) -> Ze
 
 /// Key of the keyed plaintext digest recorded in the manifest (shreds with the DEK): HMAC-SHA-256
 /// for manifest format 1, BLAKE3's keyed mode for format 2 (distinct labels, distinct keys).
-pub fn digest_key(
+pub(crate) fn digest_key(
     dek: &DataKey,
     salt: &[u8; 32],
     snapshot: &str,
@@ -339,7 +339,7 @@ impl Opener {
 
     /// Open one segment in place (ciphertext + tag in, plaintext out). `last` says whether the
     /// framer saw the end of the object after it.
-    pub fn open_segment(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), SealError> {
+    pub(crate) fn open_segment(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), SealError> {
         let segment = self.position as u64;
         if self.done {
             return Err(SealError::TrailingBytes(buf.len() as u64));
@@ -391,10 +391,6 @@ impl Opener {
             Ok(())
         }
     }
-
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
 }
 
 /// Splits a sealed byte stream (after the header) into ciphertext segments, holding back one byte
@@ -414,13 +410,8 @@ impl Framer {
     }
 
     /// Sealed size of a segment (plaintext segment + tag).
-    pub fn ct_segment_len(&self) -> usize {
+    pub(crate) fn ct_segment_len(&self) -> usize {
         self.ct_seg
-    }
-
-    /// Bytes still buffered.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
     }
 
     /// Feed bytes; returns how many were taken (stops once a full segment plus one byte is held).
@@ -432,7 +423,7 @@ impl Framer {
     }
 
     /// A complete middle segment, if one is known (a full segment followed by at least one byte).
-    pub fn next_middle(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn next_middle(&mut self) -> Option<Vec<u8>> {
         if self.buf.len() > self.ct_seg {
             let rest = self.buf.split_off(self.ct_seg);
             let seg = std::mem::replace(&mut self.buf, rest);
@@ -450,7 +441,7 @@ impl Framer {
     }
 
     /// Drop buffered bytes (when resuming from another store at a segment boundary).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.buf.clear();
     }
 }

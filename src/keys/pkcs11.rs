@@ -1039,7 +1039,6 @@ pin-file = "{p}"
         write_pin(&pin_file, "0000", 0o600);
         let e = err(Pkcs11Provider::open(&c, &k));
         assert!(matches!(e, KeyError::MasterKey { .. }), "{e}");
-        assert!(!e.is_retryable());
         let msg = e.to_string();
         assert!(
             msg.contains("PIN") && msg.contains("CKR_PIN_INCORRECT"),
@@ -1055,7 +1054,6 @@ pin-file = "{p}"
         k2.module = Some(PathBuf::from("/nonexistent/libsofthsm2.so"));
         let e = err(Pkcs11Provider::open(&c, &k2));
         assert!(matches!(e, KeyError::Unavailable { .. }), "{e}");
-        assert!(e.is_retryable());
         assert!(e.to_string().contains("unavailable"), "{e}");
         // Token absent: unavailable, lists the labels found.
         let mut k3 = k.clone();

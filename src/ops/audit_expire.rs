@@ -31,7 +31,7 @@ use crate::store::KeyObject;
 const REASON: &str = "access-log retention ended";
 
 /// The UTC day an access-log epoch (`audit-YYYY-MM-DD.N`) ends, if `e` is one.
-pub fn epoch_day(e: &EpochId) -> Option<time::Date> {
+pub(crate) fn epoch_day(e: &EpochId) -> Option<time::Date> {
     let rest = e.as_str().strip_prefix("audit-")?;
     let id = EpochId::try_from(rest.to_string()).ok()?;
     crate::retention::epoch_day(&id)

@@ -16,7 +16,7 @@ use crate::keys::DataKey;
 use crate::store::{KeyObject, Store};
 
 /// How long sealed segments of the access log are kept (their epoch is the day this ends).
-pub fn retention_epoch(app: &Coffre) -> EpochId {
+pub(crate) fn retention_epoch(app: &Coffre) -> EpochId {
     // audit.retention is at most 100 years (config validation); checked all the same.
     let end = time::Duration::try_from(app.config.audit.retention)
         .ok()
@@ -180,7 +180,7 @@ pub struct Finding {
 }
 
 /// Compare every store's sealed copy with the local log.
-pub async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
+pub(crate) async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
     verify_stores_at(app, time::OffsetDateTime::now_utc()).await
 }
 

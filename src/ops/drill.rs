@@ -68,7 +68,7 @@ fn free_port() -> u16 {
 }
 
 /// Substitute `{dir}`, `{file}`, `{port}` (paths shell-quoted).
-pub fn render_command(cmd: &str, dir: &Path, file: &Path, port: u16) -> String {
+pub(crate) fn render_command(cmd: &str, dir: &Path, file: &Path, port: u16) -> String {
     cmd.replace("{dir}", &shell_quote(dir))
         .replace("{file}", &shell_quote(file))
         .replace("{port}", &port.to_string())
@@ -99,7 +99,7 @@ fn pick_snapshot(app: &Coffre, source: &str, pick: DrillPick) -> Option<Snapshot
 /// Drill one snapshot from one store: restore it into a fresh scratch folder, run the verify
 /// command on it, all within the drill's time limit; wipe the scratch folder whatever happened;
 /// record the result in the access log and the catalog.
-pub async fn drill_one(
+pub(crate) async fn drill_one(
     app: &Coffre,
     source: &str,
     store: &str,

@@ -48,7 +48,7 @@ fn replicates(app: &Coffre) -> bool {
 
 /// Push the keyring to every store after `epoch` was destroyed; record each store's outcome and
 /// raise (or clear) its lasting alert.
-pub async fn push_after_destruction(app: &Coffre, epoch: &EpochId) -> Vec<KeyringPush> {
+pub(crate) async fn push_after_destruction(app: &Coffre, epoch: &EpochId) -> Vec<KeyringPush> {
     let mut out = Vec::new();
     if !replicates(app) {
         for s in &app.stores {
@@ -91,7 +91,7 @@ pub async fn push_after_destruction(app: &Coffre, epoch: &EpochId) -> Vec<Keyrin
 }
 
 /// Retry the keyring pushes that failed after earlier destructions. Returns what still fails.
-pub async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
+pub(crate) async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
     let mut errors = Vec::new();
     let pending: Vec<String> = match app.catalog.alerts() {
         Ok(a) => a
@@ -216,7 +216,7 @@ fn stale_temporaries(keyring: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Remove the stale temporary keyrings of every `file` provider (left by a crashed atomic write:
 /// they hold keys that may since have been destroyed). Returns the paths removed; failures are
 /// in the second list.
-pub fn sweep_stale_keyrings(app: &Coffre, actor: &str) -> (Vec<PathBuf>, Vec<String>) {
+pub(crate) fn sweep_stale_keyrings(app: &Coffre, actor: &str) -> (Vec<PathBuf>, Vec<String>) {
     let (mut removed, mut errors) = (Vec::new(), Vec::new());
     for k in &app.config.key_providers {
         if k.kind != ProviderKind::File {

@@ -480,7 +480,7 @@ async fn upload(
 
 /// Planned expiry of a snapshot created at `created` (by the source's retention rules, given its
 /// earlier snapshots in the catalog) and its epoch (the UTC day of expiry).
-pub fn plan_expiry(
+pub(crate) fn plan_expiry(
     app: &Coffre,
     source: &SourceConfig,
     created: time::OffsetDateTime,
@@ -523,7 +523,7 @@ pub async fn protect(
 /// out, build the manifest, authenticate the key object with it, commit in every store that got
 /// the bytes, record the commit in the catalog, and classify the outcome.
 #[tracing::instrument(skip_all, fields(source = %source_name, snapshot = %id))]
-pub async fn protect_as(
+pub(crate) async fn protect_as(
     app: &Coffre,
     source_name: &str,
     path: &Path,

@@ -180,7 +180,7 @@ fn render(f: &[StoreFailure]) -> String {
 }
 
 /// Resolve `latest` or check an id, from the catalog, else from the stores' listings.
-pub async fn resolve(
+pub(crate) async fn resolve(
     app: &Coffre,
     source: &str,
     sel: Selector,
@@ -219,7 +219,7 @@ pub async fn resolve(
 
 /// Unwrap the DEK with the first provider that can. A destroyed epoch key is final: coffre does
 /// not go looking for other keys.
-pub fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
+pub(crate) fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
     let mut reasons = Vec::new();
     let mut destroyed = None;
     for w in &key.wraps {

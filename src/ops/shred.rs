@@ -129,7 +129,7 @@ pub struct DestructionRecord {
 
 /// The destruction record that names snapshot `id`, from the catalog (a new host has them after
 /// `coffre catalog rebuild`).
-pub fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionRecord> {
+pub(crate) fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionRecord> {
     app.catalog
         .destructions()
         .ok()?
@@ -169,12 +169,12 @@ impl DestructionRecord {
     }
 
     /// No copy kept and every keyring copy replaced.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         !self.copies.iter().any(|c| c.kept) && self.keyrings.iter().all(|k| k.pushed)
     }
 
     /// What keeps the erasure from being complete, in words.
-    pub fn incomplete_reasons(&self) -> Vec<String> {
+    pub(crate) fn incomplete_reasons(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .copies
             .iter()
@@ -733,7 +733,7 @@ pub(crate) async fn keep_record(
 }
 
 /// Items for planning, from the catalog's key objects and manifests.
-pub fn items(app: &Coffre) -> Result<Vec<retention::Item>, ShredError> {
+pub(crate) fn items(app: &Coffre) -> Result<Vec<retention::Item>, ShredError> {
     let mut out = Vec::new();
     for k in app.catalog.all_keys()? {
         let Some(e) = app.catalog.get(&k.snapshot)? else {
@@ -952,7 +952,7 @@ pub async fn hold_add(
 
 /// Release a hold: the key moves back to the epoch of its planned expiry (or today's, if that
 /// day is past) and the hold key is destroyed.
-pub async fn hold_release(
+pub(crate) async fn hold_release(
     app: &Coffre,
     id: &SnapshotId,
     actor: &str,

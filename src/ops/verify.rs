@@ -49,7 +49,7 @@ impl CheckState {
 
     /// The catalog's replica state this check establishes, if any (an unreachable or refusing
     /// store says nothing about the copy).
-    pub fn replica_state(self) -> Option<ReplicaState> {
+    pub(crate) fn replica_state(self) -> Option<ReplicaState> {
         match self {
             CheckState::Ok => Some(ReplicaState::Committed),
             CheckState::Missing => Some(ReplicaState::Missing),
@@ -74,7 +74,7 @@ impl ReplicaCheck {
 /// Check one replica; `expected` is the reference manifest (from the catalog or another store):
 /// its manifest agrees, then its data object is hashed in full and its header names the
 /// snapshot. No key is needed.
-pub async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
+pub(crate) async fn check_replica(store: &Store, expected: &Manifest) -> ReplicaCheck {
     let (state, detail) = match check(store, expected).await {
         Ok(()) => (CheckState::Ok, None),
         Err((state, detail)) => (state, Some(detail)),
@@ -191,7 +191,7 @@ async fn hash_object(
 }
 
 /// Reference manifests: the catalog's, plus any found in the stores that the catalog lacks.
-pub async fn known_manifests(app: &Coffre, only: Option<SnapshotId>) -> Vec<Manifest> {
+pub(crate) async fn known_manifests(app: &Coffre, only: Option<SnapshotId>) -> Vec<Manifest> {
     let mut out: std::collections::BTreeMap<SnapshotId, Manifest> = app
         .catalog
         .list(None)

@@ -80,7 +80,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     let app = Coffre::open(config(dir.path())).await.unwrap();
     for what in ["restore", "drill", "unwrap"] {
-        app.audit.append(access(what)).unwrap();
+        app.audit().append(access(what)).unwrap();
     }
     let written = coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     assert_eq!(written.values().copied().collect::<Vec<_>>(), [3, 3]);
@@ -91,7 +91,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
         "a segment and its key object per store"
     );
     let last_time = time::OffsetDateTime::parse(
-        &app.audit.entries().unwrap()[2].time,
+        &app.audit().entries().unwrap()[2].time,
         &time::format_description::well_known::Rfc3339,
     )
     .unwrap();
@@ -113,11 +113,11 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     let pruned = r.local.clone().expect("entries 1-3 pruned");
     assert_eq!((pruned.first, pruned.through), (1, 3));
     assert!(r.epochs.is_empty(), "{r:?}");
-    let left = app.audit.entries().unwrap();
+    let left = app.audit().entries().unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].seq, 4);
     assert_eq!(left[0].action, "audit-expire");
-    assert_eq!(app.audit.verify().unwrap(), 1);
+    assert_eq!(app.audit().verify().unwrap(), 1);
     // The stores still hold entries 1-3 (their epoch runs to the end of its day); the check
     // of the copies does not call that a disagreement.
     assert_eq!(audit_objects(dir.path()), sealed_before);
@@ -150,7 +150,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     assert!(rec.providers.iter().all(|p| p.destroyed));
     assert!(audit_objects(dir.path()).is_empty(), "no segment is left");
     // The destruction is in the catalog's records and in every store.
-    let records = app.catalog.destructions().unwrap();
+    let records = app.catalog().destructions().unwrap();
     assert!(records.iter().any(|r| r.contains(&rec.record)));
     for s in ["a", "b"] {
         let p = dir
@@ -163,7 +163,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     }
     // The log names it, and still verifies.
     let actions: Vec<String> = app
-        .audit
+        .audit()
         .entries()
         .unwrap()
         .into_iter()
@@ -175,7 +175,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
             .any(|a| a.starts_with("audit-expire ok: epoch destroyed")),
         "{actions:?}"
     );
-    app.audit.verify().unwrap();
+    app.audit().verify().unwrap();
 
     // Someone kept every byte: put them back. They no longer open, in any store.
     for (p, bytes) in &sealed_before {
@@ -208,7 +208,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     let app = Coffre::open(config(dir.path())).await.unwrap();
     for what in ["restore", "drill", "unwrap"] {
-        app.audit.append(access(what)).unwrap();
+        app.audit().append(access(what)).unwrap();
     }
     coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     // Store b goes away (its folder is replaced by a file) while entries 4-5 are written:
@@ -218,7 +218,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     std::fs::rename(&b, &away).unwrap();
     std::fs::write(&b, b"not a folder").unwrap();
     for what in ["restore", "drill"] {
-        app.audit.append(access(what)).unwrap();
+        app.audit().append(access(what)).unwrap();
     }
     let err = coffre::ops::audit_replicate::replicate(&app)
         .await
@@ -227,7 +227,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     std::fs::remove_file(&b).unwrap();
     std::fs::rename(&away, &b).unwrap();
     // While b was away the retention of entries 1-5 ended: they leave the local log.
-    let last = app.audit.entries().unwrap().last().unwrap().time.clone();
+    let last = app.audit().entries().unwrap().last().unwrap().time.clone();
     let last =
         time::OffsetDateTime::parse(&last, &time::format_description::well_known::Rfc3339).unwrap();
     let later = last + time::Duration::days(30) + time::Duration::seconds(1);
@@ -242,7 +242,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
         .await
         .unwrap();
     assert!(findings.is_empty(), "{findings:?}");
-    app.audit.append(access("restore")).unwrap();
+    app.audit().append(access("restore")).unwrap();
     coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     // Remove b's segment holding entry 6 (the pruning record, which the local log holds): it is
     // missing from b's copy, between the expired entries and entry 7.
@@ -276,7 +276,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     let app = Coffre::open(config(dir.path())).await.unwrap();
-    app.audit.append(access("restore")).unwrap();
+    app.audit().append(access("restore")).unwrap();
     coffre::ops::audit_replicate::replicate(&app).await.unwrap();
     // Someone deleted the segments by hand (or the store left the config): the epoch key that
     // wrapped them must still be destroyed when its day is over, in case a copy survives.
@@ -284,7 +284,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
         std::fs::remove_dir_all(dir.path().join("stores").join(s).join("coffre/audit")).unwrap();
     }
     let epochs = |app: &Coffre| -> Vec<(String, bool)> {
-        app.providers[0]
+        app.providers()[0]
             .epochs()
             .unwrap()
             .into_iter()

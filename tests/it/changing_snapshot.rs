@@ -53,8 +53,8 @@ fn big(path: &Path) {
 }
 
 async fn nothing_committed(app: &Coffre, dir: &Path) {
-    assert!(app.catalog.list(None).unwrap().is_empty());
-    for s in &app.stores {
+    assert!(app.catalog().list(None).unwrap().is_empty());
+    for s in app.stores() {
         assert!(
             s.list_manifests().await.unwrap().is_empty(),
             "a manifest was written in {}",

@@ -51,13 +51,11 @@ async fn setup() -> (
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
     let mut app = Coffre::open(config(dir.path())).await.unwrap();
     let mut faults = Vec::new();
-    for s in app.stores.iter_mut() {
-        s.wrap_object_store(|inner| {
-            let (w, f) = FaultyStore::wrap(inner);
-            faults.push(f);
-            w
-        });
-    }
+    app.wrap_object_stores(|inner| {
+        let (w, f) = FaultyStore::wrap(inner);
+        faults.push(f);
+        w
+    });
     let f = dir.path().join("in/emr.sql");
     let mut v = Vec::new();
     let mut x: u64 = 0x2545F4914F6CDD1D;

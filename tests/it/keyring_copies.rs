@@ -159,7 +159,7 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
 
     // A slow upload under the epoch (held by the test), and a real one that may be inside too.
     let slow = app
-        .inflight
+        .inflight()
         .try_enter(&epoch_id)
         .expect("the epoch is open");
     let big = env.incoming.join("big.sql");
@@ -168,7 +168,7 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
         let app = app.clone();
         tokio::spawn(async move { coffre::ops::protect::protect(&app, "emr", &big).await })
     };
-    while app.inflight.inside(&epoch_id) < 2 && !b_task.is_finished() {
+    while app.inflight().inside(&epoch_id) < 2 && !b_task.is_finished() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 
@@ -211,7 +211,11 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
             epoch,
             "{id} sealed under the shredded epoch"
         );
-        let k = app.catalog.get_key(&id.parse().unwrap()).unwrap().unwrap();
+        let k = app
+            .catalog()
+            .get_key(&id.parse().unwrap())
+            .unwrap()
+            .unwrap();
         assert_ne!(k.epoch.as_str(), epoch, "{id} in the catalog");
     }
     drop(app);
@@ -245,7 +249,7 @@ async fn a_catch_up_never_spreads_a_key_object_edited_in_the_store_it_copies_fro
     std::fs::write(key_in("a"), serde_json::to_vec(&forged).unwrap()).unwrap();
     std::fs::remove_dir_all(store_dir(&env, "b").join(format!("coffre/snapshots/emr/{id}")))
         .unwrap();
-    app.catalog
+    app.catalog()
         .set_replica(&id, "site-b", coffre::catalog::ReplicaState::Missing)
         .unwrap();
 

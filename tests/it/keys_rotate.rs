@@ -122,7 +122,7 @@ async fn master_key_rotation_reseals_the_keyring_here_and_in_the_stores() {
     coffre::ops::shred::shred_one(&app, &b, "test", "erasure before rotation")
         .await
         .unwrap();
-    let epochs_before = app.providers[0].epochs().unwrap();
+    let epochs_before = app.providers()[0].epochs().unwrap();
     assert!(epochs_before.iter().any(|e| e.destroyed.is_some()));
     drop(app);
     for site in ["a", "b"] {
@@ -226,11 +226,11 @@ async fn master_key_rotation_reseals_the_keyring_here_and_in_the_stores() {
     // A backup after the rotation works and restores.
     let c = backup(&app, d, "c.sql").await;
     restore(&app, c, "b", d.join("c-b")).await.unwrap();
-    let log = app.audit.entries().unwrap();
+    let log = app.audit().entries().unwrap();
     assert!(log
         .iter()
         .any(|e| e.action == "key-rotate" && e.outcome.starts_with("ok")));
-    app.audit.verify().unwrap();
+    app.audit().verify().unwrap();
     drop(app);
 
     // A new host with the new master key gets the keyring from the stores.
@@ -327,7 +327,7 @@ async fn add_provider_wraps_moves_every_snapshot_to_another_provider() {
         0
     );
     for id in [a, b] {
-        let k = app.catalog.get_key(&id).unwrap().unwrap();
+        let k = app.catalog().get_key(&id).unwrap().unwrap();
         let providers: Vec<_> = k.wraps.iter().map(|w| w.provider.as_str()).collect();
         assert_eq!(providers, ["local", "vault"]);
         assert!(k.wraps.iter().all(|w| w.epoch == k.epoch));
@@ -342,12 +342,12 @@ async fn add_provider_wraps_moves_every_snapshot_to_another_provider() {
         }
     }
     // Each unwrap is in the access log, before it happened.
-    let log = app.audit.entries().unwrap();
+    let log = app.audit().entries().unwrap();
     let rotations: Vec<_> = log.iter().filter(|e| e.action == "key-rotate").collect();
     assert_eq!(rotations.len(), 4, "{rotations:?}");
     assert!(rotations[0].outcome.starts_with("started"));
     assert!(rotations[1].outcome.starts_with("ok"));
-    app.audit.verify().unwrap();
+    app.audit().verify().unwrap();
     // The stores carry the second provider's keyring (for a new host).
     for site in ["a", "b"] {
         assert_eq!(store_keyrings(d, site, "vault").len(), 1);

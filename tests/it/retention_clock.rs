@@ -83,7 +83,7 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
         .iter()
         .all(|c| c.decrypt_check == "key destroyed"));
     let left: Vec<_> = app
-        .catalog
+        .catalog()
         .list(None)
         .unwrap()
         .into_iter()
@@ -165,10 +165,10 @@ async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_r
             .await
             .unwrap();
     }
-    for p in &app.providers {
+    for p in app.providers() {
         p.destroy(&ep.epoch).unwrap();
     }
-    assert_eq!(app.catalog.list(None).unwrap().len(), 3);
+    assert_eq!(app.catalog().list(None).unwrap().len(), 3);
     // A restart finishes it: checks, deletes, records.
     let app = Coffre::open(config(dir.path())).await.unwrap();
     let (done, errors) = coffre::ops::shred::run_due(&app, later, "test").await;
@@ -180,7 +180,7 @@ async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_r
         .iter()
         .all(|c| c.decrypt_check == "key destroyed" && c.deletion == "deleted"));
     let left: Vec<_> = app
-        .catalog
+        .catalog()
         .list(None)
         .unwrap()
         .into_iter()

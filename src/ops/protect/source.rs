@@ -16,7 +16,7 @@ pub struct Fingerprint(Vec<(PathBuf, u64, i128, u64)>);
 
 impl Fingerprint {
     /// Inode of the snapshot itself (the file, or the root of the directory).
-    pub fn root_ino(&self) -> Option<u64> {
+    pub(crate) fn root_ino(&self) -> Option<u64> {
         self.0.first().map(|e| e.3)
     }
 
@@ -42,7 +42,7 @@ fn swapped(path: &Path, what: &str) -> io::Error {
 
 /// Open a snapshot file for reading, without following a symlink, and check on the open
 /// descriptor that it is a regular file.
-pub fn open_file(path: &Path) -> io::Result<File> {
+pub(crate) fn open_file(path: &Path) -> io::Result<File> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(read_flags())
@@ -56,7 +56,7 @@ pub fn open_file(path: &Path) -> io::Result<File> {
 
 /// Open a snapshot directory, without following a symlink, and check on the open descriptor
 /// that it is a directory.
-pub fn open_dir(path: &Path) -> io::Result<File> {
+pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(read_flags() | OFlag::O_DIRECTORY.bits())
@@ -78,7 +78,7 @@ fn nofollow_error(path: &Path, e: io::Error) -> io::Error {
 }
 
 /// The open descriptor is the inode `expected` (from the fingerprint taken before reading).
-pub fn check_identity(f: &File, expected: Option<u64>, path: &Path) -> io::Result<()> {
+pub(crate) fn check_identity(f: &File, expected: Option<u64>, path: &Path) -> io::Result<()> {
     match expected {
         Some(ino) if f.metadata()?.ino() != ino => Err(swapped(path, "the entry coffre checked")),
         _ => Ok(()),
@@ -146,7 +146,7 @@ pub fn walk(root: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(all)
 }
 
-pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
+pub(crate) fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
     let meta = std::fs::symlink_metadata(path)?;
     if meta.is_dir() {
         let mut v = Vec::new();
@@ -167,7 +167,7 @@ pub fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
 }
 
 /// A short description of what changed (paths are the snapshot's own file names).
-pub fn describe_change(before: &Fingerprint, after: &Fingerprint) -> String {
+pub(crate) fn describe_change(before: &Fingerprint, after: &Fingerprint) -> String {
     for (a, b) in before.0.iter().zip(after.0.iter()) {
         if a != b {
             let name = if a.0.as_os_str().is_empty() {
@@ -189,7 +189,8 @@ pub fn describe_change(before: &Fingerprint, after: &Fingerprint) -> String {
 
 /// Write `dir` as a tar stream in a stable order (sorted by path), keeping modes, symlinks and
 /// mtimes; owners are written numerically.
-pub fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
+#[cfg(test)]
+pub(crate) fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
     let root = open_dir(dir)?;
     write_tar_at(&root, dir, out)
 }
@@ -197,7 +198,7 @@ pub fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
 /// [`write_tar`] of the directory `root` is open on (`dir` is its path). Regular files are read
 /// through descriptors opened beneath `root` without following symlinks, each checked to be the
 /// inode listed; symlinks are stored as symlinks, never followed.
-pub fn write_tar_at<W: Write>(root: &File, dir: &Path, out: W) -> io::Result<()> {
+pub(crate) fn write_tar_at<W: Write>(root: &File, dir: &Path, out: W) -> io::Result<()> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
