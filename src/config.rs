@@ -352,6 +352,23 @@ pub struct SourceConfig {
     /// Disaster-recovery drills of this source.
     #[serde(default)]
     pub drill: DrillConfig,
+    /// Continuous archiving of this source's PostgreSQL WAL (`coffre wal-push`).
+    #[serde(default)]
+    pub pitr: Option<PitrConfig>,
+}
+
+/// `[source.pitr]`: WAL archiving for point-in-time recovery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PitrConfig {
+    /// How far back any moment can be recovered; a WAL file is planned to expire one day after
+    /// the window has moved past it.
+    #[serde(default = "default_pitr_window", with = "humantime_serde")]
+    pub window: Duration,
+}
+
+fn default_pitr_window() -> Duration {
+    Duration::from_secs(14 * 86_400)
 }
 
 /// Which snapshot a drill restores.

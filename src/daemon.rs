@@ -380,7 +380,15 @@ async fn protect_one(
         return;
     }
     let count = |outcome: &str| rt.count_snapshot(source, outcome);
-    match crate::ops::protect::protect_as(app, source, &key.path, id).await {
+    match crate::ops::protect::protect_as(
+        app,
+        source,
+        &key.path,
+        id,
+        crate::ops::protect::What::Snapshot,
+    )
+    .await
+    {
         Ok(out) => {
             for s in &out.committed {
                 rt.uploaded(s, out.manifest.sealed_size);

@@ -4,6 +4,7 @@
 
 pub mod objects;
 pub mod seal;
+pub mod wal;
 
 use secrecy::{ExposeSecret, SecretBox};
 

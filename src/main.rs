@@ -486,6 +486,14 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<Exit
             *path = std::fs::canonicalize(&*path)
                 .with_context(|| format!("snapshot {}", path.display()))?;
         }
+        Command::WalPush { path, .. } => {
+            *path = std::path::absolute(&*path)
+                .with_context(|| format!("WAL file {}", path.display()))?;
+        }
+        Command::WalFetch { to, .. } => {
+            *to = std::path::absolute(&*to).with_context(|| format!("{}", to.display()))?;
+            writer = Some(client::Restore::new(to.clone(), false));
+        }
         _ => {}
     }
     let code = tokio::task::spawn_blocking(move || {
@@ -591,7 +599,9 @@ mod client {
             let h = std::thread::Builder::new()
                 .name("coffre-restore-write".into())
                 .spawn(move || match kind {
-                    SnapshotKind::File => coffre::ops::restore::write_file(rx, &t),
+                    SnapshotKind::File | SnapshotKind::Wal => {
+                        coffre::ops::restore::write_file(rx, &t)
+                    }
                     SnapshotKind::Directory => coffre::ops::restore::unpack_tar(rx, &t),
                 })
                 .map_err(|e| format!("cannot start the writer: {e}"))?;

@@ -12,3 +12,4 @@ pub mod restore;
 pub mod rotate;
 pub mod shred;
 pub mod verify;
+pub mod wal;

@@ -185,6 +185,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The three objects of one sealed object in a store.
+pub(crate) struct ObjectPaths {
+    pub(crate) data: ObjPath,
+    pub(crate) key: ObjPath,
+    pub(crate) manifest: ObjPath,
+}
+
 impl Store {
     pub(crate) fn snapshot_dir(&self, source: &str, id: &SnapshotId) -> ObjPath {
         self.prefix
@@ -201,6 +208,48 @@ impl Store {
     }
     pub(crate) fn manifest_path(&self, source: &str, id: &SnapshotId) -> ObjPath {
         self.snapshot_dir(source, id).join("manifest.json")
+    }
+    /// `<prefix>/wal/<source>/<timeline>/<wal file name>`: one folder per WAL file, holding
+    /// `manifest.json` (the commit, naming the sealed object's id) and `<id>.data` and
+    /// `<id>.key.json` (an attempt that never committed leaves only those, under its own id).
+    pub(crate) fn wal_dir(&self, source: &str, name: &crate::format::wal::WalName) -> ObjPath {
+        self.wal_prefix(source)
+            .join(name.timeline_hex())
+            .join(name.as_str())
+    }
+    pub(crate) fn wal_prefix(&self, source: &str) -> ObjPath {
+        self.prefix.clone().join("wal").join(source)
+    }
+    /// Where the data, key object and manifest of the object `m` describes are.
+    pub(crate) fn object_paths(&self, m: &Manifest) -> Result<ObjectPaths, StoreError> {
+        self.paths_of(m.kind, &m.source, &m.original_name, &m.snapshot)
+    }
+    pub(crate) fn paths_of(
+        &self,
+        kind: SnapshotKind,
+        source: &str,
+        original_name: &str,
+        id: &SnapshotId,
+    ) -> Result<ObjectPaths, StoreError> {
+        if kind != SnapshotKind::Wal {
+            return Ok(ObjectPaths {
+                data: self.data_path(source, id),
+                key: self.key_path(source, id),
+                manifest: self.manifest_path(source, id),
+            });
+        }
+        let name = crate::format::wal::WalName::parse(original_name).map_err(|reason| {
+            StoreError::Setup {
+                store: self.name.clone(),
+                reason,
+            }
+        })?;
+        let dir = self.wal_dir(source, &name);
+        Ok(ObjectPaths {
+            data: dir.clone().join(format!("{id}.data")),
+            key: dir.clone().join(format!("{id}.key.json")),
+            manifest: dir.join("manifest.json"),
+        })
     }
     pub(crate) fn snapshots_prefix(&self) -> ObjPath {
         self.prefix.clone().join("snapshots")

@@ -52,6 +52,8 @@ impl Command {
             }
             | Command::Shred { records: true, .. } => Access::Read,
             Command::Backup { .. }
+            | Command::WalPush { .. }
+            | Command::WalFetch { .. }
             | Command::Catalog { .. }
             | Command::Restore(_)
             | Command::Retention { .. }
@@ -81,6 +83,8 @@ impl Command {
             Command::Daemon => "daemon",
             Command::Status { .. } => "status",
             Command::Backup { .. } => "backup",
+            Command::WalPush { .. } => "wal-push",
+            Command::WalFetch { .. } => "wal-fetch",
             Command::Snapshots { .. } => "snapshots",
             Command::Catalog {
                 command: CatalogCommand::Rebuild { .. },
@@ -119,6 +123,8 @@ impl Command {
         matches!(
             self,
             Command::Restore(_)
+                | Command::WalFetch { .. }
+                | Command::WalPush { .. }
                 | Command::Drill { .. }
                 | Command::Shred { records: false, .. }
                 | Command::Hold { .. }
@@ -136,6 +142,7 @@ impl Command {
     pub fn purpose(&self) -> Option<&str> {
         match self {
             Command::Restore(a) => Some(&a.purpose),
+            Command::WalFetch { purpose, .. } => Some(purpose),
             Command::Shred { purpose, .. } => purpose.as_deref(),
             Command::Drill { purpose, .. } => Some(purpose),
             Command::Hold {
@@ -152,7 +159,11 @@ impl Command {
     fn texts(&self) -> Vec<&str> {
         let mut v: Vec<&str> = Vec::new();
         match self {
-            Command::Backup { source, .. } => v.push(source),
+            Command::Backup { source, .. } | Command::WalPush { source, .. } => v.push(source),
+            Command::WalFetch { source, name, .. } => {
+                v.push(source);
+                v.push(name);
+            }
             Command::Snapshots { source, .. } => v.extend(source.as_deref()),
             Command::Restore(a) => {
                 v.push(&a.source);
@@ -228,6 +239,18 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Resu
                     root.display()
                 ));
             }
+        }
+        Command::WalPush { path, .. } => {
+            // The daemon reads the WAL file with its own rights: only a file named as WAL, never
+            // through a symlink (the push opens it without following one).
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{}: give the WAL file's absolute path",
+                    path.display()
+                ));
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            crate::format::wal::WalName::parse(name.as_deref().unwrap_or_default())?;
         }
         Command::Keys {
             command:

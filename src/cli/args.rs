@@ -31,6 +31,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Archive one PostgreSQL WAL file (`archive_command = 'coffre wal-push --source NAME %p'`):
+    /// exits 0 only once it is committed in at least replication.min-sites sites.
+    WalPush {
+        /// Source whose WAL this is (it needs a `[source.pitr]` table).
+        #[arg(long)]
+        source: String,
+        /// The WAL file (`%p`).
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one archived WAL file (`restore_command = 'coffre wal-fetch --source NAME %f %p'`);
+    /// exits 1 when it is not archived (the end of the archive, for PostgreSQL).
+    WalFetch {
+        #[arg(long)]
+        source: String,
+        /// The WAL file name (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        to: PathBuf,
+        /// Why, for the access log.
+        #[arg(
+            long,
+            default_value = "point-in-time recovery (PostgreSQL restore_command)"
+        )]
+        purpose: String,
+    },
     /// List snapshots, oldest first, and where each is committed.
     Snapshots {
         #[arg(long)]

@@ -90,10 +90,12 @@ mod shred;
 mod snapshots;
 pub mod status;
 mod verify;
+mod wal;
 
 pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     match cmd {
         Command::Backup { .. } => backup::run(app, cmd, ctx).await,
+        Command::WalPush { .. } | Command::WalFetch { .. } => wal::run(app, cmd, ctx).await,
         Command::Snapshots { .. } => snapshots::run(app, cmd, ctx).await,
         Command::Catalog { .. } => catalog::run(app, cmd, ctx).await,
         Command::Restore(_) => restore::run(app, cmd, ctx).await,

@@ -224,6 +224,7 @@ mod tests {
             settle_time: Duration::from_secs(5),
             retention: Default::default(),
             drill: Default::default(),
+            pitr: None,
         }
     }
 

@@ -20,6 +20,9 @@ pub enum SnapshotKind {
     File,
     /// A directory (pg_basebackup plain format), sealed as one tar stream in a stable order.
     Directory,
+    /// A PostgreSQL WAL file (segment, partial segment, backup or timeline history), archived
+    /// by `coffre wal-push` and restored as a file; `original_name` is its WAL file name.
+    Wal,
 }
 
 /// How the manifest's keyed plaintext digest is computed (both keys derive from the DEK).
@@ -110,6 +113,9 @@ impl Manifest {
         }
         if !crate::ids::is_valid_name(&m.source) {
             return Err("source is not a valid name".into());
+        }
+        if m.kind == SnapshotKind::Wal {
+            crate::format::wal::WalName::parse(&m.original_name)?;
         }
         Ok(m)
     }

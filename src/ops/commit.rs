@@ -4,7 +4,7 @@
 //! committed in a store iff its manifest is there.
 
 use crate::app::Coffre;
-use crate::store::{ErrorKind, KeyObject, Manifest, Store, StoreError};
+use crate::store::{ErrorKind, KeyObject, Manifest, ObjectPaths, Store, StoreError};
 
 /// What a commit does with objects of the snapshot already in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,16 +25,21 @@ pub async fn commit(
     key: &KeyObject,
     existing: Existing,
 ) -> Result<(), StoreError> {
-    check_data(store, manifest).await?;
-    put_key(store, key, existing).await?;
+    let paths = store.object_paths(manifest)?;
+    check_data(store, &paths, manifest).await?;
+    put_key(store, &paths, key, existing).await?;
     app.push_keyrings(store).await?;
-    put_manifest(store, manifest, existing).await
+    put_manifest(store, &paths, manifest, existing).await
 }
 
 /// The data object is there, at the sealed size the manifest names.
-async fn check_data(store: &Store, manifest: &Manifest) -> Result<(), StoreError> {
-    let data = store.data_path(&manifest.source, &manifest.snapshot);
-    let meta = store.head(&data).await?;
+async fn check_data(
+    store: &Store,
+    paths: &ObjectPaths,
+    manifest: &Manifest,
+) -> Result<(), StoreError> {
+    let data = &paths.data;
+    let meta = store.head(data).await?;
     if meta.size != manifest.sealed_size {
         return Err(StoreError::BadObject {
             store: store.name.clone(),
@@ -48,23 +53,26 @@ async fn check_data(store: &Store, manifest: &Manifest) -> Result<(), StoreError
     Ok(())
 }
 
-async fn put_key(store: &Store, key: &KeyObject, existing: Existing) -> Result<(), StoreError> {
+async fn put_key(
+    store: &Store,
+    paths: &ObjectPaths,
+    key: &KeyObject,
+    existing: Existing,
+) -> Result<(), StoreError> {
     match existing {
-        Existing::Refuse => {
-            let kp = store.key_path(&key.source, &key.snapshot);
-            store.put_new(&kp, key.to_json().into()).await
-        }
+        Existing::Refuse => store.put_new(&paths.key, key.to_json().into()).await,
         Existing::Repair => store.put_key_object(key).await,
     }
 }
 
 async fn put_manifest(
     store: &Store,
+    paths: &ObjectPaths,
     manifest: &Manifest,
     existing: Existing,
 ) -> Result<(), StoreError> {
     let (source, id) = (&manifest.source, &manifest.snapshot);
-    let mp = store.manifest_path(source, id);
+    let mp = paths.manifest.clone();
     let body = manifest.to_json();
     match store.put_new(&mp, body.clone().into()).await {
         Ok(()) => Ok(()),

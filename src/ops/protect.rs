@@ -387,7 +387,7 @@ fn produce(
     let digester = Digester::spawn(mac).map_err(ProduceError::Read)?;
     let fed = match kind {
         // Opened without following symlinks, and checked to be what was fingerprinted.
-        SnapshotKind::File => source::open_file(path).and_then(|mut f| {
+        SnapshotKind::File | SnapshotKind::Wal => source::open_file(path).and_then(|mut f| {
             source::check_identity(&f, before.root_ino(), path)?;
             feed_file(&mut f, &digester, &mut enc, progress)
         }),
@@ -501,6 +501,26 @@ pub(crate) fn plan_expiry(
     )
 }
 
+/// Planned expiry of a WAL file archived at `created`: the end of the source's recovery window
+/// (`[source.pitr] window`) plus one day, so that the base backup that starts the window can
+/// still reach it; its epoch is the UTC day of that expiry.
+pub(crate) fn plan_wal_expiry(
+    app: &Coffre,
+    source: &SourceConfig,
+    created: time::OffsetDateTime,
+) -> (time::OffsetDateTime, EpochId) {
+    let window = source
+        .pitr
+        .as_ref()
+        .map(|p| p.window)
+        .unwrap_or(std::time::Duration::from_secs(14 * 86_400));
+    let expiry = created + window + time::Duration::days(1);
+    (
+        expiry,
+        crate::retention::live_epoch(&app.providers, expiry.date()),
+    )
+}
+
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -512,7 +532,15 @@ pub async fn protect(
     source_name: &str,
     path: &Path,
 ) -> Result<Outcome, PipelineError> {
-    protect_as(app, source_name, path, SnapshotId::new()).await
+    protect_as(app, source_name, path, SnapshotId::new(), What::Snapshot).await
+}
+
+/// What is being protected: a snapshot (planned by the source's retention, listed in the
+/// catalog) or a WAL file (kept for the source's recovery window, found in the stores by name).
+#[derive(Debug, Clone)]
+pub(crate) enum What {
+    Snapshot,
+    Wal(crate::format::wal::WalName),
 }
 
 /// Protect one snapshot under an id chosen (and journaled) by the caller. The id must be fresh:
@@ -528,6 +556,7 @@ pub(crate) async fn protect_as(
     source_name: &str,
     path: &Path,
     id: SnapshotId,
+    what: What,
 ) -> Result<Outcome, PipelineError> {
     let source = app
         .config
@@ -536,20 +565,29 @@ pub(crate) async fn protect_as(
             PipelineError::UnknownSource(source_name.to_string(), app.config.source_names())
         })?
         .clone();
-    let (kind, original_name) = inspect(path)?;
+    let (kind, original_name) = match (&what, inspect(path)?) {
+        (What::Wal(name), (SnapshotKind::File, _)) => (SnapshotKind::Wal, name.to_string()),
+        (What::Wal(_), _) => {
+            return Err(PipelineError::Read {
+                path: path.to_path_buf(),
+                source: io::Error::other("a WAL file must be a regular file"),
+            })
+        }
+        (What::Snapshot, inspected) => inspected,
+    };
     let created = time::OffsetDateTime::now_utc();
-    let (expiry, epoch, _in_epoch) = enter_epoch(app, &source, created).await;
+    let (expiry, epoch, _in_epoch) = enter_epoch(app, &source, created, &what).await;
     tracing::info!(kind = ?kind, "protecting snapshot");
     let dek = DataKey::generate();
     let mut key_object = wrap_for_every_provider(app, &source, id, &epoch, expiry, &dek)?;
-    let (fan, uploads) = start_uploads(app, &source, id);
+    let (fan, uploads) = start_uploads(app, &source, id, kind, &original_name)?;
     let produced = seal_and_fan_out(app, &source.name, path, kind, dek, id, fan).await;
     let uploaded = collect_uploads(app, uploads).await;
     let produced = produced?;
     let manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
     authenticate(app, &mut key_object, &manifest)?;
     let results = commit_everywhere(app, uploaded, &manifest, &key_object).await;
-    let (committed, failed) = record(app, &manifest, &key_object, results)?;
+    let (committed, failed) = record(app, &manifest, &key_object, results, &what)?;
     let protection = classify(app, &manifest, path, &committed, &failed)?;
     Ok(Outcome {
         manifest,
@@ -591,9 +629,13 @@ async fn enter_epoch(
     app: &Coffre,
     source: &SourceConfig,
     created: time::OffsetDateTime,
+    what: &What,
 ) -> (time::OffsetDateTime, EpochId, crate::inflight::Entered) {
     loop {
-        let (expiry, epoch) = plan_expiry(app, source, created);
+        let (expiry, epoch) = match what {
+            What::Snapshot => plan_expiry(app, source, created),
+            What::Wal(_) => plan_wal_expiry(app, source, created),
+        };
         match app.inflight.try_enter(&epoch) {
             Some(entered) => return (expiry, epoch, entered),
             None => app.inflight.wait_open(&epoch).await,
@@ -631,14 +673,26 @@ fn wrap_for_every_provider(
 type Upload = tokio::task::JoinHandle<Result<(), StoreError>>;
 
 /// One bounded channel and one upload task per store.
-fn start_uploads(app: &Coffre, source: &SourceConfig, id: SnapshotId) -> (FanOut, Vec<Upload>) {
+fn start_uploads(
+    app: &Coffre,
+    source: &SourceConfig,
+    id: SnapshotId,
+    kind: SnapshotKind,
+    original_name: &str,
+) -> Result<(FanOut, Vec<Upload>), PipelineError> {
     let pl = &app.config.pipeline;
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for s in &app.stores {
+        let path = s
+            .paths_of(kind, &source.name, original_name, &id)
+            .map_err(|e| PipelineError::Read {
+                path: original_name.into(),
+                source: io::Error::other(e.to_string()),
+            })?
+            .data;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         senders.push(Some(tx));
-        let path = s.data_path(&source.name, &id);
         tasks.push(tokio::spawn(upload(
             s.clone(),
             path,
@@ -653,7 +707,7 @@ fn start_uploads(app: &Coffre, source: &SourceConfig, id: SnapshotId) -> (FanOut
         total: 0,
         buf: Vec::with_capacity(CHUNK * 2),
     };
-    (fan, tasks)
+    Ok((fan, tasks))
 }
 
 /// Read, compress and seal once (on a blocking thread), the sealed bytes fanned out to the
@@ -801,6 +855,7 @@ fn record(
     manifest: &Manifest,
     key_object: &KeyObject,
     results: Vec<(&Store, Result<(), StoreError>)>,
+    what: &What,
 ) -> Result<(Vec<String>, Vec<StoreFailure>), PipelineError> {
     let id = manifest.snapshot;
     let committed_any = results.iter().any(|(_, r)| r.is_ok());
@@ -824,7 +879,8 @@ fn record(
             }
         }
     }
-    if committed_any {
+    // WAL files are found in the stores by name (`coffre wal-fetch`); the catalog lists snapshots.
+    if committed_any && matches!(what, What::Snapshot) {
         app.catalog
             .record_commit(manifest, key_object, &replicas)
             .map_err(|source| PipelineError::Catalog {

@@ -479,7 +479,7 @@ fn write_out(
     };
     let tmp = tmp.as_path();
     match kind {
-        SnapshotKind::File => {
+        SnapshotKind::File | SnapshotKind::Wal => {
             let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
             let digester = crate::ops::protect::Digester::spawn(mac)?;
             let to_digest = digester.sink();

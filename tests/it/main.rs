@@ -23,6 +23,7 @@ mod e2e_prometheus;
 mod e2e_shred;
 mod e2e_socket;
 mod e2e_stores;
+mod e2e_wal;
 mod faults_config;
 mod faults_disk;
 mod faults_format;

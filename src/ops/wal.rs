@@ -1,0 +1,449 @@
+//! WAL archiving for point-in-time recovery: `coffre wal-push` (PostgreSQL's `archive_command`)
+//! seals one WAL file like a snapshot (a fresh data key, wrapped under the epoch of the day its
+//! recovery window ends, the same bytes in every store, manifest last) under
+//! `wal/<source>/<timeline>/<name>/`; `coffre wal-fetch` (`restore_command`) opens it again from
+//! any store that has a good copy.
+//!
+//! A name is archived once: pushing it again with the same bytes succeeds (PostgreSQL retries
+//! after a crash or a timeout, and the copy is completed in the stores that lack it); different
+//! bytes under an archived name are refused, so a WAL file is never acknowledged twice with
+//! different contents.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::app::Coffre;
+use crate::audit::{NewEntry, Target};
+use crate::format::wal::WalName;
+use crate::ids::SnapshotId;
+use crate::ops::protect::{PipelineError, What};
+use crate::store::{KeyObject, Manifest, Store};
+
+/// Largest WAL file accepted (PostgreSQL's `--wal-segsize` goes up to 1 GiB; a push and a fetch
+/// hold one file in memory).
+pub const MAX_WAL_FILE: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{0}")]
+    Name(String),
+    #[error("source `{0}` does not archive WAL: add a `[source.pitr]` table (e.g. `window = \"14d\"`) to its `[[source]]` in the config, then reload")]
+    NotArchiving(String),
+    #[error("unknown source `{0}`; configured: {1}")]
+    UnknownSource(String, String),
+    #[error("cannot read WAL file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("WAL file {0} is archived already with DIFFERENT bytes (sealed object {1}): refused, so that PostgreSQL never has two versions of one WAL file acknowledged. Check that two clusters do not archive into the same source, then remove the WAL file from pg_wal or point archive_command at another source")]
+    Conflict(String, SnapshotId),
+    #[error("WAL file {name} is archived in {sites} site(s), fewer than replication.min-sites = {min}: not acknowledged; PostgreSQL retries ({detail})")]
+    TooFewSites {
+        name: String,
+        sites: usize,
+        min: usize,
+        detail: String,
+    },
+    #[error("WAL file {0} is not archived in any store")]
+    NotArchived(String),
+    #[error("WAL file {name} could not be read from any store: {reasons}")]
+    Unreadable { name: String, reasons: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("access log: {0}")]
+    Audit(String),
+}
+
+/// What a push did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pushed {
+    pub name: String,
+    pub object: SnapshotId,
+    /// True when the name was archived already with the same bytes.
+    pub already: bool,
+    pub stores: Vec<String>,
+}
+
+fn archiving_source(app: &Coffre, source: &str) -> Result<(), WalError> {
+    let s = app
+        .config
+        .source(source)
+        .ok_or_else(|| WalError::UnknownSource(source.to_string(), app.config.source_names()))?;
+    match s.pitr {
+        Some(_) => Ok(()),
+        None => Err(WalError::NotArchiving(source.to_string())),
+    }
+}
+
+fn wal_name(path: &Path) -> Result<WalName, WalError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    WalName::parse(&name).map_err(WalError::Name)
+}
+
+/// Archive the WAL file at `path` for `source`: Ok only when it is committed in at least
+/// `replication.min-sites` sites.
+pub async fn push(
+    app: &Coffre,
+    source: &str,
+    path: &Path,
+    actor: &str,
+) -> Result<Pushed, WalError> {
+    archiving_source(app, source)?;
+    let name = wal_name(path)?;
+    let copies = committed_copies(app, source, &name).await;
+    if let Some((_, m)) = copies
+        .iter()
+        .find_map(|(s, r)| r.as_ref().ok().map(|m| (s, m)))
+    {
+        return repush(app, source, &name, path, m.clone(), actor).await;
+    }
+    let outcome = crate::ops::protect::protect_as(
+        app,
+        source,
+        path,
+        SnapshotId::new(),
+        What::Wal(name.clone()),
+    )
+    .await
+    .map_err(|e| match e {
+        PipelineError::AtRisk {
+            committed,
+            min_sites,
+            failures,
+            ..
+        } => WalError::TooFewSites {
+            name: name.to_string(),
+            sites: committed,
+            min: min_sites,
+            detail: failures,
+        },
+        e => WalError::Pipeline(e),
+    })?;
+    Ok(Pushed {
+        name: name.to_string(),
+        object: outcome.manifest.snapshot,
+        already: false,
+        stores: outcome.committed,
+    })
+}
+
+type Copy<'a> = (&'a Store, Result<Manifest, crate::store::StoreError>);
+
+/// Every store's manifest of `name` (not found and unreachable as errors).
+async fn committed_copies<'a>(app: &'a Coffre, source: &str, name: &WalName) -> Vec<Copy<'a>> {
+    let reads = app.stores.iter().map(|s| async move {
+        let path = s.wal_dir(source, name).join("manifest.json");
+        let r = async {
+            let bytes = s
+                .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+                .await?;
+            let m =
+                Manifest::parse(&bytes).map_err(|reason| crate::store::StoreError::BadObject {
+                    store: s.name.clone(),
+                    path: path.to_string(),
+                    reason,
+                })?;
+            if m.source != source || m.original_name != name.as_str() {
+                return Err(crate::store::StoreError::BadObject {
+                    store: s.name.clone(),
+                    path: path.to_string(),
+                    reason: format!("it describes {} of source `{}`", m.original_name, m.source),
+                });
+            }
+            Ok(m)
+        }
+        .await;
+        (s, r)
+    });
+    futures::future::join_all(reads).await
+}
+
+/// The name is archived already: same bytes, complete the copy where it is missing; other
+/// bytes, refuse.
+async fn repush(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    path: &Path,
+    manifest: Manifest,
+    actor: &str,
+) -> Result<Pushed, WalError> {
+    let local = read_bounded(path)?;
+    log_access(
+        app,
+        actor,
+        "wal-push-compare",
+        source,
+        &manifest,
+        None,
+        "compare a re-pushed WAL file with its archived copy",
+    )?;
+    let (archived, sealed, key) = open_any(app, source, name, &manifest).await?;
+    if archived != local {
+        tracing::error!(source, wal = %name, object = %manifest.snapshot, "a WAL file was pushed again with different bytes: refused");
+        return Err(WalError::Conflict(name.to_string(), manifest.snapshot));
+    }
+    let mut stores = Vec::new();
+    let mut failures = Vec::new();
+    for (s, r) in committed_copies(app, source, name).await {
+        match r {
+            Ok(m) if m == manifest => stores.push(s),
+            Ok(_) => failures.push(format!("{}: holds another object under this name", s.name)),
+            Err(e) if e.is_not_found() => match copy_into(app, s, &manifest, &key, &sealed).await {
+                Ok(()) => stores.push(s),
+                Err(e) => failures.push(format!("{}: {e}", s.name)),
+            },
+            Err(e) => failures.push(format!("{}: {e}", s.name)),
+        }
+    }
+    let sites: std::collections::BTreeSet<&str> = stores.iter().map(|s| s.site.as_str()).collect();
+    let min = app.config.replication.min_sites;
+    if sites.len() < min {
+        return Err(WalError::TooFewSites {
+            name: name.to_string(),
+            sites: sites.len(),
+            min,
+            detail: failures.join("; "),
+        });
+    }
+    Ok(Pushed {
+        name: name.to_string(),
+        object: manifest.snapshot,
+        already: true,
+        stores: stores.iter().map(|s| s.name.clone()).collect(),
+    })
+}
+
+/// Write the same sealed object into a store that lacks it, through the one commit protocol.
+async fn copy_into(
+    app: &Coffre,
+    s: &Store,
+    manifest: &Manifest,
+    key: &KeyObject,
+    sealed: &[u8],
+) -> Result<(), crate::store::StoreError> {
+    let paths = s.object_paths(manifest)?;
+    s.put(&paths.data, sealed.to_vec().into()).await?;
+    crate::ops::commit::commit(app, s, manifest, key, crate::ops::commit::Existing::Refuse).await
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, WalError> {
+    let read = |source| WalError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(read)?;
+    if !meta.is_file() || meta.len() > MAX_WAL_FILE {
+        return Err(read(std::io::Error::other(format!(
+            "not a regular file of at most {MAX_WAL_FILE} bytes"
+        ))));
+    }
+    std::fs::read(path).map_err(read)
+}
+
+fn log_access(
+    app: &Coffre,
+    actor: &str,
+    action: &str,
+    source: &str,
+    m: &Manifest,
+    store: Option<&str>,
+    purpose: &str,
+) -> Result<(), WalError> {
+    app.audit
+        .append(NewEntry {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: Target {
+                source: Some(source.to_string()),
+                snapshot: Some(m.snapshot.to_string()),
+                store: store.map(str::to_string),
+                sealed_sha256: Some(m.sealed_sha256.clone()),
+                epoch: None,
+            },
+            purpose: purpose.to_string(),
+            outcome: format!("WAL file {}", m.original_name),
+            exposes: Some(format!(
+                "the changes to every patient's records in WAL file {}",
+                m.original_name
+            )),
+        })
+        .map(|_| ())
+        .map_err(|e| WalError::Audit(e.to_string()))
+}
+
+/// The plaintext of `manifest`'s object from the first store with a good copy (checked: key
+/// object authentic, sealed hash, every segment, keyed plaintext digest), with its sealed bytes
+/// and key object.
+async fn open_any(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    manifest: &Manifest,
+) -> Result<(Vec<u8>, Vec<u8>, KeyObject), WalError> {
+    let mut reasons = Vec::new();
+    for s in &app.stores {
+        match open_from(app, s, manifest).await {
+            Ok(x) => return Ok(x),
+            Err(e) => {
+                tracing::warn!(store = %s.name, source, wal = %name, error = %e, "WAL copy unusable; trying the next store");
+                reasons.push(format!("{}: {e}", s.name));
+            }
+        }
+    }
+    Err(WalError::Unreadable {
+        name: name.to_string(),
+        reasons: reasons.join("; "),
+    })
+}
+
+async fn open_from(
+    app: &Coffre,
+    s: &Store,
+    m: &Manifest,
+) -> Result<(Vec<u8>, Vec<u8>, KeyObject), String> {
+    let paths = s.object_paths(m).map_err(|e| e.to_string())?;
+    let kb = s
+        .get_small(&paths.key, crate::format::objects::MAX_SMALL_OBJECT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = KeyObject::parse(&kb)?;
+    if key.snapshot != m.snapshot || key.source != m.source {
+        return Err(format!(
+            "key object belongs to {} of `{}`",
+            key.snapshot, key.source
+        ));
+    }
+    let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(&key, m);
+    if !check.is_authentic() && !matches!(check, crate::auth::Check::Unverifiable { .. }) {
+        return Err(format!("key object and manifest: {check}"));
+    }
+    if m.sealed_size > MAX_WAL_FILE + (1 << 20) || m.size > MAX_WAL_FILE {
+        return Err(format!(
+            "manifest names {} bytes, more than a WAL file may hold",
+            m.size
+        ));
+    }
+    let sealed = s
+        .get(&paths.data)
+        .await
+        .map_err(|e| e.to_string())?
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {}: {e}", paths.data))?;
+    if sealed.len() as u64 != m.sealed_size {
+        return Err(format!(
+            "{} bytes stored, {} sealed",
+            sealed.len(),
+            m.sealed_size
+        ));
+    }
+    if hex::encode(Sha256::digest(&sealed)) != m.sealed_sha256 {
+        return Err("sealed bytes do not match the manifest's SHA-256".into());
+    }
+    let dek = crate::ops::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
+    let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
+        .map_err(|e| e.to_string())?;
+    let mut plain = Vec::with_capacity(m.size as usize);
+    let mut dec = zstd::stream::read::Decoder::new(&compressed[..]).map_err(|e| e.to_string())?;
+    std::io::copy(&mut std::io::Read::take(&mut dec, m.size + 1), &mut plain)
+        .map_err(|e| format!("decompressing: {e}"))?;
+    if plain.len() as u64 != m.size {
+        return Err(format!(
+            "{} bytes decompressed, manifest says {}",
+            plain.len(),
+            m.size
+        ));
+    }
+    let header = crate::format::seal::Header::decode(&sealed).map_err(|e| e.to_string())?;
+    let (alg, want) = m
+        .plaintext_digest()
+        .ok_or("manifest has no plaintext digest")?;
+    let mut mac =
+        crate::ops::protect::PlainMac::new(alg, &dek, &header).map_err(|e| e.to_string())?;
+    mac.update(&plain);
+    if hex::encode(mac.finalize()) != want {
+        return Err("plaintext digest does not match the manifest".into());
+    }
+    Ok((plain, sealed.to_vec(), key))
+}
+
+/// The plaintext of WAL file `name` of `source` (PostgreSQL's `restore_command`), from the
+/// first store with a good copy. Logged in the access log before any key is unwrapped.
+pub async fn fetch(
+    app: &Coffre,
+    source: &str,
+    name: &str,
+    actor: &str,
+    purpose: &str,
+) -> Result<(Manifest, Vec<u8>), WalError> {
+    archiving_source(app, source)?;
+    let name = WalName::parse(name).map_err(WalError::Name)?;
+    let copies = committed_copies(app, source, &name).await;
+    let Some(manifest) = copies.iter().find_map(|(_, r)| r.as_ref().ok().cloned()) else {
+        let reasons: Vec<String> = copies
+            .iter()
+            .filter_map(|(s, r)| match r {
+                Err(e) if !e.is_not_found() => Some(format!("{}: {e}", s.name)),
+                _ => None,
+            })
+            .collect();
+        return Err(if reasons.is_empty() {
+            WalError::NotArchived(name.to_string())
+        } else {
+            WalError::Unreadable {
+                name: name.to_string(),
+                reasons: reasons.join("; "),
+            }
+        });
+    };
+    log_access(app, actor, "wal-fetch", source, &manifest, None, purpose)?;
+    let (plain, _, _) = open_any(app, source, &name, &manifest).await?;
+    Ok((manifest, plain))
+}
+
+/// Write `bytes` to `dest` through a temporary name in its folder, fsynced, then renamed.
+pub fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), WalError> {
+    let werr = |source| WalError::Write {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file}.coffre-partial"));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! WAL archiving through the real binary (issue 14, first part): `coffre wal-push` seals a WAL
+//! file into every store under `wal/<source>/<timeline>/<name>/`, a re-push of the same bytes
+//! succeeds and of other bytes is refused, `coffre wal-fetch` restores it from any store that
+//! has a good copy, and every fetch is in the access log.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::common::coffre::CoffreEnv;
+
+const SEG: &str = "00000001000000000000000A";
+
+fn local_stores(root: &Path) -> String {
+    let d = root.display();
+    format!(
+        r#"
+[[store]]
+name = "a"
+kind = "local"
+site = "a"
+jurisdiction = "CA-QC"
+path = "{d}/stores/a"
+
+[[store]]
+name = "b"
+kind = "local"
+site = "b"
+jurisdiction = "CA-QC"
+path = "{d}/stores/b"
+"#
+    )
+}
+
+/// Two local stores, source `emr` archiving WAL.
+fn wal_env() -> CoffreEnv {
+    let env = CoffreEnv::new("");
+    let text = env.config_text(&env.state).replace(
+        "[[key-provider]]",
+        "[source.pitr]\nwindow = \"7d\"\n\n[[key-provider]]",
+    );
+    env.write_config(&format!("{text}{}", local_stores(env.dir.path())));
+    env
+}
+
+/// A WAL-like file: a canary in the middle of pseudo-random bytes (16 MiB, as PostgreSQL's).
+fn wal_file(dir: &Path, name: &str, seed: u64) -> (PathBuf, Vec<u8>) {
+    let mut v = Vec::with_capacity(16 << 20);
+    let mut x = seed | 1;
+    while v.len() < 16 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Compressible, like WAL: runs of zeros between records.
+        v.extend_from_slice(&x.to_le_bytes());
+        v.extend_from_slice(&[0u8; 24]);
+    }
+    v.truncate(16 << 20);
+    v[1000..1000 + CANARY.len()].copy_from_slice(CANARY.as_bytes());
+    let p = dir.join(name);
+    fs::write(&p, &v).unwrap();
+    (p, v)
+}
+
+const CANARY: &str = "CANARY-PATIENT-Tremblay-RAMQ-TREM12345678";
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_pushed_wal_file_is_sealed_in_every_store_and_fetched_back_byte_for_byte() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let (seg, bytes) = wal_file(&pgwal, SEG, 7);
+    let r = env.run(&[
+        "wal-push",
+        "--source",
+        "emr",
+        seg.to_str().unwrap(),
+        "--json",
+    ]);
+    r.expect_ok();
+    let j = r.json();
+    assert_eq!(j["name"], SEG);
+    assert_eq!(j["already"], false);
+    assert_eq!(j["stores"].as_array().map(|a| a.len()), Some(2), "{r}");
+    let object = j["object"].as_str().unwrap().to_string();
+    for store in ["a", "b"] {
+        let dir = env
+            .dir
+            .path()
+            .join(format!("stores/{store}/coffre/wal/emr/00000001/{SEG}"));
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("{object}.data"),
+                format!("{object}.key.json"),
+                "manifest.json".to_string()
+            ]
+        );
+    }
+    // Nothing of the WAL's content in any store: not the canary, not the plaintext.
+    for f in files_under(&env.dir.path().join("stores")) {
+        let b = fs::read(&f).unwrap();
+        assert!(
+            !b.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+            "canary in {}",
+            f.display()
+        );
+    }
+    let out = env.out.join(SEG);
+    let r = env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()]);
+    r.expect_ok();
+    assert!(fs::read(&out).unwrap() == bytes, "fetched bytes differ");
+    let log = fs::read_to_string(env.state.join("audit/access.log")).unwrap();
+    let fetches: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"wal-fetch\""))
+        .collect();
+    assert_eq!(fetches.len(), 1, "{log}");
+    assert!(fetches[0].contains(&object) && fetches[0].contains("point-in-time recovery"));
+    assert!(!log.contains(CANARY));
+}
+
+#[test]
+fn a_re_push_with_the_same_bytes_succeeds_and_with_other_bytes_is_refused() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let (seg, _) = wal_file(&pgwal, SEG, 7);
+    let first = env.run(&[
+        "wal-push",
+        "--source",
+        "emr",
+        seg.to_str().unwrap(),
+        "--json",
+    ]);
+    first.expect_ok();
+    let again = env.run(&[
+        "wal-push",
+        "--source",
+        "emr",
+        seg.to_str().unwrap(),
+        "--json",
+    ]);
+    again.expect_ok();
+    assert_eq!(again.json()["already"], true);
+    assert_eq!(again.json()["object"], first.json()["object"]);
+    // Same name, other bytes: refused, and the archived copy is untouched.
+    let (seg2, _) = wal_file(&env.out, SEG, 99);
+    let r = env.run(&["wal-push", "--source", "emr", seg2.to_str().unwrap()]);
+    r.expect_failure();
+    assert!(r.error_text().contains("DIFFERENT bytes"), "{r}");
+    let out = env.dir.path().join("fetched");
+    env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()])
+        .expect_ok();
+    assert!(fs::read(&out).unwrap() == fs::read(&seg).unwrap());
+}
+
+#[test]
+fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_corrupt_store() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let (seg, bytes) = wal_file(&pgwal, SEG, 3);
+    env.run(&["wal-push", "--source", "emr", seg.to_str().unwrap()])
+        .expect_ok();
+    let wal_a = env.dir.path().join("stores/a/coffre/wal");
+    let wal_b = env.dir.path().join("stores/b/coffre/wal");
+    // Store a loses its copy: a fetch reads b's.
+    fs::remove_dir_all(&wal_a).unwrap();
+    let out = env.out.join("one");
+    env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()])
+        .expect_ok();
+    assert!(fs::read(&out).unwrap() == bytes);
+    // PostgreSQL pushing it again (a retry) puts the same sealed object back into a.
+    env.run(&["wal-push", "--source", "emr", seg.to_str().unwrap()])
+        .expect_ok();
+    let a_files = files_under(&wal_a);
+    assert_eq!(a_files.len(), 3, "{a_files:?}");
+    // Store b's sealed bytes corrupted: detected, and a serves the fetch.
+    let data = files_under(&wal_b)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "data"))
+        .unwrap();
+    let mut d = fs::read(&data).unwrap();
+    let mid = d.len() / 2;
+    d[mid] ^= 0x40;
+    fs::write(&data, &d).unwrap();
+    let out2 = env.out.join("two");
+    let r = env.run(&["wal-fetch", "--source", "emr", SEG, out2.to_str().unwrap()]);
+    r.expect_ok();
+    assert!(fs::read(&out2).unwrap() == bytes);
+    // Both copies gone bad: a clear error, and nothing written at the destination.
+    let a_data = files_under(&wal_a)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "data"))
+        .unwrap();
+    fs::write(&a_data, b"truncated").unwrap();
+    let out3 = env.out.join("three");
+    let r = env.run(&["wal-fetch", "--source", "emr", SEG, out3.to_str().unwrap()]);
+    r.expect_failure();
+    assert!(
+        r.error_text().contains("could not be read from any store"),
+        "{r}"
+    );
+    assert!(!out3.exists());
+}
+
+#[test]
+fn wal_fetch_of_a_name_never_archived_exits_1_and_bad_names_and_sources_are_refused() {
+    let env = wal_env();
+    let out = env.out.join("x");
+    let r = env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("is not archived in any store"), "{r}");
+    let r = env.run(&[
+        "wal-fetch",
+        "--source",
+        "emr",
+        "../../etc/passwd",
+        out.to_str().unwrap(),
+    ]);
+    r.expect_failure();
+    assert!(
+        r.error_text().contains("not a PostgreSQL WAL file name"),
+        "{r}"
+    );
+    let bad = env.dir.path().join("notwal.txt");
+    fs::write(&bad, b"x").unwrap();
+    let r = env.run(&["wal-push", "--source", "emr", bad.to_str().unwrap()]);
+    r.expect_failure();
+    assert!(
+        r.error_text().contains("not a PostgreSQL WAL file name"),
+        "{r}"
+    );
+    // A source without [source.pitr] does not archive WAL, and says how to turn it on.
+    let plain = CoffreEnv::new("");
+    plain.write_config(&format!(
+        "{}{}",
+        plain.config_text(&plain.state),
+        local_stores(plain.dir.path())
+    ));
+    let seg = plain.dir.path().join(SEG);
+    fs::write(&seg, b"wal").unwrap();
+    let r = plain.run(&["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+    r.expect_failure();
+    assert!(r.error_text().contains("[source.pitr]"), "{r}");
+}
