@@ -25,19 +25,7 @@ name = "emr"
 path = "{d}/in"
 [source.retention]
 keep-within = "2d"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
+{stores}[[key-provider]]
 name = "hsm"
 kind = "pkcs11"
 module = "{module}"
@@ -47,6 +35,7 @@ pin-file = "{pin}"
         module = hsm.module_path().display(),
         label = hsm.label(),
         pin = hsm.pin_file().display(),
+        stores = common::coffre::local_stores(dir, &[("a", "a"), ("b", "b")]),
     );
     Config::from_toml(&text, Path::new("t.toml")).unwrap()
 }

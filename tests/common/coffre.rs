@@ -63,6 +63,41 @@ access-key-env = "{AZ_KEY_ENV}"
     )
 }
 
+/// `[[store]]` table of a local store named `name` in `site` (jurisdiction CA-QC) at `path`.
+pub fn local_store(name: &str, site: &str, path: &Path) -> String {
+    format!(
+        r#"[[store]]
+name = "{name}"
+kind = "local"
+site = "{site}"
+jurisdiction = "CA-QC"
+path = "{path}"
+"#,
+        path = path.display(),
+    )
+}
+
+/// [`local_store`] tables for `(name, site)` pairs, each at `root/stores/<site>`.
+pub fn local_stores(root: &Path, stores: &[(&str, &str)]) -> String {
+    stores
+        .iter()
+        .map(|(name, site)| local_store(name, site, &root.join("stores").join(site)))
+        .collect()
+}
+
+/// `[[key-provider]]` table of the file provider `local`: key at `master_key`, created if missing.
+pub fn file_key_provider(master_key: &Path) -> String {
+    format!(
+        r#"[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "{key}"
+create-master-key = true
+"#,
+        key = master_key.display(),
+    )
+}
+
 /// What one coffre invocation did.
 pub struct Run {
     pub args: Vec<String>,
@@ -199,15 +234,10 @@ backoff = "100ms"
 name = "emr"
 path = "{incoming}"
 
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{key}"
-create-master-key = true
-{stores}"#,
+{provider}{stores}"#,
             state = state.display(),
             incoming = self.incoming.display(),
-            key = self.master_key.display(),
+            provider = file_key_provider(&self.master_key),
             stores = self.stores,
         )
     }

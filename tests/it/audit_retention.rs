@@ -3,6 +3,8 @@
 //! verifiable; once a sealed segment's epoch has ended its key is destroyed, every copy is
 //! deleted and a destruction record written; bytes someone kept no longer open.
 
+use crate::common::coffre::{file_key_provider, local_stores};
+
 use std::path::Path;
 
 use coffre::{Coffre, Config};
@@ -20,24 +22,9 @@ retention = "30d"
 [[source]]
 name = "emr"
 path = "{d}/in"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#
+{stores}{provider}"#,
+        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
+        provider = file_key_provider(&dir.join("keys/master.key")),
     );
     Config::from_toml(&text, Path::new("t.toml")).unwrap()
 }

@@ -1,6 +1,7 @@
 //! A snapshot that changes or vanishes while it is being read is reported, never protected as if
 //! whole: no manifest in any store, nothing in the catalog.
 
+use crate::common::coffre::{file_key_provider, local_stores};
 use crate::matrix;
 
 use std::path::Path;
@@ -19,24 +20,9 @@ zstd-threads = 1
 [[source]]
 name = "emr"
 path = "{d}/in"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#
+{stores}{provider}"#,
+            stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
+            provider = file_key_provider(&dir.join("keys/master.key")),
         ),
         Path::new("t.toml"),
     )

@@ -1,6 +1,8 @@
 //! The access log, end to end: real accesses through the binary, `coffre audit verify` on the
 //! real log, then on each kind of tampering, locally and in a store's sealed copy.
 
+use crate::common::coffre::{file_key_provider, local_stores};
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -28,24 +30,9 @@ impl Env {
 [[source]]
 name = "emr"
 path = "{d}/in"
-[[store]]
-name = "site-a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "site-b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#
+{stores}{provider}"#,
+                stores = local_stores(dir.path(), &[("site-a", "a"), ("site-b", "b")]),
+                provider = file_key_provider(&dir.path().join("keys/master.key")),
             ),
         )
         .unwrap();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::coffre::{file_key_provider, local_stores};
 use common::{free_port, S3Server, CANARY_INSURANCE, CANARY_LAST_NAME};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -60,19 +61,10 @@ complete = "rename"
 name = "base"
 path = "{d}/base"
 complete = "marker"
-[[store]]
-name = "site-a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#,
-            port = self.port
+{stores}{provider}"#,
+            port = self.port,
+            stores = local_stores(self.dir.path(), &[("site-a", "a")]),
+            provider = file_key_provider(&self.p("keys/master.key")),
         );
         match s3 {
             Some(s) => text.push_str(&format!(
@@ -89,9 +81,7 @@ secret-access-key-env = "T_SK"
                 s.bucket(),
                 s.endpoint()
             )),
-            None => text.push_str(&format!(
-                "[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"b\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/b\"\n"
-            )),
+            None => text.push_str(&local_stores(self.dir.path(), &[("site-b", "b")])),
         }
         text.push_str(extra);
         let path = self.p("coffre.toml");
@@ -681,7 +671,8 @@ fn env_snapshots_with_config(env: &Env) -> Vec<serde_json::Value> {
         std::fs::write(
             &good,
             format!(
-                "state-dir = \"{d}/state\"\n[[store]]\nname = \"site-a\"\nkind = \"local\"\nsite = \"a\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/a\"\n[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"b\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/b\"\n[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\n"
+                "state-dir = \"{d}/state\"\n{stores}[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\n",
+                stores = local_stores(env.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
             ),
         )
         .unwrap();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::coffre::{file_key_provider, local_store};
 use common::{free_port, Postgres, S3Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -61,13 +62,7 @@ every = "1h"
 verify-command = "{script} {{file}} {{port}} {counts}"
 scratch-dir = "{d}/scratch"
 timeout = "5m"
-[[store]]
-name = "site-a"
-kind = "local"
-site = "mtl"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
+{store_a}[[store]]
 name = "s3-qc"
 kind = "s3"
 site = "qc"
@@ -76,17 +71,14 @@ bucket = "{bucket}"
 endpoint = "{endpoint}"
 access-key-id-env = "T_AK"
 secret-access-key-env = "T_SK"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#,
+{provider}"#,
             port = self.port,
             script = script.display(),
             counts = counts.display(),
             bucket = s3.bucket(),
             endpoint = s3.endpoint(),
+            store_a = local_store("site-a", "mtl", &self.dir.join("stores/a")),
+            provider = file_key_provider(&self.dir.join("keys/master.key")),
         );
         let p = self.dir.join(format!("{state}.toml"));
         std::fs::write(&p, text).unwrap();

@@ -9,6 +9,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::coffre::local_stores;
 use common::SoftHsm;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -53,19 +54,7 @@ backoff = "50ms"
 name = "emr"
 path = "{d}/incoming"
 complete = "rename"
-[[store]]
-name = "site-a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "site-b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
+{stores}[[key-provider]]
 name = "hsm"
 kind = "pkcs11"
 module = "{module}"
@@ -74,6 +63,7 @@ pin-file = "{pin}"
 "#,
             module = module.display(),
             pin = pin_file.display(),
+            stores = local_stores(self.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
         );
         let path = self.p(name);
         std::fs::write(&path, text).unwrap();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::coffre::{file_key_provider, local_stores};
 use common::{free_port, http_get_text, promtool, Prometheus};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -229,25 +230,10 @@ path = "{d}/incoming"
 complete = "rename"
 [source.drill]
 every = "1h"
-[[store]]
-name = "site-a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "site-b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#,
-        d = d.display()
+{stores}{provider}"#,
+        d = d.display(),
+        stores = local_stores(d, &[("site-a", "a"), ("site-b", "b")]),
+        provider = file_key_provider(&d.join("keys/master.key")),
     );
     std::fs::write(d.join("coffre.toml"), config).unwrap();
 

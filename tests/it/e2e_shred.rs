@@ -2,6 +2,8 @@
 //! of one snapshot, holds, and the retained-bytes test (someone kept every byte ever written to
 //! the stores). The PKCS#11 version of the retained-bytes test is in e2e_pkcs11.rs.
 
+use crate::common::coffre::{file_key_provider, local_stores};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,24 +39,9 @@ impl Env {
 name = "emr"
 path = "{d}/in"
 {source}
-[[store]]
-name = "site-a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "site-b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#
+{stores}{provider}"#,
+            stores = local_stores(self.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
+            provider = file_key_provider(&self.p("keys/master.key")),
         );
         let p = self.p(name);
         std::fs::write(&p, text).unwrap();

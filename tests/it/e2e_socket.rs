@@ -3,6 +3,8 @@
 //! run in the daemon's process. Real Unix users (an operator and an outsider) are created by the
 //! test; it needs root (tests/run runs as root on CI).
 
+use crate::common::coffre::{file_key_provider, local_stores};
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -125,25 +127,10 @@ operators-group = "{group}"
 name = "emr"
 path = "{dd}/in"
 complete = "marker"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{dd}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{dd}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{dd}/keys/master.key"
-create-master-key = true
-"#,
-                group = users.group
+{stores}{provider}"#,
+                group = users.group,
+                stores = local_stores(&d, &[("a", "a"), ("b", "b")]),
+                provider = file_key_provider(&d.join("keys/master.key")),
             ),
         )
         .unwrap();

@@ -13,7 +13,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::coffre::{
-    azure_store, contains, emr_sql, files_under, names_in, s3_store, CoffreEnv, S3_SK_ENV,
+    azure_store, contains, emr_sql, file_key_provider, files_under, names_in, s3_store, CoffreEnv,
+    S3_SK_ENV,
 };
 use common::{Azurite, S3Server, CANARY_INSURANCE, CANARY_LAST_NAME};
 use serde_json::Value;
@@ -984,12 +985,7 @@ fn check_config_names_the_bad_key() {
 [[source]]
 name = "emr"
 path = "{d}/in"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/master.key"
-create-master-key = true
-[[store]]
+{provider}[[store]]
 name = "s3-mtl"
 kind = "s3"
 site = "mtl"
@@ -1005,7 +1001,8 @@ account = "devstoreaccount1"
 container = "coffre-test"
 endpoint = "http://127.0.0.1:10/devstoreaccount1"
 access-key-env = "AZ_KEY"
-"#
+"#,
+        provider = file_key_provider(&dir.path().join("master.key")),
     );
     let config = dir.path().join("coffre.toml");
     // check-config checks this host too: the source folder must exist.

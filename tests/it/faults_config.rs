@@ -1,5 +1,6 @@
 //! Fault matrix row 11: bad configurations are refused with the key path and what to do.
 
+use crate::common::coffre::local_store;
 use crate::matrix;
 
 use std::os::unix::fs::PermissionsExt;
@@ -12,13 +13,7 @@ fn base(d: &Path) -> String {
 [[source]]
 name = "emr"
 path = "{dd}/in"
-[[store]]
-name = "a"
-kind = "local"
-site = "mtl"
-jurisdiction = "CA-QC"
-path = "{dd}/stores/a"
-[[store]]
+{store_a}[[store]]
 name = "b"
 kind = "s3"
 site = "qc"
@@ -29,7 +24,8 @@ endpoint = "https://s3.qc.example"
 name = "local"
 kind = "file"
 master-key = "{dd}/keys/master.key"
-"#
+"#,
+        store_a = local_store("a", "mtl", &d.join("stores/a")),
     )
 }
 

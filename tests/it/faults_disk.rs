@@ -2,6 +2,7 @@
 //! log, the state folder. Each gives a clear error, and nothing is lost or left half-written.
 //! Needs root (mount); tests/run runs as root on CI.
 
+use crate::common::coffre::{file_key_provider, local_stores};
 use crate::matrix;
 
 use std::path::{Path, PathBuf};
@@ -57,25 +58,10 @@ fn write_config(dir: &Path, state: &Path, audit: Option<&Path>) -> PathBuf {
 {audit}[[source]]
 name = "emr"
 path = "{d}/in"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#,
-            state = state.display()
+{stores}{provider}"#,
+            state = state.display(),
+            stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
+            provider = file_key_provider(&dir.join("keys/master.key")),
         ),
     )
     .unwrap();

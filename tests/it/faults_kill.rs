@@ -5,6 +5,7 @@
 //!
 //! COFFRE_FAULT_SEED=N reproduces a run; COFFRE_KILL_RUNS sets how many kills (default 20).
 
+use crate::common::coffre::{file_key_provider, local_stores};
 use crate::matrix;
 
 use std::path::{Path, PathBuf};
@@ -46,24 +47,9 @@ part-size = "5MiB"
 name = "emr"
 path = "{dd}/in"
 complete = "rename"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{dd}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{dd}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{dd}/keys/master.key"
-create-master-key = true
-"#
+{stores}{provider}"#,
+            stores = local_stores(d, &[("a", "a"), ("b", "b")]),
+            provider = file_key_provider(&d.join("keys/master.key")),
         ),
     )
     .unwrap();

@@ -5,6 +5,7 @@
 
 use crate::matrix;
 
+use crate::common::coffre::{file_key_provider, local_stores};
 use crate::faulty;
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use faulty::{Faults, FaultyStore};
 
 fn config(dir: &Path) -> Config {
     let d = dir.display();
-    let mut text = format!(
+    let text = format!(
         r#"state-dir = "{d}/state"
 [pipeline]
 segment-size = "64KiB"
@@ -28,16 +29,10 @@ stall-timeout = "1s"
 [[source]]
 name = "emr"
 path = "{d}/in"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#
+{provider}{stores}"#,
+        provider = file_key_provider(&dir.join("keys/master.key")),
+        stores = local_stores(dir, &[("a", "a"), ("b", "b"), ("c", "c")]),
     );
-    for s in ["a", "b", "c"] {
-        text.push_str(&format!("[[store]]\nname = \"{s}\"\nkind = \"local\"\nsite = \"{s}\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/{s}\"\n"));
-    }
     Config::from_toml(&text, Path::new("t.toml")).unwrap()
 }
 

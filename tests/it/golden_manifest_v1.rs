@@ -14,7 +14,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::coffre::{files_under, CoffreEnv};
+use common::coffre::{files_under, local_stores, CoffreEnv};
 use serde_json::Value;
 
 const FILE_SNAPSHOT: &str = "01M8H5V3Y1YRSR2W01A435NNVE";
@@ -47,15 +47,13 @@ fn new_host() -> CoffreEnv {
     let env = CoffreEnv::new("");
     let stores = env.dir.path().join("stores");
     copy_tree(&fixture().join("stores"), &stores);
-    let text = env.config_text(&env.state).replace(
-        "create-master-key = true",
-        "create-master-key = false",
-    ) + &format!(
-        "\n[[store]]\nname = \"site-a\"\nkind = \"local\"\nsite = \"site-a\"\njurisdiction = \"CA-QC\"\npath = \"{a}\"\n\
-         \n[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"site-b\"\njurisdiction = \"CA-QC\"\npath = \"{b}\"\n",
-        a = stores.join("site-a").display(),
-        b = stores.join("site-b").display(),
-    );
+    let text = env
+        .config_text(&env.state)
+        .replace("create-master-key = true", "create-master-key = false")
+        + &local_stores(
+            env.dir.path(),
+            &[("site-a", "site-a"), ("site-b", "site-b")],
+        );
     env.write_config(&text);
     fs::create_dir_all(env.master_key.parent().unwrap()).unwrap();
     fs::copy(fixture().join("master.key"), &env.master_key).unwrap();

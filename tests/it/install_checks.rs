@@ -10,28 +10,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::coffre::CoffreEnv;
+use common::coffre::{local_stores, CoffreEnv};
 
 /// Two local stores under the environment's folder.
 fn stores(d: &Path) -> String {
-    let d = d.display();
-    format!(
-        r#"
-[[store]]
-name = "site-a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-
-[[store]]
-name = "site-b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-"#
-    )
+    local_stores(d, &[("site-a", "a"), ("site-b", "b")])
 }
 
 fn local_env() -> CoffreEnv {
@@ -423,11 +406,11 @@ fn empty_outputs_say_so_and_snapshots_show_their_state() {
     );
 
     // A third store configured after the backups: both snapshots lack a copy there.
-    let d = env.dir.path().display().to_string();
     env.write_config(&format!(
-        "{}{}\n[[store]]\nname = \"site-c\"\nkind = \"local\"\nsite = \"c\"\njurisdiction = \"CA-QC\"\npath = \"{d}/stores/c\"\n",
+        "{}{}{}",
         env.config_text(&env.state),
-        stores(env.dir.path())
+        stores(env.dir.path()),
+        local_stores(env.dir.path(), &[("site-c", "c")])
     ));
     let r = env.run(&["snapshots"]);
     r.expect_ok();

@@ -11,17 +11,16 @@ use std::path::PathBuf;
 use coffre::keys::file::FileProvider;
 use coffre::keys::KeyProvider;
 use coffre::{Coffre, Config};
-use common::coffre::{emr_sql, CoffreEnv};
+use common::coffre::{emr_sql, local_store, CoffreEnv};
 
 fn env_with_two_local_stores() -> CoffreEnv {
     let env = CoffreEnv::new("");
     let stores = env.dir.path().join("stores");
     let text = format!(
-        "{}\n[[store]]\nname = \"site-a\"\nkind = \"local\"\nsite = \"site-a\"\njurisdiction = \"CA-QC\"\npath = \"{a}\"\n\
-         \n[[store]]\nname = \"site-b\"\nkind = \"local\"\nsite = \"site-b\"\njurisdiction = \"CA-QC\"\npath = \"{b}\"\n",
+        "{}{}{}",
         env.config_text(&env.state),
-        a = stores.join("a").display(),
-        b = stores.join("b").display(),
+        local_store("site-a", "site-a", &stores.join("a")),
+        local_store("site-b", "site-b", &stores.join("b")),
     );
     env.write_config(&text);
     env

@@ -2,6 +2,8 @@
 //! in the stores' keyring copies), and moving every snapshot to another provider by adding its
 //! wraps (after which the first provider can leave the config).
 
+use crate::common::coffre::local_stores;
+
 use std::path::{Path, PathBuf};
 
 use coffre::keys::file::FileProvider;
@@ -31,19 +33,8 @@ fn config(dir: &Path, state: &str, providers: &str) -> Config {
 [[source]]
 name = "emr"
 path = "{d}/in"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-{providers}"#
+{stores}{providers}"#,
+        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
     );
     Config::from_toml(&text, Path::new("t.toml")).unwrap()
 }

@@ -2,6 +2,7 @@
 //! newest snapshot of a source survives by re-wrap, and a clock that jumps far ahead stops
 //! shredding.
 
+use crate::common::coffre::{file_key_provider, local_stores};
 use crate::matrix;
 
 use std::path::Path;
@@ -21,24 +22,9 @@ name = "emr"
 path = "{d}/in"
 [source.retention]
 keep-within = "2d"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#
+{stores}{provider}"#,
+        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
+        provider = file_key_provider(&dir.join("keys/master.key")),
     );
     Config::from_toml(&text, Path::new("t.toml")).unwrap()
 }
@@ -310,25 +296,10 @@ name = "emr"
 path = "{d}/in"
 [source.retention]
 keep-within = "1d"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-[[key-provider]]
-name = "local"
-kind = "file"
-master-key = "{d}/keys/master.key"
-create-master-key = true
-"#,
-        d = d.display()
+{stores}{provider}"#,
+        d = d.display(),
+        stores = local_stores(d, &[("a", "a"), ("b", "b")]),
+        provider = file_key_provider(&d.join("keys/master.key")),
     );
     std::fs::write(d.join("coffre.toml"), text).unwrap();
     let mut ids = Vec::new();
