@@ -6,28 +6,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::common::coffre::CoffreEnv;
+use crate::common::coffre::{self as coffre_env, CoffreEnv};
 
 const SEG: &str = "00000001000000000000000A";
 
 fn local_stores(root: &Path) -> String {
-    let d = root.display();
     format!(
-        r#"
-[[store]]
-name = "a"
-kind = "local"
-site = "a"
-jurisdiction = "CA-QC"
-path = "{d}/stores/a"
-
-[[store]]
-name = "b"
-kind = "local"
-site = "b"
-jurisdiction = "CA-QC"
-path = "{d}/stores/b"
-"#
+        "\n{}",
+        coffre_env::local_stores(root, &[("a", "a"), ("b", "b")])
     )
 }
 
