@@ -36,6 +36,8 @@ struct Cli {
 
 /// The commands, and `generate` for packaging, which is not one of them (it never goes
 /// through the daemon, and stays out of the manual and the completions).
+// Parsed once per run: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Top {
     #[command(flatten)]
@@ -385,6 +387,45 @@ fn keys_init_to(to: &std::path::Path) -> Result<()> {
 /// Through the daemon when one answers on its control socket; otherwise here, holding the state
 /// folder's lock. Never here beside a running daemon: its lock refuses that.
 async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
+    let code = route_code(cli, cmd).await?;
+    if code == coffre::cli::exit::OK {
+        if let Command::Restore(a) = cmd {
+            if let Some(target) = a.pitr_target()? {
+                pitr_settings(cli, a, &target)?;
+            }
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// A point-in-time restore's base backup is in place (written here, by the caller): make it
+/// start in targeted recovery, fetching WAL with this binary and the config it was given.
+fn pitr_settings(
+    cli: &Cli,
+    a: &coffre::cli::RestoreArgs,
+    target: &coffre::ops::pitr::Target,
+) -> Result<()> {
+    use coffre::ops::pitr;
+    let exe = std::env::current_exe().context("where is this coffre binary")?;
+    let config = cli.config.as_deref().map(std::path::absolute).transpose()?;
+    let socket = std::env::var_os("COFFRE_SOCKET").map(PathBuf::from);
+    let command = pitr::restore_command(&exe, config.as_deref(), socket.as_deref(), &a.source);
+    let to = std::path::absolute(&a.to)?;
+    pitr::write_recovery(&to, &pitr::settings_text(target, &command))?;
+    let say = format!(
+        "wrote recovery.signal and the recovery settings (restore_command = '{command}', target: {}) in {}: start PostgreSQL on it to replay the archived WAL; it promotes at the target",
+        target.describe(),
+        to.join("postgresql.auto.conf").display()
+    );
+    if a.json {
+        eprintln!("{say}");
+    } else {
+        println!("{say}");
+    }
+    Ok(())
+}
+
+async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
     let config = Config::load(&config_path(cli));
     let socket = std::env::var_os("COFFRE_SOCKET")
         .map(PathBuf::from)
@@ -441,7 +482,7 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
             tracing::warn!(error = %e, "access log not replicated to the stores yet");
         }
     }
-    result.map(ExitCode::from)
+    result
 }
 
 /// Connect to the socket of a daemon that is starting, for up to `limit`.
@@ -469,7 +510,7 @@ fn wait_for_socket(
 
 /// Send the command to the daemon. Paths are made absolute here; a restore's target is checked
 /// and then written here, with the caller's own rights.
-async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<ExitCode> {
+async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> {
     let mut cmd = cmd.clone();
     let mut writer = None;
     match &mut cmd {
@@ -506,7 +547,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<Exit
     .await
     .context("the control socket client stopped")?
     .map_err(anyhow::Error::msg)?;
-    Ok(ExitCode::from(code))
+    Ok(code)
 }
 
 /// The config `status` needs (the status address and token): the file as well as it can be

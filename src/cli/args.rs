@@ -186,9 +186,28 @@ pub enum HoldCommand {
 }
 
 #[derive(Args, Serialize, Deserialize, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("pitr").multiple(false)))]
 pub struct RestoreArgs {
-    /// Snapshot id, or `latest`.
-    pub snapshot: Selector,
+    /// Snapshot id, or `latest`. With a `--target-*` (point-in-time recovery) it may be left
+    /// out: the base backup is then chosen for the target.
+    #[arg(required_unless_present = "pitr")]
+    pub snapshot: Option<Selector>,
+    /// Point-in-time recovery to this moment (RFC 3339, e.g. 2026-12-06T17:30:00Z): restores
+    /// the newest base backup protected before it and writes the recovery settings.
+    #[arg(long, group = "pitr", value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Point-in-time recovery to this WAL location (e.g. 0/3000148).
+    #[arg(long, group = "pitr", value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Point-in-time recovery to the end of this transaction.
+    #[arg(long, group = "pitr", value_name = "XID")]
+    pub target_xid: Option<String>,
+    /// Point-in-time recovery to this restore point (pg_create_restore_point()).
+    #[arg(long, group = "pitr", value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Point-in-time recovery to the end of the archived WAL.
+    #[arg(long, group = "pitr")]
+    pub target_latest: bool,
     #[arg(long)]
     pub source: String,
     /// Where to write the snapshot (must not exist).
@@ -290,4 +309,19 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl RestoreArgs {
+    /// The point-in-time recovery target, if one of the `--target-*` options is given.
+    pub fn pitr_target(
+        &self,
+    ) -> Result<Option<crate::ops::pitr::Target>, crate::ops::pitr::PitrError> {
+        crate::ops::pitr::Target::from_options(
+            self.target_time.as_deref(),
+            self.target_lsn.as_deref(),
+            self.target_xid.as_deref(),
+            self.target_name.as_deref(),
+            self.target_latest,
+        )
+    }
 }

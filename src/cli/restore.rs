@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 
 use super::*;
+use crate::ops::restore::Selector;
 
 pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
@@ -13,9 +14,23 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     "--purpose must say why the data is accessed; it is recorded in the access log"
                 );
             }
+            let target = a.pitr_target()?;
+            let snapshot = match (&target, a.snapshot) {
+                (Some(t), explicit) => {
+                    let explicit = match explicit {
+                        Some(Selector::Id(id)) => Some(id),
+                        _ => None,
+                    };
+                    Selector::Id(crate::ops::pitr::choose_base(app, &a.source, t, explicit)?)
+                }
+                (None, Some(s)) => s,
+                (None, None) => bail!(
+                    "give a snapshot id or `latest`, or a --target-* option for a point-in-time recovery"
+                ),
+            };
             let req = Request {
                 source: a.source.clone(),
-                snapshot: a.snapshot,
+                snapshot,
                 to: a.to.clone(),
                 store: a.store.clone(),
                 purpose: a.purpose.clone(),
@@ -27,6 +42,17 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             let report = crate::ops::restore::restore(app, &req).await?;
             if a.json {
                 w.json(&report)?;
+            } else if let Some(t) = &target {
+                outln!(
+                    w,
+                    "restored base backup {} to {} ({} bytes, from {}, {:.1} s) for a point-in-time recovery to {}",
+                    report.snapshot,
+                    report.to.display(),
+                    report.size,
+                    report.stores_used.join(" then "),
+                    report.seconds,
+                    t.describe()
+                );
             } else {
                 outln!(
                     w,
