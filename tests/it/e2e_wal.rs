@@ -252,3 +252,74 @@ fn wal_fetch_of_a_name_never_archived_exits_1_and_bad_names_and_sources_are_refu
     r.expect_failure();
     assert!(r.error_text().contains("[source.pitr]"), "{r}");
 }
+
+#[test]
+fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_backup() {
+    let env = wal_env();
+    let base = env.dir.path().join("base-1");
+    fs::create_dir_all(base.join("global")).unwrap();
+    fs::write(base.join("PG_VERSION"), "15\n").unwrap();
+    fs::write(base.join("backup_label"), "START WAL LOCATION: 0/2000028\n").unwrap();
+    fs::write(base.join("global/pg_control"), vec![3u8; 8192]).unwrap();
+    env.backup(&base);
+    let to = env.dir.path().join("pitr");
+    let r = env.run(&[
+        "restore",
+        "--source",
+        "emr",
+        "--to",
+        to.to_str().unwrap(),
+        "--target-time",
+        "2999-01-01T00:00:00Z",
+        "--purpose",
+        "PITR test",
+    ]);
+    r.expect_ok();
+    assert!(
+        r.stdout
+            .contains("point-in-time recovery to time 2999-01-01 00:00:00.000000+00"),
+        "{}",
+        r.all()
+    );
+    assert!(to.join("recovery.signal").is_file());
+    let auto = fs::read_to_string(to.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("wal-fetch --source emr %f %p'"), "{auto}");
+    assert!(
+        auto.contains("recovery_target_time = '2999-01-01 00:00:00.000000+00'"),
+        "{auto}"
+    );
+    assert!(
+        auto.contains("recovery_target_action = 'promote'"),
+        "{auto}"
+    );
+    // A target before every base backup: a clear error, nothing written.
+    let early = env.dir.path().join("early");
+    let r = env.run(&[
+        "restore",
+        "--source",
+        "emr",
+        "--to",
+        early.to_str().unwrap(),
+        "--target-time",
+        "2001-01-01T00:00:00Z",
+        "--purpose",
+        "PITR test",
+    ]);
+    assert!(!r.ok());
+    assert!(r.error_text().contains("no base backup"), "{}", r.all());
+    assert!(!early.exists());
+    // Two targets at once are refused by the command line.
+    let r = env.run(&[
+        "restore",
+        "--source",
+        "emr",
+        "--to",
+        early.to_str().unwrap(),
+        "--target-latest",
+        "--target-xid",
+        "900",
+        "--purpose",
+        "x",
+    ]);
+    assert!(!r.ok(), "{}", r.all());
+}
