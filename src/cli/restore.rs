@@ -42,21 +42,17 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             let report = crate::ops::restore::restore(app, &req).await?;
             if a.json {
                 w.json(&report)?;
-            } else if let Some(t) = &target {
-                outln!(
-                    w,
-                    "restored base backup {} to {} ({} bytes, from {}, {:.1} s) for a point-in-time recovery to {}",
-                    report.snapshot,
-                    report.to.display(),
-                    report.size,
-                    report.stores_used.join(" then "),
-                    report.seconds,
-                    t.describe()
-                );
             } else {
+                let (what, purpose) = match &target {
+                    Some(t) => (
+                        "base backup",
+                        format!(" for a point-in-time recovery to {}", t.describe()),
+                    ),
+                    None => ("snapshot", String::new()),
+                };
                 outln!(
                     w,
-                    "restored snapshot {} to {} ({} bytes, from {}, {:.1} s)",
+                    "restored {what} {} to {} ({} bytes, from {}, {:.1} s){purpose}",
                     report.snapshot,
                     report.to.display(),
                     report.size,

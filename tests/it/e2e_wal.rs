@@ -253,6 +253,14 @@ fn wal_fetch_of_a_name_never_archived_exits_1_and_bad_names_and_sources_are_refu
     assert!(r.error_text().contains("[source.pitr]"), "{r}");
 }
 
+/// `coffre restore --source emr --to TO --purpose ... TARGET...`.
+fn pitr_restore(env: &CoffreEnv, to: &Path, target: &[&str]) -> coffre_env::Run {
+    let mut args = vec!["restore", "--source", "emr", "--to", to.to_str().unwrap()];
+    args.extend_from_slice(target);
+    args.extend(["--purpose", "PITR test"]);
+    env.run(&args)
+}
+
 #[test]
 fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_backup() {
     let env = wal_env();
@@ -263,17 +271,7 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
     fs::write(base.join("global/pg_control"), vec![3u8; 8192]).unwrap();
     env.backup(&base);
     let to = env.dir.path().join("pitr");
-    let r = env.run(&[
-        "restore",
-        "--source",
-        "emr",
-        "--to",
-        to.to_str().unwrap(),
-        "--target-time",
-        "2999-01-01T00:00:00Z",
-        "--purpose",
-        "PITR test",
-    ]);
+    let r = pitr_restore(&env, &to, &["--target-time", "2999-01-01T00:00:00Z"]);
     r.expect_ok();
     assert!(
         r.stdout
@@ -294,32 +292,11 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
     );
     // A target before every base backup: a clear error, nothing written.
     let early = env.dir.path().join("early");
-    let r = env.run(&[
-        "restore",
-        "--source",
-        "emr",
-        "--to",
-        early.to_str().unwrap(),
-        "--target-time",
-        "2001-01-01T00:00:00Z",
-        "--purpose",
-        "PITR test",
-    ]);
+    let r = pitr_restore(&env, &early, &["--target-time", "2001-01-01T00:00:00Z"]);
     assert!(!r.ok());
     assert!(r.error_text().contains("no base backup"), "{}", r.all());
     assert!(!early.exists());
     // Two targets at once are refused by the command line.
-    let r = env.run(&[
-        "restore",
-        "--source",
-        "emr",
-        "--to",
-        early.to_str().unwrap(),
-        "--target-latest",
-        "--target-xid",
-        "900",
-        "--purpose",
-        "x",
-    ]);
+    let r = pitr_restore(&env, &early, &["--target-latest", "--target-xid", "900"]);
     assert!(!r.ok(), "{}", r.all());
 }
