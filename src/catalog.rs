@@ -133,6 +133,14 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
          labels TEXT NOT NULL,
          value INTEGER NOT NULL,
          PRIMARY KEY (family, labels)
+     );
+     CREATE TABLE IF NOT EXISTS wal (
+         source TEXT NOT NULL,
+         name TEXT NOT NULL,
+         object TEXT NOT NULL,
+         created TEXT NOT NULL,
+         size INTEGER NOT NULL,
+         PRIMARY KEY (source, name)
      );";
 
 /// Columns added since the first catalogs: the last successful drill, kept apart from the last
@@ -194,6 +202,51 @@ impl Catalog {
             )
             .map_err(|e| self.db(e))?;
         Ok(())
+    }
+
+    /// Remember an archived WAL file (the stores hold the truth: this index feeds the status).
+    pub fn put_wal(&self, m: &Manifest) -> Result<(), CatalogError> {
+        let size = i64::try_from(m.size).unwrap_or(i64::MAX);
+        self.conn()
+            .execute(
+                "INSERT INTO wal (source, name, object, created, size) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source, name) DO UPDATE SET object = excluded.object,
+                   created = excluded.created, size = excluded.size",
+                params![
+                    m.source,
+                    m.original_name,
+                    m.snapshot.to_string(),
+                    m.created,
+                    size
+                ],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The WAL archive of `source` as this catalog knows it: (files, newest archiving time and
+    /// its name). Names of one timeline sort in WAL order; the newest is by archiving time.
+    pub fn wal_summary(
+        &self,
+        source: &str,
+    ) -> Result<(u64, Option<(String, String)>), CatalogError> {
+        let conn = self.conn();
+        let count: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM wal WHERE source = ?1",
+                params![source],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.db(e))?;
+        let last = conn
+            .query_row(
+                "SELECT name, created FROM wal WHERE source = ?1 ORDER BY created DESC, name DESC LIMIT 1",
+                params![source],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok((u64::try_from(count).unwrap_or(0), last))
     }
 
     /// Every counter: (family, labels, value).

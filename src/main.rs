@@ -387,6 +387,12 @@ fn keys_init_to(to: &std::path::Path) -> Result<()> {
 /// Through the daemon when one answers on its control socket; otherwise here, holding the state
 /// folder's lock. Never here beside a running daemon: its lock refuses that.
 async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
+    if let Command::Restore(a) = cmd {
+        // Before anything is restored: a replay as root could only fail at the end.
+        if a.replay && nix::unistd::geteuid().is_root() {
+            return Err(coffre::ops::pitr::PitrError::ReplayAsRoot.into());
+        }
+    }
     let code = route_code(cli, cmd).await?;
     if code == coffre::cli::exit::OK {
         if let Command::Restore(a) = cmd {
@@ -417,11 +423,29 @@ fn pitr_settings(
         target.describe(),
         to.join("postgresql.auto.conf").display()
     );
-    if a.json {
-        eprintln!("{say}");
-    } else {
-        println!("{say}");
+    let tell = |say: &str| {
+        if a.json {
+            eprintln!("{say}");
+        } else {
+            println!("{say}");
+        }
+    };
+    if !a.replay {
+        tell(&say);
+        return Ok(());
     }
+    tell(&format!(
+        "replaying the archived WAL to the target: PostgreSQL runs on {} (output in {})",
+        to.display(),
+        to.join("coffre-replay.log").display()
+    ));
+    let r = pitr::replay(&to, a.pg_bin.as_deref())?;
+    tell(&format!(
+        "replayed to {} in {:.1} s: PostgreSQL promoted at the target and was stopped; {} is a database ready to start (recovery settings left in its postgresql.auto.conf: remove them or leave them, they are read only in recovery)",
+        target.describe(),
+        r.seconds,
+        to.display()
+    ));
     Ok(())
 }
 

@@ -14,3 +14,4 @@ pub mod rotate;
 pub mod shred;
 pub mod verify;
 pub mod wal;
+pub mod wal_check;

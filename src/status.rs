@@ -169,6 +169,10 @@ pub struct Metrics {
     /// 1 once the clock guard stopped shredding (until the daemon is restarted).
     pub shred_clock_jump: Gauge,
     pub access_log_writable: Gauge,
+    pub wal_files: Family<SourceLabel, Gauge>,
+    pub wal_last_archived: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    pub wal_archive_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    pub pitr_window_start: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -200,6 +204,10 @@ impl Metrics {
             config_reload_time: Gauge::default(),
             shred_clock_jump: Gauge::default(),
             access_log_writable: Gauge::default(),
+            wal_files: Family::default(),
+            wal_last_archived: Family::default(),
+            wal_archive_age: Family::default(),
+            pitr_window_start: Family::default(),
             registry: Registry::default(),
         };
         m.build_info
@@ -211,6 +219,26 @@ impl Metrics {
         // The configuration the daemon starts with is its first successful load.
         m.config_reload_ok.set(1);
         m.config_reload_time.set(unix_now());
+        registry.register(
+            "wal_files",
+            "WAL files archived for the source (segments, history files, partial segments)",
+            m.wal_files.clone(),
+        );
+        registry.register(
+            "wal_last_archived_timestamp_seconds",
+            "Time the newest WAL file of the source was committed",
+            m.wal_last_archived.clone(),
+        );
+        registry.register(
+            "wal_archive_age_seconds",
+            "Seconds since the source's last WAL file was committed (the recovery point as it stands, while PostgreSQL writes)",
+            m.wal_archive_age.clone(),
+        );
+        registry.register(
+            "pitr_window_start_timestamp_seconds",
+            "Oldest moment a point-in-time restore of the source can reach (its oldest base backup)",
+            m.pitr_window_start.clone(),
+        );
         registry.register(
             "snapshots",
             "Snapshots handled, by source and outcome",
@@ -658,6 +686,25 @@ pub struct SourceStatus {
     /// Why the source's folder cannot be scanned (absent when it can).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder_error: Option<String>,
+    /// The WAL archive of a source with `[source.pitr]` (absent for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
+}
+
+/// A source's WAL archive as the catalog knows it: what the recovery point and the recovery
+/// window are now. Names of WAL files and times only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalStatus {
+    /// WAL files archived (segments, history files, partial segments).
+    pub files: u64,
+    pub last_archived: Option<String>,
+    pub last_archived_at: Option<String>,
+    /// Seconds since the last WAL file was archived: what a loss now would lose at most,
+    /// while PostgreSQL writes (the recovery point objective as it stands).
+    pub archive_age_seconds: Option<f64>,
+    /// The oldest moment a point-in-time restore can reach: when the oldest base backup of
+    /// the source was protected.
+    pub window_start: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -868,8 +915,10 @@ fn source_status(
             })
             .set(a);
     }
+    let wal = wal_status(app, rt, &name);
     SourceStatus {
         folder_error: lock(&rt.source_folders).get(&name).cloned(),
+        wal,
         name,
         snapshots: count,
         last_snapshot: last,
@@ -877,6 +926,51 @@ fn source_status(
         age_seconds: age,
         state,
     }
+}
+
+/// The WAL archive of a source that keeps one, and its gauges.
+fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
+    app.config.source(name)?.pitr.as_ref()?;
+    let label = SourceLabel {
+        source: name.to_string(),
+    };
+    let (files, last) = app.catalog.wal_summary(name).unwrap_or((0, None));
+    rt.metrics.wal_files.get_or_create(&label).set(files as i64);
+    let parse = |c: &str| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    };
+    let last_at = last.as_ref().map(|(_, c)| c.clone());
+    if let Some(t) = last_at.as_deref().and_then(parse) {
+        rt.metrics
+            .wal_last_archived
+            .get_or_create(&label)
+            .set(t.unix_timestamp_nanos() as f64 / 1e9);
+    }
+    let age = last_at.as_deref().and_then(age_of);
+    if let Some(a) = age {
+        rt.metrics.wal_archive_age.get_or_create(&label).set(a);
+    }
+    let window_start = app
+        .catalog
+        .list(Some(name))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.manifest.kind == crate::store::SnapshotKind::Directory)
+        .map(|e| e.manifest.created)
+        .min_by_key(|c| parse(c));
+    if let Some(t) = window_start.as_deref().and_then(parse) {
+        rt.metrics
+            .pitr_window_start
+            .get_or_create(&label)
+            .set(t.unix_timestamp_nanos() as f64 / 1e9);
+    }
+    Some(WalStatus {
+        files,
+        last_archived: last.map(|(n, _)| n),
+        last_archived_at: last_at,
+        archive_age_seconds: age,
+        window_start,
+    })
 }
 
 fn stores(app: &Coffre, rt: &Runtime) -> Vec<StoreStatus> {

@@ -208,6 +208,17 @@ pub struct RestoreArgs {
     /// Point-in-time recovery to the end of the archived WAL.
     #[arg(long, group = "pitr")]
     pub target_latest: bool,
+    /// After a point-in-time restore, run PostgreSQL on DIR (as you, who must own it; never as
+    /// root) until it has replayed to the target and promoted, then stop it and report the
+    /// replay time. Its output goes to DIR/coffre-replay.log.
+    #[arg(long, requires = "pitr")]
+    #[serde(default)]
+    pub replay: bool,
+    /// The PostgreSQL programs for --replay (default: /usr/lib/postgresql/<PG_VERSION>/bin,
+    /// else `postgres` on PATH).
+    #[arg(long, value_name = "DIR", requires = "replay")]
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
     #[arg(long)]
     pub source: String,
     /// Where to write the snapshot (must not exist).

@@ -9,9 +9,31 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     match cmd {
         Command::Verify { snapshot, json } => {
             let checks = crate::ops::verify::verify(app, *snapshot).await;
-            let bad = checks.iter().filter(|c| !c.ok()).count();
+            let mut bad = checks.iter().filter(|c| !c.ok()).count();
+            // The WAL archive of every source that keeps one: continuity per timeline.
+            let mut gaps = Vec::new();
+            if snapshot.is_none() {
+                for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+                    let (g, _) = crate::ops::wal_check::gaps(app, &s.name).await;
+                    gaps.extend(g);
+                }
+            }
+            bad += gaps.len();
             if *json {
-                w.json(&checks)?;
+                let mut all: Vec<serde_json::Value> = checks
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?;
+                for g in &gaps {
+                    let mut v = serde_json::to_value(g)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("check".into(), "wal-continuity".into());
+                        o.insert("state".into(), "gap".into());
+                        o.insert("detail".into(), g.describe().into());
+                    }
+                    all.push(v);
+                }
+                w.json(&all)?;
             } else {
                 for c in &checks {
                     outln!(
@@ -27,7 +49,20 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                             .unwrap_or_default()
                     );
                 }
-                outln!(w, "{} replica(s) checked, {} not ok", checks.len(), bad);
+                for g in &gaps {
+                    outln!(w, "{}", g.describe());
+                }
+                outln!(
+                    w,
+                    "{} replica(s) checked, {} not ok{}",
+                    checks.len(),
+                    checks.iter().filter(|c| !c.ok()).count(),
+                    if gaps.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} gap(s) in the WAL archive", gaps.len())
+                    }
+                );
             }
             if snapshot.is_some() && checks.is_empty() {
                 bail!(

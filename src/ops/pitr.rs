@@ -10,6 +10,7 @@
 //! with the snapshot id when the target is older).
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use time::format_description::well_known::Rfc3339;
@@ -36,6 +37,21 @@ pub enum PitrError {
     },
     #[error("catalog: {0}")]
     Catalog(String),
+    #[error("--replay runs PostgreSQL, which never runs as root: run the restore as the user who will own the database (e.g. `runuser -u postgres -- coffre restore … --replay`, that user in the daemon's operators group), or leave out --replay and start PostgreSQL on the folder yourself")]
+    ReplayAsRoot,
+    #[error("no PostgreSQL server program for the replay: looked for {0}; give its folder with --pg-bin (e.g. /usr/lib/postgresql/15/bin)")]
+    NoPostgres(String),
+    #[error("cannot run PostgreSQL for the replay ({what}): {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL stopped before it reached the recovery target ({status}); its last lines, from {log}:\n{tail}")]
+    ReplayFailed {
+        status: String,
+        log: String,
+        tail: String,
+    },
 }
 
 /// Where recovery stops.
@@ -304,6 +320,162 @@ pub fn write_recovery(dir: &Path, settings: &str) -> Result<(), PitrError> {
         .and_then(|f| f.sync_all())
         .map_err(err(&signal))?;
     crate::fsutil::sync_dir(dir).map_err(err(dir))
+}
+
+/// What a replay took.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// From the start of PostgreSQL to its promotion at the target.
+    pub seconds: f64,
+    pub log: std::path::PathBuf,
+}
+
+/// The `postgres` program for the data folder `dir`: in `pg_bin` when given, else Debian's
+/// `/usr/lib/postgresql/<major>/bin` for the folder's PG_VERSION, else on PATH.
+pub fn find_postgres(dir: &Path, pg_bin: Option<&Path>) -> Result<std::path::PathBuf, PitrError> {
+    let mut tried = Vec::new();
+    let mut candidates = Vec::new();
+    if let Some(b) = pg_bin {
+        candidates.push(b.join("postgres"));
+    } else {
+        if let Ok(v) = std::fs::read_to_string(dir.join("PG_VERSION")) {
+            let major = v.trim();
+            if !major.is_empty() && major.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                candidates.push(
+                    Path::new("/usr/lib/postgresql")
+                        .join(major)
+                        .join("bin/postgres"),
+                );
+            }
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|p| p.join("postgres")));
+        }
+    }
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    Err(PitrError::NoPostgres(if tried.is_empty() {
+        "nothing (no PATH)".into()
+    } else {
+        tried.join(", ")
+    }))
+}
+
+/// Run PostgreSQL on the restored base backup at `dir` (prepared by [`write_recovery`]) until it
+/// has replayed to the target and promoted, then stop it (fast shutdown), leaving a database
+/// that starts at once. The server listens on no TCP address and on a private socket folder, and
+/// archives nothing (`archive_mode = off`: a restored copy must not push WAL into the archive
+/// it came from). It runs as the caller, who must own `dir`; its output goes to
+/// `dir/coffre-replay.log`.
+pub fn replay(dir: &Path, pg_bin: Option<&Path>) -> Result<Replayed, PitrError> {
+    use std::os::unix::fs::PermissionsExt;
+    if nix::unistd::geteuid().is_root() {
+        return Err(PitrError::ReplayAsRoot);
+    }
+    let postgres = find_postgres(dir, pg_bin)?;
+    let spawn_err = |what: &str| {
+        let what = what.to_string();
+        move |source| PitrError::Spawn { what, source }
+    };
+    // PostgreSQL refuses a data folder that others can read.
+    let mode = std::fs::metadata(dir)
+        .map_err(spawn_err("the restored folder"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(spawn_err("chmod 0700 the restored folder"))?;
+    }
+    let sockets = std::env::temp_dir().join(format!(
+        "coffre-replay-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&sockets)
+        .map_err(spawn_err("a private socket folder"))?;
+    let result = replay_in(dir, &postgres, &sockets);
+    let _ = std::fs::remove_dir_all(&sockets);
+    result
+}
+
+fn replay_in(dir: &Path, postgres: &Path, sockets: &Path) -> Result<Replayed, PitrError> {
+    let spawn_err = |what: &str| {
+        let what = what.to_string();
+        move |source| PitrError::Spawn { what, source }
+    };
+    let log = dir.join("coffre-replay.log");
+    let out = std::fs::File::create(&log).map_err(spawn_err("create coffre-replay.log"))?;
+    let err = out.try_clone().map_err(spawn_err("coffre-replay.log"))?;
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(postgres)
+        .arg("-D")
+        .arg(dir)
+        .arg("-c")
+        .arg("listen_addresses=")
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", sockets.display()))
+        .args(["-c", "archive_mode=off"])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(spawn_err(&postgres.display().to_string()))?;
+    let signal = dir.join("recovery.signal");
+    loop {
+        if let Some(status) = child.try_wait().map_err(spawn_err("wait for PostgreSQL"))? {
+            return Err(PitrError::ReplayFailed {
+                status: status.to_string(),
+                log: log.display().to_string(),
+                tail: tail(&log, 15),
+            });
+        }
+        // Promoted: recovery.signal removed and the postmaster running as a primary.
+        if !signal.exists() && postmaster_status(dir).as_deref() == Some("ready") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match child.try_wait().map_err(spawn_err("wait for PostgreSQL"))? {
+            Some(status) if status.success() => break,
+            Some(status) => {
+                return Err(PitrError::ReplayFailed {
+                    status: format!("{status} while stopping after the promotion"),
+                    log: log.display().to_string(),
+                    tail: tail(&log, 15),
+                })
+            }
+            None if std::time::Instant::now() > deadline => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+                let _ = child.wait();
+                break;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    Ok(Replayed { seconds, log })
+}
+
+/// Line 8 of postmaster.pid: `starting`, `standby`, `ready` or `stopping`.
+fn postmaster_status(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    Some(text.lines().nth(7)?.trim().to_string())
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

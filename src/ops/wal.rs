@@ -130,6 +130,7 @@ pub async fn push(
         },
         e => WalError::Pipeline(e),
     })?;
+    index(app, &outcome.manifest);
     Ok(Pushed {
         name: name.to_string(),
         object: outcome.manifest.snapshot,
@@ -217,12 +218,21 @@ async fn repush(
             detail: failures.join("; "),
         });
     }
+    index(app, &manifest);
     Ok(Pushed {
         name: name.to_string(),
         object: manifest.snapshot,
         already: true,
         stores: stores.iter().map(|s| s.name.clone()).collect(),
     })
+}
+
+/// The catalog's WAL index (for the status); the stores hold the archive, so a failure here
+/// does not undo an acknowledged push.
+fn index(app: &Coffre, m: &Manifest) {
+    if let Err(e) = app.catalog.put_wal(m) {
+        tracing::warn!(error = %e, wal = %m.original_name, "cannot record the archived WAL file in the catalog");
+    }
 }
 
 /// Write the same sealed object into a store that lacks it, through the one commit protocol.

@@ -948,6 +948,12 @@ impl Postgres {
 
     /// A new, empty cluster (initdb) running on a private socket.
     pub fn start() -> Postgres {
+        Self::start_with(&[])
+    }
+
+    /// [`Postgres::start`] with extra server settings, `("archive_mode", "on")` for example
+    /// (each passed as `-c name=value`).
+    pub fn start_with(settings: &[(&str, &str)]) -> Postgres {
         let bin = Self::pg_bin_dir();
         let dir = Self::private_dir();
         let data = dir.path().join("data");
@@ -964,7 +970,7 @@ impl Postgres {
             PG_SUPERUSER,
         ]);
         run_ok(&mut initdb, "initdb");
-        Self::launch(bin, dir)
+        Self::launch(bin, dir, settings)
     }
 
     /// Start a cluster on a copy of `data_dir` (e.g. a restored pg_basebackup): PostgreSQL
@@ -980,7 +986,7 @@ impl Postgres {
         let _ = fs::remove_file(data.join("postmaster.pid"));
         Self::chown_pg(&[&data]);
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).expect("chmod data dir");
-        Self::launch(bin, dir)
+        Self::launch(bin, dir, &[])
     }
 
     fn private_dir() -> TempDir {
@@ -1021,7 +1027,7 @@ impl Postgres {
         }
     }
 
-    fn launch(bin: PathBuf, dir: TempDir) -> Postgres {
+    fn launch(bin: PathBuf, dir: TempDir, settings: &[(&str, &str)]) -> Postgres {
         let data = dir.path().join("data");
         let sock = dir.path().join("s");
         fs::create_dir_all(&sock).expect("create socket dir");
@@ -1054,6 +1060,9 @@ impl Postgres {
                 "-c",
                 "logging_collector=off",
             ]);
+        for (k, v) in settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
         let mut proc = Proc::spawn("postgres", cmd, &log);
         let isready = bin.join("pg_isready");
         let r = proc.wait_ready("accepting connections", || {

@@ -300,3 +300,49 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
     let r = pitr_restore(&env, &early, &["--target-latest", "--target-xid", "900"]);
     assert!(!r.ok(), "{}", r.all());
 }
+
+#[test]
+fn verify_reports_a_gap_in_the_wal_archive_with_the_moments_it_cuts_out() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let (r, _) = env.verify(None);
+    r.expect_ok();
+    for (i, n) in [1u64, 2, 5].iter().enumerate() {
+        let (p, _) = wal_file(
+            &pgwal,
+            &format!("0000000100000000000000{n:02X}"),
+            11 + i as u64,
+        );
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+    }
+    let (r, checks) = env.verify(None);
+    assert_eq!(r.code, Some(1), "a gap fails verify\n{r}");
+    let gaps: Vec<_> = checks
+        .iter()
+        .filter(|c| c["check"] == "wal-continuity")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{r}");
+    let g = gaps[0];
+    assert_eq!(g["timeline"], "00000001");
+    assert_eq!(g["first_missing"], "000000010000000000000003");
+    assert_eq!(g["last_missing"], "000000010000000000000004");
+    assert_eq!(g["missing"], 2);
+    assert_eq!(g["before"], "000000010000000000000002");
+    assert_eq!(g["after"], "000000010000000000000005");
+    assert!(g["before_archived"].is_string() && g["after_archived"].is_string());
+    let text = env.run(&["verify"]);
+    assert!(
+        text.stdout
+            .contains("2 segment(s) missing, 000000010000000000000003 to 000000010000000000000004"),
+        "{text}"
+    );
+    // Filled: no gap.
+    for n in [3u64, 4] {
+        let (p, _) = wal_file(&pgwal, &format!("0000000100000000000000{n:02X}"), 20 + n);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+    }
+    env.verify(None).0.expect_ok();
+}

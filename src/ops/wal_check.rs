@@ -1,0 +1,216 @@
+//! WAL continuity (`coffre verify`): per source and timeline, the archived segments must follow
+//! one another from the first to the last. A missing segment stops every replay that needs to
+//! cross it, so a gap is reported with the moments it cuts out of the recovery window: from the
+//! archiving of the segment before it to the archiving of the segment after it.
+//!
+//! The archive is what the stores hold: the union over every reachable store of the
+//! `wal/<source>/<timeline>/<name>/manifest.json` objects (manifest last, so a name with a
+//! manifest is committed there).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::app::Coffre;
+use crate::format::wal::{WalFileKind, WalName};
+use crate::store::Manifest;
+
+/// PostgreSQL's default `--wal-segsize`, used when no segment's size says otherwise.
+const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+
+/// One run of missing segments on a timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalGap {
+    pub source: String,
+    /// 8 hex digits.
+    pub timeline: String,
+    /// First and last missing segment names.
+    pub first_missing: String,
+    pub last_missing: String,
+    pub missing: u64,
+    /// The last archived segment before the gap, and when it was archived.
+    pub before: String,
+    pub before_archived: Option<String>,
+    /// The first archived segment after it, and when it was archived.
+    pub after: String,
+    pub after_archived: Option<String>,
+}
+
+impl WalGap {
+    /// One line for `coffre verify`.
+    pub fn describe(&self) -> String {
+        let when = |t: &Option<String>| t.clone().unwrap_or_else(|| "an unknown time".into());
+        format!(
+            "WAL gap on source `{}` timeline {}: {} segment(s) missing, {} to {}: no replay crosses it, so from a base backup older than the gap no moment after {} (archived {}) can be reached until {} (archived {}) and a newer base backup; take a base backup now if this is the newest part of the archive",
+            self.source,
+            self.timeline,
+            self.missing,
+            self.first_missing,
+            self.last_missing,
+            self.before,
+            when(&self.before_archived),
+            self.after,
+            when(&self.after_archived),
+        )
+    }
+}
+
+/// What one source's archive holds: per timeline, the segments' positions and names.
+#[derive(Debug, Default)]
+pub struct Archive {
+    pub timelines: BTreeMap<u32, BTreeMap<u64, String>>,
+    /// Stores that could not be listed (their segments are not counted).
+    pub unreachable: Vec<String>,
+}
+
+/// Segments per log file for a segment size (PostgreSQL: 0x100000000 / segment size).
+fn segments_per_log(segment_size: u64) -> u64 {
+    if segment_size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&segment_size) {
+        0x1_0000_0000 / segment_size
+    } else {
+        0x1_0000_0000 / DEFAULT_SEGMENT_SIZE
+    }
+}
+
+/// The runs of missing positions between the first and the last segment of one timeline, as
+/// (last present before, first missing, last missing, first present after, count). Positions
+/// are `log << 32 | seg`; a log file holds `per_log` segments.
+pub fn find_gaps(positions: &BTreeSet<u64>, per_log: u64) -> Vec<(u64, u64, u64, u64, u64)> {
+    let linear = |p: u64| (p >> 32) * per_log + (p & 0xFFFF_FFFF);
+    let position = |l: u64| ((l / per_log) << 32) | (l % per_log);
+    let mut out = Vec::new();
+    let mut prev: Option<u64> = None;
+    for &p in positions {
+        if let Some(q) = prev {
+            let (lq, lp) = (linear(q), linear(p));
+            if lp > lq + 1 {
+                out.push((q, position(lq + 1), position(lp - 1), p, lp - lq - 1));
+            }
+        }
+        prev = Some(p);
+    }
+    out
+}
+
+fn segment_name(timeline: u32, position: u64) -> String {
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        position >> 32,
+        position & 0xFFFF_FFFF
+    )
+}
+
+/// The committed WAL segments of `source`, over every reachable store.
+pub async fn archive(app: &Coffre, source: &str) -> Archive {
+    let mut a = Archive::default();
+    for s in &app.stores {
+        let prefix = s.wal_prefix(source);
+        let list = match s.list(&prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(store = %s.name, error = %e, "cannot list the WAL archive");
+                a.unreachable.push(s.name.clone());
+                continue;
+            }
+        };
+        for meta in list {
+            let parts: Vec<&str> = meta.location.as_ref().rsplit('/').take(3).collect();
+            // [manifest.json, <name>, <timeline>]
+            if parts.len() != 3 || parts[0] != "manifest.json" {
+                continue;
+            }
+            let Ok(name) = WalName::parse(parts[1]) else {
+                continue;
+            };
+            if name.kind() != WalFileKind::Segment || name.timeline_hex() != parts[2] {
+                continue;
+            }
+            a.timelines
+                .entry(name.timeline())
+                .or_default()
+                .insert(name.position(), name.as_str().to_string());
+        }
+    }
+    a
+}
+
+/// A segment's manifest from the first store that has it.
+async fn manifest_of(app: &Coffre, source: &str, name: &str) -> Option<Manifest> {
+    let name = WalName::parse(name).ok()?;
+    for s in &app.stores {
+        let path = s.wal_dir(source, &name).join("manifest.json");
+        if let Ok(bytes) = s
+            .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+            .await
+        {
+            if let Ok(m) = Manifest::parse(&bytes) {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+/// Every gap in the WAL archive of `source`, per timeline.
+pub async fn gaps(app: &Coffre, source: &str) -> (Vec<WalGap>, Archive) {
+    let a = archive(app, source).await;
+    let mut out = Vec::new();
+    for (&tl, segs) in &a.timelines {
+        let Some(first) = segs.values().next() else {
+            continue;
+        };
+        let size = manifest_of(app, source, first)
+            .await
+            .map(|m| m.size)
+            .unwrap_or(DEFAULT_SEGMENT_SIZE);
+        let positions: BTreeSet<u64> = segs.keys().copied().collect();
+        for (before, first, last, after, missing) in find_gaps(&positions, segments_per_log(size)) {
+            let before = segment_name(tl, before);
+            let after = segment_name(tl, after);
+            let before_archived = manifest_of(app, source, &before).await.map(|m| m.created);
+            let after_archived = manifest_of(app, source, &after).await.map(|m| m.created);
+            out.push(WalGap {
+                source: source.to_string(),
+                timeline: format!("{tl:08X}"),
+                first_missing: segment_name(tl, first),
+                last_missing: segment_name(tl, last),
+                missing,
+                before,
+                before_archived,
+                after,
+                after_archived,
+            });
+        }
+    }
+    (out, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_found_across_log_files_and_a_contiguous_archive_has_none() {
+        let per_log = segments_per_log(16 << 20);
+        assert_eq!(per_log, 256);
+        let pos = |log: u64, seg: u64| (log << 32) | seg;
+        let contiguous: BTreeSet<u64> = [pos(0, 0xFE), pos(0, 0xFF), pos(1, 0), pos(1, 1)]
+            .into_iter()
+            .collect();
+        assert!(find_gaps(&contiguous, per_log).is_empty());
+        let holed: BTreeSet<u64> = [pos(0, 1), pos(0, 2), pos(0, 0xFF), pos(1, 2), pos(1, 3)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            find_gaps(&holed, per_log),
+            vec![
+                (pos(0, 2), pos(0, 3), pos(0, 0xFE), pos(0, 0xFF), 0xFC),
+                (pos(0, 0xFF), pos(1, 0), pos(1, 1), pos(1, 2), 2),
+            ]
+        );
+        assert_eq!(segment_name(1, pos(0, 0xA)), "00000001000000000000000A");
+        // 1 GiB segments: 4 per log file.
+        assert_eq!(segments_per_log(1 << 30), 4);
+        assert_eq!(segments_per_log(12345), 256);
+    }
+}

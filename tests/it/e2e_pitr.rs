@@ -1,0 +1,380 @@
+//! Point-in-time recovery against a real PostgreSQL 15 (issue 14): the primary archives its WAL
+//! with `archive_command = 'coffre wal-push …'` through the running daemon, a base backup lands
+//! in the watched folder and is protected by the daemon, writes go on with known times, and
+//! `coffre restore --target-time` / `--target-latest` bring the database back: to a moment
+//! between two writes (the first present, the second absent) and to the end of the archive
+//! (both present). The restored server fetches its WAL with `coffre wal-fetch` as user
+//! `postgres`, through the daemon's socket. No canary byte reaches a store or the daemon's log.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::coffre::{contains, file_key_provider, files_under, local_stores};
+use crate::common::servers::Postgres;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffre");
+const CANARY: &str = "CANARY-PITR-Gagnon-RAMQ-GAGN87654321";
+
+/// A coffre daemon as root on a temp folder with two local stores, source `emr` watching `in/`
+/// (`complete = "marker"`: a pg_basebackup is complete once its `backup_manifest` is there) and
+/// archiving WAL; operators are the group `postgres`, so PostgreSQL's archive and restore
+/// commands reach it through the socket.
+struct Host {
+    _tmp: tempfile::TempDir,
+    d: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    daemon: Child,
+}
+
+impl Host {
+    fn start() -> Host {
+        let tmp = tempfile::Builder::new()
+            .prefix("coffre-pitr-")
+            .tempdir()
+            .unwrap();
+        let d = tmp.path().to_path_buf();
+        // User postgres must reach the socket in d/run.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(d.join("in")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = d.join("coffre.toml");
+        let dd = d.display();
+        std::fs::write(
+            &config,
+            format!(
+                r#"state-dir = "{dd}/state"
+[status]
+listen = "127.0.0.1:{port}"
+[audit]
+operators-group = "postgres"
+[[source]]
+name = "emr"
+path = "{dd}/in"
+complete = "marker"
+[source.pitr]
+window = "7d"
+{stores}{provider}"#,
+                stores = local_stores(&d, &[("a", "a"), ("b", "b")]),
+                provider = file_key_provider(&d.join("keys/master.key")),
+            ),
+        )
+        .unwrap();
+        let log = d.join("daemon.log");
+        let daemon = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", "text", "daemon"])
+            .env("RUNTIME_DIRECTORY", d.join("run"))
+            .env("COFFRE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = d.join("run/coffre.sock");
+        let t = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "control socket never appeared:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Host {
+            _tmp: tmp,
+            d,
+            config,
+            socket,
+            log,
+            daemon,
+        }
+    }
+
+    /// The archive command PostgreSQL runs (as user postgres), through the daemon's socket.
+    fn archive_command(&self) -> String {
+        format!(
+            "COFFRE_SOCKET={} {BIN} wal-push --source emr %p",
+            self.socket.display()
+        )
+    }
+
+    /// coffre as root with the daemon's config (the daemon answers through its socket).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until a snapshot of the source is in both stores; returns its id.
+    fn wait_protected(&self) -> String {
+        let t = Instant::now();
+        loop {
+            let (ok, out, err) = self.run(&["snapshots", "--json"]);
+            assert!(ok, "{err}");
+            let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+            if let Some(s) = list
+                .iter()
+                .find(|s| s["stores"].as_array().is_some_and(|a| a.len() == 2))
+            {
+                return s["id"].as_str().unwrap().to_string();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the base backup was not protected in 60 s: {out}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `coffre restore --source emr --to TO TARGET…` through the socket, as root.
+    fn pitr_restore(&self, to: &Path, target: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(["restore", "--source", "emr", "--to"])
+            .arg(to)
+            .args(target)
+            .args(["--purpose", "PITR e2e test"])
+            .env("COFFRE_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "restore {target:?} failed: {text}");
+        text
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        if std::thread::panicking() {
+            eprintln!("--- daemon log:\n{}", self.log_text());
+        }
+    }
+}
+
+/// Wait (up to 120 s) until `pg` has archived `walfile` or a later one.
+fn wait_archived(pg: &Postgres, walfile: &str) {
+    let t = Instant::now();
+    loop {
+        let last = pg.psql(
+            "postgres",
+            "SELECT coalesce(last_archived_wal, '') || '|' || failed_count FROM pg_stat_archiver",
+        );
+        let (last, _failed) = last.trim().split_once('|').unwrap_or(("", ""));
+        // WAL file names of one timeline sort in LSN order.
+        if last.len() == 24 && last >= walfile {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "PostgreSQL did not archive {walfile} in 120 s (pg_stat_archiver: {last}); its log:\n{}",
+            std::fs::read_to_string(pg.log_path()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Start PostgreSQL on a restored base backup and wait until recovery has ended (promoted).
+fn replay(dir: &Path) -> Postgres {
+    let pg = Postgres::start_from(dir);
+    let t = Instant::now();
+    while pg.psql("postgres", "SELECT pg_is_in_recovery()").trim() != "f" {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "recovery did not end in 120 s; PostgreSQL's log:\n{}",
+            std::fs::read_to_string(pg.log_path()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pg
+}
+
+fn notes(pg: &Postgres) -> Vec<String> {
+    pg.psql("emr", "SELECT note FROM notes ORDER BY id")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_and_to_the_end() {
+    let host = Host::start();
+    let primary = Postgres::start_with(&[
+        ("archive_mode", "on"),
+        ("archive_command", &host.archive_command()),
+    ]);
+    primary.create_db("emr");
+    primary.psql(
+        "emr",
+        "CREATE TABLE notes (id serial PRIMARY KEY, note text NOT NULL); \
+         CREATE TABLE patients (id serial PRIMARY KEY, name text NOT NULL)",
+    );
+    primary.psql(
+        "emr",
+        &format!("INSERT INTO patients (name) VALUES ('{CANARY}')"),
+    );
+    // The base backup lands in the watched folder; the daemon protects it once its
+    // backup_manifest is there.
+    let base = host.d.join("in/base-1");
+    let out = primary
+        .client("pg_basebackup")
+        .arg("-D")
+        .arg(&base)
+        .args(["-Fp", "-X", "stream", "-c", "fast"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    host.wait_protected();
+
+    primary.psql("emr", "INSERT INTO notes (note) VALUES ('first')");
+    std::thread::sleep(Duration::from_millis(1200));
+    let target = primary
+        .psql(
+            "postgres",
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1200));
+    primary.psql("emr", "INSERT INTO notes (note) VALUES ('second')");
+    let last = primary
+        .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+        .trim()
+        .to_string();
+    wait_archived(&primary, &last);
+
+    // To the moment between the two writes.
+    let to = host.d.join("pitr-time");
+    let said = host.pitr_restore(&to, &["--target-time", &target]);
+    assert!(said.contains("point-in-time recovery"), "{said}");
+    let pg = replay(&to);
+    assert_eq!(notes(&pg), ["first"], "restored to {target}");
+    assert_eq!(
+        pg.psql("emr", "SELECT count(*) FROM patients").trim(),
+        "1",
+        "the row written before the base backup"
+    );
+    drop(pg);
+
+    // The same, replayed by coffre as user postgres (--replay): the folder it leaves is a
+    // promoted database, at the target.
+    let owned = host.d.join("pg");
+    std::fs::create_dir_all(&owned).unwrap();
+    let st = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&owned)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let to = owned.join("replayed");
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--", "env"])
+        .arg(format!("COFFRE_SOCKET={}", host.socket.display()))
+        .arg(BIN)
+        .args(["restore", "--source", "emr", "--to"])
+        .arg(&to)
+        .args([
+            "--target-time",
+            &target,
+            "--replay",
+            "--purpose",
+            "PITR e2e replay",
+        ])
+        .current_dir(&owned)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "restore --replay: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("replayed to time"), "{said}");
+    assert!(!to.join("recovery.signal").exists(), "not promoted");
+    let pg = Postgres::start_from(&to);
+    assert_eq!(
+        pg.psql("postgres", "SELECT pg_is_in_recovery()").trim(),
+        "f"
+    );
+    assert_eq!(notes(&pg), ["first"], "replayed to {target}");
+    drop(pg);
+    // As root, --replay is refused before anything is restored.
+    let refused = host.d.join("as-root");
+    let out = Command::new(BIN)
+        .args(["restore", "--source", "emr", "--to"])
+        .arg(&refused)
+        .args([
+            "--target-latest",
+            "--replay",
+            "--purpose",
+            "PITR e2e replay",
+        ])
+        .env("COFFRE_SOCKET", &host.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never runs as root"), "{err}");
+    assert!(!refused.exists());
+
+    // To the end of the archive.
+    let to = host.d.join("pitr-latest");
+    host.pitr_restore(&to, &["--target-latest"]);
+    let pg = replay(&to);
+    assert_eq!(notes(&pg), ["first", "second"]);
+    drop(pg);
+
+    // Every segment PostgreSQL fetched is in the access log, under the restore's purpose or
+    // the fetch's own.
+    let (ok, out, err) = host.run(&["audit", "show", "--json", "--action", "wal-fetch"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wal-fetch"), "no wal-fetch in the access log");
+
+    // Nothing readable in the stores or the daemon's log.
+    for f in files_under(&host.d.join("stores")) {
+        let b = std::fs::read(&f).unwrap();
+        assert!(
+            !contains(&b, CANARY.as_bytes()),
+            "canary in {}",
+            f.display()
+        );
+    }
+    assert!(
+        !host.log_text().contains(CANARY),
+        "canary in the daemon log"
+    );
+}
