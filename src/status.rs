@@ -173,6 +173,7 @@ pub struct Metrics {
     pub wal_last_archived: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub wal_archive_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub pitr_window_start: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    pub pitr_window: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -208,6 +209,7 @@ impl Metrics {
             wal_last_archived: Family::default(),
             wal_archive_age: Family::default(),
             pitr_window_start: Family::default(),
+            pitr_window: Family::default(),
             registry: Registry::default(),
         };
         m.build_info
@@ -238,6 +240,11 @@ impl Metrics {
             "pitr_window_start_timestamp_seconds",
             "Oldest moment a point-in-time restore of the source can reach (its oldest base backup)",
             m.pitr_window_start.clone(),
+        );
+        registry.register(
+            "pitr_window_seconds",
+            "Configured recovery window of the source (source.pitr.window)",
+            m.pitr_window.clone(),
         );
         registry.register(
             "snapshots",
@@ -930,10 +937,14 @@ fn source_status(
 
 /// The WAL archive of a source that keeps one, and its gauges.
 fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
-    app.config.source(name)?.pitr.as_ref()?;
+    let pitr = app.config.source(name)?.pitr.as_ref()?;
     let label = SourceLabel {
         source: name.to_string(),
     };
+    rt.metrics
+        .pitr_window
+        .get_or_create(&label)
+        .set(pitr.window.as_secs_f64());
     let (files, last) = app.catalog.wal_summary(name).unwrap_or((0, None));
     rt.metrics.wal_files.get_or_create(&label).set(files as i64);
     let parse = |c: &str| {

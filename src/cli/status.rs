@@ -65,6 +65,18 @@ fn print(w: &Out, doc: &StatusDoc) {
         if let Some(e) = &s.folder_error {
             outln!(w, "       folder cannot be scanned: {e}");
         }
+        if let Some(wal) = &s.wal {
+            outln!(
+                w,
+                "       WAL archive: {} file(s), last {} ({} ago); recoverable from {} to the last archived WAL",
+                wal.files,
+                wal.last_archived.as_deref().unwrap_or("-"),
+                wal.archive_age_seconds
+                    .map(|a| format!("{a:.0} s"))
+                    .unwrap_or_else(|| "-".into()),
+                wal.window_start.as_deref().unwrap_or("(no base backup yet)")
+            );
+        }
     }
     for s in &doc.stores {
         outln!(

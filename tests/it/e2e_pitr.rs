@@ -27,6 +27,7 @@ struct Host {
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    port: u16,
     daemon: Child,
 }
 
@@ -95,6 +96,7 @@ window = "7d"
             config,
             socket,
             log,
+            port,
             daemon,
         }
     }
@@ -121,6 +123,17 @@ window = "7d"
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// GET a path of the status endpoint.
+    fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        buf
     }
 
     fn log_text(&self) -> String {
@@ -274,6 +287,36 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
         .trim()
         .to_string();
     wait_archived(&primary, &last);
+
+    // The status knows the archive: files, the newest, the window's start; no personal data.
+    let (ok, out, err) = host.run(&["status", "--json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let wal = &status["sources"][0]["wal"];
+    assert!(wal["files"].as_u64().unwrap_or(0) >= 2, "{wal}");
+    assert!(
+        wal["last_archived"]
+            .as_str()
+            .is_some_and(|n| n >= last.as_str()),
+        "{wal} (last switched: {last})"
+    );
+    assert!(wal["window_start"].is_string(), "{wal}");
+    assert!(
+        wal["archive_age_seconds"]
+            .as_f64()
+            .is_some_and(|a| a < 600.0),
+        "{wal}"
+    );
+    let metrics = host.http_get("/metrics");
+    for m in [
+        "coffre_wal_last_archived_timestamp_seconds{source=\"emr\"}",
+        "coffre_wal_archive_age_seconds{source=\"emr\"}",
+        "coffre_pitr_window_start_timestamp_seconds{source=\"emr\"}",
+        "coffre_pitr_window_seconds{source=\"emr\"} 604800",
+    ] {
+        assert!(metrics.contains(m), "{m} not in /metrics:\n{metrics}");
+    }
+    assert!(!metrics.contains(CANARY) && !out.contains(CANARY));
 
     // To the moment between the two writes.
     let to = host.d.join("pitr-time");
