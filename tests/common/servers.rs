@@ -976,6 +976,11 @@ impl Postgres {
     /// Start a cluster on a copy of `data_dir` (e.g. a restored pg_basebackup): PostgreSQL
     /// replays the WAL shipped with the backup, then accepts connections.
     pub fn start_from(data_dir: &Path) -> Postgres {
+        Self::start_from_with(data_dir, &[])
+    }
+
+    /// [`Postgres::start_from`] with extra server settings (`-c name=value`).
+    pub fn start_from_with(data_dir: &Path, settings: &[(&str, &str)]) -> Postgres {
         let bin = Self::pg_bin_dir();
         let dir = Self::private_dir();
         let data = dir.path().join("data");
@@ -986,7 +991,7 @@ impl Postgres {
         let _ = fs::remove_file(data.join("postmaster.pid"));
         Self::chown_pg(&[&data]);
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).expect("chmod data dir");
-        Self::launch(bin, dir, &[])
+        Self::launch(bin, dir, settings)
     }
 
     fn private_dir() -> TempDir {

@@ -217,7 +217,11 @@ fn wait_archived(pg: &Postgres, walfile: &str) {
 
 /// Start PostgreSQL on a restored base backup and wait until recovery has ended (promoted).
 fn replay(dir: &Path) -> Postgres {
-    let pg = Postgres::start_from(dir);
+    replay_with(dir, &[])
+}
+
+fn replay_with(dir: &Path, settings: &[(&str, &str)]) -> Postgres {
+    let pg = Postgres::start_from_with(dir, settings);
     let t = Instant::now();
     while pg.psql("postgres", "SELECT pg_is_in_recovery()").trim() != "f" {
         assert!(
@@ -318,18 +322,10 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     }
     assert!(!metrics.contains(CANARY) && !out.contains(CANARY));
 
-    // To the moment between the two writes.
-    let to = host.d.join("pitr-time");
-    let said = host.pitr_restore(&to, &["--target-time", &target]);
+    // To the moment between the two writes (started later, as the new primary).
+    let at_target = host.d.join("pitr-time");
+    let said = host.pitr_restore(&at_target, &["--target-time", &target]);
     assert!(said.contains("point-in-time recovery"), "{said}");
-    let pg = replay(&to);
-    assert_eq!(notes(&pg), ["first"], "restored to {target}");
-    assert_eq!(
-        pg.psql("emr", "SELECT count(*) FROM patients").trim(),
-        "1",
-        "the row written before the base backup"
-    );
-    drop(pg);
 
     // The same, replayed by coffre as user postgres (--replay): the folder it leaves is a
     // promoted database, at the target.
@@ -400,6 +396,48 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     let pg = replay(&to);
     assert_eq!(notes(&pg), ["first", "second"]);
     drop(pg);
+
+    // The copy restored to the target becomes the primary: it promotes onto timeline 2,
+    // archives its history file and its new WAL into the same source, and a restore to the
+    // latest follows the new timeline (first and third, not second).
+    let primary_wal = primary.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    drop(primary);
+    let archive = host.archive_command();
+    let pg = replay_with(
+        &at_target,
+        &[("archive_mode", "on"), ("archive_command", &archive)],
+    );
+    assert_eq!(notes(&pg), ["first"], "restored to {target}");
+    assert_eq!(
+        pg.psql("emr", "SELECT count(*) FROM patients").trim(),
+        "1",
+        "the row written before the base backup"
+    );
+    let timeline = pg.psql(
+        "postgres",
+        "SELECT timeline_id FROM pg_control_checkpoint()",
+    );
+    assert_eq!(timeline.trim(), "2", "promoted onto a new timeline");
+    pg.psql("emr", "INSERT INTO notes (note) VALUES ('third')");
+    let last2 = pg
+        .psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+        .trim()
+        .to_string();
+    assert!(last2.starts_with("00000002"), "{last2}");
+    wait_archived(&pg, &last2);
+    drop(pg);
+    let to = host.d.join("pitr-timeline-2");
+    host.pitr_restore(&to, &["--target-latest"]);
+    let pg = replay(&to);
+    assert_eq!(notes(&pg), ["first", "third"], "the latest timeline");
+    drop(pg);
+    for f in ["00000002.history", last2.as_str()] {
+        let dir = host.d.join(format!("stores/a/coffre/wal/emr/00000002/{f}"));
+        assert!(dir.join("manifest.json").is_file(), "{f} not archived");
+    }
+    // Both timelines continuous: verify finds no gap.
+    let (ok, out, err) = host.run(&["verify"]);
+    assert!(ok, "verify: {out}{err} (old primary was at {primary_wal})");
 
     // Every segment PostgreSQL fetched is in the access log, under the restore's purpose or
     // the fetch's own.
