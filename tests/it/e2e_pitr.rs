@@ -80,28 +80,8 @@ window = "7d"
         )
         .unwrap();
         let log = d.join("daemon.log");
-        let daemon = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .args(["--log-format", "text", "daemon"])
-            .envs(envs.iter().copied())
-            .env("RUNTIME_DIRECTORY", d.join("run"))
-            .env("COFFRE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
         let socket = d.join("run/coffre.sock");
-        let t = Instant::now();
-        while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "control socket never appeared:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let daemon = spawn_daemon(&config, &d, &log, envs);
         Host {
             _tmp: tmp,
             d,
@@ -194,6 +174,40 @@ window = "7d"
         assert!(out.status.success(), "restore {target:?} failed: {text}");
         text
     }
+}
+
+/// Start the daemon (its log appended to `log`) and wait for its control socket.
+fn spawn_daemon(config: &Path, d: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+    let socket = d.join("run/coffre.sock");
+    // A daemon killed with -9 leaves its socket file behind.
+    let _ = std::fs::remove_file(&socket);
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["--log-format", "text", "daemon"])
+        .envs(envs.iter().copied())
+        .env("RUNTIME_DIRECTORY", d.join("run"))
+        .env("COFFRE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !socket.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "control socket never appeared:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon
 }
 
 impl Drop for Host {
@@ -563,6 +577,110 @@ fn with_a_store_down_postgresql_keeps_the_wal_and_retries_until_both_sites_have_
         assert!(
             std::fs::read(&fetched).unwrap() == original,
             "fetched bytes differ"
+        );
+    }
+}
+
+/// A WAL-sized file of bytes zstd cannot shrink (so sealing and uploading take a while), with
+/// the canary inside.
+fn incompressible(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut x = seed | 1;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v[4096..4096 + CANARY.len()].copy_from_slice(CANARY.as_bytes());
+    std::fs::write(path, &v).unwrap();
+    v
+}
+
+#[test]
+fn a_push_cut_by_kill_9_of_the_daemon_is_not_acknowledged_and_the_retry_archives_it() {
+    let mut host = Host::start();
+    let pg_wal = host.d.join("pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    // 32 MiB: a WAL segment of `initdb --wal-segsize=32`.
+    let name = "000000010000000000000001";
+    let seg = pg_wal.join(name);
+    let bytes = incompressible(&seg, 32 << 20, 42);
+    let push = || {
+        Command::new(BIN)
+            .args(["wal-push", "--source", "emr"])
+            .arg(&seg)
+            .env("COFFRE_SOCKET", &host.socket)
+            .env("COFFRE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let client = push();
+    // Kill the daemon once the push is under way (its data object is being written).
+    let t = Instant::now();
+    let data_seen = || {
+        crate::common::coffre::files_under(&host.d.join("stores"))
+            .iter()
+            .any(|f| f.to_string_lossy().contains(name))
+    };
+    while !data_seen() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = host.daemon.kill();
+    let _ = host.daemon.wait();
+    let out = client.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let committed_everywhere = ["a", "b"].iter().all(|s| {
+        host.d
+            .join(format!(
+                "stores/{s}/coffre/wal/emr/00000001/{name}/manifest.json"
+            ))
+            .is_file()
+    });
+    if out.status.success() {
+        // The push won the race: it may say so only once both sites had committed it.
+        assert!(
+            committed_everywhere,
+            "acknowledged without both sites: {said}"
+        );
+    } else {
+        assert!(!said.is_empty(), "a failed push says why");
+    }
+    // The daemon restarts; PostgreSQL's retry archives the segment and it comes back whole.
+    host.daemon = spawn_daemon(&host.config, &host.d, &host.log, &[]);
+    let retry = push().wait_with_output().unwrap();
+    assert!(
+        retry.status.success(),
+        "retry after the restart: {}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let fetched = host.d.join("fetched");
+    let (ok, _, err) = host.run(&[
+        "wal-fetch",
+        "--source",
+        "emr",
+        name,
+        fetched.to_str().unwrap(),
+        "--purpose",
+        "check the segment archived after the crash",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        std::fs::read(&fetched).unwrap() == bytes,
+        "fetched bytes differ"
+    );
+    let (ok, out, err) = host.run(&["verify"]);
+    assert!(ok, "verify after the crash: {out}{err}");
+    for f in crate::common::coffre::files_under(&host.d.join("stores")) {
+        let b = std::fs::read(&f).unwrap();
+        assert!(
+            !contains(&b, CANARY.as_bytes()),
+            "canary in {}",
+            f.display()
         );
     }
 }
