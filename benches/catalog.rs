@@ -50,6 +50,7 @@ async fn main() {
             cipher: "aes-256-gcm".into(),
             compression: "zstd".into(),
             segment_log2: 20,
+            pg_wal_start: None,
         };
         app.catalog().put_manifest(&m).expect("put");
         let epoch = EpochId::for_day((created + time::Duration::days(30)).date());

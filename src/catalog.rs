@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::ids::SnapshotId;
+use crate::ids::{EpochId, SnapshotId};
 use crate::store::{KeyObject, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,16 @@ pub struct SourceSummary {
     pub last_committed_stores: Vec<String>,
 }
 
+/// One archived WAL file in the catalog's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRow {
+    pub source: String,
+    pub name: String,
+    pub object: SnapshotId,
+    pub created: String,
+    pub epoch: EpochId,
+}
+
 pub struct Catalog {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -140,6 +150,7 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
          object TEXT NOT NULL,
          created TEXT NOT NULL,
          size INTEGER NOT NULL,
+         epoch TEXT NOT NULL,
          PRIMARY KEY (source, name)
      );";
 
@@ -204,21 +215,82 @@ impl Catalog {
         Ok(())
     }
 
-    /// Remember an archived WAL file (the stores hold the truth: this index feeds the status).
-    pub fn put_wal(&self, m: &Manifest) -> Result<(), CatalogError> {
+    /// Remember an archived WAL file and the epoch its key is wrapped under (the stores hold
+    /// the archive: this index feeds the status and retention).
+    pub fn put_wal(&self, m: &Manifest, epoch: &EpochId) -> Result<(), CatalogError> {
         let size = i64::try_from(m.size).unwrap_or(i64::MAX);
         self.conn()
             .execute(
-                "INSERT INTO wal (source, name, object, created, size) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO wal (source, name, object, created, size, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(source, name) DO UPDATE SET object = excluded.object,
-                   created = excluded.created, size = excluded.size",
+                   created = excluded.created, size = excluded.size, epoch = excluded.epoch",
                 params![
                     m.source,
                     m.original_name,
                     m.snapshot.to_string(),
                     m.created,
-                    size
+                    size,
+                    epoch.as_str()
                 ],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Every archived WAL file of `source` the catalog knows, in name order.
+    pub fn list_wal(&self, source: &str) -> Result<Vec<WalRow>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT name, object, created, epoch FROM wal WHERE source = ?1 ORDER BY name")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map(params![source], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, object, created, epoch)| {
+                Some(WalRow {
+                    source: source.to_string(),
+                    name,
+                    object: object.parse().ok()?,
+                    created,
+                    epoch: EpochId::try_from(epoch).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// A WAL file's key moved to another epoch.
+    pub fn set_wal_epoch(
+        &self,
+        source: &str,
+        name: &str,
+        epoch: &EpochId,
+    ) -> Result<(), CatalogError> {
+        self.conn()
+            .execute(
+                "UPDATE wal SET epoch = ?3 WHERE source = ?1 AND name = ?2",
+                params![source, name, epoch.as_str()],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// A WAL file shredded.
+    pub fn remove_wal(&self, source: &str, name: &str) -> Result<(), CatalogError> {
+        self.conn()
+            .execute(
+                "DELETE FROM wal WHERE source = ?1 AND name = ?2",
+                params![source, name],
             )
             .map_err(|e| self.db(e))?;
         Ok(())

@@ -15,3 +15,4 @@ pub mod shred;
 pub mod verify;
 pub mod wal;
 pub mod wal_check;
+pub mod wal_retention;

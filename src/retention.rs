@@ -26,6 +26,9 @@ pub struct Item {
     pub created: OffsetDateTime,
     pub epoch: EpochId,
     pub hold: Option<String>,
+    /// Kept past its plan for this reason while it holds (the base backup that starts a
+    /// point-in-time recovery window).
+    pub keep: Option<String>,
 }
 
 fn start_of_day(t: OffsetDateTime) -> OffsetDateTime {
@@ -316,6 +319,8 @@ pub fn plan(
         if let Some(h) = &it.hold {
             ep.keep
                 .push(keep(format!("legal hold: {h}"), hold_epoch(&it.id)));
+        } else if let Some(why) = &it.keep {
+            ep.keep.push(keep(why.clone(), EpochId::for_day(tomorrow)));
         } else if rank == 0 {
             ep.keep.push(keep(
                 "newest snapshot of its source".into(),
@@ -411,6 +416,7 @@ mod tests {
             created,
             epoch: EpochId::for_day(epoch_day),
             hold: hold.map(str::to_string),
+            keep: None,
         }
     }
 

@@ -433,6 +433,16 @@ impl Store {
     /// Rewrite a key object: conditional update where the store supports it.
     pub(crate) async fn put_key_object(&self, k: &KeyObject) -> Result<(), StoreError> {
         let path = self.key_path(&k.source, &k.snapshot);
+        self.put_key_object_at(&path, k).await
+    }
+
+    /// Rewrite a key object at `path` (a WAL file's key object lives in its WAL folder).
+    pub(crate) async fn put_key_object_at(
+        &self,
+        path: &ObjPath,
+        k: &KeyObject,
+    ) -> Result<(), StoreError> {
+        let path = path.clone();
         let body = k.to_json();
         let mode = match self.head(&path).await {
             Ok(meta) => PutMode::Update(UpdateVersion {

@@ -62,6 +62,12 @@ pub struct Manifest {
     pub cipher: String,
     pub compression: String,
     pub segment_log2: u8,
+    /// A PostgreSQL base backup (a `directory` snapshot with a `backup_label`): the WAL file
+    /// its backup starts at, the oldest one a point-in-time recovery from it needs (a WAL file
+    /// name, never data). Retention keeps the WAL from there while this backup starts the
+    /// recovery window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_wal_start: Option<String>,
 }
 
 impl Manifest {
@@ -227,6 +233,7 @@ pub(crate) fn sample_manifest(id: SnapshotId) -> Manifest {
         cipher: "aes-256-gcm".into(),
         compression: "zstd".into(),
         segment_log2: 20,
+        pg_wal_start: None,
     }
 }
 

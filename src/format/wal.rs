@@ -97,6 +97,17 @@ impl WalName {
     }
 }
 
+/// The WAL file a PostgreSQL `backup_label` starts at: the name in
+/// `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)`, checked.
+pub fn backup_label_start(label: &str) -> Option<String> {
+    let line = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION:"))?;
+    let name = line.split_once("(file ")?.1.split_once(')')?.0.trim();
+    let w = WalName::parse(name).ok()?;
+    (w.kind() == WalFileKind::Segment).then(|| name.to_string())
+}
+
 impl fmt::Display for WalName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
@@ -106,6 +117,20 @@ impl fmt::Display for WalName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_label_names_its_start_segment() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\n";
+        assert_eq!(
+            backup_label_start(label).as_deref(),
+            Some("000000010000000000000002")
+        );
+        assert_eq!(
+            backup_label_start("START WAL LOCATION: 0/2 (file ../../x)\n"),
+            None
+        );
+        assert_eq!(backup_label_start("nothing here"), None);
+    }
 
     #[test]
     fn the_four_kinds_of_wal_file_are_recognised() {

@@ -584,7 +584,13 @@ pub(crate) async fn protect_as(
     let produced = seal_and_fan_out(app, &source.name, path, kind, dek, id, fan).await;
     let uploaded = collect_uploads(app, uploads).await;
     let produced = produced?;
-    let manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
+    let mut manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
+    if kind == SnapshotKind::Directory {
+        // pg_basebackup writes the label first and never changes it.
+        manifest.pg_wal_start = std::fs::read_to_string(path.join("backup_label"))
+            .ok()
+            .and_then(|t| crate::format::wal::backup_label_start(&t));
+    }
     authenticate(app, &mut key_object, &manifest)?;
     let results = commit_everywhere(app, uploaded, &manifest, &key_object).await;
     let (committed, failed) = record(app, &manifest, &key_object, results, &what)?;
@@ -808,6 +814,7 @@ fn build_manifest(
         cipher: "aes-256-gcm".into(),
         compression: "zstd".into(),
         segment_log2: app.config.pipeline.segment_log2(),
+        pg_wal_start: None,
     }
 }
 

@@ -732,8 +732,12 @@ pub(crate) async fn keep_record(
     Ok(())
 }
 
-/// Items for planning, from the catalog's key objects and manifests.
-pub(crate) fn items(app: &Coffre) -> Result<Vec<retention::Item>, ShredError> {
+/// Items for planning at `now`, from the catalog's key objects and manifests.
+pub(crate) fn items(
+    app: &Coffre,
+    now: time::OffsetDateTime,
+) -> Result<Vec<retention::Item>, ShredError> {
+    let bases = crate::ops::wal_retention::window_bases(app, now);
     let mut out = Vec::new();
     for k in app.catalog.all_keys()? {
         let Some(e) = app.catalog.get(&k.snapshot)? else {
@@ -750,6 +754,15 @@ pub(crate) fn items(app: &Coffre) -> Result<Vec<retention::Item>, ShredError> {
             created,
             epoch: k.epoch.clone(),
             hold: k.legal_hold.clone(),
+            keep: bases
+                .get(&k.source)
+                .filter(|b| b.snapshot == k.snapshot)
+                .map(|b| {
+                    format!(
+                        "start of the point-in-time recovery window (its WAL from {})",
+                        b.wal_start
+                    )
+                }),
         });
     }
     Ok(out)
@@ -766,7 +779,7 @@ pub fn current_plan(
         .iter()
         .map(|s| (s.name.clone(), s.retention.clone()))
         .collect();
-    Ok(retention::plan(&items(app)?, &rules, now))
+    Ok(retention::plan(&items(app, now)?, &rules, now))
 }
 
 /// Carry out every due epoch at `now`: the clock guard first, then, under the retention lock,
@@ -817,9 +830,17 @@ pub async fn run_due(
         }
     };
     clear_resolved_alerts(app, &plan);
+    // The WAL archive: keys of WAL files the window still needs move first, so that no epoch
+    // destroyed below takes them along; an epoch whose move failed stays.
+    let wal = crate::ops::wal_retention::plan(app, now);
+    let (blocked, wal_errors) = crate::ops::wal_retention::move_kept(app, &wal, now, actor).await;
+    errors.extend(wal_errors);
     for ep in &plan.due {
         if !closed.iter().any(|c| c.epoch() == &ep.epoch) {
             // Became due while we waited: the next run takes it.
+            continue;
+        }
+        if blocked.contains(&ep.epoch) {
             continue;
         }
         match execute(app, ep, actor, "retention: planned expiry reached").await {
@@ -833,6 +854,10 @@ pub async fn run_due(
             }
         }
     }
+    let (wal_done, wal_errors) =
+        crate::ops::wal_retention::shred_due(app, &wal, &blocked, actor).await;
+    done.extend(wal_done);
+    errors.extend(wal_errors);
     (done, errors)
 }
 

@@ -130,7 +130,7 @@ pub async fn push(
         },
         e => WalError::Pipeline(e),
     })?;
-    index(app, &outcome.manifest);
+    index(app, &outcome.manifest, &outcome.epoch);
     Ok(Pushed {
         name: name.to_string(),
         object: outcome.manifest.snapshot,
@@ -218,7 +218,7 @@ async fn repush(
             detail: failures.join("; "),
         });
     }
-    index(app, &manifest);
+    index(app, &manifest, &key.epoch);
     Ok(Pushed {
         name: name.to_string(),
         object: manifest.snapshot,
@@ -229,8 +229,8 @@ async fn repush(
 
 /// The catalog's WAL index (for the status); the stores hold the archive, so a failure here
 /// does not undo an acknowledged push.
-fn index(app: &Coffre, m: &Manifest) {
-    if let Err(e) = app.catalog.put_wal(m) {
+fn index(app: &Coffre, m: &Manifest, epoch: &crate::ids::EpochId) {
+    if let Err(e) = app.catalog.put_wal(m, epoch) {
         tracing::warn!(error = %e, wal = %m.original_name, "cannot record the archived WAL file in the catalog");
     }
 }

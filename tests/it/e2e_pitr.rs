@@ -405,7 +405,13 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
         pg.psql("postgres", "SELECT pg_is_in_recovery()").trim(),
         "f"
     );
-    assert_eq!(notes(&pg), ["first"], "replayed to {target}");
+    assert_eq!(
+        notes(&pg),
+        ["first"],
+        "replayed to {target}; restore said: {said}\n--- coffre-replay.log:\n{}\n--- the copy's log:\n{}",
+        std::fs::read_to_string(to.join("coffre-replay.log")).unwrap_or_default(),
+        std::fs::read_to_string(pg.log_path()).unwrap_or_default()
+    );
     drop(pg);
     // As root, --replay is refused before anything is restored.
     let refused = host.d.join("as-root");

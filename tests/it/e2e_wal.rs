@@ -346,3 +346,176 @@ fn verify_reports_a_gap_in_the_wal_archive_with_the_moments_it_cuts_out() {
     }
     env.verify(None).0.expect_ok();
 }
+
+/// The real binary with its clock `offset` ahead (libfaketime, from tests/setup.sh).
+fn run_at(env: &CoffreEnv, offset: &str, args: &[&str]) -> coffre_env::Run {
+    let out = std::process::Command::new("faketime")
+        .arg("-f")
+        .arg(offset)
+        .arg(coffre_env::coffre_bin())
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("COFFRE_LOG", "warn")
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .current_dir(env.dir.path())
+        .output()
+        .expect("faketime (Debian package faketime) is installed by tests/setup.sh");
+    coffre_env::Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A pg_basebackup-like folder whose backup_label starts at `start`.
+fn base_backup(dir: &Path, start: &str) -> PathBuf {
+    fs::create_dir_all(dir.join("global")).unwrap();
+    fs::write(dir.join("PG_VERSION"), "15\n").unwrap();
+    fs::write(
+        dir.join("backup_label"),
+        format!("START WAL LOCATION: 0/2000028 (file {start})\nBACKUP METHOD: streamed\n"),
+    )
+    .unwrap();
+    fs::write(dir.join("global/pg_control"), vec![3u8; 8192]).unwrap();
+    fs::write(dir.join("backup_manifest"), "{}\n").unwrap();
+    dir.to_path_buf()
+}
+
+fn wal_dir(env: &CoffreEnv, store: &str, name: &str) -> PathBuf {
+    env.dir
+        .path()
+        .join(format!("stores/{store}/coffre/wal/emr/00000001/{name}"))
+}
+
+#[test]
+fn wal_that_leaves_the_window_is_shredded_with_its_epoch_and_what_the_window_needs_is_kept() {
+    let env = wal_env(); // window 7d
+                         // The clock moves by days between runs here.
+    let text = fs::read_to_string(&env.config).unwrap();
+    env.write_config(&format!("{text}\n[shred]\nmax-clock-jump = \"100d\"\n"));
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let names: Vec<String> = (1..=3)
+        .map(|n| format!("0000000100000000000000{n:02X}"))
+        .collect();
+    let mut bytes = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let (p, b) = wal_file(&pgwal, n, 100 + i as u64);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+        bytes.push(b);
+    }
+    // The base backup starts at segment 2: segment 1 is needed by nothing once it is due.
+    let base = env.backup(&base_backup(&env.dir.path().join("base-1"), &names[1]));
+    // Every byte of segment 1's copy, kept aside (as an attacker who copied the store would).
+    let aside: Vec<(PathBuf, Vec<u8>)> = files_under(&wal_dir(&env, "a", &names[0]))
+        .into_iter()
+        .map(|f| {
+            let b = fs::read(&f).unwrap();
+            (f, b)
+        })
+        .collect();
+    assert_eq!(aside.len(), 3);
+
+    // Not due yet at +5d: nothing happens.
+    run_at(&env, "+5d", &["retention", "run"]).expect_ok();
+    assert!(wal_dir(&env, "a", &names[0])
+        .join("manifest.json")
+        .is_file());
+
+    // +10d: the WAL's epochs (archived + 7d window + 1d) are over.
+    let r = run_at(&env, "+10d", &["retention", "run", "--json"]);
+    r.expect_ok();
+    for store in ["a", "b"] {
+        assert!(
+            files_under(&wal_dir(&env, store, &names[0])).is_empty(),
+            "segment 1 still in store {store}\n{r}"
+        );
+        for n in &names[1..] {
+            assert!(
+                wal_dir(&env, store, n).join("manifest.json").is_file(),
+                "{n} (needed by the base backup) was removed from {store}\n{r}"
+            );
+        }
+    }
+    let records = run_at(&env, "+10d", &["shred", "--records", "--json"]);
+    records.expect_ok();
+    assert!(
+        records
+            .stdout
+            .contains("the WAL file left the recovery window"),
+        "{records}"
+    );
+    let log = fs::read_to_string(env.state.join("audit/access.log")).unwrap();
+    assert!(log.contains("\"action\":\"shred\""), "no shred entry");
+    assert!(
+        log.contains("\"action\":\"key-rewrap\""),
+        "no re-wrap entry"
+    );
+
+    // Every byte put back: the shredded segment does not open; the kept ones do.
+    for (f, b) in &aside {
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, b).unwrap();
+    }
+    let out = env.out.join("seg1");
+    let r = run_at(
+        &env,
+        "+10d",
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            &names[0],
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!r.ok(), "a shredded WAL file opened\n{r}");
+    assert!(r.error_text().contains("destroyed"), "{r}");
+    assert!(!out.exists());
+    let out2 = env.out.join("seg2");
+    run_at(
+        &env,
+        "+10d",
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            &names[1],
+            out2.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+    assert!(fs::read(&out2).unwrap() == bytes[1], "kept segment differs");
+
+    // +40d: the base backup is past its own plan (keep-within 30d) but, as the only base
+    // backup, starts the window: kept, with the WAL it needs.
+    let base2_dir = env.dir.path().join("base-2");
+    base_backup(&base2_dir, "000000010000000000000009");
+    let r = run_at(
+        &env,
+        "+38d",
+        &["backup", "--source", "emr", base2_dir.to_str().unwrap()],
+    );
+    r.expect_ok();
+    let plan = run_at(&env, "+40d", &["retention", "plan", "--json"]);
+    plan.expect_ok();
+    assert!(
+        plan.stdout.contains(
+            "start of the point-in-time recovery window (its WAL from 000000010000000000000002)"
+        ),
+        "{plan}"
+    );
+    let r = run_at(&env, "+40d", &["retention", "run"]);
+    r.expect_ok();
+    let list = run_at(&env, "+40d", &["snapshots", "--json"]);
+    assert!(
+        list.stdout.contains(&base),
+        "the base backup starting the window was shredded\n{list}"
+    );
+    assert!(wal_dir(&env, "a", &names[1])
+        .join("manifest.json")
+        .is_file());
+}

@@ -1,0 +1,486 @@
+//! Retention of the WAL archive (`[source.pitr] window`). A WAL file's data key is wrapped under
+//! the epoch of the day after the window has moved past it ([`crate::ops::protect`]). When that
+//! epoch is due:
+//! - a WAL file still needed to reach the window's oldest moment from the base backup that
+//!   starts the window (the newest base backup protected before `now - window`, else the oldest
+//!   one) is kept: its key moves to tomorrow's epoch in every store (keys move, data does not),
+//!   and if that fails for any store the epoch is not destroyed this round;
+//! - any other WAL file is crypto-shredded with its epoch: the epoch key destroyed in every
+//!   provider (unless a snapshot still depends on it), then each copy checked ("key destroyed")
+//!   and deleted, manifest first, and a destruction record kept.
+//!
+//! "Needed" is by name: from the segment the base backup's `backup_label` starts at, on its
+//! timeline and on every later one (and the history files of those timelines). The base backup
+//! itself is kept past its own plan while it starts the window ([`window_bases`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::app::Coffre;
+use crate::audit::{NewEntry, Target};
+use crate::catalog::WalRow;
+use crate::format::wal::{WalFileKind, WalName};
+use crate::ids::{EpochId, SnapshotId};
+use crate::ops::shred::{keep_record, CopyResult, DestructionRecord, ProviderResult, ShredError};
+use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
+
+/// The base backup that starts a source's recovery window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowBase {
+    pub snapshot: SnapshotId,
+    pub created: String,
+    /// The WAL file its backup starts at.
+    pub wal_start: String,
+}
+
+/// What is due in one source's WAL archive.
+#[derive(Debug, Clone, Default)]
+pub struct WalDue {
+    pub source: String,
+    pub base: Option<WindowBase>,
+    /// Due but still needed: their keys move to tomorrow's epoch.
+    pub keep: Vec<WalRow>,
+    /// Due and not needed: shredded with their epoch.
+    pub shred: Vec<WalRow>,
+}
+
+fn parse_time(t: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The base backup starting the window of each source with `[source.pitr]`: the newest base
+/// backup (a directory snapshot with a `backup_label`) protected at or before `now - window`,
+/// else the oldest one (the window is not full yet).
+pub fn window_bases(app: &Coffre, now: time::OffsetDateTime) -> BTreeMap<String, WindowBase> {
+    let mut out = BTreeMap::new();
+    for s in &app.config.sources {
+        let Some(pitr) = &s.pitr else { continue };
+        let mut bases: Vec<(time::OffsetDateTime, WindowBase)> = app
+            .catalog
+            .list(Some(&s.name))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.manifest.kind == SnapshotKind::Directory)
+            .filter_map(|e| {
+                let m = e.manifest;
+                Some((
+                    parse_time(&m.created)?,
+                    WindowBase {
+                        snapshot: m.snapshot,
+                        created: m.created,
+                        wal_start: m.pg_wal_start?,
+                    },
+                ))
+            })
+            .collect();
+        bases.sort_by_key(|(t, b)| (*t, b.snapshot));
+        let cutoff = now - pitr.window;
+        let chosen = bases
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= cutoff)
+            .or_else(|| bases.first());
+        if let Some((_, b)) = chosen {
+            out.insert(s.name.clone(), b.clone());
+        }
+    }
+    out
+}
+
+/// Whether WAL file `w` is needed to replay from a backup that starts at segment `start`.
+pub fn needed(start: &WalName, w: &WalName) -> bool {
+    match w.kind() {
+        WalFileKind::TimelineHistory => w.timeline() >= start.timeline(),
+        _ => {
+            w.timeline() > start.timeline()
+                || (w.timeline() == start.timeline() && w.position() >= start.position())
+        }
+    }
+}
+
+/// What is due at `now` in every source's WAL archive.
+pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
+    let bases = window_bases(app, now);
+    let mut out = Vec::new();
+    for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+        let base = bases.get(&s.name).cloned();
+        let start = base
+            .as_ref()
+            .and_then(|b| WalName::parse(&b.wal_start).ok());
+        let mut due = WalDue {
+            source: s.name.clone(),
+            base,
+            ..Default::default()
+        };
+        for row in app.catalog.list_wal(&s.name).unwrap_or_default() {
+            if !crate::retention::is_due(&row.epoch, now) {
+                continue;
+            }
+            let keep = match (&start, WalName::parse(&row.name)) {
+                (Some(start), Ok(w)) => needed(start, &w),
+                // No base backup: nothing can replay it.
+                (None, Ok(_)) => false,
+                // Not a WAL name (cannot happen: checked at the push): keep, never guess.
+                (_, Err(_)) => true,
+            };
+            if keep {
+                due.keep.push(row);
+            } else {
+                due.shred.push(row);
+            }
+        }
+        out.push(due);
+    }
+    out
+}
+
+/// One store's copy of a WAL file: its manifest and key object (`None`: not there).
+async fn copy_in(
+    s: &Store,
+    row: &WalRow,
+) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
+    let name = WalName::parse(&row.name)?;
+    let dir = s.wal_dir(&row.source, &name);
+    let max = crate::format::objects::MAX_SMALL_OBJECT;
+    let mb = match s.get_small(&dir.join("manifest.json"), max).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let m = Manifest::parse(&mb)?;
+    if m.snapshot != row.object {
+        return Err(format!(
+            "{} holds object {} under {}, the catalog says {}",
+            s.name, m.snapshot, row.name, row.object
+        ));
+    }
+    let paths = s.object_paths(&m).map_err(|e| e.to_string())?;
+    let kb = s
+        .get_small(&paths.key, max)
+        .await
+        .map_err(|e| e.to_string())?;
+    let k = KeyObject::parse(&kb)?;
+    Ok(Some((m, k, paths)))
+}
+
+fn log(app: &Coffre, actor: &str, action: &str, target: Target, purpose: &str, outcome: String) {
+    if let Err(e) = app.audit.append(NewEntry {
+        actor: actor.into(),
+        action: action.into(),
+        target,
+        purpose: purpose.into(),
+        outcome,
+        exposes: None,
+    }) {
+        tracing::error!(error = %e, "cannot append to the access log");
+    }
+}
+
+/// Move the key of a WAL file still needed to `to`, in every store that holds it. Any store
+/// that cannot be read or updated fails the move (the epoch then stays).
+async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), String> {
+    let mut copies = Vec::new();
+    for s in &app.stores {
+        if let Some(c) = copy_in(s, row)
+            .await
+            .map_err(|e| format!("{}: {e}", s.name))?
+        {
+            copies.push((s, c));
+        }
+    }
+    let Some((_, (m, old, _))) = copies.first() else {
+        return Err(format!("{} is in no store", row.name));
+    };
+    let (m, old) = (m.clone(), old.clone());
+    let target = Target::key_object(&old);
+    let purpose = "retention: a WAL file still needed by the recovery window";
+    log(
+        app,
+        actor,
+        "key-rewrap",
+        target.clone(),
+        purpose,
+        format!("started: WAL file {} to epoch {to}", row.name),
+    );
+    let dek = crate::ops::restore::unwrap_dek(app, &old).map_err(|e| e.to_string())?;
+    let wraps = crate::keys::wrap_for_all(&app.providers, to, &dek, &old.snapshot)
+        .map_err(|e| e.to_string())?;
+    drop(dek);
+    let mut new = KeyObject {
+        epoch: to.clone(),
+        wraps,
+        ..old
+    };
+    new.auth.clear();
+    crate::auth::ObjectAuth::for_writing(&app.providers)
+        .map_err(|e| e.to_string())?
+        .seal(&mut new, &m);
+    for (s, (_, _, paths)) in &copies {
+        let r = async {
+            app.push_keyrings(s).await?;
+            s.put_key_object_at(&paths.key, &new).await
+        }
+        .await;
+        if let Err(e) = r {
+            let msg = format!("store {}: {e}", s.name);
+            log(
+                app,
+                actor,
+                "key-rewrap",
+                target.clone(),
+                purpose,
+                format!("failed: {msg}"),
+            );
+            return Err(msg);
+        }
+    }
+    app.catalog
+        .set_wal_epoch(&row.source, &row.name, to)
+        .map_err(|e| e.to_string())?;
+    log(
+        app,
+        actor,
+        "key-rewrap",
+        target,
+        purpose,
+        format!("ok: now under epoch {to}"),
+    );
+    Ok(())
+}
+
+/// Move the keys of every due WAL file still needed. Returns the epochs that must not be
+/// destroyed this round (a move failed) and the errors.
+pub async fn move_kept(
+    app: &Coffre,
+    dues: &[WalDue],
+    now: time::OffsetDateTime,
+    actor: &str,
+) -> (BTreeSet<EpochId>, Vec<ShredError>) {
+    let tomorrow = (now + time::Duration::days(1)).date();
+    let to = crate::retention::live_epoch(&app.providers, tomorrow);
+    let (mut blocked, mut errors) = (BTreeSet::new(), Vec::new());
+    for row in dues.iter().flat_map(|d| &d.keep) {
+        if let Err(reason) = rewrap(app, row, &to, actor).await {
+            tracing::error!(wal = %row.name, source = %row.source, epoch = %row.epoch, reason = %reason, "key of a needed WAL file not moved: its epoch stays");
+            blocked.insert(row.epoch.clone());
+            errors.push(ShredError::NotDestroyed {
+                epoch: row.epoch.clone(),
+                reason: format!(
+                    "WAL file {} of `{}` is still needed by the recovery window and its key could not be moved: {reason}",
+                    row.name, row.source
+                ),
+            });
+        }
+    }
+    (blocked, errors)
+}
+
+/// Check a copy after the destruction and delete it (manifest first, key object last) when its
+/// own key object says "key destroyed".
+async fn delete_copy(app: &Coffre, s: &Store, row: &WalRow) -> Option<CopyResult> {
+    let result = |path: String, sha: String, deletion: String, check: String, kept: bool| {
+        Some(CopyResult {
+            snapshot: row.object,
+            store: s.name.clone(),
+            path,
+            sealed_sha256: sha,
+            deletion,
+            decrypt_check: check,
+            kept,
+        })
+    };
+    let name = WalName::parse(&row.name).ok()?;
+    let dir = s.wal_dir(&row.source, &name).to_string();
+    match copy_in(s, row).await {
+        Ok(None) => None,
+        Err(e) => result(
+            dir,
+            String::new(),
+            "kept: the copy could not be checked".into(),
+            e,
+            true,
+        ),
+        Ok(Some((m, k, paths))) => match crate::ops::restore::unwrap_dek(app, &k) {
+            Ok(_) => result(
+                dir,
+                m.sealed_sha256,
+                "kept: STILL DECRYPTABLE".into(),
+                "STILL DECRYPTABLE".into(),
+                true,
+            ),
+            Err(e) if e.is_destroyed() => {
+                let mut deletion = "deleted".to_string();
+                for p in [&paths.manifest, &paths.data, &paths.key] {
+                    if let Err(e) = s.delete(p).await {
+                        deletion = format!("not deleted ({p}), unreadable anyway: {e}");
+                    }
+                }
+                result(
+                    dir,
+                    m.sealed_sha256,
+                    deletion,
+                    "key destroyed".into(),
+                    false,
+                )
+            }
+            Err(e) => result(
+                dir,
+                m.sealed_sha256,
+                "kept: not proven unreadable".into(),
+                format!("not decryptable: {e}"),
+                true,
+            ),
+        },
+    }
+}
+
+/// Shred every due WAL file that is not needed, epoch by epoch (except `blocked` ones).
+pub async fn shred_due(
+    app: &Coffre,
+    dues: &[WalDue],
+    blocked: &BTreeSet<EpochId>,
+    actor: &str,
+) -> (Vec<DestructionRecord>, Vec<ShredError>) {
+    let (mut done, mut errors) = (Vec::new(), Vec::new());
+    let mut by_epoch: BTreeMap<EpochId, Vec<&WalRow>> = BTreeMap::new();
+    for row in dues.iter().flat_map(|d| &d.shred) {
+        by_epoch.entry(row.epoch.clone()).or_default().push(row);
+    }
+    let reason = "retention: the WAL file left the recovery window";
+    for (epoch, rows) in by_epoch {
+        if blocked.contains(&epoch) {
+            continue;
+        }
+        // Snapshots still under this epoch (kept by a refused destruction): not now.
+        let snapshots = app
+            .catalog
+            .all_keys()
+            .map(|ks| ks.iter().filter(|k| k.epoch == epoch).count())
+            .unwrap_or(usize::MAX);
+        if snapshots > 0 {
+            errors.push(ShredError::NotDestroyed {
+                epoch: epoch.clone(),
+                reason: format!("{snapshots} snapshot(s) still depend on it"),
+            });
+            continue;
+        }
+        let target = Target {
+            epoch: Some(epoch.to_string()),
+            ..Default::default()
+        };
+        log(
+            app,
+            actor,
+            "shred",
+            target.clone(),
+            reason,
+            format!("started: {} WAL file(s)", rows.len()),
+        );
+        let mut providers = Vec::new();
+        let mut failed = None;
+        for p in &app.providers {
+            match p.destroy(&epoch) {
+                Ok(()) => providers.push(ProviderResult {
+                    provider: p.name().into(),
+                    destroyed: true,
+                    detail: "destroyed".into(),
+                }),
+                Err(e) => {
+                    failed = Some(format!("provider `{}`: {e}", p.name()));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = failed {
+            log(
+                app,
+                actor,
+                "shred",
+                target,
+                reason.as_str(),
+                format!("failed: {reason}"),
+            );
+            errors.push(ShredError::NotDestroyed {
+                epoch: epoch.clone(),
+                reason,
+            });
+            continue;
+        }
+        let keyrings = crate::ops::erasure::push_after_destruction(app, &epoch).await;
+        let mut copies = Vec::new();
+        for row in &rows {
+            let mut kept = false;
+            for s in &app.stores {
+                if let Some(c) = delete_copy(app, s, row).await {
+                    kept |= c.kept;
+                    copies.push(c);
+                }
+            }
+            if !kept {
+                if let Err(e) = app.catalog.remove_wal(&row.source, &row.name) {
+                    tracing::warn!(error = %e, wal = %row.name, "shredded WAL file left in the catalog's index");
+                }
+            }
+        }
+        let ids = rows.iter().map(|r| r.object).collect();
+        let record =
+            DestructionRecord::new(actor, reason, &epoch, ids, providers, copies, keyrings);
+        if let Err(e) = keep_record(app, &record).await {
+            errors.push(e.into());
+        }
+        if record.complete {
+            log(
+                app,
+                actor,
+                "shred",
+                target,
+                reason,
+                format!(
+                    "ok: epoch destroyed, {} WAL file(s), {} copies deleted",
+                    rows.len(),
+                    record.copies.len()
+                ),
+            );
+            tracing::info!(epoch = %epoch, wal_files = rows.len(), "WAL crypto-shredded");
+        } else {
+            let why = record.incomplete_reasons().join("; ");
+            log(
+                app,
+                actor,
+                "shred",
+                target,
+                reason,
+                format!("failed: erasure not complete: {why}"),
+            );
+            errors.push(ShredError::Incomplete {
+                epoch: epoch.clone(),
+                record: record.record.clone(),
+                reasons: why,
+            });
+        }
+        done.push(record);
+    }
+    (done, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_base_backup_needs_starts_at_its_segment_and_follows_later_timelines() {
+        let start = WalName::parse("000000020000000000000010").unwrap();
+        let w = |n: &str| WalName::parse(n).unwrap();
+        assert!(needed(&start, &w("000000020000000000000010")));
+        assert!(needed(&start, &w("000000020000000100000000")));
+        assert!(needed(&start, &w("000000030000000000000002")));
+        assert!(needed(&start, &w("00000002.history")));
+        assert!(needed(&start, &w("00000003.history")));
+        assert!(!needed(&start, &w("00000002000000000000000F")));
+        assert!(!needed(&start, &w("000000010000000000000011")));
+        assert!(!needed(&start, &w("00000001.history")));
+        assert!(!needed(
+            &start,
+            &w("00000002000000000000000F.00000028.backup")
+        ));
+    }
+}
