@@ -23,9 +23,44 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
 /// `retention plan`: what is due now (shredded, or kept by re-wrap, and why), what comes when.
 fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<u8> {
     let plan = crate::ops::shred::current_plan(app, now)?;
+    let pitr = crate::ops::wal_retention::ranges(app, now);
     if json {
-        w.json(&plan)?;
+        let mut v = serde_json::to_value(&plan)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("pitr".into(), serde_json::to_value(&pitr)?);
+        }
+        w.json(&v)?;
         return Ok(exit::OK);
+    }
+    for r in &pitr {
+        match (&r.recoverable_from, &r.recoverable_to) {
+            (Some(from), Some(to)) => outln!(
+                w,
+                "source {}: any moment from {from} (base backup {}) to {to} (the last archived WAL) can be recovered; window {}",
+                r.source,
+                r.base.map(|b| b.to_string()).unwrap_or_default(),
+                r.window
+            ),
+            _ => outln!(
+                w,
+                "source {}: nothing can be recovered to a point in time yet (it needs a base backup and archived WAL)",
+                r.source
+            ),
+        }
+        if r.wal_due_shred + r.wal_due_keep > 0 {
+            outln!(
+                w,
+                "  WAL due now: {} shredded with their epochs, {} kept (needed by the window; keys moved)",
+                r.wal_due_shred,
+                r.wal_due_keep
+            );
+        }
+        if let (Some(at), Some(next)) = (&r.next_start_at, &r.next_base) {
+            outln!(
+                w,
+                "  from {at} the window starts at base backup {next}: the older base backup and the WAL before it leave the window"
+            );
+        }
     }
     if plan.due.is_empty() && plan.upcoming.is_empty() {
         outln!(

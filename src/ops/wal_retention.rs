@@ -86,6 +86,70 @@ pub fn window_bases(app: &Coffre, now: time::OffsetDateTime) -> BTreeMap<String,
     out
 }
 
+/// A source's recovery window as `coffre retention plan` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PitrRange {
+    pub source: String,
+    /// `source.pitr.window`, e.g. "14days".
+    pub window: String,
+    /// The base backup that starts the window now (none: nothing can be recovered yet).
+    pub base: Option<SnapshotId>,
+    /// Any moment from here (when that base backup was protected)…
+    pub recoverable_from: Option<String>,
+    /// …to here (when the newest WAL file was archived).
+    pub recoverable_to: Option<String>,
+    /// WAL files due now: shredded, or kept by moving their keys (still needed).
+    pub wal_due_shred: usize,
+    pub wal_due_keep: usize,
+    /// When the window's start moves to the next base backup, and which one.
+    pub next_start_at: Option<String>,
+    pub next_base: Option<SnapshotId>,
+}
+
+/// The recovery window of every source with `[source.pitr]` at `now`.
+pub fn ranges(app: &Coffre, now: time::OffsetDateTime) -> Vec<PitrRange> {
+    let bases = window_bases(app, now);
+    let dues = plan(app, now);
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for s in &app.config.sources {
+        let Some(pitr) = &s.pitr else { continue };
+        let base = bases.get(&s.name);
+        let (_, last) = app.catalog.wal_summary(&s.name).unwrap_or((0, None));
+        // The next base backup after the one starting the window takes over once it is
+        // `window` old.
+        let next = base.and_then(|b| {
+            let bt = parse_time(&b.created)?;
+            app.catalog
+                .list(Some(&s.name))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| {
+                    e.manifest.kind == SnapshotKind::Directory && e.manifest.pg_wal_start.is_some()
+                })
+                .filter_map(|e| Some((parse_time(&e.manifest.created)?, e.manifest.snapshot)))
+                .filter(|(t, _)| *t > bt)
+                .min()
+        });
+        let due = dues.iter().find(|d| d.source == s.name);
+        out.push(PitrRange {
+            source: s.name.clone(),
+            window: humantime::format_duration(pitr.window).to_string(),
+            base: base.map(|b| b.snapshot),
+            recoverable_from: base.map(|b| b.created.clone()),
+            recoverable_to: last.map(|(_, t)| t),
+            wal_due_shred: due.map(|d| d.shred.len()).unwrap_or(0),
+            wal_due_keep: due.map(|d| d.keep.len()).unwrap_or(0),
+            next_start_at: next.map(|(t, _)| fmt(t + pitr.window)),
+            next_base: next.map(|(_, id)| id),
+        });
+    }
+    out
+}
+
 /// Whether WAL file `w` is needed to replay from a backup that starts at segment `start`.
 pub fn needed(start: &WalName, w: &WalName) -> bool {
     match w.kind() {

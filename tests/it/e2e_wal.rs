@@ -425,7 +425,26 @@ fn wal_that_leaves_the_window_is_shredded_with_its_epoch_and_what_the_window_nee
         .join("manifest.json")
         .is_file());
 
-    // +10d: the WAL's epochs (archived + 7d window + 1d) are over.
+    // +10d: the WAL's epochs (archived + 7d window + 1d) are over. The plan says what goes.
+    let plan = run_at(&env, "+10d", &["retention", "plan", "--json"]);
+    plan.expect_ok();
+    let p = &plan.json()["pitr"][0];
+    assert_eq!(p["source"], "emr", "{plan}");
+    assert_eq!(p["base"], base.as_str(), "{plan}");
+    assert_eq!(
+        (p["wal_due_shred"].as_u64(), p["wal_due_keep"].as_u64()),
+        (Some(1), Some(2)),
+        "{plan}"
+    );
+    assert!(
+        p["recoverable_from"].is_string() && p["recoverable_to"].is_string(),
+        "{plan}"
+    );
+    let text = run_at(&env, "+10d", &["retention", "plan"]);
+    assert!(
+        text.stdout.contains("source emr: any moment from"),
+        "{text}"
+    );
     let r = run_at(&env, "+10d", &["retention", "run", "--json"]);
     r.expect_ok();
     for store in ["a", "b"] {
@@ -502,6 +521,10 @@ fn wal_that_leaves_the_window_is_shredded_with_its_epoch_and_what_the_window_nee
     r.expect_ok();
     let plan = run_at(&env, "+40d", &["retention", "plan", "--json"]);
     plan.expect_ok();
+    assert!(
+        plan.json()["pitr"][0]["next_start_at"].is_string(),
+        "the next base backup takes over the window later\n{plan}"
+    );
     assert!(
         plan.stdout.contains(
             "start of the point-in-time recovery window (its WAL from 000000010000000000000002)"
