@@ -150,6 +150,69 @@ pub fn ranges(app: &Coffre, now: time::OffsetDateTime) -> Vec<PitrRange> {
     out
 }
 
+/// Index the WAL archive of every source with `[source.pitr]` from the stores' manifests and
+/// key objects (`coffre catalog rebuild`): a new host's retention and status then know it.
+/// A key object that fails its authentication is left out (with a warning). Returns the count.
+pub(crate) async fn reindex(app: &Coffre) -> usize {
+    let auth = crate::auth::ObjectAuth::for_reading(&app.providers);
+    let mut done = BTreeSet::new();
+    for src in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+        for s in &app.stores {
+            let Ok(list) = s.list(&s.wal_prefix(&src.name)).await else {
+                tracing::warn!(store = %s.name, source = %src.name, "cannot list the WAL archive: not indexed from this store");
+                continue;
+            };
+            for meta in list {
+                let loc = meta.location.as_ref();
+                let Some(dir) = loc.strip_suffix("/manifest.json") else {
+                    continue;
+                };
+                let Some(name) = dir.rsplit('/').next() else {
+                    continue;
+                };
+                if done.contains(&(src.name.clone(), name.to_string())) {
+                    continue;
+                }
+                let max = crate::format::objects::MAX_SMALL_OBJECT;
+                let Ok(m) = s
+                    .get_small(&meta.location, max)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| Manifest::parse(&b))
+                else {
+                    continue;
+                };
+                if m.source != src.name || m.original_name != name || m.kind != SnapshotKind::Wal {
+                    continue;
+                }
+                let Ok(paths) = s.object_paths(&m) else {
+                    continue;
+                };
+                let Ok(k) = s
+                    .get_small(&paths.key, max)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| KeyObject::parse(&b))
+                else {
+                    continue;
+                };
+                let check = auth.check(&k, &m);
+                if k.snapshot != m.snapshot
+                    || (!check.is_authentic()
+                        && !matches!(check, crate::auth::Check::Unverifiable { .. }))
+                {
+                    tracing::warn!(store = %s.name, wal = %name, "WAL key object not authentic: not indexed");
+                    continue;
+                }
+                if app.catalog.put_wal(&m, &k.epoch).is_ok() {
+                    done.insert((src.name.clone(), name.to_string()));
+                }
+            }
+        }
+    }
+    done.len()
+}
+
 /// Whether WAL file `w` is needed to replay from a backup that starts at segment `start`.
 pub fn needed(start: &WalName, w: &WalName) -> bool {
     match w.kind() {

@@ -542,3 +542,27 @@ fn wal_that_leaves_the_window_is_shredded_with_its_epoch_and_what_the_window_nee
         .join("manifest.json")
         .is_file());
 }
+
+#[test]
+fn a_rebuilt_catalog_knows_the_wal_archive_again_so_retention_can_shred_it() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    for (i, n) in ["000000010000000000000001", "000000010000000000000002"]
+        .iter()
+        .enumerate()
+    {
+        let (p, _) = wal_file(&pgwal, n, 300 + i as u64);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+    }
+    // A new host: the catalog is gone.
+    for f in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+        let _ = fs::remove_file(env.state.join(f));
+    }
+    env.run(&["catalog", "rebuild"]).expect_ok();
+    let plan = run_at(&env, "+10d", &["retention", "plan", "--json"]);
+    plan.expect_ok();
+    // No base backup: nothing needs them once their epochs are due.
+    assert_eq!(plan.json()["pitr"][0]["wal_due_shred"], 2, "{plan}");
+}
