@@ -92,6 +92,20 @@ pub struct WalRow {
     pub epoch: EpochId,
 }
 
+/// One recovery session's WAL fetches (`restore_command` of one point-in-time restore).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSession {
+    pub id: String,
+    pub source: String,
+    pub actor: String,
+    pub purpose: String,
+    pub started: String,
+    pub last_at: String,
+    pub first: String,
+    pub last: String,
+    pub count: u64,
+}
+
 pub struct Catalog {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -152,6 +166,17 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
          size INTEGER NOT NULL,
          epoch TEXT NOT NULL,
          PRIMARY KEY (source, name)
+     );
+     CREATE TABLE IF NOT EXISTS wal_sessions (
+         id TEXT PRIMARY KEY,
+         source TEXT NOT NULL,
+         actor TEXT NOT NULL,
+         purpose TEXT NOT NULL,
+         started TEXT NOT NULL,
+         last_at TEXT NOT NULL,
+         first TEXT NOT NULL,
+         last TEXT NOT NULL,
+         count INTEGER NOT NULL
      );";
 
 /// Columns added since the first catalogs: the last successful drill, kept apart from the last
@@ -267,6 +292,72 @@ impl Catalog {
                 })
             })
             .collect())
+    }
+
+    /// Count one fetch of `name` in recovery session `id`: `true` when the session is new
+    /// (its first fetch, to be logged before the WAL file is handed out).
+    pub fn wal_session_fetch(
+        &self,
+        id: &str,
+        source: &str,
+        actor: &str,
+        purpose: &str,
+        name: &str,
+        now: &str,
+    ) -> Result<bool, CatalogError> {
+        let conn = self.conn();
+        let updated = conn
+            .execute(
+                "UPDATE wal_sessions SET last_at = ?3, count = count + 1,
+                   first = min(first, ?2), last = max(last, ?2)
+                 WHERE id = ?1",
+                params![id, name, now],
+            )
+            .map_err(|e| self.db(e))?;
+        if updated > 0 {
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, 1)",
+            params![id, source, actor, purpose, now, name],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(true)
+    }
+
+    /// Recovery sessions with no fetch since `before` (RFC 3339), removed from the table.
+    pub fn take_idle_wal_sessions(&self, before: &str) -> Result<Vec<WalSession>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, source, actor, purpose, started, last_at, first, last, count
+                 FROM wal_sessions WHERE last_at < ?1 ORDER BY started",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map(params![before], |r| {
+                let count: i64 = r.get(8)?;
+                Ok(WalSession {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    actor: r.get(2)?,
+                    purpose: r.get(3)?,
+                    started: r.get(4)?,
+                    last_at: r.get(5)?,
+                    first: r.get(6)?,
+                    last: r.get(7)?,
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .map_err(|e| self.db(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db(e))?;
+        for r in &rows {
+            conn.execute("DELETE FROM wal_sessions WHERE id = ?1", params![r.id])
+                .map_err(|e| self.db(e))?;
+        }
+        Ok(rows)
     }
 
     /// A WAL file's key moved to another epoch.

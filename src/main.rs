@@ -415,7 +415,16 @@ fn pitr_settings(
     let exe = std::env::current_exe().context("where is this coffre binary")?;
     let config = cli.config.as_deref().map(std::path::absolute).transpose()?;
     let socket = std::env::var_os("COFFRE_SOCKET").map(PathBuf::from);
-    let command = pitr::restore_command(&exe, config.as_deref(), socket.as_deref(), &a.source);
+    // One recovery session per restore: its WAL fetches are one access entry and a summary.
+    let session = coffre::ids::SnapshotId::new().to_string();
+    let command = pitr::restore_command(
+        &exe,
+        config.as_deref(),
+        socket.as_deref(),
+        &a.source,
+        &session,
+        &a.purpose,
+    );
     let to = std::path::absolute(&a.to)?;
     pitr::write_recovery(&to, &pitr::settings_text(target, &command))?;
     let say = format!(
@@ -497,6 +506,7 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         actor: coffre::actor::current_user(),
         out: Out::local(),
         restore_sink: None,
+        daemon: None,
     };
     let result = coffre::cli::execute(&app, cmd, &ctx).await;
     if cmd.writes_access_log() {

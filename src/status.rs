@@ -174,6 +174,7 @@ pub struct Metrics {
     pub wal_archive_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub pitr_window_start: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub pitr_window: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    pub wal_prefetch_hits: Counter,
 }
 
 impl Metrics {
@@ -210,6 +211,7 @@ impl Metrics {
             wal_archive_age: Family::default(),
             pitr_window_start: Family::default(),
             pitr_window: Family::default(),
+            wal_prefetch_hits: Counter::default(),
             registry: Registry::default(),
         };
         m.build_info
@@ -240,6 +242,11 @@ impl Metrics {
             "pitr_window_start_timestamp_seconds",
             "Oldest moment a point-in-time restore of the source can reach (its oldest base backup)",
             m.pitr_window_start.clone(),
+        );
+        registry.register(
+            "wal_prefetch_hits",
+            "WAL files a recovery session found fetched ahead (restore_command did not wait on a store)",
+            m.wal_prefetch_hits.clone(),
         );
         registry.register(
             "pitr_window_seconds",
@@ -937,6 +944,11 @@ fn source_status(
 
 /// The WAL archive of a source that keeps one, and its gauges.
 fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
+    let hits = crate::ops::wal::PREFETCH_HITS.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = rt.metrics.wal_prefetch_hits.get();
+    if hits > seen {
+        rt.metrics.wal_prefetch_hits.inc_by(hits - seen);
+    }
     let pitr = app.config.source(name)?.pitr.as_ref()?;
     let label = SourceLabel {
         source: name.to_string(),

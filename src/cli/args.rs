@@ -57,6 +57,12 @@ pub enum Command {
             default_value = "point-in-time recovery (PostgreSQL restore_command)"
         )]
         purpose: String,
+        /// The recovery session this fetch belongs to (written by `coffre restore --target-*`
+        /// into restore_command): the access log gets one entry when the session starts and a
+        /// summary when it ends, and through the daemon the next segments are fetched ahead.
+        #[arg(long, value_name = "ID")]
+        #[serde(default)]
+        session: Option<String>,
     },
     /// List snapshots, oldest first, and where each is committed.
     Snapshots {

@@ -53,6 +53,9 @@ pub struct Ctx {
     pub out: Out,
     /// Through the socket: restored bytes go to the caller, who writes them with its own rights.
     pub restore_sink: Option<tokio::sync::mpsc::Sender<crate::ops::restore::Chunk>>,
+    /// In the daemon: a handle on the running instance, for work that outlives the request
+    /// (the WAL prefetch of a recovery session).
+    pub daemon: Option<std::sync::Arc<Coffre>>,
 }
 
 /// An error and its causes, joined by ": ", each cause once: most errors here already name

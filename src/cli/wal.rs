@@ -31,17 +31,27 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             name,
             to,
             purpose,
+            session,
         } => {
-            let (manifest, plain) =
-                match crate::ops::wal::fetch(app, source, name, &ctx.actor, purpose).await {
-                    Ok(x) => x,
-                    // The normal end of the archive during recovery: a short note, exit 1.
-                    Err(e @ WalError::NotArchived(_)) => {
-                        errln!(w, "{e}");
-                        return Ok(exit::FAILURE);
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+            let fetched = crate::ops::wal::fetch(
+                app,
+                source,
+                name,
+                &ctx.actor,
+                purpose,
+                session.as_deref(),
+                ctx.daemon.clone(),
+            )
+            .await;
+            let (manifest, plain) = match fetched {
+                Ok(x) => x,
+                // The normal end of the archive during recovery: a short note, exit 1.
+                Err(e @ WalError::NotArchived(_)) => {
+                    errln!(w, "{e}");
+                    return Ok(exit::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
             match &ctx.restore_sink {
                 // Through the daemon: the caller writes the file with its own rights.
                 Some(tx) => {

@@ -286,7 +286,7 @@ async fn read_request(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, St
 /// the daemon's process, and stream its text and restored bytes back, then its exit code.
 async fn handle(
     stream: UnixStream,
-    app: &Coffre,
+    app: &Arc<Coffre>,
     limiter: &Mutex<RefusalLimiter>,
 ) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
@@ -340,6 +340,7 @@ async fn handle(
         actor: format!("{name} (via coffre-daemon)"),
         out: Out::remote(text_tx),
         restore_sink: Some(data_tx),
+        daemon: Some(app.clone()),
     };
     let run = async {
         let code = match cli::execute(app, &command, &ctx).await {

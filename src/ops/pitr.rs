@@ -246,6 +246,8 @@ pub fn restore_command(
     config: Option<&Path>,
     socket: Option<&Path>,
     source: &str,
+    session: &str,
+    purpose: &str,
 ) -> String {
     let mut words = Vec::new();
     if let Some(s) = socket {
@@ -260,6 +262,8 @@ pub fn restore_command(
         words.push(shell_quote(&c.to_string_lossy()));
     }
     words.extend(["wal-fetch".into(), "--source".into(), shell_quote(source)]);
+    words.extend(["--session".into(), shell_quote(session)]);
+    words.extend(["--purpose".into(), shell_quote(purpose)]);
     words.extend(["%f".into(), "%p".into()]);
     words.join(" ")
 }
@@ -533,16 +537,18 @@ mod tests {
             Some(Path::new("/etc/coffre/it's here.toml")),
             None,
             "emr",
+            "01JSESSION",
+            "ticket 4711",
         );
         assert_eq!(
             cmd,
-            r"/usr/bin/coffre --config '/etc/coffre/it'\''s here.toml' wal-fetch --source emr %f %p"
+            r"/usr/bin/coffre --config '/etc/coffre/it'\''s here.toml' wal-fetch --source emr --session 01JSESSION --purpose 'ticket 4711' %f %p"
         );
         let t = Target::Xid(900);
         let text = settings_text(&t, &cmd);
         assert!(text.contains("point-in-time recovery to transaction 900."));
         assert!(text.contains(
-            r"restore_command = '/usr/bin/coffre --config ''/etc/coffre/it''\''''s here.toml'' wal-fetch --source emr %f %p'"
+            r"restore_command = '/usr/bin/coffre --config ''/etc/coffre/it''\''''s here.toml'' wal-fetch --source emr --session 01JSESSION --purpose ''ticket 4711'' %f %p'"
         ));
         assert!(text.contains("recovery_target_xid = '900'\n"));
         assert!(text.contains("recovery_target_action = 'promote'\n"));

@@ -389,37 +389,257 @@ async fn open_from(
     Ok((plain, sealed.to_vec(), key))
 }
 
-/// The plaintext of WAL file `name` of `source` (PostgreSQL's `restore_command`), from the
-/// first store with a good copy. Logged in the access log before any key is unwrapped.
+/// A recovery session with no fetch for this long is closed: its summary goes to the access log.
+pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Segments fetched ahead of PostgreSQL in a recovery session (through the daemon).
+const PREFETCH: u64 = 3;
+/// Plaintext WAL held ahead at most, and for how long.
+const PREFETCH_MAX_BYTES: usize = 96 << 20;
+const PREFETCH_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Prefetched {
+    ready: std::collections::HashMap<Key, (std::time::Instant, Manifest, Vec<u8>)>,
+    inflight: std::collections::HashSet<Key>,
+}
+
+impl Prefetched {
+    fn bytes(&self) -> usize {
+        self.ready.values().map(|(_, _, b)| b.len()).sum()
+    }
+    fn expire(&mut self) {
+        self.ready.retain(|_, (t, _, _)| t.elapsed() < PREFETCH_TTL);
+    }
+}
+
+static PREFETCHED: std::sync::LazyLock<std::sync::Mutex<Prefetched>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn prefetched() -> std::sync::MutexGuard<'static, Prefetched> {
+    PREFETCHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// WAL files served from the prefetch (`coffre_wal_prefetch_hits_total`).
+pub static PREFETCH_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A prefetched WAL file, waiting for its prefetch when one is under way (PostgreSQL replays a
+/// quiet segment faster than a store hands over the next one).
+async fn take_prefetched(key: &Key) -> Option<(Manifest, Vec<u8>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        {
+            let mut p = prefetched();
+            p.expire();
+            if let Some((_, m, b)) = p.ready.remove(key) {
+                return Some((m, b));
+            }
+            if !p.inflight.contains(key) || std::time::Instant::now() > deadline {
+                return None;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The committed manifest of `name` in the first store that has one.
+async fn locate(app: &Coffre, source: &str, name: &WalName) -> Result<Manifest, WalError> {
+    let copies = committed_copies(app, source, name).await;
+    if let Some(m) = copies.iter().find_map(|(_, r)| r.as_ref().ok().cloned()) {
+        return Ok(m);
+    }
+    let reasons: Vec<String> = copies
+        .iter()
+        .filter_map(|(s, r)| match r {
+            Err(e) if !e.is_not_found() => Some(format!("{}: {e}", s.name)),
+            _ => None,
+        })
+        .collect();
+    Err(if reasons.is_empty() {
+        WalError::NotArchived(name.to_string())
+    } else {
+        WalError::Unreadable {
+            name: name.to_string(),
+            reasons: reasons.join("; "),
+        }
+    })
+}
+
+/// The segment `k` places after `name` on its timeline (`size`: the segment size).
+fn segment_after(name: &WalName, k: u64, size: u64) -> Option<WalName> {
+    if name.kind() != crate::format::wal::WalFileKind::Segment {
+        return None;
+    }
+    let per_log = crate::ops::wal_check::segments_per_log(size);
+    let p = name.position();
+    let linear = (p >> 32) * per_log + (p & 0xFFFF_FFFF) + k;
+    let next = format!(
+        "{}{:08X}{:08X}",
+        &name.as_str()[..8],
+        linear / per_log,
+        linear % per_log
+    );
+    WalName::parse(&next).ok()
+}
+
+/// Fetch the next segments of a recovery session in the background, so that PostgreSQL's next
+/// `restore_command` finds them opened already (and checked like any fetch).
+fn prefetch_after(app: std::sync::Arc<Coffre>, source: &str, name: &WalName, size: u64) {
+    for k in 1..=PREFETCH {
+        let Some(next) = segment_after(name, k, size) else {
+            return;
+        };
+        let key = (source.to_string(), next.to_string());
+        {
+            let mut p = prefetched();
+            p.expire();
+            if p.ready.contains_key(&key)
+                || p.inflight.contains(&key)
+                || p.bytes() + size as usize > PREFETCH_MAX_BYTES
+            {
+                continue;
+            }
+            p.inflight.insert(key.clone());
+        }
+        let app = app.clone();
+        tokio::spawn(async move {
+            let r = async {
+                let m = locate(&app, &key.0, &next).await?;
+                let (plain, _, _) = open_any(&app, &key.0, &next, &m).await?;
+                Ok::<_, WalError>((m, plain))
+            }
+            .await;
+            let mut p = prefetched();
+            p.inflight.remove(&key);
+            if let Ok((m, plain)) = r {
+                if p.bytes() + plain.len() <= PREFETCH_MAX_BYTES {
+                    p.ready.insert(key, (std::time::Instant::now(), m, plain));
+                }
+            }
+        });
+    }
+}
+
+/// Close the recovery sessions idle for [`SESSION_IDLE`]: one access-log entry each with what
+/// it fetched.
+pub fn close_idle_sessions(app: &Coffre) {
+    let before = time::OffsetDateTime::now_utc() - SESSION_IDLE;
+    let before = before
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let sessions = match app.catalog.take_idle_wal_sessions(&before) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the recovery sessions");
+            return;
+        }
+    };
+    for s in sessions {
+        let r = app.audit.append(NewEntry {
+            actor: s.actor.clone(),
+            action: "wal-fetch".into(),
+            target: Target {
+                source: Some(s.source.clone()),
+                ..Default::default()
+            },
+            purpose: s.purpose.clone(),
+            outcome: format!(
+                "ended: recovery session {}: {} WAL file(s), {} to {}, fetched from {} to {}",
+                s.id, s.count, s.first, s.last, s.started, s.last_at
+            ),
+            exposes: None,
+        });
+        if let Err(e) = r {
+            tracing::error!(error = %e, session = %s.id, "cannot log the end of a recovery session");
+        }
+    }
+}
+
+/// A recovery session id (as `coffre restore --target-*` makes them): 1 to 64 letters, digits
+/// and dashes.
+pub fn check_session(id: &str) -> Result<(), WalError> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(WalError::Name(format!(
+            "`{}` is not a recovery session id (1 to 64 letters, digits and dashes)",
+            id.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// Restore the archived WAL file `name` of `source`: logged in the access log before it is
+/// opened, then read from the first store whose copy checks. Within a recovery session
+/// (`session`, from the restore that wrote the restore_command) only the session's first fetch
+/// is an access entry (and its end, once idle, a summary); through the daemon (`daemon`) the
+/// next segments are fetched ahead.
 pub async fn fetch(
     app: &Coffre,
     source: &str,
     name: &str,
     actor: &str,
     purpose: &str,
+    session: Option<&str>,
+    daemon: Option<std::sync::Arc<Coffre>>,
 ) -> Result<(Manifest, Vec<u8>), WalError> {
     archiving_source(app, source)?;
     let name = WalName::parse(name).map_err(WalError::Name)?;
-    let copies = committed_copies(app, source, &name).await;
-    let Some(manifest) = copies.iter().find_map(|(_, r)| r.as_ref().ok().cloned()) else {
-        let reasons: Vec<String> = copies
-            .iter()
-            .filter_map(|(s, r)| match r {
-                Err(e) if !e.is_not_found() => Some(format!("{}: {e}", s.name)),
-                _ => None,
-            })
-            .collect();
-        return Err(if reasons.is_empty() {
-            WalError::NotArchived(name.to_string())
-        } else {
-            WalError::Unreadable {
-                name: name.to_string(),
-                reasons: reasons.join("; "),
-            }
-        });
+    if let Some(id) = session {
+        check_session(id)?;
+    }
+    close_idle_sessions(app);
+    let key = (source.to_string(), name.to_string());
+    let cached = match (session, &daemon) {
+        (Some(_), Some(_)) => take_prefetched(&key).await,
+        _ => None,
     };
-    log_access(app, actor, "wal-fetch", source, &manifest, None, purpose)?;
-    let (plain, _, _) = open_any(app, source, &name, &manifest).await?;
+    if cached.is_some() {
+        PREFETCH_HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let manifest = match &cached {
+        Some((m, _)) => m.clone(),
+        None => locate(app, source, &name).await?,
+    };
+    match session {
+        Some(id) => {
+            let now = crate::clock::now_rfc3339();
+            let new = app
+                .catalog
+                .wal_session_fetch(id, source, actor, purpose, name.as_str(), &now)
+                .map_err(|e| WalError::Audit(e.to_string()))?;
+            if new {
+                app.audit
+                    .append(NewEntry {
+                        actor: actor.to_string(),
+                        action: "wal-fetch".into(),
+                        target: Target {
+                            source: Some(source.to_string()),
+                            snapshot: Some(manifest.snapshot.to_string()),
+                            sealed_sha256: Some(manifest.sealed_sha256.clone()),
+                            ..Default::default()
+                        },
+                        purpose: purpose.to_string(),
+                        outcome: format!(
+                            "started: recovery session {id}, first WAL file {name} (the session's other fetches are summed up when it ends)"
+                        ),
+                        exposes: Some(
+                            "the changes to every patient's records in the WAL files this recovery replays"
+                                .into(),
+                        ),
+                    })
+                    .map_err(|e| WalError::Audit(e.to_string()))?;
+            }
+        }
+        None => log_access(app, actor, "wal-fetch", source, &manifest, None, purpose)?,
+    }
+    let plain = match cached {
+        Some((_, b)) => b,
+        None => open_any(app, source, &name, &manifest).await?.0,
+    };
+    if let (Some(_), Some(d)) = (session, daemon) {
+        prefetch_after(d, source, &name, manifest.size);
+    }
     Ok((manifest, plain))
 }
 
@@ -456,4 +676,17 @@ pub fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), WalError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_segments_after_one_follow_its_timeline_across_log_files() {
+        let n = super::WalName::parse("0000000200000000000000FE").unwrap();
+        let after = |k| super::segment_after(&n, k, 16 << 20).map(|w| w.to_string());
+        assert_eq!(after(1).as_deref(), Some("0000000200000000000000FF"));
+        assert_eq!(after(2).as_deref(), Some("000000020000000100000000"));
+        let h = super::WalName::parse("00000002.history").unwrap();
+        assert!(super::segment_after(&h, 1, 16 << 20).is_none());
+    }
 }

@@ -64,7 +64,7 @@ pub struct Archive {
 }
 
 /// Segments per log file for a segment size (PostgreSQL: 0x100000000 / segment size).
-fn segments_per_log(segment_size: u64) -> u64 {
+pub(crate) fn segments_per_log(segment_size: u64) -> u64 {
     if segment_size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&segment_size) {
         0x1_0000_0000 / segment_size
     } else {

@@ -482,11 +482,36 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     let (ok, out, err) = host.run(&["verify"]);
     assert!(ok, "verify: {out}{err} (old primary was at {primary_wal})");
 
-    // Every segment PostgreSQL fetched is in the access log, under the restore's purpose or
-    // the fetch's own.
+    // PostgreSQL's fetches are in the access log under the restore's purpose.
     let (ok, out, err) = host.run(&["audit", "show", "--json", "--action", "wal-fetch"]);
     assert!(ok, "{err}");
-    assert!(out.contains("wal-fetch"), "no wal-fetch in the access log");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let outcome = |e: &serde_json::Value| e["outcome"].as_str().unwrap_or("").to_string();
+    // One entry per recovery session (four restores were replayed), not one per WAL file.
+    let started: Vec<String> = entries
+        .iter()
+        .map(outcome)
+        .filter(|o| o.starts_with("started: recovery session"))
+        .collect();
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| outcome(e).starts_with("started: recovery session")),
+        "a per-file entry for a session's fetch: {out}"
+    );
+    assert!(entries.iter().all(|e| e["purpose"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("PITR e2e"))));
+
+    // The restores' WAL came from the prefetch once a session was under way.
+    let metrics = host.http_get("/metrics");
+    let hits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("coffre_wal_prefetch_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no coffre_wal_prefetch_hits_total in:\n{metrics}"));
+    assert!(hits >= 1.0, "no WAL file served from the prefetch ({hits})");
 
     // Nothing readable in the stores or the daemon's log.
     for f in files_under(&host.d.join("stores")) {

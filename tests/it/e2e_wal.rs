@@ -281,7 +281,11 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
     );
     assert!(to.join("recovery.signal").is_file());
     let auto = fs::read_to_string(to.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("wal-fetch --source emr %f %p'"), "{auto}");
+    assert!(
+        auto.contains("wal-fetch --source emr --session ")
+            && auto.contains(" --purpose ''PITR test'' %f %p'"),
+        "{auto}"
+    );
     assert!(
         auto.contains("recovery_target_time = '2999-01-01 00:00:00.000000+00'"),
         "{auto}"
