@@ -262,6 +262,14 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether the catalog's index has WAL file `name` of `source`.
+    pub fn has_wal(&self, source: &str, name: &str) -> Result<bool, CatalogError> {
+        self.conn()
+            .prepare("SELECT 1 FROM wal WHERE source = ?1 AND name = ?2")
+            .and_then(|mut st| st.exists(params![source, name]))
+            .map_err(|e| self.db(e))
+    }
+
     /// Every archived WAL file of `source` the catalog knows, in name order.
     pub fn list_wal(&self, source: &str) -> Result<Vec<WalRow>, CatalogError> {
         let conn = self.conn();

@@ -365,6 +365,19 @@ pub struct PitrConfig {
     /// the window has moved past it.
     #[serde(default = "default_pitr_window", with = "humantime_serde")]
     pub window: Duration,
+    /// Through the daemon, acknowledge a pushed WAL file once it is fsynced in the local spool
+    /// (`<state-dir>/spool/<source>/`) and replicate it in the background (pgBackRest's
+    /// `archive-async`): PostgreSQL is not held up by the stores, at the price of a window
+    /// where the newest WAL is on this host only.
+    #[serde(default)]
+    pub archive_async: bool,
+    /// Largest spool; past it, pushes are archived synchronously again (PostgreSQL then waits).
+    #[serde(default = "default_spool_max")]
+    pub spool_max: bytesize::ByteSize,
+}
+
+fn default_spool_max() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(4)
 }
 
 fn default_pitr_window() -> Duration {

@@ -234,6 +234,7 @@ impl Daemon {
         self.spawn(workers::CatchUp);
         self.spawn(workers::Scrub);
         self.spawn(workers::Drill);
+        self.spawn(workers::Spool);
         self.spawn(workers::Shred {
             journal: self.journal.clone(),
         });

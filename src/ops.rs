@@ -16,3 +16,4 @@ pub mod verify;
 pub mod wal;
 pub mod wal_check;
 pub mod wal_retention;
+pub mod wal_spool;

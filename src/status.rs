@@ -94,6 +94,7 @@ pub enum Worker {
     Scrub,
     Shred,
     Drill,
+    Spool,
 }
 
 impl Worker {
@@ -104,6 +105,7 @@ impl Worker {
             Worker::Scrub => "scrub",
             Worker::Shred => "shred",
             Worker::Drill => "drill",
+            Worker::Spool => "wal-spool",
         }
     }
 }
@@ -175,6 +177,8 @@ pub struct Metrics {
     pub pitr_window_start: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub pitr_window: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub wal_prefetch_hits: Counter,
+    pub wal_spool_files: Family<SourceLabel, Gauge>,
+    pub wal_spool_oldest_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -212,6 +216,8 @@ impl Metrics {
             pitr_window_start: Family::default(),
             pitr_window: Family::default(),
             wal_prefetch_hits: Counter::default(),
+            wal_spool_files: Family::default(),
+            wal_spool_oldest_age: Family::default(),
             registry: Registry::default(),
         };
         m.build_info
@@ -242,6 +248,16 @@ impl Metrics {
             "pitr_window_start_timestamp_seconds",
             "Oldest moment a point-in-time restore of the source can reach (its oldest base backup)",
             m.pitr_window_start.clone(),
+        );
+        registry.register(
+            "wal_spool_files",
+            "WAL files acknowledged from the local spool (archive-async) and not archived in the stores yet",
+            m.wal_spool_files.clone(),
+        );
+        registry.register(
+            "wal_spool_oldest_age_seconds",
+            "Age of the oldest WAL file waiting in the spool (0 when it is empty)",
+            m.wal_spool_oldest_age.clone(),
         );
         registry.register(
             "wal_prefetch_hits",
@@ -719,6 +735,12 @@ pub struct WalStatus {
     /// The oldest moment a point-in-time restore can reach: when the oldest base backup of
     /// the source was protected.
     pub window_start: Option<String>,
+    /// WAL files acknowledged from the local spool (`archive-async`) and not archived yet, and
+    /// the age of the oldest.
+    #[serde(default)]
+    pub spool_files: u64,
+    #[serde(default)]
+    pub spool_oldest_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -987,7 +1009,18 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
             .get_or_create(&label)
             .set(t.unix_timestamp_nanos() as f64 / 1e9);
     }
+    let spool = crate::ops::wal_spool::depth(app, name);
+    rt.metrics
+        .wal_spool_files
+        .get_or_create(&label)
+        .set(spool.files as i64);
+    rt.metrics
+        .wal_spool_oldest_age
+        .get_or_create(&label)
+        .set(spool.oldest_seconds.unwrap_or(0.0));
     Some(WalStatus {
+        spool_files: spool.files,
+        spool_oldest_age_seconds: spool.oldest_seconds,
         files,
         last_archived: last.map(|(n, _)| n),
         last_archived_at: last_at,

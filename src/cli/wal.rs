@@ -11,6 +11,23 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
     match cmd {
         Command::WalPush { source, path, json } => {
+            // archive-async, through the daemon: acknowledged from the spool.
+            let asynchronous = ctx.daemon.is_some()
+                && app
+                    .config
+                    .source(source)
+                    .and_then(|s| s.pitr.as_ref())
+                    .is_some_and(|p| p.archive_async);
+            if asynchronous {
+                if let Some(sp) = crate::ops::wal_spool::spool(app, source, path)? {
+                    if *json {
+                        w.json(&sp)?;
+                    } else {
+                        outln!(w, "{} spooled (archived in the background)", sp.name);
+                    }
+                    return Ok(exit::OK);
+                }
+            }
             let pushed = crate::ops::wal::push(app, source, path, &ctx.actor).await?;
             if *json {
                 w.json(&pushed)?;
@@ -43,7 +60,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 ctx.daemon.clone(),
             )
             .await;
-            let (manifest, plain) = match fetched {
+            let (object, plain) = match fetched {
                 Ok(x) => x,
                 // The normal end of the archive during recovery: a short note, exit 1.
                 Err(e @ WalError::NotArchived(_)) => {
@@ -56,8 +73,8 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 // Through the daemon: the caller writes the file with its own rights.
                 Some(tx) => {
                     let begin = Chunk::Begin {
-                        snapshot: manifest.snapshot,
-                        kind: manifest.kind,
+                        snapshot: object,
+                        kind: crate::store::SnapshotKind::Wal,
                         size: plain.len() as u64,
                     };
                     let mut sent = tx.send(begin).await.is_ok();

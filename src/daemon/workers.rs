@@ -268,6 +268,44 @@ impl Periodic for CatchUp {
     }
 }
 
+/// Archive the WAL files acknowledged from the spool (`archive-async`), as soon as one is
+/// spooled and every 5 s while some wait.
+pub struct Spool;
+
+impl Periodic for Spool {
+    const WORKER: Worker = Worker::Spool;
+    const AT_START: bool = true;
+
+    async fn wait(&mut self, _app: &Coffre) {
+        tokio::select! {
+            _ = crate::ops::wal_spool::WAKE.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+        let waiting = app
+            .config
+            .sources
+            .iter()
+            .any(|s| s.pitr.is_some() && crate::ops::wal_spool::depth(&app, &s.name).files > 0);
+        if !waiting {
+            return Round::Done;
+        }
+        ctx.busy();
+        let (done, failures) =
+            crate::ops::wal_spool::drain(&app, "coffre-daemon (wal-spool)").await;
+        if done > 0 {
+            tracing::info!(archived = done, "spooled WAL archived");
+        }
+        if let Some(f) = failures.first() {
+            ctx.error(&format!("spooled WAL not archived yet: {f}"));
+            return Round::Failed;
+        }
+        Round::Done
+    }
+}
+
 /// Re-hash every replica against its manifest and repair the bad ones from a good copy.
 pub struct Scrub;
 

@@ -47,6 +47,8 @@ pub enum WalError {
         min: usize,
         detail: String,
     },
+    #[error("WAL file {0} waits in the spool with DIFFERENT bytes: refused, so that PostgreSQL never has two versions of one WAL file acknowledged. Check that two clusters do not archive into the same source")]
+    SpoolConflict(String),
     #[error("WAL file {0} is not archived in any store")]
     NotArchived(String),
     #[error("WAL file {name} could not be read from any store: {reasons}")]
@@ -72,7 +74,7 @@ pub struct Pushed {
     pub stores: Vec<String>,
 }
 
-fn archiving_source(app: &Coffre, source: &str) -> Result<(), WalError> {
+pub(crate) fn archiving_source(app: &Coffre, source: &str) -> Result<(), WalError> {
     let s = app
         .config
         .source(source)
@@ -83,7 +85,7 @@ fn archiving_source(app: &Coffre, source: &str) -> Result<(), WalError> {
     }
 }
 
-fn wal_name(path: &Path) -> Result<WalName, WalError> {
+pub(crate) fn wal_name(path: &Path) -> Result<WalName, WalError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -248,7 +250,7 @@ async fn copy_into(
     crate::ops::commit::commit(app, s, manifest, key, crate::ops::commit::Existing::Refuse).await
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, WalError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, WalError> {
     let read = |source| WalError::Read {
         path: path.to_path_buf(),
         source,
@@ -582,7 +584,7 @@ pub async fn fetch(
     purpose: &str,
     session: Option<&str>,
     daemon: Option<std::sync::Arc<Coffre>>,
-) -> Result<(Manifest, Vec<u8>), WalError> {
+) -> Result<(SnapshotId, Vec<u8>), WalError> {
     archiving_source(app, source)?;
     let name = WalName::parse(name).map_err(WalError::Name)?;
     if let Some(id) = session {
@@ -599,7 +601,34 @@ pub async fn fetch(
     }
     let manifest = match &cached {
         Some((m, _)) => m.clone(),
-        None => locate(app, source, &name).await?,
+        None => match locate(app, source, &name).await {
+            Ok(m) => m,
+            // Acknowledged from the spool, not in the stores yet.
+            Err(e @ (WalError::NotArchived(_) | WalError::Unreadable { .. })) => {
+                let Some(bytes) = crate::ops::wal_spool::read(app, source, &name) else {
+                    return Err(e);
+                };
+                app.audit
+                    .append(NewEntry {
+                        actor: actor.to_string(),
+                        action: "wal-fetch".into(),
+                        target: Target {
+                            source: Some(source.to_string()),
+                            ..Default::default()
+                        },
+                        purpose: purpose.to_string(),
+                        outcome: format!(
+                            "WAL file {name} from the local spool (not in the stores yet)"
+                        ),
+                        exposes: Some(format!(
+                            "the changes to every patient's records in WAL file {name}"
+                        )),
+                    })
+                    .map_err(|e| WalError::Audit(e.to_string()))?;
+                return Ok((SnapshotId::new(), bytes));
+            }
+            Err(e) => return Err(e),
+        },
     };
     match session {
         Some(id) => {
@@ -640,7 +669,7 @@ pub async fn fetch(
     if let (Some(_), Some(d)) = (session, daemon) {
         prefetch_after(d, source, &name, manifest.size);
     }
-    Ok((manifest, plain))
+    Ok((manifest.snapshot, plain))
 }
 
 /// Write `bytes` to `dest` through a temporary name in its folder, fsynced, then renamed.

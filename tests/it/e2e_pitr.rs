@@ -35,11 +35,12 @@ struct Host {
 impl Host {
     /// Two local stores, `a` and `b`.
     fn start() -> Host {
-        Host::start_with(|d| local_stores(d, &[("a", "a"), ("b", "b")]), &[])
+        Host::start_with(|d| local_stores(d, &[("a", "a"), ("b", "b")]), &[], "")
     }
 
-    /// `stores(d)` gives the `[[store]]` tables; `envs` go to the daemon.
-    fn start_with(stores: impl Fn(&Path) -> String, envs: &[(&str, &str)]) -> Host {
+    /// `stores(d)` gives the `[[store]]` tables; `envs` go to the daemon; `pitr` are more
+    /// lines of `[source.pitr]`.
+    fn start_with(stores: impl Fn(&Path) -> String, envs: &[(&str, &str)], pitr: &str) -> Host {
         let tmp = tempfile::Builder::new()
             .prefix("coffre-pitr-")
             .tempdir()
@@ -73,6 +74,7 @@ path = "{dd}/in"
 complete = "marker"
 [source.pitr]
 window = "7d"
+{pitr}
 {stores}{provider}"#,
                 stores = stores(&d),
                 provider = file_key_provider(&d.join("keys/master.key")),
@@ -535,6 +537,7 @@ fn with_a_store_down_postgresql_keeps_the_wal_and_retries_until_both_sites_have_
     let host = Host::start_with(
         |d| format!("{}{table}", local_stores(d, &[("a", "a")])),
         &[(S3_AK_ENV, s3.access_key()), (S3_SK_ENV, s3.secret_key())],
+        "",
     );
     let primary = Postgres::start_with(&[
         ("archive_mode", "on"),
@@ -714,4 +717,101 @@ fn a_push_cut_by_kill_9_of_the_daemon_is_not_acknowledged_and_the_retry_archives
             f.display()
         );
     }
+}
+
+#[test]
+fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_the_daemon_come_back(
+) {
+    let mut s3 = S3Server::start();
+    let table = s3_store("s3", "s3-site", &s3);
+    let (ak, sk) = (s3.access_key().to_string(), s3.secret_key().to_string());
+    let envs = [(S3_AK_ENV, ak.as_str()), (S3_SK_ENV, sk.as_str())];
+    let mut host = Host::start_with(
+        |d| format!("{}{table}", local_stores(d, &[("a", "a")])),
+        &envs,
+        "archive-async = true",
+    );
+    let pg_wal = host.d.join("pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let push = |path: &Path| {
+        let out = Command::new(BIN)
+            .args(["wal-push", "--source", "emr"])
+            .arg(path)
+            .env("COFFRE_SOCKET", &host.socket)
+            .env("COFFRE_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let name = "000000010000000000000001";
+    let seg = pg_wal.join(name);
+    let bytes = incompressible(&seg, 2 << 20, 7);
+
+    // S3 down: acknowledged all the same, from the spool.
+    s3.stop();
+    let (ok, said) = push(&seg);
+    assert!(ok && said.contains("spooled"), "{said}");
+    let spooled = host.d.join("state/spool/emr").join(name);
+    assert!(spooled.is_file());
+    let (ok, out, err) = host.run(&["status", "--json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["sources"][0]["wal"]["spool_files"], 1, "{out}");
+    // The same name with other bytes is refused while the first waits.
+    let other = host.d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    incompressible(&other.join(name), 2 << 20, 8);
+    let (ok, said) = push(&other.join(name));
+    assert!(!ok && said.contains("DIFFERENT"), "{said}");
+    // A restore can have it meanwhile.
+    let fetched = host.d.join("fetched");
+    let (ok, _, err) = host.run(&[
+        "wal-fetch",
+        "--source",
+        "emr",
+        name,
+        fetched.to_str().unwrap(),
+        "--purpose",
+        "read a spooled segment",
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read(&fetched).unwrap() == bytes);
+
+    // kill -9: the spool survives, and the restarted daemon archives it once S3 is back.
+    let _ = host.daemon.kill();
+    let _ = host.daemon.wait();
+    host.daemon = spawn_daemon(&host.config, &host.d, &host.log, &envs);
+    assert!(
+        spooled.is_file(),
+        "the spooled segment was lost with the daemon"
+    );
+    s3.restart();
+    let t = Instant::now();
+    while spooled.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the spool was not drained once S3 was back:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, out, err) = host.run(&["verify"]);
+    assert!(ok, "both sites hold it: {out}{err}");
+    assert!(out.contains("0 not ok"), "{out}");
+    let metrics = host.http_get("/metrics");
+    assert!(
+        metrics.contains("coffre_wal_spool_files{source=\"emr\"} 0"),
+        "{metrics}"
+    );
+    // Archived now: other bytes under its name are refused by the stores' copy.
+    let (ok, said) = push(&other.join(name));
+    assert!(!ok && said.contains("DIFFERENT"), "{said}");
 }
