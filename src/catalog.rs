@@ -90,6 +90,8 @@ pub struct WalRow {
     pub object: SnapshotId,
     pub created: String,
     pub epoch: EpochId,
+    /// Plaintext bytes (a segment's size is the cluster's `--wal-segsize`).
+    pub size: u64,
 }
 
 /// One recovery session's WAL fetches (`restore_command` of one point-in-time restore).
@@ -274,7 +276,9 @@ impl Catalog {
     pub fn list_wal(&self, source: &str) -> Result<Vec<WalRow>, CatalogError> {
         let conn = self.conn();
         let mut st = conn
-            .prepare("SELECT name, object, created, epoch FROM wal WHERE source = ?1 ORDER BY name")
+            .prepare(
+                "SELECT name, object, created, epoch, size FROM wal WHERE source = ?1 ORDER BY name",
+            )
             .map_err(|e| self.db(e))?;
         let rows = st
             .query_map(params![source], |r| {
@@ -283,6 +287,7 @@ impl Catalog {
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })
             .map_err(|e| self.db(e))?
@@ -290,13 +295,14 @@ impl Catalog {
             .map_err(|e| self.db(e))?;
         Ok(rows
             .into_iter()
-            .filter_map(|(name, object, created, epoch)| {
+            .filter_map(|(name, object, created, epoch, size)| {
                 Some(WalRow {
                     source: source.to_string(),
                     name,
                     object: object.parse().ok()?,
                     created,
                     epoch: EpochId::try_from(epoch).ok()?,
+                    size: u64::try_from(size).unwrap_or(0),
                 })
             })
             .collect())

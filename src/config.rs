@@ -419,6 +419,18 @@ pub struct DrillConfig {
     /// Scratch folder (default `<state-dir>/drills`); wiped after every drill.
     #[serde(default)]
     pub scratch_dir: Option<PathBuf>,
+    /// A point-in-time drill (source with `[source.pitr]`): restore a base backup, replay the
+    /// archived WAL to a random point of the window with PostgreSQL, then run the verify
+    /// command on the promoted database.
+    #[serde(default)]
+    pub pitr: bool,
+    /// OS user PostgreSQL runs as for the replay when the daemon runs as root (it owns the
+    /// scratch copy; it must be in `audit.operators-group` to fetch WAL through the socket).
+    #[serde(default)]
+    pub pg_user: Option<String>,
+    /// The PostgreSQL programs for the replay (default: from the backup's PG_VERSION).
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
 }
 
 fn default_complete() -> CompleteRule {

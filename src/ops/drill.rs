@@ -41,6 +41,12 @@ pub struct DrillReport {
     pub verify_exit: Option<i32>,
     pub scratch_wiped: bool,
     pub fresh_catalog: bool,
+    /// A point-in-time drill: where the replay stopped (an LSN, in a WAL file archived at a
+    /// known time), and how long the replay took (part of the RTO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub replay_seconds: f64,
 }
 
 /// What to drill.
@@ -169,6 +175,8 @@ impl DrillReport {
             verify_exit: None,
             scratch_wiped: false,
             fresh_catalog,
+            target: None,
+            replay_seconds: 0.0,
         }
     }
 }
@@ -328,6 +336,14 @@ pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>,
             (None, Some(list)) => list.clone(),
             (None, None) => app.stores.iter().map(|s| s.name.clone()).collect(),
         };
+        let pitr = cfg.pitr && app.config.source(&source).is_some_and(|s| s.pitr.is_some());
+        if pitr {
+            let point = pick_point(app, &source)?;
+            for store in stores {
+                out.push(drill_pitr(app, &source, &store, &point, req).await);
+            }
+            continue;
+        }
         let snapshot = match req.snapshot {
             Some(id) => Some(id),
             None => pick_snapshot(app, &source, cfg.pick),
@@ -340,4 +356,182 @@ pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>,
         }
     }
     Ok(out)
+}
+
+/// Where a point-in-time drill replays to: a random LSN inside a random archived segment (never
+/// the newest of its timeline, so that WAL past the target exists and the replay can stop
+/// there), on that segment's timeline, from the newest base backup that starts before it.
+#[derive(Debug, Clone)]
+pub struct PitrPoint {
+    pub base: SnapshotId,
+    pub lsn: String,
+    pub timeline: u32,
+    pub segment: String,
+    pub archived: String,
+}
+
+fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
+    use crate::format::wal::{WalFileKind, WalName};
+    let mut by_tl: std::collections::BTreeMap<u32, Vec<(WalName, crate::catalog::WalRow)>> =
+        Default::default();
+    for r in app.catalog.list_wal(source).map_err(|e| e.to_string())? {
+        if let Ok(w) = WalName::parse(&r.name) {
+            if w.kind() == WalFileKind::Segment {
+                by_tl.entry(w.timeline()).or_default().push((w, r));
+            }
+        }
+    }
+    let bases: Vec<(u32, u64, SnapshotId)> = app
+        .catalog
+        .list(Some(source))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|e| e.manifest.kind == crate::store::SnapshotKind::Directory)
+        .filter_map(|e| {
+            let start = WalName::parse(e.manifest.pg_wal_start.as_deref()?).ok()?;
+            Some((start.timeline(), start.position(), e.manifest.snapshot))
+        })
+        .collect();
+    let usable = |w: &WalName| {
+        bases
+            .iter()
+            .filter(|(tl, p, _)| *tl <= w.timeline() && *p <= w.position())
+            .max_by_key(|(_, p, id)| (*p, *id))
+            .map(|(_, _, id)| *id)
+    };
+    let mut candidates = Vec::new();
+    for segs in by_tl.values_mut() {
+        segs.sort_by_key(|(w, _)| w.position());
+        segs.pop(); // the newest of the timeline: the replay must find WAL after its target
+        for (w, r) in segs.iter() {
+            if let Some(base) = usable(w) {
+                candidates.push((w.clone(), r.clone(), base));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(format!(
+            "source `{source}` has nothing to replay yet: a point-in-time drill needs a base backup and at least two archived WAL segments after its start"
+        ));
+    }
+    let (w, row, base) = &candidates[rand::random::<u64>() as usize % candidates.len()];
+    let size = if row.size.is_power_of_two() { row.size } else { 16 << 20 };
+    let per_log = crate::ops::wal_check::segments_per_log(size);
+    let (log, seg) = (w.position() >> 32, w.position() & 0xFFFF_FFFF);
+    let lo = (seg % per_log) * size + rand::random::<u64>() % size;
+    Ok(PitrPoint {
+        base: *base,
+        lsn: format!("{log:X}/{lo:X}"),
+        timeline: w.timeline(),
+        segment: w.to_string(),
+        archived: row.created.clone(),
+    })
+}
+
+/// `chown -R` of the scratch copy to the user PostgreSQL runs as.
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+    if root.is_dir() && !root.is_symlink() {
+        for e in std::fs::read_dir(root)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// One point-in-time drill from one store: restore the base backup from it, write the recovery
+/// settings (WAL fetched through the daemon's socket, in one recovery session), replay with
+/// PostgreSQL to the point and promote, run the verify command on the database; RTO = all of it.
+async fn drill_pitr(
+    app: &Coffre,
+    source: &str,
+    store: &str,
+    point: &PitrPoint,
+    req: &DrillRequest,
+) -> DrillReport {
+    let cfg = app
+        .config
+        .source(source)
+        .map(|s| s.drill.clone())
+        .unwrap_or_default();
+    let mut report = DrillReport::start(source, store, point.base, req.fresh_catalog);
+    report.target = Some(format!(
+        "lsn {} in WAL file {} (archived {})",
+        point.lsn, point.segment, point.archived
+    ));
+    let root = cfg.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let scratch = root.join(format!("coffre-pitr-drill-{}", report.drill));
+    let limit = cfg.timeout.unwrap_or(Duration::from_secs(3600));
+    let t0 = Instant::now();
+    let run = async {
+        crate::fsutil::create_private_dir(&scratch)
+            .map_err(|e| format!("scratch folder {}: {e}", scratch.display()))?;
+        let to = restore_into(app, &scratch, source, store, point.base, req, &mut report).await?;
+        report.restore_seconds = t0.elapsed().as_secs_f64();
+        report.stage = "replay".into();
+        let exe = std::env::current_exe().map_err(|e| format!("where is coffre: {e}"))?;
+        let socket = crate::daemon::control::socket_path(&app.config);
+        let command = crate::ops::pitr::restore_command(
+            &exe,
+            None,
+            Some(&socket),
+            source,
+            &report.drill,
+            &req.purpose,
+        );
+        let target = crate::ops::pitr::Target::Lsn(point.lsn.clone());
+        // The point's own timeline (a later line wins over the settings' `latest`).
+        let settings = format!(
+            "{}recovery_target_timeline = '{}'\n",
+            crate::ops::pitr::settings_text(&target, &command),
+            point.timeline
+        );
+        crate::ops::pitr::write_recovery(&to, &settings).map_err(|e| e.to_string())?;
+        let user = match (&cfg.pg_user, nix::unistd::geteuid().is_root()) {
+            (Some(u), true) => {
+                let u = nix::unistd::User::from_name(u)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("drill.pg-user `{u}` is not a user of this host"))?;
+                chown_tree(&scratch, u.uid.as_raw(), u.gid.as_raw())
+                    .map_err(|e| format!("chown the scratch copy to {}: {e}", u.name))?;
+                Some((u.uid.as_raw(), u.gid.as_raw()))
+            }
+            (None, true) => {
+                return Err("a point-in-time drill runs PostgreSQL, never as root: set drill.pg-user (e.g. \"postgres\", a member of audit.operators-group)".to_string())
+            }
+            (_, false) => None,
+        };
+        let t1 = Instant::now();
+        let pg_bin = cfg.pg_bin.clone();
+        let dir = to.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::ops::pitr::replay_as(&dir, pg_bin.as_deref(), user)
+        })
+        .await
+        .map_err(|e| format!("replay: {e}"))?
+        .map_err(|e| e.to_string())?;
+        report.replay_seconds = t1.elapsed().as_secs_f64();
+        report.stage = "verify".into();
+        if let Some(cmd) = &cfg.verify_command {
+            run_verify(cmd, &scratch, &to, source, point.base, &mut report).await?;
+        }
+        report.stage = "done".into();
+        Ok::<(), String>(())
+    };
+    let result = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+        Err(format!(
+            "drill exceeded its time limit of {}",
+            humantime::format_duration(limit)
+        ))
+    });
+    report.rto_seconds = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => report.ok = true,
+        Err(e) => report.error = Some(e),
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    report.scratch_wiped = !scratch.exists();
+    report.finished = crate::clock::now_rfc3339();
+    record(app, req, &report);
+    report
 }

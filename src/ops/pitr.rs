@@ -376,8 +376,19 @@ pub fn find_postgres(dir: &Path, pg_bin: Option<&Path>) -> Result<std::path::Pat
 /// it came from). It runs as the caller, who must own `dir`; its output goes to
 /// `dir/coffre-replay.log`.
 pub fn replay(dir: &Path, pg_bin: Option<&Path>) -> Result<Replayed, PitrError> {
+    replay_as(dir, pg_bin, None)
+}
+
+/// [`replay`], as the OS user `as_user` (uid, gid) when the caller is root (the daemon's PITR
+/// drill: `drill.pg-user`), who must own `dir`.
+pub fn replay_as(
+    dir: &Path,
+    pg_bin: Option<&Path>,
+    as_user: Option<(u32, u32)>,
+) -> Result<Replayed, PitrError> {
     use std::os::unix::fs::PermissionsExt;
-    if nix::unistd::geteuid().is_root() {
+    let as_user = as_user.filter(|_| nix::unistd::geteuid().is_root());
+    if nix::unistd::geteuid().is_root() && as_user.is_none() {
         return Err(PitrError::ReplayAsRoot);
     }
     let postgres = find_postgres(dir, pg_bin)?;
@@ -403,12 +414,22 @@ pub fn replay(dir: &Path, pg_bin: Option<&Path>) -> Result<Replayed, PitrError> 
         .mode(0o700)
         .create(&sockets)
         .map_err(spawn_err("a private socket folder"))?;
-    let result = replay_in(dir, &postgres, &sockets);
+    if let Some((uid, gid)) = as_user {
+        std::os::unix::fs::chown(&sockets, Some(uid), Some(gid))
+            .map_err(spawn_err("chown the private socket folder"))?;
+    }
+    let result = replay_in(dir, &postgres, &sockets, as_user);
     let _ = std::fs::remove_dir_all(&sockets);
     result
 }
 
-fn replay_in(dir: &Path, postgres: &Path, sockets: &Path) -> Result<Replayed, PitrError> {
+fn replay_in(
+    dir: &Path,
+    postgres: &Path,
+    sockets: &Path,
+    as_user: Option<(u32, u32)>,
+) -> Result<Replayed, PitrError> {
+    use std::os::unix::process::CommandExt;
     let spawn_err = |what: &str| {
         let what = what.to_string();
         move |source| PitrError::Spawn { what, source }
@@ -417,7 +438,11 @@ fn replay_in(dir: &Path, postgres: &Path, sockets: &Path) -> Result<Replayed, Pi
     let out = std::fs::File::create(&log).map_err(spawn_err("create coffre-replay.log"))?;
     let err = out.try_clone().map_err(spawn_err("coffre-replay.log"))?;
     let started = std::time::Instant::now();
-    let mut child = std::process::Command::new(postgres)
+    let mut cmd = std::process::Command::new(postgres);
+    if let Some((uid, gid)) = as_user {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd
         .arg("-D")
         .arg(dir)
         .arg("-c")

@@ -35,7 +35,14 @@ struct Host {
 impl Host {
     /// Two local stores, `a` and `b`.
     fn start() -> Host {
-        Host::start_with(|d| local_stores(d, &[("a", "a"), ("b", "b")]), &[], "")
+        // A point-in-time drill: PostgreSQL replays as user postgres; the verify command checks
+        // that the copy was promoted and shut down cleanly.
+        let controldata = Postgres::pg_bin_dir().join("pg_controldata");
+        let drill = format!(
+            "\n[source.drill]\npitr = true\npg-user = \"postgres\"\nverify-command = \"{} {{dir}} | grep -q 'cluster state: *shut down$'\"\n",
+            controldata.display()
+        );
+        Host::start_with(|d| local_stores(d, &[("a", "a"), ("b", "b")]), &[], &drill)
     }
 
     /// `stores(d)` gives the `[[store]]` tables; `envs` go to the daemon; `pitr` are more
@@ -505,6 +512,26 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     assert!(entries.iter().all(|e| e["purpose"]
         .as_str()
         .is_some_and(|p| p.starts_with("PITR e2e"))));
+
+    // The drill: a random point of the archive, replayed from each store's base backup.
+    let (ok, out, err) = host.run(&["drill", "--source", "emr", "--json"]);
+    assert!(ok, "drill: {out}{err}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(reports.len(), 2, "{out}");
+    for r in &reports {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["stage"], "done", "{r}");
+        assert!(
+            r["target"].as_str().is_some_and(|t| t.starts_with("lsn ")),
+            "{r}"
+        );
+        assert!(r["replay_seconds"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+        assert!(
+            r["rto_seconds"].as_f64().unwrap_or(0.0) >= r["replay_seconds"].as_f64().unwrap_or(1.0),
+            "{r}"
+        );
+        assert_eq!(r["scratch_wiped"], true, "{r}");
+    }
 
     // The restores' WAL came from the prefetch once a session was under way.
     let metrics = host.http_get("/metrics");
