@@ -374,12 +374,7 @@ impl Coffre {
         }
         survey.refuse_if_disagreeing()?;
         self.catalog.clear()?;
-        let written = survey.write(&self.catalog, &self.stores)?;
-        let wal = crate::ops::wal_retention::reindex(self).await;
-        if wal > 0 {
-            tracing::info!(wal_files = wal, "WAL archive indexed from the stores");
-        }
-        Ok(written)
+        survey.write(&self.catalog, &self.stores)
     }
 }
 

@@ -264,6 +264,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// How many indexed WAL files (any source) have their key under `epoch`.
+    pub fn wal_in_epoch(&self, epoch: &EpochId) -> Result<u64, CatalogError> {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM wal WHERE epoch = ?1",
+                params![epoch.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Whether the catalog's index has WAL file `name` of `source`.
     pub fn has_wal(&self, source: &str, name: &str) -> Result<bool, CatalogError> {
         self.conn()

@@ -647,6 +647,18 @@ pub struct KeyProviderConfig {
 }
 
 impl Config {
+    /// Where the daemon's control socket is: `daemon.control-socket`, else
+    /// `$RUNTIME_DIRECTORY/coffre.sock`, else `<state-dir>/run/coffre.sock`.
+    pub fn control_socket_path(&self) -> PathBuf {
+        if let Some(p) = &self.daemon.control_socket {
+            return p.clone();
+        }
+        match std::env::var_os("RUNTIME_DIRECTORY") {
+            Some(d) => PathBuf::from(d).join("coffre.sock"),
+            None => self.state_dir.join("run").join("coffre.sock"),
+        }
+    }
+
     /// Read, parse and validate a config file.
     /// Read, resolve and validate a config file. A relative path in it is taken from the folder
     /// the file is in (as Prometheus and docker compose do), never from the working directory:

@@ -74,13 +74,7 @@ pub const TAG_EXIT: u8 = b'X';
 /// Where the socket is: `daemon.control-socket`, else `$RUNTIME_DIRECTORY/coffre.sock`, else
 /// `<state-dir>/run/coffre.sock`.
 pub fn socket_path(config: &crate::Config) -> PathBuf {
-    if let Some(p) = &config.daemon.control_socket {
-        return p.clone();
-    }
-    match std::env::var_os("RUNTIME_DIRECTORY") {
-        Some(d) => PathBuf::from(d).join("coffre.sock"),
-        None => config.state_dir.join("run").join("coffre.sock"),
-    }
+    config.control_socket_path()
 }
 
 fn user_name(uid: u32) -> String {

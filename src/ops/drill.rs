@@ -297,6 +297,7 @@ fn record(app: &Coffre, req: &DrillRequest, report: &DrillReport) {
 pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>, String> {
     if req.fresh_catalog {
         app.rebuild_catalog().await.map_err(|e| e.to_string())?;
+        crate::ops::wal_retention::reindex(app).await;
     }
     let mut sources: Vec<String> = match &req.source {
         Some(s) => vec![s.clone()],
@@ -415,7 +416,11 @@ fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
         ));
     }
     let (w, row, base) = &candidates[rand::random::<u64>() as usize % candidates.len()];
-    let size = if row.size.is_power_of_two() { row.size } else { 16 << 20 };
+    let size = if row.size.is_power_of_two() {
+        row.size
+    } else {
+        16 << 20
+    };
     let per_log = crate::ops::wal_check::segments_per_log(size);
     let (log, seg) = (w.position() >> 32, w.position() & 0xFFFF_FFFF);
     let lo = (seg % per_log) * size + rand::random::<u64>() % size;
@@ -470,7 +475,7 @@ async fn drill_pitr(
         report.restore_seconds = t0.elapsed().as_secs_f64();
         report.stage = "replay".into();
         let exe = std::env::current_exe().map_err(|e| format!("where is coffre: {e}"))?;
-        let socket = crate::daemon::control::socket_path(&app.config);
+        let socket = app.config.control_socket_path();
         let command = crate::ops::pitr::restore_command(
             &exe,
             None,

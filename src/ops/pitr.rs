@@ -464,8 +464,13 @@ fn replay_in(
                 tail: tail(&log, 15),
             });
         }
-        // Promoted: recovery.signal removed and the postmaster running as a primary.
-        if !signal.exists() && postmaster_status(dir).as_deref() == Some("ready") {
+        // Promoted: recovery.signal removed and pg_control says "in production" (the end of
+        // recovery is written; stopping earlier would leave a copy that replays past the
+        // target on its next start).
+        if !signal.exists()
+            && control_state(dir) == Some(DB_IN_PRODUCTION)
+            && postmaster_status(dir).as_deref() == Some("ready")
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -493,6 +498,18 @@ fn replay_in(
         }
     }
     Ok(Replayed { seconds, log })
+}
+
+/// `DBState::DB_IN_PRODUCTION` in PostgreSQL's `pg_control` (the same in every version since
+/// 9.0).
+const DB_IN_PRODUCTION: u32 = 6;
+
+/// The cluster state of `dir/global/pg_control`: a `u32` in the machine's byte order at offset
+/// 16, after the system identifier, the control file version and the catalog version.
+fn control_state(dir: &Path) -> Option<u32> {
+    let bytes = std::fs::read(dir.join("global/pg_control")).ok()?;
+    let b: [u8; 4] = bytes.get(16..20)?.try_into().ok()?;
+    Some(u32::from_ne_bytes(b))
 }
 
 /// Line 8 of postmaster.pid: `starting`, `standby`, `ready` or `stopping`.

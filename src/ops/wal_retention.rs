@@ -490,6 +490,19 @@ pub async fn shred_due(
             });
             continue;
         }
+        // WAL files under this epoch that this plan does not shred (a source no longer
+        // archiving, say): not now either.
+        let wal = app.catalog.wal_in_epoch(&epoch).unwrap_or(u64::MAX);
+        if wal > rows.len() as u64 {
+            errors.push(ShredError::NotDestroyed {
+                epoch: epoch.clone(),
+                reason: format!(
+                    "{} other WAL file(s) still depend on it",
+                    wal - rows.len() as u64
+                ),
+            });
+            continue;
+        }
         let target = Target {
             epoch: Some(epoch.to_string()),
             ..Default::default()

@@ -191,7 +191,7 @@ fn full_access_log_refuses_the_access() {
 fn full_state_folder_fails_the_backup_cleanly_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let statefs = Tmpfs::new(&d.join("statefs"), 256);
+    let statefs = Tmpfs::new(&d.join("statefs"), 1024);
     let config = write_config(d, &statefs.0.join("state"), None);
     let f = dump(d);
     let (code, out) = run(&config, &["backup", "--source", "emr", f.to_str().unwrap()]);
