@@ -501,7 +501,7 @@ fn scrub_repairs_a_replica_with_wrong_bytes() {
         .replace("scrub-every = \"1h\"", "scrub-every = \"1s\"");
     std::fs::write(env.p("coffre.toml"), text).unwrap();
     let d = env.start(None);
-    wait_until("scrub repaired the replica", 30, || {
+    wait_until("scrub repaired the replica", 90, || {
         let (_, m) = http_get(env.port, "/metrics").unwrap();
         m.contains("coffre_repairs_total{store=\"site-b\"} 1")
     });
