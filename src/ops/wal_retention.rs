@@ -233,6 +233,17 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
         let start = base
             .as_ref()
             .and_then(|b| WalName::parse(&b.wal_start).ok());
+        // A directory snapshot whose WAL start is not known (protected by an older coffre, or a
+        // pg_basebackup in tar format) might need any WAL: keep all of it while one is kept.
+        let unknown_start = app
+            .catalog
+            .list(Some(&s.name))
+            .map(|l| {
+                l.iter().any(|e| {
+                    e.manifest.kind == SnapshotKind::Directory && e.manifest.pg_wal_start.is_none()
+                })
+            })
+            .unwrap_or(true);
         let mut due = WalDue {
             source: s.name.clone(),
             base,
@@ -243,6 +254,7 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
                 continue;
             }
             let keep = match (&start, WalName::parse(&row.name)) {
+                _ if unknown_start => true,
                 (Some(start), Ok(w)) => needed(start, &w),
                 // No base backup: nothing can replay it.
                 (None, Ok(_)) => false,

@@ -570,3 +570,32 @@ fn a_rebuilt_catalog_knows_the_wal_archive_again_so_retention_can_shred_it() {
     // No base backup: nothing needs them once their epochs are due.
     assert_eq!(plan.json()["pitr"][0]["wal_due_shred"], 2, "{plan}");
 }
+
+#[test]
+fn wal_is_kept_while_a_base_backup_of_unknown_start_is_kept() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    for (i, n) in ["000000010000000000000001", "000000010000000000000002"]
+        .iter()
+        .enumerate()
+    {
+        let (p, _) = wal_file(&pgwal, n, 500 + i as u64);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+    }
+    // A directory snapshot without a backup_label (a tar-format pg_basebackup, say): where
+    // its WAL starts is not known, so no WAL may go while it is kept.
+    let tar_format = env.dir.path().join("base-tar");
+    fs::create_dir_all(&tar_format).unwrap();
+    fs::write(tar_format.join("base.tar"), vec![1u8; 4096]).unwrap();
+    env.backup(&tar_format);
+    let plan = run_at(&env, "+10d", &["retention", "plan", "--json"]);
+    plan.expect_ok();
+    let p = &plan.json()["pitr"][0];
+    assert_eq!(
+        (p["wal_due_shred"].as_u64(), p["wal_due_keep"].as_u64()),
+        (Some(0), Some(2)),
+        "{plan}"
+    );
+}
