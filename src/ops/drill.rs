@@ -136,19 +136,39 @@ pub(crate) async fn drill_one(
         report.stage = "done".into();
         Ok::<(), String>(())
     };
-    let result = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+    let result = within(limit, run).await;
+    finish(app, req, report, &scratch, t0, result)
+}
+
+/// A drill's stages, stopped at `limit`.
+async fn within(
+    limit: Duration,
+    run: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
         Err(format!(
             "drill exceeded its time limit of {}",
             humantime::format_duration(limit)
         ))
-    });
+    })
+}
+
+/// The end of every drill: its RTO (since `t0`) and outcome, the scratch folder wiped whatever
+/// happened, the result recorded.
+fn finish(
+    app: &Coffre,
+    req: &DrillRequest,
+    mut report: DrillReport,
+    scratch: &Path,
+    t0: Instant,
+    result: Result<(), String>,
+) -> DrillReport {
     report.rto_seconds = t0.elapsed().as_secs_f64();
     match result {
         Ok(()) => report.ok = true,
         Err(e) => report.error = Some(e),
     }
-    // Wipe the scratch folder whatever happened.
-    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(scratch);
     report.scratch_wiped = !scratch.exists();
     report.finished = crate::clock::now_rfc3339();
     record(app, req, &report);
@@ -523,20 +543,6 @@ async fn drill_pitr(
         report.stage = "done".into();
         Ok::<(), String>(())
     };
-    let result = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-        Err(format!(
-            "drill exceeded its time limit of {}",
-            humantime::format_duration(limit)
-        ))
-    });
-    report.rto_seconds = t0.elapsed().as_secs_f64();
-    match result {
-        Ok(()) => report.ok = true,
-        Err(e) => report.error = Some(e),
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    report.scratch_wiped = !scratch.exists();
-    report.finished = crate::clock::now_rfc3339();
-    record(app, req, &report);
-    report
+    let result = within(limit, run).await;
+    finish(app, req, report, &scratch, t0, result)
 }

@@ -100,6 +100,15 @@ fn segment_name(timeline: u32, position: u64) -> String {
     )
 }
 
+/// The WAL file a listed `…/<timeline>/<name>/manifest.json` commits (its timeline folder
+/// must match its name).
+pub(crate) fn manifest_name(location: &str) -> Option<WalName> {
+    let mut parts = location.rsplit('/');
+    let (file, name, timeline) = (parts.next()?, parts.next()?, parts.next()?);
+    let name = WalName::parse(name).ok()?;
+    (file == "manifest.json" && name.timeline_hex() == timeline).then_some(name)
+}
+
 /// The committed WAL segments of `source`, over every reachable store.
 pub async fn archive(app: &Coffre, source: &str) -> Archive {
     let mut a = Archive::default();
@@ -114,15 +123,10 @@ pub async fn archive(app: &Coffre, source: &str) -> Archive {
             }
         };
         for meta in list {
-            let parts: Vec<&str> = meta.location.as_ref().rsplit('/').take(3).collect();
-            // [manifest.json, <name>, <timeline>]
-            if parts.len() != 3 || parts[0] != "manifest.json" {
-                continue;
-            }
-            let Ok(name) = WalName::parse(parts[1]) else {
+            let Some(name) = manifest_name(meta.location.as_ref()) else {
                 continue;
             };
-            if name.kind() != WalFileKind::Segment || name.timeline_hex() != parts[2] {
+            if name.kind() != WalFileKind::Segment {
                 continue;
             }
             a.timelines

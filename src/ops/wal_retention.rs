@@ -163,39 +163,23 @@ pub(crate) async fn reindex(app: &Coffre) -> usize {
                 continue;
             };
             for meta in list {
-                let loc = meta.location.as_ref();
-                let Some(dir) = loc.strip_suffix("/manifest.json") else {
-                    continue;
-                };
-                let Some(name) = dir.rsplit('/').next() else {
-                    continue;
-                };
-                if done.contains(&(src.name.clone(), name.to_string())) {
-                    continue;
-                }
-                let max = crate::format::objects::MAX_SMALL_OBJECT;
-                let Ok(m) = s
-                    .get_small(&meta.location, max)
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| Manifest::parse(&b))
+                let Some(name) = crate::ops::wal_check::manifest_name(meta.location.as_ref())
                 else {
                     continue;
                 };
-                if m.source != src.name || m.original_name != name || m.kind != SnapshotKind::Wal {
+                let key = (src.name.clone(), name.to_string());
+                if done.contains(&key) {
                     continue;
                 }
-                let Ok(paths) = s.object_paths(&m) else {
+                let Ok(Some((m, k, _))) = read_copy(s, &src.name, &name).await else {
                     continue;
                 };
-                let Ok(k) = s
-                    .get_small(&paths.key, max)
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| KeyObject::parse(&b))
-                else {
+                if m.source != src.name
+                    || m.original_name != name.as_str()
+                    || m.kind != SnapshotKind::Wal
+                {
                     continue;
-                };
+                }
                 let check = auth.check(&k, &m);
                 if k.snapshot != m.snapshot
                     || (!check.is_authentic()
@@ -205,7 +189,7 @@ pub(crate) async fn reindex(app: &Coffre) -> usize {
                     continue;
                 }
                 if app.catalog.put_wal(&m, &k.epoch).is_ok() {
-                    done.insert((src.name.clone(), name.to_string()));
+                    done.insert(key);
                 }
             }
         }
@@ -278,20 +262,34 @@ async fn copy_in(
     row: &WalRow,
 ) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let name = WalName::parse(&row.name)?;
-    let dir = s.wal_dir(&row.source, &name);
+    let copy = read_copy(s, &row.source, &name).await?;
+    if let Some((m, _, _)) = &copy {
+        if m.snapshot != row.object {
+            return Err(format!(
+                "{} holds object {} under {}, the catalog says {}",
+                s.name, m.snapshot, row.name, row.object
+            ));
+        }
+    }
+    Ok(copy)
+}
+
+/// The manifest and key object of WAL file `name` in store `s` (`None`: not committed there).
+async fn read_copy(
+    s: &Store,
+    source: &str,
+    name: &WalName,
+) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let max = crate::format::objects::MAX_SMALL_OBJECT;
-    let mb = match s.get_small(&dir.join("manifest.json"), max).await {
+    let mb = match s
+        .get_small(&s.wal_dir(source, name).join("manifest.json"), max)
+        .await
+    {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
     let m = Manifest::parse(&mb)?;
-    if m.snapshot != row.object {
-        return Err(format!(
-            "{} holds object {} under {}, the catalog says {}",
-            s.name, m.snapshot, row.name, row.object
-        ));
-    }
     let paths = s.object_paths(&m).map_err(|e| e.to_string())?;
     let kb = s
         .get_small(&paths.key, max)

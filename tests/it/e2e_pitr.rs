@@ -110,6 +110,17 @@ window = "7d"
         )
     }
 
+    /// `coffre wal-push --source emr PATH` through the daemon's socket only, as PostgreSQL runs it.
+    fn wal_push(&self, path: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(["wal-push", "--source", "emr"])
+            .arg(path)
+            .env("COFFRE_SOCKET", &self.socket)
+            .env("COFFRE_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
     /// coffre as root with the daemon's config (the daemon answers through its socket).
     fn run(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(BIN)
@@ -668,19 +679,14 @@ fn a_push_cut_by_kill_9_of_the_daemon_is_not_acknowledged_and_the_retry_archives
     let name = "000000010000000000000001";
     let seg = pg_wal.join(name);
     let bytes = incompressible(&seg, 32 << 20, 42);
-    let push = || {
-        Command::new(BIN)
-            .args(["wal-push", "--source", "emr"])
-            .arg(&seg)
-            .env("COFFRE_SOCKET", &host.socket)
-            .env("COFFRE_LOG", "warn")
-            .stdin(Stdio::null())
+    let push = |host: &Host| {
+        host.wal_push(&seg)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let client = push();
+    let client = push(&host);
     // Kill the daemon once the push is under way (its data object is being written).
     let t = Instant::now();
     let data_seen = || {
@@ -713,7 +719,7 @@ fn a_push_cut_by_kill_9_of_the_daemon_is_not_acknowledged_and_the_retry_archives
     }
     // The daemon restarts; PostgreSQL's retry archives the segment and it comes back whole.
     host.daemon = spawn_daemon(&host.config, &host.d, &host.log, &[]);
-    let retry = push().wait_with_output().unwrap();
+    let retry = push(&host).wait_with_output().unwrap();
     assert!(
         retry.status.success(),
         "retry after the restart: {}",
@@ -760,15 +766,8 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
     );
     let pg_wal = host.d.join("pg_wal");
     std::fs::create_dir_all(&pg_wal).unwrap();
-    let push = |path: &Path| {
-        let out = Command::new(BIN)
-            .args(["wal-push", "--source", "emr"])
-            .arg(path)
-            .env("COFFRE_SOCKET", &host.socket)
-            .env("COFFRE_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+    let push = |host: &Host, path: &Path| {
+        let out = host.wal_push(path).output().unwrap();
         (
             out.status.success(),
             format!(
@@ -784,7 +783,7 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
 
     // S3 down: acknowledged all the same, from the spool.
     s3.stop();
-    let (ok, said) = push(&seg);
+    let (ok, said) = push(&host, &seg);
     assert!(ok && said.contains("spooled"), "{said}");
     let spooled = host.d.join("state/spool/emr").join(name);
     assert!(spooled.is_file());
@@ -796,7 +795,7 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
     let other = host.d.join("other");
     std::fs::create_dir_all(&other).unwrap();
     incompressible(&other.join(name), 2 << 20, 8);
-    let (ok, said) = push(&other.join(name));
+    let (ok, said) = push(&host, &other.join(name));
     assert!(!ok && said.contains("DIFFERENT"), "{said}");
     // A restore can have it meanwhile.
     let fetched = host.d.join("fetched");
@@ -839,6 +838,6 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
         "{metrics}"
     );
     // Archived now: other bytes under its name are refused by the stores' copy.
-    let (ok, said) = push(&other.join(name));
+    let (ok, said) = push(&host, &other.join(name));
     assert!(!ok && said.contains("DIFFERENT"), "{said}");
 }

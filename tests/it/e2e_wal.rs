@@ -550,16 +550,7 @@ fn wal_that_leaves_the_window_is_shredded_with_its_epoch_and_what_the_window_nee
 #[test]
 fn a_rebuilt_catalog_knows_the_wal_archive_again_so_retention_can_shred_it() {
     let env = wal_env();
-    let pgwal = env.dir.path().join("pg_wal");
-    fs::create_dir_all(&pgwal).unwrap();
-    for (i, n) in ["000000010000000000000001", "000000010000000000000002"]
-        .iter()
-        .enumerate()
-    {
-        let (p, _) = wal_file(&pgwal, n, 300 + i as u64);
-        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
-            .expect_ok();
-    }
+    push_two_segments(&env, 300);
     // A new host: the catalog is gone.
     for f in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
         let _ = fs::remove_file(env.state.join(f));
@@ -574,16 +565,7 @@ fn a_rebuilt_catalog_knows_the_wal_archive_again_so_retention_can_shred_it() {
 #[test]
 fn wal_is_kept_while_a_base_backup_of_unknown_start_is_kept() {
     let env = wal_env();
-    let pgwal = env.dir.path().join("pg_wal");
-    fs::create_dir_all(&pgwal).unwrap();
-    for (i, n) in ["000000010000000000000001", "000000010000000000000002"]
-        .iter()
-        .enumerate()
-    {
-        let (p, _) = wal_file(&pgwal, n, 500 + i as u64);
-        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
-            .expect_ok();
-    }
+    push_two_segments(&env, 500);
     // A directory snapshot without a backup_label (a tar-format pg_basebackup, say): where
     // its WAL starts is not known, so no WAL may go while it is kept.
     let tar_format = env.dir.path().join("base-tar");
@@ -598,4 +580,18 @@ fn wal_is_kept_while_a_base_backup_of_unknown_start_is_kept() {
         (Some(0), Some(2)),
         "{plan}"
     );
+}
+
+/// Push segments 1 and 2 of timeline 1 (pseudo-random contents from `seed`).
+fn push_two_segments(env: &CoffreEnv, seed: u64) {
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    for (i, n) in ["000000010000000000000001", "000000010000000000000002"]
+        .iter()
+        .enumerate()
+    {
+        let (p, _) = wal_file(&pgwal, n, seed + i as u64);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+    }
 }
