@@ -106,6 +106,10 @@ pub struct WalSession {
     pub first: String,
     pub last: String,
     pub count: u64,
+    /// Time spent serving the session's fetches (restore_command waiting on coffre).
+    pub fetch_ms: u64,
+    /// Fetches served from the prefetch.
+    pub hits: u64,
 }
 
 pub struct Catalog {
@@ -178,17 +182,27 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
          last_at TEXT NOT NULL,
          first TEXT NOT NULL,
          last TEXT NOT NULL,
-         count INTEGER NOT NULL
+         count INTEGER NOT NULL,
+         fetch_ms INTEGER NOT NULL DEFAULT 0,
+         hits INTEGER NOT NULL DEFAULT 0
      );";
 
 /// Columns added since the first catalogs: the last successful drill, kept apart from the last
-/// attempt.
+/// attempt; the time a recovery session spent fetching and its prefetch hits.
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let has_last_ok = conn
-        .prepare("SELECT 1 FROM pragma_table_info('drills') WHERE name = 'last_ok'")
-        .and_then(|mut st| st.exists([]))?;
-    if !has_last_ok {
+    let has = |table: &str, column: &str| {
+        conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+            .and_then(|mut st| st.exists(params![table, column]))
+    };
+    if !has("drills", "last_ok")? {
         conn.execute_batch("ALTER TABLE drills ADD COLUMN last_ok TEXT;")?;
+    }
+    for column in ["fetch_ms", "hits"] {
+        if !has("wal_sessions", column)? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE wal_sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -356,15 +370,47 @@ impl Catalog {
     /// Recovery sessions with no fetch since `before` (RFC 3339), removed from the table.
     pub fn take_idle_wal_sessions(&self, before: &str) -> Result<Vec<WalSession>, CatalogError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare(
-                "SELECT id, source, actor, purpose, started, last_at, first, last, count
-                 FROM wal_sessions WHERE last_at < ?1 ORDER BY started",
-            )
-            .map_err(|e| self.db(e))?;
+        let rows =
+            Self::wal_sessions_where(&conn, "last_at < ?1", before).map_err(|e| self.db(e))?;
+        for r in &rows {
+            conn.execute("DELETE FROM wal_sessions WHERE id = ?1", params![r.id])
+                .map_err(|e| self.db(e))?;
+        }
+        Ok(rows)
+    }
+
+    /// A recovery session still open (a drill reads its fetch figures after the replay).
+    pub fn wal_session(&self, id: &str) -> Result<Option<WalSession>, CatalogError> {
+        let conn = self.conn();
+        let rows = Self::wal_sessions_where(&conn, "id = ?1", id).map_err(|e| self.db(e))?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// One fetch of a session was served in `ms` milliseconds (from the prefetch: `hit`).
+    pub fn wal_session_served(&self, id: &str, ms: u64, hit: bool) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE wal_sessions SET fetch_ms = fetch_ms + ?2, hits = hits + ?3 WHERE id = ?1",
+            params![id, i64::try_from(ms).unwrap_or(i64::MAX), i64::from(hit)],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn wal_sessions_where(
+        conn: &Connection,
+        filter: &str,
+        value: &str,
+    ) -> Result<Vec<WalSession>, rusqlite::Error> {
+        let mut st = conn.prepare(&format!(
+            "SELECT id, source, actor, purpose, started, last_at, first, last, count,
+                    fetch_ms, hits
+             FROM wal_sessions WHERE {filter} ORDER BY started"
+        ))?;
+        let n =
+            |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
         let rows = st
-            .query_map(params![before], |r| {
-                let count: i64 = r.get(8)?;
+            .query_map(params![value], |r| {
                 Ok(WalSession {
                     id: r.get(0)?,
                     source: r.get(1)?,
@@ -374,17 +420,13 @@ impl Catalog {
                     last_at: r.get(5)?,
                     first: r.get(6)?,
                     last: r.get(7)?,
-                    count: u64::try_from(count).unwrap_or(0),
+                    count: n(r, 8)?,
+                    fetch_ms: n(r, 9)?,
+                    hits: n(r, 10)?,
                 })
-            })
-            .map_err(|e| self.db(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.db(e))?;
-        for r in &rows {
-            conn.execute("DELETE FROM wal_sessions WHERE id = ?1", params![r.id])
-                .map_err(|e| self.db(e))?;
-        }
-        Ok(rows)
+            })?
+            .collect::<Result<Vec<_>, _>>();
+        rows
     }
 
     /// A WAL file's key moved to another epoch.

@@ -374,6 +374,14 @@ pub struct PitrConfig {
     /// Largest spool; past it, pushes are archived synchronously again (PostgreSQL then waits).
     #[serde(default = "default_spool_max")]
     pub spool_max: bytesize::ByteSize,
+    /// archive-async: spooled WAL files archived at once (each one in every store), so that a
+    /// backlog drains at the stores' throughput rather than one file's round trips.
+    #[serde(default = "default_archive_parallel")]
+    pub archive_parallel: usize,
+}
+
+fn default_archive_parallel() -> usize {
+    4
 }
 
 fn default_spool_max() -> bytesize::ByteSize {
@@ -888,6 +896,17 @@ impl Config {
                 );
             }
             validate_retention_bounds(&s.retention, &key, &mut push);
+            if let Some(p) = &s.pitr {
+                if !(1..=16).contains(&p.archive_parallel) {
+                    push(
+                        format!("{key}.pitr.archive-parallel"),
+                        format!(
+                            "{} is out of range: use 1 to 16 spooled WAL files archived at once (4 is a good default)",
+                            p.archive_parallel
+                        ),
+                    );
+                }
+            }
         }
 
         // Stores.
@@ -1637,6 +1656,41 @@ master-key = "/tmp/coffre-nonexistent/master.key"
         }
         let ps = problems(&GOOD.replace("[[source]]", "[audit]\nretention = \"30d\"\n[[source]]"));
         assert!(ps.iter().all(|p| p.key != "audit.retention"), "{ps:?}");
+    }
+
+    #[test]
+    fn archive_parallel_out_of_range_is_refused() {
+        let with = |n: &str| {
+            GOOD.replace(
+                "[[store]]\nname = \"a\"",
+                &format!("[source.pitr]\narchive-async = true\narchive-parallel = {n}\n[[store]]\nname = \"a\""),
+            )
+        };
+        for bad in ["0", "17"] {
+            let ps = problems(&with(bad));
+            assert!(
+                ps.iter().any(|p| p.key == "source[0].pitr.archive-parallel"
+                    && p.message.contains("use 1 to 16")),
+                "{bad}: {ps:?}"
+            );
+        }
+        let c = Config::from_toml(&with("8"), Path::new("t.toml")).unwrap();
+        assert_eq!(
+            c.sources[0].pitr.as_ref().map(|p| p.archive_parallel),
+            Some(8)
+        );
+        let c = Config::from_toml(
+            &GOOD.replace(
+                "[[store]]\nname = \"a\"",
+                "[source.pitr]\n[[store]]\nname = \"a\"",
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sources[0].pitr.as_ref().map(|p| p.archive_parallel),
+            Some(4)
+        );
     }
 
     #[test]

@@ -95,7 +95,28 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// At most two glibc malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise). glibc gives
+/// each thread that allocates concurrently an arena of its own, up to 8 per core, and keeps
+/// what an arena once held: the tokio workers and blocking threads that seal one WAL segment
+/// after another each kept their peak, so the daemon grew to about 200 MiB while archiving, and
+/// stays at 30 to 85 MiB with two (benches/README.md, "Memory while archiving"). Called first
+/// in `main`, before any other thread exists.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a glibc malloc parameter; no other thread runs yet, and the
+        // result (0 when refused) changes nothing but memory use.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -424,6 +445,9 @@ fn pitr_settings(
         &a.source,
         &session,
         &a.purpose,
+        // WAL from any store with a good copy (fallback), even when the base backup came from
+        // `--store`: a disaster restore takes what survives; drills pin their store.
+        None,
     );
     let to = std::path::absolute(&a.to)?;
     pitr::write_recovery(&to, &pitr::settings_text(target, &command))?;

@@ -177,6 +177,8 @@ pub struct Metrics {
     pub pitr_window_start: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub pitr_window: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub wal_prefetch_hits: Counter,
+    pub wal_fetch_seconds: Counter<f64, AtomicU64>,
+    pub wal_fetches: Counter,
     pub wal_spool_files: Family<SourceLabel, Gauge>,
     pub wal_spool_oldest_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
@@ -216,6 +218,8 @@ impl Metrics {
             pitr_window_start: Family::default(),
             pitr_window: Family::default(),
             wal_prefetch_hits: Counter::default(),
+            wal_fetch_seconds: Counter::default(),
+            wal_fetches: Counter::default(),
             wal_spool_files: Family::default(),
             wal_spool_oldest_age: Family::default(),
             registry: Registry::default(),
@@ -263,6 +267,16 @@ impl Metrics {
             "wal_prefetch_hits",
             "WAL files a recovery session found fetched ahead (restore_command did not wait on a store)",
             m.wal_prefetch_hits.clone(),
+        );
+        registry.register(
+            "wal_fetch_seconds",
+            "Time spent serving restore_command fetches (set against the replay time: how long PostgreSQL waited on coffre)",
+            m.wal_fetch_seconds.clone(),
+        );
+        registry.register(
+            "wal_fetches",
+            "WAL files served to restore_command",
+            m.wal_fetches.clone(),
         );
         registry.register(
             "pitr_window_seconds",
@@ -970,6 +984,17 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     let seen = rt.metrics.wal_prefetch_hits.get();
     if hits > seen {
         rt.metrics.wal_prefetch_hits.inc_by(hits - seen);
+    }
+    let fetches = crate::ops::wal::FETCHES.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = rt.metrics.wal_fetches.get();
+    if fetches > seen {
+        rt.metrics.wal_fetches.inc_by(fetches - seen);
+    }
+    let secs =
+        crate::ops::wal::FETCH_MICROS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+    let seen = rt.metrics.wal_fetch_seconds.get();
+    if secs > seen {
+        rt.metrics.wal_fetch_seconds.inc_by(secs - seen);
     }
     let pitr = app.config.source(name)?.pitr.as_ref()?;
     let label = SourceLabel {

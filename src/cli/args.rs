@@ -63,6 +63,11 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         #[serde(default)]
         session: Option<String>,
+        /// Read from this store only, with no fallback to the others (point-in-time drills pin
+        /// the store they drill).
+        #[arg(long, value_name = "NAME")]
+        #[serde(default)]
+        store: Option<String>,
     },
     /// List snapshots, oldest first, and where each is committed.
     Snapshots {

@@ -44,6 +44,17 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         r.scratch_wiped,
                         r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
                     );
+                    if let Some(t) = &r.target {
+                        outln!(
+                            w,
+                            "  point in time: {t}; replay {:.1} s, {} WAL file(s) from store {} ({} from the prefetch, {:.1} s serving fetches)",
+                            r.replay_seconds,
+                            r.wal_fetched.unwrap_or(0),
+                            r.store,
+                            r.wal_prefetch_hits.unwrap_or(0),
+                            r.fetch_seconds.unwrap_or(0.0)
+                        );
+                    }
                     if r.ok && r.verify_exit.is_none() {
                         errln!(
                             w,

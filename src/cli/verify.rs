@@ -8,16 +8,18 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
     match cmd {
         Command::Verify { snapshot, json } => {
-            let checks = crate::ops::verify::verify(app, *snapshot).await;
-            let mut bad = checks.iter().filter(|c| !c.ok()).count();
-            // The WAL archive of every source that keeps one: continuity per timeline.
+            let mut checks = crate::ops::verify::verify(app, *snapshot).await;
+            // The WAL archive of every source that keeps one: each store's copy of each WAL
+            // file, and continuity per timeline.
             let mut gaps = Vec::new();
             if snapshot.is_none() {
                 for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+                    checks.extend(crate::ops::wal_check::copies(app, &s.name).await);
                     let (g, _) = crate::ops::wal_check::gaps(app, &s.name).await;
                     gaps.extend(g);
                 }
             }
+            let mut bad = checks.iter().filter(|c| !c.ok()).count();
             bad += gaps.len();
             if *json {
                 let mut all: Vec<serde_json::Value> = checks
@@ -39,7 +41,9 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     outln!(
                         w,
                         "{}  {:<12}  {:<12}  {}{}",
-                        c.snapshot,
+                        c.wal
+                            .as_deref()
+                            .map_or_else(|| c.snapshot.to_string(), |n| format!("WAL {n:<22}")),
                         c.source,
                         c.store,
                         c.state,

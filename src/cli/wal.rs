@@ -49,18 +49,21 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             to,
             purpose,
             session,
+            store,
         } => {
-            let fetched = crate::ops::wal::fetch(
-                app,
-                source,
-                name,
-                &ctx.actor,
+            let by = crate::ops::wal::FetchBy {
+                actor: &ctx.actor,
                 purpose,
-                session.as_deref(),
-                ctx.daemon.clone(),
-            )
-            .await;
-            let (object, plain) = match fetched {
+                session: session.as_deref(),
+                store: store.as_deref(),
+            };
+            let t0 = std::time::Instant::now();
+            let fetched = crate::ops::wal::fetch(app, source, name, by, ctx.daemon.clone()).await;
+            let crate::ops::wal::Fetched {
+                object,
+                plain,
+                prefetched,
+            } = match fetched {
                 Ok(x) => x,
                 // The normal end of the archive during recovery: a short note, exit 1.
                 Err(e @ WalError::NotArchived(_)) => {
@@ -87,6 +90,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 }
                 None => crate::ops::wal::write_atomically(to, &plain)?,
             }
+            crate::ops::wal::served(app, session.as_deref(), t0.elapsed(), prefetched);
             Ok(exit::OK)
         }
         other => bail!("internal error: `{}` was routed to `wal`", other.action()),

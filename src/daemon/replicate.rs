@@ -212,7 +212,45 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
             }
         }
     }
-    (checked, bad_n, repaired)
+    // Each store's copy of each WAL file.
+    let (mut w_checked, mut w_bad, mut w_repaired) = (0, 0, 0);
+    for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+        let checks = crate::ops::wal_check::copies(app, &s.name).await;
+        w_checked += checks.len() as u64;
+        for c in checks.iter().filter(|c| {
+            matches!(
+                c.state,
+                crate::ops::verify::CheckState::Bad | crate::ops::verify::CheckState::Missing
+            )
+        }) {
+            w_bad += 1;
+            rt.scrub_error(&c.store);
+            let wal = c.wal.as_deref().unwrap_or("");
+            tracing::warn!(wal, source = %c.source, store = %c.store, state = %c.state, detail = c.detail.as_deref().unwrap_or(""), "scrub found a WAL copy that is not ok");
+            let Some(to) = app.store(&c.store) else {
+                continue;
+            };
+            let good = checks
+                .iter()
+                .filter(|g| g.wal == c.wal && g.ok())
+                .filter_map(|g| app.store(&g.store));
+            for from in good {
+                match crate::ops::wal_check::repair(app, c, from, to).await {
+                    Ok(bytes) => {
+                        rt.uploaded(&to.name, bytes);
+                        rt.repaired(&to.name);
+                        tracing::warn!(wal, store = %to.name, from = %from.name, "WAL copy repaired from a good copy");
+                        w_repaired += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(wal, store = %to.name, error = %e, "WAL copy repair failed")
+                    }
+                }
+            }
+        }
+    }
+    (checked + w_checked, bad_n + w_bad, repaired + w_repaired)
 }
 
 /// Probe every store (a cheap listing) and record up/down.

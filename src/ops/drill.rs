@@ -47,6 +47,14 @@ pub struct DrillReport {
     pub target: Option<String>,
     #[serde(default)]
     pub replay_seconds: f64,
+    /// Of the replay: WAL files fetched (all from the drilled store), how many the prefetch
+    /// had ready, and the time spent serving them (PostgreSQL waiting on coffre).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_fetched: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_prefetch_hits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_seconds: Option<f64>,
 }
 
 /// What to drill.
@@ -197,6 +205,9 @@ impl DrillReport {
             fresh_catalog,
             target: None,
             replay_seconds: 0.0,
+            wal_fetched: None,
+            wal_prefetch_hits: None,
+            fetch_seconds: None,
         }
     }
 }
@@ -503,6 +514,7 @@ async fn drill_pitr(
             source,
             &report.drill,
             &req.purpose,
+            Some(store),
         );
         let target = crate::ops::pitr::Target::Lsn(point.lsn.clone());
         // The point's own timeline (a later line wins over the settings' `latest`).
@@ -536,6 +548,11 @@ async fn drill_pitr(
         .map_err(|e| format!("replay: {e}"))?
         .map_err(|e| e.to_string())?;
         report.replay_seconds = t1.elapsed().as_secs_f64();
+        if let Ok(Some(s)) = app.catalog.wal_session(&report.drill) {
+            report.wal_fetched = Some(s.count);
+            report.wal_prefetch_hits = Some(s.hits);
+            report.fetch_seconds = Some(s.fetch_ms as f64 / 1000.0);
+        }
         report.stage = "verify".into();
         if let Some(cmd) = &cfg.verify_command {
             run_verify(cmd, &scratch, &to, source, point.base, &mut report).await?;

@@ -248,6 +248,7 @@ pub fn restore_command(
     source: &str,
     session: &str,
     purpose: &str,
+    store: Option<&str>,
 ) -> String {
     let mut words = Vec::new();
     if let Some(s) = socket {
@@ -264,6 +265,9 @@ pub fn restore_command(
     words.extend(["wal-fetch".into(), "--source".into(), shell_quote(source)]);
     words.extend(["--session".into(), shell_quote(session)]);
     words.extend(["--purpose".into(), shell_quote(purpose)]);
+    if let Some(s) = store {
+        words.extend(["--store".into(), shell_quote(s)]);
+    }
     words.extend(["%f".into(), "%p".into()]);
     words.join(" ")
 }
@@ -581,6 +585,7 @@ mod tests {
             "emr",
             "01JSESSION",
             "ticket 4711",
+            None,
         );
         assert_eq!(
             cmd,
@@ -594,6 +599,20 @@ mod tests {
         ));
         assert!(text.contains("recovery_target_xid = '900'\n"));
         assert!(text.contains("recovery_target_action = 'promote'\n"));
+        // A drill pins its store (and reaches the daemon through its socket).
+        let pinned = restore_command(
+            Path::new("/usr/bin/coffre"),
+            None,
+            Some(Path::new("/run/coffre/coffre.sock")),
+            "emr",
+            "01JDRILL",
+            "weekly drill",
+            Some("montreal s3"),
+        );
+        assert_eq!(
+            pinned,
+            r"COFFRE_SOCKET=/run/coffre/coffre.sock /usr/bin/coffre wal-fetch --source emr --session 01JDRILL --purpose 'weekly drill' --store 'montreal s3' %f %p"
+        );
         let latest = settings_text(&Target::Latest, "x");
         assert!(!latest.contains("recovery_target_action"));
         assert!(latest.contains("recovery_target_timeline = 'latest'"));

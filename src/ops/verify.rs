@@ -19,6 +19,9 @@ pub struct ReplicaCheck {
     pub store: String,
     pub state: CheckState,
     pub detail: Option<String>,
+    /// A WAL file's copy: its name (`snapshot` is its sealed object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<String>,
 }
 
 /// What the check of one replica found (kebab-case in `--json`).
@@ -85,6 +88,8 @@ pub(crate) async fn check_replica(store: &Store, expected: &Manifest) -> Replica
         store: store.name.clone(),
         state,
         detail,
+        wal: (expected.kind == crate::store::SnapshotKind::Wal)
+            .then(|| expected.original_name.clone()),
     }
 }
 
@@ -92,7 +97,10 @@ type Verdict = (CheckState, String);
 
 async fn check(store: &Store, expected: &Manifest) -> Result<(), Verdict> {
     let m = replica_manifest(store, expected).await?;
-    let path = store.data_path(&m.source, &m.snapshot);
+    let path = store
+        .object_paths(&m)
+        .map_err(|e| (CheckState::Bad, e.to_string()))?
+        .data;
     let res = store.get(&path).await.map_err(|e| {
         if e.is_not_found() {
             (CheckState::Missing, format!("{path} is missing"))
@@ -134,10 +142,14 @@ async fn check(store: &Store, expected: &Manifest) -> Result<(), Verdict> {
 
 /// The replica's manifest, which must describe the same sealed bytes as `expected`.
 async fn replica_manifest(store: &Store, expected: &Manifest) -> Result<Manifest, Verdict> {
-    let m = match store
-        .get_manifest(&expected.source, &expected.snapshot)
-        .await
-    {
+    let read = if expected.kind == crate::store::SnapshotKind::Wal {
+        crate::ops::wal_check::wal_manifest(store, &expected.source, &expected.original_name).await
+    } else {
+        store
+            .get_manifest(&expected.source, &expected.snapshot)
+            .await
+    };
+    let m = match read {
         Ok(m) => m,
         Err(e) if e.is_not_found() => {
             return Err((
@@ -156,7 +168,10 @@ async fn replica_manifest(store: &Store, expected: &Manifest) -> Result<Manifest
         }
         Err(e) => return Err((CheckState::Unreachable, e.to_string())),
     };
-    if m.sealed_sha256 != expected.sealed_sha256 || m.sealed_size != expected.sealed_size {
+    if m.snapshot != expected.snapshot
+        || m.sealed_sha256 != expected.sealed_sha256
+        || m.sealed_size != expected.sealed_size
+    {
         return Err((
             CheckState::Bad,
             "manifest differs from the other replicas".into(),

@@ -49,6 +49,8 @@ pub enum WalError {
     },
     #[error("WAL file {0} waits in the spool with DIFFERENT bytes: refused, so that PostgreSQL never has two versions of one WAL file acknowledged. Check that two clusters do not archive into the same source")]
     SpoolConflict(String),
+    #[error("unknown store `{0}`; configured: {1}")]
+    UnknownStore(String, String),
     #[error("WAL file {0} is not archived in any store")]
     NotArchived(String),
     #[error("WAL file {name} could not be read from any store: {reasons}")]
@@ -103,7 +105,7 @@ pub async fn push(
 ) -> Result<Pushed, WalError> {
     archiving_source(app, source)?;
     let name = wal_name(path)?;
-    let copies = committed_copies(app, source, &name).await;
+    let copies = committed_copies(app, source, &name, None).await;
     if let Some((_, m)) = copies
         .iter()
         .find_map(|(s, r)| r.as_ref().ok().map(|m| (s, m)))
@@ -143,30 +145,25 @@ pub async fn push(
 
 type Copy<'a> = (&'a Store, Result<Manifest, crate::store::StoreError>);
 
-/// Every store's manifest of `name` (not found and unreachable as errors).
-async fn committed_copies<'a>(app: &'a Coffre, source: &str, name: &WalName) -> Vec<Copy<'a>> {
-    let reads = app.stores.iter().map(|s| async move {
-        let path = s.wal_dir(source, name).join("manifest.json");
-        let r = async {
-            let bytes = s
-                .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
-                .await?;
-            let m =
-                Manifest::parse(&bytes).map_err(|reason| crate::store::StoreError::BadObject {
-                    store: s.name.clone(),
-                    path: path.to_string(),
-                    reason,
-                })?;
-            if m.source != source || m.original_name != name.as_str() {
-                return Err(crate::store::StoreError::BadObject {
-                    store: s.name.clone(),
-                    path: path.to_string(),
-                    reason: format!("it describes {} of source `{}`", m.original_name, m.source),
-                });
-            }
-            Ok(m)
-        }
-        .await;
+/// The stores a fetch reads from: every store, or only the one it is pinned to (a drill proves
+/// that one store alone brings the database back).
+fn reading_stores<'a>(app: &'a Coffre, pin: Option<&str>) -> Vec<&'a Store> {
+    app.stores
+        .iter()
+        .filter(|s| pin.is_none_or(|p| s.name == p))
+        .collect()
+}
+
+/// Every store's manifest of `name` (not found and unreachable as errors), or only the pinned
+/// store's.
+async fn committed_copies<'a>(
+    app: &'a Coffre,
+    source: &str,
+    name: &WalName,
+    pin: Option<&str>,
+) -> Vec<Copy<'a>> {
+    let reads = reading_stores(app, pin).into_iter().map(|s| async move {
+        let r = crate::ops::wal_check::wal_manifest(s, source, name.as_str()).await;
         (s, r)
     });
     futures::future::join_all(reads).await
@@ -192,14 +189,14 @@ async fn repush(
         None,
         "compare a re-pushed WAL file with its archived copy",
     )?;
-    let (archived, sealed, key) = open_any(app, source, name, &manifest).await?;
+    let (archived, sealed, key) = open_any(app, source, name, &manifest, None).await?;
     if archived != local {
         tracing::error!(source, wal = %name, object = %manifest.snapshot, "a WAL file was pushed again with different bytes: refused");
         return Err(WalError::Conflict(name.to_string(), manifest.snapshot));
     }
     let mut stores = Vec::new();
     let mut failures = Vec::new();
-    for (s, r) in committed_copies(app, source, name).await {
+    for (s, r) in committed_copies(app, source, name, None).await {
         match r {
             Ok(m) if m == manifest => stores.push(s),
             Ok(_) => failures.push(format!("{}: holds another object under this name", s.name)),
@@ -303,9 +300,10 @@ async fn open_any(
     source: &str,
     name: &WalName,
     manifest: &Manifest,
+    pin: Option<&str>,
 ) -> Result<(Vec<u8>, Vec<u8>, KeyObject), WalError> {
     let mut reasons = Vec::new();
-    for s in &app.stores {
+    for s in reading_stores(app, pin) {
         match open_from(app, s, manifest).await {
             Ok(x) => return Ok(x),
             Err(e) => {
@@ -325,6 +323,41 @@ async fn open_from(
     s: &Store,
     m: &Manifest,
 ) -> Result<(Vec<u8>, Vec<u8>, KeyObject), String> {
+    let (key, sealed) = read_sealed(app, s, m).await?;
+    let dek = crate::ops::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
+    let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
+        .map_err(|e| e.to_string())?;
+    let mut plain = Vec::with_capacity(m.size as usize);
+    let mut dec = zstd::stream::read::Decoder::new(&compressed[..]).map_err(|e| e.to_string())?;
+    std::io::copy(&mut std::io::Read::take(&mut dec, m.size + 1), &mut plain)
+        .map_err(|e| format!("decompressing: {e}"))?;
+    if plain.len() as u64 != m.size {
+        return Err(format!(
+            "{} bytes decompressed, manifest says {}",
+            plain.len(),
+            m.size
+        ));
+    }
+    let header = crate::format::seal::Header::decode(&sealed).map_err(|e| e.to_string())?;
+    let (alg, want) = m
+        .plaintext_digest()
+        .ok_or("manifest has no plaintext digest")?;
+    let mut mac =
+        crate::ops::protect::PlainMac::new(alg, &dek, &header).map_err(|e| e.to_string())?;
+    mac.update(&plain);
+    if hex::encode(mac.finalize()) != want {
+        return Err("plaintext digest does not match the manifest".into());
+    }
+    Ok((plain, sealed, key))
+}
+
+/// The pieces of `m`'s opening that need no key: its key object (authentic where the providers
+/// can tell) and its sealed bytes (size and SHA-256 as the manifest says).
+pub(crate) async fn read_sealed(
+    app: &Coffre,
+    s: &Store,
+    m: &Manifest,
+) -> Result<(KeyObject, Vec<u8>), String> {
     let paths = s.object_paths(m).map_err(|e| e.to_string())?;
     let kb = s
         .get_small(&paths.key, crate::format::objects::MAX_SMALL_OBJECT)
@@ -364,31 +397,7 @@ async fn open_from(
     if hex::encode(Sha256::digest(&sealed)) != m.sealed_sha256 {
         return Err("sealed bytes do not match the manifest's SHA-256".into());
     }
-    let dek = crate::ops::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
-    let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
-        .map_err(|e| e.to_string())?;
-    let mut plain = Vec::with_capacity(m.size as usize);
-    let mut dec = zstd::stream::read::Decoder::new(&compressed[..]).map_err(|e| e.to_string())?;
-    std::io::copy(&mut std::io::Read::take(&mut dec, m.size + 1), &mut plain)
-        .map_err(|e| format!("decompressing: {e}"))?;
-    if plain.len() as u64 != m.size {
-        return Err(format!(
-            "{} bytes decompressed, manifest says {}",
-            plain.len(),
-            m.size
-        ));
-    }
-    let header = crate::format::seal::Header::decode(&sealed).map_err(|e| e.to_string())?;
-    let (alg, want) = m
-        .plaintext_digest()
-        .ok_or("manifest has no plaintext digest")?;
-    let mut mac =
-        crate::ops::protect::PlainMac::new(alg, &dek, &header).map_err(|e| e.to_string())?;
-    mac.update(&plain);
-    if hex::encode(mac.finalize()) != want {
-        return Err("plaintext digest does not match the manifest".into());
-    }
-    Ok((plain, sealed.to_vec(), key))
+    Ok((key, sealed.to_vec()))
 }
 
 /// A recovery session with no fetch for this long is closed: its summary goes to the access log.
@@ -399,7 +408,8 @@ const PREFETCH: u64 = 3;
 const PREFETCH_MAX_BYTES: usize = 96 << 20;
 const PREFETCH_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
-type Key = (String, String);
+/// (source, WAL file, pinned store).
+type Key = (String, String, Option<String>);
 
 #[derive(Default)]
 struct Prefetched {
@@ -446,8 +456,13 @@ async fn take_prefetched(key: &Key) -> Option<(Manifest, Vec<u8>)> {
 }
 
 /// The committed manifest of `name` in the first store that has one.
-async fn locate(app: &Coffre, source: &str, name: &WalName) -> Result<Manifest, WalError> {
-    let copies = committed_copies(app, source, name).await;
+async fn locate(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    pin: Option<&str>,
+) -> Result<Manifest, WalError> {
+    let copies = committed_copies(app, source, name, pin).await;
     if let Some(m) = copies.iter().find_map(|(_, r)| r.as_ref().ok().cloned()) {
         return Ok(m);
     }
@@ -487,12 +502,22 @@ fn segment_after(name: &WalName, k: u64, size: u64) -> Option<WalName> {
 
 /// Fetch the next segments of a recovery session in the background, so that PostgreSQL's next
 /// `restore_command` finds them opened already (and checked like any fetch).
-fn prefetch_after(app: std::sync::Arc<Coffre>, source: &str, name: &WalName, size: u64) {
+fn prefetch_after(
+    app: std::sync::Arc<Coffre>,
+    source: &str,
+    name: &WalName,
+    size: u64,
+    pin: Option<&str>,
+) {
     for k in 1..=PREFETCH {
         let Some(next) = segment_after(name, k, size) else {
             return;
         };
-        let key = (source.to_string(), next.to_string());
+        let key = (
+            source.to_string(),
+            next.to_string(),
+            pin.map(str::to_string),
+        );
         {
             let mut p = prefetched();
             p.expire();
@@ -507,8 +532,8 @@ fn prefetch_after(app: std::sync::Arc<Coffre>, source: &str, name: &WalName, siz
         let app = app.clone();
         tokio::spawn(async move {
             let r = async {
-                let m = locate(&app, &key.0, &next).await?;
-                let (plain, _, _) = open_any(&app, &key.0, &next, &m).await?;
+                let m = locate(&app, &key.0, &next, key.2.as_deref()).await?;
+                let (plain, _, _) = open_any(&app, &key.0, &next, &m, key.2.as_deref()).await?;
                 Ok::<_, WalError>((m, plain))
             }
             .await;
@@ -547,8 +572,15 @@ pub fn close_idle_sessions(app: &Coffre) {
             },
             purpose: s.purpose.clone(),
             outcome: format!(
-                "ended: recovery session {}: {} WAL file(s), {} to {}, fetched from {} to {}",
-                s.id, s.count, s.first, s.last, s.started, s.last_at
+                "ended: recovery session {}: {} WAL file(s), {} to {}, fetched from {} to {} ({} from the prefetch, {:.1} s serving fetches)",
+                s.id,
+                s.count,
+                s.first,
+                s.last,
+                s.started,
+                s.last_at,
+                s.hits,
+                s.fetch_ms as f64 / 1000.0
             ),
             exposes: None,
         });
@@ -571,27 +603,57 @@ pub fn check_session(id: &str) -> Result<(), WalError> {
     Ok(())
 }
 
+/// Who fetches a WAL file, why, and from where.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchBy<'a> {
+    pub actor: &'a str,
+    pub purpose: &'a str,
+    /// The recovery session (from the restore that wrote the restore_command).
+    pub session: Option<&'a str>,
+    /// Read from this store only (a drill of that store), with no fallback.
+    pub store: Option<&'a str>,
+}
+
 /// Restore the archived WAL file `name` of `source`: logged in the access log before it is
-/// opened, then read from the first store whose copy checks. Within a recovery session
-/// (`session`, from the restore that wrote the restore_command) only the session's first fetch
-/// is an access entry (and its end, once idle, a summary); through the daemon (`daemon`) the
-/// next segments are fetched ahead.
+/// opened, then read from the first store whose copy checks (or only the pinned store). Within
+/// a recovery session only the session's first fetch is an access entry (and its end, once
+/// idle, a summary); through the daemon (`daemon`) the next segments are fetched ahead.
 pub async fn fetch(
     app: &Coffre,
     source: &str,
     name: &str,
-    actor: &str,
-    purpose: &str,
-    session: Option<&str>,
+    by: FetchBy<'_>,
     daemon: Option<std::sync::Arc<Coffre>>,
-) -> Result<(SnapshotId, Vec<u8>), WalError> {
+) -> Result<Fetched, WalError> {
+    let FetchBy {
+        actor,
+        purpose,
+        session,
+        store: pin,
+    } = by;
     archiving_source(app, source)?;
     let name = WalName::parse(name).map_err(WalError::Name)?;
     if let Some(id) = session {
         check_session(id)?;
     }
+    if let Some(p) = pin {
+        if !app.stores.iter().any(|s| s.name == p) {
+            return Err(WalError::UnknownStore(
+                p.to_string(),
+                app.stores
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+    }
     close_idle_sessions(app);
-    let key = (source.to_string(), name.to_string());
+    let key = (
+        source.to_string(),
+        name.to_string(),
+        pin.map(str::to_string),
+    );
     let cached = match (session, &daemon) {
         (Some(_), Some(_)) => take_prefetched(&key).await,
         _ => None,
@@ -601,10 +663,10 @@ pub async fn fetch(
     }
     let manifest = match &cached {
         Some((m, _)) => m.clone(),
-        None => match locate(app, source, &name).await {
+        None => match locate(app, source, &name, pin).await {
             Ok(m) => m,
             // Acknowledged from the spool, not in the stores yet.
-            Err(e @ (WalError::NotArchived(_) | WalError::Unreadable { .. })) => {
+            Err(e @ (WalError::NotArchived(_) | WalError::Unreadable { .. })) if pin.is_none() => {
                 let Some(bytes) = crate::ops::wal_spool::read(app, source, &name) else {
                     return Err(e);
                 };
@@ -625,7 +687,11 @@ pub async fn fetch(
                         )),
                     })
                     .map_err(|e| WalError::Audit(e.to_string()))?;
-                return Ok((SnapshotId::new(), bytes));
+                return Ok(Fetched {
+                    object: SnapshotId::new(),
+                    plain: bytes,
+                    prefetched: false,
+                });
             }
             Err(e) => return Err(e),
         },
@@ -646,6 +712,7 @@ pub async fn fetch(
                             source: Some(source.to_string()),
                             snapshot: Some(manifest.snapshot.to_string()),
                             sealed_sha256: Some(manifest.sealed_sha256.clone()),
+                            store: pin.map(str::to_string),
                             ..Default::default()
                         },
                         purpose: purpose.to_string(),
@@ -662,14 +729,50 @@ pub async fn fetch(
         }
         None => log_access(app, actor, "wal-fetch", source, &manifest, None, purpose)?,
     }
+    let prefetched = cached.is_some();
     let plain = match cached {
         Some((_, b)) => b,
-        None => open_any(app, source, &name, &manifest).await?.0,
+        None => open_any(app, source, &name, &manifest, pin).await?.0,
     };
     if let (Some(_), Some(d)) = (session, daemon) {
-        prefetch_after(d, source, &name, manifest.size);
+        prefetch_after(d, source, &name, manifest.size, pin);
     }
-    Ok((manifest.snapshot, plain))
+    Ok(Fetched {
+        object: manifest.snapshot,
+        plain,
+        prefetched,
+    })
+}
+
+/// A fetched WAL file.
+pub struct Fetched {
+    pub object: SnapshotId,
+    pub plain: Vec<u8>,
+    /// Served from the prefetch.
+    pub prefetched: bool,
+}
+
+/// Time spent serving fetches, in microseconds, and their count (`coffre_wal_fetch_seconds_total`,
+/// `coffre_wal_fetches_total`): set against the replay time, it shows whether PostgreSQL waited
+/// on coffre.
+pub static FETCH_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One fetch was served (handed over whole) in `took`: counted for the metrics and, within a
+/// recovery session, for its summary.
+pub fn served(app: &Coffre, session: Option<&str>, took: std::time::Duration, prefetched: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    FETCH_MICROS.fetch_add(micros, Relaxed);
+    FETCHES.fetch_add(1, Relaxed);
+    if let Some(id) = session {
+        if let Err(e) = app
+            .catalog
+            .wal_session_served(id, micros / 1000, prefetched)
+        {
+            tracing::warn!(error = %e, session = id, "cannot count a fetch of a recovery session");
+        }
+    }
 }
 
 /// Write `bytes` to `dest` through a temporary name in its folder, fsynced, then renamed.

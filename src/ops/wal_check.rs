@@ -6,6 +6,11 @@
 //! The archive is what the stores hold: the union over every reachable store of the
 //! `wal/<source>/<timeline>/<name>/manifest.json` objects (manifest last, so a name with a
 //! manifest is committed there).
+//!
+//! Each store's copy of each WAL file is also checked like a snapshot's replica (`copies`, no
+//! key needed): the manifest names the same sealed object as the reference (the catalog's
+//! object, else the first store's), and the sealed bytes have its size, header and SHA-256. The
+//! scrub repairs a missing or bad copy from a good one (`repair`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +18,8 @@ use serde::Serialize;
 
 use crate::app::Coffre;
 use crate::format::wal::{WalFileKind, WalName};
-use crate::store::Manifest;
+use crate::ops::verify::ReplicaCheck;
+use crate::store::{Manifest, Store, StoreError};
 
 /// PostgreSQL's default `--wal-segsize`, used when no segment's size says otherwise.
 const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -153,6 +159,112 @@ async fn manifest_of(app: &Coffre, source: &str, name: &str) -> Option<Manifest>
         }
     }
     None
+}
+
+/// `store`'s committed manifest of WAL file `name` of `source` (it must describe that file).
+pub(crate) async fn wal_manifest(
+    store: &Store,
+    source: &str,
+    name: &str,
+) -> Result<Manifest, StoreError> {
+    let wal = WalName::parse(name).map_err(|reason| StoreError::Setup {
+        store: store.name.clone(),
+        reason,
+    })?;
+    let path = store.wal_dir(source, &wal).join("manifest.json");
+    let bad = |reason| StoreError::BadObject {
+        store: store.name.clone(),
+        path: path.to_string(),
+        reason,
+    };
+    let bytes = store
+        .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+        .await?;
+    let m = Manifest::parse(&bytes).map_err(bad)?;
+    if m.source != source || m.original_name != name || m.kind != crate::store::SnapshotKind::Wal {
+        return Err(bad(format!(
+            "it describes {} of source `{}`",
+            m.original_name, m.source
+        )));
+    }
+    Ok(m)
+}
+
+/// Every store's copy of every archived WAL file of `source`, checked without keys.
+pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for s in &app.stores {
+        match s.list(&s.wal_prefix(source)).await {
+            Ok(list) => names.extend(
+                list.iter()
+                    .filter_map(|m| manifest_name(m.location.as_ref()))
+                    .map(|n| n.as_str().to_string()),
+            ),
+            Err(e) => tracing::warn!(store = %s.name, error = %e, "cannot list the WAL archive"),
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let Some(reference) = reference_manifest(app, source, &name).await else {
+            continue;
+        };
+        let checks = futures::future::join_all(
+            app.stores
+                .iter()
+                .map(|s| crate::ops::verify::check_replica(s, &reference)),
+        )
+        .await;
+        out.extend(checks);
+    }
+    out
+}
+
+/// The manifest a WAL file's copies are held to: the one naming the catalog's object for it,
+/// else the first store's.
+async fn reference_manifest(app: &Coffre, source: &str, name: &str) -> Option<Manifest> {
+    let indexed = app
+        .catalog
+        .list_wal(source)
+        .ok()
+        .and_then(|rows| rows.into_iter().find(|r| r.name == name))
+        .map(|r| r.object);
+    let mut first = None;
+    for s in &app.stores {
+        if let Ok(m) = wal_manifest(s, source, name).await {
+            if indexed.is_none_or(|o| o == m.snapshot) {
+                return Some(m);
+            }
+            first.get_or_insert(m);
+        }
+    }
+    first
+}
+
+/// Put a good copy of WAL file `check.wal` back into `to` (missing there, or bad): the sealed
+/// bytes read from `from` and checked against the manifest, its key object authenticated, then
+/// committed through the one commit protocol. Returns the bytes copied.
+pub async fn repair(
+    app: &Coffre,
+    check: &ReplicaCheck,
+    from: &Store,
+    to: &Store,
+) -> Result<u64, String> {
+    let name = check.wal.as_deref().ok_or("not a WAL copy")?;
+    let m = wal_manifest(from, &check.source, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    if m.snapshot != check.snapshot {
+        return Err(format!("{} holds another object under {name}", from.name));
+    }
+    let (key, sealed) = crate::ops::wal::read_sealed(app, from, &m).await?;
+    let paths = to.object_paths(&m).map_err(|e| e.to_string())?;
+    to.put(&paths.data, sealed.clone().into())
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::ops::commit::commit(app, to, &m, &key, crate::ops::commit::Existing::Repair)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(sealed.len() as u64)
 }
 
 /// Every gap in the WAL archive of `source`, per timeline.

@@ -127,28 +127,122 @@ pub fn read(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
     std::fs::read(spool_dir(app, source).join(name.as_str())).ok()
 }
 
-/// Archive every spooled file of every source, oldest name first; a file leaves the spool only
-/// once it is committed in `min-sites` sites. Per source, the first failure stops the round
-/// (the stores are likely down for the next files too). Returns (archived, failures).
+/// Archive every spooled file of every source, oldest names first, `archive-parallel` at a
+/// time (each one in every store); a file leaves the spool only once it is committed in
+/// `min-sites` sites. Returns (archived, failures).
 pub async fn drain(app: &Coffre, actor: &str) -> (usize, Vec<String>) {
     let (mut done, mut failures) = (0, Vec::new());
     for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+        let parallel = s.pitr.as_ref().map_or(1, |p| p.archive_parallel);
         let dir = spool_dir(app, &s.name);
-        for (path, _) in spooled_files(&dir) {
-            match crate::ops::wal::push(app, &s.name, &path, actor).await {
-                Ok(_) => {
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(error = %e, path = %path.display(), "archived WAL file left in the spool");
-                    }
-                    let _ = crate::fsutil::sync_dir(&dir);
-                    done += 1;
-                }
-                Err(e) => {
-                    failures.push(format!("{}: {e}", path.display()));
-                    break;
-                }
+        let files: Vec<PathBuf> = spooled_files(&dir).into_iter().map(|(p, _)| p).collect();
+        let (archived, failed) = in_batches(&files, parallel, |path| async move {
+            crate::ops::wal::push(app, &s.name, path, actor)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        for path in &archived {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(error = %e, path = %path.display(), "archived WAL file left in the spool");
             }
         }
+        if !archived.is_empty() {
+            let _ = crate::fsutil::sync_dir(&dir);
+        }
+        done += archived.len();
+        failures.extend(failed);
     }
     (done, failures)
+}
+
+/// Run `push` over `files` in name order, up to `parallel` at once; a batch with a failure ends
+/// the run (the stores are likely down for the next files too). Returns the files pushed and
+/// the failures.
+async fn in_batches<'a, F, Fut>(
+    files: &'a [PathBuf],
+    parallel: usize,
+    push: F,
+) -> (Vec<&'a Path>, Vec<String>)
+where
+    F: Fn(&'a Path) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    use futures::StreamExt;
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
+    for batch in files.chunks(parallel.max(1)) {
+        let pending = futures::stream::FuturesUnordered::new();
+        for p in batch {
+            let path = p.as_path();
+            let f = push(path);
+            pending.push(async move { (path, f.await) });
+        }
+        let results: Vec<(&Path, Result<(), String>)> = pending.collect().await;
+        let before = failures.len();
+        for (path, r) in results {
+            match r {
+                Ok(()) => done.push(path),
+                Err(e) => failures.push(format!("{}: {e}", path.display())),
+            }
+        }
+        if failures.len() > before {
+            break;
+        }
+    }
+    done.sort();
+    (done, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn spooled_files_are_archived_several_at_once_and_a_failed_batch_ends_the_round() {
+        let files: Vec<PathBuf> = (1..=10)
+            .map(|i| PathBuf::from(format!("/spool/{i:024X}")))
+            .collect();
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let push = |p: &std::path::Path| {
+            let fail = p.ends_with(format!("{:024X}", 6));
+            let (now, most) = (&now, &most);
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                if fail {
+                    Err("store b: unreachable".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let (done, failures) = super::in_batches(&files, 4, push).await;
+        // Four in flight at once; the batch of 5..=8 has the failure: 1..=4 and 5, 7, 8 are
+        // archived (and leave the spool), 6 stays, and 9 and 10 wait for the next round.
+        assert_eq!(most.load(Ordering::SeqCst), 4);
+        let names: Vec<String> = done
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let want: Vec<String> = [1, 2, 3, 4, 5, 7, 8]
+            .iter()
+            .map(|i| format!("{i:024X}"))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0].contains("000000000000000000000006: store b: unreachable"),
+            "{failures:?}"
+        );
+        // One at a time when archive-parallel = 1.
+        most.store(0, Ordering::SeqCst);
+        let (done, _) = super::in_batches(&files[..3], 1, push).await;
+        assert_eq!(done.len(), 3);
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+    }
 }

@@ -542,7 +542,41 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
             "{r}"
         );
         assert_eq!(r["scratch_wiped"], true, "{r}");
+        // The replay's fetches are counted, and served within the replay's own time.
+        let fetched = r["wal_fetched"].as_u64().unwrap_or(0);
+        assert!(fetched >= 1, "the drill fetched no WAL: {r}");
+        assert!(
+            r["wal_prefetch_hits"].as_u64().unwrap_or(u64::MAX) <= fetched,
+            "{r}"
+        );
+        let fetch_s = r["fetch_seconds"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.0..=r["replay_seconds"].as_f64().unwrap_or(0.0)).contains(&fetch_s),
+            "{r}"
+        );
     }
+    // Each drill's recovery session read its own store only (`wal-fetch --store`).
+    let (ok, out, err) = host.run(&["audit", "show", "--json", "--action", "wal-fetch"]);
+    assert!(ok, "{err}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for r in &reports {
+        let drill = r["drill"].as_str().unwrap_or("?");
+        let session = entries
+            .iter()
+            .find(|e| {
+                e["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(&format!("started: recovery session {drill},")))
+            })
+            .unwrap_or_else(|| panic!("no recovery session of drill {drill}: {out}"));
+        assert_eq!(session["target"]["store"], r["store"], "{session}");
+    }
+    let metrics = host.http_get("/metrics");
+    assert!(
+        metrics.contains("coffre_wal_fetches_total ")
+            && metrics.contains("coffre_wal_fetch_seconds_total "),
+        "{metrics}"
+    );
 
     // The restores' WAL came from the prefetch once a session was under way.
     let metrics = host.http_get("/metrics");

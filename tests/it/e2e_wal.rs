@@ -196,6 +196,55 @@ fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_c
     let r = env.run(&["wal-fetch", "--source", "emr", SEG, out2.to_str().unwrap()]);
     r.expect_ok();
     assert!(fs::read(&out2).unwrap() == bytes);
+    // A fetch pinned to a store (as a drill of that store runs it) reads that store only: b's
+    // bad copy fails with no fallback to a, a's serves, and an unknown store is named.
+    let pinned = env.out.join("pinned");
+    let fetch_from = |store: &str| {
+        env.run(&[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "--store",
+            store,
+            SEG,
+            pinned.to_str().unwrap(),
+        ])
+    };
+    let r = fetch_from("b");
+    r.expect_failure();
+    assert!(
+        r.error_text()
+            .contains("could not be read from any store: b: sealed bytes do not match"),
+        "{r}"
+    );
+    assert!(!pinned.exists());
+    fetch_from("a").expect_ok();
+    assert!(fs::read(&pinned).unwrap() == bytes);
+    // verify re-hashes each store's copy: b's is bad, a's ok.
+    let (r, entries) = env.verify(None);
+    r.expect_failure();
+    let copy = |store: &str| {
+        entries
+            .iter()
+            .find(|e| e["wal"] == SEG && e["store"] == store)
+            .unwrap_or_else(|| panic!("no check of {store}'s copy of {SEG}: {entries:?}"))
+            .clone()
+    };
+    assert_eq!(copy("a")["state"], "ok");
+    assert_eq!(copy("b")["state"], "bad");
+    assert!(
+        copy("b")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("SHA-256")),
+        "{entries:?}"
+    );
+    let r = fetch_from("nowhere");
+    r.expect_failure();
+    assert!(
+        r.error_text()
+            .contains("unknown store `nowhere`; configured: a, b"),
+        "{r}"
+    );
     // Both copies gone bad: a clear error, and nothing written at the destination.
     let a_data = files_under(&wal_a)
         .into_iter()
