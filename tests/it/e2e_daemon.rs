@@ -517,6 +517,78 @@ fn scrub_repairs_a_replica_with_wrong_bytes() {
 }
 
 #[test]
+fn scrub_repairs_a_wal_copy_with_wrong_bytes() {
+    let env = Env::new();
+    env.config(None, "");
+    // Source `base` archives WAL; the scrub runs every second.
+    let text = std::fs::read_to_string(env.p("coffre.toml"))
+        .unwrap()
+        .replace(
+            "complete = \"marker\"\n",
+            "complete = \"marker\"\n[source.pitr]\nwindow = \"7d\"\n",
+        );
+    std::fs::write(env.p("coffre.toml"), &text).unwrap();
+    let seg = "000000010000000000000003";
+    let wal = env.p(seg);
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect();
+    std::fs::write(&wal, &bytes).unwrap();
+    let (code, out, err) = env.run(
+        None,
+        &["wal-push", "--source", "base", wal.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let dir = env.p(&format!("stores/b/coffre/wal/base/00000001/{seg}"));
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "data"))
+        .unwrap_or_else(|| panic!("no sealed object in {}", dir.display()));
+    let mut sealed = std::fs::read(&data).unwrap();
+    let mid = sealed.len() / 2;
+    sealed[mid] ^= 0x40;
+    std::fs::write(&data, &sealed).unwrap();
+    let (code, out, _) = env.run(None, &["verify"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("WAL {seg}")) && out.contains("bad"),
+        "{out}"
+    );
+    std::fs::write(
+        env.p("coffre.toml"),
+        text.replace("scrub-every = \"1h\"", "scrub-every = \"1s\""),
+    )
+    .unwrap();
+    let d = env.start(None);
+    wait_until("scrub repaired the WAL copy", 90, || {
+        let (_, m) = http_get(env.port, "/metrics").unwrap();
+        m.contains("coffre_repairs_total{store=\"site-b\"} 1")
+    });
+    d.stop();
+    let (code, out, _) = env.run(None, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("WAL {seg}")), "{out}");
+    // The repaired copy opens, from store site-b alone.
+    let back = env.p("back");
+    let (code, out, err) = env.run(
+        None,
+        &[
+            "wal-fetch",
+            "--source",
+            "base",
+            "--store",
+            "site-b",
+            seg,
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(std::fs::read(&back).unwrap() == bytes);
+}
+
+#[test]
 fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     let env = Env::new();
     env.config(None, "");
