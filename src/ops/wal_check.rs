@@ -203,9 +203,19 @@ pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
             Err(e) => tracing::warn!(store = %s.name, error = %e, "cannot list the WAL archive"),
         }
     }
+    // The catalog's object for each name, read once.
+    let indexed: std::collections::HashMap<String, crate::ids::SnapshotId> = app
+        .catalog
+        .list_wal(source)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.name, r.object))
+        .collect();
     let mut out = Vec::new();
     for name in names {
-        let Some(reference) = reference_manifest(app, source, &name).await else {
+        let Some(reference) =
+            reference_manifest(app, source, &name, indexed.get(&name).copied()).await
+        else {
             continue;
         };
         let checks = futures::future::join_all(
@@ -221,13 +231,12 @@ pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
 
 /// The manifest a WAL file's copies are held to: the one naming the catalog's object for it,
 /// else the first store's.
-async fn reference_manifest(app: &Coffre, source: &str, name: &str) -> Option<Manifest> {
-    let indexed = app
-        .catalog
-        .list_wal(source)
-        .ok()
-        .and_then(|rows| rows.into_iter().find(|r| r.name == name))
-        .map(|r| r.object);
+async fn reference_manifest(
+    app: &Coffre,
+    source: &str,
+    name: &str,
+    indexed: Option<crate::ids::SnapshotId>,
+) -> Option<Manifest> {
     let mut first = None;
     for s in &app.stores {
         if let Ok(m) = wal_manifest(s, source, name).await {
