@@ -177,12 +177,7 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
     let checks = crate::ops::verify::verify(app, None).await;
     let (mut bad_n, mut repaired) = (0, 0);
     let checked = checks.len() as u64;
-    for c in checks.iter().filter(|c| {
-        matches!(
-            c.state,
-            crate::ops::verify::CheckState::Bad | crate::ops::verify::CheckState::Missing
-        )
-    }) {
+    for c in checks.iter().filter(|c| c.state.needs_repair()) {
         bad_n += 1;
         rt.scrub_error(&c.store);
         tracing::warn!(snapshot = %c.snapshot, store = %c.store, state = %c.state, detail = c.detail.as_deref().unwrap_or(""), "scrub found a replica that is not ok");
@@ -217,12 +212,7 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
     for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
         let checks = crate::ops::wal_check::copies(app, &s.name).await;
         w_checked += checks.len() as u64;
-        for c in checks.iter().filter(|c| {
-            matches!(
-                c.state,
-                crate::ops::verify::CheckState::Bad | crate::ops::verify::CheckState::Missing
-            )
-        }) {
+        for c in checks.iter().filter(|c| c.state.needs_repair()) {
             w_bad += 1;
             rt.scrub_error(&c.store);
             let wal = c.wal.as_deref().unwrap_or("");

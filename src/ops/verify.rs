@@ -50,6 +50,11 @@ impl CheckState {
         }
     }
 
+    /// Missing or bad: the scrub puts a good copy in its place.
+    pub(crate) fn needs_repair(self) -> bool {
+        matches!(self, CheckState::Missing | CheckState::Bad)
+    }
+
     /// The catalog's replica state this check establishes, if any (an unreachable or refusing
     /// store says nothing about the copy).
     pub(crate) fn replica_state(self) -> Option<ReplicaState> {

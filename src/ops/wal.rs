@@ -640,11 +640,7 @@ pub async fn fetch(
         if !app.stores.iter().any(|s| s.name == p) {
             return Err(WalError::UnknownStore(
                 p.to_string(),
-                app.stores
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                app.config.store_names(),
             ));
         }
     }

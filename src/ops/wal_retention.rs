@@ -281,15 +281,11 @@ async fn read_copy(
     name: &WalName,
 ) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let max = crate::format::objects::MAX_SMALL_OBJECT;
-    let mb = match s
-        .get_small(&s.wal_dir(source, name).join("manifest.json"), max)
-        .await
-    {
-        Ok(b) => b,
+    let m = match crate::ops::wal_check::wal_manifest(s, source, name.as_str()).await {
+        Ok(m) => m,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let m = Manifest::parse(&mb)?;
     let paths = s.object_paths(&m).map_err(|e| e.to_string())?;
     let kb = s
         .get_small(&paths.key, max)

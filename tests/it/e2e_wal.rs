@@ -242,7 +242,7 @@ fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_c
     r.expect_failure();
     assert!(
         r.error_text()
-            .contains("unknown store `nowhere`; configured: a, b"),
+            .contains("unknown store `nowhere`; configured: `a`, `b`"),
         "{r}"
     );
     // Both copies gone bad: a clear error, and nothing written at the destination.
