@@ -4,7 +4,8 @@
 # asynchronous; restore --type=default and PostgreSQL replaying to the end of the archive), on
 # the same pgbench workload, each tool on a fresh PostgreSQL 15 cluster.
 #
-#   benches/wal.sh [--quick] [--scale S] [--seconds T] [--runs "coffre pgbackrest-sync pgbackrest-async"]
+#   benches/wal.sh [--quick] [--scale S] [--seconds T]
+#                  [--runs "coffre coffre-async pgbackrest-sync pgbackrest-async"]
 #                  [--during-load] [--no-build] [--keep]
 #
 #   --quick            small workload (scale 20, 60 s of pgbench: ~300 MiB of WAL); a sanity run
@@ -12,9 +13,13 @@
 #   --seconds T        pgbench -T T -c 2 -j 2 -M prepared (default 150: ~1-1.5 GiB of WAL on 2 cores;
 #                      most of it full-page images: the first change of each page after the base
 #                      backup's checkpoint)
-#   --runs "..."       what to measure, in order (default all three):
+#   --runs "..."       what to measure, in order (default all four):
 #                        coffre            archive_command = coffre wal-push --source emr %p
 #                                          (through the daemon's socket)
+#                        coffre-async      the same with [source.pitr] archive-async = true,
+#                                          archive-parallel = 4 (acknowledged from the local spool;
+#                                          "archive s" runs until the spool has drained into both
+#                                          stores, the acknowledgements' own time is in the notes)
 #                        pgbackrest-sync   pgbackrest archive-push %p, archive-async=n
 #                        pgbackrest-async  the same with archive-async=y, process-max=2
 #   --during-load      archive while pgbench runs (archive s is then the lag after pgbench ends,
@@ -40,7 +45,7 @@
 # pgBackRest: zst level 3, aes-256-cbc on both repositories (repo1, repo2: coffre writes both its
 # stores too, encrypted), run as user postgres. MB = 10^6 bytes; segments are 16 MiB.
 # Needs: PostgreSQL 15 (tests/setup.sh), pgbackrest (Debian package; installed when run as root),
-# jq. Run as root (the daemon reads the WAL files itself; server programs run as postgres).
+# jq, curl. Run as root (the daemon reads the WAL files itself; server programs run as postgres).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -48,7 +53,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 PGBIN=/usr/lib/postgresql/15/bin
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-QUICK=0 SCALE= SECS= RUNS="coffre pgbackrest-sync pgbackrest-async" DURING=0 BUILD=1 KEEP=0
+QUICK=0 SCALE= SECS= RUNS="coffre coffre-async pgbackrest-sync pgbackrest-async" DURING=0 BUILD=1 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; shift;;
@@ -67,7 +72,7 @@ for v in "$SCALE" "$SECS"; do
   case "$v" in ''|*[!0-9]*) echo "not a number: '$v'" >&2; exit 2;; esac
 done
 for r in $RUNS; do
-  case "$r" in coffre|pgbackrest-sync|pgbackrest-async) ;; *) echo "unknown run: $r" >&2; exit 2;; esac
+  case "$r" in coffre|coffre-async|pgbackrest-sync|pgbackrest-async) ;; *) echo "unknown run: $r" >&2; exit 2;; esac
 done
 
 say() { echo "[wal.sh $(date +%H:%M:%S)] $*" >&2; }
@@ -79,6 +84,7 @@ id postgres >/dev/null 2>&1 || die "no user postgres: run tests/setup.sh (Postgr
 missing=()
 case " $RUNS " in *" pgbackrest-"*) command -v pgbackrest >/dev/null || missing+=(pgbackrest);; esac
 command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (apt-get)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null \
@@ -117,7 +123,7 @@ if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q) || die "cargo build --release failed"
 fi
 COFFRE=$WORK/bin/coffre
-case " $RUNS " in *" coffre "*)
+case " $RUNS " in *" coffre "*|*" coffre-async "*)
   [ -x "$COFFRE_SRC" ] || die "$COFFRE_SRC is missing (drop --no-build)"
   # A private copy (the RSS sampler finds this run's processes by its path), readable by postgres.
   mkdir -p "$WORK/bin"; cp "$COFFRE_SRC" "$COFFRE"; chmod 755 "$WORK/bin" "$COFFRE";;
@@ -193,8 +199,8 @@ dsize() { du -sb "$1" | cut -f1; }
 
 # ------------------------------------------------------------------ the tools
 # coffre: the daemon with the config shape of tests/it/e2e_pitr.rs (two local stores, pitr).
-coffre_setup() { # DIR -> ARCHIVE_CMD
-  local d=$1 port
+coffre_setup() { # DIR ASYNC(true|false) -> ARCHIVE_CMD, STATUS_PORT
+  local d=$1 async=$2 port
   mkdir -p "$d/in" "$d/run"; chmod 755 "$d" "$d/run"
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
          || echo $((19000 + $$ % 1000)))
@@ -214,6 +220,8 @@ path = "$d/in"
 complete = "marker"
 [source.pitr]
 window = "7d"
+archive-async = $async
+archive-parallel = 4
 
 [[store]]
 name = "a"
@@ -243,6 +251,22 @@ EOF
     sleep 0.1
   done
   ARCHIVE_CMD="COFFRE_SOCKET=$d/run/coffre.sock $COFFRE wal-push --source emr %p"
+  STATUS_PORT=$port
+}
+# metric NAME: the value of one unlabelled (or single-source) sample of the daemon's /metrics
+metric() {
+  curl -fsS "http://127.0.0.1:$STATUS_PORT/metrics" \
+    | awk -v n="$1" '!found && ($1 == n || index($1, n "{") == 1) { v = $2; found = 1 } END { print (found ? v : "nan") }'
+}
+# wait_drained: until the daemon's spool (archive-async) is empty, every file in both stores
+wait_drained() {
+  local t=$SECONDS v
+  while :; do
+    v=$(metric coffre_wal_spool_files)
+    [ "$v" = 0 ] && return 0
+    [ $((SECONDS - t)) -lt 600 ] || die "the spool still holds $v files after 600 s; see $WORK"
+    sleep 0.1
+  done
 }
 coffre_base_backup() {
   local d=$1 t=$SECONDS out
@@ -262,10 +286,14 @@ coffre_restore() { # DIR -> RESTORED (a stopped, promoted data dir), REPLAY_NOTE
      > "$d/restore.out" 2>&1 || { tail -n 30 "$d/restore.out" "$d/pg/restored/coffre-replay.log" >&2; die "coffre restore failed"; }
   RESTORED=$d/pg/restored
   REPLAY_NOTE="coffre said: $(grep -o 'replayed to [^:]*' "$d/restore.out" | head -n 1)"
+  REPLAY_S=$(grep -o 'replayed to [^:]* in [0-9.]* s' "$d/restore.out" | head -n 1 | awk '{ print $(NF - 1) }')
+  : "${REPLAY_S:=nan}"
 }
 coffre_stored() { # the WAL archive of store a: <store>/wal/emr (the base backup aside)
   local w; w=$(find "$1/stores/a" -maxdepth 4 -type d -path '*/wal/emr' | head -n 1)
-  if [ -n "$w" ]; then dsize "$w"; else echo 0; fi
+  if [ -n "$w" ]; then
+    echo "$(dsize "$w") $(find "$w" -regextype posix-extended -mindepth 2 -maxdepth 2 -type d -regex '.*/[0-9A-F]{24}' | wc -l)"
+  else echo "0 0"; fi
 }
 coffre_teardown() { kill "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
 
@@ -326,8 +354,11 @@ pgbr_restore() { # DIR -> RESTORED
   pg_stop "$d/pg/restored"
   RESTORED=$d/pg/restored
   REPLAY_NOTE="pgBackRest: $(grep -Eo 'redo done at [0-9A-F/]+' "$d/pg/replay.log" | tail -n 1)"
+  REPLAY_S=nan
 }
-pgbr_stored() { dsize "$1/repo1/archive"; }
+pgbr_stored() { # bytes and WAL segments in repo1's archive
+  echo "$(dsize "$1/repo1/archive") $(find "$1/repo1/archive" -regextype posix-extended -type f -regex '.*/[0-9A-F]{24}-[0-9a-f]+\.zst' | wc -l)"
+}
 pgbr_teardown() { :; }
 
 # check_restored DIR WANT: start the restored data dir (untimed) and compare with the primary
@@ -350,11 +381,12 @@ RESULTS=$WORK/results.tsv; : > "$RESULTS"
 run_one() {
   local run=$1 d=$WORK/$1 pat tool c0 c1 seg t0 t1 tl0 tl1 tr0 tr1 want rss_file sampler secs arch_s hwm note=
   mkdir -p "$d"; chmod 755 "$d"
-  case "$run" in coffre) tool=coffre;; *) tool=pgbr;; esac
+  case "$run" in coffre*) tool=coffre;; *) tool=pgbr;; esac
   say "== $run: set-up"
   DATA_PLANNED=$d/pg0/data SOCK_PLANNED=$d/pg0/sock
   case "$run" in
-    coffre) coffre_setup "$d";;
+    coffre) coffre_setup "$d" false;;
+    coffre-async) coffre_setup "$d" true;;
     pgbackrest-sync) pgbr_setup "$d" n;;
     pgbackrest-async) pgbr_setup "$d" y;;
   esac
@@ -392,10 +424,20 @@ run_one() {
   fi
   wait_archived "$seg"
   t1=$(psql_ "SELECT extract(epoch FROM last_archived_time) FROM pg_stat_archiver")
+  if [ "$run" = coffre-async ]; then
+    # Acknowledged from the spool: the comparable time is until the spool has drained into both
+    # stores (pgBackRest's asynchronous archive-push acknowledges a segment once it is in the
+    # repositories). wait_archived already waited 0.6 s past the last acknowledgement.
+    wait_drained
+    local td; td=$(now)
+    if [ "$DURING" = 0 ]; then note="acknowledged in $(elapsed "$t0" "$t1") s, drained "; else note="acknowledged "; fi
+    note="${note}$(elapsed "$t1" "$td") s after the last acknowledgement (0.1 s polling); "
+    t1=$td
+  fi
   c1=$(archived_count)
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   hwm=$(cut -d' ' -f1 "$rss_file")
-  note="largest: $(cut -d' ' -f3- "$rss_file" | awk '{ print $1, $2, $3 }' | sed 's|^[^ ]*/||')"
+  note="${note}largest: $(cut -d' ' -f3- "$rss_file" | awk '{ print $1, $2, $3 }' | sed 's|^[^ ]*/||')"
   if [ "$tool" = coffre ]; then
     local dh; dh=$(awk '/VmHWM/{print $2}' "/proc/$DAEMON/status")
     note="$note (pid $(cut -d' ' -f2 "$rss_file"), daemon $DAEMON: VmHWM $((dh / 1024)) MiB at the end)"
@@ -410,14 +452,23 @@ run_one() {
   pg_stop "$DATA"
   say "$run: $((c1 - c0)) segments archived in $arch_s s; restoring"
   sync
+  local f0= n0= fetch_s=nan fetches=nan
+  if [ "$tool" = coffre ]; then f0=$(metric coffre_wal_fetch_seconds_total); n0=$(metric coffre_wal_fetches_total); fi
   tr0=$(now)
   "${tool}_restore" "$d"
   tr1=$(now)
-  local stored; stored=$("${tool}_stored" "$d")
+  if [ "$tool" = coffre ]; then
+    # The daemon's own count of the time spent serving wal-fetch (request to last byte handed
+    # over), set against the replay: what replay waited on the daemon.
+    fetch_s=$(awk -v a="$f0" -v b="$(metric coffre_wal_fetch_seconds_total)" 'BEGIN { printf "%.2f", b - a }')
+    fetches=$(awk -v a="$n0" -v b="$(metric coffre_wal_fetches_total)" 'BEGIN { printf "%d", b - a }')
+  fi
+  local stored stored_n; read -r stored stored_n <<< "$("${tool}_stored" "$d")"
   "${tool}_teardown"
   check_restored "$RESTORED" "$want"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$((c1 - c0))" "$arch_s" "$secs" "$(elapsed "$tr0" "$tr1")" \
-    "$hwm" "$stored" "$(grep -Eo 'tps = [0-9.]+' "$d/pgbench.log" | head -n 1 | cut -d' ' -f3)" "$note; $REPLAY_NOTE" >> "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$((c1 - c0))" "$arch_s" "$secs" "$(elapsed "$tr0" "$tr1")" \
+    "$hwm" "$stored" "$(grep -Eo 'tps = [0-9.]+' "$d/pgbench.log" | head -n 1 | cut -d' ' -f3)" "$note; $REPLAY_NOTE" \
+    "$REPLAY_S" "$fetch_s" "$fetches" "$stored_n" >> "$RESULTS"
   say "$run: restore+replay $(elapsed "$tr0" "$tr1") s"
   [ "$KEEP" = 1 ] || rm -rf "$d"
 }
@@ -438,14 +489,16 @@ echo
 if [ "$DURING" = 0 ]; then h1="archive s"; else h1="lag s"; fi
 awk -F'\t' -v h1="$h1" -v during="$DURING" '
   BEGIN {
-    fmt = "%-18s %9s %10s %9s %11s %17s %10s %10s %9s\n"
-    printf fmt, "tool/mode", "segments", h1, "MB/s", "segments/s", "restore+replay s", "peak RSS", "stored MB", "load tps"
-    printf fmt, "", "", "", "", "", "", "MiB", "(1 copy)", ""
+    fmt = "%-18s %9s %10s %9s %11s %17s %9s %14s %10s %10s %13s %9s\n"
+    printf fmt, "tool/mode", "segments", h1, "MB/s", "segments/s", "restore+replay s", "replay s", "fetch s (n)", "peak RSS", "stored MB", "MB/segment", "load tps"
+    printf fmt, "", "", "", "", "", "", "", "", "MiB", "(1 copy)", "(all stored)", ""
   }
   {
     mb = $2 * 16 * 1048576 / 1e6
-    printf "%-18s %9d %10.2f %9.1f %11.2f %17.2f %10.1f %10.1f %9.0f\n", $1, $2, $3, ($4 > 0 ? mb / $4 : 0),
-      ($4 > 0 ? $2 / $4 : 0), $5, $6 / 1024, $7 / 1e6, $8
+    fetch = ($11 == "nan" ? "-" : sprintf("%.2f (%d)", $11, $12))
+    printf "%-18s %9d %10.2f %9.1f %11.2f %17.2f %9s %14s %10.1f %10.1f %13s %9.0f\n", $1, $2, $3, ($4 > 0 ? mb / $4 : 0),
+      ($4 > 0 ? $2 / $4 : 0), $5, ($10 == "nan" ? "-" : $10), fetch, $6 / 1024, $7 / 1e6,
+      ($13 > 0 ? sprintf("%.2f (%d)", $7 / 1e6 / $13, $13) : "-"), $8
     notes[NR] = $1 ": " $9
   }
   END {
@@ -453,8 +506,9 @@ awk -F'\t' -v h1="$h1" -v during="$DURING" '
     if (during) print "# lag s: from the end of pgbench to the last segment archived; MB/s, segments/s: over pgbench start to the last segment archived"
     else print "# archive s: backlog archived alone, from archive_command set and reloaded to pg_stat_archiver.last_archived_time"
     print "# MB/s: segments x 16 MiB / that time; peak RSS: the largest VmHWM of any one process of the tool (sampled every 0.2 s, from the load to the last segment; coffre: the daemon, its peak reset after the base backup)"
-    print "# restore+replay s: the whole restore command(s) until the database is promoted and stopped"
-    print "# stored MB: the WAL archive in one store/repository, including the WAL of pgbench -i and of the base backup (not only the segments counted)"
+    print "# restore+replay s: the whole restore command(s) until the database is promoted and stopped; replay s: coffre restore --replay'"'"'s own figure"
+    print "# fetch s (n): the time the daemon spent serving wal-fetch during the restore (request to last byte handed over, coffre_wal_fetch_seconds_total) and the fetches (coffre_wal_fetches_total); the rest of the replay did not wait on it"
+    print "# stored MB: the WAL archive in one store/repository, including the WAL of pgbench -i and of the base backup (not only the segments counted); MB/segment: that over the WAL segments stored (their count in brackets)"
     print "# load tps: pgbench during the load (not a tool figure: the WAL volume of each run depends on it)"
     for (i = 1; i <= NR; i++) print "# " notes[i]
   }' "$RESULTS" | tee "$WORK/table.txt"
