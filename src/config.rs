@@ -374,8 +374,10 @@ pub struct PitrConfig {
     /// Largest spool; past it, pushes are archived synchronously again (PostgreSQL then waits).
     #[serde(default = "default_spool_max")]
     pub spool_max: bytesize::ByteSize,
-    /// archive-async: spooled WAL files archived at once (each one in every store), so that a
-    /// backlog drains at the stores' throughput rather than one file's round trips.
+    /// WAL files archived at once (each one in every store), so that a backlog drains at the
+    /// stores' throughput rather than one file's round trips: the daemon archives the segments
+    /// after the one pushed that PostgreSQL has marked `.ready`, ahead of their own push
+    /// ([`crate::ops::wal_ahead`]), and in archive-async the spooled files. 1: one at a time.
     #[serde(default = "default_archive_parallel")]
     pub archive_parallel: usize,
 }

@@ -14,6 +14,7 @@ pub mod rotate;
 pub mod shred;
 pub mod verify;
 pub mod wal;
+pub mod wal_ahead;
 pub mod wal_check;
 pub mod wal_retention;
 pub mod wal_spool;

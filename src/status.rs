@@ -179,6 +179,7 @@ pub struct Metrics {
     pub wal_prefetch_hits: Counter,
     pub wal_fetch_seconds: Counter<f64, AtomicU64>,
     pub wal_fetches: Counter,
+    pub wal_archived_ahead: Counter,
     pub wal_spool_files: Family<SourceLabel, Gauge>,
     pub wal_spool_oldest_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
 }
@@ -220,6 +221,7 @@ impl Metrics {
             wal_prefetch_hits: Counter::default(),
             wal_fetch_seconds: Counter::default(),
             wal_fetches: Counter::default(),
+            wal_archived_ahead: Counter::default(),
             wal_spool_files: Family::default(),
             wal_spool_oldest_age: Family::default(),
             registry: Registry::default(),
@@ -277,6 +279,11 @@ impl Metrics {
             "wal_fetches",
             "WAL files served to restore_command",
             m.wal_fetches.clone(),
+        );
+        registry.register(
+            "wal_archived_ahead",
+            "WAL segments archived ahead of their push (from pg_wal/archive_status/*.ready) and acknowledged from it",
+            m.wal_archived_ahead.clone(),
         );
         registry.register(
             "pitr_window_seconds",
@@ -995,6 +1002,11 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     let seen = rt.metrics.wal_fetch_seconds.get();
     if secs > seen {
         rt.metrics.wal_fetch_seconds.inc_by(secs - seen);
+    }
+    let ahead = crate::ops::wal_ahead::ACKNOWLEDGED.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = rt.metrics.wal_archived_ahead.get();
+    if ahead > seen {
+        rt.metrics.wal_archived_ahead.inc_by(ahead - seen);
     }
     let pitr = app.config.source(name)?.pitr.as_ref()?;
     let label = SourceLabel {

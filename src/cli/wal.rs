@@ -11,6 +11,24 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
     match cmd {
         Command::WalPush { source, path, json } => {
+            // Through the daemon: the next `.ready` segments are archived ahead, and this one
+            // may have been already.
+            if let Some(d) = &ctx.daemon {
+                crate::ops::wal_ahead::start(d, source, path, &ctx.actor);
+                if let Some(pushed) = crate::ops::wal_ahead::take(source, path).await {
+                    if *json {
+                        w.json(&pushed)?;
+                    } else {
+                        outln!(
+                            w,
+                            "{} archived as {} (ahead of its push)",
+                            pushed.name,
+                            pushed.object
+                        );
+                    }
+                    return Ok(exit::OK);
+                }
+            }
             // archive-async, through the daemon: acknowledged from the spool.
             let asynchronous = ctx.daemon.is_some()
                 && app

@@ -729,15 +729,16 @@ async fn seal_and_fan_out(
 ) -> Result<Produced, PipelineError> {
     let pl = &app.config.pipeline;
     let header = Header::new(&id, pl.segment_log2());
-    // archive-async archives several WAL files at once: one compressor thread each (the
-    // parallelism is across files, and each multi-threaded compressor holds ~32 MiB).
-    let spooled_wal = kind == SnapshotKind::Wal
+    // With archive-parallel > 1 several WAL files are archived at once (ahead of their push,
+    // and from the spool): one compressor thread each (the parallelism is across files, and
+    // each multi-threaded compressor holds ~32 MiB).
+    let parallel_wal = kind == SnapshotKind::Wal
         && app
             .config
             .source(source)
             .and_then(|s| s.pitr.as_ref())
-            .is_some_and(|p| p.archive_async && p.archive_parallel > 1);
-    let (level, threads) = (pl.zstd_level, if spooled_wal { 1 } else { pl.threads() });
+            .is_some_and(|p| p.archive_parallel > 1);
+    let (level, threads) = (pl.zstd_level, if parallel_wal { 1 } else { pl.threads() });
     let path_owned = path.to_path_buf();
     let tracker = app
         .progress

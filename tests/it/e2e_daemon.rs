@@ -592,6 +592,122 @@ fn scrub_repairs_a_wal_copy_with_wrong_bytes() {
     assert!(std::fs::read(&back).unwrap() == bytes);
 }
 
+/// PostgreSQL's archiver pushes one segment at a time; the daemon archives the next `.ready`
+/// ones ahead, acknowledges each when it is pushed if the file did not change, and compares a
+/// changed one with its archived copy (refused: other bytes under an archived name).
+#[test]
+fn the_daemon_archives_ready_segments_ahead_and_acknowledges_only_unchanged_files() {
+    let env = Env::new();
+    env.config(None, "");
+    let text = std::fs::read_to_string(env.p("coffre.toml"))
+        .unwrap()
+        .replace(
+            "complete = \"marker\"\n",
+            "complete = \"marker\"\n[source.pitr]\nwindow = \"7d\"\narchive-parallel = 3\n",
+        );
+    std::fs::write(env.p("coffre.toml"), &text).unwrap();
+    let pg_wal = env.p("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let segs: Vec<String> = (1..=5)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let bytes: Vec<u8> = (0..(1u32 << 20))
+            .map(|j| (j % 251) as u8 ^ (j >> 12) as u8 ^ i as u8)
+            .collect();
+        std::fs::write(pg_wal.join(seg), &bytes).unwrap();
+        std::fs::write(pg_wal.join(format!("archive_status/{seg}.ready")), b"").unwrap();
+    }
+    let committed = |seg: &str| {
+        ["a", "b"].iter().all(|s| {
+            env.p(&format!(
+                "stores/{s}/coffre/wal/base/00000001/{seg}/manifest.json"
+            ))
+            .is_file()
+        })
+    };
+    let push = |seg: &str| {
+        let r = env.run(
+            None,
+            &[
+                "wal-push",
+                "--source",
+                "base",
+                pg_wal.join(seg).to_str().unwrap(),
+            ],
+        );
+        // As PostgreSQL does once a push is acknowledged.
+        if r.0 == 0 {
+            let st = pg_wal.join("archive_status");
+            std::fs::rename(
+                st.join(format!("{seg}.ready")),
+                st.join(format!("{seg}.done")),
+            )
+            .unwrap();
+        }
+        r
+    };
+    let d = env.start(None);
+    let (code, out, err) = push(&segs[0]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("ahead"), "{out}");
+    // The next three (archive-parallel), not the fifth, before PostgreSQL asks for them.
+    wait_until("segments 2 to 4 archived ahead", 60, || {
+        segs[1..4].iter().all(|s| committed(s))
+    });
+    assert!(
+        !committed(&segs[4]),
+        "only archive-parallel segments are archived ahead"
+    );
+    let (code, out, err) = push(&segs[1]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{} archived as", segs[1])) && out.contains("ahead of its push"),
+        "{out}"
+    );
+    // Segment 3 changed after it was archived ahead: compared with the archived copy, refused.
+    std::fs::write(pg_wal.join(&segs[2]), vec![7u8; 1 << 20]).unwrap();
+    let (code, out, err) = push(&segs[2]);
+    assert_ne!(code, 0, "a changed file was acknowledged: {out}{err}");
+    assert!(
+        err.contains(&segs[2]) && err.to_lowercase().contains("different bytes"),
+        "{err}"
+    );
+    assert!(!out.contains("ahead"), "{out}");
+    // Pushing 3 again started the look-ahead of 5; 4 is acknowledged from its own.
+    let (code, out, err) = push(&segs[3]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ahead of its push"), "{out}");
+    wait_until("segment 5 archived ahead", 60, || committed(&segs[4]));
+    let (code, out, err) = push(&segs[4]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ahead of its push"), "{out}");
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
+    assert!(m.contains("coffre_wal_archived_ahead_total 3"), "{m}");
+    d.stop();
+    // What was acknowledged ahead is the right bytes, in both stores.
+    for seg in [&segs[1], &segs[3], &segs[4]] {
+        let want = std::fs::read(pg_wal.join(seg)).unwrap();
+        for store in ["site-a", "site-b"] {
+            let back = env.p(&format!("back-{store}-{seg}"));
+            let (code, out, err) = env.run(
+                None,
+                &[
+                    "wal-fetch",
+                    "--source",
+                    "base",
+                    "--store",
+                    store,
+                    seg,
+                    back.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(std::fs::read(&back).unwrap() == want, "{seg} from {store}");
+        }
+    }
+}
+
 #[test]
 fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     let env = Env::new();
