@@ -427,12 +427,17 @@ run_one() {
   if [ "$run" = coffre-async ]; then
     # Acknowledged from the spool: the comparable time is until the spool has drained into both
     # stores (pgBackRest's asynchronous archive-push acknowledges a segment once it is in the
-    # repositories). wait_archived already waited 0.6 s past the last acknowledgement.
+    # repositories). The moment it drained: the newest manifest in the stores (written last,
+    # when a WAL file is committed), not when this script saw it (wait_archived waits 0.6 s).
     wait_drained
-    local td; td=$(now)
+    local td; td=$(find "$d/stores" -path '*/wal/emr/*' -name manifest.json -printf '%T@\n' | sort -n | tail -n 1)
+    td=$(awk -v a="$t1" -v b="${td:-0}" 'BEGIN { printf "%.6f", (b > a ? b : a) }')
     if [ "$DURING" = 0 ]; then note="acknowledged in $(elapsed "$t0" "$t1") s, drained "; else note="acknowledged "; fi
-    note="${note}$(elapsed "$t1" "$td") s after the last acknowledgement (0.1 s polling); "
+    note="${note}$(elapsed "$t1" "$td") s after the last acknowledgement (its newest manifest in the stores); "
     t1=$td
+  fi
+  if [ "$tool" = coffre ]; then
+    note="${note}$(metric coffre_wal_archived_ahead_total) segments acknowledged from the look-ahead; "
   fi
   c1=$(archived_count)
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
