@@ -89,6 +89,21 @@ secret-access-key-env = "T_SK"
         path
     }
 
+    /// The local-stores config of [`Env::config`] with source `base` archiving WAL:
+    /// `[source.pitr] window = "7d"` then `pitr_extra` (lines of that table). Returns the text
+    /// written.
+    fn config_pitr(&self, pitr_extra: &str) -> String {
+        self.config(None, "");
+        let text = std::fs::read_to_string(self.p("coffre.toml"))
+            .unwrap()
+            .replace(
+                "complete = \"marker\"\n",
+                &format!("complete = \"marker\"\n[source.pitr]\nwindow = \"7d\"\n{pitr_extra}"),
+            );
+        std::fs::write(self.p("coffre.toml"), &text).unwrap();
+        text
+    }
+
     fn cmd(&self, s3: Option<&S3Server>) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config")
@@ -523,15 +538,8 @@ fn scrub_repairs_a_replica_with_wrong_bytes() {
 #[test]
 fn scrub_repairs_a_wal_copy_with_wrong_bytes() {
     let env = Env::new();
-    env.config(None, "");
-    // Source `base` archives WAL; the scrub runs every second.
-    let text = std::fs::read_to_string(env.p("coffre.toml"))
-        .unwrap()
-        .replace(
-            "complete = \"marker\"\n",
-            "complete = \"marker\"\n[source.pitr]\nwindow = \"7d\"\n",
-        );
-    std::fs::write(env.p("coffre.toml"), &text).unwrap();
+    // Source `base` archives WAL; the scrub runs every second (below).
+    let text = env.config_pitr("");
     let seg = "000000010000000000000003";
     let wal = env.p(seg);
     let bytes: Vec<u8> = (0..(1u32 << 20))
@@ -598,14 +606,7 @@ fn scrub_repairs_a_wal_copy_with_wrong_bytes() {
 #[test]
 fn the_daemon_archives_ready_segments_ahead_and_acknowledges_only_unchanged_files() {
     let env = Env::new();
-    env.config(None, "");
-    let text = std::fs::read_to_string(env.p("coffre.toml"))
-        .unwrap()
-        .replace(
-            "complete = \"marker\"\n",
-            "complete = \"marker\"\n[source.pitr]\nwindow = \"7d\"\narchive-parallel = 3\n",
-        );
-    std::fs::write(env.p("coffre.toml"), &text).unwrap();
+    env.config_pitr("archive-parallel = 3\n");
     let pg_wal = env.p("pg_wal");
     std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
     let segs: Vec<String> = (1..=5)
