@@ -530,6 +530,7 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         actor: coffre::actor::current_user(),
         out: Out::local(),
         restore_sink: None,
+        caller_file: Default::default(),
         daemon: None,
     };
     let result = coffre::cli::execute(&app, cmd, &ctx).await;
@@ -571,6 +572,7 @@ fn wait_for_socket(
 async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> {
     let mut cmd = cmd.clone();
     let mut writer = None;
+    let mut file = None;
     match &mut cmd {
         Command::Restore(a) => {
             a.to =
@@ -591,7 +593,10 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> 
         }
         Command::WalFetch { to, .. } => {
             *to = std::path::absolute(&*to).with_context(|| format!("{}", to.display()))?;
-            writer = Some(client::Restore::new(to.clone(), false));
+            let mut w = client::Restore::new(to.clone(), false);
+            // The daemon writes the file into this one, which we open with our rights.
+            file = Some(w.prepare().map_err(anyhow::Error::msg)?);
+            writer = Some(w);
         }
         _ => {}
     }
@@ -600,7 +605,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> 
         let w = writer
             .as_mut()
             .map(|w| w as &mut dyn control::RestoreWriter);
-        control::call(s, &cmd, w)
+        control::call(s, &cmd, w, file)
     })
     .await
     .context("the control socket client stopped")?
@@ -641,7 +646,7 @@ mod client {
     use std::thread::JoinHandle;
 
     use bytes::Bytes;
-    use coffre::daemon::control::{Begin, RestoreWriter};
+    use coffre::daemon::control::{Begin, RestoreWriter, Written};
     use coffre::store::SnapshotKind;
 
     pub struct Restore {
@@ -653,6 +658,10 @@ mod client {
         progress: Option<indicatif::ProgressBar>,
         show_progress: bool,
         done: bool,
+        /// An empty file opened beside the target for the daemon to write into ([`prepare`]).
+        prepared: Option<(PathBuf, std::fs::File)>,
+        /// The daemon wrote the plaintext into the prepared file.
+        written: bool,
     }
 
     impl Restore {
@@ -666,6 +675,33 @@ mod client {
                 progress: None,
                 show_progress,
                 done: false,
+                prepared: None,
+                written: false,
+            }
+        }
+
+        /// Open an empty private file beside the target and return a descriptor of it to pass
+        /// to the daemon, which writes the plaintext into it (`wal-fetch`).
+        pub fn prepare(&mut self) -> Result<std::os::fd::OwnedFd, String> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let tmp = coffre::ops::restore::partial_path(&self.to, &coffre::ids::SnapshotId::new());
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let fd = f
+                .try_clone()
+                .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            self.prepared = Some((tmp, f));
+            Ok(fd.into())
+        }
+
+        /// Remove the prepared file, unused.
+        fn drop_prepared(&mut self) {
+            if let Some((p, _)) = self.prepared.take() {
+                coffre::ops::restore::remove_any(&p);
             }
         }
 
@@ -687,9 +723,11 @@ mod client {
 
     impl RestoreWriter for Restore {
         fn begin(&mut self, b: &Begin) -> Result<(), String> {
-            if self.writer.is_some() {
+            if self.writer.is_some() || self.written {
                 return Err("the daemon began a second restore on one request".into());
             }
+            // The daemon sends the bytes instead of writing them into the prepared file.
+            self.drop_prepared();
             let tmp = coffre::ops::restore::partial_path(&self.to, &b.snapshot);
             coffre::ops::restore::remove_any(&tmp);
             let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
@@ -742,7 +780,54 @@ mod client {
             Ok(())
         }
 
+        fn written(&mut self, w: &Written) -> Result<(), String> {
+            let Some((tmp, f)) = self.prepared.take() else {
+                return Err("the daemon wrote into a file that was not passed".into());
+            };
+            if self.writer.is_some() || self.written {
+                coffre::ops::restore::remove_any(&tmp);
+                return Err("the daemon began a second restore on one request".into());
+            }
+            let n = f.metadata().map(|m| m.len());
+            drop(f);
+            self.tmp = Some(tmp);
+            match n {
+                Ok(n) if n == w.size => {
+                    self.size = n;
+                    self.written = true;
+                    Ok(())
+                }
+                Ok(n) => {
+                    self.abort();
+                    Err(format!(
+                        "the daemon wrote {n} bytes of the {} it announced; nothing was left at {}",
+                        w.size,
+                        self.to.display()
+                    ))
+                }
+                Err(e) => {
+                    self.abort();
+                    Err(format!("cannot check the file written: {e}"))
+                }
+            }
+        }
+
         fn finish(&mut self) -> Result<(), String> {
+            if self.written {
+                let Some(tmp) = self.tmp.clone() else {
+                    return Err("nothing was restored".into());
+                };
+                if let Err(e) = coffre::ops::restore::rename_into_place(&tmp, &self.to) {
+                    self.abort();
+                    return Err(format!(
+                        "cannot move the WAL file to {}: {e}; nothing was left there",
+                        self.to.display()
+                    ));
+                }
+                self.done = true;
+                return Ok(());
+            }
+            self.drop_prepared();
             let n = match self.join() {
                 Ok(n) => n,
                 Err(e) => {
@@ -773,7 +858,10 @@ mod client {
         }
 
         fn abort(&mut self) {
-            let _ = self.join();
+            self.drop_prepared();
+            if self.writer.is_some() {
+                let _ = self.join();
+            }
             if let Some(t) = self.tmp.take() {
                 coffre::ops::restore::remove_any(&t);
             }

@@ -56,6 +56,9 @@ pub struct Ctx {
     /// In the daemon: a handle on the running instance, for work that outlives the request
     /// (the WAL prefetch of a recovery session).
     pub daemon: Option<std::sync::Arc<Coffre>>,
+    /// In the daemon: the empty file the caller opened (with its own rights) and passed with
+    /// its request, for `wal-fetch` to write the WAL file into (see `daemon::control`).
+    pub caller_file: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 /// An error and its causes, joined by ": ", each cause once: most errors here already name

@@ -90,23 +90,64 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            match &ctx.restore_sink {
+            let passed = ctx
+                .caller_file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .and_then(|fd| match crate::daemon::control::caller_wal_file(fd) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(reason = %e, "wal-fetch: not writing into the file the caller passed; sending the bytes instead");
+                        None
+                    }
+                });
+            match (&ctx.restore_sink, passed) {
+                // Through the daemon, into the empty file the caller opened with its own rights
+                // and passed: no copy through the socket.
+                (Some(tx), Some(f)) => {
+                    let size = plain.len() as u64;
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::ops::restore::write_into(&f, [&plain[..]])
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the writer of {name} stopped: {e}"))?;
+                    match written {
+                        Ok(n) if n == size => {}
+                        Ok(n) => {
+                            bail!("wrote {n} of the {size} bytes of {name} into the file passed")
+                        }
+                        Err(e) => bail!("cannot write {name} into {}: {e}", to.display()),
+                    }
+                    let done = Chunk::Written {
+                        snapshot: object,
+                        size,
+                    };
+                    if tx.send(done).await.is_err() {
+                        bail!("the caller went away before {name} was written");
+                    }
+                }
                 // Through the daemon: the caller writes the file with its own rights.
-                Some(tx) => {
+                (Some(tx), None) => {
                     let begin = Chunk::Begin {
                         snapshot: object,
                         kind: crate::store::SnapshotKind::Wal,
                         size: plain.len() as u64,
                     };
                     let mut sent = tx.send(begin).await.is_ok();
-                    for part in plain.chunks(1 << 20) {
-                        sent = sent && tx.send(Chunk::Data(part.to_vec().into())).await.is_ok();
+                    // Slices of the one buffer, not copies.
+                    let plain = bytes::Bytes::from(plain);
+                    let mut at = 0;
+                    while sent && at < plain.len() {
+                        let end = (at + (1 << 20)).min(plain.len());
+                        sent = tx.send(Chunk::Data(plain.slice(at..end))).await.is_ok();
+                        at = end;
                     }
                     if !sent {
                         bail!("the caller went away before {name} was written");
                     }
                 }
-                None => crate::ops::wal::write_atomically(to, &plain)?,
+                (None, _) => crate::ops::wal::write_atomically(to, &plain)?,
             }
             crate::ops::wal::served(app, session.as_deref(), t0.elapsed(), prefetched);
             Ok(exit::OK)

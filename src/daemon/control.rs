@@ -15,13 +15,24 @@
 //! The answer is a sequence of frames (tag byte, 4-byte big-endian length, payload): `o` and
 //! `e` text for stdout and stderr, `B` (JSON) and `D` (bytes) for a restore's plaintext, which
 //! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`).
+//!
+//! `wal-fetch` hands its file over without frames: the caller opens an empty temporary file
+//! beside `%p` with its own rights and passes its descriptor with the request line
+//! (SCM_RIGHTS); the daemon writes the segment into that file, fsyncs it and answers `W`
+//! (JSON: object and size), and the caller checks the size and renames it into place. The
+//! daemon opens nothing of the caller's: it can write only into the one file the caller gave
+//! it, which it checks is an empty regular file open for writing. Any other descriptor, or one
+//! passed with another command, is closed unused, and a caller that passes none gets frames.
 
 use std::io::{Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -60,6 +71,13 @@ pub struct Begin {
     pub size: u64,
 }
 
+/// The `W` frame: the plaintext is in the file the caller passed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Written {
+    pub snapshot: crate::ids::SnapshotId,
+    pub size: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Exit {
     pub exit: u8,
@@ -69,6 +87,7 @@ pub const TAG_STDOUT: u8 = b'o';
 pub const TAG_STDERR: u8 = b'e';
 pub const TAG_BEGIN: u8 = b'B';
 pub const TAG_DATA: u8 = b'D';
+pub const TAG_WRITTEN: u8 = b'W';
 pub const TAG_EXIT: u8 = b'X';
 
 /// Where the socket is: `daemon.control-socket`, else `$RUNTIME_DIRECTORY/coffre.sock`, else
@@ -259,6 +278,75 @@ async fn write_frame(
     w.write_all(payload).await
 }
 
+/// The first bytes the caller sent and the descriptor it passed with them, if any (at most one
+/// is kept; the kernel closes any more, and a descriptor arriving later is never read).
+async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), String> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let read = async {
+        loop {
+            stream.readable().await?;
+            let got = stream.try_io(Interest::READABLE, || {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let r = rustix::net::recvmsg(stream, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC)?;
+                let mut fd = None;
+                for m in cmsg.drain() {
+                    if let RecvAncillaryMessage::ScmRights(fds) = m {
+                        for f in fds {
+                            fd.get_or_insert(f);
+                        }
+                    }
+                }
+                Ok((r.bytes, fd))
+            });
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Err(_) => Err(format!(
+            "no complete request within {} s",
+            READ_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("reading the request: {e}")),
+        Ok(Ok((n, fd))) => {
+            buf.truncate(n);
+            Ok((buf, fd))
+        }
+    }
+}
+
+/// The descriptor a caller passed for `wal-fetch`, if it is an empty regular file open for
+/// writing (not appending): the only kind of file the daemon writes for a caller.
+pub fn caller_wal_file(fd: OwnedFd) -> Result<std::fs::File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let f = std::fs::File::from(fd);
+    let m = f
+        .metadata()
+        .map_err(|e| format!("cannot stat the file passed: {e}"))?;
+    if !m.is_file() {
+        return Err("the descriptor passed is not a regular file".into());
+    }
+    if m.len() != 0 {
+        return Err(format!("the file passed is not empty ({} bytes)", m.len()));
+    }
+    let flags = fcntl(&f, FcntlArg::F_GETFL)
+        .map(OFlag::from_bits_truncate)
+        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
+    let mode = flags & OFlag::O_ACCMODE;
+    if mode != OFlag::O_WRONLY && mode != OFlag::O_RDWR {
+        return Err("the file passed is not open for writing".into());
+    }
+    if flags.contains(OFlag::O_APPEND) {
+        return Err("the file passed is open for appending".into());
+    }
+    Ok(f)
+}
+
 /// Read one request line of at most [`MAX_REQUEST`] bytes within [`READ_TIMEOUT`].
 async fn read_request(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, String> {
     let mut line = Vec::new();
@@ -285,8 +373,20 @@ async fn handle(
 ) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let name = user_name(uid);
+    let first = first_read(&stream).await;
     let (mut r, mut w) = stream.into_split();
-    let req = match read_request(&mut r).await {
+    let (first, passed) = match first {
+        Ok(x) => x,
+        Err(reason) => {
+            w.write_all(&fail(
+                exit::USAGE,
+                format!("error: bad request: {reason}\n"),
+            ))
+            .await?;
+            return Ok(());
+        }
+    };
+    let req = match read_request(&mut AsyncReadExt::chain(&first[..], &mut r)).await {
         Err(reason) => {
             w.write_all(&fail(
                 exit::USAGE,
@@ -308,6 +408,8 @@ async fn handle(
     };
     let command = req.command;
     let action = command.action();
+    // Only `wal-fetch` writes into a file the caller passed; any other is closed now.
+    let passed = passed.filter(|_| matches!(command, Command::WalFetch { .. }));
     let refusal = if req.v != VERSION {
         Some(format!(
             "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
@@ -335,6 +437,7 @@ async fn handle(
         out: Out::remote(text_tx),
         restore_sink: Some(data_tx),
         daemon: Some(app.clone()),
+        caller_file: std::sync::Mutex::new(passed),
     };
     let run = async {
         let code = match cli::execute(app, &command, &ctx).await {
@@ -398,6 +501,10 @@ async fn pump(
                             write_frame(&mut w, TAG_BEGIN, &body).await
                         }
                         Chunk::Data(b) => write_frame(&mut w, TAG_DATA, &b).await,
+                        Chunk::Written { snapshot, size } => {
+                            let body = serde_json::to_vec(&Written { snapshot, size }).unwrap_or_default();
+                            write_frame(&mut w, TAG_WRITTEN, &body).await
+                        }
                     };
                     if r.is_err() {
                         alive = false;
@@ -488,10 +595,13 @@ fn log_refusal(
 
 /// The caller's side: send `command` and read the answer. Text goes to this process's stdout
 /// and stderr; a restore's plaintext to `restore`, which writes it with the caller's rights.
+/// `file`: an empty file the caller opened, passed with the request for the daemon to write
+/// into (`wal-fetch`).
 pub fn call(
     mut s: std::os::unix::net::UnixStream,
     command: &Command,
     restore: Option<&mut dyn RestoreWriter>,
+    file: Option<OwnedFd>,
 ) -> Result<u8, String> {
     let mut line = serde_json::to_vec(&Request {
         v: VERSION,
@@ -504,7 +614,8 @@ pub fn call(
             "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
         ));
     }
-    s.write_all(&line)
+    send_request(&s, &line, file.as_ref())
+        .and_then(|sent| s.write_all(&line[sent..]))
         .map_err(|e| format!("cannot send the request to the daemon: {e}"))?;
     let mut r = std::io::BufReader::new(s);
     let mut restore = restore;
@@ -520,6 +631,36 @@ pub fn call(
         };
         if let Some(code) = on_frame(tag, body, &mut restore)? {
             return Ok(code);
+        }
+    }
+}
+
+/// Send the first bytes of `line` with `file`'s descriptor attached (the kernel delivers it with
+/// them); returns how many bytes went. Without a file, nothing is sent here.
+fn send_request(
+    s: &std::os::unix::net::UnixStream,
+    line: &[u8],
+    file: Option<&OwnedFd>,
+) -> std::io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let Some(file) = file else {
+        return Ok(0);
+    };
+    let fds = [file.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("cannot attach the file descriptor"));
+    }
+    loop {
+        match rustix::net::sendmsg(
+            s,
+            &[std::io::IoSlice::new(line)],
+            &mut cmsg,
+            SendFlags::NOSIGNAL,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(std::io::Error::from),
         }
     }
 }
@@ -571,6 +712,14 @@ fn on_frame(
             .as_mut()
             .ok_or_else(nothing_to_restore)?
             .data(body)?,
+        TAG_WRITTEN => {
+            let x: Written = serde_json::from_slice(&body)
+                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+            restore
+                .as_mut()
+                .ok_or_else(nothing_to_restore)?
+                .written(&x)?;
+        }
         TAG_EXIT => {
             let e: Exit = serde_json::from_slice(&body)
                 .map_err(|e| format!("bad answer from the daemon: {e}"))?;
@@ -596,6 +745,8 @@ fn on_frame(
 pub trait RestoreWriter {
     fn begin(&mut self, b: &Begin) -> Result<(), String>;
     fn data(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    /// The daemon wrote the whole plaintext into the file passed with the request.
+    fn written(&mut self, w: &Written) -> Result<(), String>;
     /// Every check passed: make it durable and move it into place.
     fn finish(&mut self) -> Result<(), String>;
     /// Something failed: remove what was written.
@@ -618,6 +769,71 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         assert_eq!(l.admit(later), Some(2));
         assert_eq!(l.admit(later), Some(0));
+    }
+
+    /// A descriptor sent with the request line arrives with its first bytes; the daemon's
+    /// writes land in the caller's file.
+    #[tokio::test]
+    async fn a_file_passed_with_the_request_arrives_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("RECOVERYXLOG.partial");
+        let f = std::fs::File::create_new(&path).unwrap();
+        let (daemon, caller) = UnixStream::pair().unwrap();
+        let caller = caller.into_std().unwrap();
+        caller.set_nonblocking(false).unwrap();
+        let line = b"{\"v\":1}\n".to_vec();
+        let sent = tokio::task::spawn_blocking(move || {
+            let n = send_request(&caller, &line, Some(&OwnedFd::from(f))).unwrap();
+            (n, caller)
+        })
+        .await
+        .unwrap();
+        assert_eq!(sent.0, 8, "the whole line went with the descriptor");
+        let (bytes, fd) = first_read(&daemon).await.unwrap();
+        assert_eq!(bytes, b"{\"v\":1}\n");
+        let mut f = caller_wal_file(fd.expect("no descriptor arrived")).unwrap();
+        f.write_all(b"segment").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"segment");
+
+        // Without one: the bytes alone.
+        let (daemon, caller) = UnixStream::pair().unwrap();
+        let mut caller = caller.into_std().unwrap();
+        caller.set_nonblocking(false).unwrap();
+        assert_eq!(send_request(&caller, b"x\n", None).unwrap(), 0);
+        caller.write_all(b"x\n").unwrap();
+        let (bytes, fd) = first_read(&daemon).await.unwrap();
+        assert_eq!(bytes, b"x\n");
+        assert!(fd.is_none());
+    }
+
+    /// The daemon writes only into an empty regular file open for writing.
+    #[test]
+    fn only_an_empty_regular_file_open_for_writing_is_written_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        let ok = std::fs::File::create_new(&empty).unwrap();
+        assert!(caller_wal_file(ok.into()).is_ok());
+        let full = dir.path().join("full");
+        std::fs::write(&full, b"already here").unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
+        let e = caller_wal_file(f.into()).unwrap_err();
+        assert!(e.contains("not empty (12 bytes)"), "{e}");
+        let ro = std::fs::File::open(&empty).unwrap();
+        let e = caller_wal_file(ro.into()).unwrap_err();
+        assert!(e.contains("not open for writing"), "{e}");
+        let ap = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&empty)
+            .unwrap();
+        let e = caller_wal_file(ap.into()).unwrap_err();
+        assert!(e.contains("appending"), "{e}");
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let e = caller_wal_file(r).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let e = caller_wal_file(d.into()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[tokio::test]

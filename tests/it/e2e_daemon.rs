@@ -600,6 +600,71 @@ fn scrub_repairs_a_wal_copy_with_wrong_bytes() {
     assert!(std::fs::read(&back).unwrap() == bytes);
 }
 
+/// Through the daemon, `wal-fetch` opens the temporary file itself and the daemon writes the
+/// segment into it (no copy through the socket): the right bytes, private to the caller, and
+/// nothing else left beside `%p`, whether the fetch succeeds, finds nothing or meets a file.
+#[test]
+fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.config_pitr("");
+    let seg = "000000010000000000000007";
+    let wal = env.p(seg);
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i % 241) as u8 ^ (i >> 11) as u8)
+        .collect();
+    std::fs::write(&wal, &bytes).unwrap();
+    let d = env.start(None);
+    let (code, out, err) = env.run(
+        None,
+        &["wal-push", "--source", "base", wal.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let pg_wal = env.p("restored-pg_wal");
+    std::fs::create_dir_all(&pg_wal).unwrap();
+    let to = pg_wal.join("RECOVERYXLOG");
+    let fetch = |name: &str| {
+        env.run(
+            None,
+            &[
+                "wal-fetch",
+                "--source",
+                "base",
+                "--session",
+                "01JE2EFD",
+                name,
+                to.to_str().unwrap(),
+            ],
+        )
+    };
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(&pg_wal)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (code, out, err) = fetch(seg);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(std::fs::read(&to).unwrap() == bytes, "other bytes fetched");
+    let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the fetched WAL file is not private");
+    assert_eq!(listing(), vec!["RECOVERYXLOG".to_string()]);
+    // A file already at %p is never overwritten, and nothing is left beside it.
+    let (code, _, err) = fetch(seg);
+    assert_ne!(code, 0, "a fetch overwrote {}", to.display());
+    assert!(err.contains("never overwrites"), "{err}");
+    assert_eq!(listing(), vec!["RECOVERYXLOG".to_string()]);
+    // The end of the archive: exit 1, nothing written.
+    std::fs::remove_file(&to).unwrap();
+    let (code, _, err) = fetch("000000010000000000000008");
+    assert_eq!(code, 1, "{err}");
+    assert!(listing().is_empty(), "left behind: {:?}", listing());
+    d.stop();
+}
+
 /// PostgreSQL's archiver pushes one segment at a time; the daemon archives the next `.ready`
 /// ones ahead, acknowledges each when it is pushed if the file did not change, and compares a
 /// changed one with its archived copy (refused: other bytes under an archived name).
