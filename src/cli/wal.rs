@@ -117,7 +117,10 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         Ok(n) => {
                             bail!("wrote {n} of the {size} bytes of {name} into the file passed")
                         }
-                        Err(e) => bail!("cannot write {name} into {}: {e}", to.display()),
+                        Err(e) => bail!(
+                            "cannot write {name} into {}: {e} (nothing is left there; free space on its file system and PostgreSQL asks again)",
+                            to.display()
+                        ),
                     }
                     let done = Chunk::Written {
                         snapshot: object,

@@ -665,6 +665,49 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
     d.stop();
 }
 
+/// A full `pg_wal` (a 512 KiB tmpfs; the segment is 1 MiB): the daemon's write into the
+/// caller's file fails with a clear error, nothing is left there, and once there is room the
+/// same fetch succeeds.
+#[test]
+fn wal_fetch_through_the_daemon_into_a_full_disk_fails_cleanly() {
+    let env = Env::new();
+    env.config_pitr("");
+    let seg = "000000010000000000000009";
+    let wal = env.p(seg);
+    let bytes: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i % 239) as u8 ^ (i >> 10) as u8)
+        .collect();
+    std::fs::write(&wal, &bytes).unwrap();
+    let d = env.start(None);
+    let (code, out, err) = env.run(
+        None,
+        &["wal-push", "--source", "base", wal.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let small = crate::faults_disk::Tmpfs::new(&env.p("small-pg_wal"), 512);
+    let to = small.0.join("RECOVERYXLOG");
+    let fetch = |to: &Path| {
+        env.run(
+            None,
+            &["wal-fetch", "--source", "base", seg, to.to_str().unwrap()],
+        )
+    };
+    let (code, _, err) = fetch(&to);
+    assert_ne!(code, 0, "a fetch into a full disk succeeded");
+    assert!(
+        err.contains(seg) && err.contains("No space left on device") && err.contains("free space"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&small.0).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in the full pg_wal: {left:?}");
+    let roomy = env.p("RECOVERYXLOG");
+    let (code, _, err) = fetch(&roomy);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&roomy).unwrap() == bytes);
+    d.stop();
+    matrix::record("full disk: wal-fetch target (through the daemon)", 1, 1, 0);
+}
+
 /// PostgreSQL's archiver pushes one segment at a time; the daemon archives the next `.ready`
 /// ones ahead, acknowledges each when it is pushed if the file did not change, and compares a
 /// changed one with its archived copy (refused: other bytes under an archived name).

@@ -11,10 +11,10 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
 /// A tmpfs of `kib` KiB, unmounted on drop.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(pub(crate) PathBuf);
 
 impl Tmpfs {
-    fn new(at: &Path, kib: u32) -> Tmpfs {
+    pub(crate) fn new(at: &Path, kib: u32) -> Tmpfs {
         assert!(
             nix::unistd::geteuid().is_root(),
             "full-disk tests mount a small tmpfs: run the suite as root (tests/run does on CI)"
