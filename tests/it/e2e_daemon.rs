@@ -665,6 +665,77 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
     d.stop();
 }
 
+/// A caller that passes no descriptor (a `coffre` from before the descriptor handover) still
+/// gets the WAL file, as frames through the socket, and writes it itself.
+#[test]
+fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
+    use coffre::daemon::control::{self, Begin, RestoreWriter, Written};
+    #[derive(Default)]
+    struct Collect {
+        began: Option<u64>,
+        bytes: Vec<u8>,
+        finished: bool,
+        written: bool,
+    }
+    impl RestoreWriter for Collect {
+        fn begin(&mut self, b: &Begin) -> Result<(), String> {
+            self.began = Some(b.size);
+            Ok(())
+        }
+        fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+            self.bytes.extend_from_slice(&bytes);
+            Ok(())
+        }
+        fn written(&mut self, _: &Written) -> Result<(), String> {
+            self.written = true;
+            Err("no file was passed".into())
+        }
+        fn finish(&mut self) -> Result<(), String> {
+            self.finished = true;
+            Ok(())
+        }
+        fn abort(&mut self) {}
+    }
+    let env = Env::new();
+    env.config_pitr("");
+    let seg = "00000001000000000000000B";
+    let wal = env.p(seg);
+    let bytes: Vec<u8> = (0..(3u32 << 19))
+        .map(|i| (i % 233) as u8 ^ (i >> 9) as u8)
+        .collect();
+    std::fs::write(&wal, &bytes).unwrap();
+    let d = env.start(None);
+    let (code, out, err) = env.run(
+        None,
+        &["wal-push", "--source", "base", wal.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let s = std::os::unix::net::UnixStream::connect(env.p("state/run/coffre.sock")).unwrap();
+    let cmd = coffre::cli::Command::WalFetch {
+        source: "base".into(),
+        name: seg.into(),
+        to: env.p("unused"),
+        purpose: "frames test".into(),
+        session: None,
+        store: None,
+    };
+    let mut w = Collect::default();
+    let code = control::call(s, &cmd, Some(&mut w), None).unwrap();
+    d.stop();
+    assert_eq!(code, 0);
+    assert!(
+        !w.written,
+        "the daemon wrote into a file that was not passed"
+    );
+    assert_eq!(w.began, Some(bytes.len() as u64));
+    assert!(w.bytes == bytes, "other bytes in the frames");
+    assert!(w.finished);
+    assert!(
+        !env.p("unused").exists(),
+        "the daemon wrote the caller's path"
+    );
+}
+
 /// A full `pg_wal` (a 512 KiB tmpfs; the segment is 1 MiB): the daemon's write into the
 /// caller's file fails with a clear error, nothing is left there, and once there is room the
 /// same fetch succeeds.
