@@ -57,3 +57,65 @@ pub(crate) fn db_hint(e: &rusqlite::Error) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The file of a descriptor a caller passed (the daemon's control socket, `wal-fetch`), if it
+/// is an empty regular file open for writing and not appending: the only kind of file the
+/// daemon writes for a caller.
+pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let f = std::fs::File::from(fd);
+    let m = f
+        .metadata()
+        .map_err(|e| format!("cannot stat the file passed: {e}"))?;
+    if !m.is_file() {
+        return Err("the descriptor passed is not a regular file".into());
+    }
+    if m.len() != 0 {
+        return Err(format!("the file passed is not empty ({} bytes)", m.len()));
+    }
+    let flags = fcntl(&f, FcntlArg::F_GETFL)
+        .map(OFlag::from_bits_truncate)
+        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
+    let mode = flags & OFlag::O_ACCMODE;
+    if mode != OFlag::O_WRONLY && mode != OFlag::O_RDWR {
+        return Err("the file passed is not open for writing".into());
+    }
+    if flags.contains(OFlag::O_APPEND) {
+        return Err("the file passed is open for appending".into());
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon writes only into an empty regular file open for writing.
+    #[test]
+    fn only_an_empty_regular_file_open_for_writing_is_written_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        let ok = std::fs::File::create_new(&empty).unwrap();
+        assert!(empty_file_to_write(ok.into()).is_ok());
+        let full = dir.path().join("full");
+        std::fs::write(&full, b"already here").unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
+        let e = empty_file_to_write(f.into()).unwrap_err();
+        assert!(e.contains("not empty (12 bytes)"), "{e}");
+        let ro = std::fs::File::open(&empty).unwrap();
+        let e = empty_file_to_write(ro.into()).unwrap_err();
+        assert!(e.contains("not open for writing"), "{e}");
+        let ap = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&empty)
+            .unwrap();
+        let e = empty_file_to_write(ap.into()).unwrap_err();
+        assert!(e.contains("appending"), "{e}");
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let e = empty_file_to_write(r).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let e = empty_file_to_write(d.into()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+}

@@ -95,7 +95,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
-                .and_then(|fd| match crate::daemon::control::caller_wal_file(fd) {
+                .and_then(|fd| match crate::fsutil::empty_file_to_write(fd) {
                     Ok(f) => Some(f),
                     Err(e) => {
                         tracing::warn!(reason = %e, "wal-fetch: not writing into the file the caller passed; sending the bytes instead");

@@ -320,33 +320,6 @@ async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), S
     }
 }
 
-/// The descriptor a caller passed for `wal-fetch`, if it is an empty regular file open for
-/// writing (not appending): the only kind of file the daemon writes for a caller.
-pub fn caller_wal_file(fd: OwnedFd) -> Result<std::fs::File, String> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let f = std::fs::File::from(fd);
-    let m = f
-        .metadata()
-        .map_err(|e| format!("cannot stat the file passed: {e}"))?;
-    if !m.is_file() {
-        return Err("the descriptor passed is not a regular file".into());
-    }
-    if m.len() != 0 {
-        return Err(format!("the file passed is not empty ({} bytes)", m.len()));
-    }
-    let flags = fcntl(&f, FcntlArg::F_GETFL)
-        .map(OFlag::from_bits_truncate)
-        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
-    let mode = flags & OFlag::O_ACCMODE;
-    if mode != OFlag::O_WRONLY && mode != OFlag::O_RDWR {
-        return Err("the file passed is not open for writing".into());
-    }
-    if flags.contains(OFlag::O_APPEND) {
-        return Err("the file passed is open for appending".into());
-    }
-    Ok(f)
-}
-
 /// Read one request line of at most [`MAX_REQUEST`] bytes within [`READ_TIMEOUT`].
 async fn read_request(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, String> {
     let mut line = Vec::new();
@@ -791,7 +764,7 @@ mod tests {
         assert_eq!(sent.0, 8, "the whole line went with the descriptor");
         let (bytes, fd) = first_read(&daemon).await.unwrap();
         assert_eq!(bytes, b"{\"v\":1}\n");
-        let mut f = caller_wal_file(fd.expect("no descriptor arrived")).unwrap();
+        let mut f = crate::fsutil::empty_file_to_write(fd.expect("no descriptor arrived")).unwrap();
         f.write_all(b"segment").unwrap();
         drop(f);
         assert_eq!(std::fs::read(&path).unwrap(), b"segment");
@@ -805,35 +778,6 @@ mod tests {
         let (bytes, fd) = first_read(&daemon).await.unwrap();
         assert_eq!(bytes, b"x\n");
         assert!(fd.is_none());
-    }
-
-    /// The daemon writes only into an empty regular file open for writing.
-    #[test]
-    fn only_an_empty_regular_file_open_for_writing_is_written_into() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty");
-        let ok = std::fs::File::create_new(&empty).unwrap();
-        assert!(caller_wal_file(ok.into()).is_ok());
-        let full = dir.path().join("full");
-        std::fs::write(&full, b"already here").unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
-        let e = caller_wal_file(f.into()).unwrap_err();
-        assert!(e.contains("not empty (12 bytes)"), "{e}");
-        let ro = std::fs::File::open(&empty).unwrap();
-        let e = caller_wal_file(ro.into()).unwrap_err();
-        assert!(e.contains("not open for writing"), "{e}");
-        let ap = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&empty)
-            .unwrap();
-        let e = caller_wal_file(ap.into()).unwrap_err();
-        assert!(e.contains("appending"), "{e}");
-        let (r, _w) = nix::unistd::pipe().unwrap();
-        let e = caller_wal_file(r).unwrap_err();
-        assert!(e.contains("not a regular file"), "{e}");
-        let d = std::fs::File::open(dir.path()).unwrap();
-        let e = caller_wal_file(d.into()).unwrap_err();
-        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[tokio::test]
