@@ -73,6 +73,30 @@ pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, St
     if m.len() != 0 {
         return Err(format!("the file passed is not empty ({} bytes)", m.len()));
     }
+    // Kernel interfaces show "empty regular files" too; a WAL file never belongs there.
+    {
+        use nix::sys::statfs::*;
+        let kernel = [
+            PROC_SUPER_MAGIC,
+            SYSFS_MAGIC,
+            CGROUP_SUPER_MAGIC,
+            CGROUP2_SUPER_MAGIC,
+            SECURITYFS_MAGIC,
+            SELINUX_MAGIC,
+            SMACK_MAGIC,
+            DEBUGFS_MAGIC,
+            TRACEFS_MAGIC,
+            BPF_FS_MAGIC,
+            NSFS_MAGIC,
+        ];
+        let fs = fstatfs(&f)
+            .map_err(|e| format!("cannot stat the file system of the file passed: {e}"))?;
+        if kernel.contains(&fs.filesystem_type()) {
+            return Err(
+                "the file passed is a kernel interface (procfs, sysfs, ...), not a file".into(),
+            );
+        }
+    }
     let flags = fcntl(&f, FcntlArg::F_GETFL)
         .map(OFlag::from_bits_truncate)
         .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
@@ -117,5 +141,12 @@ mod tests {
         let d = std::fs::File::open(dir.path()).unwrap();
         let e = empty_file_to_write(d.into()).unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
+        // The caller's own /proc files are regular, empty and its own.
+        let p = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/oom_score_adj")
+            .unwrap();
+        let e = empty_file_to_write(p.into()).unwrap_err();
+        assert!(e.contains("kernel interface"), "{e}");
     }
 }

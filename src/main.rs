@@ -684,7 +684,10 @@ mod client {
         /// to the daemon, which writes the plaintext into it (`wal-fetch`).
         pub fn prepare(&mut self) -> Result<std::os::fd::OwnedFd, String> {
             use std::os::unix::fs::OpenOptionsExt;
-            let tmp = coffre::ops::restore::partial_path(&self.to, &coffre::ids::SnapshotId::new());
+            // One name per target, cleared first: a fetch killed before its rename leaves at
+            // most one such file beside %p, removed by the next fetch to it.
+            let tmp = wal_partial_path(&self.to);
+            coffre::ops::restore::remove_any(&tmp);
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -719,6 +722,19 @@ mod client {
                 },
             }
         }
+    }
+
+    /// The temporary file of a `wal-fetch` into `to`: `.<name>.coffre-partial-fetch` beside it.
+    fn wal_partial_path(to: &std::path::Path) -> PathBuf {
+        let parent = match to.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = to
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "wal".into());
+        parent.join(format!(".{name}.coffre-partial-fetch"))
     }
 
     impl RestoreWriter for Restore {

@@ -179,6 +179,7 @@ pub struct Metrics {
     pub wal_prefetch_hits: Counter,
     pub wal_fetch_seconds: Counter<f64, AtomicU64>,
     pub wal_fetches: Counter,
+    pub wal_fetches_into_caller_file: Counter,
     pub wal_archived_ahead: Counter,
     pub wal_spool_files: Family<SourceLabel, Gauge>,
     pub wal_spool_oldest_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
@@ -221,6 +222,7 @@ impl Metrics {
             wal_prefetch_hits: Counter::default(),
             wal_fetch_seconds: Counter::default(),
             wal_fetches: Counter::default(),
+            wal_fetches_into_caller_file: Counter::default(),
             wal_archived_ahead: Counter::default(),
             wal_spool_files: Family::default(),
             wal_spool_oldest_age: Family::default(),
@@ -279,6 +281,11 @@ impl Metrics {
             "wal_fetches",
             "WAL files served to restore_command",
             m.wal_fetches.clone(),
+        );
+        registry.register(
+            "wal_fetches_into_caller_file",
+            "WAL files the daemon wrote straight into the file the wal-fetch process passed (the others went through the socket as frames)",
+            m.wal_fetches_into_caller_file.clone(),
         );
         registry.register(
             "wal_archived_ahead",
@@ -996,6 +1003,11 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     let seen = rt.metrics.wal_fetches.get();
     if fetches > seen {
         rt.metrics.wal_fetches.inc_by(fetches - seen);
+    }
+    let into = crate::ops::wal::FETCHES_INTO_CALLER_FILE.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = rt.metrics.wal_fetches_into_caller_file.get();
+    if into > seen {
+        rt.metrics.wal_fetches_into_caller_file.inc_by(into - seen);
     }
     let secs =
         crate::ops::wal::FETCH_MICROS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;

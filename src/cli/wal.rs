@@ -129,6 +129,8 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     if tx.send(done).await.is_err() {
                         bail!("the caller went away before {name} was written");
                     }
+                    crate::ops::wal::FETCHES_INTO_CALLER_FILE
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 // Through the daemon: the caller writes the file with its own rights.
                 (Some(tx), None) => {

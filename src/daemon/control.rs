@@ -320,11 +320,14 @@ async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), S
     }
 }
 
-/// Read one request line of at most [`MAX_REQUEST`] bytes within [`READ_TIMEOUT`].
-async fn read_request(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, String> {
+/// Read one request line of at most [`MAX_REQUEST`] bytes within `limit`.
+async fn read_request(
+    r: &mut (impl AsyncReadExt + Unpin),
+    limit: Duration,
+) -> Result<Vec<u8>, String> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
-    match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+    match tokio::time::timeout(limit, reader.read_until(b'\n', &mut line)).await {
         Err(_) => Err(format!(
             "no complete request within {} s",
             READ_TIMEOUT.as_secs()
@@ -346,6 +349,7 @@ async fn handle(
 ) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let name = user_name(uid);
+    let t0 = Instant::now();
     let first = first_read(&stream).await;
     let (mut r, mut w) = stream.into_split();
     let (first, passed) = match first {
@@ -359,7 +363,9 @@ async fn handle(
             return Ok(());
         }
     };
-    let req = match read_request(&mut AsyncReadExt::chain(&first[..], &mut r)).await {
+    // The rest of the line, within what is left of READ_TIMEOUT.
+    let left = READ_TIMEOUT.saturating_sub(t0.elapsed());
+    let req = match read_request(&mut AsyncReadExt::chain(&first[..], &mut r), left).await {
         Err(reason) => {
             w.write_all(&fail(
                 exit::USAGE,
@@ -784,11 +790,11 @@ mod tests {
     async fn a_request_line_is_bounded() {
         let long = vec![b'a'; MAX_REQUEST + 10];
         let mut r: &[u8] = &long;
-        let e = read_request(&mut r).await.unwrap_err();
+        let e = read_request(&mut r, READ_TIMEOUT).await.unwrap_err();
         assert!(e.contains("longer than"), "{e}");
         let mut ok: &[u8] = b"{}\n";
-        assert_eq!(read_request(&mut ok).await.unwrap(), b"{}\n");
+        assert_eq!(read_request(&mut ok, READ_TIMEOUT).await.unwrap(), b"{}\n");
         let mut cut: &[u8] = b"{\"v\":1";
-        assert!(read_request(&mut cut).await.is_err());
+        assert!(read_request(&mut cut, READ_TIMEOUT).await.is_err());
     }
 }

@@ -753,6 +753,10 @@ pub struct Fetched {
 /// on coffre.
 pub static FETCH_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Of those, the ones written straight into the file the caller passed
+/// (`coffre_wal_fetches_into_caller_file_total`; the others went through the socket as frames).
+pub static FETCHES_INTO_CALLER_FILE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// One fetch was served (handed over whole) in `took`: counted for the metrics and, within a
 /// recovery session, for its summary.

@@ -652,6 +652,12 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
     let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the fetched WAL file is not private");
     assert_eq!(listing(), vec!["RECOVERYXLOG".to_string()]);
+    // Written by the daemon into the caller's file, not sent as frames.
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
+    assert!(
+        m.contains("coffre_wal_fetches_into_caller_file_total 1\n"),
+        "{m}"
+    );
     // A file already at %p is never overwritten, and nothing is left beside it.
     let (code, _, err) = fetch(seg);
     assert_ne!(code, 0, "a fetch overwrote {}", to.display());
@@ -721,8 +727,14 @@ fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
     };
     let mut w = Collect::default();
     let code = control::call(s, &cmd, Some(&mut w), None).unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     d.stop();
     assert_eq!(code, 0);
+    assert!(
+        m.contains("coffre_wal_fetches_into_caller_file_total 0\n")
+            && m.contains("coffre_wal_fetches_total 1\n"),
+        "{m}"
+    );
     assert!(
         !w.written,
         "the daemon wrote into a file that was not passed"
