@@ -6,7 +6,7 @@
 #
 #   benches/wal.sh [--quick] [--scale S] [--seconds T]
 #                  [--runs "coffre coffre-async pgbackrest-sync pgbackrest-async"]
-#                  [--during-load] [--no-build] [--keep]
+#                  [--during-load] [--no-build] [--keep] [--coffre-level L]
 #
 #   --quick            small workload (scale 20, 60 s of pgbench: ~300 MiB of WAL); a sanity run
 #   --scale S          pgbench -i -s S (default 80)
@@ -27,6 +27,8 @@
 #                      is mostly how fast pgbench writes WAL). Default: backlog mode, see below.
 #   --no-build         use target/release/coffre as it is (default: cargo build --release)
 #   --keep             keep the scratch folder (clusters, stores, repositories, logs)
+#   --coffre-level L   coffre's [source.pitr] zstd-level (default: coffre's own default, 1;
+#                      3 compresses WAL as pgBackRest's compress-level=3 does)
 #
 # Every run: initdb (wal_level=replica, archive_mode=on, max_wal_size=4GB, checkpoint_timeout=30min,
 # synchronous_commit=off for the load generator, no TCP, a private socket folder), the tool's archive_command, pgbench -i -s S, a base backup
@@ -53,7 +55,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 PGBIN=/usr/lib/postgresql/15/bin
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-QUICK=0 SCALE= SECS= RUNS="coffre coffre-async pgbackrest-sync pgbackrest-async" DURING=0 BUILD=1 KEEP=0
+QUICK=0 SCALE= SECS= RUNS="coffre coffre-async pgbackrest-sync pgbackrest-async" DURING=0 BUILD=1 KEEP=0 CLEVEL=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; shift;;
@@ -63,12 +65,13 @@ while [ $# -gt 0 ]; do
     --during-load) DURING=1; shift;;
     --no-build) BUILD=0; shift;;
     --keep) KEEP=1; shift;;
+    --coffre-level) CLEVEL=$2; shift 2;;
     -h|--help) sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d'; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
   esac
 done
 if [ "$QUICK" = 1 ]; then : "${SCALE:=20}" "${SECS:=60}"; else : "${SCALE:=80}" "${SECS:=150}"; fi
-for v in "$SCALE" "$SECS"; do
+for v in "$SCALE" "$SECS" ${CLEVEL:+"$CLEVEL"}; do
   case "$v" in ''|*[!0-9]*) echo "not a number: '$v'" >&2; exit 2;; esac
 done
 for r in $RUNS; do
@@ -222,6 +225,7 @@ complete = "marker"
 window = "7d"
 archive-async = $async
 archive-parallel = 4
+${CLEVEL:+zstd-level = $CLEVEL}
 
 [[store]]
 name = "a"
@@ -484,6 +488,7 @@ run_one() {
   echo "# coffre: $COFFRE_SRC ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ', modified tree'))"
   echo "# $("$PGBIN/postgres" --version)$(command -v pgbackrest >/dev/null && echo "; $(pgbackrest version)")"
   echo "# workload: pgbench -i -s $SCALE; pgbench -T $SECS -c 2 -j 2 -M prepared; mode: $([ "$DURING" = 1 ] && echo "archiving during the load" || echo "backlog (archiving paused during the load, then timed alone)")"
+  echo "# compression: pgBackRest zst level 3; coffre's WAL [source.pitr] zstd-level ${CLEVEL:-1 (its default)}"
   echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$WORK/header.txt"
 

@@ -732,13 +732,14 @@ async fn seal_and_fan_out(
     // With archive-parallel > 1 several WAL files are archived at once (ahead of their push,
     // and from the spool): one compressor thread each (the parallelism is across files, and
     // each multi-threaded compressor holds ~32 MiB).
-    let parallel_wal = kind == SnapshotKind::Wal
-        && app
-            .config
-            .source(source)
-            .and_then(|s| s.pitr.as_ref())
-            .is_some_and(|p| p.archive_parallel > 1);
-    let (level, threads) = (pl.zstd_level, if parallel_wal { 1 } else { pl.threads() });
+    let pitr = match kind {
+        SnapshotKind::Wal => app.config.source(source).and_then(|s| s.pitr.as_ref()),
+        _ => None,
+    };
+    let parallel_wal = pitr.is_some_and(|p| p.archive_parallel > 1);
+    // WAL has its own level (`[source.pitr] zstd-level`).
+    let level = pitr.map_or(pl.zstd_level, |p| p.zstd_level);
+    let threads = if parallel_wal { 1 } else { pl.threads() };
     let path_owned = path.to_path_buf();
     let tracker = app
         .progress

@@ -19,10 +19,15 @@ fn local_stores(root: &Path) -> String {
 
 /// Two local stores, source `emr` archiving WAL.
 fn wal_env() -> CoffreEnv {
+    wal_env_with("")
+}
+
+/// [`wal_env`] with more lines in `[source.pitr]`.
+fn wal_env_with(pitr_extra: &str) -> CoffreEnv {
     let env = CoffreEnv::new("");
     let text = env.config_text(&env.state).replace(
         "[[key-provider]]",
-        "[source.pitr]\nwindow = \"7d\"\n\n[[key-provider]]",
+        &format!("[source.pitr]\nwindow = \"7d\"\n{pitr_extra}\n[[key-provider]]"),
     );
     env.write_config(&format!("{text}{}", local_stores(env.dir.path())));
     env
@@ -125,6 +130,79 @@ fn a_pushed_wal_file_is_sealed_in_every_store_and_fetched_back_byte_for_byte() {
     assert_eq!(fetches.len(), 1, "{log}");
     assert!(fetches[0].contains(&object) && fetches[0].contains("point-in-time recovery"));
     assert!(!log.contains(CANARY));
+}
+
+/// WAL is compressed at the source's `[source.pitr] zstd-level` (default 1), not at the
+/// snapshots' `pipeline.zstd-level`: the same text-like WAL file is stored smaller at level 12,
+/// and opens byte for byte at either level.
+#[test]
+fn wal_is_compressed_at_the_sources_own_level() {
+    let words = [
+        "INSERT",
+        "UPDATE",
+        "patient",
+        "note",
+        "lab",
+        "result",
+        "Tremblay",
+        "Gagnon",
+        "Roy",
+        "glucose",
+        "mmol/L",
+        "prescription",
+        "dose",
+        "mg",
+        "visit",
+        "2026-12-07",
+        "clinic",
+        "Montreal",
+        "Quebec",
+        "normal",
+        "high",
+        "low",
+        "follow-up",
+        "referral",
+    ];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut text = Vec::with_capacity(1 << 20);
+    while text.len() < 1 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+        text.push(if x % 11 == 0 { b'\n' } else { b' ' });
+    }
+    text.truncate(1 << 20);
+    let mut sizes = Vec::new();
+    for extra in ["", "zstd-level = 12\n"] {
+        let env = wal_env_with(extra);
+        let seg = env.dir.path().join(SEG);
+        fs::write(&seg, &text).unwrap();
+        let r = env.run(&[
+            "wal-push",
+            "--source",
+            "emr",
+            seg.to_str().unwrap(),
+            "--json",
+        ]);
+        r.expect_ok();
+        let object = r.json()["object"].as_str().unwrap().to_string();
+        let data = env.dir.path().join(format!(
+            "stores/a/coffre/wal/emr/00000001/{SEG}/{object}.data"
+        ));
+        sizes.push(fs::metadata(&data).unwrap().len());
+        let out = env.out.join(SEG);
+        let r = env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()]);
+        r.expect_ok();
+        assert!(
+            fs::read(&out).unwrap() == text,
+            "fetched bytes differ ({extra:?})"
+        );
+    }
+    assert!(
+        sizes[1] * 100 < sizes[0] * 95,
+        "level 12 did not store the WAL file smaller than the default level 1: {sizes:?}"
+    );
 }
 
 #[test]
