@@ -9,12 +9,13 @@
 # PostgreSQL writes them (renamed .done once acknowledged), so the daemon archives ahead.
 #
 # usage: benches/wal-memory.sh [--coffre PATH] [--files N] [--async] [--parallel P]
-#        [--wal-dir DIR] [--ready] [-- ENV=VALUE ...]
+#        [--wal-dir DIR] [--ready] [--level L] [-- ENV=VALUE ...]
+#        (--level: [source.pitr] zstd-level, default coffre's own, 1)
 #        (-- ENV=VALUE: extra environment for the daemon, e.g. MALLOC_ARENA_MAX=8)
 # prints: VmHWM and VmRSS at the end, the seconds to acknowledge and to drain, the stored bytes,
 #         the daemon's CPU time while pushing and how idle the machine was
 set -euo pipefail
-COFFRE=target/release/coffre N=40 ASYNC=false PARALLEL=4 WALDIR= READY=0
+COFFRE=target/release/coffre N=40 ASYNC=false PARALLEL=4 WALDIR= READY=0 LEVEL=
 while [ $# -gt 0 ]; do
   case $1 in
     --coffre) COFFRE=$2; shift 2 ;;
@@ -23,8 +24,9 @@ while [ $# -gt 0 ]; do
     --parallel) PARALLEL=$2; shift 2 ;;
     --wal-dir) WALDIR=$2; shift 2 ;;
     --ready) READY=1; shift ;;
+    --level) LEVEL=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +51,7 @@ complete = "marker"
 window = "7d"
 archive-async = $ASYNC
 archive-parallel = $PARALLEL
+${LEVEL:+zstd-level = $LEVEL}
 [[store]]
 name = "a"
 kind = "local"
@@ -115,8 +118,8 @@ sleep 1
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$D/status")
 rss=$(awk '/VmRSS/ { print $2 }' "/proc/$D/status")
 hz=$(getconf CLK_TCK)
-printf 'files %s async %s parallel %s ready %s env [%s]: peak RSS %d MiB, RSS at the end %d MiB, acknowledged in %.2f s (%.0f MB/s), archived in %.2f s, stored %d MB; daemon CPU while pushing %.2f s (%.0f ms per file), machine idle %.0f %%\n' \
-  "$N" "$ASYNC" "$PARALLEL" "$READY" "$*" $((hwm / 1024)) $((rss / 1024)) \
+printf 'files %s async %s parallel %s ready %s level %s env [%s]: peak RSS %d MiB, RSS at the end %d MiB, acknowledged in %.2f s (%.0f MB/s), archived in %.2f s, stored %d MB; daemon CPU while pushing %.2f s (%.0f ms per file), machine idle %.0f %%\n' \
+  "$N" "$ASYNC" "$PARALLEL" "$READY" "${LEVEL:-default}" "$*" $((hwm / 1024)) $((rss / 1024)) \
   "$(echo "$t1 - $t0" | bc)" "$(echo "$N * 16.777216 / ($t1 - $t0)" | bc -l)" \
   "$(echo "$t2 - $t0" | bc)" $(( $(du -sb "$d/stores" | cut -f1) / 1000000 )) \
   "$(echo "($c1 - $c0) / $hz" | bc -l)" "$(echo "($c1 - $c0) * 1000 / $hz / $N" | bc -l)" \
