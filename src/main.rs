@@ -686,7 +686,7 @@ mod client {
             use std::os::unix::fs::OpenOptionsExt;
             // One name per target, cleared first: a fetch killed before its rename leaves at
             // most one such file beside %p, removed by the next fetch to it.
-            let tmp = wal_partial_path(&self.to);
+            let tmp = coffre::ops::restore::partial_path_tagged(&self.to, "fetch");
             coffre::ops::restore::remove_any(&tmp);
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -722,19 +722,6 @@ mod client {
                 },
             }
         }
-    }
-
-    /// The temporary file of a `wal-fetch` into `to`: `.<name>.coffre-partial-fetch` beside it.
-    fn wal_partial_path(to: &std::path::Path) -> PathBuf {
-        let parent = match to.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = to
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "wal".into());
-        parent.join(format!(".{name}.coffre-partial-fetch"))
     }
 
     impl RestoreWriter for Restore {

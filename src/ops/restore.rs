@@ -694,6 +694,11 @@ pub fn check_target(to: &Path) -> Result<(), RestoreError> {
 
 /// The temporary name a restore writes before its final rename: hidden, beside the target.
 pub fn partial_path(to: &Path, id: &SnapshotId) -> PathBuf {
+    partial_path_tagged(to, &id.to_string())
+}
+
+/// `.<name>.coffre-partial-<tag>` beside `to`.
+pub fn partial_path_tagged(to: &Path, tag: &str) -> PathBuf {
     let parent = match to.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -702,7 +707,7 @@ pub fn partial_path(to: &Path, id: &SnapshotId) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
-    parent.join(format!(".{name}.coffre-partial-{id}"))
+    parent.join(format!(".{name}.coffre-partial-{tag}"))
 }
 
 pub fn remove_any(p: &Path) {

@@ -104,6 +104,22 @@ secret-access-key-env = "T_SK"
         text
     }
 
+    /// Write a 1 MiB WAL-like segment `seg` (its bytes vary with `salt`) and push it to source
+    /// `base` (through the daemon when it runs); returns its bytes.
+    fn push_segment(&self, seg: &str, salt: u8) -> Vec<u8> {
+        let wal = self.p(seg);
+        let bytes: Vec<u8> = (0..(1u32 << 20))
+            .map(|i| (i % 251) as u8 ^ (i >> 12) as u8 ^ salt)
+            .collect();
+        std::fs::write(&wal, &bytes).unwrap();
+        let (code, out, err) = self.run(
+            None,
+            &["wal-push", "--source", "base", wal.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        bytes
+    }
+
     fn cmd(&self, s3: Option<&S3Server>) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config")
@@ -541,16 +557,7 @@ fn scrub_repairs_a_wal_copy_with_wrong_bytes() {
     // Source `base` archives WAL; the scrub runs every second (below).
     let text = env.config_pitr("");
     let seg = "000000010000000000000003";
-    let wal = env.p(seg);
-    let bytes: Vec<u8> = (0..(1u32 << 20))
-        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
-        .collect();
-    std::fs::write(&wal, &bytes).unwrap();
-    let (code, out, err) = env.run(
-        None,
-        &["wal-push", "--source", "base", wal.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let bytes = env.push_segment(seg, 0);
     let dir = env.p(&format!("stores/b/coffre/wal/base/00000001/{seg}"));
     let data = std::fs::read_dir(&dir)
         .unwrap()
@@ -609,17 +616,8 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
     let env = Env::new();
     env.config_pitr("");
     let seg = "000000010000000000000007";
-    let wal = env.p(seg);
-    let bytes: Vec<u8> = (0..(1u32 << 20))
-        .map(|i| (i % 241) as u8 ^ (i >> 11) as u8)
-        .collect();
-    std::fs::write(&wal, &bytes).unwrap();
     let d = env.start(None);
-    let (code, out, err) = env.run(
-        None,
-        &["wal-push", "--source", "base", wal.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let bytes = env.push_segment(seg, 1);
     let pg_wal = env.p("restored-pg_wal");
     std::fs::create_dir_all(&pg_wal).unwrap();
     let to = pg_wal.join("RECOVERYXLOG");
@@ -705,17 +703,8 @@ fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
     let env = Env::new();
     env.config_pitr("");
     let seg = "00000001000000000000000B";
-    let wal = env.p(seg);
-    let bytes: Vec<u8> = (0..(3u32 << 19))
-        .map(|i| (i % 233) as u8 ^ (i >> 9) as u8)
-        .collect();
-    std::fs::write(&wal, &bytes).unwrap();
     let d = env.start(None);
-    let (code, out, err) = env.run(
-        None,
-        &["wal-push", "--source", "base", wal.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let bytes = env.push_segment(seg, 3);
     let s = std::os::unix::net::UnixStream::connect(env.p("state/run/coffre.sock")).unwrap();
     let cmd = coffre::cli::Command::WalFetch {
         source: "base".into(),
@@ -756,17 +745,8 @@ fn wal_fetch_through_the_daemon_into_a_full_disk_fails_cleanly() {
     let env = Env::new();
     env.config_pitr("");
     let seg = "000000010000000000000009";
-    let wal = env.p(seg);
-    let bytes: Vec<u8> = (0..(1u32 << 20))
-        .map(|i| (i % 239) as u8 ^ (i >> 10) as u8)
-        .collect();
-    std::fs::write(&wal, &bytes).unwrap();
     let d = env.start(None);
-    let (code, out, err) = env.run(
-        None,
-        &["wal-push", "--source", "base", wal.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let bytes = env.push_segment(seg, 2);
     let small = crate::faults_disk::Tmpfs::new(&env.p("small-pg_wal"), 512);
     let to = small.0.join("RECOVERYXLOG");
     let fetch = |to: &Path| {
