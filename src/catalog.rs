@@ -94,6 +94,17 @@ pub struct WalRow {
     pub size: u64,
 }
 
+/// What one fetch did to its recovery session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFetch {
+    /// The session's first fetch: it is logged before the WAL file is handed out.
+    New,
+    /// Counted in the session (same caller, same source).
+    Counted,
+    /// The id belongs to another caller's or another source's session: refused.
+    Foreign,
+}
+
 /// One recovery session's WAL fetches (`restore_command` of one point-in-time restore).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalSession {
@@ -335,8 +346,9 @@ impl Catalog {
             .collect())
     }
 
-    /// Count one fetch of `name` in recovery session `id`: `true` when the session is new
-    /// (its first fetch, to be logged before the WAL file is handed out).
+    /// Count one fetch of `name` in recovery session `id`. A session belongs to the caller and
+    /// the source of its first fetch: a fetch by another caller or for another source under
+    /// the same id is [`SessionFetch::Foreign`] and counts nothing.
     pub fn wal_session_fetch(
         &self,
         id: &str,
@@ -345,26 +357,43 @@ impl Catalog {
         purpose: &str,
         name: &str,
         now: &str,
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<SessionFetch, CatalogError> {
         let conn = self.conn();
         let updated = conn
             .execute(
                 "UPDATE wal_sessions SET last_at = ?3, count = count + 1,
                    first = min(first, ?2), last = max(last, ?2)
-                 WHERE id = ?1",
-                params![id, name, now],
+                 WHERE id = ?1 AND source = ?4 AND actor = ?5",
+                params![id, name, now, source, actor],
             )
             .map_err(|e| self.db(e))?;
         if updated > 0 {
-            return Ok(false);
+            return Ok(SessionFetch::Counted);
         }
-        conn.execute(
-            "INSERT INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, 1)",
-            params![id, source, actor, purpose, now, name],
+        let inserted = conn
+            .execute(
+                "INSERT OR IGNORE INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, 1)",
+                params![id, source, actor, purpose, now, name],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(if inserted > 0 {
+            SessionFetch::New
+        } else {
+            SessionFetch::Foreign
+        })
+    }
+
+    /// The (source, caller) a recovery session is bound to, if it exists.
+    pub fn wal_session_owner(&self, id: &str) -> Result<Option<(String, String)>, CatalogError> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT source, actor FROM wal_sessions WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
         )
-        .map_err(|e| self.db(e))?;
-        Ok(true)
+        .optional()
+        .map_err(|e| self.db(e))
     }
 
     /// Recovery sessions with no fetch since `before` (RFC 3339), removed from the table.

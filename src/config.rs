@@ -277,6 +277,7 @@ impl Default for AuditConfig {
             retention: default_audit_retention(),
             path: None,
             operators_group: None,
+            erasure_group: None,
         }
     }
 }
@@ -316,9 +317,15 @@ pub struct AuditConfig {
     /// Access log file; defaults to `<state-dir>/audit/access.log`.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Unix group whose members may use restore, drill, shred, hold and audit through the daemon.
+    /// Unix group whose members may reach the control socket (it owns the socket) and, unless
+    /// they are a source's archiver, list, verify, restore, drill, hold and back up through it.
     #[serde(default)]
     pub operators_group: Option<String>,
+    /// Unix group whose members (with root) may erase through the daemon: shred a snapshot
+    /// before its time, release a hold, run retention now, expire the access log. Unset: root
+    /// only. Keep the database's account and day-to-day operators out of it.
+    #[serde(default)]
+    pub erasure_group: Option<String>,
 }
 
 /// How coffre decides that a snapshot in a source folder is complete.
@@ -385,6 +392,18 @@ pub struct PitrConfig {
     /// about half the CPU, and archiving speed is what keeps `pg_wal` from filling up.
     #[serde(default = "default_wal_zstd_level")]
     pub zstd_level: i32,
+    /// Who archives this source's WAL through the daemon: a user name, or a group whose
+    /// members may (e.g. "postgres"). Only it (and root) may `wal-push` for this source, and
+    /// it may do nothing else through the socket but `wal-fetch` of this source: never an
+    /// operator, never erasure. Unset: only root archives through the daemon.
+    #[serde(default)]
+    pub archiver: Option<String>,
+    /// The source's `pg_wal` folder (e.g. "/var/lib/postgresql/15/main/pg_wal"). When set, a
+    /// pushed WAL file must be that folder's entry of its name (the same file, reached with no
+    /// symlink), and the daemon archives the next `.ready` segments ahead of their push
+    /// (`archive-parallel`), opened beneath that folder. Unset: no look-ahead.
+    #[serde(default)]
+    pub pg_wal: Option<PathBuf>,
 }
 
 fn default_wal_zstd_level() -> i32 {

@@ -384,7 +384,7 @@ async fn protect_one(
     match crate::ops::protect::protect_as(
         app,
         source,
-        &key.path,
+        crate::ops::protect::Input::Path(&key.path),
         id,
         crate::ops::protect::What::Snapshot,
     )

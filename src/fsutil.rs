@@ -74,29 +74,7 @@ pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, St
         return Err(format!("the file passed is not empty ({} bytes)", m.len()));
     }
     // Kernel interfaces show "empty regular files" too; a WAL file never belongs there.
-    {
-        use nix::sys::statfs::*;
-        let kernel = [
-            PROC_SUPER_MAGIC,
-            SYSFS_MAGIC,
-            CGROUP_SUPER_MAGIC,
-            CGROUP2_SUPER_MAGIC,
-            SECURITYFS_MAGIC,
-            SELINUX_MAGIC,
-            SMACK_MAGIC,
-            DEBUGFS_MAGIC,
-            TRACEFS_MAGIC,
-            BPF_FS_MAGIC,
-            NSFS_MAGIC,
-        ];
-        let fs = fstatfs(&f)
-            .map_err(|e| format!("cannot stat the file system of the file passed: {e}"))?;
-        if kernel.contains(&fs.filesystem_type()) {
-            return Err(
-                "the file passed is a kernel interface (procfs, sysfs, ...), not a file".into(),
-            );
-        }
-    }
+    not_a_kernel_interface(&f)?;
     let flags = fcntl(&f, FcntlArg::F_GETFL)
         .map(OFlag::from_bits_truncate)
         .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
@@ -108,6 +86,91 @@ pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, St
         return Err("the file passed is open for appending".into());
     }
     Ok(f)
+}
+
+/// Refuse a file on a kernel interface (procfs, sysfs, cgroup, ...): their files look like
+/// regular files, and reading or writing them acts on the kernel, not on data.
+fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), String> {
+    use nix::sys::statfs::*;
+    let kernel = [
+        PROC_SUPER_MAGIC,
+        SYSFS_MAGIC,
+        CGROUP_SUPER_MAGIC,
+        CGROUP2_SUPER_MAGIC,
+        SECURITYFS_MAGIC,
+        SELINUX_MAGIC,
+        SMACK_MAGIC,
+        DEBUGFS_MAGIC,
+        TRACEFS_MAGIC,
+        BPF_FS_MAGIC,
+        NSFS_MAGIC,
+    ];
+    let fs =
+        fstatfs(f).map_err(|e| format!("cannot stat the file system of the file passed: {e}"))?;
+    if kernel.contains(&fs.filesystem_type()) {
+        return Err("the file passed is a kernel interface (procfs, sysfs, ...), not a file".into());
+    }
+    Ok(())
+}
+
+/// The file of a descriptor a caller passed to be read (the daemon's control socket,
+/// `wal-push`), if it is a regular file of at most `max` bytes, open for reading, and not on a
+/// kernel interface: the only kind of file the daemon reads for a caller. It is read with
+/// positioned reads, so the caller's file offset does not matter.
+pub fn file_to_read(fd: std::os::fd::OwnedFd, max: u64) -> Result<std::fs::File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let f = std::fs::File::from(fd);
+    let m = f
+        .metadata()
+        .map_err(|e| format!("cannot stat the file passed: {e}"))?;
+    if !m.is_file() {
+        return Err("the descriptor passed is not a regular file".into());
+    }
+    if m.len() > max {
+        return Err(format!(
+            "the file passed has {} bytes, more than the {max} accepted",
+            m.len()
+        ));
+    }
+    not_a_kernel_interface(&f)?;
+    let flags = fcntl(&f, FcntlArg::F_GETFL)
+        .map(OFlag::from_bits_truncate)
+        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
+    let mode = flags & OFlag::O_ACCMODE;
+    if mode != OFlag::O_RDONLY && mode != OFlag::O_RDWR {
+        return Err("the file passed is not open for reading".into());
+    }
+    Ok(f)
+}
+
+/// All of `f` (at most `max` bytes) with positioned reads from offset 0.
+pub fn read_all_at(f: &std::fs::File, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    if len > max {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes, more than the {max} accepted"
+        )));
+    }
+    let mut buf = vec![0u8; len as usize];
+    let mut at = 0usize;
+    while at < buf.len() {
+        match f.read_at(&mut buf[at..], at as u64) {
+            Ok(0) => {
+                return Err(std::io::Error::other(format!(
+                    "the file shrank while it was read ({at} of {len} bytes)"
+                )))
+            }
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // A file that grew while it was read is not the file that was sized.
+    if f.metadata()?.len() != len {
+        return Err(std::io::Error::other("the file changed size while it was read"));
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -147,6 +210,34 @@ mod tests {
             .open("/proc/self/oom_score_adj")
             .unwrap();
         let e = empty_file_to_write(p.into()).unwrap_err();
+        assert!(e.contains("kernel interface"), "{e}");
+    }
+
+    /// The daemon reads for a caller only a regular file open for reading, bounded, and not a
+    /// kernel interface; positioned reads ignore the caller's offset.
+    #[test]
+    fn only_a_bounded_regular_file_open_for_reading_is_read() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::write(&wal, b"0123456789").unwrap();
+        let mut f = std::fs::File::open(&wal).unwrap();
+        f.seek(SeekFrom::Start(7)).unwrap();
+        let f = file_to_read(f.into(), 10).unwrap();
+        assert_eq!(read_all_at(&f, 10).unwrap(), b"0123456789");
+        let e = file_to_read(std::fs::File::open(&wal).unwrap().into(), 9).unwrap_err();
+        assert!(e.contains("more than the 9 accepted"), "{e}");
+        let wo = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+        let e = file_to_read(wo.into(), 10).unwrap_err();
+        assert!(e.contains("not open for reading"), "{e}");
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let e = file_to_read(r, 10).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let e = file_to_read(d.into(), 10).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let p = std::fs::File::open("/proc/self/environ").unwrap();
+        let e = file_to_read(p.into(), 1 << 20).unwrap_err();
         assert!(e.contains("kernel interface"), "{e}");
     }
 }

@@ -590,6 +590,10 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> 
         Command::WalPush { path, .. } => {
             *path = std::path::absolute(&*path)
                 .with_context(|| format!("WAL file {}", path.display()))?;
+            // Opened here, with our rights and without following a symlink; the daemon reads
+            // this descriptor only, never the path.
+            let f = coffre::ops::wal::open_wal_file(path)?;
+            file = Some(std::os::fd::OwnedFd::from(f));
         }
         Command::WalFetch { to, .. } => {
             *to = std::path::absolute(&*to).with_context(|| format!("{}", to.display()))?;

@@ -8,13 +8,25 @@ pub const MAX_PURPOSE: usize = crate::audit::MAX_PURPOSE_BYTES;
 /// Longest name, filter or id accepted in a request (bytes).
 pub const MAX_NAME: usize = 256;
 
-/// Who may run a command through the control socket.
+/// Who may run a command through the control socket (docs/security.md has the table of
+/// commands and roles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Listing and checking (no plaintext, no key use): operators.
     Read,
-    /// Access to protected data, erasure, holds, backups: operators, logged.
+    /// Access to protected data, holds, backups from a source folder: operators, logged.
     Operate,
+    /// Archiving WAL (`wal-push`): the source's archiver (`[source.pitr] archiver`) and root
+    /// only; never an operator, who could otherwise archive bytes of their choosing under the
+    /// source's next WAL name.
+    Archive,
+    /// Fetching WAL (`wal-fetch`): the source's archiver (PostgreSQL's `restore_command` during
+    /// a restore), operators and root.
+    Fetch,
+    /// Destroying copies before their time or ending what keeps them (early shred, hold
+    /// release, retention run, access-log expiry): root and `audit.erasure-group`, so that a
+    /// compromised database or a day-to-day operator cannot erase the backups.
+    Erase,
     /// Key rotation: root only.
     Root,
     /// Never through the socket (runs without a daemon, or is the daemon).
@@ -51,16 +63,23 @@ impl Command {
                 command: RetentionCommand::Plan { .. },
             }
             | Command::Shred { records: true, .. } => Access::Read,
+            Command::WalPush { .. } => Access::Archive,
+            Command::WalFetch { .. } => Access::Fetch,
+            Command::Shred { .. }
+            | Command::Hold {
+                command: HoldCommand::Release { .. },
+            }
+            | Command::Retention {
+                command: RetentionCommand::Run { .. },
+            }
+            | Command::Audit {
+                command: AuditCommand::Expire { .. },
+            } => Access::Erase,
             Command::Backup { .. }
-            | Command::WalPush { .. }
-            | Command::WalFetch { .. }
             | Command::Catalog { .. }
             | Command::Restore(_)
-            | Command::Retention { .. }
-            | Command::Shred { .. }
             | Command::Drill { .. }
-            | Command::Hold { .. }
-            | Command::Audit { .. } => Access::Operate,
+            | Command::Hold { .. } => Access::Operate,
         }
     }
 
@@ -198,8 +217,12 @@ impl Command {
 }
 
 /// Check a request from the control socket before anything runs or is logged: sizes bounded,
-/// a purpose where one is needed, paths the daemon may read.
-pub(crate) fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Result<(), String> {
+/// a purpose where one is needed, paths the daemon may read. A backup's path is replaced by
+/// the canonical path that was checked, so the path protected is the path checked (N14).
+pub(crate) fn validate_request(
+    app: &Coffre,
+    cmd: &mut Command,
+) -> std::result::Result<(), String> {
     if let Some(p) = cmd.purpose() {
         if p.len() > MAX_PURPOSE {
             return Err(format!(
@@ -226,7 +249,7 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Resu
             };
             let root = std::fs::canonicalize(&src.path)
                 .map_err(|e| format!("source folder {}: {e}", src.path.display()))?;
-            let p = std::fs::canonicalize(path).map_err(|e| {
+            let p = std::fs::canonicalize(&*path).map_err(|e| {
                 format!(
                     "{}: {e} (give an absolute path the daemon can see)",
                     path.display()
@@ -239,10 +262,10 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &Command) -> std::result::Resu
                     root.display()
                 ));
             }
+            *path = p;
         }
         Command::WalPush { path, .. } => {
-            // The daemon reads the WAL file with its own rights: only a file named as WAL, never
-            // through a symlink (the push opens it without following one).
+            // The daemon reads only the descriptor the caller passed; the path gives the name.
             if !path.is_absolute() {
                 return Err(format!(
                     "{}: give the WAL file's absolute path",

@@ -26,6 +26,10 @@ pub mod exit {
     pub const DEGRADED: u8 = 3;
     /// Nothing was done on purpose: a dry run (`shred` without `--yes`) said what would be.
     pub const DRY_RUN: u8 = 4;
+    /// The daemon is busy (its connections for this caller, or for everyone, are all in use):
+    /// nothing was run; try again shortly (EX_TEMPFAIL). PostgreSQL retries an archive or
+    /// restore command that fails this way.
+    pub const BUSY: u8 = 75;
     /// Refused by the control socket (not an operator, or not allowed through it).
     pub const REFUSED: u8 = 77;
 }

@@ -11,53 +11,22 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
     match cmd {
         Command::WalPush { source, path, json } => {
-            // Through the daemon: the next `.ready` segments are archived ahead, and this one
-            // may have been already.
-            if let Some(d) = &ctx.daemon {
-                crate::ops::wal_ahead::start(d, source, path, &ctx.actor);
-                if let Some(pushed) = crate::ops::wal_ahead::take(source, path).await {
-                    if *json {
-                        w.json(&pushed)?;
-                    } else {
-                        outln!(
-                            w,
-                            "{} archived as {} (ahead of its push)",
-                            pushed.name,
-                            pushed.object
-                        );
-                    }
-                    return Ok(exit::OK);
-                }
-            }
-            // archive-async, through the daemon: acknowledged from the spool.
-            let asynchronous = ctx.daemon.is_some()
-                && app
-                    .config
-                    .source(source)
-                    .and_then(|s| s.pitr.as_ref())
-                    .is_some_and(|p| p.archive_async);
-            if asynchronous {
-                if let Some(sp) = crate::ops::wal_spool::spool(app, source, path)? {
-                    if *json {
-                        w.json(&sp)?;
-                    } else {
-                        outln!(w, "{} spooled (archived in the background)", sp.name);
-                    }
-                    return Ok(exit::OK);
-                }
-            }
-            let pushed = crate::ops::wal::push(app, source, path, &ctx.actor).await?;
-            if *json {
-                w.json(&pushed)?;
-            } else if pushed.already {
-                outln!(
+            let (name, file) = wal_push_file(app, source, path, ctx)?;
+            let pushed = wal_push(app, source, (path, &name, &file), ctx).await?;
+            log_push(app, source, &ctx.actor, &pushed)?;
+            match pushed {
+                Push::Ahead(p) if *json => w.json(&p)?,
+                Push::Ahead(p) => outln!(w, "{} archived as {} (ahead of its push)", p.name, p.object),
+                Push::Spooled(sp) if *json => w.json(&sp)?,
+                Push::Spooled(sp) => outln!(w, "{} spooled (archived in the background)", sp.name),
+                Push::Pushed(p) if *json => w.json(&p)?,
+                Push::Pushed(p) if p.already => outln!(
                     w,
                     "{} already archived (same bytes) as {}",
-                    pushed.name,
-                    pushed.object
-                );
-            } else {
-                outln!(w, "{} archived as {}", pushed.name, pushed.object);
+                    p.name,
+                    p.object
+                ),
+                Push::Pushed(p) => outln!(w, "{} archived as {}", p.name, p.object),
             }
             Ok(exit::OK)
         }
@@ -159,4 +128,97 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
         }
         other => bail!("internal error: `{}` was routed to `wal`", other.action()),
     }
+}
+
+/// What a push did.
+enum Push {
+    /// Archived ahead of its push, from this very file.
+    Ahead(crate::ops::wal::Pushed),
+    /// Acknowledged from the spool (archive-async).
+    Spooled(crate::ops::wal_spool::Spooled),
+    Pushed(crate::ops::wal::Pushed),
+}
+
+/// The WAL name and the open file to archive. Through the daemon: only the descriptor the
+/// caller passed with the request (the daemon never opens a caller's path); in the caller's own
+/// process: opened here without following a symlink. Where the source names its `pg_wal`, the
+/// file must be that folder's entry of its name.
+fn wal_push_file(
+    app: &Coffre,
+    source: &str,
+    path: &std::path::Path,
+    ctx: &Ctx,
+) -> Result<(crate::format::wal::WalName, std::fs::File), WalError> {
+    use crate::ops::wal;
+    wal::archiving_source(app, source)?;
+    let name = wal::wal_name(path)?;
+    let file = match &ctx.daemon {
+        Some(_) => {
+            let fd = ctx
+                .caller_file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or_else(|| WalError::NotPassed("no file descriptor came with it".into()))?;
+            crate::fsutil::file_to_read(fd, wal::MAX_WAL_FILE).map_err(WalError::NotPassed)?
+        }
+        None => wal::open_wal_file(path)?,
+    };
+    wal::check_in_pg_wal(app, source, &name, &file)?;
+    Ok((name, file))
+}
+
+/// Archive it: acknowledged from a look-ahead that archived this very file, from the spool
+/// (archive-async, through the daemon), or pushed now.
+async fn wal_push(
+    app: &Coffre,
+    source: &str,
+    (path, name, file): (&std::path::Path, &crate::format::wal::WalName, &std::fs::File),
+    ctx: &Ctx,
+) -> Result<Push, WalError> {
+    if let Some(d) = &ctx.daemon {
+        crate::ops::wal_ahead::start(d, source, name, &ctx.actor);
+        if let Some(pushed) = crate::ops::wal_ahead::take(source, name, file).await {
+            return Ok(Push::Ahead(pushed));
+        }
+        let asynchronous = app
+            .config
+            .source(source)
+            .and_then(|s| s.pitr.as_ref())
+            .is_some_and(|p| p.archive_async);
+        if asynchronous {
+            if let Some(sp) = crate::ops::wal_spool::spool(app, source, path, file)? {
+                return Ok(Push::Spooled(sp));
+            }
+        }
+    }
+    crate::ops::wal::push(app, source, path, file, &ctx.actor)
+        .await
+        .map(Push::Pushed)
+}
+
+/// Who put a WAL file into the archive: one access-log entry per push (the caller from the
+/// socket's peer credentials, the source, the name, and what became of it).
+fn log_push(app: &Coffre, source: &str, actor: &str, push: &Push) -> Result<(), WalError> {
+    let (name, object, outcome) = match push {
+        Push::Ahead(p) => (&p.name, Some(p.object), "archived ahead of its push"),
+        Push::Spooled(sp) => (&sp.name, None, "spooled (archive-async)"),
+        Push::Pushed(p) if p.already => (&p.name, Some(p.object), "archived already, same bytes"),
+        Push::Pushed(p) => (&p.name, Some(p.object), "archived"),
+    };
+    app.audit
+        .append(crate::audit::NewEntry {
+            actor: actor.to_string(),
+            action: "wal-push".into(),
+            target: crate::audit::Target {
+                source: Some(source.to_string()),
+                snapshot: object.map(|o| o.to_string()),
+                ..Default::default()
+            },
+            purpose: "WAL archiving (PostgreSQL archive_command)".into(),
+            outcome: format!("WAL file {name}: {outcome}"),
+            exposes: None,
+        })
+        .map(|_| ())
+        .map_err(|e| WalError::Audit(e.to_string()))
 }

@@ -3,10 +3,14 @@
 //!
 //! A request is one JSON line `{"v": 1, "command": <cli::Command>}`: a typed value, each field
 //! validated and bounded, executed in the daemon's own process. No command line, global option,
-//! config path, environment or working directory comes from the caller, and no child process is
-//! ever started for one. The daemon reads the caller's peer credentials (`SO_PEERCRED`) and
-//! admits by command: listing commands for operators, access and erasure commands for
-//! operators, key rotation for root only. A refusal is logged in the access log (rate-limited).
+//! config path, environment or working directory comes from the caller. The daemon reads the
+//! caller's peer credentials (`SO_PEERCRED`) and admits by role ([`admission`]): a source's
+//! archiver archives and fetches that source's WAL and nothing else; erasure (early shred,
+//! hold release, retention run, access-log expiry) is for root and `audit.erasure-group`;
+//! listing, access and backups are for operators; key rotation for root only. A refusal exits
+//! 77 and is logged in the access log (rate-limited). The only child processes the daemon
+//! starts are its own: a drill's PostgreSQL (as `drill.pg-user`, with settings coffre forces)
+//! and the configured verify command; none takes text from a caller.
 //!
 //! The socket is 0660 for the operators' group in a 0750 folder, so other local users cannot
 //! even connect. Each connection has a read deadline and a bounded request line; at most
@@ -15,6 +19,11 @@
 //! The answer is a sequence of frames (tag byte, 4-byte big-endian length, payload): `o` and
 //! `e` text for stdout and stderr, `B` (JSON) and `D` (bytes) for a restore's plaintext, which
 //! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`).
+//!
+//! `wal-push` reads only the descriptor the caller passed with the request (the caller opened
+//! the WAL file with its own rights, without following a symlink): the daemon never opens a
+//! caller's path, so a symlink or a file swapped in cannot make it read what the caller could
+//! not.
 //!
 //! `wal-fetch` hands its file over without frames: the caller opens an empty temporary file
 //! beside `%p` with its own rights and passes its descriptor with the request line
@@ -48,8 +57,19 @@ use crate::ops::restore::Chunk;
 pub const VERSION: u32 = 1;
 /// Longest request line accepted (bytes, newline included).
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// Connections served at once; more are answered "busy".
+/// Connections served at once; more are answered "busy" (exit 75).
 pub const MAX_CONNECTIONS: usize = 16;
+/// Of those, kept for the sources' archivers (`wal-push`, `wal-fetch`), so that callers who
+/// hold every other connection never make PostgreSQL's archiving fail.
+pub const ARCHIVER_SLOTS: usize = 4;
+/// Connections one caller (other than root and the archivers) may hold at once.
+pub const PER_CALLER: usize = 4;
+/// Longest wait for a caller to take one frame of the answer; a caller that stops reading is
+/// cut off (a restore it started is aborted, nothing is left looking complete).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time budget of an archiving command (`wal-push`, `wal-fetch`) through the socket: past it
+/// the command is stopped and fails, and PostgreSQL retries it.
+pub const ARCHIVE_BUDGET: Duration = Duration::from_secs(15 * 60);
 /// How long a caller may take to send its request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refusals logged in the access log per minute; more are counted and logged with the next.
@@ -109,12 +129,17 @@ pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String>
     if uid == 0 {
         return Ok(true);
     }
-    let Some(group) = group else {
-        return Ok(false);
-    };
+    match group {
+        Some(g) => in_group(uid, g, "audit.operators-group"),
+        None => Ok(false),
+    }
+}
+
+/// Is `uid` a member (primary or supplementary) of `group` (named by the config key `key`)?
+fn in_group(uid: u32, group: &str, key: &str) -> Result<bool, String> {
     let g = nix::unistd::Group::from_name(group)
         .map_err(|e| format!("group lookup: {e}"))?
-        .ok_or_else(|| format!("audit.operators-group `{group}` does not exist"))?;
+        .ok_or_else(|| format!("{key} `{group}` does not exist"))?;
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten();
@@ -122,6 +147,30 @@ pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String>
         Some(u) => u.gid == g.gid || g.mem.iter().any(|m| m == &u.name),
         None => false,
     })
+}
+
+/// Is `uid` the archiver `spec` names: that user, or a member of that group?
+fn is_archiver(uid: u32, spec: &str) -> bool {
+    let user = nix::unistd::User::from_name(spec).ok().flatten();
+    if user.is_some_and(|u| u.uid.as_raw() == uid) {
+        return true;
+    }
+    nix::unistd::Group::from_name(spec).ok().flatten().is_some() && in_group(uid, spec, "").unwrap_or(false)
+}
+
+/// The PITR sources whose archiver `uid` is.
+fn archiver_of(app: &Coffre, uid: u32) -> Vec<String> {
+    app.config
+        .sources
+        .iter()
+        .filter(|s| {
+            s.pitr
+                .as_ref()
+                .and_then(|p| p.archiver.as_deref())
+                .is_some_and(|a| is_archiver(uid, a))
+        })
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// Refusals logged per window; the rest are counted and reported with the next logged one.
@@ -214,10 +263,10 @@ pub(crate) async fn serve(
     app_rx: watch::Receiver<Arc<Coffre>>,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new();
     let limiter = Arc::new(Mutex::new(RefusalLimiter::new()));
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (stream, _) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -227,20 +276,12 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                push_frame(
-                    &mut buf,
-                    TAG_STDERR,
-                    format!("error: the daemon is serving {MAX_CONNECTIONS} requests already; try again shortly\n").as_bytes(),
-                );
-                push_exit(&mut buf, exit::FAILURE);
-                let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(&buf)).await;
-            });
+        let app = app_rx.borrow().clone();
+        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+        let Some(slot) = slots.take(uid, !archiver_of(&app, uid).is_empty()) else {
+            tokio::spawn(busy(stream));
             continue;
         };
-        let app = app_rx.borrow().clone();
         let limiter = limiter.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, &app, &limiter).await {
@@ -254,6 +295,90 @@ pub(crate) async fn serve(
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// The connections being served: [`MAX_CONNECTIONS`] in all, [`ARCHIVER_SLOTS`] of them only
+/// for archivers, at most [`PER_CALLER`] for one other caller (root excepted).
+struct Slots {
+    general: Arc<Semaphore>,
+    archivers: Arc<Semaphore>,
+    per_caller: Arc<Mutex<std::collections::HashMap<u32, usize>>>,
+}
+
+/// One connection's place; given back when dropped.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    caller: Option<(u32, Arc<Mutex<std::collections::HashMap<u32, usize>>>)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((uid, map)) = &self.caller {
+            let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(uid);
+                }
+            }
+        }
+    }
+}
+
+impl Slots {
+    fn new() -> Slots {
+        Slots {
+            general: Arc::new(Semaphore::new(MAX_CONNECTIONS - ARCHIVER_SLOTS)),
+            archivers: Arc::new(Semaphore::new(ARCHIVER_SLOTS)),
+            per_caller: Default::default(),
+        }
+    }
+
+    /// A place for a connection of `uid`, or None (busy).
+    fn take(&self, uid: u32, archiver: bool) -> Option<Slot> {
+        if archiver {
+            let permit = self
+                .archivers
+                .clone()
+                .try_acquire_owned()
+                .or_else(|_| self.general.clone().try_acquire_owned())
+                .ok()?;
+            return Some(Slot {
+                _permit: permit,
+                caller: None,
+            });
+        }
+        if uid == 0 {
+            let permit = self.general.clone().try_acquire_owned().ok()?;
+            return Some(Slot {
+                _permit: permit,
+                caller: None,
+            });
+        }
+        let mut m = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+        let held = m.get(&uid).copied().unwrap_or(0);
+        if held >= PER_CALLER {
+            return None;
+        }
+        let permit = self.general.clone().try_acquire_owned().ok()?;
+        m.insert(uid, held + 1);
+        Some(Slot {
+            _permit: permit,
+            caller: Some((uid, self.per_caller.clone())),
+        })
+    }
+}
+
+/// The answer to a connection past the limits: busy, exit 75, nothing run.
+async fn busy(mut stream: UnixStream) {
+    let mut buf = Vec::new();
+    push_frame(
+        &mut buf,
+        TAG_STDERR,
+        format!("error: busy: the daemon serves {MAX_CONNECTIONS} requests at once, at most {PER_CALLER} per caller, and all of yours or all of them are in use; nothing was run: try again shortly (exit {})\n", exit::BUSY).as_bytes(),
+    );
+    push_exit(&mut buf, exit::BUSY);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&buf)).await;
+}
+
 fn push_frame(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
     buf.push(tag);
     buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -266,6 +391,7 @@ fn push_exit(buf: &mut Vec<u8>, code: u8) {
     push_frame(buf, TAG_EXIT, &body);
 }
 
+/// Write one frame within [`WRITE_TIMEOUT`]: a caller that stops reading is cut off.
 async fn write_frame(
     w: &mut (impl AsyncWriteExt + Unpin),
     tag: u8,
@@ -274,8 +400,20 @@ async fn write_frame(
     let mut head = [0u8; 5];
     head[0] = tag;
     head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    w.write_all(&head).await?;
-    w.write_all(payload).await
+    let write = async {
+        w.write_all(&head).await?;
+        w.write_all(payload).await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the caller read nothing for {} s",
+                WRITE_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
 
 /// The first bytes the caller sent and the descriptor it passed with them, if any (at most one
@@ -385,10 +523,16 @@ async fn handle(
             }
         }
     };
-    let command = req.command;
+    let mut command = req.command;
     let action = command.action();
-    // Only `wal-fetch` writes into a file the caller passed; any other is closed now.
-    let passed = passed.filter(|_| matches!(command, Command::WalFetch { .. }));
+    // Only `wal-fetch` (a file to write) and `wal-push` (the WAL file to read) take a file the
+    // caller passed; any other is closed now.
+    let passed = passed.filter(|_| {
+        matches!(
+            command,
+            Command::WalFetch { .. } | Command::WalPush { .. }
+        )
+    });
     let refusal = if req.v != VERSION {
         Some(format!(
             "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
@@ -397,7 +541,7 @@ async fn handle(
     } else {
         admission(uid, &name, app, &command)
             .err()
-            .or_else(|| cli::validate_request(app, &command).err())
+            .or_else(|| cli::validate_request(app, &mut command).err())
     };
     if let Some(reason) = refusal {
         let logged = log_refusal(app, limiter, &name, action, &command, &reason);
@@ -418,8 +562,23 @@ async fn handle(
         daemon: Some(app.clone()),
         caller_file: std::sync::Mutex::new(passed),
     };
+    let budget = match command.access() {
+        Access::Archive | Access::Fetch => Some(ARCHIVE_BUDGET),
+        _ => None,
+    };
     let run = async {
-        let code = match cli::execute(app, &command, &ctx).await {
+        let executed = match budget {
+            Some(b) => tokio::time::timeout(b, cli::execute(app, &command, &ctx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "`{action}` ran past its time budget of {} s through the daemon and was stopped (the stores are likely slow or down); PostgreSQL retries it",
+                        b.as_secs()
+                    ))
+                }),
+            None => cli::execute(app, &command, &ctx).await,
+        };
+        let code = match executed {
             Ok(code) => code,
             Err(e) => {
                 ctx.out.err(format!("error: {}", cli::error_text(&e)));
@@ -511,30 +670,72 @@ async fn pump(
     (w, alive)
 }
 
-/// May this caller run this command through the socket?
+/// May this caller run this command through the socket? Roles by capability and source:
+/// root runs everything that goes through the socket; a source's archiver archives and
+/// fetches that source's WAL and nothing else (whatever groups it is in); erasure needs
+/// `audit.erasure-group`; the rest is for operators.
 fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<(), String> {
-    let group = app.config.audit.operators_group.as_deref();
-    match command.access() {
-        Access::LocalOnly => Err(format!(
+    let access = command.access();
+    if access == Access::LocalOnly {
+        return Err(format!(
             "`{}` does not go through the control socket: {}",
             command.action(),
             command.local_only_reason()
-        )),
-        Access::Root if uid != 0 => Err(format!(
+        ));
+    }
+    if uid == 0 {
+        return Ok(());
+    }
+    let archives = archiver_of(app, uid);
+    if !archives.is_empty() {
+        return match command {
+            Command::WalPush { source, .. } | Command::WalFetch { source, .. }
+                if archives.contains(source) =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "user {name} is the archiver of source(s) {}: through the daemon it may only archive and fetch their WAL (wal-push, wal-fetch), not `{}`; an operator runs that",
+                archives.join(", "),
+                command.action()
+            )),
+        };
+    }
+    let audit = &app.config.audit;
+    match access {
+        Access::LocalOnly => Ok(()),
+        Access::Root => Err(format!(
             "`{}` through the daemon is for root only (user {name})",
             command.action()
         )),
-        Access::Root => Ok(()),
-        Access::Read | Access::Operate => match is_operator(uid, group) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!(
-                "user {name} is not in the operators' group{}",
-                group
-                    .map(|g| format!(" `{g}`"))
-                    .unwrap_or_else(|| " (audit.operators-group is not set: only root may)".into())
+        Access::Archive => Err(format!(
+            "user {name} is not the archiver of this source: only `[source.pitr] archiver` (the account PostgreSQL runs as) and root may archive its WAL, so that nobody else puts bytes under its WAL names"
+        )),
+        Access::Erase => match &audit.erasure_group {
+            Some(g) if in_group(uid, g, "audit.erasure-group")? => Ok(()),
+            Some(g) => Err(format!(
+                "user {name} may not erase (`{}`): only root and members of audit.erasure-group `{g}` may",
+                command.action()
             )),
-            Err(e) => Err(e),
+            None => Err(format!(
+                "`{}` erases, and audit.erasure-group is not set: only root may (user {name})",
+                command.action()
+            )),
         },
+        Access::Read | Access::Operate | Access::Fetch => {
+            match is_operator(uid, audit.operators_group.as_deref()) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!(
+                    "user {name} is not in the operators' group{}",
+                    audit
+                        .operators_group
+                        .as_deref()
+                        .map(|g| format!(" `{g}`"))
+                        .unwrap_or_else(|| " (audit.operators-group is not set: only root may)".into())
+                )),
+                Err(e) => Err(e),
+            }
+        }
     }
 }
 

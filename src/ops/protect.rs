@@ -329,7 +329,7 @@ impl<W: Write> Write for DigestTee<'_, W> {
 /// Read a file in 1 MiB chunks into fresh buffers (no zero-filling, no copy): each goes to the
 /// digest thread and to the compressor.
 fn feed_file(
-    f: &mut std::fs::File,
+    f: &mut impl io::Read,
     digester: &Digester,
     w: &mut impl Write,
     progress: &Counter,
@@ -359,7 +359,7 @@ struct Produced {
 
 /// The CPU side, on its own thread: read, compress, seal, hash, hand chunks to the uploads.
 fn produce(
-    path: &Path,
+    (path, opened): (&Path, Option<std::fs::File>),
     kind: SnapshotKind,
     dek: &DataKey,
     header: &Header,
@@ -367,7 +367,11 @@ fn produce(
     fan: FanOut,
     progress: &Counter,
 ) -> Result<Produced, ProduceError> {
-    let before = source::fingerprint(path).map_err(ProduceError::Read)?;
+    let print = |opened: Option<&std::fs::File>| match opened {
+        Some(f) => source::fingerprint_open(f),
+        None => source::fingerprint(path),
+    };
+    let before = print(opened.as_ref()).map_err(ProduceError::Read)?;
     progress.set_total(before.bytes());
     let mut sealer = Sealer::new(dek, header, fan).map_err(ProduceError::Seal)?;
     let counting = Counting {
@@ -387,10 +391,13 @@ fn produce(
     let digester = Digester::spawn(mac).map_err(ProduceError::Read)?;
     let fed = match kind {
         // Opened without following symlinks, and checked to be what was fingerprinted.
-        SnapshotKind::File | SnapshotKind::Wal => source::open_file(path).and_then(|mut f| {
-            source::check_identity(&f, before.root_ino(), path)?;
-            feed_file(&mut f, &digester, &mut enc, progress)
-        }),
+        SnapshotKind::File | SnapshotKind::Wal => match &opened {
+            Some(f) => feed_file(&mut source::AtReader::new(f), &digester, &mut enc, progress),
+            None => source::open_file(path).and_then(|mut f| {
+                source::check_identity(&f, before.root_ino(), path)?;
+                feed_file(&mut f, &digester, &mut enc, progress)
+            }),
+        },
         SnapshotKind::Directory => {
             let mut tee = DigestTee {
                 inner: &mut enc,
@@ -412,7 +419,7 @@ fn produce(
     let (digest, size) = digested.map_err(ProduceError::Read)?;
     let counting = enc.finish().map_err(ProduceError::Read)?;
     let compressed_size = counting.n;
-    let after = source::fingerprint(path).map_err(ProduceError::Read)?;
+    let after = print(opened.as_ref()).map_err(ProduceError::Read)?;
     if before != after {
         return Err(ProduceError::Changed(source::describe_change(
             &before, &after,
@@ -532,7 +539,14 @@ pub async fn protect(
     source_name: &str,
     path: &Path,
 ) -> Result<Outcome, PipelineError> {
-    protect_as(app, source_name, path, SnapshotId::new(), What::Snapshot).await
+    protect_as(
+        app,
+        source_name,
+        Input::Path(path),
+        SnapshotId::new(),
+        What::Snapshot,
+    )
+    .await
 }
 
 /// What is being protected: a snapshot (planned by the source's retention, listed in the
@@ -554,10 +568,11 @@ pub(crate) enum What {
 pub(crate) async fn protect_as(
     app: &Coffre,
     source_name: &str,
-    path: &Path,
+    input: Input<'_>,
     id: SnapshotId,
     what: What,
 ) -> Result<Outcome, PipelineError> {
+    let path = input.path();
     let source = app
         .config
         .source(source_name)
@@ -565,7 +580,11 @@ pub(crate) async fn protect_as(
             PipelineError::UnknownSource(source_name.to_string(), app.config.source_names())
         })?
         .clone();
-    let (kind, original_name) = match (&what, inspect(path)?) {
+    let inspected = match &input {
+        Input::Path(p) => inspect(p)?,
+        Input::Open { file, .. } => inspect_open(file, path)?,
+    };
+    let (kind, original_name) = match (&what, inspected) {
         (What::Wal(name), (SnapshotKind::File, _)) => (SnapshotKind::Wal, name.to_string()),
         (What::Wal(_), _) => {
             return Err(PipelineError::Read {
@@ -581,13 +600,26 @@ pub(crate) async fn protect_as(
     let dek = DataKey::generate();
     let mut key_object = wrap_for_every_provider(app, &source, id, &epoch, expiry, &dek)?;
     let (fan, uploads) = start_uploads(app, &source, id, kind, &original_name)?;
-    let produced = seal_and_fan_out(app, &source.name, path, kind, dek, id, fan).await;
+    let opened = match &input {
+        Input::Path(_) => None,
+        Input::Open { file, .. } => Some(file.try_clone().map_err(|e| PipelineError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?),
+    };
+    let produced = seal_and_fan_out(app, &source.name, (path, opened), kind, dek, id, fan).await;
     let uploaded = collect_uploads(app, uploads).await;
     let produced = produced?;
     let mut manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
     if kind == SnapshotKind::Directory {
         // pg_basebackup writes the label first and never changes it.
-        manifest.pg_wal_start = std::fs::read_to_string(path.join("backup_label"))
+        // Read beneath the snapshot, never through a symlink (a label planted as a link to
+        // another file would be read with the daemon's rights), and bounded.
+        manifest.pg_wal_start = open_regular_beneath(path, Path::new("backup_label"))
+            .and_then(|f| {
+                let mut t = String::new();
+                io::Read::read_to_string(&mut io::Read::take(f, 64 * 1024), &mut t).map(|_| t)
+            })
             .ok()
             .and_then(|t| crate::format::wal::backup_label_start(&t));
     }
@@ -603,6 +635,57 @@ pub(crate) async fn protect_as(
         epoch,
         planned_expiry: key_object.planned_expiry.clone(),
     })
+}
+
+/// Open a regular file without following a symlink (the one way coffre opens a file it then
+/// reads as data: a WAL file of the caller's own, a spooled file).
+pub(crate) fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    source::open_file(path)
+}
+
+/// Open the regular file `rel` beneath the folder `dir`, following no symlink on the way.
+pub(crate) fn open_regular_beneath(dir: &Path, rel: &Path) -> io::Result<std::fs::File> {
+    let root = source::open_dir(dir)?;
+    source::open_beneath(&root, dir, rel)
+}
+
+/// Where a snapshot's bytes come from.
+pub(crate) enum Input<'a> {
+    /// A file or folder the daemon opens itself (a snapshot in a source folder, a spooled WAL
+    /// file), never through a symlink.
+    Path(&'a Path),
+    /// A WAL file open already: passed by the caller with its request, or opened beneath the
+    /// source's `pg_wal`. Read from the descriptor only (positioned reads); `path` names it in
+    /// messages and is never opened.
+    Open {
+        file: &'a std::fs::File,
+        path: &'a Path,
+    },
+}
+
+impl Input<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            Input::Path(p) => p,
+            Input::Open { path, .. } => path,
+        }
+    }
+}
+
+/// An open file is a regular file (only WAL comes open), named by its path's last part.
+fn inspect_open(f: &std::fs::File, path: &Path) -> Result<(SnapshotKind, String), PipelineError> {
+    let err = |source| PipelineError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(err(io::Error::other("not a regular file")));
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
+    Ok((SnapshotKind::File, name))
 }
 
 /// A file or a directory, and its name (never followed through a symlink).
@@ -721,7 +804,7 @@ fn start_uploads(
 async fn seal_and_fan_out(
     app: &Coffre,
     source: &str,
-    path: &Path,
+    (path, opened): (&Path, Option<std::fs::File>),
     kind: SnapshotKind,
     dek: DataKey,
     id: SnapshotId,
@@ -747,7 +830,7 @@ async fn seal_and_fan_out(
     let counter = tracker.counter();
     let produced = tokio::task::spawn_blocking(move || {
         let r = produce(
-            &path_owned,
+            (&path_owned, opened),
             kind,
             &dek,
             &header,

@@ -47,6 +47,16 @@ pub enum WalError {
         min: usize,
         detail: String,
     },
+    #[error("WAL file {name} pushed is not the entry of that name in the source's pg_wal {dir} ({why}): refused; push the file PostgreSQL names (%p) from that folder, or correct `[source.pitr] pg-wal`")]
+    NotInPgWal {
+        name: String,
+        dir: PathBuf,
+        why: String,
+    },
+    #[error("the WAL file to push must come open with the request: {0}. Use the coffre binary of the daemon's version (it passes the file's descriptor; the daemon never opens a caller's path)")]
+    NotPassed(String),
+    #[error("recovery session {0} belongs to another caller or another source: refused. A recovery session is bound to the account and the source of its first fetch; start your own restore (coffre restore --target-*) for a session of your own")]
+    ForeignSession(String),
     #[error("WAL file {0} waits in the spool with DIFFERENT bytes: refused, so that PostgreSQL never has two versions of one WAL file acknowledged. Check that two clusters do not archive into the same source")]
     SpoolConflict(String),
     #[error("unknown store `{0}`; configured: {1}")]
@@ -95,12 +105,15 @@ pub(crate) fn wal_name(path: &Path) -> Result<WalName, WalError> {
     WalName::parse(&name).map_err(WalError::Name)
 }
 
-/// Archive the WAL file at `path` for `source`: Ok only when it is committed in at least
-/// `replication.min-sites` sites.
+/// Archive the WAL file `file` (open already; `path` names it, and its last part is the WAL
+/// name) for `source`: Ok only when it is committed in at least `replication.min-sites` sites.
+/// The file is read from its descriptor only: through the daemon it is the one the caller
+/// passed, and no path of the caller's is ever opened.
 pub async fn push(
     app: &Coffre,
     source: &str,
     path: &Path,
+    file: &std::fs::File,
     actor: &str,
 ) -> Result<Pushed, WalError> {
     archiving_source(app, source)?;
@@ -110,12 +123,12 @@ pub async fn push(
         .iter()
         .find_map(|(s, r)| r.as_ref().ok().map(|m| (s, m)))
     {
-        return repush(app, source, &name, path, m.clone(), actor).await;
+        return repush(app, source, &name, (path, file), m.clone(), actor).await;
     }
     let outcome = crate::ops::protect::protect_as(
         app,
         source,
-        path,
+        crate::ops::protect::Input::Open { file, path },
         SnapshotId::new(),
         What::Wal(name.clone()),
     )
@@ -175,11 +188,11 @@ async fn repush(
     app: &Coffre,
     source: &str,
     name: &WalName,
-    path: &Path,
+    (path, file): (&Path, &std::fs::File),
     manifest: Manifest,
     actor: &str,
 ) -> Result<Pushed, WalError> {
-    let local = read_bounded(path)?;
+    let local = read_open(path, file)?;
     log_access(
         app,
         actor,
@@ -247,18 +260,57 @@ async fn copy_into(
     crate::ops::commit::commit(app, s, manifest, key, crate::ops::commit::Existing::Refuse).await
 }
 
-pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, WalError> {
-    let read = |source| WalError::Read {
+/// All of an open WAL file (at most [`MAX_WAL_FILE`] bytes), from its descriptor.
+pub(crate) fn read_open(path: &Path, file: &std::fs::File) -> Result<Vec<u8>, WalError> {
+    crate::fsutil::read_all_at(file, MAX_WAL_FILE).map_err(|source| WalError::Read {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// Open a WAL file of the caller's own (a push run in the caller's process, not through the
+/// daemon; the spool's own files): never through a symlink, a regular file.
+pub fn open_wal_file(path: &Path) -> Result<std::fs::File, WalError> {
+    crate::ops::protect::open_regular(path).map_err(|source| WalError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Where the source names its `pg_wal` folder: the file pushed must be that folder's entry of
+/// its name, reached with no symlink (the same device and inode), so that the archiver cannot
+/// archive a file from elsewhere under a WAL name.
+pub fn check_in_pg_wal(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    file: &std::fs::File,
+) -> Result<(), WalError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = app
+        .config
+        .source(source)
+        .and_then(|s| s.pitr.as_ref())
+        .and_then(|p| p.pg_wal.as_deref())
+    else {
+        return Ok(());
     };
-    let meta = std::fs::symlink_metadata(path).map_err(read)?;
-    if !meta.is_file() || meta.len() > MAX_WAL_FILE {
-        return Err(read(std::io::Error::other(format!(
-            "not a regular file of at most {MAX_WAL_FILE} bytes"
-        ))));
+    let entry = crate::ops::protect::open_regular_beneath(dir, Path::new(name.as_str()))
+        .and_then(|e| e.metadata());
+    let pushed = file.metadata();
+    match (entry, pushed) {
+        (Ok(e), Ok(p)) if e.dev() == p.dev() && e.ino() == p.ino() => Ok(()),
+        (Err(e), _) => Err(WalError::NotInPgWal {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            why: e.to_string(),
+        }),
+        _ => Err(WalError::NotInPgWal {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            why: "the file pushed is another file".into(),
+        }),
     }
-    std::fs::read(path).map_err(read)
 }
 
 fn log_access(
@@ -408,8 +460,9 @@ const PREFETCH: u64 = 3;
 const PREFETCH_MAX_BYTES: usize = 96 << 20;
 const PREFETCH_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// (source, WAL file, pinned store).
-type Key = (String, String, Option<String>);
+/// (source, WAL file, pinned store, recovery session): prefetched WAL belongs to its session,
+/// and only a fetch of that session (bound to its caller and source) takes it.
+type Key = (String, String, Option<String>, String);
 
 #[derive(Default)]
 struct Prefetched {
@@ -504,7 +557,7 @@ fn segment_after(name: &WalName, k: u64, size: u64) -> Option<WalName> {
 /// `restore_command` finds them opened already (and checked like any fetch).
 fn prefetch_after(
     app: std::sync::Arc<Coffre>,
-    source: &str,
+    (source, session): (&str, &str),
     name: &WalName,
     size: u64,
     pin: Option<&str>,
@@ -517,6 +570,7 @@ fn prefetch_after(
             source.to_string(),
             next.to_string(),
             pin.map(str::to_string),
+            session.to_string(),
         );
         {
             let mut p = prefetched();
@@ -645,13 +699,27 @@ pub async fn fetch(
         }
     }
     close_idle_sessions(app);
-    let key = (
-        source.to_string(),
-        name.to_string(),
-        pin.map(str::to_string),
-    );
+    // The session is checked (bound to its caller and source) before its prefetch is taken.
+    if let Some(id) = session {
+        if app
+            .catalog
+            .wal_session_owner(id)
+            .map_err(|e| WalError::Audit(e.to_string()))?
+            .is_some_and(|(s, a)| s != source || a != actor)
+        {
+            return Err(WalError::ForeignSession(id.to_string()));
+        }
+    }
     let cached = match (session, &daemon) {
-        (Some(_), Some(_)) => take_prefetched(&key).await,
+        (Some(id), Some(_)) => {
+            let key = (
+                source.to_string(),
+                name.to_string(),
+                pin.map(str::to_string),
+                id.to_string(),
+            );
+            take_prefetched(&key).await
+        }
         _ => None,
     };
     if cached.is_some() {
@@ -695,11 +763,14 @@ pub async fn fetch(
     match session {
         Some(id) => {
             let now = crate::clock::now_rfc3339();
-            let new = app
+            let counted = app
                 .catalog
                 .wal_session_fetch(id, source, actor, purpose, name.as_str(), &now)
                 .map_err(|e| WalError::Audit(e.to_string()))?;
-            if new {
+            if counted == crate::catalog::SessionFetch::Foreign {
+                return Err(WalError::ForeignSession(id.to_string()));
+            }
+            if counted == crate::catalog::SessionFetch::New {
                 app.audit
                     .append(NewEntry {
                         actor: actor.to_string(),
@@ -730,8 +801,8 @@ pub async fn fetch(
         Some((_, b)) => b,
         None => open_any(app, source, &name, &manifest, pin).await?.0,
     };
-    if let (Some(_), Some(d)) = (session, daemon) {
-        prefetch_after(d, source, &name, manifest.size, pin);
+    if let (Some(id), Some(d)) = (session, daemon) {
+        prefetch_after(d, (source, id), &name, manifest.size, pin);
     }
     Ok(Fetched {
         object: manifest.snapshot,
@@ -792,9 +863,13 @@ pub fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<(), WalError> {
     let tmp = dir.join(format!(".{file}.coffre-partial"));
     let _ = std::fs::remove_file(&tmp);
     let written = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        // 0600 whatever the umask: WAL is every patient's changes (the spool's plaintext, a
+        // segment in pg_wal, which PostgreSQL keeps 0600 too).
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,8 @@ struct Identity {
     ctime: (i64, i64),
 }
 
-fn identity(path: &Path) -> Option<Identity> {
-    let m = std::fs::symlink_metadata(path).ok()?;
+fn identity(file: &std::fs::File) -> Option<Identity> {
+    let m = file.metadata().ok()?;
     m.is_file().then(|| Identity {
         dev: m.dev(),
         ino: m.ino(),
@@ -89,24 +89,20 @@ fn ready_after(status_dir: &Path, current: &WalName) -> Vec<WalName> {
     names
 }
 
-/// Start archiving the `.ready` segments after the one at `path`, so that at most
-/// `archive-parallel` are in flight for `source`. Does nothing when `archive-parallel` is 1 or
-/// `path` is not a segment in a folder with an `archive_status`.
-pub fn start(app: &Arc<Coffre>, source: &str, path: &Path, actor: &str) {
-    let parallel = app
-        .config
-        .source(source)
-        .and_then(|s| s.pitr.as_ref())
-        .map_or(1, |p| p.archive_parallel);
-    if parallel <= 1 {
-        return;
-    }
-    let Ok(current) = crate::ops::wal::wal_name(path) else {
+/// Start archiving the `.ready` segments after `current`, so that at most `archive-parallel`
+/// are in flight for `source`. Does nothing when `archive-parallel` is 1 or the source names no
+/// `pg_wal` folder (`[source.pitr] pg-wal`): the daemon opens segments only beneath the folder
+/// the config names, never beside a path a caller sent.
+pub fn start(app: &Arc<Coffre>, source: &str, current: &WalName, actor: &str) {
+    let Some(pitr) = app.config.source(source).and_then(|s| s.pitr.as_ref()) else {
         return;
     };
-    let Some(dir) = path.parent() else { return };
-    let ready = ready_after(&dir.join("archive_status"), &current);
-    let mut todo: Vec<(PathBuf, Arc<tokio::sync::Notify>)> = Vec::new();
+    let parallel = pitr.archive_parallel;
+    let Some(dir) = pitr.pg_wal.clone().filter(|_| parallel > 1) else {
+        return;
+    };
+    let ready = ready_after(&dir.join("archive_status"), current);
+    let mut todo: Vec<(WalName, Arc<tokio::sync::Notify>)> = Vec::new();
     {
         let mut a = ahead();
         a.retain(|_, s| !matches!(s, State::Done { at, .. } if at.elapsed() > FORGET_AFTER));
@@ -124,20 +120,30 @@ pub fn start(app: &Arc<Coffre>, source: &str, path: &Path, actor: &str) {
             }
             let n = Arc::new(tokio::sync::Notify::new());
             a.insert(key, State::Running(n.clone()));
-            todo.push((dir.join(name.as_str()), n));
+            todo.push((name, n));
             running += 1;
         }
     }
-    for (p, notify) in todo {
+    for (wal, notify) in todo {
         let (app, source, actor) = (app.clone(), source.to_string(), actor.to_string());
+        let dir = dir.clone();
         tokio::spawn(async move {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let before = identity(&p);
-            let r = crate::ops::wal::push(&app, &source, &p, &actor).await;
-            let after = identity(&p);
+            let name = wal.to_string();
+            let p = dir.join(wal.as_str());
+            // Beneath the configured pg_wal, no symlink followed; read from this descriptor.
+            let (r, before, after) =
+                match crate::ops::protect::open_regular_beneath(&dir, Path::new(wal.as_str())) {
+                    Ok(f) => {
+                        let before = identity(&f);
+                        let r = crate::ops::wal::push(&app, &source, &p, &f, &actor).await;
+                        (r, before, identity(&f))
+                    }
+                    Err(e) => (
+                        Err(crate::ops::wal::WalError::Read { path: p, source: e }),
+                        None,
+                        None,
+                    ),
+                };
             let key = (source.clone(), name.clone());
             {
                 let mut a = ahead();
@@ -167,11 +173,10 @@ pub fn start(app: &Arc<Coffre>, source: &str, path: &Path, actor: &str) {
     }
 }
 
-/// The push of the file at `path`, if it was archived ahead from this very file: waits for a
-/// look-ahead still running. None: archive it the normal way.
-pub async fn take(source: &str, path: &Path) -> Option<Pushed> {
-    let name = path.file_name()?.to_str()?.to_string();
-    let key = (source.to_string(), name);
+/// The push of `name` (the file `file`, passed by the caller), if it was archived ahead from
+/// this very file: waits for a look-ahead still running. None: archive it the normal way.
+pub async fn take(source: &str, name: &WalName, file_passed: &std::fs::File) -> Option<Pushed> {
+    let key = (source.to_string(), name.to_string());
     let deadline = Instant::now() + WAIT_AT_MOST;
     loop {
         let notify = {
@@ -183,7 +188,7 @@ pub async fn take(source: &str, path: &Path) -> Option<Pushed> {
                     let Some(State::Done { file, pushed, .. }) = a.remove(&key) else {
                         return None;
                     };
-                    if identity(path) != Some(file) {
+                    if identity(file_passed) != Some(file) {
                         tracing::info!(source, wal = %pushed.name, "WAL file changed since it was archived ahead: compared with the archived copy");
                         return None;
                     }
@@ -240,11 +245,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         std::fs::write(&p, b"one").unwrap();
-        let a = identity(&p).unwrap();
-        assert_eq!(identity(&p), Some(a));
+        let f = std::fs::File::open(&p).unwrap();
+        let a = identity(&f).unwrap();
+        assert_eq!(identity(&f), Some(a));
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(&p, b"two").unwrap();
-        assert_ne!(identity(&p), Some(a));
-        assert_eq!(identity(&d.path().join("gone")), None);
+        assert_ne!(identity(&f), Some(a));
+        // Another file under the same name is another identity.
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"two").unwrap();
+        let g = std::fs::File::open(&p).unwrap();
+        assert_ne!(identity(&g), identity(&f));
     }
 }

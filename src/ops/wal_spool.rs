@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::app::Coffre;
 use crate::format::wal::WalName;
-use crate::ops::wal::{read_bounded, wal_name, write_atomically, WalError};
+use crate::ops::wal::{open_wal_file, read_open, wal_name, write_atomically, WalError};
 
 /// Wakes the `wal-spool` worker as soon as a file is spooled.
 pub static WAKE: std::sync::LazyLock<tokio::sync::Notify> =
@@ -75,16 +75,22 @@ pub fn depth(app: &Coffre, source: &str) -> Depth {
     }
 }
 
-/// Spool the WAL file at `path`: `Ok(Some(_))` when it is acknowledged from the spool,
-/// `Ok(None)` when it must be pushed synchronously (archived already, or the spool is full).
-pub fn spool(app: &Coffre, source: &str, path: &Path) -> Result<Option<Spooled>, WalError> {
+/// Spool the WAL file `file` (open already: the descriptor the caller passed; `path` names
+/// it): `Ok(Some(_))` when it is acknowledged from the spool, `Ok(None)` when it must be pushed
+/// synchronously (archived already, or the spool is full). The spooled copy is 0600.
+pub fn spool(
+    app: &Coffre,
+    source: &str,
+    path: &Path,
+    file: &std::fs::File,
+) -> Result<Option<Spooled>, WalError> {
     crate::ops::wal::archiving_source(app, source)?;
     let name = wal_name(path)?;
     let archived = app.catalog.has_wal(source, name.as_str()).unwrap_or(true);
     if archived {
         return Ok(None);
     }
-    let bytes = read_bounded(path)?;
+    let bytes = read_open(path, file)?;
     let dir = spool_dir(app, source);
     let werr = |source| WalError::Write {
         path: dir.clone(),
@@ -137,7 +143,8 @@ pub async fn drain(app: &Coffre, actor: &str) -> (usize, Vec<String>) {
         let dir = spool_dir(app, &s.name);
         let files: Vec<PathBuf> = spooled_files(&dir).into_iter().map(|(p, _)| p).collect();
         let (archived, failed) = in_batches(&files, parallel, |path| async move {
-            crate::ops::wal::push(app, &s.name, path, actor)
+            let file = open_wal_file(path).map_err(|e| e.to_string())?;
+            crate::ops::wal::push(app, &s.name, path, &file, actor)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

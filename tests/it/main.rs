@@ -21,6 +21,7 @@ mod e2e_drill;
 mod e2e_pitr;
 mod e2e_pkcs11;
 mod e2e_prometheus;
+mod e2e_roles;
 mod e2e_shred;
 mod e2e_socket;
 mod e2e_stores;

@@ -88,7 +88,7 @@ pub(crate) fn check_identity(f: &File, expected: Option<u64>, path: &Path) -> io
 /// Open the regular file `rel` beneath the directory `root` is open on, following no symlink
 /// on the way (openat2 with RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH; on a kernel without openat2,
 /// only the last component is protected).
-fn open_beneath(root: &File, dir: &Path, rel: &Path) -> io::Result<File> {
+pub(crate) fn open_beneath(root: &File, dir: &Path, rel: &Path) -> io::Result<File> {
     use nix::fcntl::{openat2, OpenHow, ResolveFlag};
     let flags = OFlag::from_bits_truncate(read_flags()) | OFlag::O_RDONLY;
     let how = OpenHow::new()
@@ -163,6 +163,35 @@ pub(crate) fn fingerprint(path: &Path) -> io::Result<Fingerprint> {
     } else {
         let (len, mtime, ino) = stat(path)?;
         Ok(Fingerprint(vec![(PathBuf::new(), len, mtime, ino)]))
+    }
+}
+
+/// The fingerprint of a file open already (size, mtime, inode of the descriptor).
+pub(crate) fn fingerprint_open(f: &File) -> io::Result<Fingerprint> {
+    let m = f.metadata()?;
+    let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+    Ok(Fingerprint(vec![(PathBuf::new(), m.len(), mtime, m.ino())]))
+}
+
+/// Reads a file from offset 0 with positioned reads (a descriptor a caller passed shares its
+/// offset with the caller's: this never moves it).
+pub(crate) struct AtReader<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl<'a> AtReader<'a> {
+    pub(crate) fn new(file: &'a File) -> AtReader<'a> {
+        AtReader { file, at: 0 }
+    }
+}
+
+impl io::Read for AtReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

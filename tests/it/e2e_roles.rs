@@ -1,0 +1,551 @@
+//! Trust boundaries of the control socket, by role (issue 27): a source's archiver archives and
+//! fetches that source's WAL and nothing else, operators cannot archive or erase, erasure is for
+//! root and `audit.erasure-group`, the daemon reads only the WAL file descriptor a caller
+//! passed (never a path), a recovery session belongs to its caller, and one caller cannot take
+//! every connection from PostgreSQL's archiver. Real Unix users (an operator, an eraser, an
+//! archiver, an outsider) are created by the test; it needs root (tests/run runs as root on CI).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::coffre::{file_key_provider, local_stores};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffre");
+const CANARY: &[u8] = b"CANARY-ROLES-Bouchard-RAMQ-BOUC55667788";
+/// 1 MiB segments (PostgreSQL's --wal-segsize=1), to keep the test quick.
+const SEG_SIZE: usize = 1 << 20;
+
+struct Users {
+    ops: String,
+    era: String,
+    op: String,
+    eraser: String,
+    arch: String,
+    outsider: String,
+}
+
+impl Users {
+    fn create() -> Users {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test creates Unix users: run the suite as root (tests/run does on CI)"
+        );
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let u = Users {
+            ops: format!("rlops{tag}"),
+            era: format!("rlera{tag}"),
+            op: format!("rlop{tag}"),
+            eraser: format!("rler{tag}"),
+            arch: format!("rlar{tag}"),
+            outsider: format!("rlout{tag}"),
+        };
+        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(Command::new("groupadd").arg(&u.ops));
+        ok(Command::new("groupadd").arg(&u.era));
+        let member = |name: &str, groups: &str| {
+            ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", "-G", groups, name]));
+        };
+        member(&u.op, &u.ops);
+        member(&u.eraser, &format!("{},{}", u.ops, u.era));
+        // The archiver reaches the socket through the socket's group, and is only an archiver.
+        member(&u.arch, &u.ops);
+        ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", &u.outsider]));
+        u
+    }
+
+    fn uid(name: &str) -> nix::unistd::Uid {
+        nix::unistd::User::from_name(name).unwrap().unwrap().uid
+    }
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        for u in [&self.op, &self.eraser, &self.arch, &self.outsider] {
+            let _ = Command::new("userdel").arg(u).status();
+        }
+        let _ = Command::new("groupdel").arg(&self.ops).status();
+        let _ = Command::new("groupdel").arg(&self.era).status();
+    }
+}
+
+struct Host {
+    users: Users,
+    _tmp: tempfile::TempDir,
+    d: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    daemon: Child,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+struct Out {
+    code: i32,
+    text: String,
+}
+
+impl Host {
+    /// A daemon on two local stores; source `emr` archives WAL with the archiver user, its
+    /// `pg_wal` owned by the archiver; source `lab` archives WAL with no archiver named.
+    fn start(archive_async: bool) -> Host {
+        let users = Users::create();
+        let tmp = tempfile::Builder::new()
+            .prefix("coffre-roles-")
+            .tempdir()
+            .unwrap();
+        let d = tmp.path().to_path_buf();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for sub in ["in", "lab", "run", "pg_wal", "op"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let chown = |p: &Path, user: &str| {
+            nix::unistd::chown(p, Some(Users::uid(user)), None).unwrap();
+        };
+        chown(&d.join("pg_wal"), &users.arch);
+        std::fs::set_permissions(d.join("pg_wal"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        chown(&d.join("op"), &users.op);
+        let config = d.join("coffre.toml");
+        let dd = d.display();
+        std::fs::write(
+            &config,
+            format!(
+                r#"state-dir = "{dd}/state"
+[daemon]
+control-socket = "{dd}/run/coffre.sock"
+[status]
+listen = "127.0.0.1:0"
+[audit]
+operators-group = "{ops}"
+erasure-group = "{era}"
+[[source]]
+name = "emr"
+path = "{dd}/in"
+complete = "marker"
+[source.pitr]
+window = "7d"
+archiver = "{arch}"
+pg-wal = "{dd}/pg_wal"
+archive-async = {archive_async}
+[[source]]
+name = "lab"
+path = "{dd}/lab"
+complete = "marker"
+[source.pitr]
+window = "7d"
+{stores}{provider}"#,
+                ops = users.ops,
+                era = users.era,
+                arch = users.arch,
+                stores = local_stores(&d, &[("a", "a"), ("b", "b")]),
+                provider = file_key_provider(&d.join("keys/master.key")),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let daemon = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .env("COFFRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let socket = d.join("run/coffre.sock");
+        let t = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "control socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Host {
+            users,
+            _tmp: tmp,
+            d,
+            config,
+            socket,
+            daemon,
+        }
+    }
+
+    /// Run coffre as `user`, finding the daemon through COFFRE_SOCKET only.
+    fn as_user(&self, user: &str, args: &[&str]) -> Out {
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", "env"])
+            .arg(format!("COFFRE_SOCKET={}", self.socket.display()))
+            .arg(BIN)
+            .args(args)
+            .current_dir(&self.d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    fn as_root(&self, args: &[&str]) -> Out {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// A python3 script run as `user` (raw socket requests).
+    fn python(&self, user: &str, script: &str) -> String {
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", "/usr/bin/python3", "-c", script])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// A WAL segment written into pg_wal as the archiver would find it.
+    fn segment(&self, name: &str, seed: u64) -> (PathBuf, Vec<u8>) {
+        let p = self.d.join("pg_wal").join(name);
+        let bytes = wal_bytes(name, seed);
+        std::fs::write(&p, &bytes).unwrap();
+        nix::unistd::chown(&p, Some(Users::uid(&self.users.arch)), None).unwrap();
+        (p, bytes)
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        let o = self.as_root(&["audit", "show", "--json"]);
+        assert_eq!(o.code, 0, "{}", o.text);
+        serde_json::from_str(o.text.trim_end()).unwrap_or_else(|e| panic!("{e}: {}", o.text))
+    }
+
+    /// Every file under both stores, as bytes (a canary must never be in one).
+    fn store_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for s in ["a", "b"] {
+            for f in crate::common::coffre::files_under(&self.d.join(s)) {
+                all.extend(std::fs::read(f).unwrap_or_default());
+            }
+        }
+        all
+    }
+}
+
+/// A WAL segment of [`SEG_SIZE`] whose first page's long header matches its name (magic of
+/// PostgreSQL 15, timeline, page address, segment size), then compressible pseudo-random
+/// records.
+fn wal_bytes(name: &str, seed: u64) -> Vec<u8> {
+    let tli = u32::from_str_radix(&name[0..8], 16).unwrap();
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+    let per_log = 0x1_0000_0000u64 / SEG_SIZE as u64;
+    let pageaddr = (log * per_log + seg) * SEG_SIZE as u64;
+    let mut v = vec![0u8; SEG_SIZE];
+    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    v[2..4].copy_from_slice(&0x0002u16.to_le_bytes()); // XLP_LONG_HEADER
+    v[4..8].copy_from_slice(&tli.to_le_bytes());
+    v[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+    v[16..24].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
+    v[24..28].copy_from_slice(&(SEG_SIZE as u32).to_le_bytes());
+    v[28..32].copy_from_slice(&8192u32.to_le_bytes());
+    let mut x = seed | 1;
+    let mut at = 64;
+    while at + 8 <= SEG_SIZE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v[at..at + 8].copy_from_slice(&x.to_le_bytes());
+        at += 32;
+    }
+    v
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn refusals_for(h: &Host, actor: &str) -> usize {
+    h.audit()
+        .iter()
+        .filter(|e| {
+            e["actor"].as_str() == Some(actor)
+                && e["outcome"].as_str().is_some_and(|o| o.starts_with("refused"))
+        })
+        .count()
+}
+
+#[test]
+fn the_archiver_archives_only_its_sources_wal_and_operators_cannot_archive() {
+    let h = Host::start(false);
+    let (arch, op) = (h.users.arch.clone(), h.users.op.clone());
+    let (seg, bytes) = h.segment("000000010000000000000003", 3);
+    let seg_s = seg.display().to_string();
+
+    // The archiver archives its source's WAL; the push is in the access log under its name.
+    let o = h.as_user(&arch, &["wal-push", "--source", "emr", &seg_s]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let pushes: Vec<serde_json::Value> = h
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "wal-push" && e["actor"].as_str() == Some(&*format!("{arch} (via coffre-daemon)")))
+        .collect();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0]["target"]["source"], "emr");
+    assert!(
+        pushes[0]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("000000010000000000000003")),
+        "{pushes:?}"
+    );
+
+    // ... and fetches it back.
+    let to = h.d.join("pg_wal/RECOVERYXLOG");
+    let o = h.as_user(
+        &arch,
+        &["wal-fetch", "--source", "emr", "000000010000000000000003", to.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert_eq!(std::fs::read(&to).unwrap(), bytes);
+
+    // Not another source's WAL, and nothing else through the socket: not even a listing.
+    let (other, _) = h.segment("000000010000000000000004", 4);
+    let o = h.as_user(&arch, &["wal-push", "--source", "lab", other.to_str().unwrap()]);
+    assert_eq!(o.code, 77, "{}", o.text);
+    assert!(o.text.contains("archiver of source(s) emr"), "{}", o.text);
+    for args in [
+        &["snapshots"][..],
+        &["audit", "show"][..],
+        &["shred", "--snapshot", "01JDW7Z4Q0Z8X5N8W3S1V2K9AB", "--purpose", "x", "--yes"][..],
+        &["retention", "run"][..],
+    ] {
+        let o = h.as_user(&arch, args);
+        assert_eq!(o.code, 77, "{args:?}: {}", o.text);
+        assert!(o.text.contains("may only archive and fetch"), "{}", o.text);
+    }
+
+    // An operator cannot put bytes of its choosing under the source's next WAL name, even a
+    // copy it made of the real segment in its own folder.
+    let mine = h.d.join("op/000000010000000000000004");
+    std::fs::write(&mine, wal_bytes("000000010000000000000004", 99)).unwrap();
+    nix::unistd::chown(&mine, Some(Users::uid(&op)), None).unwrap();
+    let o = h.as_user(&op, &["wal-push", "--source", "emr", mine.to_str().unwrap()]);
+    assert_eq!(o.code, 77, "{}", o.text);
+    assert!(o.text.contains("not the archiver"), "{}", o.text);
+    assert!(refusals_for(&h, &op) >= 1);
+    // So the primary's own segment 4 still archives.
+    let o = h.as_user(&arch, &["wal-push", "--source", "emr", other.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    // The outsider cannot even connect.
+    let o = h.as_user(&h.users.outsider, &["wal-push", "--source", "emr", &seg_s]);
+    assert_ne!(o.code, 0, "{}", o.text);
+}
+
+#[test]
+fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
+    // archive-async: the push that the review won with a symlink swap (N2).
+    let h = Host::start(true);
+    let arch = h.users.arch.clone();
+    let key = h.d.join("keys/master.key");
+    assert!(key.is_file());
+    // A symlink to the master key under a WAL name, in the archiver's own pg_wal.
+    let link = h.d.join("pg_wal/000000010000000000000005");
+    std::os::unix::fs::symlink(&key, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(Users::uid(&arch).as_raw()), None).unwrap();
+    // coffre's client opens it without following the link: nothing is sent.
+    let o = h.as_user(&arch, &["wal-push", "--source", "emr", link.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "{}", o.text);
+    // A raw request naming the path, with no descriptor: the daemon opens nothing.
+    let req = format!(
+        "{{\"v\":1,\"command\":{{\"wal-push\":{{\"source\":\"emr\",\"path\":\"{}\",\"json\":false}}}}}}\n",
+        link.display()
+    );
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ns.sendall({:?}.encode())\nbuf=b''\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  buf+=c\nsys.stdout.write(buf.decode('utf-8','replace'))\n",
+        h.socket.display(),
+        req
+    );
+    for _ in 0..20 {
+        let answer = h.python(&arch, &script);
+        assert!(
+            answer.contains("must come open with the request"),
+            "{answer}"
+        );
+    }
+    // A file the archiver opened outside the configured pg_wal is refused too.
+    let outside = h.d.join("op/000000010000000000000005");
+    std::fs::write(&outside, wal_bytes("000000010000000000000005", 5)).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = h.as_user(&arch, &["wal-push", "--source", "emr", outside.to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(o.text.contains("not the entry of that name in the source's pg_wal"), "{}", o.text);
+    // Nothing of the key reached a store or the spool, and the name is not archived.
+    let key_bytes = std::fs::read(&key).unwrap();
+    assert!(!contains(&h.store_bytes(), &key_bytes));
+    let to = h.d.join("pg_wal/RECOVERYXLOG");
+    let o = h.as_user(
+        &arch,
+        &["wal-fetch", "--source", "emr", "000000010000000000000005", to.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 1, "{}", o.text);
+    // A real segment through the spool: archived, fetched back, and spooled 0600 (N13).
+    let (seg, bytes) = h.segment("000000010000000000000006", 6);
+    let o = h.as_user(&arch, &["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.as_user(
+        &arch,
+        &["wal-fetch", "--source", "emr", "000000010000000000000006", to.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert_eq!(std::fs::read(&to).unwrap(), bytes);
+    assert!(!contains(&h.store_bytes(), CANARY));
+}
+
+#[test]
+fn erasure_is_for_root_and_the_erasure_group_only() {
+    let h = Host::start(false);
+    let (op, eraser) = (h.users.op.clone(), h.users.eraser.clone());
+    std::fs::write(h.d.join("in/emr.sql"), [CANARY, b"\n"].concat().repeat(500)).unwrap();
+    std::fs::write(h.d.join("in/emr.sql.done"), b"").unwrap();
+    let t = Instant::now();
+    let id = loop {
+        let o = h.as_root(&["snapshots", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(o.text.trim()).unwrap_or_default();
+        if let Some(s) = list.first() {
+            break s["id"].as_str().unwrap().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "not protected: {}", o.text);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // An operator holds, but neither releases a hold, shreds, runs retention, nor expires the log.
+    let o = h.as_user(&op, &["hold", "add", &id, "--purpose", "litigation 4711"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    for args in [
+        vec!["hold", "release", &id, "--purpose", "done"],
+        vec!["shred", "--snapshot", &id, "--purpose", "erasure request", "--yes"],
+        vec!["retention", "run"],
+        vec!["audit", "expire"],
+    ] {
+        let o = h.as_user(&op, &args);
+        assert_eq!(o.code, 77, "{args:?}: {}", o.text);
+        assert!(o.text.contains("may not erase"), "{}", o.text);
+    }
+    assert!(refusals_for(&h, &op) >= 4);
+    // A member of the erasure group may.
+    let o = h.as_user(&eraser, &["hold", "release", &id, "--purpose", "litigation over"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.as_user(
+        &eraser,
+        &["shred", "--snapshot", &id, "--purpose", "erasure request 12", "--yes"],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.as_root(&["snapshots", "--json"]);
+    assert!(!o.text.contains(&id), "{}", o.text);
+}
+
+#[test]
+fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
+    let h = Host::start(false);
+    let (arch, op) = (h.users.arch.clone(), h.users.op.clone());
+    for (i, n) in ["000000010000000000000007", "000000010000000000000008"]
+        .iter()
+        .enumerate()
+    {
+        let (seg, _) = h.segment(n, 70 + i as u64);
+        let o = h.as_user(&arch, &["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+        assert_eq!(o.code, 0, "{}", o.text);
+    }
+    let session = "01JSESSIONOFTHEARCHIVER00";
+    let to = h.d.join("pg_wal/RECOVERYXLOG");
+    let o = h.as_user(
+        &arch,
+        &["wal-fetch", "--source", "emr", "--session", session, "000000010000000000000007", to.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    // The operator reuses the id: refused, and the segment prefetched for the session is not
+    // handed out.
+    let mine = h.d.join("op/RECOVERYXLOG");
+    let o = h.as_user(
+        &op,
+        &["wal-fetch", "--source", "emr", "--session", session, "000000010000000000000008", mine.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(o.text.contains("belongs to another caller"), "{}", o.text);
+    assert!(!mine.exists());
+    // Under a session of its own the operator's fetch is allowed, and logged as its own.
+    let o = h.as_user(
+        &op,
+        &["wal-fetch", "--source", "emr", "--session", "01JOPERATORSOWNSESSION00", "000000010000000000000008", mine.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    let started = h
+        .audit()
+        .iter()
+        .filter(|e| {
+            e["action"] == "wal-fetch"
+                && e["actor"].as_str().is_some_and(|a| a.starts_with(&op))
+                && e["outcome"].as_str().is_some_and(|o| o.contains("started"))
+        })
+        .count();
+    assert_eq!(started, 1);
+}
+
+#[test]
+fn one_caller_cannot_take_every_connection_and_the_archiver_keeps_its_own() {
+    let h = Host::start(false);
+    let (arch, op) = (h.users.arch.clone(), h.users.op.clone());
+    // The operator opens connections and sends nothing (each is held up to the read deadline);
+    // past its share the daemon answers busy, exit 75, and the archiver still archives.
+    let script = format!(
+        "import socket,struct,sys,json,time\nheld=[]\nfor i in range(4):\n  s=socket.socket(socket.AF_UNIX); s.connect('{sock}'); held.append(s)\ntime.sleep(0.3)\ns=socket.socket(socket.AF_UNIX); s.connect('{sock}')\nbuf=b''\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  buf+=c\nsys.stdout.write(buf.decode('utf-8','replace'))\nopen('{flag}','w').write('held')\ntime.sleep(4)\n",
+        sock = h.socket.display(),
+        flag = h.d.join("op/held").display(),
+    );
+    let sock_script = script.clone();
+    let op2 = op.clone();
+    let d = h.d.clone();
+    let holder = std::thread::spawn(move || {
+        let out = Command::new("runuser")
+            .args(["-u", &op2, "--", "/usr/bin/python3", "-c", &sock_script])
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    let t = Instant::now();
+    while !h.d.join("op/held").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the holder never got its answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (seg, _) = h.segment("000000010000000000000009", 9);
+    let o = h.as_user(&arch, &["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let answer = holder.join().unwrap();
+    assert!(answer.contains("busy"), "{answer}");
+    assert!(answer.contains("\"exit\":75"), "{answer}");
+}
