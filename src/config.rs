@@ -392,8 +392,8 @@ pub struct PitrConfig {
     /// about half the CPU, and archiving speed is what keeps `pg_wal` from filling up.
     #[serde(default = "default_wal_zstd_level")]
     pub zstd_level: i32,
-    /// Who archives this source's WAL through the daemon: a user name, or a group whose
-    /// members may (e.g. "postgres"). Only it (and root) may `wal-push` for this source, and
+    /// Who archives this source's WAL through the daemon: a user name (e.g. "postgres"), or,
+    /// when no user has that name, a group whose members may. Only it (and root) may `wal-push` for this source, and
     /// it may do nothing else through the socket but `wal-fetch` of this source: never an
     /// operator, never erasure. Unset: only root archives through the daemon.
     #[serde(default)]

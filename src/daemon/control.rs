@@ -149,13 +149,13 @@ fn in_group(uid: u32, group: &str, key: &str) -> Result<bool, String> {
     })
 }
 
-/// Is `uid` the archiver `spec` names: that user, or a member of that group?
+/// Is `uid` the archiver `spec` names: that user when a user has that name (e.g. `postgres`,
+/// whose group of the same name may hold people), else a member of the group of that name.
 fn is_archiver(uid: u32, spec: &str) -> bool {
-    let user = nix::unistd::User::from_name(spec).ok().flatten();
-    if user.is_some_and(|u| u.uid.as_raw() == uid) {
-        return true;
+    match nix::unistd::User::from_name(spec) {
+        Ok(Some(u)) => u.uid.as_raw() == uid,
+        _ => in_group(uid, spec, "[source.pitr] archiver").unwrap_or(false),
     }
-    nix::unistd::Group::from_name(spec).ok().flatten().is_some() && in_group(uid, spec, "").unwrap_or(false)
 }
 
 /// The PITR sources whose archiver `uid` is.

@@ -896,4 +896,17 @@ mod tests {
         let h = super::WalName::parse("00000002.history").unwrap();
         assert!(super::segment_after(&h, 1, 16 << 20).is_none());
     }
+
+    /// Spooled WAL (plaintext) and fetched segments are 0600 whatever the process umask
+    /// (issue 27, N13: 0644 was seen under the default umask).
+    #[test]
+    fn wal_written_locally_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("000000010000000000000001");
+        super::write_atomically(&p, b"every patient's changes").unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"every patient's changes");
+    }
 }

@@ -777,8 +777,12 @@ fn wal_fetch_through_the_daemon_into_a_full_disk_fails_cleanly() {
 #[test]
 fn the_daemon_archives_ready_segments_ahead_and_acknowledges_only_unchanged_files() {
     let env = Env::new();
-    env.config_pitr("archive-parallel = 3\n");
     let pg_wal = env.p("pg_wal");
+    // The look-ahead opens segments only beneath the pg_wal the config names.
+    env.config_pitr(&format!(
+        "archive-parallel = 3\npg-wal = \"{}\"\n",
+        pg_wal.display()
+    ));
     std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
     let segs: Vec<String> = (1..=5)
         .map(|i| format!("0000000100000000000000{i:02X}"))

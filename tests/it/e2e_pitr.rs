@@ -81,6 +81,7 @@ path = "{dd}/in"
 complete = "marker"
 [source.pitr]
 window = "7d"
+archiver = "postgres"
 {pitr}
 {stores}{provider}"#,
                 stores = stores(&d),
@@ -240,6 +241,28 @@ impl Drop for Host {
     }
 }
 
+/// A Unix user made for one test, removed after it: an operator (in the group `postgres`, the
+/// operators' group of these tests) who is not the archiver.
+struct TempUser(String);
+
+impl TempUser {
+    fn operator() -> TempUser {
+        let name = format!("cofpitr{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let st = Command::new("useradd")
+            .args(["-M", "-N", "-s", "/bin/sh", "-G", "postgres", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "useradd {name}");
+        TempUser(name)
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
+
 /// (last archived WAL file, failed attempts) from pg_stat_archiver.
 fn archiver(pg: &Postgres) -> (String, u64) {
     let row = pg.psql(
@@ -384,19 +407,20 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     let said = host.pitr_restore(&at_target, &["--target-time", &target]);
     assert!(said.contains("point-in-time recovery"), "{said}");
 
-    // The same, replayed by coffre as user postgres (--replay): the folder it leaves is a
-    // promoted database, at the target.
+    // The same, replayed by coffre as an operator (--replay; the archiver `postgres` may not
+    // restore): the folder it leaves is a promoted database, at the target.
+    let operator = TempUser::operator();
     let owned = host.d.join("pg");
     std::fs::create_dir_all(&owned).unwrap();
     let st = Command::new("chown")
-        .args(["postgres:postgres"])
+        .arg(&operator.0)
         .arg(&owned)
         .status()
         .unwrap();
     assert!(st.success());
     let to = owned.join("replayed");
     let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", "env"])
+        .args(["-u", &operator.0, "--", "env"])
         .arg(format!("COFFRE_SOCKET={}", host.socket.display()))
         .arg(BIN)
         .args(["restore", "--source", "emr", "--to"])
@@ -420,6 +444,13 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     );
     assert!(said.contains("replayed to time"), "{said}");
     assert!(!to.join("recovery.signal").exists(), "not promoted");
+    // Handed over to the database's account, as an operator would.
+    let st = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(st.success());
     let pg = Postgres::start_from(&to);
     assert_eq!(
         pg.psql("postgres", "SELECT pg_is_in_recovery()").trim(),
