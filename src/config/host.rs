@@ -157,6 +157,49 @@ pub fn host_problems(c: &Config, who: &Account) -> Vec<Problem> {
             push("status.token-file".into(), m);
         }
     }
+    for (key, m) in role_problems(c) {
+        push(key, m);
+    }
+    p
+}
+
+/// The roles of the control socket on this host: the groups exist, each archiving source
+/// names an archiver that exists and is not in the erasure group, and its `pg-wal` is an
+/// absolute folder.
+fn role_problems(c: &Config) -> Vec<(String, String)> {
+    use nix::unistd::{Group, User};
+    let mut p = Vec::new();
+    let group = |name: &str| Group::from_name(name).ok().flatten();
+    for (key, g) in [
+        ("audit.operators-group", &c.audit.operators_group),
+        ("audit.erasure-group", &c.audit.erasure_group),
+    ] {
+        if let Some(g) = g.as_deref().filter(|g| group(g).is_none()) {
+            p.push((key.to_string(), format!("group `{g}` does not exist on this host: create it (groupadd {g}) or correct the name")));
+        }
+    }
+    let erasers = c.audit.erasure_group.as_deref().and_then(group);
+    for (i, s) in c.sources.iter().enumerate() {
+        let Some(pitr) = &s.pitr else { continue };
+        let key = format!("source[{i}].pitr");
+        match pitr.archiver.as_deref() {
+            None => p.push((format!("{key}.archiver"), format!("source `{}` archives WAL but names no archiver: through the daemon only root may wal-push; set archiver = \"postgres\" (the account PostgreSQL runs as)", s.name))),
+            Some(a) => match (User::from_name(a).ok().flatten(), group(a)) {
+                (None, None) => p.push((format!("{key}.archiver"), format!("`{a}` is neither a user nor a group on this host"))),
+                (Some(u), _) => {
+                    if erasers.as_ref().is_some_and(|g| g.gid == u.gid || g.mem.contains(&u.name)) {
+                        p.push((format!("{key}.archiver"), format!("the archiver `{a}` is in the erasure group: whoever takes the database could erase its backups; take it out of audit.erasure-group")));
+                    }
+                }
+                (None, Some(_)) => {}
+            },
+        }
+        if let Some(dir) = &pitr.pg_wal {
+            if !dir.is_absolute() {
+                p.push((format!("{key}.pg-wal"), format!("{} is not an absolute path: give the cluster's pg_wal folder, e.g. /var/lib/postgresql/15/main/pg_wal", dir.display())));
+            }
+        }
+    }
     p
 }
 
@@ -363,6 +406,56 @@ mod tests {
             uid: 65534,
             groups: vec![65534],
         }
+    }
+
+    /// Issue 27: a PITR source names an archiver that exists and is not in the erasure group,
+    /// its pg-wal is absolute, and the role groups exist.
+    #[test]
+    fn roles_name_accounts_that_exist_and_the_archiver_cannot_erase() {
+        let text = |pitr: &str, erasure: &str| {
+            format!(
+                r#"state-dir = "/tmp/coffre-test-state"
+[replication]
+min-sites = 1
+[audit]
+operators-group = "root"
+{erasure}
+[[source]]
+name = "emr"
+path = "/tmp/in"
+[source.pitr]
+{pitr}
+[[store]]
+name = "a"
+kind = "local"
+site = "mtl"
+jurisdiction = "CA-QC"
+path = "/tmp/a"
+[[key-provider]]
+name = "local"
+kind = "file"
+master-key = "/tmp/coffre-nonexistent/master.key"
+"#
+            )
+        };
+        let roles = |pitr: &str, erasure: &str| {
+            let (c, p) = Config::check_text(&text(pitr, erasure), None);
+            assert!(p.is_empty(), "{p:?}");
+            role_problems(&c.unwrap())
+        };
+        let none = roles("", "");
+        assert_eq!(none.len(), 1, "{none:?}");
+        assert_eq!(none[0].0, "source[0].pitr.archiver");
+        assert!(none[0].1.contains("names no archiver"), "{none:?}");
+        assert!(roles("archiver = \"root\"", "").is_empty());
+        let ghost = roles("archiver = \"no-such-account-27\"", "");
+        assert!(ghost[0].1.contains("neither a user nor a group"), "{ghost:?}");
+        let eraser = roles("archiver = \"root\"", "erasure-group = \"root\"");
+        assert!(eraser[0].1.contains("is in the erasure group"), "{eraser:?}");
+        let rel = roles("archiver = \"root\"\npg-wal = \"main/pg_wal\"", "");
+        assert_eq!(rel[0].0, "source[0].pitr.pg-wal", "{rel:?}");
+        let missing = roles("archiver = \"root\"", "erasure-group = \"no-such-group-27\"");
+        assert_eq!(missing[0].0, "audit.erasure-group", "{missing:?}");
     }
 
     #[test]
