@@ -108,7 +108,9 @@ fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), String> {
     let fs =
         fstatfs(f).map_err(|e| format!("cannot stat the file system of the file passed: {e}"))?;
     if kernel.contains(&fs.filesystem_type()) {
-        return Err("the file passed is a kernel interface (procfs, sysfs, ...), not a file".into());
+        return Err(
+            "the file passed is a kernel interface (procfs, sysfs, ...), not a file".into(),
+        );
     }
     Ok(())
 }
@@ -168,7 +170,9 @@ pub fn read_all_at(f: &std::fs::File, max: u64) -> std::io::Result<Vec<u8>> {
     }
     // A file that grew while it was read is not the file that was sized.
     if f.metadata()?.len() != len {
-        return Err(std::io::Error::other("the file changed size while it was read"));
+        return Err(std::io::Error::other(
+            "the file changed size while it was read",
+        ));
     }
     Ok(buf)
 }

@@ -219,10 +219,7 @@ impl Command {
 /// Check a request from the control socket before anything runs or is logged: sizes bounded,
 /// a purpose where one is needed, paths the daemon may read. A backup's path is replaced by
 /// the canonical path that was checked, so the path protected is the path checked (N14).
-pub(crate) fn validate_request(
-    app: &Coffre,
-    cmd: &mut Command,
-) -> std::result::Result<(), String> {
+pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::Result<(), String> {
     if let Some(p) = cmd.purpose() {
         if p.len() > MAX_PURPOSE {
             return Err(format!(

@@ -16,7 +16,9 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             log_push(app, source, &ctx.actor, &pushed)?;
             match pushed {
                 Push::Ahead(p) if *json => w.json(&p)?,
-                Push::Ahead(p) => outln!(w, "{} archived as {} (ahead of its push)", p.name, p.object),
+                Push::Ahead(p) => {
+                    outln!(w, "{} archived as {} (ahead of its push)", p.name, p.object)
+                }
                 Push::Spooled(sp) if *json => w.json(&sp)?,
                 Push::Spooled(sp) => outln!(w, "{} spooled (archived in the background)", sp.name),
                 Push::Pushed(p) if *json => w.json(&p)?,
@@ -173,7 +175,11 @@ fn wal_push_file(
 async fn wal_push(
     app: &Coffre,
     source: &str,
-    (path, name, file): (&std::path::Path, &crate::format::wal::WalName, &std::fs::File),
+    (path, name, file): (
+        &std::path::Path,
+        &crate::format::wal::WalName,
+        &std::fs::File,
+    ),
     ctx: &Ctx,
 ) -> Result<Push, WalError> {
     if let Some(d) = &ctx.daemon {

@@ -449,12 +449,21 @@ master-key = "/tmp/coffre-nonexistent/master.key"
         assert!(none[0].1.contains("names no archiver"), "{none:?}");
         assert!(roles("archiver = \"root\"", "").is_empty());
         let ghost = roles("archiver = \"no-such-account-27\"", "");
-        assert!(ghost[0].1.contains("neither a user nor a group"), "{ghost:?}");
+        assert!(
+            ghost[0].1.contains("neither a user nor a group"),
+            "{ghost:?}"
+        );
         let eraser = roles("archiver = \"root\"", "erasure-group = \"root\"");
-        assert!(eraser[0].1.contains("is in the erasure group"), "{eraser:?}");
+        assert!(
+            eraser[0].1.contains("is in the erasure group"),
+            "{eraser:?}"
+        );
         let rel = roles("archiver = \"root\"\npg-wal = \"main/pg_wal\"", "");
         assert_eq!(rel[0].0, "source[0].pitr.pg-wal", "{rel:?}");
-        let missing = roles("archiver = \"root\"", "erasure-group = \"no-such-group-27\"");
+        let missing = roles(
+            "archiver = \"root\"",
+            "erasure-group = \"no-such-group-27\"",
+        );
         assert_eq!(missing[0].0, "audit.erasure-group", "{missing:?}");
     }
 

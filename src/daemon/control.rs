@@ -300,13 +300,16 @@ use std::os::unix::fs::DirBuilderExt;
 struct Slots {
     general: Arc<Semaphore>,
     archivers: Arc<Semaphore>,
-    per_caller: Arc<Mutex<std::collections::HashMap<u32, usize>>>,
+    per_caller: Held,
 }
+
+/// Connections held per caller (uid).
+type Held = Arc<Mutex<std::collections::HashMap<u32, usize>>>;
 
 /// One connection's place; given back when dropped.
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    caller: Option<(u32, Arc<Mutex<std::collections::HashMap<u32, usize>>>)>,
+    caller: Option<(u32, Held)>,
 }
 
 impl Drop for Slot {
@@ -408,10 +411,7 @@ async fn write_frame(
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!(
-                "the caller read nothing for {} s",
-                WRITE_TIMEOUT.as_secs()
-            ),
+            format!("the caller read nothing for {} s", WRITE_TIMEOUT.as_secs()),
         )),
     }
 }
@@ -527,12 +527,8 @@ async fn handle(
     let action = command.action();
     // Only `wal-fetch` (a file to write) and `wal-push` (the WAL file to read) take a file the
     // caller passed; any other is closed now.
-    let passed = passed.filter(|_| {
-        matches!(
-            command,
-            Command::WalFetch { .. } | Command::WalPush { .. }
-        )
-    });
+    let passed =
+        passed.filter(|_| matches!(command, Command::WalFetch { .. } | Command::WalPush { .. }));
     let refusal = if req.v != VERSION {
         Some(format!(
             "request version {} is not {VERSION}: use the coffre binary of the daemon's version",

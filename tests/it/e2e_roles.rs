@@ -109,8 +109,7 @@ impl Host {
             nix::unistd::chown(p, Some(Users::uid(user)), None).unwrap();
         };
         chown(&d.join("pg_wal"), &users.arch);
-        std::fs::set_permissions(d.join("pg_wal"), std::fs::Permissions::from_mode(0o700))
-            .unwrap();
+        std::fs::set_permissions(d.join("pg_wal"), std::fs::Permissions::from_mode(0o700)).unwrap();
         chown(&d.join("op"), &users.op);
         let config = d.join("coffre.toml");
         let dd = d.display();
@@ -295,7 +294,9 @@ fn refusals_for(h: &Host, actor: &str) -> usize {
         .iter()
         .filter(|e| {
             e["actor"].as_str() == Some(actor)
-                && e["outcome"].as_str().is_some_and(|o| o.starts_with("refused"))
+                && e["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("refused"))
         })
         .count()
 }
@@ -313,7 +314,10 @@ fn the_archiver_archives_only_its_sources_wal_and_operators_cannot_archive() {
     let pushes: Vec<serde_json::Value> = h
         .audit()
         .into_iter()
-        .filter(|e| e["action"] == "wal-push" && e["actor"].as_str() == Some(&*format!("{arch} (via coffre-daemon)")))
+        .filter(|e| {
+            e["action"] == "wal-push"
+                && e["actor"].as_str() == Some(&*format!("{arch} (via coffre-daemon)"))
+        })
         .collect();
     assert_eq!(pushes.len(), 1, "{pushes:?}");
     assert_eq!(pushes[0]["target"]["source"], "emr");
@@ -328,20 +332,36 @@ fn the_archiver_archives_only_its_sources_wal_and_operators_cannot_archive() {
     let to = h.d.join("pg_wal/RECOVERYXLOG");
     let o = h.as_user(
         &arch,
-        &["wal-fetch", "--source", "emr", "000000010000000000000003", to.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "000000010000000000000003",
+            to.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 0, "{}", o.text);
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
 
     // Not another source's WAL, and nothing else through the socket: not even a listing.
     let (other, _) = h.segment("000000010000000000000004", 4);
-    let o = h.as_user(&arch, &["wal-push", "--source", "lab", other.to_str().unwrap()]);
+    let o = h.as_user(
+        &arch,
+        &["wal-push", "--source", "lab", other.to_str().unwrap()],
+    );
     assert_eq!(o.code, 77, "{}", o.text);
     assert!(o.text.contains("archiver of source(s) emr"), "{}", o.text);
     for args in [
         &["snapshots"][..],
         &["audit", "show"][..],
-        &["shred", "--snapshot", "01JDW7Z4Q0Z8X5N8W3S1V2K9AB", "--purpose", "x", "--yes"][..],
+        &[
+            "shred",
+            "--snapshot",
+            "01JDW7Z4Q0Z8X5N8W3S1V2K9AB",
+            "--purpose",
+            "x",
+            "--yes",
+        ][..],
         &["retention", "run"][..],
     ] {
         let o = h.as_user(&arch, args);
@@ -354,12 +374,18 @@ fn the_archiver_archives_only_its_sources_wal_and_operators_cannot_archive() {
     let mine = h.d.join("op/000000010000000000000004");
     std::fs::write(&mine, wal_bytes("000000010000000000000004", 99)).unwrap();
     nix::unistd::chown(&mine, Some(Users::uid(&op)), None).unwrap();
-    let o = h.as_user(&op, &["wal-push", "--source", "emr", mine.to_str().unwrap()]);
+    let o = h.as_user(
+        &op,
+        &["wal-push", "--source", "emr", mine.to_str().unwrap()],
+    );
     assert_eq!(o.code, 77, "{}", o.text);
     assert!(o.text.contains("not the archiver"), "{}", o.text);
     assert!(refusals_for(&h, &op) >= 1);
     // So the primary's own segment 4 still archives.
-    let o = h.as_user(&arch, &["wal-push", "--source", "emr", other.to_str().unwrap()]);
+    let o = h.as_user(
+        &arch,
+        &["wal-push", "--source", "emr", other.to_str().unwrap()],
+    );
     assert_eq!(o.code, 0, "{}", o.text);
     // The outsider cannot even connect.
     let o = h.as_user(&h.users.outsider, &["wal-push", "--source", "emr", &seg_s]);
@@ -378,7 +404,10 @@ fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
     std::os::unix::fs::symlink(&key, &link).unwrap();
     std::os::unix::fs::lchown(&link, Some(Users::uid(&arch).as_raw()), None).unwrap();
     // coffre's client opens it without following the link: nothing is sent.
-    let o = h.as_user(&arch, &["wal-push", "--source", "emr", link.to_str().unwrap()]);
+    let o = h.as_user(
+        &arch,
+        &["wal-push", "--source", "emr", link.to_str().unwrap()],
+    );
     assert_ne!(o.code, 0, "{}", o.text);
     // A raw request naming the path, with no descriptor: the daemon opens nothing.
     let req = format!(
@@ -401,25 +430,48 @@ fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
     let outside = h.d.join("op/000000010000000000000005");
     std::fs::write(&outside, wal_bytes("000000010000000000000005", 5)).unwrap();
     std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = h.as_user(&arch, &["wal-push", "--source", "emr", outside.to_str().unwrap()]);
+    let o = h.as_user(
+        &arch,
+        &["wal-push", "--source", "emr", outside.to_str().unwrap()],
+    );
     assert_eq!(o.code, 1, "{}", o.text);
-    assert!(o.text.contains("not the entry of that name in the source's pg_wal"), "{}", o.text);
+    assert!(
+        o.text
+            .contains("not the entry of that name in the source's pg_wal"),
+        "{}",
+        o.text
+    );
     // Nothing of the key reached a store or the spool, and the name is not archived.
     let key_bytes = std::fs::read(&key).unwrap();
     assert!(!contains(&h.store_bytes(), &key_bytes));
     let to = h.d.join("pg_wal/RECOVERYXLOG");
     let o = h.as_user(
         &arch,
-        &["wal-fetch", "--source", "emr", "000000010000000000000005", to.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "000000010000000000000005",
+            to.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 1, "{}", o.text);
     // A real segment through the spool: archived, fetched back, and spooled 0600 (N13).
     let (seg, bytes) = h.segment("000000010000000000000006", 6);
-    let o = h.as_user(&arch, &["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+    let o = h.as_user(
+        &arch,
+        &["wal-push", "--source", "emr", seg.to_str().unwrap()],
+    );
     assert_eq!(o.code, 0, "{}", o.text);
     let o = h.as_user(
         &arch,
-        &["wal-fetch", "--source", "emr", "000000010000000000000006", to.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "000000010000000000000006",
+            to.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 0, "{}", o.text);
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
@@ -439,7 +491,11 @@ fn erasure_is_for_root_and_the_erasure_group_only() {
         if let Some(s) = list.first() {
             break s["id"].as_str().unwrap().to_string();
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "not protected: {}", o.text);
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "not protected: {}",
+            o.text
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     // An operator holds, but neither releases a hold, shreds, runs retention, nor expires the log.
@@ -447,7 +503,14 @@ fn erasure_is_for_root_and_the_erasure_group_only() {
     assert_eq!(o.code, 0, "{}", o.text);
     for args in [
         vec!["hold", "release", &id, "--purpose", "done"],
-        vec!["shred", "--snapshot", &id, "--purpose", "erasure request", "--yes"],
+        vec![
+            "shred",
+            "--snapshot",
+            &id,
+            "--purpose",
+            "erasure request",
+            "--yes",
+        ],
         vec!["retention", "run"],
         vec!["audit", "expire"],
     ] {
@@ -457,11 +520,21 @@ fn erasure_is_for_root_and_the_erasure_group_only() {
     }
     assert!(refusals_for(&h, &op) >= 4);
     // A member of the erasure group may.
-    let o = h.as_user(&eraser, &["hold", "release", &id, "--purpose", "litigation over"]);
+    let o = h.as_user(
+        &eraser,
+        &["hold", "release", &id, "--purpose", "litigation over"],
+    );
     assert_eq!(o.code, 0, "{}", o.text);
     let o = h.as_user(
         &eraser,
-        &["shred", "--snapshot", &id, "--purpose", "erasure request 12", "--yes"],
+        &[
+            "shred",
+            "--snapshot",
+            &id,
+            "--purpose",
+            "erasure request 12",
+            "--yes",
+        ],
     );
     assert_eq!(o.code, 0, "{}", o.text);
     let o = h.as_root(&["snapshots", "--json"]);
@@ -477,14 +550,25 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
         .enumerate()
     {
         let (seg, _) = h.segment(n, 70 + i as u64);
-        let o = h.as_user(&arch, &["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+        let o = h.as_user(
+            &arch,
+            &["wal-push", "--source", "emr", seg.to_str().unwrap()],
+        );
         assert_eq!(o.code, 0, "{}", o.text);
     }
     let session = "01JSESSIONOFTHEARCHIVER00";
     let to = h.d.join("pg_wal/RECOVERYXLOG");
     let o = h.as_user(
         &arch,
-        &["wal-fetch", "--source", "emr", "--session", session, "000000010000000000000007", to.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "--session",
+            session,
+            "000000010000000000000007",
+            to.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 0, "{}", o.text);
     // The operator reuses the id: refused, and the segment prefetched for the session is not
@@ -492,7 +576,15 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
     let mine = h.d.join("op/RECOVERYXLOG");
     let o = h.as_user(
         &op,
-        &["wal-fetch", "--source", "emr", "--session", session, "000000010000000000000008", mine.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "--session",
+            session,
+            "000000010000000000000008",
+            mine.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 1, "{}", o.text);
     assert!(o.text.contains("belongs to another caller"), "{}", o.text);
@@ -500,7 +592,15 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
     // Under a session of its own the operator's fetch is allowed, and logged as its own.
     let o = h.as_user(
         &op,
-        &["wal-fetch", "--source", "emr", "--session", "01JOPERATORSOWNSESSION00", "000000010000000000000008", mine.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            "--session",
+            "01JOPERATORSOWNSESSION00",
+            "000000010000000000000008",
+            mine.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.code, 0, "{}", o.text);
     let started = h
@@ -539,11 +639,17 @@ fn one_caller_cannot_take_every_connection_and_the_archiver_keeps_its_own() {
     });
     let t = Instant::now();
     while !h.d.join("op/held").exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "the holder never got its answer");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the holder never got its answer"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (seg, _) = h.segment("000000010000000000000009", 9);
-    let o = h.as_user(&arch, &["wal-push", "--source", "emr", seg.to_str().unwrap()]);
+    let o = h.as_user(
+        &arch,
+        &["wal-push", "--source", "emr", seg.to_str().unwrap()],
+    );
     assert_eq!(o.code, 0, "{}", o.text);
     let answer = holder.join().unwrap();
     assert!(answer.contains("busy"), "{answer}");
