@@ -43,6 +43,11 @@ pub struct WalDue {
     pub shred: Vec<WalRow>,
 }
 
+/// A configured duration for the calendar arithmetic (saturating: no config can make it panic).
+fn std_to_time(d: std::time::Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}
+
 fn parse_time(t: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
 }
@@ -73,7 +78,7 @@ pub fn window_bases(app: &Coffre, now: time::OffsetDateTime) -> BTreeMap<String,
             })
             .collect();
         bases.sort_by_key(|(t, b)| (*t, b.snapshot));
-        let cutoff = now - pitr.window;
+        let cutoff = now.saturating_sub(std_to_time(pitr.window));
         let chosen = bases
             .iter()
             .rev()
@@ -143,7 +148,7 @@ pub fn ranges(app: &Coffre, now: time::OffsetDateTime) -> Vec<PitrRange> {
             recoverable_to: last.map(|(_, t)| t),
             wal_due_shred: due.map(|d| d.shred.len()).unwrap_or(0),
             wal_due_keep: due.map(|d| d.keep.len()).unwrap_or(0),
-            next_start_at: next.map(|(t, _)| fmt(t + pitr.window)),
+            next_start_at: next.map(|(t, _)| fmt(t.saturating_add(std_to_time(pitr.window)))),
             next_base: next.map(|(_, id)| id),
         });
     }
@@ -180,11 +185,9 @@ pub(crate) async fn reindex(app: &Coffre) -> usize {
                 {
                     continue;
                 }
-                let check = auth.check(&k, &m);
-                if k.snapshot != m.snapshot
-                    || (!check.is_authentic()
-                        && !matches!(check, crate::auth::Check::Unverifiable { .. }))
-                {
+                // Authentic only: a key object no configured provider can check is treated as
+                // tampered with, as for a snapshot.
+                if k.snapshot != m.snapshot || !auth.check(&k, &m).is_authentic() {
                     tracing::warn!(store = %s.name, wal = %name, "WAL key object not authentic: not indexed");
                     continue;
                 }
@@ -256,18 +259,28 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
     out
 }
 
-/// One store's copy of a WAL file: its manifest and key object (`None`: not there).
+/// One store's copy of a WAL file: its manifest and key object (`None`: not there). A key
+/// object that is not authentic (forged, or tagged by no configured provider) is an error:
+/// retention neither moves a key nor deletes a copy on its word.
 async fn copy_in(
+    app: &Coffre,
     s: &Store,
     row: &WalRow,
 ) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let name = WalName::parse(&row.name)?;
     let copy = read_copy(s, &row.source, &name).await?;
-    if let Some((m, _, _)) = &copy {
+    if let Some((m, k, _)) = &copy {
         if m.snapshot != row.object {
             return Err(format!(
                 "{} holds object {} under {}, the catalog says {}",
                 s.name, m.snapshot, row.name, row.object
+            ));
+        }
+        let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(k, m);
+        if !check.is_authentic() {
+            return Err(format!(
+                "the key object of {} in {} is {check}: treated as tampered with; `coffre verify` reports it and the scrub repairs it from a good copy",
+                row.name, s.name
             ));
         }
     }
@@ -313,7 +326,7 @@ fn log(app: &Coffre, actor: &str, action: &str, target: Target, purpose: &str, o
 async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), String> {
     let mut copies = Vec::new();
     for s in &app.stores {
-        if let Some(c) = copy_in(s, row)
+        if let Some(c) = copy_in(app, s, row)
             .await
             .map_err(|e| format!("{}: {e}", s.name))?
         {
@@ -423,7 +436,7 @@ async fn delete_copy(app: &Coffre, s: &Store, row: &WalRow) -> Option<CopyResult
     };
     let name = WalName::parse(&row.name).ok()?;
     let dir = s.wal_dir(&row.source, &name).to_string();
-    match copy_in(s, row).await {
+    match copy_in(app, s, row).await {
         Ok(None) => None,
         Err(e) => result(
             dir,
