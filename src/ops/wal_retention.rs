@@ -12,6 +12,16 @@
 //! "Needed" is by name: from the segment the base backup's `backup_label` starts at, on its
 //! timeline and on every later one (and the history files of those timelines). The base backup
 //! itself is kept past its own plan while it starts the window ([`window_bases`]).
+//!
+//! Two more rules keep WAL, never guessing what a replay needs:
+//! - a base backup under legal hold keeps its WAL while the hold stands: from its start segment
+//!   to the next base backup's start segment (to the end of the archive when none follows),
+//!   so that it can still be brought to any moment up to where the next one takes over
+//!   ([`held_ranges`]);
+//! - while a `directory` snapshot whose WAL start is unknown is kept (protected by a coffre
+//!   older than `pg_wal_start`, or without a `backup_label`), no WAL goes: a point-in-time
+//!   restore may pick it as its base ([`crate::ops::pitr::choose_base`] takes the newest
+//!   directory snapshot), and its start may be anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -211,6 +221,77 @@ pub fn needed(start: &WalName, w: &WalName) -> bool {
     }
 }
 
+/// The WAL a base backup under legal hold keeps: from its start segment to `until`, the start
+/// segment of the next base backup (`None`: none follows, to the end of the archive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRange {
+    pub snapshot: SnapshotId,
+    pub start: WalName,
+    pub until: Option<WalName>,
+}
+
+/// The ranges of WAL kept by held base backups, from `bases` (each base backup's protection
+/// time, id and WAL start) and the held snapshots.
+pub fn held_ranges_of(
+    mut bases: Vec<(time::OffsetDateTime, SnapshotId, WalName)>,
+    held: &BTreeSet<SnapshotId>,
+) -> Vec<HeldRange> {
+    bases.sort_by_key(|(t, id, _)| (*t, *id));
+    bases
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, id, _))| held.contains(id))
+        .map(|(i, (_, id, start))| HeldRange {
+            snapshot: *id,
+            start: start.clone(),
+            until: bases.get(i + 1).map(|(_, _, next)| next.clone()),
+        })
+        .collect()
+}
+
+/// [`held_ranges_of`] for `source` from the catalog (its legal holds are on the key objects).
+/// A catalog that cannot be read holds everything back (a range from the first segment).
+fn held_ranges(app: &Coffre, source: &str) -> Vec<HeldRange> {
+    let everything = || {
+        WalName::parse("000000010000000000000000")
+            .map(|start| HeldRange {
+                snapshot: SnapshotId::nil(),
+                start,
+                until: None,
+            })
+            .into_iter()
+            .collect()
+    };
+    let (Ok(entries), Ok(keys)) = (app.catalog.list(Some(source)), app.catalog.all_keys()) else {
+        return everything();
+    };
+    let held: BTreeSet<SnapshotId> = keys
+        .into_iter()
+        .filter(|k| k.legal_hold.is_some())
+        .map(|k| k.snapshot)
+        .collect();
+    let bases = entries
+        .into_iter()
+        .filter(|e| e.manifest.kind == SnapshotKind::Directory)
+        .filter_map(|e| {
+            let m = e.manifest;
+            let start = WalName::parse(m.pg_wal_start.as_deref()?).ok()?;
+            Some((parse_time(&m.created)?, m.snapshot, start))
+        })
+        .collect();
+    held_ranges_of(bases, &held)
+}
+
+/// Whether a held base backup keeps WAL file `w`.
+pub fn held_needs(ranges: &[HeldRange], w: &WalName) -> bool {
+    ranges.iter().any(|r| {
+        needed(&r.start, w)
+            && r.until.as_ref().is_none_or(|u| {
+                w.kind() == WalFileKind::TimelineHistory || w.position() <= u.position()
+            })
+    })
+}
+
 /// What is due at `now` in every source's WAL archive.
 pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
     let bases = window_bases(app, now);
@@ -220,6 +301,7 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
         let start = base
             .as_ref()
             .and_then(|b| WalName::parse(&b.wal_start).ok());
+        let held = held_ranges(app, &s.name);
         // A directory snapshot whose WAL start is not known (protected by an older coffre, or a
         // pg_basebackup in tar format) might need any WAL: keep all of it while one is kept.
         let unknown_start = app
@@ -242,6 +324,7 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
             }
             let keep = match (&start, WalName::parse(&row.name)) {
                 _ if unknown_start => true,
+                (_, Ok(w)) if held_needs(&held, &w) => true,
                 (Some(start), Ok(w)) => needed(start, &w),
                 // No base backup: nothing can replay it.
                 (None, Ok(_)) => false,
@@ -338,7 +421,8 @@ async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result
     };
     let (m, old) = (m.clone(), old.clone());
     let target = Target::key_object(&old);
-    let purpose = "retention: a WAL file still needed by the recovery window";
+    let purpose =
+        "retention: a WAL file still needed by the recovery window or a base backup under legal hold";
     log(
         app,
         actor,
@@ -624,6 +708,55 @@ pub async fn shred_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_base_backup_keeps_its_wal_up_to_the_next_base_backup_while_the_hold_stands() {
+        let w = |n: &str| WalName::parse(n).unwrap();
+        let day = |d: u8| {
+            time::Date::from_calendar_date(2026, time::Month::December, d)
+                .unwrap()
+                .midnight()
+                .assume_utc()
+        };
+        let (b1, b2, b3) = (SnapshotId::new(), SnapshotId::new(), SnapshotId::new());
+        let bases = vec![
+            (day(3), b2, w("000000010000000000000006")),
+            (day(1), b1, w("000000010000000000000002")),
+            (day(5), b3, w("000000020000000000000009")),
+        ];
+        // No hold: nothing kept by this rule.
+        assert!(held_ranges_of(bases.clone(), &BTreeSet::new()).is_empty());
+        // b1 held: from its start to b2's.
+        let ranges = held_ranges_of(bases.clone(), &[b1].into_iter().collect());
+        assert_eq!(
+            ranges,
+            vec![HeldRange {
+                snapshot: b1,
+                start: w("000000010000000000000002"),
+                until: Some(w("000000010000000000000006")),
+            }]
+        );
+        for (name, kept) in [
+            ("000000010000000000000001", false),
+            ("000000010000000000000002", true),
+            ("000000010000000000000006", true),
+            ("000000010000000000000007", false),
+            ("000000010000000000000003.partial", true),
+            ("000000010000000000000002.00000028.backup", true),
+            ("000000020000000000000004", true),
+            ("00000001.history", true),
+            ("00000002.history", true),
+        ] {
+            assert_eq!(held_needs(&ranges, &w(name)), kept, "{name}");
+        }
+        // The newest base backup held: to the end of the archive, on later timelines too.
+        let ranges = held_ranges_of(bases, &[b3].into_iter().collect());
+        assert_eq!(ranges[0].until, None);
+        assert!(held_needs(&ranges, &w("0000000200000005000000FF")));
+        assert!(held_needs(&ranges, &w("000000030000000000000001")));
+        assert!(!held_needs(&ranges, &w("000000020000000000000008")));
+        assert!(!held_needs(&ranges, &w("0000000100000005000000FF")));
+    }
 
     #[test]
     fn what_a_base_backup_needs_starts_at_its_segment_and_follows_later_timelines() {
