@@ -852,7 +852,17 @@ impl Config {
     pub(crate) fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut push = |key: String, message: String| p.push(Problem { key, message });
+        self.validate_pipeline(&mut push);
+        validate_durations(self, &mut push);
+        self.validate_sources(&mut push);
+        self.validate_stores(&mut push);
+        self.validate_sites(&mut push);
+        self.validate_providers(&mut push);
+        self.validate_status(&mut push);
+        p
+    }
 
+    fn validate_pipeline(&self, push: &mut impl FnMut(String, String)) {
         let pl = &self.pipeline;
         if !(1..=19).contains(&pl.zstd_level) {
             push(
@@ -888,19 +898,9 @@ impl Config {
                 "must be at most 256 (0 = one per core)".into(),
             );
         }
+    }
 
-        let r = self.audit.retention;
-        if r < Duration::from_secs(86_400) || r > Duration::from_secs(100 * 366 * 86_400) {
-            push(
-                "audit.retention".into(),
-                format!(
-                    "{} is out of range: the access log is destroyed when its retention ends, so keep it from 1 day to 100 years (default 7 years)",
-                    humantime::format_duration(r)
-                ),
-            );
-        }
-
-        // Sources.
+    fn validate_sources(&self, push: &mut impl FnMut(String, String)) {
         let mut names = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let key = format!("source[{i}]");
@@ -919,38 +919,15 @@ impl Config {
                     format!("source `{}` is defined twice", s.name),
                 );
             }
-            if s.retention.keep_within < Duration::from_secs(3600) {
-                push(
-                    format!("{key}.retention.keep-within"),
-                    "must be at least 1h".into(),
-                );
-            }
-            validate_retention_bounds(&s.retention, &key, &mut push);
+            validate_retention_bounds(&s.retention, &key, push);
             if let Some(p) = &s.pitr {
-                if !(1..=19).contains(&p.zstd_level) {
-                    push(
-                        format!("{key}.pitr.zstd-level"),
-                        format!(
-                            "{} is out of range: use 1 to 19 (1, the default, is the fastest; 3 stores WAL about 2 % smaller for twice the CPU)",
-                            p.zstd_level
-                        ),
-                    );
-                }
-                if !(1..=16).contains(&p.archive_parallel) {
-                    push(
-                        format!("{key}.pitr.archive-parallel"),
-                        format!(
-                            "{} is out of range: use 1 to 16 spooled WAL files archived at once (4 is a good default)",
-                            p.archive_parallel
-                        ),
-                    );
-                }
+                validate_pitr(p, &key, push);
             }
         }
+    }
 
-        // Stores.
+    fn validate_stores(&self, push: &mut impl FnMut(String, String)) {
         let mut store_names = BTreeSet::new();
-        let mut sites = BTreeSet::new();
         for (i, s) in self.stores.iter().enumerate() {
             let key = format!("store[{i}]");
             if !is_valid_name(&s.name) {
@@ -968,7 +945,6 @@ impl Config {
                     format!("store `{}` is defined twice", s.name),
                 );
             }
-            sites.insert(s.site.clone());
             if s.prefix.is_empty()
                 || s.prefix.starts_with('/')
                 || s.prefix.ends_with('/')
@@ -987,49 +963,9 @@ impl Config {
                     "coffre never talks to a store without verifying its TLS certificate: remove tls-verify = false and install the store's CA certificate instead".into(),
                 );
             }
-            if !self
-                .replication
-                .allowed_jurisdictions
-                .iter()
-                .any(|j| j == &s.jurisdiction)
-                && s.privacy_impact_assessment
-                    .as_deref()
-                    .unwrap_or("")
-                    .trim()
-                    .is_empty()
-            {
-                push(
-                    format!("{key}.jurisdiction"),
-                    format!(
-                        "`{}` is outside replication.allowed-jurisdictions ({}): personal information may leave it only under a privacy impact assessment; name it in privacy-impact-assessment or choose a store in an allowed jurisdiction",
-                        s.jurisdiction,
-                        self.replication.allowed_jurisdictions.join(", ")
-                    ),
-                );
-            }
-            validate_store_kind(s, &key, &mut push);
-            // The state folder (keyrings, catalog, journal) and the access log must not travel
-            // with the data, nor a store live among them.
-            if let (StoreKind::Local, Some(sp)) = (s.kind, &s.path) {
-                let audit = self.audit_path();
-                for (what, p) in [("state-dir", &self.state_dir), ("audit.path", &audit)] {
-                    if path_within(p, sp) {
-                        push(
-                            format!("{key}.path"),
-                            format!("{} contains {what} ({}): keys and the access log must never be stored with the data; use separate folders", sp.display(), p.display()),
-                        );
-                    } else if path_within(sp, p) {
-                        push(
-                            format!("{key}.path"),
-                            format!(
-                                "{} is inside {what} ({}): use a folder outside it",
-                                sp.display(),
-                                p.display()
-                            ),
-                        );
-                    }
-                }
-            }
+            self.validate_jurisdiction(s, &key, push);
+            validate_store_kind(s, &key, push);
+            self.validate_store_folder(s, &key, push);
         }
         if self.stores.is_empty() {
             push(
@@ -1038,6 +974,69 @@ impl Config {
                     .into(),
             );
         }
+    }
+
+    fn validate_jurisdiction(
+        &self,
+        s: &StoreConfig,
+        key: &str,
+        push: &mut impl FnMut(String, String),
+    ) {
+        if !self
+            .replication
+            .allowed_jurisdictions
+            .iter()
+            .any(|j| j == &s.jurisdiction)
+            && s.privacy_impact_assessment
+                .as_deref()
+                .unwrap_or("")
+                .trim()
+                .is_empty()
+        {
+            push(
+                format!("{key}.jurisdiction"),
+                format!(
+                    "`{}` is outside replication.allowed-jurisdictions ({}): personal information may leave it only under a privacy impact assessment; name it in privacy-impact-assessment or choose a store in an allowed jurisdiction",
+                    s.jurisdiction,
+                    self.replication.allowed_jurisdictions.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// The state folder (keyrings, catalog, journal) and the access log must not travel with
+    /// the data, nor a store live among them.
+    fn validate_store_folder(
+        &self,
+        s: &StoreConfig,
+        key: &str,
+        push: &mut impl FnMut(String, String),
+    ) {
+        let (StoreKind::Local, Some(sp)) = (s.kind, &s.path) else {
+            return;
+        };
+        let audit = self.audit_path();
+        for (what, p) in [("state-dir", &self.state_dir), ("audit.path", &audit)] {
+            if path_within(p, sp) {
+                push(
+                    format!("{key}.path"),
+                    format!("{} contains {what} ({}): keys and the access log must never be stored with the data; use separate folders", sp.display(), p.display()),
+                );
+            } else if path_within(sp, p) {
+                push(
+                    format!("{key}.path"),
+                    format!(
+                        "{} is inside {what} ({}): use a folder outside it",
+                        sp.display(),
+                        p.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn validate_sites(&self, push: &mut impl FnMut(String, String)) {
+        let sites: BTreeSet<&str> = self.stores.iter().map(|s| s.site.as_str()).collect();
         if self.replication.min_sites == 0 {
             push(
                 "replication.min-sites".into(),
@@ -1050,13 +1049,14 @@ impl Config {
                 format!(
                     "{} distinct site(s) configured ({}) but min-sites is {}: add stores in other sites",
                     sites.len(),
-                    sites.iter().cloned().collect::<Vec<_>>().join(", "),
+                    sites.iter().copied().collect::<Vec<_>>().join(", "),
                     self.replication.min_sites
                 ),
             );
         }
+    }
 
-        // Key providers.
+    fn validate_providers(&self, push: &mut impl FnMut(String, String)) {
         let mut provider_names = BTreeSet::new();
         for (i, k) in self.key_providers.iter().enumerate() {
             let key = format!("key-provider[{i}]");
@@ -1073,97 +1073,8 @@ impl Config {
                 );
             }
             match k.kind {
-                ProviderKind::File => {
-                    match (&k.master_key, &k.master_key_credential) {
-                        (None, None) | (Some(_), Some(_)) => push(
-                            format!("{key}.master-key"),
-                            "a file provider needs exactly one of master-key (a path) or master-key-credential (a systemd credential name)".into(),
-                        ),
-                        _ => {}
-                    }
-                    if let Some(mk) = &k.master_key {
-                        if let Some(problem) = present_secret_file_problem(mk) {
-                            push(format!("{key}.master-key"), problem);
-                        }
-                    }
-                    for (what, f) in [
-                        ("module", k.module.is_some()),
-                        ("token-label", k.token_label.is_some()),
-                        ("pin-file", k.pin_file.is_some()),
-                    ] {
-                        if f {
-                            push(
-                                format!("{key}.{what}"),
-                                "belongs to pkcs11 providers, not file".into(),
-                            );
-                        }
-                    }
-                    // A key inside a data store would travel with the data it protects.
-                    let keyring = self.keyring_path(k);
-                    for (j, s) in self.stores.iter().enumerate() {
-                        if let (StoreKind::Local, Some(sp)) = (s.kind, &s.path) {
-                            for (what, kp) in [
-                                ("master-key", k.master_key.as_ref()),
-                                ("keyring", Some(&keyring)),
-                            ] {
-                                if let Some(kp) = kp {
-                                    if path_within(kp, sp) {
-                                        push(
-                                            format!("{key}.{what}"),
-                                            format!("{} is inside store[{j}] ({}): keys must never be stored with the data they protect; move it out of the store", kp.display(), sp.display()),
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                ProviderKind::Pkcs11 => {
-                    if k.module.is_none() {
-                        push(
-                            format!("{key}.module"),
-                            "a pkcs11 provider needs module (path of the PKCS#11 library)".into(),
-                        );
-                    }
-                    if k.token_label.is_none() {
-                        push(
-                            format!("{key}.token-label"),
-                            "a pkcs11 provider needs token-label".into(),
-                        );
-                    }
-                    match &k.pin_file {
-                        None => push(
-                            format!("{key}.pin-file"),
-                            "a pkcs11 provider needs pin-file (a file holding the user PIN)".into(),
-                        ),
-                        Some(pf) => {
-                            if let Some(problem) = present_secret_file_problem(pf) {
-                                push(format!("{key}.pin-file"), problem);
-                            }
-                        }
-                    }
-                    for (what, f) in [
-                        ("master-key", k.master_key.is_some()),
-                        ("master-key-credential", k.master_key_credential.is_some()),
-                        ("keyring", k.keyring.is_some()),
-                    ] {
-                        if f {
-                            push(
-                                format!("{key}.{what}"),
-                                "belongs to file providers, not pkcs11".into(),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        for (name, d) in [
-            ("daemon.scan-interval", self.daemon.scan_interval),
-            ("daemon.catch-up-interval", self.daemon.catch_up_interval),
-            ("daemon.scrub-every", self.daemon.scrub_every),
-        ] {
-            if d < Duration::from_millis(100) {
-                push(name.into(), "must be at least 100ms".into());
+                ProviderKind::File => self.validate_file_provider(k, &key, push),
+                ProviderKind::Pkcs11 => validate_pkcs11_provider(k, &key, push),
             }
         }
         if self.key_providers.is_empty() {
@@ -1172,7 +1083,59 @@ impl Config {
                 "no key provider is configured: add a [[key-provider]] (kind = \"file\" or \"pkcs11\")".into(),
             );
         }
+    }
 
+    fn validate_file_provider(
+        &self,
+        k: &KeyProviderConfig,
+        key: &str,
+        push: &mut impl FnMut(String, String),
+    ) {
+        match (&k.master_key, &k.master_key_credential) {
+            (None, None) | (Some(_), Some(_)) => push(
+                format!("{key}.master-key"),
+                "a file provider needs exactly one of master-key (a path) or master-key-credential (a systemd credential name)".into(),
+            ),
+            _ => {}
+        }
+        if let Some(mk) = &k.master_key {
+            if let Some(problem) = present_secret_file_problem(mk) {
+                push(format!("{key}.master-key"), problem);
+            }
+        }
+        for (what, f) in [
+            ("module", k.module.is_some()),
+            ("token-label", k.token_label.is_some()),
+            ("pin-file", k.pin_file.is_some()),
+        ] {
+            if f {
+                push(
+                    format!("{key}.{what}"),
+                    "belongs to pkcs11 providers, not file".into(),
+                );
+            }
+        }
+        // A key inside a data store would travel with the data it protects.
+        let keyring = self.keyring_path(k);
+        for (j, s) in self.stores.iter().enumerate() {
+            let (StoreKind::Local, Some(sp)) = (s.kind, &s.path) else {
+                continue;
+            };
+            for (what, kp) in [
+                ("master-key", k.master_key.as_ref()),
+                ("keyring", Some(&keyring)),
+            ] {
+                if let Some(kp) = kp.filter(|kp| path_within(kp, sp)) {
+                    push(
+                        format!("{key}.{what}"),
+                        format!("{} is inside store[{j}] ({}): keys must never be stored with the data they protect; move it out of the store", kp.display(), sp.display()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn validate_status(&self, push: &mut impl FnMut(String, String)) {
         if !self.status.listen.ip().is_loopback() && self.status.token_file.is_none() {
             push(
                 "status.token-file".into(),
@@ -1184,9 +1147,7 @@ impl Config {
                 push("status.token-file".into(), problem);
             }
         }
-        p
     }
-
     /// The sealed keyring of a file provider.
     pub(crate) fn keyring_path(&self, k: &KeyProviderConfig) -> PathBuf {
         k.keyring.clone().unwrap_or_else(|| {
@@ -1478,25 +1439,6 @@ fn validate_retention_bounds(
     key: &str,
     push: &mut impl FnMut(String, String),
 ) {
-    let too_long = |d: Duration| d > MAX_RETENTION;
-    if too_long(r.keep_within) {
-        push(
-            format!("{key}.retention.keep-within"),
-            format!(
-                "{} is more than 100 years: use at most \"100years\"",
-                humantime::format_duration(r.keep_within)
-            ),
-        );
-    }
-    if let Some(m) = r.min_age.filter(|m| too_long(*m)) {
-        push(
-            format!("{key}.retention.min-age"),
-            format!(
-                "{} is more than 100 years: use at most \"100years\"",
-                humantime::format_duration(m)
-            ),
-        );
-    }
     for (name, n, max) in [
         ("keep-hourly", r.keep_hourly, 100 * 366 * 24),
         ("keep-daily", r.keep_daily, 100 * 366),
@@ -1510,6 +1452,257 @@ fn validate_retention_bounds(
                 format!("{n} is more than 100 years of periods: use at most {max}"),
             );
         }
+    }
+}
+
+fn validate_pkcs11_provider(
+    k: &KeyProviderConfig,
+    key: &str,
+    push: &mut impl FnMut(String, String),
+) {
+    if k.module.is_none() {
+        push(
+            format!("{key}.module"),
+            "a pkcs11 provider needs module (path of the PKCS#11 library)".into(),
+        );
+    }
+    if k.token_label.is_none() {
+        push(
+            format!("{key}.token-label"),
+            "a pkcs11 provider needs token-label".into(),
+        );
+    }
+    match &k.pin_file {
+        None => push(
+            format!("{key}.pin-file"),
+            "a pkcs11 provider needs pin-file (a file holding the user PIN)".into(),
+        ),
+        Some(pf) => {
+            if let Some(problem) = present_secret_file_problem(pf) {
+                push(format!("{key}.pin-file"), problem);
+            }
+        }
+    }
+    for (what, f) in [
+        ("master-key", k.master_key.is_some()),
+        ("master-key-credential", k.master_key_credential.is_some()),
+        ("keyring", k.keyring.is_some()),
+    ] {
+        if f {
+            push(
+                format!("{key}.{what}"),
+                "belongs to file providers, not pkcs11".into(),
+            );
+        }
+    }
+}
+
+fn validate_pitr(p: &PitrConfig, key: &str, push: &mut impl FnMut(String, String)) {
+    if !(1..=19).contains(&p.zstd_level) {
+        push(
+            format!("{key}.pitr.zstd-level"),
+            format!(
+                "{} is out of range: use 1 to 19 (1, the default, is the fastest; 3 stores WAL about 2 % smaller for twice the CPU)",
+                p.zstd_level
+            ),
+        );
+    }
+    if !(1..=16).contains(&p.archive_parallel) {
+        push(
+            format!("{key}.pitr.archive-parallel"),
+            format!(
+                "{} is out of range: use 1 to 16 spooled WAL files archived at once (4 is a good default)",
+                p.archive_parallel
+            ),
+        );
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The bounds of one duration key: the least and most it may be (each with how a person says
+/// it), and what the key is for. Every humantime duration of the config has one, so that no
+/// value that passes `validate` can overflow the time arithmetic done with it.
+struct DurationBound {
+    key: String,
+    value: Option<Duration>,
+    least: Edge,
+    most: Edge,
+    what: &'static str,
+}
+
+fn bound(
+    key: impl Into<String>,
+    value: impl Into<Option<Duration>>,
+    least: Edge,
+    most: Edge,
+    what: &'static str,
+) -> DurationBound {
+    DurationBound {
+        key: key.into(),
+        value: value.into(),
+        least,
+        most,
+        what,
+    }
+}
+
+type Edge = (Duration, &'static str);
+const NONE: Edge = (Duration::ZERO, "0s");
+const MS1: Edge = (Duration::from_millis(1), "1ms");
+const MS100: Edge = (Duration::from_millis(100), "100ms");
+const ONE_SECOND: Edge = (SECOND, "1 second");
+const ONE_MINUTE: Edge = (MINUTE, "1 minute");
+const ONE_HOUR: Edge = (HOUR, "1 hour");
+const ONE_DAY: Edge = (DAY, "1 day");
+const CENTURY: Edge = (MAX_RETENTION, "100 years");
+
+/// The daemon's, the stores' and the access log's durations with their bounds.
+fn global_bounds(c: &Config) -> Vec<DurationBound> {
+    let (r, d) = (&c.replication, &c.daemon);
+    vec![
+        bound(
+            "replication.backoff",
+            r.backoff,
+            MS1,
+            ONE_HOUR,
+            "the first pause between attempts at a store",
+        ),
+        bound(
+            "replication.stall-timeout",
+            r.stall_timeout,
+            ONE_SECOND,
+            ONE_DAY,
+            "how long a silent store is waited for",
+        ),
+        bound(
+            "daemon.scan-interval",
+            d.scan_interval,
+            MS100,
+            ONE_DAY,
+            "how often the source folders are scanned",
+        ),
+        bound(
+            "daemon.catch-up-interval",
+            d.catch_up_interval,
+            MS100,
+            ONE_DAY,
+            "how often lagging stores are caught up",
+        ),
+        bound(
+            "daemon.scrub-every",
+            d.scrub_every,
+            MS100,
+            (90 * DAY, "90 days"),
+            "how often every copy is re-read",
+        ),
+        bound(
+            "daemon.drain-timeout",
+            d.drain_timeout,
+            NONE,
+            ONE_HOUR,
+            "how long work in flight may take after SIGTERM",
+        ),
+        bound(
+            "audit.retention",
+            c.audit.retention,
+            ONE_DAY,
+            CENTURY,
+            "the access log is destroyed when its retention ends; default 7 years",
+        ),
+        bound(
+            "shred.every",
+            c.shred.every,
+            ONE_SECOND,
+            ONE_DAY,
+            "how often due epochs are looked for",
+        ),
+        bound(
+            "shred.max-clock-jump",
+            c.shred.max_clock_jump,
+            ONE_HOUR,
+            CENTURY,
+            "a forward clock jump past it stops shredding",
+        ),
+    ]
+}
+
+/// One source's durations with their bounds.
+fn source_bounds(i: usize, s: &SourceConfig) -> Vec<DurationBound> {
+    let key = |k: &str| format!("source[{i}].{k}");
+    let (r, d) = (&s.retention, &s.drill);
+    let mut b = vec![
+        bound(
+            key("settle-time"),
+            s.settle_time,
+            ONE_SECOND,
+            ONE_DAY,
+            "how long a snapshot must stay unchanged",
+        ),
+        bound(
+            key("retention.keep-within"),
+            r.keep_within,
+            ONE_HOUR,
+            CENTURY,
+            "every snapshot is kept at least this long",
+        ),
+        bound(
+            key("retention.min-age"),
+            r.min_age,
+            NONE,
+            CENTURY,
+            "no snapshot younger than this is shredded",
+        ),
+        bound(
+            key("drill.every"),
+            d.every,
+            ONE_MINUTE,
+            (366 * DAY, "1 year"),
+            "how often the daemon drills this source",
+        ),
+        bound(
+            key("drill.timeout"),
+            d.timeout,
+            ONE_SECOND,
+            (7 * DAY, "7 days"),
+            "the limit of one drill",
+        ),
+    ];
+    if let Some(p) = &s.pitr {
+        let what = "how far back any moment can be recovered";
+        b.push(bound(key("pitr.window"), p.window, ONE_HOUR, CENTURY, what));
+    }
+    b
+}
+
+/// Every duration out of its bounds, with its key path and what to use instead.
+fn validate_durations(c: &Config, push: &mut impl FnMut(String, String)) {
+    let sources = c.sources.iter().enumerate();
+    let all = global_bounds(c)
+        .into_iter()
+        .chain(sources.flat_map(|(i, s)| source_bounds(i, s)));
+    for b in all {
+        let Some(v) = b.value else { continue };
+        let (limit, said) = if v < b.least.0 {
+            ("less", b.least.1)
+        } else if v > b.most.0 {
+            ("more", b.most.1)
+        } else {
+            continue;
+        };
+        push(
+            b.key,
+            format!(
+                "{} is {limit} than {said}: use {} to {} ({})",
+                humantime::format_duration(v),
+                b.least.1,
+                b.most.1,
+                b.what
+            ),
+        );
     }
 }
 
@@ -1901,6 +2094,59 @@ master-key = "/tmp/coffre-nonexistent/master.key"
             "path = \"/tmp/in\"\n[source.retention]\nkeep-within = \"99years\"\nkeep-yearly = 100",
         );
         assert!(problems(&text).is_empty());
+    }
+
+    #[test]
+    fn every_duration_is_bounded_so_no_accepted_config_overflows_the_clock() {
+        let text = GOOD
+            .replace(
+                "path = \"/tmp/in\"",
+                "path = \"/tmp/in\"\nsettle-time = \"0s\"\n[source.pitr]\nwindow = \"100000000years\"\n[source.drill]\nevery = \"1s\"\ntimeout = \"30d\"",
+            )
+            .replace(
+                "[[source]]",
+                "[replication]\nbackoff = \"2h\"\nstall-timeout = \"0s\"\n[daemon]\nscan-interval = \"5d\"\ndrain-timeout = \"1000years\"\n[shred]\nevery = \"0s\"\nmax-clock-jump = \"200years\"\n[[source]]",
+            );
+        let ps = problems(&text);
+        for (key, says) in [
+            (
+                "source[0].pitr.window",
+                "is more than 100 years: use 1 hour to 100 years",
+            ),
+            ("source[0].settle-time", "is less than 1 second"),
+            ("source[0].drill.every", "is less than 1 minute"),
+            ("source[0].drill.timeout", "is more than 7 days"),
+            ("replication.backoff", "is more than 1 hour"),
+            ("replication.stall-timeout", "is less than 1 second"),
+            ("daemon.scan-interval", "is more than 1 day"),
+            ("daemon.drain-timeout", "is more than 1 hour"),
+            ("shred.every", "is less than 1 second"),
+            ("shred.max-clock-jump", "is more than 100 years"),
+        ] {
+            assert!(
+                ps.iter().any(|p| p.key == key && p.message.contains(says)),
+                "{key}: {ps:?}"
+            );
+        }
+        // At the bounds: accepted.
+        let text = GOOD.replace(
+            "path = \"/tmp/in\"",
+            "path = \"/tmp/in\"\n[source.pitr]\nwindow = \"100years\"",
+        );
+        assert!(problems(&text).is_empty(), "{:?}", problems(&text));
+        // The embedded default and the production example stay inside every bound.
+        for (name, text) in [
+            ("config/coffre.toml", include_str!("../config/coffre.toml")),
+            (
+                "config/production.example.toml",
+                include_str!("../config/production.example.toml"),
+            ),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            let mut out = Vec::new();
+            validate_durations(&c, &mut |k, m| out.push(format!("{k}: {m}")));
+            assert!(out.is_empty(), "{name}: {out:?}");
+        }
     }
 
     #[test]

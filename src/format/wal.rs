@@ -108,6 +108,71 @@ pub fn backup_label_start(label: &str) -> Option<String> {
     (w.kind() == WalFileKind::Segment).then(|| name.to_string())
 }
 
+/// `XLP_LONG_HEADER` in `xlp_info`: the first page of every segment has the long header.
+const XLP_LONG_HEADER: u16 = 0x0002;
+/// `xlp_magic` of every PostgreSQL release so far (9.x's 0xD0xx to 18's 0xD1xx).
+const WAL_MAGIC: std::ops::RangeInclusive<u16> = 0xD000..=0xD1FF;
+
+/// Check that `bytes`, served as WAL file `name`, are that segment: its first page header
+/// (`xlp_magic`, `xlp_info`, `xlp_tli` at offset 4, `xlp_pageaddr` at 8, `xlp_seg_size` at 32)
+/// must give the segment start LSN of the name, a timeline no later than the name's, and the
+/// file's own size as the segment size (a power of two from 1 MiB to 1 GiB, PostgreSQL's
+/// `--wal-segsize`). A substituted segment (another position, a later timeline, another
+/// cluster's segment size) is refused.
+///
+/// The timeline may be an *earlier* one: at a promotion PostgreSQL copies the last segment of
+/// the old timeline into the first one of the new timeline, first page header included.
+/// A `.partial` segment is checked the same way (it is the whole segment file, renamed at a
+/// promotion). Timeline history and backup history files are text and have no page header:
+/// they pass unchecked.
+pub fn check_first_page(name: &WalName, bytes: &[u8]) -> Result<(), String> {
+    if !matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
+        return Ok(());
+    }
+    let size = bytes.len() as u64;
+    if !size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&size) {
+        return Err(format!(
+            "{size} bytes is not a WAL segment's size (a power of two from 1 MiB to 1 GiB)"
+        ));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
+    let (magic, info, tli, pageaddr) = (u16_at(0), u16_at(2), u32_at(4), u64_at(8));
+    if !WAL_MAGIC.contains(&magic) || info & XLP_LONG_HEADER == 0 {
+        return Err(format!(
+            "no WAL segment header (xlp_magic {magic:#06X}, xlp_info {info:#06X})"
+        ));
+    }
+    let seg_size = u64::from(u32_at(32));
+    if seg_size != size {
+        return Err(format!(
+            "its header says segments of {seg_size} bytes, the file has {size}"
+        ));
+    }
+    let (log, seg) = (name.position() >> 32, name.position() & 0xFFFF_FFFF);
+    let start = (seg < (1 << 32) / size).then(|| (log << 32) | (seg * size));
+    if start != Some(pageaddr) {
+        return Err(format!(
+            "its first page is at LSN {:X}/{:X}, the name says {}",
+            pageaddr >> 32,
+            pageaddr & 0xFFFF_FFFF,
+            start.map_or(
+                "no valid position for this segment size".to_string(),
+                |s| format!("{:X}/{:X}", s >> 32, s & 0xFFFF_FFFF)
+            )
+        ));
+    }
+    if tli == 0 || tli > name.timeline() {
+        return Err(format!(
+            "its first page is on timeline {tli}, the name says {}",
+            name.timeline()
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Display for WalName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
@@ -130,6 +195,78 @@ mod tests {
             None
         );
         assert_eq!(backup_label_start("nothing here"), None);
+    }
+
+    /// A segment of `size` bytes whose first page header says (timeline, LSN, segment size).
+    fn segment(size: usize, tli: u32, pageaddr: u64, seg_size: u32) -> Vec<u8> {
+        let mut v = vec![0u8; size];
+        v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        v[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+        v[4..8].copy_from_slice(&tli.to_le_bytes());
+        v[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+        v[24..32].copy_from_slice(&0x1234_5678_9ABC_DEF0u64.to_le_bytes());
+        v[32..36].copy_from_slice(&seg_size.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn a_segment_is_served_only_when_its_first_page_header_matches_its_name() {
+        let mib16 = 16 << 20;
+        let name = WalName::parse("00000002000000010000003A").unwrap();
+        let lsn = (1u64 << 32) | (0x3A * mib16 as u64);
+        assert_eq!(
+            check_first_page(&name, &segment(mib16, 2, lsn, mib16 as u32)),
+            Ok(())
+        );
+        // The first segment of a new timeline starts with its parent's page (promotion).
+        assert_eq!(
+            check_first_page(&name, &segment(mib16, 1, lsn, mib16 as u32)),
+            Ok(())
+        );
+        // 1 MiB segments: 4096 per log file.
+        let small = WalName::parse("000000010000000000000FFF").unwrap();
+        let one_mib = segment(1 << 20, 1, 0xFFF << 20, 1 << 20);
+        assert_eq!(check_first_page(&small, &one_mib), Ok(()));
+        let partial = WalName::parse("00000002000000010000003A.partial").unwrap();
+        assert!(check_first_page(
+            &partial,
+            &segment(mib16, 2, lsn + mib16 as u64, mib16 as u32)
+        )
+        .unwrap_err()
+        .contains("the name says 1/3A000000"));
+        for (bytes, says) in [
+            // Another segment's bytes under this name.
+            (
+                segment(mib16, 2, lsn - mib16 as u64, mib16 as u32),
+                "first page is at LSN 1/39000000",
+            ),
+            // A later timeline's segment.
+            (segment(mib16, 3, lsn, mib16 as u32), "on timeline 3"),
+            (segment(mib16, 0, lsn, mib16 as u32), "on timeline 0"),
+            // Another cluster's segment size, or not the file's.
+            (segment(mib16, 2, lsn, 1 << 20), "segments of 1048576 bytes"),
+            (segment(4096, 2, lsn, 4096), "not a WAL segment's size"),
+            (vec![0u8; mib16], "no WAL segment header"),
+        ] {
+            let e = check_first_page(&name, &bytes).unwrap_err();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        // 64 MiB segments: segment 0x50 is past the 64 a log file holds.
+        let big = 64 << 20;
+        let past = WalName::parse("000000020000000100000050").unwrap();
+        let e = check_first_page(&past, &segment(big, 2, lsn, big as u32)).unwrap_err();
+        assert!(e.contains("no valid position"), "{e}");
+        // History files are text: not checked.
+        for n in [
+            "00000002.history",
+            "00000002000000010000003A.00000028.backup",
+        ] {
+            let w = WalName::parse(n).unwrap();
+            assert_eq!(
+                check_first_page(&w, b"1\t0/3000000\tno recovery target\n"),
+                Ok(())
+            );
+        }
     }
 
     #[test]

@@ -61,7 +61,8 @@ async fn put_key(
 ) -> Result<(), StoreError> {
     match existing {
         Existing::Refuse => store.put_new(&paths.key, key.to_json().into()).await,
-        Existing::Repair => store.put_key_object(key).await,
+        // At the object's own path: a WAL file's key object lives in its WAL folder.
+        Existing::Repair => store.put_key_object_at(&paths.key, key).await,
     }
 }
 

@@ -521,11 +521,24 @@ pub(crate) fn plan_wal_expiry(
         .as_ref()
         .map(|p| p.window)
         .unwrap_or(std::time::Duration::from_secs(14 * 86_400));
-    let expiry = created + window + time::Duration::days(1);
+    let expiry = wal_expiry(created, window);
     (
         expiry,
         crate::retention::live_epoch(&app.providers, expiry.date()),
     )
+}
+
+/// `created + window + 1 day`, at most the end of the calendar: a window too long for the
+/// arithmetic (refused by `validate`, see [`crate::config::MAX_RETENTION`]) keeps the WAL file
+/// for good rather than panicking.
+pub(crate) fn wal_expiry(
+    created: time::OffsetDateTime,
+    window: std::time::Duration,
+) -> time::OffsetDateTime {
+    let window = time::Duration::try_from(window).unwrap_or(time::Duration::MAX);
+    created
+        .saturating_add(window)
+        .saturating_add(time::Duration::days(1))
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -1028,4 +1041,19 @@ fn classify(
         });
     }
     Ok(protection)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_wal_expiry_past_the_calendar_saturates_instead_of_panicking() {
+        let created = time::macros::datetime!(2026-12-07 00:00 UTC);
+        let week = super::wal_expiry(created, std::time::Duration::from_secs(7 * 86_400));
+        assert_eq!(week, time::macros::datetime!(2026-12-15 00:00 UTC));
+        // "100000000years" (or anything past it) once panicked here.
+        for huge in [100_000_000 * 31_557_600, u64::MAX] {
+            let t = super::wal_expiry(created, std::time::Duration::from_secs(huge));
+            assert!(t > created && t.year() >= 9999, "{t}");
+        }
+    }
 }

@@ -63,7 +63,7 @@ pub enum WalError {
     UnknownStore(String, String),
     #[error("WAL file {0} is not archived in any store")]
     NotArchived(String),
-    #[error("WAL file {name} could not be read from any store: {reasons}")]
+    #[error("WAL file {name} could not be read from any store: {reasons}. Run `coffre verify` to see each store's copy (the scrub repairs a bad copy from a good one); a store that cannot be reached may hold it: fetch again once it is back")]
     Unreadable { name: String, reasons: String },
     #[error("cannot write {path}: {source}")]
     Write {
@@ -354,9 +354,47 @@ async fn open_any(
     manifest: &Manifest,
     pin: Option<&str>,
 ) -> Result<(Vec<u8>, Vec<u8>, KeyObject), WalError> {
+    open_checked(app, source, name, manifest, pin, false).await
+}
+
+/// [`open_any`] for a WAL file about to be served to a replay: a copy whose first page header
+/// does not match its name ([`crate::format::wal::check_first_page`]) is a tampered copy, and
+/// the next store is tried.
+async fn open_served(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    manifest: &Manifest,
+    pin: Option<&str>,
+) -> Result<Vec<u8>, WalError> {
+    let (plain, _, _) = open_checked(app, source, name, manifest, pin, true).await?;
+    Ok(plain)
+}
+
+/// The WAL file's bytes as served: their first page must be the one the name says.
+fn header_matches(name: &WalName, plain: &[u8]) -> Result<(), String> {
+    crate::format::wal::check_first_page(name, plain).map_err(|e| {
+        format!("the copy is not WAL file {name} ({e}): treated as tampered with or mislabelled")
+    })
+}
+
+async fn open_checked(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    manifest: &Manifest,
+    pin: Option<&str>,
+    served: bool,
+) -> Result<(Vec<u8>, Vec<u8>, KeyObject), WalError> {
     let mut reasons = Vec::new();
     for s in reading_stores(app, pin) {
-        match open_from(app, s, manifest).await {
+        let opened = open_from(app, s, manifest).await.and_then(|x| {
+            if served {
+                header_matches(name, &x.0)?;
+            }
+            Ok(x)
+        });
+        match opened {
             Ok(x) => return Ok(x),
             Err(e) => {
                 tracing::warn!(store = %s.name, source, wal = %name, error = %e, "WAL copy unusable; trying the next store");
@@ -422,9 +460,13 @@ pub(crate) async fn read_sealed(
             key.snapshot, key.source
         ));
     }
+    // Only an authentic key object opens a WAL copy, as for a snapshot: one that no configured
+    // provider can check (its tags name another provider) is treated as tampered with.
     let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(&key, m);
-    if !check.is_authentic() && !matches!(check, crate::auth::Check::Unverifiable { .. }) {
-        return Err(format!("key object and manifest: {check}"));
+    if !check.is_authentic() {
+        return Err(format!(
+            "key object and manifest {check}: the copy is treated as tampered with"
+        ));
     }
     if m.sealed_size > MAX_WAL_FILE + (1 << 20) || m.size > MAX_WAL_FILE {
         return Err(format!(
@@ -587,7 +629,7 @@ fn prefetch_after(
         tokio::spawn(async move {
             let r = async {
                 let m = locate(&app, &key.0, &next, key.2.as_deref()).await?;
-                let (plain, _, _) = open_any(&app, &key.0, &next, &m, key.2.as_deref()).await?;
+                let plain = open_served(&app, &key.0, &next, &m, key.2.as_deref()).await?;
                 Ok::<_, WalError>((m, plain))
             }
             .await;
@@ -669,9 +711,11 @@ pub struct FetchBy<'a> {
 }
 
 /// Restore the archived WAL file `name` of `source`: logged in the access log before it is
-/// opened, then read from the first store whose copy checks (or only the pinned store). Within
-/// a recovery session only the session's first fetch is an access entry (and its end, once
-/// idle, a summary); through the daemon (`daemon`) the next segments are fetched ahead.
+/// opened, then read from the first store whose copy checks (or only the pinned store), its
+/// first page header matching its name. Within a recovery session only the session's first
+/// fetch is an access entry (and its end, once idle, a summary); through the daemon (`daemon`)
+/// the next segments are fetched ahead. A WAL file that no store has (every store answers "not
+/// there") is served from the spool when it waits there; never when a store could not be read.
 pub async fn fetch(
     app: &Coffre,
     source: &str,
@@ -679,38 +723,21 @@ pub async fn fetch(
     by: FetchBy<'_>,
     daemon: Option<std::sync::Arc<Coffre>>,
 ) -> Result<Fetched, WalError> {
-    let FetchBy {
-        actor,
-        purpose,
-        session,
-        store: pin,
-    } = by;
-    archiving_source(app, source)?;
-    let name = WalName::parse(name).map_err(WalError::Name)?;
-    if let Some(id) = session {
-        check_session(id)?;
-    }
-    if let Some(p) = pin {
-        if !app.stores.iter().any(|s| s.name == p) {
-            return Err(WalError::UnknownStore(
-                p.to_string(),
-                app.config.store_names(),
-            ));
-        }
-    }
+    let pin = by.store;
+    let name = check_fetch(app, source, name, by)?;
     close_idle_sessions(app);
     // The session is checked (bound to its caller and source) before its prefetch is taken.
-    if let Some(id) = session {
+    if let Some(id) = by.session {
         if app
             .catalog
             .wal_session_owner(id)
             .map_err(|e| WalError::Audit(e.to_string()))?
-            .is_some_and(|(s, a)| s != source || a != actor)
+            .is_some_and(|(s, a)| s != source || a != by.actor)
         {
             return Err(WalError::ForeignSession(id.to_string()));
         }
     }
-    let cached = match (session, &daemon) {
+    let cached = match (by.session, &daemon) {
         (Some(id), Some(_)) => {
             let key = (
                 source.to_string(),
@@ -729,79 +756,20 @@ pub async fn fetch(
         Some((m, _)) => m.clone(),
         None => match locate(app, source, &name, pin).await {
             Ok(m) => m,
-            // Acknowledged from the spool, not in the stores yet.
-            Err(e @ (WalError::NotArchived(_) | WalError::Unreadable { .. })) if pin.is_none() => {
-                let Some(bytes) = crate::ops::wal_spool::read(app, source, &name) else {
-                    return Err(e);
-                };
-                app.audit
-                    .append(NewEntry {
-                        actor: actor.to_string(),
-                        action: "wal-fetch".into(),
-                        target: Target {
-                            source: Some(source.to_string()),
-                            ..Default::default()
-                        },
-                        purpose: purpose.to_string(),
-                        outcome: format!(
-                            "WAL file {name} from the local spool (not in the stores yet)"
-                        ),
-                        exposes: Some(format!(
-                            "the changes to every patient's records in WAL file {name}"
-                        )),
-                    })
-                    .map_err(|e| WalError::Audit(e.to_string()))?;
-                return Ok(Fetched {
-                    object: SnapshotId::new(),
-                    plain: bytes,
-                    prefetched: false,
-                });
+            // Acknowledged from the spool, in no store yet.
+            Err(e @ WalError::NotArchived(_)) if pin.is_none() => {
+                return fetch_spooled(app, source, &name, by, e);
             }
             Err(e) => return Err(e),
         },
     };
-    match session {
-        Some(id) => {
-            let now = crate::clock::now_rfc3339();
-            let counted = app
-                .catalog
-                .wal_session_fetch(id, source, actor, purpose, name.as_str(), &now)
-                .map_err(|e| WalError::Audit(e.to_string()))?;
-            if counted == crate::catalog::SessionFetch::Foreign {
-                return Err(WalError::ForeignSession(id.to_string()));
-            }
-            if counted == crate::catalog::SessionFetch::New {
-                app.audit
-                    .append(NewEntry {
-                        actor: actor.to_string(),
-                        action: "wal-fetch".into(),
-                        target: Target {
-                            source: Some(source.to_string()),
-                            snapshot: Some(manifest.snapshot.to_string()),
-                            sealed_sha256: Some(manifest.sealed_sha256.clone()),
-                            store: pin.map(str::to_string),
-                            ..Default::default()
-                        },
-                        purpose: purpose.to_string(),
-                        outcome: format!(
-                            "started: recovery session {id}, first WAL file {name} (the session's other fetches are summed up when it ends)"
-                        ),
-                        exposes: Some(
-                            "the changes to every patient's records in the WAL files this recovery replays"
-                                .into(),
-                        ),
-                    })
-                    .map_err(|e| WalError::Audit(e.to_string()))?;
-            }
-        }
-        None => log_access(app, actor, "wal-fetch", source, &manifest, None, purpose)?,
-    }
+    log_fetch(app, source, &name, &manifest, by)?;
     let prefetched = cached.is_some();
     let plain = match cached {
         Some((_, b)) => b,
-        None => open_any(app, source, &name, &manifest, pin).await?.0,
+        None => open_served(app, source, &name, &manifest, pin).await?,
     };
-    if let (Some(id), Some(d)) = (session, daemon) {
+    if let (Some(id), Some(d)) = (by.session, daemon) {
         prefetch_after(d, (source, id), &name, manifest.size, pin);
     }
     Ok(Fetched {
@@ -809,6 +777,124 @@ pub async fn fetch(
         plain,
         prefetched,
     })
+}
+
+/// The checks of a fetch request before anything is read: an archiving source, a WAL name, a
+/// session id and a configured store.
+fn check_fetch(
+    app: &Coffre,
+    source: &str,
+    name: &str,
+    by: FetchBy<'_>,
+) -> Result<WalName, WalError> {
+    archiving_source(app, source)?;
+    let name = WalName::parse(name).map_err(WalError::Name)?;
+    if let Some(id) = by.session {
+        check_session(id)?;
+    }
+    if let Some(p) = by.store {
+        if !app.stores.iter().any(|s| s.name == p) {
+            return Err(WalError::UnknownStore(
+                p.to_string(),
+                app.config.store_names(),
+            ));
+        }
+    }
+    Ok(name)
+}
+
+/// A WAL file no store has (`not_archived`), from the spool if it waits there (checked like a
+/// store's copy: its first page header must match its name), logged in the access log.
+fn fetch_spooled(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    by: FetchBy<'_>,
+    not_archived: WalError,
+) -> Result<Fetched, WalError> {
+    let Some(bytes) = crate::ops::wal_spool::read(app, source, name) else {
+        return Err(not_archived);
+    };
+    header_matches(name, &bytes).map_err(|e| WalError::Unreadable {
+        name: name.to_string(),
+        reasons: format!("in no store, and the local spool's {e}"),
+    })?;
+    app.audit
+        .append(NewEntry {
+            actor: by.actor.to_string(),
+            action: "wal-fetch".into(),
+            target: Target {
+                source: Some(source.to_string()),
+                ..Default::default()
+            },
+            purpose: by.purpose.to_string(),
+            outcome: format!("WAL file {name} from the local spool (not in the stores yet)"),
+            exposes: Some(format!(
+                "the changes to every patient's records in WAL file {name}"
+            )),
+        })
+        .map_err(|e| WalError::Audit(e.to_string()))?;
+    Ok(Fetched {
+        object: SnapshotId::new(),
+        plain: bytes,
+        prefetched: false,
+    })
+}
+
+/// The access-log entry of a fetch from the stores: one per fetch, or within a recovery
+/// session one when it starts.
+fn log_fetch(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    manifest: &Manifest,
+    by: FetchBy<'_>,
+) -> Result<(), WalError> {
+    let Some(id) = by.session else {
+        return log_access(
+            app,
+            by.actor,
+            "wal-fetch",
+            source,
+            manifest,
+            None,
+            by.purpose,
+        );
+    };
+    let now = crate::clock::now_rfc3339();
+    let counted = app
+        .catalog
+        .wal_session_fetch(id, source, by.actor, by.purpose, name.as_str(), &now)
+        .map_err(|e| WalError::Audit(e.to_string()))?;
+    match counted {
+        crate::catalog::SessionFetch::Foreign => {
+            return Err(WalError::ForeignSession(id.to_string()))
+        }
+        crate::catalog::SessionFetch::Counted => return Ok(()),
+        crate::catalog::SessionFetch::New => {}
+    }
+    app.audit
+        .append(NewEntry {
+            actor: by.actor.to_string(),
+            action: "wal-fetch".into(),
+            target: Target {
+                source: Some(source.to_string()),
+                snapshot: Some(manifest.snapshot.to_string()),
+                sealed_sha256: Some(manifest.sealed_sha256.clone()),
+                store: by.store.map(str::to_string),
+                ..Default::default()
+            },
+            purpose: by.purpose.to_string(),
+            outcome: format!(
+                "started: recovery session {id}, first WAL file {name} (the session's other fetches are summed up when it ends)"
+            ),
+            exposes: Some(
+                "the changes to every patient's records in the WAL files this recovery replays"
+                    .into(),
+            ),
+        })
+        .map(|_| ())
+        .map_err(|e| WalError::Audit(e.to_string()))
 }
 
 /// A fetched WAL file.

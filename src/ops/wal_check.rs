@@ -8,9 +8,11 @@
 //! manifest is committed there).
 //!
 //! Each store's copy of each WAL file is also checked like a snapshot's replica (`copies`, no
-//! key needed): the manifest names the same sealed object as the reference (the catalog's
-//! object, else the first store's), and the sealed bytes have its size, header and SHA-256. The
-//! scrub repairs a missing or bad copy from a good one (`repair`).
+//! data key needed): the manifest names the same sealed object as the reference (the catalog's
+//! object, else the first store's), the sealed bytes have its size, header and SHA-256, and its
+//! key object is authentic ([`crate::auth`]: one that no configured provider can check is a
+//! tampered copy, as a fetch treats it). The scrub repairs a missing or bad copy from a good
+//! one (`repair`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +20,7 @@ use serde::Serialize;
 
 use crate::app::Coffre;
 use crate::format::wal::{WalFileKind, WalName};
-use crate::ops::verify::ReplicaCheck;
+use crate::ops::verify::{CheckState, ReplicaCheck};
 use crate::store::{Manifest, Store, StoreError};
 
 /// PostgreSQL's default `--wal-segsize`, used when no segment's size says otherwise.
@@ -211,6 +213,7 @@ pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
         .into_iter()
         .map(|r| (r.name, r.object))
         .collect();
+    let auth = crate::auth::ObjectAuth::for_reading(&app.providers);
     let mut out = Vec::new();
     for name in names {
         let Some(reference) =
@@ -218,15 +221,60 @@ pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
         else {
             continue;
         };
-        let checks = futures::future::join_all(
-            app.stores
-                .iter()
-                .map(|s| crate::ops::verify::check_replica(s, &reference)),
-        )
-        .await;
+        let checks =
+            futures::future::join_all(app.stores.iter().map(|s| check_copy(&auth, s, &reference)))
+                .await;
         out.extend(checks);
     }
     out
+}
+
+/// One store's copy of a WAL file: its sealed bytes as a replica, then its key object.
+async fn check_copy(
+    auth: &crate::auth::ObjectAuth,
+    s: &Store,
+    reference: &Manifest,
+) -> ReplicaCheck {
+    let mut c = crate::ops::verify::check_replica(s, reference).await;
+    if c.ok() {
+        if let Err((state, detail)) = key_object_check(auth, s, reference).await {
+            (c.state, c.detail) = (state, Some(detail));
+        }
+    }
+    c
+}
+
+/// The copy's key object is the reference's object's and authentic.
+async fn key_object_check(
+    auth: &crate::auth::ObjectAuth,
+    s: &Store,
+    m: &Manifest,
+) -> Result<(), (CheckState, String)> {
+    let bad = |detail: String| (CheckState::Bad, detail);
+    let path = s.object_paths(m).map_err(|e| bad(e.to_string()))?.key;
+    let bytes = s
+        .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+        .await
+        .map_err(|e| match e.kind() {
+            _ if e.is_not_found() => bad(format!("{path} (the key object) is missing")),
+            crate::store::ErrorKind::BadObject => bad(e.to_string()),
+            crate::store::ErrorKind::Unauthorized => (CheckState::Unauthorized, e.to_string()),
+            _ => (CheckState::Unreachable, e.to_string()),
+        })?;
+    let k = crate::store::KeyObject::parse(&bytes).map_err(|e| bad(format!("{path}: {e}")))?;
+    if k.snapshot != m.snapshot || k.source != m.source {
+        return Err(bad(format!(
+            "{path}: key object of {} of `{}`",
+            k.snapshot, k.source
+        )));
+    }
+    let check = auth.check(&k, m);
+    if !check.is_authentic() {
+        return Err(bad(format!(
+            "{path}: key object {check}: the copy is treated as tampered with (a fetch skips it; the scrub puts a good copy's key object in its place)"
+        )));
+    }
+    Ok(())
 }
 
 /// The manifest a WAL file's copies are held to: the one naming the catalog's object for it,

@@ -12,6 +12,16 @@
 //! "Needed" is by name: from the segment the base backup's `backup_label` starts at, on its
 //! timeline and on every later one (and the history files of those timelines). The base backup
 //! itself is kept past its own plan while it starts the window ([`window_bases`]).
+//!
+//! Two more rules keep WAL, never guessing what a replay needs:
+//! - a base backup under legal hold keeps its WAL while the hold stands: from its start segment
+//!   to the next base backup's start segment (to the end of the archive when none follows),
+//!   so that it can still be brought to any moment up to where the next one takes over
+//!   ([`held_ranges`]);
+//! - while a `directory` snapshot whose WAL start is unknown is kept (protected by a coffre
+//!   older than `pg_wal_start`, or without a `backup_label`), no WAL goes: a point-in-time
+//!   restore may pick it as its base ([`crate::ops::pitr::choose_base`] takes the newest
+//!   directory snapshot), and its start may be anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +51,11 @@ pub struct WalDue {
     pub keep: Vec<WalRow>,
     /// Due and not needed: shredded with their epoch.
     pub shred: Vec<WalRow>,
+}
+
+/// A configured duration for the calendar arithmetic (saturating: no config can make it panic).
+fn std_to_time(d: std::time::Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 
 fn parse_time(t: &str) -> Option<time::OffsetDateTime> {
@@ -73,7 +88,7 @@ pub fn window_bases(app: &Coffre, now: time::OffsetDateTime) -> BTreeMap<String,
             })
             .collect();
         bases.sort_by_key(|(t, b)| (*t, b.snapshot));
-        let cutoff = now - pitr.window;
+        let cutoff = now.saturating_sub(std_to_time(pitr.window));
         let chosen = bases
             .iter()
             .rev()
@@ -143,7 +158,7 @@ pub fn ranges(app: &Coffre, now: time::OffsetDateTime) -> Vec<PitrRange> {
             recoverable_to: last.map(|(_, t)| t),
             wal_due_shred: due.map(|d| d.shred.len()).unwrap_or(0),
             wal_due_keep: due.map(|d| d.keep.len()).unwrap_or(0),
-            next_start_at: next.map(|(t, _)| fmt(t + pitr.window)),
+            next_start_at: next.map(|(t, _)| fmt(t.saturating_add(std_to_time(pitr.window)))),
             next_base: next.map(|(_, id)| id),
         });
     }
@@ -180,11 +195,9 @@ pub(crate) async fn reindex(app: &Coffre) -> usize {
                 {
                     continue;
                 }
-                let check = auth.check(&k, &m);
-                if k.snapshot != m.snapshot
-                    || (!check.is_authentic()
-                        && !matches!(check, crate::auth::Check::Unverifiable { .. }))
-                {
+                // Authentic only: a key object no configured provider can check is treated as
+                // tampered with, as for a snapshot.
+                if k.snapshot != m.snapshot || !auth.check(&k, &m).is_authentic() {
                     tracing::warn!(store = %s.name, wal = %name, "WAL key object not authentic: not indexed");
                     continue;
                 }
@@ -208,6 +221,77 @@ pub fn needed(start: &WalName, w: &WalName) -> bool {
     }
 }
 
+/// The WAL a base backup under legal hold keeps: from its start segment to `until`, the start
+/// segment of the next base backup (`None`: none follows, to the end of the archive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRange {
+    pub snapshot: SnapshotId,
+    pub start: WalName,
+    pub until: Option<WalName>,
+}
+
+/// The ranges of WAL kept by held base backups, from `bases` (each base backup's protection
+/// time, id and WAL start) and the held snapshots.
+pub fn held_ranges_of(
+    mut bases: Vec<(time::OffsetDateTime, SnapshotId, WalName)>,
+    held: &BTreeSet<SnapshotId>,
+) -> Vec<HeldRange> {
+    bases.sort_by_key(|(t, id, _)| (*t, *id));
+    bases
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, id, _))| held.contains(id))
+        .map(|(i, (_, id, start))| HeldRange {
+            snapshot: *id,
+            start: start.clone(),
+            until: bases.get(i + 1).map(|(_, _, next)| next.clone()),
+        })
+        .collect()
+}
+
+/// [`held_ranges_of`] for `source` from the catalog (its legal holds are on the key objects).
+/// A catalog that cannot be read holds everything back (a range from the first segment).
+fn held_ranges(app: &Coffre, source: &str) -> Vec<HeldRange> {
+    let everything = || {
+        WalName::parse("000000010000000000000000")
+            .map(|start| HeldRange {
+                snapshot: SnapshotId::nil(),
+                start,
+                until: None,
+            })
+            .into_iter()
+            .collect()
+    };
+    let (Ok(entries), Ok(keys)) = (app.catalog.list(Some(source)), app.catalog.all_keys()) else {
+        return everything();
+    };
+    let held: BTreeSet<SnapshotId> = keys
+        .into_iter()
+        .filter(|k| k.legal_hold.is_some())
+        .map(|k| k.snapshot)
+        .collect();
+    let bases = entries
+        .into_iter()
+        .filter(|e| e.manifest.kind == SnapshotKind::Directory)
+        .filter_map(|e| {
+            let m = e.manifest;
+            let start = WalName::parse(m.pg_wal_start.as_deref()?).ok()?;
+            Some((parse_time(&m.created)?, m.snapshot, start))
+        })
+        .collect();
+    held_ranges_of(bases, &held)
+}
+
+/// Whether a held base backup keeps WAL file `w`.
+pub fn held_needs(ranges: &[HeldRange], w: &WalName) -> bool {
+    ranges.iter().any(|r| {
+        needed(&r.start, w)
+            && r.until.as_ref().is_none_or(|u| {
+                w.kind() == WalFileKind::TimelineHistory || w.position() <= u.position()
+            })
+    })
+}
+
 /// What is due at `now` in every source's WAL archive.
 pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
     let bases = window_bases(app, now);
@@ -217,6 +301,7 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
         let start = base
             .as_ref()
             .and_then(|b| WalName::parse(&b.wal_start).ok());
+        let held = held_ranges(app, &s.name);
         // A directory snapshot whose WAL start is not known (protected by an older coffre, or a
         // pg_basebackup in tar format) might need any WAL: keep all of it while one is kept.
         let unknown_start = app
@@ -239,6 +324,7 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
             }
             let keep = match (&start, WalName::parse(&row.name)) {
                 _ if unknown_start => true,
+                (_, Ok(w)) if held_needs(&held, &w) => true,
                 (Some(start), Ok(w)) => needed(start, &w),
                 // No base backup: nothing can replay it.
                 (None, Ok(_)) => false,
@@ -256,18 +342,28 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
     out
 }
 
-/// One store's copy of a WAL file: its manifest and key object (`None`: not there).
+/// One store's copy of a WAL file: its manifest and key object (`None`: not there). A key
+/// object that is not authentic (forged, or tagged by no configured provider) is an error:
+/// retention neither moves a key nor deletes a copy on its word.
 async fn copy_in(
+    app: &Coffre,
     s: &Store,
     row: &WalRow,
 ) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let name = WalName::parse(&row.name)?;
     let copy = read_copy(s, &row.source, &name).await?;
-    if let Some((m, _, _)) = &copy {
+    if let Some((m, k, _)) = &copy {
         if m.snapshot != row.object {
             return Err(format!(
                 "{} holds object {} under {}, the catalog says {}",
                 s.name, m.snapshot, row.name, row.object
+            ));
+        }
+        let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(k, m);
+        if !check.is_authentic() {
+            return Err(format!(
+                "the key object of {} in {} is {check}: treated as tampered with; `coffre verify` reports it and the scrub repairs it from a good copy",
+                row.name, s.name
             ));
         }
     }
@@ -313,7 +409,7 @@ fn log(app: &Coffre, actor: &str, action: &str, target: Target, purpose: &str, o
 async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), String> {
     let mut copies = Vec::new();
     for s in &app.stores {
-        if let Some(c) = copy_in(s, row)
+        if let Some(c) = copy_in(app, s, row)
             .await
             .map_err(|e| format!("{}: {e}", s.name))?
         {
@@ -325,7 +421,8 @@ async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result
     };
     let (m, old) = (m.clone(), old.clone());
     let target = Target::key_object(&old);
-    let purpose = "retention: a WAL file still needed by the recovery window";
+    let purpose =
+        "retention: a WAL file still needed by the recovery window or a base backup under legal hold";
     log(
         app,
         actor,
@@ -423,7 +520,7 @@ async fn delete_copy(app: &Coffre, s: &Store, row: &WalRow) -> Option<CopyResult
     };
     let name = WalName::parse(&row.name).ok()?;
     let dir = s.wal_dir(&row.source, &name).to_string();
-    match copy_in(s, row).await {
+    match copy_in(app, s, row).await {
         Ok(None) => None,
         Err(e) => result(
             dir,
@@ -611,6 +708,55 @@ pub async fn shred_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_base_backup_keeps_its_wal_up_to_the_next_base_backup_while_the_hold_stands() {
+        let w = |n: &str| WalName::parse(n).unwrap();
+        let day = |d: u8| {
+            time::Date::from_calendar_date(2026, time::Month::December, d)
+                .unwrap()
+                .midnight()
+                .assume_utc()
+        };
+        let (b1, b2, b3) = (SnapshotId::new(), SnapshotId::new(), SnapshotId::new());
+        let bases = vec![
+            (day(3), b2, w("000000010000000000000006")),
+            (day(1), b1, w("000000010000000000000002")),
+            (day(5), b3, w("000000020000000000000009")),
+        ];
+        // No hold: nothing kept by this rule.
+        assert!(held_ranges_of(bases.clone(), &BTreeSet::new()).is_empty());
+        // b1 held: from its start to b2's.
+        let ranges = held_ranges_of(bases.clone(), &[b1].into_iter().collect());
+        assert_eq!(
+            ranges,
+            vec![HeldRange {
+                snapshot: b1,
+                start: w("000000010000000000000002"),
+                until: Some(w("000000010000000000000006")),
+            }]
+        );
+        for (name, kept) in [
+            ("000000010000000000000001", false),
+            ("000000010000000000000002", true),
+            ("000000010000000000000006", true),
+            ("000000010000000000000007", false),
+            ("000000010000000000000003.partial", true),
+            ("000000010000000000000002.00000028.backup", true),
+            ("000000020000000000000004", true),
+            ("00000001.history", true),
+            ("00000002.history", true),
+        ] {
+            assert_eq!(held_needs(&ranges, &w(name)), kept, "{name}");
+        }
+        // The newest base backup held: to the end of the archive, on later timelines too.
+        let ranges = held_ranges_of(bases, &[b3].into_iter().collect());
+        assert_eq!(ranges[0].until, None);
+        assert!(held_needs(&ranges, &w("0000000200000005000000FF")));
+        assert!(held_needs(&ranges, &w("000000030000000000000001")));
+        assert!(!held_needs(&ranges, &w("000000020000000000000008")));
+        assert!(!held_needs(&ranges, &w("0000000100000005000000FF")));
+    }
 
     #[test]
     fn what_a_base_backup_needs_starts_at_its_segment_and_follows_later_timelines() {

@@ -3,7 +3,8 @@
 //! `<state-dir>/spool/<source>/`; the daemon's `wal-spool` worker then archives it like a
 //! synchronous push (every store, `min-sites`) and removes it from the spool only when that
 //! succeeded. A spooled file survives a crash or a kill -9 (it was fsynced before the ack) and
-//! is archived after the restart; `wal-fetch` serves it from the spool meanwhile.
+//! is archived after the restart; `wal-fetch` serves it from the spool meanwhile, as long as
+//! every store answers that it does not have it (never when a store could not be read).
 //!
 //! The guarantees of a synchronous push hold: a name archived already (in the catalog's index)
 //! goes the synchronous way, which compares its bytes; a name spooled already with other bytes
@@ -128,8 +129,14 @@ pub fn spool(
     }))
 }
 
-/// A spooled WAL file, for `wal-fetch` before it reached the stores.
+/// A spooled WAL file, for `wal-fetch` before it reached the stores. Only for a name the stores
+/// do not have: `wal-fetch` asks after every store answered "not there"
+/// ([`crate::ops::wal::fetch`]), and a name the catalog indexes as archived is never served
+/// from here (its archived copy is the one PostgreSQL acknowledged).
 pub fn read(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
+    if app.catalog.has_wal(source, name.as_str()).unwrap_or(true) {
+        return None;
+    }
     std::fs::read(spool_dir(app, source).join(name.as_str())).ok()
 }
 

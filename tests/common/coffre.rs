@@ -445,3 +445,25 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Give `bytes`, the whole WAL segment named `name` (its size a power of two, as
+/// `--wal-segsize`), the first page header PostgreSQL 15 writes (`XLogLongPageHeaderData`:
+/// magic, `XLP_LONG_HEADER`, the timeline and start LSN the name says, a system id, the segment
+/// size), since `wal-fetch` serves a segment only when that header matches its name.
+pub fn stamp_wal_header(bytes: &mut [u8], name: &str) {
+    let hex = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).unwrap();
+    let (tli, log, seg) = (hex(0..8) as u32, hex(8..16), hex(16..24));
+    let size = bytes.len() as u64;
+    assert!(
+        size.is_power_of_two(),
+        "a WAL segment's size is a power of two"
+    );
+    bytes[..40].fill(0);
+    bytes[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    bytes[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+    bytes[4..8].copy_from_slice(&tli.to_le_bytes());
+    bytes[8..16].copy_from_slice(&((log << 32) | (seg * size)).to_le_bytes());
+    bytes[24..32].copy_from_slice(&0x7300_0000_0000_0001u64.to_le_bytes());
+    bytes[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+    bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());
+}

@@ -108,9 +108,10 @@ secret-access-key-env = "T_SK"
     /// `base` (through the daemon when it runs); returns its bytes.
     fn push_segment(&self, seg: &str, salt: u8) -> Vec<u8> {
         let wal = self.p(seg);
-        let bytes: Vec<u8> = (0..(1u32 << 20))
+        let mut bytes: Vec<u8> = (0..(1u32 << 20))
             .map(|i| (i % 251) as u8 ^ (i >> 12) as u8 ^ salt)
             .collect();
+        crate::common::coffre::stamp_wal_header(&mut bytes, seg);
         std::fs::write(&wal, &bytes).unwrap();
         let (code, out, err) = self.run(
             None,
@@ -788,9 +789,10 @@ fn the_daemon_archives_ready_segments_ahead_and_acknowledges_only_unchanged_file
         .map(|i| format!("0000000100000000000000{i:02X}"))
         .collect();
     for (i, seg) in segs.iter().enumerate() {
-        let bytes: Vec<u8> = (0..(1u32 << 20))
+        let mut bytes: Vec<u8> = (0..(1u32 << 20))
             .map(|j| (j % 251) as u8 ^ (j >> 12) as u8 ^ i as u8)
             .collect();
+        crate::common::coffre::stamp_wal_header(&mut bytes, seg);
         std::fs::write(pg_wal.join(seg), &bytes).unwrap();
         std::fs::write(pg_wal.join(format!("archive_status/{seg}.ready")), b"").unwrap();
     }

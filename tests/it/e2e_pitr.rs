@@ -731,6 +731,8 @@ fn incompressible(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v[4096..4096 + CANARY.len()].copy_from_slice(CANARY.as_bytes());
+    let name = path.file_name().unwrap().to_string_lossy();
+    crate::common::coffre::stamp_wal_header(&mut v, &name);
     std::fs::write(path, &v).unwrap();
     v
 }
@@ -862,7 +864,21 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
     incompressible(&other.join(name), 2 << 20, 8);
     let (ok, said) = push(&host, &other.join(name));
     assert!(!ok && said.contains("DIFFERENT"), "{said}");
-    // A restore can have it meanwhile.
+    // A restore can have it meanwhile: the worker commits it in store a at once (it stays in
+    // the spool while S3 lacks it), and the fetch reads a's copy. It is never served from the
+    // spool while S3 cannot answer that it lacks the name (issue 27, N15).
+    let in_a = host.d.join(format!(
+        "stores/a/coffre/wal/emr/00000001/{name}/manifest.json"
+    ));
+    let t = Instant::now();
+    while !in_a.is_file() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the spool worker did not commit the segment in store a:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let fetched = host.d.join("fetched");
     let (ok, _, err) = host.run(&[
         "wal-fetch",

@@ -33,7 +33,8 @@ fn wal_env_with(pitr_extra: &str) -> CoffreEnv {
     env
 }
 
-/// A WAL-like file: a canary in the middle of pseudo-random bytes (16 MiB, as PostgreSQL's).
+/// A WAL-like file: a canary in the middle of pseudo-random bytes (16 MiB, as PostgreSQL's),
+/// behind the first page header of the segment its name says.
 fn wal_file(dir: &Path, name: &str, seed: u64) -> (PathBuf, Vec<u8>) {
     let mut v = Vec::with_capacity(16 << 20);
     let mut x = seed | 1;
@@ -47,6 +48,7 @@ fn wal_file(dir: &Path, name: &str, seed: u64) -> (PathBuf, Vec<u8>) {
     }
     v.truncate(16 << 20);
     v[1000..1000 + CANARY.len()].copy_from_slice(CANARY.as_bytes());
+    coffre_env::stamp_wal_header(&mut v, name);
     let p = dir.join(name);
     fs::write(&p, &v).unwrap();
     (p, v)
@@ -173,6 +175,7 @@ fn wal_is_compressed_at_the_sources_own_level() {
         text.push(if x % 11 == 0 { b'\n' } else { b' ' });
     }
     text.truncate(1 << 20);
+    coffre_env::stamp_wal_header(&mut text, SEG);
     let mut sizes = Vec::new();
     for extra in ["", "zstd-level = 12\n"] {
         let env = wal_env_with(extra);
@@ -721,4 +724,143 @@ fn push_two_segments(env: &CoffreEnv, seed: u64) {
         env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
             .expect_ok();
     }
+}
+
+/// The key object of WAL file `name` in `store`, as JSON.
+fn wal_key_object(env: &CoffreEnv, store: &str, name: &str) -> PathBuf {
+    files_under(&wal_dir(env, store, name))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".key.json"))
+        .unwrap_or_else(|| panic!("no key object of {name} in {store}"))
+}
+
+/// Issue 27, N8: one store's administrator relabels a WAL file's key object so that its tags
+/// name a provider this host does not have (`ghost`). Such a copy was accepted for WAL (not for
+/// snapshots); it is a tampered copy now: the fetch takes the other store's, a fetch pinned to
+/// that store refuses it saying why, and verify reports it.
+#[test]
+fn a_wal_key_object_relabelled_to_an_unknown_provider_is_tampered_and_the_other_copy_serves() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let (seg, bytes) = wal_file(&pgwal, SEG, 41);
+    env.run(&["wal-push", "--source", "emr", seg.to_str().unwrap()])
+        .expect_ok();
+    let key = wal_key_object(&env, "a", SEG);
+    let mut k: serde_json::Value = serde_json::from_slice(&fs::read(&key).unwrap()).unwrap();
+    let tags = k["auth"]
+        .as_array_mut()
+        .expect("WAL key objects are tagged");
+    assert!(!tags.is_empty());
+    for t in tags {
+        t["provider"] = "ghost".into();
+    }
+    fs::write(&key, serde_json::to_vec(&k).unwrap()).unwrap();
+
+    let out = env.out.join("fetched");
+    let r = env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()]);
+    r.expect_ok();
+    assert!(fs::read(&out).unwrap() == bytes, "not the archived bytes");
+    assert!(
+        r.stderr.contains("ghost") && r.stderr.contains("tampered"),
+        "store a's copy was not set aside\n{r}"
+    );
+    let pinned = env.out.join("pinned");
+    let r = env.run(&[
+        "wal-fetch",
+        "--source",
+        "emr",
+        "--store",
+        "a",
+        SEG,
+        pinned.to_str().unwrap(),
+    ]);
+    r.expect_failure();
+    assert!(
+        r.error_text()
+            .contains("a: key object and manifest cannot be checked")
+            && r.error_text().contains("ghost")
+            && r.error_text().contains("coffre verify"),
+        "{r}"
+    );
+    assert!(!pinned.exists());
+    let (r, entries) = env.verify(None);
+    r.expect_failure();
+    let copy = |store: &str| {
+        entries
+            .iter()
+            .find(|e| e["wal"] == SEG && e["store"] == store)
+            .unwrap_or_else(|| panic!("no check of {store}'s copy: {entries:?}"))
+            .clone()
+    };
+    assert_eq!(copy("b")["state"], "ok", "{entries:?}");
+    assert_eq!(copy("a")["state"], "bad", "{entries:?}");
+    assert!(
+        copy("a")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ghost") && d.contains("tampered")),
+        "{entries:?}"
+    );
+}
+
+/// Issue 27, N8: a WAL file whose first page header is another segment's (archived under the
+/// wrong name) is never served: every store's copy is set aside, and the error names them and
+/// says what to do.
+#[test]
+fn a_segment_whose_page_header_is_another_segments_is_not_served() {
+    let env = wal_env();
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let (other, bytes) = wal_file(&pgwal, "000000010000000000000009", 43);
+    fs::remove_file(other).unwrap();
+    // Segment 9's bytes, named SEG (segment 10).
+    let seg = pgwal.join(SEG);
+    fs::write(&seg, &bytes).unwrap();
+    env.run(&["wal-push", "--source", "emr", seg.to_str().unwrap()])
+        .expect_ok();
+    let out = env.out.join("fetched");
+    let r = env.run(&["wal-fetch", "--source", "emr", SEG, out.to_str().unwrap()]);
+    r.expect_failure();
+    let e = r.error_text();
+    assert!(
+        e.contains("a: the copy is not WAL file 00000001000000000000000A")
+            && e.contains("b: the copy is not WAL file")
+            && e.contains("first page is at LSN 0/9000000, the name says 0/A000000")
+            && e.contains("coffre verify"),
+        "{r}"
+    );
+    assert!(!out.exists());
+}
+
+/// Issue 27, N15: `wal-fetch` serves a spooled WAL file only when every store answers that it
+/// does not have it; when a store answers with something it cannot read, the spool is not a
+/// fallback (the store may hold the archived copy PostgreSQL acknowledged).
+#[test]
+fn the_spool_serves_a_wal_file_only_when_no_store_has_it() {
+    let env = wal_env();
+    let name = "000000010000000000000021";
+    let spool = env.state.join("spool/emr");
+    fs::create_dir_all(&spool).unwrap();
+    let (_, bytes) = wal_file(&spool, name, 45);
+    let out = env.out.join("fetched");
+    let fetch = || env.run(&["wal-fetch", "--source", "emr", name, out.to_str().unwrap()]);
+    // In no store: from the spool.
+    fetch().expect_ok();
+    assert!(fs::read(&out).unwrap() == bytes);
+    fs::remove_file(&out).unwrap();
+    // Store b answers with a manifest it cannot read: not "not there", so no spool.
+    let dir = wal_dir(&env, "b", name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("manifest.json"), b"{ not a manifest").unwrap();
+    let r = fetch();
+    r.expect_failure();
+    assert!(
+        r.error_text()
+            .contains("could not be read from any store: b:"),
+        "{r}"
+    );
+    assert!(
+        !out.exists(),
+        "served from the spool while store b answered"
+    );
 }

@@ -184,3 +184,39 @@ fn owner_symlinked_folders_and_unbounded_retention_are_refused() {
         }
     }
 }
+
+/// Issue 27, N12: `[source.pitr] window = "100000000years"` once passed check-config, then
+/// `retention plan` and `wal-push` panicked on the time arithmetic. Every duration is bounded
+/// now: each command refuses the config, naming the key and the range, and none panics.
+#[test]
+fn a_recovery_window_past_the_calendar_is_refused_by_every_command_and_panics_none() {
+    use crate::common::coffre::{local_stores, CoffreEnv};
+    let env = CoffreEnv::new("");
+    let text = env.config_text(&env.state).replace(
+        "[[key-provider]]",
+        "[source.pitr]\nwindow = \"100000000years\"\n[[key-provider]]",
+    );
+    let stores = local_stores(env.dir.path(), &[("a", "a"), ("b", "b")]);
+    env.write_config(&format!("{text}\n{stores}"));
+    let seg = env.dir.path().join("00000001000000000000000A");
+    std::fs::write(&seg, vec![0u8; 1 << 20]).unwrap();
+    for args in [
+        vec!["check-config"],
+        vec!["retention", "plan"],
+        vec!["wal-push", "--source", "emr", seg.to_str().unwrap()],
+    ] {
+        let r = env.run(&args);
+        assert_eq!(
+            r.code,
+            Some(1),
+            "{args:?} must refuse the config, not panic\n{r}"
+        );
+        let said = r.all();
+        assert!(
+            said.contains("source[0].pitr.window")
+                && said.contains("is more than 100 years: use 1 hour to 100 years"),
+            "{args:?}\n{said}"
+        );
+        assert!(!said.contains("panicked"), "{args:?}\n{said}");
+    }
+}
