@@ -88,8 +88,13 @@ impl DataDir {
     /// Open the regular file `name` with `flags` (plus the no-follow flags) and check it.
     fn open_regular(&self, name: &str, flags: OFlags, mode: u32) -> Result<File, DirError> {
         let full = self.full(name);
-        let fd = rustix::fs::openat(&self.fd, name, base_flags() | flags, Mode::from_raw_mode(mode))
-            .map_err(|e| classify(&full, e))?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            base_flags() | flags,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| classify(&full, e))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| DirError::Io(full.clone(), e.into()))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(DirError::Planted(full));

@@ -415,7 +415,11 @@ pub fn find_postgres(dir: &Path, pg_bin: Option<&Path>) -> Result<std::path::Pat
         candidates.push(b.join("postgres"));
     } else {
         if let Some(v) = DataDir::open(dir).ok().as_ref().and_then(pg_version) {
-            candidates.push(Path::new("/usr/lib/postgresql").join(v).join("bin/postgres"));
+            candidates.push(
+                Path::new("/usr/lib/postgresql")
+                    .join(v)
+                    .join("bin/postgres"),
+            );
         }
         if let Some(path) = std::env::var_os("PATH") {
             candidates.extend(std::env::split_paths(&path).map(|p| p.join("postgres")));
@@ -578,11 +582,12 @@ pub fn replay_as(
         .create(&sockets)
         .map_err(spawn_err("a private socket folder"))?;
     let result = match as_user {
-        Some(u) => std::os::unix::fs::chown(&sockets, Some(u.uid), Some(u.gid))
-            .map_err(|source| PitrError::CannotSwitch {
+        Some(u) => std::os::unix::fs::chown(&sockets, Some(u.uid), Some(u.gid)).map_err(|source| {
+            PitrError::CannotSwitch {
                 user: u.name.clone(),
                 source,
-            }),
+            }
+        }),
         None => Ok(()),
     }
     .and_then(|()| replay_in(dir, &postgres, &sockets, as_user, restore_command));
@@ -623,12 +628,10 @@ fn replay_in(
         .stderr(err)
         .spawn()
         .map_err(|source| match as_user {
-            Some(u) if source.raw_os_error() == Some(nix::libc::EPERM) => {
-                PitrError::CannotSwitch {
-                    user: u.name.clone(),
-                    source,
-                }
-            }
+            Some(u) if source.raw_os_error() == Some(nix::libc::EPERM) => PitrError::CannotSwitch {
+                user: u.name.clone(),
+                source,
+            },
             _ => spawn_err(&postgres.display().to_string())(source),
         })?;
     let failed = |status: String| PitrError::ReplayFailed {
@@ -652,7 +655,8 @@ fn replay_in(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let seconds = started.elapsed().as_secs_f64();
-    stop(&mut child).map_err(|status| failed(format!("{status} while stopping after the promotion")))?;
+    stop(&mut child)
+        .map_err(|status| failed(format!("{status} while stopping after the promotion")))?;
     Ok(Replayed { seconds, log })
 }
 
@@ -778,7 +782,10 @@ mod tests {
         assert!(text.contains("recovery_target_action = 'promote'\n"));
         assert!(text.contains("recovery_target_timeline = 'latest'\n"));
         let pinned = settings_text(&t, &cmd, Some(3)).unwrap();
-        assert!(pinned.contains("recovery_target_timeline = '3'\n"), "{pinned}");
+        assert!(
+            pinned.contains("recovery_target_timeline = '3'\n"),
+            "{pinned}"
+        );
         assert!(!pinned.contains("'latest'"), "{pinned}");
         // A drill pins its store (and reaches the daemon through its socket).
         let pinned = restore_command(
@@ -908,7 +915,11 @@ mod tests {
             };
             let text = settings_text(&target, &cmd, None).unwrap();
             let d = conf_dir(&text);
-            assert_eq!(postgres_says(d.path(), "restore_command", &[]), cmd, "{v:?}");
+            assert_eq!(
+                postgres_says(d.path(), "restore_command", &[]),
+                cmd,
+                "{v:?}"
+            );
             if let Target::Name(n) = &target {
                 assert_eq!(&postgres_says(d.path(), "recovery_target_name", &[]), n);
             }
@@ -930,7 +941,10 @@ mod tests {
             postgres_says(d.path(), "recovery_target_name", &[]),
             r"it's \047 \n"
         );
-        assert_eq!(postgres_says(d.path(), "recovery_target_timeline", &[]), "2");
+        assert_eq!(
+            postgres_says(d.path(), "recovery_target_timeline", &[]),
+            "2"
+        );
     }
 
     /// Issue 27, N5: every setting coffre forces exists in the server and wins over what the
@@ -980,7 +994,10 @@ mod tests {
         // A recovery.signal already there (a regular file) is made anew.
         std::fs::write(d.path().join("recovery.signal"), "old").unwrap();
         write_recovery(d.path(), "\nrestore_command = 'c'\n").unwrap();
-        assert_eq!(std::fs::read(d.path().join("recovery.signal")).unwrap(), b"");
+        assert_eq!(
+            std::fs::read(d.path().join("recovery.signal")).unwrap(),
+            b""
+        );
         assert_eq!(
             std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap(),
             "archive_mode = 'on'\n\nrestore_command = 'c'\n"
@@ -1013,7 +1030,11 @@ mod tests {
             assert_eq!(std::fs::read_to_string(&outside).unwrap(), "SECRET");
             assert_eq!(
                 std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default(),
-                if planted == "postgresql.auto.conf" { "SECRET" } else { "15\n" },
+                if planted == "postgresql.auto.conf" {
+                    "SECRET"
+                } else {
+                    "15\n"
+                },
                 "{planted}"
             );
             // PG_VERSION is read the same way: no version from a link.

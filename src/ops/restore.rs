@@ -632,7 +632,10 @@ fn unpack_into<R: Read>(r: &mut R, tmp: &Path) -> io::Result<()> {
         }
         if kind.is_symlink() || kind.is_hard_link() {
             let path = entry.path()?.into_owned();
-            let target = entry.link_name()?.map(|t| t.into_owned()).unwrap_or_default();
+            let target = entry
+                .link_name()?
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
             check_link(&path, &target, kind.is_hard_link())?;
         }
         entry.unpack_in(tmp)?;
@@ -1604,7 +1607,11 @@ mod tests {
         };
         for (i, (path, target, hard)) in [
             ("recovery.signal", "/etc/shadow", false),
-            ("global/pg_control", "/var/lib/coffre/keys/master.key", false),
+            (
+                "global/pg_control",
+                "/var/lib/coffre/keys/master.key",
+                false,
+            ),
             ("a/b", "../../outside", false),
             ("pg_tblspc/16384/x", "/srv/ts", false),
             ("pg_tblspc/x", "/srv/ts", false),
@@ -1614,8 +1621,11 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let e = unpack(&format!("bad{i}"), tar_with_links(&[(path, target, hard)], None))
-                .unwrap_err();
+            let e = unpack(
+                &format!("bad{i}"),
+                tar_with_links(&[(path, target, hard)], None),
+            )
+            .unwrap_err();
             let said = e.to_string();
             assert!(
                 said.contains(path) && said.contains("outside the restored folder"),

@@ -23,14 +23,20 @@ fn planted(canaries: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("recovery_end_command", touch("recovery_end_command")),
         ("archive_cleanup_command", touch("archive_cleanup_command")),
-        ("restore_command", format!("{}; false", touch("restore_command"))),
+        (
+            "restore_command",
+            format!("{}; false", touch("restore_command")),
+        ),
         ("archive_command", touch("archive_command")),
         ("ssl", "on".into()),
         ("ssl_passphrase_command", touch("ssl_passphrase_command")),
         ("shared_preload_libraries", "nonexistent_lib".into()),
         ("session_preload_libraries", "nonexistent_lib".into()),
         ("dynamic_library_path", canaries.display().to_string()),
-        ("external_pid_file", format!("{}/external_pid_file", canaries.display())),
+        (
+            "external_pid_file",
+            format!("{}/external_pid_file", canaries.display()),
+        ),
         ("logging_collector", "on".into()),
         ("log_directory", canaries.display().to_string()),
     ]
