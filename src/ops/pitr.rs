@@ -1,7 +1,14 @@
 //! Point-in-time recovery: which base backup a restore starts from, and the recovery settings
 //! PostgreSQL reads on its first start (`recovery.signal`, appended lines in
 //! `postgresql.auto.conf`) so that it fetches the archived WAL with `coffre wal-fetch`, replays it
-//! to the target and promotes.
+//! to the target and promotes; and how coffre starts PostgreSQL on such a copy (`restore
+//! --replay`, point-in-time drills): with the settings of `FORCED` on its command line, so that
+//! nothing in the backup's own configuration runs a program or loads a library.
+//!
+//! No caller text reaches a setting: the values written are paths, names and ids coffre chose
+//! or checked, escaped by PostgreSQL's quoting rules ([`conf_value`]); control characters are
+//! refused. The restored folder is untrusted data, read and written through
+//! [`crate::ops::pgdir`].
 //!
 //! The base backup is a `directory` snapshot of the source (a pg_basebackup in plain format).
 //! For a time target it is the newest one coffre had protected by that time: a snapshot is
@@ -494,7 +501,7 @@ const FORCED: &[(&str, Forced, u32)] = &[
     ("data_directory", Forced::DataFolder, 12),
 ];
 
-/// The settings of [`FORCED`] for a server of major version `major` replaying `dir` with
+/// The settings of `FORCED` for a server of major version `major` replaying `dir` with
 /// `restore_command`, its socket in `sockets`: the one protocol of every PostgreSQL coffre
 /// starts.
 fn forced_settings(
@@ -539,7 +546,7 @@ fn setting_args(settings: &[(&str, std::ffi::OsString)]) -> Vec<std::ffi::OsStri
 
 /// Run PostgreSQL on the restored base backup at `dir` (prepared by [`write_recovery`]) until it
 /// has replayed to the target and promoted, then stop it (fast shutdown), leaving a database
-/// that starts at once. It runs with coffre's own settings ([`FORCED`]: no TCP, a private
+/// that starts at once. It runs with coffre's own settings (`FORCED`: no TCP, a private
 /// socket folder, nothing archived, no command or library of the backup's configuration), as
 /// the caller, who must own `dir`; its output goes to `dir/coffre-replay.log`.
 pub fn replay(
