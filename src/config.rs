@@ -462,8 +462,9 @@ pub struct DrillConfig {
     /// command on the promoted database.
     #[serde(default)]
     pub pitr: bool,
-    /// OS user PostgreSQL runs as for the replay when the daemon runs as root (it owns the
-    /// scratch copy; it must be in `audit.operators-group` to fetch WAL through the socket).
+    /// OS user PostgreSQL runs as for the replay (it owns the scratch copy; it must be in
+    /// `audit.operators-group` to fetch WAL through the socket). Required for a PITR drill, and
+    /// never the daemon's own user nor root.
     #[serde(default)]
     pub pg_user: Option<String>,
     /// The PostgreSQL programs for the replay (default: from the backup's PG_VERSION).

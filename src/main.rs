@@ -413,6 +413,9 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
         if a.replay && nix::unistd::geteuid().is_root() {
             return Err(coffre::ops::pitr::PitrError::ReplayAsRoot.into());
         }
+        if a.pitr_target()?.is_some() {
+            pitr_command(cli, a, "check")?;
+        }
     }
     let code = route_code(cli, cmd).await?;
     if code == coffre::cli::exit::OK {
@@ -425,6 +428,25 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
+/// The restore_command of a point-in-time restore: this binary, the config and socket it was
+/// given, the source and the recovery session. Also made before anything is restored, so that a
+/// path PostgreSQL's configuration cannot hold is refused first.
+fn pitr_command(cli: &Cli, a: &coffre::cli::RestoreArgs, session: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("where is this coffre binary")?;
+    let config = cli.config.as_deref().map(std::path::absolute).transpose()?;
+    let socket = std::env::var_os("COFFRE_SOCKET").map(PathBuf::from);
+    Ok(coffre::ops::pitr::restore_command(
+        &exe,
+        config.as_deref(),
+        socket.as_deref(),
+        &a.source,
+        session,
+        // WAL from any store with a good copy (fallback), even when the base backup came from
+        // `--store`: a disaster restore takes what survives; drills pin their store.
+        None,
+    )?)
+}
+
 /// A point-in-time restore's base backup is in place (written here, by the caller): make it
 /// start in targeted recovery, fetching WAL with this binary and the config it was given.
 fn pitr_settings(
@@ -433,24 +455,11 @@ fn pitr_settings(
     target: &coffre::ops::pitr::Target,
 ) -> Result<()> {
     use coffre::ops::pitr;
-    let exe = std::env::current_exe().context("where is this coffre binary")?;
-    let config = cli.config.as_deref().map(std::path::absolute).transpose()?;
-    let socket = std::env::var_os("COFFRE_SOCKET").map(PathBuf::from);
     // One recovery session per restore: its WAL fetches are one access entry and a summary.
     let session = coffre::ids::SnapshotId::new().to_string();
-    let command = pitr::restore_command(
-        &exe,
-        config.as_deref(),
-        socket.as_deref(),
-        &a.source,
-        &session,
-        &a.purpose,
-        // WAL from any store with a good copy (fallback), even when the base backup came from
-        // `--store`: a disaster restore takes what survives; drills pin their store.
-        None,
-    );
+    let command = pitr_command(cli, a, &session)?;
     let to = std::path::absolute(&a.to)?;
-    pitr::write_recovery(&to, &pitr::settings_text(target, &command))?;
+    pitr::write_recovery(&to, &pitr::settings_text(target, &command, None)?)?;
     let say = format!(
         "wrote recovery.signal and the recovery settings (restore_command = '{command}', target: {}) in {}: start PostgreSQL on it to replay the archived WAL; it promotes at the target",
         target.describe(),
@@ -472,7 +481,7 @@ fn pitr_settings(
         to.display(),
         to.join("coffre-replay.log").display()
     ));
-    let r = pitr::replay(&to, a.pg_bin.as_deref())?;
+    let r = pitr::replay(&to, a.pg_bin.as_deref(), &command)?;
     tell(&format!(
         "replayed to {} in {:.1} s: PostgreSQL promoted at the target and was stopped; {} is a database ready to start (recovery settings left in its postgresql.auto.conf: remove them or leave them, they are read only in recovery)",
         target.describe(),

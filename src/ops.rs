@@ -7,6 +7,7 @@ pub mod clock_guard;
 pub mod commit;
 pub mod drill;
 pub mod erasure;
+pub mod pgdir;
 pub mod pitr;
 pub mod protect;
 pub mod restore;

@@ -51,7 +51,9 @@ pub enum Command {
         name: String,
         /// Where to write it (`%p`).
         to: PathBuf,
-        /// Why, for the access log.
+        /// Why, for the access log (accepted for compatibility: the restore_command coffre
+        /// writes never carries one; the restore or drill that opened the session logged its
+        /// own).
         #[arg(
             long,
             default_value = "point-in-time recovery (PostgreSQL restore_command)"

@@ -475,6 +475,76 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Capabilities a non-root daemon needs to run PostgreSQL as `drill.pg-user` on a scratch copy
+/// it restored: CAP_CHOWN (the copy), CAP_DAC_OVERRIDE (watch, verify and wipe the copy),
+/// CAP_SETGID and CAP_SETUID (the switch). Bits of /proc/self/status `CapEff`.
+const SWITCH_CAPS: [(u32, &str); 4] = [
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+];
+
+/// The effective capabilities of this process (0 when unknown).
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The user a point-in-time drill runs PostgreSQL as: `drill.pg-user`, which must be set, name
+/// a user of this host other than the daemon's own (effective) uid and root, and be one the
+/// daemon can switch to. PostgreSQL started on a backup runs whatever a database superuser put
+/// in it within PostgreSQL's own rights; those must never be the daemon's (its keys).
+fn drill_pg_user(configured: Option<&str>) -> Result<crate::ops::pitr::PgUser, String> {
+    let name = configured.ok_or(
+        "a point-in-time drill runs PostgreSQL as a user of its own, never as the daemon's user nor root: set drill.pg-user (e.g. \"postgres\", a member of audit.operators-group)",
+    )?;
+    let u = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("drill.pg-user `{name}`: {e}"))?
+        .ok_or_else(|| format!("drill.pg-user `{name}` is not a user of this host"))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let user = crate::ops::pitr::PgUser {
+        name: name.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    };
+    check_pg_user(user, euid, effective_caps())
+}
+
+/// [`drill_pg_user`]'s rules, given the daemon's effective uid and capabilities.
+fn check_pg_user(
+    user: crate::ops::pitr::PgUser,
+    euid: u32,
+    caps: u64,
+) -> Result<crate::ops::pitr::PgUser, String> {
+    if user.uid == euid || user.uid == 0 {
+        return Err(format!(
+            "drill.pg-user `{}` is {}: PostgreSQL started on a backup must not run as the daemon's user nor root (a database superuser could reach the daemon's keys through the backup's configuration). Name a user of its own, e.g. postgres",
+            user.name,
+            if user.uid == 0 { "root" } else { "the daemon's own user" }
+        ));
+    }
+    let missing: Vec<&str> = SWITCH_CAPS
+        .iter()
+        .filter(|(bit, _)| caps & (1 << bit) == 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if euid != 0 && !missing.is_empty() {
+        return Err(format!(
+            "a point-in-time drill runs PostgreSQL as drill.pg-user `{}`, and this daemon (uid {euid}) cannot switch to it: it lacks {}. Run the daemon as root, or grant it CAP_CHOWN CAP_DAC_OVERRIDE CAP_SETGID CAP_SETUID in a systemd drop-in (AmbientCapabilities= and CapabilityBoundingSet= with those, SystemCallFilter=@setuid @chown)",
+            user.name,
+            missing.join(", ")
+        ));
+    }
+    Ok(user)
+}
+
 /// One point-in-time drill from one store: restore the base backup from it, write the recovery
 /// settings (WAL fetched through the daemon's socket, in one recovery session), replay with
 /// PostgreSQL to the point and promote, run the verify command on the database; RTO = all of it.
@@ -500,6 +570,8 @@ async fn drill_pitr(
     let limit = cfg.timeout.unwrap_or(Duration::from_secs(3600));
     let t0 = Instant::now();
     let run = async {
+        // Refused before anything is restored.
+        let user = drill_pg_user(cfg.pg_user.as_deref())?;
         crate::fsutil::create_private_dir(&scratch)
             .map_err(|e| format!("scratch folder {}: {e}", scratch.display()))?;
         let to = restore_into(app, &scratch, source, store, point.base, req, &mut report).await?;
@@ -513,36 +585,21 @@ async fn drill_pitr(
             Some(&socket),
             source,
             &report.drill,
-            &req.purpose,
             Some(store),
-        );
+        )
+        .map_err(|e| e.to_string())?;
         let target = crate::ops::pitr::Target::Lsn(point.lsn.clone());
-        // The point's own timeline (a later line wins over the settings' `latest`).
-        let settings = format!(
-            "{}recovery_target_timeline = '{}'\n",
-            crate::ops::pitr::settings_text(&target, &command),
-            point.timeline
-        );
+        // The point's own timeline.
+        let settings = crate::ops::pitr::settings_text(&target, &command, Some(point.timeline))
+            .map_err(|e| e.to_string())?;
         crate::ops::pitr::write_recovery(&to, &settings).map_err(|e| e.to_string())?;
-        let user = match (&cfg.pg_user, nix::unistd::geteuid().is_root()) {
-            (Some(u), true) => {
-                let u = nix::unistd::User::from_name(u)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("drill.pg-user `{u}` is not a user of this host"))?;
-                chown_tree(&scratch, u.uid.as_raw(), u.gid.as_raw())
-                    .map_err(|e| format!("chown the scratch copy to {}: {e}", u.name))?;
-                Some((u.uid.as_raw(), u.gid.as_raw()))
-            }
-            (None, true) => {
-                return Err("a point-in-time drill runs PostgreSQL, never as root: set drill.pg-user (e.g. \"postgres\", a member of audit.operators-group)".to_string())
-            }
-            (_, false) => None,
-        };
+        chown_tree(&scratch, user.uid, user.gid)
+            .map_err(|e| format!("chown the scratch copy to {}: {e}", user.name))?;
         let t1 = Instant::now();
         let pg_bin = cfg.pg_bin.clone();
         let dir = to.clone();
         tokio::task::spawn_blocking(move || {
-            crate::ops::pitr::replay_as(&dir, pg_bin.as_deref(), user)
+            crate::ops::pitr::replay_as(&dir, pg_bin.as_deref(), Some(&user), &command)
         })
         .await
         .map_err(|e| format!("replay: {e}"))?
@@ -562,4 +619,44 @@ async fn drill_pitr(
     };
     let result = within(limit, run).await;
     finish(app, req, report, &scratch, t0, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::pitr::PgUser;
+
+    fn user(uid: u32) -> PgUser {
+        PgUser {
+            name: "postgres".into(),
+            uid,
+            gid: uid,
+        }
+    }
+
+    /// Issue 27, N5: a PITR drill never runs PostgreSQL as the daemon's user or root, and a
+    /// non-root daemon must be able to switch users.
+    #[test]
+    fn a_pitr_drill_needs_a_user_of_its_own_that_the_daemon_can_switch_to() {
+        let all = SWITCH_CAPS.iter().fold(0u64, |c, (bit, _)| c | 1 << bit);
+        // Root switches to anyone but itself.
+        assert_eq!(check_pg_user(user(105), 0, 0).unwrap(), user(105));
+        let e = check_pg_user(user(0), 0, 0).unwrap_err();
+        assert!(e.contains("is root"), "{e}");
+        // A non-root daemon: never as itself.
+        let e = check_pg_user(user(990), 990, all).unwrap_err();
+        assert!(e.contains("the daemon's own user"), "{e}");
+        // Another user only with the capabilities, and the error says how to grant them.
+        let e = check_pg_user(user(105), 990, 0).unwrap_err();
+        assert!(
+            e.contains("cannot switch") && e.contains("CAP_SETUID") && e.contains("drop-in"),
+            "{e}"
+        );
+        let e = check_pg_user(user(105), 990, all & !(1 << 7)).unwrap_err();
+        assert!(e.contains("lacks CAP_SETUID"), "{e}");
+        assert_eq!(check_pg_user(user(105), 990, all).unwrap(), user(105));
+        // Unset: refused.
+        let e = drill_pg_user(None).unwrap_err();
+        assert!(e.contains("set drill.pg-user"), "{e}");
+    }
 }

@@ -1,7 +1,14 @@
 //! Point-in-time recovery: which base backup a restore starts from, and the recovery settings
 //! PostgreSQL reads on its first start (`recovery.signal`, appended lines in
 //! `postgresql.auto.conf`) so that it fetches the archived WAL with `coffre wal-fetch`, replays it
-//! to the target and promotes.
+//! to the target and promotes; and how coffre starts PostgreSQL on such a copy (`restore
+//! --replay`, point-in-time drills): with the settings of `FORCED` on its command line, so that
+//! nothing in the backup's own configuration runs a program or loads a library.
+//!
+//! No caller text reaches a setting: the values written are paths, names and ids coffre chose
+//! or checked, escaped by PostgreSQL's quoting rules ([`conf_value`]); control characters are
+//! refused. The restored folder is untrusted data, read and written through
+//! [`crate::ops::pgdir`].
 //!
 //! The base backup is a `directory` snapshot of the source (a pg_basebackup in plain format).
 //! For a time target it is the newest one coffre had protected by that time: a snapshot is
@@ -9,7 +16,6 @@
 //! transaction or restore-point target, and for `latest`, it is the newest one (name another
 //! with the snapshot id when the target is older).
 
-use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
@@ -18,6 +24,7 @@ use time::OffsetDateTime;
 
 use crate::app::Coffre;
 use crate::ids::SnapshotId;
+use crate::ops::pgdir::{DataDir, DirError};
 use crate::store::SnapshotKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +37,13 @@ pub enum PitrError {
     NoBase { source_name: String, when: String },
     #[error("{0} is not a PostgreSQL base backup in plain format (it has no {1}): restore a pg_basebackup snapshot for a point-in-time recovery")]
     NotABaseBackup(String, &'static str),
-    #[error("cannot write the recovery settings in {path}: {source}")]
-    Write {
-        path: String,
+    #[error("{what} holds a control character (newline, carriage return, tab, NUL, another below 0x20, or DEL): coffre writes none into PostgreSQL's setting {setting}. Move the file to a path without one, rename the source or store, or give a target without one")]
+    ControlCharacter { setting: String, what: String },
+    #[error("the restored folder: {0}")]
+    Folder(#[from] DirError),
+    #[error("cannot start PostgreSQL as user {user}: {source}. Switching to another user takes root, or the capabilities CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_DAC_OVERRIDE: run the daemon as root, or grant them in a systemd drop-in (AmbientCapabilities= and CapabilityBoundingSet= with those four, SystemCallFilter=@setuid @chown)")]
+    CannotSwitch {
+        user: String,
         source: std::io::Error,
     },
     #[error("catalog: {0}")]
@@ -240,39 +251,47 @@ pub fn choose_base(
 }
 
 /// `restore_command` for PostgreSQL: this coffre binary, with the config (and control socket)
-/// the restore used, each word quoted for the shell PostgreSQL runs it with.
+/// the restore used, each word quoted for the shell PostgreSQL runs it with, and every `%` of
+/// those words doubled (PostgreSQL expands `%f`, `%p`, `%r` and `%%` in the command). No caller
+/// text goes in: the purpose stays in the access entry of the restore or drill that opened the
+/// session (`wal-fetch` logs its own default purpose). Refused when a word holds a control
+/// character (see [`conf_value`]).
 pub fn restore_command(
     exe: &Path,
     config: Option<&Path>,
     socket: Option<&Path>,
     source: &str,
     session: &str,
-    purpose: &str,
     store: Option<&str>,
-) -> String {
+) -> Result<String, PitrError> {
+    let word = |what: &str, s: &str| -> Result<String, PitrError> {
+        check_plain("restore_command", what, s)?;
+        Ok(shell_quote(s).replace('%', "%%"))
+    };
     let mut words = Vec::new();
     if let Some(s) = socket {
-        words.push(format!(
-            "COFFRE_SOCKET={}",
-            shell_quote(&s.to_string_lossy())
-        ));
+        let s = word("the control socket path", &s.to_string_lossy())?;
+        words.push(format!("COFFRE_SOCKET={s}"));
     }
-    words.push(shell_quote(&exe.to_string_lossy()));
+    words.push(word("the coffre binary's path", &exe.to_string_lossy())?);
     if let Some(c) = config {
         words.push("--config".into());
-        words.push(shell_quote(&c.to_string_lossy()));
+        words.push(word("the config file's path", &c.to_string_lossy())?);
     }
-    words.extend(["wal-fetch".into(), "--source".into(), shell_quote(source)]);
-    words.extend(["--session".into(), shell_quote(session)]);
-    words.extend(["--purpose".into(), shell_quote(purpose)]);
+    words.extend(["wal-fetch".into(), "--source".into()]);
+    words.push(word("the source name", source)?);
+    words.push("--session".into());
+    words.push(word("the recovery session id", session)?);
     if let Some(s) = store {
-        words.extend(["--store".into(), shell_quote(s)]);
+        words.push("--store".into());
+        words.push(word("the store name", s)?);
     }
     words.extend(["%f".into(), "%p".into()]);
-    words.join(" ")
+    Ok(words.join(" "))
 }
 
-/// One shell word: as it is when it has only safe characters, else in single quotes.
+/// One shell word: as it is when it has only safe characters, else in single quotes (inside
+/// which the shell decodes nothing; a quote is closed, escaped and reopened).
 fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()
         && s.chars()
@@ -284,50 +303,84 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// A value in postgresql.conf syntax: single quotes, a quote doubled.
-fn conf_value(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// Refuse a control character (below 0x20, or DEL) in `value`, `what` of the setting `setting`:
+/// PostgreSQL's configuration files end a value at a newline, and coffre writes none of them.
+fn check_plain(setting: &str, what: &str, value: &str) -> Result<(), PitrError> {
+    if value.chars().any(|c| c < ' ' || c == '\u{7f}') {
+        return Err(PitrError::ControlCharacter {
+            setting: setting.to_string(),
+            what: format!("{what} ({})", value.escape_debug()),
+        });
+    }
+    Ok(())
 }
 
-/// The lines appended to postgresql.auto.conf (later lines win over the backup's own).
-pub fn settings_text(target: &Target, restore_command: &str) -> String {
-    let mut text = format!(
-        "\n# Added by coffre restore: point-in-time recovery to {}.\n",
-        target.describe()
-    );
+/// The value `s` of the setting `setting` in postgresql.conf syntax, escaped by PostgreSQL's own
+/// rules for a quoted string: in single quotes, a quote doubled and a backslash doubled (the
+/// parser decodes backslash escapes such as `\n` and `\047` inside quotes). A control character
+/// is refused: no escape of it is safe to rely on.
+pub fn conf_value(setting: &str, s: &str) -> Result<String, PitrError> {
+    check_plain(setting, "the value", s)?;
+    Ok(format!("'{}'", s.replace('\\', r"\\").replace('\'', "''")))
+}
+
+/// The recovery settings of a restore to `target` (the target timeline `timeline` when given,
+/// else `latest`).
+fn recovery_settings(
+    target: &Target,
+    restore_command: &str,
+    timeline: Option<u32>,
+) -> Vec<(&'static str, String)> {
     let mut lines = vec![("restore_command", restore_command.to_string())];
     lines.extend(target.settings());
-    for (k, v) in lines {
-        text.push_str(&format!("{k} = {}\n", conf_value(&v)));
+    if let Some(tl) = timeline {
+        for (k, v) in lines.iter_mut() {
+            if *k == "recovery_target_timeline" {
+                *v = tl.to_string();
+            }
+        }
     }
-    text
+    lines
+}
+
+/// The lines appended to postgresql.auto.conf (later lines win over the backup's own), each
+/// value escaped by [`conf_value`]. `timeline` pins the target timeline (a drill's point).
+pub fn settings_text(
+    target: &Target,
+    restore_command: &str,
+    timeline: Option<u32>,
+) -> Result<String, PitrError> {
+    let mut text = format!(
+        "\n# Added by coffre restore: point-in-time recovery to {}.\n",
+        target.describe().escape_debug()
+    );
+    for (k, v) in recovery_settings(target, restore_command, timeline) {
+        text.push_str(&format!("{k} = {}\n", conf_value(k, &v)?));
+    }
+    Ok(text)
 }
 
 /// Make the restored base backup at `dir` start in targeted recovery: the settings appended to
-/// `postgresql.auto.conf`, an empty `recovery.signal`, both fsynced with the folder.
+/// `postgresql.auto.conf`, a new empty `recovery.signal`, both fsynced with the folder. The
+/// folder is untrusted data ([`crate::ops::pgdir`]): every file is reached beneath one handle of
+/// it, never through a symlink, and must be a regular file; a symlink is refused as a sign of a
+/// planted backup and nothing is written through it.
 pub fn write_recovery(dir: &Path, settings: &str) -> Result<(), PitrError> {
+    let d = DataDir::open(dir)?;
     for needed in ["PG_VERSION", "backup_label"] {
-        if !dir.join(needed).is_file() {
-            return Err(PitrError::NotABaseBackup(dir.display().to_string(), needed));
+        match d.check_regular(needed) {
+            Err(DirError::Missing(_)) => {
+                return Err(PitrError::NotABaseBackup(dir.display().to_string(), needed))
+            }
+            r => r?,
         }
     }
-    let err = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| PitrError::Write { path, source }
-    };
-    let auto = dir.join("postgresql.auto.conf");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&auto)
-        .map_err(err(&auto))?;
-    f.write_all(settings.as_bytes()).map_err(err(&auto))?;
-    f.sync_all().map_err(err(&auto))?;
-    let signal = dir.join("recovery.signal");
-    std::fs::File::create(&signal)
-        .and_then(|f| f.sync_all())
-        .map_err(err(&signal))?;
-    crate::fsutil::sync_dir(dir).map_err(err(dir))
+    // Checked before anything is written: a planted backup is left as it was.
+    d.absent_or_regular("recovery.signal")?;
+    d.append("postgresql.auto.conf", settings.as_bytes())?;
+    d.create_fresh("recovery.signal")?;
+    d.sync()?;
+    Ok(())
 }
 
 /// What a replay took.
@@ -338,6 +391,28 @@ pub struct Replayed {
     pub log: std::path::PathBuf,
 }
 
+/// The OS user a PostgreSQL started by coffre runs as (a drill's `drill.pg-user`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The replay's output, in the restored folder.
+const REPLAY_LOG: &str = "coffre-replay.log";
+
+/// The folder's PG_VERSION (`15`, `9.6`), read beneath it without following a symlink.
+fn pg_version(d: &DataDir) -> Option<String> {
+    let bytes = d.read("PG_VERSION", 64).ok()?;
+    let v = String::from_utf8(bytes).ok()?.trim().to_string();
+    (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')).then_some(v)
+}
+
+fn pg_major(d: &DataDir) -> Option<u32> {
+    pg_version(d)?.split('.').next()?.parse().ok()
+}
+
 /// The `postgres` program for the data folder `dir`: in `pg_bin` when given, else Debian's
 /// `/usr/lib/postgresql/<major>/bin` for the folder's PG_VERSION, else on PATH.
 pub fn find_postgres(dir: &Path, pg_bin: Option<&Path>) -> Result<std::path::PathBuf, PitrError> {
@@ -346,15 +421,12 @@ pub fn find_postgres(dir: &Path, pg_bin: Option<&Path>) -> Result<std::path::Pat
     if let Some(b) = pg_bin {
         candidates.push(b.join("postgres"));
     } else {
-        if let Ok(v) = std::fs::read_to_string(dir.join("PG_VERSION")) {
-            let major = v.trim();
-            if !major.is_empty() && major.chars().all(|c| c.is_ascii_digit() || c == '.') {
-                candidates.push(
-                    Path::new("/usr/lib/postgresql")
-                        .join(major)
-                        .join("bin/postgres"),
-                );
-            }
+        if let Some(v) = DataDir::open(dir).ok().as_ref().and_then(pg_version) {
+            candidates.push(
+                Path::new("/usr/lib/postgresql")
+                    .join(v)
+                    .join("bin/postgres"),
+            );
         }
         if let Some(path) = std::env::var_os("PATH") {
             candidates.extend(std::env::split_paths(&path).map(|p| p.join("postgres")));
@@ -373,35 +445,133 @@ pub fn find_postgres(dir: &Path, pg_bin: Option<&Path>) -> Result<std::path::Pat
     }))
 }
 
-/// Run PostgreSQL on the restored base backup at `dir` (prepared by [`write_recovery`]) until it
-/// has replayed to the target and promoted, then stop it (fast shutdown), leaving a database
-/// that starts at once. The server listens on no TCP address and on a private socket folder, and
-/// archives nothing (`archive_mode = off`: a restored copy must not push WAL into the archive
-/// it came from). It runs as the caller, who must own `dir`; its output goes to
-/// `dir/coffre-replay.log`.
-pub fn replay(dir: &Path, pg_bin: Option<&Path>) -> Result<Replayed, PitrError> {
-    replay_as(dir, pg_bin, None)
+/// How a forced setting gets its value.
+#[derive(Debug, Clone, Copy)]
+enum Forced {
+    Is(&'static str),
+    /// coffre's own restore_command.
+    RestoreCommand,
+    /// The private socket folder of this run.
+    SocketFolder,
+    /// The restored folder.
+    DataFolder,
 }
 
-/// [`replay`], as the OS user `as_user` (uid, gid) when the caller is root (the daemon's PITR
-/// drill: `drill.pg-user`), who must own `dir`.
+/// What coffre forces on every PostgreSQL it starts (`restore --replay`, point-in-time drills),
+/// on the command line (`-c name=value` wins over the backup's postgresql.conf and
+/// postgresql.auto.conf): nothing in the backup's configuration runs a program, loads a library,
+/// listens, or writes outside the folder. (name, value, first major version that has it); every
+/// name exists in PostgreSQL 15 (`postgres --describe-config`), which a unit test checks.
+const FORCED: &[(&str, Forced, u32)] = &[
+    // The archived WAL comes through coffre, never through the backup's own command.
+    ("restore_command", Forced::RestoreCommand, 12),
+    // A restored copy never pushes WAL into the archive it came from, nor runs a command for it.
+    ("archive_mode", Forced::Is("off"), 12),
+    ("archive_command", Forced::Is(""), 12),
+    // An archive module is a library (PostgreSQL 15 and later).
+    ("archive_library", Forced::Is(""), 15),
+    // Shell commands run at the end of recovery and at restart points.
+    ("recovery_end_command", Forced::Is(""), 12),
+    ("archive_cleanup_command", Forced::Is(""), 12),
+    // Libraries loaded at start or into sessions: code chosen by whoever wrote the backup.
+    ("shared_preload_libraries", Forced::Is(""), 12),
+    ("session_preload_libraries", Forced::Is(""), 12),
+    ("local_preload_libraries", Forced::Is(""), 12),
+    // Any library still loaded comes from PostgreSQL's own folder only.
+    ("dynamic_library_path", Forced::Is("$libdir"), 12),
+    // No TLS: ssl_passphrase_command runs a program, and TLS reads files the backup names.
+    ("ssl", Forced::Is("off"), 12),
+    ("ssl_passphrase_command", Forced::Is(""), 12),
+    // JIT loads a provider library.
+    ("jit", Forced::Is("off"), 12),
+    // All output to coffre-replay.log: the collector writes files where log_directory says.
+    ("logging_collector", Forced::Is("off"), 12),
+    ("log_destination", Forced::Is("stderr"), 12),
+    // A pid file written at a path of the backup's choosing.
+    ("external_pid_file", Forced::Is(""), 12),
+    // No TCP; a private socket folder that only PostgreSQL's user reaches.
+    ("listen_addresses", Forced::Is(""), 12),
+    ("unix_socket_directories", Forced::SocketFolder, 12),
+    ("unix_socket_group", Forced::Is(""), 12),
+    ("unix_socket_permissions", Forced::Is("0700"), 12),
+    // No connection to a primary the backup names (with a standby.signal it would stream).
+    ("primary_conninfo", Forced::Is(""), 12),
+    ("primary_slot_name", Forced::Is(""), 12),
+    // The folder coffre restored, never another one the backup's postgresql.conf names.
+    ("data_directory", Forced::DataFolder, 12),
+];
+
+/// The settings of `FORCED` for a server of major version `major` replaying `dir` with
+/// `restore_command`, its socket in `sockets`: the one protocol of every PostgreSQL coffre
+/// starts.
+fn forced_settings(
+    dir: &Path,
+    sockets: &Path,
+    restore_command: &str,
+    major: u32,
+) -> Vec<(&'static str, std::ffi::OsString)> {
+    FORCED
+        .iter()
+        .filter(|(_, _, since)| *since <= major)
+        .map(|(name, value, _)| {
+            let value = match value {
+                Forced::Is(v) => (*v).into(),
+                Forced::RestoreCommand => restore_command.into(),
+                // A list: each folder in double quotes (a quote doubled) keeps commas and spaces.
+                Forced::SocketFolder => {
+                    let mut v = std::ffi::OsString::from("\"");
+                    v.push(sockets.as_os_str().to_string_lossy().replace('"', "\"\""));
+                    v.push("\"");
+                    v
+                }
+                Forced::DataFolder => dir.as_os_str().to_os_string(),
+            };
+            (*name, value)
+        })
+        .collect()
+}
+
+/// `-c name=value` for each setting.
+fn setting_args(settings: &[(&str, std::ffi::OsString)]) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    for (name, value) in settings {
+        let mut a = std::ffi::OsString::from(*name);
+        a.push("=");
+        a.push(value);
+        args.push("-c".into());
+        args.push(a);
+    }
+    args
+}
+
+/// Run PostgreSQL on the restored base backup at `dir` (prepared by [`write_recovery`]) until it
+/// has replayed to the target and promoted, then stop it (fast shutdown), leaving a database
+/// that starts at once. It runs with coffre's own settings (`FORCED`: no TCP, a private
+/// socket folder, nothing archived, no command or library of the backup's configuration), as
+/// the caller, who must own `dir`; its output goes to `dir/coffre-replay.log`.
+pub fn replay(
+    dir: &Path,
+    pg_bin: Option<&Path>,
+    restore_command: &str,
+) -> Result<Replayed, PitrError> {
+    replay_as(dir, pg_bin, None, restore_command)
+}
+
+/// [`replay`], as the OS user `as_user` (the daemon's PITR drill: `drill.pg-user`), who must own
+/// `dir`. Switching users takes root or the capabilities [`PitrError::CannotSwitch`] names.
 pub fn replay_as(
     dir: &Path,
     pg_bin: Option<&Path>,
-    as_user: Option<(u32, u32)>,
+    as_user: Option<&PgUser>,
+    restore_command: &str,
 ) -> Result<Replayed, PitrError> {
     use std::os::unix::fs::PermissionsExt;
-    let as_user = as_user.filter(|_| nix::unistd::geteuid().is_root());
-    if nix::unistd::geteuid().is_root() && as_user.is_none() {
+    if nix::unistd::geteuid().is_root() && as_user.is_none_or(|u| u.uid == 0) {
         return Err(PitrError::ReplayAsRoot);
     }
     let postgres = find_postgres(dir, pg_bin)?;
-    let spawn_err = |what: &str| {
-        let what = what.to_string();
-        move |source| PitrError::Spawn { what, source }
-    };
     // PostgreSQL refuses a data folder that others can read.
-    let mode = std::fs::metadata(dir)
+    let mode = std::fs::symlink_metadata(dir)
         .map_err(spawn_err("the restored folder"))?
         .permissions()
         .mode();
@@ -418,112 +588,128 @@ pub fn replay_as(
         .mode(0o700)
         .create(&sockets)
         .map_err(spawn_err("a private socket folder"))?;
-    if let Some((uid, gid)) = as_user {
-        std::os::unix::fs::chown(&sockets, Some(uid), Some(gid))
-            .map_err(spawn_err("chown the private socket folder"))?;
+    let result = match as_user {
+        Some(u) => std::os::unix::fs::chown(&sockets, Some(u.uid), Some(u.gid)).map_err(|source| {
+            PitrError::CannotSwitch {
+                user: u.name.clone(),
+                source,
+            }
+        }),
+        None => Ok(()),
     }
-    let result = replay_in(dir, &postgres, &sockets, as_user);
+    .and_then(|()| replay_in(dir, &postgres, &sockets, as_user, restore_command));
     let _ = std::fs::remove_dir_all(&sockets);
     result
+}
+
+fn spawn_err(what: &str) -> impl FnOnce(std::io::Error) -> PitrError {
+    let what = what.to_string();
+    move |source| PitrError::Spawn { what, source }
 }
 
 fn replay_in(
     dir: &Path,
     postgres: &Path,
     sockets: &Path,
-    as_user: Option<(u32, u32)>,
+    as_user: Option<&PgUser>,
+    restore_command: &str,
 ) -> Result<Replayed, PitrError> {
     use std::os::unix::process::CommandExt;
-    let spawn_err = |what: &str| {
-        let what = what.to_string();
-        move |source| PitrError::Spawn { what, source }
-    };
-    let log = dir.join("coffre-replay.log");
-    let out = std::fs::File::create(&log).map_err(spawn_err("create coffre-replay.log"))?;
-    let err = out.try_clone().map_err(spawn_err("coffre-replay.log"))?;
-    let started = std::time::Instant::now();
+    let d = DataDir::open(dir)?;
+    let log = dir.join(REPLAY_LOG);
+    let out = d.create_fresh(REPLAY_LOG)?;
+    let err = out.try_clone().map_err(spawn_err(REPLAY_LOG))?;
+    let major = pg_major(&d).unwrap_or(u32::MAX);
+    let forced = forced_settings(dir, sockets, restore_command, major);
     let mut cmd = std::process::Command::new(postgres);
-    if let Some((uid, gid)) = as_user {
-        cmd.uid(uid).gid(gid);
+    if let Some(u) = as_user {
+        cmd.uid(u.uid).gid(u.gid);
     }
+    let started = std::time::Instant::now();
     let mut child = cmd
         .arg("-D")
         .arg(dir)
-        .arg("-c")
-        .arg("listen_addresses=")
-        .arg("-c")
-        .arg(format!("unix_socket_directories={}", sockets.display()))
-        .args(["-c", "archive_mode=off"])
+        .args(setting_args(&forced))
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(spawn_err(&postgres.display().to_string()))?;
-    let signal = dir.join("recovery.signal");
+        .map_err(|source| match as_user {
+            Some(u) if source.raw_os_error() == Some(nix::libc::EPERM) => PitrError::CannotSwitch {
+                user: u.name.clone(),
+                source,
+            },
+            _ => spawn_err(&postgres.display().to_string())(source),
+        })?;
+    let failed = |status: String| PitrError::ReplayFailed {
+        status,
+        log: log.display().to_string(),
+        tail: tail(&d, 15),
+    };
+    // Promoted: recovery.signal removed and pg_control says "in production" (the end of
+    // recovery is written; stopping earlier would leave a copy that replays past the target on
+    // its next start).
     loop {
         if let Some(status) = child.try_wait().map_err(spawn_err("wait for PostgreSQL"))? {
-            return Err(PitrError::ReplayFailed {
-                status: status.to_string(),
-                log: log.display().to_string(),
-                tail: tail(&log, 15),
-            });
+            return Err(failed(status.to_string()));
         }
-        // Promoted: recovery.signal removed and pg_control says "in production" (the end of
-        // recovery is written; stopping earlier would leave a copy that replays past the
-        // target on its next start).
-        if !signal.exists()
-            && control_state(dir) == Some(DB_IN_PRODUCTION)
-            && postmaster_status(dir).as_deref() == Some("ready")
+        if !d.has("recovery.signal")
+            && control_state(&d) == Some(DB_IN_PRODUCTION)
+            && postmaster_status(&d).as_deref() == Some("ready")
         {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let seconds = started.elapsed().as_secs_f64();
+    stop(&mut child)
+        .map_err(|status| failed(format!("{status} while stopping after the promotion")))?;
+    Ok(Replayed { seconds, log })
+}
+
+/// Fast shutdown (SIGINT), immediate (SIGQUIT) after 120 s; the exit status when it failed.
+fn stop(child: &mut std::process::Child) -> Result<(), String> {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        match child.try_wait().map_err(spawn_err("wait for PostgreSQL"))? {
-            Some(status) if status.success() => break,
-            Some(status) => {
-                return Err(PitrError::ReplayFailed {
-                    status: format!("{status} while stopping after the promotion"),
-                    log: log.display().to_string(),
-                    tail: tail(&log, 15),
-                })
-            }
-            None if std::time::Instant::now() > deadline => {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(status.to_string()),
+            Err(e) => return Err(e.to_string()),
+            Ok(None) if std::time::Instant::now() > deadline => {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
                 let _ = child.wait();
-                break;
+                return Ok(());
             }
-            None => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
-    Ok(Replayed { seconds, log })
 }
 
 /// `DBState::DB_IN_PRODUCTION` in PostgreSQL's `pg_control` (the same in every version since
 /// 9.0).
 const DB_IN_PRODUCTION: u32 = 6;
 
-/// The cluster state of `dir/global/pg_control`: a `u32` in the machine's byte order at offset
-/// 16, after the system identifier, the control file version and the catalog version.
-fn control_state(dir: &Path) -> Option<u32> {
-    let bytes = std::fs::read(dir.join("global/pg_control")).ok()?;
+/// The cluster state of `global/pg_control`: a `u32` in the machine's byte order at offset 16,
+/// after the system identifier, the control file version and the catalog version.
+fn control_state(d: &DataDir) -> Option<u32> {
+    let bytes = d.sub("global").ok()?.read("pg_control", 8192).ok()?;
     let b: [u8; 4] = bytes.get(16..20)?.try_into().ok()?;
     Some(u32::from_ne_bytes(b))
 }
 
 /// Line 8 of postmaster.pid: `starting`, `standby`, `ready` or `stopping`.
-fn postmaster_status(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+fn postmaster_status(d: &DataDir) -> Option<String> {
+    let bytes = d.read("postmaster.pid", 4096).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     Some(text.lines().nth(7)?.trim().to_string())
 }
 
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last `n` lines of the replay's log (its first 16 MiB).
+fn tail(d: &DataDir, n: usize) -> String {
+    let bytes = d.read(REPLAY_LOG, 16 << 20).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -580,25 +766,34 @@ mod tests {
     fn settings_quote_for_postgresql_and_the_shell() {
         let cmd = restore_command(
             Path::new("/usr/bin/coffre"),
-            Some(Path::new("/etc/coffre/it's here.toml")),
+            Some(Path::new("/etc/coffre/it's 100% here.toml")),
             None,
             "emr",
             "01JSESSION",
-            "ticket 4711",
             None,
-        );
+        )
+        .unwrap();
+        // The shell's quoting, then PostgreSQL's `%%` for a `%`; no purpose.
         assert_eq!(
             cmd,
-            r"/usr/bin/coffre --config '/etc/coffre/it'\''s here.toml' wal-fetch --source emr --session 01JSESSION --purpose 'ticket 4711' %f %p"
+            r"/usr/bin/coffre --config '/etc/coffre/it'\''s 100%% here.toml' wal-fetch --source emr --session 01JSESSION %f %p"
         );
         let t = Target::Xid(900);
-        let text = settings_text(&t, &cmd);
+        let text = settings_text(&t, &cmd, None).unwrap();
         assert!(text.contains("point-in-time recovery to transaction 900."));
+        // PostgreSQL's quoting: a quote doubled, a backslash doubled.
         assert!(text.contains(
-            r"restore_command = '/usr/bin/coffre --config ''/etc/coffre/it''\''''s here.toml'' wal-fetch --source emr --session 01JSESSION --purpose ''ticket 4711'' %f %p'"
-        ));
+            r"restore_command = '/usr/bin/coffre --config ''/etc/coffre/it''\\''''s 100%% here.toml'' wal-fetch --source emr --session 01JSESSION %f %p'"
+        ), "{text}");
         assert!(text.contains("recovery_target_xid = '900'\n"));
         assert!(text.contains("recovery_target_action = 'promote'\n"));
+        assert!(text.contains("recovery_target_timeline = 'latest'\n"));
+        let pinned = settings_text(&t, &cmd, Some(3)).unwrap();
+        assert!(
+            pinned.contains("recovery_target_timeline = '3'\n"),
+            "{pinned}"
+        );
+        assert!(!pinned.contains("'latest'"), "{pinned}");
         // A drill pins its store (and reaches the daemon through its socket).
         let pinned = restore_command(
             Path::new("/usr/bin/coffre"),
@@ -606,16 +801,189 @@ mod tests {
             Some(Path::new("/run/coffre/coffre.sock")),
             "emr",
             "01JDRILL",
-            "weekly drill",
             Some("montreal s3"),
-        );
+        )
+        .unwrap();
         assert_eq!(
             pinned,
-            r"COFFRE_SOCKET=/run/coffre/coffre.sock /usr/bin/coffre wal-fetch --source emr --session 01JDRILL --purpose 'weekly drill' --store 'montreal s3' %f %p"
+            r"COFFRE_SOCKET=/run/coffre/coffre.sock /usr/bin/coffre wal-fetch --source emr --session 01JDRILL --store 'montreal s3' %f %p"
         );
-        let latest = settings_text(&Target::Latest, "x");
+        let latest = settings_text(&Target::Latest, "x", None).unwrap();
         assert!(!latest.contains("recovery_target_action"));
         assert!(latest.contains("recovery_target_timeline = 'latest'"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_the_setting_named() {
+        for bad in ["a\nb", "a\rb", "a\0b", "a\tb", "a\u{1}b", "a\u{7f}b"] {
+            let e = conf_value("recovery_target_name", bad).unwrap_err();
+            assert!(
+                e.to_string().contains("setting recovery_target_name"),
+                "{e}"
+            );
+            let e = restore_command(Path::new("/c"), Some(Path::new(bad)), None, "s", "x", None)
+                .unwrap_err();
+            assert!(e.to_string().contains("the config file's path"), "{e}");
+            let e = restore_command(Path::new("/c"), None, None, "s", "x", Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("store name"), "{e}");
+        }
+        assert!(Target::from_options(None, None, None, Some("a\nb"), false).is_err());
+    }
+
+    /// The PostgreSQL server programs of this host (`$PGBIN`, else the newest
+    /// /usr/lib/postgresql/*/bin).
+    fn pg_bin() -> std::path::PathBuf {
+        if let Some(p) = std::env::var_os("PGBIN").map(std::path::PathBuf::from) {
+            return p;
+        }
+        let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, b)| b.join("postgres").is_file())
+            .collect();
+        found.sort();
+        found.pop().map(|(_, b)| b).expect(
+            "this test asks PostgreSQL itself: install it (apt-get install postgresql-15) or set PGBIN",
+        )
+    }
+
+    /// A minimal data folder PostgreSQL reads the configuration of (`postgres -C`): an empty
+    /// postgresql.conf and `auto` as postgresql.auto.conf, owned by user postgres when root.
+    fn conf_dir(auto: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("postgresql.conf"), "").unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(d.path().join("postgresql.auto.conf"), auto).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let st = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(d.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown postgres: the user postgres must exist");
+        }
+        d
+    }
+
+    /// `postgres -C name -D dir [extra]`: the value PostgreSQL itself reads (as user postgres
+    /// when root: PostgreSQL never runs as root).
+    fn postgres_says(dir: &Path, name: &str, extra: &[std::ffi::OsString]) -> String {
+        let postgres = pg_bin().join("postgres");
+        let mut c = if nix::unistd::geteuid().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&postgres);
+            c
+        } else {
+            std::process::Command::new(&postgres)
+        };
+        let out = c
+            .arg("-C")
+            .arg(name)
+            .arg("-D")
+            .arg(dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "postgres -C {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(v.pop(), Some('\n'));
+        v
+    }
+
+    /// Issue 27, N1/N10/N11: every value coffre writes into postgresql.auto.conf reads back in
+    /// PostgreSQL exactly as meant, for the corpus the review used (`\047` once ended the
+    /// shell's quoting).
+    #[test]
+    fn every_value_round_trips_through_postgresql_itself() {
+        let long = "x'\\".repeat(1366);
+        let corpus = [
+            "'",
+            "\\",
+            "\\047",
+            "x\\047; touch /tmp/pwned; echo \\047",
+            "O'Brien",
+            "é✓",
+            long.as_str(),
+            "/var/lib/coffre folder/with spaces",
+            "100% %p %f",
+        ];
+        for v in corpus {
+            let path = Path::new("/opt").join(v);
+            let cmd = restore_command(&path, Some(&path), Some(&path), v, "01J", Some(v)).unwrap();
+            let target = match Target::from_options(None, None, None, Some(v), false) {
+                Ok(Some(t)) => t,
+                _ => Target::Latest,
+            };
+            let text = settings_text(&target, &cmd, None).unwrap();
+            let d = conf_dir(&text);
+            assert_eq!(
+                postgres_says(d.path(), "restore_command", &[]),
+                cmd,
+                "{v:?}"
+            );
+            if let Target::Name(n) = &target {
+                assert_eq!(&postgres_says(d.path(), "recovery_target_name", &[]), n);
+            }
+            // What the shell makes of each word: the value itself.
+            let word = shell_quote(v);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {word}"))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), v, "{word}");
+        }
+        // A restore point with a quote and backslashes, and the timeline pinned.
+        let t = Target::from_options(None, None, None, Some(r"it's \047 \n"), false)
+            .unwrap()
+            .unwrap();
+        let d = conf_dir(&settings_text(&t, "c", Some(2)).unwrap());
+        assert_eq!(
+            postgres_says(d.path(), "recovery_target_name", &[]),
+            r"it's \047 \n"
+        );
+        assert_eq!(
+            postgres_says(d.path(), "recovery_target_timeline", &[]),
+            "2"
+        );
+    }
+
+    /// Issue 27, N5: every setting coffre forces exists in the server and wins over what the
+    /// backup's postgresql.auto.conf says.
+    #[test]
+    fn forced_settings_exist_and_win_over_the_backups_configuration() {
+        let planted = "recovery_end_command = 'touch /tmp/x'\narchive_cleanup_command = 'touch /tmp/x'\n\
+             shared_preload_libraries = 'nonexistent_lib'\nssl = on\nssl_passphrase_command = 'touch /tmp/x'\n\
+             archive_mode = on\narchive_command = 'touch /tmp/x'\nrestore_command = 'touch /tmp/x'\n\
+             dynamic_library_path = '/tmp'\nexternal_pid_file = '/tmp/x'\nlogging_collector = on\n";
+        let d = conf_dir(planted);
+        let sockets = Path::new("/run/coffre replay,1");
+        let forced = forced_settings(d.path(), sockets, "coffre wal-fetch %f %p", 15);
+        assert_eq!(forced.len(), FORCED.len());
+        assert_eq!(
+            forced_settings(d.path(), sockets, "c", 14).len(),
+            FORCED.len() - 1
+        );
+        let args = setting_args(&forced);
+        for (name, value) in &forced {
+            let said = postgres_says(d.path(), name, &args);
+            let want = match *name {
+                // Printed in decimal.
+                "unix_socket_permissions" => "448".into(),
+                _ => value.to_string_lossy(),
+            };
+            assert_eq!(said, want, "{name}");
+        }
+        assert_eq!(
+            postgres_says(d.path(), "unix_socket_directories", &args),
+            "\"/run/coffre replay,1\""
+        );
     }
 
     #[test]
@@ -630,11 +998,57 @@ mod tests {
             "archive_mode = 'on'\n",
         )
         .unwrap();
+        // A recovery.signal already there (a regular file) is made anew.
+        std::fs::write(d.path().join("recovery.signal"), "old").unwrap();
         write_recovery(d.path(), "\nrestore_command = 'c'\n").unwrap();
-        assert!(d.path().join("recovery.signal").is_file());
+        assert_eq!(
+            std::fs::read(d.path().join("recovery.signal")).unwrap(),
+            b""
+        );
         assert_eq!(
             std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap(),
             "archive_mode = 'on'\n\nrestore_command = 'c'\n"
         );
+    }
+
+    /// Issue 27, N4: a planted base backup whose control files are symlinks to a file outside:
+    /// the recovery settings are refused, nothing is written through the link, and the backup
+    /// is called suspicious.
+    #[test]
+    fn a_planted_base_backup_with_symlinked_control_files_is_refused() {
+        for planted in [
+            "recovery.signal",
+            "postgresql.auto.conf",
+            "PG_VERSION",
+            "backup_label",
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let outside = d.path().join("master.key");
+            std::fs::write(&outside, "SECRET").unwrap();
+            let data = d.path().join("base");
+            std::fs::create_dir(&data).unwrap();
+            for f in ["PG_VERSION", "backup_label", "postgresql.auto.conf"] {
+                std::fs::write(data.join(f), "15\n").unwrap();
+            }
+            let _ = std::fs::remove_file(data.join(planted));
+            std::os::unix::fs::symlink(&outside, data.join(planted)).unwrap();
+            let e = write_recovery(&data, "\nrestore_command = 'c'\n").unwrap_err();
+            assert!(e.to_string().contains("suspicious"), "{planted}: {e}");
+            assert_eq!(std::fs::read_to_string(&outside).unwrap(), "SECRET");
+            assert_eq!(
+                std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default(),
+                if planted == "postgresql.auto.conf" {
+                    "SECRET"
+                } else {
+                    "15\n"
+                },
+                "{planted}"
+            );
+            // PG_VERSION is read the same way: no version from a link.
+            if planted == "PG_VERSION" {
+                let dir = DataDir::open(&data).unwrap();
+                assert_eq!(pg_version(&dir), None);
+            }
+        }
     }
 }

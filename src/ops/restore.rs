@@ -6,7 +6,13 @@
 //! - on any store failure mid-stream, the restore goes on from another store at the last verified
 //!   segment boundary (every replica is byte-identical, so segments are interchangeable);
 //! - nothing is left at the target unless every check passed: a failed restore removes its
-//!   temporary file or folder.
+//!   temporary file or folder;
+//! - a directory snapshot is untrusted data (whoever wrote into the source folder chose it): its
+//!   links must stay inside the restored folder (no absolute target, no `..` out of it), but for
+//!   what PostgreSQL itself needs, `pg_tblspc/<oid>` tablespace symlinks to absolute folders,
+//!   which are kept as they are and never followed while unpacking (nothing is written beneath
+//!   a link). coffre never stored a tablespace's content: it walks a folder without following
+//!   links.
 
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -605,6 +611,10 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// Unpack a directory snapshot's tar stream into `tmp` (as `tar::Archive::unpack`: folders
+/// last, so that their modes do not stop their content), each link checked first by
+/// [`check_link`]. The tar crate never writes through a link: an entry whose folder resolves
+/// outside `tmp` (beneath a kept tablespace link, say) is refused.
 fn unpack_into<R: Read>(r: &mut R, tmp: &Path) -> io::Result<()> {
     let is_root = nix::unistd::geteuid().is_root();
     let mut ar = tar::Archive::new(r);
@@ -612,7 +622,70 @@ fn unpack_into<R: Read>(r: &mut R, tmp: &Path) -> io::Result<()> {
     ar.set_preserve_mtime(true);
     ar.set_preserve_ownerships(is_root);
     ar.set_overwrite(false);
-    ar.unpack(tmp)
+    let mut dirs = Vec::new();
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::Directory {
+            dirs.push(entry);
+            continue;
+        }
+        if kind.is_symlink() || kind.is_hard_link() {
+            let path = entry.path()?.into_owned();
+            let target = entry
+                .link_name()?
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            check_link(&path, &target, kind.is_hard_link())?;
+        }
+        entry.unpack_in(tmp)?;
+    }
+    // Deepest first, as the tar crate does.
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut d in dirs {
+        d.unpack_in(tmp)?;
+    }
+    Ok(())
+}
+
+/// A link of a restored folder must stay inside it: a symlink's target (from its own folder)
+/// or a hard link's (from the top) may be neither absolute nor climb out with `..`. The one
+/// exception is what PostgreSQL itself needs: `pg_tblspc/<oid>`, a tablespace, is a symlink to
+/// an absolute folder. coffre keeps such a link as it is (it never stored the tablespace's
+/// content: it walks a folder without following links) and never follows it while unpacking;
+/// PostgreSQL, as its own user, does when it starts on the copy.
+fn check_link(entry: &Path, target: &Path, hard: bool) -> io::Result<()> {
+    use std::path::Component;
+    let parts: Vec<Component> = entry
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir | Component::RootDir))
+        .collect();
+    let tablespace = !hard
+        && matches!(parts.as_slice(), [Component::Normal(a), Component::Normal(b)]
+            if *a == "pg_tblspc" && b.to_str().is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit())));
+    // Depth of the folder the target is read from, below the restored folder.
+    let mut depth: i64 = if hard { 0 } else { parts.len() as i64 - 1 };
+    let mut escapes = target.has_root();
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        escapes |= depth < 0;
+    }
+    if escapes && !(tablespace && target.has_root()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the snapshot's entry {} is a {} to {}, outside the restored folder: coffre refuses it (a PostgreSQL base backup has no such link but pg_tblspc/<oid>, its tablespaces). Whoever could write into the source folder may have planted it: check the snapshot's origin",
+                entry.display(),
+                if hard { "hard link" } else { "symlink" },
+                target.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn sync_tree(tmp: &Path) -> io::Result<()> {
@@ -1489,6 +1562,104 @@ async fn written_or_cause(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(nix::unistd::geteuid().as_raw().into());
+        h.set_gid(nix::unistd::getegid().as_raw().into());
+        h.set_mtime(0);
+        h.set_entry_type(kind);
+        h
+    }
+
+    /// A tar stream: a regular file `PG_VERSION`, then each (path, link target, hard).
+    fn tar_with_links(links: &[(&str, &str, bool)], extra_file: Option<&str>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, 3, 0o600);
+        b.append_data(&mut h, "PG_VERSION", &b"15\n"[..]).unwrap();
+        for (path, target, hard) in links {
+            let kind = if *hard {
+                tar::EntryType::Link
+            } else {
+                tar::EntryType::Symlink
+            };
+            let mut h = header(kind, 0, 0o777);
+            b.append_link(&mut h, path, target).unwrap();
+        }
+        if let Some(f) = extra_file {
+            let mut h = header(tar::EntryType::Regular, 1, 0o600);
+            b.append_data(&mut h, f, &b"x"[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Issue 27, N4: a snapshot's links may not point outside the restored folder, but for
+    /// pg_tblspc/<oid> (tablespaces), which are kept and never followed while unpacking.
+    #[test]
+    fn links_out_of_the_restored_folder_are_refused_but_tablespaces() {
+        let d = tempfile::tempdir().unwrap();
+        let unpack = |name: &str, tar: Vec<u8>| {
+            let to = d.path().join(name);
+            std::fs::create_dir(&to).unwrap();
+            unpack_into(&mut &tar[..], &to).map(|()| to)
+        };
+        for (i, (path, target, hard)) in [
+            ("recovery.signal", "/etc/shadow", false),
+            (
+                "global/pg_control",
+                "/var/lib/coffre/keys/master.key",
+                false,
+            ),
+            ("a/b", "../../outside", false),
+            ("pg_tblspc/16384/x", "/srv/ts", false),
+            ("pg_tblspc/x", "/srv/ts", false),
+            ("hard", "/etc/passwd", true),
+            ("hard", "../outside", true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let e = unpack(
+                &format!("bad{i}"),
+                tar_with_links(&[(path, target, hard)], None),
+            )
+            .unwrap_err();
+            let said = e.to_string();
+            assert!(
+                said.contains(path) && said.contains("outside the restored folder"),
+                "{path} -> {target}: {said}"
+            );
+        }
+        // Inside the folder: kept.
+        let ok = unpack(
+            "ok",
+            tar_with_links(
+                &[
+                    ("pg_tblspc/16384", "/srv/tablespace", false),
+                    ("a/b", "../PG_VERSION", false),
+                    ("same", "PG_VERSION", true),
+                ],
+                None,
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_link(ok.join("pg_tblspc/16384")).unwrap(),
+            Path::new("/srv/tablespace")
+        );
+        assert_eq!(std::fs::read(ok.join("a/b")).unwrap(), b"15\n");
+        // A file beneath a tablespace link is never written through it.
+        let outside = d.path().join("ts");
+        std::fs::create_dir(&outside).unwrap();
+        let tar = tar_with_links(
+            &[("pg_tblspc/16385", outside.to_str().unwrap(), false)],
+            Some("pg_tblspc/16385/planted"),
+        );
+        assert!(unpack("through", tar).is_err());
+        assert!(!outside.join("planted").exists());
+    }
 
     /// Feed `compressed` to the decompressor in pieces of `piece` bytes; collect the plaintext.
     fn run_decompress(compressed: &[u8], piece: usize) -> io::Result<Vec<u8>> {

@@ -22,11 +22,11 @@ const CANARY: &str = "CANARY-PITR-Gagnon-RAMQ-GAGN87654321";
 /// (`complete = "marker"`: a pg_basebackup is complete once its `backup_manifest` is there) and
 /// archiving WAL; operators are the group `postgres`, so PostgreSQL's archive and restore
 /// commands reach it through the socket.
-struct Host {
+pub(crate) struct Host {
     _tmp: tempfile::TempDir,
-    d: PathBuf,
+    pub(crate) d: PathBuf,
     config: PathBuf,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     log: PathBuf,
     port: u16,
     daemon: Child,
@@ -34,7 +34,7 @@ struct Host {
 
 impl Host {
     /// Two local stores, `a` and `b`.
-    fn start() -> Host {
+    pub(crate) fn start() -> Host {
         // A point-in-time drill: PostgreSQL replays as user postgres; the verify command checks
         // that the copy was promoted and shut down cleanly.
         let controldata = Postgres::pg_bin_dir().join("pg_controldata");
@@ -104,7 +104,7 @@ archiver = "postgres"
     }
 
     /// The archive command PostgreSQL runs (as user postgres), through the daemon's socket.
-    fn archive_command(&self) -> String {
+    pub(crate) fn archive_command(&self) -> String {
         format!(
             "COFFRE_SOCKET={} {BIN} wal-push --source emr %p",
             self.socket.display()
@@ -123,7 +123,7 @@ archiver = "postgres"
     }
 
     /// coffre as root with the daemon's config (the daemon answers through its socket).
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
+    pub(crate) fn run(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(BIN)
             .env("COFFRE_LOG", "warn")
             .arg("--config")
@@ -155,7 +155,7 @@ archiver = "postgres"
     }
 
     /// Wait until a snapshot of the source is in both stores; returns its id.
-    fn wait_protected(&self) -> String {
+    pub(crate) fn wait_protected(&self) -> String {
         let t = Instant::now();
         loop {
             let (ok, out, err) = self.run(&["snapshots", "--json"]);
@@ -243,10 +243,10 @@ impl Drop for Host {
 
 /// A Unix user made for one test, removed after it: an operator (in the group `postgres`, the
 /// operators' group of these tests) who is not the archiver.
-struct TempUser(String);
+pub(super) struct TempUser(pub(super) String);
 
 impl TempUser {
-    fn operator() -> TempUser {
+    pub(super) fn operator() -> TempUser {
         let name = format!("cofpitr{:06x}", rand::random::<u32>() & 0xff_ffff);
         let st = Command::new("useradd")
             .args(["-M", "-N", "-s", "/bin/sh", "-G", "postgres", &name])
@@ -274,7 +274,7 @@ fn archiver(pg: &Postgres) -> (String, u64) {
 }
 
 /// Wait (up to 120 s) until `pg` has archived `walfile` or a later one.
-fn wait_archived(pg: &Postgres, walfile: &str) {
+pub(crate) fn wait_archived(pg: &Postgres, walfile: &str) {
     let t = Instant::now();
     loop {
         let last = pg.psql(
@@ -551,9 +551,17 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
             .all(|e| outcome(e).starts_with("started: recovery session")),
         "a per-file entry for a session's fetch: {out}"
     );
-    assert!(entries.iter().all(|e| e["purpose"]
-        .as_str()
-        .is_some_and(|p| p.starts_with("PITR e2e"))));
+    // No caller text in restore_command (issue 27, N1): the sessions carry wal-fetch's own
+    // purpose; the restores that opened them carry theirs.
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["purpose"] == "point-in-time recovery (PostgreSQL restore_command)"),
+        "{out}"
+    );
+    let (ok, out, err) = host.run(&["audit", "show", "--json", "--action", "restore"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("PITR e2e replay"), "{out}");
 
     // The drill: a random point of the archive, replayed from each store's base backup.
     let (ok, out, err) = host.run(&["drill", "--source", "emr", "--json"]);

@@ -256,23 +256,10 @@ window = "7d"
     }
 }
 
-/// A WAL segment of [`SEG_SIZE`] whose first page's long header matches its name (magic of
-/// PostgreSQL 15, timeline, page address, segment size), then compressible pseudo-random
-/// records.
+/// A WAL segment of [`SEG_SIZE`] whose first page header matches its name (the header
+/// PostgreSQL 15 writes), then compressible pseudo-random records.
 fn wal_bytes(name: &str, seed: u64) -> Vec<u8> {
-    let tli = u32::from_str_radix(&name[0..8], 16).unwrap();
-    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
-    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
-    let per_log = 0x1_0000_0000u64 / SEG_SIZE as u64;
-    let pageaddr = (log * per_log + seg) * SEG_SIZE as u64;
     let mut v = vec![0u8; SEG_SIZE];
-    v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    v[2..4].copy_from_slice(&0x0002u16.to_le_bytes()); // XLP_LONG_HEADER
-    v[4..8].copy_from_slice(&tli.to_le_bytes());
-    v[8..16].copy_from_slice(&pageaddr.to_le_bytes());
-    v[16..24].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
-    v[24..28].copy_from_slice(&(SEG_SIZE as u32).to_le_bytes());
-    v[28..32].copy_from_slice(&8192u32.to_le_bytes());
     let mut x = seed | 1;
     let mut at = 64;
     while at + 8 <= SEG_SIZE {
@@ -282,6 +269,7 @@ fn wal_bytes(name: &str, seed: u64) -> Vec<u8> {
         v[at..at + 8].copy_from_slice(&x.to_le_bytes());
         at += 32;
     }
+    crate::common::coffre::stamp_wal_header(&mut v, name);
     v
 }
 
