@@ -413,7 +413,11 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
     let auto = fs::read_to_string(to.join("postgresql.auto.conf")).unwrap();
     assert!(
         auto.contains("wal-fetch --source emr --session ")
-            && auto.contains(" --purpose ''PITR test'' %f %p'"),
+            && auto.contains(" %f %p'")
+            // No caller text in a PostgreSQL setting (issue 27, N1): the purpose stays in the
+            // restore's own access entry.
+            && !auto.contains("--purpose")
+            && !auto.contains("PITR test"),
         "{auto}"
     );
     assert!(
@@ -862,5 +866,59 @@ fn the_spool_serves_a_wal_file_only_when_no_store_has_it() {
     assert!(
         !out.exists(),
         "served from the spool while store b answered"
+    );
+}
+
+/// Issue 27, N4: a base backup planted in a source folder carries links. One that leaves the
+/// folder (absolute, or climbing out with `..`) is refused when the backup is unpacked, naming
+/// the entry; one that stays inside but stands where coffre writes its recovery settings
+/// (`recovery.signal`, `postgresql.auto.conf`) is refused before anything is written through it.
+/// The files the links point at are never changed.
+#[test]
+fn a_planted_base_backup_cannot_make_a_restore_write_through_its_links() {
+    let env = wal_env();
+    let victim = env.dir.path().join("victim.conf");
+    fs::write(&victim, "owned by someone else\n").unwrap();
+    // Out of the folder: absolute, and by `..`.
+    for (i, (entry, target)) in [
+        ("recovery.signal", victim.clone()),
+        ("postgresql.auto.conf", PathBuf::from("../../victim.conf")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let base = base_backup(&env.dir.path().join(format!("planted-{i}")), SEG);
+        std::os::unix::fs::symlink(&target, base.join(entry)).unwrap();
+        env.backup(&base);
+        let to = env.dir.path().join(format!("restored-{i}"));
+        let r = pitr_restore(&env, &to, &["--target-latest"]);
+        assert!(!r.ok(), "{}", r.all());
+        assert!(
+            r.all().contains(entry),
+            "the error names the entry: {}",
+            r.all()
+        );
+        assert_eq!(
+            fs::read_to_string(&victim).unwrap(),
+            "owned by someone else\n"
+        );
+    }
+    // Inside the folder, where the recovery settings go: refused, the target file unchanged.
+    let base = base_backup(&env.dir.path().join("planted-inside"), SEG);
+    fs::write(base.join("keep.conf"), "inside\n").unwrap();
+    std::os::unix::fs::symlink("keep.conf", base.join("postgresql.auto.conf")).unwrap();
+    env.backup(&base);
+    let to = env.dir.path().join("restored-inside");
+    let r = pitr_restore(&env, &to, &["--target-latest"]);
+    assert!(!r.ok(), "{}", r.all());
+    assert!(r.all().contains("postgresql.auto.conf"), "{}", r.all());
+    assert_eq!(
+        fs::read_to_string(to.join("keep.conf")).unwrap(),
+        "inside\n"
+    );
+    assert!(!to.join("recovery.signal").exists());
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "owned by someone else\n"
     );
 }
