@@ -94,6 +94,17 @@ pub struct WalRow {
     pub size: u64,
 }
 
+/// Who a recovery session's fetch is by: what the session is bound to, and the purpose its
+/// first fetch records.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionBy<'a> {
+    pub source: &'a str,
+    pub actor: &'a str,
+    /// The store the session is pinned to, '' for none.
+    pub store: &'a str,
+    pub purpose: &'a str,
+}
+
 /// What one fetch did to its recovery session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionFetch {
@@ -195,11 +206,12 @@ const SCHEMA: &str = "PRAGMA journal_mode=WAL;
          last TEXT NOT NULL,
          count INTEGER NOT NULL,
          fetch_ms INTEGER NOT NULL DEFAULT 0,
-         hits INTEGER NOT NULL DEFAULT 0
+         hits INTEGER NOT NULL DEFAULT 0,
+         store TEXT NOT NULL DEFAULT ''
      );";
 
 /// Columns added since the first catalogs: the last successful drill, kept apart from the last
-/// attempt; the time a recovery session spent fetching and its prefetch hits.
+/// attempt; the time a recovery session spent fetching, its prefetch hits and its store.
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     let has = |table: &str, column: &str| {
         conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
@@ -214,6 +226,10 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
                 "ALTER TABLE wal_sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
             ))?;
         }
+    }
+    // The store a recovery session is pinned to ('' for none): part of what it is bound to.
+    if !has("wal_sessions", "store")? {
+        conn.execute_batch("ALTER TABLE wal_sessions ADD COLUMN store TEXT NOT NULL DEFAULT '';")?;
     }
     Ok(())
 }
@@ -346,15 +362,14 @@ impl Catalog {
             .collect())
     }
 
-    /// Count one fetch of `name` in recovery session `id`. A session belongs to the caller and
-    /// the source of its first fetch: a fetch by another caller or for another source under
-    /// the same id is [`SessionFetch::Foreign`] and counts nothing.
+    /// Count one fetch of `name` in recovery session `id`. A session belongs to the caller, the
+    /// source and the store (`by.store`, '' for any) of its first fetch: a fetch by another
+    /// caller, or for another source or store, under the same id is [`SessionFetch::Foreign`]
+    /// and counts nothing.
     pub fn wal_session_fetch(
         &self,
         id: &str,
-        source: &str,
-        actor: &str,
-        purpose: &str,
+        by: &SessionBy<'_>,
         name: &str,
         now: &str,
     ) -> Result<SessionFetch, CatalogError> {
@@ -363,8 +378,8 @@ impl Catalog {
             .execute(
                 "UPDATE wal_sessions SET last_at = ?3, count = count + 1,
                    first = min(first, ?2), last = max(last, ?2)
-                 WHERE id = ?1 AND source = ?4 AND actor = ?5",
-                params![id, name, now, source, actor],
+                 WHERE id = ?1 AND source = ?4 AND actor = ?5 AND store = ?6",
+                params![id, name, now, by.source, by.actor, by.store],
             )
             .map_err(|e| self.db(e))?;
         if updated > 0 {
@@ -372,9 +387,9 @@ impl Catalog {
         }
         let inserted = conn
             .execute(
-                "INSERT OR IGNORE INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, 1)",
-                params![id, source, actor, purpose, now, name],
+                "INSERT OR IGNORE INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count, store)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, 1, ?7)",
+                params![id, by.source, by.actor, by.purpose, now, name, by.store],
             )
             .map_err(|e| self.db(e))?;
         Ok(if inserted > 0 {
@@ -384,16 +399,28 @@ impl Catalog {
         })
     }
 
-    /// The (source, caller) a recovery session is bound to, if it exists.
-    pub fn wal_session_owner(&self, id: &str) -> Result<Option<(String, String)>, CatalogError> {
+    /// Whether recovery session `id` exists bound to another caller, source or store than `by`.
+    pub fn wal_session_is_foreign(
+        &self,
+        id: &str,
+        by: &SessionBy<'_>,
+    ) -> Result<bool, CatalogError> {
         let conn = self.conn();
-        conn.query_row(
-            "SELECT source, actor FROM wal_sessions WHERE id = ?1",
-            params![id],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )
-        .optional()
-        .map_err(|e| self.db(e))
+        let owner = conn
+            .query_row(
+                "SELECT source, actor, store FROM wal_sessions WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok(owner.is_some_and(|(s, a, st)| s != by.source || a != by.actor || st != by.store))
     }
 
     /// Recovery sessions with no fetch since `before` (RFC 3339), removed from the table.

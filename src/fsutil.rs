@@ -62,7 +62,7 @@ pub(crate) fn db_hint(e: &rusqlite::Error) -> Option<&'static str> {
 /// is an empty regular file open for writing and not appending: the only kind of file the
 /// daemon writes for a caller.
 pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, String> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::fcntl::OFlag;
     let f = std::fs::File::from(fd);
     let m = f
         .metadata()
@@ -75,9 +75,7 @@ pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, St
     }
     // Kernel interfaces show "empty regular files" too; a WAL file never belongs there.
     not_a_kernel_interface(&f)?;
-    let flags = fcntl(&f, FcntlArg::F_GETFL)
-        .map(OFlag::from_bits_truncate)
-        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
+    let flags = open_flags(&f)?;
     let mode = flags & OFlag::O_ACCMODE;
     if mode != OFlag::O_WRONLY && mode != OFlag::O_RDWR {
         return Err("the file passed is not open for writing".into());
@@ -86,6 +84,14 @@ pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, St
         return Err("the file passed is open for appending".into());
     }
     Ok(f)
+}
+
+/// The flags a passed descriptor was opened with (access mode, append).
+fn open_flags(f: &std::fs::File) -> Result<nix::fcntl::OFlag, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(f, FcntlArg::F_GETFL)
+        .map(OFlag::from_bits_truncate)
+        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))
 }
 
 /// Refuse a file on a kernel interface (procfs, sysfs, cgroup, ...): their files look like
@@ -120,7 +126,7 @@ fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), String> {
 /// kernel interface: the only kind of file the daemon reads for a caller. It is read with
 /// positioned reads, so the caller's file offset does not matter.
 pub fn file_to_read(fd: std::os::fd::OwnedFd, max: u64) -> Result<std::fs::File, String> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::fcntl::OFlag;
     let f = std::fs::File::from(fd);
     let m = f
         .metadata()
@@ -135,10 +141,7 @@ pub fn file_to_read(fd: std::os::fd::OwnedFd, max: u64) -> Result<std::fs::File,
         ));
     }
     not_a_kernel_interface(&f)?;
-    let flags = fcntl(&f, FcntlArg::F_GETFL)
-        .map(OFlag::from_bits_truncate)
-        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))?;
-    let mode = flags & OFlag::O_ACCMODE;
+    let mode = open_flags(&f)? & OFlag::O_ACCMODE;
     if mode != OFlag::O_RDONLY && mode != OFlag::O_RDWR {
         return Err("the file passed is not open for reading".into());
     }

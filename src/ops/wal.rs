@@ -55,7 +55,7 @@ pub enum WalError {
     },
     #[error("the WAL file to push must come open with the request: {0}. Use the coffre binary of the daemon's version (it passes the file's descriptor; the daemon never opens a caller's path)")]
     NotPassed(String),
-    #[error("recovery session {0} belongs to another caller or another source: refused. A recovery session is bound to the account and the source of its first fetch; start your own restore (coffre restore --target-*) for a session of your own")]
+    #[error("recovery session {0} belongs to another caller, source or store: refused. A recovery session is bound to the account, the source and the store of its first fetch; start your own restore (coffre restore --target-*) for a session of your own")]
     ForeignSession(String),
     #[error("WAL file {0} waits in the spool with DIFFERENT bytes: refused, so that PostgreSQL never has two versions of one WAL file acknowledged. Check that two clusters do not archive into the same source")]
     SpoolConflict(String),
@@ -730,9 +730,8 @@ pub async fn fetch(
     if let Some(id) = by.session {
         if app
             .catalog
-            .wal_session_owner(id)
+            .wal_session_is_foreign(id, &session_by(source, &by))
             .map_err(|e| WalError::Audit(e.to_string()))?
-            .is_some_and(|(s, a)| s != source || a != by.actor)
         {
             return Err(WalError::ForeignSession(id.to_string()));
         }
@@ -777,6 +776,16 @@ pub async fn fetch(
         plain,
         prefetched,
     })
+}
+
+/// What a recovery session is bound to: the fetch's source, caller and pinned store.
+fn session_by<'a>(source: &'a str, by: &FetchBy<'a>) -> crate::catalog::SessionBy<'a> {
+    crate::catalog::SessionBy {
+        source,
+        actor: by.actor,
+        store: by.store.unwrap_or(""),
+        purpose: by.purpose,
+    }
 }
 
 /// The checks of a fetch request before anything is read: an archiving source, a WAL name, a
@@ -864,7 +873,7 @@ fn log_fetch(
     let now = crate::clock::now_rfc3339();
     let counted = app
         .catalog
-        .wal_session_fetch(id, source, by.actor, by.purpose, name.as_str(), &now)
+        .wal_session_fetch(id, &session_by(source, &by), name.as_str(), &now)
         .map_err(|e| WalError::Audit(e.to_string()))?;
     match counted {
         crate::catalog::SessionFetch::Foreign => {

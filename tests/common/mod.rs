@@ -5,5 +5,6 @@
 
 pub mod coffre;
 pub mod servers;
+pub mod users;
 
 pub use servers::*;

@@ -241,25 +241,18 @@ impl Drop for Host {
     }
 }
 
-/// A Unix user made for one test, removed after it: an operator (in the group `postgres`, the
-/// operators' group of these tests) who is not the archiver.
-pub(super) struct TempUser(pub(super) String);
+/// An operator made for one test (in the group `postgres`, the operators' group of these
+/// tests) who is not the archiver; removed after it.
+pub(super) struct TempUser {
+    pub(super) name: String,
+    _made: crate::common::users::UnixUsers,
+}
 
 impl TempUser {
     pub(super) fn operator() -> TempUser {
-        let name = format!("cofpitr{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let st = Command::new("useradd")
-            .args(["-M", "-N", "-s", "/bin/sh", "-G", "postgres", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "useradd {name}");
-        TempUser(name)
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
+        let mut m = crate::common::users::UnixUsers::new();
+        let name = m.user("cofpitr", &["postgres"]);
+        TempUser { name, _made: m }
     }
 }
 
@@ -413,14 +406,14 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
     let owned = host.d.join("pg");
     std::fs::create_dir_all(&owned).unwrap();
     let st = Command::new("chown")
-        .arg(&operator.0)
+        .arg(&operator.name)
         .arg(&owned)
         .status()
         .unwrap();
     assert!(st.success());
     let to = owned.join("replayed");
     let out = Command::new("runuser")
-        .args(["-u", &operator.0, "--", "env"])
+        .args(["-u", &operator.name, "--", "env"])
         .arg(format!("COFFRE_SOCKET={}", host.socket.display()))
         .arg(BIN)
         .args(["restore", "--source", "emr", "--to"])

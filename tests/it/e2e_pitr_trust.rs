@@ -105,7 +105,7 @@ fn postgresql_started_by_coffre_runs_nothing_from_the_backups_configuration() {
     let owned = host.d.join("pg");
     std::fs::create_dir_all(&owned).unwrap();
     let st = Command::new("chown")
-        .arg(&operator.0)
+        .arg(&operator.name)
         .arg(&owned)
         .status()
         .unwrap();
@@ -116,7 +116,7 @@ fn postgresql_started_by_coffre_runs_nothing_from_the_backups_configuration() {
         canaries.display()
     );
     let out = Command::new("runuser")
-        .args(["-u", &operator.0, "--", "env"])
+        .args(["-u", &operator.name, "--", "env"])
         .arg(format!("COFFRE_SOCKET={}", host.socket.display()))
         .arg(BIN)
         .args(["restore", "--source", "emr", "--to"])

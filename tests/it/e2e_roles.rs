@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::users::UnixUsers;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 const CANARY: &[u8] = b"CANARY-ROLES-Bouchard-RAMQ-BOUC55667788";
@@ -18,6 +19,7 @@ const CANARY: &[u8] = b"CANARY-ROLES-Bouchard-RAMQ-BOUC55667788";
 const SEG_SIZE: usize = 1 << 20;
 
 struct Users {
+    _made: UnixUsers,
     ops: String,
     era: String,
     op: String,
@@ -28,45 +30,27 @@ struct Users {
 
 impl Users {
     fn create() -> Users {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test creates Unix users: run the suite as root (tests/run does on CI)"
-        );
-        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let u = Users {
-            ops: format!("rlops{tag}"),
-            era: format!("rlera{tag}"),
-            op: format!("rlop{tag}"),
-            eraser: format!("rler{tag}"),
-            arch: format!("rlar{tag}"),
-            outsider: format!("rlout{tag}"),
-        };
-        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
-        ok(Command::new("groupadd").arg(&u.ops));
-        ok(Command::new("groupadd").arg(&u.era));
-        let member = |name: &str, groups: &str| {
-            ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", "-G", groups, name]));
-        };
-        member(&u.op, &u.ops);
-        member(&u.eraser, &format!("{},{}", u.ops, u.era));
+        let mut m = UnixUsers::new();
+        let ops = m.group("rlops");
+        let era = m.group("rlera");
+        let op = m.user("rlop", &[&ops]);
+        let eraser = m.user("rler", &[&ops, &era]);
         // The archiver reaches the socket through the socket's group, and is only an archiver.
-        member(&u.arch, &u.ops);
-        ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", &u.outsider]));
-        u
+        let arch = m.user("rlar", &[&ops]);
+        let outsider = m.user("rlout", &[]);
+        Users {
+            _made: m,
+            ops,
+            era,
+            op,
+            eraser,
+            arch,
+            outsider,
+        }
     }
 
     fn uid(name: &str) -> nix::unistd::Uid {
-        nix::unistd::User::from_name(name).unwrap().unwrap().uid
-    }
-}
-
-impl Drop for Users {
-    fn drop(&mut self) {
-        for u in [&self.op, &self.eraser, &self.arch, &self.outsider] {
-            let _ = Command::new("userdel").arg(u).status();
-        }
-        let _ = Command::new("groupdel").arg(&self.ops).status();
-        let _ = Command::new("groupdel").arg(&self.era).status();
+        UnixUsers::uid(name)
     }
 }
 
@@ -89,6 +73,19 @@ impl Drop for Host {
 struct Out {
     code: i32,
     text: String,
+}
+
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
 }
 
 impl Host {
@@ -188,14 +185,7 @@ window = "7d"
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            text: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        Out::from(out)
     }
 
     fn as_root(&self, args: &[&str]) -> Out {
@@ -206,14 +196,17 @@ window = "7d"
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            text: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        Out::from(out)
+    }
+
+    /// `wal-fetch NAME TO` of source `emr` as `user`, in recovery session `session` if given.
+    fn fetch(&self, user: &str, session: Option<&str>, name: &str, to: &Path) -> Out {
+        let mut args = vec!["wal-fetch", "--source", "emr"];
+        if let Some(s) = session {
+            args.extend(["--session", s]);
         }
+        args.extend([name, to.to_str().unwrap()]);
+        self.as_user(user, &args)
     }
 
     /// A python3 script run as `user` (raw socket requests).
@@ -318,16 +311,7 @@ fn the_archiver_archives_only_its_sources_wal_and_operators_cannot_archive() {
 
     // ... and fetches it back.
     let to = h.d.join("pg_wal/RECOVERYXLOG");
-    let o = h.as_user(
-        &arch,
-        &[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "000000010000000000000003",
-            to.to_str().unwrap(),
-        ],
-    );
+    let o = h.fetch(&arch, None, "000000010000000000000003", &to);
     assert_eq!(o.code, 0, "{}", o.text);
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
 
@@ -433,16 +417,7 @@ fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
     let key_bytes = std::fs::read(&key).unwrap();
     assert!(!contains(&h.store_bytes(), &key_bytes));
     let to = h.d.join("pg_wal/RECOVERYXLOG");
-    let o = h.as_user(
-        &arch,
-        &[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "000000010000000000000005",
-            to.to_str().unwrap(),
-        ],
-    );
+    let o = h.fetch(&arch, None, "000000010000000000000005", &to);
     assert_eq!(o.code, 1, "{}", o.text);
     // A real segment through the spool: archived, fetched back, and spooled 0600 (N13).
     let (seg, bytes) = h.segment("000000010000000000000006", 6);
@@ -451,16 +426,7 @@ fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
         &["wal-push", "--source", "emr", seg.to_str().unwrap()],
     );
     assert_eq!(o.code, 0, "{}", o.text);
-    let o = h.as_user(
-        &arch,
-        &[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "000000010000000000000006",
-            to.to_str().unwrap(),
-        ],
-    );
+    let o = h.fetch(&arch, None, "000000010000000000000006", &to);
     assert_eq!(o.code, 0, "{}", o.text);
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
     assert!(!contains(&h.store_bytes(), CANARY));
@@ -546,6 +512,21 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
     }
     let session = "01JSESSIONOFTHEARCHIVER00";
     let to = h.d.join("pg_wal/RECOVERYXLOG");
+    let o = h.fetch(&arch, Some(session), "000000010000000000000007", &to);
+    assert_eq!(o.code, 0, "{}", o.text);
+    // The operator reuses the id: refused, and the segment prefetched for the session is not
+    // handed out.
+    let mine = h.d.join("op/RECOVERYXLOG");
+    let o = h.fetch(&op, Some(session), "000000010000000000000008", &mine);
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(
+        o.text
+            .contains("belongs to another caller, source or store"),
+        "{}",
+        o.text
+    );
+    assert!(!mine.exists());
+    // Nor is it the archiver's under another store than the session's first fetch.
     let o = h.as_user(
         &arch,
         &[
@@ -554,41 +535,24 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
             "emr",
             "--session",
             session,
-            "000000010000000000000007",
+            "--store",
+            "a",
+            "000000010000000000000008",
             to.to_str().unwrap(),
         ],
     );
-    assert_eq!(o.code, 0, "{}", o.text);
-    // The operator reuses the id: refused, and the segment prefetched for the session is not
-    // handed out.
-    let mine = h.d.join("op/RECOVERYXLOG");
-    let o = h.as_user(
-        &op,
-        &[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "--session",
-            session,
-            "000000010000000000000008",
-            mine.to_str().unwrap(),
-        ],
-    );
     assert_eq!(o.code, 1, "{}", o.text);
-    assert!(o.text.contains("belongs to another caller"), "{}", o.text);
-    assert!(!mine.exists());
+    assert!(
+        o.text.contains("another caller, source or store"),
+        "{}",
+        o.text
+    );
     // Under a session of its own the operator's fetch is allowed, and logged as its own.
-    let o = h.as_user(
+    let o = h.fetch(
         &op,
-        &[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "--session",
-            "01JOPERATORSOWNSESSION00",
-            "000000010000000000000008",
-            mine.to_str().unwrap(),
-        ],
+        Some("01JOPERATORSOWNSESSION00"),
+        "000000010000000000000008",
+        &mine,
     );
     assert_eq!(o.code, 0, "{}", o.text);
     let started = h

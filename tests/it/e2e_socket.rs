@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
 struct Users {
+    _made: crate::common::users::UnixUsers,
     group: String,
     op: String,
     outsider: String,
@@ -20,37 +21,20 @@ struct Users {
 
 impl Users {
     fn create() -> Users {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test creates Unix users: run the suite as root (tests/run does on CI)"
-        );
-        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let u = Users {
-            group: format!("cofops{tag}"),
-            op: format!("cofop{tag}"),
-            outsider: format!("cofout{tag}"),
-        };
-        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
-        ok(Command::new("groupadd").arg(&u.group));
-        ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", "-G", &u.group, &u.op]));
-        ok(Command::new("useradd").args(["-M", "-N", "-s", "/bin/sh", &u.outsider]));
-        u
+        let mut m = crate::common::users::UnixUsers::new();
+        let group = m.group("cofops");
+        let op = m.user("cofop", &[&group]);
+        let outsider = m.user("cofout", &[]);
+        Users {
+            _made: m,
+            group,
+            op,
+            outsider,
+        }
     }
 
     fn uid(name: &str) -> u32 {
-        nix::unistd::User::from_name(name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw()
-    }
-}
-
-impl Drop for Users {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.op).status();
-        let _ = Command::new("userdel").arg(&self.outsider).status();
-        let _ = Command::new("groupdel").arg(&self.group).status();
+        crate::common::users::UnixUsers::uid(name).as_raw()
     }
 }
 
