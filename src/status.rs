@@ -761,7 +761,8 @@ pub struct WalStatus {
     /// while PostgreSQL writes (the recovery point objective as it stands).
     pub archive_age_seconds: Option<f64>,
     /// The oldest moment a point-in-time restore can reach: when the oldest base backup of
-    /// the source was protected.
+    /// the source (a directory snapshot with a backup_label) was protected. Absent while no
+    /// WAL file is archived (`files` 0): there is no range then.
     pub window_start: Option<String>,
     /// WAL files acknowledged from the local spool (`archive-async`) and not archived yet, and
     /// the age of the oldest.
@@ -1049,7 +1050,10 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
         .list(Some(name))
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.manifest.kind == crate::store::SnapshotKind::Directory)
+        .filter(|e| {
+            e.manifest.kind == crate::store::SnapshotKind::Directory
+                && e.manifest.pg_wal_start.is_some()
+        })
         .map(|e| e.manifest.created)
         .min_by_key(|c| parse(c));
     if let Some(t) = window_start.as_deref().and_then(parse) {
@@ -1074,7 +1078,8 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
         last_archived: last.map(|(n, _)| n),
         last_archived_at: last_at,
         archive_age_seconds: age,
-        window_start,
+        // No archived WAL, no point-in-time range to claim.
+        window_start: window_start.filter(|_| files > 0),
     })
 }
 

@@ -12,15 +12,17 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             // The WAL archive of every source that keeps one: each store's copy of each WAL
             // file, and continuity per timeline.
             let mut gaps = Vec::new();
+            let mut histories = Vec::new();
             if snapshot.is_none() {
                 for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
                     checks.extend(crate::ops::wal_check::copies(app, &s.name).await);
-                    let (g, _) = crate::ops::wal_check::gaps(app, &s.name).await;
+                    let (g, archive) = crate::ops::wal_check::gaps(app, &s.name).await;
                     gaps.extend(g);
+                    histories.extend(crate::ops::wal_check::missing_histories(&s.name, &archive));
                 }
             }
             let mut bad = checks.iter().filter(|c| !c.ok()).count();
-            bad += gaps.len();
+            bad += gaps.len() + histories.len();
             if *json {
                 let mut all: Vec<serde_json::Value> = checks
                     .iter()
@@ -32,6 +34,15 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         o.insert("check".into(), "wal-continuity".into());
                         o.insert("state".into(), "gap".into());
                         o.insert("detail".into(), g.describe().into());
+                    }
+                    all.push(v);
+                }
+                for h in &histories {
+                    let mut v = serde_json::to_value(h)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("check".into(), "wal-timeline-history".into());
+                        o.insert("state".into(), "missing".into());
+                        o.insert("detail".into(), h.describe().into());
                     }
                     all.push(v);
                 }
@@ -56,15 +67,26 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 for g in &gaps {
                     outln!(w, "{}", g.describe());
                 }
+                for h in &histories {
+                    outln!(w, "{}", h.describe());
+                }
                 outln!(
                     w,
-                    "{} replica(s) checked, {} not ok{}",
+                    "{} replica(s) checked, {} not ok{}{}",
                     checks.len(),
                     checks.iter().filter(|c| !c.ok()).count(),
                     if gaps.is_empty() {
                         String::new()
                     } else {
                         format!("; {} gap(s) in the WAL archive", gaps.len())
+                    },
+                    if histories.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} timeline(s) without their history file",
+                            histories.len()
+                        )
                     }
                 );
             }
