@@ -500,12 +500,16 @@ fn pitr_settings(
 
 /// What a replayed copy does with its WAL once started (`--archive-mode`).
 fn archive_note(after: &coffre::ops::pitr::AfterReplay, source: &str) -> String {
-    let timeline = after
-        .timeline
-        .map_or_else(|| "its new timeline".to_string(), |t| format!("timeline {t}"));
-    let history = after.history_queued.as_deref().map_or_else(String::new, |h| {
-        format!(" (the history file {h} first: it is queued in pg_wal/archive_status)")
-    });
+    let timeline = after.timeline.map_or_else(
+        || "its new timeline".to_string(),
+        |t| format!("timeline {t}"),
+    );
+    let history = after
+        .history_queued
+        .as_deref()
+        .map_or_else(String::new, |h| {
+            format!(" (the history file {h} first: it is queued in pg_wal/archive_status)")
+        });
     if after.archive_off {
         format!(
             "Archive mode off (--archive-mode off, the default for --replay): archive_mode = 'off' is appended to its postgresql.auto.conf, so started it archives nothing into source `{source}`, as an investigation copy should. To make it the new primary, remove that line: it then archives {timeline}{history}"

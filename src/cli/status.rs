@@ -124,6 +124,30 @@ fn in_progress_line(p: &crate::progress::Progress) -> String {
     )
 }
 
+/// One source's WAL archive: a recoverable range only when there is one (WAL archived and a
+/// base backup to replay it from).
+fn wal_line(wal: &crate::status::WalStatus) -> String {
+    if wal.files == 0 {
+        return "WAL archive: nothing archived yet: no point-in-time recovery is possible. Check that PostgreSQL's archive_mode is on and its archive_command is `coffre wal-push` for this source (pg_stat_archiver on the primary; alert CoffreWalNeverArchived)".into();
+    }
+    let age = wal
+        .archive_age_seconds
+        .map(|a| format!("{a:.0} s"))
+        .unwrap_or_else(|| "-".into());
+    let range = match wal.window_start.as_deref() {
+        Some(start) => format!("recoverable from {start} to the last archived WAL"),
+        None => {
+            "nothing recoverable yet: no base backup (take a pg_basebackup into the source folder)"
+                .into()
+        }
+    };
+    format!(
+        "WAL archive: {} file(s), last {} ({age} ago); {range}",
+        wal.files,
+        wal.last_archived.as_deref().unwrap_or("-"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,25 +189,4 @@ mod tests {
         let orig: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(again, orig);
     }
-}
-
-/// One source's WAL archive: a recoverable range only when there is one (WAL archived and a
-/// base backup to replay it from).
-fn wal_line(wal: &crate::status::WalStatus) -> String {
-    if wal.files == 0 {
-        return "WAL archive: nothing archived yet: no point-in-time recovery is possible. Check that PostgreSQL's archive_mode is on and its archive_command is `coffre wal-push` for this source (pg_stat_archiver on the primary; alert CoffreWalNeverArchived)".into();
-    }
-    let age = wal
-        .archive_age_seconds
-        .map(|a| format!("{a:.0} s"))
-        .unwrap_or_else(|| "-".into());
-    let range = match wal.window_start.as_deref() {
-        Some(start) => format!("recoverable from {start} to the last archived WAL"),
-        None => "nothing recoverable yet: no base backup (take a pg_basebackup into the source folder)".into(),
-    };
-    format!(
-        "WAL archive: {} file(s), last {} ({age} ago); {range}",
-        wal.files,
-        wal.last_archived.as_deref().unwrap_or("-"),
-    )
 }

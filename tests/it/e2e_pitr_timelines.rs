@@ -181,7 +181,10 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
         )) && said.contains(&format!("chown -R postgres: {}", as_root.display())),
         "{said}"
     );
-    assert!(said.contains("keeps the backup's archive settings"), "{said}");
+    assert!(
+        said.contains("keeps the backup's archive settings"),
+        "{said}"
+    );
 
     // Items 1 and 7: replayed by an operator, archive settings preserved; the history file of
     // the new timeline is queued for the copy's archiver.
@@ -200,7 +203,10 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
     assert!(said.contains("Archive mode preserved"), "{said}");
     assert!(said.contains("archives timeline 2"), "{said}");
     assert!(said.contains("00000002.history first"), "{said}");
-    assert!(said.contains(&format!("chown -R postgres: {}", tl2.display())), "{said}");
+    assert!(
+        said.contains(&format!("chown -R postgres: {}", tl2.display())),
+        "{said}"
+    );
     assert!(tl2
         .join("pg_wal/archive_status/00000002.history.ready")
         .is_file());
@@ -227,7 +233,10 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
         let history = host.d.join(format!(
             "stores/{store}/coffre/wal/emr/00000002/00000002.history/manifest.json"
         ));
-        assert!(history.is_file(), "00000002.history not archived in {store}");
+        assert!(
+            history.is_file(),
+            "00000002.history not archived in {store}"
+        );
     }
     drop(pg);
 
@@ -305,7 +314,10 @@ fn a_push_without_a_daemon_says_the_daemon_is_not_running() {
     std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new("runuser")
         .args(["-u", "postgres", "--", "env"])
-        .arg(format!("COFFRE_SOCKET={}", d.join("run/coffre.sock").display()))
+        .arg(format!(
+            "COFFRE_SOCKET={}",
+            d.join("run/coffre.sock").display()
+        ))
         .arg(BIN)
         .arg("--config")
         .arg(&config)
