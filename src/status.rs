@@ -994,6 +994,24 @@ fn source_status(
 }
 
 /// The WAL archive of a source that keeps one, and its gauges.
+/// When the oldest base backup of `name` (a directory snapshot with a backup_label, as
+/// point-in-time recovery takes them) was protected.
+fn base_backups_since(app: &Coffre, name: &str) -> Option<String> {
+    let parse = |c: &str| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    };
+    app.catalog
+        .list(Some(name))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.manifest.kind == crate::store::SnapshotKind::Directory
+                && e.manifest.pg_wal_start.is_some()
+        })
+        .map(|e| e.manifest.created)
+        .min_by_key(|c| parse(c))
+}
+
 fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     let hits = crate::ops::wal::PREFETCH_HITS.load(std::sync::atomic::Ordering::Relaxed);
     let seen = rt.metrics.wal_prefetch_hits.get();
@@ -1045,17 +1063,7 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     if let Some(a) = age {
         rt.metrics.wal_archive_age.get_or_create(&label).set(a);
     }
-    let window_start = app
-        .catalog
-        .list(Some(name))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| {
-            e.manifest.kind == crate::store::SnapshotKind::Directory
-                && e.manifest.pg_wal_start.is_some()
-        })
-        .map(|e| e.manifest.created)
-        .min_by_key(|c| parse(c));
+    let window_start = base_backups_since(app, name);
     if let Some(t) = window_start.as_deref().and_then(parse) {
         rt.metrics
             .pitr_window_start

@@ -162,12 +162,24 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
     nothing_archived_yet(&host);
     let primary = primary_with_a_base_backup(&host);
 
+    root_restore_skips_an_empty_base_and_names_the_owner(&host);
+    let operator = TempUser::operator();
+    let owned = host.d.join("pg");
+    std::fs::create_dir_all(&owned).unwrap();
+    chown(&operator.0, &owned);
+    new_primary_on_timeline_2(&host, &operator, &owned, primary);
+    next_restore_on_timeline_3(&host, &operator, &owned);
+    verify_flags_a_timeline_without_its_history(&host);
+}
+
+/// Items 2 and 6 (as root, without --replay).
+fn root_restore_skips_an_empty_base_and_names_the_owner(host: &Host) {
     // Item 2: a folder with a backup_manifest and nothing else, protected after the base backup
     // (a pg_basebackup that failed early): no pg_wal_start, so PITR skips it.
     let empty = host.d.join("in/base-2-empty");
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("backup_manifest"), "{}").unwrap();
-    wait_snapshots(&host, 2);
+    wait_snapshots(host, 2);
 
     // Item 6 (and 2): as root, without --replay: base-1 is restored, and the message names the
     // owner and the chown.
@@ -185,16 +197,15 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
         said.contains("keeps the backup's archive settings"),
         "{said}"
     );
+}
 
+/// Items 1 and 7 (preserve): the copy becomes the primary of timeline 2 and archives it.
+fn new_primary_on_timeline_2(host: &Host, operator: &TempUser, owned: &Path, primary: Postgres) {
     // Items 1 and 7: replayed by an operator, archive settings preserved; the history file of
     // the new timeline is queued for the copy's archiver.
-    let operator = TempUser::operator();
-    let owned = host.d.join("pg");
-    std::fs::create_dir_all(&owned).unwrap();
-    chown(&operator.0, &owned);
     let tl2 = owned.join("tl2");
     let (ok, said) = restore_as(
-        &host,
+        host,
         &operator.0,
         &tl2,
         &["--target-latest", "--replay", "--archive-mode", "preserve"],
@@ -239,11 +250,14 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
         );
     }
     drop(pg);
+}
 
+/// Items 1 and 7 (off): the next restore follows timeline 2 onto timeline 3.
+fn next_restore_on_timeline_3(host: &Host, operator: &TempUser, owned: &Path) {
     // The next restore to the latest point follows timeline 2 and promotes onto timeline 3;
     // by default (--archive-mode off) that copy archives nothing.
     let tl3 = owned.join("tl3");
-    let (ok, said) = restore_as(&host, &operator.0, &tl3, &["--target-latest", "--replay"]);
+    let (ok, said) = restore_as(host, &operator.0, &tl3, &["--target-latest", "--replay"]);
     let replay_log = std::fs::read_to_string(tl3.join("coffre-replay.log")).unwrap_or_default();
     assert!(ok, "second restore: {said}\n{replay_log}");
     assert!(said.contains("Archive mode off"), "{said}");
@@ -260,7 +274,10 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
     assert_eq!(timeline(&pg), "3");
     assert_eq!(pg.psql("postgres", "SHOW archive_mode").trim(), "off");
     drop(pg);
+}
 
+/// Item 1: verify passes with every history, and flags a timeline without one.
+fn verify_flags_a_timeline_without_its_history(host: &Host) {
     // Both timelines continuous, each with its history: verify passes...
     let (ok, out, err) = host.run(&["verify"]);
     assert!(ok, "verify: {out}{err}");
