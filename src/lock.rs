@@ -67,6 +67,13 @@ pub enum LockError {
 }
 
 impl LockError {
+    /// The lock file could not be opened for lack of rights (a caller who is not the daemon's
+    /// user, e.g. PostgreSQL's account in the packaged layout, where the state folder is the
+    /// daemon's alone).
+    pub fn denied(&self) -> bool {
+        matches!(self, LockError::Open { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+
     /// For a state folder that a daemon owns: whether it is still starting, and where its
     /// control socket listens when it recorded that.
     pub fn daemon_running(&self) -> Option<(bool, Option<&Path>)> {

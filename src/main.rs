@@ -448,7 +448,8 @@ fn pitr_command(cli: &Cli, a: &coffre::cli::RestoreArgs, session: &str) -> Resul
 }
 
 /// A point-in-time restore's base backup is in place (written here, by the caller): make it
-/// start in targeted recovery, fetching WAL with this binary and the config it was given.
+/// start in targeted recovery, fetching WAL with this binary and the config it was given; with
+/// `--replay`, replay it and leave it archiving as `--archive-mode` says.
 fn pitr_settings(
     cli: &Cli,
     a: &coffre::cli::RestoreArgs,
@@ -460,11 +461,6 @@ fn pitr_settings(
     let command = pitr_command(cli, a, &session)?;
     let to = std::path::absolute(&a.to)?;
     pitr::write_recovery(&to, &pitr::settings_text(target, &command, None)?)?;
-    let say = format!(
-        "wrote recovery.signal and the recovery settings (restore_command = '{command}', target: {}) in {}: start PostgreSQL on it to replay the archived WAL; it promotes at the target",
-        target.describe(),
-        to.join("postgresql.auto.conf").display()
-    );
     let tell = |say: &str| {
         if a.json {
             eprintln!("{say}");
@@ -473,22 +469,75 @@ fn pitr_settings(
         }
     };
     if !a.replay {
-        tell(&say);
-        return Ok(());
+        tell(&format!(
+            "wrote recovery.signal and the recovery settings (restore_command = '{command}', target: {}) in {}: start PostgreSQL on it to replay the archived WAL; it promotes at the target. It keeps the backup's archive settings: once promoted it archives its new timeline into source `{}` (a disaster recovery's new primary); for an investigation copy add archive_mode = off to that file first, or restore with --replay --archive-mode off",
+            target.describe(),
+            to.join("postgresql.auto.conf").display(),
+            a.source
+        ));
+    } else {
+        tell(&format!(
+            "replaying the archived WAL to the target: PostgreSQL runs on {} (output in {})",
+            to.display(),
+            to.join("coffre-replay.log").display()
+        ));
+        let r = pitr::replay(&to, a.pg_bin.as_deref(), &command)?;
+        let mode = a.archive_mode.unwrap_or_default();
+        let after = pitr::after_replay(&to, mode == coffre::cli::ArchiveMode::Preserve)?;
+        tell(&format!(
+            "replayed to {} in {:.1} s: PostgreSQL promoted at the target and was stopped; {} is a database ready to start (recovery settings left in its postgresql.auto.conf: remove them or leave them, they are read only in recovery). {}",
+            target.describe(),
+            r.seconds,
+            to.display(),
+            archive_note(&after, &a.source)
+        ));
     }
-    tell(&format!(
-        "replaying the archived WAL to the target: PostgreSQL runs on {} (output in {})",
-        to.display(),
-        to.join("coffre-replay.log").display()
-    ));
-    let r = pitr::replay(&to, a.pg_bin.as_deref(), &command)?;
-    tell(&format!(
-        "replayed to {} in {:.1} s: PostgreSQL promoted at the target and was stopped; {} is a database ready to start (recovery settings left in its postgresql.auto.conf: remove them or leave them, they are read only in recovery)",
-        target.describe(),
-        r.seconds,
-        to.display()
-    ));
+    if let Some(note) = owner_note(&to) {
+        tell(&note);
+    }
     Ok(())
+}
+
+/// What a replayed copy does with its WAL once started (`--archive-mode`).
+fn archive_note(after: &coffre::ops::pitr::AfterReplay, source: &str) -> String {
+    let timeline = after.timeline.map_or_else(
+        || "its new timeline".to_string(),
+        |t| format!("timeline {t}"),
+    );
+    let history = after
+        .history_queued
+        .as_deref()
+        .map_or_else(String::new, |h| {
+            format!(" (the history file {h} first: it is queued in pg_wal/archive_status)")
+        });
+    if after.archive_off {
+        format!(
+            "Archive mode off (--archive-mode off, the default for --replay): archive_mode = 'off' is appended to its postgresql.auto.conf, so started it archives nothing into source `{source}`, as an investigation copy should. To make it the new primary, remove that line: it then archives {timeline}{history}"
+        )
+    } else {
+        format!(
+            "Archive mode preserved (--archive-mode preserve): it keeps the backup's archive settings, so started it archives {timeline} into source `{source}` as its archive_command says{history}"
+        )
+    }
+}
+
+/// Who owns the restored folder, when PostgreSQL's account (postgres) cannot open it as it is.
+fn owner_note(to: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(to).ok()?;
+    let uid = meta.uid();
+    let owner = nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name);
+    (owner != "postgres").then(|| {
+        format!(
+            "{} is owned by {owner} (mode {:04o}): PostgreSQL, which runs as postgres, cannot open it. Run `chown -R postgres: {}` before starting PostgreSQL on it",
+            to.display(),
+            meta.mode() & 0o7777,
+            to.display()
+        )
+    })
 }
 
 async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
@@ -532,6 +581,7 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
                 socket.display()
             )
         }
+        Err(e) if e.denied() => bail!("{}", daemon_down(cmd, &socket, &refused, &e)),
         Err(other) => return Err(other.into()),
     };
     let app = Coffre::open(config).await?;
@@ -551,6 +601,28 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         }
     }
     result
+}
+
+/// No daemon answers and this caller may not run the command without one (the state folder is
+/// the daemon's): say so, and what PostgreSQL does meanwhile for its archive and restore
+/// commands.
+fn daemon_down(
+    cmd: &Command,
+    socket: &std::path::Path,
+    refused: &std::io::Error,
+    e: &coffre::lock::LockError,
+) -> String {
+    let then = match cmd {
+        Command::WalPush { .. } => {
+            ". PostgreSQL keeps the WAL file and retries archive_command until a push succeeds: nothing is lost while the daemon is down, but pg_wal grows"
+        }
+        Command::WalFetch { .. } => ". The recovery waits: PostgreSQL retries restore_command",
+        _ => "",
+    };
+    format!(
+        "the coffre daemon is not running: no daemon answers on its control socket {} ({refused}), and without it only the daemon's user may use the state folder ({e}). Start it (`systemctl start coffre`; `systemctl status coffre` and `journalctl -u coffre` say why it stopped){then}",
+        socket.display()
+    )
 }
 
 /// Connect to the socket of a daemon that is starting, for up to `limit`.

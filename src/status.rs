@@ -761,7 +761,8 @@ pub struct WalStatus {
     /// while PostgreSQL writes (the recovery point objective as it stands).
     pub archive_age_seconds: Option<f64>,
     /// The oldest moment a point-in-time restore can reach: when the oldest base backup of
-    /// the source was protected.
+    /// the source (a directory snapshot with a backup_label) was protected. Absent while no
+    /// WAL file is archived (`files` 0): there is no range then.
     pub window_start: Option<String>,
     /// WAL files acknowledged from the local spool (`archive-async`) and not archived yet, and
     /// the age of the oldest.
@@ -993,6 +994,24 @@ fn source_status(
 }
 
 /// The WAL archive of a source that keeps one, and its gauges.
+/// When the oldest base backup of `name` (a directory snapshot with a backup_label, as
+/// point-in-time recovery takes them) was protected.
+fn base_backups_since(app: &Coffre, name: &str) -> Option<String> {
+    let parse = |c: &str| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    };
+    app.catalog
+        .list(Some(name))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.manifest.kind == crate::store::SnapshotKind::Directory
+                && e.manifest.pg_wal_start.is_some()
+        })
+        .map(|e| e.manifest.created)
+        .min_by_key(|c| parse(c))
+}
+
 fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     let hits = crate::ops::wal::PREFETCH_HITS.load(std::sync::atomic::Ordering::Relaxed);
     let seen = rt.metrics.wal_prefetch_hits.get();
@@ -1044,14 +1063,7 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
     if let Some(a) = age {
         rt.metrics.wal_archive_age.get_or_create(&label).set(a);
     }
-    let window_start = app
-        .catalog
-        .list(Some(name))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.manifest.kind == crate::store::SnapshotKind::Directory)
-        .map(|e| e.manifest.created)
-        .min_by_key(|c| parse(c));
+    let window_start = base_backups_since(app, name);
     if let Some(t) = window_start.as_deref().and_then(parse) {
         rt.metrics
             .pitr_window_start
@@ -1074,7 +1086,8 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
         last_archived: last.map(|(n, _)| n),
         last_archived_at: last_at,
         archive_age_seconds: age,
-        window_start,
+        // No archived WAL, no point-in-time range to claim.
+        window_start: window_start.filter(|_| files > 0),
     })
 }
 

@@ -227,6 +227,14 @@ pub struct RestoreArgs {
     #[arg(long, requires = "pitr")]
     #[serde(default)]
     pub replay: bool,
+    /// What the replayed copy does with its WAL once you start it. `off` (the default): coffre
+    /// appends `archive_mode = 'off'` to its postgresql.auto.conf, so it archives nothing (an
+    /// investigation copy). `preserve`: it keeps the backup's archive settings and, started,
+    /// archives its new timeline into the source (a disaster recovery's new primary). Either
+    /// way its new timeline's history file is queued for its archiver.
+    #[arg(long, value_enum, value_name = "MODE", requires = "replay")]
+    #[serde(default)]
+    pub archive_mode: Option<ArchiveMode>,
     /// The PostgreSQL programs for --replay (default: /usr/lib/postgresql/<PG_VERSION>/bin,
     /// else `postgres` on PATH).
     #[arg(long, value_name = "DIR", requires = "replay")]
@@ -245,6 +253,17 @@ pub struct RestoreArgs {
     pub purpose: String,
     #[arg(long)]
     pub json: bool,
+}
+
+/// `restore --archive-mode`: whether a `--replay` copy archives once started.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchiveMode {
+    /// `archive_mode = 'off'` appended to the copy's postgresql.auto.conf.
+    #[default]
+    Off,
+    /// The backup's own archive settings, untouched.
+    Preserve,
 }
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]

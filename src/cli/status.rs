@@ -66,16 +66,7 @@ fn print(w: &Out, doc: &StatusDoc) {
             outln!(w, "       folder cannot be scanned: {e}");
         }
         if let Some(wal) = &s.wal {
-            outln!(
-                w,
-                "       WAL archive: {} file(s), last {} ({} ago); recoverable from {} to the last archived WAL",
-                wal.files,
-                wal.last_archived.as_deref().unwrap_or("-"),
-                wal.archive_age_seconds
-                    .map(|a| format!("{a:.0} s"))
-                    .unwrap_or_else(|| "-".into()),
-                wal.window_start.as_deref().unwrap_or("(no base backup yet)")
-            );
+            outln!(w, "       {}", wal_line(wal));
         }
     }
     for s in &doc.stores {
@@ -130,6 +121,30 @@ fn in_progress_line(p: &crate::progress::Progress) -> String {
         p.snapshot,
         mib(p.bytes_done as f64),
         mib(p.bytes_per_second),
+    )
+}
+
+/// One source's WAL archive: a recoverable range only when there is one (WAL archived and a
+/// base backup to replay it from).
+fn wal_line(wal: &crate::status::WalStatus) -> String {
+    if wal.files == 0 {
+        return "WAL archive: nothing archived yet: no point-in-time recovery is possible. Check that PostgreSQL's archive_mode is on and its archive_command is `coffre wal-push` for this source (pg_stat_archiver on the primary; alert CoffreWalNeverArchived)".into();
+    }
+    let age = wal
+        .archive_age_seconds
+        .map(|a| format!("{a:.0} s"))
+        .unwrap_or_else(|| "-".into());
+    let range = match wal.window_start.as_deref() {
+        Some(start) => format!("recoverable from {start} to the last archived WAL"),
+        None => {
+            "nothing recoverable yet: no base backup (take a pg_basebackup into the source folder)"
+                .into()
+        }
+    };
+    format!(
+        "WAL archive: {} file(s), last {} ({age} ago); {range}",
+        wal.files,
+        wal.last_archived.as_deref().unwrap_or("-"),
     )
 }
 

@@ -10,11 +10,24 @@
 //! refused. The restored folder is untrusted data, read and written through
 //! [`crate::ops::pgdir`].
 //!
-//! The base backup is a `directory` snapshot of the source (a pg_basebackup in plain format).
+//! The base backup is a `directory` snapshot of the source (a pg_basebackup in plain format)
+//! whose backup_label coffre read when it protected it (`pg_wal_start` in its manifest): a
+//! folder without one is no base backup, whatever its kind.
 //! For a time target it is the newest one coffre had protected by that time: a snapshot is
 //! protected after pg_basebackup finished, so its backup ends before the target. For an LSN,
 //! transaction or restore-point target, and for `latest`, it is the newest one (name another
 //! with the snapshot id when the target is older).
+//!
+//! After a replay ([`after_replay`]), PostgreSQL has promoted onto a new timeline with
+//! `archive_mode = off` (forced), so it neither archived nor queued that timeline's history
+//! file. coffre queues it (`pg_wal/archive_status/<history>.ready`, as PostgreSQL itself does
+//! when it promotes while archiving) rather than pushing it: the history reaches the archive only
+//! if the copy is started archiving, by its own archiver as its own archive_command says. A copy
+//! that never archives (an investigation copy) thus leaves no timeline in the archive that
+//! `recovery_target_timeline = 'latest'` would follow; a copy that does archives its history
+//! before its first segment, which makes the next promotion take a timeline after it (PostgreSQL
+//! takes one more than the newest history file `restore_command` finds). With `--archive-mode
+//! off` coffre also appends `archive_mode = 'off'` to the copy's postgresql.auto.conf.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -33,7 +46,7 @@ pub enum PitrError {
     Target(String),
     #[error("source `{0}` does not archive WAL, so it has nothing to replay after a base backup: a point-in-time restore needs a `[source.pitr]` table and `coffre wal-push` as PostgreSQL's archive_command (docs/operations.md)")]
     NotArchiving(String),
-    #[error("source `{source_name}` has no base backup (a pg_basebackup folder, kind `directory`) {when}in the catalog; `coffre snapshots --source {source_name}` lists what there is")]
+    #[error("source `{source_name}` has no base backup (a pg_basebackup folder, kind `directory`, with a backup_label) {when}in the catalog; `coffre snapshots --source {source_name}` lists what there is")]
     NoBase { source_name: String, when: String },
     #[error("{0} is not a PostgreSQL base backup in plain format (it has no {1}): restore a pg_basebackup snapshot for a point-in-time recovery")]
     NotABaseBackup(String, &'static str),
@@ -206,7 +219,8 @@ fn parse_restore_point(s: &str) -> Result<String, PitrError> {
 }
 
 /// The base backup a point-in-time restore of `source` to `target` starts from: `explicit`
-/// when given, else the newest `directory` snapshot (protected by the target time, for a time).
+/// when given, else the newest `directory` snapshot with a recorded `pg_wal_start` (its
+/// backup_label's WAL start; protected by the target time, for a time).
 pub fn choose_base(
     app: &Coffre,
     source: &str,
@@ -229,7 +243,10 @@ pub fn choose_base(
     };
     let mut best: Option<(OffsetDateTime, SnapshotId)> = None;
     for e in entries {
-        if e.manifest.kind != SnapshotKind::Directory {
+        // A base backup: a directory snapshot whose backup_label gave its WAL start. Any other
+        // folder (an empty or unfinished pg_basebackup protected under `settled`) cannot start
+        // a recovery.
+        if e.manifest.kind != SnapshotKind::Directory || e.manifest.pg_wal_start.is_none() {
             continue;
         }
         let Ok(created) = OffsetDateTime::parse(&e.manifest.created, &Rfc3339) else {
@@ -401,6 +418,58 @@ pub struct PgUser {
 
 /// The replay's output, in the restored folder.
 const REPLAY_LOG: &str = "coffre-replay.log";
+
+/// What a replayed copy was left ready to do ([`after_replay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterReplay {
+    /// The timeline the copy promoted onto (from its pg_control).
+    pub timeline: Option<u32>,
+    /// Its history file, queued for archiving (`pg_wal/archive_status/<name>.ready`).
+    pub history_queued: Option<String>,
+    /// `archive_mode = 'off'` was appended to its postgresql.auto.conf.
+    pub archive_off: bool,
+}
+
+/// Leave the copy at `dir`, replayed and promoted with archiving off ([`replay`]), ready for its
+/// first real start: its new timeline's history file queued for the archiver (a `.ready` file
+/// beneath the folder's handle, unless PostgreSQL marked it `.done`), and, unless `preserve`,
+/// `archive_mode = 'off'` appended to its postgresql.auto.conf (later lines win) so that it
+/// archives nothing until someone removes that line. A queued history file is inert while
+/// archiving is off.
+pub fn after_replay(dir: &Path, preserve: bool) -> Result<AfterReplay, PitrError> {
+    let d = DataDir::open(dir)?;
+    let timeline = control_timeline(&d);
+    let mut history_queued = None;
+    if let Some(tl) = timeline.filter(|tl| *tl > 1) {
+        let history = format!("{tl:08X}.history");
+        let wal = d.sub("pg_wal")?;
+        wal.check_regular(&history)?;
+        let status = wal.sub("archive_status")?;
+        let ready = format!("{history}.ready");
+        // `.done`: PostgreSQL archived it already (never under coffre's forced settings).
+        if !status.has(&format!("{history}.done")) {
+            status.absent_or_regular(&ready)?;
+            if !status.has(&ready) {
+                status.create_fresh(&ready)?;
+                status.sync()?;
+            }
+            history_queued = Some(history);
+        }
+    }
+    if !preserve {
+        let text = format!(
+            "\n# Added by coffre restore --archive-mode off: this copy archives nothing. Remove these lines to make it a primary that archives (its new timeline's history file goes first).\narchive_mode = {}\n",
+            conf_value("archive_mode", "off")?
+        );
+        d.append("postgresql.auto.conf", text.as_bytes())?;
+        d.sync()?;
+    }
+    Ok(AfterReplay {
+        timeline,
+        history_queued,
+        archive_off: !preserve,
+    })
+}
 
 /// The folder's PG_VERSION (`15`, `9.6`), read beneath it without following a symlink.
 fn pg_version(d: &DataDir) -> Option<String> {
@@ -697,6 +766,15 @@ fn control_state(d: &DataDir) -> Option<u32> {
     let bytes = d.sub("global").ok()?.read("pg_control", 8192).ok()?;
     let b: [u8; 4] = bytes.get(16..20)?.try_into().ok()?;
     Some(u32::from_ne_bytes(b))
+}
+
+/// The timeline of the last checkpoint in `global/pg_control` (`checkPointCopy.ThisTimeLineID`:
+/// a `u32` at offset 48, after the state, the time, the checkpoint location and the redo
+/// pointer); after a promotion and a shutdown, the new timeline.
+fn control_timeline(d: &DataDir) -> Option<u32> {
+    let bytes = d.sub("global").ok()?.read("pg_control", 8192).ok()?;
+    let b: [u8; 4] = bytes.get(48..52)?.try_into().ok()?;
+    Some(u32::from_ne_bytes(b)).filter(|tl| *tl >= 1)
 }
 
 /// Line 8 of postmaster.pid: `starting`, `standby`, `ready` or `stopping`.

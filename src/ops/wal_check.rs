@@ -1,7 +1,9 @@
 //! WAL continuity (`coffre verify`): per source and timeline, the archived segments must follow
 //! one another from the first to the last. A missing segment stops every replay that needs to
 //! cross it, so a gap is reported with the moments it cuts out of the recovery window: from the
-//! archiving of the segment before it to the archiving of the segment after it.
+//! archiving of the segment before it to the archiving of the segment after it. A timeline after
+//! the first must have its history file archived too ([`missing_histories`]): without it no
+//! replay follows the timeline, and the next promotion may take its number again.
 //!
 //! The archive is what the stores hold: the union over every reachable store of the
 //! `wal/<source>/<timeline>/<name>/manifest.json` objects (manifest last, so a name with a
@@ -67,8 +69,49 @@ impl WalGap {
 #[derive(Debug, Default)]
 pub struct Archive {
     pub timelines: BTreeMap<u32, BTreeMap<u64, String>>,
+    /// The timelines whose history file (`0000000N.history`) is archived.
+    pub histories: BTreeSet<u32>,
     /// Stores that could not be listed (their segments are not counted).
     pub unreachable: Vec<String>,
+}
+
+/// A timeline after the first whose segments are archived but whose history file is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MissingHistory {
+    pub source: String,
+    /// 8 hex digits.
+    pub timeline: String,
+    /// `0000000N.history`.
+    pub history: String,
+    pub segments: u64,
+}
+
+impl MissingHistory {
+    /// One line for `coffre verify`.
+    pub fn describe(&self) -> String {
+        format!(
+            "WAL timeline {tl} of source `{src}` has {n} archived segment(s) but no {h}: a restore with recovery_target_timeline = 'latest' does not follow it, and a later promotion may take timeline {tl} again and collide with these segments. Archive the history file from the cluster that promoted onto it (its pg_wal/{h}: `coffre wal-push --source {src} …/pg_wal/{h}` as the archiver, or create pg_wal/archive_status/{h}.ready there and let its archiver push it)",
+            tl = self.timeline,
+            src = self.source,
+            n = self.segments,
+            h = self.history,
+        )
+    }
+}
+
+/// The timelines of `a` after the first with segments and no history file (PostgreSQL writes
+/// one at every promotion; without it the timeline cannot be followed, and may be reused).
+pub fn missing_histories(source: &str, a: &Archive) -> Vec<MissingHistory> {
+    a.timelines
+        .iter()
+        .filter(|(tl, segs)| **tl > 1 && !segs.is_empty() && !a.histories.contains(tl))
+        .map(|(tl, segs)| MissingHistory {
+            source: source.to_string(),
+            timeline: format!("{tl:08X}"),
+            history: format!("{tl:08X}.history"),
+            segments: segs.len() as u64,
+        })
+        .collect()
 }
 
 /// Segments per log file for a segment size (PostgreSQL: 0x100000000 / segment size).
@@ -134,6 +177,9 @@ pub async fn archive(app: &Coffre, source: &str) -> Archive {
             let Some(name) = manifest_name(meta.location.as_ref()) else {
                 continue;
             };
+            if name.kind() == WalFileKind::TimelineHistory {
+                a.histories.insert(name.timeline());
+            }
             if name.kind() != WalFileKind::Segment {
                 continue;
             }
@@ -385,5 +431,27 @@ mod tests {
         // 1 GiB segments: 4 per log file.
         assert_eq!(segments_per_log(1 << 30), 4);
         assert_eq!(segments_per_log(12345), 256);
+    }
+
+    #[test]
+    fn a_later_timeline_without_its_history_file_is_flagged() {
+        let mut a = Archive::default();
+        for (tl, name) in [
+            (1, "000000010000000000000003"),
+            (2, "000000020000000000000003"),
+            (2, "000000020000000000000004"),
+            (3, "000000030000000000000005"),
+        ] {
+            a.timelines.entry(tl).or_default().insert(0, name.into());
+        }
+        a.timelines.get_mut(&2).unwrap().insert(1, "x".into());
+        a.histories.insert(3);
+        let missing = missing_histories("emr", &a);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert_eq!(missing[0].history, "00000002.history");
+        assert_eq!(missing[0].segments, 2);
+        assert!(missing[0].describe().contains("no 00000002.history"));
+        a.histories.insert(2);
+        assert!(missing_histories("emr", &a).is_empty());
     }
 }

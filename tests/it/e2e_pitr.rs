@@ -140,7 +140,7 @@ archiver = "postgres"
     }
 
     /// GET a path of the status endpoint.
-    fn http_get(&self, path: &str) -> String {
+    pub(crate) fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -177,7 +177,7 @@ archiver = "postgres"
     }
 
     /// `coffre restore --source emr --to TO TARGET…` through the socket, as root.
-    fn pitr_restore(&self, to: &Path, target: &[&str]) -> String {
+    pub(crate) fn pitr_restore(&self, to: &Path, target: &[&str]) -> String {
         let out = Command::new(BIN)
             .args(["restore", "--source", "emr", "--to"])
             .arg(to)

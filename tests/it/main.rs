@@ -19,6 +19,7 @@ mod e2e_audit;
 mod e2e_daemon;
 mod e2e_drill;
 mod e2e_pitr;
+mod e2e_pitr_timelines;
 mod e2e_pitr_trust;
 mod e2e_pkcs11;
 mod e2e_prometheus;
