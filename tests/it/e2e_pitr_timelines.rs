@@ -166,7 +166,7 @@ fn a_replayed_copy_archives_its_timeline_and_the_next_restore_follows_it_onto_ti
     let operator = TempUser::operator();
     let owned = host.d.join("pg");
     std::fs::create_dir_all(&owned).unwrap();
-    chown(&operator.0, &owned);
+    chown(&operator.name, &owned);
     new_primary_on_timeline_2(&host, &operator, &owned, primary);
     next_restore_on_timeline_3(&host, &operator, &owned);
     verify_flags_a_timeline_without_its_history(&host);
@@ -206,7 +206,7 @@ fn new_primary_on_timeline_2(host: &Host, operator: &TempUser, owned: &Path, pri
     let tl2 = owned.join("tl2");
     let (ok, said) = restore_as(
         host,
-        &operator.0,
+        &operator.name,
         &tl2,
         &["--target-latest", "--replay", "--archive-mode", "preserve"],
     );
@@ -257,7 +257,7 @@ fn next_restore_on_timeline_3(host: &Host, operator: &TempUser, owned: &Path) {
     // The next restore to the latest point follows timeline 2 and promotes onto timeline 3;
     // by default (--archive-mode off) that copy archives nothing.
     let tl3 = owned.join("tl3");
-    let (ok, said) = restore_as(host, &operator.0, &tl3, &["--target-latest", "--replay"]);
+    let (ok, said) = restore_as(host, &operator.name, &tl3, &["--target-latest", "--replay"]);
     let replay_log = std::fs::read_to_string(tl3.join("coffre-replay.log")).unwrap_or_default();
     assert!(ok, "second restore: {said}\n{replay_log}");
     assert!(said.contains("Archive mode off"), "{said}");

@@ -397,7 +397,12 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
     let base = env.dir.path().join("base-1");
     fs::create_dir_all(base.join("global")).unwrap();
     fs::write(base.join("PG_VERSION"), "15\n").unwrap();
-    fs::write(base.join("backup_label"), "START WAL LOCATION: 0/2000028\n").unwrap();
+    // A label with its WAL file: a base backup of unknown start is never a PITR base (issue 28).
+    fs::write(
+        base.join("backup_label"),
+        format!("START WAL LOCATION: 0/2000028 (file {SEG})\n"),
+    )
+    .unwrap();
     fs::write(base.join("global/pg_control"), vec![3u8; 8192]).unwrap();
     env.backup(&base);
     let to = env.dir.path().join("pitr");
