@@ -534,6 +534,14 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         }
         Err(other) => return Err(other.into()),
     };
+    let mut config = config;
+    if cmd.access() == coffre::cli::Access::Read {
+        // Listing and checking never create a master key (docs/security.md): a missing key is
+        // reported, with how to create it (`keys init`).
+        for k in &mut config.key_providers {
+            k.create_master_key = false;
+        }
+    }
     let app = Coffre::open(config).await?;
     let ctx = Ctx {
         actor: coffre::actor::current_user(),

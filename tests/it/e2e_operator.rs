@@ -1,0 +1,117 @@
+//! What an operator meets (issue 28, items 8 to 21), each through the real binary: read-only
+//! commands create no master key, a daemon that never answers is a clear error, what `backup`
+//! protected the intake does not protect again, exit codes (2 for bad arguments, 77 for
+//! refusals by role) the same locally and through the daemon, shred's dry run (JSON, a held
+//! snapshot, the newest one), holds that are never silently replaced, `audit show --action`,
+//! a drill's relative verify command, the uploaded-bytes counter with WAL, and the example
+//! config. The tests that need real Unix users (roles, the refusal limit) are in e2e_roles.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::coffre::{coffre_bin, local_stores, CoffreEnv};
+
+/// Source `emr` on two local stores (two sites), the master key created on first use.
+fn env() -> CoffreEnv {
+    env_with("", "")
+}
+
+/// [`env`] with `top` added at the top of the config and `source` in the `emr` source's table.
+fn env_with(top: &str, source: &str) -> CoffreEnv {
+    let env = CoffreEnv::new("");
+    let text = env
+        .config_text(&env.state)
+        .replace("[[key-provider]]", &format!("{source}\n[[key-provider]]"));
+    let stores = local_stores(env.dir.path(), &[("site-a", "a"), ("site-b", "b")]);
+    env.write_config(&format!("{top}\n{text}{stores}"));
+    env
+}
+
+/// A running `coffre daemon` on `env`'s config, stopped (and waited for) when dropped.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &CoffreEnv) -> Daemon {
+        let child = env
+            .command(&["daemon"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the daemon");
+        let socket = env.state.join("run/coffre.sock");
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the daemon's control socket never answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Daemon { child, socket }
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}
+
+fn write(p: &Path, bytes: &[u8]) -> PathBuf {
+    std::fs::write(p, bytes).unwrap();
+    p.to_path_buf()
+}
+
+/// Item 8: with `create-master-key = true` and no daemon, listing and checking commands report
+/// the missing key and create none; `keys init` does.
+#[test]
+fn read_only_commands_never_create_a_master_key() {
+    let env = env();
+    for args in [
+        &["snapshots"][..],
+        &["keys", "status"],
+        &["verify"],
+        &["audit", "show"],
+    ] {
+        let r = env.run(args);
+        assert!(
+            !env.master_key.exists(),
+            "`coffre {}` created the master key\n{r}",
+            args.join(" ")
+        );
+        r.expect_failure();
+        assert!(r.stderr.contains("keys init"), "no way forward named\n{r}");
+    }
+    env.run(&["keys", "init"]).expect_ok();
+    assert!(env.master_key.exists());
+    env.run(&["snapshots"]).expect_ok();
+}
