@@ -18,7 +18,9 @@
 //!
 //! The answer is a sequence of frames (tag byte, 4-byte big-endian length, payload): `o` and
 //! `e` text for stdout and stderr, `B` (JSON) and `D` (bytes) for a restore's plaintext, which
-//! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`).
+//! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`). The first frame
+//! comes at once (a refusal, or an empty `e` frame when the command starts): a caller that gets
+//! none within [`FIRST_ANSWER`] says the daemon is stopped or hung rather than wait forever.
 //!
 //! `wal-push` reads only the descriptor the caller passed with the request (the caller opened
 //! the WAL file with its own rights, without following a symlink): the daemon never opens a
@@ -76,6 +78,13 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REFUSALS_PER_MINUTE: u32 = 10;
 /// Longest data frame a client accepts.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Longest wait of a caller for the daemon's first frame. The daemon answers every request at
+/// once (a refusal, a bad request, busy, or an empty `e` frame when the command starts), within
+/// its own [`READ_TIMEOUT`] for the request line and the admission checks (group lookups, the
+/// backup path): a daemon that accepted the connection and sent nothing for this long is
+/// stopped or hung (SIGSTOP, a debugger), and the caller fails rather than wait forever. After
+/// the first frame there is no limit: a restore's bytes may take long to come.
+pub const FIRST_ANSWER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -548,6 +557,8 @@ async fn handle(
         }
         return w.write_all(&fail(exit::REFUSED, msg)).await;
     }
+    // Answer at once (an empty stderr frame): the caller waits at most FIRST_ANSWER for it.
+    write_frame(&mut w, TAG_STDERR, b"").await?;
     // Run it here, in the daemon's process; text and restored bytes stream back as they come.
     let (text_tx, text_rx) = mpsc::unbounded_channel::<Frame>();
     let (data_tx, data_rx) = mpsc::channel::<Chunk>(4);
@@ -790,13 +801,37 @@ pub fn call(
             "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
         ));
     }
+    let silent = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let hung = || {
+        format!(
+            "the coffre daemon accepted the connection on its control socket but answered nothing for {} s: it is stopped or hung (`systemctl status coffre`; state T is a stopped process: `kill -CONT` it or restart the service). This command did not start",
+            FIRST_ANSWER.as_secs()
+        )
+    };
+    s.set_read_timeout(Some(FIRST_ANSWER))
+        .and_then(|()| s.set_write_timeout(Some(FIRST_ANSWER)))
+        .map_err(|e| format!("cannot set up the control socket: {e}"))?;
     send_request(&s, &line, file.as_ref())
         .and_then(|sent| s.write_all(&line[sent..]))
-        .map_err(|e| format!("cannot send the request to the daemon: {e}"))?;
+        .map_err(|e| match silent(&e) {
+            true => hung(),
+            false => format!("cannot send the request to the daemon: {e}"),
+        })?;
     let mut r = std::io::BufReader::new(s);
     let mut restore = restore;
+    let mut first = true;
     loop {
-        let (tag, body) = match read_frame(&mut r) {
+        let frame = match first {
+            true => first_frame(&mut r).map_err(|e| e.unwrap_or_else(hung)),
+            false => read_frame(&mut r),
+        };
+        first = false;
+        let (tag, body) = match frame {
             Ok(f) => f,
             Err(e) => {
                 if let Some(w) = restore.as_mut() {
@@ -839,6 +874,39 @@ fn send_request(
             other => return other.map_err(std::io::Error::from),
         }
     }
+}
+
+/// The first frame of the answer, within [`FIRST_ANSWER`] (then the socket waits as long as it
+/// takes). `Err(None)`: nothing came in time.
+fn first_frame(
+    r: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+) -> Result<(u8, Vec<u8>), Option<String>> {
+    let mut head = [0u8; 1];
+    let n = loop {
+        match r.read(&mut head) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(None)
+            }
+            Err(e) => return Err(Some(format!(
+                "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
+            ))),
+        }
+    };
+    let untimed = r
+        .get_ref()
+        .set_read_timeout(None)
+        .and_then(|()| r.get_ref().set_write_timeout(None));
+    if let Err(e) = untimed {
+        return Err(Some(format!("cannot set up the control socket: {e}")));
+    }
+    read_frame(&mut std::io::Read::chain(&head[..n], r)).map_err(Some)
 }
 
 /// One frame of the daemon's answer: its tag and body.

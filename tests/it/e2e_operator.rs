@@ -115,3 +115,29 @@ fn read_only_commands_never_create_a_master_key() {
     assert!(env.master_key.exists());
     env.run(&["snapshots"]).expect_ok();
 }
+
+/// Item 9: a daemon that holds its socket but never answers (SIGSTOP) is a clear error within
+/// the first-answer limit (30 s), not a wait without end; once it runs again, commands work.
+#[test]
+fn a_stopped_daemon_is_an_error_within_the_first_answer_limit() {
+    let env = env();
+    let d = Daemon::start(&env);
+    nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    let mut c = env.command(&["snapshots"]);
+    c.env("COFFRE_SOCKET", &d.socket);
+    let out = c.output().unwrap();
+    let took = t.elapsed();
+    nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(60),
+        "gave up after {took:?}"
+    );
+    assert!(
+        err.contains("answered nothing for 30 s") && err.contains("stopped or hung"),
+        "{err}"
+    );
+    env.run(&["snapshots"]).expect_ok();
+}
