@@ -17,14 +17,17 @@ fn env() -> CoffreEnv {
     env_with("", "")
 }
 
-/// [`env`] with `top` added at the top of the config and `source` in the `emr` source's table.
-fn env_with(top: &str, source: &str) -> CoffreEnv {
+/// [`env`] with `tables` (e.g. `[daemon]`) added at the end of the config and `source` in the
+/// `emr` source's table. The status server listens on a port of its own.
+fn env_with(tables: &str, source: &str) -> CoffreEnv {
     let env = CoffreEnv::new("");
     let text = env
         .config_text(&env.state)
         .replace("[[key-provider]]", &format!("{source}\n[[key-provider]]"));
     let stores = local_stores(env.dir.path(), &[("site-a", "a"), ("site-b", "b")]);
-    env.write_config(&format!("{top}\n{text}{stores}"));
+    env.write_config(&format!(
+        "{text}{stores}\n[status]\nlisten = \"127.0.0.1:0\"\n{tables}"
+    ));
     env
 }
 
@@ -140,4 +143,54 @@ fn a_stopped_daemon_is_an_error_within_the_first_answer_limit() {
         "{err}"
     );
     env.run(&["snapshots"]).expect_ok();
+}
+
+/// The snapshots of source `emr` in the catalog, by name.
+fn snapshot_names(env: &CoffreEnv) -> Vec<String> {
+    let r = env.run(&["snapshots", "--source", "emr", "--json"]);
+    r.expect_ok();
+    let mut v: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array\n{r}"))
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Item 10: a file and a base backup folder protected by `coffre backup` (locally before the
+/// daemon starts, and through it while it runs) are not protected again by the intake, which
+/// still takes what nobody backed up.
+#[test]
+fn what_backup_protected_the_intake_does_not_protect_again() {
+    let env = env_with(
+        "[daemon]\nscan-interval = \"200ms\"\n",
+        "settle-time = \"2s\"\n",
+    );
+    let file = write(&env.incoming.join("a.sql"), &vec![b'a'; 100_000]);
+    let base = env.incoming.join("base1");
+    std::fs::create_dir_all(base.join("global")).unwrap();
+    write(&base.join("global/pg_control"), &vec![b'c'; 8192]);
+    write(&base.join("PG_VERSION"), b"15\n");
+    write(&base.join("backup_manifest"), b"{}\n");
+    env.backup(&file);
+    env.backup(&base);
+    let _d = Daemon::start(&env);
+    // Through the daemon, before the intake finds it settled.
+    let c = write(&env.incoming.join("c.sql"), &vec![b'c'; 50_000]);
+    env.backup(&c);
+    // Nobody backs this one up: the intake takes it.
+    write(&env.incoming.join("d.sql"), &vec![b'd'; 50_000]);
+    wait_until("the intake protects d.sql", 60, || {
+        snapshot_names(&env).iter().any(|n| n == "d.sql")
+    });
+    // Several more scans past the settle time.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        snapshot_names(&env),
+        ["a.sql", "base1", "c.sql", "d.sql"],
+        "the intake protected again what backup had protected"
+    );
 }
