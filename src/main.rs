@@ -499,10 +499,9 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         .unwrap_or_else(|| PathBuf::from("/run/coffre/coffre.sock"));
     let refused = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(s) => return remote(s, cmd).await,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "cannot connect to the daemon's control socket {}: permission denied. Only root and members of the operators' group (audit.operators-group) may use coffre on this host",
-            socket.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(refused_connection(&socket))
+        }
         Err(e) => e,
     };
     let config = config.map_err(|e| {
@@ -534,7 +533,16 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         }
         Err(other) => return Err(other.into()),
     };
-    let mut config = config;
+    run_here(config, cmd).await
+}
+
+/// Run `cmd` in this process (no daemon runs; the caller holds the state folder's lock).
+async fn run_here(mut config: Config, cmd: &Command) -> Result<u8> {
+    // Bad arguments exit 2 here as through the daemon (`cli::validate_request`).
+    if let Err(e) = coffre::cli::check_bounds(cmd) {
+        eprintln!("error: bad arguments: {e}");
+        return Ok(coffre::cli::exit::USAGE);
+    }
     if cmd.access() == coffre::cli::Access::Read {
         // Listing and checking never create a master key (docs/security.md): a missing key is
         // reported, with how to create it (`keys init`).
@@ -559,6 +567,16 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         }
     }
     result
+}
+
+/// The caller may not connect to the control socket (permission denied): a refusal by role,
+/// exit 77 like one the daemon gives.
+fn refused_connection(socket: &std::path::Path) -> u8 {
+    eprintln!(
+        "error: refused: cannot connect to the daemon's control socket {}: permission denied. Only root and members of the operators' group (audit.operators-group) may use coffre on this host",
+        socket.display()
+    );
+    coffre::cli::exit::REFUSED
 }
 
 /// Connect to the socket of a daemon that is starting, for up to `limit`.

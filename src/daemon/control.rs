@@ -8,7 +8,9 @@
 //! archiver archives and fetches that source's WAL and nothing else; erasure (early shred,
 //! hold release, retention run, access-log expiry) is for root and `audit.erasure-group`;
 //! listing, access and backups are for operators; key rotation for root only. A refusal exits
-//! 77 and is logged in the access log (rate-limited). The only child processes the daemon
+//! 77 and is logged in the access log (rate-limited per caller); a bad request (over-long
+//! purpose or name, a backup path outside the source's folder) exits 2, as it does locally, and
+//! is logged the same way. The only child processes the daemon
 //! starts are its own: a drill's PostgreSQL (as `drill.pg-user`, with settings coffre forces)
 //! and the configured verify command; none takes text from a caller.
 //!
@@ -182,9 +184,17 @@ fn archiver_of(app: &Coffre, uid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Refusals logged per window; the rest are counted and reported with the next logged one.
+/// Refusals logged per caller (uid) and window; the rest are counted and reported with that
+/// caller's next logged one. Per caller, so that one account's burst never hides another's
+/// refusals.
 struct RefusalLimiter {
-    window: Instant,
+    callers: std::collections::HashMap<u32, RefusalWindow>,
+}
+
+/// One caller's minute: its start, refusals logged in it, and those not logged since the last
+/// logged one.
+struct RefusalWindow {
+    start: Instant,
     logged: u32,
     suppressed: u64,
 }
@@ -192,23 +202,31 @@ struct RefusalLimiter {
 impl RefusalLimiter {
     fn new() -> RefusalLimiter {
         RefusalLimiter {
-            window: Instant::now(),
-            logged: 0,
-            suppressed: 0,
+            callers: Default::default(),
         }
     }
 
-    /// Some(n): log this refusal, with n earlier ones that were not logged. None: count it.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if now.duration_since(self.window) >= Duration::from_secs(60) {
-            self.window = now;
-            self.logged = 0;
+    /// Some(n): log this refusal of `uid`, with n earlier ones of the same caller that were not
+    /// logged. None: count it.
+    fn admit(&mut self, uid: u32, now: Instant) -> Option<u64> {
+        let minute = Duration::from_secs(60);
+        // Forget the callers whose minute is over and who have nothing left to report.
+        self.callers
+            .retain(|_, w| now.duration_since(w.start) < minute || w.suppressed > 0);
+        let w = self.callers.entry(uid).or_insert(RefusalWindow {
+            start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(w.start) >= minute {
+            w.start = now;
+            w.logged = 0;
         }
-        if self.logged < REFUSALS_PER_MINUTE {
-            self.logged += 1;
-            Some(std::mem::take(&mut self.suppressed))
+        if w.logged < REFUSALS_PER_MINUTE {
+            w.logged += 1;
+            Some(std::mem::take(&mut w.suppressed))
         } else {
-            self.suppressed += 1;
+            w.suppressed += 1;
             None
         }
     }
@@ -538,24 +556,32 @@ async fn handle(
     // caller passed; any other is closed now.
     let passed =
         passed.filter(|_| matches!(command, Command::WalFetch { .. } | Command::WalPush { .. }));
+    // Refused by role: 77. A bad request (version, bounds, a path the daemon may not read): 2,
+    // as the same arguments get locally. Both are logged (rate-limited per caller).
     let refusal = if req.v != VERSION {
-        Some(format!(
+        Some((exit::USAGE, format!(
             "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
             req.v
-        ))
+        )))
+    } else if let Err(reason) = admission(uid, &name, app, &command) {
+        Some((exit::REFUSED, reason))
     } else {
-        admission(uid, &name, app, &command)
+        cli::validate_request(app, &mut command)
             .err()
-            .or_else(|| cli::validate_request(app, &mut command).err())
+            .map(|reason| (exit::USAGE, reason))
     };
-    if let Some(reason) = refusal {
-        let logged = log_refusal(app, limiter, &name, action, &command, &reason);
-        tracing::warn!(actor = %name, command = %action, "control socket refused a request: {reason}");
-        let mut msg = format!("error: refused: {reason}\n");
+    if let Some((code, reason)) = refusal {
+        let what = if code == exit::REFUSED { "refused" } else { "bad request" };
+        let logged = match code {
+            exit::REFUSED => log_refusal(app, limiter, uid, &name, &command, &reason),
+            _ => log_refusal(app, limiter, uid, &name, &command, &format!("{what}: {reason}")),
+        };
+        tracing::warn!(actor = %name, command = %action, "control socket refused a request: {what}: {reason}");
+        let mut msg = format!("error: {what}: {reason}\n");
         if let Err(e) = logged {
             msg.push_str(&format!("error: {e}\n"));
         }
-        return w.write_all(&fail(exit::REFUSED, msg)).await;
+        return w.write_all(&fail(code, msg)).await;
     }
     // Answer at once (an empty stderr frame): the caller waits at most FIRST_ANSWER for it.
     write_frame(&mut w, TAG_STDERR, b"").await?;
@@ -750,15 +776,16 @@ fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<()
 fn log_refusal(
     app: &Coffre,
     limiter: &Mutex<RefusalLimiter>,
+    uid: u32,
     name: &str,
-    action: &str,
     command: &Command,
     reason: &str,
 ) -> Result<(), crate::audit::AuditError> {
+    let action = command.action();
     let admitted = limiter
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .admit(Instant::now());
+        .admit(uid, Instant::now());
     let Some(suppressed) = admitted else {
         return Ok(());
     };
@@ -1006,13 +1033,17 @@ mod tests {
         let mut l = RefusalLimiter::new();
         let t0 = Instant::now();
         for _ in 0..REFUSALS_PER_MINUTE {
-            assert_eq!(l.admit(t0), Some(0));
+            assert_eq!(l.admit(1000, t0), Some(0));
         }
-        assert_eq!(l.admit(t0), None);
-        assert_eq!(l.admit(t0), None);
+        assert_eq!(l.admit(1000, t0), None);
+        assert_eq!(l.admit(1000, t0), None);
+        // Another caller's refusals are logged all the same.
+        assert_eq!(l.admit(1001, t0), Some(0));
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(l.admit(later), Some(2));
-        assert_eq!(l.admit(later), Some(0));
+        assert_eq!(l.admit(1000, later), Some(2));
+        assert_eq!(l.admit(1000, later), Some(0));
+        // A caller whose minute is over, with nothing to report, is forgotten.
+        assert!(!l.callers.contains_key(&1001));
     }
 
     /// A descriptor sent with the request line arrives with its first bytes; the daemon's

@@ -194,3 +194,46 @@ fn what_backup_protected_the_intake_does_not_protect_again() {
         "the intake protected again what backup had protected"
     );
 }
+
+/// Items 11 and 12: bad arguments exit 2 (usage), the same locally and through the daemon: a
+/// 1025-byte purpose, a 257-byte name, and (through the daemon) a backup path outside the
+/// source's folder. 77 stays for refusals by role (e2e_roles, e2e_socket).
+#[test]
+fn bad_arguments_exit_2_locally_and_through_the_daemon() {
+    let env = env();
+    let id = env.backup(&write(&env.incoming.join("a.sql"), b"rows"));
+    let purpose = "p".repeat(1025);
+    let name = "n".repeat(257);
+    let to = env.out.join("a.sql");
+    let to_s = to.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["restore", &id, "--source", "emr", "--to", &to_s, "--purpose", &purpose],
+            "1025 bytes; at most 1024",
+        ),
+        (
+            vec!["shred", "--snapshot", &id, "--purpose", &purpose, "--yes"],
+            "1025 bytes; at most 1024",
+        ),
+        (vec!["snapshots", "--source", &name], "257 bytes"),
+        (vec!["audit", "show", "--actor", &name], "257 bytes"),
+    ];
+    let check = |how: &str| {
+        for (args, says) in &cases {
+            let r = env.run(args);
+            assert_eq!(r.code, Some(2), "{how}: {r}");
+            assert!(r.stderr.contains(says), "{how}: {r}");
+            assert!(!to.exists(), "{how}: restored anyway\n{r}");
+        }
+    };
+    check("locally");
+    let outside = write(&env.dir.path().join("outside.sql"), b"elsewhere");
+    let d = Daemon::start(&env);
+    check("through the daemon");
+    let r = env.run(&["backup", "--source", "emr", outside.to_str().unwrap()]);
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("is not inside source `emr`'s folder"), "{r}");
+    drop(d);
+    // Locally, root's backup of any path is allowed (the daemon reads only the source's folder).
+    env.backup(&outside);
+}
