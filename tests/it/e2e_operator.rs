@@ -237,3 +237,57 @@ fn bad_arguments_exit_2_locally_and_through_the_daemon() {
     // Locally, root's backup of any path is allowed (the daemon reads only the source's folder).
     env.backup(&outside);
 }
+
+/// Items 13, 14, 15: a shred dry run prints JSON with `--json`; on a held snapshot it refuses as
+/// `--yes` would, with the same exit; on a source's newest snapshot it warns that the erasure
+/// order overrides the keep-newest guard, and so does the shred itself.
+#[test]
+fn a_shred_dry_run_says_what_yes_would_do() {
+    let env = env();
+    let older = env.backup(&write(&env.incoming.join("a.sql"), b"older rows"));
+    let newest = env.backup(&write(&env.incoming.join("b.sql"), b"newest rows"));
+    let shred = |id: &str, more: &[&str]| {
+        let mut args = vec!["shred", "--snapshot", id, "--purpose", "erasure order 28"];
+        args.extend_from_slice(more);
+        env.run(&args)
+    };
+
+    // 13: JSON.
+    let r = shred(&older, &["--json"]);
+    r.expect_code(4);
+    let j = r.json();
+    assert_eq!(j["dry_run"], true, "{r}");
+    assert_eq!(j["snapshot"], older.as_str(), "{r}");
+    assert_eq!(j["newest_of_source"], false, "{r}");
+    assert!(j["would"].as_str().unwrap().contains("would crypto-shred"));
+
+    // 15: the newest snapshot of its source.
+    let r = shred(&newest, &[]);
+    r.expect_code(4);
+    assert!(
+        r.stderr.contains("newest snapshot of source `emr`")
+            && r.stderr.contains("an erasure order overrides that guard"),
+        "{r}"
+    );
+    let r = shred(&newest, &["--json"]);
+    r.expect_code(4);
+    assert_eq!(r.json()["newest_of_source"], true, "{r}");
+    assert!(r.json()["warnings"][0].as_str().unwrap().contains("overrides"));
+
+    // 14: held: the dry run refuses as --yes does, with the same exit and reason.
+    env.run(&["hold", "add", &older, "--purpose", "litigation 2026-17"])
+        .expect_ok();
+    let dry = shred(&older, &[]);
+    let yes = shred(&older, &["--yes"]);
+    assert_eq!(dry.code, yes.code, "dry run\n{dry}\n--yes\n{yes}");
+    assert_eq!(dry.code, Some(1), "{dry}");
+    for r in [&dry, &yes] {
+        assert!(r.stderr.contains("under legal hold (litigation 2026-17)"), "{r}");
+    }
+
+    // 15: the shred of the newest snapshot goes ahead, and says so.
+    let r = shred(&newest, &["--yes"]);
+    r.expect_ok();
+    assert!(r.stderr.contains("overrides that guard"), "{r}");
+    assert_eq!(snapshot_names(&env), ["a.sql"]);
+}
