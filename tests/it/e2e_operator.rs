@@ -291,3 +291,71 @@ fn a_shred_dry_run_says_what_yes_would_do() {
     assert!(r.stderr.contains("overrides that guard"), "{r}");
     assert_eq!(snapshot_names(&env), ["a.sql"]);
 }
+
+/// Access-log entries of snapshot `id`, as (action, outcome).
+fn audit_of(env: &CoffreEnv, args: &[&str]) -> Vec<(String, String)> {
+    let mut a = vec!["audit", "show", "--json"];
+    a.extend_from_slice(args);
+    let r = env.run(&a);
+    r.expect_ok();
+    r.json()
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array\n{r}"))
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_string(),
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Items 16 and 17: a second hold is refused, naming the first; releasing a snapshot that is
+/// not held fails and re-wraps nothing; holds are logged as `hold-add` and `hold-release`, which
+/// `audit show --action` finds (and `--action hold` finds both); an unknown action is refused
+/// with the list (exit 2).
+#[test]
+fn holds_are_never_silently_replaced_and_audit_show_finds_them() {
+    let env = env();
+    let id = env.backup(&write(&env.incoming.join("a.sql"), b"rows"));
+    env.run(&["hold", "add", &id, "--purpose", "court order A-1"])
+        .expect_ok();
+    let r = env.run(&["hold", "add", &id, "--purpose", "court order B-2"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("under legal hold already (court order A-1)"),
+        "{r}"
+    );
+    let snaps = env.run(&["snapshots", "--json"]);
+    assert!(!snaps.stdout.contains("B-2"));
+    let before = audit_of(&env, &["--snapshot", &id]).len();
+    env.run(&["hold", "release", &id, "--purpose", "case closed"])
+        .expect_ok();
+    let after_release = audit_of(&env, &["--snapshot", &id]).len();
+    let r = env.run(&["hold", "release", &id, "--purpose", "again"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("is not under legal hold"), "{r}");
+    assert_eq!(
+        audit_of(&env, &["--snapshot", &id]).len(),
+        after_release,
+        "releasing an unheld snapshot logged something"
+    );
+    assert!(after_release > before);
+    assert!(audit_of(&env, &["--action", "key-rewrap", "--snapshot", &id]).is_empty());
+
+    let adds = audit_of(&env, &["--action", "hold-add"]);
+    assert_eq!(adds.len(), 2, "{adds:?}");
+    assert!(adds.iter().all(|(a, _)| a == "hold-add"));
+    let releases = audit_of(&env, &["--action", "hold-release"]);
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    let holds = audit_of(&env, &["--action", "hold"]);
+    assert_eq!(holds.len(), 4, "{holds:?}");
+
+    let r = env.run(&["audit", "show", "--action", "holds"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("hold-add") && r.stderr.contains("restore"),
+        "the known actions are not listed\n{r}"
+    );
+}
