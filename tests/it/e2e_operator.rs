@@ -359,3 +359,41 @@ fn holds_are_never_silently_replaced_and_audit_show_finds_them() {
         "the known actions are not listed\n{r}"
     );
 }
+
+/// Item 18: a drill's `verify-command` by a relative path is found from the config file's
+/// folder, whatever the working folder of the drill (systemd's is `/`).
+#[test]
+fn a_drills_relative_verify_command_is_found_from_the_config_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env_with(
+        "",
+        "[source.drill]\nverify-command = \"checks/verify.sh {file}\"\n",
+    );
+    let checks = env.dir.path().join("checks");
+    std::fs::create_dir_all(&checks).unwrap();
+    let marker = env.dir.path().join("verified");
+    let script = write(
+        &checks.join("verify.sh"),
+        format!(
+            "#!/bin/sh\ngrep -q 'drill rows' \"$1\" && echo ok > '{}'\n",
+            marker.display()
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.backup(&write(&env.incoming.join("a.sql"), b"drill rows\n"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = env
+        .command(&["drill", "--source", "emr", "--json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("\"verify_exit\": 0"), "{text}");
+    assert!(marker.exists(), "the verify command did not run\n{text}");
+}
