@@ -1750,7 +1750,9 @@ fn command_from(base: &Path, cmd: &str) -> Option<String> {
     let rest = &cmd[lead..];
     let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
     let first = &rest[..end];
-    let plain = !first.contains(['\'', '"', '\\', '$', '`', '{', '}', '~', ';', '&', '|', '<', '>', '(', ')', '*', '?']);
+    let plain = !first.contains([
+        '\'', '"', '\\', '$', '`', '{', '}', '~', ';', '&', '|', '<', '>', '(', ')', '*', '?',
+    ]);
     if !plain || !first.contains('/') || first.starts_with('/') {
         return None;
     }

@@ -15,7 +15,11 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             let out = crate::ops::protect::protect(app, source, path).await?;
             if let Some(key) = before {
                 if let Err(e) = record_for_intake(app, source, key, &out.manifest.snapshot) {
-                    errln!(w, "warning: the daemon's intake may protect {} again: {e}", path.display());
+                    errln!(
+                        w,
+                        "warning: the daemon's intake may protect {} again: {e}",
+                        path.display()
+                    );
                 }
             }
             if *json {

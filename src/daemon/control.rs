@@ -559,10 +559,13 @@ async fn handle(
     // Refused by role: 77. A bad request (version, bounds, a path the daemon may not read): 2,
     // as the same arguments get locally. Both are logged (rate-limited per caller).
     let refusal = if req.v != VERSION {
-        Some((exit::USAGE, format!(
+        Some((
+            exit::USAGE,
+            format!(
             "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
             req.v
-        )))
+        ),
+        ))
     } else if let Err(reason) = admission(uid, &name, app, &command) {
         Some((exit::REFUSED, reason))
     } else {
@@ -571,10 +574,21 @@ async fn handle(
             .map(|reason| (exit::USAGE, reason))
     };
     if let Some((code, reason)) = refusal {
-        let what = if code == exit::REFUSED { "refused" } else { "bad request" };
+        let what = if code == exit::REFUSED {
+            "refused"
+        } else {
+            "bad request"
+        };
         let logged = match code {
             exit::REFUSED => log_refusal(app, limiter, uid, &name, &command, &reason),
-            _ => log_refusal(app, limiter, uid, &name, &command, &format!("{what}: {reason}")),
+            _ => log_refusal(
+                app,
+                limiter,
+                uid,
+                &name,
+                &command,
+                &format!("{what}: {reason}"),
+            ),
         };
         tracing::warn!(actor = %name, command = %action, "control socket refused a request: {what}: {reason}");
         let mut msg = format!("error: {what}: {reason}\n");

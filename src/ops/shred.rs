@@ -981,7 +981,10 @@ pub async fn hold_add(
         .get_key(id)?
         .ok_or(ShredError::UnknownSnapshot(*id))?;
     if let Some(hold) = key.legal_hold {
-        return Err(ShredError::AlreadyHeld { snapshot: *id, hold });
+        return Err(ShredError::AlreadyHeld {
+            snapshot: *id,
+            hold,
+        });
     }
     rewrap(
         app,

@@ -111,9 +111,17 @@ fn the_production_example_shows_drills_and_shredding() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\n[shred]\n"), "no [shred] table");
     let c = coffre::Config::load(&path).unwrap();
-    let drilled: Vec<_> = c.sources.iter().filter(|s| s.drill.every.is_some()).collect();
-    assert!(drilled.iter().any(|s| s.drill.verify_command.is_some() && !s.drill.pitr));
-    assert!(drilled.iter().any(|s| s.drill.pitr && s.drill.pg_user.is_some()));
+    let drilled: Vec<_> = c
+        .sources
+        .iter()
+        .filter(|s| s.drill.every.is_some())
+        .collect();
+    assert!(drilled
+        .iter()
+        .any(|s| s.drill.verify_command.is_some() && !s.drill.pitr));
+    assert!(drilled
+        .iter()
+        .any(|s| s.drill.pitr && s.drill.pg_user.is_some()));
     // The relative verify command is taken from the config's folder.
     assert!(drilled.iter().any(|s| s
         .drill

@@ -7,10 +7,10 @@
 //! config. The tests that need real Unix users (roles, the refusal limit) are in e2e_roles.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::coffre::{coffre_bin, local_stores, CoffreEnv};
+use crate::common::coffre::{local_stores, CoffreEnv};
 
 /// Source `emr` on two local stores (two sites), the master key created on first use.
 fn env() -> CoffreEnv {
@@ -208,7 +208,16 @@ fn bad_arguments_exit_2_locally_and_through_the_daemon() {
     let to_s = to.to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["restore", &id, "--source", "emr", "--to", &to_s, "--purpose", &purpose],
+            vec![
+                "restore",
+                &id,
+                "--source",
+                "emr",
+                "--to",
+                &to_s,
+                "--purpose",
+                &purpose,
+            ],
             "1025 bytes; at most 1024",
         ),
         (
@@ -232,7 +241,10 @@ fn bad_arguments_exit_2_locally_and_through_the_daemon() {
     check("through the daemon");
     let r = env.run(&["backup", "--source", "emr", outside.to_str().unwrap()]);
     assert_eq!(r.code, Some(2), "{r}");
-    assert!(r.stderr.contains("is not inside source `emr`'s folder"), "{r}");
+    assert!(
+        r.stderr.contains("is not inside source `emr`'s folder"),
+        "{r}"
+    );
     drop(d);
     // Locally, root's backup of any path is allowed (the daemon reads only the source's folder).
     env.backup(&outside);
@@ -272,7 +284,10 @@ fn a_shred_dry_run_says_what_yes_would_do() {
     let r = shred(&newest, &["--json"]);
     r.expect_code(4);
     assert_eq!(r.json()["newest_of_source"], true, "{r}");
-    assert!(r.json()["warnings"][0].as_str().unwrap().contains("overrides"));
+    assert!(r.json()["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("overrides"));
 
     // 14: held: the dry run refuses as --yes does, with the same exit and reason.
     env.run(&["hold", "add", &older, "--purpose", "litigation 2026-17"])
@@ -282,7 +297,10 @@ fn a_shred_dry_run_says_what_yes_would_do() {
     assert_eq!(dry.code, yes.code, "dry run\n{dry}\n--yes\n{yes}");
     assert_eq!(dry.code, Some(1), "{dry}");
     for r in [&dry, &yes] {
-        assert!(r.stderr.contains("under legal hold (litigation 2026-17)"), "{r}");
+        assert!(
+            r.stderr.contains("under legal hold (litigation 2026-17)"),
+            "{r}"
+        );
     }
 
     // 15: the shred of the newest snapshot goes ahead, and says so.
@@ -324,7 +342,8 @@ fn holds_are_never_silently_replaced_and_audit_show_finds_them() {
     let r = env.run(&["hold", "add", &id, "--purpose", "court order B-2"]);
     r.expect_code(1);
     assert!(
-        r.stderr.contains("under legal hold already (court order A-1)"),
+        r.stderr
+            .contains("under legal hold already (court order A-1)"),
         "{r}"
     );
     let snaps = env.run(&["snapshots", "--json"]);
@@ -448,7 +467,13 @@ fn uploaded_bytes_count_archived_wal() {
     }
     crate::common::coffre::stamp_wal_header(&mut wal, name);
     let path = write(&env.dir.path().join(name), &wal);
-    let r = env.run(&["wal-push", "--source", "emr", path.to_str().unwrap(), "--json"]);
+    let r = env.run(&[
+        "wal-push",
+        "--source",
+        "emr",
+        path.to_str().unwrap(),
+        "--json",
+    ]);
     r.expect_ok();
     let after = scrape();
     for store in ["site-a", "site-b"] {

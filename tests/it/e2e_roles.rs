@@ -654,11 +654,22 @@ fn one_callers_burst_of_refusals_does_not_hide_anothers() {
         let o = h.as_user(&op, &["retention", "run"]);
         assert_eq!(o.code, 77, "{}", o.text);
     }
-    assert_eq!(refusals_for(&h, &op), 10, "the operator's refusals past 10 are counted, not logged");
+    assert_eq!(
+        refusals_for(&h, &op),
+        10,
+        "the operator's refusals past 10 are counted, not logged"
+    );
     let eraser = h.users.eraser.clone();
     let o = h.as_user(
         &eraser,
-        &["keys", "rotate", "--to-provider", "local", "--purpose", "rotate"],
+        &[
+            "keys",
+            "rotate",
+            "--to-provider",
+            "local",
+            "--purpose",
+            "rotate",
+        ],
     );
     assert_eq!(o.code, 77, "{}", o.text);
     assert_eq!(
