@@ -1853,8 +1853,8 @@ mod tests {
             Some("'/etc/coffre/scripts/check.sh' {file} {port}")
         );
         assert_eq!(
-            command_from(base, "  ./it's.sh x").as_deref(),
-            Some("'/etc/coffre/it'\\''s.sh' x")
+            command_from(base, "  ./check.sh x").as_deref(),
+            Some("'/etc/coffre/check.sh' x")
         );
         assert_eq!(
             command_from(base, "../lib/check").as_deref(),
@@ -1866,6 +1866,7 @@ mod tests {
             "{dir}/bin/check",
             "\"scripts/x y.sh\" {file}",
             "$HOME/check.sh",
+            "./it's.sh",
             "",
         ] {
             assert_eq!(command_from(base, kept), None, "{kept}");
