@@ -62,11 +62,11 @@ fn intake_key(app: &Coffre, source: &str, path: &std::path::Path) -> Option<crat
     let p = std::fs::canonicalize(path).ok()?;
     let name = p.file_name()?;
     if p.parent() != Some(root.as_path())
-        || crate::daemon::intake::is_ignored_name(&name.to_string_lossy())
+        || crate::ops::protect::source::is_ignored_name(&name.to_string_lossy())
     {
         return None;
     }
-    crate::daemon::intake::key_of(&src.path.join(name)).ok()
+    crate::ops::protect::source::key_of(&src.path.join(name)).ok()
 }
 
 /// Record in the intake's journal that the entry `before` (its identity before the backup) is
@@ -77,7 +77,7 @@ fn record_for_intake(
     before: crate::journal::Key,
     id: &SnapshotId,
 ) -> Result<()> {
-    let now = crate::daemon::intake::key_of(&before.path)?;
+    let now = crate::ops::protect::source::key_of(&before.path)?;
     if now != before {
         bail!(
             "{} changed while it was protected; the intake takes the new version",
