@@ -161,6 +161,7 @@ impl Intake {
 mod tests {
     use super::*;
     use crate::ids::SnapshotId;
+    use std::os::unix::fs::MetadataExt;
     use std::time::Duration;
 
     fn source(dir: &Path, rule: CompleteRule) -> SourceConfig {
