@@ -130,6 +130,54 @@ pub const MAX_TARGET_FIELD_BYTES: usize = 256;
 /// What ends a field that was cut to its bound.
 pub const TRUNCATED: &str = "…[truncated]";
 
+/// Every action an entry may have (docs/operations.md, "The access log", lists them): what
+/// coffre does, and the name of each command, under which a refusal by the control socket is
+/// logged. `audit show --action` takes one of these, or a family (`hold`: `hold-add` and
+/// `hold-release`), and refuses anything else.
+pub const ACTIONS: &[&str] = &[
+    "restore",
+    "drill",
+    "drill-result",
+    "key-unwrap",
+    "key-rewrap",
+    "key-rotate",
+    "keyring-push",
+    "keyring-sweep",
+    "shred",
+    "hold-add",
+    "hold-release",
+    "wal-push",
+    "wal-push-compare",
+    "wal-fetch",
+    "catalog-rebuild",
+    "catalog-seal",
+    "audit-expire",
+    "retention-run",
+    // Refusals only: the command's name.
+    "backup",
+    "snapshots",
+    "verify",
+    "keys-status",
+    "keys-rotate",
+    "keys-init",
+    "audit-show",
+    "audit-verify",
+    "retention-plan",
+];
+
+/// The families of [`ACTIONS`]: the word before the first `-` of an action, when that word is
+/// not an action itself (`hold`, `key`, `keys`, ...).
+pub fn action_families() -> Vec<&'static str> {
+    let mut v: Vec<&str> = ACTIONS
+        .iter()
+        .filter_map(|a| a.split_once('-').map(|(f, _)| f))
+        .filter(|f| !ACTIONS.contains(f))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary, ending with [`TRUNCATED`] when it
 /// was cut.
 pub(crate) fn bound_text(s: String, max: usize) -> String {

@@ -442,7 +442,8 @@ pub struct DrillConfig {
     /// Command run (by `sh -c`) on the restored copy; placeholders `{dir}` (the restored
     /// directory, or the folder holding the restored file), `{file}` (the restored file or
     /// directory) and `{port}` (a free TCP port on 127.0.0.1). Exit status 0 means the copy works.
-    /// Its output is discarded: it may hold personal data.
+    /// Its output is discarded: it may hold personal data. A relative path as its first word is
+    /// taken from the config file's folder, like every relative path of the config.
     #[serde(default)]
     pub verify_command: Option<String>,
     /// `latest` (default) or `random`.
@@ -803,6 +804,11 @@ impl Config {
         for s in &mut self.sources {
             at(&mut s.path);
             opt(&mut s.drill.scratch_dir);
+            if let Some(c) = &mut s.drill.verify_command {
+                if let Some(resolved) = command_from(base, c) {
+                    *c = resolved;
+                }
+            }
         }
         for s in &mut self.stores {
             opt(&mut s.path);
@@ -1734,6 +1740,27 @@ pub fn config_folder(path: &Path) -> PathBuf {
     }
 }
 
+/// A shell command whose first word is a relative path (`scripts/check.sh`, `./check.sh`) with
+/// that word taken from `base` and shell-quoted, as every relative path of the config is: a
+/// drill runs from the daemon's working folder (`/` under systemd), never the config's. `None`
+/// when there is nothing to resolve: a bare name (looked up in PATH), an absolute path, or a
+/// first word with quotes, escapes, variables or placeholders, which is left as written.
+fn command_from(base: &Path, cmd: &str) -> Option<String> {
+    let lead = cmd.len() - cmd.trim_start().len();
+    let rest = &cmd[lead..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let first = &rest[..end];
+    let plain = !first.contains([
+        '\'', '"', '\\', '$', '`', '{', '}', '~', ';', '&', '|', '<', '>', '(', ')', '*', '?',
+    ]);
+    if !plain || !first.contains('/') || first.starts_with('/') {
+        return None;
+    }
+    let abs = lexical_join(base, Path::new(first));
+    let quoted = format!("'{}'", abs.to_string_lossy().replace('\'', "'\\''"));
+    Some(format!("{quoted}{}", &rest[end..]))
+}
+
 /// `base` joined with relative `p`, `.` dropped and `..` taking off the component before it (a
 /// leading `..` of a relative base is kept).
 fn lexical_join(base: &Path, p: &Path) -> PathBuf {
@@ -1815,6 +1842,36 @@ pub(crate) fn path_within(inner: &Path, outer: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 28 item 18: a drill's verify command by a relative path is the config folder's,
+    /// like every relative path of the config; anything else is left as written.
+    #[test]
+    fn a_verify_commands_relative_path_is_taken_from_the_config_folder() {
+        let base = Path::new("/etc/coffre");
+        assert_eq!(
+            command_from(base, "scripts/check.sh {file} {port}").as_deref(),
+            Some("'/etc/coffre/scripts/check.sh' {file} {port}")
+        );
+        assert_eq!(
+            command_from(base, "  ./check.sh x").as_deref(),
+            Some("'/etc/coffre/check.sh' x")
+        );
+        assert_eq!(
+            command_from(base, "../lib/check").as_deref(),
+            Some("'/etc/lib/check'")
+        );
+        for kept in [
+            "pg_isready -p {port}",
+            "/usr/local/bin/check {dir}",
+            "{dir}/bin/check",
+            "\"scripts/x y.sh\" {file}",
+            "$HOME/check.sh",
+            "./it's.sh",
+            "",
+        ] {
+            assert_eq!(command_from(base, kept), None, "{kept}");
+        }
+    }
 
     const GOOD: &str = r#"
 state-dir = "/tmp/coffre-test-state"

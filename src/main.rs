@@ -548,10 +548,9 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         .unwrap_or_else(|| PathBuf::from("/run/coffre/coffre.sock"));
     let refused = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(s) => return remote(s, cmd).await,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "cannot connect to the daemon's control socket {}: permission denied. Only root and members of the operators' group (audit.operators-group) may use coffre on this host",
-            socket.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(refused_connection(&socket))
+        }
         Err(e) => e,
     };
     let config = config.map_err(|e| {
@@ -584,6 +583,23 @@ async fn route_code(cli: &Cli, cmd: &Command) -> Result<u8> {
         Err(e) if e.denied() => bail!("{}", daemon_down(cmd, &socket, &refused, &e)),
         Err(other) => return Err(other.into()),
     };
+    run_here(config, cmd).await
+}
+
+/// Run `cmd` in this process (no daemon runs; the caller holds the state folder's lock).
+async fn run_here(mut config: Config, cmd: &Command) -> Result<u8> {
+    // Bad arguments exit 2 here as through the daemon (`cli::validate_request`).
+    if let Err(e) = coffre::cli::check_bounds(cmd) {
+        eprintln!("error: bad arguments: {e}");
+        return Ok(coffre::cli::exit::USAGE);
+    }
+    if cmd.access() == coffre::cli::Access::Read {
+        // Listing and checking never create a master key (docs/security.md): a missing key is
+        // reported, with how to create it (`keys init`).
+        for k in &mut config.key_providers {
+            k.create_master_key = false;
+        }
+    }
     let app = Coffre::open(config).await?;
     let ctx = Ctx {
         actor: coffre::actor::current_user(),
@@ -623,6 +639,16 @@ fn daemon_down(
         "the coffre daemon is not running: no daemon answers on its control socket {} ({refused}), and without it only the daemon's user may use the state folder ({e}). Start it (`systemctl start coffre`; `systemctl status coffre` and `journalctl -u coffre` say why it stopped){then}",
         socket.display()
     )
+}
+
+/// The caller may not connect to the control socket (permission denied): a refusal by role,
+/// exit 77 like one the daemon gives.
+fn refused_connection(socket: &std::path::Path) -> u8 {
+    eprintln!(
+        "error: refused: cannot connect to the daemon's control socket {}: permission denied. Only root and members of the operators' group (audit.operators-group) may use coffre on this host",
+        socket.display()
+    );
+    coffre::cli::exit::REFUSED
 }
 
 /// Connect to the socket of a daemon that is starting, for up to `limit`.

@@ -869,6 +869,10 @@ fn age_of(created: &str) -> Option<f64> {
 
 /// Build the status document and refresh the gauges derived from the catalog.
 pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
+    // WAL archived since the last look counts in the uploaded bytes, as snapshots do.
+    for (store, bytes) in crate::ops::wal::take_uploaded() {
+        rt.uploaded(&store, bytes);
+    }
     let sources = sources(app, rt);
     let stores = stores(app, rt);
     let keys = keys(app, rt);

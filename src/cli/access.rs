@@ -216,10 +216,10 @@ impl Command {
     }
 }
 
-/// Check a request from the control socket before anything runs or is logged: sizes bounded,
-/// a purpose where one is needed, paths the daemon may read. A backup's path is replaced by
-/// the canonical path that was checked, so the path protected is the path checked (N14).
-pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::Result<(), String> {
+/// The bounds every request keeps, in a local run as through the control socket (exit 2, usage,
+/// either way): `--purpose` at most [`MAX_PURPOSE`] bytes, names and filters at most
+/// [`MAX_NAME`].
+pub fn check_bounds(cmd: &Command) -> std::result::Result<(), String> {
     if let Some(p) = cmd.purpose() {
         if p.len() > MAX_PURPOSE {
             return Err(format!(
@@ -234,6 +234,15 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::
             t.len()
         ));
     }
+    Ok(())
+}
+
+/// Check a request from the control socket before anything runs: [`check_bounds`], then the
+/// paths the daemon may read. A backup's path is replaced by the canonical path that was
+/// checked, so the path protected is the path checked (N14). A failure is a bad request (exit 2,
+/// usage), not a refusal by role.
+pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::Result<(), String> {
+    check_bounds(cmd)?;
     match cmd {
         Command::Backup { source, path, .. } => {
             // The daemon reads the snapshot with its own rights: only from the source's own

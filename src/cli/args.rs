@@ -347,6 +347,9 @@ pub enum AuditCommand {
         snapshot: Option<String>,
         #[arg(long)]
         actor: Option<String>,
+        /// Only entries of this action (restore, drill, hold-add, hold-release, shred,
+        /// key-rewrap, wal-fetch, ...; docs/operations.md lists them) or family (hold, key,
+        /// wal, ...); an unknown one is refused, listing them (exit 2).
         #[arg(long)]
         action: Option<String>,
         #[arg(long)]

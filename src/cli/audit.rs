@@ -120,8 +120,38 @@ struct Filter<'a> {
     action: Option<&'a str>,
 }
 
+/// Does the entry's `action` pass `--action filter`: the same action, or one of a family
+/// (`hold` for `hold-add` and `hold-release`)? `None`: the filter is no known action (exit 2).
+fn action_matcher(filter: &str) -> Option<impl Fn(&str) -> bool + '_> {
+    let family = crate::audit::action_families().contains(&filter);
+    if !family && !crate::audit::ACTIONS.contains(&filter) {
+        return None;
+    }
+    Some(move |action: &str| {
+        action == filter
+            || (family
+                && action
+                    .strip_prefix(filter)
+                    .is_some_and(|rest| rest.starts_with('-')))
+    })
+}
+
 /// `audit show`: the entries that pass the filter, oldest first.
 fn show(app: &Coffre, w: &Out, f: &Filter, json: bool) -> Result<u8> {
+    let action = match f.action.map(action_matcher) {
+        Some(None) => {
+            errln!(
+                w,
+                "error: --action `{}` is no action of the access log: use one of {}, or a family of them: {}",
+                f.action.unwrap_or_default(),
+                crate::audit::ACTIONS.join(", "),
+                crate::audit::action_families().join(", ")
+            );
+            return Ok(exit::USAGE);
+        }
+        Some(Some(m)) => Some(m),
+        None => None,
+    };
     let now = time::OffsetDateTime::now_utc();
     let since = f
         .since
@@ -143,7 +173,7 @@ fn show(app: &Coffre, w: &Out, f: &Filter, json: bool) -> Result<u8> {
                 .is_none_or(|s| e.target.snapshot.as_deref() == Some(s))
         })
         .filter(|e| f.actor.is_none_or(|a| actor_matches(&e.actor, a)))
-        .filter(|e| f.action.is_none_or(|a| e.action == a))
+        .filter(|e| action.as_ref().is_none_or(|m| m(&e.action)))
         .collect();
     if json {
         w.json(&entries)?;

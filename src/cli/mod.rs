@@ -30,7 +30,10 @@ pub mod exit {
     /// nothing was run; try again shortly (EX_TEMPFAIL). PostgreSQL retries an archive or
     /// restore command that fails this way.
     pub const BUSY: u8 = 75;
-    /// Refused by the control socket (not an operator, or not allowed through it).
+    /// Refused by role: the control socket does not allow this caller the command (not an
+    /// operator, an archiver outside its WAL, not in the erasure group, not allowed through the
+    /// socket), or the caller may not even connect to it (permission denied on the socket).
+    /// Bad arguments are [`USAGE`], whoever sends them.
     pub const REFUSED: u8 = 77;
 }
 
@@ -39,7 +42,7 @@ mod args;
 mod out;
 
 pub(crate) use access::validate_request;
-pub use access::{Access, MAX_NAME, MAX_PURPOSE};
+pub use access::{check_bounds, Access, MAX_NAME, MAX_PURPOSE};
 pub use args::*;
 pub use out::{Frame, Out};
 

@@ -1,4 +1,9 @@
 //! `coffre shred`: crypto-shred one snapshot now, or show destruction records.
+//!
+//! Without `--yes`, a dry run says what `--yes` would do (text, or JSON with `--json`) and exits
+//! 4; what `--yes` would refuse (a held snapshot) it refuses the same way, with the same exit. An
+//! erasure order overrides retention's keep-newest guard: shredding a source's newest snapshot
+//! is allowed, and both the dry run and the shred say so.
 
 use anyhow::{bail, Context, Result};
 
@@ -82,15 +87,35 @@ async fn shred(
     let key = app.catalog.get_key(id)?.with_context(|| {
         format!("there is no snapshot {id} in the catalog: check the id (`coffre snapshots` lists them; on a new host, `coffre catalog rebuild` first)")
     })?;
+    if let Some(h) = &key.legal_hold {
+        // What `--yes` would refuse, the dry run refuses the same way.
+        return Err(crate::ops::shred::ShredError::Held {
+            snapshot: *id,
+            hold: h.clone(),
+        }
+        .into());
+    }
+    let keys = app.catalog.all_keys()?;
+    let newest = keys
+        .iter()
+        .filter(|k| k.source == key.source)
+        .map(|k| k.snapshot)
+        .max();
+    let warning = (newest == Some(*id)).then(|| {
+        format!(
+            "snapshot {id} is the newest snapshot of source `{}`: retention never shreds a source's newest snapshot, but an erasure order overrides that guard; afterwards the source's newest snapshot is an older one, or none",
+            key.source
+        )
+    });
     if !yes {
-        let mates = app
-            .catalog
-            .all_keys()?
+        let mates = keys
             .iter()
             .filter(|k| k.epoch == key.epoch && k.snapshot != *id)
             .count();
-        outln!(w, "would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.", key.epoch);
-        return Ok(exit::DRY_RUN);
+        return dry_run(w, id, &key, mates, warning, json);
+    }
+    if let Some(warning) = &warning {
+        errln!(w, "warning: {warning}");
     }
     let r = crate::ops::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
     if json {
@@ -99,4 +124,37 @@ async fn shred(
         outln!(w, "snapshot {id} crypto-shredded: epoch {} destroyed in {} provider(s), {} copies deleted (record {})", r.epoch, r.providers.len(), r.copies.len(), r.record);
     }
     Ok(exit::OK)
+}
+
+/// What `shred --yes` would do, as text or JSON (`dry_run: true`); exit 4.
+fn dry_run(
+    w: &Out,
+    id: &crate::ids::SnapshotId,
+    key: &crate::format::KeyObject,
+    mates: usize,
+    warning: Option<String>,
+    json: bool,
+) -> Result<u8> {
+    let would = format!(
+        "would crypto-shred snapshot {id}: destroy epoch key {} after moving its {mates} epoch-mate(s) to a fresh epoch key, then delete its copies. Add --yes to do it.",
+        key.epoch
+    );
+    if json {
+        w.json(&serde_json::json!({
+            "dry_run": true,
+            "snapshot": id,
+            "source": key.source,
+            "epoch": key.epoch,
+            "epoch_mates": mates,
+            "newest_of_source": warning.is_some(),
+            "warnings": warning.iter().collect::<Vec<_>>(),
+            "would": would,
+        }))?;
+    } else {
+        outln!(w, "{would}");
+        if let Some(warning) = &warning {
+            errln!(w, "warning: {warning}");
+        }
+    }
+    Ok(exit::DRY_RUN)
 }

@@ -8,7 +8,9 @@
 //! archiver archives and fetches that source's WAL and nothing else; erasure (early shred,
 //! hold release, retention run, access-log expiry) is for root and `audit.erasure-group`;
 //! listing, access and backups are for operators; key rotation for root only. A refusal exits
-//! 77 and is logged in the access log (rate-limited). The only child processes the daemon
+//! 77 and is logged in the access log (rate-limited per caller); a bad request (over-long
+//! purpose or name, a backup path outside the source's folder) exits 2, as it does locally, and
+//! is logged the same way. The only child processes the daemon
 //! starts are its own: a drill's PostgreSQL (as `drill.pg-user`, with settings coffre forces)
 //! and the configured verify command; none takes text from a caller.
 //!
@@ -18,7 +20,9 @@
 //!
 //! The answer is a sequence of frames (tag byte, 4-byte big-endian length, payload): `o` and
 //! `e` text for stdout and stderr, `B` (JSON) and `D` (bytes) for a restore's plaintext, which
-//! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`).
+//! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`). The first frame
+//! comes at once (a refusal, or an empty `e` frame when the command starts): a caller that gets
+//! none within [`FIRST_ANSWER`] says the daemon is stopped or hung rather than wait forever.
 //!
 //! `wal-push` reads only the descriptor the caller passed with the request (the caller opened
 //! the WAL file with its own rights, without following a symlink): the daemon never opens a
@@ -76,6 +80,13 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REFUSALS_PER_MINUTE: u32 = 10;
 /// Longest data frame a client accepts.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Longest wait of a caller for the daemon's first frame. The daemon answers every request at
+/// once (a refusal, a bad request, busy, or an empty `e` frame when the command starts), within
+/// its own [`READ_TIMEOUT`] for the request line and the admission checks (group lookups, the
+/// backup path): a daemon that accepted the connection and sent nothing for this long is
+/// stopped or hung (SIGSTOP, a debugger), and the caller fails rather than wait forever. After
+/// the first frame there is no limit: a restore's bytes may take long to come.
+pub const FIRST_ANSWER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,9 +184,17 @@ fn archiver_of(app: &Coffre, uid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Refusals logged per window; the rest are counted and reported with the next logged one.
+/// Refusals logged per caller (uid) and window; the rest are counted and reported with that
+/// caller's next logged one. Per caller, so that one account's burst never hides another's
+/// refusals.
 struct RefusalLimiter {
-    window: Instant,
+    callers: std::collections::HashMap<u32, RefusalWindow>,
+}
+
+/// One caller's minute: its start, refusals logged in it, and those not logged since the last
+/// logged one.
+struct RefusalWindow {
+    start: Instant,
     logged: u32,
     suppressed: u64,
 }
@@ -183,23 +202,31 @@ struct RefusalLimiter {
 impl RefusalLimiter {
     fn new() -> RefusalLimiter {
         RefusalLimiter {
-            window: Instant::now(),
-            logged: 0,
-            suppressed: 0,
+            callers: Default::default(),
         }
     }
 
-    /// Some(n): log this refusal, with n earlier ones that were not logged. None: count it.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if now.duration_since(self.window) >= Duration::from_secs(60) {
-            self.window = now;
-            self.logged = 0;
+    /// Some(n): log this refusal of `uid`, with n earlier ones of the same caller that were not
+    /// logged. None: count it.
+    fn admit(&mut self, uid: u32, now: Instant) -> Option<u64> {
+        let minute = Duration::from_secs(60);
+        // Forget the callers whose minute is over and who have nothing left to report.
+        self.callers
+            .retain(|_, w| now.duration_since(w.start) < minute || w.suppressed > 0);
+        let w = self.callers.entry(uid).or_insert(RefusalWindow {
+            start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(w.start) >= minute {
+            w.start = now;
+            w.logged = 0;
         }
-        if self.logged < REFUSALS_PER_MINUTE {
-            self.logged += 1;
-            Some(std::mem::take(&mut self.suppressed))
+        if w.logged < REFUSALS_PER_MINUTE {
+            w.logged += 1;
+            Some(std::mem::take(&mut w.suppressed))
         } else {
-            self.suppressed += 1;
+            w.suppressed += 1;
             None
         }
     }
@@ -529,25 +556,49 @@ async fn handle(
     // caller passed; any other is closed now.
     let passed =
         passed.filter(|_| matches!(command, Command::WalFetch { .. } | Command::WalPush { .. }));
+    // Refused by role: 77. A bad request (version, bounds, a path the daemon may not read): 2,
+    // as the same arguments get locally. Both are logged (rate-limited per caller).
     let refusal = if req.v != VERSION {
-        Some(format!(
+        Some((
+            exit::USAGE,
+            format!(
             "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
             req.v
+        ),
         ))
+    } else if let Err(reason) = admission(uid, &name, app, &command) {
+        Some((exit::REFUSED, reason))
     } else {
-        admission(uid, &name, app, &command)
+        cli::validate_request(app, &mut command)
             .err()
-            .or_else(|| cli::validate_request(app, &mut command).err())
+            .map(|reason| (exit::USAGE, reason))
     };
-    if let Some(reason) = refusal {
-        let logged = log_refusal(app, limiter, &name, action, &command, &reason);
-        tracing::warn!(actor = %name, command = %action, "control socket refused a request: {reason}");
-        let mut msg = format!("error: refused: {reason}\n");
+    if let Some((code, reason)) = refusal {
+        let what = if code == exit::REFUSED {
+            "refused"
+        } else {
+            "bad request"
+        };
+        let logged = match code {
+            exit::REFUSED => log_refusal(app, limiter, uid, &name, &command, &reason),
+            _ => log_refusal(
+                app,
+                limiter,
+                uid,
+                &name,
+                &command,
+                &format!("{what}: {reason}"),
+            ),
+        };
+        tracing::warn!(actor = %name, command = %action, "control socket refused a request: {what}: {reason}");
+        let mut msg = format!("error: {what}: {reason}\n");
         if let Err(e) = logged {
             msg.push_str(&format!("error: {e}\n"));
         }
-        return w.write_all(&fail(exit::REFUSED, msg)).await;
+        return w.write_all(&fail(code, msg)).await;
     }
+    // Answer at once (an empty stderr frame): the caller waits at most FIRST_ANSWER for it.
+    write_frame(&mut w, TAG_STDERR, b"").await?;
     // Run it here, in the daemon's process; text and restored bytes stream back as they come.
     let (text_tx, text_rx) = mpsc::unbounded_channel::<Frame>();
     let (data_tx, data_rx) = mpsc::channel::<Chunk>(4);
@@ -739,15 +790,16 @@ fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<()
 fn log_refusal(
     app: &Coffre,
     limiter: &Mutex<RefusalLimiter>,
+    uid: u32,
     name: &str,
-    action: &str,
     command: &Command,
     reason: &str,
 ) -> Result<(), crate::audit::AuditError> {
+    let action = command.action();
     let admitted = limiter
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .admit(Instant::now());
+        .admit(uid, Instant::now());
     let Some(suppressed) = admitted else {
         return Ok(());
     };
@@ -790,13 +842,37 @@ pub fn call(
             "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
         ));
     }
+    let silent = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let hung = || {
+        format!(
+            "the coffre daemon accepted the connection on its control socket but answered nothing for {} s: it is stopped or hung (`systemctl status coffre`; state T is a stopped process: `kill -CONT` it or restart the service). This command did not start",
+            FIRST_ANSWER.as_secs()
+        )
+    };
+    s.set_read_timeout(Some(FIRST_ANSWER))
+        .and_then(|()| s.set_write_timeout(Some(FIRST_ANSWER)))
+        .map_err(|e| format!("cannot set up the control socket: {e}"))?;
     send_request(&s, &line, file.as_ref())
         .and_then(|sent| s.write_all(&line[sent..]))
-        .map_err(|e| format!("cannot send the request to the daemon: {e}"))?;
+        .map_err(|e| match silent(&e) {
+            true => hung(),
+            false => format!("cannot send the request to the daemon: {e}"),
+        })?;
     let mut r = std::io::BufReader::new(s);
     let mut restore = restore;
+    let mut first = true;
     loop {
-        let (tag, body) = match read_frame(&mut r) {
+        let frame = match first {
+            true => first_frame(&mut r).map_err(|e| e.unwrap_or_else(hung)),
+            false => read_frame(&mut r),
+        };
+        first = false;
+        let (tag, body) = match frame {
             Ok(f) => f,
             Err(e) => {
                 if let Some(w) = restore.as_mut() {
@@ -839,6 +915,39 @@ fn send_request(
             other => return other.map_err(std::io::Error::from),
         }
     }
+}
+
+/// The first frame of the answer, within [`FIRST_ANSWER`] (then the socket waits as long as it
+/// takes). `Err(None)`: nothing came in time.
+fn first_frame(
+    r: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+) -> Result<(u8, Vec<u8>), Option<String>> {
+    let mut head = [0u8; 1];
+    let n = loop {
+        match r.read(&mut head) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(None)
+            }
+            Err(e) => return Err(Some(format!(
+                "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
+            ))),
+        }
+    };
+    let untimed = r
+        .get_ref()
+        .set_read_timeout(None)
+        .and_then(|()| r.get_ref().set_write_timeout(None));
+    if let Err(e) = untimed {
+        return Err(Some(format!("cannot set up the control socket: {e}")));
+    }
+    read_frame(&mut std::io::Read::chain(&head[..n], r)).map_err(Some)
 }
 
 /// One frame of the daemon's answer: its tag and body.
@@ -938,13 +1047,17 @@ mod tests {
         let mut l = RefusalLimiter::new();
         let t0 = Instant::now();
         for _ in 0..REFUSALS_PER_MINUTE {
-            assert_eq!(l.admit(t0), Some(0));
+            assert_eq!(l.admit(1000, t0), Some(0));
         }
-        assert_eq!(l.admit(t0), None);
-        assert_eq!(l.admit(t0), None);
+        assert_eq!(l.admit(1000, t0), None);
+        assert_eq!(l.admit(1000, t0), None);
+        // Another caller's refusals are logged all the same.
+        assert_eq!(l.admit(1001, t0), Some(0));
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(l.admit(later), Some(2));
-        assert_eq!(l.admit(later), Some(0));
+        assert_eq!(l.admit(1000, later), Some(2));
+        assert_eq!(l.admit(1000, later), Some(0));
+        // A caller whose minute is over, with nothing to report, is forgotten.
+        assert!(!l.callers.contains_key(&1001));
     }
 
     /// A descriptor sent with the request line arrives with its first bytes; the daemon's

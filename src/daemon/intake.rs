@@ -16,7 +16,6 @@
 //! or protected again.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,62 +23,10 @@ use crate::config::{CompleteRule, SourceConfig};
 pub use crate::journal::{Journal, JournalError, JournalState, Key};
 
 pub const MARKER_DIR: &str = "backup_manifest";
-pub const MARKER_SUFFIX: &str = ".done";
-
-/// True for names that are never snapshots: temporary names, dot-files and markers.
-pub(crate) fn is_ignored_name(name: &str) -> bool {
-    name.starts_with('.')
-        || name.ends_with(".tmp")
-        || name.ends_with(".partial")
-        || name.ends_with(".part")
-        || name.ends_with(MARKER_SUFFIX)
-        || name.ends_with('~')
-}
-
-/// Total size and newest mtime of a file or directory tree (the journal key of a directory uses
-/// these, its inode and its path).
-///
-/// The entry itself is opened without following a symlink and its identity (inode, size, mtime)
-/// read from the open descriptor: a symlink swapped in after the folder was listed is refused,
-/// not followed.
-pub(crate) fn key_of(path: &Path) -> std::io::Result<Key> {
-    let listed = std::fs::symlink_metadata(path)?;
-    let opened = if listed.is_dir() {
-        crate::ops::protect::source::open_dir(path)?
-    } else if listed.is_file() {
-        crate::ops::protect::source::open_file(path)?
-    } else {
-        return Err(std::io::Error::other(format!(
-            "{} is neither a regular file nor a directory",
-            path.display()
-        )));
-    };
-    let meta = opened.metadata()?;
-    if meta.ino() != listed.ino() || meta.is_dir() != listed.is_dir() {
-        return Err(std::io::Error::other(format!(
-            "{} was replaced while coffre looked at it",
-            path.display()
-        )));
-    }
-    let (mut size, mut mtime) = (0u64, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
-    if meta.is_dir() {
-        for rel in crate::ops::protect::source::walk(path)? {
-            let m = std::fs::symlink_metadata(path.join(&rel))?;
-            if !m.is_dir() {
-                size += m.len();
-            }
-            mtime = mtime.max(m.mtime() * 1_000_000_000 + m.mtime_nsec());
-        }
-    } else {
-        size = meta.len();
-    }
-    Ok(Key {
-        path: path.to_path_buf(),
-        size,
-        mtime_ns: mtime,
-        ino: meta.ino(),
-    })
-}
+pub use crate::ops::protect::source::MARKER_SUFFIX;
+/// Which names are never snapshots, and the identity the journal keys an entry by: shared with
+/// `coffre backup`, which records what it protected from a source's folder.
+pub(crate) use crate::ops::protect::source::{is_ignored_name, key_of};
 
 /// True when some process has `path` (or a file under it) open for writing. Without permission
 /// to read other processes' fds this sees only what it can, and the settle time does the rest.
@@ -214,6 +161,7 @@ impl Intake {
 mod tests {
     use super::*;
     use crate::ids::SnapshotId;
+    use std::os::unix::fs::MetadataExt;
     use std::time::Duration;
 
     fn source(dir: &Path, rule: CompleteRule) -> SourceConfig {

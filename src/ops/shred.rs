@@ -38,6 +38,10 @@ pub enum ShredError {
     UnknownSnapshot(SnapshotId),
     #[error("snapshot {snapshot} is under legal hold ({hold}): release the hold first (`coffre hold release`)")]
     Held { snapshot: SnapshotId, hold: String },
+    #[error("snapshot {snapshot} is under legal hold already ({hold}): a second hold would replace the first, so nothing was changed. Release it first (`coffre hold release`) if the new hold is to replace it")]
+    AlreadyHeld { snapshot: SnapshotId, hold: String },
+    #[error("snapshot {0} is not under legal hold: there is nothing to release, and nothing was changed (`coffre snapshots` shows `held` on held snapshots)")]
+    NotHeld(SnapshotId),
     #[error("snapshot {snapshot}: {source}")]
     Key {
         snapshot: SnapshotId,
@@ -237,6 +241,8 @@ pub async fn lock(app: &Coffre) -> Result<RetentionLock, ShredError> {
 }
 
 /// Re-wrap a snapshot's DEK under `to` (and set or clear its hold), in every store that holds it.
+/// Logged as `hold-add` when it sets a hold, `hold-release` when it clears one, else
+/// `key-rewrap`.
 pub async fn rewrap(
     app: &Coffre,
     id: &SnapshotId,
@@ -249,10 +255,15 @@ pub async fn rewrap(
         .catalog
         .get_key(id)?
         .ok_or(ShredError::UnknownSnapshot(*id))?;
+    let action = match &hold {
+        Some(Some(_)) => "hold-add",
+        Some(None) => "hold-release",
+        None => "key-rewrap",
+    };
     let log = |outcome: String| {
         app.audit.append(NewEntry {
             actor: actor.into(),
-            action: "key-rewrap".into(),
+            action: action.into(),
             target: Target::key_object(&old),
             purpose: purpose.into(),
             outcome,
@@ -956,7 +967,8 @@ pub async fn shred_one(
     }
 }
 
-/// Put a snapshot under legal hold: its key moves to its own hold epoch.
+/// Put a snapshot under legal hold: its key moves to its own hold epoch. A snapshot held
+/// already is refused (a second hold never silently replaces the first).
 pub async fn hold_add(
     app: &Coffre,
     id: &SnapshotId,
@@ -964,6 +976,16 @@ pub async fn hold_add(
     purpose: &str,
 ) -> Result<KeyObject, ShredError> {
     let _lock = lock(app).await?;
+    let key = app
+        .catalog
+        .get_key(id)?
+        .ok_or(ShredError::UnknownSnapshot(*id))?;
+    if let Some(hold) = key.legal_hold {
+        return Err(ShredError::AlreadyHeld {
+            snapshot: *id,
+            hold,
+        });
+    }
     rewrap(
         app,
         id,
@@ -976,7 +998,8 @@ pub async fn hold_add(
 }
 
 /// Release a hold: the key moves back to the epoch of its planned expiry (or today's, if that
-/// day is past) and the hold key is destroyed.
+/// day is past) and the hold key is destroyed. A snapshot not held is an error (nothing is
+/// re-wrapped or logged).
 pub(crate) async fn hold_release(
     app: &Coffre,
     id: &SnapshotId,
@@ -988,6 +1011,9 @@ pub(crate) async fn hold_release(
         .catalog
         .get_key(id)?
         .ok_or(ShredError::UnknownSnapshot(*id))?;
+    if key.legal_hold.is_none() {
+        return Err(ShredError::NotHeld(*id));
+    }
     let now = time::OffsetDateTime::now_utc();
     let expiry = time::OffsetDateTime::parse(
         &key.planned_expiry,

@@ -148,6 +148,9 @@ pub async fn push(
         e => WalError::Pipeline(e),
     })?;
     index(app, &outcome.manifest, &outcome.epoch);
+    for s in &outcome.committed {
+        note_uploaded(s, outcome.manifest.sealed_size);
+    }
     Ok(Pushed {
         name: name.to_string(),
         object: outcome.manifest.snapshot,
@@ -214,7 +217,10 @@ async fn repush(
             Ok(m) if m == manifest => stores.push(s),
             Ok(_) => failures.push(format!("{}: holds another object under this name", s.name)),
             Err(e) if e.is_not_found() => match copy_into(app, s, &manifest, &key, &sealed).await {
-                Ok(()) => stores.push(s),
+                Ok(()) => {
+                    note_uploaded(&s.name, sealed.len() as u64);
+                    stores.push(s)
+                }
                 Err(e) => failures.push(format!("{}: {e}", s.name)),
             },
             Err(e) => failures.push(format!("{}: {e}", s.name)),
@@ -237,6 +243,22 @@ async fn repush(
         already: true,
         stores: stores.iter().map(|s| s.name.clone()).collect(),
     })
+}
+
+/// Sealed WAL bytes this process wrote to each store and the daemon's status has not counted
+/// yet: the status adds them to `coffre_uploaded_bytes_total` ([`take_uploaded`]), beside the
+/// snapshots' bytes.
+static UPLOADED: std::sync::LazyLock<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn note_uploaded(store: &str, bytes: u64) {
+    let mut m = UPLOADED.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry(store.to_string()).or_default() += bytes;
+}
+
+/// The sealed WAL bytes written to each store since the last call.
+pub fn take_uploaded() -> std::collections::BTreeMap<String, u64> {
+    std::mem::take(&mut *UPLOADED.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The catalog's WAL index (for the status); the stores hold the archive, so a failure here

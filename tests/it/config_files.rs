@@ -102,3 +102,30 @@ fn cited_documents_exist() {
         }
     }
 }
+
+/// Issue 28 item 20: the production example shows drills (a dump's and a point-in-time one) and
+/// the shred schedule.
+#[test]
+fn the_production_example_shows_drills_and_shredding() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\n[shred]\n"), "no [shred] table");
+    let c = coffre::Config::load(&path).unwrap();
+    let drilled: Vec<_> = c
+        .sources
+        .iter()
+        .filter(|s| s.drill.every.is_some())
+        .collect();
+    assert!(drilled
+        .iter()
+        .any(|s| s.drill.verify_command.is_some() && !s.drill.pitr));
+    assert!(drilled
+        .iter()
+        .any(|s| s.drill.pitr && s.drill.pg_user.is_some()));
+    // The relative verify command is taken from the config's folder.
+    assert!(drilled.iter().any(|s| s
+        .drill
+        .verify_command
+        .as_deref()
+        .is_some_and(|v| v.starts_with(&format!("'{}/", path.parent().unwrap().display())))));
+}

@@ -328,16 +328,31 @@ fn entries_cut_from_the_head_before_their_retention_ends_are_named() {
 fn a_70_kb_purpose_and_french_purposes_never_lock_the_log() {
     // Finding 4: a 70 KB purpose made every later append fail ("last entry does not parse"),
     // and ordinary French purposes put the appender's 64 KiB window inside a character.
+    // Since issue 28 (item 12) a purpose over 1 KiB is refused before anything is logged, exit
+    // 2, locally as through the daemon; the log's own bound (audit::tests) stays for older
+    // entries.
     let env = Env::new();
     let huge = "é".repeat(35 * 1024);
-    env.backup_and_restore("r1.sql", &huge);
-    // The entry is bounded, visibly.
+    let (code, out) = env.run(&[
+        "restore",
+        "latest",
+        "--source",
+        "emr",
+        "--to",
+        env.p("r0.sql").to_str().unwrap(),
+        "--purpose",
+        &huge,
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("at most 1024"), "{out}");
+    // The longest purpose accepted is logged whole.
+    let longest = "é".repeat(coffre::audit::MAX_PURPOSE_BYTES / 2);
+    env.backup_and_restore("r1.sql", &longest);
     let (code, out) = env.run(&["audit", "show", "--json", "--action", "restore"]);
     assert_eq!(code, 0, "{out}");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     let p = entries[0]["purpose"].as_str().unwrap();
-    assert!(p.len() <= coffre::audit::MAX_PURPOSE_BYTES, "{}", p.len());
-    assert!(p.ends_with(coffre::audit::TRUNCATED), "{p}");
+    assert_eq!(p, longest);
     // Later accesses still get logged: well past 64 KiB of French purposes.
     for i in 0..90 {
         let purpose =

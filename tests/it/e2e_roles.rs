@@ -607,3 +607,43 @@ fn one_caller_cannot_take_every_connection_and_the_archiver_keeps_its_own() {
     assert!(answer.contains("busy"), "{answer}");
     assert!(answer.contains("\"exit\":75"), "{answer}");
 }
+
+/// Issue 28 item 21: the refusal rate limit (10 a minute) is per caller: an operator's burst of
+/// refused erasures does not hide the eraser's refused key rotation that follows.
+#[test]
+fn one_callers_burst_of_refusals_does_not_hide_anothers() {
+    let h = Host::start(false);
+    let op = h.users.op.clone();
+    for _ in 0..12 {
+        let o = h.as_user(&op, &["retention", "run"]);
+        assert_eq!(o.code, 77, "{}", o.text);
+    }
+    assert_eq!(
+        refusals_for(&h, &op),
+        10,
+        "the operator's refusals past 10 are counted, not logged"
+    );
+    let eraser = h.users.eraser.clone();
+    let o = h.as_user(
+        &eraser,
+        &[
+            "keys",
+            "rotate",
+            "--to-provider",
+            "local",
+            "--purpose",
+            "rotate",
+        ],
+    );
+    assert_eq!(o.code, 77, "{}", o.text);
+    assert_eq!(
+        refusals_for(&h, &eraser),
+        1,
+        "another caller's refusal was hidden by the operator's burst"
+    );
+    // The operator's next logged refusal (after the minute) carries the count; within the
+    // minute, more of its refusals stay counted only.
+    let o = h.as_user(&op, &["audit", "expire"]);
+    assert_eq!(o.code, 77, "{}", o.text);
+    assert_eq!(refusals_for(&h, &op), 10);
+}

@@ -288,7 +288,7 @@ fn a_held_snapshot_is_never_shredded_until_released() {
     let (code, out, _) = env.run(&["audit", "show", "--json", "--snapshot", &a]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("key-rewrap") && out.contains("hold add: court order 2026-114"),
+        out.contains("\"hold-add\"") && out.contains("hold add: court order 2026-114"),
         "{out}"
     );
     let (code, _, err) = env.run(&["audit", "verify"]);

@@ -1,6 +1,8 @@
 //! Reading a snapshot as it landed: a single file, or a directory turned into one tar stream in a
 //! stable (byte-wise sorted) order, and a fingerprint to detect a snapshot that changes or
-//! vanishes while it is read.
+//! vanishes while it is read. Also which names in a source folder are never snapshots and the
+//! identity the intake's journal keys an entry by ([`key_of`]), shared by the daemon's intake and
+//! `coffre backup`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -218,6 +220,64 @@ pub(crate) fn describe_change(before: &Fingerprint, after: &Fingerprint) -> Stri
 
 /// Write `dir` as a tar stream in a stable order (sorted by path), keeping modes, symlinks and
 /// mtimes; owners are written numerically.
+/// Suffix of the marker file beside a complete file snapshot (`X.done`, `complete = "marker"`).
+pub const MARKER_SUFFIX: &str = ".done";
+
+/// True for names that are never snapshots: temporary names, dot-files and markers.
+pub(crate) fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with(".tmp")
+        || name.ends_with(".partial")
+        || name.ends_with(".part")
+        || name.ends_with(MARKER_SUFFIX)
+        || name.ends_with('~')
+}
+
+/// Total size and newest mtime of a file or directory tree (the journal key of a directory uses
+/// these, its inode and its path).
+///
+/// The entry itself is opened without following a symlink and its identity (inode, size, mtime)
+/// read from the open descriptor: a symlink swapped in after the folder was listed is refused,
+/// not followed.
+pub(crate) fn key_of(path: &Path) -> std::io::Result<crate::journal::Key> {
+    let listed = std::fs::symlink_metadata(path)?;
+    let opened = if listed.is_dir() {
+        open_dir(path)?
+    } else if listed.is_file() {
+        open_file(path)?
+    } else {
+        return Err(std::io::Error::other(format!(
+            "{} is neither a regular file nor a directory",
+            path.display()
+        )));
+    };
+    let meta = opened.metadata()?;
+    if meta.ino() != listed.ino() || meta.is_dir() != listed.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} was replaced while coffre looked at it",
+            path.display()
+        )));
+    }
+    let (mut size, mut mtime) = (0u64, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+    if meta.is_dir() {
+        for rel in walk(path)? {
+            let m = std::fs::symlink_metadata(path.join(&rel))?;
+            if !m.is_dir() {
+                size += m.len();
+            }
+            mtime = mtime.max(m.mtime() * 1_000_000_000 + m.mtime_nsec());
+        }
+    } else {
+        size = meta.len();
+    }
+    Ok(crate::journal::Key {
+        path: path.to_path_buf(),
+        size,
+        mtime_ns: mtime,
+        ino: meta.ino(),
+    })
+}
+
 #[cfg(test)]
 pub(crate) fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
     let root = open_dir(dir)?;
