@@ -146,10 +146,13 @@ window = "7d"
         )
         .unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let daemon = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .arg("daemon")
+        // Under a umask that lets others read new files, as a daemon started by hand may have.
+        let daemon = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask 022; exec {BIN} --config '{}' daemon",
+                config.display()
+            ))
             .env("COFFRE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -209,6 +212,16 @@ window = "7d"
         self.as_user(user, &args)
     }
 
+    /// One raw request line sent as `user`; the daemon's answer frames as text.
+    fn raw(&self, user: &str, request: &str) -> String {
+        let script = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ns.sendall({:?}.encode())\nbuf=b''\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  buf+=c\nsys.stdout.write(buf.decode('utf-8','replace'))\n",
+            self.socket.display(),
+            request
+        );
+        self.python(user, &script)
+    }
+
     /// A python3 script run as `user` (raw socket requests).
     fn python(&self, user: &str, script: &str) -> String {
         let out = Command::new("runuser")
@@ -241,7 +254,7 @@ window = "7d"
     fn store_bytes(&self) -> Vec<u8> {
         let mut all = Vec::new();
         for s in ["a", "b"] {
-            for f in crate::common::coffre::files_under(&self.d.join(s)) {
+            for f in crate::common::coffre::files_under(&self.d.join("stores").join(s)) {
                 all.extend(std::fs::read(f).unwrap_or_default());
             }
         }
@@ -386,13 +399,8 @@ fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
         "{{\"v\":1,\"command\":{{\"wal-push\":{{\"source\":\"emr\",\"path\":\"{}\",\"json\":false}}}}}}\n",
         link.display()
     );
-    let script = format!(
-        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\ns.sendall({:?}.encode())\nbuf=b''\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  buf+=c\nsys.stdout.write(buf.decode('utf-8','replace'))\n",
-        h.socket.display(),
-        req
-    );
     for _ in 0..20 {
-        let answer = h.python(&arch, &script);
+        let answer = h.raw(&arch, &req);
         assert!(
             answer.contains("must come open with the request"),
             "{answer}"
@@ -419,17 +427,39 @@ fn wal_push_reads_only_the_descriptor_the_caller_passed_never_a_path() {
     let to = h.d.join("pg_wal/RECOVERYXLOG");
     let o = h.fetch(&arch, None, "000000010000000000000005", &to);
     assert_eq!(o.code, 1, "{}", o.text);
-    // A real segment through the spool: archived, fetched back, and spooled 0600 (N13).
+    // A real segment through the spool while store a is broken (so it stays spooled): the
+    // spooled plaintext is 0600 whatever the daemon's umask (N13); once the store is back it is
+    // archived, and fetched back byte for byte.
+    let store_a = h.d.join("stores/a");
+    std::fs::rename(&store_a, h.d.join("stores/a.off")).unwrap();
+    std::fs::write(&store_a, b"not a folder").unwrap();
     let (seg, bytes) = h.segment("000000010000000000000006", 6);
     let o = h.as_user(
         &arch,
         &["wal-push", "--source", "emr", seg.to_str().unwrap()],
     );
     assert_eq!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("spooled"), "{}", o.text);
+    let spooled = h.d.join("state/spool/emr/000000010000000000000006");
+    let mode = std::fs::metadata(&spooled).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "spooled WAL is {mode:o}");
+    std::fs::remove_file(&store_a).unwrap();
+    std::fs::rename(h.d.join("stores/a.off"), &store_a).unwrap();
+    let t = Instant::now();
+    while spooled.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the spool never drained once store a was back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let o = h.fetch(&arch, None, "000000010000000000000006", &to);
     assert_eq!(o.code, 0, "{}", o.text);
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
-    assert!(!contains(&h.store_bytes(), CANARY));
+    let stored = h.store_bytes();
+    assert!(stored.len() > 1000, "the stores hold the archived segment");
+    assert!(!contains(&stored, &key_bytes));
+    assert!(!contains(&stored, CANARY));
 }
 
 #[test]
@@ -646,4 +676,42 @@ fn one_callers_burst_of_refusals_does_not_hide_anothers() {
     let o = h.as_user(&op, &["audit", "expire"]);
     assert_eq!(o.code, 77, "{}", o.text);
     assert_eq!(refusals_for(&h, &op), 10);
+}
+
+/// Issue 27, N14: a backup through the socket protects the path the daemon checked (its
+/// canonical form inside the source folder), not the path as sent: a request naming a link
+/// inside the source protects the file the link resolved to when it was checked.
+#[test]
+fn a_backup_through_the_daemon_protects_the_path_it_checked() {
+    let h = Host::start(false);
+    let op = h.users.op.clone();
+    // No marker: the intake leaves it to the operator's backup.
+    std::fs::write(
+        h.d.join("in/dump.sql"),
+        [CANARY, b"\n"].concat().repeat(200),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("dump.sql", h.d.join("in/alias.sql")).unwrap();
+    let req = format!(
+        "{{\"v\":1,\"command\":{{\"backup\":{{\"source\":\"emr\",\"path\":\"{}\",\"json\":false}}}}}}\n",
+        h.d.join("in/alias.sql").display()
+    );
+    let answer = h.raw(&op, &req);
+    assert!(answer.contains("\"exit\":0"), "{answer}");
+    let o = h.as_root(&["snapshots", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(
+        o.text.contains("dump.sql") && !o.text.contains("alias.sql"),
+        "{}",
+        o.text
+    );
+    // A link out of the source folder is refused, as before.
+    std::os::unix::fs::symlink("/etc", h.d.join("in/etc")).unwrap();
+    let req = format!(
+        "{{\"v\":1,\"command\":{{\"backup\":{{\"source\":\"emr\",\"path\":\"{}\",\"json\":false}}}}}}\n",
+        h.d.join("in/etc/passwd").display()
+    );
+    let answer = h.raw(&op, &req);
+    assert!(answer.contains("is not inside source"), "{answer}");
+    assert!(!contains(&h.store_bytes(), b"root:x:0:0"));
 }

@@ -929,3 +929,51 @@ fn a_planted_base_backup_cannot_make_a_restore_write_through_its_links() {
         "owned by someone else\n"
     );
 }
+
+/// Issue 27, N17: a base backup under legal hold keeps the WAL a replay from it needs (from its
+/// start to the next base backup's) while the hold stands, though that WAL left the window; the
+/// same WAL with no hold is shredded (the test above).
+#[test]
+fn a_held_base_backup_keeps_its_wal_past_the_window() {
+    let env = wal_env(); // window 7d
+    let text = fs::read_to_string(&env.config).unwrap();
+    env.write_config(&format!("{text}\n[shred]\nmax-clock-jump = \"100d\"\n"));
+    let pgwal = env.dir.path().join("pg_wal");
+    fs::create_dir_all(&pgwal).unwrap();
+    let names: Vec<String> = (1..=4)
+        .map(|n| format!("0000000100000000000000{n:02X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let (p, _) = wal_file(&pgwal, n, 300 + i as u64);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+            .expect_ok();
+    }
+    let held = env.backup(&base_backup(&env.dir.path().join("base-1"), &names[0]));
+    env.backup(&base_backup(&env.dir.path().join("base-2"), &names[2]));
+    env.run(&["hold", "add", &held, "--purpose", "litigation 27"])
+        .expect_ok();
+    // +10d: every WAL file's epoch is over; the held base backup still needs segments 1 to 3.
+    let r = run_at(&env, "+10d", &["retention", "run", "--json"]);
+    r.expect_ok();
+    for store in ["a", "b"] {
+        for n in &names[..3] {
+            assert!(
+                wal_dir(&env, store, n).join("manifest.json").is_file(),
+                "{n}, needed by the held base backup, was removed from {store}\n{r}"
+            );
+        }
+    }
+    let out = env.out.join("seg1");
+    run_at(
+        &env,
+        "+10d",
+        &[
+            "wal-fetch",
+            "--source",
+            "emr",
+            &names[0],
+            out.to_str().unwrap(),
+        ],
+    )
+    .expect_ok();
+}
