@@ -671,6 +671,32 @@ pub fn replay_as(
     result
 }
 
+/// Start `cmd` from a thread of its own that first drops its ambient and inheritable
+/// capabilities, so that the program holds none of this process's. A non-root daemon that may
+/// switch users (CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE, granted as ambient
+/// capabilities) keeps every capability across a switch between two non-root users, and exec
+/// passes the ambient ones on: PostgreSQL as drill.pg-user, and whatever runs in it, would hold
+/// them (CAP_SETUID is a setuid(0) away from root). The daemon's other threads keep theirs.
+fn spawn_without_capabilities(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<std::process::Child> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            match rustix::thread::clear_ambient_capability_set() {
+                // A kernel without ambient capabilities (before 4.3) has none to pass on.
+                Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut caps = rustix::thread::capabilities(None)?;
+            caps.inheritable = rustix::thread::CapabilitySet::empty();
+            rustix::thread::set_capabilities(None, caps)?;
+            cmd.spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread starting it panicked")))
+    })
+}
+
 fn spawn_err(what: &str) -> impl FnOnce(std::io::Error) -> PitrError {
     let what = what.to_string();
     move |source| PitrError::Spawn { what, source }
@@ -695,21 +721,19 @@ fn replay_in(
         cmd.uid(u.uid).gid(u.gid);
     }
     let started = std::time::Instant::now();
-    let mut child = cmd
-        .arg("-D")
+    cmd.arg("-D")
         .arg(dir)
         .args(setting_args(&forced))
         .stdin(std::process::Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|source| match as_user {
-            Some(u) if source.raw_os_error() == Some(nix::libc::EPERM) => PitrError::CannotSwitch {
-                user: u.name.clone(),
-                source,
-            },
-            _ => spawn_err(&postgres.display().to_string())(source),
-        })?;
+        .stderr(err);
+    let mut child = spawn_without_capabilities(&mut cmd).map_err(|source| match as_user {
+        Some(u) if source.raw_os_error() == Some(nix::libc::EPERM) => PitrError::CannotSwitch {
+            user: u.name.clone(),
+            source,
+        },
+        _ => spawn_err(&postgres.display().to_string())(source),
+    })?;
     let failed = |status: String| PitrError::ReplayFailed {
         status,
         log: log.display().to_string(),
@@ -1127,6 +1151,101 @@ mod tests {
                 let dir = DataDir::open(&data).unwrap();
                 assert_eq!(pg_version(&dir), None);
             }
+        }
+    }
+
+    /// A non-root daemon with the capabilities docs/security.md grants for drills
+    /// (CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE as ambient capabilities of a
+    /// systemd drop-in) starts a drill's PostgreSQL as drill.pg-user holding none of them.
+    /// Linux keeps every capability across a switch between two non-root users and passes the
+    /// ambient ones on through exec: without dropping them, PostgreSQL (and whatever a database
+    /// superuser makes it run: COPY TO PROGRAM over its socket, restore_command's children) ran
+    /// with CAP_SETUID and CAP_DAC_OVERRIDE, one setuid(0) away from root. The test runs itself
+    /// again as user `daemon` with those ambient capabilities (setpriv), as such a daemon does,
+    /// and a stand-in `postgres` prints its own capability sets into coffre-replay.log.
+    #[test]
+    fn a_drills_postgresql_holds_none_of_the_daemons_capabilities() {
+        use std::os::unix::fs::PermissionsExt;
+        const INNER: &str = "COFFRE_TEST_CAPS_INNER";
+        if let Some(d) = std::env::var_os(INNER) {
+            return replay_without_capabilities_as_bin(Path::new(&d));
+        }
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file());
+        let users = ["daemon", "bin"]
+            .iter()
+            .all(|u| nix::unistd::User::from_name(u).ok().flatten().is_some());
+        let (Some(setpriv), true, true) = (setpriv, nix::unistd::geteuid().is_root(), users) else {
+            eprintln!("skipped: needs root, setpriv and the users daemon and bin");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(
+            bin.join("postgres"),
+            "#!/bin/sh\nid\ngrep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(bin.join("postgres"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let data = d.path().join("data");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&data)
+            .unwrap();
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        let caps = "+chown,+dac_override,+setgid,+setuid";
+        let out = std::process::Command::new(setpriv)
+            .args(["--reuid=daemon", "--regid=daemon", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ops::pitr::tests::a_drills_postgresql_holds_none_of_the_daemons_capabilities",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(INNER, d.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "the run as a non-root daemon with capabilities failed:\n{text}"
+        );
+    }
+
+    /// The inner run of the test above (user `daemon`, four ambient capabilities): the stand-in
+    /// PostgreSQL, started as `bin`, must hold no capability at all.
+    fn replay_without_capabilities_as_bin(d: &Path) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(
+            status.contains("CapAmb:\t00000000000000c3"),
+            "the inner run should hold the four ambient capabilities: {status}"
+        );
+        let bin = nix::unistd::User::from_name("bin").unwrap().unwrap();
+        let user = PgUser {
+            name: "bin".into(),
+            uid: bin.uid.as_raw(),
+            gid: bin.gid.as_raw(),
+        };
+        let e = replay_as(&d.join("data"), Some(&d.join("bin")), Some(&user), "true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uid=") && e.contains("CapEff:"), "{e}");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert!(
+                e.contains(&format!("{set}:\t0000000000000000")),
+                "PostgreSQL kept {set} of the daemon: {e}"
+            );
         }
     }
 }
