@@ -697,6 +697,26 @@ fn spawn_without_capabilities(
     })
 }
 
+/// `postgres`, run as `as_user` when given: through util-linux's `setpriv` (Debian essential),
+/// which switches to the user with its own supplementary groups (`--init-groups`: the group
+/// that owns the control socket is usually a supplementary one, and Rust's `Command::uid` drops
+/// them all, so the replay's `wal-fetch` could not connect) and clears the inheritable and
+/// ambient capabilities before it executes PostgreSQL, which then holds none of the daemon's.
+fn as_pg_user(postgres: &Path, as_user: Option<&PgUser>) -> std::process::Command {
+    let Some(u) = as_user else {
+        return std::process::Command::new(postgres);
+    };
+    let mut cmd = std::process::Command::new(SETPRIV);
+    cmd.arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .args(["--init-groups", "--inh-caps=-all", "--ambient-caps=-all", "--"])
+        .arg(postgres);
+    cmd
+}
+
+/// util-linux's setpriv (package util-linux, essential on Debian).
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 fn spawn_err(what: &str) -> impl FnOnce(std::io::Error) -> PitrError {
     let what = what.to_string();
     move |source| PitrError::Spawn { what, source }
@@ -709,17 +729,13 @@ fn replay_in(
     as_user: Option<&PgUser>,
     restore_command: &str,
 ) -> Result<Replayed, PitrError> {
-    use std::os::unix::process::CommandExt;
     let d = DataDir::open(dir)?;
     let log = dir.join(REPLAY_LOG);
     let out = d.create_fresh(REPLAY_LOG)?;
     let err = out.try_clone().map_err(spawn_err(REPLAY_LOG))?;
     let major = pg_major(&d).unwrap_or(u32::MAX);
     let forced = forced_settings(dir, sockets, restore_command, major);
-    let mut cmd = std::process::Command::new(postgres);
-    if let Some(u) = as_user {
-        cmd.uid(u.uid).gid(u.gid);
-    }
+    let mut cmd = as_pg_user(postgres, as_user);
     let started = std::time::Instant::now();
     cmd.arg("-D")
         .arg(dir)
@@ -727,7 +743,12 @@ fn replay_in(
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
-    let mut child = spawn_without_capabilities(&mut cmd).map_err(|source| match as_user {
+    let spawned = match as_user {
+        // setpriv needs the daemon's CAP_SETUID/CAP_SETGID, and drops them itself.
+        Some(_) => cmd.spawn(),
+        None => spawn_without_capabilities(&mut cmd),
+    };
+    let mut child = spawned.map_err(|source| match as_user {
         Some(u) if source.raw_os_error() == Some(nix::libc::EPERM) => PitrError::CannotSwitch {
             user: u.name.clone(),
             source,
@@ -1241,6 +1262,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("uid=") && e.contains("CapEff:"), "{e}");
+        // With the user's own groups (its supplementary ones too: the socket's group).
+        let id = std::process::Command::new("id").arg("bin").output().unwrap();
+        let id = String::from_utf8_lossy(&id.stdout);
+        assert!(e.contains(id.trim()), "PostgreSQL ran as another identity than `{}`: {e}", id.trim());
         for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
             assert!(
                 e.contains(&format!("{set}:\t0000000000000000")),
