@@ -709,7 +709,12 @@ fn as_pg_user(postgres: &Path, as_user: Option<&PgUser>) -> std::process::Comman
     let mut cmd = std::process::Command::new(SETPRIV);
     cmd.arg(format!("--reuid={}", u.uid))
         .arg(format!("--regid={}", u.gid))
-        .args(["--init-groups", "--inh-caps=-all", "--ambient-caps=-all", "--"])
+        .args([
+            "--init-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--",
+        ])
         .arg(postgres);
     cmd
 }
@@ -1263,9 +1268,16 @@ mod tests {
             .to_string();
         assert!(e.contains("uid=") && e.contains("CapEff:"), "{e}");
         // With the user's own groups (its supplementary ones too: the socket's group).
-        let id = std::process::Command::new("id").arg("bin").output().unwrap();
+        let id = std::process::Command::new("id")
+            .arg("bin")
+            .output()
+            .unwrap();
         let id = String::from_utf8_lossy(&id.stdout);
-        assert!(e.contains(id.trim()), "PostgreSQL ran as another identity than `{}`: {e}", id.trim());
+        assert!(
+            e.contains(id.trim()),
+            "PostgreSQL ran as another identity than `{}`: {e}",
+            id.trim()
+        );
         for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
             assert!(
                 e.contains(&format!("{set}:\t0000000000000000")),

@@ -131,19 +131,18 @@ pub fn start(app: &Arc<Coffre>, source: &str, current: &WalName, actor: &str) {
             let name = wal.to_string();
             let p = dir.join(wal.as_str());
             // Beneath the configured pg_wal, no symlink followed; read from this descriptor.
-            let (r, before, after) =
-                match crate::ops::protect::open_regular_beneath(&dir, Path::new(wal.as_str())) {
-                    Ok(f) => {
-                        let before = identity(&f);
-                        let r = crate::ops::wal::push(&app, &source, &p, &f, &actor).await;
-                        (r, before, identity(&f))
-                    }
-                    Err(e) => (
-                        Err(crate::ops::wal::WalError::Read { path: p, source: e }),
-                        None,
-                        None,
-                    ),
-                };
+            let (r, before, after) = match open_segment(&dir, &wal) {
+                Ok(f) => {
+                    let before = identity(&f);
+                    let r = crate::ops::wal::push(&app, &source, &p, &f, &actor).await;
+                    (r, before, identity(&f))
+                }
+                Err(e) => (
+                    Err(crate::ops::wal::WalError::Read { path: p, source: e }),
+                    None,
+                    None,
+                ),
+            };
             let key = (source.clone(), name.clone());
             {
                 let mut a = ahead();
@@ -171,6 +170,24 @@ pub fn start(app: &Arc<Coffre>, source: &str, current: &WalName, actor: &str) {
             notify.notify_waiters();
         });
     }
+}
+
+/// Open a `.ready` segment beneath the configured `pg_wal` with the daemon's rights, as
+/// PostgreSQL left it: no symlink followed, a regular file with one link, owned by the owner of
+/// `pg_wal` (a hard link of some other file the daemon may read, planted under a WAL name, is
+/// refused: the look-ahead reads only what PostgreSQL wrote).
+fn open_segment(dir: &Path, wal: &WalName) -> std::io::Result<std::fs::File> {
+    let f = crate::ops::protect::open_regular_beneath(dir, Path::new(wal.as_str()))?;
+    let (m, owner) = (f.metadata()?, std::fs::metadata(dir)?.uid());
+    if m.nlink() != 1 || m.uid() != owner {
+        return Err(std::io::Error::other(format!(
+            "{} is not a WAL file as PostgreSQL writes them (links {}, owner uid {} where pg_wal's is {owner}): not archived ahead",
+            wal,
+            m.nlink(),
+            m.uid()
+        )));
+    }
+    Ok(f)
 }
 
 /// The push of `name` (the file `file`, passed by the caller), if it was archived ahead from
@@ -238,6 +255,25 @@ mod tests {
             ["000000010000000000000003", "000000010000000000000005"]
         );
         assert!(ready_after(&d.path().join("missing"), &cur).is_empty());
+    }
+
+    /// A hard link planted under a WAL name, or a file of another owner, is not read ahead.
+    #[test]
+    fn only_a_segment_as_postgresql_wrote_it_is_opened_ahead() {
+        let d = tempfile::tempdir().unwrap();
+        let name = WalName::parse("000000010000000000000003").unwrap();
+        std::fs::write(d.path().join("secret"), b"key").unwrap();
+        std::fs::hard_link(d.path().join("secret"), d.path().join(name.as_str())).unwrap();
+        let e = open_segment(d.path(), &name).unwrap_err();
+        assert!(e.to_string().contains("links 2"), "{e}");
+        std::fs::remove_file(d.path().join(name.as_str())).unwrap();
+        std::fs::write(d.path().join(name.as_str()), b"wal").unwrap();
+        assert!(open_segment(d.path(), &name).is_ok());
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(d.path().join(name.as_str()), Some(2), None).unwrap();
+            let e = open_segment(d.path(), &name).unwrap_err();
+            assert!(e.to_string().contains("owner uid 2"), "{e}");
+        }
     }
 
     #[test]
