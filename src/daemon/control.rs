@@ -68,6 +68,9 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const ARCHIVER_SLOTS: usize = 4;
 /// Connections one caller (other than root and the archivers) may hold at once.
 pub const PER_CALLER: usize = 4;
+/// Connections one archiver may hold at once (its pushes, its recovery's fetches): not all 16,
+/// so that one source's archiver cannot starve another's, nor the operators.
+pub const PER_ARCHIVER: usize = 8;
 /// Longest wait for a caller to take one frame of the answer; a caller that stops reading is
 /// cut off (a restore it started is aborted, nothing is left looking complete).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -323,7 +326,8 @@ pub(crate) async fn serve(
 use std::os::unix::fs::DirBuilderExt;
 
 /// The connections being served: [`MAX_CONNECTIONS`] in all, [`ARCHIVER_SLOTS`] of them only
-/// for archivers, at most [`PER_CALLER`] for one other caller (root excepted).
+/// for archivers, at most [`PER_ARCHIVER`] for one archiver and [`PER_CALLER`] for one other
+/// caller (root excepted).
 struct Slots {
     general: Arc<Semaphore>,
     archivers: Arc<Semaphore>,
@@ -364,18 +368,6 @@ impl Slots {
 
     /// A place for a connection of `uid`, or None (busy).
     fn take(&self, uid: u32, archiver: bool) -> Option<Slot> {
-        if archiver {
-            let permit = self
-                .archivers
-                .clone()
-                .try_acquire_owned()
-                .or_else(|_| self.general.clone().try_acquire_owned())
-                .ok()?;
-            return Some(Slot {
-                _permit: permit,
-                caller: None,
-            });
-        }
         if uid == 0 {
             let permit = self.general.clone().try_acquire_owned().ok()?;
             return Some(Slot {
@@ -383,12 +375,22 @@ impl Slots {
                 caller: None,
             });
         }
+        let limit = if archiver { PER_ARCHIVER } else { PER_CALLER };
         let mut m = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
         let held = m.get(&uid).copied().unwrap_or(0);
-        if held >= PER_CALLER {
+        if held >= limit {
             return None;
         }
-        let permit = self.general.clone().try_acquire_owned().ok()?;
+        // An archiver takes its kept places first, then the common ones.
+        let permit = if archiver {
+            self.archivers
+                .clone()
+                .try_acquire_owned()
+                .or_else(|_| self.general.clone().try_acquire_owned())
+                .ok()?
+        } else {
+            self.general.clone().try_acquire_owned().ok()?
+        };
         m.insert(uid, held + 1);
         Some(Slot {
             _permit: permit,
@@ -1041,6 +1043,40 @@ pub trait RestoreWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One operator holds at most PER_CALLER connections, one archiver PER_ARCHIVER, and the
+    /// archivers' kept places stay free of operators.
+    #[test]
+    fn the_socket_is_shared_fairly() {
+        let slots = Slots::new();
+        let op: Vec<Slot> = (0..PER_CALLER)
+            .map_while(|_| slots.take(1000, false))
+            .collect();
+        assert_eq!(op.len(), PER_CALLER);
+        assert!(
+            slots.take(1000, false).is_none(),
+            "past the operator's share"
+        );
+        // Other operators fill the common places; the archivers' stay.
+        let others: Vec<Slot> = (0..100u32)
+            .map_while(|i| slots.take(2000 + i / 4, false))
+            .collect();
+        assert_eq!(op.len() + others.len(), MAX_CONNECTIONS - ARCHIVER_SLOTS);
+        let arch: Vec<Slot> = (0..10).map_while(|_| slots.take(3000, true)).collect();
+        assert_eq!(arch.len(), ARCHIVER_SLOTS);
+        drop(others);
+        let arch2: Vec<Slot> = (0..20).map_while(|_| slots.take(3000, true)).collect();
+        assert_eq!(
+            arch.len() + arch2.len(),
+            PER_ARCHIVER,
+            "past the archiver's share"
+        );
+        drop(op);
+        assert!(
+            slots.take(1000, false).is_some(),
+            "places come back when dropped"
+        );
+    }
 
     #[test]
     fn refusals_are_logged_up_to_the_limit_then_counted() {
