@@ -76,8 +76,14 @@ python3 - "$d/wal" "$N" <<'PY'
 import os, random, sys
 d, n = sys.argv[1], int(sys.argv[2])
 r = random.Random(7)
+size = 16 << 20
 for i in range(1, n + 1):
-    b = b"".join(r.randbytes(8) + bytes(24) for _ in range((16 << 20) // 32))
+    b = bytearray(b"".join(r.randbytes(8) + bytes(24) for _ in range(size // 32)))
+    # the first page header PostgreSQL 15 writes (wal-fetch serves a segment only when it
+    # matches the name): magic, XLP_LONG_HEADER, timeline 1, start LSN, system id, sizes
+    b[0:40] = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little") \
+        + (i * size).to_bytes(8, "little") + bytes(8) + (0x7300000000000001).to_bytes(8, "little") \
+        + size.to_bytes(4, "little") + (8192).to_bytes(4, "little")
     open(os.path.join(d, "%08X%08X%08X" % (1, 0, i)), "wb").write(b)
 PY
 for f in "$d"/wal/*; do c wal-push --source emr "$f" > /dev/null; done
@@ -93,13 +99,23 @@ ms_of() { # average ms of 20 runs of a command
 printf 'coffre --version: %d ms; a wal-fetch through the daemon that finds nothing: %d ms\n' \
   "$(ms_of "$COFFRE" --version)" \
   "$(ms_of c wal-fetch --source emr 0000000100000000000000FF "$d/pg_wal/NONE")"
+# A recovery session is opened by a point-in-time restore (coffre refuses an id it did not
+# open): a minimal base backup lands in the source folder, and each run restores it.
+mkdir -p "$d/in/base/global"
+echo 15 > "$d/in/base/PG_VERSION"
+echo "START WAL LOCATION: 0/1000028 (file 000000010000000000000001)" > "$d/in/base/backup_label"
+head -c 8192 /dev/zero > "$d/in/base/global/pg_control"
+echo '{}' > "$d/in/base/backup_manifest"
+until c snapshots --json | grep -q directory; do sleep 0.2; done
 for run in $(seq "$RUNS"); do
+  c restore --source emr --to "$d/r$run" --target-latest --purpose "benchmark run $run" > /dev/null
+  session=$(grep -o -- '--session [^ ]*' "$d/r$run/postgresql.auto.conf" | cut -d' ' -f2)
   s0=$(metric coffre_wal_fetch_seconds_total); n0=$(metric coffre_wal_fetches_total)
   h0=$(metric coffre_wal_prefetch_hits_total)
   wall=0
   for i in $(seq "$N"); do
     t0=$(date +%s%N)
-    c wal-fetch --source emr --session "01BENCH$run" "$(printf '%08X%08X%08X' 1 0 "$i")" \
+    c wal-fetch --source emr --session "$session" "$(printf '%08X%08X%08X' 1 0 "$i")" \
       "$d/pg_wal/RECOVERYXLOG"
     t1=$(date +%s%N)
     wall=$(( wall + t1 - t0 ))

@@ -106,14 +106,18 @@ pub struct SessionBy<'a> {
 }
 
 /// What one fetch did to its recovery session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionFetch {
-    /// The session's first fetch: it is logged before the WAL file is handed out.
-    New,
-    /// Counted in the session (same caller, same source).
+    /// The session's first fetch (since it opened, or since its last summary): it is logged
+    /// before the WAL file is handed out, with the purpose of the restore or drill that opened
+    /// the session.
+    New { purpose: String },
+    /// Counted in the session (same caller, source and store).
     Counted,
-    /// The id belongs to another caller's or another source's session: refused.
+    /// The id belongs to another caller's, source's or store's session: refused.
     Foreign,
+    /// No restore or drill opened a session of that id: refused.
+    Unknown,
 }
 
 /// One recovery session's WAL fetches (`restore_command` of one point-in-time restore).
@@ -362,50 +366,44 @@ impl Catalog {
             .collect())
     }
 
-    /// Count one fetch of `name` in recovery session `id`. A session belongs to the caller, the
-    /// source and the store (`by.store`, '' for any) of its first fetch: a fetch by another
-    /// caller, or for another source or store, under the same id is [`SessionFetch::Foreign`]
-    /// and counts nothing.
-    pub fn wal_session_fetch(
+    /// Open recovery session `id` (a point-in-time restore or drill does, never a fetch): bound
+    /// now to its source and store ('' for any), and to the account of its first fetch later;
+    /// `purpose` (the restore's or drill's) is what its access entries record.
+    pub fn open_wal_session(
         &self,
         id: &str,
-        by: &SessionBy<'_>,
-        name: &str,
+        source: &str,
+        store: &str,
+        purpose: &str,
         now: &str,
-    ) -> Result<SessionFetch, CatalogError> {
+    ) -> Result<(), CatalogError> {
         let conn = self.conn();
-        let updated = conn
-            .execute(
-                "UPDATE wal_sessions SET last_at = ?3, count = count + 1,
-                   first = min(first, ?2), last = max(last, ?2)
-                 WHERE id = ?1 AND source = ?4 AND actor = ?5 AND store = ?6",
-                params![id, name, now, by.source, by.actor, by.store],
-            )
-            .map_err(|e| self.db(e))?;
-        if updated > 0 {
-            return Ok(SessionFetch::Counted);
-        }
-        let inserted = conn
-            .execute(
-                "INSERT OR IGNORE INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count, store)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, 1, ?7)",
-                params![id, by.source, by.actor, by.purpose, now, name, by.store],
-            )
-            .map_err(|e| self.db(e))?;
-        Ok(if inserted > 0 {
-            SessionFetch::New
-        } else {
-            SessionFetch::Foreign
-        })
+        conn.execute(
+            "INSERT INTO wal_sessions (id, source, actor, purpose, started, last_at, first, last, count, store)
+             VALUES (?1, ?2, '', ?3, ?4, ?4, '', '', 0, ?5)",
+            params![id, source, purpose, now, store],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
     }
 
-    /// Whether recovery session `id` exists bound to another caller, source or store than `by`.
-    pub fn wal_session_is_foreign(
+    /// Whether a fetch by `by` may use recovery session `id`: `None` when it may (the session
+    /// was opened by coffre for this source and store, and is unclaimed or this caller's),
+    /// else why not ([`SessionFetch::Unknown`] or [`SessionFetch::Foreign`]).
+    pub fn wal_session_refusal(
         &self,
         id: &str,
         by: &SessionBy<'_>,
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<Option<SessionFetch>, CatalogError> {
         let conn = self.conn();
+        Self::session_refusal(&conn, id, by).map_err(|e| self.db(e))
+    }
+
+    fn session_refusal(
+        conn: &Connection,
+        id: &str,
+        by: &SessionBy<'_>,
+    ) -> Result<Option<SessionFetch>, rusqlite::Error> {
         let owner = conn
             .query_row(
                 "SELECT source, actor, store FROM wal_sessions WHERE id = ?1",
@@ -418,21 +416,79 @@ impl Catalog {
                     ))
                 },
             )
-            .optional()
-            .map_err(|e| self.db(e))?;
-        Ok(owner.is_some_and(|(s, a, st)| s != by.source || a != by.actor || st != by.store))
+            .optional()?;
+        Ok(match owner {
+            None => Some(SessionFetch::Unknown),
+            Some((s, a, st))
+                if s != by.source || st != by.store || (!a.is_empty() && a != by.actor) =>
+            {
+                Some(SessionFetch::Foreign)
+            }
+            Some(_) => None,
+        })
     }
 
-    /// Recovery sessions with no fetch since `before` (RFC 3339), removed from the table.
+    /// Count one fetch of `name` in recovery session `id`; its first fetch claims it for its
+    /// caller. A fetch the session does not admit ([`Self::wal_session_refusal`]) counts nothing.
+    pub fn wal_session_fetch(
+        &self,
+        id: &str,
+        by: &SessionBy<'_>,
+        name: &str,
+        now: &str,
+    ) -> Result<SessionFetch, CatalogError> {
+        let conn = self.conn();
+        if let Some(refused) = Self::session_refusal(&conn, id, by).map_err(|e| self.db(e))? {
+            return Ok(refused);
+        }
+        let (count, purpose) = conn
+            .query_row(
+                "UPDATE wal_sessions SET actor = ?5, last_at = ?3, count = count + 1,
+                   first = CASE WHEN first = '' OR ?2 < first THEN ?2 ELSE first END,
+                   last = CASE WHEN ?2 > last THEN ?2 ELSE last END
+                 WHERE id = ?1 AND source = ?4 AND store = ?6 AND actor IN ('', ?5)
+                 RETURNING count, purpose",
+                params![id, name, now, by.source, by.actor, by.store],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?
+            .unwrap_or((0, String::new()));
+        Ok(match count {
+            0 => SessionFetch::Foreign,
+            1 => SessionFetch::New { purpose },
+            _ => SessionFetch::Counted,
+        })
+    }
+
+    /// Recovery sessions with fetches but none since `before` (RFC 3339), to be summed up.
     pub fn take_idle_wal_sessions(&self, before: &str) -> Result<Vec<WalSession>, CatalogError> {
         let conn = self.conn();
-        let rows =
-            Self::wal_sessions_where(&conn, "last_at < ?1", before).map_err(|e| self.db(e))?;
+        let rows = Self::wal_sessions_where(&conn, "count > 0 AND last_at < ?1", before)
+            .map_err(|e| self.db(e))?;
+        // Summed up, then kept (claimed by its caller, counted from zero again): a copy that
+        // starts its recovery again later fetches in the same session, which logs a new start.
         for r in &rows {
-            conn.execute("DELETE FROM wal_sessions WHERE id = ?1", params![r.id])
-                .map_err(|e| self.db(e))?;
+            conn.execute(
+                "UPDATE wal_sessions SET count = 0, first = '', last = '', fetch_ms = 0, hits = 0
+                 WHERE id = ?1",
+                params![r.id],
+            )
+            .map_err(|e| self.db(e))?;
         }
         Ok(rows)
+    }
+
+    /// Forget the recovery sessions with no fetch since `before` (RFC 3339) and nothing left to
+    /// sum up: opened and never used, or ended long ago. A copy that starts its recovery after
+    /// that is refused (restore it again).
+    pub fn forget_wal_sessions(&self, before: &str) -> Result<usize, CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM wal_sessions WHERE count = 0 AND last_at < ?1",
+            params![before],
+        )
+        .map_err(|e| self.db(e))
     }
 
     /// A recovery session still open (a drill reads its fetch figures after the replay).

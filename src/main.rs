@@ -456,8 +456,11 @@ fn pitr_settings(
     target: &coffre::ops::pitr::Target,
 ) -> Result<()> {
     use coffre::ops::pitr;
-    // One recovery session per restore: its WAL fetches are one access entry and a summary.
-    let session = coffre::ids::SnapshotId::new().to_string();
+    // One recovery session per restore, opened by coffre (the daemon, or this process without
+    // one) with the restore: its WAL fetches are one access entry and a summary.
+    let session = control::RECOVERY_SESSION.get().cloned().ok_or_else(|| {
+        anyhow::anyhow!("the restore opened no recovery session for the replay (is the daemon an older coffre? use the coffre binary of the daemon's version)")
+    })?;
     let command = pitr_command(cli, a, &session)?;
     let to = std::path::absolute(&a.to)?;
     pitr::write_recovery(&to, &pitr::settings_text(target, &command, None)?)?;
@@ -607,8 +610,12 @@ async fn run_here(mut config: Config, cmd: &Command) -> Result<u8> {
         restore_sink: None,
         caller_file: Default::default(),
         daemon: None,
+        session: Default::default(),
     };
     let result = coffre::cli::execute(&app, cmd, &ctx).await;
+    if let Some(id) = ctx.session.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = control::RECOVERY_SESSION.set(id);
+    }
     if cmd.writes_access_log() {
         // The access log's sealed copy follows it to the stores (best effort: the daemon and
         // the next command retry).

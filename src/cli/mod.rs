@@ -66,6 +66,9 @@ pub struct Ctx {
     /// In the daemon: the empty file the caller opened (with its own rights) and passed with
     /// its request, for `wal-fetch` to write the WAL file into (see `daemon::control`).
     pub caller_file: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
+    /// The recovery session a point-in-time restore opened: its id goes back to the caller,
+    /// who writes it into restore_command (through the socket, in an `S` frame).
+    pub session: std::sync::Mutex<Option<String>>,
 }
 
 /// An error and its causes, joined by ": ", each cause once: most errors here already name

@@ -40,6 +40,12 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 stream: ctx.restore_sink.clone(),
             };
             let report = crate::ops::restore::restore(app, &req).await?;
+            if target.is_some() {
+                // The replay's WAL fetches belong to this session, which coffre opens (with the
+                // restore's purpose): a fetch under an id coffre did not open is refused.
+                let id = crate::ops::wal::open_session(app, None, &a.source, None, &a.purpose)?;
+                *ctx.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+            }
             if a.json {
                 w.json(&report)?;
             } else {

@@ -123,6 +123,12 @@ pub const TAG_BEGIN: u8 = b'B';
 pub const TAG_DATA: u8 = b'D';
 pub const TAG_WRITTEN: u8 = b'W';
 pub const TAG_EXIT: u8 = b'X';
+/// The recovery session a point-in-time restore opened (its id, text), sent before `X`.
+pub const TAG_SESSION: u8 = b'S';
+
+/// The recovery session the daemon (or this process, without one) opened for the restore this
+/// process asked for: `coffre restore --target-*` writes it into restore_command.
+pub static RECOVERY_SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Where the socket is: `daemon.control-socket`, else `$RUNTIME_DIRECTORY/coffre.sock`, else
 /// `<state-dir>/run/coffre.sock`.
@@ -610,6 +616,7 @@ async fn handle(
         restore_sink: Some(data_tx),
         daemon: Some(app.clone()),
         caller_file: std::sync::Mutex::new(passed),
+        session: Default::default(),
     };
     let budget = match command.access() {
         Access::Archive | Access::Fetch => Some(ARCHIVE_BUDGET),
@@ -634,12 +641,16 @@ async fn handle(
                 exit::FAILURE
             }
         };
+        let session = ctx.session.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(ctx);
-        code
+        (code, session)
     };
-    let (code, (mut w, alive)) = tokio::join!(run, pump(w, text_rx, data_rx));
+    let ((code, session), (mut w, alive)) = tokio::join!(run, pump(w, text_rx, data_rx));
     if alive {
         let mut buf = Vec::new();
+        if let Some(id) = session {
+            push_frame(&mut buf, TAG_SESSION, id.as_bytes());
+        }
         push_exit(&mut buf, code);
         w.write_all(&buf).await?;
     }
@@ -1006,6 +1017,11 @@ fn on_frame(
                 .as_mut()
                 .ok_or_else(nothing_to_restore)?
                 .written(&x)?;
+        }
+        TAG_SESSION => {
+            let id = String::from_utf8(body)
+                .map_err(|_| "bad recovery session id from the daemon".to_string())?;
+            let _ = RECOVERY_SESSION.set(id);
         }
         TAG_EXIT => {
             let e: Exit = serde_json::from_slice(&body)

@@ -579,12 +579,22 @@ async fn drill_pitr(
         report.stage = "replay".into();
         let exe = std::env::current_exe().map_err(|e| format!("where is coffre: {e}"))?;
         let socket = app.config.control_socket_path();
+        // The replay's fetches go to a session coffre opens, pinned to the drilled store, with
+        // the drill's purpose (never in a PostgreSQL setting).
+        let session = crate::ops::wal::open_session(
+            app,
+            Some(&report.drill),
+            source,
+            Some(store),
+            &req.purpose,
+        )
+        .map_err(|e| e.to_string())?;
         let command = crate::ops::pitr::restore_command(
             &exe,
             None,
             Some(&socket),
             source,
-            &report.drill,
+            &session,
             Some(store),
         )
         .map_err(|e| e.to_string())?;

@@ -55,6 +55,8 @@ pub enum WalError {
     },
     #[error("the WAL file to push must come open with the request: {0}. Use the coffre binary of the daemon's version (it passes the file's descriptor; the daemon never opens a caller's path)")]
     NotPassed(String),
+    #[error("recovery session {0} was not opened by coffre: refused. A point-in-time restore (`coffre restore --target-*`) or drill opens the session its restore_command names; restore again for a session of your own")]
+    UnknownSession(String),
     #[error("recovery session {0} belongs to another caller, source or store: refused. A recovery session is bound to the account, the source and the store of its first fetch; start your own restore (coffre restore --target-*) for a session of your own")]
     ForeignSession(String),
     #[error("WAL file {0} waits in the spool with DIFFERENT bytes: refused, so that PostgreSQL never has two versions of one WAL file acknowledged. Check that two clusters do not archive into the same source")]
@@ -516,6 +518,9 @@ pub(crate) async fn read_sealed(
     Ok((key, sealed.to_vec()))
 }
 
+/// A recovery session not used for this long is forgotten (opened by a restore whose copy was
+/// never started, or ended long ago): a copy started after that is restored again.
+pub const SESSION_KEPT: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 /// A recovery session with no fetch for this long is closed: its summary goes to the access log.
 pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 /// Segments fetched ahead of PostgreSQL in a recovery session (through the daemon).
@@ -673,6 +678,12 @@ pub fn close_idle_sessions(app: &Coffre) {
     let before = before
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    let forget = (time::OffsetDateTime::now_utc() - SESSION_KEPT)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    if let Err(e) = app.catalog.forget_wal_sessions(&forget) {
+        tracing::warn!(error = %e, "cannot forget old recovery sessions");
+    }
     let sessions = match app.catalog.take_idle_wal_sessions(&before) {
         Ok(s) => s,
         Err(e) => {
@@ -748,14 +759,15 @@ pub async fn fetch(
     let pin = by.store;
     let name = check_fetch(app, source, name, by)?;
     close_idle_sessions(app);
-    // The session is checked (bound to its caller and source) before its prefetch is taken.
+    // The session is checked (opened by coffre, bound to its caller, source and store) before
+    // its prefetch is taken.
     if let Some(id) = by.session {
-        if app
+        let refusal = app
             .catalog
-            .wal_session_is_foreign(id, &session_by(source, &by))
-            .map_err(|e| WalError::Audit(e.to_string()))?
-        {
-            return Err(WalError::ForeignSession(id.to_string()));
+            .wal_session_refusal(id, &session_by(source, &by))
+            .map_err(|e| WalError::Audit(e.to_string()))?;
+        if let Some(r) = refusal {
+            return Err(session_refused(id, &r));
         }
     }
     let cached = match (by.session, &daemon) {
@@ -872,8 +884,40 @@ fn fetch_spooled(
     })
 }
 
+/// Why a fetch may not use recovery session `id`.
+fn session_refused(id: &str, why: &crate::catalog::SessionFetch) -> WalError {
+    match why {
+        crate::catalog::SessionFetch::Unknown => WalError::UnknownSession(id.to_string()),
+        _ => WalError::ForeignSession(id.to_string()),
+    }
+}
+
+/// Open a recovery session for a point-in-time restore or drill of `source` (WAL from `store`
+/// only, when given): coffre makes the id, and a fetch may use only a session opened so. Its
+/// access entries record `purpose`, which never goes into a PostgreSQL setting.
+pub fn open_session(
+    app: &Coffre,
+    id: Option<&str>,
+    source: &str,
+    store: Option<&str>,
+    purpose: &str,
+) -> Result<String, WalError> {
+    let id = id.map_or_else(|| SnapshotId::new().to_string(), str::to_string);
+    check_session(&id)?;
+    app.catalog
+        .open_wal_session(
+            &id,
+            source,
+            store.unwrap_or(""),
+            purpose,
+            &crate::clock::now_rfc3339(),
+        )
+        .map_err(|e| WalError::Audit(e.to_string()))?;
+    Ok(id)
+}
+
 /// The access-log entry of a fetch from the stores: one per fetch, or within a recovery
-/// session one when it starts.
+/// session one when it starts (with the session's purpose).
 fn log_fetch(
     app: &Coffre,
     source: &str,
@@ -897,13 +941,11 @@ fn log_fetch(
         .catalog
         .wal_session_fetch(id, &session_by(source, &by), name.as_str(), &now)
         .map_err(|e| WalError::Audit(e.to_string()))?;
-    match counted {
-        crate::catalog::SessionFetch::Foreign => {
-            return Err(WalError::ForeignSession(id.to_string()))
-        }
+    let purpose = match counted {
         crate::catalog::SessionFetch::Counted => return Ok(()),
-        crate::catalog::SessionFetch::New => {}
-    }
+        crate::catalog::SessionFetch::New { purpose } => purpose,
+        refused => return Err(session_refused(id, &refused)),
+    };
     app.audit
         .append(NewEntry {
             actor: by.actor.to_string(),
@@ -915,7 +957,7 @@ fn log_fetch(
                 store: by.store.map(str::to_string),
                 ..Default::default()
             },
-            purpose: by.purpose.to_string(),
+            purpose,
             outcome: format!(
                 "started: recovery session {id}, first WAL file {name} (the session's other fetches are summed up when it ends)"
             ),

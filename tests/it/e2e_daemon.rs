@@ -625,15 +625,7 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
     let fetch = |name: &str| {
         env.run(
             None,
-            &[
-                "wal-fetch",
-                "--source",
-                "base",
-                "--session",
-                "01JE2EFD",
-                name,
-                to.to_str().unwrap(),
-            ],
+            &["wal-fetch", "--source", "base", name, to.to_str().unwrap()],
         )
     };
     let listing = || {

@@ -525,6 +525,32 @@ fn erasure_is_for_root_and_the_erasure_group_only() {
     assert!(!o.text.contains(&id), "{}", o.text);
 }
 
+/// A point-in-time restore of source `emr` into `to` as `user` (root: `None`), through the
+/// daemon, to the end of the archive; returns the recovery session its restore_command names.
+fn pitr_session(h: &Host, user: Option<&str>, to: &Path, purpose: &str) -> String {
+    let args = [
+        "restore",
+        "--source",
+        "emr",
+        "--to",
+        to.to_str().unwrap(),
+        "--target-latest",
+        "--purpose",
+        purpose,
+    ];
+    let o = match user {
+        Some(u) => h.as_user(u, &args),
+        None => h.as_root(&args),
+    };
+    assert_eq!(o.code, 0, "{}", o.text);
+    let auto = std::fs::read_to_string(to.join("postgresql.auto.conf")).unwrap();
+    let at = auto
+        .find("--session ")
+        .expect("restore_command names its session")
+        + 10;
+    auto[at..].split(' ').next().unwrap().to_string()
+}
+
 #[test]
 fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
     let h = Host::start(false);
@@ -540,14 +566,49 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
         );
         assert_eq!(o.code, 0, "{}", o.text);
     }
-    let session = "01JSESSIONOFTHEARCHIVER00";
+    // A base backup lands in the source folder (marker last) and is protected.
+    let base = h.d.join("in/base");
+    std::fs::create_dir_all(base.join("global")).unwrap();
+    std::fs::write(base.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(
+        base.join("backup_label"),
+        "START WAL LOCATION: 0/7000028 (file 000000010000000000000007)\n",
+    )
+    .unwrap();
+    std::fs::write(base.join("global/pg_control"), vec![3u8; 8192]).unwrap();
+    std::fs::write(base.join("backup_manifest"), "{}\n").unwrap();
+    let t = Instant::now();
+    while !h
+        .as_root(&["snapshots", "--json"])
+        .text
+        .contains("directory")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the base backup was not protected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Root restores; PostgreSQL (the archiver) fetches in the session coffre opened for it.
+    let session = pitr_session(&h, None, &h.d.join("r1"), "investigation 27-7");
     let to = h.d.join("pg_wal/RECOVERYXLOG");
-    let o = h.fetch(&arch, Some(session), "000000010000000000000007", &to);
+    let o = h.fetch(&arch, Some(&session), "000000010000000000000007", &to);
     assert_eq!(o.code, 0, "{}", o.text);
+    // Its start is logged with the restore's purpose, which never went into the settings.
+    let started: Vec<serde_json::Value> = h
+        .audit()
+        .into_iter()
+        .filter(|e| {
+            e["action"] == "wal-fetch"
+                && e["outcome"].as_str().is_some_and(|o| o.contains(&session))
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["purpose"], "investigation 27-7");
     // The operator reuses the id: refused, and the segment prefetched for the session is not
     // handed out.
     let mine = h.d.join("op/RECOVERYXLOG");
-    let o = h.fetch(&op, Some(session), "000000010000000000000008", &mine);
+    let o = h.fetch(&op, Some(&session), "000000010000000000000008", &mine);
     assert_eq!(o.code, 1, "{}", o.text);
     assert!(
         o.text
@@ -556,7 +617,7 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
         o.text
     );
     assert!(!mine.exists());
-    // Nor is it the archiver's under another store than the session's first fetch.
+    // Nor is it the archiver's under another store than the session's.
     let o = h.as_user(
         &arch,
         &[
@@ -564,7 +625,7 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
             "--source",
             "emr",
             "--session",
-            session,
+            &session,
             "--store",
             "a",
             "000000010000000000000008",
@@ -577,13 +638,18 @@ fn a_recovery_session_belongs_to_its_caller_and_its_prefetch_to_the_session() {
         "{}",
         o.text
     );
-    // Under a session of its own the operator's fetch is allowed, and logged as its own.
+    // An id no restore opened is refused.
     let o = h.fetch(
         &op,
         Some("01JOPERATORSOWNSESSION00"),
         "000000010000000000000008",
         &mine,
     );
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(o.text.contains("was not opened by coffre"), "{}", o.text);
+    // Under the session of its own restore the operator's fetch is allowed, logged as its own.
+    let own = pitr_session(&h, Some(&op), &h.d.join("op/r2"), "ticket 4711");
+    let o = h.fetch(&op, Some(&own), "000000010000000000000008", &mine);
     assert_eq!(o.code, 0, "{}", o.text);
     let started = h
         .audit()
