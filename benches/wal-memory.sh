@@ -52,6 +52,7 @@ window = "7d"
 archive-async = $ASYNC
 archive-parallel = $PARALLEL
 ${LEVEL:+zstd-level = $LEVEL}
+pg-wal = "$d/wal"
 [[store]]
 name = "a"
 kind = "local"

@@ -38,7 +38,8 @@
 # and marks it .ready), then set back and reloaded after pg_switch_wal(): "archive s" is the time
 # the tool takes to archive the whole backlog, with nothing else running on the machine: its own
 # throughput. Restore: the primary is stopped, then
-#   coffre:     runuser -u postgres -- coffre restore --source emr --to DIR --target-latest --replay
+#   coffre:     runuser -u coffrebenchop -- coffre restore --source emr --to DIR --target-latest --replay
+#               (an operator made for the bench: postgres is the archiver, which may not restore)
 #   pgBackRest: pgbackrest restore (type default: replay to the end of the archive) into DIR, then
 #               PostgreSQL started on DIR (archive_mode=off, like coffre's --replay) until
 #               pg_is_in_recovery() is false, then stopped (fast), like coffre's --replay.
@@ -226,6 +227,8 @@ window = "7d"
 archive-async = $async
 archive-parallel = 4
 ${CLEVEL:+zstd-level = $CLEVEL}
+archiver = "postgres"
+${DATA:+pg-wal = \"$DATA/pg_wal\"}
 
 [[store]]
 name = "a"
@@ -284,10 +287,14 @@ coffre_base_backup() {
 }
 coffre_restore() { # DIR -> RESTORED (a stopped, promoted data dir), REPLAY_NOTE
   local d=$1
-  mkdir -p "$d/pg"; chown postgres:postgres "$d/pg"
-  (cd "$d/pg" && runuser -u postgres -- env COFFRE_SOCKET="$d/run/coffre.sock" COFFRE_LOG=warn "$COFFRE" \
+  # postgres is the source's archiver, which may not restore: an operator (in the operators'
+  # group, postgres) restores and replays, then hands the copy to postgres.
+  id coffrebenchop > /dev/null 2>&1 || useradd -M -N -s /bin/sh -G postgres coffrebenchop
+  mkdir -p "$d/pg"; chown coffrebenchop "$d/pg"
+  (cd "$d/pg" && runuser -u coffrebenchop -- env COFFRE_SOCKET="$d/run/coffre.sock" COFFRE_LOG=warn "$COFFRE" \
      restore --source emr --to "$d/pg/restored" --target-latest --replay --purpose "bench (benches/wal.sh)") \
      > "$d/restore.out" 2>&1 || { tail -n 30 "$d/restore.out" "$d/pg/restored/coffre-replay.log" >&2; die "coffre restore failed"; }
+  chown -R postgres:postgres "$d/pg"
   RESTORED=$d/pg/restored
   REPLAY_NOTE="coffre said: $(grep -o 'replayed to [^:]*' "$d/restore.out" | head -n 1)"
   REPLAY_S=$(grep -o 'replayed to [^:]* in [0-9.]* s' "$d/restore.out" | head -n 1 | awk '{ print $(NF - 1) }')
