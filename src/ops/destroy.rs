@@ -666,3 +666,414 @@ impl Rewrap<'_> {
         Ok(new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Both protocols on object_store's in-memory store, behind a decorator that forwards every
+    //! method and can make deletes fail.
+
+    use super::*;
+    use std::ops::Range;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use futures::StreamExt;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    };
+
+    use crate::config::Config;
+    use crate::format::objects::KEY_OBJECT_FORMAT;
+    use crate::keys::DataKey;
+
+    /// Forwards every method; while `failing` is set, deleting an object whose path ends with
+    /// `manifest.json` fails (as a store that refuses deletes).
+    #[derive(Debug)]
+    struct FailingDeletes {
+        inner: Arc<dyn ObjectStore>,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl std::fmt::Display for FailingDeletes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "FailingDeletes({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    #[deny(clippy::missing_trait_methods)]
+    impl ObjectStore for FailingDeletes {
+        async fn put_opts(
+            &self,
+            location: &ObjPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        async fn get_ranges(
+            &self,
+            location: &ObjPath,
+            ranges: &[Range<u64>],
+        ) -> object_store::Result<Vec<Bytes>> {
+            self.inner.get_ranges(location, ranges).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjPath>> {
+            let (inner, failing) = (self.inner.clone(), self.failing.clone());
+            locations
+                .then(move |loc| {
+                    let (inner, failing) = (inner.clone(), failing.clone());
+                    async move {
+                        let p = loc?;
+                        if failing.load(Ordering::SeqCst) && p.as_ref().ends_with("manifest.json") {
+                            return Err(object_store::Error::Generic {
+                                store: "failing-deletes",
+                                source: "injected fault: delete refused".into(),
+                            });
+                        }
+                        inner.delete(&p).await.map(|()| p)
+                    }
+                })
+                .boxed()
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        fn list_with_offset(
+            &self,
+            prefix: Option<&ObjPath>,
+            offset: &ObjPath,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list_with_offset(prefix, offset)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjPath,
+            to: &ObjPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+
+        async fn rename_opts(
+            &self,
+            from: &ObjPath,
+            to: &ObjPath,
+            options: RenameOptions,
+        ) -> object_store::Result<()> {
+            self.inner.rename_opts(from, to, options).await
+        }
+    }
+
+    fn config(dir: &Path) -> Config {
+        let store = |name: &str| {
+            format!(
+                "[[store]]\nname = \"{name}\"\nkind = \"local\"\nsite = \"{name}\"\njurisdiction = \"CA-QC\"\npath = \"{d}/{name}\"\n",
+                d = dir.display()
+            )
+        };
+        let text = format!(
+            "state-dir = \"{d}/state\"\n[replication]\nmin-sites = 1\n{a}{b}[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\ncreate-master-key = true\n",
+            d = dir.display(),
+            a = store("a"),
+            b = store("b"),
+        );
+        Config::from_toml(&text, Path::new("t")).unwrap()
+    }
+
+    /// An app whose stores `a` and `b` are in-memory, each behind its own delete switch.
+    async fn app(dir: &Path) -> (Coffre, Vec<Arc<AtomicBool>>) {
+        let mut app = Coffre::open(config(dir)).await.unwrap();
+        let mut switches = Vec::new();
+        app.wrap_object_stores(|_| {
+            let failing = Arc::new(AtomicBool::new(false));
+            switches.push(failing.clone());
+            Arc::new(FailingDeletes {
+                inner: Arc::new(InMemory::new()),
+                failing,
+            })
+        });
+        (app, switches)
+    }
+
+    fn epoch(s: &str) -> EpochId {
+        EpochId::try_from(s.to_string()).unwrap()
+    }
+
+    /// A fresh data key for snapshot `id`, wrapped under `e`.
+    fn key_object(app: &Coffre, id: SnapshotId, e: &EpochId) -> KeyObject {
+        let dek = DataKey::generate();
+        KeyObject {
+            format: KEY_OBJECT_FORMAT,
+            snapshot: id,
+            source: "db".into(),
+            epoch: e.clone(),
+            planned_expiry: "2030-01-31T00:00:00Z".into(),
+            wraps: crate::keys::wrap_for_all(&app.providers, e, &dek, &id).unwrap(),
+            legal_hold: None,
+            auth: Vec::new(),
+        }
+    }
+
+    /// Put a snapshot's three objects in store `s`; its copy as the protocol sees it.
+    async fn put_copy<'a>(s: &'a Store, k: &KeyObject) -> SealedCopy<'a> {
+        let id = k.snapshot;
+        let objects = vec![
+            s.manifest_path("db", &id),
+            s.data_path("db", &id),
+            s.key_path("db", &id),
+        ];
+        s.put(&objects[0], PutPayload::from_static(b"{}"))
+            .await
+            .unwrap();
+        s.put(&objects[1], PutPayload::from_static(b"sealed bytes"))
+            .await
+            .unwrap();
+        s.put_key_object_at(&objects[2], k).await.unwrap();
+        SealedCopy {
+            store: s,
+            id,
+            label: format!("snapshot {id}"),
+            path: s.snapshot_dir("db", &id).to_string(),
+            sealed_sha256: "00".repeat(32),
+            objects,
+            manifest: None,
+        }
+    }
+
+    async fn present(c: &SealedCopy<'_>) -> Vec<bool> {
+        let mut out = Vec::new();
+        for p in &c.objects {
+            out.push(c.store.exists(p).await.unwrap());
+        }
+        out
+    }
+
+    fn outcomes(app: &Coffre) -> Vec<String> {
+        app.audit
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{} {}", e.action, e.outcome))
+            .collect()
+    }
+
+    fn destruction<'a>(app: &'a Coffre, e: &'a EpochId) -> Destruction<'a> {
+        Destruction {
+            app,
+            epoch: e,
+            actor: "test",
+            reason: "test: expiry",
+            action: "shred",
+            alert_kept: true,
+        }
+    }
+
+    /// The key goes first, then each copy manifest first; a delete that fails stops that copy
+    /// with its key object in place (recorded, the erasure complete: it no longer opens), and
+    /// the next run checks it again and finishes it.
+    #[tokio::test]
+    async fn a_copy_whose_delete_fails_is_recorded_and_finished_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, switches) = app(dir.path()).await;
+        let e = epoch("2030-01-01.1");
+        let k = key_object(&app, SnapshotId::new(), &e);
+        let copies = vec![
+            put_copy(&app.stores[0], &k).await,
+            put_copy(&app.stores[1], &k).await,
+        ];
+        switches[1].store(true, Ordering::SeqCst);
+        let d = destruction(&app, &e);
+        let erased = d.run(&copies).await.unwrap();
+        assert!(erased.providers.iter().all(|p| p.destroyed));
+        assert!(erased.kept.is_empty(), "{erased:?}");
+        let (a, b) = (&erased.copies[0], &erased.copies[1]);
+        assert_eq!(
+            (a.decrypt_check.as_str(), a.deletion.as_str()),
+            ("key destroyed", "deleted")
+        );
+        assert_eq!(present(&copies[0]).await, [false, false, false]);
+        assert_eq!(b.decrypt_check, "key destroyed");
+        assert!(!b.kept);
+        assert!(
+            b.deletion.starts_with("not deleted (") && b.deletion.contains("manifest.json"),
+            "{}",
+            b.deletion
+        );
+        // Manifest first: nothing after it went, the key object stays to be checked again.
+        assert_eq!(present(&copies[1]).await, [true, true, true]);
+        let record = erased.record(&d, vec![k.snapshot]);
+        assert!(record.complete, "{record:?}");
+        d.finish(&record, "1 snapshot(s), 2 copies").await.unwrap();
+        let records = app.catalog.destructions().unwrap();
+        assert!(records.iter().any(|r| r.contains(&record.record)));
+        assert!(outcomes(&app)
+            .contains(&"shred ok: epoch destroyed, 1 snapshot(s), 2 copies".to_string()));
+
+        // The next run: the key is destroyed already, the copy left behind goes.
+        switches[1].store(false, Ordering::SeqCst);
+        let again = d.run(&copies).await.unwrap();
+        for c in &again.copies {
+            assert_eq!(
+                (c.decrypt_check.as_str(), c.deletion.as_str()),
+                ("key destroyed", "deleted"),
+                "{c:?}"
+            );
+        }
+        assert_eq!(present(&copies[1]).await, [false, false, false]);
+    }
+
+    /// A copy whose key object names a key that was not destroyed still opens: it is kept,
+    /// logged, alerted and named in the record, which is incomplete.
+    #[tokio::test]
+    async fn a_copy_that_still_opens_is_kept_logged_and_alerted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(dir.path()).await;
+        let (due, other) = (epoch("2030-01-02.1"), epoch("2030-01-03.1"));
+        let k = key_object(&app, SnapshotId::new(), &other);
+        let copies = vec![put_copy(&app.stores[0], &k).await];
+        let d = destruction(&app, &due);
+        let erased = d.run(&copies).await.unwrap();
+        let c = &erased.copies[0];
+        assert_eq!(c.decrypt_check, "STILL DECRYPTABLE");
+        assert!(c.kept && c.deletion.starts_with("kept: "), "{c:?}");
+        assert!(erased.kept.contains(&k.snapshot));
+        assert_eq!(present(&copies[0]).await, [true, true, true]);
+        let alert = format!("shred-kept:{}:a", k.snapshot);
+        assert!(app
+            .catalog
+            .alerts()
+            .unwrap()
+            .iter()
+            .any(|(key, _, _)| *key == alert));
+        let line = format!(
+            "shred failed: snapshot {} in store `a` kept: STILL DECRYPTABLE",
+            k.snapshot
+        );
+        assert!(outcomes(&app).contains(&line), "{:?}", outcomes(&app));
+        let record = erased.record(&d, vec![k.snapshot]);
+        assert!(!record.complete);
+        assert!(record.incomplete_reasons()[0].contains("STILL DECRYPTABLE"));
+        d.finish(&record, "unused").await.unwrap();
+        assert!(outcomes(&app).last().is_some_and(
+            |o| o.starts_with("shred failed: epoch destroyed but the erasure is not complete")
+        ));
+    }
+
+    fn wal_rewrap<'a>(app: &'a Coffre, old: &KeyObject) -> Rewrap<'a> {
+        Rewrap {
+            app,
+            actor: "test",
+            action: "key-rewrap",
+            purpose: "retention: a WAL file still needed",
+            subject: "WAL file 000000010000000000000001 ".into(),
+            old: old.clone(),
+            manifest: None,
+            copies: app
+                .stores
+                .iter()
+                .map(|s| (s, s.key_path("db", &old.snapshot)))
+                .collect(),
+            index: Indexed::Wal {
+                source: "db",
+                name: "000000010000000000000001",
+            },
+        }
+    }
+
+    async fn stored_key(s: &Store, id: &SnapshotId) -> KeyObject {
+        s.get_key_object("db", id).await.unwrap()
+    }
+
+    /// The entry first, then the key moves in every store; the old epoch's key no longer
+    /// matters to it.
+    #[tokio::test]
+    async fn a_rewrap_logs_first_then_moves_the_key_in_every_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(dir.path()).await;
+        let (from, to) = (epoch("2030-01-04.1"), epoch("2030-01-05.1"));
+        let k = key_object(&app, SnapshotId::new(), &from);
+        for s in &app.stores {
+            put_copy(s, &k).await;
+        }
+        let new = wal_rewrap(&app, &k).run(&to, None).await.unwrap();
+        assert_eq!(new.epoch, to);
+        for s in &app.stores {
+            let stored = stored_key(s, &k.snapshot).await;
+            assert_eq!(stored.epoch, to, "store {}", s.name);
+            crate::keys::unwrap_dek(&app.providers, &stored).unwrap();
+        }
+        assert_eq!(
+            outcomes(&app),
+            [
+                format!("key-rewrap started: WAL file 000000010000000000000001 to epoch {to}"),
+                format!("key-rewrap ok: now under epoch {to}"),
+            ]
+        );
+    }
+
+    /// The rule WAL retention now follows too: no entry, no move.
+    #[tokio::test]
+    async fn a_wal_rewrap_with_an_unwritable_access_log_moves_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, _) = app(dir.path()).await;
+        let (from, to) = (epoch("2030-01-06.1"), epoch("2030-01-07.1"));
+        let k = key_object(&app, SnapshotId::new(), &from);
+        for s in &app.stores {
+            put_copy(s, &k).await;
+        }
+        let blocker = dir.path().join("not-a-folder");
+        std::fs::write(&blocker, b"").unwrap();
+        app.audit = crate::audit::AccessLog::open(&blocker.join("audit.log"), "test-host");
+        let err = wal_rewrap(&app, &k).run(&to, None).await.unwrap_err();
+        assert!(matches!(err, RewrapError::Audit { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("WAL file 000000010000000000000001 of `db` was not moved")
+                && text.contains("access log cannot be written"),
+            "{text}"
+        );
+        for s in &app.stores {
+            assert_eq!(stored_key(s, &k.snapshot).await, k, "store {}", s.name);
+        }
+    }
+}
