@@ -118,6 +118,46 @@ pub(crate) fn wrap_for_all(
         .collect()
 }
 
+/// Unwrap the DEK with the first provider that can. A destroyed epoch key is final: coffre does
+/// not go looking for other keys.
+pub(crate) fn unwrap_dek(
+    providers: &[Arc<dyn KeyProvider>],
+    key: &crate::format::objects::KeyObject,
+) -> Result<DataKey, KeyError> {
+    let mut reasons = Vec::new();
+    let mut destroyed = None;
+    for w in &key.wraps {
+        let Some(p) = providers.iter().find(|p| p.name() == w.provider) else {
+            reasons.push(format!("provider `{}` is not configured here", w.provider));
+            continue;
+        };
+        let wrapped =
+            match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &w.wrapped) {
+                Ok(b) => b,
+                Err(_) => {
+                    reasons.push(format!("wrap of provider `{}` is not base64", w.provider));
+                    continue;
+                }
+            };
+        match p.unwrap(&w.epoch, &wrapped, &key.snapshot) {
+            Ok(k) => return Ok(k),
+            Err(e) if e.is_destroyed() => {
+                if destroyed.is_none() {
+                    destroyed = Some(e);
+                }
+            }
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    if let Some(e) = destroyed {
+        return Err(e);
+    }
+    Err(KeyError::NoProvider {
+        snapshot: key.snapshot.to_string(),
+        reasons: reasons.join("; "),
+    })
+}
+
 /// A key provider holds epoch keys and wraps data keys under them.
 pub trait KeyProvider: Send + Sync {
     fn name(&self) -> &str;

@@ -9,6 +9,10 @@
 //!   including any a store kept), the segments are deleted from every store, and a destruction
 //!   record is written (catalog and stores) like the records of snapshot epochs.
 //!
+//! Owns which segments and epochs are due; the destruction itself is the protocol of
+//! [`crate::ops::destroy`]. May call: app, audit, retention, store, and in ops: destroy,
+//! erasure (catch-up), clock_guard, shred (the retention lock), audit_replicate (the listing).
+//!
 //! Invariants: the clock guard runs first and the whole run holds the retention lock (see
 //! `retention::shred`); each step is logged before it happens; a copy that still decrypts after
 //! the destruction is kept and named in the record; an epoch whose key a provider could not
@@ -22,10 +26,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::app::Coffre;
-use crate::audit::{NewEntry, Pruned, Target};
+use crate::audit::Pruned;
 use crate::format::objects::MAX_SMALL_OBJECT;
 use crate::ids::{EpochId, SnapshotId};
-use crate::ops::shred::{CopyResult, DestructionRecord, ProviderResult};
+use crate::ops::destroy::{Destruction, DestructionRecord, SealedCopy};
 use crate::store::KeyObject;
 
 const REASON: &str = "access-log retention ended";
@@ -86,7 +90,7 @@ pub async fn expire(
 
     let mut by_epoch = copies_by_epoch(app, &mut report.errors).await;
     due_epochs_without_copies(app, &mut by_epoch, &mut report.errors);
-    for (epoch, mut copies) in by_epoch {
+    for (epoch, copies) in by_epoch {
         let Some(day) = epoch_day(&epoch) else {
             continue;
         };
@@ -94,7 +98,7 @@ pub async fn expire(
             report.upcoming.push((epoch, day.to_string()));
             continue;
         }
-        match destroy_epoch(app, &epoch, &mut copies, actor).await {
+        match destroy_epoch(app, &epoch, &copies, actor).await {
             Ok(r) => report.epochs.push(r),
             Err(e) => {
                 tracing::error!(epoch = %epoch, error = %e, "access-log epoch not destroyed");
@@ -172,31 +176,25 @@ fn is_due_day(day: time::Date, now: time::OffsetDateTime) -> bool {
         .is_some_and(|n| n.midnight().assume_utc() <= now)
 }
 
-/// Crypto-shred one epoch of the access log's sealed segments: refuse under a legal hold, hash
-/// each copy, destroy the key in every provider, push the keyrings, delete each copy that no
-/// longer opens (key object last), keep the destruction record, log the outcome.
+/// Crypto-shred one epoch of the access log's sealed segments with the destruction protocol
+/// ([`crate::ops::destroy`]): refuse under a legal hold, hash each copy, destroy the key in every
+/// provider, push the keyrings, delete each copy whose key object says "key destroyed" (key
+/// object last), keep the destruction record, log the outcome.
 async fn destroy_epoch(
     app: &Coffre,
     epoch: &EpochId,
-    copies: &mut [Copy],
+    copies: &[Copy],
     actor: &str,
 ) -> Result<DestructionRecord, String> {
-    let log = |outcome: String| {
-        app.audit
-            .append(NewEntry {
-                actor: actor.into(),
-                action: "audit-expire".into(),
-                target: Target {
-                    epoch: Some(epoch.to_string()),
-                    ..Default::default()
-                },
-                purpose: REASON.into(),
-                outcome,
-                exposes: None,
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    let d = Destruction {
+        app,
+        epoch,
+        actor,
+        reason: REASON,
+        action: "audit-expire",
+        alert_kept: false,
     };
+    let log = |outcome: String| d.log(outcome).map_err(|e| e.to_string());
     log(format!(
         "started: {} sealed segment copies of the access log",
         copies.len()
@@ -210,36 +208,34 @@ async fn destroy_epoch(
         ));
     }
     let sealed = hashes_before(app, copies).await;
-    let providers = destroy_key(app, epoch, &log)?;
-    // Recorded per store, retried by later runs while it fails.
-    let keyrings = crate::ops::erasure::push_after_destruction(app, epoch).await;
-    let mut results = Vec::new();
-    for (c, sha) in copies.iter().zip(sealed) {
-        results.push(erase_copy(app, epoch, c, sha, &log).await);
-    }
+    let sealed_copies: Vec<SealedCopy<'_>> = copies
+        .iter()
+        .zip(sealed)
+        .map(|(c, sha)| SealedCopy {
+            store: &app.stores[c.store],
+            id: c.id.unwrap_or_else(SnapshotId::nil),
+            label: format!("segment {}", c.data),
+            path: c.data.to_string(),
+            sealed_sha256: sha,
+            objects: vec![c.data.clone(), c.key.clone()],
+            manifest: None,
+        })
+        .collect();
+    let erased = d.run(&sealed_copies).await.map_err(|e| e.to_string())?;
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
     ids.sort();
     ids.dedup();
     // Legal hold checked above: no copy's key object carries one.
-    let record = DestructionRecord::new(actor, REASON, epoch, ids, providers, results, keyrings);
-    crate::ops::shred::keep_record(app, &record)
-        .await
-        .map_err(|e| e.to_string())?;
+    let record = erased.record(&d, ids);
+    let done = format!("{} segment copies deleted", record.copies.len());
+    d.finish(&record, &done).await.map_err(|e| e.to_string())?;
     if !record.complete {
-        let why = record.incomplete_reasons().join("; ");
-        log(format!(
-            "failed: epoch destroyed but the erasure is not complete: {why}"
-        ))?;
         return Err(format!(
-            "epoch destroyed and its segments deleted, but the erasure is not complete (record {}): {why}; an alert stays raised and the next run retries",
-            record.record
+            "epoch destroyed and its segments deleted, but the erasure is not complete (record {}): {}; an alert stays raised and the next run retries",
+            record.record,
+            record.incomplete_reasons().join("; ")
         ));
     }
-    log(format!(
-        "ok: epoch destroyed, {} segment copies deleted",
-        record.copies.len()
-    ))?;
-    tracing::info!(epoch = %epoch, copies = record.copies.len(), "access-log epoch crypto-shredded");
     Ok(record)
 }
 
@@ -254,82 +250,4 @@ async fn hashes_before(app: &Coffre, copies: &[Copy]) -> Vec<String> {
         });
     }
     sealed
-}
-
-/// Destroy the epoch key in every provider; the first that fails stops everything (nothing is
-/// deleted).
-fn destroy_key(
-    app: &Coffre,
-    epoch: &EpochId,
-    log: &impl Fn(String) -> Result<(), String>,
-) -> Result<Vec<ProviderResult>, String> {
-    let mut providers = Vec::new();
-    for p in &app.providers {
-        if let Err(e) = p.destroy(epoch) {
-            let _ = log(format!("failed: provider {}: {e}", p.name()));
-            return Err(format!(
-                "provider `{}` did not destroy the key ({e}); nothing was deleted",
-                p.name()
-            ));
-        }
-        providers.push(ProviderResult {
-            provider: p.name().into(),
-            destroyed: true,
-            detail: "destroyed".into(),
-        });
-    }
-    Ok(providers)
-}
-
-/// One copy after the key's destruction: check that it no longer opens, then delete it (key
-/// object last). One whose key object names a key that was not destroyed is left, and said so
-/// in the record (it goes when the epoch it names ends).
-async fn erase_copy(
-    app: &Coffre,
-    epoch: &EpochId,
-    c: &Copy,
-    sealed_sha256: String,
-    log: &impl Fn(String) -> Result<(), String>,
-) -> CopyResult {
-    let s = &app.stores[c.store];
-    let decrypt_check = match s.get_small(&c.key, MAX_SMALL_OBJECT).await {
-        Ok(b) => match KeyObject::parse(&b) {
-            Ok(k) => match crate::ops::restore::unwrap_dek(app, &k) {
-                Ok(_) => "STILL DECRYPTABLE".to_string(),
-                Err(e) if e.is_destroyed() => "key destroyed".to_string(),
-                Err(e) => format!("not decryptable: {e}"),
-            },
-            Err(e) => format!("key object unreadable: {e}"),
-        },
-        Err(e) => format!("key object unavailable: {e}"),
-    };
-    let kept = decrypt_check == "STILL DECRYPTABLE";
-    let mut deletion = "deleted".to_string();
-    if kept {
-        let _ = log(format!(
-            "failed: {} in store `{}` still decrypts; not deleted",
-            c.data, s.name
-        ));
-        tracing::error!(store = %s.name, segment = %c.data, epoch = %epoch, "access-log segment still decrypts after the destruction of its epoch: kept");
-        deletion =
-            "kept: it still decrypts after the destruction (its key object names another key)"
-                .into();
-    } else {
-        for path in [&c.data, &c.key] {
-            if let Err(e) = s.delete(path).await {
-                deletion = format!("not deleted ({path}), unreadable anyway: {e}");
-            }
-        }
-    }
-    CopyResult {
-        // A key object that could not be read leaves the segment without an id: the nil id
-        // says "unknown" (the path and hash identify the copy).
-        snapshot: c.id.unwrap_or_else(SnapshotId::nil),
-        store: s.name.clone(),
-        path: c.data.to_string(),
-        sealed_sha256,
-        deletion,
-        decrypt_check,
-        kept,
-    }
 }

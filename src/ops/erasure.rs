@@ -1,94 +1,29 @@
-//! The parts of an erasure that happen outside the key provider itself, for a provider that
-//! keeps a replicated keyring (the `file` provider):
+//! The catch-up of earlier erasures, for a provider that keeps a replicated keyring (the `file`
+//! provider), run before every retention run, shred and access-log expiry:
 //!
 //! - after an epoch key is destroyed, every store's keyring copy must be replaced by the new
-//!   keyring (which no longer holds the key). Each push is recorded per store in the destruction
-//!   record; a push that fails leaves a lasting alert (shown by `status`) and is retried by every
-//!   later retention run, shred and access-log expiry until it succeeds, when the records that
-//!   named it are updated;
+//!   keyring (which no longer holds the key): [`crate::ops::destroy`] pushes it and records each
+//!   store in the destruction record; a push that failed leaves a lasting alert (shown by
+//!   `status`) and is retried here until it succeeds, when the records that named it are
+//!   updated;
 //! - a crashed atomic write of the keyring leaves `<name>.tmp-<pid>` beside it, holding keys that
 //!   may since have been destroyed: stale ones are removed.
 //!
+//! May call: app, catalog, audit, config, fsutil and `crate::ops::destroy` (records, alerts).
 //! Nothing here logs key material: only store names, epoch ids and paths.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::config::ProviderKind;
-use crate::ids::EpochId;
 
-/// One store's keyring copy after a destruction.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct KeyringPush {
-    pub store: String,
-    /// The store's keyring copy is the keyring without the destroyed key.
-    pub pushed: bool,
-    pub detail: String,
-}
-
-const ALERT_PREFIX: &str = "keyring-push:";
-
-fn alert_key(store: &str) -> String {
-    format!("{ALERT_PREFIX}{store}")
-}
+pub use crate::ops::destroy::KeyringPush;
+use crate::ops::destroy::{keyring_alert as alert_key, KEYRING_ALERT_PREFIX as ALERT_PREFIX};
 
 /// A temporary keyring older than this is stale even if its writer's pid is alive again (pids are
 /// reused; an atomic write takes milliseconds).
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Does any provider keep a keyring that is copied to the stores?
-fn replicates(app: &Coffre) -> bool {
-    app.providers
-        .iter()
-        .any(|p| !matches!(p.replicated_state(), Ok(None)))
-}
-
-/// Push the keyring to every store after `epoch` was destroyed; record each store's outcome and
-/// raise (or clear) its lasting alert.
-pub(crate) async fn push_after_destruction(app: &Coffre, epoch: &EpochId) -> Vec<KeyringPush> {
-    let mut out = Vec::new();
-    if !replicates(app) {
-        for s in &app.stores {
-            out.push(KeyringPush {
-                store: s.name.clone(),
-                pushed: true,
-                detail: "no replicated keyring: the key provider keeps its keys itself".into(),
-            });
-        }
-        return out;
-    }
-    for s in &app.stores {
-        match app.push_keyrings(s).await {
-            Ok(()) => {
-                let _ = app.catalog.clear_alert(&alert_key(&s.name));
-                out.push(KeyringPush {
-                    store: s.name.clone(),
-                    pushed: true,
-                    detail: format!("keyring copy replaced: it no longer holds {epoch}"),
-                });
-            }
-            Err(e) => {
-                let text = format!(
-                    "store `{}` may still hold a keyring copy with the destroyed epoch key {epoch}: the push after the destruction failed ({e}). The erasure is not complete there; coffre retries at every retention run until it succeeds",
-                    s.name
-                );
-                tracing::error!(store = %s.name, epoch = %epoch, error = %e, "keyring copy not replaced after a destruction: erasure incomplete in this store");
-                if let Err(ce) = app.catalog.set_alert(&alert_key(&s.name), &text) {
-                    tracing::error!(error = %ce, "cannot record the alert");
-                }
-                out.push(KeyringPush {
-                    store: s.name.clone(),
-                    pushed: false,
-                    detail: format!("push failed, retried at the next run: {e}"),
-                });
-            }
-        }
-    }
-    out
-}
 
 /// Retry the keyring pushes that failed after earlier destructions. Returns what still fails.
 pub(crate) async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
@@ -144,7 +79,8 @@ pub(crate) async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
 async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
     let texts = app.catalog.destructions().map_err(|e| e.to_string())?;
     for text in texts {
-        let Ok(mut r) = serde_json::from_str::<crate::ops::shred::DestructionRecord>(&text) else {
+        let Ok(mut r) = serde_json::from_str::<crate::ops::destroy::DestructionRecord>(&text)
+        else {
             continue;
         };
         let mut changed = false;
@@ -162,7 +98,7 @@ async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
         }
         if changed {
             r.complete = r.is_complete();
-            crate::ops::shred::keep_record(app, &r)
+            crate::ops::destroy::keep_record(app, &r)
                 .await
                 .map_err(|e| e.to_string())?;
         }

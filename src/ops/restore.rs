@@ -229,41 +229,9 @@ pub(crate) async fn resolve(
     }
 }
 
-/// Unwrap the DEK with the first provider that can. A destroyed epoch key is final: coffre does
-/// not go looking for other keys.
+/// Unwrap the DEK with the first provider that can ([`crate::keys::unwrap_dek`]).
 pub(crate) fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
-    let mut reasons = Vec::new();
-    let mut destroyed = None;
-    for w in &key.wraps {
-        let Some(p) = app.providers.iter().find(|p| p.name() == w.provider) else {
-            reasons.push(format!("provider `{}` is not configured here", w.provider));
-            continue;
-        };
-        let wrapped =
-            match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &w.wrapped) {
-                Ok(b) => b,
-                Err(_) => {
-                    reasons.push(format!("wrap of provider `{}` is not base64", w.provider));
-                    continue;
-                }
-            };
-        match p.unwrap(&w.epoch, &wrapped, &key.snapshot) {
-            Ok(k) => return Ok(k),
-            Err(e) if e.is_destroyed() => {
-                if destroyed.is_none() {
-                    destroyed = Some(e);
-                }
-            }
-            Err(e) => reasons.push(e.to_string()),
-        }
-    }
-    if let Some(e) = destroyed {
-        return Err(e);
-    }
-    Err(KeyError::NoProvider {
-        snapshot: key.snapshot.to_string(),
-        reasons: reasons.join("; "),
-    })
+    crate::keys::unwrap_dek(&app.providers, key)
 }
 
 /// Size of the plaintext chunks handed from the decompressor to the digest and the writer.

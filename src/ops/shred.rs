@@ -1,6 +1,11 @@
-//! Carrying out retention: re-wrap the keys of snapshots that stay, destroy due epoch keys in
-//! every provider (crypto-shredding every copy of the snapshots they covered), then delete the
-//! objects and write a destruction record. Also holds and early shred of one snapshot.
+//! Carrying out retention for snapshots: re-wrap the keys of snapshots that stay, destroy due
+//! epoch keys (crypto-shredding every copy of the snapshots they covered), with the destruction
+//! record. Also holds and early shred of one snapshot, and the retention lock.
+//!
+//! Owns what is due and the checks before a destruction (holds, every store's key object, the
+//! copies); the destruction itself and the re-wrap are [`crate::ops::destroy`]'s, the only
+//! protocol for both. May call: app, catalog, retention (the plan), keys, store, and in ops:
+//! destroy, erasure (catch-up), clock_guard, wal_retention (the WAL archive's share of a run).
 //!
 //! Invariants:
 //! - keys move, data never does: keeping a snapshot past its epoch re-wraps its DEK under a later
@@ -20,16 +25,14 @@
 //! - the clock guard ([`crate::ops::clock_guard`]) runs before anything is destroyed, whatever the entry
 //!   point.
 
-use serde::{Deserialize, Serialize};
-
 use crate::app::Coffre;
-use crate::audit::{NewEntry, Target};
 use crate::ids::{EpochId, SnapshotId};
 use crate::keys::KeyError;
 use crate::ops::clock_guard::ClockError;
-use crate::ops::erasure::{self, KeyringPush};
+use crate::ops::destroy::{DestroyError, Destruction, Indexed, Rewrap, RewrapError, SealedCopy};
+use crate::ops::erasure;
 use crate::retention::{self, EpochPlan, Keep};
-use crate::store::{KeyObject, Manifest, Store, StoreError};
+use crate::store::{KeyObject, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,51 +88,24 @@ pub enum ShredError {
     Audit(#[from] crate::audit::AuditError),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderResult {
-    pub provider: String,
-    pub destroyed: bool,
-    pub detail: String,
+impl From<DestroyError> for ShredError {
+    fn from(e: DestroyError) -> Self {
+        match e {
+            DestroyError::Provider {
+                epoch,
+                provider,
+                source,
+            } => ShredError::NotDestroyed {
+                epoch,
+                reason: format!("provider `{provider}`: {source}"),
+            },
+            DestroyError::Audit { source, .. } => ShredError::Audit(source),
+            DestroyError::Record { source, .. } => ShredError::Catalog(source),
+        }
+    }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyResult {
-    pub snapshot: SnapshotId,
-    pub store: String,
-    pub path: String,
-    pub sealed_sha256: String,
-    /// `deleted`, `already gone`, the error (the copy is unreadable either way), or `kept: ...`
-    /// when its check did not say "key destroyed".
-    pub deletion: String,
-    /// What an unwrap of this copy's key object gives after the destruction.
-    pub decrypt_check: String,
-    /// The copy was left in place because its check did not say "key destroyed" (an alert is
-    /// raised until it is resolved).
-    #[serde(default)]
-    pub kept: bool,
-}
-
-/// The record of one destruction (no personal data).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DestructionRecord {
-    pub record: String,
-    pub time: String,
-    pub actor: String,
-    pub reason: String,
-    pub epoch: EpochId,
-    pub snapshots: Vec<SnapshotId>,
-    pub legal_hold_checked: bool,
-    pub rewrapped: Vec<Keep>,
-    pub providers: Vec<ProviderResult>,
-    pub copies: Vec<CopyResult>,
-    /// Each store's keyring copy after the destruction (a provider that replicates its keyring).
-    #[serde(default)]
-    pub keyrings: Vec<KeyringPush>,
-    /// Every copy deleted (or unreadable) and every keyring copy replaced. When false, `copies`
-    /// and `keyrings` say what is left, and an alert stays raised until it is done.
-    #[serde(default)]
-    pub complete: bool,
-}
+pub use crate::ops::destroy::{CopyResult, DestructionRecord, ProviderResult};
 
 /// The destruction record that names snapshot `id`, from the catalog (a new host has them after
 /// `coffre catalog rebuild`).
@@ -140,64 +116,6 @@ pub(crate) fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionReco
         .iter()
         .filter_map(|r| serde_json::from_str::<DestructionRecord>(r).ok())
         .find(|r| r.snapshots.contains(id))
-}
-
-impl DestructionRecord {
-    /// A new record (its id and time now) and whether the erasure is complete. A destruction
-    /// always reads the legal holds again first (`legal_hold_checked`).
-    pub fn new(
-        actor: &str,
-        reason: &str,
-        epoch: &EpochId,
-        snapshots: Vec<SnapshotId>,
-        providers: Vec<ProviderResult>,
-        copies: Vec<CopyResult>,
-        keyrings: Vec<KeyringPush>,
-    ) -> DestructionRecord {
-        let mut record = DestructionRecord {
-            record: SnapshotId::new().to_string(),
-            time: crate::clock::now_rfc3339(),
-            actor: actor.into(),
-            reason: reason.into(),
-            epoch: epoch.clone(),
-            snapshots,
-            legal_hold_checked: true,
-            rewrapped: Vec::new(),
-            providers,
-            copies,
-            keyrings,
-            complete: false,
-        };
-        record.complete = record.is_complete();
-        record
-    }
-
-    /// No copy kept and every keyring copy replaced.
-    pub(crate) fn is_complete(&self) -> bool {
-        !self.copies.iter().any(|c| c.kept) && self.keyrings.iter().all(|k| k.pushed)
-    }
-
-    /// What keeps the erasure from being complete, in words.
-    pub(crate) fn incomplete_reasons(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .copies
-            .iter()
-            .filter(|c| c.kept)
-            .map(|c| {
-                format!(
-                    "copy of snapshot {} in store `{}` kept ({})",
-                    c.snapshot, c.store, c.decrypt_check
-                )
-            })
-            .collect();
-        out.extend(self.keyrings.iter().filter(|k| !k.pushed).map(|k| {
-            format!(
-                "keyring copy in store `{}` not replaced ({})",
-                k.store, k.detail
-            )
-        }));
-        out
-    }
 }
 
 /// The lock under which retention plans are made and carried out, holds are added and released
@@ -240,7 +158,8 @@ pub async fn lock(app: &Coffre) -> Result<RetentionLock, ShredError> {
     }
 }
 
-/// Re-wrap a snapshot's DEK under `to` (and set or clear its hold), in every store that holds it.
+/// Re-wrap a snapshot's DEK under `to` (and set or clear its hold), in every store that holds it
+/// ([`crate::ops::destroy::Rewrap`]: the access-log entry first, no key moves without it).
 /// Logged as `hold-add` when it sets a hold, `hold-release` when it clears one, else
 /// `key-rewrap`.
 pub async fn rewrap(
@@ -260,49 +179,36 @@ pub async fn rewrap(
         Some(None) => "hold-release",
         None => "key-rewrap",
     };
-    let log = |outcome: String| {
-        app.audit.append(NewEntry {
-            actor: actor.into(),
-            action: action.into(),
-            target: Target::key_object(&old),
-            purpose: purpose.into(),
-            outcome,
-            exposes: None,
-        })
+    let copies = app
+        .committed_stores(id)
+        .into_iter()
+        .map(|s| (s, s.key_path(&old.source, id)))
+        .collect();
+    let manifest = app.catalog.get(id).ok().flatten().map(|e| e.manifest);
+    let r = Rewrap {
+        app,
+        actor,
+        action,
+        purpose,
+        subject: String::new(),
+        old,
+        manifest,
+        copies,
+        index: Indexed::Snapshot,
     };
-    log(format!("started: to epoch {to}"))?;
-    let key_err = |source| ShredError::Key {
-        snapshot: *id,
-        source,
-    };
-    let dek = crate::ops::restore::unwrap_dek(app, &old).map_err(key_err)?;
-    let wraps = crate::keys::wrap_for_all(&app.providers, to, &dek, id).map_err(key_err)?;
-    drop(dek);
-    let mut new = KeyObject {
-        epoch: to.clone(),
-        wraps,
-        legal_hold: hold.unwrap_or_else(|| old.legal_hold.clone()),
-        ..old.clone()
-    };
-    app.seal_key_object(&mut new).map_err(key_err)?;
-    for s in app.committed_stores(id) {
-        let r = async {
-            app.push_keyrings(s).await?;
-            s.put_key_object(&new).await
-        }
-        .await;
-        if let Err(source) = r {
-            let _ = log(format!("failed: store {}: {source}", s.name));
-            return Err(ShredError::Rewrap {
-                snapshot: *id,
-                store: s.name.clone(),
-                source,
-            });
-        }
-    }
-    app.catalog.put_key(&new)?;
-    log(format!("ok: now under epoch {to}"))?;
-    Ok(new)
+    r.run(to, hold).await.map_err(|e| match e {
+        RewrapError::Audit { source, .. } => ShredError::Audit(source),
+        RewrapError::Key { source, .. } => ShredError::Key {
+            snapshot: *id,
+            source,
+        },
+        RewrapError::Store { store, source, .. } => ShredError::Rewrap {
+            snapshot: *id,
+            store,
+            source,
+        },
+        RewrapError::Catalog { source, .. } => ShredError::Catalog(source),
+    })
 }
 
 /// Why the key object a store holds for a snapshot about to be shredded does not match what the
@@ -322,8 +228,9 @@ fn key_object_mismatch(epoch: &EpochId, k: &KeyObject) -> Option<String> {
 ///
 /// Move the keys that stay; refuse while anything unlisted depends on the epoch; read the holds
 /// again; check every store's key object (authentic, same epoch, no hold); list the copies;
-/// refuse a wrap by a provider not configured here; destroy the epoch key in every provider;
-/// push the keyrings; check each copy says "key destroyed" before deleting it; keep the record.
+/// refuse a wrap by a provider not configured here; then the destruction protocol
+/// ([`crate::ops::destroy`]): destroy the epoch key in every provider, push the keyrings, check
+/// each copy says "key destroyed" before deleting it, keep the record.
 pub async fn execute(
     app: &Coffre,
     plan: &EpochPlan,
@@ -333,32 +240,33 @@ pub async fn execute(
     move_kept_keys(app, plan, actor).await?;
     refuse_if_others_depend(app, plan)?;
     let run = Shredding::new(app, plan, actor, reason);
-    run.log(format!("started: {} snapshot(s)", plan.shred.len()))?;
+    run.d
+        .log(format!("started: {} snapshot(s)", plan.shred.len()))?;
     let (keys, moved) = run.reread_holds()?;
     run.check_store_key_objects(&keys).await?;
     let copies = run.copies_of(&keys)?;
     run.refuse_unconfigured_wraps(&keys)?;
-    let providers = run.destroy_in_every_provider()?;
-    let keyrings = erasure::push_after_destruction(app, &plan.epoch).await;
-    let (results, kept) = run.delete_destroyed_copies(copies).await;
+    let erased = run.d.run(&copies).await?;
+    let _ = app.catalog.clear_alert(&run.refused_alert);
     let shred: Vec<SnapshotId> = keys.iter().map(|k| k.snapshot).collect();
     // A snapshot with a copy kept stays in the catalog: the next run checks it again.
-    for id in shred.iter().filter(|id| !kept.contains(id)) {
+    for id in shred.iter().filter(|id| !erased.kept.contains(id)) {
         app.catalog.remove(id)?;
     }
     // Holds were read again from the catalog and every store just before the destruction.
-    let mut record = DestructionRecord::new(
-        actor,
-        reason,
-        &plan.epoch,
-        shred,
-        providers,
-        results,
-        keyrings,
-    );
+    let mut record = erased.record(&run.d, shred);
     record.rewrapped = plan.keep.clone();
-    keep_record(app, &record).await?;
-    run.log_outcome(&record, moved.len())?;
+    let left_alone = if moved.is_empty() {
+        String::new()
+    } else {
+        format!(", {} left alone (key moved since the plan)", moved.len())
+    };
+    let done = format!(
+        "{} snapshot(s), {} copies{left_alone}",
+        record.snapshots.len(),
+        record.copies.len()
+    );
+    run.d.finish(&record, &done).await?;
     Ok(record)
 }
 
@@ -401,12 +309,12 @@ fn refuse_if_others_depend(app: &Coffre, plan: &EpochPlan) -> Result<(), ShredEr
     Ok(())
 }
 
-/// One epoch's destruction under way: its access-log entries and its alerts.
+/// One epoch's destruction under way: the checks before it ([`Destruction`] carries it out and
+/// writes its access-log entries) and the refusal alert.
 struct Shredding<'a> {
     app: &'a Coffre,
     plan: &'a EpochPlan,
-    actor: &'a str,
-    reason: &'a str,
+    d: Destruction<'a>,
     refused_alert: String,
 }
 
@@ -415,24 +323,20 @@ impl<'a> Shredding<'a> {
         Shredding {
             app,
             plan,
-            actor,
-            reason,
+            d: Destruction {
+                app,
+                epoch: &plan.epoch,
+                actor,
+                reason,
+                action: "shred",
+                alert_kept: true,
+            },
             refused_alert: format!("shred-refused:{}", plan.epoch),
         }
     }
 
-    fn log(&self, outcome: String) -> Result<crate::audit::Entry, crate::audit::AuditError> {
-        self.app.audit.append(NewEntry {
-            actor: self.actor.into(),
-            action: "shred".into(),
-            target: Target {
-                epoch: Some(self.plan.epoch.to_string()),
-                ..Default::default()
-            },
-            purpose: self.reason.into(),
-            outcome,
-            exposes: None,
-        })
+    fn log(&self, outcome: String) -> Result<(), crate::audit::AuditError> {
+        self.d.log(outcome)
     }
 
     /// Log a refusal, raise its alert, and hand the error back.
@@ -536,13 +440,27 @@ impl<'a> Shredding<'a> {
     }
 
     /// Every copy of the snapshots to shred, remembered before anything is destroyed.
-    fn copies_of(&self, keys: &[KeyObject]) -> Result<Vec<(&'a Store, Manifest)>, ShredError> {
+    fn copies_of(&self, keys: &[KeyObject]) -> Result<Vec<SealedCopy<'a>>, ShredError> {
         let mut copies = Vec::new();
         for k in keys {
-            if let Some(m) = self.app.catalog.get(&k.snapshot)?.map(|e| e.manifest) {
-                for s in self.app.committed_stores(&k.snapshot) {
-                    copies.push((s, m.clone()));
-                }
+            let Some(m) = self.app.catalog.get(&k.snapshot)?.map(|e| e.manifest) else {
+                continue;
+            };
+            let (source, id) = (&m.source, &m.snapshot);
+            for s in self.app.committed_stores(id) {
+                copies.push(SealedCopy {
+                    store: s,
+                    id: *id,
+                    label: format!("snapshot {id}"),
+                    path: s.snapshot_dir(source, id).to_string(),
+                    sealed_sha256: m.sealed_sha256.clone(),
+                    objects: vec![
+                        s.manifest_path(source, id),
+                        s.data_path(source, id),
+                        s.key_path(source, id),
+                    ],
+                    manifest: Some(m.clone()),
+                });
             }
         }
         Ok(copies)
@@ -570,152 +488,6 @@ impl<'a> Shredding<'a> {
         }
         Ok(())
     }
-
-    /// Destroy the epoch key in every provider (idempotent), then clear the refusal alert.
-    fn destroy_in_every_provider(&self) -> Result<Vec<ProviderResult>, ShredError> {
-        let mut providers = Vec::new();
-        for p in &self.app.providers {
-            if let Err(e) = p.destroy(&self.plan.epoch) {
-                let _ = self.log(format!("failed: provider {}: {e}", p.name()));
-                return Err(ShredError::NotDestroyed {
-                    epoch: self.plan.epoch.clone(),
-                    reason: format!("provider `{}`: {e}", p.name()),
-                });
-            }
-            providers.push(ProviderResult {
-                provider: p.name().into(),
-                destroyed: true,
-                detail: "destroyed".into(),
-            });
-        }
-        let _ = self.app.catalog.clear_alert(&self.refused_alert);
-        Ok(providers)
-    }
-
-    /// Check that each copy is now unreadable, then delete it (manifest first). Only "key
-    /// destroyed" lets a copy go; anything else keeps it, with an alert. Returns the copies'
-    /// results and the snapshots with a copy kept.
-    async fn delete_destroyed_copies(
-        &self,
-        copies: Vec<(&Store, Manifest)>,
-    ) -> (Vec<CopyResult>, std::collections::BTreeSet<SnapshotId>) {
-        let mut results = Vec::new();
-        let mut kept = std::collections::BTreeSet::new();
-        for (s, m) in copies {
-            let (source, id) = (m.source.clone(), m.snapshot);
-            let (decrypt_check, destroyed) = self.check_copy(s, &source, &id).await;
-            let deletion = if destroyed {
-                let _ = self
-                    .app
-                    .catalog
-                    .clear_alert(&format!("shred-kept:{id}:{}", s.name));
-                delete_copy(s, &source, &id).await
-            } else {
-                self.keep_copy(s, &id, &decrypt_check);
-                kept.insert(id);
-                format!(
-                    "kept: its check after the destruction did not say \"key destroyed\" ({decrypt_check})"
-                )
-            };
-            results.push(CopyResult {
-                snapshot: id,
-                store: s.name.clone(),
-                path: s.snapshot_dir(&source, &id).to_string(),
-                sealed_sha256: m.sealed_sha256.clone(),
-                deletion,
-                decrypt_check,
-                kept: !destroyed,
-            });
-        }
-        (results, kept)
-    }
-
-    /// What a copy's own key object says now: ("key destroyed", true) lets it go.
-    async fn check_copy(&self, s: &Store, source: &str, id: &SnapshotId) -> (String, bool) {
-        match s.get_key_object(source, id).await {
-            Ok(k) => match crate::ops::restore::unwrap_dek(self.app, &k) {
-                Ok(_) => ("STILL DECRYPTABLE".to_string(), false),
-                Err(e) if e.is_destroyed() => ("key destroyed".to_string(), true),
-                Err(e) => (format!("not decryptable: {e}"), false),
-            },
-            Err(e) if e.is_not_found() => {
-                // A run that crashed after deleting the copy (the key object goes last).
-                let mut any = false;
-                for path in [s.manifest_path(source, id), s.data_path(source, id)] {
-                    // Unreachable counts as there: the erasure is not proven.
-                    any |= s.exists(&path).await.unwrap_or(true);
-                }
-                if any {
-                    (
-                        "key object missing while the copy's data or manifest is still there"
-                            .to_string(),
-                        false,
-                    )
-                } else {
-                    ("key destroyed".to_string(), true)
-                }
-            }
-            Err(e) => (format!("key object unavailable: {e}"), false),
-        }
-    }
-
-    /// A copy kept after the destruction: alert and access-log entry.
-    fn keep_copy(&self, s: &Store, id: &SnapshotId, decrypt_check: &str) {
-        let text = format!(
-            "the copy of snapshot {id} in store `{}` was kept after the destruction of epoch {}: {decrypt_check}. Its key object names a key that was not destroyed, or could not be checked: find out why (`coffre shred --records`), then run `coffre retention run` again",
-            s.name, self.plan.epoch
-        );
-        tracing::error!(snapshot = %id, store = %s.name, epoch = %self.plan.epoch, check = %decrypt_check, "copy kept after the destruction of its epoch");
-        if let Err(ce) = self
-            .app
-            .catalog
-            .set_alert(&format!("shred-kept:{id}:{}", s.name), &text)
-        {
-            tracing::error!(error = %ce, "cannot record the alert");
-        }
-        let _ = self.log(format!(
-            "failed: snapshot {id} in store `{}` kept: {decrypt_check}",
-            s.name
-        ));
-    }
-
-    fn log_outcome(&self, record: &DestructionRecord, moved: usize) -> Result<(), ShredError> {
-        if record.complete {
-            self.log(format!(
-                "ok: epoch destroyed, {} snapshot(s), {} copies{}",
-                record.snapshots.len(),
-                record.copies.len(),
-                if moved == 0 {
-                    String::new()
-                } else {
-                    format!(", {moved} left alone (key moved since the plan)")
-                }
-            ))?;
-            tracing::info!(epoch = %record.epoch, snapshots = record.snapshots.len(), "epoch crypto-shredded");
-        } else {
-            self.log(format!(
-                "failed: epoch destroyed but the erasure is not complete: {}",
-                record.incomplete_reasons().join("; ")
-            ))?;
-            tracing::error!(epoch = %record.epoch, record = %record.record, "epoch destroyed, erasure incomplete");
-        }
-        Ok(())
-    }
-}
-
-/// Delete a copy whose key is destroyed: manifest first, key object last.
-async fn delete_copy(s: &Store, source: &str, id: &SnapshotId) -> String {
-    let mut deletion = "deleted".to_string();
-    for path in [
-        s.manifest_path(source, id),
-        s.data_path(source, id),
-        s.key_path(source, id),
-    ] {
-        if let Err(e) = s.delete(&path).await {
-            deletion = format!("not deleted ({path}), unreadable anyway: {e}");
-        }
-    }
-    deletion
 }
 
 /// The error that reports an incomplete erasure, if `record` is one.
@@ -725,22 +497,6 @@ fn incomplete(record: &DestructionRecord) -> Option<ShredError> {
         record: record.record.clone(),
         reasons: record.incomplete_reasons().join("; "),
     })
-}
-
-/// Keep a destruction record: in the catalog (an error if that fails) and under
-/// `<prefix>/destruction/` in every store (best effort: a warning).
-pub(crate) async fn keep_record(
-    app: &Coffre,
-    record: &DestructionRecord,
-) -> Result<(), crate::catalog::CatalogError> {
-    let json = serde_json::to_string_pretty(record).unwrap_or_default();
-    app.catalog.put_destruction(&record.record, &json)?;
-    for s in &app.stores {
-        if let Err(e) = s.put_destruction_record(&record.record, &json).await {
-            tracing::warn!(store = %s.name, error = %e, "destruction record not replicated to store");
-        }
-    }
-    Ok(())
 }
 
 /// Items for planning at `now`, from the catalog's key objects and manifests.
@@ -1038,11 +794,7 @@ pub(crate) async fn hold_release(
     // The hold's key protects nothing any more: destroyed (a later hold takes the next
     // generation).
     if retention::is_hold_epoch(&key.epoch) && key.epoch != new.epoch {
-        for p in &app.providers {
-            if let Err(e) = p.destroy(&key.epoch) {
-                tracing::warn!(provider = p.name(), error = %e, "hold key not destroyed; it protects nothing any more");
-            }
-        }
+        crate::ops::destroy::destroy_spent_key(app, &key.epoch);
         for s in app.committed_stores(id) {
             if let Err(e) = app.push_keyrings(s).await {
                 tracing::warn!(store = %s.name, error = %e, "keyring without the released hold's key not pushed; the next push carries it");

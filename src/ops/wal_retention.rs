@@ -5,9 +5,13 @@
 //!   starts the window (the newest base backup protected before `now - window`, else the oldest
 //!   one) is kept: its key moves to tomorrow's epoch in every store (keys move, data does not),
 //!   and if that fails for any store the epoch is not destroyed this round;
-//! - any other WAL file is crypto-shredded with its epoch: the epoch key destroyed in every
-//!   provider (unless a snapshot still depends on it), then each copy checked ("key destroyed")
-//!   and deleted, manifest first, and a destruction record kept.
+//! - any other WAL file is crypto-shredded with its epoch (unless a snapshot still depends on
+//!   it) by the destruction protocol of [`crate::ops::destroy`]: the epoch key destroyed in
+//!   every provider, then each copy checked ("key destroyed") and deleted, manifest first, and a
+//!   destruction record kept. Key moves are [`crate::ops::destroy::Rewrap`]'s too.
+//!
+//! Owns what the window needs and the WAL copies' discovery; may call app, catalog, store,
+//! auth, format, retention, and in ops: destroy, wal_check (the WAL manifest's read).
 //!
 //! "Needed" is by name: from the segment the base backup's `backup_label` starts at, on its
 //! timeline and on every later one (and the history files of those timelines). The base backup
@@ -26,11 +30,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::app::Coffre;
-use crate::audit::{NewEntry, Target};
 use crate::catalog::WalRow;
 use crate::format::wal::{WalFileKind, WalName};
 use crate::ids::{EpochId, SnapshotId};
-use crate::ops::shred::{keep_record, CopyResult, DestructionRecord, ProviderResult, ShredError};
+use crate::ops::destroy::{
+    DestroyError, Destruction, DestructionRecord, Indexed, Rewrap, SealedCopy,
+};
+use crate::ops::shred::ShredError;
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
 /// The base backup that starts a source's recovery window.
@@ -391,21 +397,12 @@ async fn read_copy(
     Ok(Some((m, k, paths)))
 }
 
-fn log(app: &Coffre, actor: &str, action: &str, target: Target, purpose: &str, outcome: String) {
-    if let Err(e) = app.audit.append(NewEntry {
-        actor: actor.into(),
-        action: action.into(),
-        target,
-        purpose: purpose.into(),
-        outcome,
-        exposes: None,
-    }) {
-        tracing::error!(error = %e, "cannot append to the access log");
-    }
-}
+const KEEP_PURPOSE: &str =
+    "retention: a WAL file still needed by the recovery window or a base backup under legal hold";
 
-/// Move the key of a WAL file still needed to `to`, in every store that holds it. Any store
-/// that cannot be read or updated fails the move (the epoch then stays).
+/// Move the key of a WAL file still needed to `to`, in every store that holds it
+/// ([`crate::ops::destroy::Rewrap`]: the access-log entry first, and nothing moves if it cannot
+/// be written). Any store that cannot be read or updated fails the move (the epoch then stays).
 async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), String> {
     let mut copies = Vec::new();
     for s in &app.stores {
@@ -419,62 +416,24 @@ async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result
     let Some((_, (m, old, _))) = copies.first() else {
         return Err(format!("{} is in no store", row.name));
     };
-    let (m, old) = (m.clone(), old.clone());
-    let target = Target::key_object(&old);
-    let purpose =
-        "retention: a WAL file still needed by the recovery window or a base backup under legal hold";
-    log(
+    let r = Rewrap {
         app,
         actor,
-        "key-rewrap",
-        target.clone(),
-        purpose,
-        format!("started: WAL file {} to epoch {to}", row.name),
-    );
-    let dek = crate::ops::restore::unwrap_dek(app, &old).map_err(|e| e.to_string())?;
-    let wraps = crate::keys::wrap_for_all(&app.providers, to, &dek, &old.snapshot)
-        .map_err(|e| e.to_string())?;
-    drop(dek);
-    let mut new = KeyObject {
-        epoch: to.clone(),
-        wraps,
-        ..old
+        action: "key-rewrap",
+        purpose: KEEP_PURPOSE,
+        subject: format!("WAL file {} ", row.name),
+        old: old.clone(),
+        manifest: Some(m.clone()),
+        copies: copies
+            .iter()
+            .map(|(s, (_, _, p))| (*s, p.key.clone()))
+            .collect(),
+        index: Indexed::Wal {
+            source: &row.source,
+            name: &row.name,
+        },
     };
-    new.auth.clear();
-    crate::auth::ObjectAuth::for_writing(&app.providers)
-        .map_err(|e| e.to_string())?
-        .seal(&mut new, &m);
-    for (s, (_, _, paths)) in &copies {
-        let r = async {
-            app.push_keyrings(s).await?;
-            s.put_key_object_at(&paths.key, &new).await
-        }
-        .await;
-        if let Err(e) = r {
-            let msg = format!("store {}: {e}", s.name);
-            log(
-                app,
-                actor,
-                "key-rewrap",
-                target.clone(),
-                purpose,
-                format!("failed: {msg}"),
-            );
-            return Err(msg);
-        }
-    }
-    app.catalog
-        .set_wal_epoch(&row.source, &row.name, to)
-        .map_err(|e| e.to_string())?;
-    log(
-        app,
-        actor,
-        "key-rewrap",
-        target,
-        purpose,
-        format!("ok: now under epoch {to}"),
-    );
-    Ok(())
+    r.run(to, None).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Move the keys of every due WAL file still needed. Returns the epochs that must not be
@@ -504,65 +463,6 @@ pub async fn move_kept(
     (blocked, errors)
 }
 
-/// Check a copy after the destruction and delete it (manifest first, key object last) when its
-/// own key object says "key destroyed".
-async fn delete_copy(app: &Coffre, s: &Store, row: &WalRow) -> Option<CopyResult> {
-    let result = |path: String, sha: String, deletion: String, check: String, kept: bool| {
-        Some(CopyResult {
-            snapshot: row.object,
-            store: s.name.clone(),
-            path,
-            sealed_sha256: sha,
-            deletion,
-            decrypt_check: check,
-            kept,
-        })
-    };
-    let name = WalName::parse(&row.name).ok()?;
-    let dir = s.wal_dir(&row.source, &name).to_string();
-    match copy_in(app, s, row).await {
-        Ok(None) => None,
-        Err(e) => result(
-            dir,
-            String::new(),
-            "kept: the copy could not be checked".into(),
-            e,
-            true,
-        ),
-        Ok(Some((m, k, paths))) => match crate::ops::restore::unwrap_dek(app, &k) {
-            Ok(_) => result(
-                dir,
-                m.sealed_sha256,
-                "kept: STILL DECRYPTABLE".into(),
-                "STILL DECRYPTABLE".into(),
-                true,
-            ),
-            Err(e) if e.is_destroyed() => {
-                let mut deletion = "deleted".to_string();
-                for p in [&paths.manifest, &paths.data, &paths.key] {
-                    if let Err(e) = s.delete(p).await {
-                        deletion = format!("not deleted ({p}), unreadable anyway: {e}");
-                    }
-                }
-                result(
-                    dir,
-                    m.sealed_sha256,
-                    deletion,
-                    "key destroyed".into(),
-                    false,
-                )
-            }
-            Err(e) => result(
-                dir,
-                m.sealed_sha256,
-                "kept: not proven unreadable".into(),
-                format!("not decryptable: {e}"),
-                true,
-            ),
-        },
-    }
-}
-
 /// Shred every due WAL file that is not needed, epoch by epoch (except `blocked` ones).
 pub async fn shred_due(
     app: &Coffre,
@@ -575,134 +475,125 @@ pub async fn shred_due(
     for row in dues.iter().flat_map(|d| &d.shred) {
         by_epoch.entry(row.epoch.clone()).or_default().push(row);
     }
-    let reason = "retention: the WAL file left the recovery window";
     for (epoch, rows) in by_epoch {
         if blocked.contains(&epoch) {
             continue;
         }
-        // Snapshots still under this epoch (kept by a refused destruction): not now.
-        let snapshots = app
-            .catalog
-            .all_keys()
-            .map(|ks| ks.iter().filter(|k| k.epoch == epoch).count())
-            .unwrap_or(usize::MAX);
-        if snapshots > 0 {
-            errors.push(ShredError::NotDestroyed {
-                epoch: epoch.clone(),
-                reason: format!("{snapshots} snapshot(s) still depend on it"),
-            });
+        if let Err(e) = others_depend(app, &epoch, rows.len()) {
+            errors.push(e);
             continue;
         }
-        // WAL files under this epoch that this plan does not shred (a source no longer
-        // archiving, say): not now either.
-        let wal = app.catalog.wal_in_epoch(&epoch).unwrap_or(u64::MAX);
-        if wal > rows.len() as u64 {
-            errors.push(ShredError::NotDestroyed {
-                epoch: epoch.clone(),
-                reason: format!(
-                    "{} other WAL file(s) still depend on it",
-                    wal - rows.len() as u64
-                ),
-            });
-            continue;
-        }
-        let target = Target {
-            epoch: Some(epoch.to_string()),
-            ..Default::default()
-        };
-        log(
-            app,
-            actor,
-            "shred",
-            target.clone(),
-            reason,
-            format!("started: {} WAL file(s)", rows.len()),
-        );
-        let mut providers = Vec::new();
-        let mut failed = None;
-        for p in &app.providers {
-            match p.destroy(&epoch) {
-                Ok(()) => providers.push(ProviderResult {
-                    provider: p.name().into(),
-                    destroyed: true,
-                    detail: "destroyed".into(),
-                }),
-                Err(e) => {
-                    failed = Some(format!("provider `{}`: {e}", p.name()));
-                    break;
+        match shred_epoch(app, &epoch, &rows, actor).await {
+            Ok((record, finished)) => {
+                errors.extend(finished.err().map(ShredError::from));
+                if !record.complete {
+                    errors.push(ShredError::Incomplete {
+                        epoch: epoch.clone(),
+                        record: record.record.clone(),
+                        reasons: record.incomplete_reasons().join("; "),
+                    });
                 }
+                done.push(record);
             }
+            Err(e) => errors.push(e),
         }
-        if let Some(reason) = failed {
-            log(
-                app,
-                actor,
-                "shred",
-                target,
-                reason.as_str(),
-                format!("failed: {reason}"),
-            );
-            errors.push(ShredError::NotDestroyed {
-                epoch: epoch.clone(),
-                reason,
-            });
-            continue;
-        }
-        let keyrings = crate::ops::erasure::push_after_destruction(app, &epoch).await;
-        let mut copies = Vec::new();
-        for row in &rows {
-            let mut kept = false;
-            for s in &app.stores {
-                if let Some(c) = delete_copy(app, s, row).await {
-                    kept |= c.kept;
-                    copies.push(c);
-                }
-            }
-            if !kept {
-                if let Err(e) = app.catalog.remove_wal(&row.source, &row.name) {
-                    tracing::warn!(error = %e, wal = %row.name, "shredded WAL file left in the catalog's index");
-                }
-            }
-        }
-        let ids = rows.iter().map(|r| r.object).collect();
-        let record =
-            DestructionRecord::new(actor, reason, &epoch, ids, providers, copies, keyrings);
-        if let Err(e) = keep_record(app, &record).await {
-            errors.push(e.into());
-        }
-        if record.complete {
-            log(
-                app,
-                actor,
-                "shred",
-                target,
-                reason,
-                format!(
-                    "ok: epoch destroyed, {} WAL file(s), {} copies deleted",
-                    rows.len(),
-                    record.copies.len()
-                ),
-            );
-            tracing::info!(epoch = %epoch, wal_files = rows.len(), "WAL crypto-shredded");
-        } else {
-            let why = record.incomplete_reasons().join("; ");
-            log(
-                app,
-                actor,
-                "shred",
-                target,
-                reason,
-                format!("failed: erasure not complete: {why}"),
-            );
-            errors.push(ShredError::Incomplete {
-                epoch: epoch.clone(),
-                record: record.record.clone(),
-                reasons: why,
-            });
-        }
-        done.push(record);
     }
     (done, errors)
+}
+
+/// Refuse an epoch that snapshots (kept by a refused destruction) or WAL files this plan does
+/// not shred (a source no longer archiving, say) still depend on: not now.
+fn others_depend(app: &Coffre, epoch: &EpochId, rows: usize) -> Result<(), ShredError> {
+    let snapshots = app
+        .catalog
+        .all_keys()
+        .map(|ks| ks.iter().filter(|k| &k.epoch == epoch).count())
+        .unwrap_or(usize::MAX);
+    if snapshots > 0 {
+        return Err(ShredError::NotDestroyed {
+            epoch: epoch.clone(),
+            reason: format!("{snapshots} snapshot(s) still depend on it"),
+        });
+    }
+    let wal = app.catalog.wal_in_epoch(epoch).unwrap_or(u64::MAX);
+    if wal > rows as u64 {
+        return Err(ShredError::NotDestroyed {
+            epoch: epoch.clone(),
+            reason: format!("{} other WAL file(s) still depend on it", wal - rows as u64),
+        });
+    }
+    Ok(())
+}
+
+/// Crypto-shred one epoch of WAL files with the destruction protocol: log, list every copy
+/// (each authentic, read before anything is destroyed), destroy and erase, drop the shredded
+/// files from the index, keep the record. Returns the record and whether keeping it and logging
+/// the outcome worked.
+async fn shred_epoch(
+    app: &Coffre,
+    epoch: &EpochId,
+    rows: &[&WalRow],
+    actor: &str,
+) -> Result<(DestructionRecord, Result<(), DestroyError>), ShredError> {
+    let d = Destruction {
+        app,
+        epoch,
+        actor,
+        reason: "retention: the WAL file left the recovery window",
+        action: "shred",
+        alert_kept: false,
+    };
+    d.log(format!("started: {} WAL file(s)", rows.len()))?;
+    let mut copies = Vec::new();
+    for row in rows {
+        copies.extend(wal_copies(app, row).await.map_err(|reason| {
+            let _ = d.log(format!("refused: {reason}"));
+            ShredError::NotDestroyed {
+                epoch: epoch.clone(),
+                reason,
+            }
+        })?);
+    }
+    let erased = d.run(&copies).await?;
+    for row in rows.iter().filter(|r| !erased.kept.contains(&r.object)) {
+        if let Err(e) = app.catalog.remove_wal(&row.source, &row.name) {
+            tracing::warn!(error = %e, wal = %row.name, "shredded WAL file left in the catalog's index");
+        }
+    }
+    let record = erased.record(&d, rows.iter().map(|r| r.object).collect());
+    let done = format!(
+        "{} WAL file(s), {} copies deleted",
+        rows.len(),
+        record.copies.len()
+    );
+    let finished = d.finish(&record, &done).await;
+    Ok((record, finished))
+}
+
+/// Every store's copy of WAL file `row`, for the destruction protocol. A copy that cannot be
+/// read or is not authentic stops the destruction (never destroy on its word; the scrub repairs
+/// it from a good copy, and the next run goes on).
+async fn wal_copies<'a>(app: &'a Coffre, row: &WalRow) -> Result<Vec<SealedCopy<'a>>, String> {
+    let name = WalName::parse(&row.name)?;
+    let mut out = Vec::new();
+    for s in &app.stores {
+        let Some((m, _, paths)) = copy_in(app, s, row)
+            .await
+            .map_err(|e| format!("WAL file {} in store `{}`: {e}", row.name, s.name))?
+        else {
+            continue;
+        };
+        out.push(SealedCopy {
+            store: s,
+            id: row.object,
+            label: format!("WAL file {}", row.name),
+            path: s.wal_dir(&row.source, &name).to_string(),
+            sealed_sha256: m.sealed_sha256.clone(),
+            objects: vec![paths.manifest, paths.data, paths.key],
+            manifest: Some(m),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
