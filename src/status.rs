@@ -479,6 +479,12 @@ mod family {
     pub const REPAIRS: &str = "repairs";
     pub const WORKER_RUNS: &str = "worker_runs";
     pub const WORKER_ERRORS: &str = "worker_errors";
+    pub const WAL_PREFETCH_HITS: &str = "wal_prefetch_hits";
+    pub const WAL_FETCHES: &str = "wal_fetches";
+    pub const WAL_FETCHES_INTO_CALLER_FILE: &str = "wal_fetches_into_caller_file";
+    /// `coffre_wal_fetch_seconds_total`, kept in microseconds (the catalog keeps integers).
+    pub const WAL_FETCH_MICROS: &str = "wal_fetch_micros";
+    pub const WAL_ARCHIVED_AHEAD: &str = "wal_archived_ahead";
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -565,9 +571,45 @@ impl Runtime {
                     m.worker_errors.get_or_create(&label).inc_by(n);
                 }
             }
+            (family::WAL_FETCH_MICROS, []) => {
+                m.wal_fetch_seconds.inc_by(n as f64 / 1e6);
+            }
+            (family::WAL_PREFETCH_HITS, []) => {
+                m.wal_prefetch_hits.inc_by(n);
+            }
+            (family::WAL_FETCHES, []) => {
+                m.wal_fetches.inc_by(n);
+            }
+            (family::WAL_FETCHES_INTO_CALLER_FILE, []) => {
+                m.wal_fetches_into_caller_file.inc_by(n);
+            }
+            (family::WAL_ARCHIVED_AHEAD, []) => {
+                m.wal_archived_ahead.inc_by(n);
+            }
             _ => return false,
         }
         true
+    }
+
+    /// Move what the WAL code counted since the last call (process-wide atomics) into the
+    /// WAL counters, kept in the catalog like the others so that a restart does not reset them.
+    fn take_wal_counts(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (fam, counted) in [
+            (family::WAL_PREFETCH_HITS, &crate::ops::wal::PREFETCH_HITS),
+            (family::WAL_FETCHES, &crate::ops::wal::FETCHES),
+            (
+                family::WAL_FETCHES_INTO_CALLER_FILE,
+                &crate::ops::wal::FETCHES_INTO_CALLER_FILE,
+            ),
+            (family::WAL_FETCH_MICROS, &crate::ops::wal::FETCH_MICROS),
+            (family::WAL_ARCHIVED_AHEAD, &crate::ops::wal_ahead::ACKNOWLEDGED),
+        ] {
+            let n = counted.swap(0, Relaxed);
+            if n > 0 {
+                self.count(fam, &[], n);
+            }
+        }
     }
 
     /// Count `n` in a counter and keep it in the catalog (when kept there).
@@ -1017,32 +1059,7 @@ fn base_backups_since(app: &Coffre, name: &str) -> Option<String> {
 }
 
 fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
-    let hits = crate::ops::wal::PREFETCH_HITS.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_prefetch_hits.get();
-    if hits > seen {
-        rt.metrics.wal_prefetch_hits.inc_by(hits - seen);
-    }
-    let fetches = crate::ops::wal::FETCHES.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_fetches.get();
-    if fetches > seen {
-        rt.metrics.wal_fetches.inc_by(fetches - seen);
-    }
-    let into = crate::ops::wal::FETCHES_INTO_CALLER_FILE.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_fetches_into_caller_file.get();
-    if into > seen {
-        rt.metrics.wal_fetches_into_caller_file.inc_by(into - seen);
-    }
-    let secs =
-        crate::ops::wal::FETCH_MICROS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
-    let seen = rt.metrics.wal_fetch_seconds.get();
-    if secs > seen {
-        rt.metrics.wal_fetch_seconds.inc_by(secs - seen);
-    }
-    let ahead = crate::ops::wal_ahead::ACKNOWLEDGED.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_archived_ahead.get();
-    if ahead > seen {
-        rt.metrics.wal_archived_ahead.inc_by(ahead - seen);
-    }
+    rt.take_wal_counts();
     let pitr = app.config.source(name)?.pitr.as_ref()?;
     let label = SourceLabel {
         source: name.to_string(),

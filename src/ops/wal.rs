@@ -550,7 +550,8 @@ fn prefetched() -> std::sync::MutexGuard<'static, Prefetched> {
     PREFETCHED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// WAL files served from the prefetch (`coffre_wal_prefetch_hits_total`).
+/// WAL files served from the prefetch (`coffre_wal_prefetch_hits_total`), until the status
+/// moves them into the counter kept in the catalog.
 pub static PREFETCH_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A prefetched WAL file, waiting for its prefetch when one is under way (PostgreSQL replays a
@@ -938,7 +939,7 @@ pub struct Fetched {
 
 /// Time spent serving fetches, in microseconds, and their count (`coffre_wal_fetch_seconds_total`,
 /// `coffre_wal_fetches_total`): set against the replay time, it shows whether PostgreSQL waited
-/// on coffre.
+/// on coffre. Counted here until the status moves them into the counters kept in the catalog.
 pub static FETCH_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Of those, the ones written straight into the file the caller passed

@@ -1175,6 +1175,46 @@ fn counters_survive_a_restart_of_the_daemon() {
     d.stop();
 }
 
+/// The WAL counters (fetches, their time, prefetch hits, archived ahead) are kept in the catalog
+/// like the others: a restart does not reset them.
+#[test]
+fn wal_counters_survive_a_restart_of_the_daemon() {
+    let env = Env::new();
+    env.config_pitr("");
+    let seg = "000000010000000000000007";
+    let d = env.start(None);
+    env.push_segment(seg, 1);
+    let to = env.p("RECOVERYXLOG");
+    let (code, out, err) = env.run(
+        None,
+        &["wal-fetch", "--source", "base", seg, to.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let series = [
+        "coffre_wal_fetches_total",
+        "coffre_wal_fetches_into_caller_file_total",
+        "coffre_wal_fetch_seconds_total",
+        "coffre_wal_prefetch_hits_total",
+        "coffre_wal_archived_ahead_total",
+    ];
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let before: Vec<f64> = series
+        .iter()
+        .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
+        .collect();
+    assert_eq!((before[0], before[1]), (1.0, 1.0), "{m}");
+    assert!(before[2] > 0.0, "{m}");
+    d.stop();
+
+    let d = env.start(None);
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    for (s, b) in series.iter().zip(&before) {
+        let after = sample(&m, s).unwrap_or_else(|| panic!("no {s} after the restart:\n{m}"));
+        assert!((after - b).abs() < 1e-6, "{s}: {b} before, {after} after the restart");
+    }
+    d.stop();
+}
+
 #[test]
 fn status_shows_the_snapshot_being_protected_with_bytes_rate_and_eta() {
     let env = Env::new();
