@@ -138,8 +138,15 @@ impl WorkState {
         }
     }
 }
-/// Outcomes of `coffre_snapshots_total` that have a sample (0) from the first scrape.
-const SNAPSHOT_OUTCOMES: [&str; 4] = ["protected", "degraded", "at-risk", "failed"];
+/// Every outcome of `coffre_snapshots_total` (each has a sample, 0, from the first scrape).
+const SNAPSHOT_OUTCOMES: [&str; 6] = [
+    "protected",
+    "degraded",
+    "at-risk",
+    "failed",
+    "interrupted",
+    "changed-while-read",
+];
 
 /// Prometheus metrics (conventional names).
 pub struct Metrics {

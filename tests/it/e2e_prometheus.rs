@@ -334,9 +334,27 @@ window = "7d"
         "coffre_source_state{source=\"emr\",state=\"protected\"} 1",
         "coffre_drill_last_ok{source=\"emr\",store=\"site-a\"} 1",
         "coffre_drill_interval_seconds{source=\"emr\"} 3600",
+        "coffre_wal_archived_ahead_total 0",
+        "coffre_wal_fetches_total 0",
+        "coffre_wal_files{source=\"pg\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l.starts_with(line)),
+            "{line} missing from the first scrape:\n{metrics}"
+        );
+    }
+    // Every outcome of coffre_snapshots_total has a sample from the first scrape.
+    for outcome in [
+        "protected",
+        "degraded",
+        "at-risk",
+        "failed",
+        "interrupted",
+        "changed-while-read",
+    ] {
+        let line = format!("coffre_snapshots_total{{source=\"pg\",outcome=\"{outcome}\"}} 0");
+        assert!(
+            metrics.lines().any(|l| *l == line),
             "{line} missing from the first scrape:\n{metrics}"
         );
     }
