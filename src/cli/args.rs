@@ -12,9 +12,10 @@ use crate::ops::restore::Selector;
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
 #[serde(rename_all = "kebab-case")]
 pub enum Command {
-    /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
-    /// scrub replicas, run scheduled drills, shred expired epochs, serve the status endpoint
-    /// and the control socket (systemd Type=notify).
+    /// Run the daemon: its six workers watch the sources and protect each snapshot (intake),
+    /// keep the stores caught up (catch-up), scrub replicas (scrub), run scheduled drills
+    /// (drill), archive the spooled WAL (wal-spool) and shred expired epochs (shred); it serves
+    /// the status endpoint and the control socket (systemd Type=notify).
     Daemon,
     /// Print the running daemon's status (from its status endpoint).
     Status {
