@@ -46,6 +46,7 @@ pub enum Command {
     /// Restore one archived WAL file (`restore_command = 'coffre wal-fetch --source NAME %f %p'`);
     /// exits 1 when it is not archived (the end of the archive, for PostgreSQL).
     WalFetch {
+        /// Source whose WAL archive to read (the one `wal-push` archived into).
         #[arg(long)]
         source: String,
         /// The WAL file name (`%f`).
@@ -74,6 +75,7 @@ pub enum Command {
     },
     /// List snapshots, oldest first, and where each is committed.
     Snapshots {
+        /// Only this source's snapshots.
         #[arg(long)]
         source: Option<String>,
         #[arg(long)]
@@ -140,6 +142,7 @@ pub enum Command {
     },
     /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
     Drill {
+        /// Only this source (default: every source).
         #[arg(long)]
         source: Option<String>,
         /// Only this store (default: every store).
@@ -187,13 +190,17 @@ pub enum RetentionCommand {
 pub enum HoldCommand {
     /// Put a snapshot under legal hold.
     Add {
+        /// The snapshot to hold (its id).
         snapshot: SnapshotId,
+        /// Why (recorded in the access log: the case or order the hold is for).
         #[arg(long)]
         purpose: String,
     },
     /// Release a legal hold.
     Release {
+        /// The held snapshot to release (its id).
         snapshot: SnapshotId,
+        /// Why (recorded in the access log).
         #[arg(long)]
         purpose: String,
     },
@@ -241,6 +248,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "DIR", requires = "replay")]
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
+    /// Source the snapshot belongs to (its name in the config).
     #[arg(long)]
     pub source: String,
     /// Where to write the snapshot (must not exist).
@@ -344,8 +352,11 @@ pub enum AuditCommand {
         /// Entries before this time (same forms as --since).
         #[arg(long)]
         until: Option<String>,
+        /// Only entries about this snapshot (its id).
         #[arg(long)]
         snapshot: Option<String>,
+        /// Only entries of this person: their own runs and theirs through the daemon (the
+        /// account name, e.g. `alice` matches `alice (via coffre-daemon)`).
         #[arg(long)]
         actor: Option<String>,
         /// Only entries of this action (restore, drill, hold-add, hold-release, shred,

@@ -14,6 +14,7 @@ mod matrix;
 
 mod audit_retention;
 mod changing_snapshot;
+mod cli_help;
 mod config_files;
 mod e2e_audit;
 mod e2e_daemon;
