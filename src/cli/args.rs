@@ -75,7 +75,8 @@ pub enum Command {
     },
     /// List snapshots, oldest first, and where each is committed.
     Snapshots {
-        /// Only this source's snapshots.
+        /// Only this source's snapshots (one of the config, or one the catalog still holds
+        /// snapshots of; another is an error, exit 2).
         #[arg(long)]
         source: Option<String>,
         #[arg(long)]
@@ -142,7 +143,8 @@ pub enum Command {
     },
     /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
     Drill {
-        /// Only this source (default: every source).
+        /// Only this source (default: every source; one that is not configured is an error,
+        /// exit 2).
         #[arg(long)]
         source: Option<String>,
         /// Only this store (default: every store).

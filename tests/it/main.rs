@@ -20,6 +20,7 @@ mod e2e_audit;
 mod e2e_daemon;
 mod e2e_drill;
 mod e2e_operator;
+mod e2e_operator_rest;
 mod e2e_pitr;
 mod e2e_pitr_timelines;
 mod e2e_pitr_trust;
