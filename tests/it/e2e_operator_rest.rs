@@ -61,3 +61,21 @@ fn an_unknown_source_is_an_error_naming_the_configured_ones() {
     // A configured source without snapshots is an empty listing, not an error.
     env.run(&["snapshots", "--source", "emr", "--json"]).expect_ok();
 }
+
+#[test]
+fn backup_json_names_its_snapshot_at_the_top() {
+    let env = env();
+    let file = dump(&env, "emr-1.sql");
+    let r = env.run(&["backup", "--source", "emr", file.to_str().unwrap(), "--json"]);
+    r.expect_ok();
+    let j = r.json();
+    let id = j["snapshot"].as_str().unwrap_or_else(|| panic!("no snapshot field: {r}"));
+    assert_eq!(id.len(), 26, "{r}");
+    // The fields it had stay.
+    assert_eq!(j["manifest"]["snapshot"].as_str(), Some(id), "{r}");
+    for field in ["committed", "failed", "protection", "epoch", "planned_expiry"] {
+        assert!(j.get(field).is_some(), "no {field}: {r}");
+    }
+    let listed = env.run(&["snapshots", "--json"]);
+    assert_eq!(listed.json()[0]["id"].as_str(), Some(id), "{listed}");
+}
