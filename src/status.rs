@@ -163,6 +163,7 @@ pub struct Metrics {
     pub drill_duration: Family<SourceStore, Gauge<f64, AtomicU64>>,
     pub drill_last_attempt: Family<SourceStore, Gauge<f64, AtomicU64>>,
     pub drill_last_ok: Family<SourceStore, Gauge>,
+    pub drill_verified: Family<SourceStore, Gauge>,
     pub drill_interval: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub build_info: Family<BuildLabels, Gauge>,
     pub source_state: Family<SourceState, Gauge>,
@@ -208,6 +209,7 @@ impl Metrics {
             drill_duration: Family::default(),
             drill_last_attempt: Family::default(),
             drill_last_ok: Family::default(),
+            drill_verified: Family::default(),
             drill_interval: Family::default(),
             build_info: Family::default(),
             source_state: Family::default(),
@@ -363,6 +365,11 @@ impl Metrics {
             "drill_last_ok",
             "1 when the last drill succeeded, 0 when it failed",
             m.drill_last_ok.clone(),
+        );
+        registry.register(
+            "drill_verified",
+            "1 when the last drill succeeded and the source's verify command passed, 0 when it failed or ran without a verify command (the bytes came back, nothing checked the copy works)",
+            m.drill_verified.clone(),
         );
         registry.register(
             "drill_interval_seconds",
@@ -848,6 +855,9 @@ pub struct DrillStatus {
     pub store: String,
     pub snapshot: Option<SnapshotId>,
     pub ok: bool,
+    /// Its verify command ran and passed (false: failed, or no `verify-command`).
+    #[serde(default)]
+    pub verified: bool,
     pub stage: String,
     pub finished: String,
     pub rto_seconds: f64,
@@ -860,6 +870,9 @@ pub struct DrillSuccess {
     pub snapshot: Option<SnapshotId>,
     pub finished: String,
     pub rto_seconds: f64,
+    /// Its verify command ran and passed.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The JSON status document (also what `coffre status` prints).
@@ -1205,6 +1218,10 @@ fn drills(app: &Coffre, rt: &Runtime) -> Vec<DrillStatus> {
             .drill_last_ok
             .get_or_create(&label)
             .set(i64::from(r.ok));
+        rt.metrics
+            .drill_verified
+            .get_or_create(&label)
+            .set(i64::from(r.is_verified()));
         if let Some(t) = unix_of(&r.finished) {
             rt.metrics.drill_last_attempt.get_or_create(&label).set(t);
         }
@@ -1219,7 +1236,9 @@ fn drills(app: &Coffre, rt: &Runtime) -> Vec<DrillStatus> {
             }
         }
         drills.push(DrillStatus {
+            verified: r.is_verified(),
             last_success: success.map(|s| DrillSuccess {
+                verified: s.is_verified(),
                 snapshot: s.snapshot,
                 finished: s.finished,
                 rto_seconds: s.rto_seconds,
