@@ -88,14 +88,24 @@ fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<
         }
     }
     for u in &plan.upcoming {
-        outln!(
-            w,
-            "{}  {:<12}  epoch {}  destroyed at {}",
-            u.snapshot,
-            u.source,
-            u.epoch,
-            u.due
-        );
+        match &u.kept {
+            Some(why) => outln!(
+                w,
+                "{}  {:<12}  epoch {}  kept ({why}): its key moves to a later epoch at {}",
+                u.snapshot,
+                u.source,
+                u.epoch,
+                u.due
+            ),
+            None => outln!(
+                w,
+                "{}  {:<12}  epoch {}  destroyed at {}",
+                u.snapshot,
+                u.source,
+                u.epoch,
+                u.due
+            ),
+        }
     }
     Ok(exit::OK)
 }

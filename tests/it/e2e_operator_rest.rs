@@ -183,3 +183,50 @@ fn an_unverified_drill_says_so_in_the_report_the_status_and_a_gauge() {
     env.write_config(&text);
     check(true);
 }
+
+/// Item 33: `retention plan` says "kept (reason)", never "destroyed at", of a snapshot a guard
+/// will keep when its epoch comes (newest of its source, keep-last, a legal hold), in text and
+/// JSON; the others are "destroyed at".
+#[test]
+fn retention_plan_says_kept_for_what_the_guards_keep() {
+    let env = env_with(
+        "",
+        "[source.retention]\nkeep-within = \"1d\"\nkeep-last = 2\n",
+    );
+    let ids: Vec<String> = (0..4)
+        .map(|i| env.backup(&dump(&env, &format!("emr-{i}.sql"))))
+        .collect();
+    env.run(&["hold", "add", &ids[0], "--purpose", "case 12"])
+        .expect_ok();
+    let plan = env.run(&["retention", "plan"]);
+    plan.expect_ok();
+    let line = |id: &str| -> String {
+        plan.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Newest (kept as the newest and by keep-last 2), the second newest by keep-last.
+    for id in &ids[2..] {
+        let l = line(id);
+        assert!(l.contains("kept (") && !l.contains("destroyed"), "{l}\n{plan}");
+    }
+    assert!(line(&ids[3]).contains("kept (newest snapshot of its source)"), "{plan}");
+    assert!(line(&ids[2]).contains("kept (keep-last 2)"), "{plan}");
+    // The third newest is destroyed when its epoch comes.
+    assert!(line(&ids[1]).contains("destroyed at"), "{plan}");
+    // The held one is never said to be destroyed.
+    assert!(!line(&ids[0]).contains("destroyed"), "{plan}");
+    let j = env.run(&["retention", "plan", "--json"]).json();
+    let kept = |id: &str| {
+        j["upcoming"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["snapshot"] == id)
+            .map(|u| u["kept"].clone())
+    };
+    assert_eq!(kept(&ids[2]), Some(serde_json::json!("keep-last 2")), "{j}");
+    assert_eq!(kept(&ids[1]), Some(serde_json::Value::Null), "{j}");
+}
