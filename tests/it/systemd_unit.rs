@@ -48,6 +48,69 @@ fn unit_exposure_is_at_most_two() {
     }
 }
 
+/// Issue 28, item 34: `ExecReload=` needs nothing the package does not depend on (`/bin/kill`
+/// is procps): the shell's own `kill` sends SIGHUP to `$MAINPID`, which systemd sets for it.
+/// Run here as systemd would, against a process that records the signal.
+#[test]
+fn exec_reload_sends_sighup_with_the_shells_own_kill() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/coffre.service")).unwrap();
+    let reload = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("the unit has ExecReload=");
+    let script = reload
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|r| r.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("ExecReload= is not /bin/sh -c '...': {reload}"));
+    assert!(!script.contains("/bin/kill") && !script.contains("/usr/bin/kill"));
+    let tmp = tempfile::tempdir().unwrap();
+    let got = tmp.path().join("hup");
+    let mut target = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup > {}; exit 0' HUP; echo > {}.ready; while :; do sleep 0.05; done",
+            got.display(),
+            got.display()
+        ))
+        .spawn()
+        .unwrap();
+    let ready = tmp.path().join("hup.ready");
+    let t = std::time::Instant::now();
+    while !ready.exists() && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("MAINPID", target.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{reload}: {status}");
+    let t = std::time::Instant::now();
+    while !got.exists() && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(got.exists(), "{reload} sent no SIGHUP");
+    // systemd-analyze verify finds every command of the unit but coffre itself (not installed
+    // here).
+    let out = Command::new("systemd-analyze")
+        .args(["verify"])
+        .arg(root.join("systemd/coffre.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    for l in text.lines().filter(|l| l.contains("is not executable")) {
+        assert!(l.contains("/usr/bin/coffre "), "systemd-analyze verify: {l}");
+    }
+    // tmpfiles points at the docs that describe the source folders.
+    let tmpfiles = std::fs::read_to_string(root.join("systemd/coffre.tmpfiles")).unwrap();
+    assert!(tmpfiles.contains("docs/operations.md") && !tmpfiles.contains("README"));
+}
+
 /// docs/operations.md says "reports an exposure of X with systemd N": with systemd N, X is what
 /// `systemd-analyze` measures (other versions weigh the settings differently).
 fn documented_exposure_is_measured(value: f64) {
