@@ -196,6 +196,11 @@ async fn repush(
     actor: &str,
 ) -> Result<Pushed, WalError> {
     let local = read_open(path, file)?;
+    let digest: [u8; 32] = Sha256::digest(&local).into();
+    if conflicts::known(source, name, &digest) {
+        tracing::warn!(source, wal = %name, object = %manifest.snapshot, "a WAL file found with different bytes within the last hour was pushed again, the same bytes: refused without opening the archived copy again");
+        return Err(WalError::Conflict(name.to_string(), manifest.snapshot));
+    }
     log_access(
         app,
         actor,
@@ -208,6 +213,7 @@ async fn repush(
     let (archived, sealed, key) = open_any(app, source, name, &manifest, None).await?;
     if archived != local {
         tracing::error!(source, wal = %name, object = %manifest.snapshot, "a WAL file was pushed again with different bytes: refused");
+        conflicts::remember(source, name, digest);
         return Err(WalError::Conflict(name.to_string(), manifest.snapshot));
     }
     let mut stores = Vec::new();
@@ -332,6 +338,44 @@ pub fn check_in_pg_wal(
             dir: dir.to_path_buf(),
             why: "the file pushed is another file".into(),
         }),
+    }
+}
+
+/// Re-pushes found to differ from their archived copy: PostgreSQL retries a failed
+/// `archive_command` (about once a minute), and each comparison opens the archived copy, one
+/// `wal-push-compare` entry in the access log. The same bytes pushed again under the same name
+/// within [`conflicts::MEMORY`] are refused from here, without opening it or logging again: one
+/// entry per name per hour, not one per retry. (In one process: through the daemon, where
+/// PostgreSQL's pushes go.)
+mod conflicts {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    use crate::format::wal::WalName;
+
+    pub const MEMORY: Duration = Duration::from_secs(3600);
+
+    type Seen = HashMap<(String, String), (Instant, [u8; 32])>;
+    static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(Default::default);
+
+    fn seen() -> MutexGuard<'static, Seen> {
+        SEEN.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `digest` (of the bytes pushed) was found to differ from the archived `name` within the
+    /// last hour.
+    pub fn known(source: &str, name: &WalName, digest: &[u8; 32]) -> bool {
+        let key = (source.to_string(), name.to_string());
+        seen()
+            .get(&key)
+            .is_some_and(|(t, d)| t.elapsed() < MEMORY && d == digest)
+    }
+
+    pub fn remember(source: &str, name: &WalName, digest: [u8; 32]) {
+        let mut s = seen();
+        s.retain(|_, (t, _)| t.elapsed() < MEMORY);
+        s.insert((source.to_string(), name.to_string()), (Instant::now(), digest));
     }
 }
 

@@ -230,3 +230,50 @@ fn retention_plan_says_kept_for_what_the_guards_keep() {
     assert_eq!(kept(&ids[2]), Some(serde_json::json!("keep-last 2")), "{j}");
     assert_eq!(kept(&ids[1]), Some(serde_json::Value::Null), "{j}");
 }
+
+/// A WAL-like file of 1 MiB named `name` (its page header says so), its bytes from `seed`.
+fn wal_file(env: &CoffreEnv, name: &str, seed: u8) -> std::path::PathBuf {
+    let mut wal = vec![0u8; 1 << 20];
+    for (i, b) in wal.iter_mut().enumerate().skip(64) {
+        *b = (i * 7 % 251) as u8 ^ seed;
+    }
+    crate::common::coffre::stamp_wal_header(&mut wal, name);
+    let dir = env.dir.path().join(format!("pg_wal-{seed}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, wal).unwrap();
+    p
+}
+
+/// Item 35: PostgreSQL retries a refused push about once a minute; a push refused because the
+/// name is archived with other bytes opens the archived copy (one `wal-push-compare` entry)
+/// once per name and bytes per hour, not once per retry.
+#[test]
+fn a_refused_wal_push_is_logged_once_an_hour_not_once_per_retry() {
+    let port = free_port();
+    let status = format!("[status]\nlisten = \"127.0.0.1:{port}\"\n");
+    let env = env_with(&status, "[source.pitr]\nwindow = \"7d\"\n");
+    env.run(&["keys", "init"]).expect_ok();
+    let _d = Daemon::start(&env, port);
+    let name = "000000010000000000000003";
+    let push = |seed: u8| {
+        let p = wal_file(&env, name, seed);
+        env.run(&["wal-push", "--source", "emr", p.to_str().unwrap()])
+    };
+    push(1).expect_ok();
+    let compares = || {
+        let r = env.run(&["audit", "show", "--action", "wal-push-compare", "--json"]);
+        r.expect_ok();
+        r.json().as_array().map(Vec::len).unwrap_or(0)
+    };
+    for _ in 0..4 {
+        let r = push(2);
+        r.expect_code(1);
+        assert!(r.error_text().contains("DIFFERENT bytes"), "{r}");
+    }
+    assert_eq!(compares(), 1, "one comparison logged for four refused retries");
+    // Other bytes again: compared (and logged) once more; the archived bytes still succeed.
+    push(3).expect_code(1);
+    assert_eq!(compares(), 2);
+    push(1).expect_ok();
+}
