@@ -271,12 +271,7 @@ pub(crate) fn live_hold_epoch(
 /// The guard that keeps `it` past its epoch whatever the time (a legal hold, the base backup
 /// of a point-in-time window, the newest snapshot of its source, `keep-last`), and the epoch its
 /// key moves to; `rank` is its place among its source's snapshots, newest first.
-fn guard(
-    it: &Item,
-    rank: usize,
-    r: &RetentionConfig,
-    tomorrow: Date,
-) -> Option<(String, EpochId)> {
+fn guard(it: &Item, rank: usize, r: &RetentionConfig, tomorrow: Date) -> Option<(String, EpochId)> {
     let later = EpochId::for_day(tomorrow);
     if let Some(h) = &it.hold {
         Some((format!("legal hold: {h}"), hold_epoch(&it.id)))

@@ -617,7 +617,10 @@ impl Runtime {
                 &crate::ops::wal::FETCHES_INTO_CALLER_FILE,
             ),
             (family::WAL_FETCH_MICROS, &crate::ops::wal::FETCH_MICROS),
-            (family::WAL_ARCHIVED_AHEAD, &crate::ops::wal_ahead::ACKNOWLEDGED),
+            (
+                family::WAL_ARCHIVED_AHEAD,
+                &crate::ops::wal_ahead::ACKNOWLEDGED,
+            ),
         ] {
             let n = counted.swap(0, Relaxed);
             if n > 0 {

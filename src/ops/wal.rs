@@ -375,7 +375,10 @@ mod conflicts {
     pub fn remember(source: &str, name: &WalName, digest: [u8; 32]) {
         let mut s = seen();
         s.retain(|_, (t, _)| t.elapsed() < MEMORY);
-        s.insert((source.to_string(), name.to_string()), (Instant::now(), digest));
+        s.insert(
+            (source.to_string(), name.to_string()),
+            (Instant::now(), digest),
+        );
     }
 }
 

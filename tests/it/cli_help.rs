@@ -12,7 +12,11 @@ fn help(path: &[String]) -> String {
         .env_remove("COFFRE_CONFIG")
         .output()
         .unwrap();
-    assert!(out.status.success(), "coffre {path:?} --help: {}", out.status);
+    assert!(
+        out.status.success(),
+        "coffre {path:?} --help: {}",
+        out.status
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -1210,7 +1210,10 @@ fn wal_counters_survive_a_restart_of_the_daemon() {
     let (_, m) = http_get(d.port, "/metrics").unwrap();
     for (s, b) in series.iter().zip(&before) {
         let after = sample(&m, s).unwrap_or_else(|| panic!("no {s} after the restart:\n{m}"));
-        assert!((after - b).abs() < 1e-6, "{s}: {b} before, {after} after the restart");
+        assert!(
+            (after - b).abs() < 1e-6,
+            "{s}: {b} before, {after} after the restart"
+        );
     }
     d.stop();
 }
@@ -1233,7 +1236,10 @@ fn the_docs_and_the_help_count_and_name_the_daemons_workers() {
     d.stop();
     let mut expected = vec!["catch-up", "drill", "intake", "scrub", "shred", "wal-spool"];
     expected.sort_unstable();
-    assert_eq!(workers, expected, "the daemon's workers changed: update the docs and this test");
+    assert_eq!(
+        workers, expected,
+        "the daemon's workers changed: update the docs and this test"
+    );
     let (code, help, _) = env.run(None, &["daemon", "--help"]);
     assert_eq!(code, 0);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1241,12 +1247,21 @@ fn the_docs_and_the_help_count_and_name_the_daemons_workers() {
     let ops = std::fs::read_to_string(repo.join("docs/operations.md")).unwrap();
     for (what, text) in [("--help", &help), ("README.md", &readme)] {
         let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(flat.contains("six workers"), "{what} does not say six workers:\n{text}");
+        assert!(
+            flat.contains("six workers"),
+            "{what} does not say six workers:\n{text}"
+        );
         for n in ["five", "seven"] {
-            assert!(!flat.contains(&format!("{n} workers")), "{what} says {n} workers");
+            assert!(
+                !flat.contains(&format!("{n} workers")),
+                "{what} says {n} workers"
+            );
         }
         for w in &expected {
-            assert!(flat.contains(&format!("({w})")), "{what} does not name worker {w}");
+            assert!(
+                flat.contains(&format!("({w})")),
+                "{what} does not name worker {w}"
+            );
         }
     }
     let flat = ops.split_whitespace().collect::<Vec<_>>().join(" ");

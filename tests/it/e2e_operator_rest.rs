@@ -126,24 +126,42 @@ fn an_unknown_source_is_an_error_naming_the_configured_ones() {
             e.contains("unknown source `emrr`") && e.contains("`emr`"),
             "{args:?}: {r}"
         );
-        assert!(r.stdout.trim().is_empty(), "{args:?} printed a listing: {r}");
+        assert!(
+            r.stdout.trim().is_empty(),
+            "{args:?} printed a listing: {r}"
+        );
     }
     // A configured source without snapshots is an empty listing, not an error.
-    env.run(&["snapshots", "--source", "emr", "--json"]).expect_ok();
+    env.run(&["snapshots", "--source", "emr", "--json"])
+        .expect_ok();
 }
 
 #[test]
 fn backup_json_names_its_snapshot_at_the_top() {
     let env = env();
     let file = dump(&env, "emr-1.sql");
-    let r = env.run(&["backup", "--source", "emr", file.to_str().unwrap(), "--json"]);
+    let r = env.run(&[
+        "backup",
+        "--source",
+        "emr",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
     r.expect_ok();
     let j = r.json();
-    let id = j["snapshot"].as_str().unwrap_or_else(|| panic!("no snapshot field: {r}"));
+    let id = j["snapshot"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no snapshot field: {r}"));
     assert_eq!(id.len(), 26, "{r}");
     // The fields it had stay.
     assert_eq!(j["manifest"]["snapshot"].as_str(), Some(id), "{r}");
-    for field in ["committed", "failed", "protection", "epoch", "planned_expiry"] {
+    for field in [
+        "committed",
+        "failed",
+        "protection",
+        "epoch",
+        "planned_expiry",
+    ] {
         assert!(j.get(field).is_some(), "no {field}: {r}");
     }
     let listed = env.run(&["snapshots", "--json"]);
@@ -173,7 +191,10 @@ fn an_unverified_drill_says_so_in_the_report_the_status_and_a_gauge() {
             "coffre_drill_verified{{source=\"emr\",store=\"site-a\"}} {}",
             u8::from(verified)
         );
-        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
     };
     check(false);
     let text = std::fs::read_to_string(&env.config).unwrap().replace(
@@ -210,9 +231,15 @@ fn retention_plan_says_kept_for_what_the_guards_keep() {
     // Newest (kept as the newest and by keep-last 2), the second newest by keep-last.
     for id in &ids[2..] {
         let l = line(id);
-        assert!(l.contains("kept (") && !l.contains("destroyed"), "{l}\n{plan}");
+        assert!(
+            l.contains("kept (") && !l.contains("destroyed"),
+            "{l}\n{plan}"
+        );
     }
-    assert!(line(&ids[3]).contains("kept (newest snapshot of its source)"), "{plan}");
+    assert!(
+        line(&ids[3]).contains("kept (newest snapshot of its source)"),
+        "{plan}"
+    );
     assert!(line(&ids[2]).contains("kept (keep-last 2)"), "{plan}");
     // The third newest is destroyed when its epoch comes.
     assert!(line(&ids[1]).contains("destroyed at"), "{plan}");
@@ -271,7 +298,11 @@ fn a_refused_wal_push_is_logged_once_an_hour_not_once_per_retry() {
         r.expect_code(1);
         assert!(r.error_text().contains("DIFFERENT bytes"), "{r}");
     }
-    assert_eq!(compares(), 1, "one comparison logged for four refused retries");
+    assert_eq!(
+        compares(),
+        1,
+        "one comparison logged for four refused retries"
+    );
     // Other bytes again: compared (and logged) once more; the archived bytes still succeed.
     push(3).expect_code(1);
     assert_eq!(compares(), 2);

@@ -104,7 +104,10 @@ fn exec_reload_sends_sighup_with_the_shells_own_kill() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     for l in text.lines().filter(|l| l.contains("is not executable")) {
-        assert!(l.contains("/usr/bin/coffre "), "systemd-analyze verify: {l}");
+        assert!(
+            l.contains("/usr/bin/coffre "),
+            "systemd-analyze verify: {l}"
+        );
     }
     // tmpfiles points at the docs that describe the source folders.
     let tmpfiles = std::fs::read_to_string(root.join("systemd/coffre.tmpfiles")).unwrap();
@@ -114,17 +117,19 @@ fn exec_reload_sends_sighup_with_the_shells_own_kill() {
 /// docs/operations.md says "reports an exposure of X with systemd N": with systemd N, X is what
 /// `systemd-analyze` measures (other versions weigh the settings differently).
 fn documented_exposure_is_measured(value: f64) {
-    let ops = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
-    )
-    .unwrap();
+    let ops =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
     let flat = ops.split_whitespace().collect::<Vec<_>>().join(" ");
     let (_, rest) = flat
         .split_once("reports an exposure of ")
         .expect("docs/operations.md gives the unit's exposure");
     let mut words = rest.split_whitespace();
     let documented: f64 = words.next().and_then(|v| v.parse().ok()).unwrap();
-    assert_eq!((words.next(), words.next()), (Some("with"), Some("systemd")));
+    assert_eq!(
+        (words.next(), words.next()),
+        (Some("with"), Some("systemd"))
+    );
     let version: String = words
         .next()
         .unwrap()
@@ -142,7 +147,9 @@ fn documented_exposure_is_measured(value: f64) {
             "docs/operations.md says exposure {documented} with systemd {version}; measured {value}"
         );
     } else {
-        eprintln!("systemd {here}: docs/operations.md's figure is for systemd {version}, not checked");
+        eprintln!(
+            "systemd {here}: docs/operations.md's figure is for systemd {version}, not checked"
+        );
     }
 }
 
