@@ -87,7 +87,13 @@ fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<
             );
         }
     }
-    for u in &plan.upcoming {
+    upcoming(w, &plan.upcoming);
+    Ok(exit::OK)
+}
+
+/// The snapshots whose epoch is not due yet: destroyed when it comes, or kept by a guard.
+fn upcoming(w: &Out, upcoming: &[crate::retention::Upcoming]) {
+    for u in upcoming {
         match &u.kept {
             Some(why) => outln!(
                 w,
@@ -107,7 +113,6 @@ fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<
             ),
         }
     }
-    Ok(exit::OK)
 }
 
 /// `retention run`: shred every epoch that is due now.
