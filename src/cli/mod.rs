@@ -129,7 +129,7 @@ fn check_source(app: &Coffre, cmd: &Command, w: &Out) -> Result<Option<u8>> {
     }
     errln!(
         w,
-        "error: unknown source `{source}`: it is not in the config and the catalog has no snapshot of it; the configured sources are {} (on a new host, `coffre catalog rebuild` reads the stores first)",
+        "error: source `{source}` is not configured (and the catalog has no snapshot of it); the configured sources are {}",
         app.config.source_names()
     );
     Ok(Some(exit::USAGE))

@@ -123,7 +123,8 @@ fn an_unknown_source_is_an_error_naming_the_configured_ones() {
         r.expect_code(2);
         let e = r.error_text();
         assert!(
-            e.contains("unknown source `emrr`") && e.contains("`emr`"),
+            e.contains("source `emrr` is not configured")
+                && e.contains("the configured sources are `emr`"),
             "{args:?}: {r}"
         );
         assert!(
