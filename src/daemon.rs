@@ -1,6 +1,7 @@
-//! The daemon: its five periodic workers ([`workers`]: intake protects each complete snapshot
+//! The daemon: its six periodic workers ([`workers`]: intake protects each complete snapshot
 //! exactly once, catch-up keeps every store caught up, scrub re-hashes replicas, drill runs the
-//! scheduled drills, shred destroys expired epochs), the status endpoint, the control socket
+//! scheduled drills, wal-spool archives the WAL acknowledged from the spool, shred destroys
+//! expired epochs), the status endpoint, the control socket
 //! ([`control`]), and systemd's notify protocol (READY, STATUS, WATCHDOG, RELOADING on SIGHUP,
 //! STOPPING on SIGTERM).
 //!

@@ -201,6 +201,11 @@ pub struct Upcoming {
     pub epoch: EpochId,
     /// When its epoch key is due to be destroyed (end of the epoch's day), RFC 3339.
     pub due: String,
+    /// The guard that keeps it when its epoch comes, as things stand now (legal hold, the base
+    /// backup of a point-in-time window, newest of its source, `keep-last`): its key then moves
+    /// to a later epoch instead of being destroyed. Absent: destroyed at `due`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
 }
 
 /// A retention plan at `now`.
@@ -263,7 +268,26 @@ pub(crate) fn live_hold_epoch(
     }
 }
 
-/// Decide, at `now`, what happens to the snapshots of every due epoch.
+/// The guard that keeps `it` past its epoch whatever the time (a legal hold, the base backup
+/// of a point-in-time window, the newest snapshot of its source, `keep-last`), and the epoch its
+/// key moves to; `rank` is its place among its source's snapshots, newest first.
+fn guard(it: &Item, rank: usize, r: &RetentionConfig, tomorrow: Date) -> Option<(String, EpochId)> {
+    let later = EpochId::for_day(tomorrow);
+    if let Some(h) = &it.hold {
+        Some((format!("legal hold: {h}"), hold_epoch(&it.id)))
+    } else if let Some(why) = &it.keep {
+        Some((why.clone(), later))
+    } else if rank == 0 {
+        Some(("newest snapshot of its source".into(), later))
+    } else if (rank as u64) < r.keep_last as u64 {
+        Some((format!("keep-last {}", r.keep_last), later))
+    } else {
+        None
+    }
+}
+
+/// Decide, at `now`, what happens to the snapshots of every due epoch, and for the others
+/// when their epoch comes and whether a guard keeps them then.
 pub fn plan(
     items: &[Item],
     rules: &BTreeMap<String, RetentionConfig>,
@@ -281,6 +305,12 @@ pub fn plan(
     let mut due: BTreeMap<EpochId, EpochPlan> = BTreeMap::new();
     let mut upcoming = Vec::new();
     for it in items {
+        let rank = by_source
+            .get(it.source.as_str())
+            .and_then(|v| v.iter().position(|x| x.id == it.id))
+            .unwrap_or(usize::MAX);
+        let r = rules.get(&it.source).cloned().unwrap_or_default();
+        let guarded = guard(it, rank, &r, tomorrow);
         if !is_due(&it.epoch, now) {
             if let Some(d) = epoch_day(&it.epoch).and_then(|d| d.next_day()) {
                 upcoming.push(Upcoming {
@@ -292,6 +322,7 @@ pub fn plan(
                         .assume_utc()
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap_or_default(),
+                    kept: guarded.map(|(why, _)| why),
                 });
             }
             continue;
@@ -301,11 +332,6 @@ pub fn plan(
             shred: vec![],
             keep: vec![],
         });
-        let rank = by_source
-            .get(it.source.as_str())
-            .and_then(|v| v.iter().position(|x| x.id == it.id))
-            .unwrap_or(usize::MAX);
-        let r = rules.get(&it.source).cloned().unwrap_or_default();
         let young = r
             .min_age
             .and_then(|m| TDuration::try_from(m).ok())
@@ -316,21 +342,8 @@ pub fn plan(
             reason,
             to_epoch: to,
         };
-        if let Some(h) = &it.hold {
-            ep.keep
-                .push(keep(format!("legal hold: {h}"), hold_epoch(&it.id)));
-        } else if let Some(why) = &it.keep {
-            ep.keep.push(keep(why.clone(), EpochId::for_day(tomorrow)));
-        } else if rank == 0 {
-            ep.keep.push(keep(
-                "newest snapshot of its source".into(),
-                EpochId::for_day(tomorrow),
-            ));
-        } else if (rank as u64) < r.keep_last as u64 {
-            ep.keep.push(keep(
-                format!("keep-last {}", r.keep_last),
-                EpochId::for_day(tomorrow),
-            ));
+        if let Some((why, to)) = guarded {
+            ep.keep.push(keep(why, to));
         } else if let Some(until) = young.filter(|u| *u > now) {
             ep.keep
                 .push(keep("min-age".into(), EpochId::for_day(until.date())));

@@ -138,8 +138,15 @@ impl WorkState {
         }
     }
 }
-/// Outcomes of `coffre_snapshots_total` that have a sample (0) from the first scrape.
-const SNAPSHOT_OUTCOMES: [&str; 4] = ["protected", "degraded", "at-risk", "failed"];
+/// Every outcome of `coffre_snapshots_total` (each has a sample, 0, from the first scrape).
+const SNAPSHOT_OUTCOMES: [&str; 6] = [
+    "protected",
+    "degraded",
+    "at-risk",
+    "failed",
+    "interrupted",
+    "changed-while-read",
+];
 
 /// Prometheus metrics (conventional names).
 pub struct Metrics {
@@ -156,6 +163,7 @@ pub struct Metrics {
     pub drill_duration: Family<SourceStore, Gauge<f64, AtomicU64>>,
     pub drill_last_attempt: Family<SourceStore, Gauge<f64, AtomicU64>>,
     pub drill_last_ok: Family<SourceStore, Gauge>,
+    pub drill_verified: Family<SourceStore, Gauge>,
     pub drill_interval: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub build_info: Family<BuildLabels, Gauge>,
     pub source_state: Family<SourceState, Gauge>,
@@ -201,6 +209,7 @@ impl Metrics {
             drill_duration: Family::default(),
             drill_last_attempt: Family::default(),
             drill_last_ok: Family::default(),
+            drill_verified: Family::default(),
             drill_interval: Family::default(),
             build_info: Family::default(),
             source_state: Family::default(),
@@ -358,6 +367,11 @@ impl Metrics {
             m.drill_last_ok.clone(),
         );
         registry.register(
+            "drill_verified",
+            "1 when the last drill succeeded and the source's verify command passed, 0 when it failed or ran without a verify command (the bytes came back, nothing checked the copy works)",
+            m.drill_verified.clone(),
+        );
+        registry.register(
             "drill_interval_seconds",
             "Configured drill interval (source.drill.every) of sources with scheduled drills",
             m.drill_interval.clone(),
@@ -479,6 +493,12 @@ mod family {
     pub const REPAIRS: &str = "repairs";
     pub const WORKER_RUNS: &str = "worker_runs";
     pub const WORKER_ERRORS: &str = "worker_errors";
+    pub const WAL_PREFETCH_HITS: &str = "wal_prefetch_hits";
+    pub const WAL_FETCHES: &str = "wal_fetches";
+    pub const WAL_FETCHES_INTO_CALLER_FILE: &str = "wal_fetches_into_caller_file";
+    /// `coffre_wal_fetch_seconds_total`, kept in microseconds (the catalog keeps integers).
+    pub const WAL_FETCH_MICROS: &str = "wal_fetch_micros";
+    pub const WAL_ARCHIVED_AHEAD: &str = "wal_archived_ahead";
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -565,9 +585,48 @@ impl Runtime {
                     m.worker_errors.get_or_create(&label).inc_by(n);
                 }
             }
+            (family::WAL_FETCH_MICROS, []) => {
+                m.wal_fetch_seconds.inc_by(n as f64 / 1e6);
+            }
+            (family::WAL_PREFETCH_HITS, []) => {
+                m.wal_prefetch_hits.inc_by(n);
+            }
+            (family::WAL_FETCHES, []) => {
+                m.wal_fetches.inc_by(n);
+            }
+            (family::WAL_FETCHES_INTO_CALLER_FILE, []) => {
+                m.wal_fetches_into_caller_file.inc_by(n);
+            }
+            (family::WAL_ARCHIVED_AHEAD, []) => {
+                m.wal_archived_ahead.inc_by(n);
+            }
             _ => return false,
         }
         true
+    }
+
+    /// Move what the WAL code counted since the last call (process-wide atomics) into the
+    /// WAL counters, kept in the catalog like the others so that a restart does not reset them.
+    fn take_wal_counts(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (fam, counted) in [
+            (family::WAL_PREFETCH_HITS, &crate::ops::wal::PREFETCH_HITS),
+            (family::WAL_FETCHES, &crate::ops::wal::FETCHES),
+            (
+                family::WAL_FETCHES_INTO_CALLER_FILE,
+                &crate::ops::wal::FETCHES_INTO_CALLER_FILE,
+            ),
+            (family::WAL_FETCH_MICROS, &crate::ops::wal::FETCH_MICROS),
+            (
+                family::WAL_ARCHIVED_AHEAD,
+                &crate::ops::wal_ahead::ACKNOWLEDGED,
+            ),
+        ] {
+            let n = counted.swap(0, Relaxed);
+            if n > 0 {
+                self.count(fam, &[], n);
+            }
+        }
     }
 
     /// Count `n` in a counter and keep it in the catalog (when kept there).
@@ -799,6 +858,9 @@ pub struct DrillStatus {
     pub store: String,
     pub snapshot: Option<SnapshotId>,
     pub ok: bool,
+    /// Its verify command ran and passed (false: failed, or no `verify-command`).
+    #[serde(default)]
+    pub verified: bool,
     pub stage: String,
     pub finished: String,
     pub rto_seconds: f64,
@@ -811,6 +873,9 @@ pub struct DrillSuccess {
     pub snapshot: Option<SnapshotId>,
     pub finished: String,
     pub rto_seconds: f64,
+    /// Its verify command ran and passed.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The JSON status document (also what `coffre status` prints).
@@ -1017,32 +1082,7 @@ fn base_backups_since(app: &Coffre, name: &str) -> Option<String> {
 }
 
 fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
-    let hits = crate::ops::wal::PREFETCH_HITS.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_prefetch_hits.get();
-    if hits > seen {
-        rt.metrics.wal_prefetch_hits.inc_by(hits - seen);
-    }
-    let fetches = crate::ops::wal::FETCHES.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_fetches.get();
-    if fetches > seen {
-        rt.metrics.wal_fetches.inc_by(fetches - seen);
-    }
-    let into = crate::ops::wal::FETCHES_INTO_CALLER_FILE.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_fetches_into_caller_file.get();
-    if into > seen {
-        rt.metrics.wal_fetches_into_caller_file.inc_by(into - seen);
-    }
-    let secs =
-        crate::ops::wal::FETCH_MICROS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
-    let seen = rt.metrics.wal_fetch_seconds.get();
-    if secs > seen {
-        rt.metrics.wal_fetch_seconds.inc_by(secs - seen);
-    }
-    let ahead = crate::ops::wal_ahead::ACKNOWLEDGED.load(std::sync::atomic::Ordering::Relaxed);
-    let seen = rt.metrics.wal_archived_ahead.get();
-    if ahead > seen {
-        rt.metrics.wal_archived_ahead.inc_by(ahead - seen);
-    }
+    rt.take_wal_counts();
     let pitr = app.config.source(name)?.pitr.as_ref()?;
     let label = SourceLabel {
         source: name.to_string(),
@@ -1181,6 +1221,10 @@ fn drills(app: &Coffre, rt: &Runtime) -> Vec<DrillStatus> {
             .drill_last_ok
             .get_or_create(&label)
             .set(i64::from(r.ok));
+        rt.metrics
+            .drill_verified
+            .get_or_create(&label)
+            .set(i64::from(r.is_verified()));
         if let Some(t) = unix_of(&r.finished) {
             rt.metrics.drill_last_attempt.get_or_create(&label).set(t);
         }
@@ -1195,7 +1239,9 @@ fn drills(app: &Coffre, rt: &Runtime) -> Vec<DrillStatus> {
             }
         }
         drills.push(DrillStatus {
+            verified: r.is_verified(),
             last_success: success.map(|s| DrillSuccess {
+                verified: s.is_verified(),
                 snapshot: s.snapshot,
                 finished: s.finished,
                 rto_seconds: s.rto_seconds,

@@ -276,6 +276,12 @@ fn debian_package_holds_every_asset_and_passes_lintian() {
         .find("systemd-tmpfiles --create")
         .expect("postinst: no tmpfiles");
     assert!(sysusers < tmpfiles, "tmpfiles needs the coffre group first");
+    // Also without a running systemd (an image build): a call outside cargo-deb's
+    // `[ -d /run/systemd/system ]` guard, after sysusers.
+    let offline = postinst
+        .find("systemd-tmpfiles ${DPKG_ROOT:+--root=\"$DPKG_ROOT\"} --create coffre.conf")
+        .expect("postinst: no systemd-tmpfiles outside the running-systemd guard");
+    assert!(sysusers < offline, "tmpfiles needs the coffre group first");
     assert!(postinst.contains("deb-systemd-helper update-state coffre.service"));
     assert!(postinst.contains("was-enabled coffre.service"));
     // Only `try-restart` (a running daemon, on upgrade): never `start` nor `restart`.

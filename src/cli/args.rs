@@ -12,9 +12,10 @@ use crate::ops::restore::Selector;
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
 #[serde(rename_all = "kebab-case")]
 pub enum Command {
-    /// Run the daemon: watch the sources, protect each snapshot, keep the stores caught up,
-    /// scrub replicas, run scheduled drills, shred expired epochs, serve the status endpoint
-    /// and the control socket (systemd Type=notify).
+    /// Run the daemon: its six workers watch the sources and protect each snapshot (intake),
+    /// keep the stores caught up (catch-up), scrub replicas (scrub), run scheduled drills
+    /// (drill), archive the spooled WAL (wal-spool) and shred expired epochs (shred); it serves
+    /// the status endpoint and the control socket (systemd Type=notify).
     Daemon,
     /// Print the running daemon's status (from its status endpoint).
     Status {
@@ -45,6 +46,7 @@ pub enum Command {
     /// Restore one archived WAL file (`restore_command = 'coffre wal-fetch --source NAME %f %p'`);
     /// exits 1 when it is not archived (the end of the archive, for PostgreSQL).
     WalFetch {
+        /// Source whose WAL archive to read (the one `wal-push` archived into).
         #[arg(long)]
         source: String,
         /// The WAL file name (`%f`).
@@ -73,6 +75,8 @@ pub enum Command {
     },
     /// List snapshots, oldest first, and where each is committed.
     Snapshots {
+        /// Only this source's snapshots (one of the config, or one the catalog still holds
+        /// snapshots of; another is an error, exit 2).
         #[arg(long)]
         source: Option<String>,
         #[arg(long)]
@@ -139,6 +143,8 @@ pub enum Command {
     },
     /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
     Drill {
+        /// Only this source (default: every source; one that is not configured is an error,
+        /// exit 2).
         #[arg(long)]
         source: Option<String>,
         /// Only this store (default: every store).
@@ -186,13 +192,17 @@ pub enum RetentionCommand {
 pub enum HoldCommand {
     /// Put a snapshot under legal hold.
     Add {
+        /// The snapshot to hold (its id).
         snapshot: SnapshotId,
+        /// Why (recorded in the access log: the case or order the hold is for).
         #[arg(long)]
         purpose: String,
     },
     /// Release a legal hold.
     Release {
+        /// The held snapshot to release (its id).
         snapshot: SnapshotId,
+        /// Why (recorded in the access log).
         #[arg(long)]
         purpose: String,
     },
@@ -240,6 +250,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "DIR", requires = "replay")]
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
+    /// Source the snapshot belongs to (its name in the config).
     #[arg(long)]
     pub source: String,
     /// Where to write the snapshot (must not exist).
@@ -343,8 +354,11 @@ pub enum AuditCommand {
         /// Entries before this time (same forms as --since).
         #[arg(long)]
         until: Option<String>,
+        /// Only entries about this snapshot (its id).
         #[arg(long)]
         snapshot: Option<String>,
+        /// Only entries of this person: their own runs and theirs through the daemon (the
+        /// account name, e.g. `alice` matches `alice (via coffre-daemon)`).
         #[arg(long)]
         actor: Option<String>,
         /// Only entries of this action (restore, drill, hold-add, hold-release, shred,

@@ -23,7 +23,10 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 }
             }
             if *json {
-                w.json(&out)?;
+                w.json(&BackupJson {
+                    snapshot: &out.manifest.snapshot,
+                    outcome: &out,
+                })?;
             } else {
                 outln!(w, "{}", out.manifest.snapshot);
             }
@@ -52,6 +55,15 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             other.action()
         ),
     }
+}
+
+/// `backup --json`: the snapshot id at the top, then the outcome's own fields (manifest,
+/// stores committed and failed, protection, epoch, planned expiry).
+#[derive(serde::Serialize)]
+struct BackupJson<'a> {
+    snapshot: &'a SnapshotId,
+    #[serde(flatten)]
+    outcome: &'a crate::ops::protect::Outcome,
 }
 
 /// The intake's journal key of `path` when it is an entry of `source`'s folder, named as the

@@ -108,7 +108,40 @@ pub mod status;
 mod verify;
 mod wal;
 
+/// The source a command names with `--source` (restore's is checked against the stores too, by
+/// the restore itself: on a new host a source may be in the stores only).
+fn source_arg(cmd: &Command) -> Option<&str> {
+    match cmd {
+        Command::Backup { source, .. }
+        | Command::WalPush { source, .. }
+        | Command::WalFetch { source, .. } => Some(source),
+        Command::Snapshots { source, .. } | Command::Drill { source, .. } => source.as_deref(),
+        _ => None,
+    }
+}
+
+/// A `--source` that is neither configured nor in the catalog (a source removed from the config
+/// keeps its snapshots listed) is a usage error, exit 2, naming the configured sources: an
+/// empty answer would read as "nothing protected yet".
+fn check_source(app: &Coffre, cmd: &Command, w: &Out) -> Result<Option<u8>> {
+    let Some(source) = source_arg(cmd) else {
+        return Ok(None);
+    };
+    if app.config.source(source).is_some() || app.catalog.summary()?.contains_key(source) {
+        return Ok(None);
+    }
+    errln!(
+        w,
+        "error: source `{source}` is not configured (and the catalog has no snapshot of it); the configured sources are {}",
+        app.config.source_names()
+    );
+    Ok(Some(exit::USAGE))
+}
+
 pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+    if let Some(code) = check_source(app, cmd, &ctx.out)? {
+        return Ok(code);
+    }
     match cmd {
         Command::Backup { .. } => backup::run(app, cmd, ctx).await,
         Command::WalPush { .. } | Command::WalFetch { .. } => wal::run(app, cmd, ctx).await,

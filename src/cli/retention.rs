@@ -87,17 +87,32 @@ fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<
             );
         }
     }
-    for u in &plan.upcoming {
-        outln!(
-            w,
-            "{}  {:<12}  epoch {}  destroyed at {}",
-            u.snapshot,
-            u.source,
-            u.epoch,
-            u.due
-        );
-    }
+    upcoming(w, &plan.upcoming);
     Ok(exit::OK)
+}
+
+/// The snapshots whose epoch is not due yet: destroyed when it comes, or kept by a guard.
+fn upcoming(w: &Out, upcoming: &[crate::retention::Upcoming]) {
+    for u in upcoming {
+        match &u.kept {
+            Some(why) => outln!(
+                w,
+                "{}  {:<12}  epoch {}  kept ({why}): its key moves to a later epoch at {}",
+                u.snapshot,
+                u.source,
+                u.epoch,
+                u.due
+            ),
+            None => outln!(
+                w,
+                "{}  {:<12}  epoch {}  destroyed at {}",
+                u.snapshot,
+                u.source,
+                u.epoch,
+                u.due
+            ),
+        }
+    }
 }
 
 /// `retention run`: shred every epoch that is due now.

@@ -8,6 +8,7 @@
 //! | catch-up | `catch-up-interval`                    | probe stores, copy missing replicas, replicate the access log |
 //! | scrub    | `scrub-every`                          | re-hash every replica, repair bad ones    |
 //! | drill    | 5 s                                    | drill each source whose `drill.every` is due |
+//! | wal-spool | a WAL file spooled, or 5 s            | archive the WAL acknowledged from the spool (`archive-async`) |
 //! | shred    | `shred.every` (a round at start)       | shred due epochs and expired access-log segments, behind the clock guard |
 //!
 //! State: `idle` between rounds, `busy` while a round does work (the worker says when: a drill

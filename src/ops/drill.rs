@@ -39,6 +39,10 @@ pub struct DrillReport {
     pub size: u64,
     pub sealed_sha256: Option<String>,
     pub verify_exit: Option<i32>,
+    /// The source's verify command ran and passed: the copy works, not only its bytes. False
+    /// for a drill without `verify-command` (it proves the bytes come back intact, no more).
+    #[serde(default)]
+    pub verified: bool,
     pub scratch_wiped: bool,
     pub fresh_catalog: bool,
     /// A point-in-time drill: where the replay stopped (an LSN, in a WAL file archived at a
@@ -176,6 +180,7 @@ fn finish(
         Ok(()) => report.ok = true,
         Err(e) => report.error = Some(e),
     }
+    report.verified = report.is_verified();
     let _ = std::fs::remove_dir_all(scratch);
     report.scratch_wiped = !scratch.exists();
     report.finished = crate::clock::now_rfc3339();
@@ -184,6 +189,12 @@ fn finish(
 }
 
 impl DrillReport {
+    /// A successful drill whose verify command passed (also for reports recorded before the
+    /// `verified` field: their `verify_exit` says it).
+    pub fn is_verified(&self) -> bool {
+        self.ok && self.verify_exit == Some(0)
+    }
+
     fn start(source: &str, store: &str, snapshot: SnapshotId, fresh_catalog: bool) -> DrillReport {
         DrillReport {
             drill: SnapshotId::new().to_string(),
@@ -201,6 +212,7 @@ impl DrillReport {
             size: 0,
             sealed_sha256: None,
             verify_exit: None,
+            verified: false,
             scratch_wiped: false,
             fresh_catalog,
             target: None,

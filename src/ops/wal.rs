@@ -198,6 +198,11 @@ async fn repush(
     actor: &str,
 ) -> Result<Pushed, WalError> {
     let local = read_open(path, file)?;
+    let digest: [u8; 32] = Sha256::digest(&local).into();
+    if conflicts::known(source, name, &digest) {
+        tracing::warn!(source, wal = %name, object = %manifest.snapshot, "a WAL file found with different bytes within the last hour was pushed again, the same bytes: refused without opening the archived copy again");
+        return Err(WalError::Conflict(name.to_string(), manifest.snapshot));
+    }
     log_access(
         app,
         actor,
@@ -210,6 +215,7 @@ async fn repush(
     let (archived, sealed, key) = open_any(app, source, name, &manifest, None).await?;
     if archived != local {
         tracing::error!(source, wal = %name, object = %manifest.snapshot, "a WAL file was pushed again with different bytes: refused");
+        conflicts::remember(source, name, digest);
         return Err(WalError::Conflict(name.to_string(), manifest.snapshot));
     }
     let mut stores = Vec::new();
@@ -334,6 +340,47 @@ pub fn check_in_pg_wal(
             dir: dir.to_path_buf(),
             why: "the file pushed is another file".into(),
         }),
+    }
+}
+
+/// Re-pushes found to differ from their archived copy: PostgreSQL retries a failed
+/// `archive_command` (about once a minute), and each comparison opens the archived copy, one
+/// `wal-push-compare` entry in the access log. The same bytes pushed again under the same name
+/// within [`conflicts::MEMORY`] are refused from here, without opening it or logging again: one
+/// entry per name per hour, not one per retry. (In one process: through the daemon, where
+/// PostgreSQL's pushes go.)
+mod conflicts {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    use crate::format::wal::WalName;
+
+    pub const MEMORY: Duration = Duration::from_secs(3600);
+
+    type Seen = HashMap<(String, String), (Instant, [u8; 32])>;
+    static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(Default::default);
+
+    fn seen() -> MutexGuard<'static, Seen> {
+        SEEN.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `digest` (of the bytes pushed) was found to differ from the archived `name` within the
+    /// last hour.
+    pub fn known(source: &str, name: &WalName, digest: &[u8; 32]) -> bool {
+        let key = (source.to_string(), name.to_string());
+        seen()
+            .get(&key)
+            .is_some_and(|(t, d)| t.elapsed() < MEMORY && d == digest)
+    }
+
+    pub fn remember(source: &str, name: &WalName, digest: [u8; 32]) {
+        let mut s = seen();
+        s.retain(|_, (t, _)| t.elapsed() < MEMORY);
+        s.insert(
+            (source.to_string(), name.to_string()),
+            (Instant::now(), digest),
+        );
     }
 }
 
@@ -555,7 +602,8 @@ fn prefetched() -> std::sync::MutexGuard<'static, Prefetched> {
     PREFETCHED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// WAL files served from the prefetch (`coffre_wal_prefetch_hits_total`).
+/// WAL files served from the prefetch (`coffre_wal_prefetch_hits_total`), until the status
+/// moves them into the counter kept in the catalog.
 pub static PREFETCH_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A prefetched WAL file, waiting for its prefetch when one is under way (PostgreSQL replays a
@@ -980,7 +1028,7 @@ pub struct Fetched {
 
 /// Time spent serving fetches, in microseconds, and their count (`coffre_wal_fetch_seconds_total`,
 /// `coffre_wal_fetches_total`): set against the replay time, it shows whether PostgreSQL waited
-/// on coffre.
+/// on coffre. Counted here until the status moves them into the counters kept in the catalog.
 pub static FETCH_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Of those, the ones written straight into the file the caller passed

@@ -68,7 +68,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Longest wait on a look-ahead of the requested segment before archiving it directly.
 const WAIT_AT_MOST: Duration = Duration::from_secs(600);
 
-/// Segments archived ahead and then acknowledged from it (`coffre_wal_archived_ahead_total`).
+/// Segments archived ahead and then acknowledged from it (`coffre_wal_archived_ahead_total`),
+/// until the status moves them into the counter kept in the catalog.
 pub static ACKNOWLEDGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The `.ready` segments after `current` in `status_dir`, in name order.

@@ -1167,6 +1167,102 @@ fn counters_survive_a_restart_of_the_daemon() {
     d.stop();
 }
 
+/// The WAL counters (fetches, their time, prefetch hits, archived ahead) are kept in the catalog
+/// like the others: a restart does not reset them.
+#[test]
+fn wal_counters_survive_a_restart_of_the_daemon() {
+    let env = Env::new();
+    env.config_pitr("");
+    let seg = "000000010000000000000007";
+    let d = env.start(None);
+    env.push_segment(seg, 1);
+    let to = env.p("RECOVERYXLOG");
+    let (code, out, err) = env.run(
+        None,
+        &["wal-fetch", "--source", "base", seg, to.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let series = [
+        "coffre_wal_fetches_total",
+        "coffre_wal_fetches_into_caller_file_total",
+        "coffre_wal_fetch_seconds_total",
+        "coffre_wal_prefetch_hits_total",
+        "coffre_wal_archived_ahead_total",
+    ];
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let before: Vec<f64> = series
+        .iter()
+        .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
+        .collect();
+    assert_eq!((before[0], before[1]), (1.0, 1.0), "{m}");
+    assert!(before[2] > 0.0, "{m}");
+    d.stop();
+
+    let d = env.start(None);
+    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    for (s, b) in series.iter().zip(&before) {
+        let after = sample(&m, s).unwrap_or_else(|| panic!("no {s} after the restart:\n{m}"));
+        assert!(
+            (after - b).abs() < 1e-6,
+            "{s}: {b} before, {after} after the restart"
+        );
+    }
+    d.stop();
+}
+
+/// The workers the daemon runs are the ones `/status` lists, and `coffre daemon --help`, the
+/// README and docs/operations.md name them all and count them right.
+#[test]
+fn the_docs_and_the_help_count_and_name_the_daemons_workers() {
+    let env = Env::new();
+    env.config(None, "");
+    let d = env.start(None);
+    let names = || -> Vec<String> {
+        d.status()["workers"]
+            .as_object()
+            .map(|w| w.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    wait_until("every worker reports a state", 30, || names().len() >= 6);
+    let workers = names();
+    d.stop();
+    let mut expected = vec!["catch-up", "drill", "intake", "scrub", "shred", "wal-spool"];
+    expected.sort_unstable();
+    assert_eq!(
+        workers, expected,
+        "the daemon's workers changed: update the docs and this test"
+    );
+    let (code, help, _) = env.run(None, &["daemon", "--help"]);
+    assert_eq!(code, 0);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let ops = std::fs::read_to_string(repo.join("docs/operations.md")).unwrap();
+    for (what, text) in [("--help", &help), ("README.md", &readme)] {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains("six workers"),
+            "{what} does not say six workers:\n{text}"
+        );
+        for n in ["five", "seven"] {
+            assert!(
+                !flat.contains(&format!("{n} workers")),
+                "{what} says {n} workers"
+            );
+        }
+        for w in &expected {
+            assert!(
+                flat.contains(&format!("({w})")),
+                "{what} does not name worker {w}"
+            );
+        }
+    }
+    let flat = ops.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("workers (intake, catch-up, scrub, drill, wal-spool, shred)"),
+        "docs/operations.md does not list the six workers"
+    );
+}
+
 #[test]
 fn status_shows_the_snapshot_being_protected_with_bytes_rate_and_eta() {
     let env = Env::new();

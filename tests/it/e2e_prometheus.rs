@@ -1,7 +1,8 @@
 //! The Prometheus side of coffre with the real tools: `promtool check rules` and `promtool test
 //! rules` on `config/prometheus/`, `promtool check metrics` on a real daemon's `/metrics`, a real
 //! Prometheus server scraping that daemon (store up, then one store made unavailable, the rules
-//! evaluated), and every PromQL expression of `config/grafana/coffre.json` evaluated against it.
+//! evaluated), and every PromQL expression of `config/grafana/coffre.json` evaluated against it
+//! (its WAL/PITR row too: the daemon has a source with `[source.pitr]` and one archived WAL file).
 //! Install the tools with `tests/setup.sh` (Debian package `prometheus`, which ships `promtool`).
 
 use crate::common;
@@ -154,6 +155,49 @@ fn dashboard_is_grafana_json_with_prometheus_variable_datasource() {
         }
     }
     assert!(dashboard_exprs(&d).len() >= 20);
+    // The WAL/PITR row: archive age, WAL files, recovery window, spool, fetches and their time.
+    assert!(panels
+        .iter()
+        .any(|p| p["type"] == "row" && p["title"] == "WAL archiving and point-in-time recovery"));
+    let exprs: Vec<String> = dashboard_exprs(&d).into_iter().map(|(_, e)| e).collect();
+    for metric in [
+        "coffre_wal_archive_age_seconds",
+        "coffre_wal_files",
+        "coffre_pitr_window_start_timestamp_seconds",
+        "coffre_pitr_window_seconds",
+        "coffre_wal_spool_files",
+        "coffre_wal_spool_oldest_age_seconds",
+        "coffre_wal_fetches_total",
+        "coffre_wal_prefetch_hits_total",
+        "coffre_wal_fetch_seconds_total",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(&format!("{metric}{{"))),
+            "no dashboard panel shows {metric}"
+        );
+    }
+}
+
+/// A base backup of source `pg` starting at segment 2, and segment 2 archived: the WAL/PITR
+/// panels (archive age, files, recovery window, spool, fetches) have data.
+fn wal_archive(d: &Path) {
+    let seg = "000000010000000000000002";
+    let base = d.join("pgbase/base-1");
+    std::fs::create_dir_all(base.join("global")).unwrap();
+    std::fs::write(base.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(
+        base.join("backup_label"),
+        format!("START WAL LOCATION: 0/2000028 (file {seg})\nBACKUP METHOD: streamed\n"),
+    )
+    .unwrap();
+    std::fs::write(base.join("global/pg_control"), vec![3u8; 8192]).unwrap();
+    std::fs::write(base.join("backup_manifest"), "{}\n").unwrap();
+    run_ok(d, &["backup", "--source", "pg", base.to_str().unwrap()]);
+    let mut bytes = vec![0u8; 16 << 20];
+    common::coffre::stamp_wal_header(&mut bytes, seg);
+    let wal = d.join("pg_wal").join(seg);
+    std::fs::write(&wal, bytes).unwrap();
+    run_ok(d, &["wal-push", "--source", "pg", wal.to_str().unwrap()]);
 }
 
 /// `coffre daemon` started by a test; killed on drop.
@@ -207,7 +251,7 @@ fn run_ok(dir: &Path, args: &[&str]) -> String {
 fn prometheus_scrapes_the_daemon_and_the_dashboard_queries_return_data() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    for sub in ["incoming", "keys", "stores"] {
+    for sub in ["incoming", "keys", "stores", "pgbase", "pg_wal"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
     let port = free_port();
@@ -230,6 +274,12 @@ path = "{d}/incoming"
 complete = "rename"
 [source.drill]
 every = "1h"
+[[source]]
+name = "pg"
+path = "{d}/pgbase"
+complete = "marker"
+[source.pitr]
+window = "7d"
 {stores}{provider}"#,
         d = d.display(),
         stores = local_stores(d, &[("site-a", "a"), ("site-b", "b")]),
@@ -248,6 +298,7 @@ every = "1h"
         assert_eq!(id.trim().len(), 26, "{id}");
     }
     run_ok(d, &["drill", "--source", "emr", "--json"]);
+    wal_archive(d);
 
     let log = d.join("daemon.log");
     let daemon = Daemon {
@@ -283,9 +334,27 @@ every = "1h"
         "coffre_source_state{source=\"emr\",state=\"protected\"} 1",
         "coffre_drill_last_ok{source=\"emr\",store=\"site-a\"} 1",
         "coffre_drill_interval_seconds{source=\"emr\"} 3600",
+        "coffre_wal_archived_ahead_total 0",
+        "coffre_wal_fetches_total 0",
+        "coffre_wal_files{source=\"pg\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l.starts_with(line)),
+            "{line} missing from the first scrape:\n{metrics}"
+        );
+    }
+    // Every outcome of coffre_snapshots_total has a sample from the first scrape.
+    for outcome in [
+        "protected",
+        "degraded",
+        "at-risk",
+        "failed",
+        "interrupted",
+        "changed-while-read",
+    ] {
+        let line = format!("coffre_snapshots_total{{source=\"pg\",outcome=\"{outcome}\"}} 0");
+        assert!(
+            metrics.lines().any(|l| *l == line),
             "{line} missing from the first scrape:\n{metrics}"
         );
     }

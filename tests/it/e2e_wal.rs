@@ -391,6 +391,32 @@ fn pitr_restore(env: &CoffreEnv, to: &Path, target: &[&str]) -> coffre_env::Run 
     env.run(&args)
 }
 
+/// The `restore_command` docs/operations.md shows under "Point-in-time restore" is, word for
+/// word, the one coffre wrote into `auto` (its binary, config and session id put in).
+fn restore_command_is_the_documented_one(env: &CoffreEnv, auto: &str) {
+    let ops = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+        .unwrap();
+    let (_, section) = ops.split_once("### Point-in-time restore").unwrap();
+    let documented = section
+        .lines()
+        .find(|l| l.starts_with("restore_command = "))
+        .expect("docs/operations.md shows the restore_command coffre writes");
+    let written = auto
+        .lines()
+        .find(|l| l.starts_with("restore_command = "))
+        .unwrap_or_else(|| panic!("no restore_command in {auto}"));
+    let session = written
+        .split_once("--session ")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap();
+    let config = std::path::absolute(&env.config).unwrap();
+    let expected = documented
+        .replace("/usr/bin/coffre", env!("CARGO_BIN_EXE_coffre"))
+        .replace("/etc/coffre/coffre.toml", config.to_str().unwrap())
+        .replace("01JF3Q8ZK2M4X7V9B1N5C6D8EA", session);
+    assert_eq!(written, expected, "docs/operations.md: {documented}");
+}
+
 #[test]
 fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_backup() {
     let env = wal_env();
@@ -425,6 +451,7 @@ fn a_point_in_time_restore_writes_the_recovery_settings_into_the_restored_base_b
             && !auto.contains("PITR test"),
         "{auto}"
     );
+    restore_command_is_the_documented_one(&env, &auto);
     assert!(
         auto.contains("recovery_target_time = '2999-01-01 00:00:00.000000+00'"),
         "{auto}"

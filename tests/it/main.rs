@@ -14,11 +14,13 @@ mod matrix;
 
 mod audit_retention;
 mod changing_snapshot;
+mod cli_help;
 mod config_files;
 mod e2e_audit;
 mod e2e_daemon;
 mod e2e_drill;
 mod e2e_operator;
+mod e2e_operator_rest;
 mod e2e_pitr;
 mod e2e_pitr_timelines;
 mod e2e_pitr_trust;
