@@ -194,6 +194,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    // A table: the metric registry, one registration (name, help, type) per metric.
+    #[allow(clippy::too_many_lines)]
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("coffre");
         let m = Metrics {

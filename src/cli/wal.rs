@@ -61,75 +61,101 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let passed = ctx
-                .caller_file
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .and_then(|fd| match crate::fsutil::empty_file_to_write(fd) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        tracing::warn!(reason = %e, "wal-fetch: not writing into the file the caller passed; sending the bytes instead");
-                        None
-                    }
-                });
-            match (&ctx.restore_sink, passed) {
-                // Through the daemon, into the empty file the caller opened with its own rights
-                // and passed: no copy through the socket.
-                (Some(tx), Some(f)) => {
-                    let size = plain.len() as u64;
-                    let written = tokio::task::spawn_blocking(move || {
-                        crate::ops::restore::write_into(&f, [&plain[..]])
-                    })
-                    .await
-                    .map_err(|e| anyhow::anyhow!("the writer of {name} stopped: {e}"))?;
-                    match written {
-                        Ok(n) if n == size => {}
-                        Ok(n) => {
-                            bail!("wrote {n} of the {size} bytes of {name} into the file passed")
-                        }
-                        Err(e) => bail!(
-                            "cannot write {name} into {}: {e} (nothing is left there; free space on its file system and PostgreSQL asks again)",
-                            to.display()
-                        ),
-                    }
-                    let done = Chunk::Written {
-                        snapshot: object,
-                        size,
-                    };
-                    if tx.send(done).await.is_err() {
-                        bail!("the caller went away before {name} was written");
-                    }
-                    crate::ops::wal::FETCHES_INTO_CALLER_FILE
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Through the daemon: the caller writes the file with its own rights.
-                (Some(tx), None) => {
-                    let begin = Chunk::Begin {
-                        snapshot: object,
-                        kind: crate::store::SnapshotKind::Wal,
-                        size: plain.len() as u64,
-                    };
-                    let mut sent = tx.send(begin).await.is_ok();
-                    // Slices of the one buffer, not copies.
-                    let plain = bytes::Bytes::from(plain);
-                    let mut at = 0;
-                    while sent && at < plain.len() {
-                        let end = (at + (1 << 20)).min(plain.len());
-                        sent = tx.send(Chunk::Data(plain.slice(at..end))).await.is_ok();
-                        at = end;
-                    }
-                    if !sent {
-                        bail!("the caller went away before {name} was written");
-                    }
-                }
-                (None, _) => crate::ops::wal::write_atomically(to, &plain)?,
-            }
+            hand_over(ctx, name, to, object, plain).await?;
             crate::ops::wal::served(app, session.as_deref(), t0.elapsed(), prefetched);
             Ok(exit::OK)
         }
         other => bail!("internal error: `{}` was routed to `wal`", other.action()),
     }
+}
+
+/// Hand a fetched WAL file to the caller: through the daemon, written into the empty file the
+/// caller passed (no copy through the socket) or else sent as frames the caller writes with its
+/// own rights; in the caller's own process, written at `to` through a temporary name.
+async fn hand_over(
+    ctx: &Ctx,
+    name: &str,
+    to: &std::path::Path,
+    object: crate::ids::SnapshotId,
+    plain: Vec<u8>,
+) -> Result<()> {
+    let passed = ctx
+        .caller_file
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .and_then(|fd| match crate::fsutil::empty_file_to_write(fd) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(reason = %e, "wal-fetch: not writing into the file the caller passed; sending the bytes instead");
+                None
+            }
+        });
+    match (&ctx.restore_sink, passed) {
+        (Some(tx), Some(f)) => into_callers_file(tx, f, name, to, object, plain).await,
+        (Some(tx), None) => as_frames(tx, name, object, plain).await,
+        (None, _) => Ok(crate::ops::wal::write_atomically(to, &plain)?),
+    }
+}
+
+/// Through the daemon, into the empty file the caller opened with its own rights and passed.
+async fn into_callers_file(
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+    f: std::fs::File,
+    name: &str,
+    to: &std::path::Path,
+    object: crate::ids::SnapshotId,
+    plain: Vec<u8>,
+) -> Result<()> {
+    let size = plain.len() as u64;
+    let written =
+        tokio::task::spawn_blocking(move || crate::ops::restore::write_into(&f, [&plain[..]]))
+            .await
+            .map_err(|e| anyhow::anyhow!("the writer of {name} stopped: {e}"))?;
+    match written {
+        Ok(n) if n == size => {}
+        Ok(n) => bail!("wrote {n} of the {size} bytes of {name} into the file passed"),
+        Err(e) => bail!(
+            "cannot write {name} into {}: {e} (nothing is left there; free space on its file system and PostgreSQL asks again)",
+            to.display()
+        ),
+    }
+    let done = Chunk::Written {
+        snapshot: object,
+        size,
+    };
+    if tx.send(done).await.is_err() {
+        bail!("the caller went away before {name} was written");
+    }
+    crate::ops::wal::FETCHES_INTO_CALLER_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Through the daemon, as frames: the caller writes the file with its own rights.
+async fn as_frames(
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+    name: &str,
+    object: crate::ids::SnapshotId,
+    plain: Vec<u8>,
+) -> Result<()> {
+    let begin = Chunk::Begin {
+        snapshot: object,
+        kind: crate::store::SnapshotKind::Wal,
+        size: plain.len() as u64,
+    };
+    let mut sent = tx.send(begin).await.is_ok();
+    // Slices of the one buffer, not copies.
+    let plain = bytes::Bytes::from(plain);
+    let mut at = 0;
+    while sent && at < plain.len() {
+        let end = (at + (1 << 20)).min(plain.len());
+        sent = tx.send(Chunk::Data(plain.slice(at..end))).await.is_ok();
+        at = end;
+    }
+    if !sent {
+        bail!("the caller went away before {name} was written");
+    }
+    Ok(())
 }
 
 /// What a push did.

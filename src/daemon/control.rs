@@ -559,51 +559,12 @@ async fn handle(
         }
     };
     let mut command = req.command;
-    let action = command.action();
     // Only `wal-fetch` (a file to write) and `wal-push` (the WAL file to read) take a file the
     // caller passed; any other is closed now.
     let passed =
         passed.filter(|_| matches!(command, Command::WalFetch { .. } | Command::WalPush { .. }));
-    // Refused by role: 77. A bad request (version, bounds, a path the daemon may not read): 2,
-    // as the same arguments get locally. Both are logged (rate-limited per caller).
-    let refusal = if req.v != VERSION {
-        Some((
-            exit::USAGE,
-            format!(
-            "request version {} is not {VERSION}: use the coffre binary of the daemon's version",
-            req.v
-        ),
-        ))
-    } else if let Err(reason) = admission(uid, &name, app, &command) {
-        Some((exit::REFUSED, reason))
-    } else {
-        cli::validate_request(app, &mut command)
-            .err()
-            .map(|reason| (exit::USAGE, reason))
-    };
-    if let Some((code, reason)) = refusal {
-        let what = if code == exit::REFUSED {
-            "refused"
-        } else {
-            "bad request"
-        };
-        let logged = match code {
-            exit::REFUSED => log_refusal(app, limiter, uid, &name, &command, &reason),
-            _ => log_refusal(
-                app,
-                limiter,
-                uid,
-                &name,
-                &command,
-                &format!("{what}: {reason}"),
-            ),
-        };
-        tracing::warn!(actor = %name, command = %action, "control socket refused a request: {what}: {reason}");
-        let mut msg = format!("error: {what}: {reason}\n");
-        if let Err(e) = logged {
-            msg.push_str(&format!("error: {e}\n"));
-        }
-        return w.write_all(&fail(code, msg)).await;
+    if let Some(answer) = refusal(app, limiter, (uid, &name), req.v, &mut command) {
+        return w.write_all(&answer).await;
     }
     // Answer at once (an empty stderr frame): the caller waits at most FIRST_ANSWER for it.
     write_frame(&mut w, TAG_STDERR, b"").await?;
@@ -618,33 +579,7 @@ async fn handle(
         caller_file: std::sync::Mutex::new(passed),
         session: Default::default(),
     };
-    let budget = match command.access() {
-        Access::Archive | Access::Fetch => Some(ARCHIVE_BUDGET),
-        _ => None,
-    };
-    let run = async {
-        let executed = match budget {
-            Some(b) => tokio::time::timeout(b, cli::execute(app, &command, &ctx))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "`{action}` ran past its time budget of {} s through the daemon and was stopped (the stores are likely slow or down); PostgreSQL retries it",
-                        b.as_secs()
-                    ))
-                }),
-            None => cli::execute(app, &command, &ctx).await,
-        };
-        let code = match executed {
-            Ok(code) => code,
-            Err(e) => {
-                ctx.out.err(format!("error: {}", cli::error_text(&e)));
-                exit::FAILURE
-            }
-        };
-        let session = ctx.session.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(ctx);
-        (code, session)
-    };
+    let run = run_command(app, &command, ctx);
     let ((code, session), (mut w, alive)) = tokio::join!(run, pump(w, text_rx, data_rx));
     if alive {
         let mut buf = Vec::new();
@@ -655,6 +590,84 @@ async fn handle(
         w.write_all(&buf).await?;
     }
     Ok(())
+}
+
+/// A request the daemon does not run, and the answer: refused by role (77), or a bad request
+/// (version, bounds, a path the daemon may not read: 2, as the same arguments get locally).
+/// Both are logged (rate-limited per caller).
+fn refusal(
+    app: &Coffre,
+    limiter: &Mutex<RefusalLimiter>,
+    (uid, name): (u32, &str),
+    version: u32,
+    command: &mut Command,
+) -> Option<Vec<u8>> {
+    let (code, reason) = if version != VERSION {
+        (
+            exit::USAGE,
+            format!(
+                "request version {version} is not {VERSION}: use the coffre binary of the daemon's version"
+            ),
+        )
+    } else if let Err(reason) = admission(uid, name, app, command) {
+        (exit::REFUSED, reason)
+    } else {
+        let reason = cli::validate_request(app, command).err()?;
+        (exit::USAGE, reason)
+    };
+    let what = if code == exit::REFUSED {
+        "refused"
+    } else {
+        "bad request"
+    };
+    let logged = match code {
+        exit::REFUSED => log_refusal(app, limiter, uid, name, command, &reason),
+        _ => log_refusal(
+            app,
+            limiter,
+            uid,
+            name,
+            command,
+            &format!("{what}: {reason}"),
+        ),
+    };
+    tracing::warn!(actor = %name, command = %command.action(), "control socket refused a request: {what}: {reason}");
+    let mut msg = format!("error: {what}: {reason}\n");
+    if let Err(e) = logged {
+        msg.push_str(&format!("error: {e}\n"));
+    }
+    Some(fail(code, msg))
+}
+
+/// Run an admitted command in the daemon's process (within its budget: archiving commands
+/// have [`ARCHIVE_BUDGET`]); its exit code and the recovery session it opened, if any.
+async fn run_command(app: &Arc<Coffre>, command: &Command, ctx: Ctx) -> (u8, Option<String>) {
+    let action = command.action();
+    let budget = match command.access() {
+        Access::Archive | Access::Fetch => Some(ARCHIVE_BUDGET),
+        _ => None,
+    };
+    let executed = match budget {
+        Some(b) => tokio::time::timeout(b, cli::execute(app, command, &ctx))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "`{action}` ran past its time budget of {} s through the daemon and was stopped (the stores are likely slow or down); PostgreSQL retries it",
+                    b.as_secs()
+                ))
+            }),
+        None => cli::execute(app, command, &ctx).await,
+    };
+    let code = match executed {
+        Ok(code) => code,
+        Err(e) => {
+            ctx.out.err(format!("error: {}", cli::error_text(&e)));
+            exit::FAILURE
+        }
+    };
+    let session = ctx.session.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(ctx);
+    (code, session)
 }
 
 /// An answer that is only an error message and an exit code.
