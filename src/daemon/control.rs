@@ -411,7 +411,7 @@ async fn busy(mut stream: UnixStream) {
     push_frame(
         &mut buf,
         TAG_STDERR,
-        format!("error: busy: the daemon serves {MAX_CONNECTIONS} requests at once, at most {PER_CALLER} per caller, and all of yours or all of them are in use; nothing was run: try again shortly (exit {})\n", exit::BUSY).as_bytes(),
+        format!("error: busy: the daemon serves {MAX_CONNECTIONS} requests at once ({PER_CALLER} per caller, {PER_ARCHIVER} per archiver), and all of yours or all of them are in use; nothing was run: try again shortly (exit {})\n", exit::BUSY).as_bytes(),
     );
     push_exit(&mut buf, exit::BUSY);
     let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&buf)).await;

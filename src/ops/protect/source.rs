@@ -218,8 +218,6 @@ pub(crate) fn describe_change(before: &Fingerprint, after: &Fingerprint) -> Stri
     format!("{} entries before, {} after", before.0.len(), after.0.len())
 }
 
-/// Write `dir` as a tar stream in a stable order (sorted by path), keeping modes, symlinks and
-/// mtimes; owners are written numerically.
 /// Suffix of the marker file beside a complete file snapshot (`X.done`, `complete = "marker"`).
 pub const MARKER_SUFFIX: &str = ".done";
 
@@ -278,6 +276,8 @@ pub(crate) fn key_of(path: &Path) -> std::io::Result<crate::journal::Key> {
     })
 }
 
+/// Write `dir` as a tar stream in a stable order (sorted by path), keeping modes, symlinks and
+/// mtimes; owners are written numerically.
 #[cfg(test)]
 pub(crate) fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
     let root = open_dir(dir)?;
