@@ -5,6 +5,7 @@ pub mod audit_expire;
 pub mod audit_replicate;
 pub mod clock_guard;
 pub mod commit;
+pub mod destination;
 pub mod destroy;
 pub mod drill;
 pub mod erasure;

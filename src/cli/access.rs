@@ -44,9 +44,9 @@ impl Command {
             } => Access::LocalOnly,
             Command::Keys {
                 command:
-                    KeysCommand::Rotate {
+                    KeysCommand::Rotate(KeysRotateArgs {
                         provider: Some(_), ..
-                    },
+                    }),
             } => Access::LocalOnly,
             Command::Keys {
                 command: KeysCommand::Rotate { .. },
@@ -62,7 +62,7 @@ impl Command {
             | Command::Retention {
                 command: RetentionCommand::Plan { .. },
             }
-            | Command::Shred { records: true, .. } => Access::Read,
+            | Command::Shred(ShredArgs { records: true, .. }) => Access::Read,
             Command::WalPush { .. } => Access::Archive,
             Command::WalFetch { .. } => Access::Fetch,
             Command::Shred { .. }
@@ -145,7 +145,7 @@ impl Command {
                 | Command::WalFetch { .. }
                 | Command::WalPush { .. }
                 | Command::Drill { .. }
-                | Command::Shred { records: false, .. }
+                | Command::Shred(ShredArgs { records: false, .. })
                 | Command::Hold { .. }
                 | Command::Catalog { .. }
                 | Command::Retention {
@@ -161,14 +161,14 @@ impl Command {
     pub fn purpose(&self) -> Option<&str> {
         match self {
             Command::Restore(a) => Some(&a.purpose),
-            Command::WalFetch { purpose, .. } => Some(purpose),
-            Command::Shred { purpose, .. } => purpose.as_deref(),
-            Command::Drill { purpose, .. } => Some(purpose),
+            Command::WalFetch(WalFetchArgs { purpose, .. }) => Some(purpose),
+            Command::Shred(ShredArgs { purpose, .. }) => purpose.as_deref(),
+            Command::Drill(DrillArgs { purpose, .. }) => Some(purpose),
             Command::Hold {
                 command: HoldCommand::Add { purpose, .. } | HoldCommand::Release { purpose, .. },
             } => Some(purpose),
             Command::Keys {
-                command: KeysCommand::Rotate { purpose, .. },
+                command: KeysCommand::Rotate(KeysRotateArgs { purpose, .. }),
             } => Some(purpose),
             _ => None,
         }
@@ -178,17 +178,18 @@ impl Command {
     fn texts(&self) -> Vec<&str> {
         let mut v: Vec<&str> = Vec::new();
         match self {
-            Command::Backup { source, .. } | Command::WalPush { source, .. } => v.push(source),
-            Command::WalFetch { source, name, .. } => {
+            Command::Backup(BackupArgs { source, .. })
+            | Command::WalPush(WalPushArgs { source, .. }) => v.push(source),
+            Command::WalFetch(WalFetchArgs { source, name, .. }) => {
                 v.push(source);
                 v.push(name);
             }
-            Command::Snapshots { source, .. } => v.extend(source.as_deref()),
+            Command::Snapshots(SnapshotsArgs { source, .. }) => v.extend(source.as_deref()),
             Command::Restore(a) => {
                 v.push(&a.source);
                 v.extend(a.store.as_deref());
             }
-            Command::Drill { source, store, .. } => {
+            Command::Drill(DrillArgs { source, store, .. }) => {
                 v.extend(source.as_deref());
                 v.extend(store.as_deref());
             }
@@ -208,7 +209,7 @@ impl Command {
                 }
             }
             Command::Keys {
-                command: KeysCommand::Rotate { to_provider, .. },
+                command: KeysCommand::Rotate(KeysRotateArgs { to_provider, .. }),
             } => v.extend(to_provider.as_deref()),
             _ => {}
         }
@@ -244,7 +245,7 @@ pub fn check_bounds(cmd: &Command) -> std::result::Result<(), String> {
 pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::Result<(), String> {
     check_bounds(cmd)?;
     match cmd {
-        Command::Backup { source, path, .. } => {
+        Command::Backup(BackupArgs { source, path, .. }) => {
             // The daemon reads the snapshot with its own rights: only from the source's own
             // folder, never a path of the caller's choosing elsewhere (its keys, its log).
             let Some(src) = app.config.source(source) else {
@@ -270,7 +271,7 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::
             }
             *path = p;
         }
-        Command::WalPush { path, .. } => {
+        Command::WalPush(WalPushArgs { path, .. }) => {
             // The daemon reads only the descriptor the caller passed; the path gives the name.
             if !path.is_absolute() {
                 return Err(format!(
@@ -283,10 +284,10 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::
         }
         Command::Keys {
             command:
-                KeysCommand::Rotate {
+                KeysCommand::Rotate(KeysRotateArgs {
                     new_master_key: Some(_),
                     ..
-                },
+                }),
         } => return Err(cmd.local_only_reason().to_string()),
         _ => {}
     }

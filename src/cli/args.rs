@@ -18,70 +18,17 @@ pub enum Command {
     /// the status endpoint and the control socket (systemd Type=notify).
     Daemon,
     /// Print the running daemon's status (from its status endpoint).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Protect one snapshot (a file or a directory) now; prints the snapshot id.
-    Backup {
-        /// Source the snapshot belongs to.
-        #[arg(long)]
-        source: String,
-        /// The snapshot: a dump file, or a directory such as a pg_basebackup.
-        path: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Backup(BackupArgs),
     /// Archive one PostgreSQL WAL file (`archive_command = 'coffre wal-push --source NAME %p'`):
     /// exits 0 only once it is committed in at least replication.min-sites sites.
-    WalPush {
-        /// Source whose WAL this is (it needs a `[source.pitr]` table).
-        #[arg(long)]
-        source: String,
-        /// The WAL file (`%p`).
-        path: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    WalPush(WalPushArgs),
     /// Restore one archived WAL file (`restore_command = 'coffre wal-fetch --source NAME %f %p'`);
     /// exits 1 when it is not archived (the end of the archive, for PostgreSQL).
-    WalFetch {
-        /// Source whose WAL archive to read (the one `wal-push` archived into).
-        #[arg(long)]
-        source: String,
-        /// The WAL file name (`%f`).
-        name: String,
-        /// Where to write it (`%p`).
-        to: PathBuf,
-        /// Why, for the access log (accepted for compatibility: the restore_command coffre
-        /// writes never carries one; the restore or drill that opened the session logged its
-        /// own).
-        #[arg(
-            long,
-            default_value = "point-in-time recovery (PostgreSQL restore_command)"
-        )]
-        purpose: String,
-        /// The recovery session this fetch belongs to (written by `coffre restore --target-*`
-        /// into restore_command): the access log gets one entry when the session starts and a
-        /// summary when it ends, and through the daemon the next segments are fetched ahead.
-        #[arg(long, value_name = "ID")]
-        #[serde(default)]
-        session: Option<String>,
-        /// Read from this store only, with no fallback to the others (point-in-time drills pin
-        /// the store they drill).
-        #[arg(long, value_name = "NAME")]
-        #[serde(default)]
-        store: Option<String>,
-    },
+    WalFetch(WalFetchArgs),
     /// List snapshots, oldest first, and where each is committed.
-    Snapshots {
-        /// Only this source's snapshots (one of the config, or one the catalog still holds
-        /// snapshots of; another is an error, exit 2).
-        #[arg(long)]
-        source: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Snapshots(SnapshotsArgs),
     /// The local catalog (a cache of the stores' manifests).
     Catalog {
         #[command(subcommand)]
@@ -90,12 +37,7 @@ pub enum Command {
     /// Restore a snapshot from any surviving store (logged in the access log first).
     Restore(RestoreArgs),
     /// Check every replica (present, header valid, SHA-256 matches) without any key.
-    Verify {
-        /// Only this snapshot.
-        snapshot: Option<SnapshotId>,
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
     /// Key providers and epoch keys.
     Keys {
         #[command(subcommand)]
@@ -109,67 +51,193 @@ pub enum Command {
     /// Validate the config file and print every problem: syntax, values, and on this host every
     /// file and credential it names (present, readable by the service user, safe owner and mode)
     /// and every source folder (present, readable).
-    CheckConfig {
-        /// Check the config as data only, for another host: skip the files, credentials and
-        /// folders it names.
-        #[arg(long)]
-        portable: bool,
-        /// The account the service runs as, whose access to the files and folders is checked
-        /// (default: the current user; `coffre` under the packaged unit).
-        #[arg(long, value_name = "USER", conflicts_with = "portable")]
-        user: Option<String>,
-    },
+    CheckConfig(CheckConfigArgs),
     /// Retention: what would be shredded and when.
     Retention {
         #[command(subcommand)]
         command: RetentionCommand,
     },
     /// Crypto-shred one snapshot now (an erasure order), or show destruction records.
-    Shred {
-        /// The snapshot to shred.
-        #[arg(long, required_unless_present = "records")]
-        snapshot: Option<SnapshotId>,
-        /// Why (recorded in the access log and the destruction record).
-        #[arg(long, required_unless_present = "records")]
-        purpose: Option<String>,
-        /// Do it (without --yes, only say what would happen).
-        #[arg(long)]
-        yes: bool,
-        /// Show the destruction records instead.
-        #[arg(long)]
-        records: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Shred(ShredArgs),
     /// Disaster-recovery drill: restore into a scratch folder, verify, time it, wipe it.
-    Drill {
-        /// Only this source (default: every source; one that is not configured is an error,
-        /// exit 2).
-        #[arg(long)]
-        source: Option<String>,
-        /// Only this store (default: every store).
-        #[arg(long, conflicts_with = "all_stores")]
-        store: Option<String>,
-        /// Every store (the default).
-        #[arg(long)]
-        all_stores: bool,
-        /// This snapshot (default: the source's drill.pick, latest).
-        #[arg(long)]
-        snapshot: Option<SnapshotId>,
-        /// Rebuild the catalog from the stores first (a drill as on a new host).
-        #[arg(long)]
-        fresh_catalog: bool,
-        /// Why (recorded in the access log).
-        #[arg(long, default_value = "disaster-recovery drill")]
-        purpose: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Drill(DrillArgs),
     /// Legal holds: a held snapshot is never shredded.
     Hold {
         #[command(subcommand)]
         command: HoldCommand,
     },
+}
+
+// The arguments of `coffre status` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre backup` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct BackupArgs {
+    /// Source the snapshot belongs to.
+    #[arg(long)]
+    pub source: String,
+    /// The snapshot: a dump file, or a directory such as a pg_basebackup.
+    pub path: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre wal-push` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct WalPushArgs {
+    /// Source whose WAL this is (it needs a `[source.pitr]` table).
+    #[arg(long)]
+    pub source: String,
+    /// The WAL file (`%p`).
+    pub path: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre wal-fetch` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct WalFetchArgs {
+    /// Source whose WAL archive to read (the one `wal-push` archived into).
+    #[arg(long)]
+    pub source: String,
+    /// The WAL file name (`%f`).
+    pub name: String,
+    /// Where to write it (`%p`).
+    pub to: PathBuf,
+    /// Why, for the access log (accepted for compatibility: the restore_command coffre
+    /// writes never carries one; the restore or drill that opened the session logged its
+    /// own).
+    #[arg(
+        long,
+        default_value = "point-in-time recovery (PostgreSQL restore_command)"
+    )]
+    pub purpose: String,
+    /// The recovery session this fetch belongs to (written by `coffre restore --target-*`
+    /// into restore_command): the access log gets one entry when the session starts and a
+    /// summary when it ends, and through the daemon the next segments are fetched ahead.
+    #[arg(long, value_name = "ID")]
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Read from this store only, with no fallback to the others (point-in-time drills pin
+    /// the store they drill).
+    #[arg(long, value_name = "NAME")]
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+// The arguments of `coffre snapshots` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct SnapshotsArgs {
+    /// Only this source's snapshots (one of the config, or one the catalog still holds
+    /// snapshots of; another is an error, exit 2).
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre verify` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Only this snapshot.
+    pub snapshot: Option<SnapshotId>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre check-config` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct CheckConfigArgs {
+    /// Check the config as data only, for another host: skip the files, credentials and
+    /// folders it names.
+    #[arg(long)]
+    pub portable: bool,
+    /// The account the service runs as, whose access to the files and folders is checked
+    /// (default: the current user; `coffre` under the packaged unit).
+    #[arg(long, value_name = "USER", conflicts_with = "portable")]
+    pub user: Option<String>,
+}
+
+// The arguments of `coffre shred` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct ShredArgs {
+    /// The snapshot to shred.
+    #[arg(long, required_unless_present = "records")]
+    pub snapshot: Option<SnapshotId>,
+    /// Why (recorded in the access log and the destruction record).
+    #[arg(long, required_unless_present = "records")]
+    pub purpose: Option<String>,
+    /// Do it (without --yes, only say what would happen).
+    #[arg(long)]
+    pub yes: bool,
+    /// Show the destruction records instead.
+    #[arg(long)]
+    pub records: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre drill` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct DrillArgs {
+    /// Only this source (default: every source; one that is not configured is an error,
+    /// exit 2).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only this store (default: every store).
+    #[arg(long, conflicts_with = "all_stores")]
+    pub store: Option<String>,
+    /// Every store (the default).
+    #[arg(long)]
+    pub all_stores: bool,
+    /// This snapshot (default: the source's drill.pick, latest).
+    #[arg(long)]
+    pub snapshot: Option<SnapshotId>,
+    /// Rebuild the catalog from the stores first (a drill as on a new host).
+    #[arg(long)]
+    pub fresh_catalog: bool,
+    /// Why (recorded in the access log).
+    #[arg(long, default_value = "disaster-recovery drill")]
+    pub purpose: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `coffre keys init` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct KeysInitArgs {
+    /// Write a new master key to this file (mode 0600, never over an existing file) and
+    /// nothing else: no config is read, no state created. For `master-key-credential`:
+    /// `--to /etc/coffre/credentials/master.key`.
+    #[arg(long, value_name = "FILE")]
+    pub to: Option<PathBuf>,
+}
+
+// The arguments of `coffre keys rotate` (a plain comment: the subcommand's help is its variant's).
+#[derive(Args, Serialize, Deserialize, Debug, Clone)]
+pub struct KeysRotateArgs {
+    /// File provider whose master key is rotated.
+    #[arg(long, requires = "new_master_key")]
+    pub provider: Option<String>,
+    /// The new master key file (64 hex characters, mode 0600).
+    #[arg(long)]
+    pub new_master_key: Option<PathBuf>,
+    /// Create the new master key file.
+    #[arg(long)]
+    pub create: bool,
+    /// Wrap every snapshot's data key with this provider as well.
+    #[arg(long, conflicts_with = "provider")]
+    pub to_provider: Option<String>,
+    /// Why (recorded in the access log).
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
@@ -298,13 +366,7 @@ pub enum CatalogCommand {
 pub enum KeysCommand {
     /// Create the master key of every file provider that has none yet (mode 0600); with --to,
     /// write one new master key file to install as a systemd credential.
-    Init {
-        /// Write a new master key to this file (mode 0600, never over an existing file) and
-        /// nothing else: no config is read, no state created. For `master-key-credential`:
-        /// `--to /etc/coffre/credentials/master.key`.
-        #[arg(long, value_name = "FILE")]
-        to: Option<PathBuf>,
-    },
+    Init(KeysInitArgs),
     /// Providers, their health and their epochs (no key material).
     Status {
         #[arg(long)]
@@ -312,25 +374,7 @@ pub enum KeysCommand {
     },
     /// Rotate the master key of a file provider (re-seal its keyring here and in the stores),
     /// or wrap every snapshot's data key with another provider too. No data is re-encrypted.
-    Rotate {
-        /// File provider whose master key is rotated.
-        #[arg(long, requires = "new_master_key")]
-        provider: Option<String>,
-        /// The new master key file (64 hex characters, mode 0600).
-        #[arg(long)]
-        new_master_key: Option<PathBuf>,
-        /// Create the new master key file.
-        #[arg(long)]
-        create: bool,
-        /// Wrap every snapshot's data key with this provider as well.
-        #[arg(long, conflicts_with = "provider")]
-        to_provider: Option<String>,
-        /// Why (recorded in the access log).
-        #[arg(long)]
-        purpose: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Rotate(KeysRotateArgs),
 }
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]

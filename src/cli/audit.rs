@@ -4,25 +4,18 @@ use anyhow::{bail, Result};
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+pub(super) async fn run(app: &Coffre, command: &AuditCommand, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
-    match cmd {
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => verify(app, w).await,
-        Command::Audit {
-            command: AuditCommand::Expire { json },
-        } => expire(app, ctx, *json).await,
-        Command::Audit {
-            command:
-                AuditCommand::Show {
-                    since,
-                    until,
-                    snapshot,
-                    actor,
-                    action,
-                    json,
-                },
+    match command {
+        AuditCommand::Verify => verify(app, w).await,
+        AuditCommand::Expire { json } => expire(app, ctx, *json).await,
+        AuditCommand::Show {
+            since,
+            until,
+            snapshot,
+            actor,
+            action,
+            json,
         } => {
             let filter = Filter {
                 since: since.as_deref(),
@@ -33,7 +26,6 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             };
             show(app, w, &filter, *json)
         }
-        other => bail!("internal error: `{}` was routed to `audit`", other.action()),
     }
 }
 

@@ -7,54 +7,47 @@ use anyhow::{bail, Result};
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+pub(super) async fn run(app: &Coffre, a: &BackupArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
-    match cmd {
-        Command::Backup { source, path, json } => {
-            let before = intake_key(app, source, path);
-            let out = crate::ops::protect::protect(app, source, path).await?;
-            if let Some(key) = before {
-                if let Err(e) = record_for_intake(app, source, key, &out.manifest.snapshot) {
-                    errln!(
-                        w,
-                        "warning: the daemon's intake may protect {} again: {e}",
-                        path.display()
-                    );
-                }
-            }
-            if *json {
-                w.json(&BackupJson {
-                    snapshot: &out.manifest.snapshot,
-                    outcome: &out,
-                })?;
-            } else {
-                outln!(w, "{}", out.manifest.snapshot);
-            }
-            for f in &out.failed {
-                errln!(
-                    w,
-                    "warning: store `{}` did not receive snapshot {}: {}",
-                    f.store,
-                    out.manifest.snapshot,
-                    f.error
-                );
-            }
-            if out.protection == Protection::Degraded {
-                errln!(w,
-                    "warning: snapshot {} is degraded: committed in {} of {} stores (at least min-sites sites)",
-                    out.manifest.snapshot,
-                    out.committed.len(),
-                    app.stores.len()
-                );
-                return Ok(exit::DEGRADED);
-            }
-            Ok(exit::OK)
+    let BackupArgs { source, path, json } = a;
+    let before = intake_key(app, source, path);
+    let out = crate::ops::protect::protect(app, source, path).await?;
+    if let Some(key) = before {
+        if let Err(e) = record_for_intake(app, source, key, &out.manifest.snapshot) {
+            errln!(
+                w,
+                "warning: the daemon's intake may protect {} again: {e}",
+                path.display()
+            );
         }
-        other => bail!(
-            "internal error: `{}` was routed to `backup`",
-            other.action()
-        ),
     }
+    if *json {
+        w.json(&BackupJson {
+            snapshot: &out.manifest.snapshot,
+            outcome: &out,
+        })?;
+    } else {
+        outln!(w, "{}", out.manifest.snapshot);
+    }
+    for f in &out.failed {
+        errln!(
+            w,
+            "warning: store `{}` did not receive snapshot {}: {}",
+            f.store,
+            out.manifest.snapshot,
+            f.error
+        );
+    }
+    if out.protection == Protection::Degraded {
+        errln!(w,
+                "warning: snapshot {} is degraded: committed in {} of {} stores (at least min-sites sites)",
+                out.manifest.snapshot,
+                out.committed.len(),
+                app.stores.len()
+            );
+        return Ok(exit::DEGRADED);
+    }
+    Ok(exit::OK)
 }
 
 /// `backup --json`: the snapshot id at the top, then the outcome's own fields (manifest,

@@ -1,21 +1,13 @@
 //! `coffre catalog seal|rebuild`: authenticate older key objects; rebuild the catalog from the stores.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
-    match cmd {
-        Command::Catalog {
-            command: CatalogCommand::Seal { json },
-        } => seal(app, ctx, *json).await,
-        Command::Catalog {
-            command: CatalogCommand::Rebuild { json },
-        } => rebuild(app, ctx, *json).await,
-        other => bail!(
-            "internal error: `{}` was routed to `catalog`",
-            other.action()
-        ),
+pub(super) async fn run(app: &Coffre, command: &CatalogCommand, ctx: &Ctx) -> Result<u8> {
+    match command {
+        CatalogCommand::Seal { json } => seal(app, ctx, *json).await,
+        CatalogCommand::Rebuild { json } => rebuild(app, ctx, *json).await,
     }
 }
 

@@ -1,13 +1,13 @@
 //! `coffre hold add|release`: legal holds.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+pub(super) async fn run(app: &Coffre, command: &HoldCommand, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
-    match cmd {
-        Command::Hold { command } => {
+    {
+        {
             let actor = ctx.actor.clone();
             match command {
                 HoldCommand::Add { snapshot, purpose } => {
@@ -25,6 +25,5 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        other => bail!("internal error: `{}` was routed to `hold`", other.action()),
     }
 }

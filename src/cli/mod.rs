@@ -39,7 +39,9 @@ pub mod exit {
 
 mod access;
 mod args;
+pub mod client;
 mod out;
+pub mod protocol;
 
 pub(crate) use access::validate_request;
 pub use access::{check_bounds, Access, MAX_NAME, MAX_PURPOSE};
@@ -71,6 +73,26 @@ pub struct Ctx {
     pub session: std::sync::Mutex<Option<String>>,
 }
 
+/// What every command gets from the command line besides its own arguments.
+#[derive(Debug, Clone, Default)]
+pub struct Globals {
+    /// `--config` (or `$COFFRE_CONFIG`), as given.
+    pub config: Option<std::path::PathBuf>,
+}
+
+impl Globals {
+    /// The config file: the one given, else the default.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
+    }
+
+    pub fn load_config(&self) -> Result<crate::config::Config> {
+        Ok(crate::config::Config::load(&self.config_path())?)
+    }
+}
+
 /// An error and its causes, joined by ": ", each cause once: most errors here already name
 /// their cause in their own message, and repeating it reads as two failures.
 pub fn error_text(e: &anyhow::Error) -> String {
@@ -97,10 +119,11 @@ pub fn bounded(s: &str, max: usize) -> String {
 mod audit;
 mod backup;
 mod catalog;
+pub mod check_config;
 mod drill;
 mod hold;
-mod keys;
-mod restore;
+pub mod keys;
+pub mod restore;
 mod retention;
 mod shred;
 mod snapshots;
@@ -112,10 +135,11 @@ mod wal;
 /// the restore itself: on a new host a source may be in the stores only).
 fn source_arg(cmd: &Command) -> Option<&str> {
     match cmd {
-        Command::Backup { source, .. }
-        | Command::WalPush { source, .. }
-        | Command::WalFetch { source, .. } => Some(source),
-        Command::Snapshots { source, .. } | Command::Drill { source, .. } => source.as_deref(),
+        Command::Backup(BackupArgs { source, .. })
+        | Command::WalPush(WalPushArgs { source, .. })
+        | Command::WalFetch(WalFetchArgs { source, .. }) => Some(source),
+        Command::Snapshots(SnapshotsArgs { source, .. })
+        | Command::Drill(DrillArgs { source, .. }) => source.as_deref(),
         _ => None,
     }
 }
@@ -143,21 +167,19 @@ pub async fn execute(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
         return Ok(code);
     }
     match cmd {
-        Command::Backup { .. } => backup::run(app, cmd, ctx).await,
-        Command::WalPush { .. } | Command::WalFetch { .. } => wal::run(app, cmd, ctx).await,
-        Command::Snapshots { .. } => snapshots::run(app, cmd, ctx).await,
-        Command::Catalog { .. } => catalog::run(app, cmd, ctx).await,
-        Command::Restore(_) => restore::run(app, cmd, ctx).await,
-        Command::Verify { .. } => verify::run(app, cmd, ctx).await,
-        Command::Keys {
-            command: KeysCommand::Init { .. },
-        } => Ok(exit::OK),
-        Command::Keys { .. } => keys::run(app, cmd, ctx).await,
-        Command::Audit { .. } => audit::run(app, cmd, ctx).await,
-        Command::Retention { .. } => retention::run(app, cmd, ctx).await,
-        Command::Shred { .. } => shred::run(app, cmd, ctx).await,
-        Command::Drill { .. } => drill::run(app, cmd, ctx).await,
-        Command::Hold { .. } => hold::run(app, cmd, ctx).await,
+        Command::Backup(a) => backup::run(app, a, ctx).await,
+        Command::WalPush(a) => wal::push(app, a, ctx).await,
+        Command::WalFetch(a) => wal::fetch(app, a, ctx).await,
+        Command::Snapshots(a) => snapshots::run(app, a, ctx).await,
+        Command::Catalog { command } => catalog::run(app, command, ctx).await,
+        Command::Restore(a) => restore::run(app, a, ctx).await,
+        Command::Verify(a) => verify::run(app, a, ctx).await,
+        Command::Keys { command } => keys::run(app, command, ctx).await,
+        Command::Audit { command } => audit::run(app, command, ctx).await,
+        Command::Retention { command } => retention::run(app, command, ctx).await,
+        Command::Shred(a) => shred::run(app, a, ctx).await,
+        Command::Drill(a) => drill::run(app, a, ctx).await,
+        Command::Hold { command } => hold::run(app, command, ctx).await,
         // Local-only commands never reach here (main.rs runs them).
         Command::CheckConfig { .. } | Command::Daemon | Command::Status { .. } => Ok(exit::OK),
     }

@@ -4,19 +4,11 @@ use anyhow::{bail, Result};
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+pub(super) async fn run(app: &Coffre, command: &RetentionCommand, ctx: &Ctx) -> Result<u8> {
     let now = time::OffsetDateTime::now_utc();
-    match cmd {
-        Command::Retention {
-            command: RetentionCommand::Plan { json },
-        } => plan(app, &ctx.out, now, *json),
-        Command::Retention {
-            command: RetentionCommand::Run { json },
-        } => run_due(app, ctx, now, *json).await,
-        other => bail!(
-            "internal error: `{}` was routed to `retention`",
-            other.action()
-        ),
+    match command {
+        RetentionCommand::Plan { json } => plan(app, &ctx.out, now, *json),
+        RetentionCommand::Run { json } => run_due(app, ctx, now, *json).await,
     }
 }
 

@@ -9,27 +9,14 @@ use anyhow::{bail, Context, Result};
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
-    match cmd {
-        Command::Shred {
-            records: true,
-            json,
-            ..
-        } => records(app, &ctx.out, *json),
-        Command::Shred {
-            snapshot,
-            purpose,
-            yes,
-            json,
-            ..
-        } => {
-            let (Some(id), Some(purpose)) = (snapshot, purpose) else {
-                bail!("shred needs --snapshot ID and --purpose TEXT");
-            };
-            shred(app, ctx, id, purpose, *yes, *json).await
-        }
-        other => bail!("internal error: `{}` was routed to `shred`", other.action()),
+pub(super) async fn run(app: &Coffre, a: &ShredArgs, ctx: &Ctx) -> Result<u8> {
+    if a.records {
+        return records(app, &ctx.out, a.json);
     }
+    let (Some(id), Some(purpose)) = (&a.snapshot, &a.purpose) else {
+        bail!("shred needs --snapshot ID and --purpose TEXT");
+    };
+    shred(app, ctx, id, purpose, a.yes, a.json).await
 }
 
 /// `shred --records`: every destruction record kept here.

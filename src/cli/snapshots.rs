@@ -1,72 +1,65 @@
 //! `coffre snapshots`: the catalog's snapshots and where each is committed.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+pub(super) async fn run(app: &Coffre, a: &SnapshotsArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
-    match cmd {
-        Command::Snapshots { source, json } => {
-            let list = app.catalog.list(source.as_deref())?;
-            let keys: std::collections::HashMap<SnapshotId, crate::format::KeyObject> = app
-                .catalog
-                .all_keys()?
-                .into_iter()
-                .map(|k| (k.snapshot, k))
-                .collect();
-            if *json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "id": e.manifest.snapshot,
-                            "source": e.manifest.source,
-                            "created": e.manifest.created,
-                            "kind": e.manifest.kind,
-                            "name": e.manifest.original_name,
-                            "size": e.manifest.size,
-                            "sealed_size": e.manifest.sealed_size,
-                            "sealed_sha256": e.manifest.sealed_sha256,
-                            "state": state(app, e, &keys),
-                            "stores": committed(e),
-                            "replicas": e.replicas,
-                        })
-                    })
-                    .collect();
-                w.json(&v)?;
-            } else if list.is_empty() {
-                match source {
-                    Some(s) => outln!(w, "no snapshots of source `{s}` in the catalog (on a new host, `coffre catalog rebuild` reads them from the stores)"),
-                    None => outln!(w, "no snapshots in the catalog yet (on a new host, `coffre catalog rebuild` reads them from the stores)"),
-                }
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.manifest.snapshot.to_string(),
-                            e.manifest.source.clone(),
-                            e.manifest.created.clone(),
-                            e.manifest.size.to_string(),
-                            state(app, e, &keys),
-                            committed(e).join(","),
-                        ]
-                    })
-                    .collect();
-                w.table(
-                    &["id", "source", "created", "size", "state", "stores"],
-                    &rows,
-                    &[3],
-                );
+    let SnapshotsArgs { source, json } = a;
+    let list = app.catalog.list(source.as_deref())?;
+    let keys: std::collections::HashMap<SnapshotId, crate::format::KeyObject> = app
+        .catalog
+        .all_keys()?
+        .into_iter()
+        .map(|k| (k.snapshot, k))
+        .collect();
+    if *json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.manifest.snapshot,
+                    "source": e.manifest.source,
+                    "created": e.manifest.created,
+                    "kind": e.manifest.kind,
+                    "name": e.manifest.original_name,
+                    "size": e.manifest.size,
+                    "sealed_size": e.manifest.sealed_size,
+                    "sealed_sha256": e.manifest.sealed_sha256,
+                    "state": state(app, e, &keys),
+                    "stores": committed(e),
+                    "replicas": e.replicas,
+                })
+            })
+            .collect();
+        w.json(&v)?;
+    } else if list.is_empty() {
+        match source {
+                Some(s) => outln!(w, "no snapshots of source `{s}` in the catalog (on a new host, `coffre catalog rebuild` reads them from the stores)"),
+                None => outln!(w, "no snapshots in the catalog yet (on a new host, `coffre catalog rebuild` reads them from the stores)"),
             }
-            Ok(exit::OK)
-        }
-        other => bail!(
-            "internal error: `{}` was routed to `snapshots`",
-            other.action()
-        ),
+    } else {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|e| {
+                vec![
+                    e.manifest.snapshot.to_string(),
+                    e.manifest.source.clone(),
+                    e.manifest.created.clone(),
+                    e.manifest.size.to_string(),
+                    state(app, e, &keys),
+                    committed(e).join(","),
+                ]
+            })
+            .collect();
+        w.table(
+            &["id", "source", "created", "size", "state", "stores"],
+            &rows,
+            &[3],
+        );
     }
+    Ok(exit::OK)
 }
 
 fn committed(e: &crate::catalog::Entry) -> Vec<&str> {

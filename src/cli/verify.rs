@@ -4,58 +4,51 @@ use anyhow::{bail, Result};
 
 use super::*;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+pub(super) async fn run(app: &Coffre, a: &VerifyArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
-    match cmd {
-        Command::Verify { snapshot, json } => {
-            let mut checks = crate::ops::verify::verify(app, *snapshot).await;
-            // The WAL archive of every source that keeps one: each store's copy of each WAL
-            // file, and continuity per timeline.
-            let mut gaps = Vec::new();
-            let mut histories = Vec::new();
-            if snapshot.is_none() {
-                for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
-                    checks.extend(crate::ops::wal_check::copies(app, &s.name).await);
-                    let (g, archive) = crate::ops::wal_check::gaps(app, &s.name).await;
-                    gaps.extend(g);
-                    histories.extend(crate::ops::wal_check::missing_histories(&s.name, &archive));
-                }
-            }
-            let mut bad = checks.iter().filter(|c| !c.ok()).count();
-            bad += gaps.len() + histories.len();
-            if *json {
-                let mut all: Vec<serde_json::Value> = checks
-                    .iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?;
-                for g in &gaps {
-                    all.push(archive_entry(g, "wal-continuity", "gap", g.describe())?);
-                }
-                for h in &histories {
-                    all.push(archive_entry(
-                        h,
-                        "wal-timeline-history",
-                        "missing",
-                        h.describe(),
-                    )?);
-                }
-                w.json(&all)?;
-            } else {
-                text(w, &checks, &gaps, &histories);
-            }
-            if snapshot.is_some() && checks.is_empty() {
-                bail!(
-                    "snapshot {} is not known in the catalog or any store",
-                    snapshot.map(|s| s.to_string()).unwrap_or_default()
-                );
-            }
-            Ok(if bad > 0 { exit::FAILURE } else { exit::OK })
+    let VerifyArgs { snapshot, json } = a;
+    let mut checks = crate::ops::verify::verify(app, *snapshot).await;
+    // The WAL archive of every source that keeps one: each store's copy of each WAL
+    // file, and continuity per timeline.
+    let mut gaps = Vec::new();
+    let mut histories = Vec::new();
+    if snapshot.is_none() {
+        for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
+            checks.extend(crate::ops::wal_check::copies(app, &s.name).await);
+            let (g, archive) = crate::ops::wal_check::gaps(app, &s.name).await;
+            gaps.extend(g);
+            histories.extend(crate::ops::wal_check::missing_histories(&s.name, &archive));
         }
-        other => bail!(
-            "internal error: `{}` was routed to `verify`",
-            other.action()
-        ),
     }
+    let mut bad = checks.iter().filter(|c| !c.ok()).count();
+    bad += gaps.len() + histories.len();
+    if *json {
+        let mut all: Vec<serde_json::Value> = checks
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        for g in &gaps {
+            all.push(archive_entry(g, "wal-continuity", "gap", g.describe())?);
+        }
+        for h in &histories {
+            all.push(archive_entry(
+                h,
+                "wal-timeline-history",
+                "missing",
+                h.describe(),
+            )?);
+        }
+        w.json(&all)?;
+    } else {
+        text(w, &checks, &gaps, &histories);
+    }
+    if snapshot.is_some() && checks.is_empty() {
+        bail!(
+            "snapshot {} is not known in the catalog or any store",
+            snapshot.map(|s| s.to_string()).unwrap_or_default()
+        );
+    }
+    Ok(if bad > 0 { exit::FAILURE } else { exit::OK })
 }
 
 /// One finding about a source's WAL archive as a `--json` entry: its fields, with `check`,

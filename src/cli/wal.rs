@@ -7,66 +7,67 @@ use super::*;
 use crate::ops::restore::Chunk;
 use crate::ops::wal::WalError;
 
-pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
+/// `wal-push`: archive one WAL file, read from the descriptor the caller opened.
+pub(super) async fn push(app: &Coffre, a: &WalPushArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
-    match cmd {
-        Command::WalPush { source, path, json } => {
-            let (name, file) = wal_push_file(app, source, path, ctx)?;
-            let pushed = wal_push(app, source, (path, &name, &file), ctx).await?;
-            log_push(app, source, &ctx.actor, &pushed)?;
-            match pushed {
-                Push::Ahead(p) if *json => w.json(&p)?,
-                Push::Ahead(p) => {
-                    outln!(w, "{} archived as {} (ahead of its push)", p.name, p.object)
-                }
-                Push::Spooled(sp) if *json => w.json(&sp)?,
-                Push::Spooled(sp) => outln!(w, "{} spooled (archived in the background)", sp.name),
-                Push::Pushed(p) if *json => w.json(&p)?,
-                Push::Pushed(p) if p.already => outln!(
-                    w,
-                    "{} already archived (same bytes) as {}",
-                    p.name,
-                    p.object
-                ),
-                Push::Pushed(p) => outln!(w, "{} archived as {}", p.name, p.object),
-            }
-            Ok(exit::OK)
+    let WalPushArgs { source, path, json } = a;
+    let (name, file) = wal_push_file(app, source, path, ctx)?;
+    let pushed = wal_push(app, source, (path, &name, &file), ctx).await?;
+    log_push(app, source, &ctx.actor, &pushed)?;
+    match pushed {
+        Push::Ahead(p) if *json => w.json(&p)?,
+        Push::Ahead(p) => {
+            outln!(w, "{} archived as {} (ahead of its push)", p.name, p.object)
         }
-        Command::WalFetch {
-            source,
-            name,
-            to,
-            purpose,
-            session,
-            store,
-        } => {
-            let by = crate::ops::wal::FetchBy {
-                actor: &ctx.actor,
-                purpose,
-                session: session.as_deref(),
-                store: store.as_deref(),
-            };
-            let t0 = std::time::Instant::now();
-            let fetched = crate::ops::wal::fetch(app, source, name, by, ctx.daemon.clone()).await;
-            let crate::ops::wal::Fetched {
-                object,
-                plain,
-                prefetched,
-            } = match fetched {
-                Ok(x) => x,
-                // The normal end of the archive during recovery: a short note, exit 1.
-                Err(e @ WalError::NotArchived(_)) => {
-                    errln!(w, "{e}");
-                    return Ok(exit::FAILURE);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            hand_over(ctx, name, to, object, plain).await?;
-            crate::ops::wal::served(app, session.as_deref(), t0.elapsed(), prefetched);
-            Ok(exit::OK)
-        }
-        other => bail!("internal error: `{}` was routed to `wal`", other.action()),
+        Push::Spooled(sp) if *json => w.json(&sp)?,
+        Push::Spooled(sp) => outln!(w, "{} spooled (archived in the background)", sp.name),
+        Push::Pushed(p) if *json => w.json(&p)?,
+        Push::Pushed(p) if p.already => outln!(
+            w,
+            "{} already archived (same bytes) as {}",
+            p.name,
+            p.object
+        ),
+        Push::Pushed(p) => outln!(w, "{} archived as {}", p.name, p.object),
     }
+    Ok(exit::OK)
+}
+
+/// `wal-fetch`: one archived WAL file, handed to the caller.
+pub(super) async fn fetch(app: &Coffre, a: &WalFetchArgs, ctx: &Ctx) -> Result<u8> {
+    let w = &ctx.out;
+    let WalFetchArgs {
+        source,
+        name,
+        to,
+        purpose,
+        session,
+        store,
+    } = a;
+    let by = crate::ops::wal::FetchBy {
+        actor: &ctx.actor,
+        purpose,
+        session: session.as_deref(),
+        store: store.as_deref(),
+    };
+    let t0 = std::time::Instant::now();
+    let fetched = crate::ops::wal::fetch(app, source, name, by, ctx.daemon.clone()).await;
+    let crate::ops::wal::Fetched {
+        object,
+        plain,
+        prefetched,
+    } = match fetched {
+        Ok(x) => x,
+        // The normal end of the archive during recovery: a short note, exit 1.
+        Err(e @ WalError::NotArchived(_)) => {
+            errln!(w, "{e}");
+            return Ok(exit::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    hand_over(ctx, name, to, object, plain).await?;
+    crate::ops::wal::served(app, session.as_deref(), t0.elapsed(), prefetched);
+    Ok(exit::OK)
 }
 
 /// Hand a fetched WAL file to the caller: through the daemon, written into the empty file the

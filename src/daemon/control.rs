@@ -1,4 +1,5 @@
-//! The control socket: while the daemon runs it is the only process that reads keys or writes
+//! The control socket's server (the daemon's half; the caller's is `cli::client`, the frames
+//! both speak `cli::protocol`): while the daemon runs it is the only process that reads keys or writes
 //! the keyring, catalog, journal and access log, and every CLI command that does reaches it here.
 //!
 //! A request is one JSON line `{"v": 1, "command": <cli::Command>}`: a typed value, each field
@@ -18,11 +19,9 @@
 //! even connect. Each connection has a read deadline and a bounded request line; at most
 //! [`MAX_CONNECTIONS`] are served at once.
 //!
-//! The answer is a sequence of frames (tag byte, 4-byte big-endian length, payload): `o` and
-//! `e` text for stdout and stderr, `B` (JSON) and `D` (bytes) for a restore's plaintext, which
-//! the caller writes with its own rights, and last `X` (JSON `{"exit": n}`). The first frame
-//! comes at once (a refusal, or an empty `e` frame when the command starts): a caller that gets
-//! none within [`FIRST_ANSWER`] says the daemon is stopped or hung rather than wait forever.
+//! The answer is a sequence of frames (`cli::protocol`). The first frame comes at once (a
+//! refusal, or an empty `e` frame when the command starts): a caller that gets none within
+//! `cli::protocol::FIRST_ANSWER` says the daemon is stopped or hung rather than wait forever.
 //!
 //! `wal-push` reads only the descriptor the caller passed with the request (the caller opened
 //! the WAL file with its own rights, without following a symlink): the daemon never opens a
@@ -37,14 +36,12 @@
 //! it, which it checks is an empty regular file open for writing. Any other descriptor, or one
 //! passed with another command, is closed unused, and a caller that passes none gets frames.
 
-use std::io::{Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -54,13 +51,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
+use crate::cli::protocol::{
+    fail, frame_head, push_exit, push_frame, Begin, Request, Written, MAX_REQUEST, TAG_BEGIN,
+    TAG_DATA, TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN, VERSION,
+};
 use crate::cli::{self, exit, Access, Command, Ctx, Frame, Out};
 use crate::ops::restore::Chunk;
 
-/// Protocol version of a request.
-pub const VERSION: u32 = 1;
-/// Longest request line accepted (bytes, newline included).
-pub const MAX_REQUEST: usize = 64 * 1024;
 /// Connections served at once; more are answered "busy" (exit 75).
 pub const MAX_CONNECTIONS: usize = 16;
 /// Of those, kept for the sources' archivers (`wal-push`, `wal-fetch`), so that callers who
@@ -81,55 +78,6 @@ pub const ARCHIVE_BUDGET: Duration = Duration::from_secs(15 * 60);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refusals logged in the access log per minute; more are counted and logged with the next.
 const REFUSALS_PER_MINUTE: u32 = 10;
-/// Longest data frame a client accepts.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Longest wait of a caller for the daemon's first frame. The daemon answers every request at
-/// once (a refusal, a bad request, busy, or an empty `e` frame when the command starts), within
-/// its own [`READ_TIMEOUT`] for the request line and the admission checks (group lookups, the
-/// backup path): a daemon that accepted the connection and sent nothing for this long is
-/// stopped or hung (SIGSTOP, a debugger), and the caller fails rather than wait forever. After
-/// the first frame there is no limit: a restore's bytes may take long to come.
-pub const FIRST_ANSWER: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub v: u32,
-    pub command: Command,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Begin {
-    pub snapshot: crate::ids::SnapshotId,
-    pub kind: crate::store::SnapshotKind,
-    pub size: u64,
-}
-
-/// The `W` frame: the plaintext is in the file the caller passed.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Written {
-    pub snapshot: crate::ids::SnapshotId,
-    pub size: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Exit {
-    pub exit: u8,
-}
-
-pub const TAG_STDOUT: u8 = b'o';
-pub const TAG_STDERR: u8 = b'e';
-pub const TAG_BEGIN: u8 = b'B';
-pub const TAG_DATA: u8 = b'D';
-pub const TAG_WRITTEN: u8 = b'W';
-pub const TAG_EXIT: u8 = b'X';
-/// The recovery session a point-in-time restore opened (its id, text), sent before `X`.
-pub const TAG_SESSION: u8 = b'S';
-
-/// The recovery session the daemon (or this process, without one) opened for the restore this
-/// process asked for: `coffre restore --target-*` writes it into restore_command.
-pub static RECOVERY_SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 /// Where the socket is: `daemon.control-socket`, else `$RUNTIME_DIRECTORY/coffre.sock`, else
 /// `<state-dir>/run/coffre.sock`.
 pub fn socket_path(config: &crate::Config) -> PathBuf {
@@ -417,27 +365,13 @@ async fn busy(mut stream: UnixStream) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&buf)).await;
 }
 
-fn push_frame(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
-    buf.push(tag);
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
-}
-
-fn push_exit(buf: &mut Vec<u8>, code: u8) {
-    let body =
-        serde_json::to_vec(&Exit { exit: code }).unwrap_or_else(|_| b"{\"exit\":1}".to_vec());
-    push_frame(buf, TAG_EXIT, &body);
-}
-
 /// Write one frame within [`WRITE_TIMEOUT`]: a caller that stops reading is cut off.
 async fn write_frame(
     w: &mut (impl AsyncWriteExt + Unpin),
     tag: u8,
     payload: &[u8],
 ) -> std::io::Result<()> {
-    let mut head = [0u8; 5];
-    head[0] = tag;
-    head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    let head = frame_head(tag, payload.len());
     let write = async {
         w.write_all(&head).await?;
         w.write_all(payload).await
@@ -670,14 +604,6 @@ async fn run_command(app: &Arc<Coffre>, command: &Command, ctx: Ctx) -> (u8, Opt
     (code, session)
 }
 
-/// An answer that is only an error message and an exit code.
-fn fail(code: u8, msg: String) -> Vec<u8> {
-    let mut buf = Vec::new();
-    push_frame(&mut buf, TAG_STDERR, msg.as_bytes());
-    push_exit(&mut buf, code);
-    buf
-}
-
 /// Read (and drop) a bounded rest of a request over the size limit, so that the caller gets
 /// the answer rather than a reset for the bytes it sent past the limit.
 async fn drain(r: &mut OwnedReadHalf) {
@@ -762,7 +688,8 @@ fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<()
     let archives = archiver_of(app, uid);
     if !archives.is_empty() {
         return match command {
-            Command::WalPush { source, .. } | Command::WalFetch { source, .. }
+            Command::WalPush(cli::WalPushArgs { source, .. })
+            | Command::WalFetch(cli::WalFetchArgs { source, .. })
                 if archives.contains(source) =>
             {
                 Ok(())
@@ -847,231 +774,11 @@ fn log_refusal(
         .map(|_| ())
 }
 
-/// The caller's side: send `command` and read the answer. Text goes to this process's stdout
-/// and stderr; a restore's plaintext to `restore`, which writes it with the caller's rights.
-/// `file`: an empty file the caller opened, passed with the request for the daemon to write
-/// into (`wal-fetch`).
-pub fn call(
-    mut s: std::os::unix::net::UnixStream,
-    command: &Command,
-    restore: Option<&mut dyn RestoreWriter>,
-    file: Option<OwnedFd>,
-) -> Result<u8, String> {
-    let mut line = serde_json::to_vec(&Request {
-        v: VERSION,
-        command: command.clone(),
-    })
-    .map_err(|e| format!("cannot encode the request: {e}"))?;
-    line.push(b'\n');
-    if line.len() > MAX_REQUEST {
-        return Err(format!(
-            "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
-        ));
-    }
-    let silent = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        )
-    };
-    let hung = || {
-        format!(
-            "the coffre daemon accepted the connection on its control socket but answered nothing for {} s: it is stopped or hung (`systemctl status coffre`; state T is a stopped process: `kill -CONT` it or restart the service). This command did not start",
-            FIRST_ANSWER.as_secs()
-        )
-    };
-    s.set_read_timeout(Some(FIRST_ANSWER))
-        .and_then(|()| s.set_write_timeout(Some(FIRST_ANSWER)))
-        .map_err(|e| format!("cannot set up the control socket: {e}"))?;
-    send_request(&s, &line, file.as_ref())
-        .and_then(|sent| s.write_all(&line[sent..]))
-        .map_err(|e| match silent(&e) {
-            true => hung(),
-            false => format!("cannot send the request to the daemon: {e}"),
-        })?;
-    let mut r = std::io::BufReader::new(s);
-    let mut restore = restore;
-    let mut first = true;
-    loop {
-        let frame = match first {
-            true => first_frame(&mut r).map_err(|e| e.unwrap_or_else(hung)),
-            false => read_frame(&mut r),
-        };
-        first = false;
-        let (tag, body) = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                if let Some(w) = restore.as_mut() {
-                    w.abort();
-                }
-                return Err(e);
-            }
-        };
-        if let Some(code) = on_frame(tag, body, &mut restore)? {
-            return Ok(code);
-        }
-    }
-}
-
-/// Send the first bytes of `line` with `file`'s descriptor attached (the kernel delivers it with
-/// them); returns how many bytes went. Without a file, nothing is sent here.
-fn send_request(
-    s: &std::os::unix::net::UnixStream,
-    line: &[u8],
-    file: Option<&OwnedFd>,
-) -> std::io::Result<usize> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let Some(file) = file else {
-        return Ok(0);
-    };
-    let fds = [file.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut cmsg = SendAncillaryBuffer::new(&mut space);
-    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(std::io::Error::other("cannot attach the file descriptor"));
-    }
-    loop {
-        match rustix::net::sendmsg(
-            s,
-            &[std::io::IoSlice::new(line)],
-            &mut cmsg,
-            SendFlags::NOSIGNAL,
-        ) {
-            Err(rustix::io::Errno::INTR) => continue,
-            other => return other.map_err(std::io::Error::from),
-        }
-    }
-}
-
-/// The first frame of the answer, within [`FIRST_ANSWER`] (then the socket waits as long as it
-/// takes). `Err(None)`: nothing came in time.
-fn first_frame(
-    r: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
-) -> Result<(u8, Vec<u8>), Option<String>> {
-    let mut head = [0u8; 1];
-    let n = loop {
-        match r.read(&mut head) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(None)
-            }
-            Err(e) => return Err(Some(format!(
-                "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
-            ))),
-        }
-    };
-    let untimed = r
-        .get_ref()
-        .set_read_timeout(None)
-        .and_then(|()| r.get_ref().set_write_timeout(None));
-    if let Err(e) = untimed {
-        return Err(Some(format!("cannot set up the control socket: {e}")));
-    }
-    read_frame(&mut std::io::Read::chain(&head[..n], r)).map_err(Some)
-}
-
-/// One frame of the daemon's answer: its tag and body.
-fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), String> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head).map_err(|e| {
-        format!(
-            "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
-        )
-    })?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(format!(
-            "the daemon sent a frame of {len} bytes: protocol error"
-        ));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .map_err(|e| format!("the daemon's answer was cut: {e}"))?;
-    Ok((head[0], body))
-}
-
-/// Act on one frame: text to stdout or stderr, restored bytes to `restore`; the exit frame
-/// ends the answer (its code returned).
-fn on_frame(
-    tag: u8,
-    body: Vec<u8>,
-    restore: &mut Option<&mut dyn RestoreWriter>,
-) -> Result<Option<u8>, String> {
-    let nothing_to_restore =
-        || "the daemon sent restored data for a command that restores nothing".to_string();
-    match tag {
-        TAG_STDOUT => {
-            let mut o = std::io::stdout();
-            let _ = o.write_all(&body);
-            let _ = o.flush();
-        }
-        TAG_STDERR => {
-            let _ = std::io::stderr().write_all(&body);
-        }
-        TAG_BEGIN => {
-            let b: Begin = serde_json::from_slice(&body)
-                .map_err(|e| format!("bad restore header from the daemon: {e}"))?;
-            restore.as_mut().ok_or_else(nothing_to_restore)?.begin(&b)?;
-        }
-        TAG_DATA => restore
-            .as_mut()
-            .ok_or_else(nothing_to_restore)?
-            .data(body)?,
-        TAG_WRITTEN => {
-            let x: Written = serde_json::from_slice(&body)
-                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
-            restore
-                .as_mut()
-                .ok_or_else(nothing_to_restore)?
-                .written(&x)?;
-        }
-        TAG_SESSION => {
-            let id = String::from_utf8(body)
-                .map_err(|_| "bad recovery session id from the daemon".to_string())?;
-            let _ = RECOVERY_SESSION.set(id);
-        }
-        TAG_EXIT => {
-            let e: Exit = serde_json::from_slice(&body)
-                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
-            if let Some(w) = restore.as_mut() {
-                if e.exit == exit::OK {
-                    w.finish()?;
-                } else {
-                    w.abort();
-                }
-            }
-            return Ok(Some(e.exit));
-        }
-        t => {
-            return Err(format!(
-                "the daemon sent an unknown frame {t}: protocol error"
-            ))
-        }
-    }
-    Ok(None)
-}
-
-/// Writes a restore's plaintext on the caller's side.
-pub trait RestoreWriter {
-    fn begin(&mut self, b: &Begin) -> Result<(), String>;
-    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String>;
-    /// The daemon wrote the whole plaintext into the file passed with the request.
-    fn written(&mut self, w: &Written) -> Result<(), String>;
-    /// Every check passed: make it durable and move it into place.
-    fn finish(&mut self) -> Result<(), String>;
-    /// Something failed: remove what was written.
-    fn abort(&mut self);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::client::send_request;
+    use std::io::Write;
 
     /// One operator holds at most PER_CALLER connections, one archiver PER_ARCHIVER, and the
     /// archivers' kept places stay free of operators.

@@ -666,7 +666,8 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
 /// gets the WAL file, as frames through the socket, and writes it itself.
 #[test]
 fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
-    use coffre::daemon::control::{self, Begin, RestoreWriter, Written};
+    use coffre::cli::client::{self as control, RestoreWriter};
+    use coffre::cli::protocol::{Begin, Written};
     #[derive(Default)]
     struct Collect {
         began: Option<u64>,
@@ -699,16 +700,16 @@ fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
     let d = env.start(None);
     let bytes = env.push_segment(seg, 3);
     let s = std::os::unix::net::UnixStream::connect(env.p("state/run/coffre.sock")).unwrap();
-    let cmd = coffre::cli::Command::WalFetch {
+    let cmd = coffre::cli::Command::WalFetch(coffre::cli::WalFetchArgs {
         source: "base".into(),
         name: seg.into(),
         to: env.p("unused"),
         purpose: "frames test".into(),
         session: None,
         store: None,
-    };
+    });
     let mut w = Collect::default();
-    let code = control::call(s, &cmd, Some(&mut w), None).unwrap();
+    let code = control::call(s, &cmd, Some(&mut w), None).unwrap().code;
     let (_, m) = http_get(env.port, "/metrics").unwrap();
     d.stop();
     assert_eq!(code, 0);
