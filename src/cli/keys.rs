@@ -135,28 +135,6 @@ fn due_of(epoch: &crate::ids::EpochId) -> Option<String> {
         .map(|d| format!("{d}T00:00:00Z"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn epoch(s: &str) -> crate::ids::EpochId {
-        crate::ids::EpochId::try_from(s.to_string()).unwrap()
-    }
-
-    #[test]
-    fn snapshot_and_access_log_epochs_are_due_the_day_after_and_holds_never() {
-        assert_eq!(
-            due_of(&epoch("2026-12-31.2")).as_deref(),
-            Some("2027-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            due_of(&epoch("audit-2033-12-01.1")).as_deref(),
-            Some("2033-12-02T00:00:00Z")
-        );
-        assert_eq!(due_of(&epoch("hold-01M8T9P5ADDMESVD5NXHW8FV3Z")), None);
-    }
-}
-
 /// `keys init`, in the caller's process only: with `--to`, one new master key file; without,
 /// every file provider's missing master key.
 pub async fn init(globals: &Globals, a: &KeysInitArgs) -> Result<()> {
@@ -330,4 +308,26 @@ fn keys_init_to(to: &std::path::Path) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(s: &str) -> crate::ids::EpochId {
+        crate::ids::EpochId::try_from(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn snapshot_and_access_log_epochs_are_due_the_day_after_and_holds_never() {
+        assert_eq!(
+            due_of(&epoch("2026-12-31.2")).as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            due_of(&epoch("audit-2033-12-01.1")).as_deref(),
+            Some("2033-12-02T00:00:00Z")
+        );
+        assert_eq!(due_of(&epoch("hold-01M8T9P5ADDMESVD5NXHW8FV3Z")), None);
+    }
 }

@@ -153,6 +153,30 @@ fn wal_line(wal: &crate::status::WalStatus) -> String {
     )
 }
 
+/// The config `status` needs (the status address and token): the file as well as it can be
+/// read, so that a file broken since the daemon started still reaches the running daemon.
+fn config_for_status(globals: &Globals) -> Result<crate::config::Config> {
+    let path = globals.config_path();
+    let err = match crate::config::Config::load(&path) {
+        Ok(c) => return Ok(c),
+        Err(e @ crate::config::ConfigError::Read { .. }) => return Err(e.into()),
+        Err(e) => e,
+    };
+    let text = std::fs::read_to_string(&path)?;
+    let (config, problems) =
+        crate::config::Config::check_text(&text, Some(&crate::config::config_folder(&path)));
+    let Some(config) = config else {
+        return Err(err.into());
+    };
+    eprintln!(
+        "warning: {} has {} problem(s) (`coffre check-config` lists them); the running daemon is asked at {} all the same",
+        path.display(),
+        problems.len(),
+        config.status.listen
+    );
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,28 +218,4 @@ mod tests {
         let orig: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(again, orig);
     }
-}
-
-/// The config `status` needs (the status address and token): the file as well as it can be
-/// read, so that a file broken since the daemon started still reaches the running daemon.
-fn config_for_status(globals: &Globals) -> Result<crate::config::Config> {
-    let path = globals.config_path();
-    let err = match crate::config::Config::load(&path) {
-        Ok(c) => return Ok(c),
-        Err(e @ crate::config::ConfigError::Read { .. }) => return Err(e.into()),
-        Err(e) => e,
-    };
-    let text = std::fs::read_to_string(&path)?;
-    let (config, problems) =
-        crate::config::Config::check_text(&text, Some(&crate::config::config_folder(&path)));
-    let Some(config) = config else {
-        return Err(err.into());
-    };
-    eprintln!(
-        "warning: {} has {} problem(s) (`coffre check-config` lists them); the running daemon is asked at {} all the same",
-        path.display(),
-        problems.len(),
-        config.status.listen
-    );
-    Ok(config)
 }

@@ -220,12 +220,12 @@ async fn wal_push(
             .and_then(|s| s.pitr.as_ref())
             .is_some_and(|p| p.archive_async);
         if asynchronous {
-            if let Some(sp) = crate::ops::wal_spool::spool(app, source, path, file)? {
+            if let Some(sp) = crate::ops::wal_spool::spool(app, source, name, (path, file))? {
                 return Ok(Push::Spooled(sp));
             }
         }
     }
-    crate::ops::wal::push(app, source, path, file, &ctx.actor)
+    crate::ops::wal::push_named(app, source, name, (path, file), &ctx.actor)
         .await
         .map(Push::Pushed)
 }

@@ -141,6 +141,44 @@ fn archiver_of(app: &Coffre, uid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Who is calling, resolved once per connection from its uid, in a blocking thread (user and
+/// group lookups may ask NSS, LDAP or SSSD, and must not hold up the accept loop): its name,
+/// the PITR sources whose archiver it is, and (for another caller than root or an archiver)
+/// whether it is an operator and in the erasure group.
+struct Caller {
+    uid: u32,
+    name: String,
+    archives: Vec<String>,
+    operator: Result<bool, String>,
+    /// None: `audit.erasure-group` is not set.
+    eraser: Option<Result<bool, String>>,
+}
+
+impl Caller {
+    fn resolve(app: &Coffre, uid: u32) -> Caller {
+        let mut c = Caller {
+            uid,
+            name: user_name(uid),
+            archives: Vec::new(),
+            operator: Ok(uid == 0),
+            eraser: None,
+        };
+        if uid == 0 {
+            return c;
+        }
+        c.archives = archiver_of(app, uid);
+        if c.archives.is_empty() {
+            let audit = &app.config.audit;
+            c.operator = is_operator(uid, audit.operators_group.as_deref());
+            c.eraser = audit
+                .erasure_group
+                .as_deref()
+                .map(|g| in_group(uid, g, "audit.erasure-group"));
+        }
+        c
+    }
+}
+
 /// Refusals logged per caller (uid) and window; the rest are counted and reported with that
 /// caller's next logged one. Per caller, so that one account's burst never hides another's
 /// refusals.
@@ -247,7 +285,7 @@ pub(crate) async fn serve(
     app_rx: watch::Receiver<Arc<Coffre>>,
     cancel: CancellationToken,
 ) {
-    let slots = Slots::new();
+    let slots = Arc::new(Slots::new());
     let limiter = Arc::new(Mutex::new(RefusalLimiter::new()));
     loop {
         let (stream, _) = tokio::select! {
@@ -261,23 +299,39 @@ pub(crate) async fn serve(
             },
         };
         let app = app_rx.borrow().clone();
-        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-        let Some(slot) = slots.take(uid, !archiver_of(&app, uid).is_empty()) else {
-            tokio::spawn(busy(stream));
-            continue;
-        };
-        let limiter = limiter.clone();
+        let (slots, limiter) = (slots.clone(), limiter.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &app, &limiter).await {
+            if let Err(e) = connection(stream, app, &slots, &limiter).await {
                 tracing::warn!(error = %e, "control socket request failed");
             }
-            drop(slot);
         });
     }
     let _ = std::fs::remove_file(&path);
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// One connection's task: who calls (resolved off the async threads), its place among the
+/// connections served (or busy), then the request.
+async fn connection(
+    stream: UnixStream,
+    app: Arc<Coffre>,
+    slots: &Slots,
+    limiter: &Mutex<RefusalLimiter>,
+) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let a = app.clone();
+    let caller = tokio::task::spawn_blocking(move || Caller::resolve(&a, uid))
+        .await
+        .map_err(std::io::Error::other)?;
+    let Some(slot) = slots.take(uid, !caller.archives.is_empty()) else {
+        busy(stream).await;
+        return Ok(());
+    };
+    let r = handle(stream, &app, limiter, &caller).await;
+    drop(slot);
+    r
+}
 
 /// The connections being served: [`MAX_CONNECTIONS`] in all, [`ARCHIVER_SLOTS`] of them only
 /// for archivers, at most [`PER_ARCHIVER`] for one archiver and [`PER_CALLER`] for one other
@@ -453,9 +507,9 @@ async fn handle(
     stream: UnixStream,
     app: &Arc<Coffre>,
     limiter: &Mutex<RefusalLimiter>,
+    caller: &Caller,
 ) -> std::io::Result<()> {
-    let uid = stream.peer_cred()?.uid();
-    let name = user_name(uid);
+    let name = caller.name.clone();
     let t0 = Instant::now();
     let first = first_read(&stream).await;
     let (mut r, mut w) = stream.into_split();
@@ -497,7 +551,7 @@ async fn handle(
     // caller passed; any other is closed now.
     let passed =
         passed.filter(|_| matches!(command, Command::WalFetch { .. } | Command::WalPush { .. }));
-    if let Some(answer) = refusal(app, limiter, (uid, &name), req.v, &mut command) {
+    if let Some(answer) = refusal(app, limiter, caller, req.v, &mut command) {
         return w.write_all(&answer).await;
     }
     // Answer at once (an empty stderr frame): the caller waits at most FIRST_ANSWER for it.
@@ -532,10 +586,11 @@ async fn handle(
 fn refusal(
     app: &Coffre,
     limiter: &Mutex<RefusalLimiter>,
-    (uid, name): (u32, &str),
+    caller: &Caller,
     version: u32,
     command: &mut Command,
 ) -> Option<Vec<u8>> {
+    let (uid, name) = (caller.uid, caller.name.as_str());
     let (code, reason) = if version != VERSION {
         (
             exit::USAGE,
@@ -543,7 +598,7 @@ fn refusal(
                 "request version {version} is not {VERSION}: use the coffre binary of the daemon's version"
             ),
         )
-    } else if let Err(reason) = admission(uid, name, app, command) {
+    } else if let Err(reason) = admission(caller, app, command) {
         (exit::REFUSED, reason)
     } else {
         let reason = cli::validate_request(app, command).err()?;
@@ -673,7 +728,8 @@ async fn pump(
 /// root runs everything that goes through the socket; a source's archiver archives and
 /// fetches that source's WAL and nothing else (whatever groups it is in); erasure needs
 /// `audit.erasure-group`; the rest is for operators.
-fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<(), String> {
+fn admission(caller: &Caller, app: &Coffre, command: &Command) -> Result<(), String> {
+    let (uid, name) = (caller.uid, caller.name.as_str());
     let access = command.access();
     if access == Access::LocalOnly {
         return Err(format!(
@@ -685,7 +741,7 @@ fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<()
     if uid == 0 {
         return Ok(());
     }
-    let archives = archiver_of(app, uid);
+    let archives = &caller.archives;
     if !archives.is_empty() {
         return match command {
             Command::WalPush(cli::WalPushArgs { source, .. })
@@ -712,7 +768,7 @@ fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<()
             "user {name} is not the archiver of this source: only `[source.pitr] archiver` (the account PostgreSQL runs as) and root may archive its WAL, so that nobody else puts bytes under its WAL names"
         )),
         Access::Erase => match &audit.erasure_group {
-            Some(g) if in_group(uid, g, "audit.erasure-group")? => Ok(()),
+            Some(g) if caller.eraser.clone().unwrap_or(Ok(false))? => Ok(()),
             Some(g) => Err(format!(
                 "user {name} may not erase (`{}`): only root and members of audit.erasure-group `{g}` may",
                 command.action()
@@ -723,7 +779,7 @@ fn admission(uid: u32, name: &str, app: &Coffre, command: &Command) -> Result<()
             )),
         },
         Access::Read | Access::Operate | Access::Fetch => {
-            match is_operator(uid, audit.operators_group.as_deref()) {
+            match caller.operator.clone() {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(format!(
                     "user {name} is not in the operators' group{}",

@@ -120,12 +120,24 @@ pub async fn push(
 ) -> Result<Pushed, WalError> {
     archiving_source(app, source)?;
     let name = wal_name(path)?;
-    let copies = committed_copies(app, source, &name, None).await;
+    push_named(app, source, &name, (path, file), actor).await
+}
+
+/// [`push`] for a caller that checked the source archives and parsed the WAL name already
+/// (`coffre wal-push`).
+pub async fn push_named(
+    app: &Coffre,
+    source: &str,
+    name: &WalName,
+    (path, file): (&Path, &std::fs::File),
+    actor: &str,
+) -> Result<Pushed, WalError> {
+    let copies = committed_copies(app, source, name, None).await;
     if let Some((_, m)) = copies
         .iter()
         .find_map(|(s, r)| r.as_ref().ok().map(|m| (s, m)))
     {
-        return repush(app, source, &name, (path, file), m.clone(), actor).await;
+        return repush(app, source, name, (path, file), m.clone(), actor).await;
     }
     let outcome = crate::ops::protect::protect_as(
         app,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::app::Coffre;
 use crate::format::wal::WalName;
-use crate::ops::wal::{open_wal_file, read_open, wal_name, write_atomically, WalError};
+use crate::ops::wal::{open_wal_file, read_open, write_atomically, WalError};
 
 /// Wakes the `wal-spool` worker as soon as a file is spooled.
 pub static WAKE: std::sync::LazyLock<tokio::sync::Notify> =
@@ -82,11 +82,9 @@ pub fn depth(app: &Coffre, source: &str) -> Depth {
 pub fn spool(
     app: &Coffre,
     source: &str,
-    path: &Path,
-    file: &std::fs::File,
+    name: &crate::format::wal::WalName,
+    (path, file): (&Path, &std::fs::File),
 ) -> Result<Option<Spooled>, WalError> {
-    crate::ops::wal::archiving_source(app, source)?;
-    let name = wal_name(path)?;
     let archived = app.catalog.has_wal(source, name.as_str()).unwrap_or(true);
     if archived {
         return Ok(None);
