@@ -157,6 +157,33 @@ impl Command {
         )
     }
 
+    /// Whether the command takes a file the caller passed with its request: `wal-fetch` (the
+    /// empty file to write) and `wal-push` (the WAL file to read).
+    pub(crate) fn takes_callers_file(&self) -> bool {
+        matches!(self, Command::WalFetch(_) | Command::WalPush(_))
+    }
+
+    /// The source whose WAL the command archives or fetches (`wal-push`, `wal-fetch`).
+    pub(crate) fn wal_source(&self) -> Option<&str> {
+        match self {
+            Command::WalPush(WalPushArgs { source, .. })
+            | Command::WalFetch(WalFetchArgs { source, .. }) => Some(source),
+            _ => None,
+        }
+    }
+
+    /// What PostgreSQL does meanwhile when the command cannot run because the daemon is down
+    /// (appended to that error).
+    pub(crate) fn while_daemon_down(&self) -> &'static str {
+        match self {
+            Command::WalPush(_) => {
+                ". PostgreSQL keeps the WAL file and retries archive_command until a push succeeds: nothing is lost while the daemon is down, but pg_wal grows"
+            }
+            Command::WalFetch(_) => ". The recovery waits: PostgreSQL retries restore_command",
+            _ => "",
+        }
+    }
+
     /// The caller's `--purpose`, if the command has one.
     pub fn purpose(&self) -> Option<&str> {
         match self {

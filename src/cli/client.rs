@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use super::protocol::{
-    encode_request, read_frame, Begin, Exit, Written, FIRST_ANSWER, TAG_BEGIN, TAG_DATA, TAG_EXIT,
-    TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN,
+    encode_request, read_frame, Begin, CallError, Exit, Written, FIRST_ANSWER, TAG_BEGIN, TAG_DATA,
+    TAG_EXIT, TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN,
 };
+use super::receive::Incoming;
 use super::{exit, Command, Ctx, Globals, Out};
 use crate::config::Config;
 use crate::lock::{self, Role};
-use crate::ops::destination::RestoreDestination;
 use crate::Coffre;
 
 /// The daemon's answer to a command (or this process's, without a daemon): its exit code, and
@@ -149,13 +149,7 @@ fn daemon_down(
     refused: &std::io::Error,
     e: &crate::lock::LockError,
 ) -> String {
-    let then = match cmd {
-        Command::WalPush { .. } => {
-            ". PostgreSQL keeps the WAL file and retries archive_command until a push succeeds: nothing is lost while the daemon is down, but pg_wal grows"
-        }
-        Command::WalFetch { .. } => ". The recovery waits: PostgreSQL retries restore_command",
-        _ => "",
-    };
+    let then = cmd.while_daemon_down();
     format!(
         "the coffre daemon is not running: no daemon answers on its control socket {} ({refused}), and without it only the daemon's user may use the state folder ({e}). Start it (`systemctl start coffre`; `systemctl status coffre` and `journalctl -u coffre` say why it stopped){then}",
         socket.display()
@@ -212,8 +206,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<Answ
         call(s, &cmd, w, file)
     })
     .await
-    .context("the control socket client stopped")?
-    .map_err(anyhow::Error::msg)?;
+    .context("the control socket client stopped")??;
     Ok(answer)
 }
 
@@ -221,7 +214,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<Answ
 /// writes a restore's plaintext into, and a file passed with the request.
 #[derive(Default)]
 struct Handover {
-    writer: Option<RestoreDestination>,
+    writer: Option<Incoming>,
     file: Option<OwnedFd>,
 }
 
@@ -232,7 +225,7 @@ impl super::RestoreArgs {
             std::path::absolute(&self.to).with_context(|| format!("--to {}", self.to.display()))?;
         crate::ops::restore::check_target(&self.to)?;
         Ok(Handover {
-            writer: Some(RestoreDestination::new(
+            writer: Some(Incoming::new(
                 self.to.clone(),
                 std::io::stderr().is_terminal() && !self.json,
             )),
@@ -269,8 +262,8 @@ impl super::WalFetchArgs {
     fn hand_over(&mut self) -> Result<Handover> {
         self.to =
             std::path::absolute(&self.to).with_context(|| format!("{}", self.to.display()))?;
-        let mut w = RestoreDestination::new(self.to.clone(), false);
-        let file = Some(w.prepare().map_err(anyhow::Error::msg)?);
+        let mut w = Incoming::new(self.to.clone(), false);
+        let file = Some(w.prepare()?);
         Ok(Handover {
             writer: Some(w),
             file,
@@ -288,7 +281,7 @@ pub fn call(
     command: &Command,
     restore: Option<&mut dyn RestoreWriter>,
     file: Option<OwnedFd>,
-) -> Result<Answer, String> {
+) -> Result<Answer, CallError> {
     let line = encode_request(command)?;
     let silent = |e: &std::io::Error| {
         matches!(
@@ -296,20 +289,14 @@ pub fn call(
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         )
     };
-    let hung = || {
-        format!(
-            "the coffre daemon accepted the connection on its control socket but answered nothing for {} s: it is stopped or hung (`systemctl status coffre`; state T is a stopped process: `kill -CONT` it or restart the service). This command did not start",
-            FIRST_ANSWER.as_secs()
-        )
-    };
     s.set_read_timeout(Some(FIRST_ANSWER))
         .and_then(|()| s.set_write_timeout(Some(FIRST_ANSWER)))
-        .map_err(|e| format!("cannot set up the control socket: {e}"))?;
+        .map_err(CallError::Setup)?;
     send_request(&s, &line, file.as_ref())
         .and_then(|sent| s.write_all(&line[sent..]))
         .map_err(|e| match silent(&e) {
-            true => hung(),
-            false => format!("cannot send the request to the daemon: {e}"),
+            true => CallError::Hung,
+            false => CallError::Send(e),
         })?;
     let mut r = std::io::BufReader::new(s);
     let mut restore = restore;
@@ -317,7 +304,7 @@ pub fn call(
     let mut first = true;
     loop {
         let frame = match first {
-            true => first_frame(&mut r).map_err(|e| e.unwrap_or_else(hung)),
+            true => first_frame(&mut r),
             false => read_frame(&mut r),
         };
         first = false;
@@ -370,7 +357,7 @@ pub(crate) fn send_request(
 /// takes). `Err(None)`: nothing came in time.
 fn first_frame(
     r: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
-) -> Result<(u8, Vec<u8>), Option<String>> {
+) -> Result<(u8, Vec<u8>), CallError> {
     let mut head = [0u8; 1];
     let n = loop {
         match r.read(&mut head) {
@@ -382,11 +369,9 @@ fn first_frame(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(None)
+                return Err(CallError::Hung)
             }
-            Err(e) => return Err(Some(format!(
-                "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
-            ))),
+            Err(e) => return Err(CallError::Closed(e)),
         }
     };
     let untimed = r
@@ -394,9 +379,9 @@ fn first_frame(
         .set_read_timeout(None)
         .and_then(|()| r.get_ref().set_write_timeout(None));
     if let Err(e) = untimed {
-        return Err(Some(format!("cannot set up the control socket: {e}")));
+        return Err(CallError::Setup(e));
     }
-    read_frame(&mut std::io::Read::chain(&head[..n], r)).map_err(Some)
+    read_frame(&mut std::io::Read::chain(&head[..n], r))
 }
 
 /// Act on one frame: text to stdout or stderr, restored bytes to `restore`; the exit frame
@@ -406,9 +391,8 @@ fn on_frame(
     body: Vec<u8>,
     restore: &mut Option<&mut dyn RestoreWriter>,
     session: &mut Option<String>,
-) -> Result<Option<u8>, String> {
-    let nothing_to_restore =
-        || "the daemon sent restored data for a command that restores nothing".to_string();
+) -> Result<Option<u8>, CallError> {
+    let nothing_to_restore = || CallError::NothingToRestore;
     match tag {
         TAG_STDOUT => {
             let mut o = std::io::stdout();
@@ -419,63 +403,61 @@ fn on_frame(
             let _ = std::io::stderr().write_all(&body);
         }
         TAG_BEGIN => {
-            let b: Begin = serde_json::from_slice(&body)
-                .map_err(|e| format!("bad restore header from the daemon: {e}"))?;
-            restore.as_mut().ok_or_else(nothing_to_restore)?.begin(&b)?;
+            let b: Begin = serde_json::from_slice(&body).map_err(CallError::BadHeader)?;
+            restore
+                .as_mut()
+                .ok_or_else(nothing_to_restore)?
+                .begin(&b)
+                .map_err(CallError::Writer)?;
         }
         TAG_DATA => restore
             .as_mut()
             .ok_or_else(nothing_to_restore)?
-            .data(body)?,
+            .data(body)
+            .map_err(CallError::Writer)?,
         TAG_WRITTEN => {
-            let x: Written = serde_json::from_slice(&body)
-                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+            let x: Written = serde_json::from_slice(&body).map_err(CallError::BadAnswer)?;
             restore
                 .as_mut()
                 .ok_or_else(nothing_to_restore)?
-                .written(&x)?;
+                .written(&x)
+                .map_err(CallError::Writer)?;
         }
         TAG_SESSION => {
-            let id = String::from_utf8(body)
-                .map_err(|_| "bad recovery session id from the daemon".to_string())?;
+            let id = String::from_utf8(body).map_err(|_| CallError::BadSession)?;
             *session = Some(id);
         }
         TAG_EXIT => {
-            let e: Exit = serde_json::from_slice(&body)
-                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+            let e: Exit = serde_json::from_slice(&body).map_err(CallError::BadAnswer)?;
             if let Some(w) = restore.as_mut() {
                 if e.exit == exit::OK {
-                    w.finish()?;
+                    w.finish().map_err(CallError::Writer)?;
                 } else {
                     w.abort();
                 }
             }
             return Ok(Some(e.exit));
         }
-        t => {
-            return Err(format!(
-                "the daemon sent an unknown frame {t}: protocol error"
-            ))
-        }
+        t => return Err(CallError::UnknownFrame(t)),
     }
     Ok(None)
 }
 
 /// The caller's own destination writes what the daemon streams.
-impl RestoreWriter for RestoreDestination {
+impl RestoreWriter for Incoming {
     fn begin(&mut self, b: &Begin) -> Result<(), String> {
-        RestoreDestination::begin(self, &b.snapshot, b.kind, b.size)
+        Incoming::begin(self, &b.snapshot, b.kind, b.size).map_err(|e| e.to_string())
     }
     fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        RestoreDestination::data(self, bytes)
+        Incoming::data(self, bytes).map_err(|e| e.to_string())
     }
     fn written(&mut self, w: &Written) -> Result<(), String> {
-        RestoreDestination::written(self, w.size)
+        Incoming::written(self, w.size).map_err(|e| e.to_string())
     }
     fn finish(&mut self) -> Result<(), String> {
-        RestoreDestination::finish(self)
+        Incoming::finish(self).map_err(|e| e.to_string())
     }
     fn abort(&mut self) {
-        RestoreDestination::abort(self)
+        Incoming::abort(self)
     }
 }

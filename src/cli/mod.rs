@@ -6,6 +6,14 @@
 //!
 //! Output goes through [`Out`]: printed directly in a local run, sent as frames to the caller
 //! through the socket.
+//!
+//! The caller's side lives here too: [`client`] routes a command to the running daemon (or runs
+//! it here under the state folder's lock), speaking [`protocol`] (the frames both halves of the
+//! socket share; the daemon's half is `daemon::control`), and [`receive`] writes a restore's
+//! plaintext as it arrives. What runs in the caller's process only (`check-config`, `keys init`,
+//! a file provider's master-key rotation, `status`, a point-in-time restore's recovery settings)
+//! is in its command's file. Each command has its own arguments type ([`BackupArgs`], ...), and
+//! each handler takes its own.
 
 use std::io::IsTerminal;
 
@@ -42,6 +50,7 @@ mod args;
 pub mod client;
 mod out;
 pub mod protocol;
+pub mod receive;
 
 pub(crate) use access::validate_request;
 pub use access::{check_bounds, Access, MAX_NAME, MAX_PURPOSE};

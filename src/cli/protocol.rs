@@ -65,18 +65,52 @@ pub const TAG_EXIT: u8 = b'X';
 /// The recovery session a point-in-time restore opened (its id, text), sent before `X`.
 pub const TAG_SESSION: u8 = b'S';
 
+/// Why the caller's exchange with the daemon failed (the caller's side of the socket).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot encode the request: {0}")]
+    Encode(serde_json::Error),
+    #[error(
+        "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
+    )]
+    TooLong,
+    #[error("cannot set up the control socket: {0}")]
+    Setup(std::io::Error),
+    #[error("cannot send the request to the daemon: {0}")]
+    Send(std::io::Error),
+    #[error("the coffre daemon accepted the connection on its control socket but answered nothing for {} s: it is stopped or hung (`systemctl status coffre`; state T is a stopped process: `kill -CONT` it or restart the service). This command did not start", FIRST_ANSWER.as_secs())]
+    Hung,
+    #[error("the daemon closed the control socket before answering ({0}); see its log (journalctl -u coffre)")]
+    Closed(std::io::Error),
+    #[error("the daemon sent a frame of {0} bytes: protocol error")]
+    FrameTooLong(usize),
+    #[error("the daemon's answer was cut: {0}")]
+    Cut(std::io::Error),
+    #[error("bad restore header from the daemon: {0}")]
+    BadHeader(serde_json::Error),
+    #[error("bad answer from the daemon: {0}")]
+    BadAnswer(serde_json::Error),
+    #[error("bad recovery session id from the daemon")]
+    BadSession,
+    #[error("the daemon sent restored data for a command that restores nothing")]
+    NothingToRestore,
+    #[error("the daemon sent an unknown frame {0}: protocol error")]
+    UnknownFrame(u8),
+    /// The caller's writer of restored bytes failed (its own words).
+    #[error("{0}")]
+    Writer(String),
+}
+
 /// The request line for `command`: JSON and a newline, at most [`MAX_REQUEST`] bytes.
-pub fn encode_request(command: &Command) -> Result<Vec<u8>, String> {
+pub fn encode_request(command: &Command) -> Result<Vec<u8>, CallError> {
     let mut line = serde_json::to_vec(&Request {
         v: VERSION,
         command: command.clone(),
     })
-    .map_err(|e| format!("cannot encode the request: {e}"))?;
+    .map_err(CallError::Encode)?;
     line.push(b'\n');
     if line.len() > MAX_REQUEST {
-        return Err(format!(
-            "the request is longer than {MAX_REQUEST} bytes: shorten --purpose or the other arguments"
-        ));
+        return Err(CallError::TooLong);
     }
     Ok(line)
 }
@@ -109,21 +143,14 @@ pub fn fail(code: u8, msg: String) -> Vec<u8> {
 }
 
 /// One frame of the daemon's answer: its tag and body.
-pub fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), String> {
+pub fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), CallError> {
     let mut head = [0u8; 5];
-    r.read_exact(&mut head).map_err(|e| {
-        format!(
-            "the daemon closed the control socket before answering ({e}); see its log (journalctl -u coffre)"
-        )
-    })?;
+    r.read_exact(&mut head).map_err(CallError::Closed)?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len > MAX_FRAME {
-        return Err(format!(
-            "the daemon sent a frame of {len} bytes: protocol error"
-        ));
+        return Err(CallError::FrameTooLong(len));
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .map_err(|e| format!("the daemon's answer was cut: {e}"))?;
+    r.read_exact(&mut body).map_err(CallError::Cut)?;
     Ok((head[0], body))
 }

@@ -95,7 +95,16 @@ async fn hand_over(
     match (&ctx.restore_sink, passed) {
         (Some(tx), Some(f)) => into_callers_file(tx, f, name, to, object, plain).await,
         (Some(tx), None) => as_frames(tx, name, object, plain).await,
-        (None, _) => Ok(crate::ops::wal::write_atomically(to, &plain)?),
+        // In the caller's own process: through the same destination as every restore.
+        (None, _) => crate::ops::destination::RestoreDestination::new(to)
+            .write_whole("fetch", &plain)
+            .map_err(|source| {
+                WalError::Write {
+                    path: to.to_path_buf(),
+                    source,
+                }
+                .into()
+            }),
     }
 }
 

@@ -92,8 +92,17 @@ fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
+/// A group a role names could not be looked up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum GroupError {
+    #[error("group lookup: {0}")]
+    Lookup(nix::errno::Errno),
+    #[error("{key} `{group}` does not exist")]
+    Missing { key: &'static str, group: String },
+}
+
 /// Root, or a member (primary or supplementary) of the operators' group.
-pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String> {
+pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, GroupError> {
     if uid == 0 {
         return Ok(true);
     }
@@ -104,10 +113,13 @@ pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, String>
 }
 
 /// Is `uid` a member (primary or supplementary) of `group` (named by the config key `key`)?
-fn in_group(uid: u32, group: &str, key: &str) -> Result<bool, String> {
+fn in_group(uid: u32, group: &str, key: &'static str) -> Result<bool, GroupError> {
     let g = nix::unistd::Group::from_name(group)
-        .map_err(|e| format!("group lookup: {e}"))?
-        .ok_or_else(|| format!("{key} `{group}` does not exist"))?;
+        .map_err(GroupError::Lookup)?
+        .ok_or_else(|| GroupError::Missing {
+            key,
+            group: group.to_string(),
+        })?;
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten();
@@ -149,9 +161,9 @@ struct Caller {
     uid: u32,
     name: String,
     archives: Vec<String>,
-    operator: Result<bool, String>,
+    operator: Result<bool, GroupError>,
     /// None: `audit.erasure-group` is not set.
-    eraser: Option<Result<bool, String>>,
+    eraser: Option<Result<bool, GroupError>>,
 }
 
 impl Caller {
@@ -549,8 +561,7 @@ async fn handle(
     let mut command = req.command;
     // Only `wal-fetch` (a file to write) and `wal-push` (the WAL file to read) take a file the
     // caller passed; any other is closed now.
-    let passed =
-        passed.filter(|_| matches!(command, Command::WalFetch { .. } | Command::WalPush { .. }));
+    let passed = passed.filter(|_| command.takes_callers_file());
     if let Some(answer) = refusal(app, limiter, caller, req.v, &mut command) {
         return w.write_all(&answer).await;
     }
@@ -743,13 +754,8 @@ fn admission(caller: &Caller, app: &Coffre, command: &Command) -> Result<(), Str
     }
     let archives = &caller.archives;
     if !archives.is_empty() {
-        return match command {
-            Command::WalPush(cli::WalPushArgs { source, .. })
-            | Command::WalFetch(cli::WalFetchArgs { source, .. })
-                if archives.contains(source) =>
-            {
-                Ok(())
-            }
+        return match command.wal_source() {
+            Some(source) if archives.iter().any(|a| a == source) => Ok(()),
             _ => Err(format!(
                 "user {name} is the archiver of source(s) {}: through the daemon it may only archive and fetch their WAL (wal-push, wal-fetch), not `{}`; an operator runs that",
                 archives.join(", "),
@@ -768,7 +774,15 @@ fn admission(caller: &Caller, app: &Coffre, command: &Command) -> Result<(), Str
             "user {name} is not the archiver of this source: only `[source.pitr] archiver` (the account PostgreSQL runs as) and root may archive its WAL, so that nobody else puts bytes under its WAL names"
         )),
         Access::Erase => match &audit.erasure_group {
-            Some(g) if caller.eraser.clone().unwrap_or(Ok(false))? => Ok(()),
+            Some(g)
+                if caller
+                    .eraser
+                    .clone()
+                    .unwrap_or(Ok(false))
+                    .map_err(|e| e.to_string())? =>
+            {
+                Ok(())
+            }
             Some(g) => Err(format!(
                 "user {name} may not erase (`{}`): only root and members of audit.erasure-group `{g}` may",
                 command.action()
@@ -789,7 +803,7 @@ fn admission(caller: &Caller, app: &Coffre, command: &Command) -> Result<(), Str
                         .map(|g| format!(" `{g}`"))
                         .unwrap_or_else(|| " (audit.operators-group is not set: only root may)".into())
                 )),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             }
         }
     }

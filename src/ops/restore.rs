@@ -30,6 +30,7 @@ use crate::audit::{AuditError, NewEntry, Target};
 use crate::format::seal::{Framer, Header, Opener, SealError};
 use crate::ids::SnapshotId;
 use crate::keys::{DataKey, KeyError};
+use crate::ops::destination::RestoreDestination;
 use crate::ops::protect::{PlainMac, StoreFailure};
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
@@ -667,32 +668,6 @@ fn sync_tree(tmp: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Move a finished restore into place; never replaces anything created at the target meanwhile
-/// (`renameat2(RENAME_NOREPLACE)`), then makes the rename durable.
-pub fn rename_into_place(tmp: &Path, to: &Path) -> io::Result<()> {
-    nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        tmp,
-        nix::fcntl::AT_FDCWD,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(|e| {
-        if e == nix::errno::Errno::EEXIST {
-            io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} appeared while the restore ran: coffre never overwrites",
-                    to.display()
-                ),
-            )
-        } else {
-            io::Error::from(e)
-        }
-    })?;
-    crate::fsutil::sync_dir(to)
-}
-
 /// Unpack the tar stream into `tmp` (created 0700), digesting the whole stream, then fsync
 /// every file and directory.
 fn unpack_dir(
@@ -731,36 +706,6 @@ pub fn check_target(to: &Path) -> Result<(), RestoreError> {
         return Err(RestoreError::TargetParent(parent));
     }
     Ok(())
-}
-
-/// The temporary name a restore writes before its final rename: hidden, beside the target.
-pub fn partial_path(to: &Path, id: &SnapshotId) -> PathBuf {
-    partial_path_tagged(to, &id.to_string())
-}
-
-/// `.<name>.coffre-partial-<tag>` beside `to`.
-pub fn partial_path_tagged(to: &Path, tag: &str) -> PathBuf {
-    let parent = match to.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "restore".into());
-    parent.join(format!(".{name}.coffre-partial-{tag}"))
-}
-
-pub fn remove_any(p: &Path) {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        Ok(_) => {
-            let _ = std::fs::remove_file(p);
-        }
-        Err(_) => {}
-    }
 }
 
 /// Outcome of streaming from one store.
@@ -1147,36 +1092,25 @@ fn progress_activity(req: &Request) -> crate::progress::Activity {
 /// The temporary file or folder a local restore writes beside its target (a restore through
 /// the socket has none: the caller writes its own). Removed when dropped, unless moved into
 /// place; a leftover of an earlier, interrupted restore is removed first.
-struct Scratch(Option<PathBuf>);
+struct Scratch(Option<RestoreDestination>);
 
 impl Scratch {
     fn for_request(req: &Request, id: &SnapshotId) -> Scratch {
-        let tmp = req.stream.is_none().then(|| partial_path(&req.to, id));
-        if let Some(t) = &tmp {
-            remove_any(t);
-        }
-        Scratch(tmp)
+        Scratch(req.stream.is_none().then(|| {
+            let mut d = RestoreDestination::new(&req.to);
+            d.scratch(&id.to_string());
+            d
+        }))
     }
 
     fn move_into_place(mut self, to: &Path) -> Result<(), RestoreError> {
-        let Some(t) = self.0.take() else {
+        let Some(mut d) = self.0.take() else {
             return Ok(());
         };
-        rename_into_place(&t, to).map_err(|source| {
-            remove_any(&t);
-            RestoreError::Target {
-                path: to.to_path_buf(),
-                source,
-            }
+        d.finish().map_err(|source| RestoreError::Target {
+            path: to.to_path_buf(),
+            source,
         })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            remove_any(t);
-        }
     }
 }
 
@@ -1345,8 +1279,8 @@ async fn destination(
         }
         return Ok(Dest::Stream(tx.clone()));
     }
-    match &scratch.0 {
-        Some(t) => Ok(Dest::Path(t.clone())),
+    match scratch.0.as_ref().and_then(|d| d.scratch_path()) {
+        Some(t) => Ok(Dest::Path(t.to_path_buf())),
         None => Err(RestoreError::Integrity {
             snapshot: *id,
             reason: "internal: no destination".into(),
