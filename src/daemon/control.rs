@@ -451,9 +451,20 @@ async fn write_frame(
     }
 }
 
+/// Why a request line could not be read: a bad request (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("no complete request within {} s", READ_TIMEOUT.as_secs())]
+    TimedOut,
+    #[error("reading the request: {0}")]
+    Read(std::io::Error),
+    #[error("the request is longer than {MAX_REQUEST} bytes or ends without a newline")]
+    TooLong,
+}
+
 /// The first bytes the caller sent and the descriptor it passed with them, if any (at most one
 /// is kept; the kernel closes any more, and a descriptor arriving later is never read).
-async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), String> {
+async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), RequestError> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut buf = vec![0u8; MAX_REQUEST];
     let read = async {
@@ -481,11 +492,8 @@ async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), S
         }
     };
     match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Err(_) => Err(format!(
-            "no complete request within {} s",
-            READ_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("reading the request: {e}")),
+        Err(_) => Err(RequestError::TimedOut),
+        Ok(Err(e)) => Err(RequestError::Read(e)),
         Ok(Ok((n, fd))) => {
             buf.truncate(n);
             Ok((buf, fd))
@@ -497,18 +505,13 @@ async fn first_read(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), S
 async fn read_request(
     r: &mut (impl AsyncReadExt + Unpin),
     limit: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, RequestError> {
     let mut line = Vec::new();
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
     match tokio::time::timeout(limit, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => Err(format!(
-            "no complete request within {} s",
-            READ_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("reading the request: {e}")),
-        Ok(Ok(_)) if line.last() != Some(&b'\n') => Err(format!(
-            "the request is longer than {MAX_REQUEST} bytes or ends without a newline"
-        )),
+        Err(_) => Err(RequestError::TimedOut),
+        Ok(Err(e)) => Err(RequestError::Read(e)),
+        Ok(Ok(_)) if line.last() != Some(&b'\n') => Err(RequestError::TooLong),
         Ok(Ok(_)) => Ok(line),
     }
 }
@@ -943,7 +946,7 @@ mod tests {
         let long = vec![b'a'; MAX_REQUEST + 10];
         let mut r: &[u8] = &long;
         let e = read_request(&mut r, READ_TIMEOUT).await.unwrap_err();
-        assert!(e.contains("longer than"), "{e}");
+        assert!(e.to_string().contains("longer than"), "{e}");
         let mut ok: &[u8] = b"{}\n";
         assert_eq!(read_request(&mut ok, READ_TIMEOUT).await.unwrap(), b"{}\n");
         let mut cut: &[u8] = b"{\"v\":1";
