@@ -241,21 +241,6 @@ impl Drop for Host {
     }
 }
 
-/// An operator made for one test (in the group `postgres`, the operators' group of these
-/// tests) who is not the archiver; removed after it.
-pub(super) struct TempUser {
-    pub(super) name: String,
-    _made: crate::common::users::UnixUsers,
-}
-
-impl TempUser {
-    pub(super) fn operator() -> TempUser {
-        let mut m = crate::common::users::UnixUsers::new();
-        let name = m.user("cofpitr", &["postgres"]);
-        TempUser { name, _made: m }
-    }
-}
-
 /// (last archived WAL file, failed attempts) from pg_stat_archiver.
 fn archiver(pg: &Postgres) -> (String, u64) {
     let row = pg.psql(
@@ -402,7 +387,7 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
 
     // The same, replayed by coffre as an operator (--replay; the archiver `postgres` may not
     // restore): the folder it leaves is a promoted database, at the target.
-    let operator = TempUser::operator();
+    let operator = crate::common::users::TempUser::operator();
     let owned = host.d.join("pg");
     std::fs::create_dir_all(&owned).unwrap();
     let st = Command::new("chown")

@@ -18,9 +18,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::e2e_pitr::{wait_archived, Host, TempUser};
+use super::e2e_pitr::{wait_archived, Host};
 use crate::common::coffre::{file_key_provider, local_stores};
 use crate::common::servers::Postgres;
+use crate::common::users::TempUser;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 

@@ -2,7 +2,7 @@
 //! newest snapshot of a source survives by re-wrap, and a clock that jumps far ahead stops
 //! shredding.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 use crate::matrix;
 
 use std::path::Path;
@@ -10,23 +10,13 @@ use std::path::Path;
 use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
-    let d = dir.display();
-    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
-    // tested in retention_clock.rs).
-    let shred = "[shred]\nmax-clock-jump = \"100d\"";
-    let text = format!(
-        r#"state-dir = "{d}/state"
-{shred}
-[[source]]
-name = "emr"
-path = "{d}/in"
-[source.retention]
-keep-within = "2d"
-{stores}{provider}"#,
-        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
-        provider = file_key_provider(&dir.join("keys/master.key")),
-    );
-    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+    ConfigBuilder::new(dir)
+        .clock_jumps_allowed()
+        .emr()
+        .retention("keep-within = \"2d\"")
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .config()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,21 +277,13 @@ fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
     let d = dir.path();
     std::fs::create_dir_all(d.join("in")).unwrap();
     // The default guard (3 days), a short retention for snapshots and for the access log.
-    let text = format!(
-        r#"state-dir = "{d}/state"
-[audit]
-retention = "30d"
-[[source]]
-name = "emr"
-path = "{d}/in"
-[source.retention]
-keep-within = "1d"
-{stores}{provider}"#,
-        d = d.display(),
-        stores = local_stores(d, &[("a", "a"), ("b", "b")]),
-        provider = file_key_provider(&d.join("keys/master.key")),
-    );
-    std::fs::write(d.join("coffre.toml"), text).unwrap();
+    ConfigBuilder::new(d)
+        .audit("retention = \"30d\"")
+        .emr()
+        .retention("keep-within = \"1d\"")
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .write(&d.join("coffre.toml"));
     let mut ids = Vec::new();
     for i in 0..3 {
         let f = d.join(format!("in/{i}.sql"));

@@ -1,0 +1,195 @@
+//! The one test daemon: the real `coffre daemon` started from a prepared [`Command`] (usually
+//! [`super::coffre::CoffreEnv::command`]), its log in a file, waited for until its control
+//! socket or status server answers, stopped with SIGTERM, killed with -9, and always reaped.
+//! Also the one wait loop ([`wait_until`]) and the status server's HTTP client ([`http_get`]).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Poll `f` every 200 ms until it says yes; panic after `secs` seconds naming `what`.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}
+
+/// `GET path` on the status server at `port`: (HTTP code, body), `None` when it does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// What dropping a [`TestDaemon`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDrop {
+    /// SIGCONT then SIGTERM, up to 20 s for it to drain, then -9.
+    Stop,
+    /// -9 at once.
+    Kill,
+}
+
+/// A running `coffre daemon`.
+pub struct TestDaemon {
+    pub child: Child,
+    /// Where its stderr goes (`None`: nowhere).
+    pub log: Option<PathBuf>,
+    on_drop: OnDrop,
+}
+
+impl TestDaemon {
+    /// Spawn `cmd` (a `coffre --config ...` command; `daemon` is added) with stdin and stdout
+    /// closed and stderr appended to `log` (or dropped). Waits for nothing: see the `wait_*`.
+    pub fn spawn(mut cmd: Command, log: Option<&Path>) -> TestDaemon {
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("daemon log"),
+            ),
+            None => Stdio::null(),
+        };
+        let child = cmd
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("cannot start the daemon");
+        TestDaemon {
+            child,
+            log: log.map(Path::to_path_buf),
+            on_drop: OnDrop::Stop,
+        }
+    }
+
+    /// What dropping it does (default: [`OnDrop::Stop`]).
+    pub fn on_drop(mut self, on_drop: OnDrop) -> TestDaemon {
+        self.on_drop = on_drop;
+        self
+    }
+
+    /// Wait (up to `secs`) until the control socket accepts a connection.
+    pub fn wait_socket(self, socket: &Path, secs: u64) -> TestDaemon {
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "the daemon's control socket never answered\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self
+    }
+
+    /// Wait (up to `secs`) until the socket file exists.
+    pub fn wait_socket_file(self, socket: &Path, secs: u64) -> TestDaemon {
+        let t = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "control socket never appeared:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self
+    }
+
+    /// Wait (up to `secs`) until the status server at `port` says `/readyz` 200.
+    pub fn wait_ready(self, port: u16, secs: u64) -> TestDaemon {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Some((200, _)) = http_get(port, "/readyz") {
+                return self;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("daemon not ready in {secs} s:\n{}", self.log_text());
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal the daemon");
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Has it exited (reaping it)?
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM; it must exit 0 within 20 s. Returns its log.
+    pub fn stop(mut self) -> String {
+        self.signal(Signal::SIGTERM);
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.exited() {
+                assert!(st.success(), "daemon exited with {st}: {}", self.log_text());
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log_text()
+    }
+
+    /// kill -9 and reap. Returns its log.
+    pub fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if self.on_drop == OnDrop::Stop {
+            let _ = kill(self.pid(), Signal::SIGCONT);
+            let _ = kill(self.pid(), Signal::SIGTERM);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
