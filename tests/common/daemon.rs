@@ -39,6 +39,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// The body of `GET path` on the status server at `port`, whatever its code.
+pub fn http_body(port: u16, path: &str) -> Option<String> {
+    http_get(port, path).map(|(_, body)| body)
+}
+
 /// What dropping a [`TestDaemon`] does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnDrop {
@@ -53,18 +58,33 @@ pub struct TestDaemon {
     pub child: Child,
     /// Where its stderr goes (`None`: nowhere).
     pub log: Option<PathBuf>,
+    /// Its status server's port, once [`TestDaemon::wait_ready`] or [`TestDaemon::wait_answering`]
+    /// knows it.
+    pub port: Option<u16>,
     on_drop: OnDrop,
 }
 
 impl TestDaemon {
     /// Spawn `cmd` (a `coffre --config ...` command; `daemon` is added) with stdin and stdout
-    /// closed and stderr appended to `log` (or dropped). Waits for nothing: see the `wait_*`.
-    pub fn spawn(mut cmd: Command, log: Option<&Path>) -> TestDaemon {
+    /// closed and stderr written to `log` (a new file; `None`: dropped). Waits for nothing:
+    /// see the `wait_*`.
+    pub fn spawn(cmd: Command, log: Option<&Path>) -> TestDaemon {
+        Self::spawn_logging(cmd, log, false)
+    }
+
+    /// [`TestDaemon::spawn`], its stderr appended to `log` (one log across restarts).
+    pub fn spawn_appending(cmd: Command, log: &Path) -> TestDaemon {
+        Self::spawn_logging(cmd, Some(log), true)
+    }
+
+    fn spawn_logging(mut cmd: Command, log: Option<&Path>, append: bool) -> TestDaemon {
         let stderr = match log {
             Some(p) => Stdio::from(
                 std::fs::OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
                     .open(p)
                     .expect("daemon log"),
             ),
@@ -80,6 +100,7 @@ impl TestDaemon {
         TestDaemon {
             child,
             log: log.map(Path::to_path_buf),
+            port: None,
             on_drop: OnDrop::Stop,
         }
     }
@@ -119,7 +140,8 @@ impl TestDaemon {
     }
 
     /// Wait (up to `secs`) until the status server at `port` says `/readyz` 200.
-    pub fn wait_ready(self, port: u16, secs: u64) -> TestDaemon {
+    pub fn wait_ready(mut self, port: u16, secs: u64) -> TestDaemon {
+        self.port = Some(port);
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(secs) {
             if let Some((200, _)) = http_get(port, "/readyz") {
@@ -128,6 +150,23 @@ impl TestDaemon {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("daemon not ready in {secs} s:\n{}", self.log_text());
+    }
+
+    /// Wait (up to `secs`) until the status server at `port` answers at all.
+    pub fn wait_answering(mut self, port: u16, secs: u64) -> TestDaemon {
+        self.port = Some(port);
+        wait_until("the status server answers", secs, || {
+            http_get(port, "/readyz").is_some()
+        });
+        self
+    }
+
+    /// `GET /status` of its status server, which must answer 200 with JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let port = self.port.expect("the status server's port (wait_ready)");
+        let (code, body) = http_get(port, "/status").expect("status endpoint answers");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
     }
 
     pub fn pid(&self) -> Pid {

@@ -7,11 +7,13 @@ use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::coffre::{file_key_provider, local_stores};
+use common::daemon::{http_get, wait_until, OnDrop, TestDaemon};
 use common::{free_port, S3Server, CANARY_INSURANCE, CANARY_LAST_NAME};
+use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
@@ -143,26 +145,14 @@ secret-access-key-env = "T_SK"
         )
     }
 
-    fn start(&self, s3: Option<&S3Server>) -> Daemon {
+    fn start(&self, s3: Option<&S3Server>) -> TestDaemon {
         let log = self.p(&format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = self
-            .cmd(s3)
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            port: self.port,
-            log,
-        };
-        d.wait_ready();
-        d
+        TestDaemon::spawn(self.cmd(s3), Some(&log))
+            .on_drop(OnDrop::Kill)
+            .wait_ready(self.port, 30)
     }
 
     fn snapshots(&self, s3: Option<&S3Server>) -> Vec<serde_json::Value> {
@@ -170,100 +160,6 @@ secret-access-key-env = "T_SK"
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
     }
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
-impl Daemon {
-    fn wait_ready(&self) {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Some((200, _)) = http_get(self.port, "/readyz") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("daemon not ready in 30 s:\n{}", self.log_text());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let (code, body) = http_get(self.port, "/status").expect("status endpoint answers");
-        assert_eq!(code, 200);
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn stop(mut self) -> String {
-        self.signal("TERM");
-        let t = Instant::now();
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                assert!(st.success(), "daemon exited with {st}: {}", self.log_text());
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "daemon did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.log_text()
-    }
-
-    fn kill9(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log_text()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
 }
 
 /// SQL-like text with the canary patient, `mib` MiB.
@@ -887,7 +783,7 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     // reason in /status (issue 13, 3.9).
     let good = std::fs::read_to_string(env.p("coffre.toml")).unwrap();
     std::fs::write(env.p("coffre.toml"), format!("colour = 1\n{good}")).unwrap();
-    d.signal("HUP");
+    d.signal(Signal::SIGHUP);
     wait_until("reload refused alert", 10, || {
         d.status()["alerts"].to_string().contains("reload refused")
     });
@@ -909,7 +805,7 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     assert!(out.contains("unknown field `colour`"), "{out}");
     // A file not even TOML: still refused with its reason.
     std::fs::write(env.p("coffre.toml"), "state-dir = 5\n").unwrap();
-    d.signal("HUP");
+    d.signal(Signal::SIGHUP);
     wait_until("reason of the second refusal", 10, || {
         d.status()["config_reload"]["reason"]
             .as_str()
@@ -928,7 +824,7 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
             env.p("new-source").display()
         ),
     );
-    d.signal("HUP");
+    d.signal(Signal::SIGHUP);
     wait_until("alert cleared", 10, || {
         !d.status()["alerts"].to_string().contains("reload refused")
     });
@@ -1068,13 +964,7 @@ fn status_endpoint_requires_the_bearer_token_when_one_is_configured() {
     );
     std::fs::write(&cfg, text).unwrap();
     let log = env.p("daemon-token.log");
-    let mut child = env
-        .cmd(None)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let d = TestDaemon::spawn(env.cmd(None), Some(&log)).on_drop(OnDrop::Kill);
     wait_until("healthz answers (no token needed)", 30, || {
         matches!(http_get(env.port, "/healthz"), Some((200, _)))
     });
@@ -1096,8 +986,7 @@ fn status_endpoint_requires_the_bearer_token_when_one_is_configured() {
     let (code, out, err) = env.run(None, &["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"sources\""));
-    let _ = child.kill();
-    let _ = child.wait();
+    d.kill9();
     // A world-readable token file is refused at start.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, _, err) = env.run(None, &["check-config"]);
@@ -1130,7 +1019,7 @@ fn counters_survive_a_restart_of_the_daemon() {
         r#"coffre_uploaded_bytes_total{store="site-b"}"#,
     ];
     let before: Vec<f64> = {
-        let (_, m) = http_get(d.port, "/metrics").unwrap();
+        let (_, m) = http_get(env.port, "/metrics").unwrap();
         series
             .iter()
             .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
@@ -1138,14 +1027,14 @@ fn counters_survive_a_restart_of_the_daemon() {
     };
     assert_eq!(before[0], 2.0);
     assert!(before[1] > 0.0 && before[1] == before[2], "{before:?}");
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     let runs_before = sample(&m, r#"coffre_worker_runs_total{worker="intake"}"#).unwrap();
     let uploaded_status = d.status()["stores"][0]["uploaded_bytes"].as_f64().unwrap();
     assert_eq!(uploaded_status, before[1]);
     d.stop();
 
     let d = env.start(None);
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     for (s, b) in series.iter().zip(&before) {
         assert_eq!(sample(&m, s), Some(*b), "{s} after the restart:\n{m}");
     }
@@ -1162,7 +1051,7 @@ fn counters_survive_a_restart_of_the_daemon() {
     wait_until("the third dump is protected", 30, || {
         env.snapshots(None).len() == 3
     });
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     assert_eq!(sample(&m, series[0]), Some(3.0), "{m}");
     d.stop();
 }
@@ -1189,7 +1078,7 @@ fn wal_counters_survive_a_restart_of_the_daemon() {
         "coffre_wal_prefetch_hits_total",
         "coffre_wal_archived_ahead_total",
     ];
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     let before: Vec<f64> = series
         .iter()
         .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
@@ -1199,7 +1088,7 @@ fn wal_counters_survive_a_restart_of_the_daemon() {
     d.stop();
 
     let d = env.start(None);
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     for (s, b) in series.iter().zip(&before) {
         let after = sample(&m, s).unwrap_or_else(|| panic!("no {s} after the restart:\n{m}"));
         assert!(
