@@ -48,6 +48,21 @@ impl ConfigBuilder {
         self
     }
 
+    /// The quick daemon of the end-to-end tests: `[daemon]` (scan every 200 ms, catch up every
+    /// second, scrub hourly, drain 5 s) and `[replication]` (two sites, one retry after 50 ms).
+    pub fn quick_daemon(self) -> ConfigBuilder {
+        self.table(
+            "daemon",
+            "scan-interval = \"200ms\"\ncatch-up-interval = \"1s\"\nscrub-every = \"1h\"\ndrain-timeout = \"5s\"",
+        )
+        .table("replication", "min-sites = 2\nretries = 1\nbackoff = \"50ms\"")
+    }
+
+    /// `[status]` listening on 127.0.0.1:`port` (0: a port of its own).
+    pub fn status(self, port: u16) -> ConfigBuilder {
+        self.table("status", &format!("listen = \"127.0.0.1:{port}\""))
+    }
+
     /// `[shred] max-clock-jump = "100d"`: for the tests that move the clock ahead by days at
     /// once (the clock guard itself is tested in retention_clock.rs).
     pub fn clock_jumps_allowed(self) -> ConfigBuilder {

@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// `coffre --config CONFIG` (the binary cargo built for this run); add the rest.
+pub fn coffre_command(config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coffre"));
+    c.arg("--config").arg(config);
+    c
+}
+
 /// Poll `f` every 200 ms until it says yes; panic after `secs` seconds naming `what`.
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -207,6 +214,12 @@ impl TestDaemon {
         self.log_text()
     }
 
+    /// SIGTERM and wait for it to exit, however it exits and however long it drains.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        self.child.wait().ok()
+    }
+
     /// kill -9 and reap. Returns its log.
     pub fn kill9(mut self) -> String {
         let _ = self.child.kill();
@@ -217,6 +230,9 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        if std::thread::panicking() && self.log.is_some() {
+            eprintln!("--- coffre daemon log:\n{}", self.log_text());
+        }
         if self.on_drop == OnDrop::Stop {
             let _ = kill(self.pid(), Signal::SIGCONT);
             let _ = kill(self.pid(), Signal::SIGTERM);

@@ -5,36 +5,14 @@
 
 use crate::common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::coffre::{file_key_provider, local_store};
+use common::daemon::{http_body as http_get, wait_until, OnDrop, TestDaemon};
 use common::{free_port, Postgres, S3Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_once("\r\n\r\n").map(|x| x.1.to_string())
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
-}
 
 struct Env {
     dir: PathBuf,
@@ -125,14 +103,8 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
     std::fs::create_dir_all(env.dir.join("incoming")).unwrap();
 
     // The daemon protects the basebackup once it lands (renamed in whole, marker inside).
-    let log = std::fs::File::create(env.dir.join("daemon.log")).unwrap();
-    let mut daemon = env
-        .cmd(&config, &s3)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let daemon = TestDaemon::spawn(env.cmd(&config, &s3), Some(&env.dir.join("daemon.log")))
+        .on_drop(OnDrop::Kill);
     Command::new("cp")
         .arg("-a")
         .arg(&db.basebackup)
@@ -170,8 +142,7 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         "{metrics}"
     );
     assert!(metrics.contains("coffre_drill_duration_seconds{source=\"emr-base\",store=\"site-a\"}"));
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+    daemon.terminate();
     assert!(
         scratch_is_empty(&env.dir.join("scratch")),
         "scratch folder wiped"
@@ -217,14 +188,8 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         "scratch wiped after a failed drill too"
     );
     // The status shows the failed drill for that store.
-    let log = std::fs::File::create(env.dir.join("daemon2.log")).unwrap();
-    let mut daemon = env
-        .cmd(&config, &s3)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let daemon = TestDaemon::spawn(env.cmd(&config, &s3), Some(&env.dir.join("daemon2.log")))
+        .on_drop(OnDrop::Kill);
     wait_until("status answers", 30, || {
         http_get(env.port, "/status").is_some()
     });
@@ -262,8 +227,7 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         sample("coffre_drill_duration_seconds") > 0.0,
         "the RTO of the last success"
     );
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+    daemon.terminate();
 
     // The access log has the drills, and its chain holds.
     let (code, out, _) = env.run(
