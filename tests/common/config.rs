@@ -134,6 +134,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `[[store]]` tables written out by the caller.
+    pub fn stores_text(mut self, text: &str) -> ConfigBuilder {
+        self.stores.push_str(text);
+        self
+    }
+
     /// The file key provider `local`, its master key at `root/keys/master.key` (created on
     /// first use).
     pub fn file_keys(self) -> ConfigBuilder {
@@ -148,12 +154,22 @@ impl ConfigBuilder {
     }
 
     /// A PKCS#11 key provider `name` on the SoftHSM2 token `hsm`.
-    pub fn softhsm_keys(mut self, name: &str, hsm: &SoftHsm) -> ConfigBuilder {
+    pub fn softhsm_keys(self, name: &str, hsm: &SoftHsm) -> ConfigBuilder {
+        self.pkcs11_keys(name, hsm.module_path(), hsm.label(), hsm.pin_file())
+    }
+
+    /// A PKCS#11 key provider `name`: `module`, the token `label`, its PIN in `pin_file`.
+    pub fn pkcs11_keys(
+        mut self,
+        name: &str,
+        module: &Path,
+        label: &str,
+        pin_file: &Path,
+    ) -> ConfigBuilder {
         self.providers.push_str(&format!(
-            "[[key-provider]]\nname = \"{name}\"\nkind = \"pkcs11\"\nmodule = \"{module}\"\ntoken-label = \"{label}\"\npin-file = \"{pin}\"\n",
-            module = hsm.module_path().display(),
-            label = hsm.label(),
-            pin = hsm.pin_file().display(),
+            "[[key-provider]]\nname = \"{name}\"\nkind = \"pkcs11\"\nmodule = \"{}\"\ntoken-label = \"{label}\"\npin-file = \"{}\"\n",
+            module.display(),
+            pin_file.display(),
         ));
         self
     }

@@ -75,12 +75,20 @@ impl TestDaemon {
     /// Spawn `cmd` (a `coffre --config ...` command; `daemon` is added) with stdin and stdout
     /// closed and stderr written to `log` (a new file; `None`: dropped). Waits for nothing:
     /// see the `wait_*`.
-    pub fn spawn(cmd: Command, log: Option<&Path>) -> TestDaemon {
+    pub fn spawn(mut cmd: Command, log: Option<&Path>) -> TestDaemon {
+        cmd.arg("daemon");
+        Self::spawn_logging(cmd, log, false)
+    }
+
+    /// [`TestDaemon::spawn`] of a command that already says how to start the daemon (under a
+    /// wrapper: `sh -c '... exec coffre ... daemon'`).
+    pub fn spawn_as_is(cmd: Command, log: Option<&Path>) -> TestDaemon {
         Self::spawn_logging(cmd, log, false)
     }
 
     /// [`TestDaemon::spawn`], its stderr appended to `log` (one log across restarts).
-    pub fn spawn_appending(cmd: Command, log: &Path) -> TestDaemon {
+    pub fn spawn_appending(mut cmd: Command, log: &Path) -> TestDaemon {
+        cmd.arg("daemon");
         Self::spawn_logging(cmd, Some(log), true)
     }
 
@@ -98,7 +106,6 @@ impl TestDaemon {
             None => Stdio::null(),
         };
         let child = cmd
-            .arg("daemon")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -218,6 +225,12 @@ impl TestDaemon {
     pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
         let _ = kill(self.pid(), Signal::SIGTERM);
         self.child.wait().ok()
+    }
+
+    /// kill -9 and reap, keeping the value (to start another in its place).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// kill -9 and reap. Returns its log.

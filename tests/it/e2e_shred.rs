@@ -2,7 +2,7 @@
 //! of one snapshot, holds, and the retained-bytes test (someone kept every byte ever written to
 //! the stores). The PKCS#11 version of the retained-bytes test is in e2e_pkcs11.rs.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,20 +32,12 @@ impl Env {
 
     /// The config with `source` added to the `emr` source's table (e.g. its retention).
     fn write_config_with(&self, name: &str, state: &str, source: &str) -> PathBuf {
-        let d = self.dir.path().display();
-        let text = format!(
-            r#"state-dir = "{d}/{state}"
-[[source]]
-name = "emr"
-path = "{d}/in"
-{source}
-{stores}{provider}"#,
-            stores = local_stores(self.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
-            provider = file_key_provider(&self.p("keys/master.key")),
-        );
-        let p = self.p(name);
-        std::fs::write(&p, text).unwrap();
-        p
+        ConfigBuilder::new(self.dir.path())
+            .state(&self.p(state))
+            .source("emr", &self.p("in"), source)
+            .local_stores(&[("site-a", "a"), ("site-b", "b")])
+            .file_keys()
+            .write(&self.p(name))
     }
 
     fn run_with(&self, config: &str, args: &[&str]) -> (i32, String, String) {

@@ -3,12 +3,13 @@
 //! run in the daemon's process. Real Unix users (an operator and an outsider) are created by the
 //! test; it needs root (tests/run runs as root on CI).
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
+use crate::common::daemon::{coffre_command, OnDrop, TestDaemon};
+use crate::common::free_port;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
@@ -41,19 +42,13 @@ impl Users {
 /// A daemon on two local stores, with an operator and an outsider, one file snapshot and one
 /// directory snapshot protected before it started.
 struct Host {
+    /// First, so that it goes (killed) before its folder.
+    daemon: TestDaemon,
     users: Users,
     _tmp: tempfile::TempDir,
     d: PathBuf,
     config: PathBuf,
     socket: PathBuf,
-    daemon: Child,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
 }
 
 struct Out {
@@ -85,39 +80,23 @@ impl Host {
             None,
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = d.join("coffre.toml");
-        let dd = d.display();
+        let port = free_port();
         let socket_line = if socket_in_config {
-            format!("control-socket = \"{dd}/run/coffre.sock\"")
+            format!(
+                "control-socket = \"{}\"",
+                d.join("run/coffre.sock").display()
+            )
         } else {
             String::new()
         };
-        std::fs::write(
-            &config,
-            format!(
-                r#"state-dir = "{dd}/state"
-[daemon]
-{socket_line}
-[status]
-listen = "127.0.0.1:{port}"
-[audit]
-operators-group = "{group}"
-[[source]]
-name = "emr"
-path = "{dd}/in"
-complete = "marker"
-{stores}{provider}"#,
-                group = users.group,
-                stores = local_stores(&d, &[("a", "a"), ("b", "b")]),
-                provider = file_key_provider(&d.join("keys/master.key")),
-            ),
-        )
-        .unwrap();
+        let config = ConfigBuilder::new(&d)
+            .table("daemon", &socket_line)
+            .status(port)
+            .audit(&format!("operators-group = \"{}\"", users.group))
+            .source("emr", &d.join("in"), "complete = \"marker\"")
+            .local_stores(&[("a", "a"), ("b", "b")])
+            .file_keys()
+            .write(&d.join("coffre.toml"));
         // Operators need neither the config nor the state: the socket is all they use.
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(
@@ -151,29 +130,19 @@ complete = "marker"
                 c
             }
             None => {
-                let mut c = Command::new(BIN);
-                c.arg("--config").arg(&config).arg("daemon");
+                let mut c = coffre_command(&config);
+                c.arg("daemon");
                 c
             }
         };
         if !socket_in_config {
             cmd.env("RUNTIME_DIRECTORY", d.join("run"));
         }
-        let daemon = cmd
-            .env("COFFRE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        cmd.env("COFFRE_LOG", "warn");
         let socket = d.join("run/coffre.sock");
-        let t = Instant::now();
-        while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "control socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let daemon = TestDaemon::spawn_as_is(cmd, Some(&d.join("daemon.log")))
+            .on_drop(OnDrop::Kill)
+            .wait_socket_file(&socket, 30);
         Host {
             users,
             _tmp: tmp,
@@ -765,10 +734,8 @@ fn human_bytes(n: u64) -> String {
 impl Host {
     /// Stop the daemon (SIGTERM) and wait for it.
     fn stop_daemon(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.daemon.id().to_string()])
-            .status();
-        let _ = self.daemon.wait();
+        let _ = nix::sys::signal::kill(self.daemon.pid(), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.daemon.child.wait();
     }
 
     /// The epoch snapshot `id`'s key object names in store `a`.
