@@ -48,6 +48,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// Tables written out by the caller (`[audit]\n...\n[shred]\n...`), before the sources.
+    pub fn tables_text(mut self, text: &str) -> ConfigBuilder {
+        self.tables.push_str(text);
+        if !self.tables.is_empty() && !self.tables.ends_with('\n') {
+            self.tables.push('\n');
+        }
+        self
+    }
+
     /// The quick daemon of the end-to-end tests: `[daemon]` (scan every 200 ms, catch up every
     /// second, scrub hourly, drain 5 s) and `[replication]` (two sites, one retry after 50 ms).
     pub fn quick_daemon(self) -> ConfigBuilder {
