@@ -162,6 +162,13 @@ secret-access-key-env = "T_SK"
     }
 }
 
+/// A basebackup's tree at `dir` (`PG_VERSION`, `global/pg_control`), without its marker.
+fn basebackup_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("global")).unwrap();
+    std::fs::write(dir.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(dir.join("global/pg_control"), vec![7u8; 8192]).unwrap();
+}
+
 /// SQL-like text with the canary patient, `mib` MiB.
 fn dump(path: &Path, mib: usize) {
     let mut s = String::with_capacity(mib << 20);
@@ -205,9 +212,7 @@ fn daemon_protects_renamed_dumps_and_marked_basebackups_once() {
     let d = env.start(None);
     dump(&env.p("incoming/emr-1.sql"), 3);
     // A basebackup without its marker is not complete.
-    std::fs::create_dir_all(env.p("base/b1/global")).unwrap();
-    std::fs::write(env.p("base/b1/PG_VERSION"), "15\n").unwrap();
-    std::fs::write(env.p("base/b1/global/pg_control"), vec![7u8; 8192]).unwrap();
+    basebackup_tree(&env.p("base/b1"));
     // Temporary names are never picked up.
     std::fs::write(env.p("incoming/emr-2.sql.partial"), "partial").unwrap();
     wait_until("the dump is protected", 30, || {

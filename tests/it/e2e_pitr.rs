@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::common::coffre::{contains, files_under, local_stores};
 use crate::common::coffre::{s3_store, S3_AK_ENV, S3_SK_ENV};
 use crate::common::config::ConfigBuilder;
-use crate::common::daemon::{coffre_command, OnDrop, TestDaemon};
+use crate::common::daemon::{coffre_command, wait_until, OnDrop, TestDaemon};
 use crate::common::free_port;
 use crate::common::servers::{Postgres, S3Server};
 
@@ -810,15 +810,12 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
     let in_a = host.d.join(format!(
         "stores/a/coffre/wal/emr/00000001/{name}/manifest.json"
     ));
-    let t = Instant::now();
-    while !in_a.is_file() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the spool worker did not commit the segment in store a:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // (On a timeout the daemon's log is printed as the host goes.)
+    wait_until(
+        "the spool worker commits the segment in store a",
+        60,
+        || in_a.is_file(),
+    );
     let fetched = host.d.join("fetched");
     let (ok, _, err) = host.run(&[
         "wal-fetch",
@@ -840,15 +837,9 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
         "the spooled segment was lost with the daemon"
     );
     s3.restart();
-    let t = Instant::now();
-    while spooled.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "the spool was not drained once S3 was back:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until("the spool drained once S3 is back", 90, || {
+        !spooled.exists()
+    });
     let (ok, out, err) = host.run(&["verify"]);
     assert!(ok, "both sites hold it: {out}{err}");
     assert!(out.contains("0 not ok"), "{out}");

@@ -450,6 +450,13 @@ fn a_copy_that_still_decrypts_after_the_destruction_is_kept_and_reported() {
     assert_eq!(kept, 2);
 }
 
+/// The destruction record (`shred --records --json`) that names snapshot `id` first.
+fn record_of(env: &Env, id: &str) -> serde_json::Value {
+    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
+    recs.into_iter().find(|r| r["snapshots"][0] == id).unwrap()
+}
+
 #[test]
 fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_swept() {
     // Finding 7: pushes were best effort and the record said "destroyed" anyway; a crashed
@@ -480,12 +487,7 @@ fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_sw
         "{err}"
     );
     assert!(!stale.exists(), "the stale temporary keyring is gone");
-    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
-    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
-    let r = recs
-        .iter()
-        .find(|r| r["snapshots"][0] == a.as_str())
-        .unwrap();
+    let r = &record_of(&env, &a);
     assert_eq!(r["complete"], false, "{r}");
     let pushed = |r: &serde_json::Value, store: &str| {
         r["keyrings"]
@@ -522,12 +524,7 @@ fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_sw
     std::fs::remove_file(&ring_b).unwrap();
     let (code, _, err) = env.run(&["retention", "run"]);
     assert_eq!(code, 0, "{err}");
-    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
-    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
-    let r = recs
-        .iter()
-        .find(|r| r["snapshots"][0] == a.as_str())
-        .unwrap();
+    let r = &record_of(&env, &a);
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(pushed(r, "site-b"), Some(true.into()), "{r}");
     assert!(alerts().is_empty(), "{:?}", alerts());

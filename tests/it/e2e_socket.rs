@@ -51,6 +51,34 @@ struct Host {
     socket: PathBuf,
 }
 
+/// Protect, before any daemon runs, a file snapshot (`d/emr.sql`) and a directory snapshot
+/// (`d/base`) of source `emr`.
+fn protect_two_snapshots(d: &Path, config: &Path) {
+    std::fs::write(
+        d.join("emr.sql"),
+        "INSERT INTO patients VALUES ('CANARY-ZXQ-PATIENT');\n".repeat(2000),
+    )
+    .unwrap();
+    let tree = d.join("base");
+    std::fs::create_dir_all(tree.join("global")).unwrap();
+    std::fs::write(tree.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(tree.join("global/pg_control"), vec![7u8; 70_000]).unwrap();
+    for snap in [d.join("emr.sql"), tree] {
+        let st = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["backup", "--source", "emr"])
+            .arg(&snap)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+}
+
 struct Out {
     code: i32,
     text: String,
@@ -99,29 +127,7 @@ impl Host {
             .write(&d.join("coffre.toml"));
         // Operators need neither the config nor the state: the socket is all they use.
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(
-            d.join("emr.sql"),
-            "INSERT INTO patients VALUES ('CANARY-ZXQ-PATIENT');\n".repeat(2000),
-        )
-        .unwrap();
-        let tree = d.join("base");
-        std::fs::create_dir_all(tree.join("global")).unwrap();
-        std::fs::write(tree.join("PG_VERSION"), "15\n").unwrap();
-        std::fs::write(tree.join("global/pg_control"), vec![7u8; 70_000]).unwrap();
-        for snap in [d.join("emr.sql"), tree] {
-            let st = Command::new(BIN)
-                .arg("--config")
-                .arg(&config)
-                .args(["backup", "--source", "emr"])
-                .arg(&snap)
-                .output()
-                .unwrap();
-            assert!(
-                st.status.success(),
-                "{}",
-                String::from_utf8_lossy(&st.stderr)
-            );
-        }
+        protect_two_snapshots(&d, &config);
         let daemon_line = format!("exec {BIN} --config {} daemon", config.display());
         let mut cmd = match wrap {
             Some(w) => {
@@ -937,6 +943,42 @@ fn a_shred_through_the_daemon_then_three_backups_resurrect_nothing() {
 
 /// Issue 11: concurrent `hold add`/`hold release`, `shred`, `backup` and `retention run`, in a
 /// loop, first through the daemon, then standalone (the state lock serialises them): nothing
+/// At once: a backup of `name`, a hold added to `held` then released, an early shred of
+/// `victim` and a retention run. Their results, in that order.
+#[allow(clippy::type_complexity)]
+fn concurrently(
+    h: &Host,
+    name: &str,
+    held: &str,
+    victim: &str,
+) -> ((String, Vec<u8>), (Out, Out), Out, Out) {
+    std::thread::scope(|s| {
+        let backup = s.spawn(|| h.backup(name));
+        let holds = s.spawn(|| {
+            let add = h.as_root(&["hold", "add", held, "--purpose", "litigation"]);
+            let release = h.as_root(&["hold", "release", held, "--purpose", "litigation over"]);
+            (add, release)
+        });
+        let shred = s.spawn(|| {
+            h.as_root(&[
+                "shred",
+                "--snapshot",
+                victim,
+                "--purpose",
+                "erasure order",
+                "--yes",
+            ])
+        });
+        let retention = s.spawn(|| h.as_root(&["retention", "run"]));
+        (
+            backup.join().unwrap(),
+            holds.join().unwrap(),
+            shred.join().unwrap(),
+            retention.join().unwrap(),
+        )
+    })
+}
+
 /// committed is lost, nothing shredded comes back, and the access log stays intact.
 #[test]
 fn concurrent_holds_shreds_backups_and_retention_lose_nothing_and_resurrect_nothing() {
@@ -959,32 +1001,7 @@ fn concurrent_holds_shreds_backups_and_retention_lose_nothing_and_resurrect_noth
             let (victim, _) = live.remove(0);
             let victim_epoch = h.epoch_of(&victim);
             let name = format!("round-{round}.sql");
-            let (backup, holds, shred, retention) = std::thread::scope(|s| {
-                let backup = s.spawn(|| h.backup(&name));
-                let holds = s.spawn(|| {
-                    let add = h.as_root(&["hold", "add", &held, "--purpose", "litigation"]);
-                    let release =
-                        h.as_root(&["hold", "release", &held, "--purpose", "litigation over"]);
-                    (add, release)
-                });
-                let shred = s.spawn(|| {
-                    h.as_root(&[
-                        "shred",
-                        "--snapshot",
-                        &victim,
-                        "--purpose",
-                        "erasure order",
-                        "--yes",
-                    ])
-                });
-                let retention = s.spawn(|| h.as_root(&["retention", "run"]));
-                (
-                    backup.join().unwrap(),
-                    holds.join().unwrap(),
-                    shred.join().unwrap(),
-                    retention.join().unwrap(),
-                )
-            });
+            let (backup, holds, shred, retention) = concurrently(&h, &name, &held, &victim);
             assert_eq!(holds.0.code, 0, "{phase} hold add: {}", holds.0.text);
             assert_eq!(holds.1.code, 0, "{phase} hold release: {}", holds.1.text);
             assert_eq!(shred.code, 0, "{phase} shred: {}", shred.text);

@@ -269,13 +269,10 @@ fn tree(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out
 }
 
-#[test]
-fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
-    // Finding 5: the guard lived only in the daemon's loop; `coffre retention run` and
-    // `coffre audit expire` (also reachable through the socket) used the clock directly.
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
+/// The CLI's config in `d` (the default clock guard, snapshots kept a day, the access log 30
+/// days), three snapshots backed up and the newest restored once (an access in the log, with a
+/// sealed copy in the stores). Their ids, oldest first.
+fn three_snapshots_one_restored(d: &Path) -> Vec<String> {
     // The default guard (3 days), a short retention for snapshots and for the access log.
     ConfigBuilder::new(d)
         .audit("retention = \"30d\"")
@@ -310,6 +307,17 @@ fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    ids
+}
+
+#[test]
+fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
+    // Finding 5: the guard lived only in the daemon's loop; `coffre retention run` and
+    // `coffre audit expire` (also reachable through the socket) used the clock directly.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let ids = three_snapshots_one_restored(d);
     let stores = tree(&d.join("stores"));
     let log = std::fs::read(d.join("state/audit/access.log")).unwrap();
 
