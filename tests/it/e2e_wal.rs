@@ -243,6 +243,19 @@ fn a_re_push_with_the_same_bytes_succeeds_and_with_other_bytes_is_refused() {
     assert!(fs::read(&out).unwrap() == fs::read(&seg).unwrap());
 }
 
+/// `coffre wal-fetch --source emr --store STORE SEG TO`.
+fn fetch_pinned(env: &CoffreEnv, store: &str, to: &Path) -> coffre_env::Run {
+    env.run(&[
+        "wal-fetch",
+        "--source",
+        "emr",
+        "--store",
+        store,
+        SEG,
+        to.to_str().unwrap(),
+    ])
+}
+
 /// The sealed bytes (`*.data`) of the one WAL file under `dir`.
 fn sealed_data(dir: &Path) -> PathBuf {
     files_under(dir)
@@ -285,17 +298,7 @@ fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_c
     // A fetch pinned to a store (as a drill of that store runs it) reads that store only: b's
     // bad copy fails with no fallback to a, a's serves, and an unknown store is named.
     let pinned = env.out.join("pinned");
-    let fetch_from = |store: &str| {
-        env.run(&[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "--store",
-            store,
-            SEG,
-            pinned.to_str().unwrap(),
-        ])
-    };
+    let fetch_from = |store: &str| fetch_pinned(&env, store, &pinned);
     let r = fetch_from("b");
     r.expect_failure();
     assert!(
