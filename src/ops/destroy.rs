@@ -1076,10 +1076,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (app, _) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-04.1"), epoch("2030-01-05.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
+        let k = key_in_every_store(&app, &from).await;
         let new = wal_rewrap(&app, &k).run(&to, None).await.unwrap();
         assert_eq!(new.epoch, to);
         for s in &app.stores {
@@ -1102,13 +1099,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut app, _) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-06.1"), epoch("2030-01-07.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
-        let blocker = dir.path().join("not-a-folder");
-        std::fs::write(&blocker, b"").unwrap();
-        app.audit = crate::audit::AccessLog::open(&blocker.join("audit.log"), "test-host");
+        let k = key_in_every_store(&app, &from).await;
+        break_access_log(&mut app, dir.path());
         let err = wal_rewrap(&app, &k).run(&to, None).await.unwrap_err();
         assert!(matches!(err, RewrapError::Audit { .. }), "{err}");
         let text = err.to_string();
@@ -1255,6 +1247,22 @@ mod tests {
         assert_eq!(present(&copies[0]).await, [false, false, false]);
     }
 
+    /// A snapshot under epoch `e`, its objects in every store; its key object.
+    async fn key_in_every_store(app: &Coffre, e: &EpochId) -> KeyObject {
+        let k = key_object(app, SnapshotId::new(), e);
+        for s in &app.stores {
+            put_copy(s, &k).await;
+        }
+        k
+    }
+
+    /// From now on the access log cannot be written (its folder is a file).
+    fn break_access_log(app: &mut Coffre, dir: &Path) {
+        let blocker = dir.join("not-a-folder");
+        std::fs::write(&blocker, b"").unwrap();
+        app.audit = crate::audit::AccessLog::open(&blocker.join("audit.log"), "test-host");
+    }
+
     fn snapshot_rewrap<'a>(app: &'a Coffre, old: &KeyObject) -> Rewrap<'a> {
         Rewrap {
             subject: String::new(),
@@ -1273,10 +1281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (app, faults) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-11.1"), epoch("2030-01-12.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
+        let k = key_in_every_store(&app, &from).await;
         faults[1].fail_puts_of("key.json");
         let hold = Some(Some("case 7".to_string()));
         let err = snapshot_rewrap(&app, &k).run(&to, hold).await.unwrap_err();
@@ -1301,13 +1306,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut app, _) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-13.1"), epoch("2030-01-14.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
-        let blocker = dir.path().join("not-a-folder");
-        std::fs::write(&blocker, b"").unwrap();
-        app.audit = crate::audit::AccessLog::open(&blocker.join("audit.log"), "test-host");
+        let k = key_in_every_store(&app, &from).await;
+        break_access_log(&mut app, dir.path());
         let hold = Some(Some("case 7".to_string()));
         let err = snapshot_rewrap(&app, &k).run(&to, hold).await.unwrap_err();
         assert!(matches!(err, RewrapError::Audit { .. }), "{err}");
@@ -1329,10 +1329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (app, _) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-15.1"), epoch("2030-01-16.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
+        let k = key_in_every_store(&app, &from).await;
         let hold = Some(Some("case 7".to_string()));
         let new = snapshot_rewrap(&app, &k).run(&to, hold).await.unwrap();
         assert_eq!(

@@ -125,13 +125,13 @@ impl TestDaemon {
         self
     }
 
-    /// Wait (up to `secs`) until the control socket accepts a connection.
-    pub fn wait_socket(self, socket: &Path, secs: u64) -> TestDaemon {
+    /// Poll `ready` every 100 ms for up to `secs`; on a timeout, panic with `what` and the log.
+    fn wait_for(self, what: &str, secs: u64, mut ready: impl FnMut() -> bool) -> TestDaemon {
         let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        while !ready() {
             assert!(
                 t.elapsed() < Duration::from_secs(secs),
-                "the daemon's control socket never answered\n{}",
+                "{what}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -139,31 +139,24 @@ impl TestDaemon {
         self
     }
 
+    /// Wait (up to `secs`) until the control socket accepts a connection.
+    pub fn wait_socket(self, socket: &Path, secs: u64) -> TestDaemon {
+        self.wait_for("the daemon's control socket never answered", secs, || {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        })
+    }
+
     /// Wait (up to `secs`) until the socket file exists.
     pub fn wait_socket_file(self, socket: &Path, secs: u64) -> TestDaemon {
-        let t = Instant::now();
-        while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "control socket never appeared:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self
+        self.wait_for("control socket never appeared", secs, || socket.exists())
     }
 
     /// Wait (up to `secs`) until the status server at `port` says `/readyz` 200.
     pub fn wait_ready(mut self, port: u16, secs: u64) -> TestDaemon {
         self.port = Some(port);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(secs) {
-            if let Some((200, _)) = http_get(port, "/readyz") {
-                return self;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("daemon not ready in {secs} s:\n{}", self.log_text());
+        self.wait_for(&format!("daemon not ready in {secs} s"), secs, || {
+            matches!(http_get(port, "/readyz"), Some((200, _)))
+        })
     }
 
     /// Wait (up to `secs`) until the status server at `port` answers at all.
