@@ -137,6 +137,23 @@ impl ConfigBuilder {
         self
     }
 
+    /// An S3 store on s3s-fs, no region named, its credentials in the variables `ak_env` and
+    /// `sk_env`.
+    pub fn s3_store_keys_in(
+        mut self,
+        name: &str,
+        site: &str,
+        s3: &S3Server,
+        (ak_env, sk_env): (&str, &str),
+    ) -> ConfigBuilder {
+        self.stores.push_str(&format!(
+            "[[store]]\nname = \"{name}\"\nkind = \"s3\"\nsite = \"{site}\"\njurisdiction = \"CA-QC\"\nbucket = \"{}\"\nendpoint = \"{}\"\naccess-key-id-env = \"{ak_env}\"\nsecret-access-key-env = \"{sk_env}\"\n",
+            s3.bucket(),
+            s3.endpoint(),
+        ));
+        self
+    }
+
     /// An Azure Blob store on Azurite.
     pub fn azure_store(mut self, name: &str, site: &str, az: &Azurite) -> ConfigBuilder {
         self.stores.push_str(&azure_store(name, site, az));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::coffre::{file_key_provider, local_stores};
+use common::config::ConfigBuilder;
 use common::daemon::{http_get, wait_until, OnDrop, TestDaemon};
 use common::{free_port, S3Server, CANARY_INSURANCE, CANARY_LAST_NAME};
 use nix::sys::signal::Signal;
@@ -41,54 +41,18 @@ impl Env {
     /// A config with two local stores (two sites) and optionally an S3 store, written to
     /// coffre.toml; `extra` is appended verbatim.
     fn config(&self, s3: Option<&S3Server>, extra: &str) -> PathBuf {
-        let d = self.dir.path().display();
-        let mut text = format!(
-            r#"state-dir = "{d}/state"
-[daemon]
-scan-interval = "200ms"
-catch-up-interval = "1s"
-scrub-every = "1h"
-drain-timeout = "5s"
-[replication]
-min-sites = 2
-retries = 1
-backoff = "50ms"
-[status]
-listen = "127.0.0.1:{port}"
-[[source]]
-name = "emr"
-path = "{d}/incoming"
-complete = "rename"
-[[source]]
-name = "base"
-path = "{d}/base"
-complete = "marker"
-{stores}{provider}"#,
-            port = self.port,
-            stores = local_stores(self.dir.path(), &[("site-a", "a")]),
-            provider = file_key_provider(&self.p("keys/master.key")),
-        );
-        match s3 {
-            Some(s) => text.push_str(&format!(
-                r#"[[store]]
-name = "s3-b"
-kind = "s3"
-site = "b"
-jurisdiction = "CA-QC"
-bucket = "{}"
-endpoint = "{}"
-access-key-id-env = "T_AK"
-secret-access-key-env = "T_SK"
-"#,
-                s.bucket(),
-                s.endpoint()
-            )),
-            None => text.push_str(&local_stores(self.dir.path(), &[("site-b", "b")])),
-        }
-        text.push_str(extra);
-        let path = self.p("coffre.toml");
-        std::fs::write(&path, text).unwrap();
-        path
+        let config = ConfigBuilder::new(self.dir.path())
+            .quick_daemon()
+            .status(self.port)
+            .source("emr", &self.p("incoming"), "complete = \"rename\"")
+            .source("base", &self.p("base"), "complete = \"marker\"")
+            .local_stores(&[("site-a", "a")])
+            .file_keys();
+        let config = match s3 {
+            Some(s) => config.s3_store_keys_in("s3-b", "b", s, ("T_AK", "T_SK")),
+            None => config.local_stores(&[("site-b", "b")]),
+        };
+        config.raw(extra).write(&self.p("coffre.toml"))
     }
 
     /// The local-stores config of [`Env::config`] with source `base` archiving WAL:
@@ -930,15 +894,14 @@ fn env_snapshots_with_config(env: &Env) -> Vec<serde_json::Value> {
     // The config file is broken on purpose in one test: read the catalog with a good copy.
     let good = env.p("good.toml");
     if !good.exists() {
-        let d = env.dir.path().display();
-        std::fs::write(
-            &good,
-            format!(
-                "state-dir = \"{d}/state\"\n{stores}[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\n",
-                stores = local_stores(env.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
-            ),
-        )
-        .unwrap();
+        // A provider that never creates a key: this one reads the key the daemon made.
+        ConfigBuilder::new(env.dir.path())
+            .local_stores(&[("site-a", "a"), ("site-b", "b")])
+            .providers_text(&format!(
+                "[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{}\"\n",
+                env.p("keys/master.key").display()
+            ))
+            .write(&good);
     }
     let out = Command::new(BIN)
         .arg("--config")

@@ -8,7 +8,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::coffre::{file_key_provider, local_store};
+use common::config::ConfigBuilder;
 use common::daemon::{http_body as http_get, wait_until, OnDrop, TestDaemon};
 use common::{free_port, Postgres, S3Server};
 
@@ -25,42 +25,20 @@ impl Env {
         let d = self.dir.display();
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/drill-verify-pg.sh");
-        let text = format!(
-            r#"state-dir = "{d}/{state}"
-[daemon]
-scan-interval = "200ms"
-[status]
-listen = "127.0.0.1:{port}"
-[[source]]
-name = "emr-base"
-path = "{d}/incoming"
-complete = "marker"
-[source.drill]
-every = "1h"
-verify-command = "{script} {{file}} {{port}} {counts}"
-scratch-dir = "{d}/scratch"
-timeout = "5m"
-{store_a}[[store]]
-name = "s3-qc"
-kind = "s3"
-site = "qc"
-jurisdiction = "CA-QC"
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-access-key-id-env = "T_AK"
-secret-access-key-env = "T_SK"
-{provider}"#,
-            port = self.port,
+        let drill = format!(
+            "complete = \"marker\"\n[source.drill]\nevery = \"1h\"\nverify-command = \"{script} {{file}} {{port}} {counts}\"\nscratch-dir = \"{d}/scratch\"\ntimeout = \"5m\"",
             script = script.display(),
             counts = counts.display(),
-            bucket = s3.bucket(),
-            endpoint = s3.endpoint(),
-            store_a = local_store("site-a", "mtl", &self.dir.join("stores/a")),
-            provider = file_key_provider(&self.dir.join("keys/master.key")),
         );
-        let p = self.dir.join(format!("{state}.toml"));
-        std::fs::write(&p, text).unwrap();
-        p
+        ConfigBuilder::new(&self.dir)
+            .state(&self.dir.join(state))
+            .table("daemon", "scan-interval = \"200ms\"")
+            .status(self.port)
+            .source("emr-base", &self.dir.join("incoming"), &drill)
+            .local_store("site-a", "mtl", &self.dir.join("stores/a"))
+            .s3_store_keys_in("s3-qc", "qc", s3, ("T_AK", "T_SK"))
+            .file_keys()
+            .write(&self.dir.join(format!("{state}.toml")))
     }
 
     fn cmd(&self, config: &Path, s3: &S3Server) -> Command {
