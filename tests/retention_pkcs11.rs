@@ -10,34 +10,17 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use coffre::{Coffre, Config};
+use common::config::ConfigBuilder;
 use common::SoftHsm;
 
 fn config(dir: &Path, hsm: &SoftHsm) -> Config {
-    let d = dir.display();
-    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
-    // tested in retention_clock.rs).
-    let shred = "[shred]\nmax-clock-jump = \"100d\"";
-    let text = format!(
-        r#"state-dir = "{d}/state"
-{shred}
-[[source]]
-name = "emr"
-path = "{d}/in"
-[source.retention]
-keep-within = "2d"
-{stores}[[key-provider]]
-name = "hsm"
-kind = "pkcs11"
-module = "{module}"
-token-label = "{label}"
-pin-file = "{pin}"
-"#,
-        module = hsm.module_path().display(),
-        label = hsm.label(),
-        pin = hsm.pin_file().display(),
-        stores = common::coffre::local_stores(dir, &[("a", "a"), ("b", "b")]),
-    );
-    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+    ConfigBuilder::new(dir)
+        .clock_jumps_allowed()
+        .emr()
+        .retention("keep-within = \"2d\"")
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .softhsm_keys("hsm", hsm)
+        .config()
 }
 
 fn copy_tree(from: &Path, to: &Path, only_missing: bool) -> usize {

@@ -670,13 +670,12 @@ impl Rewrap<'_> {
 #[cfg(test)]
 mod tests {
     //! Both protocols on object_store's in-memory store, behind a decorator that forwards every
-    //! method and can make deletes fail.
+    //! method and can make chosen deletes and writes fail.
 
     use super::*;
     use std::ops::Range;
     use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     use bytes::Bytes;
     use futures::stream::BoxStream;
@@ -691,29 +690,65 @@ mod tests {
     use crate::format::objects::KEY_OBJECT_FORMAT;
     use crate::keys::DataKey;
 
-    /// Forwards every method; while `failing` is set, deleting an object whose path ends with
-    /// `manifest.json` fails (as a store that refuses deletes).
-    #[derive(Debug)]
-    struct FailingDeletes {
-        inner: Arc<dyn ObjectStore>,
-        failing: Arc<AtomicBool>,
+    /// Which calls of one store fail: deleting, or writing, an object whose path ends with the
+    /// suffix set (as a store that refuses them).
+    #[derive(Debug, Default)]
+    struct Faults {
+        delete: Mutex<Option<&'static str>>,
+        put: Mutex<Option<&'static str>>,
     }
 
-    impl std::fmt::Display for FailingDeletes {
+    impl Faults {
+        fn fail_deletes_of(&self, suffix: &'static str) {
+            *self.delete.lock().unwrap() = Some(suffix);
+        }
+
+        fn fail_puts_of(&self, suffix: &'static str) {
+            *self.put.lock().unwrap() = Some(suffix);
+        }
+
+        fn heal(&self) {
+            *self.delete.lock().unwrap() = None;
+            *self.put.lock().unwrap() = None;
+        }
+
+        /// The injected error when `slot` names a suffix of `path`.
+        fn check(slot: &Mutex<Option<&'static str>>, path: &ObjPath) -> object_store::Result<()> {
+            match *slot.lock().unwrap() {
+                Some(suffix) if path.as_ref().ends_with(suffix) => {
+                    Err(object_store::Error::Generic {
+                        store: "faulty",
+                        source: format!("injected fault: {path} refused").into(),
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Forwards every method, failing the calls its [`Faults`] choose.
+    #[derive(Debug)]
+    struct Faulty {
+        inner: Arc<dyn ObjectStore>,
+        faults: Arc<Faults>,
+    }
+
+    impl std::fmt::Display for Faulty {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "FailingDeletes({})", self.inner)
+            write!(f, "Faulty({})", self.inner)
         }
     }
 
     #[async_trait::async_trait]
     #[deny(clippy::missing_trait_methods)]
-    impl ObjectStore for FailingDeletes {
+    impl ObjectStore for Faulty {
         async fn put_opts(
             &self,
             location: &ObjPath,
             payload: PutPayload,
             opts: PutOptions,
         ) -> object_store::Result<PutResult> {
+            Faults::check(&self.faults.put, location)?;
             self.inner.put_opts(location, payload, opts).await
         }
 
@@ -722,6 +757,7 @@ mod tests {
             location: &ObjPath,
             opts: PutMultipartOptions,
         ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            Faults::check(&self.faults.put, location)?;
             self.inner.put_multipart_opts(location, opts).await
         }
 
@@ -745,18 +781,13 @@ mod tests {
             &self,
             locations: BoxStream<'static, object_store::Result<ObjPath>>,
         ) -> BoxStream<'static, object_store::Result<ObjPath>> {
-            let (inner, failing) = (self.inner.clone(), self.failing.clone());
+            let (inner, faults) = (self.inner.clone(), self.faults.clone());
             locations
                 .then(move |loc| {
-                    let (inner, failing) = (inner.clone(), failing.clone());
+                    let (inner, faults) = (inner.clone(), faults.clone());
                     async move {
                         let p = loc?;
-                        if failing.load(Ordering::SeqCst) && p.as_ref().ends_with("manifest.json") {
-                            return Err(object_store::Error::Generic {
-                                store: "failing-deletes",
-                                source: "injected fault: delete refused".into(),
-                            });
-                        }
+                        Faults::check(&faults.delete, &p)?;
                         inner.delete(&p).await.map(|()| p)
                     }
                 })
@@ -804,35 +835,49 @@ mod tests {
         }
     }
 
-    fn config(dir: &Path) -> Config {
+    /// Stores `a` and `b` (local, replaced by in-memory ones) and a file key provider per name.
+    fn config(dir: &Path, providers: &[&str]) -> Config {
         let store = |name: &str| {
             format!(
                 "[[store]]\nname = \"{name}\"\nkind = \"local\"\nsite = \"{name}\"\njurisdiction = \"CA-QC\"\npath = \"{d}/{name}\"\n",
                 d = dir.display()
             )
         };
+        let provider = |name: &str| {
+            format!(
+                "[[key-provider]]\nname = \"{name}\"\nkind = \"file\"\nmaster-key = \"{d}/keys/{name}.key\"\ncreate-master-key = true\n",
+                d = dir.display()
+            )
+        };
         let text = format!(
-            "state-dir = \"{d}/state\"\n[replication]\nmin-sites = 1\n{a}{b}[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\ncreate-master-key = true\n",
+            "state-dir = \"{d}/state\"\n[replication]\nmin-sites = 1\n{a}{b}{p}",
             d = dir.display(),
             a = store("a"),
             b = store("b"),
+            p = providers.iter().map(|n| provider(n)).collect::<String>(),
         );
         Config::from_toml(&text, Path::new("t")).unwrap()
     }
 
-    /// An app whose stores `a` and `b` are in-memory, each behind its own delete switch.
-    async fn app(dir: &Path) -> (Coffre, Vec<Arc<AtomicBool>>) {
-        let mut app = Coffre::open(config(dir)).await.unwrap();
-        let mut switches = Vec::new();
+    /// An app whose stores `a` and `b` are in-memory, each behind its own faults, with one file
+    /// key provider `local`.
+    async fn app(dir: &Path) -> (Coffre, Vec<Arc<Faults>>) {
+        app_with(dir, &["local"]).await
+    }
+
+    /// [`app`] with these file key providers.
+    async fn app_with(dir: &Path, providers: &[&str]) -> (Coffre, Vec<Arc<Faults>>) {
+        let mut app = Coffre::open(config(dir, providers)).await.unwrap();
+        let mut faults = Vec::new();
         app.wrap_object_stores(|_| {
-            let failing = Arc::new(AtomicBool::new(false));
-            switches.push(failing.clone());
-            Arc::new(FailingDeletes {
+            let f = Arc::new(Faults::default());
+            faults.push(f.clone());
+            Arc::new(Faulty {
                 inner: Arc::new(InMemory::new()),
-                failing,
+                faults: f,
             })
         });
-        (app, switches)
+        (app, faults)
     }
 
     fn epoch(s: &str) -> EpochId {
@@ -921,7 +966,7 @@ mod tests {
             put_copy(&app.stores[0], &k).await,
             put_copy(&app.stores[1], &k).await,
         ];
-        switches[1].store(true, Ordering::SeqCst);
+        switches[1].fail_deletes_of("manifest.json");
         let d = destruction(&app, &e);
         let erased = d.run(&copies).await.unwrap();
         assert!(erased.providers.iter().all(|p| p.destroyed));
@@ -950,7 +995,7 @@ mod tests {
             .contains(&"shred ok: epoch destroyed, 1 snapshot(s), 2 copies".to_string()));
 
         // The next run: the key is destroyed already, the copy left behind goes.
-        switches[1].store(false, Ordering::SeqCst);
+        switches[1].heal();
         let again = d.run(&copies).await.unwrap();
         for c in &again.copies {
             assert_eq!(
@@ -1031,10 +1076,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (app, _) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-04.1"), epoch("2030-01-05.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
+        let k = key_in_every_store(&app, &from).await;
         let new = wal_rewrap(&app, &k).run(&to, None).await.unwrap();
         assert_eq!(new.epoch, to);
         for s in &app.stores {
@@ -1057,13 +1099,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut app, _) = app(dir.path()).await;
         let (from, to) = (epoch("2030-01-06.1"), epoch("2030-01-07.1"));
-        let k = key_object(&app, SnapshotId::new(), &from);
-        for s in &app.stores {
-            put_copy(s, &k).await;
-        }
-        let blocker = dir.path().join("not-a-folder");
-        std::fs::write(&blocker, b"").unwrap();
-        app.audit = crate::audit::AccessLog::open(&blocker.join("audit.log"), "test-host");
+        let k = key_in_every_store(&app, &from).await;
+        break_access_log(&mut app, dir.path());
         let err = wal_rewrap(&app, &k).run(&to, None).await.unwrap_err();
         assert!(matches!(err, RewrapError::Audit { .. }), "{err}");
         let text = err.to_string();
@@ -1075,5 +1112,240 @@ mod tests {
         for s in &app.stores {
             assert_eq!(stored_key(s, &k.snapshot).await, k, "store {}", s.name);
         }
+    }
+
+    // ---- The destruction, step by step, and the re-wrap's refusals. ----
+
+    /// What an unwrap of `k` through provider `p` alone says.
+    fn unwrap_through(app: &Coffre, p: usize, k: &KeyObject) -> Result<(), KeyError> {
+        crate::keys::unwrap_dek(&app.providers[p..=p], k).map(|_| ())
+    }
+
+    /// Store `s` holds destruction record `record`.
+    async fn record_in_store(s: &Store, record: &str) -> bool {
+        let path = s
+            .prefix
+            .clone()
+            .join("destruction")
+            .join(format!("{record}.json"));
+        s.exists(&path).await.unwrap()
+    }
+
+    /// Every provider destroys the key, each copy's own check then says "key destroyed", every
+    /// copy goes, and the record is kept in the catalog and in every store.
+    #[tokio::test]
+    async fn the_key_goes_in_every_provider_then_every_copy_then_the_record_is_kept_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app_with(dir.path(), &["local", "spare"]).await;
+        let e = epoch("2030-01-08.1");
+        let k = key_object(&app, SnapshotId::new(), &e);
+        assert_eq!(k.wraps.len(), 2, "{k:?}");
+        let mut copies = Vec::new();
+        for s in &app.stores {
+            copies.push(put_copy(s, &k).await);
+        }
+        let d = destruction(&app, &e);
+        let erased = d.run(&copies).await.unwrap();
+        let names: Vec<_> = erased
+            .providers
+            .iter()
+            .map(|p| (p.provider.as_str(), p.destroyed))
+            .collect();
+        assert_eq!(names, [("local", true), ("spare", true)]);
+        for p in 0..2 {
+            let err = unwrap_through(&app, p, &k).unwrap_err();
+            assert!(err.is_destroyed(), "provider {p}: {err}");
+        }
+        for (c, copy) in erased.copies.iter().zip(&copies) {
+            assert_eq!(
+                (c.decrypt_check.as_str(), c.deletion.as_str(), c.kept),
+                ("key destroyed", "deleted", false),
+                "{c:?}"
+            );
+            assert_eq!(present(copy).await, [false, false, false]);
+        }
+        let record = erased.record(&d, vec![k.snapshot]);
+        assert!(record.complete && record.legal_hold_checked, "{record:?}");
+        d.finish(&record, "1 snapshot(s), 2 copies").await.unwrap();
+        assert!(app
+            .catalog
+            .destructions()
+            .unwrap()
+            .iter()
+            .any(|r| r.contains(&record.record)));
+        for s in &app.stores {
+            assert!(record_in_store(s, &record.record).await, "store {}", s.name);
+        }
+        assert_eq!(
+            outcomes(&app),
+            ["shred ok: epoch destroyed, 1 snapshot(s), 2 copies"]
+        );
+    }
+
+    /// A provider that cannot destroy the key stops everything: no later provider is asked, no
+    /// copy is checked or deleted, the failure is logged and no record is kept.
+    #[tokio::test]
+    async fn a_provider_that_fails_stops_the_destruction_before_any_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app_with(dir.path(), &["local", "spare"]).await;
+        let e = epoch("2030-01-09.1");
+        let k = key_object(&app, SnapshotId::new(), &e);
+        let copies = vec![put_copy(&app.stores[0], &k).await];
+        // The first provider's keyring can no longer be read or written.
+        let keyring = dir.path().join("state/keys/local.keyring");
+        assert!(keyring.is_file(), "{}", keyring.display());
+        std::fs::remove_file(&keyring).unwrap();
+        std::fs::create_dir(&keyring).unwrap();
+        let d = destruction(&app, &e);
+        let err = d.run(&copies).await.unwrap_err();
+        assert!(
+            matches!(&err, DestroyError::Provider { provider, .. } if provider == "local"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nothing was deleted"), "{err}");
+        assert_eq!(present(&copies[0]).await, [true, true, true]);
+        // The next provider was not asked: the copy still opens through it.
+        unwrap_through(&app, 1, &k).unwrap();
+        let log = outcomes(&app);
+        assert!(
+            log.len() == 1 && log[0].starts_with("shred failed: provider local: "),
+            "{log:?}"
+        );
+        assert!(app.catalog.destructions().unwrap().is_empty());
+    }
+
+    /// Deletion goes manifest, data, key object and stops at the first delete that fails: what
+    /// comes after it stays, and the next run checks the key object again and finishes.
+    #[tokio::test]
+    async fn deletion_stops_at_the_first_failed_delete_and_the_next_run_finishes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, faults) = app(dir.path()).await;
+        let e = epoch("2030-01-10.1");
+        let k = key_object(&app, SnapshotId::new(), &e);
+        let copies = vec![put_copy(&app.stores[0], &k).await];
+        faults[0].fail_deletes_of("/data");
+        let d = destruction(&app, &e);
+        let erased = d.run(&copies).await.unwrap();
+        let c = &erased.copies[0];
+        assert_eq!(c.decrypt_check, "key destroyed");
+        assert!(!c.kept);
+        assert!(
+            c.deletion.starts_with("not deleted (") && c.deletion.contains("/data)"),
+            "{}",
+            c.deletion
+        );
+        assert_eq!(present(&copies[0]).await, [false, true, true]);
+        faults[0].heal();
+        let again = d.run(&copies).await.unwrap();
+        assert_eq!(
+            (
+                again.copies[0].decrypt_check.as_str(),
+                again.copies[0].deletion.as_str()
+            ),
+            ("key destroyed", "deleted")
+        );
+        assert_eq!(present(&copies[0]).await, [false, false, false]);
+    }
+
+    /// A snapshot under epoch `e`, its objects in every store; its key object.
+    async fn key_in_every_store(app: &Coffre, e: &EpochId) -> KeyObject {
+        let k = key_object(app, SnapshotId::new(), e);
+        for s in &app.stores {
+            put_copy(s, &k).await;
+        }
+        k
+    }
+
+    /// From now on the access log cannot be written (its folder is a file).
+    fn break_access_log(app: &mut Coffre, dir: &Path) {
+        let blocker = dir.join("not-a-folder");
+        std::fs::write(&blocker, b"").unwrap();
+        app.audit = crate::audit::AccessLog::open(&blocker.join("audit.log"), "test-host");
+    }
+
+    fn snapshot_rewrap<'a>(app: &'a Coffre, old: &KeyObject) -> Rewrap<'a> {
+        Rewrap {
+            subject: String::new(),
+            action: "hold-add",
+            purpose: "legal hold: case 7",
+            index: Indexed::Snapshot,
+            ..wal_rewrap(app, old)
+        }
+    }
+
+    /// A store that refuses the new key object stops the re-wrap there: the entry came first,
+    /// the failure is logged, that store keeps the old key object and the catalog is not
+    /// updated (the old epoch key is kept, so the object still opens).
+    #[tokio::test]
+    async fn a_rewrap_that_a_store_refuses_stops_there_and_leaves_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, faults) = app(dir.path()).await;
+        let (from, to) = (epoch("2030-01-11.1"), epoch("2030-01-12.1"));
+        let k = key_in_every_store(&app, &from).await;
+        faults[1].fail_puts_of("key.json");
+        let hold = Some(Some("case 7".to_string()));
+        let err = snapshot_rewrap(&app, &k).run(&to, hold).await.unwrap_err();
+        assert!(
+            matches!(&err, RewrapError::Store { store, .. } if store == "b"),
+            "{err}"
+        );
+        assert_eq!(stored_key(&app.stores[1], &k.snapshot).await, k);
+        assert!(app.catalog.get_key(&k.snapshot).unwrap().is_none());
+        crate::keys::unwrap_dek(&app.providers, &k).unwrap();
+        let log = outcomes(&app);
+        assert_eq!(log[0], format!("hold-add started: to epoch {to}"));
+        assert!(
+            log.len() == 2 && log[1].starts_with("hold-add failed: store b: "),
+            "{log:?}"
+        );
+    }
+
+    /// The snapshot re-wrap follows the same rule: no entry, no move (nor any hold set).
+    #[tokio::test]
+    async fn a_snapshot_rewrap_with_an_unwritable_access_log_moves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut app, _) = app(dir.path()).await;
+        let (from, to) = (epoch("2030-01-13.1"), epoch("2030-01-14.1"));
+        let k = key_in_every_store(&app, &from).await;
+        break_access_log(&mut app, dir.path());
+        let hold = Some(Some("case 7".to_string()));
+        let err = snapshot_rewrap(&app, &k).run(&to, hold).await.unwrap_err();
+        assert!(matches!(err, RewrapError::Audit { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("snapshot {} was not moved", k.snapshot)),
+            "{err}"
+        );
+        for s in &app.stores {
+            assert_eq!(stored_key(s, &k.snapshot).await, k, "store {}", s.name);
+        }
+        assert!(app.catalog.get_key(&k.snapshot).unwrap().is_none());
+    }
+
+    /// A snapshot re-wrap that goes through: every store and the catalog hold the new key
+    /// object, under the new epoch with the hold set.
+    #[tokio::test]
+    async fn a_snapshot_rewrap_moves_the_key_everywhere_and_records_it_in_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(dir.path()).await;
+        let (from, to) = (epoch("2030-01-15.1"), epoch("2030-01-16.1"));
+        let k = key_in_every_store(&app, &from).await;
+        let hold = Some(Some("case 7".to_string()));
+        let new = snapshot_rewrap(&app, &k).run(&to, hold).await.unwrap();
+        assert_eq!(
+            (&new.epoch, new.legal_hold.as_deref()),
+            (&to, Some("case 7"))
+        );
+        for s in &app.stores {
+            assert_eq!(stored_key(s, &k.snapshot).await, new, "store {}", s.name);
+        }
+        assert_eq!(app.catalog.get_key(&k.snapshot).unwrap(), Some(new));
+        assert_eq!(
+            outcomes(&app),
+            [
+                format!("hold-add started: to epoch {to}"),
+                format!("hold-add ok: now under epoch {to}"),
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Driving the real `coffre` binary in end-to-end tests: a private folder per test holding the
 //! config, the state folder, the master key, the source folder and restore targets, and a
-//! [`CoffreEnv::run`] that starts `coffre --config FILE ...` with a clean environment.
+//! [`CoffreEnv::run`] that starts `coffre --config FILE ...` with a clean environment, and
+//! [`CoffreEnv::daemon`] that starts the daemon on it ([`super::daemon::TestDaemon`]).
 #![allow(dead_code)]
 
 use std::fmt;
@@ -10,6 +11,7 @@ use std::process::{Command, Stdio};
 
 use tempfile::TempDir;
 
+use super::daemon::TestDaemon;
 use super::servers::{Azurite, S3Server};
 
 /// Environment variable names the generated configs use for store credentials.
@@ -271,6 +273,21 @@ path = "{incoming}"
             c.env(k, v);
         }
         c
+    }
+
+    /// The daemon's control socket (`<state>/run/coffre.sock`).
+    pub fn socket(&self) -> PathBuf {
+        self.state.join("run/coffre.sock")
+    }
+
+    /// `coffre daemon` on this config, its log in `daemon.log`, not yet waited for.
+    pub fn spawn_daemon(&self) -> TestDaemon {
+        TestDaemon::spawn(self.command(&[]), Some(&self.dir.path().join("daemon.log")))
+    }
+
+    /// `coffre daemon` on this config, once its control socket answers (60 s at most).
+    pub fn daemon(&self) -> TestDaemon {
+        self.spawn_daemon().wait_socket(&self.socket(), 60)
     }
 
     pub fn run(&self, args: &[&str]) -> Run {

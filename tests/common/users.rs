@@ -63,3 +63,18 @@ impl Drop for UnixUsers {
         }
     }
 }
+
+/// An operator made for one test (in the group `postgres`, the operators' group of the PITR
+/// tests) who is not the archiver; removed after it.
+pub struct TempUser {
+    pub name: String,
+    _made: UnixUsers,
+}
+
+impl TempUser {
+    pub fn operator() -> TempUser {
+        let mut m = UnixUsers::new();
+        let name = m.user("cofpitr", &["postgres"]);
+        TempUser { name, _made: m }
+    }
+}

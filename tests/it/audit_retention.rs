@@ -3,30 +3,20 @@
 //! verifiable; once a sealed segment's epoch has ended its key is destroyed, every copy is
 //! deleted and a destruction record written; bytes someone kept no longer open.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 
 use std::path::Path;
 
 use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
-    let d = dir.display();
-    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
-    // tested in retention_clock.rs).
-    let shred = "[shred]\nmax-clock-jump = \"100d\"";
-    let text = format!(
-        r#"state-dir = "{d}/state"
-{shred}
-[audit]
-retention = "30d"
-[[source]]
-name = "emr"
-path = "{d}/in"
-{stores}{provider}"#,
-        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
-        provider = file_key_provider(&dir.join("keys/master.key")),
-    );
-    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+    ConfigBuilder::new(dir)
+        .clock_jumps_allowed()
+        .audit("retention = \"30d\"")
+        .emr()
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .config()
 }
 
 fn access(what: &str) -> coffre::audit::NewEntry {

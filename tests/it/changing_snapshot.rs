@@ -1,7 +1,7 @@
 //! A snapshot that changes or vanishes while it is being read is reported, never protected as if
 //! whole: no manifest in any store, nothing in the catalog.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 use crate::matrix;
 
 use std::path::Path;
@@ -11,22 +11,12 @@ use coffre::ops::protect::PipelineError;
 use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
-    let d = dir.display();
-    Config::from_toml(
-        &format!(
-            r#"state-dir = "{d}/state"
-[pipeline]
-zstd-threads = 1
-[[source]]
-name = "emr"
-path = "{d}/in"
-{stores}{provider}"#,
-            stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
-            provider = file_key_provider(&dir.join("keys/master.key")),
-        ),
-        Path::new("t.toml"),
-    )
-    .unwrap()
+    ConfigBuilder::new(dir)
+        .table("pipeline", "zstd-threads = 1")
+        .emr()
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .config()
 }
 
 fn big(path: &Path) {

@@ -1,7 +1,7 @@
 //! The access log, end to end: real accesses through the binary, `coffre audit verify` on the
 //! real log, then on each kind of tampering, locally and in a store's sealed copy.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,22 +20,13 @@ impl Env {
     /// With extra top-level TOML (before the tables).
     fn with(extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
         std::fs::create_dir_all(dir.path().join("in")).unwrap();
-        std::fs::write(
-            dir.path().join("coffre.toml"),
-            format!(
-                r#"state-dir = "{d}/state"
-{extra}
-[[source]]
-name = "emr"
-path = "{d}/in"
-{stores}{provider}"#,
-                stores = local_stores(dir.path(), &[("site-a", "a"), ("site-b", "b")]),
-                provider = file_key_provider(&dir.path().join("keys/master.key")),
-            ),
-        )
-        .unwrap();
+        ConfigBuilder::new(dir.path())
+            .tables_text(extra)
+            .emr()
+            .local_stores(&[("site-a", "a"), ("site-b", "b")])
+            .file_keys()
+            .write(&dir.path().join("coffre.toml"));
         Env { dir }
     }
 

@@ -7,11 +7,13 @@ use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::coffre::{file_key_provider, local_stores};
+use common::config::ConfigBuilder;
+use common::daemon::{http_get, wait_until, OnDrop, TestDaemon};
 use common::{free_port, S3Server, CANARY_INSURANCE, CANARY_LAST_NAME};
+use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
@@ -39,54 +41,18 @@ impl Env {
     /// A config with two local stores (two sites) and optionally an S3 store, written to
     /// coffre.toml; `extra` is appended verbatim.
     fn config(&self, s3: Option<&S3Server>, extra: &str) -> PathBuf {
-        let d = self.dir.path().display();
-        let mut text = format!(
-            r#"state-dir = "{d}/state"
-[daemon]
-scan-interval = "200ms"
-catch-up-interval = "1s"
-scrub-every = "1h"
-drain-timeout = "5s"
-[replication]
-min-sites = 2
-retries = 1
-backoff = "50ms"
-[status]
-listen = "127.0.0.1:{port}"
-[[source]]
-name = "emr"
-path = "{d}/incoming"
-complete = "rename"
-[[source]]
-name = "base"
-path = "{d}/base"
-complete = "marker"
-{stores}{provider}"#,
-            port = self.port,
-            stores = local_stores(self.dir.path(), &[("site-a", "a")]),
-            provider = file_key_provider(&self.p("keys/master.key")),
-        );
-        match s3 {
-            Some(s) => text.push_str(&format!(
-                r#"[[store]]
-name = "s3-b"
-kind = "s3"
-site = "b"
-jurisdiction = "CA-QC"
-bucket = "{}"
-endpoint = "{}"
-access-key-id-env = "T_AK"
-secret-access-key-env = "T_SK"
-"#,
-                s.bucket(),
-                s.endpoint()
-            )),
-            None => text.push_str(&local_stores(self.dir.path(), &[("site-b", "b")])),
-        }
-        text.push_str(extra);
-        let path = self.p("coffre.toml");
-        std::fs::write(&path, text).unwrap();
-        path
+        let config = ConfigBuilder::new(self.dir.path())
+            .quick_daemon()
+            .status(self.port)
+            .source("emr", &self.p("incoming"), "complete = \"rename\"")
+            .source("base", &self.p("base"), "complete = \"marker\"")
+            .local_stores(&[("site-a", "a")])
+            .file_keys();
+        let config = match s3 {
+            Some(s) => config.s3_store_keys_in("s3-b", "b", s, ("T_AK", "T_SK")),
+            None => config.local_stores(&[("site-b", "b")]),
+        };
+        config.raw(extra).write(&self.p("coffre.toml"))
     }
 
     /// The local-stores config of [`Env::config`] with source `base` archiving WAL:
@@ -143,26 +109,14 @@ secret-access-key-env = "T_SK"
         )
     }
 
-    fn start(&self, s3: Option<&S3Server>) -> Daemon {
+    fn start(&self, s3: Option<&S3Server>) -> TestDaemon {
         let log = self.p(&format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = self
-            .cmd(s3)
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            port: self.port,
-            log,
-        };
-        d.wait_ready();
-        d
+        TestDaemon::spawn(self.cmd(s3), Some(&log))
+            .on_drop(OnDrop::Kill)
+            .wait_ready(self.port, 30)
     }
 
     fn snapshots(&self, s3: Option<&S3Server>) -> Vec<serde_json::Value> {
@@ -172,98 +126,11 @@ secret-access-key-env = "T_SK"
     }
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
-impl Daemon {
-    fn wait_ready(&self) {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Some((200, _)) = http_get(self.port, "/readyz") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("daemon not ready in 30 s:\n{}", self.log_text());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let (code, body) = http_get(self.port, "/status").expect("status endpoint answers");
-        assert_eq!(code, 200);
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn stop(mut self) -> String {
-        self.signal("TERM");
-        let t = Instant::now();
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                assert!(st.success(), "daemon exited with {st}: {}", self.log_text());
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "daemon did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.log_text()
-    }
-
-    fn kill9(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log_text()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
+/// A basebackup's tree at `dir` (`PG_VERSION`, `global/pg_control`), without its marker.
+fn basebackup_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("global")).unwrap();
+    std::fs::write(dir.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(dir.join("global/pg_control"), vec![7u8; 8192]).unwrap();
 }
 
 /// SQL-like text with the canary patient, `mib` MiB.
@@ -309,9 +176,7 @@ fn daemon_protects_renamed_dumps_and_marked_basebackups_once() {
     let d = env.start(None);
     dump(&env.p("incoming/emr-1.sql"), 3);
     // A basebackup without its marker is not complete.
-    std::fs::create_dir_all(env.p("base/b1/global")).unwrap();
-    std::fs::write(env.p("base/b1/PG_VERSION"), "15\n").unwrap();
-    std::fs::write(env.p("base/b1/global/pg_control"), vec![7u8; 8192]).unwrap();
+    basebackup_tree(&env.p("base/b1"));
     // Temporary names are never picked up.
     std::fs::write(env.p("incoming/emr-2.sql.partial"), "partial").unwrap();
     wait_until("the dump is protected", 30, || {
@@ -888,7 +753,7 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     // reason in /status (issue 13, 3.9).
     let good = std::fs::read_to_string(env.p("coffre.toml")).unwrap();
     std::fs::write(env.p("coffre.toml"), format!("colour = 1\n{good}")).unwrap();
-    d.signal("HUP");
+    d.signal(Signal::SIGHUP);
     wait_until("reload refused alert", 10, || {
         d.status()["alerts"].to_string().contains("reload refused")
     });
@@ -910,7 +775,7 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     assert!(out.contains("unknown field `colour`"), "{out}");
     // A file not even TOML: still refused with its reason.
     std::fs::write(env.p("coffre.toml"), "state-dir = 5\n").unwrap();
-    d.signal("HUP");
+    d.signal(Signal::SIGHUP);
     wait_until("reason of the second refusal", 10, || {
         d.status()["config_reload"]["reason"]
             .as_str()
@@ -929,7 +794,7 @@ fn reload_refuses_a_bad_config_and_applies_a_good_one() {
             env.p("new-source").display()
         ),
     );
-    d.signal("HUP");
+    d.signal(Signal::SIGHUP);
     wait_until("alert cleared", 10, || {
         !d.status()["alerts"].to_string().contains("reload refused")
     });
@@ -1030,15 +895,14 @@ fn env_snapshots_with_config(env: &Env) -> Vec<serde_json::Value> {
     // The config file is broken on purpose in one test: read the catalog with a good copy.
     let good = env.p("good.toml");
     if !good.exists() {
-        let d = env.dir.path().display();
-        std::fs::write(
-            &good,
-            format!(
-                "state-dir = \"{d}/state\"\n{stores}[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{d}/keys/master.key\"\n",
-                stores = local_stores(env.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
-            ),
-        )
-        .unwrap();
+        // A provider that never creates a key: this one reads the key the daemon made.
+        ConfigBuilder::new(env.dir.path())
+            .local_stores(&[("site-a", "a"), ("site-b", "b")])
+            .providers_text(&format!(
+                "[[key-provider]]\nname = \"local\"\nkind = \"file\"\nmaster-key = \"{}\"\n",
+                env.p("keys/master.key").display()
+            ))
+            .write(&good);
     }
     let out = Command::new(BIN)
         .arg("--config")
@@ -1069,13 +933,7 @@ fn status_endpoint_requires_the_bearer_token_when_one_is_configured() {
     );
     std::fs::write(&cfg, text).unwrap();
     let log = env.p("daemon-token.log");
-    let mut child = env
-        .cmd(None)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let d = TestDaemon::spawn(env.cmd(None), Some(&log)).on_drop(OnDrop::Kill);
     wait_until("healthz answers (no token needed)", 30, || {
         matches!(http_get(env.port, "/healthz"), Some((200, _)))
     });
@@ -1097,8 +955,7 @@ fn status_endpoint_requires_the_bearer_token_when_one_is_configured() {
     let (code, out, err) = env.run(None, &["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"sources\""));
-    let _ = child.kill();
-    let _ = child.wait();
+    d.kill9();
     // A world-readable token file is refused at start.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, _, err) = env.run(None, &["check-config"]);
@@ -1131,7 +988,7 @@ fn counters_survive_a_restart_of_the_daemon() {
         r#"coffre_uploaded_bytes_total{store="site-b"}"#,
     ];
     let before: Vec<f64> = {
-        let (_, m) = http_get(d.port, "/metrics").unwrap();
+        let (_, m) = http_get(env.port, "/metrics").unwrap();
         series
             .iter()
             .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
@@ -1139,14 +996,14 @@ fn counters_survive_a_restart_of_the_daemon() {
     };
     assert_eq!(before[0], 2.0);
     assert!(before[1] > 0.0 && before[1] == before[2], "{before:?}");
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     let runs_before = sample(&m, r#"coffre_worker_runs_total{worker="intake"}"#).unwrap();
     let uploaded_status = d.status()["stores"][0]["uploaded_bytes"].as_f64().unwrap();
     assert_eq!(uploaded_status, before[1]);
     d.stop();
 
     let d = env.start(None);
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     for (s, b) in series.iter().zip(&before) {
         assert_eq!(sample(&m, s), Some(*b), "{s} after the restart:\n{m}");
     }
@@ -1163,7 +1020,7 @@ fn counters_survive_a_restart_of_the_daemon() {
     wait_until("the third dump is protected", 30, || {
         env.snapshots(None).len() == 3
     });
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     assert_eq!(sample(&m, series[0]), Some(3.0), "{m}");
     d.stop();
 }
@@ -1190,7 +1047,7 @@ fn wal_counters_survive_a_restart_of_the_daemon() {
         "coffre_wal_prefetch_hits_total",
         "coffre_wal_archived_ahead_total",
     ];
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     let before: Vec<f64> = series
         .iter()
         .map(|s| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}")))
@@ -1200,7 +1057,7 @@ fn wal_counters_survive_a_restart_of_the_daemon() {
     d.stop();
 
     let d = env.start(None);
-    let (_, m) = http_get(d.port, "/metrics").unwrap();
+    let (_, m) = http_get(env.port, "/metrics").unwrap();
     for (s, b) in series.iter().zip(&before) {
         let after = sample(&m, s).unwrap_or_else(|| panic!("no {s} after the restart:\n{m}"));
         assert!(

@@ -5,36 +5,14 @@
 
 use crate::common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::coffre::{file_key_provider, local_store};
+use common::config::ConfigBuilder;
+use common::daemon::{http_body as http_get, wait_until, OnDrop, TestDaemon};
 use common::{free_port, Postgres, S3Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_once("\r\n\r\n").map(|x| x.1.to_string())
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
-}
 
 struct Env {
     dir: PathBuf,
@@ -47,42 +25,20 @@ impl Env {
         let d = self.dir.display();
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/drill-verify-pg.sh");
-        let text = format!(
-            r#"state-dir = "{d}/{state}"
-[daemon]
-scan-interval = "200ms"
-[status]
-listen = "127.0.0.1:{port}"
-[[source]]
-name = "emr-base"
-path = "{d}/incoming"
-complete = "marker"
-[source.drill]
-every = "1h"
-verify-command = "{script} {{file}} {{port}} {counts}"
-scratch-dir = "{d}/scratch"
-timeout = "5m"
-{store_a}[[store]]
-name = "s3-qc"
-kind = "s3"
-site = "qc"
-jurisdiction = "CA-QC"
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-access-key-id-env = "T_AK"
-secret-access-key-env = "T_SK"
-{provider}"#,
-            port = self.port,
+        let drill = format!(
+            "complete = \"marker\"\n[source.drill]\nevery = \"1h\"\nverify-command = \"{script} {{file}} {{port}} {counts}\"\nscratch-dir = \"{d}/scratch\"\ntimeout = \"5m\"",
             script = script.display(),
             counts = counts.display(),
-            bucket = s3.bucket(),
-            endpoint = s3.endpoint(),
-            store_a = local_store("site-a", "mtl", &self.dir.join("stores/a")),
-            provider = file_key_provider(&self.dir.join("keys/master.key")),
         );
-        let p = self.dir.join(format!("{state}.toml"));
-        std::fs::write(&p, text).unwrap();
-        p
+        ConfigBuilder::new(&self.dir)
+            .state(&self.dir.join(state))
+            .table("daemon", "scan-interval = \"200ms\"")
+            .status(self.port)
+            .source("emr-base", &self.dir.join("incoming"), &drill)
+            .local_store("site-a", "mtl", &self.dir.join("stores/a"))
+            .s3_store_keys_in("s3-qc", "qc", s3, ("T_AK", "T_SK"))
+            .file_keys()
+            .write(&self.dir.join(format!("{state}.toml")))
     }
 
     fn cmd(&self, config: &Path, s3: &S3Server) -> Command {
@@ -125,14 +81,8 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
     std::fs::create_dir_all(env.dir.join("incoming")).unwrap();
 
     // The daemon protects the basebackup once it lands (renamed in whole, marker inside).
-    let log = std::fs::File::create(env.dir.join("daemon.log")).unwrap();
-    let mut daemon = env
-        .cmd(&config, &s3)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let daemon = TestDaemon::spawn(env.cmd(&config, &s3), Some(&env.dir.join("daemon.log")))
+        .on_drop(OnDrop::Kill);
     Command::new("cp")
         .arg("-a")
         .arg(&db.basebackup)
@@ -170,8 +120,7 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         "{metrics}"
     );
     assert!(metrics.contains("coffre_drill_duration_seconds{source=\"emr-base\",store=\"site-a\"}"));
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+    daemon.terminate();
     assert!(
         scratch_is_empty(&env.dir.join("scratch")),
         "scratch folder wiped"
@@ -217,14 +166,8 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         "scratch wiped after a failed drill too"
     );
     // The status shows the failed drill for that store.
-    let log = std::fs::File::create(env.dir.join("daemon2.log")).unwrap();
-    let mut daemon = env
-        .cmd(&config, &s3)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let daemon = TestDaemon::spawn(env.cmd(&config, &s3), Some(&env.dir.join("daemon2.log")))
+        .on_drop(OnDrop::Kill);
     wait_until("status answers", 30, || {
         http_get(env.port, "/status").is_some()
     });
@@ -262,8 +205,7 @@ fn drills_restore_a_basebackup_start_postgres_and_survive_the_loss_of_a_site() {
         sample("coffre_drill_duration_seconds") > 0.0,
         "the RTO of the last success"
     );
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+    daemon.terminate();
 
     // The access log has the drills, and its chain holds.
     let (code, out, _) = env.run(

@@ -7,10 +7,10 @@
 //! config. The tests that need real Unix users (roles, the refusal limit) are in e2e_roles.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::coffre::{local_stores, CoffreEnv};
+use crate::common::daemon::{http_body as http_get, wait_until};
 
 /// Source `emr` on two local stores (two sites), the master key created on first use.
 fn env() -> CoffreEnv {
@@ -29,64 +29,6 @@ fn env_with(tables: &str, source: &str) -> CoffreEnv {
         "{text}{stores}\n[status]\nlisten = \"127.0.0.1:0\"\n{tables}"
     ));
     env
-}
-
-/// A running `coffre daemon` on `env`'s config, stopped (and waited for) when dropped.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(env: &CoffreEnv) -> Daemon {
-        let child = env
-            .command(&["daemon"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start the daemon");
-        let socket = env.state.join("run/coffre.sock");
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the daemon's control socket never answered"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Daemon { child, socket }
-    }
-
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
 }
 
 fn write(p: &Path, bytes: &[u8]) -> PathBuf {
@@ -124,11 +66,11 @@ fn read_only_commands_never_create_a_master_key() {
 #[test]
 fn a_stopped_daemon_is_an_error_within_the_first_answer_limit() {
     let env = env();
-    let d = Daemon::start(&env);
+    let d = env.daemon();
     nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
     let t = Instant::now();
     let mut c = env.command(&["snapshots"]);
-    c.env("COFFRE_SOCKET", &d.socket);
+    c.env("COFFRE_SOCKET", env.socket());
     let out = c.output().unwrap();
     let took = t.elapsed();
     nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGCONT).unwrap();
@@ -177,7 +119,7 @@ fn what_backup_protected_the_intake_does_not_protect_again() {
     write(&base.join("backup_manifest"), b"{}\n");
     env.backup(&file);
     env.backup(&base);
-    let _d = Daemon::start(&env);
+    let _d = env.daemon();
     // Through the daemon, before the intake finds it settled.
     let c = write(&env.incoming.join("c.sql"), &vec![b'c'; 50_000]);
     env.backup(&c);
@@ -237,7 +179,7 @@ fn bad_arguments_exit_2_locally_and_through_the_daemon() {
     };
     check("locally");
     let outside = write(&env.dir.path().join("outside.sql"), b"elsewhere");
-    let d = Daemon::start(&env);
+    let d = env.daemon();
     check("through the daemon");
     let r = env.run(&["backup", "--source", "emr", outside.to_str().unwrap()]);
     assert_eq!(r.code, Some(2), "{r}");
@@ -417,17 +359,6 @@ fn a_drills_relative_verify_command_is_found_from_the_config_folder() {
     assert!(marker.exists(), "the verify command did not run\n{text}");
 }
 
-/// The body of `GET path` on the status server at `port`.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_once("\r\n\r\n").map(|x| x.1.to_string())
-}
-
 /// `coffre_uploaded_bytes_total{store="NAME"}` in a scrape (0 when absent).
 fn uploaded(metrics: &str, store: &str) -> u64 {
     let head = format!("coffre_uploaded_bytes_total{{store=\"{store}\"}} ");
@@ -456,7 +387,7 @@ fn uploaded_bytes_count_archived_wal() {
     env.write_config(&format!(
         "{text}{stores}\n[status]\nlisten = \"127.0.0.1:{port}\"\n"
     ));
-    let _d = Daemon::start(&env);
+    let _d = env.daemon();
     let scrape = || http_get(port, "/metrics").unwrap_or_default();
     wait_until("the status server answers", 30, || !scrape().is_empty());
     let before = scrape();

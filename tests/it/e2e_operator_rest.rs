@@ -3,77 +3,9 @@
 //! without a verify command says it is unverified, `retention plan` never says "destroyed" of
 //! what the guards keep, and a refused WAL push is logged once an hour, not once per retry.
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
 use crate::common::coffre::{local_stores, CoffreEnv};
-
-/// `coffre daemon` of `env`, its status server on `port`; stopped on drop.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(env: &CoffreEnv, port: u16) -> Daemon {
-        let d = Daemon(
-            env.command(&["daemon"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cannot start the daemon"),
-        );
-        wait_until("the status server answers", 60, || {
-            http_get(port, "/readyz").is_some()
-        });
-        d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
-}
-
-/// The body of `GET path` on the status server at `port`.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_once("\r\n\r\n").map(|x| x.1.to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::daemon::http_body as http_get;
+use crate::common::free_port;
 
 /// Source `emr` on two local stores (two sites), with `source` in the `emr` source's table and
 /// `tables` at the end of the config.
@@ -181,7 +113,7 @@ fn an_unverified_drill_says_so_in_the_report_the_status_and_a_gauge() {
         let r = env.run(&["drill", "--source", "emr", "--store", "site-a", "--json"]);
         r.expect_ok();
         assert_eq!(r.json()[0]["verified"], verified, "{r}");
-        let _d = Daemon::start(&env, port);
+        let _d = env.spawn_daemon().wait_answering(port, 60);
         let doc: serde_json::Value =
             serde_json::from_str(&http_get(port, "/status").unwrap()).unwrap();
         let drill = &doc["drills"][0];
@@ -282,7 +214,7 @@ fn a_refused_wal_push_is_logged_once_an_hour_not_once_per_retry() {
     let status = format!("[status]\nlisten = \"127.0.0.1:{port}\"\n");
     let env = env_with(&status, "[source.pitr]\nwindow = \"7d\"\n");
     env.run(&["keys", "init"]).expect_ok();
-    let _d = Daemon::start(&env, port);
+    let _d = env.spawn_daemon().wait_answering(port, 60);
     let name = "000000010000000000000003";
     let push = |seed: u8| {
         let p = wal_file(&env, name, seed);

@@ -8,11 +8,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::coffre::{contains, file_key_provider, files_under, local_stores};
+use crate::common::coffre::{contains, files_under, local_stores};
 use crate::common::coffre::{s3_store, S3_AK_ENV, S3_SK_ENV};
+use crate::common::config::ConfigBuilder;
+use crate::common::daemon::{coffre_command, wait_until, OnDrop, TestDaemon};
+use crate::common::free_port;
 use crate::common::servers::{Postgres, S3Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -23,13 +26,14 @@ const CANARY: &str = "CANARY-PITR-Gagnon-RAMQ-GAGN87654321";
 /// archiving WAL; operators are the group `postgres`, so PostgreSQL's archive and restore
 /// commands reach it through the socket.
 pub(crate) struct Host {
+    /// First, so that it goes (killed) before its folder.
+    daemon: TestDaemon,
     _tmp: tempfile::TempDir,
     pub(crate) d: PathBuf,
     config: PathBuf,
     pub(crate) socket: PathBuf,
     log: PathBuf,
     port: u16,
-    daemon: Child,
 }
 
 impl Host {
@@ -56,39 +60,19 @@ impl Host {
         // User postgres must reach the socket in d/run.
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(d.join("in")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = d.join("coffre.toml");
-        let dd = d.display();
-        std::fs::write(
-            &config,
-            format!(
-                r#"state-dir = "{dd}/state"
-[replication]
-min-sites = 2
-retries = 1
-backoff = "100ms"
-[status]
-listen = "127.0.0.1:{port}"
-[audit]
-operators-group = "postgres"
-[[source]]
-name = "emr"
-path = "{dd}/in"
-complete = "marker"
-[source.pitr]
-window = "7d"
-archiver = "postgres"
-{pitr}
-{stores}{provider}"#,
-                stores = stores(&d),
-                provider = file_key_provider(&d.join("keys/master.key")),
-            ),
-        )
-        .unwrap();
+        let port = free_port();
+        let config = ConfigBuilder::new(&d)
+            .table(
+                "replication",
+                "min-sites = 2\nretries = 1\nbackoff = \"100ms\"",
+            )
+            .status(port)
+            .audit("operators-group = \"postgres\"")
+            .source("emr", &d.join("in"), "complete = \"marker\"")
+            .pitr("7d", &format!("archiver = \"postgres\"\n{pitr}\n"))
+            .stores_text(&stores(&d))
+            .file_keys()
+            .write(&d.join("coffre.toml"));
         let log = d.join("daemon.log");
         let socket = d.join("run/coffre.sock");
         let daemon = spawn_daemon(&config, &d, &log, envs);
@@ -198,62 +182,18 @@ archiver = "postgres"
 }
 
 /// Start the daemon (its log appended to `log`) and wait for its control socket.
-fn spawn_daemon(config: &Path, d: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+fn spawn_daemon(config: &Path, d: &Path, log: &Path, envs: &[(&str, &str)]) -> TestDaemon {
     let socket = d.join("run/coffre.sock");
     // A daemon killed with -9 leaves its socket file behind.
     let _ = std::fs::remove_file(&socket);
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let daemon = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["--log-format", "text", "daemon"])
+    let mut c = coffre_command(config);
+    c.args(["--log-format", "text"])
         .envs(envs.iter().copied())
         .env("RUNTIME_DIRECTORY", d.join("run"))
-        .env("COFFRE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !socket.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "control socket never appeared:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    daemon
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        if std::thread::panicking() {
-            eprintln!("--- daemon log:\n{}", self.log_text());
-        }
-    }
-}
-
-/// An operator made for one test (in the group `postgres`, the operators' group of these
-/// tests) who is not the archiver; removed after it.
-pub(super) struct TempUser {
-    pub(super) name: String,
-    _made: crate::common::users::UnixUsers,
-}
-
-impl TempUser {
-    pub(super) fn operator() -> TempUser {
-        let mut m = crate::common::users::UnixUsers::new();
-        let name = m.user("cofpitr", &["postgres"]);
-        TempUser { name, _made: m }
-    }
+        .env("COFFRE_LOG", "info");
+    TestDaemon::spawn_appending(c, log)
+        .on_drop(OnDrop::Kill)
+        .wait_socket_file(&socket, 30)
 }
 
 /// (last archived WAL file, failed attempts) from pg_stat_archiver.
@@ -402,7 +342,7 @@ fn a_database_archived_through_coffre_comes_back_to_a_moment_between_two_writes_
 
     // The same, replayed by coffre as an operator (--replay; the archiver `postgres` may not
     // restore): the folder it leaves is a promoted database, at the target.
-    let operator = TempUser::operator();
+    let operator = crate::common::users::TempUser::operator();
     let owned = host.d.join("pg");
     std::fs::create_dir_all(&owned).unwrap();
     let st = Command::new("chown")
@@ -765,8 +705,7 @@ fn a_push_cut_by_kill_9_of_the_daemon_is_not_acknowledged_and_the_retry_archives
     while !data_seen() && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = host.daemon.kill();
-    let _ = host.daemon.wait();
+    host.daemon.kill_now();
     let out = client.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     let committed_everywhere = ["a", "b"].iter().all(|s| {
@@ -871,15 +810,12 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
     let in_a = host.d.join(format!(
         "stores/a/coffre/wal/emr/00000001/{name}/manifest.json"
     ));
-    let t = Instant::now();
-    while !in_a.is_file() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the spool worker did not commit the segment in store a:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // (On a timeout the daemon's log is printed as the host goes.)
+    wait_until(
+        "the spool worker commits the segment in store a",
+        60,
+        || in_a.is_file(),
+    );
     let fetched = host.d.join("fetched");
     let (ok, _, err) = host.run(&[
         "wal-fetch",
@@ -894,23 +830,16 @@ fn archive_async_acknowledges_from_the_spool_and_archives_after_the_stores_and_t
     assert!(std::fs::read(&fetched).unwrap() == bytes);
 
     // kill -9: the spool survives, and the restarted daemon archives it once S3 is back.
-    let _ = host.daemon.kill();
-    let _ = host.daemon.wait();
+    host.daemon.kill_now();
     host.daemon = spawn_daemon(&host.config, &host.d, &host.log, &envs);
     assert!(
         spooled.is_file(),
         "the spooled segment was lost with the daemon"
     );
     s3.restart();
-    let t = Instant::now();
-    while spooled.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "the spool was not drained once S3 was back:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until("the spool drained once S3 is back", 90, || {
+        !spooled.exists()
+    });
     let (ok, out, err) = host.run(&["verify"]);
     assert!(ok, "both sites hold it: {out}{err}");
     assert!(out.contains("0 not ok"), "{out}");

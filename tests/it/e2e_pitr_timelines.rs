@@ -18,9 +18,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::e2e_pitr::{wait_archived, Host, TempUser};
-use crate::common::coffre::{file_key_provider, local_stores};
+use super::e2e_pitr::{wait_archived, Host};
+use crate::common::config::ConfigBuilder;
 use crate::common::servers::Postgres;
+use crate::common::users::TempUser;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
@@ -314,17 +315,16 @@ fn a_push_without_a_daemon_says_the_daemon_is_not_running() {
     let state = d.join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let config = d.join("coffre.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state-dir = \"{dd}/state\"\n[audit]\noperators-group = \"postgres\"\n[[source]]\nname = \"emr\"\npath = \"{dd}/in\"\n[source.pitr]\narchiver = \"postgres\"\n{stores}{provider}",
-            dd = d.display(),
-            stores = local_stores(d, &[("a", "a"), ("b", "b")]),
-            provider = file_key_provider(&d.join("keys/master.key")),
-        ),
-    )
-    .unwrap();
+    let config = ConfigBuilder::new(d)
+        .audit("operators-group = \"postgres\"")
+        .source(
+            "emr",
+            &d.join("in"),
+            "[source.pitr]\narchiver = \"postgres\"",
+        )
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .write(&d.join("coffre.toml"));
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let wal = d.join("000000010000000000000001");
     std::fs::write(&wal, vec![0u8; 16 << 20]).unwrap();

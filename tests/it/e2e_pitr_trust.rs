@@ -9,8 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::e2e_pitr::{wait_archived, Host, TempUser};
+use super::e2e_pitr::{wait_archived, Host};
 use crate::common::servers::Postgres;
+use crate::common::users::TempUser;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 /// A restore point name PostgreSQL's configuration parser would decode if coffre did not escape.

@@ -9,7 +9,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::coffre::local_stores;
+use common::config::ConfigBuilder;
 use common::SoftHsm;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -43,31 +43,16 @@ impl Env {
 
     /// The same config under another name, with its own state folder (another host).
     fn config_as(&self, name: &str, state: &str, module: &Path, pin_file: &Path) -> PathBuf {
-        let d = self.dir.path().display();
-        let text = format!(
-            r#"state-dir = "{d}/{state}"
-[replication]
-min-sites = 2
-retries = 1
-backoff = "50ms"
-[[source]]
-name = "emr"
-path = "{d}/incoming"
-complete = "rename"
-{stores}[[key-provider]]
-name = "hsm"
-kind = "pkcs11"
-module = "{module}"
-token-label = "{LABEL}"
-pin-file = "{pin}"
-"#,
-            module = module.display(),
-            pin = pin_file.display(),
-            stores = local_stores(self.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
-        );
-        let path = self.p(name);
-        std::fs::write(&path, text).unwrap();
-        path
+        ConfigBuilder::new(self.dir.path())
+            .state(&self.p(state))
+            .table(
+                "replication",
+                "min-sites = 2\nretries = 1\nbackoff = \"50ms\"",
+            )
+            .source("emr", &self.p("incoming"), "complete = \"rename\"")
+            .local_stores(&[("site-a", "a"), ("site-b", "b")])
+            .pkcs11_keys("hsm", module, LABEL, pin_file)
+            .write(&self.p(name))
     }
 
     fn run(&self, args: &[&str]) -> (i32, String, String) {

@@ -8,10 +8,11 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::coffre::{file_key_provider, local_stores};
+use common::config::ConfigBuilder;
+use common::daemon::{wait_until, OnDrop, TestDaemon};
 use common::{free_port, http_get_text, promtool, Prometheus};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -39,17 +40,6 @@ fn alert_names() -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix("- alert:"))
         .map(|n| n.trim().to_string())
         .collect()
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
 }
 
 #[test]
@@ -200,28 +190,6 @@ fn wal_archive(d: &Path) {
     run_ok(d, &["wal-push", "--source", "pg", wal.to_str().unwrap()]);
 }
 
-/// `coffre daemon` started by a test; killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- coffre daemon log:\n{}", self.log_text());
-        }
-    }
-}
-
 fn coffre(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.arg("--config")
@@ -255,37 +223,19 @@ fn prometheus_scrapes_the_daemon_and_the_dashboard_queries_return_data() {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
     let port = free_port();
-    let config = format!(
-        r#"state-dir = "{d}/state"
-[daemon]
-scan-interval = "200ms"
-catch-up-interval = "1s"
-scrub-every = "1h"
-drain-timeout = "5s"
-[replication]
-min-sites = 2
-retries = 1
-backoff = "50ms"
-[status]
-listen = "127.0.0.1:{port}"
-[[source]]
-name = "emr"
-path = "{d}/incoming"
-complete = "rename"
-[source.drill]
-every = "1h"
-[[source]]
-name = "pg"
-path = "{d}/pgbase"
-complete = "marker"
-[source.pitr]
-window = "7d"
-{stores}{provider}"#,
-        d = d.display(),
-        stores = local_stores(d, &[("site-a", "a"), ("site-b", "b")]),
-        provider = file_key_provider(&d.join("keys/master.key")),
-    );
-    std::fs::write(d.join("coffre.toml"), config).unwrap();
+    ConfigBuilder::new(d)
+        .quick_daemon()
+        .status(port)
+        .source(
+            "emr",
+            &d.join("incoming"),
+            "complete = \"rename\"\n[source.drill]\nevery = \"1h\"",
+        )
+        .source("pg", &d.join("pgbase"), "complete = \"marker\"")
+        .pitr("7d", "")
+        .local_stores(&[("site-a", "a"), ("site-b", "b")])
+        .file_keys()
+        .write(&d.join("coffre.toml"));
 
     // Two snapshots and a drill on record before the daemon starts.
     for i in 0..2 {
@@ -301,18 +251,11 @@ window = "7d"
     wal_archive(d);
 
     let log = d.join("daemon.log");
-    let daemon = Daemon {
-        child: coffre(d, &["daemon"])
-            .env("COFFRE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        log,
-    };
-    wait_until("the daemon is ready", 60, || {
-        matches!(http_get_text(port, "/readyz"), Ok((200, _)))
-    });
+    let mut cmd = coffre(d, &[]);
+    cmd.env("COFFRE_LOG", "info");
+    let daemon = TestDaemon::spawn(cmd, Some(&log))
+        .on_drop(OnDrop::Kill)
+        .wait_ready(port, 60);
 
     // The first scrape: promtool accepts it, and the counters and health gauges have samples.
     let (code, metrics) = http_get_text(port, "/metrics").unwrap();

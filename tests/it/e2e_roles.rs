@@ -7,10 +7,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
+use crate::common::daemon::{OnDrop, TestDaemon};
 use crate::common::users::UnixUsers;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
@@ -55,19 +56,13 @@ impl Users {
 }
 
 struct Host {
+    /// First, so that it goes (killed) before its folder.
+    _daemon: TestDaemon,
     users: Users,
     _tmp: tempfile::TempDir,
     d: PathBuf,
     config: PathBuf,
     socket: PathBuf,
-    daemon: Child,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
 }
 
 struct Out {
@@ -108,72 +103,53 @@ impl Host {
         chown(&d.join("pg_wal"), &users.arch);
         std::fs::set_permissions(d.join("pg_wal"), std::fs::Permissions::from_mode(0o700)).unwrap();
         chown(&d.join("op"), &users.op);
-        let config = d.join("coffre.toml");
-        let dd = d.display();
-        std::fs::write(
-            &config,
-            format!(
-                r#"state-dir = "{dd}/state"
-[daemon]
-control-socket = "{dd}/run/coffre.sock"
-[status]
-listen = "127.0.0.1:0"
-[audit]
-operators-group = "{ops}"
-erasure-group = "{era}"
-[[source]]
-name = "emr"
-path = "{dd}/in"
-complete = "marker"
-[source.pitr]
-window = "7d"
-archiver = "{arch}"
-pg-wal = "{dd}/pg_wal"
-archive-async = {archive_async}
-[[source]]
-name = "lab"
-path = "{dd}/lab"
-complete = "marker"
-[source.pitr]
-window = "7d"
-{stores}{provider}"#,
-                ops = users.ops,
-                era = users.era,
-                arch = users.arch,
-                stores = local_stores(&d, &[("a", "a"), ("b", "b")]),
-                provider = file_key_provider(&d.join("keys/master.key")),
-            ),
-        )
-        .unwrap();
+        let config = ConfigBuilder::new(&d)
+            .table(
+                "daemon",
+                &format!(
+                    "control-socket = \"{}\"",
+                    d.join("run/coffre.sock").display()
+                ),
+            )
+            .status(0)
+            .audit(&format!(
+                "operators-group = \"{}\"\nerasure-group = \"{}\"",
+                users.ops, users.era
+            ))
+            .source("emr", &d.join("in"), "complete = \"marker\"")
+            .pitr(
+                "7d",
+                &format!(
+                    "archiver = \"{}\"\npg-wal = \"{}\"\narchive-async = {archive_async}",
+                    users.arch,
+                    d.join("pg_wal").display()
+                ),
+            )
+            .source("lab", &d.join("lab"), "complete = \"marker\"")
+            .pitr("7d", "")
+            .local_stores(&[("a", "a"), ("b", "b")])
+            .file_keys()
+            .write(&d.join("coffre.toml"));
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
         // Under a umask that lets others read new files, as a daemon started by hand may have.
-        let daemon = Command::new("sh")
-            .arg("-c")
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg(format!(
                 "umask 022; exec {BIN} --config '{}' daemon",
                 config.display()
             ))
-            .env("COFFRE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .env("COFFRE_LOG", "warn");
         let socket = d.join("run/coffre.sock");
-        let t = Instant::now();
-        while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "control socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let daemon = TestDaemon::spawn_as_is(cmd, Some(&d.join("daemon.log")))
+            .on_drop(OnDrop::Kill)
+            .wait_socket_file(&socket, 30);
         Host {
+            _daemon: daemon,
             users,
             _tmp: tmp,
             d,
             config,
             socket,
-            daemon,
         }
     }
 

@@ -2,7 +2,7 @@
 //! of one snapshot, holds, and the retained-bytes test (someone kept every byte ever written to
 //! the stores). The PKCS#11 version of the retained-bytes test is in e2e_pkcs11.rs.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,20 +32,12 @@ impl Env {
 
     /// The config with `source` added to the `emr` source's table (e.g. its retention).
     fn write_config_with(&self, name: &str, state: &str, source: &str) -> PathBuf {
-        let d = self.dir.path().display();
-        let text = format!(
-            r#"state-dir = "{d}/{state}"
-[[source]]
-name = "emr"
-path = "{d}/in"
-{source}
-{stores}{provider}"#,
-            stores = local_stores(self.dir.path(), &[("site-a", "a"), ("site-b", "b")]),
-            provider = file_key_provider(&self.p("keys/master.key")),
-        );
-        let p = self.p(name);
-        std::fs::write(&p, text).unwrap();
-        p
+        ConfigBuilder::new(self.dir.path())
+            .state(&self.p(state))
+            .source("emr", &self.p("in"), source)
+            .local_stores(&[("site-a", "a"), ("site-b", "b")])
+            .file_keys()
+            .write(&self.p(name))
     }
 
     fn run_with(&self, config: &str, args: &[&str]) -> (i32, String, String) {
@@ -458,6 +450,13 @@ fn a_copy_that_still_decrypts_after_the_destruction_is_kept_and_reported() {
     assert_eq!(kept, 2);
 }
 
+/// The destruction record (`shred --records --json`) that names snapshot `id` first.
+fn record_of(env: &Env, id: &str) -> serde_json::Value {
+    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
+    recs.into_iter().find(|r| r["snapshots"][0] == id).unwrap()
+}
+
 #[test]
 fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_swept() {
     // Finding 7: pushes were best effort and the record said "destroyed" anyway; a crashed
@@ -488,12 +487,7 @@ fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_sw
         "{err}"
     );
     assert!(!stale.exists(), "the stale temporary keyring is gone");
-    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
-    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
-    let r = recs
-        .iter()
-        .find(|r| r["snapshots"][0] == a.as_str())
-        .unwrap();
+    let r = &record_of(&env, &a);
     assert_eq!(r["complete"], false, "{r}");
     let pushed = |r: &serde_json::Value, store: &str| {
         r["keyrings"]
@@ -530,12 +524,7 @@ fn a_failed_keyring_push_is_recorded_retried_and_stale_temporary_keyrings_are_sw
     std::fs::remove_file(&ring_b).unwrap();
     let (code, _, err) = env.run(&["retention", "run"]);
     assert_eq!(code, 0, "{err}");
-    let (_, recs, _) = env.run(&["shred", "--records", "--json"]);
-    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs).unwrap();
-    let r = recs
-        .iter()
-        .find(|r| r["snapshots"][0] == a.as_str())
-        .unwrap();
+    let r = &record_of(&env, &a);
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(pushed(r, "site-b"), Some(true.into()), "{r}");
     assert!(alerts().is_empty(), "{:?}", alerts());

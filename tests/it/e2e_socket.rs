@@ -3,12 +3,13 @@
 //! run in the daemon's process. Real Unix users (an operator and an outsider) are created by the
 //! test; it needs root (tests/run runs as root on CI).
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
+use crate::common::daemon::{coffre_command, OnDrop, TestDaemon};
+use crate::common::free_port;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
@@ -41,18 +42,40 @@ impl Users {
 /// A daemon on two local stores, with an operator and an outsider, one file snapshot and one
 /// directory snapshot protected before it started.
 struct Host {
+    /// First, so that it goes (killed) before its folder.
+    daemon: TestDaemon,
     users: Users,
     _tmp: tempfile::TempDir,
     d: PathBuf,
     config: PathBuf,
     socket: PathBuf,
-    daemon: Child,
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+/// Protect, before any daemon runs, a file snapshot (`d/emr.sql`) and a directory snapshot
+/// (`d/base`) of source `emr`.
+fn protect_two_snapshots(d: &Path, config: &Path) {
+    std::fs::write(
+        d.join("emr.sql"),
+        "INSERT INTO patients VALUES ('CANARY-ZXQ-PATIENT');\n".repeat(2000),
+    )
+    .unwrap();
+    let tree = d.join("base");
+    std::fs::create_dir_all(tree.join("global")).unwrap();
+    std::fs::write(tree.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(tree.join("global/pg_control"), vec![7u8; 70_000]).unwrap();
+    for snap in [d.join("emr.sql"), tree] {
+        let st = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["backup", "--source", "emr"])
+            .arg(&snap)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
     }
 }
 
@@ -85,64 +108,26 @@ impl Host {
             None,
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = d.join("coffre.toml");
-        let dd = d.display();
+        let port = free_port();
         let socket_line = if socket_in_config {
-            format!("control-socket = \"{dd}/run/coffre.sock\"")
+            format!(
+                "control-socket = \"{}\"",
+                d.join("run/coffre.sock").display()
+            )
         } else {
             String::new()
         };
-        std::fs::write(
-            &config,
-            format!(
-                r#"state-dir = "{dd}/state"
-[daemon]
-{socket_line}
-[status]
-listen = "127.0.0.1:{port}"
-[audit]
-operators-group = "{group}"
-[[source]]
-name = "emr"
-path = "{dd}/in"
-complete = "marker"
-{stores}{provider}"#,
-                group = users.group,
-                stores = local_stores(&d, &[("a", "a"), ("b", "b")]),
-                provider = file_key_provider(&d.join("keys/master.key")),
-            ),
-        )
-        .unwrap();
+        let config = ConfigBuilder::new(&d)
+            .table("daemon", &socket_line)
+            .status(port)
+            .audit(&format!("operators-group = \"{}\"", users.group))
+            .source("emr", &d.join("in"), "complete = \"marker\"")
+            .local_stores(&[("a", "a"), ("b", "b")])
+            .file_keys()
+            .write(&d.join("coffre.toml"));
         // Operators need neither the config nor the state: the socket is all they use.
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(
-            d.join("emr.sql"),
-            "INSERT INTO patients VALUES ('CANARY-ZXQ-PATIENT');\n".repeat(2000),
-        )
-        .unwrap();
-        let tree = d.join("base");
-        std::fs::create_dir_all(tree.join("global")).unwrap();
-        std::fs::write(tree.join("PG_VERSION"), "15\n").unwrap();
-        std::fs::write(tree.join("global/pg_control"), vec![7u8; 70_000]).unwrap();
-        for snap in [d.join("emr.sql"), tree] {
-            let st = Command::new(BIN)
-                .arg("--config")
-                .arg(&config)
-                .args(["backup", "--source", "emr"])
-                .arg(&snap)
-                .output()
-                .unwrap();
-            assert!(
-                st.status.success(),
-                "{}",
-                String::from_utf8_lossy(&st.stderr)
-            );
-        }
+        protect_two_snapshots(&d, &config);
         let daemon_line = format!("exec {BIN} --config {} daemon", config.display());
         let mut cmd = match wrap {
             Some(w) => {
@@ -151,29 +136,19 @@ complete = "marker"
                 c
             }
             None => {
-                let mut c = Command::new(BIN);
-                c.arg("--config").arg(&config).arg("daemon");
+                let mut c = coffre_command(&config);
+                c.arg("daemon");
                 c
             }
         };
         if !socket_in_config {
             cmd.env("RUNTIME_DIRECTORY", d.join("run"));
         }
-        let daemon = cmd
-            .env("COFFRE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        cmd.env("COFFRE_LOG", "warn");
         let socket = d.join("run/coffre.sock");
-        let t = Instant::now();
-        while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "control socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let daemon = TestDaemon::spawn_as_is(cmd, Some(&d.join("daemon.log")))
+            .on_drop(OnDrop::Kill)
+            .wait_socket_file(&socket, 30);
         Host {
             users,
             _tmp: tmp,
@@ -765,10 +740,8 @@ fn human_bytes(n: u64) -> String {
 impl Host {
     /// Stop the daemon (SIGTERM) and wait for it.
     fn stop_daemon(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.daemon.id().to_string()])
-            .status();
-        let _ = self.daemon.wait();
+        let _ = nix::sys::signal::kill(self.daemon.pid(), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.daemon.child.wait();
     }
 
     /// The epoch snapshot `id`'s key object names in store `a`.
@@ -970,6 +943,42 @@ fn a_shred_through_the_daemon_then_three_backups_resurrect_nothing() {
 
 /// Issue 11: concurrent `hold add`/`hold release`, `shred`, `backup` and `retention run`, in a
 /// loop, first through the daemon, then standalone (the state lock serialises them): nothing
+/// At once: a backup of `name`, a hold added to `held` then released, an early shred of
+/// `victim` and a retention run. Their results, in that order.
+#[allow(clippy::type_complexity)]
+fn concurrently(
+    h: &Host,
+    name: &str,
+    held: &str,
+    victim: &str,
+) -> ((String, Vec<u8>), (Out, Out), Out, Out) {
+    std::thread::scope(|s| {
+        let backup = s.spawn(|| h.backup(name));
+        let holds = s.spawn(|| {
+            let add = h.as_root(&["hold", "add", held, "--purpose", "litigation"]);
+            let release = h.as_root(&["hold", "release", held, "--purpose", "litigation over"]);
+            (add, release)
+        });
+        let shred = s.spawn(|| {
+            h.as_root(&[
+                "shred",
+                "--snapshot",
+                victim,
+                "--purpose",
+                "erasure order",
+                "--yes",
+            ])
+        });
+        let retention = s.spawn(|| h.as_root(&["retention", "run"]));
+        (
+            backup.join().unwrap(),
+            holds.join().unwrap(),
+            shred.join().unwrap(),
+            retention.join().unwrap(),
+        )
+    })
+}
+
 /// committed is lost, nothing shredded comes back, and the access log stays intact.
 #[test]
 fn concurrent_holds_shreds_backups_and_retention_lose_nothing_and_resurrect_nothing() {
@@ -992,32 +1001,7 @@ fn concurrent_holds_shreds_backups_and_retention_lose_nothing_and_resurrect_noth
             let (victim, _) = live.remove(0);
             let victim_epoch = h.epoch_of(&victim);
             let name = format!("round-{round}.sql");
-            let (backup, holds, shred, retention) = std::thread::scope(|s| {
-                let backup = s.spawn(|| h.backup(&name));
-                let holds = s.spawn(|| {
-                    let add = h.as_root(&["hold", "add", &held, "--purpose", "litigation"]);
-                    let release =
-                        h.as_root(&["hold", "release", &held, "--purpose", "litigation over"]);
-                    (add, release)
-                });
-                let shred = s.spawn(|| {
-                    h.as_root(&[
-                        "shred",
-                        "--snapshot",
-                        &victim,
-                        "--purpose",
-                        "erasure order",
-                        "--yes",
-                    ])
-                });
-                let retention = s.spawn(|| h.as_root(&["retention", "run"]));
-                (
-                    backup.join().unwrap(),
-                    holds.join().unwrap(),
-                    shred.join().unwrap(),
-                    retention.join().unwrap(),
-                )
-            });
+            let (backup, holds, shred, retention) = concurrently(&h, &name, &held, &victim);
             assert_eq!(holds.0.code, 0, "{phase} hold add: {}", holds.0.text);
             assert_eq!(holds.1.code, 0, "{phase} hold release: {}", holds.1.text);
             assert_eq!(shred.code, 0, "{phase} shred: {}", shred.text);

@@ -976,11 +976,10 @@ fn restore_is_in_the_access_log_before_the_key_unwrap() {
 // 13. bad configs
 // ------------------------------------------------------------------------------------------
 
-#[test]
-fn check_config_names_the_bad_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let good = format!(
+/// A valid config under `dir`: source `emr`, an S3 and an Azure store (nothing listening).
+fn good_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
         r#"state-dir = "{d}/state"
 [[source]]
 name = "emr"
@@ -1002,8 +1001,14 @@ container = "coffre-test"
 endpoint = "http://127.0.0.1:10/devstoreaccount1"
 access-key-env = "AZ_KEY"
 "#,
-        provider = file_key_provider(&dir.path().join("master.key")),
-    );
+        provider = file_key_provider(&dir.join("master.key")),
+    )
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = good_config(dir.path());
     let config = dir.path().join("coffre.toml");
     // check-config checks this host too: the source folder must exist.
     fs::create_dir_all(dir.path().join("in")).unwrap();

@@ -243,6 +243,27 @@ fn a_re_push_with_the_same_bytes_succeeds_and_with_other_bytes_is_refused() {
     assert!(fs::read(&out).unwrap() == fs::read(&seg).unwrap());
 }
 
+/// `coffre wal-fetch --source emr --store STORE SEG TO`.
+fn fetch_pinned(env: &CoffreEnv, store: &str, to: &Path) -> coffre_env::Run {
+    env.run(&[
+        "wal-fetch",
+        "--source",
+        "emr",
+        "--store",
+        store,
+        SEG,
+        to.to_str().unwrap(),
+    ])
+}
+
+/// The sealed bytes (`*.data`) of the one WAL file under `dir`.
+fn sealed_data(dir: &Path) -> PathBuf {
+    files_under(dir)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "data"))
+        .unwrap()
+}
+
 #[test]
 fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_corrupt_store() {
     let env = wal_env();
@@ -265,10 +286,7 @@ fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_c
     let a_files = files_under(&wal_a);
     assert_eq!(a_files.len(), 3, "{a_files:?}");
     // Store b's sealed bytes corrupted: detected, and a serves the fetch.
-    let data = files_under(&wal_b)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "data"))
-        .unwrap();
+    let data = sealed_data(&wal_b);
     let mut d = fs::read(&data).unwrap();
     let mid = d.len() / 2;
     d[mid] ^= 0x40;
@@ -280,17 +298,7 @@ fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_c
     // A fetch pinned to a store (as a drill of that store runs it) reads that store only: b's
     // bad copy fails with no fallback to a, a's serves, and an unknown store is named.
     let pinned = env.out.join("pinned");
-    let fetch_from = |store: &str| {
-        env.run(&[
-            "wal-fetch",
-            "--source",
-            "emr",
-            "--store",
-            store,
-            SEG,
-            pinned.to_str().unwrap(),
-        ])
-    };
+    let fetch_from = |store: &str| fetch_pinned(&env, store, &pinned);
     let r = fetch_from("b");
     r.expect_failure();
     assert!(
@@ -327,10 +335,7 @@ fn a_push_completes_a_copy_missing_from_a_store_and_a_fetch_survives_a_lost_or_c
         "{r}"
     );
     // Both copies gone bad: a clear error, and nothing written at the destination.
-    let a_data = files_under(&wal_a)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "data"))
-        .unwrap();
+    let a_data = sealed_data(&wal_a);
     fs::write(&a_data, b"truncated").unwrap();
     let out3 = env.out.join("three");
     let r = env.run(&["wal-fetch", "--source", "emr", SEG, out3.to_str().unwrap()]);

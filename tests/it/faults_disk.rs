@@ -2,7 +2,7 @@
 //! log, the state folder. Each gives a clear error, and nothing is lost or left half-written.
 //! Needs root (mount); tests/run runs as root on CI.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 use crate::matrix;
 
 use std::path::{Path, PathBuf};
@@ -46,26 +46,15 @@ impl Drop for Tmpfs {
 }
 
 fn write_config(dir: &Path, state: &Path, audit: Option<&Path>) -> PathBuf {
-    let d = dir.display();
-    let audit = audit
-        .map(|a| format!("[audit]\npath = \"{}\"\n", a.display()))
-        .unwrap_or_default();
-    let p = dir.join("coffre.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"state-dir = "{state}"
-{audit}[[source]]
-name = "emr"
-path = "{d}/in"
-{stores}{provider}"#,
-            state = state.display(),
-            stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
-            provider = file_key_provider(&dir.join("keys/master.key")),
-        ),
-    )
-    .unwrap();
-    p
+    let mut config = ConfigBuilder::new(dir).state(state);
+    if let Some(a) = audit {
+        config = config.audit(&format!("path = \"{}\"", a.display()));
+    }
+    config
+        .emr()
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .write(&dir.join("coffre.toml"))
 }
 
 fn run(config: &Path, args: &[&str]) -> (i32, String) {

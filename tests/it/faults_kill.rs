@@ -5,14 +5,12 @@
 //!
 //! COFFRE_FAULT_SEED=N reproduces a run; COFFRE_KILL_RUNS sets how many kills (default 20).
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
+use crate::common::daemon::{coffre_command, OnDrop, TestDaemon};
 use crate::matrix;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_coffre");
 
 /// xorshift64*, seeded: the kill points are reproducible from the seed.
 struct Rng(u64);
@@ -29,52 +27,28 @@ impl Rng {
 }
 
 fn config(d: &Path) -> PathBuf {
-    let dd = d.display();
-    let p = d.join("coffre.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"state-dir = "{dd}/state"
-[daemon]
-scan-interval = "100ms"
-catch-up-interval = "500ms"
-[status]
-listen = "127.0.0.1:0"
-[pipeline]
-segment-size = "64KiB"
-part-size = "5MiB"
-[[source]]
-name = "emr"
-path = "{dd}/in"
-complete = "rename"
-{stores}{provider}"#,
-            stores = local_stores(d, &[("a", "a"), ("b", "b")]),
-            provider = file_key_provider(&d.join("keys/master.key")),
-        ),
-    )
-    .unwrap();
-    p
+    ConfigBuilder::new(d)
+        .table(
+            "daemon",
+            "scan-interval = \"100ms\"\ncatch-up-interval = \"500ms\"",
+        )
+        .status(0)
+        .table("pipeline", "segment-size = \"64KiB\"\npart-size = \"5MiB\"")
+        .source("emr", &d.join("in"), "complete = \"rename\"")
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .write(&d.join("coffre.toml"))
 }
 
-/// Start the daemon, its log (warnings and errors) appended to `daemon.log` beside the config.
-fn start(config: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.with_file_name("daemon.log"))
-        .unwrap();
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("daemon")
-        .env(
-            "COFFRE_LOG",
-            std::env::var("COFFRE_KILL_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+/// Start the daemon, its log (warnings and errors) appended to `daemon.log` beside the config;
+/// killed with -9 when dropped.
+fn start(config: &Path) -> TestDaemon {
+    let mut c = coffre_command(config);
+    c.env(
+        "COFFRE_LOG",
+        std::env::var("COFFRE_KILL_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    TestDaemon::spawn_appending(c, &config.with_file_name("daemon.log")).on_drop(OnDrop::Kill)
 }
 
 /// The last lines of the daemons' log, for a failure message.
@@ -85,9 +59,7 @@ fn log_tail(config: &Path) -> String {
 }
 
 fn snapshots(config: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
+    let out = coffre_command(config)
         .args(["snapshots", "--json"])
         .env("COFFRE_LOG", "error")
         .output()
@@ -144,14 +116,13 @@ fn kill_9_at_random_points_loses_nothing() {
     let mut files: Vec<PathBuf> = Vec::new();
     let mut survived = 0;
     for run in 0..runs {
-        let mut daemon = start(&config);
+        let daemon = start(&config);
         let f = d.join(format!("in/dump-{run:02}.sql"));
         make_file(&f, &mut rng);
         files.push(f);
         // Kill somewhere between intake and commit (or after).
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
-        let _ = daemon.kill();
-        let _ = daemon.wait();
+        daemon.kill9();
         // No partial snapshot is ever listed: every listed one is complete in both stores.
         for s in snapshots(&config) {
             assert_eq!(
@@ -163,7 +134,7 @@ fn kill_9_at_random_points_loses_nothing() {
         survived += 1;
     }
     // A last start finishes whatever was interrupted; each file is protected exactly once.
-    let mut daemon = start(&config);
+    let daemon = start(&config);
     let t = Instant::now();
     while snapshots(&config).len() < files.len() {
         assert!(
@@ -176,17 +147,14 @@ fn kill_9_at_random_points_loses_nothing() {
         std::thread::sleep(Duration::from_millis(300));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    daemon.kill9();
     let list = snapshots(&config);
     assert_eq!(
         list.len(),
         files.len(),
         "each file protected exactly once (seed {seed})"
     );
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
+    let out = coffre_command(&config)
         .args(["verify"])
         .env("COFFRE_LOG", "error")
         .output()
@@ -202,9 +170,7 @@ fn kill_9_at_random_points_loses_nothing() {
         let id = s["id"].as_str().unwrap();
         let name = s["name"].as_str().unwrap();
         let to = d.join(format!("restored-{name}"));
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
+        let out = coffre_command(&config)
             .args([
                 "restore",
                 id,

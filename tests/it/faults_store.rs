@@ -5,7 +5,7 @@
 
 use crate::matrix;
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 use crate::faulty;
 
 use std::path::Path;
@@ -18,22 +18,13 @@ use coffre::{Coffre, Config};
 use faulty::{Faults, FaultyStore};
 
 fn config(dir: &Path) -> Config {
-    let d = dir.display();
-    let text = format!(
-        r#"state-dir = "{d}/state"
-[pipeline]
-segment-size = "64KiB"
-[replication]
-min-sites = 2
-stall-timeout = "1s"
-[[source]]
-name = "emr"
-path = "{d}/in"
-{provider}{stores}"#,
-        provider = file_key_provider(&dir.join("keys/master.key")),
-        stores = local_stores(dir, &[("a", "a"), ("b", "b"), ("c", "c")]),
-    );
-    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+    ConfigBuilder::new(dir)
+        .table("pipeline", "segment-size = \"64KiB\"")
+        .table("replication", "min-sites = 2\nstall-timeout = \"1s\"")
+        .emr()
+        .file_keys()
+        .local_stores(&[("a", "a"), ("b", "b"), ("c", "c")])
+        .config()
 }
 
 async fn setup() -> (

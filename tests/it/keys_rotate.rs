@@ -2,7 +2,7 @@
 //! in the stores' keyring copies), and moving every snapshot to another provider by adding its
 //! wraps (after which the first provider can leave the config).
 
-use crate::common::coffre::local_stores;
+use crate::common::config::ConfigBuilder;
 
 use std::path::{Path, PathBuf};
 
@@ -27,16 +27,12 @@ create-master-key = true
 
 /// Two local stores in two sites, source `emr`, the given key providers.
 fn config(dir: &Path, state: &str, providers: &str) -> Config {
-    let d = dir.display();
-    let text = format!(
-        r#"state-dir = "{d}/{state}"
-[[source]]
-name = "emr"
-path = "{d}/in"
-{stores}{providers}"#,
-        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
-    );
-    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+    ConfigBuilder::new(dir)
+        .state(&dir.join(state))
+        .emr()
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .providers_text(providers)
+        .config()
 }
 
 fn content(tag: &str) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! newest snapshot of a source survives by re-wrap, and a clock that jumps far ahead stops
 //! shredding.
 
-use crate::common::coffre::{file_key_provider, local_stores};
+use crate::common::config::ConfigBuilder;
 use crate::matrix;
 
 use std::path::Path;
@@ -10,23 +10,13 @@ use std::path::Path;
 use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
-    let d = dir.display();
-    // The tests move the clock ahead by days at once: the clock guard allows it here (it is
-    // tested in retention_clock.rs).
-    let shred = "[shred]\nmax-clock-jump = \"100d\"";
-    let text = format!(
-        r#"state-dir = "{d}/state"
-{shred}
-[[source]]
-name = "emr"
-path = "{d}/in"
-[source.retention]
-keep-within = "2d"
-{stores}{provider}"#,
-        stores = local_stores(dir, &[("a", "a"), ("b", "b")]),
-        provider = file_key_provider(&dir.join("keys/master.key")),
-    );
-    Config::from_toml(&text, Path::new("t.toml")).unwrap()
+    ConfigBuilder::new(dir)
+        .clock_jumps_allowed()
+        .emr()
+        .retention("keep-within = \"2d\"")
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .config()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,29 +269,18 @@ fn tree(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out
 }
 
-#[test]
-fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
-    // Finding 5: the guard lived only in the daemon's loop; `coffre retention run` and
-    // `coffre audit expire` (also reachable through the socket) used the clock directly.
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
+/// The CLI's config in `d` (the default clock guard, snapshots kept a day, the access log 30
+/// days), three snapshots backed up and the newest restored once (an access in the log, with a
+/// sealed copy in the stores). Their ids, oldest first.
+fn three_snapshots_one_restored(d: &Path) -> Vec<String> {
     // The default guard (3 days), a short retention for snapshots and for the access log.
-    let text = format!(
-        r#"state-dir = "{d}/state"
-[audit]
-retention = "30d"
-[[source]]
-name = "emr"
-path = "{d}/in"
-[source.retention]
-keep-within = "1d"
-{stores}{provider}"#,
-        d = d.display(),
-        stores = local_stores(d, &[("a", "a"), ("b", "b")]),
-        provider = file_key_provider(&d.join("keys/master.key")),
-    );
-    std::fs::write(d.join("coffre.toml"), text).unwrap();
+    ConfigBuilder::new(d)
+        .audit("retention = \"30d\"")
+        .emr()
+        .retention("keep-within = \"1d\"")
+        .local_stores(&[("a", "a"), ("b", "b")])
+        .file_keys()
+        .write(&d.join("coffre.toml"));
     let mut ids = Vec::new();
     for i in 0..3 {
         let f = d.join(format!("in/{i}.sql"));
@@ -328,6 +307,17 @@ keep-within = "1d"
         ],
     );
     assert_eq!(code, 0, "{err}");
+    ids
+}
+
+#[test]
+fn retention_shred_and_audit_expire_refuse_after_a_clock_jump_from_the_cli() {
+    // Finding 5: the guard lived only in the daemon's loop; `coffre retention run` and
+    // `coffre audit expire` (also reachable through the socket) used the clock directly.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let ids = three_snapshots_one_restored(d);
     let stores = tree(&d.join("stores"));
     let log = std::fs::read(d.join("state/audit/access.log")).unwrap();
 
