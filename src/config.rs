@@ -384,7 +384,7 @@ pub struct PitrConfig {
     /// WAL files archived at once (each one in every store), so that a backlog drains at the
     /// stores' throughput rather than one file's round trips: the daemon archives the segments
     /// after the one pushed that PostgreSQL has marked `.ready`, ahead of their own push
-    /// ([`crate::ops::wal_ahead`]), and in archive-async the spooled files. 1: one at a time.
+    /// ([`crate::ops::wal::ahead`]), and in archive-async the spooled files. 1: one at a time.
     #[serde(default = "default_archive_parallel")]
     pub archive_parallel: usize,
     /// zstd level of the source's WAL files (snapshots use `pipeline.zstd-level`). WAL

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{AppError, Coffre};
 use crate::config::Config;
 use crate::ids::SnapshotId;
-use crate::ops::protect::{PipelineError, Protection};
+use crate::ops::snapshot::protect::{PipelineError, Protection};
 use crate::status::{self, Runtime, SourceLabel, Worker};
 use intake::Journal;
 
@@ -382,12 +382,12 @@ async fn protect_one(
         return;
     }
     let count = |outcome: &str| rt.count_snapshot(source, outcome);
-    match crate::ops::protect::protect_as(
+    match crate::ops::snapshot::protect::protect_as(
         app,
         source,
-        crate::ops::protect::Input::Path(&key.path),
+        crate::ops::snapshot::protect::Input::Path(&key.path),
         id,
-        crate::ops::protect::What::Snapshot,
+        crate::ops::snapshot::protect::What::Snapshot,
     )
     .await
     {

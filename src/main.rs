@@ -261,7 +261,7 @@ async fn rotate_master_key(
 ) -> Result<()> {
     let config = load_config(cli)?;
     let _lock = lock::acquire(&config.state_dir, Role::Command)?;
-    let r = coffre::ops::rotate::rotate_master_key_everywhere(
+    let r = coffre::ops::lifecycle::rotate::rotate_master_key_everywhere(
         &config,
         provider,
         new_key,
@@ -411,7 +411,7 @@ async fn route(cli: &Cli, cmd: &Command) -> Result<ExitCode> {
     if let Command::Restore(a) = cmd {
         // Before anything is restored: a replay as root could only fail at the end.
         if a.replay && nix::unistd::geteuid().is_root() {
-            return Err(coffre::ops::pitr::PitrError::ReplayAsRoot.into());
+            return Err(coffre::ops::pitr::recovery::PitrError::ReplayAsRoot.into());
         }
         if a.pitr_target()?.is_some() {
             pitr_command(cli, a, "check")?;
@@ -435,7 +435,7 @@ fn pitr_command(cli: &Cli, a: &coffre::cli::RestoreArgs, session: &str) -> Resul
     let exe = std::env::current_exe().context("where is this coffre binary")?;
     let config = cli.config.as_deref().map(std::path::absolute).transpose()?;
     let socket = std::env::var_os("COFFRE_SOCKET").map(PathBuf::from);
-    Ok(coffre::ops::pitr::restore_command(
+    Ok(coffre::ops::pitr::recovery::restore_command(
         &exe,
         config.as_deref(),
         socket.as_deref(),
@@ -453,9 +453,9 @@ fn pitr_command(cli: &Cli, a: &coffre::cli::RestoreArgs, session: &str) -> Resul
 fn pitr_settings(
     cli: &Cli,
     a: &coffre::cli::RestoreArgs,
-    target: &coffre::ops::pitr::Target,
+    target: &coffre::ops::pitr::recovery::Target,
 ) -> Result<()> {
-    use coffre::ops::pitr;
+    use coffre::ops::pitr::recovery as pitr;
     // One recovery session per restore, opened by coffre (the daemon, or this process without
     // one) with the restore: its WAL fetches are one access entry and a summary.
     let session = control::RECOVERY_SESSION.get().cloned().ok_or_else(|| {
@@ -502,7 +502,7 @@ fn pitr_settings(
 }
 
 /// What a replayed copy does with its WAL once started (`--archive-mode`).
-fn archive_note(after: &coffre::ops::pitr::AfterReplay, source: &str) -> String {
+fn archive_note(after: &coffre::ops::pitr::recovery::AfterReplay, source: &str) -> String {
     let timeline = after.timeline.map_or_else(
         || "its new timeline".to_string(),
         |t| format!("timeline {t}"),
@@ -691,7 +691,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> 
         Command::Restore(a) => {
             a.to =
                 std::path::absolute(&a.to).with_context(|| format!("--to {}", a.to.display()))?;
-            coffre::ops::restore::check_target(&a.to)?;
+            coffre::ops::snapshot::restore::check_target(&a.to)?;
             writer = Some(client::Restore::new(
                 a.to.clone(),
                 std::io::stderr().is_terminal() && !a.json,
@@ -706,7 +706,7 @@ async fn remote(s: std::os::unix::net::UnixStream, cmd: &Command) -> Result<u8> 
                 .with_context(|| format!("WAL file {}", path.display()))?;
             // Opened here, with our rights and without following a symlink; the daemon reads
             // this descriptor only, never the path.
-            let f = coffre::ops::wal::open_wal_file(path)?;
+            let f = coffre::ops::wal::archive::open_wal_file(path)?;
             file = Some(std::os::fd::OwnedFd::from(f));
         }
         Command::WalFetch { to, .. } => {
@@ -804,8 +804,8 @@ mod client {
             use std::os::unix::fs::OpenOptionsExt;
             // One name per target, cleared first: a fetch killed before its rename leaves at
             // most one such file beside %p, removed by the next fetch to it.
-            let tmp = coffre::ops::restore::partial_path_tagged(&self.to, "fetch");
-            coffre::ops::restore::remove_any(&tmp);
+            let tmp = coffre::ops::snapshot::restore::partial_path_tagged(&self.to, "fetch");
+            coffre::ops::snapshot::restore::remove_any(&tmp);
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -822,7 +822,7 @@ mod client {
         /// Remove the prepared file, unused.
         fn drop_prepared(&mut self) {
             if let Some((p, _)) = self.prepared.take() {
-                coffre::ops::restore::remove_any(&p);
+                coffre::ops::snapshot::restore::remove_any(&p);
             }
         }
 
@@ -849,8 +849,8 @@ mod client {
             }
             // The daemon sends the bytes instead of writing them into the prepared file.
             self.drop_prepared();
-            let tmp = coffre::ops::restore::partial_path(&self.to, &b.snapshot);
-            coffre::ops::restore::remove_any(&tmp);
+            let tmp = coffre::ops::snapshot::restore::partial_path(&self.to, &b.snapshot);
+            coffre::ops::snapshot::restore::remove_any(&tmp);
             let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
             let t = tmp.clone();
             let kind = b.kind;
@@ -858,9 +858,9 @@ mod client {
                 .name("coffre-restore-write".into())
                 .spawn(move || match kind {
                     SnapshotKind::File | SnapshotKind::Wal => {
-                        coffre::ops::restore::write_file(rx, &t)
+                        coffre::ops::snapshot::restore::write_file(rx, &t)
                     }
-                    SnapshotKind::Directory => coffre::ops::restore::unpack_tar(rx, &t),
+                    SnapshotKind::Directory => coffre::ops::snapshot::restore::unpack_tar(rx, &t),
                 })
                 .map_err(|e| format!("cannot start the writer: {e}"))?;
             self.tmp = Some(tmp);
@@ -906,7 +906,7 @@ mod client {
                 return Err("the daemon wrote into a file that was not passed".into());
             };
             if self.writer.is_some() || self.written {
-                coffre::ops::restore::remove_any(&tmp);
+                coffre::ops::snapshot::restore::remove_any(&tmp);
                 return Err("the daemon began a second restore on one request".into());
             }
             let n = f.metadata().map(|m| m.len());
@@ -938,7 +938,7 @@ mod client {
                 let Some(tmp) = self.tmp.clone() else {
                     return Err("nothing was restored".into());
                 };
-                if let Err(e) = coffre::ops::restore::rename_into_place(&tmp, &self.to) {
+                if let Err(e) = coffre::ops::snapshot::restore::rename_into_place(&tmp, &self.to) {
                     self.abort();
                     return Err(format!(
                         "cannot move the WAL file to {}: {e}; nothing was left there",
@@ -967,7 +967,7 @@ mod client {
                     self.to.display()
                 ));
             }
-            if let Err(e) = coffre::ops::restore::rename_into_place(&tmp, &self.to) {
+            if let Err(e) = coffre::ops::snapshot::restore::rename_into_place(&tmp, &self.to) {
                 self.abort();
                 return Err(format!(
                     "cannot move the restored snapshot to {}: {e}; nothing was left there",
@@ -984,7 +984,7 @@ mod client {
                 let _ = self.join();
             }
             if let Some(t) = self.tmp.take() {
-                coffre::ops::restore::remove_any(&t);
+                coffre::ops::snapshot::restore::remove_any(&t);
             }
         }
     }

@@ -19,8 +19,13 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                     ..
                 },
         } => {
-            let n = crate::ops::rotate::add_provider_wraps(app, to, &ctx.actor.clone(), purpose)
-                .await?;
+            let n = crate::ops::lifecycle::rotate::add_provider_wraps(
+                app,
+                to,
+                &ctx.actor.clone(),
+                purpose,
+            )
+            .await?;
             if *json {
                 w.json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
             } else {
@@ -130,7 +135,7 @@ fn epoch_fate(e: &serde_json::Value) -> String {
 /// legal hold's epoch.
 fn due_of(epoch: &crate::ids::EpochId) -> Option<String> {
     crate::retention::epoch_day(epoch)
-        .or_else(|| crate::ops::audit_expire::epoch_day(epoch))
+        .or_else(|| crate::ops::lifecycle::audit_expire::epoch_day(epoch))
         .and_then(|d| d.next_day())
         .map(|d| format!("{d}T00:00:00Z"))
 }

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 
 use super::*;
-use crate::ops::restore::Selector;
+use crate::ops::snapshot::restore::Selector;
 
 pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
@@ -21,7 +21,7 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                         Some(Selector::Id(id)) => Some(id),
                         _ => None,
                     };
-                    Selector::Id(crate::ops::pitr::choose_base(app, &a.source, t, explicit)?)
+                    Selector::Id(crate::ops::pitr::recovery::choose_base(app, &a.source, t, explicit)?)
                 }
                 (None, Some(s)) => s,
                 (None, None) => bail!(
@@ -39,11 +39,12 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
                 progress: !w.is_remote() && std::io::stderr().is_terminal() && !a.json,
                 stream: ctx.restore_sink.clone(),
             };
-            let report = crate::ops::restore::restore(app, &req).await?;
+            let report = crate::ops::snapshot::restore::restore(app, &req).await?;
             if target.is_some() {
                 // The replay's WAL fetches belong to this session, which coffre opens (with the
                 // restore's purpose): a fetch under an id coffre did not open is refused.
-                let id = crate::ops::wal::open_session(app, None, &a.source, None, &a.purpose)?;
+                let id =
+                    crate::ops::wal::archive::open_session(app, None, &a.source, None, &a.purpose)?;
                 *ctx.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
             }
             if a.json {

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::cli::{self, exit, Access, Command, Ctx, Frame, Out};
-use crate::ops::restore::Chunk;
+use crate::ops::snapshot::restore::Chunk;
 
 /// Protocol version of a request.
 pub const VERSION: u32 = 1;

@@ -23,10 +23,10 @@ use crate::config::{CompleteRule, SourceConfig};
 pub use crate::journal::{Journal, JournalError, JournalState, Key};
 
 pub const MARKER_DIR: &str = "backup_manifest";
-pub use crate::ops::protect::source::MARKER_SUFFIX;
+pub use crate::ops::snapshot::protect::source::MARKER_SUFFIX;
 /// Which names are never snapshots, and the identity the journal keys an entry by: shared with
 /// `coffre backup`, which records what it protected from a source's folder.
-pub(crate) use crate::ops::protect::source::{is_ignored_name, key_of};
+pub(crate) use crate::ops::snapshot::protect::source::{is_ignored_name, key_of};
 
 /// True when some process has `path` (or a file under it) open for writing. Without permission
 /// to read other processes' fds this sees only what it can, and the settle time does the rest.

@@ -279,23 +279,22 @@ impl Periodic for Spool {
 
     async fn wait(&mut self, _app: &Coffre) {
         tokio::select! {
-            _ = crate::ops::wal_spool::WAKE.notified() => {}
+            _ = crate::ops::wal::spool::WAKE.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 
     async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
-        let waiting = app
-            .config
-            .sources
-            .iter()
-            .any(|s| s.pitr.is_some() && crate::ops::wal_spool::depth(&app, &s.name).files > 0);
+        let waiting =
+            app.config.sources.iter().any(|s| {
+                s.pitr.is_some() && crate::ops::wal::spool::depth(&app, &s.name).files > 0
+            });
         if !waiting {
             return Round::Done;
         }
         ctx.busy();
         let (done, failures) =
-            crate::ops::wal_spool::drain(&app, "coffre-daemon (wal-spool)").await;
+            crate::ops::wal::spool::drain(&app, "coffre-daemon (wal-spool)").await;
         if done > 0 {
             tracing::info!(archived = done, "spooled WAL archived");
         }
@@ -445,7 +444,8 @@ impl Periodic for Shred {
         }
         ctx.busy();
         let mut failed = false;
-        let (done, errors) = crate::ops::shred::run_due(&app, now, "coffre-daemon").await;
+        let (done, errors) =
+            crate::ops::lifecycle::shred::run_due(&app, now, "coffre-daemon").await;
         for r in &done {
             tracing::info!(epoch = %r.epoch, snapshots = r.snapshots.len(), "retention shredded an epoch");
         }
@@ -454,7 +454,7 @@ impl Periodic for Shred {
             failed = true;
         }
         // The access log's own retention, under the same clock guard.
-        match crate::ops::audit_expire::expire(&app, now, "coffre-daemon").await {
+        match crate::ops::lifecycle::audit_expire::expire(&app, now, "coffre-daemon").await {
             Ok(r) => {
                 for e in &r.errors {
                     ctx.error(e);

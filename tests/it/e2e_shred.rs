@@ -107,7 +107,7 @@ fn content(tag: &str) -> Vec<u8> {
 
 /// Every file under `root`, relative.
 fn files(root: &Path) -> Vec<PathBuf> {
-    coffre::ops::protect::source::walk(root)
+    coffre::ops::snapshot::protect::source::walk(root)
         .unwrap()
         .into_iter()
         .filter(|r| root.join(r).is_file())

@@ -18,7 +18,7 @@ use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::format::wal::WalName;
 use crate::ids::SnapshotId;
-use crate::ops::protect::{PipelineError, What};
+use crate::ops::snapshot::protect::{PipelineError, What};
 use crate::store::{KeyObject, Manifest, Store};
 
 /// Largest WAL file accepted (PostgreSQL's `--wal-segsize` goes up to 1 GiB; a push and a fetch
@@ -127,10 +127,10 @@ pub async fn push(
     {
         return repush(app, source, &name, (path, file), m.clone(), actor).await;
     }
-    let outcome = crate::ops::protect::protect_as(
+    let outcome = crate::ops::snapshot::protect::protect_as(
         app,
         source,
-        crate::ops::protect::Input::Open { file, path },
+        crate::ops::snapshot::protect::Input::Open { file, path },
         SnapshotId::new(),
         What::Wal(name.clone()),
     )
@@ -181,7 +181,7 @@ async fn committed_copies<'a>(
     pin: Option<&str>,
 ) -> Vec<Copy<'a>> {
     let reads = reading_stores(app, pin).into_iter().map(|s| async move {
-        let r = crate::ops::wal_check::wal_manifest(s, source, name.as_str()).await;
+        let r = crate::ops::wal::check::wal_manifest(s, source, name.as_str()).await;
         (s, r)
     });
     futures::future::join_all(reads).await
@@ -287,7 +287,14 @@ async fn copy_into(
 ) -> Result<(), crate::store::StoreError> {
     let paths = s.object_paths(manifest)?;
     s.put(&paths.data, sealed.to_vec().into()).await?;
-    crate::ops::commit::commit(app, s, manifest, key, crate::ops::commit::Existing::Refuse).await
+    crate::ops::snapshot::commit::commit(
+        app,
+        s,
+        manifest,
+        key,
+        crate::ops::snapshot::commit::Existing::Refuse,
+    )
+    .await
 }
 
 /// All of an open WAL file (at most [`MAX_WAL_FILE`] bytes), from its descriptor.
@@ -301,7 +308,7 @@ pub(crate) fn read_open(path: &Path, file: &std::fs::File) -> Result<Vec<u8>, Wa
 /// Open a WAL file of the caller's own (a push run in the caller's process, not through the
 /// daemon; the spool's own files): never through a symlink, a regular file.
 pub fn open_wal_file(path: &Path) -> Result<std::fs::File, WalError> {
-    crate::ops::protect::open_regular(path).map_err(|source| WalError::Read {
+    crate::ops::snapshot::protect::open_regular(path).map_err(|source| WalError::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -325,7 +332,7 @@ pub fn check_in_pg_wal(
     else {
         return Ok(());
     };
-    let entry = crate::ops::protect::open_regular_beneath(dir, Path::new(name.as_str()))
+    let entry = crate::ops::snapshot::protect::open_regular_beneath(dir, Path::new(name.as_str()))
         .and_then(|e| e.metadata());
     let pushed = file.metadata();
     match (entry, pushed) {
@@ -485,7 +492,7 @@ async fn open_from(
     m: &Manifest,
 ) -> Result<(Vec<u8>, Vec<u8>, KeyObject), String> {
     let (key, sealed) = read_sealed(app, s, m).await?;
-    let dek = crate::ops::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
+    let dek = crate::ops::snapshot::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
     let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
         .map_err(|e| e.to_string())?;
     let mut plain = Vec::with_capacity(m.size as usize);
@@ -503,8 +510,8 @@ async fn open_from(
     let (alg, want) = m
         .plaintext_digest()
         .ok_or("manifest has no plaintext digest")?;
-    let mut mac =
-        crate::ops::protect::PlainMac::new(alg, &dek, &header).map_err(|e| e.to_string())?;
+    let mut mac = crate::ops::snapshot::protect::PlainMac::new(alg, &dek, &header)
+        .map_err(|e| e.to_string())?;
     mac.update(&plain);
     if hex::encode(mac.finalize()) != want {
         return Err("plaintext digest does not match the manifest".into());
@@ -658,7 +665,7 @@ fn segment_after(name: &WalName, k: u64, size: u64) -> Option<WalName> {
     if name.kind() != crate::format::wal::WalFileKind::Segment {
         return None;
     }
-    let per_log = crate::ops::wal_check::segments_per_log(size);
+    let per_log = crate::ops::wal::check::segments_per_log(size);
     let p = name.position();
     let linear = (p >> 32) * per_log + (p & 0xFFFF_FFFF) + k;
     let next = format!(
@@ -903,7 +910,7 @@ fn fetch_spooled(
     by: FetchBy<'_>,
     not_archived: WalError,
 ) -> Result<Fetched, WalError> {
-    let Some(bytes) = crate::ops::wal_spool::read(app, source, name) else {
+    let Some(bytes) = crate::ops::wal::spool::read(app, source, name) else {
         return Err(not_archived);
     };
     header_matches(name, &bytes).map_err(|e| WalError::Unreadable {

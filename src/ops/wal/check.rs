@@ -359,14 +359,20 @@ pub async fn repair(
     if m.snapshot != check.snapshot {
         return Err(format!("{} holds another object under {name}", from.name));
     }
-    let (key, sealed) = crate::ops::wal::read_sealed(app, from, &m).await?;
+    let (key, sealed) = crate::ops::wal::archive::read_sealed(app, from, &m).await?;
     let paths = to.object_paths(&m).map_err(|e| e.to_string())?;
     to.put(&paths.data, sealed.clone().into())
         .await
         .map_err(|e| e.to_string())?;
-    crate::ops::commit::commit(app, to, &m, &key, crate::ops::commit::Existing::Repair)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::ops::snapshot::commit::commit(
+        app,
+        to,
+        &m,
+        &key,
+        crate::ops::snapshot::commit::Existing::Repair,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(sealed.len() as u64)
 }
 

@@ -1,7 +1,7 @@
 //! The one destruction protocol (crypto-shredding) and the one key re-wrap, for every kind of
-//! sealed object coffre keeps: snapshots (retention and early shred, [`crate::ops::shred`]), WAL
-//! files ([`crate::ops::wal_retention`]) and the access log's sealed segments
-//! ([`crate::ops::audit_expire`]).
+//! sealed object coffre keeps: snapshots (retention and early shred, [`crate::ops::lifecycle::shred`]), WAL
+//! files ([`crate::ops::lifecycle::wal_retention`]) and the access log's sealed segments
+//! ([`crate::ops::lifecycle::audit_expire`]).
 //!
 //! Owns:
 //! - **the destruction** ([`Destruction`]): destroy the epoch key in every provider (this is the
@@ -228,7 +228,7 @@ pub(crate) fn keyring_alert(store: &str) -> String {
 }
 
 /// Push the keyring to every store after `epoch` was destroyed; record each store's outcome and
-/// raise (or clear) its lasting alert (retried by `crate::ops::erasure::catch_up`).
+/// raise (or clear) its lasting alert (retried by `crate::ops::lifecycle::erasure::catch_up`).
 pub(crate) async fn push_after_destruction(app: &Coffre, epoch: &EpochId) -> Vec<KeyringPush> {
     let replicates = app
         .providers

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::app::Coffre;
 use crate::format::wal::WalName;
-use crate::ops::wal::{open_wal_file, read_open, wal_name, write_atomically, WalError};
+use crate::ops::wal::archive::{open_wal_file, read_open, wal_name, write_atomically, WalError};
 
 /// Wakes the `wal-spool` worker as soon as a file is spooled.
 pub static WAKE: std::sync::LazyLock<tokio::sync::Notify> =
@@ -85,7 +85,7 @@ pub fn spool(
     path: &Path,
     file: &std::fs::File,
 ) -> Result<Option<Spooled>, WalError> {
-    crate::ops::wal::archiving_source(app, source)?;
+    crate::ops::wal::archive::archiving_source(app, source)?;
     let name = wal_name(path)?;
     let archived = app.catalog.has_wal(source, name.as_str()).unwrap_or(true);
     if archived {
@@ -131,7 +131,7 @@ pub fn spool(
 
 /// A spooled WAL file, for `wal-fetch` before it reached the stores. Only for a name the stores
 /// do not have: `wal-fetch` asks after every store answered "not there"
-/// ([`crate::ops::wal::fetch`]), and a name the catalog indexes as archived is never served
+/// ([`crate::ops::wal::archive::fetch`]), and a name the catalog indexes as archived is never served
 /// from here (its archived copy is the one PostgreSQL acknowledged).
 pub fn read(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
     if app.catalog.has_wal(source, name.as_str()).unwrap_or(true) {
@@ -151,7 +151,7 @@ pub async fn drain(app: &Coffre, actor: &str) -> (usize, Vec<String>) {
         let files: Vec<PathBuf> = spooled_files(&dir).into_iter().map(|(p, _)| p).collect();
         let (archived, failed) = in_batches(&files, parallel, |path| async move {
             let file = open_wal_file(path).map_err(|e| e.to_string())?;
-            crate::ops::wal::push(app, &s.name, path, &file, actor)
+            crate::ops::wal::archive::push(app, &s.name, path, &file, actor)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

@@ -1,0 +1,4 @@
+//! Point-in-time recovery.
+
+pub mod pgdir;
+pub mod recovery;

@@ -1,0 +1,6 @@
+//! The WAL archive.
+
+pub mod ahead;
+pub mod archive;
+pub mod check;
+pub mod spool;
