@@ -1,6 +1,6 @@
 //! Configuration: inert serde data, then one `validate()` pass that reports every problem with its
 //! key path and what to do about it. Live components (stores, key providers) are built from a
-//! validated config elsewhere (`store::build`, `keys::build`).
+//! validated config elsewhere (`store::build`, `app::build_providers`).
 //!
 //! Invariants: secrets are only ever given by path, environment variable name or systemd credential
 //! name, never inline; there is no option that turns sealing off; relative paths are relative to the

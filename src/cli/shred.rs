@@ -76,7 +76,7 @@ async fn shred(
     if purpose.trim().is_empty() {
         bail!("--purpose must say why the snapshot is destroyed");
     }
-    if let Some(r) = crate::ops::lifecycle::shred::record_of(app, id) {
+    if let Some(r) = crate::ops::lifecycle::destroy::record_of(app, id) {
         bail!(
             "snapshot {id} was already crypto-shredded on {} ({}): destruction record {} (`coffre shred --records`)",
             r.time,
@@ -89,7 +89,7 @@ async fn shred(
     })?;
     if let Some(h) = &key.legal_hold {
         // What `--yes` would refuse, the dry run refuses the same way.
-        return Err(crate::ops::lifecycle::shred::ShredError::Held {
+        return Err(crate::ops::lifecycle::destroy::ShredError::Held {
             snapshot: *id,
             hold: h.clone(),
         }

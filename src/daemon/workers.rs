@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::intake::{self, Journal, JournalState};
-use super::{protect_one, replicate};
+use super::replicate;
 use crate::app::Coffre;
 use crate::status::{Runtime, WorkState, Worker};
 
@@ -490,4 +490,86 @@ pub fn clock_ok(
             .map_err(|e| e.to_string())?;
     }
     Ok(ok)
+}
+
+/// Protect one landed snapshot (the intake worker's job), its journal entry and counters kept.
+async fn protect_one(
+    app: &Coffre,
+    journal: &Journal,
+    rt: &Runtime,
+    source: &str,
+    key: &intake::Key,
+    attempts: u32,
+) {
+    let id = crate::ids::SnapshotId::new();
+    if let Err(e) = journal.mark_sealing(source, key, &id) {
+        tracing::error!(error = %e, "journal write failed: snapshot not started");
+        rt.worker_error(Worker::Intake, &e.to_string());
+        return;
+    }
+    let count = |outcome: &str| rt.count_snapshot(source, outcome);
+    match crate::ops::snapshot::protect::protect_as(
+        app,
+        source,
+        crate::ops::snapshot::protect::Input::Path(&key.path),
+        id,
+        crate::ops::snapshot::protect::What::Snapshot,
+    )
+    .await
+    {
+        Ok(out) => {
+            for s in &out.committed {
+                rt.uploaded(s, out.manifest.sealed_size);
+                rt.store_ok(s);
+            }
+            for f in &out.failed {
+                rt.store_failed(&f.store, &f.kind);
+            }
+            let _ = journal.mark_done(source, key, &id);
+            count(match out.protection {
+                crate::ops::snapshot::protect::Protection::Protected => "protected",
+                crate::ops::snapshot::protect::Protection::Degraded => "degraded",
+                crate::ops::snapshot::protect::Protection::AtRisk => "at-risk",
+            });
+            rt.metrics
+                .last_protected
+                .get_or_create(&crate::status::SourceLabel {
+                    source: source.to_string(),
+                })
+                .set(id.timestamp_ms() as f64 / 1000.0);
+        }
+        Err(crate::ops::snapshot::protect::PipelineError::AtRisk {
+            committed,
+            ref failures,
+            ..
+        }) if committed > 0 => {
+            // Committed somewhere: catch-up brings the other stores along.
+            tracing::warn!(snapshot = %id, committed, failures = %failures, "snapshot at risk: fewer sites than min-sites");
+            for s in &app.stores {
+                rt.store_failed(&s.name, "unavailable");
+            }
+            let _ = journal.mark_done(source, key, &id);
+            count("at-risk");
+        }
+        Err(e) => {
+            tracing::error!(snapshot = %id, error = %e, "snapshot not protected; will retry");
+            rt.worker_error(Worker::Intake, &e.to_string());
+            if let crate::ops::snapshot::protect::PipelineError::AtRisk { .. } = e {
+                for s in &app.stores {
+                    rt.store_failed(&s.name, "unavailable");
+                }
+            }
+            let _ = journal.mark_failed(source, key, attempts + 1, &e.to_string());
+            count(
+                if matches!(
+                    e,
+                    crate::ops::snapshot::protect::PipelineError::Changed { .. }
+                ) {
+                    "changed-while-read"
+                } else {
+                    "failed"
+                },
+            );
+        }
+    }
 }

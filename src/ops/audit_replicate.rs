@@ -319,7 +319,7 @@ async fn open_segment(
         .await
         .map_err(|e| e.to_string())?;
     let k = KeyObject::parse(&kb)?;
-    let dek = crate::ops::snapshot::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
+    let dek = crate::keys::unwrap_dek(&app.providers, &k).map_err(|e| e.to_string())?;
     let plain = seal::open_to_vec(&dek, sealed, Some(&k.snapshot.to_string()))
         .map_err(|e| e.to_string())?;
     zstd::decode_all(&plain[..]).map_err(|e| e.to_string())

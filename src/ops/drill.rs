@@ -464,7 +464,7 @@ fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
     } else {
         16 << 20
     };
-    let per_log = crate::ops::wal::check::segments_per_log(size);
+    let per_log = crate::format::wal::segments_per_log(size);
     let (log, seg) = (w.position() >> 32, w.position() & 0xFFFF_FFFF);
     let lo = (seg % per_log) * size + rand::random::<u64>() % size;
     Ok(PitrPoint {

@@ -148,7 +148,9 @@ async fn check(store: &Store, expected: &Manifest) -> Result<(), Verdict> {
 /// The replica's manifest, which must describe the same sealed bytes as `expected`.
 async fn replica_manifest(store: &Store, expected: &Manifest) -> Result<Manifest, Verdict> {
     let read = if expected.kind == crate::store::SnapshotKind::Wal {
-        crate::ops::wal::check::wal_manifest(store, &expected.source, &expected.original_name).await
+        store
+            .wal_manifest(&expected.source, &expected.original_name)
+            .await
     } else {
         store
             .get_manifest(&expected.source, &expected.snapshot)

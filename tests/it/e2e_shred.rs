@@ -312,7 +312,7 @@ fn reseal(env: &Env, store: &str, id: &str) {
     )
     .unwrap();
     let config = coffre::Config::load(&env.p("coffre.toml")).unwrap();
-    let providers = coffre::keys::build(&config).unwrap();
+    let providers = coffre::app::build_providers(&config).unwrap();
     coffre::auth::ObjectAuth::for_writing(&providers)
         .unwrap()
         .seal(&mut k, &m);

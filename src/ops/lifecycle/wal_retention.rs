@@ -34,9 +34,8 @@ use crate::catalog::WalRow;
 use crate::format::wal::{WalFileKind, WalName};
 use crate::ids::{EpochId, SnapshotId};
 use crate::ops::lifecycle::destroy::{
-    DestroyError, Destruction, DestructionRecord, Indexed, Rewrap, SealedCopy,
+    DestroyError, Destruction, DestructionRecord, Indexed, Rewrap, SealedCopy, ShredError,
 };
-use crate::ops::lifecycle::shred::ShredError;
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
 /// The base backup that starts a source's recovery window.
@@ -184,8 +183,7 @@ pub(crate) async fn reindex(app: &Coffre) -> usize {
                 continue;
             };
             for meta in list {
-                let Some(name) = crate::ops::wal::check::manifest_name(meta.location.as_ref())
-                else {
+                let Some(name) = crate::store::wal_manifest_name(meta.location.as_ref()) else {
                     continue;
                 };
                 let key = (src.name.clone(), name.to_string());
@@ -383,7 +381,7 @@ async fn read_copy(
     name: &WalName,
 ) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let max = crate::format::objects::MAX_SMALL_OBJECT;
-    let m = match crate::ops::wal::check::wal_manifest(s, source, name.as_str()).await {
+    let m = match s.wal_manifest(source, name.as_str()).await {
         Ok(m) => m,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.to_string()),

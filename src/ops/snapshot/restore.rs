@@ -229,11 +229,6 @@ pub(crate) async fn resolve(
     }
 }
 
-/// Unwrap the DEK with the first provider that can ([`crate::keys::unwrap_dek`]).
-pub(crate) fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
-    crate::keys::unwrap_dek(&app.providers, key)
-}
-
 /// Size of the plaintext chunks handed from the decompressor to the digest and the writer.
 const CHUNK: usize = 1 << 20;
 
@@ -1201,7 +1196,7 @@ async fn find_copy(
     }
     if !failures.is_empty() && failures.iter().all(|f| f.kind == "missing-manifest") {
         // Not a damaged copy: a snapshot that was shredded, or an id that never existed.
-        if let Some(r) = crate::ops::lifecycle::shred::record_of(app, id) {
+        if let Some(r) = crate::ops::lifecycle::destroy::record_of(app, id) {
             return Err(RestoreError::Shredded {
                 snapshot: *id,
                 time: r.time,
@@ -1307,7 +1302,7 @@ impl<'a> Access<'a> {
     /// Unwrap the snapshot's data key, logged before and after (a failure too).
     fn unwrap_dek(&self, k: &KeyObject) -> Result<DataKey, RestoreError> {
         self.record("key-unwrap".into(), None, "started")?;
-        match unwrap_dek(self.app, k) {
+        match crate::keys::unwrap_dek(&self.app.providers, k) {
             Ok(dek) => {
                 self.record("key-unwrap".into(), None, "ok")?;
                 Ok(dek)

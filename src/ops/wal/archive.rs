@@ -181,7 +181,7 @@ async fn committed_copies<'a>(
     pin: Option<&str>,
 ) -> Vec<Copy<'a>> {
     let reads = reading_stores(app, pin).into_iter().map(|s| async move {
-        let r = crate::ops::wal::check::wal_manifest(s, source, name.as_str()).await;
+        let r = s.wal_manifest(source, name.as_str()).await;
         (s, r)
     });
     futures::future::join_all(reads).await
@@ -492,7 +492,7 @@ async fn open_from(
     m: &Manifest,
 ) -> Result<(Vec<u8>, Vec<u8>, KeyObject), String> {
     let (key, sealed) = read_sealed(app, s, m).await?;
-    let dek = crate::ops::snapshot::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
+    let dek = crate::keys::unwrap_dek(&app.providers, &key).map_err(|e| e.to_string())?;
     let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
         .map_err(|e| e.to_string())?;
     let mut plain = Vec::with_capacity(m.size as usize);
@@ -665,7 +665,7 @@ fn segment_after(name: &WalName, k: u64, size: u64) -> Option<WalName> {
     if name.kind() != crate::format::wal::WalFileKind::Segment {
         return None;
     }
-    let per_log = crate::ops::wal::check::segments_per_log(size);
+    let per_log = crate::format::wal::segments_per_log(size);
     let p = name.position();
     let linear = (p >> 32) * per_log + (p & 0xFFFF_FFFF) + k;
     let next = format!(
@@ -910,7 +910,7 @@ fn fetch_spooled(
     by: FetchBy<'_>,
     not_archived: WalError,
 ) -> Result<Fetched, WalError> {
-    let Some(bytes) = crate::ops::wal::spool::read(app, source, name) else {
+    let Some(bytes) = read_spooled(app, source, name) else {
         return Err(not_archived);
     };
     header_matches(name, &bytes).map_err(|e| WalError::Unreadable {
@@ -937,6 +937,23 @@ fn fetch_spooled(
         plain: bytes,
         prefetched: false,
     })
+}
+
+/// A WAL file waiting in the spool ([`crate::ops::wal::spool`]), for `wal-fetch` before it reached the stores. Only for a name the stores
+/// do not have: `wal-fetch` asks after every store answered "not there"
+/// ([`crate::ops::wal::archive::fetch`]), and a name the catalog indexes as archived is never served
+/// from here (its archived copy is the one PostgreSQL acknowledged).
+fn read_spooled(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
+    if app.catalog.has_wal(source, name.as_str()).unwrap_or(true) {
+        return None;
+    }
+    std::fs::read(spool_dir(app, source).join(name.as_str())).ok()
+}
+
+/// `<state-dir>/spool/<source>/`: where the spool ([`crate::ops::wal::spool`]) keeps the WAL
+/// files it acknowledged and has not archived yet.
+pub fn spool_dir(app: &Coffre, source: &str) -> PathBuf {
+    app.config.state_dir.join("spool").join(source)
 }
 
 /// Why a fetch may not use recovery session `id`.

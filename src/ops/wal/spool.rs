@@ -14,15 +14,13 @@ use std::path::{Path, PathBuf};
 
 use crate::app::Coffre;
 use crate::format::wal::WalName;
-use crate::ops::wal::archive::{open_wal_file, read_open, wal_name, write_atomically, WalError};
+use crate::ops::wal::archive::{
+    open_wal_file, read_open, spool_dir, wal_name, write_atomically, WalError,
+};
 
 /// Wakes the `wal-spool` worker as soon as a file is spooled.
 pub static WAKE: std::sync::LazyLock<tokio::sync::Notify> =
     std::sync::LazyLock::new(tokio::sync::Notify::new);
-
-pub fn spool_dir(app: &Coffre, source: &str) -> PathBuf {
-    app.config.state_dir.join("spool").join(source)
-}
 
 /// A WAL file acknowledged from the spool.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,17 +125,6 @@ pub fn spool(
         spooled: true,
         already: false,
     }))
-}
-
-/// A spooled WAL file, for `wal-fetch` before it reached the stores. Only for a name the stores
-/// do not have: `wal-fetch` asks after every store answered "not there"
-/// ([`crate::ops::wal::archive::fetch`]), and a name the catalog indexes as archived is never served
-/// from here (its archived copy is the one PostgreSQL acknowledged).
-pub fn read(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
-    if app.catalog.has_wal(source, name.as_str()).unwrap_or(true) {
-        return None;
-    }
-    std::fs::read(spool_dir(app, source).join(name.as_str())).ok()
 }
 
 /// Archive every spooled file of every source, oldest names first, `archive-parallel` at a
