@@ -1311,12 +1311,12 @@ pub(crate) fn summary_line(doc: &StatusDoc) -> String {
 }
 
 #[derive(Clone)]
-struct Ctx {
+struct StatusServer {
     app: watch::Receiver<Arc<Coffre>>,
     rt: Arc<Runtime>,
 }
 
-fn authorized(ctx: &Ctx, headers: &HeaderMap) -> bool {
+fn authorized(ctx: &StatusServer, headers: &HeaderMap) -> bool {
     match &ctx.rt.token {
         None => true,
         Some(t) => {
@@ -1342,7 +1342,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn readyz(State(ctx): State<StatusServer>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -1353,7 +1353,7 @@ async fn readyz(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn status(State(ctx): State<StatusServer>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -1365,7 +1365,7 @@ async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn metrics(State(ctx): State<StatusServer>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -1434,7 +1434,7 @@ pub(crate) fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Rou
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(Ctx { app, rt })
+        .with_state(StatusServer { app, rt })
 }
 
 #[cfg(test)]

@@ -40,13 +40,13 @@ pub enum Round {
 }
 
 /// What a round is given: the worker's own view of the runtime and the shutdown token.
-pub struct Ctx {
+pub struct RoundEnv {
     worker: Worker,
     pub rt: Arc<Runtime>,
     pub cancel: CancellationToken,
 }
 
-impl Ctx {
+impl RoundEnv {
     /// The round starts real work (counted as a run on the status page).
     pub(crate) fn busy(&self) {
         self.rt.worker(self.worker, WorkState::Busy);
@@ -69,7 +69,7 @@ pub trait Periodic: Send + 'static {
     const ON_RELOAD: bool = false;
     /// Wait until the next round is due (read from the current configuration).
     fn wait(&mut self, app: &Coffre) -> impl Future<Output = ()> + Send;
-    fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> impl Future<Output = Round> + Send;
+    fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> impl Future<Output = Round> + Send;
 }
 
 /// Run `w` until `cancel`: wait, round, state; again.
@@ -79,7 +79,7 @@ pub async fn run<W: Periodic>(
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) {
-    let ctx = Ctx {
+    let ctx = RoundEnv {
         worker: W::WORKER,
         rt,
         cancel,
@@ -118,7 +118,7 @@ pub struct Intake {
     journal: Arc<Journal>,
     /// The configuration the watcher and intakes were built for.
     built_for: Arc<Coffre>,
-    intakes: Vec<intake::Intake>,
+    intakes: Vec<intake::SourceGate>,
     _watcher: Option<notify::RecommendedWatcher>,
     wake_tx: mpsc::Sender<()>,
     wake_rx: mpsc::Receiver<()>,
@@ -146,7 +146,13 @@ impl Intake {
 
 /// Protect one scanned snapshot unless the journal has it done, sealing, or waiting for its
 /// next try.
-async fn consider(app: &Coffre, journal: &Journal, ctx: &Ctx, source: &str, key: &intake::Key) {
+async fn consider(
+    app: &Coffre,
+    journal: &Journal,
+    ctx: &RoundEnv,
+    source: &str,
+    key: &intake::Key,
+) {
     let attempts = match journal.get(source, key) {
         Ok(None) => 0,
         Ok(Some(JournalState::Done(_))) | Ok(Some(JournalState::Sealing(_))) => return,
@@ -185,7 +191,7 @@ impl Periodic for Intake {
         }
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         if !Arc::ptr_eq(&app, &self.built_for) {
             self._watcher = None;
             self._watcher = watch_sources(&app, self.wake_tx.clone());
@@ -216,11 +222,11 @@ impl Periodic for Intake {
     }
 }
 
-fn build_intakes(app: &Coffre) -> Vec<intake::Intake> {
+fn build_intakes(app: &Coffre) -> Vec<intake::SourceGate> {
     app.config
         .sources
         .iter()
-        .map(|s| intake::Intake::new(s.clone()))
+        .map(|s| intake::SourceGate::new(s.clone()))
         .collect()
 }
 
@@ -251,7 +257,7 @@ impl Periodic for CatchUp {
         tokio::time::sleep(app.config.daemon.catch_up_interval).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         ctx.busy();
         replicate::probe(&app, &ctx.rt).await;
         let (copied, failed) = replicate::catch_up(&app, &ctx.rt).await;
@@ -284,7 +290,7 @@ impl Periodic for Spool {
         }
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         let waiting =
             app.config.sources.iter().any(|s| {
                 s.pitr.is_some() && crate::ops::wal::spool::depth(&app, &s.name).files > 0
@@ -316,7 +322,7 @@ impl Periodic for Scrub {
         tokio::time::sleep(app.config.daemon.scrub_every).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         ctx.busy();
         let (checked, bad, repaired) = replicate::scrub(&app, &ctx.rt).await;
         tracing::info!(checked, bad, repaired, "scrub finished");
@@ -341,7 +347,7 @@ impl Periodic for Drill {
         tokio::time::sleep(Duration::from_secs(5)).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         let now = time::OffsetDateTime::now_utc();
         let last = last_drills(&app);
         for s in &app.config.sources {
@@ -380,7 +386,7 @@ fn last_drills(app: &Coffre) -> HashMap<String, time::OffsetDateTime> {
     last
 }
 
-async fn drill_source(app: &Coffre, ctx: &Ctx, source: &str) {
+async fn drill_source(app: &Coffre, ctx: &RoundEnv, source: &str) {
     let req = crate::ops::drill::DrillRequest {
         source: Some(source.to_string()),
         actor: "coffre-daemon".into(),
@@ -424,7 +430,7 @@ impl Periodic for Shred {
         tokio::time::sleep(app.config.shred.every).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         if !app.config.shred.enabled {
             return Round::Done;
         }

@@ -4,6 +4,9 @@
 //! `<prefix>/audit/<host>/audit-<day>.1/<first>-<last>.sealed` with its key object beside it.
 //! `verify_stores` reads every store's copy back and compares it, entry by entry, with the local
 //! log: an edit, a deletion, a truncated tail or a missing segment on either side is named.
+//!
+//! May call: app, audit, format, keys, store; no other room (`lifecycle::audit_expire` lists
+//! the segments through it).
 
 use std::collections::BTreeMap;
 

@@ -6,6 +6,10 @@
 //! Invariants: a drill is an access to protected data and goes through the access log like any
 //! restore (action `drill`); the verify command's output is discarded (it may print patient data);
 //! reports hold ids, names, sizes, hashes, times and exit codes only.
+//!
+//! May call: app, audit, catalog, clock, config, format, fsutil, store, and in ops:
+//! `snapshot::restore`, `wal::archive` (a recovery session), `pitr::recovery` (settings, replay)
+//! and `lifecycle::wal_retention` (the WAL index). The highest room: nothing in ops calls it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,6 +1,8 @@
 //! Replica verification without any key: for each snapshot and each store, the manifest is there,
 //! the sealed object has the manifest's size, its header parses and names the snapshot, and its
 //! SHA-256 matches the manifest. Used by `coffre verify` and by the scrub.
+//!
+//! May call: app, catalog, format, store; no other room (wal's copy check and the scrub call it).
 
 use futures::StreamExt;
 use serde::Serialize;

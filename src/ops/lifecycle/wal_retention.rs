@@ -11,7 +11,8 @@
 //!   destruction record kept. Key moves are [`crate::ops::lifecycle::destroy::Rewrap`]'s too.
 //!
 //! Owns what the window needs and the WAL copies' discovery; may call app, catalog, store,
-//! auth, format, retention, and in ops: destroy, wal_check (the WAL manifest's read).
+//! auth, format, retention (the WAL manifest's read is `Store::wal_manifest`), and in
+//! ops only destroy.
 //!
 //! "Needed" is by name: from the segment the base backup's `backup_label` starts at, on its
 //! timeline and on every later one (and the history files of those timelines). The base backup
