@@ -90,8 +90,8 @@ async fn main() {
         t.elapsed().as_secs_f64() * 1e3
     );
     let t = Instant::now();
-    let plan =
-        coffre::ops::shred::current_plan(&app, time::OffsetDateTime::now_utc()).expect("plan");
+    let plan = coffre::ops::lifecycle::shred::current_plan(&app, time::OffsetDateTime::now_utc())
+        .expect("plan");
     println!(
         "retention plan ({} due epochs, {} upcoming):  {:>8.1} ms",
         plan.due.len(),

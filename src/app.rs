@@ -94,7 +94,7 @@ impl Coffre {
             }
         })?;
         let stores = store::build(&config)?;
-        let providers = keys::build(&config)?;
+        let providers = build_providers(&config)?;
         let catalog = Catalog::open(&config.state_dir.join("catalog.sqlite"))?;
         let host = config.host();
         let audit = AccessLog::open(&config.audit_path(), &host);
@@ -501,6 +501,23 @@ impl Survey {
         }
         Ok((self.manifests.len(), replicas))
     }
+}
+
+/// Build every configured key provider (here, not in `keys`, so that the providers' files
+/// import `keys` and `keys` never imports them) (in config order: restores try them in this order).
+pub fn build_providers(config: &Config) -> Result<Vec<Arc<dyn KeyProvider>>, KeyError> {
+    let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
+    for k in &config.key_providers {
+        match k.kind {
+            crate::config::ProviderKind::File => {
+                out.push(Arc::new(keys::file::FileProvider::open(config, k)?))
+            }
+            crate::config::ProviderKind::Pkcs11 => {
+                out.push(Arc::new(keys::pkcs11::Pkcs11Provider::open(config, k)?))
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Configuration: inert serde data, then one `validate()` pass that reports every problem with its
 //! key path and what to do about it. Live components (stores, key providers) are built from a
-//! validated config elsewhere (`store::build`, `keys::build`).
+//! validated config elsewhere (`store::build`, `app::build_providers`).
 //!
 //! Invariants: secrets are only ever given by path, environment variable name or systemd credential
 //! name, never inline; there is no option that turns sealing off; relative paths are relative to the
@@ -384,7 +384,7 @@ pub struct PitrConfig {
     /// WAL files archived at once (each one in every store), so that a backlog drains at the
     /// stores' throughput rather than one file's round trips: the daemon archives the segments
     /// after the one pushed that PostgreSQL has marked `.ready`, ahead of their own push
-    /// ([`crate::ops::wal_ahead`]), and in archive-async the spooled files. 1: one at a time.
+    /// ([`crate::ops::wal::ahead`]), and in archive-async the spooled files. 1: one at a time.
     #[serde(default = "default_archive_parallel")]
     pub archive_parallel: usize,
     /// zstd level of the source's WAL files (snapshots use `pipeline.zstd-level`). WAL

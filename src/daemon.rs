@@ -28,9 +28,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppError, Coffre};
 use crate::config::Config;
-use crate::ids::SnapshotId;
-use crate::ops::protect::{PipelineError, Protection};
-use crate::status::{self, Runtime, SourceLabel, Worker};
+
+use crate::status::{self, Runtime};
 use intake::Journal;
 
 #[derive(Debug, thiserror::Error)]
@@ -363,82 +362,6 @@ async fn recover_interrupted(app: &Coffre, journal: &Journal, rt: &Runtime) {
                 "interrupted (crash or stop) before commit",
             );
             rt.count_snapshot(&source, "interrupted");
-        }
-    }
-}
-
-async fn protect_one(
-    app: &Coffre,
-    journal: &Journal,
-    rt: &Runtime,
-    source: &str,
-    key: &intake::Key,
-    attempts: u32,
-) {
-    let id = SnapshotId::new();
-    if let Err(e) = journal.mark_sealing(source, key, &id) {
-        tracing::error!(error = %e, "journal write failed: snapshot not started");
-        rt.worker_error(Worker::Intake, &e.to_string());
-        return;
-    }
-    let count = |outcome: &str| rt.count_snapshot(source, outcome);
-    match crate::ops::protect::protect_as(
-        app,
-        source,
-        crate::ops::protect::Input::Path(&key.path),
-        id,
-        crate::ops::protect::What::Snapshot,
-    )
-    .await
-    {
-        Ok(out) => {
-            for s in &out.committed {
-                rt.uploaded(s, out.manifest.sealed_size);
-                rt.store_ok(s);
-            }
-            for f in &out.failed {
-                rt.store_failed(&f.store, &f.kind);
-            }
-            let _ = journal.mark_done(source, key, &id);
-            count(match out.protection {
-                Protection::Protected => "protected",
-                Protection::Degraded => "degraded",
-                Protection::AtRisk => "at-risk",
-            });
-            rt.metrics
-                .last_protected
-                .get_or_create(&SourceLabel {
-                    source: source.to_string(),
-                })
-                .set(id.timestamp_ms() as f64 / 1000.0);
-        }
-        Err(PipelineError::AtRisk {
-            committed,
-            ref failures,
-            ..
-        }) if committed > 0 => {
-            // Committed somewhere: catch-up brings the other stores along.
-            tracing::warn!(snapshot = %id, committed, failures = %failures, "snapshot at risk: fewer sites than min-sites");
-            for s in &app.stores {
-                rt.store_failed(&s.name, "unavailable");
-            }
-            let _ = journal.mark_done(source, key, &id);
-            count("at-risk");
-        }
-        Err(e) => {
-            tracing::error!(snapshot = %id, error = %e, "snapshot not protected; will retry");
-            rt.worker_error(Worker::Intake, &e.to_string());
-            if let PipelineError::AtRisk { .. } = e {
-                for s in &app.stores {
-                    rt.store_failed(&s.name, "unavailable");
-                }
-            }
-            let _ = journal.mark_failed(source, key, attempts + 1, &e.to_string());
-            count(if matches!(e, PipelineError::Changed { .. }) {
-                "changed-while-read"
-            } else {
-                "failed"
-            });
         }
     }
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ProviderKind};
 use crate::ids::{EpochId, SnapshotId};
 
 pub use crate::format::DataKey;
@@ -227,15 +226,3 @@ pub trait KeyProvider: Send + Sync {
 pub const OBJECT_AUTH_EPOCH: &str = "object-auth.1";
 /// The fixed block wrapped to derive the object-authentication key (not secret).
 const OBJECT_AUTH_PROBE: &[u8; 32] = b"coffre/v1 object-auth probe key.";
-
-/// Build every configured provider (in config order: restores try them in this order).
-pub fn build(config: &Config) -> Result<Vec<Arc<dyn KeyProvider>>, KeyError> {
-    let mut out: Vec<Arc<dyn KeyProvider>> = Vec::new();
-    for k in &config.key_providers {
-        match k.kind {
-            ProviderKind::File => out.push(Arc::new(file::FileProvider::open(config, k)?)),
-            ProviderKind::Pkcs11 => out.push(Arc::new(pkcs11::Pkcs11Provider::open(config, k)?)),
-        }
-    }
-    Ok(out)
-}

@@ -4,7 +4,12 @@
 //! watch (notify + startup scan) -> intake (complete? settled? marker?) -> journal (local, crash-safe)
 //!   -> read stream -> zstd (multi-threaded) -> seal (segmented AES-256-GCM, data key per snapshot)
 //!   -> fan-out: one upload per store, concurrent, bounded memory -> manifest (written last) -> catalog
-//! side paths: keys (providers, epochs, wrap/unwrap, destroy) | restore | verify | access log | status
+//! WAL: PostgreSQL archive_command -> wal-push (or the spool, drained by the daemon; archived ahead
+//!   of the archiver) -> the same seal, fan-out and commit under wal/<source>/<timeline>/<name>/
+//! PITR: restore a base backup -> recovery settings (restore_command = wal-fetch in a recovery
+//!   session) -> PostgreSQL replays the WAL to the target and promotes (restore --replay, drills)
+//! side paths: keys (providers, epochs, wrap/unwrap, destroy) | restore | verify | access log
+//!   | retention and shred (snapshots, WAL, access log: one destruction protocol) | status
 //! ```
 //!
 //! Invariants kept across the crate:

@@ -1,8 +1,10 @@
-//! Retention: pure functions with the clock passed in. `planned_expiry` decides, when a snapshot
+//! Retention policy, with the clock passed in. `planned_expiry` decides, when a snapshot
 //! is protected, how long it is kept (hence the epoch key its data key is wrapped under);
 //! `plan` decides, for epochs whose day is over, which snapshots are shredded and which are kept
 //! (held, newest of their source, within `keep-last`, younger than `min-age`) by re-wrapping their
-//! data keys under a later epoch. Carrying a plan out is `shred.rs`.
+//! data keys under a later epoch. Carrying a plan out is `ops::lifecycle::shred`'s. Pure but for
+//! [`live_epoch`] and [`live_hold_epoch`], which ask the key providers which generation of an
+//! epoch is still live (no provider destroyed it).
 //!
 //! How this differs from restic's `forget`: restic decides at `forget` time which snapshots of a
 //! set to keep, so an old snapshot's fate depends on the ones that come later. coffre decides

@@ -612,16 +612,22 @@ impl Runtime {
     fn take_wal_counts(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         for (fam, counted) in [
-            (family::WAL_PREFETCH_HITS, &crate::ops::wal::PREFETCH_HITS),
-            (family::WAL_FETCHES, &crate::ops::wal::FETCHES),
+            (
+                family::WAL_PREFETCH_HITS,
+                &crate::ops::wal::archive::PREFETCH_HITS,
+            ),
+            (family::WAL_FETCHES, &crate::ops::wal::archive::FETCHES),
             (
                 family::WAL_FETCHES_INTO_CALLER_FILE,
-                &crate::ops::wal::FETCHES_INTO_CALLER_FILE,
+                &crate::ops::wal::archive::FETCHES_INTO_CALLER_FILE,
             ),
-            (family::WAL_FETCH_MICROS, &crate::ops::wal::FETCH_MICROS),
+            (
+                family::WAL_FETCH_MICROS,
+                &crate::ops::wal::archive::FETCH_MICROS,
+            ),
             (
                 family::WAL_ARCHIVED_AHEAD,
-                &crate::ops::wal_ahead::ACKNOWLEDGED,
+                &crate::ops::wal::ahead::ACKNOWLEDGED,
             ),
         ] {
             let n = counted.swap(0, Relaxed);
@@ -937,7 +943,7 @@ fn age_of(created: &str) -> Option<f64> {
 /// Build the status document and refresh the gauges derived from the catalog.
 pub fn build(app: &Coffre, rt: &Runtime) -> StatusDoc {
     // WAL archived since the last look counts in the uploaded bytes, as snapshots do.
-    for (store, bytes) in crate::ops::wal::take_uploaded() {
+    for (store, bytes) in crate::ops::wal::archive::take_uploaded() {
         rt.uploaded(&store, bytes);
     }
     let sources = sources(app, rt);
@@ -1116,7 +1122,7 @@ fn wal_status(app: &Coffre, rt: &Runtime, name: &str) -> Option<WalStatus> {
             .get_or_create(&label)
             .set(t.unix_timestamp_nanos() as f64 / 1e9);
     }
-    let spool = crate::ops::wal_spool::depth(app, name);
+    let spool = crate::ops::wal::spool::depth(app, name);
     rt.metrics
         .wal_spool_files
         .get_or_create(&label)
@@ -1305,12 +1311,12 @@ pub(crate) fn summary_line(doc: &StatusDoc) -> String {
 }
 
 #[derive(Clone)]
-struct Ctx {
+struct StatusServer {
     app: watch::Receiver<Arc<Coffre>>,
     rt: Arc<Runtime>,
 }
 
-fn authorized(ctx: &Ctx, headers: &HeaderMap) -> bool {
+fn authorized(ctx: &StatusServer, headers: &HeaderMap) -> bool {
     match &ctx.rt.token {
         None => true,
         Some(t) => {
@@ -1336,7 +1342,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn readyz(State(ctx): State<StatusServer>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -1347,7 +1353,7 @@ async fn readyz(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn status(State(ctx): State<StatusServer>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -1359,7 +1365,7 @@ async fn status(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+async fn metrics(State(ctx): State<StatusServer>, headers: HeaderMap) -> Response {
     if !authorized(&ctx, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -1428,7 +1434,7 @@ pub(crate) fn router(app: watch::Receiver<Arc<Coffre>>, rt: Arc<Runtime>) -> Rou
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(Ctx { app, rt })
+        .with_state(StatusServer { app, rt })
 }
 
 #[cfg(test)]

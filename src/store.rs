@@ -251,6 +251,34 @@ impl Store {
             manifest: dir.join("manifest.json"),
         })
     }
+    /// This store's committed manifest of WAL file `name` of `source` (it must describe that file).
+    pub(crate) async fn wal_manifest(
+        &self,
+        source: &str,
+        name: &str,
+    ) -> Result<Manifest, StoreError> {
+        let wal = crate::format::wal::WalName::parse(name).map_err(|reason| StoreError::Setup {
+            store: self.name.clone(),
+            reason,
+        })?;
+        let path = self.wal_dir(source, &wal).join("manifest.json");
+        let bad = |reason| StoreError::BadObject {
+            store: self.name.clone(),
+            path: path.to_string(),
+            reason,
+        };
+        let bytes = self
+            .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
+            .await?;
+        let m = Manifest::parse(&bytes).map_err(bad)?;
+        if m.source != source || m.original_name != name || m.kind != SnapshotKind::Wal {
+            return Err(bad(format!(
+                "it describes {} of source `{}`",
+                m.original_name, m.source
+            )));
+        }
+        Ok(m)
+    }
     pub(crate) fn snapshots_prefix(&self) -> ObjPath {
         self.prefix.clone().join("snapshots")
     }
@@ -731,4 +759,13 @@ fn gcs(config: &Config, s: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreEr
 /// The generation in a keyring object's name (`<generation>.keyring`).
 fn keyring_generation(location: &ObjPath) -> Option<u64> {
     location.filename()?.strip_suffix(".keyring")?.parse().ok()
+}
+
+/// The WAL file a listed `…/<timeline>/<name>/manifest.json` commits (its timeline folder
+/// must match its name).
+pub(crate) fn wal_manifest_name(location: &str) -> Option<crate::format::wal::WalName> {
+    let mut parts = location.rsplit('/');
+    let (file, name, timeline) = (parts.next()?, parts.next()?, parts.next()?);
+    let name = crate::format::wal::WalName::parse(name).ok()?;
+    (file == "manifest.json" && name.timeline_hex() == timeline).then_some(name)
 }

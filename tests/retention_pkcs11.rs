@@ -46,10 +46,14 @@ fn labels(objects: &str) -> Vec<String> {
         .collect()
 }
 
-fn request(id: coffre::SnapshotId, store: &str, to: PathBuf) -> coffre::ops::restore::Request {
-    coffre::ops::restore::Request {
+fn request(
+    id: coffre::SnapshotId,
+    store: &str,
+    to: PathBuf,
+) -> coffre::ops::snapshot::restore::Request {
+    coffre::ops::snapshot::restore::Request {
         source: "emr".into(),
-        snapshot: coffre::ops::restore::Selector::Id(id),
+        snapshot: coffre::ops::snapshot::restore::Selector::Id(id),
         to,
         store: Some(store.into()),
         purpose: "test".into(),
@@ -79,7 +83,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
         )
         .unwrap();
         ids.push(
-            coffre::ops::protect::protect(&app, "emr", &f)
+            coffre::ops::snapshot::protect::protect(&app, "emr", &f)
                 .await
                 .unwrap()
                 .manifest
@@ -103,14 +107,14 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
     assert!(copy_tree(&d.join("stores"), &kept, false) >= 18);
 
     let now = time::OffsetDateTime::now_utc();
-    let (done, errors) = coffre::ops::shred::run_due(&app, now, "test").await;
+    let (done, errors) = coffre::ops::lifecycle::shred::run_due(&app, now, "test").await;
     assert!(done.is_empty() && errors.is_empty(), "nothing is due yet");
     let later = now + time::Duration::days(10);
-    let plan = coffre::ops::shred::current_plan(&app, later).unwrap();
+    let plan = coffre::ops::lifecycle::shred::current_plan(&app, later).unwrap();
     assert_eq!(plan.due.len(), 1);
     assert_eq!(plan.due[0].shred, vec![ids[0], ids[1]]);
     assert_eq!(plan.due[0].keep[0].snapshot, ids[2]);
-    let (done, errors) = coffre::ops::shred::run_due(&app, later, "test").await;
+    let (done, errors) = coffre::ops::lifecycle::shred::run_due(&app, later, "test").await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(done.len(), 1);
     let rec = &done[0];
@@ -150,7 +154,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
     // The survivor restores, byte-identical, from each store.
     for store in ["a", "b"] {
         let to = d.join(format!("r-{store}"));
-        coffre::ops::restore::restore(&app, &request(ids[2], store, to.clone()))
+        coffre::ops::snapshot::restore::restore(&app, &request(ids[2], store, to.clone()))
             .await
             .unwrap();
         assert_eq!(
@@ -164,7 +168,7 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
     for id in &ids[..2] {
         for store in ["a", "b"] {
             let to = d.join(format!("{id}-{store}"));
-            let e = coffre::ops::restore::restore(&app, &request(*id, store, to.clone()))
+            let e = coffre::ops::snapshot::restore::restore(&app, &request(*id, store, to.clone()))
                 .await
                 .unwrap_err();
             assert!(e.is_key_destroyed(), "{e}");
@@ -173,6 +177,6 @@ async fn due_epochs_are_shredded_on_the_token_and_the_newest_snapshot_survives()
         }
     }
     // Running again is idempotent.
-    let (done, errors) = coffre::ops::shred::run_due(&app, later, "test").await;
+    let (done, errors) = coffre::ops::lifecycle::shred::run_due(&app, later, "test").await;
     assert!(done.is_empty() && errors.is_empty(), "{errors:?}");
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::SnapshotId;
-use crate::ops::restore::Selector;
+use crate::ops::snapshot::restore::Selector;
 
 #[derive(Subcommand, Serialize, Deserialize, Debug, Clone)]
 #[serde(rename_all = "kebab-case")]
@@ -419,8 +419,9 @@ impl RestoreArgs {
     /// The point-in-time recovery target, if one of the `--target-*` options is given.
     pub fn pitr_target(
         &self,
-    ) -> Result<Option<crate::ops::pitr::Target>, crate::ops::pitr::PitrError> {
-        crate::ops::pitr::Target::from_options(
+    ) -> Result<Option<crate::ops::pitr::recovery::Target>, crate::ops::pitr::recovery::PitrError>
+    {
+        crate::ops::pitr::recovery::Target::from_options(
             self.target_time.as_deref(),
             self.target_lsn.as_deref(),
             self.target_xid.as_deref(),

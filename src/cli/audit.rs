@@ -66,7 +66,7 @@ async fn verify(app: &Coffre, w: &Out) -> Result<u8> {
 async fn expire(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
     let w = &ctx.out;
     let now = time::OffsetDateTime::now_utc();
-    let r = crate::ops::audit_expire::expire(app, now, &ctx.actor.clone())
+    let r = crate::ops::lifecycle::audit_expire::expire(app, now, &ctx.actor.clone())
         .await
         .map_err(anyhow::Error::msg)?;
     if json {

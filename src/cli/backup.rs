@@ -11,7 +11,7 @@ pub(super) async fn run(app: &Coffre, a: &BackupArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
     let BackupArgs { source, path, json } = a;
     let before = intake_key(app, source, path);
-    let out = crate::ops::protect::protect(app, source, path).await?;
+    let out = crate::ops::snapshot::protect::protect(app, source, path).await?;
     if let Some(key) = before {
         if let Err(e) = record_for_intake(app, source, key, &out.manifest.snapshot) {
             errln!(
@@ -56,7 +56,7 @@ pub(super) async fn run(app: &Coffre, a: &BackupArgs, ctx: &Ctx) -> Result<u8> {
 struct BackupJson<'a> {
     snapshot: &'a SnapshotId,
     #[serde(flatten)]
-    outcome: &'a crate::ops::protect::Outcome,
+    outcome: &'a crate::ops::snapshot::protect::Outcome,
 }
 
 /// The intake's journal key of `path` when it is an entry of `source`'s folder, named as the
@@ -67,11 +67,11 @@ fn intake_key(app: &Coffre, source: &str, path: &std::path::Path) -> Option<crat
     let p = std::fs::canonicalize(path).ok()?;
     let name = p.file_name()?;
     if p.parent() != Some(root.as_path())
-        || crate::ops::protect::source::is_ignored_name(&name.to_string_lossy())
+        || crate::ops::snapshot::protect::source::is_ignored_name(&name.to_string_lossy())
     {
         return None;
     }
-    crate::ops::protect::source::key_of(&src.path.join(name)).ok()
+    crate::ops::snapshot::protect::source::key_of(&src.path.join(name)).ok()
 }
 
 /// Record in the intake's journal that the entry `before` (its identity before the backup) is
@@ -82,7 +82,7 @@ fn record_for_intake(
     before: crate::journal::Key,
     id: &SnapshotId,
 ) -> Result<()> {
-    let now = crate::ops::protect::source::key_of(&before.path)?;
+    let now = crate::ops::snapshot::protect::source::key_of(&before.path)?;
     if now != before {
         bail!(
             "{} changed while it was protected; the intake takes the new version",

@@ -65,7 +65,7 @@ async fn rebuild(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
     app.audit.append(entry("started".into()))?;
     let (snapshots, replicas) = app.rebuild_catalog().await?;
     // The WAL archive's index too (the catalog is cleared of snapshots and keys only).
-    let wal = crate::ops::wal_retention::reindex(app).await;
+    let wal = crate::ops::lifecycle::wal_retention::reindex(app).await;
     if wal > 0 {
         tracing::info!(wal_files = wal, "WAL archive indexed from the stores");
     }

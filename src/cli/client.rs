@@ -223,7 +223,7 @@ impl super::RestoreArgs {
     fn hand_over(&mut self) -> Result<Handover> {
         self.to =
             std::path::absolute(&self.to).with_context(|| format!("--to {}", self.to.display()))?;
-        crate::ops::restore::check_target(&self.to)?;
+        crate::ops::snapshot::restore::check_target(&self.to)?;
         Ok(Handover {
             writer: Some(Incoming::new(
                 self.to.clone(),
@@ -249,7 +249,7 @@ impl super::WalPushArgs {
     fn hand_over(&mut self) -> Result<Handover> {
         self.path = std::path::absolute(&self.path)
             .with_context(|| format!("WAL file {}", self.path.display()))?;
-        let f = crate::ops::wal::open_wal_file(&self.path)?;
+        let f = crate::ops::wal::archive::open_wal_file(&self.path)?;
         Ok(Handover {
             writer: None,
             file: Some(OwnedFd::from(f)),

@@ -11,11 +11,13 @@ pub(super) async fn run(app: &Coffre, command: &HoldCommand, ctx: &Ctx) -> Resul
             let actor = ctx.actor.clone();
             match command {
                 HoldCommand::Add { snapshot, purpose } => {
-                    crate::ops::shred::hold_add(app, snapshot, &actor, purpose).await?;
+                    crate::ops::lifecycle::shred::hold_add(app, snapshot, &actor, purpose).await?;
                     outln!(w, "snapshot {snapshot} is under legal hold: it will not be shredded until released");
                 }
                 HoldCommand::Release { snapshot, purpose } => {
-                    let k = crate::ops::shred::hold_release(app, snapshot, &actor, purpose).await?;
+                    let k =
+                        crate::ops::lifecycle::shred::hold_release(app, snapshot, &actor, purpose)
+                            .await?;
                     outln!(
                         w,
                         "hold on snapshot {snapshot} released: its key is back under epoch {}",

@@ -22,8 +22,13 @@ pub(super) async fn run(app: &Coffre, command: &KeysCommand, ctx: &Ctx) -> Resul
             json,
             ..
         }) => {
-            let n = crate::ops::rotate::add_provider_wraps(app, to, &ctx.actor.clone(), purpose)
-                .await?;
+            let n = crate::ops::lifecycle::rotate::add_provider_wraps(
+                app,
+                to,
+                &ctx.actor.clone(),
+                purpose,
+            )
+            .await?;
             if *json {
                 w.json(&serde_json::json!({"provider": to, "key_objects_rewritten": n}))?;
             } else {
@@ -130,7 +135,7 @@ fn epoch_fate(e: &serde_json::Value) -> String {
 /// legal hold's epoch.
 fn due_of(epoch: &crate::ids::EpochId) -> Option<String> {
     crate::retention::epoch_day(epoch)
-        .or_else(|| crate::ops::audit_expire::epoch_day(epoch))
+        .or_else(|| crate::ops::lifecycle::audit_expire::epoch_day(epoch))
         .and_then(|d| d.next_day())
         .map(|d| format!("{d}T00:00:00Z"))
 }
@@ -238,7 +243,7 @@ async fn rotate_master_key(
 ) -> Result<()> {
     let config = globals.load_config()?;
     let _lock = lock::acquire(&config.state_dir, Role::Command)?;
-    let r = crate::ops::rotate::rotate_master_key_everywhere(
+    let r = crate::ops::lifecycle::rotate::rotate_master_key_everywhere(
         &config,
         provider,
         new_key,

@@ -20,8 +20,8 @@ use std::io::IsTerminal;
 use anyhow::Result;
 
 use crate::ids::SnapshotId;
-use crate::ops::protect::Protection;
-use crate::ops::restore::Request;
+use crate::ops::snapshot::protect::Protection;
+use crate::ops::snapshot::restore::Request;
 use crate::Coffre;
 
 /// Exit codes, the same for a local run and one through the daemon.
@@ -70,7 +70,7 @@ pub struct Ctx {
     pub actor: String,
     pub out: Out,
     /// Through the socket: restored bytes go to the caller, who writes them with its own rights.
-    pub restore_sink: Option<tokio::sync::mpsc::Sender<crate::ops::restore::Chunk>>,
+    pub restore_sink: Option<tokio::sync::mpsc::Sender<crate::ops::snapshot::restore::Chunk>>,
     /// In the daemon: a handle on the running instance, for work that outlives the request
     /// (the WAL prefetch of a recovery session).
     pub daemon: Option<std::sync::Arc<Coffre>>,

@@ -4,7 +4,7 @@
 //! file the caller created there and passed (`W` frame). Moved into place only when the daemon
 //! says every check passed.
 //!
-//! May call: `ops::destination` (the place), `ops::restore` (its file and tar writers).
+//! May call: `ops::snapshot::destination` (the place), `ops::snapshot::restore` (its file and tar writers).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use crate::ids::SnapshotId;
-use crate::ops::destination::RestoreDestination;
+use crate::ops::snapshot::destination::RestoreDestination;
 use crate::store::SnapshotKind;
 
 /// Why a restore's plaintext did not reach its destination (nothing is left there).
@@ -98,7 +98,7 @@ impl Incoming {
     pub fn prepare(&mut self) -> Result<OwnedFd, ReceiveError> {
         // One name per target, cleared first: a fetch killed before its rename leaves at
         // most one such file beside %p, removed by the next fetch to it.
-        let path = crate::ops::destination::partial_path_tagged(self.dest.to(), "fetch");
+        let path = crate::ops::snapshot::destination::partial_path_tagged(self.dest.to(), "fetch");
         let create = |source| ReceiveError::Create { path, source };
         let f = self.dest.create_file("fetch");
         let fd = f.and_then(|f| Ok((f.try_clone()?, f)));
@@ -149,8 +149,10 @@ impl Incoming {
         let h = std::thread::Builder::new()
             .name("coffre-restore-write".into())
             .spawn(move || match kind {
-                SnapshotKind::File | SnapshotKind::Wal => crate::ops::restore::write_file(rx, &tmp),
-                SnapshotKind::Directory => crate::ops::restore::unpack_tar(rx, &tmp),
+                SnapshotKind::File | SnapshotKind::Wal => {
+                    crate::ops::snapshot::restore::write_file(rx, &tmp)
+                }
+                SnapshotKind::Directory => crate::ops::snapshot::restore::unpack_tar(rx, &tmp),
             })
             .map_err(ReceiveError::Spawn)?;
         self.size = size;

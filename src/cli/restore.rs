@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use super::*;
-use crate::ops::restore::Selector;
+use crate::ops::snapshot::restore::Selector;
 
 pub(super) async fn run(app: &Coffre, a: &RestoreArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
@@ -25,7 +25,7 @@ pub(super) async fn run(app: &Coffre, a: &RestoreArgs, ctx: &Ctx) -> Result<u8> 
                         Some(Selector::Id(id)) => Some(id),
                         _ => None,
                     };
-                    Selector::Id(crate::ops::pitr::choose_base(app, &a.source, t, explicit)?)
+                    Selector::Id(crate::ops::pitr::recovery::choose_base(app, &a.source, t, explicit)?)
                 }
                 (None, Some(s)) => s,
                 (None, None) => bail!(
@@ -43,11 +43,12 @@ pub(super) async fn run(app: &Coffre, a: &RestoreArgs, ctx: &Ctx) -> Result<u8> 
                 progress: !w.is_remote() && std::io::stderr().is_terminal() && !a.json,
                 stream: ctx.restore_sink.clone(),
             };
-            let report = crate::ops::restore::restore(app, &req).await?;
+            let report = crate::ops::snapshot::restore::restore(app, &req).await?;
             if target.is_some() {
                 // The replay's WAL fetches belong to this session, which coffre opens (with the
                 // restore's purpose): a fetch under an id coffre did not open is refused.
-                let id = crate::ops::wal::open_session(app, None, &a.source, None, &a.purpose)?;
+                let id =
+                    crate::ops::wal::archive::open_session(app, None, &a.source, None, &a.purpose)?;
                 *ctx.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
             }
             if a.json {
@@ -90,7 +91,7 @@ pub(super) async fn run(app: &Coffre, a: &RestoreArgs, ctx: &Ctx) -> Result<u8> 
 pub async fn routed(globals: &Globals, a: &RestoreArgs) -> Result<u8> {
     // Before anything is restored: a replay as root could only fail at the end.
     if a.replay && nix::unistd::geteuid().is_root() {
-        return Err(crate::ops::pitr::PitrError::ReplayAsRoot.into());
+        return Err(crate::ops::pitr::recovery::PitrError::ReplayAsRoot.into());
     }
     let target = a.pitr_target()?;
     if target.is_some() {
@@ -116,7 +117,7 @@ fn pitr_command(globals: &Globals, a: &RestoreArgs, session: &str) -> Result<Str
         .map(std::path::absolute)
         .transpose()?;
     let socket = std::env::var_os("COFFRE_SOCKET").map(PathBuf::from);
-    Ok(crate::ops::pitr::restore_command(
+    Ok(crate::ops::pitr::recovery::restore_command(
         &exe,
         config.as_deref(),
         socket.as_deref(),
@@ -134,10 +135,10 @@ fn pitr_command(globals: &Globals, a: &RestoreArgs, session: &str) -> Result<Str
 fn pitr_settings(
     globals: &Globals,
     a: &RestoreArgs,
-    target: &crate::ops::pitr::Target,
+    target: &crate::ops::pitr::recovery::Target,
     session: Option<String>,
 ) -> Result<()> {
-    use crate::ops::pitr;
+    use crate::ops::pitr::recovery as pitr;
     // One recovery session per restore, opened by coffre (the daemon, or this process without
     // one) with the restore: its WAL fetches are one access entry and a summary.
     let session = session.ok_or_else(|| {
@@ -184,7 +185,7 @@ fn pitr_settings(
 }
 
 /// What a replayed copy does with its WAL once started (`--archive-mode`).
-fn archive_note(after: &crate::ops::pitr::AfterReplay, source: &str) -> String {
+fn archive_note(after: &crate::ops::pitr::recovery::AfterReplay, source: &str) -> String {
     let timeline = after.timeline.map_or_else(
         || "its new timeline".to_string(),
         |t| format!("timeline {t}"),

@@ -14,8 +14,8 @@ pub(super) async fn run(app: &Coffre, command: &RetentionCommand, ctx: &Ctx) -> 
 
 /// `retention plan`: what is due now (shredded, or kept by re-wrap, and why), what comes when.
 fn plan(app: &Coffre, w: &Out, now: time::OffsetDateTime, json: bool) -> Result<u8> {
-    let plan = crate::ops::shred::current_plan(app, now)?;
-    let pitr = crate::ops::wal_retention::ranges(app, now);
+    let plan = crate::ops::lifecycle::shred::current_plan(app, now)?;
+    let pitr = crate::ops::lifecycle::wal_retention::ranges(app, now);
     if json {
         let mut v = serde_json::to_value(&plan)?;
         if let Some(o) = v.as_object_mut() {
@@ -110,11 +110,11 @@ fn upcoming(w: &Out, upcoming: &[crate::retention::Upcoming]) {
 /// `retention run`: shred every epoch that is due now.
 async fn run_due(app: &Coffre, ctx: &Ctx, now: time::OffsetDateTime, json: bool) -> Result<u8> {
     let w = &ctx.out;
-    let (done, errors) = crate::ops::shred::run_due(app, now, &ctx.actor.clone()).await;
+    let (done, errors) = crate::ops::lifecycle::shred::run_due(app, now, &ctx.actor.clone()).await;
     if json {
         w.json(&done)?;
     } else if done.is_empty() && errors.is_empty() {
-        let next = crate::ops::shred::current_plan(app, now)
+        let next = crate::ops::lifecycle::shred::current_plan(app, now)
             .ok()
             .and_then(|p| p.upcoming.into_iter().min_by(|a, b| a.due.cmp(&b.due)));
         match next {

@@ -63,7 +63,7 @@ async fn shred(
     if purpose.trim().is_empty() {
         bail!("--purpose must say why the snapshot is destroyed");
     }
-    if let Some(r) = crate::ops::shred::record_of(app, id) {
+    if let Some(r) = crate::ops::lifecycle::destroy::record_of(app, id) {
         bail!(
             "snapshot {id} was already crypto-shredded on {} ({}): destruction record {} (`coffre shred --records`)",
             r.time,
@@ -76,7 +76,7 @@ async fn shred(
     })?;
     if let Some(h) = &key.legal_hold {
         // What `--yes` would refuse, the dry run refuses the same way.
-        return Err(crate::ops::shred::ShredError::Held {
+        return Err(crate::ops::lifecycle::destroy::ShredError::Held {
             snapshot: *id,
             hold: h.clone(),
         }
@@ -104,7 +104,7 @@ async fn shred(
     if let Some(warning) = &warning {
         errln!(w, "warning: {warning}");
     }
-    let r = crate::ops::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
+    let r = crate::ops::lifecycle::shred::shred_one(app, id, &ctx.actor.clone(), purpose).await?;
     if json {
         w.json(&r)?;
     } else {

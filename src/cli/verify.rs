@@ -14,10 +14,10 @@ pub(super) async fn run(app: &Coffre, a: &VerifyArgs, ctx: &Ctx) -> Result<u8> {
     let mut histories = Vec::new();
     if snapshot.is_none() {
         for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
-            checks.extend(crate::ops::wal_check::copies(app, &s.name).await);
-            let (g, archive) = crate::ops::wal_check::gaps(app, &s.name).await;
+            checks.extend(crate::ops::wal::check::copies(app, &s.name).await);
+            let (g, archive) = crate::ops::wal::check::gaps(app, &s.name).await;
             gaps.extend(g);
-            histories.extend(crate::ops::wal_check::missing_histories(&s.name, &archive));
+            histories.extend(crate::ops::wal::check::missing_histories(&s.name, &archive));
         }
     }
     let mut bad = checks.iter().filter(|c| !c.ok()).count();
@@ -72,8 +72,8 @@ fn archive_entry(
 fn text(
     w: &Out,
     checks: &[crate::ops::verify::ReplicaCheck],
-    gaps: &[crate::ops::wal_check::WalGap],
-    histories: &[crate::ops::wal_check::MissingHistory],
+    gaps: &[crate::ops::wal::check::WalGap],
+    histories: &[crate::ops::wal::check::MissingHistory],
 ) {
     for c in checks {
         outln!(

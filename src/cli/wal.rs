@@ -4,8 +4,8 @@
 use anyhow::{bail, Result};
 
 use super::*;
-use crate::ops::restore::Chunk;
-use crate::ops::wal::WalError;
+use crate::ops::snapshot::restore::Chunk;
+use crate::ops::wal::archive::WalError;
 
 /// `wal-push`: archive one WAL file, read from the descriptor the caller opened.
 pub(super) async fn push(app: &Coffre, a: &WalPushArgs, ctx: &Ctx) -> Result<u8> {
@@ -44,15 +44,15 @@ pub(super) async fn fetch(app: &Coffre, a: &WalFetchArgs, ctx: &Ctx) -> Result<u
         session,
         store,
     } = a;
-    let by = crate::ops::wal::FetchBy {
+    let by = crate::ops::wal::archive::FetchBy {
         actor: &ctx.actor,
         purpose,
         session: session.as_deref(),
         store: store.as_deref(),
     };
     let t0 = std::time::Instant::now();
-    let fetched = crate::ops::wal::fetch(app, source, name, by, ctx.daemon.clone()).await;
-    let crate::ops::wal::Fetched {
+    let fetched = crate::ops::wal::archive::fetch(app, source, name, by, ctx.daemon.clone()).await;
+    let crate::ops::wal::archive::Fetched {
         object,
         plain,
         prefetched,
@@ -66,7 +66,7 @@ pub(super) async fn fetch(app: &Coffre, a: &WalFetchArgs, ctx: &Ctx) -> Result<u
         Err(e) => return Err(e.into()),
     };
     hand_over(ctx, name, to, object, plain).await?;
-    crate::ops::wal::served(app, session.as_deref(), t0.elapsed(), prefetched);
+    crate::ops::wal::archive::served(app, session.as_deref(), t0.elapsed(), prefetched);
     Ok(exit::OK)
 }
 
@@ -96,7 +96,7 @@ async fn hand_over(
         (Some(tx), Some(f)) => into_callers_file(tx, f, name, to, object, plain).await,
         (Some(tx), None) => as_frames(tx, name, object, plain).await,
         // In the caller's own process: through the same destination as every restore.
-        (None, _) => crate::ops::destination::RestoreDestination::new(to)
+        (None, _) => crate::ops::snapshot::destination::RestoreDestination::new(to)
             .write_whole("fetch", &plain)
             .map_err(|source| {
                 WalError::Write {
@@ -118,10 +118,11 @@ async fn into_callers_file(
     plain: Vec<u8>,
 ) -> Result<()> {
     let size = plain.len() as u64;
-    let written =
-        tokio::task::spawn_blocking(move || crate::ops::restore::write_into(&f, [&plain[..]]))
-            .await
-            .map_err(|e| anyhow::anyhow!("the writer of {name} stopped: {e}"))?;
+    let written = tokio::task::spawn_blocking(move || {
+        crate::ops::snapshot::restore::write_into(&f, [&plain[..]])
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the writer of {name} stopped: {e}"))?;
     match written {
         Ok(n) if n == size => {}
         Ok(n) => bail!("wrote {n} of the {size} bytes of {name} into the file passed"),
@@ -137,7 +138,8 @@ async fn into_callers_file(
     if tx.send(done).await.is_err() {
         bail!("the caller went away before {name} was written");
     }
-    crate::ops::wal::FETCHES_INTO_CALLER_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::ops::wal::archive::FETCHES_INTO_CALLER_FILE
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -171,10 +173,10 @@ async fn as_frames(
 /// What a push did.
 enum Push {
     /// Archived ahead of its push, from this very file.
-    Ahead(crate::ops::wal::Pushed),
+    Ahead(crate::ops::wal::archive::Pushed),
     /// Acknowledged from the spool (archive-async).
-    Spooled(crate::ops::wal_spool::Spooled),
-    Pushed(crate::ops::wal::Pushed),
+    Spooled(crate::ops::wal::spool::Spooled),
+    Pushed(crate::ops::wal::archive::Pushed),
 }
 
 /// The WAL name and the open file to archive. Through the daemon: only the descriptor the
@@ -187,7 +189,7 @@ fn wal_push_file(
     path: &std::path::Path,
     ctx: &Ctx,
 ) -> Result<(crate::format::wal::WalName, std::fs::File), WalError> {
-    use crate::ops::wal;
+    use crate::ops::wal::archive as wal;
     wal::archiving_source(app, source)?;
     let name = wal::wal_name(path)?;
     let file = match &ctx.daemon {
@@ -219,8 +221,8 @@ async fn wal_push(
     ctx: &Ctx,
 ) -> Result<Push, WalError> {
     if let Some(d) = &ctx.daemon {
-        crate::ops::wal_ahead::start(d, source, name, &ctx.actor);
-        if let Some(pushed) = crate::ops::wal_ahead::take(source, name, file).await {
+        crate::ops::wal::ahead::start(d, source, name, &ctx.actor);
+        if let Some(pushed) = crate::ops::wal::ahead::take(source, name, file).await {
             return Ok(Push::Ahead(pushed));
         }
         let asynchronous = app
@@ -229,12 +231,12 @@ async fn wal_push(
             .and_then(|s| s.pitr.as_ref())
             .is_some_and(|p| p.archive_async);
         if asynchronous {
-            if let Some(sp) = crate::ops::wal_spool::spool(app, source, name, (path, file))? {
+            if let Some(sp) = crate::ops::wal::spool::spool(app, source, name, (path, file))? {
                 return Ok(Push::Spooled(sp));
             }
         }
     }
-    crate::ops::wal::push_named(app, source, name, (path, file), &ctx.actor)
+    crate::ops::wal::archive::push_named(app, source, name, (path, file), &ctx.actor)
         .await
         .map(Push::Pushed)
 }

@@ -56,7 +56,7 @@ use crate::cli::protocol::{
     TAG_DATA, TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN, VERSION,
 };
 use crate::cli::{self, exit, Access, Command, Ctx, Frame, Out};
-use crate::ops::restore::Chunk;
+use crate::ops::snapshot::restore::Chunk;
 
 /// Connections served at once; more are answered "busy" (exit 75).
 pub const MAX_CONNECTIONS: usize = 16;

@@ -23,10 +23,10 @@ use crate::config::{CompleteRule, SourceConfig};
 pub use crate::journal::{Journal, JournalError, JournalState, Key};
 
 pub const MARKER_DIR: &str = "backup_manifest";
-pub use crate::ops::protect::source::MARKER_SUFFIX;
+pub use crate::ops::snapshot::protect::source::MARKER_SUFFIX;
 /// Which names are never snapshots, and the identity the journal keys an entry by: shared with
 /// `coffre backup`, which records what it protected from a source's folder.
-pub(crate) use crate::ops::protect::source::{is_ignored_name, key_of};
+pub(crate) use crate::ops::snapshot::protect::source::{is_ignored_name, key_of};
 
 /// True when some process has `path` (or a file under it) open for writing. Without permission
 /// to read other processes' fds this sees only what it can, and the settle time does the rest.
@@ -74,14 +74,14 @@ pub(crate) fn open_for_writing(path: &Path) -> bool {
 }
 
 /// Decides completeness for one source, remembering when each entry was last seen changing.
-pub struct Intake {
+pub struct SourceGate {
     source: SourceConfig,
     seen: HashMap<PathBuf, (Key, Instant)>,
 }
 
-impl Intake {
-    pub fn new(source: SourceConfig) -> Intake {
-        Intake {
+impl SourceGate {
+    pub fn new(source: SourceConfig) -> SourceGate {
+        SourceGate {
             source,
             seen: HashMap::new(),
         }
@@ -103,7 +103,7 @@ impl Intake {
         }
     }
 
-    /// Complete snapshots in the folder now, with their keys ([`Intake::open_folder`]'s error
+    /// Complete snapshots in the folder now, with their keys ([`SourceGate::open_folder`]'s error
     /// when the folder cannot be read).
     pub fn scan(&mut self, now: Instant) -> Result<Vec<Key>, String> {
         let rd = self.open_folder()?;
@@ -189,7 +189,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("emr.sql"), b"x").unwrap();
         std::fs::create_dir(d.path().join("base")).unwrap();
-        let mut i = Intake::new(source(d.path(), CompleteRule::Marker));
+        let mut i = SourceGate::new(source(d.path(), CompleteRule::Marker));
         assert!(i.scan(Instant::now()).unwrap().is_empty());
         std::fs::write(d.path().join("emr.sql.done"), b"").unwrap();
         std::fs::write(d.path().join("base/backup_manifest"), b"{}").unwrap();
@@ -216,13 +216,13 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path().join("dir"), d.path().join("base")).unwrap();
         std::fs::create_dir(d.path().join("real")).unwrap();
         std::os::unix::fs::symlink(&target, d.path().join("real/backup_manifest")).unwrap();
-        let mut i = Intake::new(source(d.path(), CompleteRule::Rename));
+        let mut i = SourceGate::new(source(d.path(), CompleteRule::Rename));
         assert!(i
             .scan(Instant::now())
             .unwrap()
             .iter()
             .all(|k| k.path == d.path().join("real")));
-        let mut i = Intake::new(source(d.path(), CompleteRule::Marker));
+        let mut i = SourceGate::new(source(d.path(), CompleteRule::Marker));
         assert!(i.scan(Instant::now()).unwrap().is_empty());
         assert!(key_of(&d.path().join("emr.sql")).is_err());
         assert!(key_of(&d.path().join("base")).is_err());
@@ -241,7 +241,7 @@ mod tests {
     fn a_missing_source_folder_is_an_error_and_is_not_created() {
         let d = tempfile::tempdir().unwrap();
         let gone = d.path().join("gone");
-        let mut i = Intake::new(source(&gone, CompleteRule::Rename));
+        let mut i = SourceGate::new(source(&gone, CompleteRule::Rename));
         let e = i.scan(Instant::now()).unwrap_err();
         assert!(
             e.contains("does not exist: coffre never creates a source folder"),
@@ -257,7 +257,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("emr.sql");
         std::fs::write(&f, b"x").unwrap();
-        let mut i = Intake::new(source(d.path(), CompleteRule::Settled));
+        let mut i = SourceGate::new(source(d.path(), CompleteRule::Settled));
         let t0 = Instant::now();
         assert!(i.scan(t0).unwrap().is_empty());
         assert!(i.scan(t0 + Duration::from_secs(2)).unwrap().is_empty());

@@ -113,7 +113,14 @@ pub async fn copy_snapshot(
     w.finish()
         .await
         .map_err(|e| to.op_err("complete upload", &dst, e))?;
-    crate::ops::commit::commit(app, to, &m, &key, crate::ops::commit::Existing::Repair).await?;
+    crate::ops::snapshot::commit::commit(
+        app,
+        to,
+        &m,
+        &key,
+        crate::ops::snapshot::commit::Existing::Repair,
+    )
+    .await?;
     Ok(m.sealed_size)
 }
 
@@ -210,7 +217,7 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
     // Each store's copy of each WAL file.
     let (mut w_checked, mut w_bad, mut w_repaired) = (0, 0, 0);
     for s in app.config.sources.iter().filter(|s| s.pitr.is_some()) {
-        let checks = crate::ops::wal_check::copies(app, &s.name).await;
+        let checks = crate::ops::wal::check::copies(app, &s.name).await;
         w_checked += checks.len() as u64;
         for c in checks.iter().filter(|c| c.state.needs_repair()) {
             w_bad += 1;
@@ -225,7 +232,7 @@ pub async fn scrub(app: &Coffre, rt: &Runtime) -> (u64, u64, u64) {
                 .filter(|g| g.wal == c.wal && g.ok())
                 .filter_map(|g| app.store(&g.store));
             for from in good {
-                match crate::ops::wal_check::repair(app, c, from, to).await {
+                match crate::ops::wal::check::repair(app, c, from, to).await {
                     Ok(bytes) => {
                         rt.uploaded(&to.name, bytes);
                         rt.repaired(&to.name);

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::intake::{self, Journal, JournalState};
-use super::{protect_one, replicate};
+use super::replicate;
 use crate::app::Coffre;
 use crate::status::{Runtime, WorkState, Worker};
 
@@ -40,13 +40,13 @@ pub enum Round {
 }
 
 /// What a round is given: the worker's own view of the runtime and the shutdown token.
-pub struct Ctx {
+pub struct RoundEnv {
     worker: Worker,
     pub rt: Arc<Runtime>,
     pub cancel: CancellationToken,
 }
 
-impl Ctx {
+impl RoundEnv {
     /// The round starts real work (counted as a run on the status page).
     pub(crate) fn busy(&self) {
         self.rt.worker(self.worker, WorkState::Busy);
@@ -69,7 +69,7 @@ pub trait Periodic: Send + 'static {
     const ON_RELOAD: bool = false;
     /// Wait until the next round is due (read from the current configuration).
     fn wait(&mut self, app: &Coffre) -> impl Future<Output = ()> + Send;
-    fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> impl Future<Output = Round> + Send;
+    fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> impl Future<Output = Round> + Send;
 }
 
 /// Run `w` until `cancel`: wait, round, state; again.
@@ -79,7 +79,7 @@ pub async fn run<W: Periodic>(
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) {
-    let ctx = Ctx {
+    let ctx = RoundEnv {
         worker: W::WORKER,
         rt,
         cancel,
@@ -118,7 +118,7 @@ pub struct Intake {
     journal: Arc<Journal>,
     /// The configuration the watcher and intakes were built for.
     built_for: Arc<Coffre>,
-    intakes: Vec<intake::Intake>,
+    intakes: Vec<intake::SourceGate>,
     _watcher: Option<notify::RecommendedWatcher>,
     wake_tx: mpsc::Sender<()>,
     wake_rx: mpsc::Receiver<()>,
@@ -146,7 +146,13 @@ impl Intake {
 
 /// Protect one scanned snapshot unless the journal has it done, sealing, or waiting for its
 /// next try.
-async fn consider(app: &Coffre, journal: &Journal, ctx: &Ctx, source: &str, key: &intake::Key) {
+async fn consider(
+    app: &Coffre,
+    journal: &Journal,
+    ctx: &RoundEnv,
+    source: &str,
+    key: &intake::Key,
+) {
     let attempts = match journal.get(source, key) {
         Ok(None) => 0,
         Ok(Some(JournalState::Done(_))) | Ok(Some(JournalState::Sealing(_))) => return,
@@ -185,7 +191,7 @@ impl Periodic for Intake {
         }
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         if !Arc::ptr_eq(&app, &self.built_for) {
             self._watcher = None;
             self._watcher = watch_sources(&app, self.wake_tx.clone());
@@ -216,11 +222,11 @@ impl Periodic for Intake {
     }
 }
 
-fn build_intakes(app: &Coffre) -> Vec<intake::Intake> {
+fn build_intakes(app: &Coffre) -> Vec<intake::SourceGate> {
     app.config
         .sources
         .iter()
-        .map(|s| intake::Intake::new(s.clone()))
+        .map(|s| intake::SourceGate::new(s.clone()))
         .collect()
 }
 
@@ -251,7 +257,7 @@ impl Periodic for CatchUp {
         tokio::time::sleep(app.config.daemon.catch_up_interval).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         ctx.busy();
         replicate::probe(&app, &ctx.rt).await;
         let (copied, failed) = replicate::catch_up(&app, &ctx.rt).await;
@@ -279,23 +285,22 @@ impl Periodic for Spool {
 
     async fn wait(&mut self, _app: &Coffre) {
         tokio::select! {
-            _ = crate::ops::wal_spool::WAKE.notified() => {}
+            _ = crate::ops::wal::spool::WAKE.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
-        let waiting = app
-            .config
-            .sources
-            .iter()
-            .any(|s| s.pitr.is_some() && crate::ops::wal_spool::depth(&app, &s.name).files > 0);
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
+        let waiting =
+            app.config.sources.iter().any(|s| {
+                s.pitr.is_some() && crate::ops::wal::spool::depth(&app, &s.name).files > 0
+            });
         if !waiting {
             return Round::Done;
         }
         ctx.busy();
         let (done, failures) =
-            crate::ops::wal_spool::drain(&app, "coffre-daemon (wal-spool)").await;
+            crate::ops::wal::spool::drain(&app, "coffre-daemon (wal-spool)").await;
         if done > 0 {
             tracing::info!(archived = done, "spooled WAL archived");
         }
@@ -317,7 +322,7 @@ impl Periodic for Scrub {
         tokio::time::sleep(app.config.daemon.scrub_every).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         ctx.busy();
         let (checked, bad, repaired) = replicate::scrub(&app, &ctx.rt).await;
         tracing::info!(checked, bad, repaired, "scrub finished");
@@ -342,7 +347,7 @@ impl Periodic for Drill {
         tokio::time::sleep(Duration::from_secs(5)).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         let now = time::OffsetDateTime::now_utc();
         let last = last_drills(&app);
         for s in &app.config.sources {
@@ -381,7 +386,7 @@ fn last_drills(app: &Coffre) -> HashMap<String, time::OffsetDateTime> {
     last
 }
 
-async fn drill_source(app: &Coffre, ctx: &Ctx, source: &str) {
+async fn drill_source(app: &Coffre, ctx: &RoundEnv, source: &str) {
     let req = crate::ops::drill::DrillRequest {
         source: Some(source.to_string()),
         actor: "coffre-daemon".into(),
@@ -425,7 +430,7 @@ impl Periodic for Shred {
         tokio::time::sleep(app.config.shred.every).await
     }
 
-    async fn round(&mut self, app: Arc<Coffre>, ctx: &Ctx) -> Round {
+    async fn round(&mut self, app: Arc<Coffre>, ctx: &RoundEnv) -> Round {
         if !app.config.shred.enabled {
             return Round::Done;
         }
@@ -445,7 +450,8 @@ impl Periodic for Shred {
         }
         ctx.busy();
         let mut failed = false;
-        let (done, errors) = crate::ops::shred::run_due(&app, now, "coffre-daemon").await;
+        let (done, errors) =
+            crate::ops::lifecycle::shred::run_due(&app, now, "coffre-daemon").await;
         for r in &done {
             tracing::info!(epoch = %r.epoch, snapshots = r.snapshots.len(), "retention shredded an epoch");
         }
@@ -454,7 +460,7 @@ impl Periodic for Shred {
             failed = true;
         }
         // The access log's own retention, under the same clock guard.
-        match crate::ops::audit_expire::expire(&app, now, "coffre-daemon").await {
+        match crate::ops::lifecycle::audit_expire::expire(&app, now, "coffre-daemon").await {
             Ok(r) => {
                 for e in &r.errors {
                     ctx.error(e);
@@ -490,4 +496,86 @@ pub fn clock_ok(
             .map_err(|e| e.to_string())?;
     }
     Ok(ok)
+}
+
+/// Protect one landed snapshot (the intake worker's job), its journal entry and counters kept.
+async fn protect_one(
+    app: &Coffre,
+    journal: &Journal,
+    rt: &Runtime,
+    source: &str,
+    key: &intake::Key,
+    attempts: u32,
+) {
+    let id = crate::ids::SnapshotId::new();
+    if let Err(e) = journal.mark_sealing(source, key, &id) {
+        tracing::error!(error = %e, "journal write failed: snapshot not started");
+        rt.worker_error(Worker::Intake, &e.to_string());
+        return;
+    }
+    let count = |outcome: &str| rt.count_snapshot(source, outcome);
+    match crate::ops::snapshot::protect::protect_as(
+        app,
+        source,
+        crate::ops::snapshot::protect::Input::Path(&key.path),
+        id,
+        crate::ops::snapshot::protect::What::Snapshot,
+    )
+    .await
+    {
+        Ok(out) => {
+            for s in &out.committed {
+                rt.uploaded(s, out.manifest.sealed_size);
+                rt.store_ok(s);
+            }
+            for f in &out.failed {
+                rt.store_failed(&f.store, &f.kind);
+            }
+            let _ = journal.mark_done(source, key, &id);
+            count(match out.protection {
+                crate::ops::snapshot::protect::Protection::Protected => "protected",
+                crate::ops::snapshot::protect::Protection::Degraded => "degraded",
+                crate::ops::snapshot::protect::Protection::AtRisk => "at-risk",
+            });
+            rt.metrics
+                .last_protected
+                .get_or_create(&crate::status::SourceLabel {
+                    source: source.to_string(),
+                })
+                .set(id.timestamp_ms() as f64 / 1000.0);
+        }
+        Err(crate::ops::snapshot::protect::PipelineError::AtRisk {
+            committed,
+            ref failures,
+            ..
+        }) if committed > 0 => {
+            // Committed somewhere: catch-up brings the other stores along.
+            tracing::warn!(snapshot = %id, committed, failures = %failures, "snapshot at risk: fewer sites than min-sites");
+            for s in &app.stores {
+                rt.store_failed(&s.name, "unavailable");
+            }
+            let _ = journal.mark_done(source, key, &id);
+            count("at-risk");
+        }
+        Err(e) => {
+            tracing::error!(snapshot = %id, error = %e, "snapshot not protected; will retry");
+            rt.worker_error(Worker::Intake, &e.to_string());
+            if let crate::ops::snapshot::protect::PipelineError::AtRisk { .. } = e {
+                for s in &app.stores {
+                    rt.store_failed(&s.name, "unavailable");
+                }
+            }
+            let _ = journal.mark_failed(source, key, attempts + 1, &e.to_string());
+            count(
+                if matches!(
+                    e,
+                    crate::ops::snapshot::protect::PipelineError::Changed { .. }
+                ) {
+                    "changed-while-read"
+                } else {
+                    "failed"
+                },
+            );
+        }
+    }
 }

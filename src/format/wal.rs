@@ -109,6 +109,18 @@ pub fn backup_label_start(label: &str) -> Option<String> {
 }
 
 /// `XLP_LONG_HEADER` in `xlp_info`: the first page of every segment has the long header.
+/// PostgreSQL's default `--wal-segsize`, used when no segment's size says otherwise.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+
+/// Segments per log file for a segment size (PostgreSQL: 0x100000000 / segment size).
+pub fn segments_per_log(segment_size: u64) -> u64 {
+    if segment_size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&segment_size) {
+        0x1_0000_0000 / segment_size
+    } else {
+        0x1_0000_0000 / DEFAULT_SEGMENT_SIZE
+    }
+}
+
 const XLP_LONG_HEADER: u16 = 0x0002;
 /// `xlp_magic` of every PostgreSQL release so far (9.x's 0xD0xx to 18's 0xD1xx).
 const WAL_MAGIC: std::ops::RangeInclusive<u16> = 0xD000..=0xD1FF;

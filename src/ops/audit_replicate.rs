@@ -4,6 +4,9 @@
 //! `<prefix>/audit/<host>/audit-<day>.1/<first>-<last>.sealed` with its key object beside it.
 //! `verify_stores` reads every store's copy back and compares it, entry by entry, with the local
 //! log: an edit, a deletion, a truncated tail or a missing segment on either side is named.
+//!
+//! May call: app, audit, format, keys, store; no other room (`lifecycle::audit_expire` lists
+//! the segments through it).
 
 use std::collections::BTreeMap;
 
@@ -319,7 +322,7 @@ async fn open_segment(
         .await
         .map_err(|e| e.to_string())?;
     let k = KeyObject::parse(&kb)?;
-    let dek = crate::ops::restore::unwrap_dek(app, &k).map_err(|e| e.to_string())?;
+    let dek = crate::keys::unwrap_dek(&app.providers, &k).map_err(|e| e.to_string())?;
     let plain = seal::open_to_vec(&dek, sealed, Some(&k.snapshot.to_string()))
         .map_err(|e| e.to_string())?;
     zstd::decode_all(&plain[..]).map_err(|e| e.to_string())

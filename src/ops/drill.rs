@@ -6,6 +6,10 @@
 //! Invariants: a drill is an access to protected data and goes through the access log like any
 //! restore (action `drill`); the verify command's output is discarded (it may print patient data);
 //! reports hold ids, names, sizes, hashes, times and exit codes only.
+//!
+//! May call: app, audit, catalog, clock, config, format, fsutil, store, and in ops:
+//! `snapshot::restore`, `wal::archive` (a recovery session), `pitr::recovery` (settings, replay)
+//! and `lifecycle::wal_retention` (the WAL index). The highest room: nothing in ops calls it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,7 +21,7 @@ use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::config::DrillPick;
 use crate::ids::SnapshotId;
-use crate::ops::restore::{Request, Selector};
+use crate::ops::snapshot::restore::{Request, Selector};
 
 /// Result of one drill of one snapshot from one store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,7 +259,7 @@ async fn restore_into(
         progress: false,
         stream: None,
     };
-    let r = crate::ops::restore::restore(app, &rreq)
+    let r = crate::ops::snapshot::restore::restore(app, &rreq)
         .await
         .map_err(|e| e.to_string())?;
     report.size = r.size;
@@ -340,7 +344,7 @@ fn record(app: &Coffre, req: &DrillRequest, report: &DrillReport) {
 pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>, String> {
     if req.fresh_catalog {
         app.rebuild_catalog().await.map_err(|e| e.to_string())?;
-        crate::ops::wal_retention::reindex(app).await;
+        crate::ops::lifecycle::wal_retention::reindex(app).await;
     }
     let mut sources: Vec<String> = match &req.source {
         Some(s) => vec![s.clone()],
@@ -464,7 +468,7 @@ fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
     } else {
         16 << 20
     };
-    let per_log = crate::ops::wal_check::segments_per_log(size);
+    let per_log = crate::format::wal::segments_per_log(size);
     let (log, seg) = (w.position() >> 32, w.position() & 0xFFFF_FFFF);
     let lo = (seg % per_log) * size + rand::random::<u64>() % size;
     Ok(PitrPoint {
@@ -513,7 +517,7 @@ fn effective_caps() -> u64 {
 /// a user of this host other than the daemon's own (effective) uid and root, and be one the
 /// daemon can switch to. PostgreSQL started on a backup runs whatever a database superuser put
 /// in it within PostgreSQL's own rights; those must never be the daemon's (its keys).
-fn drill_pg_user(configured: Option<&str>) -> Result<crate::ops::pitr::PgUser, String> {
+fn drill_pg_user(configured: Option<&str>) -> Result<crate::ops::pitr::recovery::PgUser, String> {
     let name = configured.ok_or(
         "a point-in-time drill runs PostgreSQL as a user of its own, never as the daemon's user nor root: set drill.pg-user (e.g. \"postgres\", a member of audit.operators-group)",
     )?;
@@ -521,7 +525,7 @@ fn drill_pg_user(configured: Option<&str>) -> Result<crate::ops::pitr::PgUser, S
         .map_err(|e| format!("drill.pg-user `{name}`: {e}"))?
         .ok_or_else(|| format!("drill.pg-user `{name}` is not a user of this host"))?;
     let euid = nix::unistd::geteuid().as_raw();
-    let user = crate::ops::pitr::PgUser {
+    let user = crate::ops::pitr::recovery::PgUser {
         name: name.to_string(),
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
@@ -531,10 +535,10 @@ fn drill_pg_user(configured: Option<&str>) -> Result<crate::ops::pitr::PgUser, S
 
 /// [`drill_pg_user`]'s rules, given the daemon's effective uid and capabilities.
 fn check_pg_user(
-    user: crate::ops::pitr::PgUser,
+    user: crate::ops::pitr::recovery::PgUser,
     euid: u32,
     caps: u64,
-) -> Result<crate::ops::pitr::PgUser, String> {
+) -> Result<crate::ops::pitr::recovery::PgUser, String> {
     if user.uid == euid || user.uid == 0 {
         return Err(format!(
             "drill.pg-user `{}` is {}: PostgreSQL started on a backup must not run as the daemon's user nor root (a database superuser could reach the daemon's keys through the backup's configuration). Name a user of its own, e.g. postgres",
@@ -593,7 +597,7 @@ async fn drill_pitr(
         let socket = app.config.control_socket_path();
         // The replay's fetches go to a session coffre opens, pinned to the drilled store, with
         // the drill's purpose (never in a PostgreSQL setting).
-        let session = crate::ops::wal::open_session(
+        let session = crate::ops::wal::archive::open_session(
             app,
             Some(&report.drill),
             source,
@@ -601,7 +605,7 @@ async fn drill_pitr(
             &req.purpose,
         )
         .map_err(|e| e.to_string())?;
-        let command = crate::ops::pitr::restore_command(
+        let command = crate::ops::pitr::recovery::restore_command(
             &exe,
             None,
             Some(&socket),
@@ -610,18 +614,19 @@ async fn drill_pitr(
             Some(store),
         )
         .map_err(|e| e.to_string())?;
-        let target = crate::ops::pitr::Target::Lsn(point.lsn.clone());
+        let target = crate::ops::pitr::recovery::Target::Lsn(point.lsn.clone());
         // The point's own timeline.
-        let settings = crate::ops::pitr::settings_text(&target, &command, Some(point.timeline))
-            .map_err(|e| e.to_string())?;
-        crate::ops::pitr::write_recovery(&to, &settings).map_err(|e| e.to_string())?;
+        let settings =
+            crate::ops::pitr::recovery::settings_text(&target, &command, Some(point.timeline))
+                .map_err(|e| e.to_string())?;
+        crate::ops::pitr::recovery::write_recovery(&to, &settings).map_err(|e| e.to_string())?;
         chown_tree(&scratch, user.uid, user.gid)
             .map_err(|e| format!("chown the scratch copy to {}: {e}", user.name))?;
         let t1 = Instant::now();
         let pg_bin = cfg.pg_bin.clone();
         let dir = to.clone();
         tokio::task::spawn_blocking(move || {
-            crate::ops::pitr::replay_as(&dir, pg_bin.as_deref(), Some(&user), &command)
+            crate::ops::pitr::recovery::replay_as(&dir, pg_bin.as_deref(), Some(&user), &command)
         })
         .await
         .map_err(|e| format!("replay: {e}"))?
@@ -646,7 +651,7 @@ async fn drill_pitr(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::pitr::PgUser;
+    use crate::ops::pitr::recovery::PgUser;
 
     fn user(uid: u32) -> PgUser {
         PgUser {

@@ -1,6 +1,8 @@
 //! Replica verification without any key: for each snapshot and each store, the manifest is there,
 //! the sealed object has the manifest's size, its header parses and names the snapshot, and its
 //! SHA-256 matches the manifest. Used by `coffre verify` and by the scrub.
+//!
+//! May call: app, catalog, format, store; no other room (wal's copy check and the scrub call it).
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -148,7 +150,9 @@ async fn check(store: &Store, expected: &Manifest) -> Result<(), Verdict> {
 /// The replica's manifest, which must describe the same sealed bytes as `expected`.
 async fn replica_manifest(store: &Store, expected: &Manifest) -> Result<Manifest, Verdict> {
     let read = if expected.kind == crate::store::SnapshotKind::Wal {
-        crate::ops::wal_check::wal_manifest(store, &expected.source, &expected.original_name).await
+        store
+            .wal_manifest(&expected.source, &expected.original_name)
+            .await
     } else {
         store
             .get_manifest(&expected.source, &expected.snapshot)

@@ -75,7 +75,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
 
     // Today: nothing is older than 30 days; the segments' epoch ends in 30 days.
     let now = time::OffsetDateTime::now_utc();
-    let r = coffre::ops::audit_expire::expire(&app, now, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, now, "test")
         .await
         .unwrap();
     assert!(r.local.is_none() && r.epochs.is_empty() && r.errors.is_empty());
@@ -84,7 +84,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     // Just past 30 days after the last entry: the local entries go (a pruning record stays
     // and the chain verifies), but the segments' epoch day is not over yet.
     let later = last_time + time::Duration::days(30) + time::Duration::seconds(1);
-    let r = coffre::ops::audit_expire::expire(&app, later, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     let pruned = r.local.clone().expect("entries 1-3 pruned");
@@ -111,7 +111,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
 
     // Two days later every epoch written today is over: keys destroyed, copies deleted.
     let much_later = now + time::Duration::days(32);
-    let r = coffre::ops::audit_expire::expire(&app, much_later, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, much_later, "test")
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -172,7 +172,7 @@ async fn the_access_log_is_destroyed_with_its_copies_when_its_retention_ends() {
     );
 
     // Idempotent: the next run finds the epoch destroyed and deletes the put-back copies.
-    let r = coffre::ops::audit_expire::expire(&app, much_later, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, much_later, "test")
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -208,7 +208,7 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     let last =
         time::OffsetDateTime::parse(&last, &time::format_description::well_known::Rfc3339).unwrap();
     let later = last + time::Duration::days(30) + time::Duration::seconds(1);
-    let r = coffre::ops::audit_expire::expire(&app, later, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     assert_eq!(r.local.map(|p| (p.first, p.through)), Some((1, 5)));
@@ -272,7 +272,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
     assert_eq!(epochs(&app).len(), 1);
     assert!(!epochs(&app)[0].1);
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(32);
-    let r = coffre::ops::audit_expire::expire(&app, later, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -283,7 +283,7 @@ async fn a_due_epoch_is_destroyed_even_when_no_store_lists_its_segments() {
     let b = dir.path().join("stores/b");
     std::fs::remove_dir_all(&b).unwrap();
     std::fs::write(&b, b"not a folder").unwrap();
-    let r = coffre::ops::audit_expire::expire(&app, later, "test")
+    let r = coffre::ops::lifecycle::audit_expire::expire(&app, later, "test")
         .await
         .unwrap();
     assert!(r.errors.iter().any(|e| e.contains("`b`")), "{:?}", r.errors);

@@ -7,7 +7,7 @@ use crate::matrix;
 use std::path::Path;
 use std::time::Duration;
 
-use coffre::ops::protect::PipelineError;
+use coffre::ops::snapshot::protect::PipelineError;
 use coffre::{Coffre, Config};
 
 fn config(dir: &Path) -> Config {
@@ -59,7 +59,7 @@ async fn a_file_that_grows_while_read_is_refused() {
             std::thread::sleep(Duration::from_millis(2));
         }
     });
-    let r = coffre::ops::protect::protect(&app, "emr", &f).await;
+    let r = coffre::ops::snapshot::protect::protect(&app, "emr", &f).await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.join().unwrap();
     match r {
@@ -86,7 +86,7 @@ async fn a_file_that_vanishes_while_read_is_refused() {
         std::thread::sleep(Duration::from_millis(30));
         std::fs::remove_file(&f2).unwrap();
     });
-    let r = coffre::ops::protect::protect(&app, "emr", &f).await;
+    let r = coffre::ops::snapshot::protect::protect(&app, "emr", &f).await;
     remover.join().unwrap();
     match r {
         Err(e @ PipelineError::Read { .. }) => assert!(e.to_string().contains("emr.sql"), "{e}"),

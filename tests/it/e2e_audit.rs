@@ -111,7 +111,8 @@ fn audit_verify_catches_every_kind_of_tampering_locally_and_in_store_copies() {
         "{out}"
     );
     // The sealed copies are there and hold no plaintext of the log.
-    let segs: Vec<_> = coffre::ops::protect::source::walk(&env.p("stores/a/coffre/audit")).unwrap();
+    let segs: Vec<_> =
+        coffre::ops::snapshot::protect::source::walk(&env.p("stores/a/coffre/audit")).unwrap();
     assert!(
         segs.iter()
             .any(|p| p.to_string_lossy().ends_with(".sealed")),
@@ -224,11 +225,12 @@ fn audit_expire_destroys_the_log_and_its_copies_when_retention_ends() {
     let log = env.p("state/audit/access.log");
     let n = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
     assert!(n >= 2);
-    let sealed_before: Vec<_> = coffre::ops::protect::source::walk(&env.p("stores/a/coffre/audit"))
-        .unwrap()
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".sealed"))
-        .collect();
+    let sealed_before: Vec<_> =
+        coffre::ops::snapshot::protect::source::walk(&env.p("stores/a/coffre/audit"))
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".sealed"))
+            .collect();
     assert!(!sealed_before.is_empty());
 
     // Today nothing is due.
@@ -399,7 +401,7 @@ fn a_planted_segment_named_u64_max_is_ignored_and_reported() {
     env.backup_and_restore("r1.sql", "chart review one");
     let sealed = |site: &str| -> Vec<PathBuf> {
         let root = env.p(&format!("stores/{site}/coffre/audit"));
-        coffre::ops::protect::source::walk(&root)
+        coffre::ops::snapshot::protect::source::walk(&root)
             .unwrap()
             .into_iter()
             .map(|p| root.join(p))

@@ -154,7 +154,7 @@ fn dump(path: &Path, mib: usize) {
 }
 
 fn assert_no_canary(dir: &Path) {
-    for rel in coffre::ops::protect::source::walk(dir).unwrap() {
+    for rel in coffre::ops::snapshot::protect::source::walk(dir).unwrap() {
         let p = dir.join(&rel);
         if p.is_file() {
             let bytes = std::fs::read(&p).unwrap();

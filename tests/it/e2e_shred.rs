@@ -99,7 +99,7 @@ fn content(tag: &str) -> Vec<u8> {
 
 /// Every file under `root`, relative.
 fn files(root: &Path) -> Vec<PathBuf> {
-    coffre::ops::protect::source::walk(root)
+    coffre::ops::snapshot::protect::source::walk(root)
         .unwrap()
         .into_iter()
         .filter(|r| root.join(r).is_file())
@@ -304,7 +304,7 @@ fn reseal(env: &Env, store: &str, id: &str) {
     )
     .unwrap();
     let config = coffre::Config::load(&env.p("coffre.toml")).unwrap();
-    let providers = coffre::keys::build(&config).unwrap();
+    let providers = coffre::app::build_providers(&config).unwrap();
     coffre::auth::ObjectAuth::for_writing(&providers)
         .unwrap()
         .seal(&mut k, &m);

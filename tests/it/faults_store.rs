@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use coffre::ops::protect::Protection;
-use coffre::ops::restore::{Request, Selector};
+use coffre::ops::snapshot::protect::Protection;
+use coffre::ops::snapshot::restore::{Request, Selector};
 use coffre::{Coffre, Config};
 use faulty::{Faults, FaultyStore};
 
@@ -81,7 +81,7 @@ async fn all_ok(app: &Coffre) -> usize {
 async fn a_store_answering_503_is_degraded_then_caught_up() {
     let (dir, app, faults, f) = setup().await;
     faults[1].writes_503.store(true, Ordering::SeqCst);
-    let out = coffre::ops::protect::protect(&app, "emr", &f)
+    let out = coffre::ops::snapshot::protect::protect(&app, "emr", &f)
         .await
         .unwrap();
     assert_eq!(out.protection, Protection::Degraded);
@@ -95,9 +95,12 @@ async fn a_store_answering_503_is_degraded_then_caught_up() {
     let (copied, failed) = coffre::daemon::replicate::catch_up(&app, &rt).await;
     assert_eq!((copied, failed), (1, 0));
     assert_eq!(all_ok(&app).await, 3);
-    let r = coffre::ops::restore::restore(&app, &request(dir.path(), "from-b.sql", Some("b")))
-        .await
-        .unwrap();
+    let r = coffre::ops::snapshot::restore::restore(
+        &app,
+        &request(dir.path(), "from-b.sql", Some("b")),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.stores_used, vec!["b"]);
     matrix::record("store answers 503 on writes (then returns)", 1, 1, 0);
 }
@@ -105,14 +108,14 @@ async fn a_store_answering_503_is_degraded_then_caught_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_survives_500s_and_a_stall_mid_transfer() {
     let (dir, app, faults, f) = setup().await;
-    let out = coffre::ops::protect::protect(&app, "emr", &f)
+    let out = coffre::ops::snapshot::protect::protect(&app, "emr", &f)
         .await
         .unwrap();
     assert_eq!(out.protection, Protection::Protected);
     let original = std::fs::read(&f).unwrap();
 
     faults[0].reads_500.store(true, Ordering::SeqCst);
-    let r = coffre::ops::restore::restore(&app, &request(dir.path(), "r1.sql", None))
+    let r = coffre::ops::snapshot::restore::restore(&app, &request(dir.path(), "r1.sql", None))
         .await
         .unwrap();
     assert_eq!(std::fs::read(dir.path().join("r1.sql")).unwrap(), original);
@@ -122,16 +125,17 @@ async fn restore_survives_500s_and_a_stall_mid_transfer() {
     // a stalls after ~200 KB: after the stall timeout the restore goes on from b at the last
     // verified segment boundary.
     faults[0].stall_after.store(200_000, Ordering::SeqCst);
-    let r = coffre::ops::restore::restore(&app, &request(dir.path(), "r2.sql", None))
+    let r = coffre::ops::snapshot::restore::restore(&app, &request(dir.path(), "r2.sql", None))
         .await
         .unwrap();
     assert_eq!(std::fs::read(dir.path().join("r2.sql")).unwrap(), original);
     assert_eq!(r.stores_used, vec!["a", "b"], "{r:?}");
     assert_eq!(r.failures[0].kind, "stalled", "{r:?}");
     // With only the stalling store, the restore fails cleanly and leaves nothing.
-    let e = coffre::ops::restore::restore(&app, &request(dir.path(), "r3.sql", Some("a")))
-        .await
-        .unwrap_err();
+    let e =
+        coffre::ops::snapshot::restore::restore(&app, &request(dir.path(), "r3.sql", Some("a")))
+            .await
+            .unwrap_err();
     assert!(e.to_string().contains("no data for 1s"), "{e}");
     assert!(!dir.path().join("r3.sql").exists());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -147,7 +151,7 @@ async fn restore_survives_500s_and_a_stall_mid_transfer() {
 async fn a_store_that_accepts_then_loses_objects_is_found_and_repaired() {
     let (dir, app, faults, f) = setup().await;
     faults[2].lose_small_puts.store(true, Ordering::SeqCst);
-    let out = coffre::ops::protect::protect(&app, "emr", &f)
+    let out = coffre::ops::snapshot::protect::protect(&app, "emr", &f)
         .await
         .unwrap();
     // The store acknowledged everything...
@@ -165,7 +169,7 @@ async fn a_store_that_accepts_then_loses_objects_is_found_and_repaired() {
     let (checked, bad, repaired) = coffre::daemon::replicate::scrub(&app, &rt).await;
     assert_eq!((checked, bad, repaired), (3, 1, 1));
     assert_eq!(all_ok(&app).await, 3);
-    coffre::ops::restore::restore(&app, &request(dir.path(), "from-c.sql", Some("c")))
+    coffre::ops::snapshot::restore::restore(&app, &request(dir.path(), "from-c.sql", Some("c")))
         .await
         .unwrap();
     assert_eq!(

@@ -101,7 +101,7 @@ async fn a_shred_by_another_process_survives_a_stale_copy() {
     let mut fresh = Vec::new();
     for n in ["c.sql", "d.sql", "e.sql"] {
         let p = write_input(&env, n);
-        let out = coffre::ops::protect::protect(&app, "emr", &p)
+        let out = coffre::ops::snapshot::protect::protect(&app, "emr", &p)
             .await
             .unwrap();
         fresh.push(out.manifest.snapshot.to_string());
@@ -147,7 +147,7 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
     let env = env_with_two_local_stores();
     let config = Config::load(&env.config).unwrap();
     let app = std::sync::Arc::new(Coffre::open(config.clone()).await.unwrap());
-    let a = coffre::ops::protect::protect(&app, "emr", &write_input(&env, "a.sql"))
+    let a = coffre::ops::snapshot::protect::protect(&app, "emr", &write_input(&env, "a.sql"))
         .await
         .unwrap()
         .manifest
@@ -165,7 +165,9 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
     std::fs::write(&big, emr_sql(8 * 1024 * 1024)).unwrap();
     let b_task = {
         let app = app.clone();
-        tokio::spawn(async move { coffre::ops::protect::protect(&app, "emr", &big).await })
+        tokio::spawn(
+            async move { coffre::ops::snapshot::protect::protect(&app, "emr", &big).await },
+        )
     };
     while app.inflight().inside(&epoch_id) < 2 && !b_task.is_finished() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -175,7 +177,7 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
         let app = app.clone();
         let id: coffre::SnapshotId = a.parse().unwrap();
         tokio::spawn(async move {
-            coffre::ops::shred::shred_one(&app, &id, "test", "in-flight test").await
+            coffre::ops::lifecycle::shred::shred_one(&app, &id, "test", "in-flight test").await
         })
     };
     // The shred cannot finish while a snapshot is inside the epoch.
@@ -188,7 +190,7 @@ async fn an_early_shred_waits_for_snapshots_being_protected_under_its_epoch() {
     let c_task = {
         let app = app.clone();
         let p = write_input(&env, "c.sql");
-        tokio::spawn(async move { coffre::ops::protect::protect(&app, "emr", &p).await })
+        tokio::spawn(async move { coffre::ops::snapshot::protect::protect(&app, "emr", &p).await })
     };
     let b = b_task.await.unwrap().unwrap().manifest.snapshot.to_string();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -234,7 +236,7 @@ async fn a_catch_up_never_spreads_a_key_object_edited_in_the_store_it_copies_fro
     let env = env_with_two_local_stores();
     let config = Config::load(&env.config).unwrap();
     let app = Coffre::open(config).await.unwrap();
-    let out = coffre::ops::protect::protect(&app, "emr", &write_input(&env, "x.sql"))
+    let out = coffre::ops::snapshot::protect::protect(&app, "emr", &write_input(&env, "x.sql"))
         .await
         .unwrap();
     let id = out.manifest.snapshot;

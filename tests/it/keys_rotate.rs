@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use coffre::keys::file::FileProvider;
 use coffre::keys::{KeyError, KeyProvider};
-use coffre::ops::rotate::{self, RotateError};
+use coffre::ops::lifecycle::rotate::{self, RotateError};
 use coffre::{Coffre, Config, SnapshotId};
 
 /// `[[key-provider]]` table of a file provider.
@@ -44,7 +44,7 @@ fn content(tag: &str) -> Vec<u8> {
 async fn backup(app: &Coffre, dir: &Path, name: &str) -> SnapshotId {
     let f = dir.join("in").join(name);
     std::fs::write(&f, content(name)).unwrap();
-    coffre::ops::protect::protect(app, "emr", &f)
+    coffre::ops::snapshot::protect::protect(app, "emr", &f)
         .await
         .unwrap()
         .manifest
@@ -56,10 +56,10 @@ async fn restore(
     id: SnapshotId,
     store: &str,
     to: PathBuf,
-) -> Result<(), coffre::ops::restore::RestoreError> {
-    let req = coffre::ops::restore::Request {
+) -> Result<(), coffre::ops::snapshot::restore::RestoreError> {
+    let req = coffre::ops::snapshot::restore::Request {
         source: "emr".into(),
-        snapshot: coffre::ops::restore::Selector::Id(id),
+        snapshot: coffre::ops::snapshot::restore::Selector::Id(id),
         to,
         store: Some(store.into()),
         purpose: "rotation test".into(),
@@ -68,7 +68,9 @@ async fn restore(
         progress: false,
         stream: None,
     };
-    coffre::ops::restore::restore(app, &req).await.map(|_| ())
+    coffre::ops::snapshot::restore::restore(app, &req)
+        .await
+        .map(|_| ())
 }
 
 /// Keyring objects of `provider` in a local store.
@@ -106,7 +108,7 @@ async fn master_key_rotation_reseals_the_keyring_here_and_in_the_stores() {
     let a = backup(&app, d, "a.sql").await;
     let b = backup(&app, d, "b.sql").await;
     // One destroyed epoch in the keyring too: its tombstone must survive the rotation.
-    coffre::ops::shred::shred_one(&app, &b, "test", "erasure before rotation")
+    coffre::ops::lifecycle::shred::shred_one(&app, &b, "test", "erasure before rotation")
         .await
         .unwrap();
     let epochs_before = app.providers()[0].epochs().unwrap();
@@ -363,7 +365,7 @@ async fn add_provider_wraps_moves_every_snapshot_to_another_provider() {
     );
     // Shredding with the second provider alone is refused: the first provider's wraps still sit
     // in the key objects, and destroying only the second provider's epoch key would leave them.
-    let err = coffre::ops::shred::shred_one(&app, &a, "test", "erasure order")
+    let err = coffre::ops::lifecycle::shred::shred_one(&app, &a, "test", "erasure order")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not configured here"), "{err}");

@@ -33,7 +33,7 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
         )
         .unwrap();
         ids.push(
-            coffre::ops::protect::protect(&app, "emr", &f)
+            coffre::ops::snapshot::protect::protect(&app, "emr", &f)
                 .await
                 .unwrap()
                 .manifest
@@ -42,16 +42,16 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
     }
     let now = time::OffsetDateTime::now_utc();
     // Nothing is due yet.
-    let plan = coffre::ops::shred::current_plan(&app, now).unwrap();
+    let plan = coffre::ops::lifecycle::shred::current_plan(&app, now).unwrap();
     assert!(plan.due.is_empty());
     assert_eq!(plan.upcoming.len(), 3);
     // Ten days later the epoch is due: two shredded, the newest kept by re-wrap.
     let later = now + time::Duration::days(10);
-    let plan = coffre::ops::shred::current_plan(&app, later).unwrap();
+    let plan = coffre::ops::lifecycle::shred::current_plan(&app, later).unwrap();
     assert_eq!(plan.due.len(), 1);
     assert_eq!(plan.due[0].shred, vec![ids[0], ids[1]]);
     assert_eq!(plan.due[0].keep[0].snapshot, ids[2]);
-    let (done, errors) = coffre::ops::shred::run_due(&app, later, "test").await;
+    let (done, errors) = coffre::ops::lifecycle::shred::run_due(&app, later, "test").await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(done.len(), 1);
     assert!(done[0]
@@ -69,9 +69,9 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
     // The survivor restores from each store; the shredded ones are gone from both.
     for store in ["a", "b"] {
         let to = dir.path().join(format!("r-{store}"));
-        let req = coffre::ops::restore::Request {
+        let req = coffre::ops::snapshot::restore::Request {
             source: "emr".into(),
-            snapshot: coffre::ops::restore::Selector::Id(ids[2]),
+            snapshot: coffre::ops::snapshot::restore::Selector::Id(ids[2]),
             to: to.clone(),
             store: Some(store.into()),
             purpose: "test".into(),
@@ -80,7 +80,9 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
             progress: false,
             stream: None,
         };
-        coffre::ops::restore::restore(&app, &req).await.unwrap();
+        coffre::ops::snapshot::restore::restore(&app, &req)
+            .await
+            .unwrap();
         assert!(std::fs::read_to_string(&to)
             .unwrap()
             .starts_with("snapshot 2"));
@@ -88,7 +90,7 @@ async fn due_epochs_are_shredded_and_the_newest_snapshot_survives() {
         assert!(gone.unwrap_err().is_not_found());
     }
     // Running again is idempotent: nothing more is due.
-    let (done, errors) = coffre::ops::shred::run_due(&app, later, "test").await;
+    let (done, errors) = coffre::ops::lifecycle::shred::run_due(&app, later, "test").await;
     assert!(done.is_empty() && errors.is_empty());
 }
 
@@ -124,7 +126,7 @@ async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_r
         let f = dir.path().join(format!("in/{i}.sql"));
         std::fs::write(&f, format!("snapshot {i}\n").repeat(1000)).unwrap();
         ids.push(
-            coffre::ops::protect::protect(&app, "emr", &f)
+            coffre::ops::snapshot::protect::protect(&app, "emr", &f)
                 .await
                 .unwrap()
                 .manifest
@@ -132,14 +134,21 @@ async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_r
         );
     }
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(10);
-    let plan = coffre::ops::shred::current_plan(&app, later).unwrap();
+    let plan = coffre::ops::lifecycle::shred::current_plan(&app, later).unwrap();
     let ep = plan.due[0].clone();
     // The run got as far as moving the survivor's key and destroying the epoch key, then the
     // process died: the shredded snapshots' objects and catalog entries are still there.
     for k in &ep.keep {
-        coffre::ops::shred::rewrap(&app, &k.snapshot, &k.to_epoch, None, "test", "retention")
-            .await
-            .unwrap();
+        coffre::ops::lifecycle::shred::rewrap(
+            &app,
+            &k.snapshot,
+            &k.to_epoch,
+            None,
+            "test",
+            "retention",
+        )
+        .await
+        .unwrap();
     }
     for p in app.providers() {
         p.destroy(&ep.epoch).unwrap();
@@ -147,7 +156,7 @@ async fn a_shred_interrupted_after_the_key_destruction_is_finished_by_the_next_r
     assert_eq!(app.catalog().list(None).unwrap().len(), 3);
     // A restart finishes it: checks, deletes, records.
     let app = Coffre::open(config(dir.path())).await.unwrap();
-    let (done, errors) = coffre::ops::shred::run_due(&app, later, "test").await;
+    let (done, errors) = coffre::ops::lifecycle::shred::run_due(&app, later, "test").await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].snapshots, vec![ids[0], ids[1]]);
@@ -181,7 +190,7 @@ async fn a_hold_added_between_plan_and_execution_wins() {
         let f = dir.path().join(format!("in/{i}.sql"));
         std::fs::write(&f, format!("snapshot {i}\n").repeat(1000)).unwrap();
         ids.push(
-            coffre::ops::protect::protect(&app, "emr", &f)
+            coffre::ops::snapshot::protect::protect(&app, "emr", &f)
                 .await
                 .unwrap()
                 .manifest
@@ -189,16 +198,16 @@ async fn a_hold_added_between_plan_and_execution_wins() {
         );
     }
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(10);
-    let plan = coffre::ops::shred::current_plan(&app, later).unwrap();
+    let plan = coffre::ops::lifecycle::shred::current_plan(&app, later).unwrap();
     let ep = plan.due[0].clone();
     assert_eq!(ep.shred, vec![ids[0], ids[1]]);
     // The plan is made; then a hold lands on ids[0] before the plan is carried out.
-    coffre::ops::shred::hold_add(&app, &ids[0], "test", "court order 7")
+    coffre::ops::lifecycle::shred::hold_add(&app, &ids[0], "test", "court order 7")
         .await
         .unwrap();
     let record = {
-        let _lock = coffre::ops::shred::lock(&app).await.unwrap();
-        coffre::ops::shred::execute(&app, &ep, "test", "retention")
+        let _lock = coffre::ops::lifecycle::shred::lock(&app).await.unwrap();
+        coffre::ops::lifecycle::shred::execute(&app, &ep, "test", "retention")
             .await
             .unwrap()
     };
@@ -208,9 +217,9 @@ async fn a_hold_added_between_plan_and_execution_wins() {
     // The held snapshot is whole in both stores.
     for store in ["a", "b"] {
         let to = dir.path().join(format!("held-{store}"));
-        let req = coffre::ops::restore::Request {
+        let req = coffre::ops::snapshot::restore::Request {
             source: "emr".into(),
-            snapshot: coffre::ops::restore::Selector::Id(ids[0]),
+            snapshot: coffre::ops::snapshot::restore::Selector::Id(ids[0]),
             to: to.clone(),
             store: Some(store.into()),
             purpose: "test".into(),
@@ -219,7 +228,9 @@ async fn a_hold_added_between_plan_and_execution_wins() {
             progress: false,
             stream: None,
         };
-        coffre::ops::restore::restore(&app, &req).await.unwrap();
+        coffre::ops::snapshot::restore::restore(&app, &req)
+            .await
+            .unwrap();
         assert!(std::fs::read_to_string(&to)
             .unwrap()
             .starts_with("snapshot 0"));
@@ -256,7 +267,7 @@ fn coffre_at(dir: &Path, offset: Option<&str>, args: &[&str]) -> (i32, String, S
 
 /// Every file under `root` with its contents.
 fn tree(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out: Vec<_> = coffre::ops::protect::source::walk(root)
+    let mut out: Vec<_> = coffre::ops::snapshot::protect::source::walk(root)
         .unwrap()
         .into_iter()
         .filter(|r| root.join(r).is_file())

@@ -30,8 +30,8 @@ use crate::audit::{AuditError, NewEntry, Target};
 use crate::format::seal::{Framer, Header, Opener, SealError};
 use crate::ids::SnapshotId;
 use crate::keys::{DataKey, KeyError};
-use crate::ops::destination::RestoreDestination;
-use crate::ops::protect::{PlainMac, StoreFailure};
+use crate::ops::snapshot::destination::RestoreDestination;
+use crate::ops::snapshot::protect::{PlainMac, StoreFailure};
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -228,11 +228,6 @@ pub(crate) async fn resolve(
             })
         }
     }
-}
-
-/// Unwrap the DEK with the first provider that can ([`crate::keys::unwrap_dek`]).
-pub(crate) fn unwrap_dek(app: &Coffre, key: &KeyObject) -> Result<DataKey, KeyError> {
-    crate::keys::unwrap_dek(&app.providers, key)
 }
 
 /// Size of the plaintext chunks handed from the decompressor to the digest and the writer.
@@ -471,7 +466,7 @@ fn write_out(
     match kind {
         SnapshotKind::File | SnapshotKind::Wal => {
             let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-            let digester = crate::ops::protect::Digester::spawn(mac)?;
+            let digester = crate::ops::snapshot::protect::Digester::spawn(mac)?;
             let to_digest = digester.sink();
             let decoder = spawn_named("coffre-decompress", move || {
                 decompress(rx, &[to_digest, to_write])
@@ -517,7 +512,7 @@ fn forward_out(
     mac: PlainMac,
 ) -> io::Result<([u8; 32], u64)> {
     let (to_forward, forward_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-    let digester = crate::ops::protect::Digester::spawn(mac)?;
+    let digester = crate::ops::snapshot::protect::Digester::spawn(mac)?;
     let to_digest = digester.sink();
     let decoder = spawn_named("coffre-decompress", move || {
         decompress(rx, &[to_digest, to_forward])
@@ -658,7 +653,10 @@ fn check_link(entry: &Path, target: &Path, hard: bool) -> io::Result<()> {
 }
 
 fn sync_tree(tmp: &Path) -> io::Result<()> {
-    for rel in crate::ops::protect::source::walk(tmp)?.into_iter().rev() {
+    for rel in crate::ops::snapshot::protect::source::walk(tmp)?
+        .into_iter()
+        .rev()
+    {
         let p = tmp.join(rel);
         let m = std::fs::symlink_metadata(&p)?;
         if m.is_file() || m.is_dir() {
@@ -1132,7 +1130,7 @@ async fn find_copy(
     }
     if !failures.is_empty() && failures.iter().all(|f| f.kind == "missing-manifest") {
         // Not a damaged copy: a snapshot that was shredded, or an id that never existed.
-        if let Some(r) = crate::ops::shred::record_of(app, id) {
+        if let Some(r) = crate::ops::lifecycle::destroy::record_of(app, id) {
             return Err(RestoreError::Shredded {
                 snapshot: *id,
                 time: r.time,
@@ -1238,7 +1236,7 @@ impl<'a> Access<'a> {
     /// Unwrap the snapshot's data key, logged before and after (a failure too).
     fn unwrap_dek(&self, k: &KeyObject) -> Result<DataKey, RestoreError> {
         self.record("key-unwrap".into(), None, "started")?;
-        match unwrap_dek(self.app, k) {
+        match crate::keys::unwrap_dek(&self.app.providers, k) {
             Ok(dek) => {
                 self.record("key-unwrap".into(), None, "ok")?;
                 Ok(dek)

@@ -1,7 +1,7 @@
 //! Archiving ahead. PostgreSQL's archiver runs one `archive_command` at a time. While it waits on
 //! one `wal-push`, the daemon archives the next segments PostgreSQL has already marked ready
 //! (`pg_wal/archive_status/<name>.ready`), up to `[source.pitr] archive-parallel` of them, each
-//! through the same [`crate::ops::wal::push`] (committed in `min-sites` sites). When PostgreSQL
+//! through the same [`crate::ops::wal::archive::push`] (committed in `min-sites` sites). When PostgreSQL
 //! then asks for one of them, the push is already done: it is acknowledged at once if the file is
 //! still the one that was archived, the same inode, size, modification and change time, before
 //! and after it was read (any write changes the change time). Otherwise the request goes the
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::app::Coffre;
 use crate::format::wal::{WalFileKind, WalName};
-use crate::ops::wal::Pushed;
+use crate::ops::wal::archive::Pushed;
 
 /// A file as it was when it was archived ahead: a write changes `ctime`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,11 +135,11 @@ pub fn start(app: &Arc<Coffre>, source: &str, current: &WalName, actor: &str) {
             let (r, before, after) = match open_segment(&dir, &wal) {
                 Ok(f) => {
                     let before = identity(&f);
-                    let r = crate::ops::wal::push(&app, &source, &p, &f, &actor).await;
+                    let r = crate::ops::wal::archive::push(&app, &source, &p, &f, &actor).await;
                     (r, before, identity(&f))
                 }
                 Err(e) => (
-                    Err(crate::ops::wal::WalError::Read { path: p, source: e }),
+                    Err(crate::ops::wal::archive::WalError::Read { path: p, source: e }),
                     None,
                     None,
                 ),
@@ -178,7 +178,7 @@ pub fn start(app: &Arc<Coffre>, source: &str, current: &WalName, actor: &str) {
 /// `pg_wal` (a hard link of some other file the daemon may read, planted under a WAL name, is
 /// refused: the look-ahead reads only what PostgreSQL wrote).
 fn open_segment(dir: &Path, wal: &WalName) -> std::io::Result<std::fs::File> {
-    let f = crate::ops::protect::open_regular_beneath(dir, Path::new(wal.as_str()))?;
+    let f = crate::ops::snapshot::protect::open_regular_beneath(dir, Path::new(wal.as_str()))?;
     let (m, owner) = (f.metadata()?, std::fs::metadata(dir)?.uid());
     if m.nlink() != 1 || m.uid() != owner {
         return Err(std::io::Error::other(format!(

@@ -1,7 +1,7 @@
 //! The one destruction protocol (crypto-shredding) and the one key re-wrap, for every kind of
-//! sealed object coffre keeps: snapshots (retention and early shred, [`crate::ops::shred`]), WAL
-//! files ([`crate::ops::wal_retention`]) and the access log's sealed segments
-//! ([`crate::ops::audit_expire`]).
+//! sealed object coffre keeps: snapshots (retention and early shred, [`crate::ops::lifecycle::shred`]), WAL
+//! files ([`crate::ops::lifecycle::wal_retention`]) and the access log's sealed segments
+//! ([`crate::ops::lifecycle::audit_expire`]).
 //!
 //! Owns:
 //! - **the destruction** ([`Destruction`]): destroy the epoch key in every provider (this is the
@@ -228,7 +228,7 @@ pub(crate) fn keyring_alert(store: &str) -> String {
 }
 
 /// Push the keyring to every store after `epoch` was destroyed; record each store's outcome and
-/// raise (or clear) its lasting alert (retried by `crate::ops::erasure::catch_up`).
+/// raise (or clear) its lasting alert (retried by `crate::ops::lifecycle::erasure::catch_up`).
 pub(crate) async fn push_after_destruction(app: &Coffre, epoch: &EpochId) -> Vec<KeyringPush> {
     let replicates = app
         .providers
@@ -665,6 +665,90 @@ impl Rewrap<'_> {
         }
         Ok(new)
     }
+}
+
+/// The error of a retention run, an early shred or a hold, as the destruction's callers report
+/// it (snapshots and WAL alike).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShredError {
+    #[error("there is no snapshot {0} in the catalog: check the id (`coffre snapshots` lists them; on a new host, `coffre catalog rebuild` first)")]
+    UnknownSnapshot(SnapshotId),
+    #[error("snapshot {snapshot} is under legal hold ({hold}): release the hold first (`coffre hold release`)")]
+    Held { snapshot: SnapshotId, hold: String },
+    #[error("snapshot {snapshot} is under legal hold already ({hold}): a second hold would replace the first, so nothing was changed. Release it first (`coffre hold release`) if the new hold is to replace it")]
+    AlreadyHeld { snapshot: SnapshotId, hold: String },
+    #[error("snapshot {0} is not under legal hold: there is nothing to release, and nothing was changed (`coffre snapshots` shows `held` on held snapshots)")]
+    NotHeld(SnapshotId),
+    #[error("snapshot {snapshot}: {source}")]
+    Key {
+        snapshot: SnapshotId,
+        #[source]
+        source: KeyError,
+    },
+    #[error("epoch {epoch} was not destroyed: {reason}. It is retried at the next run; nothing was deleted")]
+    NotDestroyed { epoch: EpochId, reason: String },
+    #[error("re-wrap of snapshot {snapshot} failed in store `{store}`: {source}. The old epoch key is kept until every store is updated")]
+    Rewrap {
+        snapshot: SnapshotId,
+        store: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("epoch {epoch} was not destroyed: the key object of snapshot {snapshot} is not the same everywhere ({detail}). A key object was changed outside coffre, or a store missed an update: nothing was destroyed or deleted. Check the key objects named, then run `coffre catalog rebuild`; retried at the next run")]
+    Disagree {
+        epoch: EpochId,
+        snapshot: SnapshotId,
+        detail: String,
+    },
+    #[error("epoch {epoch} was destroyed, but the erasure is not complete (destruction record {record}): {reasons}. An alert stays raised until it is; the next retention run retries")]
+    Incomplete {
+        epoch: EpochId,
+        record: String,
+        reasons: String,
+    },
+    #[error("cannot take the retention lock {path}: {source}. Check the state folder")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Erasure(String),
+    #[error(transparent)]
+    Clock(#[from] crate::ops::lifecycle::clock_guard::ClockError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+impl From<DestroyError> for ShredError {
+    fn from(e: DestroyError) -> Self {
+        match e {
+            DestroyError::Provider {
+                epoch,
+                provider,
+                source,
+            } => ShredError::NotDestroyed {
+                epoch,
+                reason: format!("provider `{provider}`: {source}"),
+            },
+            DestroyError::Audit { source, .. } => ShredError::Audit(source),
+            DestroyError::Record { source, .. } => ShredError::Catalog(source),
+        }
+    }
+}
+
+/// The destruction record that names snapshot `id`, from the catalog (a new host has them after
+/// `coffre catalog rebuild`).
+pub(crate) fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionRecord> {
+    app.catalog
+        .destructions()
+        .ok()?
+        .iter()
+        .filter_map(|r| serde_json::from_str::<DestructionRecord>(r).ok())
+        .find(|r| r.snapshots.contains(id))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! there), made durable, and moved into place only when every check passed
 //! (`renameat2(RENAME_NOREPLACE)`, then the folder fsynced); on any failure, and when dropped
 //! unfinished, nothing is left behind. Every writer of restored bytes goes through a
-//! [`RestoreDestination`]: a local restore (`ops::restore`), the caller of the control socket
+//! [`RestoreDestination`]: a local restore (`ops::snapshot::restore`), the caller of the control socket
 //! writing what the daemon streams or wrote into its file (`cli::client`), and `wal-fetch`
 //! writing a WAL segment into `pg_wal` in its own process.
 //!

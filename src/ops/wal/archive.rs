@@ -18,7 +18,7 @@ use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::format::wal::WalName;
 use crate::ids::SnapshotId;
-use crate::ops::protect::{PipelineError, What};
+use crate::ops::snapshot::protect::{PipelineError, What};
 use crate::store::{KeyObject, Manifest, Store};
 
 /// Largest WAL file accepted (PostgreSQL's `--wal-segsize` goes up to 1 GiB; a push and a fetch
@@ -139,10 +139,10 @@ pub async fn push_named(
     {
         return repush(app, source, name, (path, file), m.clone(), actor).await;
     }
-    let outcome = crate::ops::protect::protect_as(
+    let outcome = crate::ops::snapshot::protect::protect_as(
         app,
         source,
-        crate::ops::protect::Input::Open { file, path },
+        crate::ops::snapshot::protect::Input::Open { file, path },
         SnapshotId::new(),
         What::Wal(name.clone()),
     )
@@ -193,7 +193,7 @@ async fn committed_copies<'a>(
     pin: Option<&str>,
 ) -> Vec<Copy<'a>> {
     let reads = reading_stores(app, pin).into_iter().map(|s| async move {
-        let r = crate::ops::wal_check::wal_manifest(s, source, name.as_str()).await;
+        let r = s.wal_manifest(source, name.as_str()).await;
         (s, r)
     });
     futures::future::join_all(reads).await
@@ -299,7 +299,14 @@ async fn copy_into(
 ) -> Result<(), crate::store::StoreError> {
     let paths = s.object_paths(manifest)?;
     s.put(&paths.data, sealed.to_vec().into()).await?;
-    crate::ops::commit::commit(app, s, manifest, key, crate::ops::commit::Existing::Refuse).await
+    crate::ops::snapshot::commit::commit(
+        app,
+        s,
+        manifest,
+        key,
+        crate::ops::snapshot::commit::Existing::Refuse,
+    )
+    .await
 }
 
 /// All of an open WAL file (at most [`MAX_WAL_FILE`] bytes), from its descriptor.
@@ -313,7 +320,7 @@ pub(crate) fn read_open(path: &Path, file: &std::fs::File) -> Result<Vec<u8>, Wa
 /// Open a WAL file of the caller's own (a push run in the caller's process, not through the
 /// daemon; the spool's own files): never through a symlink, a regular file.
 pub fn open_wal_file(path: &Path) -> Result<std::fs::File, WalError> {
-    crate::ops::protect::open_regular(path).map_err(|source| WalError::Read {
+    crate::ops::snapshot::protect::open_regular(path).map_err(|source| WalError::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -337,7 +344,7 @@ pub fn check_in_pg_wal(
     else {
         return Ok(());
     };
-    let entry = crate::ops::protect::open_regular_beneath(dir, Path::new(name.as_str()))
+    let entry = crate::ops::snapshot::protect::open_regular_beneath(dir, Path::new(name.as_str()))
         .and_then(|e| e.metadata());
     let pushed = file.metadata();
     match (entry, pushed) {
@@ -497,7 +504,7 @@ async fn open_from(
     m: &Manifest,
 ) -> Result<(Vec<u8>, Vec<u8>, KeyObject), String> {
     let (key, sealed) = read_sealed(app, s, m).await?;
-    let dek = crate::ops::restore::unwrap_dek(app, &key).map_err(|e| e.to_string())?;
+    let dek = crate::keys::unwrap_dek(&app.providers, &key).map_err(|e| e.to_string())?;
     let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
         .map_err(|e| e.to_string())?;
     let mut plain = Vec::with_capacity(m.size as usize);
@@ -515,8 +522,8 @@ async fn open_from(
     let (alg, want) = m
         .plaintext_digest()
         .ok_or("manifest has no plaintext digest")?;
-    let mut mac =
-        crate::ops::protect::PlainMac::new(alg, &dek, &header).map_err(|e| e.to_string())?;
+    let mut mac = crate::ops::snapshot::protect::PlainMac::new(alg, &dek, &header)
+        .map_err(|e| e.to_string())?;
     mac.update(&plain);
     if hex::encode(mac.finalize()) != want {
         return Err("plaintext digest does not match the manifest".into());
@@ -670,7 +677,7 @@ fn segment_after(name: &WalName, k: u64, size: u64) -> Option<WalName> {
     if name.kind() != crate::format::wal::WalFileKind::Segment {
         return None;
     }
-    let per_log = crate::ops::wal_check::segments_per_log(size);
+    let per_log = crate::format::wal::segments_per_log(size);
     let p = name.position();
     let linear = (p >> 32) * per_log + (p & 0xFFFF_FFFF) + k;
     let next = format!(
@@ -915,7 +922,7 @@ fn fetch_spooled(
     by: FetchBy<'_>,
     not_archived: WalError,
 ) -> Result<Fetched, WalError> {
-    let Some(bytes) = crate::ops::wal_spool::read(app, source, name) else {
+    let Some(bytes) = read_spooled(app, source, name) else {
         return Err(not_archived);
     };
     header_matches(name, &bytes).map_err(|e| WalError::Unreadable {
@@ -942,6 +949,23 @@ fn fetch_spooled(
         plain: bytes,
         prefetched: false,
     })
+}
+
+/// A WAL file waiting in the spool ([`crate::ops::wal::spool`]), for `wal-fetch` before it reached the stores. Only for a name the stores
+/// do not have: `wal-fetch` asks after every store answered "not there"
+/// ([`crate::ops::wal::archive::fetch`]), and a name the catalog indexes as archived is never served
+/// from here (its archived copy is the one PostgreSQL acknowledged).
+fn read_spooled(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
+    if app.catalog.has_wal(source, name.as_str()).unwrap_or(true) {
+        return None;
+    }
+    std::fs::read(spool_dir(app, source).join(name.as_str())).ok()
+}
+
+/// `<state-dir>/spool/<source>/`: where the spool ([`crate::ops::wal::spool`]) keeps the WAL
+/// files it acknowledged and has not archived yet.
+pub fn spool_dir(app: &Coffre, source: &str) -> PathBuf {
+    app.config.state_dir.join("spool").join(source)
 }
 
 /// Why a fetch may not use recovery session `id`.

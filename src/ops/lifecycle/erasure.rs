@@ -2,14 +2,14 @@
 //! provider), run before every retention run, shred and access-log expiry:
 //!
 //! - after an epoch key is destroyed, every store's keyring copy must be replaced by the new
-//!   keyring (which no longer holds the key): [`crate::ops::destroy`] pushes it and records each
+//!   keyring (which no longer holds the key): [`crate::ops::lifecycle::destroy`] pushes it and records each
 //!   store in the destruction record; a push that failed leaves a lasting alert (shown by
 //!   `status`) and is retried here until it succeeds, when the records that named it are
 //!   updated;
 //! - a crashed atomic write of the keyring leaves `<name>.tmp-<pid>` beside it, holding keys that
 //!   may since have been destroyed: stale ones are removed.
 //!
-//! May call: app, catalog, audit, config, fsutil and `crate::ops::destroy` (records, alerts).
+//! May call: app, catalog, audit, config, fsutil and `crate::ops::lifecycle::destroy` (records, alerts).
 //! Nothing here logs key material: only store names, epoch ids and paths.
 
 use std::path::{Path, PathBuf};
@@ -18,8 +18,10 @@ use crate::app::Coffre;
 use crate::audit::{NewEntry, Target};
 use crate::config::ProviderKind;
 
-pub use crate::ops::destroy::KeyringPush;
-use crate::ops::destroy::{keyring_alert as alert_key, KEYRING_ALERT_PREFIX as ALERT_PREFIX};
+pub use crate::ops::lifecycle::destroy::KeyringPush;
+use crate::ops::lifecycle::destroy::{
+    keyring_alert as alert_key, KEYRING_ALERT_PREFIX as ALERT_PREFIX,
+};
 
 /// A temporary keyring older than this is stale even if its writer's pid is alive again (pids are
 /// reused; an atomic write takes milliseconds).
@@ -79,7 +81,8 @@ pub(crate) async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
 async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
     let texts = app.catalog.destructions().map_err(|e| e.to_string())?;
     for text in texts {
-        let Ok(mut r) = serde_json::from_str::<crate::ops::destroy::DestructionRecord>(&text)
+        let Ok(mut r) =
+            serde_json::from_str::<crate::ops::lifecycle::destroy::DestructionRecord>(&text)
         else {
             continue;
         };
@@ -98,7 +101,7 @@ async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
         }
         if changed {
             r.complete = r.is_complete();
-            crate::ops::destroy::keep_record(app, &r)
+            crate::ops::lifecycle::destroy::keep_record(app, &r)
                 .await
                 .map_err(|e| e.to_string())?;
         }

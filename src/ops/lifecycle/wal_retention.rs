@@ -1,17 +1,18 @@
 //! Retention of the WAL archive (`[source.pitr] window`). A WAL file's data key is wrapped under
-//! the epoch of the day after the window has moved past it ([`crate::ops::protect`]). When that
+//! the epoch of the day after the window has moved past it ([`crate::ops::snapshot::protect`]). When that
 //! epoch is due:
 //! - a WAL file still needed to reach the window's oldest moment from the base backup that
 //!   starts the window (the newest base backup protected before `now - window`, else the oldest
 //!   one) is kept: its key moves to tomorrow's epoch in every store (keys move, data does not),
 //!   and if that fails for any store the epoch is not destroyed this round;
 //! - any other WAL file is crypto-shredded with its epoch (unless a snapshot still depends on
-//!   it) by the destruction protocol of [`crate::ops::destroy`]: the epoch key destroyed in
+//!   it) by the destruction protocol of [`crate::ops::lifecycle::destroy`]: the epoch key destroyed in
 //!   every provider, then each copy checked ("key destroyed") and deleted, manifest first, and a
-//!   destruction record kept. Key moves are [`crate::ops::destroy::Rewrap`]'s too.
+//!   destruction record kept. Key moves are [`crate::ops::lifecycle::destroy::Rewrap`]'s too.
 //!
 //! Owns what the window needs and the WAL copies' discovery; may call app, catalog, store,
-//! auth, format, retention, and in ops: destroy, wal_check (the WAL manifest's read).
+//! auth, format, retention (the WAL manifest's read is `Store::wal_manifest`), and in
+//! ops only destroy.
 //!
 //! "Needed" is by name: from the segment the base backup's `backup_label` starts at, on its
 //! timeline and on every later one (and the history files of those timelines). The base backup
@@ -24,7 +25,7 @@
 //!   ([`held_ranges`]);
 //! - while a `directory` snapshot whose WAL start is unknown is kept (protected by a coffre
 //!   older than `pg_wal_start`, or without a `backup_label`), no WAL goes: a point-in-time
-//!   restore may pick it as its base ([`crate::ops::pitr::choose_base`] takes the newest
+//!   restore may pick it as its base ([`crate::ops::pitr::recovery::choose_base`] takes the newest
 //!   directory snapshot), and its start may be anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,10 +34,9 @@ use crate::app::Coffre;
 use crate::catalog::WalRow;
 use crate::format::wal::{WalFileKind, WalName};
 use crate::ids::{EpochId, SnapshotId};
-use crate::ops::destroy::{
-    DestroyError, Destruction, DestructionRecord, Indexed, Rewrap, SealedCopy,
+use crate::ops::lifecycle::destroy::{
+    DestroyError, Destruction, DestructionRecord, Indexed, Rewrap, SealedCopy, ShredError,
 };
-use crate::ops::shred::ShredError;
 use crate::store::{KeyObject, Manifest, SnapshotKind, Store};
 
 /// The base backup that starts a source's recovery window.
@@ -184,8 +184,7 @@ pub(crate) async fn reindex(app: &Coffre) -> usize {
                 continue;
             };
             for meta in list {
-                let Some(name) = crate::ops::wal_check::manifest_name(meta.location.as_ref())
-                else {
+                let Some(name) = crate::store::wal_manifest_name(meta.location.as_ref()) else {
                     continue;
                 };
                 let key = (src.name.clone(), name.to_string());
@@ -383,7 +382,7 @@ async fn read_copy(
     name: &WalName,
 ) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
     let max = crate::format::objects::MAX_SMALL_OBJECT;
-    let m = match crate::ops::wal_check::wal_manifest(s, source, name.as_str()).await {
+    let m = match s.wal_manifest(source, name.as_str()).await {
         Ok(m) => m,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.to_string()),
@@ -401,7 +400,7 @@ const KEEP_PURPOSE: &str =
     "retention: a WAL file still needed by the recovery window or a base backup under legal hold";
 
 /// Move the key of a WAL file still needed to `to`, in every store that holds it
-/// ([`crate::ops::destroy::Rewrap`]: the access-log entry first, and nothing moves if it cannot
+/// ([`crate::ops::lifecycle::destroy::Rewrap`]: the access-log entry first, and nothing moves if it cannot
 /// be written). Any store that cannot be read or updated fails the move (the epoch then stays).
 async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), String> {
     let mut copies = Vec::new();

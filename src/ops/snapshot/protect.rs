@@ -947,7 +947,7 @@ async fn commit_everywhere<'a>(
     manifest: &Manifest,
     key_object: &KeyObject,
 ) -> Vec<(&'a Store, Result<(), StoreError>)> {
-    use crate::ops::commit::{commit, Existing};
+    use crate::ops::snapshot::commit::{commit, Existing};
     let commits = uploaded.into_iter().map(|(s, r)| async move {
         match r {
             Ok(()) => (

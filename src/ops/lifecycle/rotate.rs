@@ -529,7 +529,7 @@ async fn add_wrap(
         }
     };
     log(format!("started: add a wrap of provider {}", to.name()))?;
-    let dek = match crate::ops::restore::unwrap_dek(app, &old) {
+    let dek = match crate::keys::unwrap_dek(&app.providers, &old) {
         Ok(k) => k,
         Err(e) if e.is_destroyed() => {
             let _ = log(format!("skipped: {e}"));

@@ -23,10 +23,7 @@ use serde::Serialize;
 use crate::app::Coffre;
 use crate::format::wal::{WalFileKind, WalName};
 use crate::ops::verify::{CheckState, ReplicaCheck};
-use crate::store::{Manifest, Store, StoreError};
-
-/// PostgreSQL's default `--wal-segsize`, used when no segment's size says otherwise.
-const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+use crate::store::{Manifest, Store};
 
 /// One run of missing segments on a timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -114,15 +111,6 @@ pub fn missing_histories(source: &str, a: &Archive) -> Vec<MissingHistory> {
         .collect()
 }
 
-/// Segments per log file for a segment size (PostgreSQL: 0x100000000 / segment size).
-pub(crate) fn segments_per_log(segment_size: u64) -> u64 {
-    if segment_size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&segment_size) {
-        0x1_0000_0000 / segment_size
-    } else {
-        0x1_0000_0000 / DEFAULT_SEGMENT_SIZE
-    }
-}
-
 /// The runs of missing positions between the first and the last segment of one timeline, as
 /// (last present before, first missing, last missing, first present after, count). Positions
 /// are `log << 32 | seg`; a log file holds `per_log` segments.
@@ -151,15 +139,6 @@ fn segment_name(timeline: u32, position: u64) -> String {
     )
 }
 
-/// The WAL file a listed `…/<timeline>/<name>/manifest.json` commits (its timeline folder
-/// must match its name).
-pub(crate) fn manifest_name(location: &str) -> Option<WalName> {
-    let mut parts = location.rsplit('/');
-    let (file, name, timeline) = (parts.next()?, parts.next()?, parts.next()?);
-    let name = WalName::parse(name).ok()?;
-    (file == "manifest.json" && name.timeline_hex() == timeline).then_some(name)
-}
-
 /// The committed WAL segments of `source`, over every reachable store.
 pub async fn archive(app: &Coffre, source: &str) -> Archive {
     let mut a = Archive::default();
@@ -174,7 +153,7 @@ pub async fn archive(app: &Coffre, source: &str) -> Archive {
             }
         };
         for meta in list {
-            let Some(name) = manifest_name(meta.location.as_ref()) else {
+            let Some(name) = crate::store::wal_manifest_name(meta.location.as_ref()) else {
                 continue;
             };
             if name.kind() == WalFileKind::TimelineHistory {
@@ -209,35 +188,6 @@ async fn manifest_of(app: &Coffre, source: &str, name: &str) -> Option<Manifest>
     None
 }
 
-/// `store`'s committed manifest of WAL file `name` of `source` (it must describe that file).
-pub(crate) async fn wal_manifest(
-    store: &Store,
-    source: &str,
-    name: &str,
-) -> Result<Manifest, StoreError> {
-    let wal = WalName::parse(name).map_err(|reason| StoreError::Setup {
-        store: store.name.clone(),
-        reason,
-    })?;
-    let path = store.wal_dir(source, &wal).join("manifest.json");
-    let bad = |reason| StoreError::BadObject {
-        store: store.name.clone(),
-        path: path.to_string(),
-        reason,
-    };
-    let bytes = store
-        .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
-        .await?;
-    let m = Manifest::parse(&bytes).map_err(bad)?;
-    if m.source != source || m.original_name != name || m.kind != crate::store::SnapshotKind::Wal {
-        return Err(bad(format!(
-            "it describes {} of source `{}`",
-            m.original_name, m.source
-        )));
-    }
-    Ok(m)
-}
-
 /// Every store's copy of every archived WAL file of `source`, checked without keys.
 pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
     let mut names: BTreeSet<String> = BTreeSet::new();
@@ -245,7 +195,7 @@ pub async fn copies(app: &Coffre, source: &str) -> Vec<ReplicaCheck> {
         match s.list(&s.wal_prefix(source)).await {
             Ok(list) => names.extend(
                 list.iter()
-                    .filter_map(|m| manifest_name(m.location.as_ref()))
+                    .filter_map(|m| crate::store::wal_manifest_name(m.location.as_ref()))
                     .map(|n| n.as_str().to_string()),
             ),
             Err(e) => tracing::warn!(store = %s.name, error = %e, "cannot list the WAL archive"),
@@ -333,7 +283,7 @@ async fn reference_manifest(
 ) -> Option<Manifest> {
     let mut first = None;
     for s in &app.stores {
-        if let Ok(m) = wal_manifest(s, source, name).await {
+        if let Ok(m) = s.wal_manifest(source, name).await {
             if indexed.is_none_or(|o| o == m.snapshot) {
                 return Some(m);
             }
@@ -353,20 +303,27 @@ pub async fn repair(
     to: &Store,
 ) -> Result<u64, String> {
     let name = check.wal.as_deref().ok_or("not a WAL copy")?;
-    let m = wal_manifest(from, &check.source, name)
+    let m = from
+        .wal_manifest(&check.source, name)
         .await
         .map_err(|e| e.to_string())?;
     if m.snapshot != check.snapshot {
         return Err(format!("{} holds another object under {name}", from.name));
     }
-    let (key, sealed) = crate::ops::wal::read_sealed(app, from, &m).await?;
+    let (key, sealed) = crate::ops::wal::archive::read_sealed(app, from, &m).await?;
     let paths = to.object_paths(&m).map_err(|e| e.to_string())?;
     to.put(&paths.data, sealed.clone().into())
         .await
         .map_err(|e| e.to_string())?;
-    crate::ops::commit::commit(app, to, &m, &key, crate::ops::commit::Existing::Repair)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::ops::snapshot::commit::commit(
+        app,
+        to,
+        &m,
+        &key,
+        crate::ops::snapshot::commit::Existing::Repair,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(sealed.len() as u64)
 }
 
@@ -381,9 +338,11 @@ pub async fn gaps(app: &Coffre, source: &str) -> (Vec<WalGap>, Archive) {
         let size = manifest_of(app, source, first)
             .await
             .map(|m| m.size)
-            .unwrap_or(DEFAULT_SEGMENT_SIZE);
+            .unwrap_or(crate::format::wal::DEFAULT_SEGMENT_SIZE);
         let positions: BTreeSet<u64> = segs.keys().copied().collect();
-        for (before, first, last, after, missing) in find_gaps(&positions, segments_per_log(size)) {
+        for (before, first, last, after, missing) in
+            find_gaps(&positions, crate::format::wal::segments_per_log(size))
+        {
             let before = segment_name(tl, before);
             let after = segment_name(tl, after);
             let before_archived = manifest_of(app, source, &before).await.map(|m| m.created);
@@ -410,7 +369,7 @@ mod tests {
 
     #[test]
     fn gaps_are_found_across_log_files_and_a_contiguous_archive_has_none() {
-        let per_log = segments_per_log(16 << 20);
+        let per_log = crate::format::wal::segments_per_log(16 << 20);
         assert_eq!(per_log, 256);
         let pos = |log: u64, seg: u64| (log << 32) | seg;
         let contiguous: BTreeSet<u64> = [pos(0, 0xFE), pos(0, 0xFF), pos(1, 0), pos(1, 1)]
@@ -429,8 +388,8 @@ mod tests {
         );
         assert_eq!(segment_name(1, pos(0, 0xA)), "00000001000000000000000A");
         // 1 GiB segments: 4 per log file.
-        assert_eq!(segments_per_log(1 << 30), 4);
-        assert_eq!(segments_per_log(12345), 256);
+        assert_eq!(crate::format::wal::segments_per_log(1 << 30), 4);
+        assert_eq!(crate::format::wal::segments_per_log(12345), 256);
     }
 
     #[test]

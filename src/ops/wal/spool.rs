@@ -14,15 +14,11 @@ use std::path::{Path, PathBuf};
 
 use crate::app::Coffre;
 use crate::format::wal::WalName;
-use crate::ops::wal::{open_wal_file, read_open, write_atomically, WalError};
+use crate::ops::wal::archive::{open_wal_file, read_open, spool_dir, write_atomically, WalError};
 
 /// Wakes the `wal-spool` worker as soon as a file is spooled.
 pub static WAKE: std::sync::LazyLock<tokio::sync::Notify> =
     std::sync::LazyLock::new(tokio::sync::Notify::new);
-
-pub fn spool_dir(app: &Coffre, source: &str) -> PathBuf {
-    app.config.state_dir.join("spool").join(source)
-}
 
 /// A WAL file acknowledged from the spool.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,17 +123,6 @@ pub fn spool(
     }))
 }
 
-/// A spooled WAL file, for `wal-fetch` before it reached the stores. Only for a name the stores
-/// do not have: `wal-fetch` asks after every store answered "not there"
-/// ([`crate::ops::wal::fetch`]), and a name the catalog indexes as archived is never served
-/// from here (its archived copy is the one PostgreSQL acknowledged).
-pub fn read(app: &Coffre, source: &str, name: &WalName) -> Option<Vec<u8>> {
-    if app.catalog.has_wal(source, name.as_str()).unwrap_or(true) {
-        return None;
-    }
-    std::fs::read(spool_dir(app, source).join(name.as_str())).ok()
-}
-
 /// Archive every spooled file of every source, oldest names first, `archive-parallel` at a
 /// time (each one in every store); a file leaves the spool only once it is committed in
 /// `min-sites` sites. Returns (archived, failures).
@@ -149,7 +134,7 @@ pub async fn drain(app: &Coffre, actor: &str) -> (usize, Vec<String>) {
         let files: Vec<PathBuf> = spooled_files(&dir).into_iter().map(|(p, _)| p).collect();
         let (archived, failed) = in_batches(&files, parallel, |path| async move {
             let file = open_wal_file(path).map_err(|e| e.to_string())?;
-            crate::ops::wal::push(app, &s.name, path, &file, actor)
+            crate::ops::wal::archive::push(app, &s.name, path, &file, actor)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

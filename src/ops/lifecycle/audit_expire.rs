@@ -10,7 +10,7 @@
 //!   record is written (catalog and stores) like the records of snapshot epochs.
 //!
 //! Owns which segments and epochs are due; the destruction itself is the protocol of
-//! [`crate::ops::destroy`]. May call: app, audit, retention, store, and in ops: destroy,
+//! [`crate::ops::lifecycle::destroy`]. May call: app, audit, retention, store, and in ops: destroy,
 //! erasure (catch-up), clock_guard, shred (the retention lock), audit_replicate (the listing).
 //!
 //! Invariants: the clock guard runs first and the whole run holds the retention lock (see
@@ -29,7 +29,7 @@ use crate::app::Coffre;
 use crate::audit::Pruned;
 use crate::format::objects::MAX_SMALL_OBJECT;
 use crate::ids::{EpochId, SnapshotId};
-use crate::ops::destroy::{Destruction, DestructionRecord, SealedCopy};
+use crate::ops::lifecycle::destroy::{Destruction, DestructionRecord, SealedCopy};
 use crate::store::KeyObject;
 
 const REASON: &str = "access-log retention ended";
@@ -70,14 +70,14 @@ pub async fn expire(
     actor: &str,
 ) -> Result<ExpireReport, String> {
     // Nothing, not even the local log's head, goes when the clock jumped.
-    crate::ops::clock_guard::check(app, now).map_err(|e| e.to_string())?;
-    let _lock = crate::ops::shred::lock(app)
+    crate::ops::lifecycle::clock_guard::check(app, now).map_err(|e| e.to_string())?;
+    let _lock = crate::ops::lifecycle::shred::lock(app)
         .await
         .map_err(|e| e.to_string())?;
     let mut report = ExpireReport::default();
     report
         .errors
-        .extend(crate::ops::erasure::catch_up(app, actor).await);
+        .extend(crate::ops::lifecycle::erasure::catch_up(app, actor).await);
     let cutoff = now
         .checked_sub(
             time::Duration::try_from(app.config.audit.retention).map_err(|e| e.to_string())?,
@@ -177,7 +177,7 @@ fn is_due_day(day: time::Date, now: time::OffsetDateTime) -> bool {
 }
 
 /// Crypto-shred one epoch of the access log's sealed segments with the destruction protocol
-/// ([`crate::ops::destroy`]): refuse under a legal hold, hash each copy, destroy the key in every
+/// ([`crate::ops::lifecycle::destroy`]): refuse under a legal hold, hash each copy, destroy the key in every
 /// provider, push the keyrings, delete each copy whose key object says "key destroyed" (key
 /// object last), keep the destruction record, log the outcome.
 async fn destroy_epoch(

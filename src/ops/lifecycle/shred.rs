@@ -3,7 +3,7 @@
 //! record. Also holds and early shred of one snapshot, and the retention lock.
 //!
 //! Owns what is due and the checks before a destruction (holds, every store's key object, the
-//! copies); the destruction itself and the re-wrap are [`crate::ops::destroy`]'s, the only
+//! copies); the destruction itself and the re-wrap are [`crate::ops::lifecycle::destroy`]'s, the only
 //! protocol for both. May call: app, catalog, retention (the plan), keys, store, and in ops:
 //! destroy, erasure (catch-up), clock_guard, wal_retention (the WAL archive's share of a run).
 //!
@@ -22,101 +22,19 @@
 //! - a copy is deleted only after its own key object, read back from its store, fails to unwrap
 //!   with "key destroyed"; anything else keeps the copy, says so in the destruction record and
 //!   raises a lasting alert;
-//! - the clock guard ([`crate::ops::clock_guard`]) runs before anything is destroyed, whatever the entry
+//! - the clock guard ([`crate::ops::lifecycle::clock_guard`]) runs before anything is destroyed, whatever the entry
 //!   point.
 
 use crate::app::Coffre;
 use crate::ids::{EpochId, SnapshotId};
-use crate::keys::KeyError;
-use crate::ops::clock_guard::ClockError;
-use crate::ops::destroy::{DestroyError, Destruction, Indexed, Rewrap, RewrapError, SealedCopy};
-use crate::ops::erasure;
+use crate::ops::lifecycle::destroy::{
+    Destruction, Indexed, Rewrap, RewrapError, SealedCopy, ShredError,
+};
+use crate::ops::lifecycle::erasure;
 use crate::retention::{self, EpochPlan, Keep};
-use crate::store::{KeyObject, StoreError};
+use crate::store::KeyObject;
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ShredError {
-    #[error("there is no snapshot {0} in the catalog: check the id (`coffre snapshots` lists them; on a new host, `coffre catalog rebuild` first)")]
-    UnknownSnapshot(SnapshotId),
-    #[error("snapshot {snapshot} is under legal hold ({hold}): release the hold first (`coffre hold release`)")]
-    Held { snapshot: SnapshotId, hold: String },
-    #[error("snapshot {snapshot} is under legal hold already ({hold}): a second hold would replace the first, so nothing was changed. Release it first (`coffre hold release`) if the new hold is to replace it")]
-    AlreadyHeld { snapshot: SnapshotId, hold: String },
-    #[error("snapshot {0} is not under legal hold: there is nothing to release, and nothing was changed (`coffre snapshots` shows `held` on held snapshots)")]
-    NotHeld(SnapshotId),
-    #[error("snapshot {snapshot}: {source}")]
-    Key {
-        snapshot: SnapshotId,
-        #[source]
-        source: KeyError,
-    },
-    #[error("epoch {epoch} was not destroyed: {reason}. It is retried at the next run; nothing was deleted")]
-    NotDestroyed { epoch: EpochId, reason: String },
-    #[error("re-wrap of snapshot {snapshot} failed in store `{store}`: {source}. The old epoch key is kept until every store is updated")]
-    Rewrap {
-        snapshot: SnapshotId,
-        store: String,
-        #[source]
-        source: StoreError,
-    },
-    #[error("epoch {epoch} was not destroyed: the key object of snapshot {snapshot} is not the same everywhere ({detail}). A key object was changed outside coffre, or a store missed an update: nothing was destroyed or deleted. Check the key objects named, then run `coffre catalog rebuild`; retried at the next run")]
-    Disagree {
-        epoch: EpochId,
-        snapshot: SnapshotId,
-        detail: String,
-    },
-    #[error("epoch {epoch} was destroyed, but the erasure is not complete (destruction record {record}): {reasons}. An alert stays raised until it is; the next retention run retries")]
-    Incomplete {
-        epoch: EpochId,
-        record: String,
-        reasons: String,
-    },
-    #[error("cannot take the retention lock {path}: {source}. Check the state folder")]
-    Lock {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Erasure(String),
-    #[error(transparent)]
-    Clock(#[from] ClockError),
-    #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
-    #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
-}
-
-impl From<DestroyError> for ShredError {
-    fn from(e: DestroyError) -> Self {
-        match e {
-            DestroyError::Provider {
-                epoch,
-                provider,
-                source,
-            } => ShredError::NotDestroyed {
-                epoch,
-                reason: format!("provider `{provider}`: {source}"),
-            },
-            DestroyError::Audit { source, .. } => ShredError::Audit(source),
-            DestroyError::Record { source, .. } => ShredError::Catalog(source),
-        }
-    }
-}
-
-pub use crate::ops::destroy::{CopyResult, DestructionRecord, ProviderResult};
-
-/// The destruction record that names snapshot `id`, from the catalog (a new host has them after
-/// `coffre catalog rebuild`).
-pub(crate) fn record_of(app: &Coffre, id: &SnapshotId) -> Option<DestructionRecord> {
-    app.catalog
-        .destructions()
-        .ok()?
-        .iter()
-        .filter_map(|r| serde_json::from_str::<DestructionRecord>(r).ok())
-        .find(|r| r.snapshots.contains(id))
-}
+pub use crate::ops::lifecycle::destroy::{CopyResult, DestructionRecord, ProviderResult};
 
 /// The lock under which retention plans are made and carried out, holds are added and released
 /// and snapshots are shredded: one at a time, across the daemon, the commands and the threads
@@ -159,7 +77,7 @@ pub async fn lock(app: &Coffre) -> Result<RetentionLock, ShredError> {
 }
 
 /// Re-wrap a snapshot's DEK under `to` (and set or clear its hold), in every store that holds it
-/// ([`crate::ops::destroy::Rewrap`]: the access-log entry first, no key moves without it).
+/// ([`crate::ops::lifecycle::destroy::Rewrap`]: the access-log entry first, no key moves without it).
 /// Logged as `hold-add` when it sets a hold, `hold-release` when it clears one, else
 /// `key-rewrap`.
 pub async fn rewrap(
@@ -229,7 +147,7 @@ fn key_object_mismatch(epoch: &EpochId, k: &KeyObject) -> Option<String> {
 /// Move the keys that stay; refuse while anything unlisted depends on the epoch; read the holds
 /// again; check every store's key object (authentic, same epoch, no hold); list the copies;
 /// refuse a wrap by a provider not configured here; then the destruction protocol
-/// ([`crate::ops::destroy`]): destroy the epoch key in every provider, push the keyrings, check
+/// ([`crate::ops::lifecycle::destroy`]): destroy the epoch key in every provider, push the keyrings, check
 /// each copy says "key destroyed" before deleting it, keep the record.
 pub async fn execute(
     app: &Coffre,
@@ -504,7 +422,7 @@ pub(crate) fn items(
     app: &Coffre,
     now: time::OffsetDateTime,
 ) -> Result<Vec<retention::Item>, ShredError> {
-    let bases = crate::ops::wal_retention::window_bases(app, now);
+    let bases = crate::ops::lifecycle::wal_retention::window_bases(app, now);
     let mut out = Vec::new();
     for k in app.catalog.all_keys()? {
         let Some(e) = app.catalog.get(&k.snapshot)? else {
@@ -558,7 +476,7 @@ pub async fn run_due(
     now: time::OffsetDateTime,
     actor: &str,
 ) -> (Vec<DestructionRecord>, Vec<ShredError>) {
-    if let Err(e) = crate::ops::clock_guard::check(app, now) {
+    if let Err(e) = crate::ops::lifecycle::clock_guard::check(app, now) {
         return (vec![], vec![e.into()]);
     }
     let _lock = match lock(app).await {
@@ -599,8 +517,9 @@ pub async fn run_due(
     clear_resolved_alerts(app, &plan);
     // The WAL archive: keys of WAL files the window still needs move first, so that no epoch
     // destroyed below takes them along; an epoch whose move failed stays.
-    let wal = crate::ops::wal_retention::plan(app, now);
-    let (blocked, wal_errors) = crate::ops::wal_retention::move_kept(app, &wal, now, actor).await;
+    let wal = crate::ops::lifecycle::wal_retention::plan(app, now);
+    let (blocked, wal_errors) =
+        crate::ops::lifecycle::wal_retention::move_kept(app, &wal, now, actor).await;
     errors.extend(wal_errors);
     for ep in &plan.due {
         if !closed.iter().any(|c| c.epoch() == &ep.epoch) {
@@ -622,7 +541,7 @@ pub async fn run_due(
         }
     }
     let (wal_done, wal_errors) =
-        crate::ops::wal_retention::shred_due(app, &wal, &blocked, actor).await;
+        crate::ops::lifecycle::wal_retention::shred_due(app, &wal, &blocked, actor).await;
     done.extend(wal_done);
     errors.extend(wal_errors);
     (done, errors)
@@ -665,7 +584,7 @@ pub async fn shred_one(
     actor: &str,
     purpose: &str,
 ) -> Result<DestructionRecord, ShredError> {
-    crate::ops::clock_guard::check(app, time::OffsetDateTime::now_utc())?;
+    crate::ops::lifecycle::clock_guard::check(app, time::OffsetDateTime::now_utc())?;
     let _lock = lock(app).await?;
     for e in erasure::catch_up(app, actor).await {
         tracing::error!(error = %e, "earlier erasure still incomplete");
@@ -794,7 +713,7 @@ pub(crate) async fn hold_release(
     // The hold's key protects nothing any more: destroyed (a later hold takes the next
     // generation).
     if retention::is_hold_epoch(&key.epoch) && key.epoch != new.epoch {
-        crate::ops::destroy::destroy_spent_key(app, &key.epoch);
+        crate::ops::lifecycle::destroy::destroy_spent_key(app, &key.epoch);
         for s in app.committed_stores(id) {
             if let Err(e) = app.push_keyrings(s).await {
                 tracing::warn!(store = %s.name, error = %e, "keyring without the released hold's key not pushed; the next push carries it");

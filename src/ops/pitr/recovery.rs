@@ -8,7 +8,7 @@
 //! No caller text reaches a setting: the values written are paths, names and ids coffre chose
 //! or checked, escaped by PostgreSQL's quoting rules ([`conf_value`]); control characters are
 //! refused. The restored folder is untrusted data, read and written through
-//! [`crate::ops::pgdir`].
+//! [`crate::ops::pitr::pgdir`].
 //!
 //! The base backup is a `directory` snapshot of the source (a pg_basebackup in plain format)
 //! whose backup_label coffre read when it protected it (`pg_wal_start` in its manifest): a
@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 
 use crate::app::Coffre;
 use crate::ids::SnapshotId;
-use crate::ops::pgdir::{DataDir, DirError};
+use crate::ops::pitr::pgdir::{DataDir, DirError};
 use crate::store::SnapshotKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +379,7 @@ pub fn settings_text(
 
 /// Make the restored base backup at `dir` start in targeted recovery: the settings appended to
 /// `postgresql.auto.conf`, a new empty `recovery.signal`, both fsynced with the folder. The
-/// folder is untrusted data ([`crate::ops::pgdir`]): every file is reached beneath one handle of
+/// folder is untrusted data ([`crate::ops::pitr::pgdir`]): every file is reached beneath one handle of
 /// it, never through a symlink, and must be a regular file; a symlink is refused as a sign of a
 /// planted backup and nothing is written through it.
 pub fn write_recovery(dir: &Path, settings: &str) -> Result<(), PitrError> {
@@ -1231,7 +1231,7 @@ mod tests {
             .arg(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "ops::pitr::tests::a_drills_postgresql_holds_none_of_the_daemons_capabilities",
+                "ops::pitr::recovery::tests::a_drills_postgresql_holds_none_of_the_daemons_capabilities",
                 "--nocapture",
                 "--test-threads=1",
             ])
