@@ -24,6 +24,8 @@ pub enum AppError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Namespace(#[from] store::namespace::NamespaceError),
 }
 
 /// What `coffre catalog seal` did.
@@ -45,6 +47,8 @@ const MAX_PUSH_ATTEMPTS: usize = 8;
 pub struct Coffre {
     pub(crate) config: Config,
     pub(crate) host: String,
+    /// This host's namespace and its claims in the stores (src/store/namespace.rs).
+    pub(crate) claimant: Arc<store::namespace::Claimant>,
     pub(crate) stores: Vec<Store>,
     pub(crate) providers: Vec<Arc<dyn KeyProvider>>,
     pub(crate) catalog: Catalog,
@@ -93,14 +97,20 @@ impl Coffre {
                 source,
             }
         })?;
-        let stores = store::build(&config)?;
+        let mut stores = store::build(&config)?;
         let providers = keys::build(&config)?;
-        let catalog = Catalog::open(&config.state_dir.join("catalog.sqlite"))?;
+        let catalog_path = config.state_dir.join("catalog.sqlite");
+        // A catalog without a host record: a state folder of a version without namespaces.
+        let pre_fleet = catalog_path.exists() && !config.state_dir.join("host.json").exists();
+        let catalog = Catalog::open(&catalog_path)?;
         let host = config.host();
+        let claimant =
+            store::namespace::settle(&mut stores, &config.state_dir, &host, pre_fleet).await?;
         let audit = AccessLog::open(&config.audit_path(), &host);
         let app = Coffre {
             config,
             host,
+            claimant,
             stores,
             providers,
             catalog,
@@ -427,6 +437,11 @@ impl Survey {
             let Ok(m) = s.get_manifest(&source, &id).await else {
                 continue;
             };
+            if m.host != s.host {
+                // A store shared by several hosts before they had namespaces.
+                tracing::warn!(store = %s.name, snapshot = %id, host = %m.host.escape_debug(), "snapshot of another host left out of this host's catalog");
+                continue;
+            }
             self.compare(
                 id,
                 "manifest",

@@ -10,8 +10,13 @@ pub(super) async fn run(app: &Coffre, cmd: &Command, ctx: &Ctx) -> Result<u8> {
             command: CatalogCommand::Seal { json },
         } => seal(app, ctx, *json).await,
         Command::Catalog {
-            command: CatalogCommand::Rebuild { json },
-        } => rebuild(app, ctx, *json).await,
+            command: CatalogCommand::Rebuild { host, json },
+        } => {
+            if let Some(host) = host {
+                take_over(app, ctx, host).await?;
+            }
+            rebuild(app, ctx, *json).await
+        }
         other => bail!(
             "internal error: `{}` was routed to `catalog`",
             other.action()
@@ -57,6 +62,51 @@ async fn seal(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
     } else {
         exit::FAILURE
     })
+}
+
+/// `catalog rebuild --host <id>`: this machine replaces the lost host `id` (the config's own
+/// host id): its claim in every store becomes this installation's. Logged before it is done.
+async fn take_over(app: &Coffre, ctx: &Ctx, host: &str) -> Result<()> {
+    if host != app.host {
+        bail!(
+            "--host {host}: this config is host `{}`. To recover host `{host}` on this machine, run coffre with a config that says host = \"{host}\" (its stores and key providers) and its own state folder, then `coffre catalog rebuild --host {host}`",
+            app.host.escape_debug()
+        );
+    }
+    let entry = |outcome: String| crate::audit::NewEntry {
+        actor: ctx.actor.clone(),
+        action: "host-take-over".into(),
+        target: Default::default(),
+        purpose: format!("this machine replaces the lost host `{host}`"),
+        outcome,
+        exposes: None,
+    };
+    app.audit.append(entry("started".into()))?;
+    app.claimant.take_over();
+    let mut failed = Vec::new();
+    for s in &app.stores {
+        if let Err(e) = app.claimant.ensure(s).await {
+            failed.push(format!("store `{}`: {e}", s.name));
+        }
+    }
+    let taken = app.claimant.taken_over();
+    let outcome = if failed.is_empty() {
+        format!(
+            "ok: claim taken over in {} store(s) ({})",
+            taken.len(),
+            taken.join(", ")
+        )
+    } else {
+        format!("failed: {}", failed.join("; "))
+    };
+    app.audit.append(entry(outcome))?;
+    if !failed.is_empty() {
+        bail!(
+            "the claim on host id `{host}` was not taken over everywhere: {}. Run the command again when the stores answer",
+            failed.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// `catalog rebuild`: the local catalog again from what the stores hold.
