@@ -26,6 +26,28 @@ pub enum AppError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Namespace(#[from] store::namespace::NamespaceError),
+    #[error("the claim on host id `{host}` was not taken over everywhere: {failed}. Run the command again when the stores answer")]
+    TakeOver { host: String, failed: String },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// The configured stores, each set to this host's namespace (src/store/namespace.rs): every
+/// code path that writes to the stores builds them here. Creates the state folder.
+pub(crate) async fn open_stores(
+    config: &Config,
+) -> Result<(Vec<Store>, Arc<store::namespace::Claimant>), AppError> {
+    crate::fsutil::create_private_dir(&config.state_dir).map_err(|source| AppError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let mut stores = store::build(config)?;
+    // A catalog without a host record: a state folder of a version without namespaces.
+    let pre_fleet = config.state_dir.join("catalog.sqlite").exists()
+        && !config.state_dir.join("host.json").exists();
+    let claimant =
+        store::namespace::settle(&mut stores, &config.state_dir, &config.host(), pre_fleet).await?;
+    Ok((stores, claimant))
 }
 
 /// What `coffre catalog seal` did.
@@ -120,6 +142,43 @@ impl Coffre {
         };
         app.pull_keyrings().await?;
         Ok(app)
+    }
+
+    /// This machine replaces the lost host of its config's id: its claim in every store becomes
+    /// this installation's (src/store/namespace.rs). Logged before and after. Returns the
+    /// stores where another installation's claim was replaced.
+    pub async fn take_over_host(&self, actor: &str) -> Result<Vec<String>, AppError> {
+        let entry = |outcome: String| crate::audit::NewEntry {
+            actor: actor.to_string(),
+            action: "host-take-over".into(),
+            target: Default::default(),
+            purpose: format!("this machine replaces the lost host `{}`", self.host),
+            outcome,
+            exposes: None,
+        };
+        self.audit.append(entry("started".into()))?;
+        self.claimant.take_over();
+        let mut failed = Vec::new();
+        for s in &self.stores {
+            if let Err(e) = self.claimant.ensure(s).await {
+                failed.push(format!("store `{}`: {e}", s.name));
+            }
+        }
+        let taken = self.claimant.taken_over();
+        if !failed.is_empty() {
+            self.audit
+                .append(entry(format!("failed: {}", failed.join("; "))))?;
+            return Err(AppError::TakeOver {
+                host: self.host.clone(),
+                failed: failed.join("; "),
+            });
+        }
+        self.audit.append(entry(format!(
+            "ok: claim taken over in {} store(s) ({})",
+            taken.len(),
+            taken.join(", ")
+        )))?;
+        Ok(taken)
     }
 
     pub fn store(&self, name: &str) -> Option<&Store> {

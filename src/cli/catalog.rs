@@ -73,39 +73,7 @@ async fn take_over(app: &Coffre, ctx: &Ctx, host: &str) -> Result<()> {
             app.host.escape_debug()
         );
     }
-    let entry = |outcome: String| crate::audit::NewEntry {
-        actor: ctx.actor.clone(),
-        action: "host-take-over".into(),
-        target: Default::default(),
-        purpose: format!("this machine replaces the lost host `{host}`"),
-        outcome,
-        exposes: None,
-    };
-    app.audit.append(entry("started".into()))?;
-    app.claimant.take_over();
-    let mut failed = Vec::new();
-    for s in &app.stores {
-        if let Err(e) = app.claimant.ensure(s).await {
-            failed.push(format!("store `{}`: {e}", s.name));
-        }
-    }
-    let taken = app.claimant.taken_over();
-    let outcome = if failed.is_empty() {
-        format!(
-            "ok: claim taken over in {} store(s) ({})",
-            taken.len(),
-            taken.join(", ")
-        )
-    } else {
-        format!("failed: {}", failed.join("; "))
-    };
-    app.audit.append(entry(outcome))?;
-    if !failed.is_empty() {
-        bail!(
-            "the claim on host id `{host}` was not taken over everywhere: {}. Run the command again when the stores answer",
-            failed.join("; ")
-        );
-    }
+    app.take_over_host(&ctx.actor).await?;
     Ok(())
 }
 
