@@ -24,6 +24,30 @@ pub enum AppError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Namespace(#[from] store::namespace::NamespaceError),
+    #[error("the claim on host id `{host}` was not taken over everywhere: {failed}. Run the command again when the stores answer")]
+    TakeOver { host: String, failed: String },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// The configured stores, each set to this host's namespace (src/store/namespace.rs): every
+/// code path that writes to the stores builds them here. Creates the state folder.
+pub(crate) async fn open_stores(
+    config: &Config,
+) -> Result<(Vec<Store>, Arc<store::namespace::Claimant>), AppError> {
+    crate::fsutil::create_private_dir(&config.state_dir).map_err(|source| AppError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let mut stores = store::build(config)?;
+    // A catalog without a host record: a state folder of a version without namespaces.
+    let pre_fleet = config.state_dir.join("catalog.sqlite").exists()
+        && !config.state_dir.join("host.json").exists();
+    let claimant =
+        store::namespace::settle(&mut stores, &config.state_dir, &config.host(), pre_fleet).await?;
+    Ok((stores, claimant))
 }
 
 /// What `coffre catalog seal` did.
@@ -45,6 +69,8 @@ const MAX_PUSH_ATTEMPTS: usize = 8;
 pub struct Coffre {
     pub(crate) config: Config,
     pub(crate) host: String,
+    /// This host's namespace and its claims in the stores (src/store/namespace.rs).
+    pub(crate) claimant: Arc<store::namespace::Claimant>,
     pub(crate) stores: Vec<Store>,
     pub(crate) providers: Vec<Arc<dyn KeyProvider>>,
     pub(crate) catalog: Catalog,
@@ -87,20 +113,23 @@ impl Coffre {
     /// Build every component. Fetches a file provider's keyring from the stores when this host
     /// has none yet (restore on a new host).
     pub async fn open(config: Config) -> Result<Coffre, AppError> {
-        crate::fsutil::create_private_dir(&config.state_dir).map_err(|source| {
-            AppError::StateDir {
-                path: config.state_dir.clone(),
-                source,
-            }
-        })?;
-        let stores = store::build(&config)?;
+        let (stores, claimant) = open_stores(&config).await?;
         let providers = build_providers(&config)?;
+        // Hosts sharing a key store (a PKCS#11 token) keep their keys apart by label.
+        let label_ns = match claimant.layout() {
+            store::namespace::Layout::Root => String::new(),
+            store::namespace::Layout::Hosts => format!("{}/", claimant.host()),
+        };
+        for p in &providers {
+            p.set_label_namespace(&label_ns);
+        }
         let catalog = Catalog::open(&config.state_dir.join("catalog.sqlite"))?;
         let host = config.host();
         let audit = AccessLog::open(&config.audit_path(), &host);
         let app = Coffre {
             config,
             host,
+            claimant,
             stores,
             providers,
             catalog,
@@ -110,6 +139,43 @@ impl Coffre {
         };
         app.pull_keyrings().await?;
         Ok(app)
+    }
+
+    /// This machine replaces the lost host of its config's id: its claim in every store becomes
+    /// this installation's (src/store/namespace.rs). Logged before and after. Returns the
+    /// stores where another installation's claim was replaced.
+    pub async fn take_over_host(&self, actor: &str) -> Result<Vec<String>, AppError> {
+        let entry = |outcome: String| crate::audit::NewEntry {
+            actor: actor.to_string(),
+            action: "host-take-over".into(),
+            target: Default::default(),
+            purpose: format!("this machine replaces the lost host `{}`", self.host),
+            outcome,
+            exposes: None,
+        };
+        self.audit.append(entry("started".into()))?;
+        self.claimant.take_over();
+        let mut failed = Vec::new();
+        for s in &self.stores {
+            if let Err(e) = self.claimant.ensure(s).await {
+                failed.push(format!("store `{}`: {e}", s.name));
+            }
+        }
+        let taken = self.claimant.taken_over();
+        if !failed.is_empty() {
+            self.audit
+                .append(entry(format!("failed: {}", failed.join("; "))))?;
+            return Err(AppError::TakeOver {
+                host: self.host.clone(),
+                failed: failed.join("; "),
+            });
+        }
+        self.audit.append(entry(format!(
+            "ok: claim taken over in {} store(s) ({})",
+            taken.len(),
+            taken.join(", ")
+        )))?;
+        Ok(taken)
     }
 
     pub fn store(&self, name: &str) -> Option<&Store> {
@@ -427,6 +493,11 @@ impl Survey {
             let Ok(m) = s.get_manifest(&source, &id).await else {
                 continue;
             };
+            if m.host != s.host {
+                // A store shared by several hosts before they had namespaces.
+                tracing::warn!(store = %s.name, snapshot = %id, host = %m.host.escape_debug(), "snapshot of another host left out of this host's catalog");
+                continue;
+            }
             self.compare(
                 id,
                 "manifest",

@@ -866,6 +866,12 @@ impl Config {
         self.validate_sites(&mut push);
         self.validate_providers(&mut push);
         self.validate_status(&mut push);
+        if let Err(e) = check_host_id(&self.host()) {
+            push(
+                "host".into(),
+                format!("{e}; set `host = \"...\"` at the top of the config (the host's id in every store it shares)"),
+            );
+        }
         p
     }
 
@@ -1310,6 +1316,38 @@ fn validate_endpoint(s: &StoreConfig, key: &str, push: &mut impl FnMut(String, S
             },
         }
     }
+}
+
+/// A host id names a folder in every store the host shares (`<prefix>/hosts/<id>`) and is
+/// written in manifests and the access log: 1 to 63 letters, digits, `.`, `_` or `-`, not
+/// starting with `.` or `-`.
+pub(crate) fn check_host_id(id: &str) -> Result<(), String> {
+    let shown: String = id
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if id.is_empty() || id.len() > 63 {
+        return Err(format!(
+            "host id \"{shown}\" must be 1 to 63 characters long"
+        ));
+    }
+    if id.starts_with('.') || id.starts_with('-') {
+        return Err(format!(
+            "host id \"{shown}\" must not start with `.` or `-`"
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "host id \"{shown}\" has the character {:?}: use letters, digits, `.`, `_` and `-` only",
+            c
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn is_loopback_host(u: &url::Url) -> bool {

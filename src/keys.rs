@@ -196,6 +196,12 @@ pub trait KeyProvider: Send + Sync {
     /// wrap (RFC 5649, deterministic) of a fixed block under the epoch key
     /// [`OBJECT_AUTH_EPOCH`], which no retention ever destroys. `create`: make that epoch key
     /// when it is missing (writers only: a reader on a new host must not invent one).
+    /// Where this provider's keys live among other hosts' keys in a shared key store (a PKCS#11
+    /// token): empty for the host that owns its stores' roots, `<host>/` for the others
+    /// (src/store/namespace.rs). Set once, when the application opens; the file provider's
+    /// keyring is per host already.
+    fn set_label_namespace(&self, _ns: &str) {}
+
     fn object_auth_key(&self, create: bool) -> Result<zeroize::Zeroizing<[u8; 32]>, KeyError> {
         let fail = |reason: &str| KeyError::MasterKey {
             provider: self.name().to_string(),

@@ -1,12 +1,19 @@
 //! Stores: every configured object store as an `Arc<dyn ObjectStore>` (local folders, S3 and
 //! S3-compatible, Azure Blob, GCS) with its name, site and jurisdiction, and the object layout
-//! inside each (docs/FORMAT.md):
+//! inside each (docs/FORMAT.md). Every host writes beneath its own namespace `<ns>`, which is
+//! `<prefix>/hosts/<host>`, or `<prefix>` itself for the one host that owned the store before
+//! hosts had namespaces (claims and the rule: [`namespace`]):
 //!
 //! ```text
-//! <prefix>/snapshots/<source>/<snapshot-id>/data           sealed object
-//! <prefix>/snapshots/<source>/<snapshot-id>/key.json       wrapped DEKs + epoch
-//! <prefix>/snapshots/<source>/<snapshot-id>/manifest.json  written last, PutMode::Create
-//! <prefix>/keyring/<provider>/<generation>.keyring         sealed keyring (file provider)
+//! <ns>/snapshots/<source>/<snapshot-id>/data           sealed object
+//! <ns>/snapshots/<source>/<snapshot-id>/key.json       wrapped DEKs + epoch
+//! <ns>/snapshots/<source>/<snapshot-id>/manifest.json  written last, PutMode::Create
+//! <ns>/wal/<source>/<timeline>/<wal file name>/...     archived WAL
+//! <ns>/keyring/<provider>/<generation>.keyring         sealed keyring (file provider)
+//! <ns>/audit/<host>/<first>-<last>                     sealed access-log segments
+//! <ns>/destruction/<record>.json                       destruction records
+//! <prefix>/hosts/<host>/claim.json                     the host's claim on its namespace
+//! <prefix>/root-owner.json                             the claim of the host owning the root
 //! ```
 //!
 //! Invariant: a snapshot is committed in a store iff its manifest is there and the data matches
@@ -25,6 +32,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{is_loopback_host, Config, StoreConfig, StoreKind};
 use crate::ids::SnapshotId;
+
+pub mod namespace;
 
 pub use crate::format::objects::{KeyObject, Manifest, SnapshotKind, Wrap};
 
@@ -51,6 +60,10 @@ pub enum StoreError {
     /// manifest and key object from there, never from another store).
     #[error("store `{store}`: {reason}")]
     Catalog { store: String, reason: String },
+    /// This host's claim on its namespace in the store (src/store/namespace.rs) refuses the
+    /// write: another installation holds the host id, or the root is another host's.
+    #[error("{reason}")]
+    Claim { store: String, reason: String },
     /// The keyring to push to this store, or the copy found there, cannot be used.
     #[error("store `{store}`: keyring: {source}")]
     Keyring {
@@ -70,6 +83,7 @@ impl StoreError {
             StoreError::Catalog { .. } => ErrorKind::Catalog,
             StoreError::Keyring { source, .. } if source.is_fatal() => ErrorKind::KeyringConflict,
             StoreError::Keyring { .. } => ErrorKind::Keyring,
+            StoreError::Claim { .. } => ErrorKind::HostClaim,
         }
     }
 
@@ -99,6 +113,8 @@ pub enum ErrorKind {
     Catalog,
     Keyring,
     KeyringConflict,
+    /// This host's claim on its namespace refuses the write (src/store/namespace.rs).
+    HostClaim,
     NotFound,
     AlreadyExists,
     Precondition,
@@ -116,6 +132,7 @@ impl ErrorKind {
             ErrorKind::Catalog => "catalog",
             ErrorKind::Keyring => "keyring",
             ErrorKind::KeyringConflict => "keyring-conflict",
+            ErrorKind::HostClaim => "host-claim",
             ErrorKind::NotFound => "not-found",
             ErrorKind::AlreadyExists => "already-exists",
             ErrorKind::Precondition => "precondition",
@@ -155,6 +172,14 @@ pub struct Store {
     pub jurisdiction: String,
     pub kind: StoreKind,
     pub prefix: ObjPath,
+    /// This host's name (the namespace it writes in, src/store/namespace.rs).
+    pub(crate) host: String,
+    /// The host whose namespace is this store's root (the pre-fleet layout), if any: read from
+    /// `<prefix>/root-owner.json` when the application opens.
+    pub(crate) root_owner: Option<String>,
+    /// This host's claims, asked before every write (absent for a store built outside the
+    /// application, such as `check-config`'s probe, which writes nothing).
+    pub(crate) claimant: Option<Arc<namespace::Claimant>>,
     /// The object store itself: private, so that every operation goes through the methods
     /// below, which name the store, the operation and the path in their errors.
     inner: Arc<dyn ObjectStore>,
@@ -193,9 +218,21 @@ pub(crate) struct ObjectPaths {
 }
 
 impl Store {
+    /// This host's namespace in this store: where everything it writes lives.
+    pub(crate) fn ns(&self) -> ObjPath {
+        self.ns_of(&self.host)
+    }
+    /// The namespace of `host` in this store: `<prefix>/hosts/<host>`, or `<prefix>` itself for
+    /// the one host that owns the root (a store written before hosts had namespaces).
+    pub(crate) fn ns_of(&self, host: &str) -> ObjPath {
+        if self.root_owner.as_deref() == Some(host) {
+            self.prefix.clone()
+        } else {
+            self.prefix.clone().join("hosts").join(host)
+        }
+    }
     pub(crate) fn snapshot_dir(&self, source: &str, id: &SnapshotId) -> ObjPath {
-        self.prefix
-            .clone()
+        self.ns()
             .join("snapshots")
             .join(source)
             .join(id.to_string())
@@ -218,7 +255,7 @@ impl Store {
             .join(name.as_str())
     }
     pub(crate) fn wal_prefix(&self, source: &str) -> ObjPath {
-        self.prefix.clone().join("wal").join(source)
+        self.ns().join("wal").join(source)
     }
     /// Where the data, key object and manifest of the object `m` describes are.
     pub(crate) fn object_paths(&self, m: &Manifest) -> Result<ObjectPaths, StoreError> {
@@ -280,10 +317,10 @@ impl Store {
         Ok(m)
     }
     pub(crate) fn snapshots_prefix(&self) -> ObjPath {
-        self.prefix.clone().join("snapshots")
+        self.ns().join("snapshots")
     }
     pub(crate) fn keyring_dir(&self, provider: &str) -> ObjPath {
-        self.prefix.clone().join("keyring").join(provider)
+        self.ns().join("keyring").join(provider)
     }
     pub(crate) fn keyring_path(&self, provider: &str, generation: u64) -> ObjPath {
         self.keyring_dir(provider)
@@ -350,6 +387,30 @@ impl Store {
 
     /// Write an object, over any copy there.
     pub async fn put(&self, path: &ObjPath, body: PutPayload) -> Result<(), StoreError> {
+        self.claimed().await?;
+        self.put_unclaimed(path, body).await
+    }
+
+    /// This host's claim on its namespace here, before a write ([`namespace::Claimant::ensure`]).
+    async fn claimed(&self) -> Result<(), StoreError> {
+        match &self.claimant {
+            Some(c) => c.ensure(self).await.map_err(|e| match e {
+                namespace::NamespaceError::Store(e) => e,
+                other => StoreError::Claim {
+                    store: self.name.clone(),
+                    reason: other.to_string(),
+                },
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `put` without the claim (the claim itself).
+    pub(crate) async fn put_unclaimed(
+        &self,
+        path: &ObjPath,
+        body: PutPayload,
+    ) -> Result<(), StoreError> {
         self.inner
             .put(path, body)
             .await
@@ -360,6 +421,16 @@ impl Store {
     /// Write an object that must not exist yet (`PutMode::Create`): an object already there is
     /// an error of kind [`ErrorKind::AlreadyExists`], and it is left as it was.
     pub(crate) async fn put_new(&self, path: &ObjPath, body: PutPayload) -> Result<(), StoreError> {
+        self.claimed().await?;
+        self.put_new_unclaimed(path, body).await
+    }
+
+    /// `put_new` without the claim (the claim itself).
+    pub(crate) async fn put_new_unclaimed(
+        &self,
+        path: &ObjPath,
+        body: PutPayload,
+    ) -> Result<(), StoreError> {
         self.inner
             .put_opts(path, body, PutOptions::from(PutMode::Create))
             .await
@@ -372,6 +443,7 @@ impl Store {
         &self,
         path: &ObjPath,
     ) -> Result<Box<dyn object_store::MultipartUpload>, StoreError> {
+        self.claimed().await?;
         self.inner
             .put_multipart(path)
             .await
@@ -380,6 +452,7 @@ impl Store {
 
     /// Delete an object; one already gone is not an error (deletions are retried after a crash).
     pub async fn delete(&self, path: &ObjPath) -> Result<(), StoreError> {
+        self.claimed().await?;
         match self.inner.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.op_err("delete", path, e)),
@@ -393,6 +466,15 @@ impl Store {
             .list(Some(prefix))
             .try_collect()
             .await
+            .map_err(|e| self.op_err("list", prefix, e))
+    }
+
+    /// The first page of objects beneath `prefix` (is anything there?).
+    pub(crate) async fn list_page(&self, prefix: &ObjPath) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map(|l| l.objects)
             .map_err(|e| self.op_err("list", prefix, e))
     }
 
@@ -444,17 +526,13 @@ impl Store {
         }
     }
 
-    /// Keep a destruction record under `<prefix>/destruction/<record>.json`.
+    /// Keep a destruction record under `<namespace>/destruction/<record>.json`.
     pub(crate) async fn put_destruction_record(
         &self,
         record: &str,
         json: &str,
     ) -> Result<(), StoreError> {
-        let path = self
-            .prefix
-            .clone()
-            .join("destruction")
-            .join(format!("{record}.json"));
+        let path = self.ns().join("destruction").join(format!("{record}.json"));
         self.put(&path, json.as_bytes().to_vec().into()).await
     }
 
@@ -472,6 +550,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = path.clone();
         let body = k.to_json();
+        self.claimed().await?;
         let mode = match self.head(&path).await {
             Ok(meta) => PutMode::Update(UpdateVersion {
                 e_tag: meta.e_tag,
@@ -566,8 +645,16 @@ impl Store {
 
     /// Every manifest in this store: (source, snapshot id) pairs, from the object listing.
     pub async fn list_manifests(&self) -> Result<Vec<(String, SnapshotId)>, StoreError> {
+        self.list_manifests_under(&self.snapshots_prefix()).await
+    }
+
+    /// Every manifest beneath `prefix` (a `snapshots` folder).
+    pub(crate) async fn list_manifests_under(
+        &self,
+        prefix: &ObjPath,
+    ) -> Result<Vec<(String, SnapshotId)>, StoreError> {
         use futures::TryStreamExt;
-        let prefix = self.snapshots_prefix();
+        let prefix = prefix.clone();
         let mut out = Vec::new();
         let mut stream = self.inner.list(Some(&prefix));
         while let Some(meta) = stream
@@ -657,6 +744,9 @@ fn build_one(config: &Config, s: &StoreConfig) -> Result<Store, StoreError> {
         jurisdiction: s.jurisdiction.clone(),
         kind: s.kind,
         prefix: ObjPath::from(s.prefix.as_str()),
+        host: config.host(),
+        root_owner: None,
+        claimant: None,
         inner,
     })
 }

@@ -50,6 +50,10 @@ impl Command {
             } => Access::LocalOnly,
             Command::Keys {
                 command: KeysCommand::Rotate { .. },
+            }
+            // Taking a host id over from another installation: root only.
+            | Command::Catalog {
+                command: CatalogCommand::Rebuild { host: Some(_), .. },
             } => Access::Root,
             Command::Snapshots { .. }
             | Command::Verify { .. }

@@ -350,6 +350,11 @@ pub enum ArchiveMode {
 pub enum CatalogCommand {
     /// Rebuild the catalog from the stores' manifests.
     Rebuild {
+        /// This machine replaces the lost host of this id (the `host` of the config): its claim
+        /// on its namespace in every store is taken over (logged), so that this machine can
+        /// back up as that host again.
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
         #[arg(long)]
         json: bool,
     },

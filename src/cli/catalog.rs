@@ -1,13 +1,18 @@
 //! `coffre catalog seal|rebuild`: authenticate older key objects; rebuild the catalog from the stores.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::*;
 
 pub(super) async fn run(app: &Coffre, command: &CatalogCommand, ctx: &Ctx) -> Result<u8> {
     match command {
         CatalogCommand::Seal { json } => seal(app, ctx, *json).await,
-        CatalogCommand::Rebuild { json } => rebuild(app, ctx, *json).await,
+        CatalogCommand::Rebuild { host, json } => {
+            if let Some(host) = host {
+                take_over(app, ctx, host).await?;
+            }
+            rebuild(app, ctx, *json).await
+        }
     }
 }
 
@@ -49,6 +54,19 @@ async fn seal(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
     } else {
         exit::FAILURE
     })
+}
+
+/// `catalog rebuild --host <id>`: this machine replaces the lost host `id` (the config's own
+/// host id): its claim in every store becomes this installation's. Logged before it is done.
+async fn take_over(app: &Coffre, ctx: &Ctx, host: &str) -> Result<()> {
+    if host != app.host {
+        bail!(
+            "--host {host}: this config is host `{}`. To recover host `{host}` on this machine, run coffre with a config that says host = \"{host}\" (its stores and key providers) and its own state folder, then `coffre catalog rebuild --host {host}`",
+            app.host.escape_debug()
+        );
+    }
+    app.take_over_host(&ctx.actor).await?;
+    Ok(())
 }
 
 /// `catalog rebuild`: the local catalog again from what the stores hold.

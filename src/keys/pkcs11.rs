@@ -81,6 +81,8 @@ pub struct Pkcs11Provider {
     ctx: Pkcs11,
     /// `None` after a session was found broken and could not be reopened yet.
     session: Mutex<Option<Session>>,
+    /// This host's label namespace (empty, or `<host>/`): [`epoch_label`].
+    label_ns: Mutex<String>,
 }
 
 /// Failure inside one session operation: a raw PKCS#11 error (mapped, and retried once after a
@@ -126,12 +128,16 @@ fn now() -> String {
     crate::clock::now_rfc3339()
 }
 
-fn epoch_label(epoch: &EpochId) -> Vec<u8> {
-    format!("{EPOCH_PREFIX}{epoch}").into_bytes()
+/// An epoch key's label: `coffre-epoch-<ns><epoch>`, where `ns` is empty for the host that
+/// owns its stores' roots (the labels coffre always wrote) and `<host>/` for every other host
+/// (src/store/namespace.rs), so that hosts sharing a token never find, wrap with or destroy
+/// each other's keys. An epoch id has no `/`: the namespaces never meet.
+fn epoch_label(ns: &str, epoch: &EpochId) -> Vec<u8> {
+    format!("{EPOCH_PREFIX}{ns}{epoch}").into_bytes()
 }
 
-fn tombstone_label(epoch: &EpochId) -> Vec<u8> {
-    format!("{TOMBSTONE_PREFIX}{epoch}").into_bytes()
+fn tombstone_label(ns: &str, epoch: &EpochId) -> Vec<u8> {
+    format!("{TOMBSTONE_PREFIX}{ns}{epoch}").into_bytes()
 }
 
 /// `CKR_PIN_INCORRECT` from `RvError::PinIncorrect`.
@@ -300,10 +306,18 @@ impl Pkcs11Provider {
             pin,
             ctx,
             session: Mutex::new(None),
+            label_ns: Mutex::new(String::new()),
         };
         let session = p.open_session()?;
         *p.lock() = Some(session);
         Ok(p)
+    }
+
+    fn ns(&self) -> String {
+        self.label_ns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Session>> {
@@ -464,7 +478,7 @@ impl Pkcs11Provider {
     fn tombstone(&self, s: &Session, epoch: &EpochId) -> Result<Option<Option<String>>, Fail> {
         let found = s.find_objects(&[
             Attribute::Class(ObjectClass::DATA),
-            Attribute::Label(tombstone_label(epoch)),
+            Attribute::Label(tombstone_label(&self.ns(), epoch)),
         ])?;
         let Some(h) = found.first() else {
             return Ok(None);
@@ -484,7 +498,7 @@ impl Pkcs11Provider {
         let mut keys = Vec::new();
         for handle in s.find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(epoch_label(epoch)),
+            Attribute::Label(epoch_label(&self.ns(), epoch)),
         ])? {
             let created = s
                 .get_attributes(handle, &[AttributeType::Id])?
@@ -518,7 +532,7 @@ impl Pkcs11Provider {
 
     /// C_DestroyObject on every object labelled with the epoch's label.
     fn destroy_key_objects(&self, s: &Session, epoch: &EpochId) -> Result<usize, Fail> {
-        let found = s.find_objects(&[Attribute::Label(epoch_label(epoch))])?;
+        let found = s.find_objects(&[Attribute::Label(epoch_label(&self.ns(), epoch))])?;
         for h in &found {
             s.destroy_object(*h)?;
         }
@@ -619,7 +633,7 @@ impl KeyProvider for Pkcs11Provider {
                 Attribute::Sign(false),
                 Attribute::Verify(false),
                 Attribute::Derive(false),
-                Attribute::Label(epoch_label(epoch)),
+                Attribute::Label(epoch_label(&self.ns(), epoch)),
                 Attribute::Id(created.clone().into_bytes()),
                 Attribute::StartDate(today()?),
             ];
@@ -717,19 +731,20 @@ impl KeyProvider for Pkcs11Provider {
                     Attribute::Class(ObjectClass::DATA),
                     Attribute::Token(true),
                     Attribute::Private(true),
-                    Attribute::Label(tombstone_label(epoch)),
+                    Attribute::Label(tombstone_label(&self.ns(), epoch)),
                     Attribute::Application(format!("{CREATED_TAG}{created}").into_bytes()),
                     Attribute::Value(now().into_bytes()),
                 ])?;
             }
             let n = self.destroy_key_objects(s, epoch)?;
-            let left = s.find_objects(&[Attribute::Label(epoch_label(epoch))])?;
+            let left = s.find_objects(&[Attribute::Label(epoch_label(&self.ns(), epoch))])?;
             if !left.is_empty() {
                 return Err(KeyError::Unavailable {
                     provider: self.name.clone(),
                     reason: format!(
-                        "{} object(s) labelled `{EPOCH_PREFIX}{epoch}` are still on token `{}` after C_DestroyObject",
+                        "{} object(s) labelled `{EPOCH_PREFIX}{}{epoch}` are still on token `{}` after C_DestroyObject",
                         left.len(),
+                        self.ns(),
                         self.token_label
                     ),
                 }
@@ -745,6 +760,10 @@ impl KeyProvider for Pkcs11Provider {
     fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError> {
         self.with_session(|s| {
             let mut out: BTreeMap<EpochId, EpochInfo> = BTreeMap::new();
+            let (epoch_prefix, tombstone_prefix) = (
+                format!("{EPOCH_PREFIX}{}", self.ns()),
+                format!("{TOMBSTONE_PREFIX}{}", self.ns()),
+            );
             let epoch_of = |label: &[u8], prefix: &str| -> Option<EpochId> {
                 let label = std::str::from_utf8(label).ok()?;
                 EpochId::try_from(label.strip_prefix(prefix)?.to_string()).ok()
@@ -754,7 +773,7 @@ impl KeyProvider for Pkcs11Provider {
                 let mut created = "unknown".to_string();
                 for a in s.get_attributes(h, &[AttributeType::Label, AttributeType::Id])? {
                     match a {
-                        Attribute::Label(l) => epoch = epoch_of(&l, EPOCH_PREFIX),
+                        Attribute::Label(l) => epoch = epoch_of(&l, &epoch_prefix),
                         Attribute::Id(id) => {
                             if let Ok(t) = String::from_utf8(id) {
                                 created = t;
@@ -779,7 +798,7 @@ impl KeyProvider for Pkcs11Provider {
                     .get_attributes(h, &[AttributeType::Label])?
                     .into_iter()
                     .find_map(|a| match a {
-                        Attribute::Label(l) => epoch_of(&l, TOMBSTONE_PREFIX),
+                        Attribute::Label(l) => epoch_of(&l, &tombstone_prefix),
                         _ => None,
                     });
                 let Some(epoch) = epoch else { continue };
@@ -805,6 +824,10 @@ impl KeyProvider for Pkcs11Provider {
             }
             Ok(out.into_values().collect())
         })
+    }
+
+    fn set_label_namespace(&self, ns: &str) {
+        *self.label_ns.lock().unwrap_or_else(|e| e.into_inner()) = ns.to_string();
     }
 
     fn health(&self) -> Result<(), KeyError> {
@@ -842,6 +865,7 @@ mod tests {
         "listing",
         "relogin",
         "epochs",
+        "fleet",
         "races",
         "kwp",
     ];
@@ -1234,6 +1258,47 @@ pin-file = "{p}"
         assert_eq!(p.unwrap(&e, &w, &id).unwrap().expose(), dek.expose());
     }
 
+    /// Issue 30: hosts sharing a token each see their own epoch keys (the same epoch id on
+    /// every host): the root owner's labels as before, the others' beneath `<host>/`.
+    #[test]
+    fn hosts_sharing_a_token_never_touch_each_others_epoch_keys() {
+        let _serial = serial();
+        let root = open("fleet");
+        let (h2, h3) = (open("fleet"), open("fleet"));
+        h2.set_label_namespace("h2/");
+        h3.set_label_namespace("h3/");
+        let e = epoch("2027-04-01.1");
+        let id = SnapshotId::new();
+        let dek = DataKey::generate();
+        let mut wraps = Vec::new();
+        for p in [&root, &h2, &h3] {
+            p.ensure_epoch(&e).unwrap();
+            wraps.push(p.wrap(&e, &dek, &id).unwrap());
+        }
+        // Three keys: a wrap made by one host does not open with another's.
+        assert!(root.unwrap(&e, &wraps[1], &id).is_err());
+        assert!(h2.unwrap(&e, &wraps[2], &id).is_err());
+        // h2 shreds the epoch: the root owner's and h3's keys stay, and list as live.
+        h2.destroy(&e).unwrap();
+        assert!(matches!(
+            err(h2.unwrap(&e, &wraps[1], &id)),
+            KeyError::KeyDestroyed { .. }
+        ));
+        for (p, w) in [(&root, &wraps[0]), (&h3, &wraps[2])] {
+            assert_eq!(p.unwrap(&e, w, &id).unwrap().expose(), dek.expose());
+            let listed = p.epochs().unwrap();
+            assert_eq!(listed.len(), 1, "{listed:?}");
+            assert!(listed[0].destroyed.is_none());
+        }
+        assert!(h2.epochs().unwrap()[0].destroyed.is_some());
+        // The root owner destroys its own: h3's is still there.
+        root.destroy(&e).unwrap();
+        assert_eq!(
+            h3.unwrap(&e, &wraps[2], &id).unwrap().expose(),
+            dek.expose()
+        );
+    }
+
     #[test]
     fn epochs_lists_live_and_destroyed() {
         let _serial = serial();
@@ -1292,7 +1357,7 @@ pin-file = "{p}"
                     Attribute::Extractable(false),
                     Attribute::Wrap(true),
                     Attribute::Unwrap(true),
-                    Attribute::Label(epoch_label(&e)),
+                    Attribute::Label(epoch_label("", &e)),
                     Attribute::Id(b"2999-01-01T00:00:00Z".to_vec()),
                 ],
             )?;
@@ -1327,7 +1392,7 @@ pin-file = "{p}"
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Token(true),
                 Attribute::Private(true),
-                Attribute::Label(tombstone_label(&e)),
+                Attribute::Label(tombstone_label("", &e)),
                 Attribute::Value(b"2027-06-01T00:00:00Z".to_vec()),
             ])?;
             Ok(())
@@ -1338,7 +1403,7 @@ pin-file = "{p}"
         assert!(d.to_string().contains("at 2027-06-01T00:00:00Z"), "{d}");
         assert!(err(p.ensure_epoch(&e)).is_destroyed());
         let left = p
-            .with_session(|s| Ok(s.find_objects(&[Attribute::Label(epoch_label(&e))])?))
+            .with_session(|s| Ok(s.find_objects(&[Attribute::Label(epoch_label("", &e))])?))
             .unwrap();
         assert!(left.is_empty(), "both keys are gone");
         p.destroy(&e).unwrap();

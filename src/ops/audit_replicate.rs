@@ -36,7 +36,7 @@ pub(crate) fn retention_epoch(app: &Coffre) -> EpochId {
 }
 
 fn segment_dir(s: &Store, host: &str) -> object_store::path::Path {
-    s.prefix.clone().join("audit").join(host)
+    s.ns_of(host).join("audit").join(host)
 }
 
 /// One sealed segment of the access log in a store: entries `first..=last`.

@@ -357,6 +357,8 @@ async fn add_provider_wraps_moves_every_snapshot_to_another_provider() {
     drop(app);
     let new_host = config(d, "newhost", &second);
     let app = Coffre::open(new_host).await.unwrap();
+    // This machine replaces the host: it takes its claim over before it may write.
+    assert_eq!(app.take_over_host("test").await.unwrap(), ["a", "b"]);
     app.rebuild_catalog().await.unwrap();
     restore(&app, a, "b", d.join("a-newhost")).await.unwrap();
     assert_eq!(

@@ -19,6 +19,7 @@ mod config_files;
 mod e2e_audit;
 mod e2e_daemon;
 mod e2e_drill;
+mod e2e_fleet;
 mod e2e_operator;
 mod e2e_operator_rest;
 mod e2e_pitr;

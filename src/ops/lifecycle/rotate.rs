@@ -65,6 +65,8 @@ pub enum RotateError {
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
     #[error(transparent)]
+    App(#[from] crate::app::AppError),
+    #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
 }
 
@@ -342,7 +344,7 @@ pub async fn rotate_master_key_everywhere(
     purpose: &str,
 ) -> Result<RotationReport, RotateError> {
     file_provider(config, provider)?;
-    let stores = crate::store::build(config)?;
+    let (stores, _claimant) = crate::app::open_stores(config).await?;
     let audit = AccessLog::open(&config.audit_path(), &config.host());
     let log = |outcome: String| {
         audit.append(NewEntry {
