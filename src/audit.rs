@@ -153,6 +153,7 @@ pub const ACTIONS: &[&str] = &[
     "catalog-seal",
     "audit-expire",
     "retention-run",
+    "host-take-over",
     // Refusals only: the command's name.
     "backup",
     "snapshots",

@@ -60,8 +60,15 @@ async fn seal(app: &Coffre, ctx: &Ctx, json: bool) -> Result<u8> {
 /// host id): its claim in every store becomes this installation's. Logged before it is done.
 async fn take_over(app: &Coffre, ctx: &Ctx, host: &str) -> Result<()> {
     if host != app.host {
+        // The argument is the caller's: shown escaped and cut, never as it came.
+        let shown: String = host
+            .chars()
+            .take(64)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
         bail!(
-            "--host {host}: this config is host `{}`. To recover host `{host}` on this machine, run coffre with a config that says host = \"{host}\" (its stores and key providers) and its own state folder, then `coffre catalog rebuild --host {host}`",
+            "--host {shown}: this config is host `{}`. To recover host \"{shown}\" on this machine, run coffre with a config that says host = \"{shown}\" (its stores and key providers) and its own state folder, then `coffre catalog rebuild --host {shown}`",
             app.host.escape_debug()
         );
     }

@@ -560,7 +560,11 @@ async fn protect_one(
         Err(e) => {
             tracing::error!(snapshot = %id, error = %e, "snapshot not protected; will retry");
             rt.worker_error(Worker::Intake, &e.to_string());
-            if let crate::ops::snapshot::protect::PipelineError::AtRisk { .. } = e {
+            if matches!(
+                e,
+                crate::ops::snapshot::protect::PipelineError::AtRisk { .. }
+                    | crate::ops::snapshot::protect::PipelineError::NoStore { .. }
+            ) {
                 for s in &app.stores {
                     rt.store_failed(&s.name, "unavailable");
                 }

@@ -133,6 +133,22 @@ fn hosts_share_stores_without_meeting_and_a_lost_host_is_recovered_by_name() {
     let r = envs[1].run(&["catalog", "rebuild", "--host", "h3"]);
     r.expect_failure();
     assert!(r.stderr.contains("this config is host `h2`"), "{r}");
+    // A hostile --host: a newline, a quote, a path, 64 KiB; refused, shown escaped and cut.
+    let long = "x".repeat(64 * 1024);
+    for bad in ["h2\nforged line", "h2\"; rm -rf /", "../h1", long.as_str()] {
+        let r = envs[1].run(&["catalog", "rebuild", "--host", bad]);
+        r.expect_failure();
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("this config is host `h2`") && line.len() < 1024,
+            "{r}"
+        );
+        assert!(!r.stderr.contains("forged line\n"), "{r}");
+    }
     envs[1]
         .run(&["catalog", "rebuild", "--host", "h2"])
         .expect_ok();
@@ -175,7 +191,8 @@ fn hosts_share_stores_without_meeting_and_a_lost_host_is_recovered_by_name() {
             "--yes",
         ])
         .expect_ok();
-    assert!(!root.join(format!("snapshots/emr/{}", ids[0])).exists());
+    // (s3s-fs keeps empty folders: no object is left in it.)
+    assert!(bytes_under(&root.join(format!("snapshots/emr/{}", ids[0]))).is_empty());
     for (k, h) in ["h2", "h3"].iter().enumerate() {
         assert_eq!(bytes_under(&root.join("hosts").join(h)), others[k], "{h}");
     }

@@ -66,6 +66,12 @@ pub enum PipelineError {
         #[source]
         source: SealError,
     },
+    #[error("snapshot {snapshot} ({path}) was not protected: no store took it ({failures}). Nothing was committed; the source file is kept and coffre tries again")]
+    NoStore {
+        snapshot: SnapshotId,
+        path: PathBuf,
+        failures: String,
+    },
     #[error("snapshot {snapshot} ({path}) is committed in {committed} site(s), fewer than min-sites = {min_sites}; failures: {failures}")]
     AtRisk {
         snapshot: SnapshotId,
@@ -142,7 +148,11 @@ impl FanOut {
             }
         }
         if self.senders.iter().all(|s| s.is_none()) {
-            return Err(io::Error::other("every store upload failed"));
+            // Told apart from a read error by its kind ([`no_store_took_it`]).
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "every store upload failed",
+            ));
         }
         Ok(())
     }
@@ -622,7 +632,7 @@ pub(crate) async fn protect_as(
     };
     let produced = seal_and_fan_out(app, &source.name, (path, opened), kind, dek, id, fan).await;
     let uploaded = collect_uploads(app, uploads).await;
-    let produced = produced?;
+    let produced = produced.map_err(|e| no_store_took_it(e, id, path, &uploaded))?;
     let mut manifest = build_manifest(app, &source, id, created, kind, original_name, &produced);
     if kind == SnapshotKind::Directory {
         // pg_basebackup writes the label first and never changes it.
@@ -873,6 +883,30 @@ async fn seal_and_fan_out(
             what,
         },
     })
+}
+
+/// When the sealer stopped because every store's upload had failed, the error names each
+/// store's own failure (a store down, a refused host claim, a full bucket), not the reading.
+fn no_store_took_it(
+    e: PipelineError,
+    snapshot: SnapshotId,
+    path: &Path,
+    uploaded: &[(&Store, Result<(), StoreError>)],
+) -> PipelineError {
+    match e {
+        PipelineError::Read { source, .. } if source.kind() == io::ErrorKind::BrokenPipe => {
+            let failures: Vec<String> = uploaded
+                .iter()
+                .filter_map(|(s, r)| r.as_ref().err().map(|e| format!("store `{}`: {e}", s.name)))
+                .collect();
+            PipelineError::NoStore {
+                snapshot,
+                path: path.to_path_buf(),
+                failures: failures.join("; "),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Wait for every upload, whatever happened (a failed producer makes them abort).
