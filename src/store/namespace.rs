@@ -387,9 +387,10 @@ async fn decide(stores: &[Store], host: &str, pre_fleet: bool) -> Layout {
     }
     if seen.contains(&Seen::RootMine) {
         Layout::Root
-    } else if seen.contains(&Seen::HostsClaim) || seen.contains(&Seen::RootTaken) {
-        Layout::Hosts
-    } else if seen.contains(&Seen::RootOthers) && !pre_fleet {
+    } else if seen.contains(&Seen::HostsClaim)
+        || seen.contains(&Seen::RootTaken)
+        || (seen.contains(&Seen::RootOthers) && !pre_fleet)
+    {
         Layout::Hosts
     } else {
         Layout::Root
