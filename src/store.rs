@@ -179,7 +179,7 @@ pub struct Store {
     pub(crate) root_owner: Option<String>,
     /// This host's claims, asked before every write (absent for a store built outside the
     /// application, such as `check-config`'s probe, which writes nothing).
-    pub(crate) claimant: Option<Arc<namespace::Claimant>>,
+    pub(crate) claimant: Option<Arc<dyn WriteGuard>>,
     /// The object store itself: private, so that every operation goes through the methods
     /// below, which name the store, the operation and the path in their errors.
     inner: Arc<dyn ObjectStore>,
@@ -208,6 +208,17 @@ impl std::fmt::Debug for Store {
             .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
+}
+
+/// Asked before every write to a store: this host's claim on its namespace there (the one
+/// implementation is `namespace::Claimant`; a trait so that this file does not import it).
+pub(crate) trait WriteGuard: Send + Sync + std::fmt::Debug {
+    /// `Ok` when this process may write to `store`; [`StoreError::Claim`] (or the store's own
+    /// error while the claim was checked) otherwise.
+    fn before_write<'a>(
+        &'a self,
+        store: &'a Store,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// The three objects of one sealed object in a store.
@@ -391,16 +402,10 @@ impl Store {
         self.put_unclaimed(path, body).await
     }
 
-    /// This host's claim on its namespace here, before a write ([`namespace::Claimant::ensure`]).
+    /// This host's claim on its namespace here, before a write ([`WriteGuard`]).
     async fn claimed(&self) -> Result<(), StoreError> {
         match &self.claimant {
-            Some(c) => c.ensure(self).await.map_err(|e| match e {
-                namespace::NamespaceError::Store(e) => e,
-                other => StoreError::Claim {
-                    store: self.name.clone(),
-                    reason: other.to_string(),
-                },
-            }),
+            Some(c) => c.before_write(self).await,
             None => Ok(()),
         }
     }

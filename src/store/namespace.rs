@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorKind, Store, StoreError};
+use super::{ErrorKind, Store, StoreError, WriteGuard};
 
 /// The claim file format this version writes and reads.
 const CLAIM_FORMAT: u32 = 1;
@@ -218,6 +218,23 @@ impl Claimant {
     }
 }
 
+impl WriteGuard for Claimant {
+    fn before_write<'a>(
+        &'a self,
+        store: &'a Store,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.ensure(store).await.map_err(|e| match e {
+                NamespaceError::Store(e) => e,
+                other => StoreError::Claim {
+                    store: store.name.clone(),
+                    reason: other.to_string(),
+                },
+            })
+        })
+    }
+}
+
 /// Where the claim of `host` is in `store` for a layout.
 fn claim_path(store: &Store, layout: Layout, host: &str) -> ObjPath {
     match layout {
@@ -370,7 +387,7 @@ pub async fn settle(
     });
     for s in stores.iter_mut() {
         s.root_owner = root_owner.clone();
-        s.claimant = Some(claimant.clone());
+        s.claimant = Some(claimant.clone() as std::sync::Arc<dyn WriteGuard>);
     }
     Ok(claimant)
 }
