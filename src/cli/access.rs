@@ -1,7 +1,11 @@
 //! Which command may run where: through the control socket (and for whom), or only here; what
 //! it is called in the access log; and the bounds a request from the socket must keep.
 
-use super::*;
+use super::args::{
+    AuditCommand, BackupArgs, CatalogCommand, Command, DrillArgs, HoldCommand, KeysCommand,
+    KeysRotateArgs, RetentionCommand, ShredArgs, SnapshotsArgs, WalFetchArgs, WalPushArgs,
+};
+use crate::Coffre;
 
 /// Longest `--purpose` accepted (bytes): it is recorded in the access log.
 pub const MAX_PURPOSE: usize = crate::audit::MAX_PURPOSE_BYTES;

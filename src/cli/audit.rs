@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::AuditCommand;
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln, Out};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, command: &AuditCommand, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

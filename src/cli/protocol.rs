@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Command;
+use super::args::Command;
 
 /// Protocol version of a request.
 pub const VERSION: u32 = 1;
