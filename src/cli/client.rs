@@ -22,7 +22,7 @@ use super::protocol::{
     encode_request, read_frame, Begin, CallError, Exit, Written, FIRST_ANSWER, TAG_BEGIN, TAG_DATA,
     TAG_EXIT, TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN,
 };
-use super::receive::Incoming;
+use super::receive::{Incoming, ReceiveError};
 use crate::config::Config;
 use crate::lock::{self, Role};
 use crate::Coffre;
@@ -46,12 +46,12 @@ impl Answer {
 
 /// Writes a restore's plaintext on the caller's side.
 pub trait RestoreWriter {
-    fn begin(&mut self, b: &Begin) -> Result<(), String>;
-    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    fn begin(&mut self, b: &Begin) -> Result<(), ReceiveError>;
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), ReceiveError>;
     /// The daemon wrote the whole plaintext into the file passed with the request.
-    fn written(&mut self, w: &Written) -> Result<(), String>;
+    fn written(&mut self, w: &Written) -> Result<(), ReceiveError>;
     /// Every check passed: make it durable and move it into place.
-    fn finish(&mut self) -> Result<(), String>;
+    fn finish(&mut self) -> Result<(), ReceiveError>;
     /// Something failed: remove what was written.
     fn abort(&mut self);
 }
@@ -448,17 +448,17 @@ fn on_frame(
 
 /// The caller's own destination writes what the daemon streams.
 impl RestoreWriter for Incoming {
-    fn begin(&mut self, b: &Begin) -> Result<(), String> {
-        Incoming::begin(self, &b.snapshot, b.kind, b.size).map_err(|e| e.to_string())
+    fn begin(&mut self, b: &Begin) -> Result<(), ReceiveError> {
+        Incoming::begin(self, &b.snapshot, b.kind, b.size)
     }
-    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        Incoming::data(self, bytes).map_err(|e| e.to_string())
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), ReceiveError> {
+        Incoming::data(self, bytes)
     }
-    fn written(&mut self, w: &Written) -> Result<(), String> {
-        Incoming::written(self, w.size).map_err(|e| e.to_string())
+    fn written(&mut self, w: &Written) -> Result<(), ReceiveError> {
+        Incoming::written(self, w.size)
     }
-    fn finish(&mut self) -> Result<(), String> {
-        Incoming::finish(self).map_err(|e| e.to_string())
+    fn finish(&mut self) -> Result<(), ReceiveError> {
+        Incoming::finish(self)
     }
     fn abort(&mut self) {
         Incoming::abort(self)

@@ -32,7 +32,7 @@ pub mod protocol;
 pub mod receive;
 
 pub(crate) use access::validate_request;
-pub use access::{check_bounds, Access, MAX_NAME, MAX_PURPOSE};
+pub use access::{check_bounds, Access, RequestError, MAX_NAME, MAX_PURPOSE};
 pub use args::*;
 pub use ctx::{bounded, error_text, exit, Ctx, Globals};
 use out::errln;

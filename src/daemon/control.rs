@@ -458,7 +458,7 @@ fn refusal(
     } else if let Err(refusal) = admission(caller, app, command) {
         (exit::REFUSED, refusal.to_string())
     } else {
-        let reason = cli::validate_request(app, command).err()?;
+        let reason = cli::validate_request(app, command).err()?.to_string();
         (exit::USAGE, reason)
     };
     let what = if code == exit::REFUSED {
