@@ -9,6 +9,7 @@
 //! `daemon.drain-timeout` and otherwise resumed at the next start from the journal; a reload whose
 //! config fails validation is refused and the running config stays.
 
+mod admission;
 pub mod control;
 pub mod intake;
 pub mod replicate;

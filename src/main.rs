@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } if a.provider.is_some() => cli::keys::rotate(g, a).await,
         Command::Daemon => daemon(g).await,
         Command::Status(a) => return cli::status::run_local(g, a.json).await.map(ExitCode::from),
-        Command::Restore(a) => return cli::restore::routed(g, a).await.map(ExitCode::from),
+        Command::Restore(a) => return cli::restore_caller::routed(g, a).await.map(ExitCode::from),
         cmd => {
             let answer = cli::client::route(g, cmd).await?;
             return Ok(ExitCode::from(answer.code));

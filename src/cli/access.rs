@@ -1,7 +1,11 @@
 //! Which command may run where: through the control socket (and for whom), or only here; what
 //! it is called in the access log; and the bounds a request from the socket must keep.
 
-use super::*;
+use super::args::{
+    AuditCommand, BackupArgs, CatalogCommand, Command, DrillArgs, HoldCommand, KeysCommand,
+    KeysRotateArgs, RetentionCommand, ShredArgs, SnapshotsArgs, WalFetchArgs, WalPushArgs,
+};
+use crate::Coffre;
 
 /// Longest `--purpose` accepted (bytes): it is recorded in the access log.
 pub const MAX_PURPOSE: usize = crate::audit::MAX_PURPOSE_BYTES;
@@ -248,23 +252,53 @@ impl Command {
     }
 }
 
+/// A request that is not run because of its arguments (exit 2, usage, locally as through the
+/// control socket): over a bound, or a path the daemon may not read.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("--purpose is {len} bytes; at most {MAX_PURPOSE} are accepted (it is recorded in the access log): say why in fewer words")]
+    PurposeTooLong { len: usize },
+    #[error("an argument of {len} bytes is longer than the {MAX_NAME} accepted")]
+    TooLong { len: usize },
+    #[error("source `{name}` is not configured; the configured sources are {configured}")]
+    UnknownSource { name: String, configured: String },
+    #[error("source folder {}: {error}", folder.display())]
+    SourceFolder {
+        folder: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {error} (give an absolute path the daemon can see)", path.display())]
+    Unreadable {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} is not inside source `{name}`'s folder {}: through the daemon, backup reads only from the source's folder", path.display(), root.display())]
+    OutsideSource {
+        path: std::path::PathBuf,
+        name: String,
+        root: std::path::PathBuf,
+    },
+    #[error("{}: give the WAL file's absolute path", path.display())]
+    NotAbsolute { path: std::path::PathBuf },
+    /// Not a WAL file's name (the format's own words).
+    #[error("{0}")]
+    WalName(String),
+    /// Runs only in the caller's process (why).
+    #[error("{0}")]
+    LocalOnly(&'static str),
+}
+
 /// The bounds every request keeps, in a local run as through the control socket (exit 2, usage,
 /// either way): `--purpose` at most [`MAX_PURPOSE`] bytes, names and filters at most
 /// [`MAX_NAME`].
-pub fn check_bounds(cmd: &Command) -> std::result::Result<(), String> {
+pub fn check_bounds(cmd: &Command) -> std::result::Result<(), RequestError> {
     if let Some(p) = cmd.purpose() {
         if p.len() > MAX_PURPOSE {
-            return Err(format!(
-                "--purpose is {} bytes; at most {MAX_PURPOSE} are accepted (it is recorded in the access log): say why in fewer words",
-                p.len()
-            ));
+            return Err(RequestError::PurposeTooLong { len: p.len() });
         }
     }
     if let Some(t) = cmd.texts().into_iter().find(|t| t.len() > MAX_NAME) {
-        return Err(format!(
-            "an argument of {} bytes is longer than the {MAX_NAME} accepted",
-            t.len()
-        ));
+        return Err(RequestError::TooLong { len: t.len() });
     }
     Ok(())
 }
@@ -273,45 +307,47 @@ pub fn check_bounds(cmd: &Command) -> std::result::Result<(), String> {
 /// paths the daemon may read. A backup's path is replaced by the canonical path that was
 /// checked, so the path protected is the path checked (N14). A failure is a bad request (exit 2,
 /// usage), not a refusal by role.
-pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::Result<(), String> {
+pub(crate) fn validate_request(
+    app: &Coffre,
+    cmd: &mut Command,
+) -> std::result::Result<(), RequestError> {
     check_bounds(cmd)?;
     match cmd {
         Command::Backup(BackupArgs { source, path, .. }) => {
             // The daemon reads the snapshot with its own rights: only from the source's own
             // folder, never a path of the caller's choosing elsewhere (its keys, its log).
             let Some(src) = app.config.source(source) else {
-                return Err(format!(
-                    "source `{source}` is not configured; the configured sources are {}",
-                    app.config.source_names()
-                ));
+                return Err(RequestError::UnknownSource {
+                    name: source.clone(),
+                    configured: app.config.source_names(),
+                });
             };
-            let root = std::fs::canonicalize(&src.path)
-                .map_err(|e| format!("source folder {}: {e}", src.path.display()))?;
-            let p = std::fs::canonicalize(&*path).map_err(|e| {
-                format!(
-                    "{}: {e} (give an absolute path the daemon can see)",
-                    path.display()
-                )
+            let root =
+                std::fs::canonicalize(&src.path).map_err(|error| RequestError::SourceFolder {
+                    folder: src.path.clone(),
+                    error,
+                })?;
+            let p = std::fs::canonicalize(&*path).map_err(|error| RequestError::Unreadable {
+                path: path.clone(),
+                error,
             })?;
             if p == root || !p.starts_with(&root) {
-                return Err(format!(
-                    "{} is not inside source `{source}`'s folder {}: through the daemon, backup reads only from the source's folder",
-                    path.display(),
-                    root.display()
-                ));
+                return Err(RequestError::OutsideSource {
+                    path: path.clone(),
+                    name: source.clone(),
+                    root,
+                });
             }
             *path = p;
         }
         Command::WalPush(WalPushArgs { path, .. }) => {
             // The daemon reads only the descriptor the caller passed; the path gives the name.
             if !path.is_absolute() {
-                return Err(format!(
-                    "{}: give the WAL file's absolute path",
-                    path.display()
-                ));
+                return Err(RequestError::NotAbsolute { path: path.clone() });
             }
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            crate::format::wal::WalName::parse(name.as_deref().unwrap_or_default())?;
+            crate::format::wal::WalName::parse(name.as_deref().unwrap_or_default())
+                .map_err(|e| RequestError::WalName(e.to_string()))?;
         }
         Command::Keys {
             command:
@@ -319,7 +355,7 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::
                     new_master_key: Some(_),
                     ..
                 }),
-        } => return Err(cmd.local_only_reason().to_string()),
+        } => return Err(RequestError::LocalOnly(cmd.local_only_reason())),
         _ => {}
     }
     Ok(())

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::AuditCommand;
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln, Out};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, command: &AuditCommand, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;
@@ -196,9 +199,14 @@ fn actor_matches(recorded: &str, person: &str) -> bool {
             .is_some_and(|rest| rest.starts_with(" (via "))
 }
 
+/// A `--since`/`--until` of `audit show` that is not a time.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a time: give an RFC 3339 time (2026-12-01T08:00:00Z), a date (2026-12-01) or a duration before now (24h, 7d)")]
+struct NotATime(String);
+
 /// A bound of `audit show`: an RFC 3339 time, a date (its midnight UTC), or a duration before
 /// `now` (`24h`, `7d`, `90min`).
-fn time_bound(text: &str, now: time::OffsetDateTime) -> Result<time::OffsetDateTime, String> {
+fn time_bound(text: &str, now: time::OffsetDateTime) -> Result<time::OffsetDateTime, NotATime> {
     use time::format_description::well_known::Rfc3339;
     if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(t);
@@ -215,9 +223,7 @@ fn time_bound(text: &str, now: time::OffsetDateTime) -> Result<time::OffsetDateT
             return Ok(t);
         }
     }
-    Err(format!(
-        "`{text}` is not a time: give an RFC 3339 time (2026-12-01T08:00:00Z), a date (2026-12-01) or a duration before now (24h, 7d)"
-    ))
+    Err(NotATime(text.to_string()))
 }
 
 /// Whether an entry's time is in [since, until); an entry whose time does not parse is shown
@@ -257,7 +263,7 @@ mod tests {
             time::macros::datetime!(2026-12-01 12:00 UTC)
         );
         let e = time_bound("yesterday", now).unwrap_err();
-        assert!(e.contains("not a time"), "{e}");
+        assert!(e.to_string().contains("not a time"), "{e}");
         assert!(in_window(
             "2026-12-01T10:00:00.5Z",
             Some(time::macros::datetime!(2026-12-01 08:00 UTC)),

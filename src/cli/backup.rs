@@ -5,7 +5,12 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::BackupArgs;
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln};
+use crate::ids::SnapshotId;
+use crate::ops::snapshot::protect::Protection;
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, a: &BackupArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::CatalogCommand;
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, command: &CatalogCommand, ctx: &Ctx) -> Result<u8> {
     match command {

@@ -3,12 +3,12 @@
 
 use anyhow::{bail, Result};
 
-use super::Globals;
+use super::ctx::Globals;
 use crate::config::Config;
 
 /// `check-config`: every problem of the file in one pass, then (unless `--portable`) what it
 /// needs from this host, for the account the service runs as.
-pub fn run(globals: &Globals, a: &super::CheckConfigArgs) -> Result<()> {
+pub fn run(globals: &Globals, a: &super::args::CheckConfigArgs) -> Result<()> {
     let (portable, user) = (a.portable, a.user.as_deref());
     use crate::config::host::{host_problems, Account};
     let path = globals.config_path();

@@ -14,12 +14,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+use super::access::{check_bounds, Access};
+use super::args::{BackupArgs, Command, RestoreArgs, WalFetchArgs, WalPushArgs};
+use super::ctx::{exit, Ctx, Globals};
+use super::out::Out;
 use super::protocol::{
     encode_request, read_frame, Begin, CallError, Exit, Written, FIRST_ANSWER, TAG_BEGIN, TAG_DATA,
     TAG_EXIT, TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN,
 };
-use super::receive::Incoming;
-use super::{exit, Command, Ctx, Globals, Out};
+use super::receive::{Incoming, ReceiveError};
 use crate::config::Config;
 use crate::lock::{self, Role};
 use crate::Coffre;
@@ -43,12 +46,12 @@ impl Answer {
 
 /// Writes a restore's plaintext on the caller's side.
 pub trait RestoreWriter {
-    fn begin(&mut self, b: &Begin) -> Result<(), String>;
-    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    fn begin(&mut self, b: &Begin) -> Result<(), ReceiveError>;
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), ReceiveError>;
     /// The daemon wrote the whole plaintext into the file passed with the request.
-    fn written(&mut self, w: &Written) -> Result<(), String>;
+    fn written(&mut self, w: &Written) -> Result<(), ReceiveError>;
     /// Every check passed: make it durable and move it into place.
-    fn finish(&mut self) -> Result<(), String>;
+    fn finish(&mut self) -> Result<(), ReceiveError>;
     /// Something failed: remove what was written.
     fn abort(&mut self);
 }
@@ -105,11 +108,11 @@ pub async fn route(globals: &Globals, cmd: &Command) -> Result<Answer> {
 /// Run `cmd` in this process (no daemon runs; the caller holds the state folder's lock).
 async fn run_here(mut config: Config, cmd: &Command) -> Result<Answer> {
     // Bad arguments exit 2 here as through the daemon (`cli::validate_request`).
-    if let Err(e) = super::check_bounds(cmd) {
+    if let Err(e) = check_bounds(cmd) {
         eprintln!("error: bad arguments: {e}");
-        return Ok(Answer::code(super::exit::USAGE));
+        return Ok(Answer::code(exit::USAGE));
     }
-    if cmd.access() == super::Access::Read {
+    if cmd.access() == Access::Read {
         // Listing and checking never create a master key (docs/security.md): a missing key is
         // reported, with how to create it (`keys init`).
         for k in &mut config.key_providers {
@@ -163,7 +166,7 @@ fn refused_connection(socket: &std::path::Path) -> u8 {
         "error: refused: cannot connect to the daemon's control socket {}: permission denied. Only root and members of the operators' group (audit.operators-group) may use coffre on this host",
         socket.display()
     );
-    super::exit::REFUSED
+    exit::REFUSED
 }
 
 /// Connect to the socket of a daemon that is starting, for up to `limit`.
@@ -218,7 +221,7 @@ struct Handover {
     file: Option<OwnedFd>,
 }
 
-impl super::RestoreArgs {
+impl RestoreArgs {
     /// The target made absolute and checked; the plaintext is written there by this process.
     fn hand_over(&mut self) -> Result<Handover> {
         self.to =
@@ -234,7 +237,7 @@ impl super::RestoreArgs {
     }
 }
 
-impl super::BackupArgs {
+impl BackupArgs {
     /// The snapshot's path, canonical (the daemon checks it is inside the source's folder).
     fn hand_over(&mut self) -> Result<Handover> {
         self.path = std::fs::canonicalize(&self.path)
@@ -243,7 +246,7 @@ impl super::BackupArgs {
     }
 }
 
-impl super::WalPushArgs {
+impl WalPushArgs {
     /// The WAL file, opened here, with our rights and without following a symlink; the daemon
     /// reads this descriptor only, never the path.
     fn hand_over(&mut self) -> Result<Handover> {
@@ -257,7 +260,7 @@ impl super::WalPushArgs {
     }
 }
 
-impl super::WalFetchArgs {
+impl WalFetchArgs {
     /// An empty file beside `%p`, opened with our rights, for the daemon to write into.
     fn hand_over(&mut self) -> Result<Handover> {
         self.to =
@@ -445,17 +448,17 @@ fn on_frame(
 
 /// The caller's own destination writes what the daemon streams.
 impl RestoreWriter for Incoming {
-    fn begin(&mut self, b: &Begin) -> Result<(), String> {
-        Incoming::begin(self, &b.snapshot, b.kind, b.size).map_err(|e| e.to_string())
+    fn begin(&mut self, b: &Begin) -> Result<(), ReceiveError> {
+        Incoming::begin(self, &b.snapshot, b.kind, b.size)
     }
-    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        Incoming::data(self, bytes).map_err(|e| e.to_string())
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), ReceiveError> {
+        Incoming::data(self, bytes)
     }
-    fn written(&mut self, w: &Written) -> Result<(), String> {
-        Incoming::written(self, w.size).map_err(|e| e.to_string())
+    fn written(&mut self, w: &Written) -> Result<(), ReceiveError> {
+        Incoming::written(self, w.size)
     }
-    fn finish(&mut self) -> Result<(), String> {
-        Incoming::finish(self).map_err(|e| e.to_string())
+    fn finish(&mut self) -> Result<(), ReceiveError> {
+        Incoming::finish(self)
     }
     fn abort(&mut self) {
         Incoming::abort(self)

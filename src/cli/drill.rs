@@ -2,7 +2,10 @@
 
 use anyhow::Result;
 
-use super::*;
+use super::args::DrillArgs;
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, a: &DrillArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

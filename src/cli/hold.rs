@@ -2,7 +2,10 @@
 
 use anyhow::Result;
 
-use super::*;
+use super::args::HoldCommand;
+use super::ctx::{exit, Ctx};
+use super::out::outln;
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, command: &HoldCommand, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

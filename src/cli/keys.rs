@@ -6,9 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use super::*;
+use super::args::{KeysCommand, KeysInitArgs, KeysRotateArgs};
+use super::ctx::{exit, Ctx, Globals};
+use super::out::{outln, Out};
 use crate::config::ProviderKind;
 use crate::lock::{self, Role};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, command: &KeysCommand, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

@@ -4,6 +4,16 @@
 use anyhow::Result;
 use serde::Serialize;
 
+/// `outln!(out, "...", args)`: one line to the command's stdout.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => { $out.out(format!($($arg)*)) };
+}
+/// `errln!(out, "...", args)`: one line to the command's stderr.
+macro_rules! errln {
+    ($out:expr, $($arg:tt)*) => { $out.err(format!($($arg)*)) };
+}
+pub(crate) use {errln, outln};
+
 /// One frame of a command's output.
 #[derive(Debug)]
 pub enum Frame {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Command;
+use super::args::Command;
 
 /// Protocol version of a request.
 pub const VERSION: u32 = 1;
@@ -96,9 +96,9 @@ pub enum CallError {
     NothingToRestore,
     #[error("the daemon sent an unknown frame {0}: protocol error")]
     UnknownFrame(u8),
-    /// The caller's writer of restored bytes failed (its own words).
+    /// The caller's writer of restored bytes failed.
     #[error("{0}")]
-    Writer(String),
+    Writer(super::receive::ReceiveError),
 }
 
 /// The request line for `command`: JSON and a newline, at most [`MAX_REQUEST`] bytes.

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::RetentionCommand;
+use super::ctx::{exit, Ctx};
+use super::out::{outln, Out};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, command: &RetentionCommand, ctx: &Ctx) -> Result<u8> {
     let now = time::OffsetDateTime::now_utc();

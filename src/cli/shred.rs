@@ -7,7 +7,10 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::*;
+use super::args::ShredArgs;
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln, Out};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, a: &ShredArgs, ctx: &Ctx) -> Result<u8> {
     if a.records {

@@ -2,7 +2,11 @@
 
 use anyhow::Result;
 
-use super::*;
+use super::args::SnapshotsArgs;
+use super::ctx::{exit, Ctx};
+use super::out::outln;
+use crate::ids::SnapshotId;
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, a: &SnapshotsArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

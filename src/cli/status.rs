@@ -3,11 +3,12 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::*;
+use super::ctx::{exit, Globals};
+use super::out::{outln, Out};
 use crate::status::StatusDoc;
 
 /// `coffre status`: ask the daemon for its status, with the config as well as it can be read.
-pub async fn run_local(globals: &super::Globals, json: bool) -> Result<u8> {
+pub async fn run_local(globals: &Globals, json: bool) -> Result<u8> {
     run(&config_for_status(globals)?, json).await
 }
 

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::VerifyArgs;
+use super::ctx::{exit, Ctx};
+use super::out::{outln, Out};
+use crate::Coffre;
 
 pub(super) async fn run(app: &Coffre, a: &VerifyArgs, ctx: &Ctx) -> Result<u8> {
     let w = &ctx.out;

@@ -3,9 +3,12 @@
 
 use anyhow::{bail, Result};
 
-use super::*;
+use super::args::{WalFetchArgs, WalPushArgs};
+use super::ctx::{exit, Ctx};
+use super::out::{errln, outln};
 use crate::ops::snapshot::restore::Chunk;
 use crate::ops::wal::archive::WalError;
+use crate::Coffre;
 
 /// `wal-push`: archive one WAL file, read from the descriptor the caller opened.
 pub(super) async fn push(app: &Coffre, a: &WalPushArgs, ctx: &Ctx) -> Result<u8> {

@@ -5,7 +5,7 @@
 //! A request is one JSON line `{"v": 1, "command": <cli::Command>}`: a typed value, each field
 //! validated and bounded, executed in the daemon's own process. No command line, global option,
 //! config path, environment or working directory comes from the caller. The daemon reads the
-//! caller's peer credentials (`SO_PEERCRED`) and admits by role ([`admission`]): a source's
+//! caller's peer credentials (`SO_PEERCRED`) and admits by role (`daemon::admission`): a source's
 //! archiver archives and fetches that source's WAL and nothing else; erasure (early shred,
 //! hold release, retention run, access-log expiry) is for root and `audit.erasure-group`;
 //! listing, access and backups are for operators; key rotation for root only. A refusal exits
@@ -49,8 +49,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{admission, log_refusal, Caller, RefusalLimiter};
 use crate::app::Coffre;
-use crate::audit::{NewEntry, Target};
 use crate::cli::protocol::{
     fail, frame_head, push_exit, push_frame, Begin, Request, Written, MAX_REQUEST, TAG_BEGIN,
     TAG_DATA, TAG_SESSION, TAG_STDERR, TAG_STDOUT, TAG_WRITTEN, VERSION,
@@ -76,167 +76,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const ARCHIVE_BUDGET: Duration = Duration::from_secs(15 * 60);
 /// How long a caller may take to send its request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Refusals logged in the access log per minute; more are counted and logged with the next.
-const REFUSALS_PER_MINUTE: u32 = 10;
 /// Where the socket is: `daemon.control-socket`, else `$RUNTIME_DIRECTORY/coffre.sock`, else
 /// `<state-dir>/run/coffre.sock`.
 pub fn socket_path(config: &crate::Config) -> PathBuf {
     config.control_socket_path()
-}
-
-fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| format!("uid:{uid}"))
-}
-
-/// A group a role names could not be looked up.
-#[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum GroupError {
-    #[error("group lookup: {0}")]
-    Lookup(nix::errno::Errno),
-    #[error("{key} `{group}` does not exist")]
-    Missing { key: &'static str, group: String },
-}
-
-/// Root, or a member (primary or supplementary) of the operators' group.
-pub(crate) fn is_operator(uid: u32, group: Option<&str>) -> Result<bool, GroupError> {
-    if uid == 0 {
-        return Ok(true);
-    }
-    match group {
-        Some(g) => in_group(uid, g, "audit.operators-group"),
-        None => Ok(false),
-    }
-}
-
-/// Is `uid` a member (primary or supplementary) of `group` (named by the config key `key`)?
-fn in_group(uid: u32, group: &str, key: &'static str) -> Result<bool, GroupError> {
-    let g = nix::unistd::Group::from_name(group)
-        .map_err(GroupError::Lookup)?
-        .ok_or_else(|| GroupError::Missing {
-            key,
-            group: group.to_string(),
-        })?;
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten();
-    Ok(match user {
-        Some(u) => u.gid == g.gid || g.mem.iter().any(|m| m == &u.name),
-        None => false,
-    })
-}
-
-/// Is `uid` the archiver `spec` names: that user when a user has that name (e.g. `postgres`,
-/// whose group of the same name may hold people), else a member of the group of that name.
-fn is_archiver(uid: u32, spec: &str) -> bool {
-    match nix::unistd::User::from_name(spec) {
-        Ok(Some(u)) => u.uid.as_raw() == uid,
-        _ => in_group(uid, spec, "[source.pitr] archiver").unwrap_or(false),
-    }
-}
-
-/// The PITR sources whose archiver `uid` is.
-fn archiver_of(app: &Coffre, uid: u32) -> Vec<String> {
-    app.config
-        .sources
-        .iter()
-        .filter(|s| {
-            s.pitr
-                .as_ref()
-                .and_then(|p| p.archiver.as_deref())
-                .is_some_and(|a| is_archiver(uid, a))
-        })
-        .map(|s| s.name.clone())
-        .collect()
-}
-
-/// Who is calling, resolved once per connection from its uid, in a blocking thread (user and
-/// group lookups may ask NSS, LDAP or SSSD, and must not hold up the accept loop): its name,
-/// the PITR sources whose archiver it is, and (for another caller than root or an archiver)
-/// whether it is an operator and in the erasure group.
-struct Caller {
-    uid: u32,
-    name: String,
-    archives: Vec<String>,
-    operator: Result<bool, GroupError>,
-    /// None: `audit.erasure-group` is not set.
-    eraser: Option<Result<bool, GroupError>>,
-}
-
-impl Caller {
-    fn resolve(app: &Coffre, uid: u32) -> Caller {
-        let mut c = Caller {
-            uid,
-            name: user_name(uid),
-            archives: Vec::new(),
-            operator: Ok(uid == 0),
-            eraser: None,
-        };
-        if uid == 0 {
-            return c;
-        }
-        c.archives = archiver_of(app, uid);
-        if c.archives.is_empty() {
-            let audit = &app.config.audit;
-            c.operator = is_operator(uid, audit.operators_group.as_deref());
-            c.eraser = audit
-                .erasure_group
-                .as_deref()
-                .map(|g| in_group(uid, g, "audit.erasure-group"));
-        }
-        c
-    }
-}
-
-/// Refusals logged per caller (uid) and window; the rest are counted and reported with that
-/// caller's next logged one. Per caller, so that one account's burst never hides another's
-/// refusals.
-struct RefusalLimiter {
-    callers: std::collections::HashMap<u32, RefusalWindow>,
-}
-
-/// One caller's minute: its start, refusals logged in it, and those not logged since the last
-/// logged one.
-struct RefusalWindow {
-    start: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl RefusalLimiter {
-    fn new() -> RefusalLimiter {
-        RefusalLimiter {
-            callers: Default::default(),
-        }
-    }
-
-    /// Some(n): log this refusal of `uid`, with n earlier ones of the same caller that were not
-    /// logged. None: count it.
-    fn admit(&mut self, uid: u32, now: Instant) -> Option<u64> {
-        let minute = Duration::from_secs(60);
-        // Forget the callers whose minute is over and who have nothing left to report.
-        self.callers
-            .retain(|_, w| now.duration_since(w.start) < minute || w.suppressed > 0);
-        let w = self.callers.entry(uid).or_insert(RefusalWindow {
-            start: now,
-            logged: 0,
-            suppressed: 0,
-        });
-        if now.duration_since(w.start) >= minute {
-            w.start = now;
-            w.logged = 0;
-        }
-        if w.logged < REFUSALS_PER_MINUTE {
-            w.logged += 1;
-            Some(std::mem::take(&mut w.suppressed))
-        } else {
-            w.suppressed += 1;
-            None
-        }
-    }
 }
 
 /// Make the socket's folder 0750 and the socket 0660, both for the operators' group, when the
@@ -612,10 +455,10 @@ fn refusal(
                 "request version {version} is not {VERSION}: use the coffre binary of the daemon's version"
             ),
         )
-    } else if let Err(reason) = admission(caller, app, command) {
-        (exit::REFUSED, reason)
+    } else if let Err(refusal) = admission(caller, app, command) {
+        (exit::REFUSED, refusal.to_string())
     } else {
-        let reason = cli::validate_request(app, command).err()?;
+        let reason = cli::validate_request(app, command).err()?.to_string();
         (exit::USAGE, reason)
     };
     let what = if code == exit::REFUSED {
@@ -738,115 +581,6 @@ async fn pump(
     (w, alive)
 }
 
-/// May this caller run this command through the socket? Roles by capability and source:
-/// root runs everything that goes through the socket; a source's archiver archives and
-/// fetches that source's WAL and nothing else (whatever groups it is in); erasure needs
-/// `audit.erasure-group`; the rest is for operators.
-fn admission(caller: &Caller, app: &Coffre, command: &Command) -> Result<(), String> {
-    let (uid, name) = (caller.uid, caller.name.as_str());
-    let access = command.access();
-    if access == Access::LocalOnly {
-        return Err(format!(
-            "`{}` does not go through the control socket: {}",
-            command.action(),
-            command.local_only_reason()
-        ));
-    }
-    if uid == 0 {
-        return Ok(());
-    }
-    let archives = &caller.archives;
-    if !archives.is_empty() {
-        return match command.wal_source() {
-            Some(source) if archives.iter().any(|a| a == source) => Ok(()),
-            _ => Err(format!(
-                "user {name} is the archiver of source(s) {}: through the daemon it may only archive and fetch their WAL (wal-push, wal-fetch), not `{}`; an operator runs that",
-                archives.join(", "),
-                command.action()
-            )),
-        };
-    }
-    let audit = &app.config.audit;
-    match access {
-        Access::LocalOnly => Ok(()),
-        Access::Root => Err(format!(
-            "`{}` through the daemon is for root only (user {name})",
-            command.action()
-        )),
-        Access::Archive => Err(format!(
-            "user {name} is not the archiver of this source: only `[source.pitr] archiver` (the account PostgreSQL runs as) and root may archive its WAL, so that nobody else puts bytes under its WAL names"
-        )),
-        Access::Erase => match &audit.erasure_group {
-            Some(g)
-                if caller
-                    .eraser
-                    .clone()
-                    .unwrap_or(Ok(false))
-                    .map_err(|e| e.to_string())? =>
-            {
-                Ok(())
-            }
-            Some(g) => Err(format!(
-                "user {name} may not erase (`{}`): only root and members of audit.erasure-group `{g}` may",
-                command.action()
-            )),
-            None => Err(format!(
-                "`{}` erases, and audit.erasure-group is not set: only root may (user {name})",
-                command.action()
-            )),
-        },
-        Access::Read | Access::Operate | Access::Fetch => {
-            match caller.operator.clone() {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!(
-                    "user {name} is not in the operators' group{}",
-                    audit
-                        .operators_group
-                        .as_deref()
-                        .map(|g| format!(" `{g}`"))
-                        .unwrap_or_else(|| " (audit.operators-group is not set: only root may)".into())
-                )),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    }
-}
-
-/// Log a refusal, rate-limited, with bounded text from the caller.
-fn log_refusal(
-    app: &Coffre,
-    limiter: &Mutex<RefusalLimiter>,
-    uid: u32,
-    name: &str,
-    command: &Command,
-    reason: &str,
-) -> Result<(), crate::audit::AuditError> {
-    let action = command.action();
-    let admitted = limiter
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .admit(uid, Instant::now());
-    let Some(suppressed) = admitted else {
-        return Ok(());
-    };
-    let mut outcome = format!("refused: {}", cli::bounded(reason, 512));
-    if suppressed > 0 {
-        outcome.push_str(&format!(
-            " ({suppressed} earlier refusal(s) not logged: rate limit)"
-        ));
-    }
-    app.audit
-        .append(NewEntry {
-            actor: name.to_string(),
-            action: action.to_string(),
-            target: Target::default(),
-            purpose: cli::bounded(command.purpose().unwrap_or_default(), cli::MAX_PURPOSE),
-            outcome,
-            exposes: None,
-        })
-        .map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,24 +619,6 @@ mod tests {
             slots.take(1000, false).is_some(),
             "places come back when dropped"
         );
-    }
-
-    #[test]
-    fn refusals_are_logged_up_to_the_limit_then_counted() {
-        let mut l = RefusalLimiter::new();
-        let t0 = Instant::now();
-        for _ in 0..REFUSALS_PER_MINUTE {
-            assert_eq!(l.admit(1000, t0), Some(0));
-        }
-        assert_eq!(l.admit(1000, t0), None);
-        assert_eq!(l.admit(1000, t0), None);
-        // Another caller's refusals are logged all the same.
-        assert_eq!(l.admit(1001, t0), Some(0));
-        let later = t0 + Duration::from_secs(61);
-        assert_eq!(l.admit(1000, later), Some(2));
-        assert_eq!(l.admit(1000, later), Some(0));
-        // A caller whose minute is over, with nothing to report, is forgotten.
-        assert!(!l.callers.contains_key(&1001));
     }
 
     /// A descriptor sent with the request line arrives with its first bytes; the daemon's

@@ -533,6 +533,7 @@ fn wal_fetch_through_the_daemon_writes_the_callers_file_and_leaves_nothing_else(
 fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
     use coffre::cli::client::{self as control, RestoreWriter};
     use coffre::cli::protocol::{Begin, Written};
+    use coffre::cli::receive::ReceiveError;
     #[derive(Default)]
     struct Collect {
         began: Option<u64>,
@@ -541,19 +542,19 @@ fn wal_fetch_without_a_descriptor_gets_the_bytes_as_frames() {
         written: bool,
     }
     impl RestoreWriter for Collect {
-        fn begin(&mut self, b: &Begin) -> Result<(), String> {
+        fn begin(&mut self, b: &Begin) -> Result<(), ReceiveError> {
             self.began = Some(b.size);
             Ok(())
         }
-        fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        fn data(&mut self, bytes: Vec<u8>) -> Result<(), ReceiveError> {
             self.bytes.extend_from_slice(&bytes);
             Ok(())
         }
-        fn written(&mut self, _: &Written) -> Result<(), String> {
+        fn written(&mut self, _: &Written) -> Result<(), ReceiveError> {
             self.written = true;
-            Err("no file was passed".into())
+            Err(ReceiveError::NotPassed)
         }
-        fn finish(&mut self) -> Result<(), String> {
+        fn finish(&mut self) -> Result<(), ReceiveError> {
             self.finished = true;
             Ok(())
         }
