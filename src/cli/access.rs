@@ -307,7 +307,8 @@ pub(crate) fn validate_request(app: &Coffre, cmd: &mut Command) -> std::result::
                 ));
             }
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            crate::format::wal::WalName::parse(name.as_deref().unwrap_or_default())?;
+            crate::format::wal::WalName::parse(name.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
         }
         Command::Keys {
             command:
