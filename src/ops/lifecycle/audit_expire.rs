@@ -69,6 +69,8 @@ pub enum AuditExpireError {
     Clock(#[from] crate::ops::lifecycle::clock_guard::ClockError),
     #[error(transparent)]
     Lock(#[from] crate::ops::lifecycle::destroy::ShredError),
+    #[error("{0}")]
+    RetentionRange(#[from] time::error::ConversionRange),
     #[error("audit.retention reaches before the start of time")]
     Retention,
     #[error("{0}")]
@@ -95,9 +97,8 @@ pub async fn expire(
     report
         .errors
         .extend(crate::ops::lifecycle::erasure::catch_up(app, actor).await);
-    let cutoff = time::Duration::try_from(app.config.audit.retention)
-        .ok()
-        .and_then(|r| now.checked_sub(r))
+    let cutoff = now
+        .checked_sub(time::Duration::try_from(app.config.audit.retention)?)
         .ok_or(AuditExpireError::Retention)?;
     match app.audit.prune_before(cutoff, actor, REASON) {
         Ok(p) => report.local = p,
