@@ -687,9 +687,9 @@ impl Catalog {
     }
 
     fn parse(&self, json: &str) -> Result<Manifest, CatalogError> {
-        Manifest::parse(json.as_bytes()).map_err(|reason| CatalogError::Corrupt {
+        Manifest::parse(json.as_bytes()).map_err(|e| CatalogError::Corrupt {
             path: self.path.clone(),
-            reason,
+            reason: e.to_string(),
         })
     }
 
@@ -916,9 +916,9 @@ impl Catalog {
             Some(j) => {
                 KeyObject::parse(j.as_bytes())
                     .map(Some)
-                    .map_err(|reason| CatalogError::Corrupt {
+                    .map_err(|e| CatalogError::Corrupt {
                         path: self.path.clone(),
-                        reason,
+                        reason: e.to_string(),
                     })
             }
         }
@@ -937,9 +937,9 @@ impl Catalog {
             .map_err(|e| self.db(e))?;
         rows.iter()
             .map(|j| {
-                KeyObject::parse(j.as_bytes()).map_err(|reason| CatalogError::Corrupt {
+                KeyObject::parse(j.as_bytes()).map_err(|e| CatalogError::Corrupt {
                     path: self.path.clone(),
-                    reason,
+                    reason: e.to_string(),
                 })
             })
             .collect()

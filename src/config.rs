@@ -1418,15 +1418,30 @@ pub(crate) fn present_secret_file_problem(path: &Path) -> Option<String> {
     secret_file_problem(path)
 }
 
+/// Why a secret file (token, credential) was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// What [`secret_file_problem`] found (missing, wrong owner or mode, ...), with what to do.
+    #[error("{0}")]
+    Unsafe(String),
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Read a secret file after [`secret_file_problem`] found nothing wrong with it; trimmed.
-pub(crate) fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, String> {
+pub(crate) fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, SecretFileError> {
     if let Some(problem) = secret_file_problem(path) {
-        return Err(problem);
+        return Err(SecretFileError::Unsafe(problem));
     }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        SecretFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?);
     Ok(secrecy::SecretString::from(text.trim().to_string()))
 }
 
@@ -2279,6 +2294,7 @@ master-key = "/tmp/coffre-nonexistent/master.key"
         );
         assert!(read_secret_file(&missing)
             .unwrap_err()
+            .to_string()
             .contains("does not exist"));
         // Owned by someone else (when this test runs as root, a file given away to nobody).
         if nix::unistd::geteuid().is_root() {

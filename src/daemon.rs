@@ -46,8 +46,11 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("status.token-file: {reason}")]
-    Token { path: PathBuf, reason: String },
+    #[error("status.token-file: {source}")]
+    Token {
+        path: PathBuf,
+        source: crate::config::SecretFileError,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
@@ -65,9 +68,9 @@ fn read_token(config: &Config) -> Result<Option<secrecy::SecretString>, DaemonEr
         None => Ok(None),
         Some(p) => crate::config::read_secret_file(p)
             .map(Some)
-            .map_err(|reason| DaemonError::Token {
+            .map_err(|source| DaemonError::Token {
                 path: p.clone(),
-                reason,
+                source,
             }),
     }
 }
@@ -127,8 +130,7 @@ pub async fn run(
 /// Counters go on from where the last run left them.
 fn restore_counters(app: &Coffre, rt: &Runtime) {
     let kept = crate::catalog::Catalog::open(&app.config.state_dir.join("catalog.sqlite"))
-        .map_err(|e| e.to_string())
-        .and_then(|c| rt.keep_counters(c).map_err(|e| e.to_string()));
+        .and_then(|c| rt.keep_counters(c));
     if let Err(e) = kept {
         tracing::warn!(error = %e, "counters not restored: they start from 0 in this run");
     }
@@ -286,7 +288,7 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: the running configuration stays");
-                self.rt.reload_result(Err(&e));
+                self.rt.reload_result(Err(&e.to_string()));
                 notify(&[
                     NotifyState::Ready,
                     NotifyState::Status("reload refused: config invalid, running config kept"),
@@ -322,17 +324,27 @@ impl Daemon {
     }
 }
 
-async fn reload(path: &Path, state_dir: &Path) -> Result<Coffre, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("state-dir changed from {} to {}: restart the daemon to move it", .from.display(), .to.display())]
+    StateDir { from: PathBuf, to: PathBuf },
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+async fn reload(path: &Path, state_dir: &Path) -> Result<Coffre, ReloadError> {
+    let config = Config::load(path)?;
     if config.state_dir != state_dir {
         // The daemon holds the lock of the state folder it started with.
-        return Err(format!(
-            "state-dir changed from {} to {}: restart the daemon to move it",
-            state_dir.display(),
-            config.state_dir.display()
-        ));
+        return Err(ReloadError::StateDir {
+            from: state_dir.to_path_buf(),
+            to: config.state_dir.clone(),
+        });
     }
-    Coffre::open(config).await.map_err(|e| e.to_string())
+    Ok(Coffre::open(config).await?)
 }
 
 /// Entries a crash left `sealing`: committed somewhere already (done), or to be redone.

@@ -58,45 +58,68 @@ pub(crate) fn db_hint(e: &rusqlite::Error) -> Option<&'static str> {
     }
 }
 
+/// Why the daemon refuses a file descriptor a caller passed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassedFileError {
+    #[error("cannot stat the file passed: {0}")]
+    Stat(std::io::Error),
+    #[error("the descriptor passed is not a regular file")]
+    NotRegular,
+    #[error("the file passed is not empty ({len} bytes)")]
+    NotEmpty { len: u64 },
+    #[error("the file passed has {len} bytes, more than the {max} accepted")]
+    TooLarge { len: u64, max: u64 },
+    #[error("the file passed is not open for writing")]
+    NotForWriting,
+    #[error("the file passed is open for appending")]
+    Appending,
+    #[error("the file passed is not open for reading")]
+    NotForReading,
+    #[error("cannot read the flags of the file passed: {0}")]
+    Flags(nix::errno::Errno),
+    #[error("cannot stat the file system of the file passed: {0}")]
+    StatFs(nix::errno::Errno),
+    #[error("the file passed is a kernel interface (procfs, sysfs, ...), not a file")]
+    KernelInterface,
+}
+
 /// The file of a descriptor a caller passed (the daemon's control socket, `wal-fetch`), if it
 /// is an empty regular file open for writing and not appending: the only kind of file the
 /// daemon writes for a caller.
-pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, String> {
+pub fn empty_file_to_write(fd: std::os::fd::OwnedFd) -> Result<std::fs::File, PassedFileError> {
     use nix::fcntl::OFlag;
     let f = std::fs::File::from(fd);
-    let m = f
-        .metadata()
-        .map_err(|e| format!("cannot stat the file passed: {e}"))?;
+    let m = f.metadata().map_err(PassedFileError::Stat)?;
     if !m.is_file() {
-        return Err("the descriptor passed is not a regular file".into());
+        return Err(PassedFileError::NotRegular);
     }
     if m.len() != 0 {
-        return Err(format!("the file passed is not empty ({} bytes)", m.len()));
+        return Err(PassedFileError::NotEmpty { len: m.len() });
     }
     // Kernel interfaces show "empty regular files" too; a WAL file never belongs there.
     not_a_kernel_interface(&f)?;
     let flags = open_flags(&f)?;
     let mode = flags & OFlag::O_ACCMODE;
     if mode != OFlag::O_WRONLY && mode != OFlag::O_RDWR {
-        return Err("the file passed is not open for writing".into());
+        return Err(PassedFileError::NotForWriting);
     }
     if flags.contains(OFlag::O_APPEND) {
-        return Err("the file passed is open for appending".into());
+        return Err(PassedFileError::Appending);
     }
     Ok(f)
 }
 
 /// The flags a passed descriptor was opened with (access mode, append).
-fn open_flags(f: &std::fs::File) -> Result<nix::fcntl::OFlag, String> {
+fn open_flags(f: &std::fs::File) -> Result<nix::fcntl::OFlag, PassedFileError> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     fcntl(f, FcntlArg::F_GETFL)
         .map(OFlag::from_bits_truncate)
-        .map_err(|e| format!("cannot read the flags of the file passed: {e}"))
+        .map_err(PassedFileError::Flags)
 }
 
 /// Refuse a file on a kernel interface (procfs, sysfs, cgroup, ...): their files look like
 /// regular files, and reading or writing them acts on the kernel, not on data.
-fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), String> {
+fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), PassedFileError> {
     use nix::sys::statfs::*;
     let kernel = [
         PROC_SUPER_MAGIC,
@@ -111,12 +134,9 @@ fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), String> {
         BPF_FS_MAGIC,
         NSFS_MAGIC,
     ];
-    let fs =
-        fstatfs(f).map_err(|e| format!("cannot stat the file system of the file passed: {e}"))?;
+    let fs = fstatfs(f).map_err(PassedFileError::StatFs)?;
     if kernel.contains(&fs.filesystem_type()) {
-        return Err(
-            "the file passed is a kernel interface (procfs, sysfs, ...), not a file".into(),
-        );
+        return Err(PassedFileError::KernelInterface);
     }
     Ok(())
 }
@@ -125,25 +145,20 @@ fn not_a_kernel_interface(f: &std::fs::File) -> Result<(), String> {
 /// `wal-push`), if it is a regular file of at most `max` bytes, open for reading, and not on a
 /// kernel interface: the only kind of file the daemon reads for a caller. It is read with
 /// positioned reads, so the caller's file offset does not matter.
-pub fn file_to_read(fd: std::os::fd::OwnedFd, max: u64) -> Result<std::fs::File, String> {
+pub fn file_to_read(fd: std::os::fd::OwnedFd, max: u64) -> Result<std::fs::File, PassedFileError> {
     use nix::fcntl::OFlag;
     let f = std::fs::File::from(fd);
-    let m = f
-        .metadata()
-        .map_err(|e| format!("cannot stat the file passed: {e}"))?;
+    let m = f.metadata().map_err(PassedFileError::Stat)?;
     if !m.is_file() {
-        return Err("the descriptor passed is not a regular file".into());
+        return Err(PassedFileError::NotRegular);
     }
     if m.len() > max {
-        return Err(format!(
-            "the file passed has {} bytes, more than the {max} accepted",
-            m.len()
-        ));
+        return Err(PassedFileError::TooLarge { len: m.len(), max });
     }
     not_a_kernel_interface(&f)?;
     let mode = open_flags(&f)? & OFlag::O_ACCMODE;
     if mode != OFlag::O_RDONLY && mode != OFlag::O_RDWR {
-        return Err("the file passed is not open for reading".into());
+        return Err(PassedFileError::NotForReading);
     }
     Ok(f)
 }
@@ -194,29 +209,29 @@ mod tests {
         let full = dir.path().join("full");
         std::fs::write(&full, b"already here").unwrap();
         let f = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
-        let e = empty_file_to_write(f.into()).unwrap_err();
+        let e = empty_file_to_write(f.into()).unwrap_err().to_string();
         assert!(e.contains("not empty (12 bytes)"), "{e}");
         let ro = std::fs::File::open(&empty).unwrap();
-        let e = empty_file_to_write(ro.into()).unwrap_err();
+        let e = empty_file_to_write(ro.into()).unwrap_err().to_string();
         assert!(e.contains("not open for writing"), "{e}");
         let ap = std::fs::OpenOptions::new()
             .append(true)
             .open(&empty)
             .unwrap();
-        let e = empty_file_to_write(ap.into()).unwrap_err();
+        let e = empty_file_to_write(ap.into()).unwrap_err().to_string();
         assert!(e.contains("appending"), "{e}");
         let (r, _w) = nix::unistd::pipe().unwrap();
-        let e = empty_file_to_write(r).unwrap_err();
+        let e = empty_file_to_write(r).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let d = std::fs::File::open(dir.path()).unwrap();
-        let e = empty_file_to_write(d.into()).unwrap_err();
+        let e = empty_file_to_write(d.into()).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
         // The caller's own /proc files are regular, empty and its own.
         let p = std::fs::OpenOptions::new()
             .write(true)
             .open("/proc/self/oom_score_adj")
             .unwrap();
-        let e = empty_file_to_write(p.into()).unwrap_err();
+        let e = empty_file_to_write(p.into()).unwrap_err().to_string();
         assert!(e.contains("kernel interface"), "{e}");
     }
 
@@ -232,19 +247,21 @@ mod tests {
         f.seek(SeekFrom::Start(7)).unwrap();
         let f = file_to_read(f.into(), 10).unwrap();
         assert_eq!(read_all_at(&f, 10).unwrap(), b"0123456789");
-        let e = file_to_read(std::fs::File::open(&wal).unwrap().into(), 9).unwrap_err();
+        let e = file_to_read(std::fs::File::open(&wal).unwrap().into(), 9)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("more than the 9 accepted"), "{e}");
         let wo = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
-        let e = file_to_read(wo.into(), 10).unwrap_err();
+        let e = file_to_read(wo.into(), 10).unwrap_err().to_string();
         assert!(e.contains("not open for reading"), "{e}");
         let (r, _w) = nix::unistd::pipe().unwrap();
-        let e = file_to_read(r, 10).unwrap_err();
+        let e = file_to_read(r, 10).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let d = std::fs::File::open(dir.path()).unwrap();
-        let e = file_to_read(d.into(), 10).unwrap_err();
+        let e = file_to_read(d.into(), 10).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let p = std::fs::File::open("/proc/self/environ").unwrap();
-        let e = file_to_read(p.into(), 1 << 20).unwrap_err();
+        let e = file_to_read(p.into(), 1 << 20).unwrap_err().to_string();
         assert!(e.contains("kernel interface"), "{e}");
     }
 }

@@ -525,9 +525,12 @@ impl Runtime {
 
     /// Restore the counters a previous run kept in `catalog`, then keep every increment there.
     /// Rows this version does not know are left alone.
-    pub(crate) fn keep_counters(&self, catalog: crate::catalog::Catalog) -> Result<(), String> {
-        catalog.relaxed_durability().map_err(|e| e.to_string())?;
-        let rows = catalog.counters().map_err(|e| e.to_string())?;
+    pub(crate) fn keep_counters(
+        &self,
+        catalog: crate::catalog::Catalog,
+    ) -> Result<(), crate::catalog::CatalogError> {
+        catalog.relaxed_durability()?;
+        let rows = catalog.counters()?;
         for (fam, labels, value) in rows {
             let Ok(labels) = serde_json::from_str::<Vec<String>>(&labels) else {
                 tracing::warn!(family = %fam, "counter row with unreadable labels skipped");

@@ -286,12 +286,11 @@ impl Store {
                 manifest: self.manifest_path(source, id),
             });
         }
-        let name = crate::format::wal::WalName::parse(original_name).map_err(|reason| {
-            StoreError::Setup {
+        let name =
+            crate::format::wal::WalName::parse(original_name).map_err(|e| StoreError::Setup {
                 store: self.name.clone(),
-                reason,
-            }
-        })?;
+                reason: e.to_string(),
+            })?;
         let dir = self.wal_dir(source, &name);
         Ok(ObjectPaths {
             data: dir.clone().join(format!("{id}.data")),
@@ -305,9 +304,9 @@ impl Store {
         source: &str,
         name: &str,
     ) -> Result<Manifest, StoreError> {
-        let wal = crate::format::wal::WalName::parse(name).map_err(|reason| StoreError::Setup {
+        let wal = crate::format::wal::WalName::parse(name).map_err(|e| StoreError::Setup {
             store: self.name.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         let path = self.wal_dir(source, &wal).join("manifest.json");
         let bad = |reason| StoreError::BadObject {
@@ -318,7 +317,7 @@ impl Store {
         let bytes = self
             .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
             .await?;
-        let m = Manifest::parse(&bytes).map_err(bad)?;
+        let m = Manifest::parse(&bytes).map_err(|e| bad(e.to_string()))?;
         if m.source != source || m.original_name != name || m.kind != SnapshotKind::Wal {
             return Err(bad(format!(
                 "it describes {} of source `{}`",
@@ -606,10 +605,10 @@ impl Store {
         let bytes = self
             .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
             .await?;
-        let m = Manifest::parse(&bytes).map_err(|reason| StoreError::BadObject {
+        let m = Manifest::parse(&bytes).map_err(|e| StoreError::BadObject {
             store: self.name.clone(),
             path: path.to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         if m.snapshot != *id || m.source != source {
             return Err(StoreError::BadObject {
@@ -633,10 +632,10 @@ impl Store {
         let bytes = self
             .get_small(&path, crate::format::objects::MAX_SMALL_OBJECT)
             .await?;
-        let k = KeyObject::parse(&bytes).map_err(|reason| StoreError::BadObject {
+        let k = KeyObject::parse(&bytes).map_err(|e| StoreError::BadObject {
             store: self.name.clone(),
             path: path.to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         if k.snapshot != *id {
             return Err(StoreError::BadObject {
@@ -722,9 +721,9 @@ fn read_secret(
     if let Some(path) = file {
         return crate::config::read_secret_file(path)
             .map(Some)
-            .map_err(|reason| StoreError::Setup {
+            .map_err(|e| StoreError::Setup {
                 store: store.to_string(),
-                reason,
+                reason: e.to_string(),
             });
     }
     Ok(None)

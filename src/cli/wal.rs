@@ -203,7 +203,8 @@ fn wal_push_file(
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .ok_or_else(|| WalError::NotPassed("no file descriptor came with it".into()))?;
-            crate::fsutil::file_to_read(fd, wal::MAX_WAL_FILE).map_err(WalError::NotPassed)?
+            crate::fsutil::file_to_read(fd, wal::MAX_WAL_FILE)
+                .map_err(|e| WalError::NotPassed(e.to_string()))?
         }
         None => wal::open_wal_file(path)?,
     };

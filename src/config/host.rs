@@ -11,6 +11,20 @@ use super::{
     SERVICE_CREDENTIALS_DIR,
 };
 
+/// Why the account named for `coffre check-config --as` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("cannot look up the user `{name}`: {source}")]
+    Lookup {
+        name: String,
+        source: nix::errno::Errno,
+    },
+    #[error("there is no user `{name}` on this host: pass the account the service runs as (`coffre` under the packaged unit), or install the package first")]
+    NoSuchUser { name: String },
+    #[error("`{name}` is not a valid user name")]
+    BadName { name: String },
+}
+
 /// The account whose access is checked.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -39,14 +53,18 @@ impl Account {
     }
 
     /// A named account of this host, with its groups.
-    pub fn named(name: &str) -> Result<Account, String> {
+    pub fn named(name: &str) -> Result<Account, AccountError> {
         let user = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("cannot look up the user `{name}`: {e}"))?
-            .ok_or_else(|| {
-                format!("there is no user `{name}` on this host: pass the account the service runs as (`coffre` under the packaged unit), or install the package first")
+            .map_err(|source| AccountError::Lookup {
+                name: name.to_string(),
+                source,
+            })?
+            .ok_or_else(|| AccountError::NoSuchUser {
+                name: name.to_string(),
             })?;
-        let cname = std::ffi::CString::new(name)
-            .map_err(|_| format!("`{name}` is not a valid user name"))?;
+        let cname = std::ffi::CString::new(name).map_err(|_| AccountError::BadName {
+            name: name.to_string(),
+        })?;
         let mut groups: Vec<u32> = nix::unistd::getgrouplist(&cname, user.gid)
             .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
             .unwrap_or_default();

@@ -73,6 +73,20 @@ pub(crate) fn open_for_writing(path: &Path) -> bool {
     false
 }
 
+/// Why a source folder cannot be scanned: which folder, why, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("{} does not exist: coffre never creates a source folder; create it (writable by the dump user, readable by coffre) or fix source.path", .path.display())]
+    Missing { path: PathBuf },
+    #[error("{} is not readable by coffre (permission denied): give its account read and search access (e.g. the group coffre)", .path.display())]
+    NotReadable { path: PathBuf },
+    #[error("{} cannot be read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Decides completeness for one source, remembering when each entry was last seen changing.
 pub struct SourceGate {
     source: SourceConfig,
@@ -93,19 +107,23 @@ impl SourceGate {
 
     /// The source folder, readable; an error names the folder, why it cannot be read and what
     /// to do (coffre never creates a source folder).
-    pub(crate) fn open_folder(&self) -> Result<std::fs::ReadDir, String> {
-        let d = self.source.path.display();
+    pub(crate) fn open_folder(&self) -> Result<std::fs::ReadDir, FolderError> {
+        let path = self.source.path.clone();
         match std::fs::read_dir(&self.source.path) {
             Ok(rd) => Ok(rd),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{d} does not exist: coffre never creates a source folder; create it (writable by the dump user, readable by coffre) or fix source.path")),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!("{d} is not readable by coffre (permission denied): give its account read and search access (e.g. the group coffre)")),
-            Err(e) => Err(format!("{d} cannot be read: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(FolderError::Missing { path })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(FolderError::NotReadable { path })
+            }
+            Err(source) => Err(FolderError::Read { path, source }),
         }
     }
 
     /// Complete snapshots in the folder now, with their keys ([`SourceGate::open_folder`]'s error
     /// when the folder cannot be read).
-    pub fn scan(&mut self, now: Instant) -> Result<Vec<Key>, String> {
+    pub fn scan(&mut self, now: Instant) -> Result<Vec<Key>, FolderError> {
         let rd = self.open_folder()?;
         let mut names: Vec<PathBuf> = rd
             .flatten()
@@ -242,7 +260,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let gone = d.path().join("gone");
         let mut i = SourceGate::new(source(&gone, CompleteRule::Rename));
-        let e = i.scan(Instant::now()).unwrap_err();
+        let e = i.scan(Instant::now()).unwrap_err().to_string();
         assert!(
             e.contains("does not exist: coffre never creates a source folder"),
             "{e}"

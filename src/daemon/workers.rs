@@ -131,7 +131,10 @@ impl Intake {
         // Every source folder's state from the start (the first scan waits for an event or the
         // scan interval).
         for i in &intakes {
-            rt.source_folder(&i.source().name, i.open_folder().err().as_deref());
+            rt.source_folder(
+                &i.source().name,
+                i.open_folder().err().map(|e| e.to_string()).as_deref(),
+            );
         }
         Intake {
             journal,
@@ -207,7 +210,7 @@ impl Periodic for Intake {
                     keys
                 }
                 Err(e) => {
-                    ctx.rt.source_folder(&source, Some(&e));
+                    ctx.rt.source_folder(&source, Some(&e.to_string()));
                     continue;
                 }
             };
@@ -410,7 +413,7 @@ async fn drill_source(app: &Coffre, ctx: &RoundEnv, source: &str) {
                 "scheduled drill finished"
             );
         }
-        Err(e) => ctx.error(&e),
+        Err(e) => ctx.error(&e.to_string()),
     }
 }
 
@@ -444,7 +447,7 @@ impl Periodic for Shred {
                 return Round::Halt;
             }
             Err(e) => {
-                ctx.error(&e);
+                ctx.error(&e.to_string());
                 return Round::Failed;
             }
         }
@@ -468,7 +471,7 @@ impl Periodic for Shred {
                 }
             }
             Err(e) => {
-                ctx.error(&e);
+                ctx.error(&e.to_string());
                 failed = true;
             }
         }
@@ -486,14 +489,12 @@ pub fn clock_ok(
     journal: &Journal,
     now: time::OffsetDateTime,
     max_jump: Duration,
-) -> Result<bool, String> {
-    let last = journal.last_clock().map_err(|e| e.to_string())?;
+) -> Result<bool, crate::journal::JournalError> {
+    let last = journal.last_clock()?;
     let ok = last.is_none_or(|l| now.unix_timestamp() - l <= max_jump.as_secs() as i64);
     // A jumped time is never recorded, so a restart does not launder it.
     if ok {
-        journal
-            .observe_clock(now.unix_timestamp())
-            .map_err(|e| e.to_string())?;
+        journal.observe_clock(now.unix_timestamp())?;
     }
     Ok(ok)
 }

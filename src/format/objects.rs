@@ -70,13 +70,48 @@ pub struct Manifest {
     pub pg_wal_start: Option<String>,
 }
 
+/// A manifest that [`Manifest::parse`] refuses: what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest too large")]
+    TooLarge,
+    #[error("not a manifest: {0}")]
+    NotJson(serde_json::Error),
+    #[error("manifest format {format} is not supported (this coffre reads 1 and {MANIFEST_FORMAT}): upgrade coffre")]
+    Format { format: u32 },
+    #[error("sealed_sha256 is not a SHA-256 in hex")]
+    SealedDigest,
+    #[error("{field} is not a 32-byte digest in hex")]
+    PlainDigest { field: &'static str },
+    #[error("manifest format {format} needs {field}")]
+    MissingDigest { format: u32, field: &'static str },
+    #[error("manifest format {format} has a plaintext digest of another format")]
+    OtherDigest { format: u32 },
+    #[error("source is not a valid name")]
+    Source,
+    #[error(transparent)]
+    WalName(#[from] crate::format::wal::WalNameError),
+}
+
+/// A key object that [`KeyObject::parse`] refuses: what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyObjectError {
+    #[error("key object too large")]
+    TooLarge,
+    #[error("not a key object: {0}")]
+    NotJson(serde_json::Error),
+    #[error("key object format {format} is not supported: upgrade coffre")]
+    Format { format: u32 },
+    #[error("key object holds no wrapped key")]
+    NoWraps,
+}
+
 impl Manifest {
-    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         if bytes.len() as u64 > MAX_SMALL_OBJECT {
-            return Err("manifest too large".into());
+            return Err(ManifestError::TooLarge);
         }
-        let mut m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        let mut m: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::NotJson)?;
         // Hex is compared as text further on: one case only.
         m.sealed_sha256.make_ascii_lowercase();
         for d in [&mut m.plaintext_hmac_sha256, &mut m.plaintext_blake3]
@@ -86,13 +121,10 @@ impl Manifest {
             d.make_ascii_lowercase();
         }
         if m.format != 1 && m.format != MANIFEST_FORMAT {
-            return Err(format!(
-                "manifest format {} is not supported (this coffre reads 1 and {MANIFEST_FORMAT}): upgrade coffre",
-                m.format
-            ));
+            return Err(ManifestError::Format { format: m.format });
         }
         if m.sealed_sha256.len() != 64 || hex::decode(&m.sealed_sha256).is_err() {
-            return Err("sealed_sha256 is not a SHA-256 in hex".into());
+            return Err(ManifestError::SealedDigest);
         }
         let (field, present, other) = match m.format {
             1 => (
@@ -108,17 +140,19 @@ impl Manifest {
         };
         match present {
             Some(d) if d.len() == 64 && hex::decode(d).is_ok() => {}
-            Some(_) => return Err(format!("{field} is not a 32-byte digest in hex")),
-            None => return Err(format!("manifest format {} needs {field}", m.format)),
+            Some(_) => return Err(ManifestError::PlainDigest { field }),
+            None => {
+                return Err(ManifestError::MissingDigest {
+                    format: m.format,
+                    field,
+                })
+            }
         }
         if other.is_some() {
-            return Err(format!(
-                "manifest format {} has a plaintext digest of another format",
-                m.format
-            ));
+            return Err(ManifestError::OtherDigest { format: m.format });
         }
         if !crate::ids::is_valid_name(&m.source) {
-            return Err("source is not a valid name".into());
+            return Err(ManifestError::Source);
         }
         if m.kind == SnapshotKind::Wal {
             crate::format::wal::WalName::parse(&m.original_name)?;
@@ -190,20 +224,16 @@ pub struct AuthTag {
 }
 
 impl KeyObject {
-    pub fn parse(bytes: &[u8]) -> Result<KeyObject, String> {
+    pub fn parse(bytes: &[u8]) -> Result<KeyObject, KeyObjectError> {
         if bytes.len() as u64 > MAX_SMALL_OBJECT {
-            return Err("key object too large".into());
+            return Err(KeyObjectError::TooLarge);
         }
-        let k: KeyObject =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a key object: {e}"))?;
+        let k: KeyObject = serde_json::from_slice(bytes).map_err(KeyObjectError::NotJson)?;
         if k.format != KEY_OBJECT_FORMAT {
-            return Err(format!(
-                "key object format {} is not supported: upgrade coffre",
-                k.format
-            ));
+            return Err(KeyObjectError::Format { format: k.format });
         }
         if k.wraps.is_empty() {
-            return Err("key object holds no wrapped key".into());
+            return Err(KeyObjectError::NoWraps);
         }
         Ok(k)
     }
@@ -258,6 +288,7 @@ mod tests {
         v["format"] = 3.into();
         assert!(Manifest::parse(&serde_json::to_vec(&v).unwrap())
             .unwrap_err()
+            .to_string()
             .contains("format 3"));
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         v["extra"] = 1.into();
@@ -265,6 +296,7 @@ mod tests {
         assert!(Manifest::parse(b"{").is_err());
         assert!(Manifest::parse(&vec![b' '; 70_000])
             .unwrap_err()
+            .to_string()
             .contains("too large"));
     }
 
@@ -287,19 +319,24 @@ mod tests {
         // Format 1 without its HMAC, or with a BLAKE3 digest as well: refused.
         let mut both = v.clone();
         both["plaintext_blake3"] = "3".repeat(64).into();
-        assert!(reparse(&both).unwrap_err().contains("another format"));
+        assert!(reparse(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("another format"));
         let mut none = v.clone();
         none.as_object_mut()
             .unwrap()
             .remove("plaintext_hmac_sha256");
         assert!(reparse(&none)
             .unwrap_err()
+            .to_string()
             .contains("needs plaintext_hmac_sha256"));
         // Format 2 with only an HMAC: refused (no downgrade to the older digest).
         let mut downgrade = v.clone();
         downgrade["format"] = 2.into();
         assert!(reparse(&downgrade)
             .unwrap_err()
+            .to_string()
             .contains("needs plaintext_blake3"));
         // Upper-case hex reads as the same digest.
         let mut upper: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
@@ -313,6 +350,7 @@ mod tests {
         short["plaintext_blake3"] = "zz".into();
         assert!(reparse(&short)
             .unwrap_err()
+            .to_string()
             .contains("not a 32-byte digest"));
     }
 }

@@ -25,6 +25,50 @@ pub struct WalName {
     log_seg: u64,
 }
 
+/// Which part of a name made it no WAL file name (the message is the same for all: it says
+/// what a WAL file name looks like).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalNamePart {
+    /// Neither 24 hex digits (with or without a suffix) nor `<8 hex>.history`.
+    Shape,
+    /// A 24-digit stem with a suffix other than `.partial` or `.<8 hex>.backup`.
+    Suffix,
+    /// The stem is not upper-case hex.
+    NotHex,
+    /// Timeline 0 does not exist.
+    TimelineZero,
+}
+
+/// A name that is not a PostgreSQL WAL file name.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalNameError {
+    #[error(
+        "`{}` is not a PostgreSQL WAL file name (a 24-hex-digit segment, \
+         `<segment>.partial`, `<segment>.<8 hex>.backup` or `<8 hex>.history`)",
+        .name.escape_debug()
+    )]
+    NotAWalName { name: String, part: WalNamePart },
+}
+
+/// A WAL segment whose first page header does not match its name or size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalHeaderError {
+    #[error("{size} bytes is not a WAL segment's size (a power of two from 1 MiB to 1 GiB)")]
+    Size { size: u64 },
+    #[error("no WAL segment header (xlp_magic {magic:#06X}, xlp_info {info:#06X})")]
+    NoHeader { magic: u16, info: u16 },
+    #[error("its header says segments of {seg_size} bytes, the file has {size}")]
+    SegmentSize { seg_size: u64, size: u64 },
+    #[error(
+        "its first page is at LSN {:X}/{:X}, the name says {named}",
+        .pageaddr >> 32,
+        .pageaddr & 0xFFFF_FFFF
+    )]
+    Position { pageaddr: u64, named: String },
+    #[error("its first page is on timeline {tli}, the name says {named}")]
+    Timeline { tli: u32, named: u32 },
+}
+
 fn is_upper_hex(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -32,13 +76,10 @@ fn is_upper_hex(s: &str) -> bool {
 }
 
 impl WalName {
-    pub fn parse(name: &str) -> Result<WalName, String> {
-        let bad = || {
-            format!(
-                "`{}` is not a PostgreSQL WAL file name (a 24-hex-digit segment, \
-                 `<segment>.partial`, `<segment>.<8 hex>.backup` or `<8 hex>.history`)",
-                name.escape_debug()
-            )
+    pub fn parse(name: &str) -> Result<WalName, WalNameError> {
+        let bad = |part| WalNameError::NotAWalName {
+            name: name.to_string(),
+            part,
         };
         let (stem, rest) = match name.split_once('.') {
             Some((s, r)) => (s, Some(r)),
@@ -51,21 +92,23 @@ impl WalName {
                 Some((off, "backup")) if off.len() == 8 && is_upper_hex(off) => {
                     WalFileKind::BackupHistory
                 }
-                _ => return Err(bad()),
+                _ => return Err(bad(WalNamePart::Suffix)),
             },
             (8, Some("history")) => WalFileKind::TimelineHistory,
-            _ => return Err(bad()),
+            _ => return Err(bad(WalNamePart::Shape)),
         };
         if !is_upper_hex(stem) {
-            return Err(bad());
+            return Err(bad(WalNamePart::NotHex));
         }
-        let timeline = u32::from_str_radix(&stem[..8], 16).map_err(|_| bad())?;
+        let timeline = u32::from_str_radix(&stem[..8], 16).map_err(|_| bad(WalNamePart::NotHex))?;
         if timeline == 0 {
-            return Err(bad());
+            return Err(bad(WalNamePart::TimelineZero));
         }
         let log_seg = if stem.len() == 24 {
-            let log = u64::from_str_radix(&stem[8..16], 16).map_err(|_| bad())?;
-            let seg = u64::from_str_radix(&stem[16..24], 16).map_err(|_| bad())?;
+            let log =
+                u64::from_str_radix(&stem[8..16], 16).map_err(|_| bad(WalNamePart::NotHex))?;
+            let seg =
+                u64::from_str_radix(&stem[16..24], 16).map_err(|_| bad(WalNamePart::NotHex))?;
             (log << 32) | seg
         } else {
             0
@@ -137,15 +180,13 @@ const WAL_MAGIC: std::ops::RangeInclusive<u16> = 0xD000..=0xD1FF;
 /// A `.partial` segment is checked the same way (it is the whole segment file, renamed at a
 /// promotion). Timeline history and backup history files are text and have no page header:
 /// they pass unchecked.
-pub fn check_first_page(name: &WalName, bytes: &[u8]) -> Result<(), String> {
+pub fn check_first_page(name: &WalName, bytes: &[u8]) -> Result<(), WalHeaderError> {
     if !matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
         return Ok(());
     }
     let size = bytes.len() as u64;
     if !size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&size) {
-        return Err(format!(
-            "{size} bytes is not a WAL segment's size (a power of two from 1 MiB to 1 GiB)"
-        ));
+        return Err(WalHeaderError::Size { size });
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
     let u32_at =
@@ -153,34 +194,27 @@ pub fn check_first_page(name: &WalName, bytes: &[u8]) -> Result<(), String> {
     let u64_at = |o: usize| (u64::from(u32_at(o + 4)) << 32) | u64::from(u32_at(o));
     let (magic, info, tli, pageaddr) = (u16_at(0), u16_at(2), u32_at(4), u64_at(8));
     if !WAL_MAGIC.contains(&magic) || info & XLP_LONG_HEADER == 0 {
-        return Err(format!(
-            "no WAL segment header (xlp_magic {magic:#06X}, xlp_info {info:#06X})"
-        ));
+        return Err(WalHeaderError::NoHeader { magic, info });
     }
     let seg_size = u64::from(u32_at(32));
     if seg_size != size {
-        return Err(format!(
-            "its header says segments of {seg_size} bytes, the file has {size}"
-        ));
+        return Err(WalHeaderError::SegmentSize { seg_size, size });
     }
     let (log, seg) = (name.position() >> 32, name.position() & 0xFFFF_FFFF);
     let start = (seg < (1 << 32) / size).then(|| (log << 32) | (seg * size));
     if start != Some(pageaddr) {
-        return Err(format!(
-            "its first page is at LSN {:X}/{:X}, the name says {}",
-            pageaddr >> 32,
-            pageaddr & 0xFFFF_FFFF,
-            start.map_or(
-                "no valid position for this segment size".to_string(),
-                |s| format!("{:X}/{:X}", s >> 32, s & 0xFFFF_FFFF)
-            )
-        ));
+        return Err(WalHeaderError::Position {
+            pageaddr,
+            named: start.map_or("no valid position for this segment size".to_string(), |s| {
+                format!("{:X}/{:X}", s >> 32, s & 0xFFFF_FFFF)
+            }),
+        });
     }
     if tli == 0 || tli > name.timeline() {
-        return Err(format!(
-            "its first page is on timeline {tli}, the name says {}",
-            name.timeline()
-        ));
+        return Err(WalHeaderError::Timeline {
+            tli,
+            named: name.timeline(),
+        });
     }
     Ok(())
 }
@@ -245,6 +279,7 @@ mod tests {
             &segment(mib16, 2, lsn + mib16 as u64, mib16 as u32)
         )
         .unwrap_err()
+        .to_string()
         .contains("the name says 1/3A000000"));
         for (bytes, says) in [
             // Another segment's bytes under this name.
@@ -260,13 +295,15 @@ mod tests {
             (segment(4096, 2, lsn, 4096), "not a WAL segment's size"),
             (vec![0u8; mib16], "no WAL segment header"),
         ] {
-            let e = check_first_page(&name, &bytes).unwrap_err();
+            let e = check_first_page(&name, &bytes).unwrap_err().to_string();
             assert!(e.contains(says), "{says}: {e}");
         }
         // 64 MiB segments: segment 0x50 is past the 64 a log file holds.
         let big = 64 << 20;
         let past = WalName::parse("000000020000000100000050").unwrap();
-        let e = check_first_page(&past, &segment(big, 2, lsn, big as u32)).unwrap_err();
+        let e = check_first_page(&past, &segment(big, 2, lsn, big as u32))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no valid position"), "{e}");
         // History files are text: not checked.
         for n in [
@@ -317,7 +354,10 @@ mod tests {
             "00000001000000000000000A\n",
         ] {
             let e = WalName::parse(bad).unwrap_err();
-            assert!(e.contains("not a PostgreSQL WAL file name"), "{bad:?}: {e}");
+            assert!(
+                e.to_string().contains("not a PostgreSQL WAL file name"),
+                "{bad:?}: {e}"
+            );
         }
     }
 }

@@ -18,6 +18,24 @@ use crate::ids::{EpochId, SnapshotId};
 use crate::keys::DataKey;
 use crate::store::{KeyObject, Store};
 
+/// Why the access log's sealed copy could not be written to, listed in or read from a store
+/// (the store's own error names the store and what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditCopyError {
+    #[error("cannot read the access log: {0}")]
+    ReadLog(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Seal(#[from] crate::format::seal::SealError),
+    #[error(transparent)]
+    KeyObject(#[from] crate::format::objects::KeyObjectError),
+    #[error("{0}")]
+    Zstd(std::io::Error),
+}
+
 /// How long sealed segments of the access log are kept (their epoch is the day this ends).
 pub(crate) fn retention_epoch(app: &Coffre) -> EpochId {
     // audit.retention is at most 100 years (config validation); checked all the same.
@@ -65,9 +83,9 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
 pub(crate) async fn segments_and_strays(
     s: &Store,
     host: &str,
-) -> Result<(Vec<Segment>, Vec<String>), String> {
+) -> Result<(Vec<Segment>, Vec<String>), AuditCopyError> {
     let dir = segment_dir(s, host);
-    let metas = s.list(&dir).await.map_err(|e| e.to_string())?;
+    let metas = s.list(&dir).await?;
     let mut out = Vec::new();
     let mut strays = Vec::new();
     for m in metas {
@@ -94,7 +112,7 @@ pub(crate) async fn segments_and_strays(
 
 /// Every sealed segment of `host` in a store, oldest first. Objects whose names are out of range
 /// are left out, with a warning (`coffre audit verify` reports them).
-pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, String> {
+pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, AuditCopyError> {
     let (segs, strays) = segments_and_strays(s, host).await?;
     for stray in strays {
         tracing::warn!(store = %s.name, object = %stray, "access-log segment name out of range: ignored (not written by coffre?); see `coffre audit verify`");
@@ -103,11 +121,11 @@ pub(crate) async fn segments(s: &Store, host: &str) -> Result<Vec<Segment>, Stri
 }
 
 /// Seal and upload the entries not yet in each store. Returns entries written per store.
-pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
+pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, AuditCopyError> {
     let text = match std::fs::read_to_string(app.audit.path()) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(format!("cannot read the access log: {e}")),
+        Err(e) => return Err(AuditCopyError::ReadLog(e)),
     };
     let lines: Vec<(u64, &str)> = text
         .lines()
@@ -142,11 +160,10 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
         let id = SnapshotId::new();
         let epoch = retention_epoch(app);
         let dek = DataKey::generate();
-        let wraps = crate::keys::wrap_for_all(&app.providers, &epoch, &dek, &id)
-            .map_err(|e| e.to_string())?;
-        let compressed = zstd::encode_all(body.as_bytes(), 3).map_err(|e| e.to_string())?;
+        let wraps = crate::keys::wrap_for_all(&app.providers, &epoch, &dek, &id)?;
+        let compressed = zstd::encode_all(body.as_bytes(), 3).map_err(AuditCopyError::Zstd)?;
         let header = Header::new(&id, 16);
-        let sealed = seal::seal_to_vec(&dek, &header, &compressed).map_err(|e| e.to_string())?;
+        let sealed = seal::seal_to_vec(&dek, &header, &compressed)?;
         let key = KeyObject {
             format: crate::format::objects::KEY_OBJECT_FORMAT,
             snapshot: id,
@@ -159,16 +176,14 @@ pub async fn replicate(app: &Coffre) -> Result<BTreeMap<String, u64>, String> {
         };
         let dir = segment_dir(s, &app.host).join(epoch.as_str());
         let stem = format!("{:012}-{:012}", first.0, last.0);
-        app.push_keyrings(s).await.map_err(|e| e.to_string())?;
+        app.push_keyrings(s).await?;
         s.put(
             &dir.clone().join(format!("{stem}.key.json")),
             key.to_json().into(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         s.put(&dir.join(format!("{stem}.sealed")), sealed.into())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         written.insert(s.name.clone(), new.len() as u64);
     }
     Ok(written)
@@ -183,7 +198,7 @@ pub struct Finding {
 }
 
 /// Compare every store's sealed copy with the local log.
-pub(crate) async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> {
+pub(crate) async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, AuditCopyError> {
     verify_stores_at(app, time::OffsetDateTime::now_utc()).await
 }
 
@@ -191,7 +206,7 @@ pub(crate) async fn verify_stores(app: &Coffre) -> Result<Vec<Finding>, String> 
 pub async fn verify_stores_at(
     app: &Coffre,
     now: time::OffsetDateTime,
-) -> Result<Vec<Finding>, String> {
+) -> Result<Vec<Finding>, AuditCopyError> {
     let local = LocalLog::read(app);
     // An hour of slack for the clocks of the hosts that pruned and that verify.
     let expired_by = now.saturating_add(time::Duration::hours(1));
@@ -316,16 +331,14 @@ async fn open_segment(
     s: &Store,
     seg: &Segment,
     sealed: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, AuditCopyError> {
     let kb = s
         .get_small(&seg.key, crate::format::objects::MAX_SMALL_OBJECT)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let k = KeyObject::parse(&kb)?;
-    let dek = crate::keys::unwrap_dek(&app.providers, &k).map_err(|e| e.to_string())?;
-    let plain = seal::open_to_vec(&dek, sealed, Some(&k.snapshot.to_string()))
-        .map_err(|e| e.to_string())?;
-    zstd::decode_all(&plain[..]).map_err(|e| e.to_string())
+    let dek = crate::keys::unwrap_dek(&app.providers, &k)?;
+    let plain = seal::open_to_vec(&dek, sealed, Some(&k.snapshot.to_string()))?;
+    zstd::decode_all(&plain[..]).map_err(AuditCopyError::Zstd)
 }
 
 /// The chain is checked in two parts: entries past the local log's retention (a store that was

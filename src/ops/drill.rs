@@ -65,6 +65,65 @@ pub struct DrillReport {
     pub fetch_seconds: Option<f64>,
 }
 
+/// Why a drill failed, or could not start: what failed, on which source, store or user, and
+/// what to do. A failed stage lands in its report's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("scratch folder {}: {source}", .dir.display())]
+    Scratch {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("drill exceeded its time limit of {}", humantime::format_duration(*.limit))]
+    TimeLimit { limit: Duration },
+    #[error(transparent)]
+    Restore(#[from] crate::ops::snapshot::restore::RestoreError),
+    #[error("verify command cannot start: {0}")]
+    VerifyStart(std::io::Error),
+    #[error("verify command failed (exit {exit}): the restored copy does not work")]
+    VerifyFailed { exit: String },
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("source `{name}` is not configured and the catalog knows no snapshot of it; the configured sources are {configured}")]
+    UnknownSource { name: String, configured: String },
+    #[error("store `{store}` is not configured; the configured stores are {configured}")]
+    UnknownStore { store: String, configured: String },
+    #[error("source `{name}` has no snapshot to drill (run `coffre catalog rebuild` on a new host, or use --fresh-catalog)")]
+    NoSnapshot { name: String },
+    #[error("source `{name}` has nothing to replay yet: a point-in-time drill needs a base backup and at least two archived WAL segments after its start")]
+    NothingToReplay { name: String },
+    #[error("a point-in-time drill runs PostgreSQL as a user of its own, never as the daemon's user nor root: set drill.pg-user (e.g. \"postgres\", a member of audit.operators-group)")]
+    PgUserUnset,
+    #[error("drill.pg-user `{name}`: {source}")]
+    PgUserLookup {
+        name: String,
+        source: nix::errno::Errno,
+    },
+    #[error("drill.pg-user `{name}` is not a user of this host")]
+    PgUserMissing { name: String },
+    #[error("drill.pg-user `{name}` is {is}: PostgreSQL started on a backup must not run as the daemon's user nor root (a database superuser could reach the daemon's keys through the backup's configuration). Name a user of its own, e.g. postgres")]
+    PgUserUnsafe { name: String, is: &'static str },
+    #[error("a point-in-time drill runs PostgreSQL as drill.pg-user `{name}`, and this daemon (uid {euid}) cannot switch to it: it lacks {missing}. Run the daemon as root, or grant it CAP_CHOWN CAP_DAC_OVERRIDE CAP_SETGID CAP_SETUID in a systemd drop-in (AmbientCapabilities= and CapabilityBoundingSet= with those, SystemCallFilter=@setuid @chown)")]
+    CannotSwitch {
+        name: String,
+        euid: u32,
+        missing: String,
+    },
+    #[error("where is coffre: {0}")]
+    CurrentExe(std::io::Error),
+    #[error(transparent)]
+    Wal(#[from] crate::ops::wal::archive::WalError),
+    #[error(transparent)]
+    Pitr(#[from] crate::ops::pitr::recovery::PitrError),
+    #[error("chown the scratch copy to {user}: {source}")]
+    Chown {
+        user: String,
+        source: std::io::Error,
+    },
+    #[error("replay: {0}")]
+    ReplayTask(tokio::task::JoinError),
+}
+
 /// What to drill.
 #[derive(Debug, Clone, Default)]
 pub struct DrillRequest {
@@ -140,8 +199,10 @@ pub(crate) async fn drill_one(
     let t0 = Instant::now();
     let run = async {
         for dir in [&root, &scratch] {
-            crate::fsutil::create_private_dir(dir)
-                .map_err(|e| format!("scratch folder {}: {e}", dir.display()))?;
+            crate::fsutil::create_private_dir(dir).map_err(|source| DrillError::Scratch {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         }
         let to = restore_into(app, &scratch, source, store, snapshot, req, &mut report).await?;
         report.restore_seconds = t0.elapsed().as_secs_f64();
@@ -150,7 +211,7 @@ pub(crate) async fn drill_one(
             run_verify(cmd, &scratch, &to, source, snapshot, &mut report).await?;
         }
         report.stage = "done".into();
-        Ok::<(), String>(())
+        Ok::<(), DrillError>(())
     };
     let result = within(limit, run).await;
     finish(app, req, report, &scratch, t0, result)
@@ -159,14 +220,11 @@ pub(crate) async fn drill_one(
 /// A drill's stages, stopped at `limit`.
 async fn within(
     limit: Duration,
-    run: impl std::future::Future<Output = Result<(), String>>,
-) -> Result<(), String> {
-    tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-        Err(format!(
-            "drill exceeded its time limit of {}",
-            humantime::format_duration(limit)
-        ))
-    })
+    run: impl std::future::Future<Output = Result<(), DrillError>>,
+) -> Result<(), DrillError> {
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or(Err(DrillError::TimeLimit { limit }))
 }
 
 /// The end of every drill: its RTO (since `t0`) and outcome, the scratch folder wiped whatever
@@ -177,12 +235,12 @@ fn finish(
     mut report: DrillReport,
     scratch: &Path,
     t0: Instant,
-    result: Result<(), String>,
+    result: Result<(), DrillError>,
 ) -> DrillReport {
     report.rto_seconds = t0.elapsed().as_secs_f64();
     match result {
         Ok(()) => report.ok = true,
-        Err(e) => report.error = Some(e),
+        Err(e) => report.error = Some(e.to_string()),
     }
     report.verified = report.is_verified();
     let _ = std::fs::remove_dir_all(scratch);
@@ -238,7 +296,7 @@ async fn restore_into(
     snapshot: SnapshotId,
     req: &DrillRequest,
     report: &mut DrillReport,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, DrillError> {
     let name = app
         .catalog
         .get(&snapshot)
@@ -259,9 +317,7 @@ async fn restore_into(
         progress: false,
         stream: None,
     };
-    let r = crate::ops::snapshot::restore::restore(app, &rreq)
-        .await
-        .map_err(|e| e.to_string())?;
+    let r = crate::ops::snapshot::restore::restore(app, &rreq).await?;
     report.size = r.size;
     report.sealed_sha256 = Some(r.sealed_sha256.clone());
     Ok(to)
@@ -276,7 +332,7 @@ async fn run_verify(
     source: &str,
     snapshot: SnapshotId,
     report: &mut DrillReport,
-) -> Result<(), String> {
+) -> Result<(), DrillError> {
     let dir = if to.is_dir() { to } else { scratch };
     let line = render_command(cmd, dir, to, free_port());
     let t1 = Instant::now();
@@ -291,17 +347,16 @@ async fn run_verify(
         .kill_on_drop(true)
         .status()
         .await
-        .map_err(|e| format!("verify command cannot start: {e}"))?;
+        .map_err(DrillError::VerifyStart)?;
     report.verify_seconds = t1.elapsed().as_secs_f64();
     report.verify_exit = status.code();
     if !status.success() {
-        return Err(format!(
-            "verify command failed (exit {}): the restored copy does not work",
-            status
+        return Err(DrillError::VerifyFailed {
+            exit: status
                 .code()
                 .map(|c| c.to_string())
-                .unwrap_or_else(|| "by signal".into())
-        ));
+                .unwrap_or_else(|| "by signal".into()),
+        });
     }
     Ok(())
 }
@@ -341,9 +396,9 @@ fn record(app: &Coffre, req: &DrillRequest, report: &DrillReport) {
 }
 
 /// Drill every requested source from every requested store.
-pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>, String> {
+pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>, DrillError> {
     if req.fresh_catalog {
-        app.rebuild_catalog().await.map_err(|e| e.to_string())?;
+        app.rebuild_catalog().await?;
         crate::ops::lifecycle::wal_retention::reindex(app).await;
     }
     let mut sources: Vec<String> = match &req.source {
@@ -365,19 +420,19 @@ pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>,
             // A source no longer configured is drilled as long as its snapshots are known.
             None if app.catalog.latest(&source).ok().flatten().is_some() => Default::default(),
             None => {
-                return Err(format!(
-                    "source `{source}` is not configured and the catalog knows no snapshot of it; the configured sources are {}",
-                    app.config.source_names()
-                ))
+                return Err(DrillError::UnknownSource {
+                    name: source,
+                    configured: app.config.source_names(),
+                })
             }
         };
         let stores: Vec<String> = match (&req.store, &cfg.stores) {
             (Some(s), _) => {
                 if app.store(s).is_none() {
-                    return Err(format!(
-                        "store `{s}` is not configured; the configured stores are {}",
-                        app.config.store_names()
-                    ));
+                    return Err(DrillError::UnknownStore {
+                        store: s.clone(),
+                        configured: app.config.store_names(),
+                    });
                 }
                 vec![s.clone()]
             }
@@ -397,7 +452,7 @@ pub async fn drill(app: &Coffre, req: &DrillRequest) -> Result<Vec<DrillReport>,
             None => pick_snapshot(app, &source, cfg.pick),
         };
         let Some(snapshot) = snapshot else {
-            return Err(format!("source `{source}` has no snapshot to drill (run `coffre catalog rebuild` on a new host, or use --fresh-catalog)"));
+            return Err(DrillError::NoSnapshot { name: source });
         };
         for store in stores {
             out.push(drill_one(app, &source, &store, snapshot, req).await);
@@ -418,11 +473,11 @@ pub struct PitrPoint {
     pub archived: String,
 }
 
-fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
+fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, DrillError> {
     use crate::format::wal::{WalFileKind, WalName};
     let mut by_tl: std::collections::BTreeMap<u32, Vec<(WalName, crate::catalog::WalRow)>> =
         Default::default();
-    for r in app.catalog.list_wal(source).map_err(|e| e.to_string())? {
+    for r in app.catalog.list_wal(source)? {
         if let Ok(w) = WalName::parse(&r.name) {
             if w.kind() == WalFileKind::Segment {
                 by_tl.entry(w.timeline()).or_default().push((w, r));
@@ -431,8 +486,7 @@ fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
     }
     let bases: Vec<(u32, u64, SnapshotId)> = app
         .catalog
-        .list(Some(source))
-        .map_err(|e| e.to_string())?
+        .list(Some(source))?
         .into_iter()
         .filter(|e| e.manifest.kind == crate::store::SnapshotKind::Directory)
         .filter_map(|e| {
@@ -458,9 +512,9 @@ fn pick_point(app: &Coffre, source: &str) -> Result<PitrPoint, String> {
         }
     }
     if candidates.is_empty() {
-        return Err(format!(
-            "source `{source}` has nothing to replay yet: a point-in-time drill needs a base backup and at least two archived WAL segments after its start"
-        ));
+        return Err(DrillError::NothingToReplay {
+            name: source.to_string(),
+        });
     }
     let (w, row, base) = &candidates[rand::random::<u64>() as usize % candidates.len()];
     let size = if row.size.is_power_of_two() {
@@ -517,13 +571,18 @@ fn effective_caps() -> u64 {
 /// a user of this host other than the daemon's own (effective) uid and root, and be one the
 /// daemon can switch to. PostgreSQL started on a backup runs whatever a database superuser put
 /// in it within PostgreSQL's own rights; those must never be the daemon's (its keys).
-fn drill_pg_user(configured: Option<&str>) -> Result<crate::ops::pitr::recovery::PgUser, String> {
-    let name = configured.ok_or(
-        "a point-in-time drill runs PostgreSQL as a user of its own, never as the daemon's user nor root: set drill.pg-user (e.g. \"postgres\", a member of audit.operators-group)",
-    )?;
+fn drill_pg_user(
+    configured: Option<&str>,
+) -> Result<crate::ops::pitr::recovery::PgUser, DrillError> {
+    let name = configured.ok_or(DrillError::PgUserUnset)?;
     let u = nix::unistd::User::from_name(name)
-        .map_err(|e| format!("drill.pg-user `{name}`: {e}"))?
-        .ok_or_else(|| format!("drill.pg-user `{name}` is not a user of this host"))?;
+        .map_err(|source| DrillError::PgUserLookup {
+            name: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| DrillError::PgUserMissing {
+            name: name.to_string(),
+        })?;
     let euid = nix::unistd::geteuid().as_raw();
     let user = crate::ops::pitr::recovery::PgUser {
         name: name.to_string(),
@@ -538,13 +597,16 @@ fn check_pg_user(
     user: crate::ops::pitr::recovery::PgUser,
     euid: u32,
     caps: u64,
-) -> Result<crate::ops::pitr::recovery::PgUser, String> {
+) -> Result<crate::ops::pitr::recovery::PgUser, DrillError> {
     if user.uid == euid || user.uid == 0 {
-        return Err(format!(
-            "drill.pg-user `{}` is {}: PostgreSQL started on a backup must not run as the daemon's user nor root (a database superuser could reach the daemon's keys through the backup's configuration). Name a user of its own, e.g. postgres",
-            user.name,
-            if user.uid == 0 { "root" } else { "the daemon's own user" }
-        ));
+        return Err(DrillError::PgUserUnsafe {
+            name: user.name,
+            is: if user.uid == 0 {
+                "root"
+            } else {
+                "the daemon's own user"
+            },
+        });
     }
     let missing: Vec<&str> = SWITCH_CAPS
         .iter()
@@ -552,11 +614,11 @@ fn check_pg_user(
         .map(|(_, n)| *n)
         .collect();
     if euid != 0 && !missing.is_empty() {
-        return Err(format!(
-            "a point-in-time drill runs PostgreSQL as drill.pg-user `{}`, and this daemon (uid {euid}) cannot switch to it: it lacks {}. Run the daemon as root, or grant it CAP_CHOWN CAP_DAC_OVERRIDE CAP_SETGID CAP_SETUID in a systemd drop-in (AmbientCapabilities= and CapabilityBoundingSet= with those, SystemCallFilter=@setuid @chown)",
-            user.name,
-            missing.join(", ")
-        ));
+        return Err(DrillError::CannotSwitch {
+            name: user.name,
+            euid,
+            missing: missing.join(", "),
+        });
     }
     Ok(user)
 }
@@ -588,12 +650,14 @@ async fn drill_pitr(
     let run = async {
         // Refused before anything is restored.
         let user = drill_pg_user(cfg.pg_user.as_deref())?;
-        crate::fsutil::create_private_dir(&scratch)
-            .map_err(|e| format!("scratch folder {}: {e}", scratch.display()))?;
+        crate::fsutil::create_private_dir(&scratch).map_err(|source| DrillError::Scratch {
+            dir: scratch.clone(),
+            source,
+        })?;
         let to = restore_into(app, &scratch, source, store, point.base, req, &mut report).await?;
         report.restore_seconds = t0.elapsed().as_secs_f64();
         report.stage = "replay".into();
-        let exe = std::env::current_exe().map_err(|e| format!("where is coffre: {e}"))?;
+        let exe = std::env::current_exe().map_err(DrillError::CurrentExe)?;
         let socket = app.config.control_socket_path();
         // The replay's fetches go to a session coffre opens, pinned to the drilled store, with
         // the drill's purpose (never in a PostgreSQL setting).
@@ -603,8 +667,7 @@ async fn drill_pitr(
             source,
             Some(store),
             &req.purpose,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let command = crate::ops::pitr::recovery::restore_command(
             &exe,
             None,
@@ -612,16 +675,16 @@ async fn drill_pitr(
             source,
             &session,
             Some(store),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let target = crate::ops::pitr::recovery::Target::Lsn(point.lsn.clone());
         // The point's own timeline.
         let settings =
-            crate::ops::pitr::recovery::settings_text(&target, &command, Some(point.timeline))
-                .map_err(|e| e.to_string())?;
-        crate::ops::pitr::recovery::write_recovery(&to, &settings).map_err(|e| e.to_string())?;
-        chown_tree(&scratch, user.uid, user.gid)
-            .map_err(|e| format!("chown the scratch copy to {}: {e}", user.name))?;
+            crate::ops::pitr::recovery::settings_text(&target, &command, Some(point.timeline))?;
+        crate::ops::pitr::recovery::write_recovery(&to, &settings)?;
+        chown_tree(&scratch, user.uid, user.gid).map_err(|source| DrillError::Chown {
+            user: user.name.clone(),
+            source,
+        })?;
         let t1 = Instant::now();
         let pg_bin = cfg.pg_bin.clone();
         let dir = to.clone();
@@ -629,8 +692,7 @@ async fn drill_pitr(
             crate::ops::pitr::recovery::replay_as(&dir, pg_bin.as_deref(), Some(&user), &command)
         })
         .await
-        .map_err(|e| format!("replay: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(DrillError::ReplayTask)??;
         report.replay_seconds = t1.elapsed().as_secs_f64();
         if let Ok(Some(s)) = app.catalog.wal_session(&report.drill) {
             report.wal_fetched = Some(s.count);
@@ -642,7 +704,7 @@ async fn drill_pitr(
             run_verify(cmd, &scratch, &to, source, point.base, &mut report).await?;
         }
         report.stage = "done".into();
-        Ok::<(), String>(())
+        Ok::<(), DrillError>(())
     };
     let result = within(limit, run).await;
     finish(app, req, report, &scratch, t0, result)
@@ -668,22 +730,24 @@ mod tests {
         let all = SWITCH_CAPS.iter().fold(0u64, |c, (bit, _)| c | 1 << bit);
         // Root switches to anyone but itself.
         assert_eq!(check_pg_user(user(105), 0, 0).unwrap(), user(105));
-        let e = check_pg_user(user(0), 0, 0).unwrap_err();
+        let e = check_pg_user(user(0), 0, 0).unwrap_err().to_string();
         assert!(e.contains("is root"), "{e}");
         // A non-root daemon: never as itself.
-        let e = check_pg_user(user(990), 990, all).unwrap_err();
+        let e = check_pg_user(user(990), 990, all).unwrap_err().to_string();
         assert!(e.contains("the daemon's own user"), "{e}");
         // Another user only with the capabilities, and the error says how to grant them.
-        let e = check_pg_user(user(105), 990, 0).unwrap_err();
+        let e = check_pg_user(user(105), 990, 0).unwrap_err().to_string();
         assert!(
             e.contains("cannot switch") && e.contains("CAP_SETUID") && e.contains("drop-in"),
             "{e}"
         );
-        let e = check_pg_user(user(105), 990, all & !(1 << 7)).unwrap_err();
+        let e = check_pg_user(user(105), 990, all & !(1 << 7))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lacks CAP_SETUID"), "{e}");
         assert_eq!(check_pg_user(user(105), 990, all).unwrap(), user(105));
         // Unset: refused.
-        let e = drill_pg_user(None).unwrap_err();
+        let e = drill_pg_user(None).unwrap_err().to_string();
         assert!(e.contains("set drill.pg-user"), "{e}");
     }
 }

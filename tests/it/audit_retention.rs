@@ -199,7 +199,8 @@ async fn a_store_that_was_down_while_entries_expired_is_not_called_incomplete() 
     }
     let err = coffre::ops::audit_replicate::replicate(&app)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`b`"), "names the store: {err}");
     std::fs::remove_file(&b).unwrap();
     std::fs::rename(&away, &b).unwrap();

@@ -62,27 +62,44 @@ struct Copy {
     key: object_store::path::Path,
 }
 
+/// Why the access log's retention did not run, or did not destroy an epoch.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditExpireError {
+    #[error(transparent)]
+    Clock(#[from] crate::ops::lifecycle::clock_guard::ClockError),
+    #[error(transparent)]
+    Lock(#[from] crate::ops::lifecycle::destroy::ShredError),
+    #[error("{0}")]
+    RetentionRange(#[from] time::error::ConversionRange),
+    #[error("audit.retention reaches before the start of time")]
+    Retention,
+    #[error("{0}")]
+    Log(crate::audit::AuditError),
+    #[error("a segment is under legal hold ({hold}); nothing was destroyed")]
+    LegalHold { hold: String },
+    #[error(transparent)]
+    Destroy(#[from] crate::ops::lifecycle::destroy::DestroyError),
+    #[error("epoch destroyed and its segments deleted, but the erasure is not complete (record {record}): {reasons}; an alert stays raised and the next run retries")]
+    Incomplete { record: String, reasons: String },
+}
+
 /// Carry out the access log's retention at `now`. Each part goes on when another fails (a store
 /// that cannot be listed, a log line that does not parse): the failures are in `errors`.
 pub async fn expire(
     app: &Coffre,
     now: time::OffsetDateTime,
     actor: &str,
-) -> Result<ExpireReport, String> {
+) -> Result<ExpireReport, AuditExpireError> {
     // Nothing, not even the local log's head, goes when the clock jumped.
-    crate::ops::lifecycle::clock_guard::check(app, now).map_err(|e| e.to_string())?;
-    let _lock = crate::ops::lifecycle::shred::lock(app)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::ops::lifecycle::clock_guard::check(app, now)?;
+    let _lock = crate::ops::lifecycle::shred::lock(app).await?;
     let mut report = ExpireReport::default();
     report
         .errors
         .extend(crate::ops::lifecycle::erasure::catch_up(app, actor).await);
     let cutoff = now
-        .checked_sub(
-            time::Duration::try_from(app.config.audit.retention).map_err(|e| e.to_string())?,
-        )
-        .ok_or_else(|| "audit.retention reaches before the start of time".to_string())?;
+        .checked_sub(time::Duration::try_from(app.config.audit.retention)?)
+        .ok_or(AuditExpireError::Retention)?;
     match app.audit.prune_before(cutoff, actor, REASON) {
         Ok(p) => report.local = p,
         Err(e) => report.errors.push(format!("local log not pruned: {e}")),
@@ -117,7 +134,7 @@ async fn copies_by_epoch(app: &Coffre, errors: &mut Vec<String>) -> BTreeMap<Epo
         let segs = match crate::ops::audit_replicate::segments(s, &app.host).await {
             Ok(segs) => segs,
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 continue;
             }
         };
@@ -185,7 +202,7 @@ async fn destroy_epoch(
     epoch: &EpochId,
     copies: &[Copy],
     actor: &str,
-) -> Result<DestructionRecord, String> {
+) -> Result<DestructionRecord, AuditExpireError> {
     let d = Destruction {
         app,
         epoch,
@@ -194,7 +211,7 @@ async fn destroy_epoch(
         action: "audit-expire",
         alert_kept: false,
     };
-    let log = |outcome: String| d.log(outcome).map_err(|e| e.to_string());
+    let log = |outcome: String| d.log(outcome).map_err(AuditExpireError::Log);
     log(format!(
         "started: {} sealed segment copies of the access log",
         copies.len()
@@ -203,9 +220,7 @@ async fn destroy_epoch(
     // its epoch stays.
     if let Some(hold) = copies.iter().find_map(|c| c.legal_hold.clone()) {
         let _ = log(format!("refused: a segment is under legal hold ({hold})"));
-        return Err(format!(
-            "a segment is under legal hold ({hold}); nothing was destroyed"
-        ));
+        return Err(AuditExpireError::LegalHold { hold });
     }
     let sealed = hashes_before(app, copies).await;
     let sealed_copies: Vec<SealedCopy<'_>> = copies
@@ -221,20 +236,19 @@ async fn destroy_epoch(
             manifest: None,
         })
         .collect();
-    let erased = d.run(&sealed_copies).await.map_err(|e| e.to_string())?;
+    let erased = d.run(&sealed_copies).await?;
     let mut ids: Vec<SnapshotId> = copies.iter().filter_map(|c| c.id).collect();
     ids.sort();
     ids.dedup();
     // Legal hold checked above: no copy's key object carries one.
     let record = erased.record(&d, ids);
     let done = format!("{} segment copies deleted", record.copies.len());
-    d.finish(&record, &done).await.map_err(|e| e.to_string())?;
+    d.finish(&record, &done).await?;
     if !record.complete {
-        return Err(format!(
-            "epoch destroyed and its segments deleted, but the erasure is not complete (record {}): {}; an alert stays raised and the next run retries",
-            record.record,
-            record.incomplete_reasons().join("; ")
-        ));
+        return Err(AuditExpireError::Incomplete {
+            record: record.record.to_string(),
+            reasons: record.incomplete_reasons().join("; "),
+        });
     }
     Ok(record)
 }

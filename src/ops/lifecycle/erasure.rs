@@ -62,7 +62,7 @@ pub(crate) async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
                 });
                 tracing::info!(store = %name, "keyring copy replaced on retry: erasure complete in this store");
                 if let Err(e) = mark_pushed(app, &name).await {
-                    errors.push(e);
+                    errors.push(e.to_string());
                 }
                 let _ = app.catalog.clear_alert(&alert_key(&name));
             }
@@ -78,8 +78,8 @@ pub(crate) async fn retry_pending(app: &Coffre, actor: &str) -> Vec<String> {
 }
 
 /// Update the destruction records that said `store`'s keyring push failed.
-async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
-    let texts = app.catalog.destructions().map_err(|e| e.to_string())?;
+async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), crate::catalog::CatalogError> {
+    let texts = app.catalog.destructions()?;
     for text in texts {
         let Ok(mut r) =
             serde_json::from_str::<crate::ops::lifecycle::destroy::DestructionRecord>(&text)
@@ -101,9 +101,7 @@ async fn mark_pushed(app: &Coffre, store: &str) -> Result<(), String> {
         }
         if changed {
             r.complete = r.is_complete();
-            crate::ops::lifecycle::destroy::keep_record(app, &r)
-                .await
-                .map_err(|e| e.to_string())?;
+            crate::ops::lifecycle::destroy::keep_record(app, &r).await?;
         }
     }
     Ok(())

@@ -347,6 +347,46 @@ pub fn plan(app: &Coffre, now: time::OffsetDateTime) -> Vec<WalDue> {
     out
 }
 
+/// Why retention could not read or trust a store's copy of a WAL file, or move its key: it
+/// then neither moves a key nor deletes a copy (the epoch stays; the next run goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum WalCopyError {
+    #[error(transparent)]
+    Name(#[from] crate::format::wal::WalNameError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    KeyObject(#[from] crate::format::objects::KeyObjectError),
+    #[error("{store} holds object {object} under {name}, the catalog says {catalog}")]
+    Another {
+        store: String,
+        object: SnapshotId,
+        name: String,
+        catalog: SnapshotId,
+    },
+    #[error("the key object of {name} in {store} is {check}: treated as tampered with; `coffre verify` reports it and the scrub repairs it from a good copy")]
+    NotAuthentic {
+        name: String,
+        store: String,
+        check: String,
+    },
+    #[error("{store}: {source}")]
+    InStore {
+        store: String,
+        source: Box<WalCopyError>,
+    },
+    #[error("WAL file {name} in store `{store}`: {source}")]
+    Copy {
+        name: String,
+        store: String,
+        source: Box<WalCopyError>,
+    },
+    #[error("{name} is in no store")]
+    InNoStore { name: String },
+    #[error(transparent)]
+    Rewrap(#[from] crate::ops::lifecycle::destroy::RewrapError),
+}
+
 /// One store's copy of a WAL file: its manifest and key object (`None`: not there). A key
 /// object that is not authentic (forged, or tagged by no configured provider) is an error:
 /// retention neither moves a key nor deletes a copy on its word.
@@ -354,22 +394,25 @@ async fn copy_in(
     app: &Coffre,
     s: &Store,
     row: &WalRow,
-) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
+) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, WalCopyError> {
     let name = WalName::parse(&row.name)?;
     let copy = read_copy(s, &row.source, &name).await?;
     if let Some((m, k, _)) = &copy {
         if m.snapshot != row.object {
-            return Err(format!(
-                "{} holds object {} under {}, the catalog says {}",
-                s.name, m.snapshot, row.name, row.object
-            ));
+            return Err(WalCopyError::Another {
+                store: s.name.clone(),
+                object: m.snapshot,
+                name: row.name.clone(),
+                catalog: row.object,
+            });
         }
         let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(k, m);
         if !check.is_authentic() {
-            return Err(format!(
-                "the key object of {} in {} is {check}: treated as tampered with; `coffre verify` reports it and the scrub repairs it from a good copy",
-                row.name, s.name
-            ));
+            return Err(WalCopyError::NotAuthentic {
+                name: row.name.clone(),
+                store: s.name.clone(),
+                check: check.to_string(),
+            });
         }
     }
     Ok(copy)
@@ -380,18 +423,15 @@ async fn read_copy(
     s: &Store,
     source: &str,
     name: &WalName,
-) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, String> {
+) -> Result<Option<(Manifest, KeyObject, crate::store::ObjectPaths)>, WalCopyError> {
     let max = crate::format::objects::MAX_SMALL_OBJECT;
     let m = match s.wal_manifest(source, name.as_str()).await {
         Ok(m) => m,
         Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let paths = s.object_paths(&m).map_err(|e| e.to_string())?;
-    let kb = s
-        .get_small(&paths.key, max)
-        .await
-        .map_err(|e| e.to_string())?;
+    let paths = s.object_paths(&m)?;
+    let kb = s.get_small(&paths.key, max).await?;
     let k = KeyObject::parse(&kb)?;
     Ok(Some((m, k, paths)))
 }
@@ -402,18 +442,23 @@ const KEEP_PURPOSE: &str =
 /// Move the key of a WAL file still needed to `to`, in every store that holds it
 /// ([`crate::ops::lifecycle::destroy::Rewrap`]: the access-log entry first, and nothing moves if it cannot
 /// be written). Any store that cannot be read or updated fails the move (the epoch then stays).
-async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), String> {
+async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result<(), WalCopyError> {
     let mut copies = Vec::new();
     for s in &app.stores {
         if let Some(c) = copy_in(app, s, row)
             .await
-            .map_err(|e| format!("{}: {e}", s.name))?
+            .map_err(|e| WalCopyError::InStore {
+                store: s.name.clone(),
+                source: Box::new(e),
+            })?
         {
             copies.push((s, c));
         }
     }
     let Some((_, (m, old, _))) = copies.first() else {
-        return Err(format!("{} is in no store", row.name));
+        return Err(WalCopyError::InNoStore {
+            name: row.name.clone(),
+        });
     };
     let r = Rewrap {
         app,
@@ -432,7 +477,8 @@ async fn rewrap(app: &Coffre, row: &WalRow, to: &EpochId, actor: &str) -> Result
             name: &row.name,
         },
     };
-    r.run(to, None).await.map(|_| ()).map_err(|e| e.to_string())
+    r.run(to, None).await.map(|_| ())?;
+    Ok(())
 }
 
 /// Move the keys of every due WAL file still needed. Returns the epochs that must not be
@@ -545,11 +591,11 @@ async fn shred_epoch(
     d.log(format!("started: {} WAL file(s)", rows.len()))?;
     let mut copies = Vec::new();
     for row in rows {
-        copies.extend(wal_copies(app, row).await.map_err(|reason| {
-            let _ = d.log(format!("refused: {reason}"));
+        copies.extend(wal_copies(app, row).await.map_err(|e| {
+            let _ = d.log(format!("refused: {e}"));
             ShredError::NotDestroyed {
                 epoch: epoch.clone(),
-                reason,
+                reason: e.to_string(),
             }
         })?);
     }
@@ -572,13 +618,18 @@ async fn shred_epoch(
 /// Every store's copy of WAL file `row`, for the destruction protocol. A copy that cannot be
 /// read or is not authentic stops the destruction (never destroy on its word; the scrub repairs
 /// it from a good copy, and the next run goes on).
-async fn wal_copies<'a>(app: &'a Coffre, row: &WalRow) -> Result<Vec<SealedCopy<'a>>, String> {
+async fn wal_copies<'a>(
+    app: &'a Coffre,
+    row: &WalRow,
+) -> Result<Vec<SealedCopy<'a>>, WalCopyError> {
     let name = WalName::parse(&row.name)?;
     let mut out = Vec::new();
     for s in &app.stores {
-        let Some((m, _, paths)) = copy_in(app, s, row)
-            .await
-            .map_err(|e| format!("WAL file {} in store `{}`: {e}", row.name, s.name))?
+        let Some((m, _, paths)) = copy_in(app, s, row).await.map_err(|e| WalCopyError::Copy {
+            name: row.name.clone(),
+            store: s.name.clone(),
+            source: Box::new(e),
+        })?
         else {
             continue;
         };

@@ -786,16 +786,25 @@ fn replay_in(
     Ok(Replayed { seconds, log })
 }
 
+/// How stopping PostgreSQL after the promotion failed.
+#[derive(Debug, thiserror::Error)]
+enum StopError {
+    #[error("{0}")]
+    Exit(std::process::ExitStatus),
+    #[error("{0}")]
+    Wait(std::io::Error),
+}
+
 /// Fast shutdown (SIGINT), immediate (SIGQUIT) after 120 s; the exit status when it failed.
-fn stop(child: &mut std::process::Child) -> Result<(), String> {
+fn stop(child: &mut std::process::Child) -> Result<(), StopError> {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(status.to_string()),
-            Err(e) => return Err(e.to_string()),
+            Ok(Some(status)) => return Err(StopError::Exit(status)),
+            Err(e) => return Err(StopError::Wait(e)),
             Ok(None) if std::time::Instant::now() > deadline => {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
                 let _ = child.wait();

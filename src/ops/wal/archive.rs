@@ -27,8 +27,10 @@ pub const MAX_WAL_FILE: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("{0}")]
-    Name(String),
+    #[error(transparent)]
+    Name(#[from] crate::format::wal::WalNameError),
+    #[error("`{}` is not a recovery session id (1 to 64 letters, digits and dashes)", .0.escape_debug())]
+    NotASession(String),
     #[error("source `{0}` does not archive WAL: add a `[source.pitr]` table (e.g. `window = \"14d\"`) to its `[[source]]` in the config, then reload")]
     NotArchiving(String),
     #[error("unknown source `{0}`; configured: {1}")]
@@ -76,6 +78,53 @@ pub enum WalError {
     Pipeline(#[from] PipelineError),
     #[error("access log: {0}")]
     Audit(String),
+}
+
+/// Why one store's copy of a WAL file cannot be used (the fetch then tries the next store; the
+/// message names the store).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    KeyObject(#[from] crate::format::objects::KeyObjectError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Seal(#[from] crate::format::seal::SealError),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("decompressing: {0}")]
+    Decompress(std::io::Error),
+    #[error("{decompressed} bytes decompressed, manifest says {manifest}")]
+    PlainSize { decompressed: u64, manifest: u64 },
+    #[error("manifest has no plaintext digest")]
+    NoDigest,
+    #[error("plaintext digest does not match the manifest")]
+    PlainDigest,
+    #[error("key object belongs to {snapshot} of `{of_source}`")]
+    KeyOfAnother {
+        snapshot: SnapshotId,
+        of_source: String,
+    },
+    #[error("key object and manifest {check}: the copy is treated as tampered with")]
+    NotAuthentic { check: String },
+    #[error("manifest names {size} bytes, more than a WAL file may hold")]
+    TooLarge { size: u64 },
+    #[error("reading {path}: {source}")]
+    ReadData {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("{stored} bytes stored, {sealed} sealed")]
+    SealedSize { stored: u64, sealed: u64 },
+    #[error("sealed bytes do not match the manifest's SHA-256")]
+    SealedDigest,
+    #[error("the copy is not WAL file {name} ({source}): treated as tampered with or mislabelled")]
+    NotThatWal {
+        name: String,
+        source: crate::format::wal::WalHeaderError,
+    },
 }
 
 /// What a push did.
@@ -462,9 +511,10 @@ async fn open_served(
 }
 
 /// The WAL file's bytes as served: their first page must be the one the name says.
-fn header_matches(name: &WalName, plain: &[u8]) -> Result<(), String> {
-    crate::format::wal::check_first_page(name, plain).map_err(|e| {
-        format!("the copy is not WAL file {name} ({e}): treated as tampered with or mislabelled")
+fn header_matches(name: &WalName, plain: &[u8]) -> Result<(), CopyError> {
+    crate::format::wal::check_first_page(name, plain).map_err(|source| CopyError::NotThatWal {
+        name: name.to_string(),
+        source,
     })
 }
 
@@ -502,31 +552,28 @@ async fn open_from(
     app: &Coffre,
     s: &Store,
     m: &Manifest,
-) -> Result<(Vec<u8>, Vec<u8>, KeyObject), String> {
+) -> Result<(Vec<u8>, Vec<u8>, KeyObject), CopyError> {
     let (key, sealed) = read_sealed(app, s, m).await?;
-    let dek = crate::keys::unwrap_dek(&app.providers, &key).map_err(|e| e.to_string())?;
-    let compressed = crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))
-        .map_err(|e| e.to_string())?;
+    let dek = crate::keys::unwrap_dek(&app.providers, &key)?;
+    let compressed =
+        crate::format::seal::open_to_vec(&dek, &sealed, Some(&m.snapshot.to_string()))?;
     let mut plain = Vec::with_capacity(m.size as usize);
-    let mut dec = zstd::stream::read::Decoder::new(&compressed[..]).map_err(|e| e.to_string())?;
+    let mut dec = zstd::stream::read::Decoder::new(&compressed[..]).map_err(CopyError::Io)?;
     std::io::copy(&mut std::io::Read::take(&mut dec, m.size + 1), &mut plain)
-        .map_err(|e| format!("decompressing: {e}"))?;
+        .map_err(CopyError::Decompress)?;
     if plain.len() as u64 != m.size {
-        return Err(format!(
-            "{} bytes decompressed, manifest says {}",
-            plain.len(),
-            m.size
-        ));
+        return Err(CopyError::PlainSize {
+            decompressed: plain.len() as u64,
+            manifest: m.size,
+        });
     }
-    let header = crate::format::seal::Header::decode(&sealed).map_err(|e| e.to_string())?;
-    let (alg, want) = m
-        .plaintext_digest()
-        .ok_or("manifest has no plaintext digest")?;
-    let mut mac = crate::ops::snapshot::protect::PlainMac::new(alg, &dek, &header)
-        .map_err(|e| e.to_string())?;
+    let header = crate::format::seal::Header::decode(&sealed)?;
+    let (alg, want) = m.plaintext_digest().ok_or(CopyError::NoDigest)?;
+    let mut mac =
+        crate::ops::snapshot::protect::PlainMac::new(alg, &dek, &header).map_err(CopyError::Io)?;
     mac.update(&plain);
     if hex::encode(mac.finalize()) != want {
-        return Err("plaintext digest does not match the manifest".into());
+        return Err(CopyError::PlainDigest);
     }
     Ok((plain, sealed, key))
 }
@@ -537,49 +584,46 @@ pub(crate) async fn read_sealed(
     app: &Coffre,
     s: &Store,
     m: &Manifest,
-) -> Result<(KeyObject, Vec<u8>), String> {
-    let paths = s.object_paths(m).map_err(|e| e.to_string())?;
+) -> Result<(KeyObject, Vec<u8>), CopyError> {
+    let paths = s.object_paths(m)?;
     let kb = s
         .get_small(&paths.key, crate::format::objects::MAX_SMALL_OBJECT)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let key = KeyObject::parse(&kb)?;
     if key.snapshot != m.snapshot || key.source != m.source {
-        return Err(format!(
-            "key object belongs to {} of `{}`",
-            key.snapshot, key.source
-        ));
+        return Err(CopyError::KeyOfAnother {
+            snapshot: key.snapshot,
+            of_source: key.source,
+        });
     }
     // Only an authentic key object opens a WAL copy, as for a snapshot: one that no configured
     // provider can check (its tags name another provider) is treated as tampered with.
     let check = crate::auth::ObjectAuth::for_reading(&app.providers).check(&key, m);
     if !check.is_authentic() {
-        return Err(format!(
-            "key object and manifest {check}: the copy is treated as tampered with"
-        ));
+        return Err(CopyError::NotAuthentic {
+            check: check.to_string(),
+        });
     }
     if m.sealed_size > MAX_WAL_FILE + (1 << 20) || m.size > MAX_WAL_FILE {
-        return Err(format!(
-            "manifest names {} bytes, more than a WAL file may hold",
-            m.size
-        ));
+        return Err(CopyError::TooLarge { size: m.size });
     }
     let sealed = s
         .get(&paths.data)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .bytes()
         .await
-        .map_err(|e| format!("reading {}: {e}", paths.data))?;
+        .map_err(|source| CopyError::ReadData {
+            path: paths.data.to_string(),
+            source,
+        })?;
     if sealed.len() as u64 != m.sealed_size {
-        return Err(format!(
-            "{} bytes stored, {} sealed",
-            sealed.len(),
-            m.sealed_size
-        ));
+        return Err(CopyError::SealedSize {
+            stored: sealed.len() as u64,
+            sealed: m.sealed_size,
+        });
     }
     if hex::encode(Sha256::digest(&sealed)) != m.sealed_sha256 {
-        return Err("sealed bytes do not match the manifest's SHA-256".into());
+        return Err(CopyError::SealedDigest);
     }
     Ok((key, sealed.to_vec()))
 }
@@ -791,10 +835,7 @@ pub fn close_idle_sessions(app: &Coffre) {
 pub fn check_session(id: &str) -> Result<(), WalError> {
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(WalError::Name(format!(
-            "`{}` is not a recovery session id (1 to 64 letters, digits and dashes)",
-            id.escape_debug()
-        )));
+        return Err(WalError::NotASession(id.to_string()));
     }
     Ok(())
 }

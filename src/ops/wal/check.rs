@@ -293,6 +293,20 @@ async fn reference_manifest(
     first
 }
 
+/// Why a WAL copy could not be repaired from another store's copy (the scrub logs it and tries
+/// the next good copy).
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("not a WAL copy")]
+    NotWal,
+    #[error("{store} holds another object under {name}")]
+    Another { store: String, name: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Copy(#[from] crate::ops::wal::archive::CopyError),
+}
+
 /// Put a good copy of WAL file `check.wal` back into `to` (missing there, or bad): the sealed
 /// bytes read from `from` and checked against the manifest, its key object authenticated, then
 /// committed through the one commit protocol. Returns the bytes copied.
@@ -301,20 +315,18 @@ pub async fn repair(
     check: &ReplicaCheck,
     from: &Store,
     to: &Store,
-) -> Result<u64, String> {
-    let name = check.wal.as_deref().ok_or("not a WAL copy")?;
-    let m = from
-        .wal_manifest(&check.source, name)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<u64, RepairError> {
+    let name = check.wal.as_deref().ok_or(RepairError::NotWal)?;
+    let m = from.wal_manifest(&check.source, name).await?;
     if m.snapshot != check.snapshot {
-        return Err(format!("{} holds another object under {name}", from.name));
+        return Err(RepairError::Another {
+            store: from.name.clone(),
+            name: name.to_string(),
+        });
     }
     let (key, sealed) = crate::ops::wal::archive::read_sealed(app, from, &m).await?;
-    let paths = to.object_paths(&m).map_err(|e| e.to_string())?;
-    to.put(&paths.data, sealed.clone().into())
-        .await
-        .map_err(|e| e.to_string())?;
+    let paths = to.object_paths(&m)?;
+    to.put(&paths.data, sealed.clone().into()).await?;
     crate::ops::snapshot::commit::commit(
         app,
         to,
@@ -322,8 +334,7 @@ pub async fn repair(
         &key,
         crate::ops::snapshot::commit::Existing::Repair,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     Ok(sealed.len() as u64)
 }
 

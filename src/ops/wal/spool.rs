@@ -133,11 +133,10 @@ pub async fn drain(app: &Coffre, actor: &str) -> (usize, Vec<String>) {
         let dir = spool_dir(app, &s.name);
         let files: Vec<PathBuf> = spooled_files(&dir).into_iter().map(|(p, _)| p).collect();
         let (archived, failed) = in_batches(&files, parallel, |path| async move {
-            let file = open_wal_file(path).map_err(|e| e.to_string())?;
+            let file = open_wal_file(path)?;
             crate::ops::wal::archive::push(app, &s.name, path, &file, actor)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
         })
         .await;
         for path in &archived {
@@ -157,14 +156,15 @@ pub async fn drain(app: &Coffre, actor: &str) -> (usize, Vec<String>) {
 /// Run `push` over `files` in name order, up to `parallel` at once; a batch with a failure ends
 /// the run (the stores are likely down for the next files too). Returns the files pushed and
 /// the failures.
-async fn in_batches<'a, F, Fut>(
+async fn in_batches<'a, F, Fut, E>(
     files: &'a [PathBuf],
     parallel: usize,
     push: F,
 ) -> (Vec<&'a Path>, Vec<String>)
 where
     F: Fn(&'a Path) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     use futures::StreamExt;
     let (mut done, mut failures) = (Vec::new(), Vec::new());
@@ -175,7 +175,7 @@ where
             let f = push(path);
             pending.push(async move { (path, f.await) });
         }
-        let results: Vec<(&Path, Result<(), String>)> = pending.collect().await;
+        let results: Vec<(&Path, Result<(), E>)> = pending.collect().await;
         let before = failures.len();
         for (path, r) in results {
             match r {
