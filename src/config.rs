@@ -1318,36 +1318,41 @@ fn validate_endpoint(s: &StoreConfig, key: &str, push: &mut impl FnMut(String, S
     }
 }
 
+/// What is wrong with a host id ([`check_host_id`]); the id is shown escaped and cut.
+#[derive(Debug, thiserror::Error)]
+pub enum HostIdError {
+    #[error("host id \"{0}\" must be 1 to 63 characters long")]
+    Length(String),
+    #[error("host id \"{0}\" must not start with `.` or `-`")]
+    Start(String),
+    #[error("host id \"{0}\" has the character {1:?}: use letters, digits, `.`, `_` and `-` only")]
+    Character(String, char),
+}
+
 /// A host id names a folder in every store the host shares (`<prefix>/hosts/<id>`) and is
 /// written in manifests and the access log: 1 to 63 letters, digits, `.`, `_` or `-`, not
 /// starting with `.` or `-`.
-pub(crate) fn check_host_id(id: &str) -> Result<(), String> {
-    let shown: String = id
-        .chars()
-        .take(64)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
+pub(crate) fn check_host_id(id: &str) -> Result<(), HostIdError> {
+    let shown = || {
+        id.chars()
+            .take(64)
+            .collect::<String>()
+            .escape_debug()
+            .to_string()
+    };
     if id.is_empty() || id.len() > 63 {
-        return Err(format!(
-            "host id \"{shown}\" must be 1 to 63 characters long"
-        ));
+        return Err(HostIdError::Length(shown()));
     }
     if id.starts_with('.') || id.starts_with('-') {
-        return Err(format!(
-            "host id \"{shown}\" must not start with `.` or `-`"
-        ));
+        return Err(HostIdError::Start(shown()));
     }
-    if let Some(c) = id
+    match id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "host id \"{shown}\" has the character {:?}: use letters, digits, `.`, `_` and `-` only",
-            c
-        ));
+        Some(c) => Err(HostIdError::Character(shown(), c)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 pub(crate) fn is_loopback_host(u: &url::Url) -> bool {

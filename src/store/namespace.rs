@@ -267,7 +267,7 @@ async fn read_claim(store: &Store, path: &ObjPath) -> Result<Option<Claim>, Name
             claim.format
         )));
     }
-    crate::config::check_host_id(&claim.host).map_err(bad)?;
+    crate::config::check_host_id(&claim.host).map_err(|e| bad(e.to_string()))?;
     Ok(Some(claim))
 }
 
@@ -629,7 +629,7 @@ create-master-key = true
             &"é".repeat(3),
             &"x".repeat(64 * 1024),
         ] {
-            let e = crate::config::check_host_id(bad).unwrap_err();
+            let e = crate::config::check_host_id(bad).unwrap_err().to_string();
             assert!(e.contains("host id"), "{bad:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
             assert!(e.len() < 400, "{}", e.len());
