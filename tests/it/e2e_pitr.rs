@@ -140,24 +140,28 @@ impl Host {
 
     /// Wait until a snapshot of the source is in both stores; returns its id.
     pub(crate) fn wait_protected(&self) -> String {
-        let t = Instant::now();
-        loop {
-            let (ok, out, err) = self.run(&["snapshots", "--json"]);
-            assert!(ok, "{err}");
-            let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-            if let Some(s) = list
-                .iter()
-                .find(|s| s["stores"].as_array().is_some_and(|a| a.len() == 2))
-            {
-                return s["id"].as_str().unwrap().to_string();
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the base backup was not protected in 60 s: {out}\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.wait_protected_n(1).remove(0)
+    }
+
+    /// The ids of the snapshots committed in both stores, once there are `n` (60 s at most).
+    pub(crate) fn wait_protected_n(&self, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        crate::common::daemon::wait_until(
+            &format!("{n} snapshot(s) protected in both stores"),
+            60,
+            || {
+                let (ok, out, err) = self.run(&["snapshots", "--json"]);
+                assert!(ok, "{err}");
+                let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+                ids = list
+                    .iter()
+                    .filter(|s| s["stores"].as_array().is_some_and(|a| a.len() == 2))
+                    .filter_map(|s| s["id"].as_str().map(str::to_string))
+                    .collect();
+                ids.len() >= n
+            },
+        );
+        ids
     }
 
     /// `coffre restore --source emr --to TO TARGET…` through the socket, as root.

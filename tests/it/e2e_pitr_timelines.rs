@@ -16,7 +16,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use super::e2e_pitr::{wait_archived, Host};
 use crate::common::config::ConfigBuilder;
@@ -73,28 +72,6 @@ fn timeline(pg: &Postgres) -> String {
     )
     .trim()
     .to_string()
-}
-
-/// Wait until `n` snapshots of the source are in both stores.
-fn wait_snapshots(host: &Host, n: usize) {
-    let t = Instant::now();
-    loop {
-        let (ok, out, err) = host.run(&["snapshots", "--json"]);
-        assert!(ok, "{err}");
-        let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-        let both = list
-            .iter()
-            .filter(|s| s["stores"].as_array().is_some_and(|a| a.len() == 2))
-            .count();
-        if both >= n {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{n} snapshots not protected in 60 s: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Item 4: a PITR source with nothing archived claims no range, and its file count is 0.
@@ -180,7 +157,7 @@ fn root_restore_skips_an_empty_base_and_names_the_owner(host: &Host) {
     let empty = host.d.join("in/base-2-empty");
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("backup_manifest"), "{}").unwrap();
-    wait_snapshots(host, 2);
+    host.wait_protected_n(2);
 
     // Item 6 (and 2): as root, without --replay: base-1 is restored, and the message names the
     // owner and the chown.
