@@ -21,9 +21,10 @@
 //! Uses: `crate::store` (its object store, paths), `crate::fsutil` (the state file). Nothing
 //! here sees key material or snapshot contents.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,9 @@ use super::{ErrorKind, Store, StoreError, WriteGuard};
 const CLAIM_FORMAT: u32 = 1;
 /// Largest claim object read back.
 const MAX_CLAIM: u64 = 64 * 1024;
+/// How long a claim found in a store holds before a write checks it again (one small read per
+/// store and hour).
+pub const RECHECK: Duration = Duration::from_secs(3600);
 /// How many manifests at a store's root are read to see whose objects are there.
 const ROOT_SAMPLE: usize = 16;
 
@@ -102,10 +106,13 @@ pub enum NamespaceError {
 #[derive(Debug)]
 pub struct Claimant {
     record: Mutex<HostRecord>,
-    /// Stores where this process found (or wrote) this installation's claim. Kept in memory
-    /// only: every process checks again at its first write, so an installation whose claim
-    /// was taken over stops writing at its next start.
-    confirmed: Mutex<BTreeSet<String>>,
+    /// Stores where this process found (or wrote) this installation's claim, and when. Kept
+    /// in memory only: every process checks again at its first write, and a long-running one
+    /// again once [`Claimant::recheck`] has passed, so an installation whose claim was taken
+    /// over stops writing within that time.
+    confirmed: Mutex<BTreeMap<String, Instant>>,
+    /// How long a confirmation holds, in seconds ([`RECHECK`]; tests make it 0).
+    recheck: std::sync::atomic::AtomicU64,
     /// Set by a recovery that replaces a lost host: a claim of another instance is taken over.
     take_over: std::sync::atomic::AtomicBool,
     /// Claims taken over by this process (store names), for the access log.
@@ -139,11 +146,14 @@ impl Claimant {
             .clone()
     }
 
-    /// Make sure this host's claim is in `store` before anything is written there: a no-op once
-    /// confirmed (kept in the host record), else the claim is written with `PutMode::Create`
-    /// and, when one is there already, it must be this installation's.
+    /// Make sure this host's claim is in `store` before anything is written there: a no-op
+    /// while a confirmation holds, else the claim is written with `PutMode::Create` and, when
+    /// one is there already, it must be this installation's.
     pub async fn ensure(&self, store: &Store) -> Result<(), NamespaceError> {
-        if self.confirmed().contains(&store.name) {
+        if self.confirmed().get(&store.name).is_some_and(|at| {
+            at.elapsed()
+                < Duration::from_secs(self.recheck.load(std::sync::atomic::Ordering::Relaxed))
+        }) {
             return Ok(());
         }
         let (host, instance, layout) = {
@@ -174,11 +184,11 @@ impl Claimant {
             }
             Err(e) => return Err(e.into()),
         }
-        self.confirmed().insert(store.name.clone());
+        self.confirmed().insert(store.name.clone(), Instant::now());
         Ok(())
     }
 
-    fn confirmed(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Instant>> {
         self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -382,6 +392,7 @@ pub async fn settle(
     let claimant = std::sync::Arc::new(Claimant {
         record: Mutex::new(record),
         confirmed: Default::default(),
+        recheck: RECHECK.as_secs().into(),
         take_over: Default::default(),
         taken_over: Default::default(),
     });
@@ -523,7 +534,7 @@ create-master-key = true
     async fn a_second_installation_with_the_same_host_id_is_refused_at_its_first_write() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let (s1, _) = open(d, "h2", "s1").await;
+        let (s1, c1) = open(d, "h2", "s1").await;
         write(&s1[0], "one").await.unwrap();
         // The same id, another state folder: reading is fine, writing is refused.
         let (s2, c2) = open(d, "h2", "s2").await;
@@ -544,6 +555,12 @@ create-master-key = true
             claim_at(d, "coffre/root-owner.json").instance,
             c2.instance()
         );
+        // The old installation, still running, is refused once its confirmation has aged
+        // (an hour; no time here).
+        c1.recheck.store(0, std::sync::atomic::Ordering::Relaxed);
+        let e = write(&s1[0], "late").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::HostClaim, "{e}");
+        assert!(!d.join("store/coffre/late").exists());
         // The old installation, started again, is refused at its first write.
         let (s1, _) = open(d, "h2", "s1").await;
         assert_eq!(
