@@ -116,10 +116,7 @@ impl Coffre {
         let (stores, claimant) = open_stores(&config).await?;
         let providers = build_providers(&config)?;
         // Hosts sharing a key store (a PKCS#11 token) keep their keys apart by label.
-        let label_ns = match claimant.layout() {
-            store::namespace::Layout::Root => String::new(),
-            store::namespace::Layout::Hosts => format!("{}/", claimant.host()),
-        };
+        let label_ns = claimant.label_namespace();
         for p in &providers {
             p.set_label_namespace(&label_ns);
         }

@@ -105,7 +105,8 @@ pub enum NamespaceError {
 /// The claims of this process: shared by every store, asked before each write.
 #[derive(Debug)]
 pub struct Claimant {
-    record: Mutex<HostRecord>,
+    /// Fixed once settled: the host, its instance and its layout.
+    record: HostRecord,
     /// Stores where this process found (or wrote) this installation's claim, and when. Kept
     /// in memory only: every process checks again at its first write, and a long-running one
     /// again once [`Claimant::recheck`] has passed, so an installation whose claim was taken
@@ -121,16 +122,21 @@ pub struct Claimant {
 
 impl Claimant {
     pub fn host(&self) -> String {
-        self.lock().host.clone()
+        self.record.host.clone()
     }
     pub fn instance(&self) -> String {
-        self.lock().instance.clone()
+        self.record.instance.clone()
     }
     pub fn layout(&self) -> Layout {
-        self.lock().layout
+        self.record.layout
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HostRecord> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    /// Where this host's keys are among other hosts' in a shared key store (a PKCS#11 token's
+    /// labels): empty for the root owner (the labels it always had), `<host>/` for the others.
+    pub fn label_namespace(&self) -> String {
+        match self.record.layout {
+            Layout::Root => String::new(),
+            Layout::Hosts => format!("{}/", self.record.host),
+        }
     }
 
     /// Let the next claims replace another installation's (a machine replacing a lost host).
@@ -156,10 +162,12 @@ impl Claimant {
         }) {
             return Ok(());
         }
-        let (host, instance, layout) = {
-            let r = self.lock();
-            (r.host.clone(), r.instance.clone(), r.layout)
-        };
+        let HostRecord {
+            host,
+            instance,
+            layout,
+            ..
+        } = self.record.clone();
         let path = claim_path(store, layout, &host);
         let mine = Claim {
             format: CLAIM_FORMAT,
@@ -390,7 +398,7 @@ pub async fn settle(
     };
     let root_owner = (record.layout == Layout::Root).then(|| host.to_string());
     let claimant = std::sync::Arc::new(Claimant {
-        record: Mutex::new(record),
+        record,
         confirmed: Default::default(),
         recheck: RECHECK.as_secs().into(),
         take_over: Default::default(),
