@@ -273,10 +273,16 @@ async fn read_claim(store: &Store, path: &ObjPath) -> Result<Option<Claim>, Name
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    // The reason may quote the store's bytes (serde names an unknown field): escaped and cut.
     let bad = |reason: String| NamespaceError::BadClaim {
         store: store.name.clone(),
         path: path.to_string(),
-        reason,
+        reason: reason
+            .chars()
+            .take(200)
+            .collect::<String>()
+            .escape_debug()
+            .to_string(),
     };
     let claim: Claim = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if claim.format != CLAIM_FORMAT {
@@ -286,6 +292,18 @@ async fn read_claim(store: &Store, path: &ObjPath) -> Result<Option<Claim>, Name
         )));
     }
     crate::config::check_host_id(&claim.host).map_err(|e| bad(e.to_string()))?;
+    // Both reach error messages and logs: a ULID and an RFC 3339 time, nothing else.
+    if claim.instance.parse::<ulid::Ulid>().is_err() {
+        return Err(bad("its instance is not a ULID".into()));
+    }
+    if time::OffsetDateTime::parse(
+        &claim.claimed,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .is_err()
+    {
+        return Err(bad("its claim time is not an RFC 3339 time".into()));
+    }
     Ok(Some(claim))
 }
 
@@ -622,18 +640,26 @@ create-master-key = true
         std::fs::create_dir_all(d.join("store/coffre")).unwrap();
         std::fs::write(
             d.join("store/coffre/root-owner.json"),
-            br#"{"format":1,"host":"h1","instance":"i","claimed":"t"}"#,
+            br#"{"format":1,"host":"h1","instance":"01M995Z6AS4SCRDNM5G3PJBN6J","claimed":"2026-12-07T00:00:00Z"}"#,
         )
         .unwrap();
         for planted in [
             &b"{not json"[..],
-            br#"{"format":1,"host":"../h1","instance":"x","claimed":"t"}"#,
+            br#"{"format":1,"host":"../h1","instance":"01M995Z6AS4SCRDNM5G3PJBN6J","claimed":"2026-12-07T00:00:00Z"}"#,
+            br#"{"format":1,"host":"h5","instance":"x\nforged log line","claimed":"2026-12-07T00:00:00Z"}"#,
+            br#"{"format":1,"host":"h5","instance":"01M995Z6AS4SCRDNM5G3PJBN6J","claimed":"t'; \\ \n"}"#,
+            br#"{"format":1,"host":"h5","instance":"01M995Z6AS4SCRDNM5G3PJBN6J","claimed":"t","extra":1}"#,
+            br#"{"format":1,"forged log line\n":1}"#,
         ] {
-            let (s, _) = open(d, "h5", &format!("s5-{}", planted.len())).await;
+            let _ = std::fs::remove_file(d.join("store/coffre/hosts/h5/claim.json"));
+            let (s, c) = open(d, "h5", &format!("s5-{}", planted.len())).await;
+            assert_eq!(c.layout(), Layout::Hosts);
             std::fs::create_dir_all(d.join("store/coffre/hosts/h5")).unwrap();
             std::fs::write(d.join("store/coffre/hosts/h5/claim.json"), planted).unwrap();
-            let e = write(&s[0], "z").await.unwrap_err();
-            assert!(e.to_string().contains("is not a valid host claim"), "{e}");
+            let e = write(&s[0], "z").await.unwrap_err().to_string();
+            assert!(e.contains("is not a valid host claim"), "{e}");
+            // Nothing from the store reaches the message unescaped: no line can be forged.
+            assert!(!e.contains('\n'), "{e}");
         }
     }
 
